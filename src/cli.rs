@@ -1,0 +1,139 @@
+//! The command line: subcommands and flags parsed into a `Command`. Errors
+//! are one line naming the flag (the binary exits 2 on them).
+
+use std::path::PathBuf;
+
+use crate::config::Overrides;
+
+pub const USAGE: &str = "\
+usage: corepin [run] [--config FILE] [--listen ADDR]... [--control-http ADDR]
+               [--control-socket PATH] [--route LINE]... [--workers N]
+               [--log-level error|warn|info|debug]
+       corepin check --config FILE
+       corepin --help | --version
+
+Without --config, corepin runs its embedded default (config/corepin.toml):
+clients on 127.0.0.1:7999, every request routed to the built-in test target.";
+
+#[derive(Debug)]
+pub enum Command {
+    Run {
+        config: Option<PathBuf>,
+        overrides: Overrides,
+    },
+    Check {
+        config: Option<PathBuf>,
+        overrides: Overrides,
+    },
+    Help,
+    Version,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct CliError(pub String);
+
+fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, CliError> {
+    args.next()
+        .ok_or_else(|| CliError(format!("{flag}: missing value")))
+}
+
+/// Parses `args` (without the program name).
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError> {
+    let mut args = args.into_iter().peekable();
+    let sub = match args.peek().map(String::as_str) {
+        Some("run") | Some("check") => args.next(),
+        _ => None,
+    };
+    let mut config = None;
+    let mut ov = Overrides::default();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut val = |flag: &str| match inline.clone() {
+            Some(v) => Ok(v),
+            None => value(&mut args, flag),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--config" | "-c" => config = Some(PathBuf::from(val("--config")?)),
+            "--listen" => ov.listen.push(val("--listen")?),
+            "--control-http" => ov.control_http = Some(val("--control-http")?),
+            "--control-socket" => ov.control_socket = Some(val("--control-socket")?),
+            "--route" => ov.routes.push(val("--route")?),
+            "--workers" => {
+                let v = val("--workers")?;
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| CliError(format!("--workers: '{v}' is not a positive number")))?;
+                ov.workers = Some(n);
+            }
+            "--log-level" => ov.log_level = Some(val("--log-level")?),
+            other if other.starts_with('-') => {
+                return Err(CliError(format!("{other}: unknown flag (see --help)")))
+            }
+            other => return Err(CliError(format!("'{other}': unexpected argument (see --help)"))),
+        }
+    }
+    Ok(match sub.as_deref() {
+        Some("check") => {
+            if config.is_none() {
+                return Err(CliError("check: --config FILE is required".into()));
+            }
+            Command::Check {
+                config,
+                overrides: ov,
+            }
+        }
+        _ => Command::Run {
+            config,
+            overrides: ov,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Command, CliError> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_run_and_overrides() {
+        let Ok(Command::Run { config, overrides }) = p(&[
+            "--listen", "127.0.0.1:0", "--listen=127.0.0.1:1", "--route", "* test",
+            "--workers", "2", "--control-http", "", "--config", "x.toml",
+        ]) else {
+            panic!("not run")
+        };
+        assert_eq!(config, Some(PathBuf::from("x.toml")));
+        assert_eq!(overrides.listen, vec!["127.0.0.1:0", "127.0.0.1:1"]);
+        assert_eq!(overrides.routes, vec!["* test"]);
+        assert_eq!(overrides.workers, Some(2));
+        assert_eq!(overrides.control_http.as_deref(), Some(""));
+        assert!(matches!(p(&["run"]), Ok(Command::Run { .. })));
+        assert!(matches!(p(&[]), Ok(Command::Run { .. })));
+        assert!(matches!(p(&["check", "--config", "f"]), Ok(Command::Check { .. })));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        for (args, needle) in [
+            (&["--workers", "0"][..], "--workers: '0'"),
+            (&["--workers", "x"][..], "--workers: 'x'"),
+            (&["--listen"][..], "--listen: missing value"),
+            (&["--bogus"][..], "--bogus: unknown flag"),
+            (&["check"][..], "--config FILE is required"),
+            (&["stray"][..], "'stray': unexpected"),
+        ] {
+            let e = p(args).expect_err(needle).0;
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+}

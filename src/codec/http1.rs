@@ -1,0 +1,541 @@
+//! HTTP/1.1 message heads: parsing (through httparse) with named limits,
+//! body framing, keep-alive rules, hop-by-hop filtering and serialisation.
+
+use std::io::Write;
+use std::ops::Range;
+
+/// Hard ceiling on the configurable header count: the parser keeps its
+/// header table on the stack.
+pub const MAX_HEADERS_CEILING: usize = 256;
+
+/// Size limits applied to every head before a buffer is allowed to grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Bytes in the whole head (request or status line, headers, blank line).
+    pub max_head_bytes: usize,
+    /// Number of header fields.
+    pub max_headers: usize,
+    /// Bytes in the request target.
+    pub max_uri_bytes: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_head_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// Why a head was refused. Each variant maps to one answer for the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadError {
+    /// Syntax or framing the peer got wrong (400 / 502).
+    Malformed(&'static str),
+    /// The head is larger than `max_head_bytes` or has too many fields (431).
+    HeadTooLarge,
+    /// The request target is longer than `max_uri_bytes` (414).
+    UriTooLong,
+    /// A transfer coding other than `chunked` (501).
+    UnsupportedTransferEncoding,
+    /// An `Expect` value other than `100-continue` (417).
+    UnsupportedExpectation,
+}
+
+impl HeadError {
+    /// The status a server answers a client with for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            HeadError::Malformed(_) => 400,
+            HeadError::HeadTooLarge => 431,
+            HeadError::UriTooLong => 414,
+            HeadError::UnsupportedTransferEncoding => 501,
+            HeadError::UnsupportedExpectation => 417,
+        }
+    }
+
+    /// A short human-readable reason, used as the response body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HeadError::Malformed(why) => why,
+            HeadError::HeadTooLarge => "request header fields too large",
+            HeadError::UriTooLong => "request URI too long",
+            HeadError::UnsupportedTransferEncoding => "unsupported transfer-encoding",
+            HeadError::UnsupportedExpectation => "unsupported expectation",
+        }
+    }
+}
+
+/// How the body of a message is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body at all.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+/// Protocol version of a message: HTTP/1.0 or HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// One header field as offsets into the head's own bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// The header fields of a parsed head; owns a copy of the head bytes so it
+/// can outlive the read buffer (one allocation for the bytes, one for the
+/// offsets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields {
+    raw: Vec<u8>,
+    fields: Vec<Field>,
+}
+
+/// Offsets of `part` (a sub-slice handed out by httparse) inside `buf`.
+fn span(buf: &[u8], part: &[u8]) -> (u32, u32) {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    (start as u32, (start + part.len()) as u32)
+}
+
+fn range(r: (u32, u32)) -> Range<usize> {
+    r.0 as usize..r.1 as usize
+}
+
+impl Fields {
+    fn from_httparse(buf: &[u8], head_len: usize, headers: &[httparse::Header<'_>]) -> Self {
+        let fields = headers
+            .iter()
+            .map(|h| Field {
+                name: span(buf, h.name.as_bytes()),
+                value: span(buf, h.value),
+            })
+            .collect();
+        Fields {
+            raw: buf[..head_len].to_vec(),
+            fields,
+        }
+    }
+
+    /// Bytes of the head between two offsets (request line parts).
+    fn slice(&self, r: (u32, u32)) -> &[u8] {
+        &self.raw[range(r)]
+    }
+
+    /// All fields in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.fields.iter().map(move |f| {
+            // Names were validated as tokens by httparse, so they are ASCII.
+            let name = std::str::from_utf8(&self.raw[range(f.name)]).unwrap_or("");
+            (name, &self.raw[range(f.value)])
+        })
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// True when there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The first value of `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Comma-separated tokens across every `name` field, trimmed, non-empty.
+    pub fn tokens<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name)
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(trim)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// True when any `name` field lists `token` (case-insensitive).
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.tokens(name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+    }
+}
+
+/// Trims optional whitespace (SP / HTAB) from both ends.
+pub fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    method: (u32, u32),
+    target: (u32, u32),
+    pub version: Version,
+    pub fields: Fields,
+    pub body: BodyKind,
+    /// Whether the client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+}
+
+impl RequestHead {
+    pub fn method(&self) -> &str {
+        std::str::from_utf8(self.fields.slice(self.method)).unwrap_or("")
+    }
+
+    /// The request target as sent (origin form, normally `/path?query`).
+    pub fn target(&self) -> &str {
+        std::str::from_utf8(self.fields.slice(self.target)).unwrap_or("")
+    }
+
+    /// The path part of the target, without the query.
+    pub fn path(&self) -> &str {
+        let t = self.target();
+        t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    /// The query string without `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.target().split_once('?').map(|(_, q)| q)
+    }
+
+    /// The Host header without a port, lower-cased comparison is the caller's.
+    pub fn host(&self) -> Option<&str> {
+        let h = std::str::from_utf8(self.fields.get("host")?).ok()?;
+        Some(strip_port(h))
+    }
+
+    /// Methods that may be replayed on a fresh connection (RFC 9110 §9.2.2).
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self.method(),
+            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+        )
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method() == "HEAD"
+    }
+
+    /// A WebSocket (or other) upgrade was requested.
+    pub fn is_upgrade(&self) -> bool {
+        self.fields.has_token("connection", "upgrade") && self.fields.get("upgrade").is_some()
+    }
+}
+
+/// `host[:port]` or `[v6]:port` without the port.
+pub fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split_once(']').map_or(h, |(a, _)| a);
+    }
+    h.rsplit_once(':').map_or(h, |(a, _)| a)
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    reason: (u32, u32),
+    pub version: Version,
+    pub fields: Fields,
+    pub body: BodyKind,
+    /// Whether the connection may carry another exchange afterwards.
+    pub keep_alive: bool,
+}
+
+impl ResponseHead {
+    pub fn reason(&self) -> &str {
+        std::str::from_utf8(self.fields.slice(self.reason)).unwrap_or("")
+    }
+}
+
+fn version(v: Option<u8>) -> Version {
+    if v == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    }
+}
+
+fn httparse_error(e: httparse::Error) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::HeadTooLarge,
+        httparse::Error::HeaderName => HeadError::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => HeadError::Malformed("invalid header value"),
+        httparse::Error::NewLine => HeadError::Malformed("invalid line ending"),
+        httparse::Error::Status => HeadError::Malformed("invalid status line"),
+        httparse::Error::Token => HeadError::Malformed("invalid token"),
+        httparse::Error::Version => HeadError::Malformed("invalid HTTP version"),
+    }
+}
+
+/// What to do when a head is still incomplete: wait, or refuse it because it
+/// has already passed a limit.
+fn check_partial(buf: &[u8], limits: &HeadLimits, is_request: bool) -> Result<(), HeadError> {
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    if is_request && line_end.is_none() && buf.len() > limits.max_uri_bytes + 32 {
+        return Err(HeadError::UriTooLong);
+    }
+    if buf.len() >= limits.max_head_bytes {
+        if is_request && line_end.is_none() {
+            return Err(HeadError::UriTooLong);
+        }
+        return Err(HeadError::HeadTooLarge);
+    }
+    Ok(())
+}
+
+/// Decides `Content-Length` / `Transfer-Encoding` framing shared by both
+/// directions. `None` means neither header is present.
+fn framing(fields: &Fields, version: Version) -> Result<Option<BodyKind>, HeadError> {
+    let has_te = fields.get("transfer-encoding").is_some();
+    let mut length: Option<u64> = None;
+    for v in fields.get_all("content-length") {
+        for part in v.split(|&b| b == b',') {
+            let part = trim(part);
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(HeadError::Malformed("invalid content-length"));
+            }
+            let n = part
+                .iter()
+                .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
+            match length {
+                Some(prev) if prev != n => {
+                    return Err(HeadError::Malformed("conflicting content-length values"))
+                }
+                _ => length = Some(n),
+            }
+        }
+    }
+    if has_te {
+        if length.is_some() {
+            return Err(HeadError::Malformed(
+                "both content-length and transfer-encoding",
+            ));
+        }
+        if version == Version::Http10 {
+            return Err(HeadError::Malformed("transfer-encoding in HTTP/1.0"));
+        }
+        let mut codings = fields.tokens("transfer-encoding");
+        let (first, rest) = (codings.next(), codings.next());
+        return match (first, rest) {
+            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(Some(BodyKind::Chunked)),
+            _ => Err(HeadError::UnsupportedTransferEncoding),
+        };
+    }
+    Ok(length.map(|n| {
+        if n == 0 {
+            BodyKind::Empty
+        } else {
+            BodyKind::Length(n)
+        }
+    }))
+}
+
+fn keep_alive(fields: &Fields, version: Version) -> bool {
+    match version {
+        Version::Http11 => !fields.has_token("connection", "close"),
+        Version::Http10 => fields.has_token("connection", "keep-alive"),
+    }
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// `Ok(None)`: incomplete, read more. `Ok(Some((n, head)))`: the head took
+/// `n` bytes; the body (if any) follows.
+pub fn parse_request(
+    buf: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<(usize, RequestHead)>, HeadError> {
+    let mut table = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+    let max = limits.max_headers.min(MAX_HEADERS_CEILING);
+    let mut req = httparse::Request::new(&mut table[..max]);
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let n = match req.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            check_partial(buf, limits, true)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(httparse_error(e)),
+    };
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(HeadError::Malformed("incomplete request line"));
+    };
+    if target.len() > limits.max_uri_bytes {
+        return Err(HeadError::UriTooLong);
+    }
+    let version = version(req.version);
+    let (method, target) = (span(buf, method.as_bytes()), span(buf, target.as_bytes()));
+    let fields = Fields::from_httparse(buf, n, req.headers);
+    let hosts = fields.get_all("host").count();
+    if hosts > 1 {
+        return Err(HeadError::Malformed("more than one host header"));
+    }
+    if hosts == 0 && version == Version::Http11 {
+        return Err(HeadError::Malformed("HTTP/1.1 request without host header"));
+    }
+    let body = framing(&fields, version)?.unwrap_or(BodyKind::Empty);
+    let mut expect_continue = false;
+    if let Some(e) = fields.get("expect") {
+        if trim(e).eq_ignore_ascii_case(b"100-continue") {
+            expect_continue = version == Version::Http11;
+        } else {
+            return Err(HeadError::UnsupportedExpectation);
+        }
+    }
+    let keep_alive = keep_alive(&fields, version);
+    Ok(Some((
+        n,
+        RequestHead {
+            method,
+            target,
+            version,
+            fields,
+            body,
+            keep_alive,
+            expect_continue,
+        },
+    )))
+}
+
+/// Parses a response head from the start of `buf`. `request_was_head` makes
+/// the body empty whatever the headers say.
+pub fn parse_response(
+    buf: &[u8],
+    limits: &HeadLimits,
+    request_was_head: bool,
+) -> Result<Option<(usize, ResponseHead)>, HeadError> {
+    let mut table = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+    let max = limits.max_headers.min(MAX_HEADERS_CEILING);
+    let mut res = httparse::Response::new(&mut table[..max]);
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let n = match res.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            check_partial(buf, limits, false)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(httparse_error(e)),
+    };
+    let (Some(status), Some(reason)) = (res.code, res.reason) else {
+        return Err(HeadError::Malformed("incomplete status line"));
+    };
+    let version = version(res.version);
+    let reason = span(buf, reason.as_bytes());
+    let fields = Fields::from_httparse(buf, n, res.headers);
+    let framed = framing(&fields, version)?;
+    let body = if request_was_head || (100..200).contains(&status) || status == 204 || status == 304
+    {
+        BodyKind::Empty
+    } else {
+        framed.unwrap_or(BodyKind::UntilClose)
+    };
+    let keep_alive = keep_alive(&fields, version) && body != BodyKind::UntilClose;
+    Ok(Some((
+        n,
+        ResponseHead {
+            status,
+            reason,
+            version,
+            fields,
+            body,
+            keep_alive,
+        },
+    )))
+}
+
+/// Hop-by-hop fields never forwarded by a proxy (RFC 9110 §7.6.1), plus the
+/// framing fields the proxy always writes itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// True when the field named `name` must not be forwarded: it is hop-by-hop
+/// or listed in the message's own `Connection` header.
+pub fn is_hop_by_hop(fields: &Fields, name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || fields.has_token("connection", name)
+}
+
+/// The canonical reason phrase for a status code.
+pub fn reason_phrase(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}
+
+/// Appends `name: value\r\n`.
+pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the framing fields for `body` as the sender of the message.
+pub fn write_framing(out: &mut Vec<u8>, body: BodyKind) {
+    match body {
+        BodyKind::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::Empty | BodyKind::UntilClose => {}
+    }
+}
+
+/// Appends a complete small response with a text body: used for every error
+/// the proxy answers itself.
+pub fn write_simple_response(out: &mut Vec<u8>, status: u16, body: &str, close: bool) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\n",
+        reason_phrase(status)
+    );
+    write_framing(out, BodyKind::Length(body.len() as u64 + 1));
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+use super::*;
+
+const LIMITS: HeadLimits = HeadLimits {
+    max_head_bytes: 1024,
+    max_headers: 8,
+    max_uri_bytes: 256,
+};
+
+/// Parses `input` whole, and checks that every proper prefix is either
+/// incomplete or fails the same way: a split at any offset never changes
+/// the answer.
+fn req(input: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadError> {
+    let whole = parse_request(input, &LIMITS);
+    for cut in 0..input.len() {
+        match parse_request(&input[..cut], &LIMITS) {
+            Ok(None) => {}
+            Ok(Some((n, _))) => {
+                // A complete head inside the prefix must be the same head.
+                let (wn, _) = whole.clone().ok().flatten().expect("prefix complete, whole not");
+                assert_eq!(n, wn, "prefix {cut} parsed a different head");
+            }
+            Err(e) => assert_eq!(Err(e), whole.clone().map(|_| ()), "prefix {cut} failed differently"),
+        }
+    }
+    whole
+}
+
+fn res(input: &[u8], was_head: bool) -> Result<Option<(usize, ResponseHead)>, HeadError> {
+    let whole = parse_response(input, &LIMITS, was_head);
+    for cut in 0..input.len() {
+        if let Ok(Some(_)) = parse_response(&input[..cut], &LIMITS, was_head) {
+            assert!(whole.as_ref().is_ok_and(|w| w.is_some()), "prefix {cut} complete");
+        }
+    }
+    whole
+}
+
+fn ok(input: &[u8]) -> (usize, RequestHead) {
+    req(input).expect("valid").expect("complete")
+}
+
+#[test]
+fn simple_get() {
+    let (n, h) = ok(b"GET /a/b?x=1 HTTP/1.1\r\nHost: example.com:8080\r\n\r\nNEXT");
+    assert_eq!(n, 49);
+    assert_eq!(h.method(), "GET");
+    assert_eq!(h.target(), "/a/b?x=1");
+    assert_eq!(h.path(), "/a/b");
+    assert_eq!(h.query(), Some("x=1"));
+    assert_eq!(h.host(), Some("example.com"));
+    assert_eq!(h.version, Version::Http11);
+    assert_eq!(h.body, BodyKind::Empty);
+    assert!(h.keep_alive);
+    assert!(h.is_idempotent());
+}
+
+#[test]
+fn keep_alive_rules() {
+    assert!(!ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").1.keep_alive);
+    assert!(!ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n").1.keep_alive);
+    assert!(!ok(b"GET / HTTP/1.0\r\n\r\n").1.keep_alive);
+    assert!(ok(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").1.keep_alive);
+}
+
+#[test]
+fn body_framing() {
+    let h = ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n").1;
+    assert_eq!(h.body, BodyKind::Length(12));
+    let h = ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").1;
+    assert_eq!(h.body, BodyKind::Empty);
+    let h = ok(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").1;
+    assert_eq!(h.body, BodyKind::Chunked);
+    let h = ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").1;
+    assert_eq!(h.body, BodyKind::Length(5));
+    let h = ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n").1;
+    assert_eq!(h.body, BodyKind::Length(5));
+}
+
+#[test]
+fn smuggling_defences() {
+    let cases: &[(&[u8], u16)] = &[
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        // obs-fold
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  continued\r\n\r\n", 400),
+        // space before the colon
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400),
+        (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"G\x01T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n", 417),
+    ];
+    for (input, status) in cases {
+        match req(input) {
+            Err(e) => assert_eq!(e.status(), *status, "{}", String::from_utf8_lossy(input)),
+            other => panic!("accepted {:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+}
+
+#[test]
+fn expect_continue() {
+    let h = ok(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").1;
+    assert!(h.expect_continue);
+    assert!(!h.is_head());
+}
+
+#[test]
+fn limits() {
+    let mut long_uri = b"GET /".to_vec();
+    long_uri.resize(300, b'a');
+    long_uri.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(req(&long_uri).map(|_| ()), Err(HeadError::UriTooLong));
+
+    // A request line that never ends is refused before the head limit.
+    let mut endless = b"GET /".to_vec();
+    endless.resize(400, b'a');
+    assert_eq!(req(&endless).map(|_| ()), Err(HeadError::UriTooLong));
+
+    let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    big.resize(1100, b'b');
+    big.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(req(&big).map(|_| ()), Err(HeadError::HeadTooLarge));
+
+    let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..9 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(req(&many).map(|_| ()), Err(HeadError::HeadTooLarge));
+}
+
+#[test]
+fn pipelined_heads_parse_in_order() {
+    let input = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
+    let (n, first) = ok(input);
+    assert_eq!(first.target(), "/1");
+    let (_, second) = ok(&input[n..]);
+    assert_eq!(second.target(), "/2");
+}
+
+#[test]
+fn fields_and_tokens() {
+    let (_, h) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Foo\r\nX-Foo: 1\r\nx-foo: 2\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    assert_eq!(h.fields.get_all("X-FOO").collect::<Vec<_>>(), vec![&b"1"[..], &b"2"[..]]);
+    assert!(is_hop_by_hop(&h.fields, "x-foo"));
+    assert!(is_hop_by_hop(&h.fields, "Keep-Alive"));
+    assert!(is_hop_by_hop(&h.fields, "transfer-encoding"));
+    assert!(!is_hop_by_hop(&h.fields, "host"));
+    assert!(h.is_upgrade());
+}
+
+#[test]
+fn responses() {
+    let (n, r) = res(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false)
+        .expect("valid")
+        .expect("complete");
+    assert_eq!((n, r.status, r.reason(), r.body, r.keep_alive), (38, 200, "OK", BodyKind::Length(5), true));
+
+    let r = res(b"HTTP/1.1 200 OK\r\n\r\n", false).expect("valid").expect("complete").1;
+    assert_eq!((r.body, r.keep_alive), (BodyKind::UntilClose, false));
+
+    let r = res(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap().unwrap().1;
+    assert_eq!(r.body, BodyKind::Chunked);
+
+    let r = res(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap().1;
+    assert_eq!(r.body, BodyKind::Empty);
+
+    for code in [b"204", b"304", b"101"] {
+        let mut head = b"HTTP/1.1 ".to_vec();
+        head.extend_from_slice(code);
+        head.extend_from_slice(b" X\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(res(&head, false).unwrap().unwrap().1.body, BodyKind::Empty);
+    }
+
+    let r = res(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap().unwrap().1;
+    assert!(!r.keep_alive);
+    let r = res(b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false).unwrap().unwrap().1;
+    assert!(!r.keep_alive);
+
+    assert!(res(b"SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
+    assert!(res(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).is_err());
+}
+
+#[test]
+fn simple_response_is_well_formed() {
+    let mut out = Vec::new();
+    write_simple_response(&mut out, 502, "upstream unreachable", true);
+    let (n, r) = parse_response(&out, &LIMITS, false).unwrap().unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.reason(), "Bad Gateway");
+    assert_eq!(&out[n..], b"upstream unreachable\n");
+    assert_eq!(r.body, BodyKind::Length(21));
+    assert!(!r.keep_alive);
+}
+
+#[test]
+fn strip_port_forms() {
+    assert_eq!(strip_port("a.b:80"), "a.b");
+    assert_eq!(strip_port("a.b"), "a.b");
+    assert_eq!(strip_port("[::1]:80"), "::1");
+}

@@ -1,0 +1,8 @@
+//! Sans-IO codecs: pure functions and state machines over byte slices.
+//!
+//! Nothing in this module touches a socket, an executor or a clock. Parsers
+//! return `Ok(None)` (or consume less than they were given) on short input;
+//! that is never an error. Encoders append to a caller-owned buffer.
+
+pub mod chunked;
+pub mod http1;

@@ -1,0 +1,528 @@
+//! The HTTP/1.1 client connection: read a request head, route it, proxy it
+//! to a backend (or answer it locally), stream the response back, and loop
+//! for keep-alive and pipelined requests, answering them in order.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures_lite::{AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::buf::{InBuf, BUF_SIZE};
+use crate::codec::http1::{
+    self, is_hop_by_hop, parse_request, parse_response, BodyKind, HeadError, RequestHead,
+    ResponseHead, Version,
+};
+use crate::conn::body::{OutFraming, Relay, RelayError};
+use crate::log::AccessEntry;
+use crate::route::{Backend, Route, Target};
+use crate::shard::{ConnGuard, Shard};
+use crate::upstream::{ConnectError, Upstream};
+
+/// The `Via` token corepin adds.
+const VIA: &str = "1.1 corepin";
+
+/// A client connection: its socket, its unconsumed input, its address.
+pub struct Client {
+    pub stream: TcpStream,
+    pub inbuf: InBuf,
+    pub peer: SocketAddr,
+}
+
+/// How one exchange ended, for the access log and the keep-alive decision.
+pub struct Outcome {
+    pub status: u16,
+    pub bytes: u64,
+    pub target: String,
+    pub keep_alive: bool,
+}
+
+impl Outcome {
+    fn closed(status: u16, bytes: u64, target: String) -> Self {
+        Outcome {
+            status,
+            bytes,
+            target,
+            keep_alive: false,
+        }
+    }
+}
+
+enum HeadRead {
+    Head(RequestHead),
+    /// The client went away or idled out: close quietly.
+    Closed,
+    /// Answer this status and close.
+    Refuse(u16, &'static str),
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shard.cfg.timeouts.client_write));
+    let guard = shard.register(stream.as_raw_fd());
+    let mut c = Client {
+        stream,
+        inbuf: InBuf::new(shard.bufs.clone()),
+        peer,
+    };
+    loop {
+        let head = match read_head(&shard, &mut c, &guard).await {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed => break,
+            HeadRead::Refuse(status, reason) => {
+                let started = Instant::now();
+                let bytes = answer(&shard, &mut c, status, reason, true).await;
+                shard.access(&AccessEntry {
+                    core: shard.index,
+                    client: c.peer,
+                    method: "-",
+                    path: "-",
+                    status,
+                    bytes,
+                    target: "-",
+                    duration: started.elapsed(),
+                });
+                break;
+            }
+        };
+        let started = Instant::now();
+        let outcome = handle(&shard, &mut c, &head).await;
+        shard.access(&AccessEntry {
+            core: shard.index,
+            client: c.peer,
+            method: head.method(),
+            path: head.target(),
+            status: outcome.status,
+            bytes: outcome.bytes,
+            target: &outcome.target,
+            duration: started.elapsed(),
+        });
+        if !outcome.keep_alive || shard.draining() {
+            break;
+        }
+    }
+    let _ = c.stream.close().await;
+}
+
+/// Waits (idle timeout) for a request to start, then reads its head within
+/// the header timeout.
+async fn read_head(shard: &Shard, c: &mut Client, guard: &ConnGuard) -> HeadRead {
+    let t = &shard.cfg.timeouts;
+    let limits = &shard.cfg.limits.head;
+    let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
+    if c.inbuf.is_empty() {
+        if shard.draining() {
+            return HeadRead::Closed;
+        }
+        guard.set_idle(true);
+        let _ = c.stream.set_read_timeout(Some(t.client_idle));
+        let r = c.inbuf.fill(&mut c.stream, max).await;
+        guard.set_idle(false);
+        match r {
+            Ok(n) if n > 0 => {}
+            _ => return HeadRead::Closed,
+        }
+    }
+    let deadline = Instant::now() + t.client_header;
+    loop {
+        match parse_request(c.inbuf.data(), limits) {
+            Ok(Some((n, head))) => {
+                c.inbuf.consume(n);
+                return HeadRead::Head(head);
+            }
+            Ok(None) => {}
+            Err(e) => return HeadRead::Refuse(e.status(), e.reason()),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return HeadRead::Refuse(408, "request header timeout");
+        }
+        let _ = c.stream.set_read_timeout(Some(left));
+        match c.inbuf.fill(&mut c.stream, max).await {
+            Ok(0) => return HeadRead::Closed,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return HeadRead::Refuse(408, "request header timeout"),
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                return HeadRead::Refuse(431, HeadError::HeadTooLarge.reason())
+            }
+            Err(_) => return HeadRead::Closed,
+        }
+    }
+}
+
+/// Writes a short text response; returns the bytes written.
+async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close: bool) -> u64 {
+    let mut out = shard.bufs.take_out();
+    http1::write_simple_response(&mut out, status, reason, close);
+    let n = out.len() as u64;
+    let _ = c.stream.write_all(&out).await;
+    shard.bufs.give_out(out);
+    n
+}
+
+/// Handles one request: route, then answer locally or proxy.
+async fn handle(shard: &Shard, c: &mut Client, head: &RequestHead) -> Outcome {
+    let routes = shard.routes();
+    let ws = head.is_upgrade()
+        && head
+            .fields
+            .get("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
+    let Some(route) = routes.select(head.host(), head.path(), ws) else {
+        return refuse(shard, c, head, 404, "no route for this request", "-").await;
+    };
+    let limit = shard.cfg.limits.max_request_body;
+    if let BodyKind::Length(n) = head.body {
+        if limit > 0 && n > limit {
+            return refuse(shard, c, head, 413, "request body too large", "-").await;
+        }
+    }
+    match route.targets.first() {
+        Some(Target::Test) => crate::testtarget::handle(shard, c, head).await,
+        Some(Target::Backend(_)) => proxy(shard, c, head, route).await,
+        None => refuse(shard, c, head, 404, "no route for this request", "-").await,
+    }
+}
+
+/// Answers an error without reading the request body. The connection is
+/// kept only when there is no body left unread.
+async fn refuse(
+    shard: &Shard,
+    c: &mut Client,
+    head: &RequestHead,
+    status: u16,
+    reason: &str,
+    target: &str,
+) -> Outcome {
+    let keep = head.keep_alive && head.body == BodyKind::Empty && !shard.draining();
+    let bytes = answer(shard, c, status, reason, !keep).await;
+    Outcome {
+        status,
+        bytes,
+        target: target.to_string(),
+        keep_alive: keep,
+    }
+}
+
+/// Why an exchange with a backend failed.
+enum Failure {
+    /// A reused connection was found closed before any response byte:
+    /// the request may be replayed on a fresh connection.
+    Stale,
+    /// Answer the client with this status (and close).
+    Upstream(u16, &'static str),
+    /// The client's request body was bad or the client stalled.
+    Client(u16, &'static str),
+    /// The client went away.
+    ClientGone,
+}
+
+fn relay_to_client_failure(e: RelayError) -> Failure {
+    match e {
+        RelayError::Read(e) if is_timeout(&e) => Failure::Client(408, "request body timeout"),
+        RelayError::Read(_) | RelayError::Truncated => Failure::ClientGone,
+        RelayError::BadChunk(e) => Failure::Client(400, e.reason()),
+        RelayError::TooLarge => Failure::Client(413, "request body too large"),
+        RelayError::Write(_) => Failure::Upstream(502, "upstream closed the connection"),
+    }
+}
+
+/// Writes the request head sent to the backend.
+fn write_request_head(out: &mut Vec<u8>, head: &RequestHead, path: &str, b: &Backend, peer: &SocketAddr) {
+    let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method(), path);
+    let mut xff: Vec<u8> = Vec::new();
+    let mut via: Vec<u8> = Vec::new();
+    let mut has_host = false;
+    for (name, value) in head.fields.iter() {
+        if is_hop_by_hop(&head.fields, name) || name.eq_ignore_ascii_case("expect") {
+            continue;
+        }
+        let lower = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+        if lower("grip-") || name.eq_ignore_ascii_case("x-forwarded-proto") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff.extend_from_slice(value);
+            xff.extend_from_slice(b", ");
+            continue;
+        }
+        if name.eq_ignore_ascii_case("via") {
+            via.extend_from_slice(value);
+            via.extend_from_slice(b", ");
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            has_host = true;
+            if b.host.is_some() {
+                continue;
+            }
+        }
+        http1::write_field(out, name, value);
+    }
+    if let Some(h) = &b.host {
+        http1::write_field(out, "Host", h.as_bytes());
+    } else if !has_host {
+        http1::write_field(out, "Host", b.addr.as_bytes());
+    }
+    let _ = write!(xff, "{}", peer.ip());
+    http1::write_field(out, "X-Forwarded-For", &xff);
+    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    via.extend_from_slice(VIA.as_bytes());
+    http1::write_field(out, "Via", &via);
+    http1::write_framing(out, head.body);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response framing toward the client, and whether the client
+/// connection can be kept.
+fn client_framing(head: &RequestHead, resp: &ResponseHead, draining: bool) -> (OutFraming, bool) {
+    let chunked_ok = head.version == Version::Http11;
+    let (framing, delimited) = match resp.body {
+        BodyKind::Empty | BodyKind::Length(_) => (OutFraming::Raw, true),
+        BodyKind::Chunked | BodyKind::UntilClose if chunked_ok => (OutFraming::Chunked, true),
+        BodyKind::Chunked | BodyKind::UntilClose => (OutFraming::Raw, false),
+    };
+    (framing, head.keep_alive && delimited && !draining)
+}
+
+/// Writes the response head sent to the client.
+fn write_response_head(out: &mut Vec<u8>, head: &RequestHead, resp: &ResponseHead, framing: OutFraming, keep: bool) {
+    let reason = if resp.reason().is_empty() {
+        http1::reason_phrase(resp.status)
+    } else {
+        resp.reason()
+    };
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason);
+    let mut via: Vec<u8> = Vec::new();
+    for (name, value) in resp.fields.iter() {
+        if is_hop_by_hop(&resp.fields, name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("via") {
+            via.extend_from_slice(value);
+            via.extend_from_slice(b", ");
+            continue;
+        }
+        http1::write_field(out, name, value);
+    }
+    via.extend_from_slice(VIA.as_bytes());
+    http1::write_field(out, "Via", &via);
+    match resp.body {
+        BodyKind::Empty => {
+            // HEAD and 304 keep the length the backend declared; other
+            // empty bodies say so explicitly unless they never have one.
+            let bodiless = (100..200).contains(&resp.status) || resp.status == 204;
+            match resp.fields.get("content-length") {
+                Some(v) if head.is_head() || resp.status == 304 => {
+                    http1::write_field(out, "Content-Length", v)
+                }
+                _ if !bodiless && resp.status != 304 && !head.is_head() => {
+                    out.extend_from_slice(b"Content-Length: 0\r\n")
+                }
+                _ => {}
+            }
+        }
+        BodyKind::Length(_) => http1::write_framing(out, resp.body),
+        BodyKind::Chunked | BodyKind::UntilClose => {
+            if framing == OutFraming::Chunked {
+                http1::write_framing(out, BodyKind::Chunked);
+            }
+        }
+    }
+    if !keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if head.version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends the request (head and body) on `up` and reads the response head.
+async fn exchange(
+    shard: &Shard,
+    c: &mut Client,
+    up: &mut Upstream,
+    head: &RequestHead,
+    req_head: &[u8],
+) -> Result<ResponseHead, Failure> {
+    let t = &shard.cfg.timeouts;
+    let _ = up.stream.set_read_timeout(Some(t.upstream_read));
+    let _ = up.stream.set_write_timeout(Some(t.upstream_read));
+    if head.body == BodyKind::Empty {
+        if up.stream.write_all(req_head).await.is_err() {
+            return Err(if up.reused {
+                Failure::Stale
+            } else {
+                Failure::Upstream(502, "upstream closed the connection")
+            });
+        }
+    } else {
+        if head.expect_continue {
+            if c.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                return Err(Failure::ClientGone);
+            }
+        }
+        let _ = c.stream.set_read_timeout(Some(t.client_body));
+        let mut prefix = req_head.to_vec();
+        let mut out = shard.bufs.take_out();
+        let framing = if head.body == BodyKind::Chunked {
+            OutFraming::Chunked
+        } else {
+            OutFraming::Raw
+        };
+        let r = Relay {
+            prefix: &mut prefix,
+            out: &mut out,
+            limit: shard.cfg.limits.max_request_body,
+        }
+        .run(&mut c.stream, &mut c.inbuf, &mut up.stream, head.body, framing)
+        .await;
+        shard.bufs.give_out(out);
+        r.map_err(relay_to_client_failure)?;
+    }
+    let limits = &shard.cfg.limits.head;
+    let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
+    let mut received = false;
+    loop {
+        match parse_response(up.inbuf.data(), limits, head.is_head()) {
+            Ok(Some((n, resp))) => {
+                up.inbuf.consume(n);
+                if (100..200).contains(&resp.status) && resp.status != 101 {
+                    continue;
+                }
+                return Ok(resp);
+            }
+            Ok(None) => {}
+            Err(_) => return Err(Failure::Upstream(502, "invalid response from upstream")),
+        }
+        match up.inbuf.fill(&mut up.stream, max).await {
+            Ok(0) if !received && up.reused => return Err(Failure::Stale),
+            Ok(0) => return Err(Failure::Upstream(502, "upstream closed the connection")),
+            Ok(_) => received = true,
+            Err(e) if is_timeout(&e) => return Err(Failure::Upstream(504, "upstream timed out")),
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                return Err(Failure::Upstream(502, "upstream response head too large"))
+            }
+            Err(_) if !received && up.reused => return Err(Failure::Stale),
+            Err(_) => return Err(Failure::Upstream(502, "upstream connection failed")),
+        }
+    }
+}
+
+/// Gets a connection to the first reachable target of `route`, trying the
+/// failover targets in order. `fresh` skips the idle pool.
+async fn connect(shard: &Shard, route: &Route, fresh: bool) -> Result<(Upstream, Backend), Failure> {
+    let mut last = Failure::Upstream(502, "no backend target");
+    for target in &route.targets {
+        let Target::Backend(b) = target else { continue };
+        if !fresh {
+            if let Some(up) = shard.pool.take_idle(&b.addr) {
+                return Ok((up, b.clone()));
+            }
+        }
+        match shard.pool.connect(&b.addr, shard.cfg.timeouts.upstream_connect).await {
+            Ok(up) => return Ok((up, b.clone())),
+            Err(ConnectError::Timeout) => {
+                warn!("core {}: connect to {} timed out", shard.index, b.addr);
+                last = Failure::Upstream(504, "upstream connect timed out");
+            }
+            Err(ConnectError::Resolve(name)) => {
+                warn!("core {}: cannot resolve {name}", shard.index);
+                last = Failure::Upstream(502, "upstream name does not resolve");
+            }
+            Err(ConnectError::Failed(e)) => {
+                debug!("core {}: connect to {} failed: {e}", shard.index, b.addr);
+                last = Failure::Upstream(502, "upstream unreachable");
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Proxies one request to the route's backend and streams the answer back.
+async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route) -> Outcome {
+    let path = route.rewrite(head.target());
+    let replayable = head.body == BodyKind::Empty && head.is_idempotent();
+    let mut fresh = false;
+    let (mut up, backend, resp) = loop {
+        let (mut up, backend) = match connect(shard, route, fresh).await {
+            Ok(x) => x,
+            Err(f) => return fail(shard, c, head, f, "-").await,
+        };
+        let mut req_head = shard.bufs.take_out();
+        write_request_head(&mut req_head, head, &path, &backend, &c.peer);
+        let r = exchange(shard, c, &mut up, head, &req_head).await;
+        shard.bufs.give_out(req_head);
+        match r {
+            Ok(resp) => break (up, backend, resp),
+            Err(Failure::Stale) if replayable && !fresh => {
+                debug!("core {}: pooled connection to {} was stale; retrying", shard.index, backend.addr);
+                fresh = true;
+            }
+            Err(Failure::Stale) => {
+                let f = Failure::Upstream(502, "upstream closed the connection");
+                return fail(shard, c, head, f, &backend.addr).await;
+            }
+            Err(f) => return fail(shard, c, head, f, &backend.addr).await,
+        }
+    };
+    let (framing, keep) = client_framing(head, &resp, shard.draining());
+    let mut prefix = shard.bufs.take_out();
+    write_response_head(&mut prefix, head, &resp, framing, keep);
+    let mut out = shard.bufs.take_out();
+    let _ = c.stream.set_write_timeout(Some(shard.cfg.timeouts.client_write));
+    let r = Relay {
+        prefix: &mut prefix,
+        out: &mut out,
+        limit: 0,
+    }
+    .run(&mut up.stream, &mut up.inbuf, &mut c.stream, resp.body, framing)
+    .await;
+    shard.bufs.give_out(prefix);
+    shard.bufs.give_out(out);
+    match r {
+        Ok(bytes) => {
+            if resp.keep_alive {
+                shard.pool.put_idle(up);
+            }
+            Outcome {
+                status: resp.status,
+                bytes,
+                target: backend.addr,
+                keep_alive: keep,
+            }
+        }
+        Err(e) => {
+            match &e {
+                RelayError::Write(_) => debug!("core {}: client {} went away mid-response", shard.index, c.peer),
+                other => warn!("core {}: response from {} cut short: {other:?}", shard.index, backend.addr),
+            }
+            Outcome::closed(resp.status, 0, backend.addr)
+        }
+    }
+}
+
+/// Answers a failed exchange and decides whether the connection survives.
+async fn fail(shard: &Shard, c: &mut Client, head: &RequestHead, f: Failure, target: &str) -> Outcome {
+    match f {
+        Failure::ClientGone | Failure::Stale => Outcome::closed(499, 0, target.to_string()),
+        Failure::Client(status, reason) => {
+            let bytes = answer(shard, c, status, reason, true).await;
+            Outcome::closed(status, bytes, target.to_string())
+        }
+        Failure::Upstream(status, reason) => refuse(shard, c, head, status, reason, target).await,
+    }
+}
+
+/// Writes `bytes` to any async writer, mapping failure to "client gone".
+pub async fn write_to<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> bool {
+    w.write_all(bytes).await.is_ok()
+}

@@ -1,0 +1,18 @@
+//! corepin: a thread-per-core realtime reverse proxy speaking GRIP.
+//!
+//! Leaves (no IO): `codec`, `config`, `route`, `cli`. Runtime-facing
+//! (glommio types live only here): `buf`, `conn`, `upstream`, `shard`,
+//! `server`, `testtarget`.
+
+#[macro_use]
+pub mod log;
+pub mod buf;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod conn;
+pub mod route;
+pub mod server;
+pub mod shard;
+pub mod testtarget;
+pub mod upstream;

@@ -1,0 +1,64 @@
+//! The `corepin` binary: arguments -> Config -> server::run.
+
+use std::process::ExitCode;
+
+use corepin::cli::{self, Command};
+use corepin::config::{Config, Overrides};
+
+fn load(config: Option<&std::path::Path>, ov: &Overrides) -> Result<Config, String> {
+    match config {
+        Some(path) => Config::load(path, ov),
+        None => Config::default_with(ov),
+    }
+    .map_err(|e| e.0)
+}
+
+fn main() -> ExitCode {
+    let cmd = match cli::parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corepin: {}", e.0);
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("corepin {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config, overrides } => match load(config.as_deref(), &overrides) {
+            Ok(cfg) => {
+                println!("config ok");
+                for r in cfg.routes.iter() {
+                    println!("route: {}", r.line);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("corepin: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, overrides } => {
+            let cfg = match load(config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("corepin: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            corepin::log::set_level(cfg.log_level);
+            match corepin::server::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("corepin: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

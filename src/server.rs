@@ -1,0 +1,158 @@
+//! Start-up and shutdown: binds every listening socket (one per core per
+//! address, SO_REUSEPORT, backlog 4096), starts one pinned glommio
+//! executor per core, and turns signals into wake-ups for the shards.
+
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::io::Write;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::shard::{self, ShardStart};
+
+/// Listen backlog per socket.
+const BACKLOG: i32 = 4096;
+/// io_uring registered-buffer memory per executor: small, so that the
+/// locked-memory limit of an ordinary user is enough.
+const IO_MEMORY: usize = 1 << 20;
+
+/// A listening socket with SO_REUSEPORT, not yet owned by an executor.
+fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s)
+}
+
+/// Binds `n` sockets on `addr` (resolving port 0 once so every core shares
+/// the same port); returns them and the address actually bound.
+fn bind_group(addr: SocketAddr, n: usize) -> Result<(Vec<Socket>, SocketAddr), String> {
+    let first = bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let actual = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| format!("cannot read the address bound for {addr}"))?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind(actual).map_err(|e| format!("cannot listen on {actual}: {e}"))?);
+    }
+    Ok((all, actual))
+}
+
+/// Cores available to run on.
+pub fn available_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.len())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// What each shard takes at start-up, handed out by index.
+struct Startup {
+    cfg: Config,
+    per_shard: Mutex<Vec<Option<(Vec<RawFd>, RawFd)>>>,
+}
+
+/// Runs corepin until SIGTERM/SIGINT; returns after every shard drained.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let workers = if cfg.workers == 0 {
+        available_cores()
+    } else {
+        cfg.workers
+    };
+    let mut listeners: Vec<Vec<RawFd>> = vec![Vec::new(); workers];
+    for addr in &cfg.listen {
+        let (sockets, actual) = bind_group(*addr, workers)?;
+        info!("listening on {actual} (clients)");
+        for (i, s) in sockets.into_iter().enumerate() {
+            listeners[i].push(s.into_raw_fd());
+        }
+    }
+    let mut wakers = Vec::with_capacity(workers);
+    let mut per_shard = Vec::with_capacity(workers);
+    for fds in listeners {
+        let (ours, theirs) =
+            StdUnixStream::pair().map_err(|e| format!("cannot create a wake socket: {e}"))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| format!("cannot configure a wake socket: {e}"))?;
+        wakers.push(ours);
+        per_shard.push(Some((fds, theirs.into_raw_fd())));
+    }
+    spawn_signal_thread(wakers)?;
+    info!("running on {workers} cores");
+
+    let startup = Arc::new(Startup {
+        cfg,
+        per_shard: Mutex::new(per_shard),
+    });
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(workers, None))
+        .name("corepin")
+        .io_memory(IO_MEMORY)
+        .on_all_shards(move || async move {
+            let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let taken = startup
+                .per_shard
+                .lock()
+                .ok()
+                .and_then(|mut v| v.get_mut(index).and_then(Option::take));
+            let Some((listeners, wake)) = taken else {
+                error!("shard {index} found no start-up state");
+                return;
+            };
+            shard::run(ShardStart {
+                index,
+                cfg: Rc::new(startup.cfg.clone()),
+                listeners,
+                wake,
+            })
+            .await;
+        })
+        .map_err(|e| format!("cannot start executors: {e}"))?;
+    for r in handles.join_all() {
+        if let Err(e) = r {
+            return Err(format!("an executor failed: {e}"));
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Turns SIGTERM/SIGINT into a drain of every shard. A second SIGINT (a
+/// second Ctrl-C) exits at once; repeated SIGTERMs keep draining.
+fn spawn_signal_thread(wakers: Vec<StdUnixStream>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("corepin-signals".into())
+        .spawn(move || {
+            let mut draining = false;
+            for sig in signals.forever() {
+                if draining && sig == SIGINT {
+                    warn!("second signal {sig}: exiting now");
+                    std::process::exit(1);
+                }
+                if draining {
+                    continue;
+                }
+                draining = true;
+                info!("signal {sig}: draining");
+                for mut w in &wakers {
+                    let _ = w.write_all(&[shard::wake::DRAIN]);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}

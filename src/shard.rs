@@ -1,0 +1,227 @@
+//! One core's world: its listeners, its connections, its upstream pool, its
+//! buffers and counters. Everything here is `Rc`/`Cell`: a shard is never
+//! touched by another thread. Shards hear from the outside (signals, and
+//! later publishes) through a wake socket.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{future, AsyncReadExt};
+use glommio::net::{TcpListener, UnixStream};
+
+use crate::buf::BufPool;
+use crate::config::{Config, Level};
+use crate::log::{AccessEntry, AccessLog};
+use crate::route::Routes;
+use crate::upstream::Pool;
+
+/// A byte sent on a shard's wake socket.
+pub mod wake {
+    /// Stop accepting and drain.
+    pub const DRAIN: u8 = b'T';
+}
+
+/// Open connections of this shard, so a drain can close the idle ones.
+#[derive(Default)]
+pub struct Conns {
+    next: Cell<u64>,
+    map: RefCell<HashMap<u64, (RawFd, Rc<Cell<bool>>)>>,
+}
+
+/// Registration of one connection; removed on drop.
+pub struct ConnGuard {
+    id: u64,
+    idle: Rc<Cell<bool>>,
+    shard: Rc<Shard>,
+}
+
+impl ConnGuard {
+    /// Marks the connection as waiting for a new request (safe to close).
+    pub fn set_idle(&self, idle: bool) {
+        self.idle.set(idle);
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.shard.conns.map.borrow_mut().remove(&self.id);
+    }
+}
+
+/// Per-core counters; summed across cores when read.
+#[derive(Default)]
+pub struct Stats {
+    pub accepted: Cell<u64>,
+    pub requests: Cell<u64>,
+}
+
+pub struct Shard {
+    pub index: usize,
+    pub cfg: Rc<Config>,
+    routes: RefCell<Rc<Routes>>,
+    pub bufs: Rc<BufPool>,
+    pub pool: Pool,
+    pub conns: Conns,
+    draining: Cell<bool>,
+    access_log: Option<RefCell<AccessLog>>,
+    pub stats: Stats,
+}
+
+impl Shard {
+    pub fn new(index: usize, cfg: Rc<Config>) -> Rc<Shard> {
+        let bufs = Rc::new(BufPool::default());
+        let access = cfg.access_log && crate::log::enabled(Level::Info);
+        Rc::new(Shard {
+            index,
+            routes: RefCell::new(Rc::new(cfg.routes.clone())),
+            pool: Pool::new(cfg.max_idle_per_target, bufs.clone()),
+            bufs,
+            conns: Conns::default(),
+            draining: Cell::new(false),
+            access_log: access.then(|| RefCell::new(AccessLog::default())),
+            stats: Stats::default(),
+            cfg,
+        })
+    }
+
+    /// The current routing table (a cheap snapshot).
+    pub fn routes(&self) -> Rc<Routes> {
+        self.routes.borrow().clone()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
+        let id = self.conns.next.get();
+        self.conns.next.set(id + 1);
+        let idle = Rc::new(Cell::new(false));
+        self.conns.map.borrow_mut().insert(id, (fd, idle.clone()));
+        ConnGuard {
+            id,
+            idle,
+            shard: self.clone(),
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.conns.map.borrow().len()
+    }
+
+    pub fn access(&self, entry: &AccessEntry<'_>) {
+        self.stats.requests.set(self.stats.requests.get() + 1);
+        if let Some(log) = &self.access_log {
+            log.borrow_mut().record(entry);
+        }
+    }
+
+    fn flush_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.borrow_mut().flush();
+        }
+    }
+
+    /// Starts draining: no more accepts, idle connections closed now, busy
+    /// ones closed after their current exchange.
+    fn start_drain(&self) {
+        self.draining.set(true);
+        for (fd, idle) in self.conns.map.borrow().values() {
+            if idle.get() {
+                // SAFETY: the fd belongs to a live connection task (it is
+                // removed from the map before the socket is dropped);
+                // shutdown only wakes its pending read with end-of-stream.
+                unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
+            }
+        }
+    }
+}
+
+/// What a shard is given at start-up.
+pub struct ShardStart {
+    pub index: usize,
+    pub cfg: Rc<Config>,
+    /// Listening sockets for client connections, already bound.
+    pub listeners: Vec<RawFd>,
+    /// This shard's end of its wake socket.
+    pub wake: RawFd,
+}
+
+/// Runs one shard until it has drained.
+pub async fn run(start: ShardStart) {
+    let shard = Shard::new(start.index, start.cfg);
+    let stop = Rc::new(Cell::new(false));
+    let mut accept_tasks = Vec::new();
+    for fd in start.listeners {
+        // SAFETY: the fd is a bound, listening TCP socket created for this
+        // shard alone; ownership moves into the listener here.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener)));
+    }
+    let log_task = glommio::spawn_local(flush_access_log(shard.clone(), stop.clone()));
+
+    // SAFETY: the fd is this shard's end of a socketpair, owned by it alone.
+    let mut wake = unsafe { UnixStream::from_raw_fd(start.wake) };
+    let mut byte = [0u8; 64];
+    loop {
+        match wake.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) if byte[..n].contains(&wake::DRAIN) => break,
+            Ok(_) => {}
+        }
+    }
+
+    shard.start_drain();
+    for t in accept_tasks {
+        let _ = t.cancel().await;
+    }
+    let deadline = Instant::now() + shard.cfg.timeouts.shutdown_grace;
+    while shard.open_connections() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if shard.open_connections() > 0 {
+        warn!(
+            "core {}: {} connections still open after the grace period; closing them",
+            shard.index,
+            shard.open_connections()
+        );
+    }
+    stop.set(true);
+    let _ = log_task.cancel().await;
+    shard.flush_log();
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                shard.stats.accepted.set(shard.stats.accepted.get() + 1);
+                let peer = stream
+                    .peer_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                glommio::spawn_local(crate::conn::http::serve(shard.clone(), stream, peer)).detach();
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                warn!("core {}: accept failed: {e}", shard.index);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn flush_access_log(shard: Rc<Shard>, stop: Rc<Cell<bool>>) {
+    while !stop.get() {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        shard.flush_log();
+    }
+}
+
+/// Waits for whichever of two futures finishes first.
+pub async fn first<T>(a: impl std::future::Future<Output = T>, b: impl std::future::Future<Output = T>) -> T {
+    future::or(a, b).await
+}
