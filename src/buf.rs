@@ -161,7 +161,11 @@ impl InBuf {
     }
 
     /// Reads once more from `src` (see `poll_fill`).
-    pub async fn fill<S: AsyncRead + Unpin>(&mut self, src: &mut S, max: usize) -> io::Result<usize> {
+    pub async fn fill<S: AsyncRead + Unpin>(
+        &mut self,
+        src: &mut S,
+        max: usize,
+    ) -> io::Result<usize> {
         futures_lite::future::poll_fn(|cx| self.poll_fill(cx, src, max)).await
     }
 }
@@ -179,7 +183,11 @@ mod tests {
     struct Chunks(Vec<Vec<u8>>);
 
     impl AsyncRead for Chunks {
-        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            out: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
             if self.0.is_empty() {
                 return Poll::Pending;
             }
@@ -195,7 +203,9 @@ mod tests {
     }
 
     fn poll_once(b: &mut InBuf, src: &mut Chunks, max: usize) -> Poll<io::Result<usize>> {
-        let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())));
+        let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+            Poll::Ready(cx.waker().clone())
+        }));
         let mut cx = Context::from_waker(&waker);
         b.poll_fill(&mut cx, src, max)
     }
@@ -205,7 +215,10 @@ mod tests {
         let pool = Rc::new(BufPool::default());
         let mut b = InBuf::new(pool.clone());
         let mut src = Chunks(vec![b"hello".to_vec()]);
-        assert!(matches!(poll_once(&mut b, &mut src, BUF_SIZE), Poll::Ready(Ok(5))));
+        assert!(matches!(
+            poll_once(&mut b, &mut src, BUF_SIZE),
+            Poll::Ready(Ok(5))
+        ));
         assert_eq!(b.data(), b"hello");
         b.consume(5);
         assert!(b.buf.is_empty(), "consumed buffer goes back");
@@ -233,6 +246,9 @@ mod tests {
         }
         assert_eq!(total, max);
         b.consume(10);
-        assert!(matches!(poll_once(&mut b, &mut src, max), Poll::Ready(Ok(10))), "compacts");
+        assert!(
+            matches!(poll_once(&mut b, &mut src, max), Poll::Ready(Ok(10))),
+            "compacts"
+        );
     }
 }

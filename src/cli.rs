@@ -65,18 +65,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
             "--route" => ov.routes.push(val("--route")?),
             "--workers" => {
                 let v = val("--workers")?;
-                let n = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| CliError(format!("--workers: '{v}' is not a positive number")))?;
+                let n = v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    CliError(format!("--workers: '{v}' is not a positive number"))
+                })?;
                 ov.workers = Some(n);
             }
             "--log-level" => ov.log_level = Some(val("--log-level")?),
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: unknown flag (see --help)")))
             }
-            other => return Err(CliError(format!("'{other}': unexpected argument (see --help)"))),
+            other => {
+                return Err(CliError(format!(
+                    "'{other}': unexpected argument (see --help)"
+                )))
+            }
         }
     }
     Ok(match sub.as_deref() {
@@ -107,8 +109,17 @@ mod tests {
     #[test]
     fn parses_run_and_overrides() {
         let Ok(Command::Run { config, overrides }) = p(&[
-            "--listen", "127.0.0.1:0", "--listen=127.0.0.1:1", "--route", "* test",
-            "--workers", "2", "--control-http", "", "--config", "x.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen=127.0.0.1:1",
+            "--route",
+            "* test",
+            "--workers",
+            "2",
+            "--control-http",
+            "",
+            "--config",
+            "x.toml",
         ]) else {
             panic!("not run")
         };
@@ -119,7 +130,10 @@ mod tests {
         assert_eq!(overrides.control_http.as_deref(), Some(""));
         assert!(matches!(p(&["run"]), Ok(Command::Run { .. })));
         assert!(matches!(p(&[]), Ok(Command::Run { .. })));
-        assert!(matches!(p(&["check", "--config", "f"]), Ok(Command::Check { .. })));
+        assert!(matches!(
+            p(&["check", "--config", "f"]),
+            Ok(Command::Check { .. })
+        ));
     }
 
     #[test]

@@ -170,7 +170,13 @@ fn secs(field: &str, v: Option<f64>, default: f64) -> Result<Duration, ConfigErr
     Ok(Duration::from_secs_f64(v))
 }
 
-fn ranged(field: &str, v: Option<usize>, default: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
+fn ranged(
+    field: &str,
+    v: Option<usize>,
+    default: usize,
+    lo: usize,
+    hi: usize,
+) -> Result<usize, ConfigError> {
     let v = v.unwrap_or(default);
     if v < lo || v > hi {
         return fail(field, format!("{v} is outside {lo}..={hi}"));
@@ -182,8 +188,7 @@ fn ranged(field: &str, v: Option<usize>, default: usize, lo: usize, hi: usize) -
 pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
     let text = std::fs::read_to_string(path)
         .or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))?;
-    Routes::parse(text.lines())
-        .or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))
+    Routes::parse(text.lines()).or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))
 }
 
 impl Config {
@@ -218,9 +223,14 @@ impl Config {
     fn validate(f: FileConfig, ov: &Overrides) -> Result<Config, ConfigError> {
         let listen = if ov.listen.is_empty() {
             let l = f.listen.unwrap_or_else(|| vec!["127.0.0.1:7999".into()]);
-            l.iter().map(|a| parse_addr("listen", a)).collect::<Result<Vec<_>, _>>()?
+            l.iter()
+                .map(|a| parse_addr("listen", a))
+                .collect::<Result<Vec<_>, _>>()?
         } else {
-            ov.listen.iter().map(|a| parse_addr("--listen", a)).collect::<Result<Vec<_>, _>>()?
+            ov.listen
+                .iter()
+                .map(|a| parse_addr("--listen", a))
+                .collect::<Result<Vec<_>, _>>()?
         };
         if listen.is_empty() {
             return fail("listen", "at least one address is needed");
@@ -268,8 +278,20 @@ impl Config {
         }
         let l = f.limits;
         let head = HeadLimits {
-            max_head_bytes: ranged("limits.max_head_bytes", l.max_head_bytes, 16384, 256, 1 << 20)?,
-            max_headers: ranged("limits.max_headers", l.max_headers, 100, 1, MAX_HEADERS_CEILING)?,
+            max_head_bytes: ranged(
+                "limits.max_head_bytes",
+                l.max_head_bytes,
+                16384,
+                256,
+                1 << 20,
+            )?,
+            max_headers: ranged(
+                "limits.max_headers",
+                l.max_headers,
+                100,
+                1,
+                MAX_HEADERS_CEILING,
+            )?,
             max_uri_bytes: ranged("limits.max_uri_bytes", l.max_uri_bytes, 8192, 16, 1 << 20)?,
         };
         let limits = Limits {
@@ -286,15 +308,25 @@ impl Config {
             upstream_read: secs("timeouts.upstream_read", t.upstream_read, 60.0)?,
             shutdown_grace: secs("timeouts.shutdown_grace", t.shutdown_grace, 5.0)?,
         };
-        let max_idle_per_target =
-            ranged("upstream.max_idle_per_target", f.upstream.max_idle_per_target, 64, 0, 100_000)?;
+        let max_idle_per_target = ranged(
+            "upstream.max_idle_per_target",
+            f.upstream.max_idle_per_target,
+            64,
+            0,
+            100_000,
+        )?;
         let log_level = match &ov.log_level {
-            Some(s) => Level::parse(s)
-                .ok_or_else(|| ConfigError(format!("--log-level: '{s}' is not error, warn, info or debug")))?,
+            Some(s) => Level::parse(s).ok_or_else(|| {
+                ConfigError(format!(
+                    "--log-level: '{s}' is not error, warn, info or debug"
+                ))
+            })?,
             None => {
                 let s = f.log.level.as_deref().unwrap_or("info");
                 Level::parse(s).ok_or_else(|| {
-                    ConfigError(format!("log.level: '{s}' is not error, warn, info or debug"))
+                    ConfigError(format!(
+                        "log.level: '{s}' is not error, warn, info or debug"
+                    ))
                 })?
             }
         };
@@ -322,8 +354,14 @@ mod tests {
     fn embedded_default_matches_the_documented_defaults() {
         let c = Config::default_with(&Overrides::default()).expect("valid default");
         let empty = Config::from_toml("", "empty", &Overrides::default()).expect("valid");
-        assert_eq!(c, empty, "config/corepin.toml must show the built-in defaults");
-        assert_eq!(c.listen, vec!["127.0.0.1:7999".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c, empty,
+            "config/corepin.toml must show the built-in defaults"
+        );
+        assert_eq!(
+            c.listen,
+            vec!["127.0.0.1:7999".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.control_http, Some("127.0.0.1:5561".parse().unwrap()));
         assert_eq!(c.control_socket, Some(PathBuf::from("/tmp/corepin.sock")));
         assert_eq!(c.routes.iter().count(), 1);
@@ -341,7 +379,10 @@ mod tests {
             ("[log]\nlevel = \"loud\"", "log.level"),
             ("workers = \"two\"", "line 1"),
             ("routes = [\"* test\"]\nroutes_file = \"x\"", "routes_file"),
-            ("routes_file = \"/nonexistent/routes\"", "routes_file: /nonexistent/routes"),
+            (
+                "routes_file = \"/nonexistent/routes\"",
+                "routes_file: /nonexistent/routes",
+            ),
         ];
         for (text, needle) in cases {
             let e = Config::from_toml(text, "t.toml", &Overrides::default()).expect_err(text);
@@ -365,11 +406,17 @@ mod tests {
         assert_eq!(c.control_http, None);
         assert_eq!(c.workers, 1);
         assert_eq!(c.log_level, Level::Warn);
-        assert_eq!(c.routes_source, RoutesSource::Inline(vec!["* 127.0.0.1:9".into()]));
+        assert_eq!(
+            c.routes_source,
+            RoutesSource::Inline(vec!["* 127.0.0.1:9".into()])
+        );
         let bad = Overrides {
             routes: vec!["* x".into()],
             ..Overrides::default()
         };
-        assert!(Config::default_with(&bad).expect_err("bad").0.starts_with("--route: "));
+        assert!(Config::default_with(&bad)
+            .expect_err("bad")
+            .0
+            .starts_with("--route: "));
     }
 }

@@ -164,9 +164,7 @@ pub fn parse_line(line: &str) -> Result<Option<Route>, RouteError> {
             ("replace_beg", v) => route.replace_beg = Some(need("replace_beg", v)?.to_string()),
             ("proto", Some("http")) => route.proto = Proto::Http,
             ("proto", Some("ws")) => route.proto = Proto::Ws,
-            ("proto", v) => {
-                return err(format!("proto '{}' is not http or ws", v.unwrap_or("")))
-            }
+            ("proto", v) => return err(format!("proto '{}' is not http or ws", v.unwrap_or(""))),
             ("sig_key", v) => route.sig_key = Some(need("sig_key", v)?.to_string()),
             ("sig_iss", v) => route.sig_iss = Some(need("sig_iss", v)?.to_string()),
             ("prefix", v) => route.prefix = Some(need("prefix", v)?.to_string()),
@@ -227,7 +225,11 @@ impl Routes {
         let by_host = host.and_then(|h| {
             self.routes
                 .iter()
-                .filter(|r| r.host.as_deref().is_some_and(|rh| rh.eq_ignore_ascii_case(h)))
+                .filter(|r| {
+                    r.host
+                        .as_deref()
+                        .is_some_and(|rh| rh.eq_ignore_ascii_case(h))
+                })
                 .find(fits)
         });
         by_host.or_else(|| self.routes.iter().filter(|r| r.host.is_none()).find(fits))
@@ -329,9 +331,14 @@ mod tests {
         ])
         .expect("valid");
         let pick = |h: Option<&str>, p: &str, ws: bool| {
-            routes.select(h, p, ws).map(|r| r.line.split(' ').nth(1).unwrap_or("").to_string())
+            routes
+                .select(h, p, ws)
+                .map(|r| r.line.split(' ').nth(1).unwrap_or("").to_string())
         };
-        assert_eq!(pick(Some("API.example.com"), "/api/x", false).as_deref(), Some("c:1"));
+        assert_eq!(
+            pick(Some("API.example.com"), "/api/x", false).as_deref(),
+            Some("c:1")
+        );
         assert_eq!(pick(Some("other"), "/api/x", false).as_deref(), Some("b:1"));
         assert_eq!(pick(None, "/ws/1", true).as_deref(), Some("a:1,over_http"));
         assert_eq!(pick(None, "/ws/1", false).as_deref(), Some("test"));

@@ -2,10 +2,10 @@
 //! address, SO_REUSEPORT, backlog 4096), starts one pinned glommio
 //! executor per core, and turns signals into wake-ups for the shards.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::io::Write;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +23,11 @@ const IO_MEMORY: usize = 1 << 20;
 
 /// A listening socket with SO_REUSEPORT, not yet owned by an executor.
 fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
-    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
@@ -57,10 +61,13 @@ pub fn available_cores() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// One shard's sockets: its client listeners and its wake socket end.
+type ShardFds = (Vec<RawFd>, RawFd);
+
 /// What each shard takes at start-up, handed out by index.
 struct Startup {
     cfg: Config,
-    per_shard: Mutex<Vec<Option<(Vec<RawFd>, RawFd)>>>,
+    per_shard: Mutex<Vec<Option<ShardFds>>>,
 }
 
 /// Runs corepin until SIGTERM/SIGINT; returns after every shard drained.

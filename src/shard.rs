@@ -10,7 +10,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{future, AsyncReadExt};
+use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, UnixStream};
 
 use crate::buf::BufPool;
@@ -25,11 +25,17 @@ pub mod wake {
     pub const DRAIN: u8 = b'T';
 }
 
+/// One open connection: its socket and whether it waits between requests.
+struct ConnEntry {
+    fd: RawFd,
+    idle: Rc<Cell<bool>>,
+}
+
 /// Open connections of this shard, so a drain can close the idle ones.
 #[derive(Default)]
 pub struct Conns {
     next: Cell<u64>,
-    map: RefCell<HashMap<u64, (RawFd, Rc<Cell<bool>>)>>,
+    map: RefCell<HashMap<u64, ConnEntry>>,
 }
 
 /// Registration of one connection; removed on drop.
@@ -101,7 +107,13 @@ impl Shard {
         let id = self.conns.next.get();
         self.conns.next.set(id + 1);
         let idle = Rc::new(Cell::new(false));
-        self.conns.map.borrow_mut().insert(id, (fd, idle.clone()));
+        self.conns.map.borrow_mut().insert(
+            id,
+            ConnEntry {
+                fd,
+                idle: idle.clone(),
+            },
+        );
         ConnGuard {
             id,
             idle,
@@ -130,7 +142,7 @@ impl Shard {
     /// ones closed after their current exchange.
     fn start_drain(&self) {
         self.draining.set(true);
-        for (fd, idle) in self.conns.map.borrow().values() {
+        for ConnEntry { fd, idle } in self.conns.map.borrow().values() {
             if idle.get() {
                 // SAFETY: the fd belongs to a live connection task (it is
                 // removed from the map before the socket is dropped);
@@ -203,7 +215,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let peer = stream
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                glommio::spawn_local(crate::conn::http::serve(shard.clone(), stream, peer)).detach();
+                glommio::spawn_local(crate::conn::http::serve(shard.clone(), stream, peer))
+                    .detach();
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
@@ -219,9 +232,4 @@ async fn flush_access_log(shard: Rc<Shard>, stop: Rc<Cell<bool>>) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         shard.flush_log();
     }
-}
-
-/// Waits for whichever of two futures finishes first.
-pub async fn first<T>(a: impl std::future::Future<Output = T>, b: impl std::future::Future<Output = T>) -> T {
-    future::or(a, b).await
 }

@@ -103,10 +103,13 @@ impl Pool {
     /// An idle pooled connection to `addr`, if a live one is there.
     pub fn take_idle(&self, addr: &str) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
-        let (key, list) = idle.get_key_value(addr).map(|(k, _)| k.clone()).and_then(|k| {
-            let list = idle.get_mut(&k)?;
-            Some((k, list))
-        })?;
+        let (key, list) = idle
+            .get_key_value(addr)
+            .map(|(k, _)| k.clone())
+            .and_then(|k| {
+                let list = idle.get_mut(&k)?;
+                Some((k, list))
+            })?;
         while let Some(stream) = list.pop() {
             if idle_socket_alive(&stream) {
                 return Some(Upstream {

@@ -114,7 +114,8 @@ impl ChunkedDecoder {
             let b = input[i];
             match self.state {
                 State::Data { remaining } => {
-                    let take = (input.len() - i).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    let take =
+                        (input.len() - i).min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     let left = remaining - take as u64;
                     self.state = if left == 0 {
                         State::DataCr
@@ -304,23 +305,46 @@ mod tests {
         let expect = expect.map(|(d, done, left)| (d.to_vec(), done, left));
         assert_eq!(decode_split(input, &[]), expect, "whole: {input:?}");
         for cut in 0..=input.len() {
-            assert_eq!(decode_split(input, &[cut]), expect, "cut at {cut}: {input:?}");
+            assert_eq!(
+                decode_split(input, &[cut]),
+                expect,
+                "cut at {cut}: {input:?}"
+            );
         }
         let every: Vec<usize> = (1..input.len()).collect();
-        assert_eq!(decode_split(input, &every), expect, "byte by byte: {input:?}");
+        assert_eq!(
+            decode_split(input, &every),
+            expect,
+            "byte by byte: {input:?}"
+        );
     }
 
     #[test]
     fn table() {
         check(b"5\r\nhello\r\n0\r\n\r\n", Ok((b"hello", true, 0)));
-        check(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", Ok((b"hello world", true, 0)));
-        check(b"A\r\n0123456789\r\n0\r\n\r\nGET", Ok((b"0123456789", true, 3)));
-        check(b"a;name=value\r\n0123456789\r\n0\r\n\r\n", Ok((b"0123456789", true, 0)));
+        check(
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            Ok((b"hello world", true, 0)),
+        );
+        check(
+            b"A\r\n0123456789\r\n0\r\n\r\nGET",
+            Ok((b"0123456789", true, 3)),
+        );
+        check(
+            b"a;name=value\r\n0123456789\r\n0\r\n\r\n",
+            Ok((b"0123456789", true, 0)),
+        );
         check(b"3 ; ext\r\nabc\r\n0\r\n\r\n", Ok((b"abc", true, 0)));
-        check(b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nY: 2\r\n\r\n", Ok((b"abc", true, 0)));
+        check(
+            b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nY: 2\r\n\r\n",
+            Ok((b"abc", true, 0)),
+        );
         check(b"0\r\n\r\n", Ok((b"", true, 0)));
         check(b"3\r\nab", Ok((b"ab", false, 0)));
-        check(b"0000000000000003\r\nabc\r\n0\r\n\r\n", Ok((b"abc", true, 0)));
+        check(
+            b"0000000000000003\r\nabc\r\n0\r\n\r\n",
+            Ok((b"abc", true, 0)),
+        );
     }
 
     #[test]

@@ -177,7 +177,8 @@ impl Fields {
 
     /// True when any `name` field lists `token` (case-insensitive).
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.tokens(name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+        self.tokens(name)
+            .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
     }
 }
 
@@ -489,8 +490,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// True when the field named `name` must not be forwarded: it is hop-by-hop
 /// or listed in the message's own `Connection` header.
 pub fn is_hop_by_hop(fields: &Fields, name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || fields.has_token("connection", name)
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || fields.has_token("connection", name)
 }
 
 /// The canonical reason phrase for a status code.

@@ -73,7 +73,11 @@ impl Relay<'_> {
     }
 
     /// Sends `data` now, joined to the prefix when that is still pending.
-    async fn send<D: AsyncWrite + Unpin>(&mut self, dst: &mut D, data: &[u8]) -> Result<(), RelayError> {
+    async fn send<D: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut D,
+        data: &[u8],
+    ) -> Result<(), RelayError> {
         if !self.prefix.is_empty() && self.prefix.len() + data.len() <= COALESCE_MAX {
             self.prefix.extend_from_slice(data);
             return self.flush(dst).await;
@@ -110,7 +114,9 @@ impl Relay<'_> {
                         self.flush(dst).await?;
                         fill(src, buf).await?;
                     }
-                    let take = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    let take = buf
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     self.send(dst, &buf.data()[..take]).await?;
                     buf.consume(take);
                     remaining -= take as u64;

@@ -60,7 +60,10 @@ enum HeadRead {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 /// Serves one client connection until it closes.
@@ -236,7 +239,13 @@ fn relay_to_client_failure(e: RelayError) -> Failure {
 }
 
 /// Writes the request head sent to the backend.
-fn write_request_head(out: &mut Vec<u8>, head: &RequestHead, path: &str, b: &Backend, peer: &SocketAddr) {
+fn write_request_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    path: &str,
+    b: &Backend,
+    peer: &SocketAddr,
+) {
     let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method(), path);
     let mut xff: Vec<u8> = Vec::new();
     let mut via: Vec<u8> = Vec::new();
@@ -294,7 +303,13 @@ fn client_framing(head: &RequestHead, resp: &ResponseHead, draining: bool) -> (O
 }
 
 /// Writes the response head sent to the client.
-fn write_response_head(out: &mut Vec<u8>, head: &RequestHead, resp: &ResponseHead, framing: OutFraming, keep: bool) {
+fn write_response_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    resp: &ResponseHead,
+    framing: OutFraming,
+    keep: bool,
+) {
     let reason = if resp.reason().is_empty() {
         http1::reason_phrase(resp.status)
     } else {
@@ -365,10 +380,11 @@ async fn exchange(
             });
         }
     } else {
-        if head.expect_continue {
-            if c.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                return Err(Failure::ClientGone);
-            }
+        let interim = b"HTTP/1.1 100 Continue
+
+";
+        if head.expect_continue && c.stream.write_all(interim).await.is_err() {
+            return Err(Failure::ClientGone);
         }
         let _ = c.stream.set_read_timeout(Some(t.client_body));
         let mut prefix = req_head.to_vec();
@@ -383,7 +399,13 @@ async fn exchange(
             out: &mut out,
             limit: shard.cfg.limits.max_request_body,
         }
-        .run(&mut c.stream, &mut c.inbuf, &mut up.stream, head.body, framing)
+        .run(
+            &mut c.stream,
+            &mut c.inbuf,
+            &mut up.stream,
+            head.body,
+            framing,
+        )
         .await;
         shard.bufs.give_out(out);
         r.map_err(relay_to_client_failure)?;
@@ -419,7 +441,11 @@ async fn exchange(
 
 /// Gets a connection to the first reachable target of `route`, trying the
 /// failover targets in order. `fresh` skips the idle pool.
-async fn connect(shard: &Shard, route: &Route, fresh: bool) -> Result<(Upstream, Backend), Failure> {
+async fn connect(
+    shard: &Shard,
+    route: &Route,
+    fresh: bool,
+) -> Result<(Upstream, Backend), Failure> {
     let mut last = Failure::Upstream(502, "no backend target");
     for target in &route.targets {
         let Target::Backend(b) = target else { continue };
@@ -428,7 +454,11 @@ async fn connect(shard: &Shard, route: &Route, fresh: bool) -> Result<(Upstream,
                 return Ok((up, b.clone()));
             }
         }
-        match shard.pool.connect(&b.addr, shard.cfg.timeouts.upstream_connect).await {
+        match shard
+            .pool
+            .connect(&b.addr, shard.cfg.timeouts.upstream_connect)
+            .await
+        {
             Ok(up) => return Ok((up, b.clone())),
             Err(ConnectError::Timeout) => {
                 warn!("core {}: connect to {} timed out", shard.index, b.addr);
@@ -464,7 +494,10 @@ async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route)
         match r {
             Ok(resp) => break (up, backend, resp),
             Err(Failure::Stale) if replayable && !fresh => {
-                debug!("core {}: pooled connection to {} was stale; retrying", shard.index, backend.addr);
+                debug!(
+                    "core {}: pooled connection to {} was stale; retrying",
+                    shard.index, backend.addr
+                );
                 fresh = true;
             }
             Err(Failure::Stale) => {
@@ -478,13 +511,21 @@ async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route)
     let mut prefix = shard.bufs.take_out();
     write_response_head(&mut prefix, head, &resp, framing, keep);
     let mut out = shard.bufs.take_out();
-    let _ = c.stream.set_write_timeout(Some(shard.cfg.timeouts.client_write));
+    let _ = c
+        .stream
+        .set_write_timeout(Some(shard.cfg.timeouts.client_write));
     let r = Relay {
         prefix: &mut prefix,
         out: &mut out,
         limit: 0,
     }
-    .run(&mut up.stream, &mut up.inbuf, &mut c.stream, resp.body, framing)
+    .run(
+        &mut up.stream,
+        &mut up.inbuf,
+        &mut c.stream,
+        resp.body,
+        framing,
+    )
     .await;
     shard.bufs.give_out(prefix);
     shard.bufs.give_out(out);
@@ -502,8 +543,14 @@ async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route)
         }
         Err(e) => {
             match &e {
-                RelayError::Write(_) => debug!("core {}: client {} went away mid-response", shard.index, c.peer),
-                other => warn!("core {}: response from {} cut short: {other:?}", shard.index, backend.addr),
+                RelayError::Write(_) => debug!(
+                    "core {}: client {} went away mid-response",
+                    shard.index, c.peer
+                ),
+                other => warn!(
+                    "core {}: response from {} cut short: {other:?}",
+                    shard.index, backend.addr
+                ),
             }
             Outcome::closed(resp.status, 0, backend.addr)
         }
@@ -511,7 +558,13 @@ async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route)
 }
 
 /// Answers a failed exchange and decides whether the connection survives.
-async fn fail(shard: &Shard, c: &mut Client, head: &RequestHead, f: Failure, target: &str) -> Outcome {
+async fn fail(
+    shard: &Shard,
+    c: &mut Client,
+    head: &RequestHead,
+    f: Failure,
+    target: &str,
+) -> Outcome {
     match f {
         Failure::ClientGone | Failure::Stale => Outcome::closed(499, 0, target.to_string()),
         Failure::Client(status, reason) => {

@@ -16,10 +16,18 @@ fn req(input: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadError> {
             Ok(None) => {}
             Ok(Some((n, _))) => {
                 // A complete head inside the prefix must be the same head.
-                let (wn, _) = whole.clone().ok().flatten().expect("prefix complete, whole not");
+                let (wn, _) = whole
+                    .clone()
+                    .ok()
+                    .flatten()
+                    .expect("prefix complete, whole not");
                 assert_eq!(n, wn, "prefix {cut} parsed a different head");
             }
-            Err(e) => assert_eq!(Err(e), whole.clone().map(|_| ()), "prefix {cut} failed differently"),
+            Err(e) => assert_eq!(
+                Err(e),
+                whole.clone().map(|_| ()),
+                "prefix {cut} failed differently"
+            ),
         }
     }
     whole
@@ -29,7 +37,10 @@ fn res(input: &[u8], was_head: bool) -> Result<Option<(usize, ResponseHead)>, He
     let whole = parse_response(input, &LIMITS, was_head);
     for cut in 0..input.len() {
         if let Ok(Some(_)) = parse_response(&input[..cut], &LIMITS, was_head) {
-            assert!(whole.as_ref().is_ok_and(|w| w.is_some()), "prefix {cut} complete");
+            assert!(
+                whole.as_ref().is_ok_and(|w| w.is_some()),
+                "prefix {cut} complete"
+            );
         }
     }
     whole
@@ -56,10 +67,22 @@ fn simple_get() {
 
 #[test]
 fn keep_alive_rules() {
-    assert!(!ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").1.keep_alive);
-    assert!(!ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n").1.keep_alive);
+    assert!(
+        !ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .1
+            .keep_alive
+    );
+    assert!(
+        !ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n")
+            .1
+            .keep_alive
+    );
     assert!(!ok(b"GET / HTTP/1.0\r\n\r\n").1.keep_alive);
-    assert!(ok(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").1.keep_alive);
+    assert!(
+        ok(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .1
+            .keep_alive
+    );
 }
 
 #[test]
@@ -153,7 +176,10 @@ fn pipelined_heads_parse_in_order() {
 #[test]
 fn fields_and_tokens() {
     let (_, h) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Foo\r\nX-Foo: 1\r\nx-foo: 2\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-    assert_eq!(h.fields.get_all("X-FOO").collect::<Vec<_>>(), vec![&b"1"[..], &b"2"[..]]);
+    assert_eq!(
+        h.fields.get_all("X-FOO").collect::<Vec<_>>(),
+        vec![&b"1"[..], &b"2"[..]]
+    );
     assert!(is_hop_by_hop(&h.fields, "x-foo"));
     assert!(is_hop_by_hop(&h.fields, "Keep-Alive"));
     assert!(is_hop_by_hop(&h.fields, "transfer-encoding"));
@@ -166,15 +192,30 @@ fn responses() {
     let (n, r) = res(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false)
         .expect("valid")
         .expect("complete");
-    assert_eq!((n, r.status, r.reason(), r.body, r.keep_alive), (38, 200, "OK", BodyKind::Length(5), true));
+    assert_eq!(
+        (n, r.status, r.reason(), r.body, r.keep_alive),
+        (38, 200, "OK", BodyKind::Length(5), true)
+    );
 
-    let r = res(b"HTTP/1.1 200 OK\r\n\r\n", false).expect("valid").expect("complete").1;
+    let r = res(b"HTTP/1.1 200 OK\r\n\r\n", false)
+        .expect("valid")
+        .expect("complete")
+        .1;
     assert_eq!((r.body, r.keep_alive), (BodyKind::UntilClose, false));
 
-    let r = res(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap().unwrap().1;
+    let r = res(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap()
+    .1;
     assert_eq!(r.body, BodyKind::Chunked);
 
-    let r = res(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap().1;
+    let r = res(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
+        .unwrap()
+        .unwrap()
+        .1;
     assert_eq!(r.body, BodyKind::Empty);
 
     for code in [b"204", b"304", b"101"] {
@@ -184,13 +225,26 @@ fn responses() {
         assert_eq!(res(&head, false).unwrap().unwrap().1.body, BodyKind::Empty);
     }
 
-    let r = res(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap().unwrap().1;
+    let r = res(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
+        .unwrap()
+        .unwrap()
+        .1;
     assert!(!r.keep_alive);
-    let r = res(b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false).unwrap().unwrap().1;
+    let r = res(
+        b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap()
+    .1;
     assert!(!r.keep_alive);
 
     assert!(res(b"SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
-    assert!(res(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).is_err());
+    assert!(res(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        false
+    )
+    .is_err());
 }
 
 #[test]
