@@ -269,36 +269,56 @@ pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(CHUNK_END);
 }
 
+/// Decodes `input` fed in pieces split at `cuts` (ascending offsets);
+/// returns (data, done, bytes left after the body). Test and fuzz helper.
+#[doc(hidden)]
+pub fn decode_split(input: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, bool, usize), ChunkError> {
+    let mut dec = ChunkedDecoder::new();
+    let mut data = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+    bounds.push(input.len());
+    let mut start = 0;
+    for end in bounds {
+        let end = end.max(start);
+        pending.extend_from_slice(&input[start..end]);
+        start = end;
+        loop {
+            let d = dec.decode(&pending)?;
+            assert!(d.consumed <= pending.len(), "consumed more than given");
+            data.extend_from_slice(d.data);
+            let (consumed, done) = (d.consumed, d.done);
+            pending.drain(..consumed);
+            if done {
+                return Ok((data, true, pending.len() + (input.len() - start)));
+            }
+            if consumed == 0 || pending.is_empty() {
+                break;
+            }
+        }
+    }
+    Ok((data, false, pending.len()))
+}
+
+/// Fuzz invariant: decoding `input` whole and split at `cut` agree.
+#[doc(hidden)]
+pub fn check_split_invariant(input: &[u8], cut: usize) {
+    let whole = decode_split(input, &[]);
+    let cut = if input.is_empty() {
+        0
+    } else {
+        cut % (input.len() + 1)
+    };
+    assert_eq!(
+        whole,
+        decode_split(input, &[cut]),
+        "split at {cut} changed the result"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decodes `input` fed in pieces split at `cuts`; returns (data, done, leftover).
-    fn decode_split(input: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, bool, usize), ChunkError> {
-        let mut dec = ChunkedDecoder::new();
-        let mut data = Vec::new();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut bounds: Vec<usize> = cuts.to_vec();
-        bounds.push(input.len());
-        let mut start = 0;
-        for end in bounds {
-            pending.extend_from_slice(&input[start..end]);
-            start = end;
-            loop {
-                let d = dec.decode(&pending)?;
-                data.extend_from_slice(d.data);
-                let (consumed, done) = (d.consumed, d.done);
-                pending.drain(..consumed);
-                if done {
-                    return Ok((data, true, pending.len() + (input.len() - start)));
-                }
-                if consumed == 0 || pending.is_empty() {
-                    break;
-                }
-            }
-        }
-        Ok((data, false, pending.len()))
-    }
 
     /// Runs one case whole and split at every offset; all must agree.
     fn check(input: &[u8], expect: Result<(&[u8], bool, usize), ChunkError>) {
@@ -375,6 +395,31 @@ mod tests {
             decode_split(&trailer, &[]),
             Err(ChunkError::TrailersTooLarge)
         );
+    }
+
+    /// A deterministic stand-in for the fuzz target, so `cargo test` covers
+    /// its invariant on many generated inputs.
+    #[test]
+    fn generated_inputs_keep_the_split_invariant() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let alphabet = b"0123456789abcdefABCDEF;= \t\r\nxz";
+        for _ in 0..3000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let mut input = Vec::with_capacity(len);
+            let mut s = seed;
+            for _ in 0..len {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                input.push(alphabet[(s >> 33) as usize % alphabet.len()]);
+            }
+            for cut in 0..=input.len() {
+                check_split_invariant(&input, cut);
+            }
+        }
     }
 
     #[test]

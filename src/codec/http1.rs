@@ -537,5 +537,28 @@ pub fn write_simple_response(out: &mut Vec<u8>, status: u16, body: &str, close: 
     out.push(b'\n');
 }
 
+/// Fuzz invariant: parsing never claims more bytes than given, and no
+/// prefix of `data` completes differently from the whole, or fails where
+/// the whole succeeds.
+#[doc(hidden)]
+pub fn check_head_invariants(data: &[u8], limits: &HeadLimits) {
+    let whole = parse_request(data, limits);
+    if let Ok(Some((n, _))) = &whole {
+        assert!(*n <= data.len(), "claimed {n} of {} bytes", data.len());
+    }
+    for cut in 0..data.len().min(600) {
+        match parse_request(&data[..cut], limits) {
+            Ok(None) => {}
+            Ok(Some((n, _))) => {
+                assert!(
+                    matches!(&whole, Ok(Some((w, _))) if *w == n),
+                    "prefix {cut} completed at {n}"
+                )
+            }
+            Err(_) => assert!(whole.is_err(), "prefix {cut} failed, whole did not"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
