@@ -16,10 +16,13 @@ pub const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept in a core's pool at most; the rest are freed.
 const POOL_MAX: usize = 256;
 
-/// A core's free buffers. Not shared across threads.
+/// A core's free buffers. Not shared across threads. Read buffers are
+/// kept at full length (zeroed once, when first made); output buffers are
+/// kept empty with their capacity, so neither is cleared on reuse.
 #[derive(Default)]
 pub struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
+    free_out: RefCell<Vec<Vec<u8>>>,
 }
 
 impl BufPool {
@@ -39,16 +42,19 @@ impl BufPool {
 
     /// An empty output buffer (length 0, pooled capacity).
     pub fn take_out(&self) -> Vec<u8> {
-        let mut b = self.take();
-        b.clear();
-        b
+        self.free_out
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
     }
 
-    /// Returns an output buffer taken with `take_out`.
+    /// Returns an output buffer taken with `take_out`; one that grew past
+    /// the pooled size is freed instead.
     pub fn give_out(&self, mut buf: Vec<u8>) {
-        if buf.capacity() == BUF_SIZE {
-            buf.resize(BUF_SIZE, 0);
-            self.give(buf);
+        let mut free = self.free_out.borrow_mut();
+        if buf.capacity() <= 4 * BUF_SIZE && free.len() < POOL_MAX {
+            buf.clear();
+            free.push(buf);
         }
     }
 }

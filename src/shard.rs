@@ -125,6 +125,11 @@ impl Shard {
         self.conns.map.borrow().len()
     }
 
+    /// The time now, when the access log will want a duration.
+    pub fn clock(&self) -> Option<Instant> {
+        self.access_log.as_ref().map(|_| Instant::now())
+    }
+
     pub fn access(&self, entry: &AccessEntry<'_>) {
         self.stats.requests.set(self.stats.requests.get() + 1);
         if let Some(log) = &self.access_log {

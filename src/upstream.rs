@@ -100,8 +100,10 @@ impl Pool {
         Ok(addr)
     }
 
-    /// An idle pooled connection to `addr`, if a live one is there.
-    pub fn take_idle(&self, addr: &str) -> Option<Upstream> {
+    /// An idle pooled connection to `addr`, if one is there. With `check`,
+    /// one that the backend has closed meanwhile is skipped (one extra
+    /// syscall); without it, the caller must be able to retry the request.
+    pub fn take_idle(&self, addr: &str, check: bool) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let (key, list) = idle
             .get_key_value(addr)
@@ -111,7 +113,7 @@ impl Pool {
                 Some((k, list))
             })?;
         while let Some(stream) = list.pop() {
-            if idle_socket_alive(&stream) {
+            if !check || idle_socket_alive(&stream) {
                 return Some(Upstream {
                     stream,
                     inbuf: InBuf::new(self.bufs.clone()),

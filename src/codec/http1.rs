@@ -134,13 +134,12 @@ impl Fields {
         &self.raw[range(r)]
     }
 
-    /// All fields in order, as (name, value).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.fields.iter().map(move |f| {
-            // Names were validated as tokens by httparse, so they are ASCII.
-            let name = std::str::from_utf8(&self.raw[range(f.name)]).unwrap_or("");
-            (name, &self.raw[range(f.value)])
-        })
+    /// All fields in order, as (name, value). Names were validated as
+    /// tokens by httparse, so they are ASCII.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields
+            .iter()
+            .map(move |f| (&self.raw[range(f.name)], &self.raw[range(f.value)]))
     }
 
     /// Number of fields.
@@ -156,14 +155,14 @@ impl Fields {
     /// The first value of `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
 
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
 
@@ -489,8 +488,13 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// True when the field named `name` must not be forwarded: it is hop-by-hop
 /// or listed in the message's own `Connection` header.
-pub fn is_hop_by_hop(fields: &Fields, name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || fields.has_token("connection", name)
+pub fn is_hop_by_hop(fields: &Fields, name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+        || fields
+            .tokens("connection")
+            .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// The canonical reason phrase for a status code.
@@ -502,8 +506,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
 }
 
 /// Appends `name: value\r\n`.
-pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");

@@ -81,7 +81,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             HeadRead::Head(h) => h,
             HeadRead::Closed => break,
             HeadRead::Refuse(status, reason) => {
-                let started = Instant::now();
+                let started = shard.clock();
                 let bytes = answer(&shard, &mut c, status, reason, true).await;
                 shard.access(&AccessEntry {
                     core: shard.index,
@@ -91,12 +91,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                     status,
                     bytes,
                     target: "-",
-                    duration: started.elapsed(),
+                    duration: started.map(|s| s.elapsed()).unwrap_or_default(),
                 });
                 break;
             }
         };
-        let started = Instant::now();
+        let started = shard.clock();
         let outcome = handle(&shard, &mut c, &head).await;
         shard.access(&AccessEntry {
             core: shard.index,
@@ -106,7 +106,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             status: outcome.status,
             bytes: outcome.bytes,
             target: &outcome.target,
-            duration: started.elapsed(),
+            duration: started.map(|s| s.elapsed()).unwrap_or_default(),
         });
         if !outcome.keep_alive || shard.draining() {
             break;
@@ -134,7 +134,8 @@ async fn read_head(shard: &Shard, c: &mut Client, guard: &ConnGuard) -> HeadRead
             _ => return HeadRead::Closed,
         }
     }
-    let deadline = Instant::now() + t.client_header;
+    // The header deadline is taken only when the head did not arrive whole.
+    let mut deadline = None;
     loop {
         match parse_request(c.inbuf.data(), limits) {
             Ok(Some((n, head))) => {
@@ -144,6 +145,7 @@ async fn read_head(shard: &Shard, c: &mut Client, guard: &ConnGuard) -> HeadRead
             Ok(None) => {}
             Err(e) => return HeadRead::Refuse(e.status(), e.reason()),
         }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + t.client_header);
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return HeadRead::Refuse(408, "request header timeout");
@@ -238,6 +240,11 @@ fn relay_to_client_failure(e: RelayError) -> Failure {
     }
 }
 
+/// True when `name` starts with `prefix`, ignoring ASCII case.
+fn has_prefix(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
 /// Writes the request head sent to the backend.
 fn write_request_head(
     out: &mut Vec<u8>,
@@ -251,24 +258,24 @@ fn write_request_head(
     let mut via: Vec<u8> = Vec::new();
     let mut has_host = false;
     for (name, value) in head.fields.iter() {
-        if is_hop_by_hop(&head.fields, name) || name.eq_ignore_ascii_case("expect") {
+        if is_hop_by_hop(&head.fields, name)
+            || name.eq_ignore_ascii_case(b"expect")
+            || has_prefix(name, b"grip-")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+        {
             continue;
         }
-        let lower = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
-        if lower("grip-") || name.eq_ignore_ascii_case("x-forwarded-proto") {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             xff.extend_from_slice(value);
             xff.extend_from_slice(b", ");
             continue;
         }
-        if name.eq_ignore_ascii_case("via") {
+        if name.eq_ignore_ascii_case(b"via") {
             via.extend_from_slice(value);
             via.extend_from_slice(b", ");
             continue;
         }
-        if name.eq_ignore_ascii_case("host") {
+        if name.eq_ignore_ascii_case(b"host") {
             has_host = true;
             if b.host.is_some() {
                 continue;
@@ -277,15 +284,15 @@ fn write_request_head(
         http1::write_field(out, name, value);
     }
     if let Some(h) = &b.host {
-        http1::write_field(out, "Host", h.as_bytes());
+        http1::write_field(out, b"Host", h.as_bytes());
     } else if !has_host {
-        http1::write_field(out, "Host", b.addr.as_bytes());
+        http1::write_field(out, b"Host", b.addr.as_bytes());
     }
     let _ = write!(xff, "{}", peer.ip());
-    http1::write_field(out, "X-Forwarded-For", &xff);
+    http1::write_field(out, b"X-Forwarded-For", &xff);
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     via.extend_from_slice(VIA.as_bytes());
-    http1::write_field(out, "Via", &via);
+    http1::write_field(out, b"Via", &via);
     http1::write_framing(out, head.body);
     out.extend_from_slice(b"\r\n");
 }
@@ -321,7 +328,7 @@ fn write_response_head(
         if is_hop_by_hop(&resp.fields, name) {
             continue;
         }
-        if name.eq_ignore_ascii_case("via") {
+        if name.eq_ignore_ascii_case(b"via") {
             via.extend_from_slice(value);
             via.extend_from_slice(b", ");
             continue;
@@ -329,7 +336,7 @@ fn write_response_head(
         http1::write_field(out, name, value);
     }
     via.extend_from_slice(VIA.as_bytes());
-    http1::write_field(out, "Via", &via);
+    http1::write_field(out, b"Via", &via);
     match resp.body {
         BodyKind::Empty => {
             // HEAD and 304 keep the length the backend declared; other
@@ -337,7 +344,7 @@ fn write_response_head(
             let bodiless = (100..200).contains(&resp.status) || resp.status == 204;
             match resp.fields.get("content-length") {
                 Some(v) if head.is_head() || resp.status == 304 => {
-                    http1::write_field(out, "Content-Length", v)
+                    http1::write_field(out, b"Content-Length", v)
                 }
                 _ if !bodiless && resp.status != 304 && !head.is_head() => {
                     out.extend_from_slice(b"Content-Length: 0\r\n")
@@ -380,9 +387,7 @@ async fn exchange(
             });
         }
     } else {
-        let interim = b"HTTP/1.1 100 Continue
-
-";
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
         if head.expect_continue && c.stream.write_all(interim).await.is_err() {
             return Err(Failure::ClientGone);
         }
@@ -440,17 +445,19 @@ async fn exchange(
 }
 
 /// Gets a connection to the first reachable target of `route`, trying the
-/// failover targets in order. `fresh` skips the idle pool.
+/// failover targets in order. `fresh` skips the idle pool; `replayable`
+/// requests take pooled connections unchecked (a dead one is retried).
 async fn connect(
     shard: &Shard,
     route: &Route,
     fresh: bool,
+    replayable: bool,
 ) -> Result<(Upstream, Backend), Failure> {
     let mut last = Failure::Upstream(502, "no backend target");
     for target in &route.targets {
         let Target::Backend(b) = target else { continue };
         if !fresh {
-            if let Some(up) = shard.pool.take_idle(&b.addr) {
+            if let Some(up) = shard.pool.take_idle(&b.addr, !replayable) {
                 return Ok((up, b.clone()));
             }
         }
@@ -483,7 +490,7 @@ async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route)
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
     let (mut up, backend, resp) = loop {
-        let (mut up, backend) = match connect(shard, route, fresh).await {
+        let (mut up, backend) = match connect(shard, route, fresh, replayable).await {
             Ok(x) => x,
             Err(f) => return fail(shard, c, head, f, "-").await,
         };

@@ -180,10 +180,10 @@ fn fields_and_tokens() {
         h.fields.get_all("X-FOO").collect::<Vec<_>>(),
         vec![&b"1"[..], &b"2"[..]]
     );
-    assert!(is_hop_by_hop(&h.fields, "x-foo"));
-    assert!(is_hop_by_hop(&h.fields, "Keep-Alive"));
-    assert!(is_hop_by_hop(&h.fields, "transfer-encoding"));
-    assert!(!is_hop_by_hop(&h.fields, "host"));
+    assert!(is_hop_by_hop(&h.fields, b"x-foo"));
+    assert!(is_hop_by_hop(&h.fields, b"Keep-Alive"));
+    assert!(is_hop_by_hop(&h.fields, b"transfer-encoding"));
+    assert!(!is_hop_by_hop(&h.fields, b"host"));
     assert!(h.is_upgrade());
 }
 
