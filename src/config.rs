@@ -26,7 +26,29 @@ struct FileConfig {
     limits: FileLimits,
     timeouts: FileTimeouts,
     upstream: FileUpstream,
+    grip: FileGrip,
+    publish: FilePublish,
     log: FileLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileGrip {
+    sig_key: Option<String>,
+    sig_iss: Option<String>,
+    max_channels: Option<usize>,
+    subscriber_queue: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FilePublish {
+    auth: Option<String>,
+    key: Option<String>,
+    iss: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    max_body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -109,6 +131,30 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
 }
 
+/// GRIP settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grip {
+    /// Decoded signing key; `None` = no Grip-Sig.
+    pub sig_key: Option<Vec<u8>>,
+    pub sig_iss: String,
+    pub max_channels: usize,
+    pub subscriber_queue: usize,
+}
+
+/// How the publish API authenticates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishAuth {
+    None,
+    Bearer { key: Vec<u8>, iss: Option<String> },
+    Basic { user: String, password: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub auth: PublishAuth,
+    pub max_body: usize,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -122,6 +168,8 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub max_idle_per_target: usize,
+    pub grip: Grip,
+    pub publish: Publish,
     pub log_level: Level,
     pub access_log: bool,
 }
@@ -315,6 +363,69 @@ impl Config {
             0,
             100_000,
         )?;
+        let g = f.grip;
+        let sig_key = match g.sig_key.as_deref() {
+            None | Some("") => None,
+            Some(k) => Some(crate::jwt::key_bytes(k).or_else(|e| fail("grip.sig_key", e))?),
+        };
+        let grip = Grip {
+            sig_key,
+            sig_iss: g.sig_iss.unwrap_or_else(|| "corepin".into()),
+            max_channels: ranged("grip.max_channels", g.max_channels, 20, 1, 1000)?,
+            subscriber_queue: ranged(
+                "grip.subscriber_queue",
+                g.subscriber_queue,
+                1024,
+                1,
+                1 << 20,
+            )?,
+        };
+        for r in routes.iter() {
+            if let Some(k) = &r.sig_key {
+                crate::jwt::key_bytes(k)
+                    .or_else(|e| fail("routes", format!("sig_key of '{}': {e}", r.line)))?;
+            }
+        }
+        let p = f.publish;
+        let auth = match p.auth.as_deref().unwrap_or("none") {
+            "none" => PublishAuth::None,
+            "bearer" => {
+                let key = p.key.as_deref().unwrap_or("");
+                if key.is_empty() {
+                    return fail("publish.key", "auth = \"bearer\" needs a key");
+                }
+                PublishAuth::Bearer {
+                    key: crate::jwt::key_bytes(key).or_else(|e| fail("publish.key", e))?,
+                    iss: p.iss.filter(|i| !i.is_empty()),
+                }
+            }
+            "basic" => {
+                let user = p.user.unwrap_or_default();
+                if user.is_empty() {
+                    return fail("publish.user", "auth = \"basic\" needs a user");
+                }
+                PublishAuth::Basic {
+                    user,
+                    password: p.password.unwrap_or_default(),
+                }
+            }
+            other => {
+                return fail(
+                    "publish.auth",
+                    format!("'{other}' is not none, bearer or basic"),
+                )
+            }
+        };
+        let publish = Publish {
+            auth,
+            max_body: ranged(
+                "publish.max_body_bytes",
+                p.max_body_bytes,
+                1 << 20,
+                1024,
+                64 << 20,
+            )?,
+        };
         let log_level = match &ov.log_level {
             Some(s) => Level::parse(s).ok_or_else(|| {
                 ConfigError(format!(
@@ -340,6 +451,8 @@ impl Config {
             limits,
             timeouts,
             max_idle_per_target,
+            grip,
+            publish,
             log_level,
             access_log: f.log.access_log.unwrap_or(true),
         })

@@ -7,12 +7,17 @@
 #[macro_use]
 pub mod log;
 pub mod buf;
+pub mod bus;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod conn;
+pub mod control;
+pub mod jwt;
+pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod shard;
+pub mod subs;
 pub mod testtarget;
 pub mod upstream;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::bus::{Bus, CoreInbox};
 use crate::config::Config;
 use crate::shard::{self, ShardStart};
 
@@ -61,13 +62,20 @@ pub fn available_cores() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// One shard's sockets: its client listeners and its wake socket end.
-type ShardFds = (Vec<RawFd>, RawFd);
+/// What one shard is handed: client listeners, control listeners, its wake
+/// socket end and its bus inbox.
+struct ShardParts {
+    listeners: Vec<RawFd>,
+    control: Vec<RawFd>,
+    wake: RawFd,
+    inbox: CoreInbox,
+}
 
 /// What each shard takes at start-up, handed out by index.
 struct Startup {
     cfg: Config,
-    per_shard: Mutex<Vec<Option<ShardFds>>>,
+    bus: Arc<Bus>,
+    per_shard: Mutex<Vec<Option<ShardParts>>>,
 }
 
 /// Runs corepin until SIGTERM/SIGINT; returns after every shard drained.
@@ -85,21 +93,50 @@ pub fn run(cfg: Config) -> Result<(), String> {
             listeners[i].push(s.into_raw_fd());
         }
     }
+    let mut control: Vec<Vec<RawFd>> = vec![Vec::new(); workers];
+    if let Some(addr) = cfg.control_http {
+        let (sockets, actual) = bind_group(addr, workers)?;
+        info!("listening on {actual} (control http)");
+        for (i, s) in sockets.into_iter().enumerate() {
+            control[i].push(s.into_raw_fd());
+        }
+    }
     let mut wakers = Vec::with_capacity(workers);
-    let mut per_shard = Vec::with_capacity(workers);
-    for fds in listeners {
+    let mut signal_wakers = Vec::with_capacity(workers);
+    let mut theirs_all = Vec::with_capacity(workers);
+    for _ in 0..workers {
         let (ours, theirs) =
             StdUnixStream::pair().map_err(|e| format!("cannot create a wake socket: {e}"))?;
         ours.set_nonblocking(true)
             .map_err(|e| format!("cannot configure a wake socket: {e}"))?;
+        signal_wakers.push(
+            ours.try_clone()
+                .map_err(|e| format!("cannot clone a wake socket: {e}"))?,
+        );
         wakers.push(ours);
-        per_shard.push(Some((fds, theirs.into_raw_fd())));
+        theirs_all.push(theirs.into_raw_fd());
     }
-    spawn_signal_thread(wakers)?;
+    let (bus, inboxes) = Bus::new(wakers);
+    let per_shard = listeners
+        .into_iter()
+        .zip(control)
+        .zip(theirs_all)
+        .zip(inboxes)
+        .map(|(((listeners, control), wake), inbox)| {
+            Some(ShardParts {
+                listeners,
+                control,
+                wake,
+                inbox,
+            })
+        })
+        .collect();
+    spawn_signal_thread(signal_wakers)?;
     info!("running on {workers} cores");
 
     let startup = Arc::new(Startup {
         cfg,
+        bus,
         per_shard: Mutex::new(per_shard),
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -113,15 +150,18 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 .lock()
                 .ok()
                 .and_then(|mut v| v.get_mut(index).and_then(Option::take));
-            let Some((listeners, wake)) = taken else {
+            let Some(parts) = taken else {
                 error!("shard {index} found no start-up state");
                 return;
             };
             shard::run(ShardStart {
                 index,
                 cfg: Rc::new(startup.cfg.clone()),
-                listeners,
-                wake,
+                listeners: parts.listeners,
+                control: parts.control,
+                bus: startup.bus.clone(),
+                inbox: parts.inbox,
+                wake: parts.wake,
             })
             .await;
         })

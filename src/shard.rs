@@ -8,15 +8,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, UnixStream};
 
 use crate::buf::BufPool;
+use crate::bus::{Bus, CoreInbox, WAKE_PUBLISH};
 use crate::config::{Config, Level};
 use crate::log::{AccessEntry, AccessLog};
 use crate::route::Routes;
+use crate::subs::Registry;
 use crate::upstream::Pool;
 
 /// A byte sent on a shard's wake socket.
@@ -75,10 +78,17 @@ pub struct Shard {
     draining: Cell<bool>,
     access_log: Option<RefCell<AccessLog>>,
     pub stats: Stats,
+    pub subs: Registry,
+    pub bus: Arc<Bus>,
+    /// Grip-Sig tokens by (key, iss): (exp, token); renewed each minute.
+    sig_cache: RefCell<Vec<(Vec<u8>, String, u64, String)>>,
 }
 
+/// The capabilities announced to backends in `Grip-Feature`.
+pub const GRIP_FEATURES: &str = "status, link:next, filter:skip-self, filter:require-sub";
+
 impl Shard {
-    pub fn new(index: usize, cfg: Rc<Config>) -> Rc<Shard> {
+    pub fn new(index: usize, cfg: Rc<Config>, bus: Arc<Bus>) -> Rc<Shard> {
         let bufs = Rc::new(BufPool::default());
         let access = cfg.access_log && crate::log::enabled(Level::Info);
         Rc::new(Shard {
@@ -90,8 +100,69 @@ impl Shard {
             draining: Cell::new(false),
             access_log: access.then(|| RefCell::new(AccessLog::default())),
             stats: Stats::default(),
+            subs: Registry::new(cfg.grip.subscriber_queue),
+            bus,
+            sig_cache: RefCell::new(Vec::new()),
             cfg,
         })
+    }
+
+    /// The signing key and issuer for requests on `route`, if any.
+    pub fn sig_for(&self, route: &crate::route::Route) -> Option<(Vec<u8>, String)> {
+        let key = match &route.sig_key {
+            Some(k) => crate::jwt::key_bytes(k).ok()?,
+            None => self.cfg.grip.sig_key.clone()?,
+        };
+        let iss = route
+            .sig_iss
+            .clone()
+            .unwrap_or_else(|| self.cfg.grip.sig_iss.clone());
+        Some((key, iss))
+    }
+
+    /// Appends `Grip-Sig` (when signing) and `Grip-Feature`. A token is
+    /// valid for an hour and reused for a minute, so signing costs one
+    /// HMAC per minute per key, not one per request.
+    pub fn write_grip_headers(&self, out: &mut Vec<u8>, sig: Option<&(Vec<u8>, String)>) {
+        if let Some((key, iss)) = sig {
+            let now = crate::jwt::now();
+            let mut cache = self.sig_cache.borrow_mut();
+            let hit = cache
+                .iter()
+                .position(|(k, i, exp, _)| k == key && i == iss && *exp > now + 3540);
+            let token = match hit {
+                Some(i) => cache[i].3.clone(),
+                None => {
+                    let exp = now + 3600;
+                    let t = crate::jwt::sign(key, iss, exp);
+                    cache.retain(|(k, i, _, _)| !(k == key && i == iss));
+                    cache.push((key.clone(), iss.clone(), exp, t.clone()));
+                    t
+                }
+            };
+            out.extend_from_slice(b"Grip-Sig: ");
+            out.extend_from_slice(token.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Grip-Feature: ");
+        out.extend_from_slice(GRIP_FEATURES.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Delivers everything waiting in this core's inbox.
+    fn drain_inbox(&self, inbox: &CoreInbox) {
+        inbox.rearm();
+        let mut items = Vec::new();
+        while let Ok(batch) = inbox.rx.try_recv() {
+            items.extend(batch.iter().cloned());
+            if items.len() >= 4096 {
+                self.subs.deliver(&items);
+                items.clear();
+            }
+        }
+        if !items.is_empty() {
+            self.subs.deliver(&items);
+        }
     }
 
     /// The current routing table (a cheap snapshot).
@@ -164,22 +235,37 @@ pub struct ShardStart {
     pub cfg: Rc<Config>,
     /// Listening sockets for client connections, already bound.
     pub listeners: Vec<RawFd>,
+    /// Listening sockets for the control HTTP API.
+    pub control: Vec<RawFd>,
+    pub bus: Arc<Bus>,
+    pub inbox: CoreInbox,
     /// This shard's end of its wake socket.
     pub wake: RawFd,
 }
 
 /// Runs one shard until it has drained.
 pub async fn run(start: ShardStart) {
-    let shard = Shard::new(start.index, start.cfg);
+    let shard = Shard::new(start.index, start.cfg, start.bus);
     let stop = Rc::new(Cell::new(false));
     let mut accept_tasks = Vec::new();
-    for fd in start.listeners {
+    for (fd, control) in start
+        .listeners
+        .into_iter()
+        .map(|f| (f, false))
+        .chain(start.control.into_iter().map(|f| (f, true)))
+    {
         // SAFETY: the fd is a bound, listening TCP socket created for this
         // shard alone; ownership moves into the listener here.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener)));
+        accept_tasks.push(glommio::spawn_local(accept_loop(
+            shard.clone(),
+            listener,
+            control,
+        )));
     }
     let log_task = glommio::spawn_local(flush_access_log(shard.clone(), stop.clone()));
+    let sweep_task = glommio::spawn_local(sweep(shard.clone(), stop.clone()));
+    let inbox = start.inbox;
 
     // SAFETY: the fd is this shard's end of a socketpair, owned by it alone.
     let mut wake = unsafe { UnixStream::from_raw_fd(start.wake) };
@@ -187,8 +273,14 @@ pub async fn run(start: ShardStart) {
     loop {
         match wake.read(&mut byte).await {
             Ok(0) | Err(_) => break,
-            Ok(n) if byte[..n].contains(&wake::DRAIN) => break,
-            Ok(_) => {}
+            Ok(n) => {
+                if byte[..n].contains(&WAKE_PUBLISH) {
+                    shard.drain_inbox(&inbox);
+                }
+                if byte[..n].contains(&wake::DRAIN) {
+                    break;
+                }
+            }
         }
     }
 
@@ -196,6 +288,21 @@ pub async fn run(start: ShardStart) {
     for t in accept_tasks {
         let _ = t.cancel().await;
     }
+    // Held streams end cleanly: their subscribers get a close.
+    shard.subs.close_all();
+    // Publishes still arriving during the drain are delivered.
+    let drain_publishes = glommio::spawn_local({
+        let shard = shard.clone();
+        async move {
+            let mut byte = [0u8; 64];
+            while let Ok(n) = wake.read(&mut byte).await {
+                if n == 0 {
+                    break;
+                }
+                shard.drain_inbox(&inbox);
+            }
+        }
+    });
     let deadline = Instant::now() + shard.cfg.timeouts.shutdown_grace;
     while shard.open_connections() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -208,11 +315,13 @@ pub async fn run(start: ShardStart) {
         );
     }
     stop.set(true);
+    let _ = drain_publishes.cancel().await;
+    let _ = sweep_task.cancel().await;
     let _ = log_task.cancel().await;
     shard.flush_log();
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, control: bool) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -220,8 +329,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let peer = stream
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                glommio::spawn_local(crate::conn::http::serve(shard.clone(), stream, peer))
-                    .detach();
+                if control {
+                    glommio::spawn_local(crate::control::serve(shard.clone(), stream, peer))
+                        .detach();
+                } else {
+                    glommio::spawn_local(crate::conn::http::serve(shard.clone(), stream, peer))
+                        .detach();
+                }
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
@@ -229,6 +343,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Keep-alives, long-poll timeouts and link timers, checked 4 times a second.
+async fn sweep(shard: Rc<Shard>, stop: Rc<Cell<bool>>) {
+    while !stop.get() {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        shard.subs.sweep(Instant::now());
     }
 }
 

@@ -5,4 +5,6 @@
 //! that is never an error. Encoders append to a caller-owned buffer.
 
 pub mod chunked;
+pub mod grip;
 pub mod http1;
+pub mod publish;

@@ -162,6 +162,9 @@ impl Relay<'_> {
                 }
                 let data = buf.data();
                 total += data.len() as u64;
+                if self.limit > 0 && total > self.limit {
+                    return Err(RelayError::TooLarge);
+                }
                 match framing {
                     OutFraming::Chunked => chunked::write_chunk(self.out, data),
                     OutFraming::Raw => self.out.extend_from_slice(data),

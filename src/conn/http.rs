@@ -12,11 +12,13 @@ use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::buf::{InBuf, BUF_SIZE};
+use crate::codec::grip;
 use crate::codec::http1::{
     self, is_hop_by_hop, parse_request, parse_response, BodyKind, HeadError, RequestHead,
     ResponseHead, Version,
 };
 use crate::conn::body::{OutFraming, Relay, RelayError};
+use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
 use crate::log::AccessEntry;
 use crate::route::{Backend, Route, Target};
 use crate::shard::{ConnGuard, Shard};
@@ -174,7 +176,7 @@ async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close:
 }
 
 /// Handles one request: route, then answer locally or proxy.
-async fn handle(shard: &Shard, c: &mut Client, head: &RequestHead) -> Outcome {
+async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcome {
     let routes = shard.routes();
     let ws = head.is_upgrade()
         && head
@@ -190,11 +192,20 @@ async fn handle(shard: &Shard, c: &mut Client, head: &RequestHead) -> Outcome {
             return refuse(shard, c, head, 413, "request body too large", "-").await;
         }
     }
-    match route.targets.first() {
-        Some(Target::Test) => crate::testtarget::handle(shard, c, head).await,
-        Some(Target::Backend(_)) => proxy(shard, c, head, route).await,
-        None => refuse(shard, c, head, 404, "no route for this request", "-").await,
+    // A hold may ask for the request to be made again (a `hint`, or a
+    // subscriber found out of sync); a few times at most.
+    for _ in 0..3 {
+        let r = match route.targets.first() {
+            Some(Target::Test) => crate::testtarget::handle(shard, c, head, route).await,
+            Some(Target::Backend(_)) => proxy(shard, c, head, route).await,
+            None => return refuse(shard, c, head, 404, "no route for this request", "-").await,
+        };
+        match r {
+            HoldEnd::Done(o) => return o,
+            HoldEnd::Retry => debug!("core {}: re-requesting {}", shard.index, head.target()),
+        }
     }
+    refuse(shard, c, head, 502, "backend kept asking for a retry", "-").await
 }
 
 /// Answers an error without reading the request body. The connection is
@@ -252,6 +263,7 @@ fn write_request_head(
     path: &str,
     b: &Backend,
     peer: &SocketAddr,
+    grip: &[u8],
 ) {
     let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method(), path);
     let mut xff: Vec<u8> = Vec::new();
@@ -293,6 +305,7 @@ fn write_request_head(
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     via.extend_from_slice(VIA.as_bytes());
     http1::write_field(out, b"Via", &via);
+    out.extend_from_slice(grip);
     http1::write_framing(out, head.body);
     out.extend_from_slice(b"\r\n");
 }
@@ -485,17 +498,20 @@ async fn connect(
 }
 
 /// Proxies one request to the route's backend and streams the answer back.
-async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route) -> Outcome {
+async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Route) -> HoldEnd {
     let path = route.rewrite(head.target());
+    let sig = shard.sig_for(route);
+    let mut grip_headers = Vec::new();
+    shard.write_grip_headers(&mut grip_headers, sig.as_ref());
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
     let (mut up, backend, resp) = loop {
         let (mut up, backend) = match connect(shard, route, fresh, replayable).await {
             Ok(x) => x,
-            Err(f) => return fail(shard, c, head, f, "-").await,
+            Err(f) => return HoldEnd::Done(fail(shard, c, head, f, "-").await),
         };
         let mut req_head = shard.bufs.take_out();
-        write_request_head(&mut req_head, head, &path, &backend, &c.peer);
+        write_request_head(&mut req_head, head, &path, &backend, &c.peer, &grip_headers);
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         shard.bufs.give_out(req_head);
         match r {
@@ -509,11 +525,21 @@ async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route)
             }
             Err(Failure::Stale) => {
                 let f = Failure::Upstream(502, "upstream closed the connection");
-                return fail(shard, c, head, f, &backend.addr).await;
+                return HoldEnd::Done(fail(shard, c, head, f, &backend.addr).await);
             }
-            Err(f) => return fail(shard, c, head, f, &backend.addr).await,
+            Err(f) => return HoldEnd::Done(fail(shard, c, head, f, &backend.addr).await),
         }
     };
+    if grip::is_grip(&resp.fields) {
+        let ctx = HoldCtx {
+            head,
+            backend: Some(backend.addr.clone()),
+            prefix: route.prefix.clone().unwrap_or_default(),
+            target: backend.addr.clone(),
+            sig,
+        };
+        return instructed(shard, c, &ctx, up, resp).await;
+    }
     let (framing, keep) = client_framing(head, &resp, shard.draining());
     let mut prefix = shard.bufs.take_out();
     write_response_head(&mut prefix, head, &resp, framing, keep);
@@ -541,12 +567,12 @@ async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route)
             if resp.keep_alive {
                 shard.pool.put_idle(up);
             }
-            Outcome {
+            HoldEnd::Done(Outcome {
                 status: resp.status,
                 bytes,
                 target: backend.addr,
                 keep_alive: keep,
-            }
+            })
         }
         Err(e) => {
             match &e {
@@ -559,7 +585,55 @@ async fn proxy(shard: &Shard, c: &mut Client, head: &RequestHead, route: &Route)
                     shard.index, backend.addr
                 ),
             }
-            Outcome::closed(resp.status, 0, backend.addr)
+            HoldEnd::Done(Outcome::closed(resp.status, 0, backend.addr))
+        }
+    }
+}
+
+/// A backend response with GRIP instructions: read it whole, then pass it
+/// on or hold the client as instructed.
+async fn instructed(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    mut up: Upstream,
+    resp: ResponseHead,
+) -> HoldEnd {
+    let body = match grip_conn::read_body(&mut up, resp.body).await {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(
+                "core {}: instructing response from {} unreadable: {e:?}",
+                shard.index, ctx.target
+            );
+            let f = Failure::Upstream(502, "invalid response from upstream");
+            return HoldEnd::Done(fail(shard, c, ctx.head, f, &ctx.target).await);
+        }
+    };
+    if resp.keep_alive {
+        shard.pool.put_idle(up);
+    }
+    match grip_conn::decide(&resp, body) {
+        Ok(Decision::Hold(instruct, base)) => grip_conn::hold(shard, c, ctx, *instruct, base).await,
+        Ok(Decision::Pass(base)) => {
+            let keep = ctx.head.keep_alive && !shard.draining();
+            let mut out = Vec::with_capacity(256 + base.body.len());
+            base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
+            let ok = write_to(&mut c.stream, &out).await;
+            HoldEnd::Done(Outcome {
+                status: base.status,
+                bytes: base.body.len() as u64,
+                target: ctx.target.clone(),
+                keep_alive: ok && keep,
+            })
+        }
+        Err(e) => {
+            warn!(
+                "core {}: bad GRIP instruction from {}: {}",
+                shard.index, ctx.target, e.0
+            );
+            let f = Failure::Upstream(502, "invalid GRIP instruction from upstream");
+            HoldEnd::Done(fail(shard, c, ctx.head, f, &ctx.target).await)
         }
     }
 }

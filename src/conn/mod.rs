@@ -2,4 +2,5 @@
 //! parses with the sans-IO codecs, acts, and writes.
 
 pub mod body;
+pub mod grip;
 pub mod http;

@@ -1,0 +1,565 @@
+//! GRIP holds on a client connection: a backend response carrying
+//! instructions is read whole, then either passed on (no hold), or the
+//! connection is held as a stream (content appended per publish) or a
+//! long-poll (answered by the first published response, or by the
+//! backend's own response at the timeout).
+
+use std::io::Write;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::AsyncWriteExt;
+
+use crate::buf::BUF_SIZE;
+use crate::codec::grip::{self, HoldMode, Instruct};
+use crate::codec::http1::{self, is_hop_by_hop, BodyKind, RequestHead, ResponseHead, Version};
+use crate::conn::body::{OutFraming, Relay, RelayError};
+use crate::conn::http::{Client, Outcome};
+use crate::shard::Shard;
+use crate::subs::{Kind, Msg, Sub, SubSpec};
+use crate::upstream::Upstream;
+
+/// Largest instructing response body read into memory.
+pub const MAX_INSTRUCT_BODY: u64 = 1 << 20;
+
+/// A response as it will reach the client: `Grip-*`, hop-by-hop and
+/// framing headers already removed.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Bytes,
+}
+
+fn keep_header(fields: &http1::Fields, name: &[u8]) -> bool {
+    !(is_hop_by_hop(fields, name) || (name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"grip-")))
+}
+
+impl Base {
+    pub fn from_head(resp: &ResponseHead, body: Bytes) -> Base {
+        let headers = resp
+            .fields
+            .iter()
+            .filter(|(n, _)| keep_header(&resp.fields, n))
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        Base {
+            status: resp.status,
+            reason: resp.reason().to_string(),
+            headers,
+            body,
+        }
+    }
+
+    fn from_json(r: grip::JsonResponse) -> Base {
+        let code = r.code.unwrap_or(200);
+        Base {
+            status: code,
+            reason: r
+                .reason
+                .unwrap_or_else(|| http1::reason_phrase(code).to_string()),
+            headers: r
+                .headers
+                .into_iter()
+                .filter(|(n, _)| {
+                    let n = n.to_ascii_lowercase();
+                    !(n.starts_with("grip-")
+                        || matches!(
+                            n.as_str(),
+                            "content-length" | "transfer-encoding" | "connection"
+                        ))
+                })
+                .map(|(n, v)| (n.into_bytes(), v))
+                .collect(),
+            body: r.body,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn write_status_and_headers(&self, out: &mut Vec<u8>, status: Option<&(u16, Option<String>)>) {
+        let (code, reason) = match status {
+            Some((c, r)) => (
+                *c,
+                r.clone()
+                    .unwrap_or_else(|| http1::reason_phrase(*c).to_string()),
+            ),
+            None => (self.status, self.reason.clone()),
+        };
+        let reason = if reason.is_empty() {
+            http1::reason_phrase(code).to_string()
+        } else {
+            reason
+        };
+        let _ = write!(out, "HTTP/1.1 {code} {reason}\r\n");
+        for (n, v) in &self.headers {
+            http1::write_field(out, n, v);
+        }
+    }
+
+    /// The whole response with a Content-Length.
+    pub fn write_full(
+        &self,
+        out: &mut Vec<u8>,
+        status: Option<&(u16, Option<String>)>,
+        keep: bool,
+        http10: bool,
+    ) {
+        self.write_status_and_headers(out, status);
+        // Length(0) still writes `Content-Length: 0`.
+        http1::write_framing(out, BodyKind::Length(self.body.len() as u64));
+        connection_header(out, keep, http10);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+    }
+}
+
+fn connection_header(out: &mut Vec<u8>, keep: bool, http10: bool) {
+    if !keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+}
+
+/// What the instructing response asks for.
+pub enum Decision {
+    /// Send this response as it is.
+    Pass(Base),
+    /// Hold the connection.
+    Hold(Box<Instruct>, Base),
+}
+
+/// Reads a whole (bounded) body from `up`.
+pub async fn read_body(up: &mut Upstream, kind: BodyKind) -> Result<Bytes, RelayError> {
+    let mut sink: Vec<u8> = Vec::new();
+    let (mut prefix, mut out) = (Vec::new(), Vec::new());
+    Relay {
+        prefix: &mut prefix,
+        out: &mut out,
+        limit: MAX_INSTRUCT_BODY,
+    }
+    .run(
+        &mut up.stream,
+        &mut up.inbuf,
+        &mut sink,
+        kind,
+        OutFraming::Raw,
+    )
+    .await?;
+    Ok(Bytes::from(sink))
+}
+
+/// Turns an instructing response (head and whole body) into a decision.
+pub fn decide(resp: &ResponseHead, body: Bytes) -> Result<Decision, grip::GripError> {
+    if grip::is_instruct_json(&resp.fields) {
+        let (instruct, r) = grip::from_json(&body)?;
+        let base = Base::from_json(r);
+        return Ok(match instruct {
+            Some(i) => Decision::Hold(Box::new(i), base),
+            None => Decision::Pass(base),
+        });
+    }
+    let base = Base::from_head(resp, body);
+    Ok(match grip::from_headers(&resp.fields)? {
+        Some(i) => Decision::Hold(Box::new(i), base),
+        None => Decision::Pass(base),
+    })
+}
+
+/// How a hold ended.
+pub enum HoldEnd {
+    /// Done; keep the client connection if `true`.
+    Done(Outcome),
+    /// Re-request the original request from the backend (a `hint`, or the
+    /// subscriber was found out of sync through `prev-id`).
+    Retry,
+}
+
+/// The route-level context a hold needs for next-link fetches.
+pub struct HoldCtx<'a> {
+    pub head: &'a RequestHead,
+    /// Backend `host:port` for relative links; `None` for the test target.
+    pub backend: Option<String>,
+    pub prefix: String,
+    pub target: String,
+    pub sig: Option<(Vec<u8>, String)>,
+}
+
+/// Holds the client connection as instructed.
+pub async fn hold(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    instruct: Instruct,
+    base: Base,
+) -> HoldEnd {
+    let max = shard.cfg.grip.max_channels;
+    if instruct.channels.len() > max {
+        warn!(
+            "core {}: a hold names {} channels; keeping the first {max}",
+            shard.index,
+            instruct.channels.len()
+        );
+    }
+    let channels: Vec<String> = instruct
+        .channels
+        .iter()
+        .take(max)
+        .map(|c| format!("{}{}", ctx.prefix, c.name))
+        .collect();
+    if instruct.hold == HoldMode::Response {
+        // A client that says it has seen an older id than the channel's
+        // latest has missed something: ask the backend again at once.
+        let behind = instruct.channels.iter().take(max).any(|spec| {
+            let name = format!("{}{}", ctx.prefix, spec.name);
+            matches!((&spec.prev_id, shard.subs.last_id(&name)), (Some(p), Some(last)) if *p != last)
+        });
+        if behind && ctx.head.body == BodyKind::Empty {
+            return HoldEnd::Retry;
+        }
+    }
+    let http10 = ctx.head.version == Version::Http10;
+    let sub = shard.subs.subscribe(SubSpec {
+        kind: if instruct.hold == HoldMode::Stream {
+            Kind::Stream
+        } else {
+            Kind::Response
+        },
+        chunked: !http10,
+        channels,
+        meta: instruct.meta.clone(),
+        keep_alive: if instruct.hold == HoldMode::Stream {
+            instruct.keep_alive.clone()
+        } else {
+            None
+        },
+        timeout: (instruct.hold == HoldMode::Response)
+            .then(|| Duration::from_secs(u64::from(instruct.timeout))),
+        link_timeout: match (&instruct.hold, &instruct.next) {
+            (HoldMode::Stream, Some(l)) => Some(Duration::from_secs(u64::from(l.timeout))),
+            _ => None,
+        },
+    });
+    let _ = c.stream.set_read_timeout(None);
+    let end = match instruct.hold {
+        HoldMode::Stream => hold_stream(shard, c, ctx, &sub, instruct, base).await,
+        HoldMode::Response => hold_response(shard, c, ctx, &sub, &instruct, base).await,
+    };
+    shard.subs.unsubscribe(&sub);
+    end
+}
+
+enum Event {
+    Msg(Msg),
+    ClientGone,
+    Dropped,
+}
+
+/// Waits for the next message for `sub`, or the client going away.
+async fn next_event(c: &mut Client, sub: &Sub) -> Event {
+    futures_lite::future::poll_fn(|cx| {
+        if sub.dropped() {
+            return Poll::Ready(Event::Dropped);
+        }
+        if let Some(m) = sub.poll_msg(cx.waker()) {
+            return Poll::Ready(Event::Msg(m));
+        }
+        // Watch the client side for a close; bytes it sends (a pipelined
+        // request) are kept for after the hold, up to one buffer.
+        while c.inbuf.len() < BUF_SIZE {
+            match c.inbuf.poll_fill(cx, &mut c.stream, BUF_SIZE) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::ClientGone),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+async fn write(c: &mut Client, bytes: &[u8]) -> bool {
+    c.stream.write_all(bytes).await.is_ok()
+}
+
+fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> HoldEnd {
+    HoldEnd::Done(Outcome {
+        status,
+        bytes,
+        target: ctx.target.clone(),
+        keep_alive: keep,
+    })
+}
+
+async fn hold_stream(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    sub: &Rc<Sub>,
+    mut instruct: Instruct,
+    base: Base,
+) -> HoldEnd {
+    let http10 = !sub.chunked;
+    let status = instruct
+        .status
+        .clone()
+        .unwrap_or((base.status, Some(base.reason.clone())));
+    let mut out = Vec::with_capacity(256 + base.body.len());
+    base.write_status_and_headers(&mut out, Some(&status));
+    if http10 {
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out.extend_from_slice(&base.body);
+    } else {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+        crate::codec::chunked::write_chunk(&mut out, &base.body);
+    }
+    let mut bytes = base.body.len() as u64;
+    if !write(c, &out).await {
+        return done(status.0, 0, ctx, false);
+    }
+    sub.wrote(Instant::now());
+    let keep = ctx.head.keep_alive && !http10;
+    loop {
+        match next_event(c, sub).await {
+            Event::Msg(Msg::Data(b)) => {
+                if !write(c, &b).await {
+                    return done(status.0, bytes, ctx, false);
+                }
+                bytes += b.len() as u64;
+                sub.wrote(Instant::now());
+            }
+            Event::Msg(Msg::Close) => {
+                if !http10 {
+                    let ok = write(c, crate::codec::chunked::LAST_CHUNK).await;
+                    return done(status.0, bytes, ctx, ok && keep && !shard.draining());
+                }
+                return done(status.0, bytes, ctx, false);
+            }
+            Event::Msg(Msg::Refetch) => {
+                let Some(link) = instruct.next.clone() else {
+                    continue;
+                };
+                match fetch_link(shard, ctx, sub, &link.url).await {
+                    Some((next, body)) => {
+                        let framed = if http10 {
+                            body.to_vec()
+                        } else {
+                            let mut v = Vec::new();
+                            crate::codec::chunked::write_chunk(&mut v, &body);
+                            v
+                        };
+                        if !framed.is_empty() && !write(c, &framed).await {
+                            return done(status.0, bytes, ctx, false);
+                        }
+                        bytes += body.len() as u64;
+                        match next {
+                            Some(i) if i.hold == HoldMode::Stream => {
+                                let channels = i
+                                    .channels
+                                    .iter()
+                                    .map(|s| format!("{}{}", ctx.prefix, s.name))
+                                    .collect();
+                                shard.subs.set_channels(sub, channels);
+                                *sub.keep_alive.borrow_mut() = i.keep_alive.clone();
+                                sub.link_at.set(i.next.as_ref().map(|l| {
+                                    Instant::now() + Duration::from_secs(u64::from(l.timeout))
+                                }));
+                                shard.subs.retime(sub);
+                                instruct = *i;
+                            }
+                            _ => {
+                                // No further hold: the stream ends here.
+                                if !http10 {
+                                    let ok = write(c, crate::codec::chunked::LAST_CHUNK).await;
+                                    return done(
+                                        status.0,
+                                        bytes,
+                                        ctx,
+                                        ok && keep && !shard.draining(),
+                                    );
+                                }
+                                return done(status.0, bytes, ctx, false);
+                            }
+                        }
+                    }
+                    None => {
+                        // The link failed: try again after its timeout.
+                        sub.link_at.set(Some(
+                            Instant::now() + Duration::from_secs(u64::from(link.timeout)),
+                        ));
+                        shard.subs.retime(sub);
+                    }
+                }
+            }
+            Event::Msg(Msg::Response(_)) | Event::Msg(Msg::Timeout) => {}
+            Event::ClientGone => return done(status.0, bytes, ctx, false),
+            Event::Dropped => {
+                warn!(
+                    "core {}: stream subscriber {} too slow; dropped",
+                    shard.index, c.peer
+                );
+                return done(status.0, bytes, ctx, false);
+            }
+        }
+    }
+}
+
+async fn hold_response(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    sub: &Rc<Sub>,
+    instruct: &Instruct,
+    base: Base,
+) -> HoldEnd {
+    let http10 = ctx.head.version == Version::Http10;
+    let keep = ctx.head.keep_alive && !shard.draining();
+    loop {
+        match next_event(c, sub).await {
+            Event::Msg(Msg::Response(e)) => {
+                let mut out =
+                    Vec::with_capacity(e.response_head.len() + e.response_body.len() + 64);
+                out.extend_from_slice(&e.response_head);
+                for name in &instruct.expose {
+                    if let Some(v) = base.header(name) {
+                        http1::write_field(&mut out, name.as_bytes(), v);
+                    }
+                }
+                connection_header(&mut out, keep, http10);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&e.response_body);
+                let ok = write(c, &out).await;
+                let code = e.item.http_response.as_ref().map_or(200, |r| r.code);
+                return done(code, e.response_body.len() as u64, ctx, ok && keep);
+            }
+            Event::Msg(Msg::Timeout) => {
+                let mut out = Vec::new();
+                base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
+                let ok = write(c, &out).await;
+                let code = instruct.status.as_ref().map_or(base.status, |s| s.0);
+                return done(code, base.body.len() as u64, ctx, ok && keep);
+            }
+            Event::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => return HoldEnd::Retry,
+            Event::Msg(_) => {}
+            Event::ClientGone | Event::Dropped => return done(499, 0, ctx, false),
+        }
+    }
+}
+
+/// `Grip-Last` lines for the channels a subscriber has seen ids on.
+fn grip_last(sub: &Sub, prefix: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (ch, id) in sub.last_ids.borrow().iter() {
+        let name = ch.strip_prefix(prefix).unwrap_or(ch);
+        let _ = write!(out, "Grip-Last: {name}; last-id={id}\r\n");
+    }
+    out
+}
+
+/// Fetches a next link; returns its instruction (if any) and its body.
+async fn fetch_link(
+    shard: &Rc<Shard>,
+    ctx: &HoldCtx<'_>,
+    sub: &Sub,
+    url: &str,
+) -> Option<(Option<Box<Instruct>>, Bytes)> {
+    let (addr, path) = match url.strip_prefix("http://") {
+        Some(rest) => {
+            let (hostport, path) = rest
+                .split_once('/')
+                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+            let hostport = if hostport.contains(':') {
+                hostport.to_string()
+            } else {
+                format!("{hostport}:80")
+            };
+            (hostport, path)
+        }
+        None if url.starts_with('/') => (ctx.backend.clone()?, url.to_string()),
+        None => {
+            warn!(
+                "core {}: next link '{url}' is not http:// or a path",
+                shard.index
+            );
+            return None;
+        }
+    };
+    let mut req = Vec::with_capacity(256);
+    let host = ctx
+        .head
+        .fields
+        .get("host")
+        .map_or(addr.as_bytes().to_vec(), <[u8]>::to_vec);
+    let _ = write!(req, "GET {path} HTTP/1.1\r\n");
+    http1::write_field(&mut req, b"Host", &host);
+    req.extend_from_slice(&grip_last(sub, &ctx.prefix));
+    shard.write_grip_headers(&mut req, ctx.sig.as_ref());
+    req.extend_from_slice(b"\r\n");
+    let mut up = match shard
+        .pool
+        .connect(&addr, shard.cfg.timeouts.upstream_connect)
+        .await
+    {
+        Ok(up) => up,
+        Err(e) => {
+            warn!("core {}: next link {addr}: {e:?}", shard.index);
+            return None;
+        }
+    };
+    let _ = up
+        .stream
+        .set_read_timeout(Some(shard.cfg.timeouts.upstream_read));
+    if up.stream.write_all(&req).await.is_err() {
+        return None;
+    }
+    let limits = &shard.cfg.limits.head;
+    let resp = loop {
+        match http1::parse_response(up.inbuf.data(), limits, false) {
+            Ok(Some((n, r))) => {
+                up.inbuf.consume(n);
+                if (100..200).contains(&r.status) {
+                    continue;
+                }
+                break r;
+            }
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match up
+            .inbuf
+            .fill(&mut up.stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
+            .await
+        {
+            Ok(n) if n > 0 => {}
+            _ => return None,
+        }
+    };
+    let body = read_body(&mut up, resp.body).await.ok()?;
+    if resp.keep_alive {
+        shard.pool.put_idle(up);
+    }
+    if !(200..300).contains(&resp.status) {
+        warn!(
+            "core {}: next link {url} answered {}",
+            shard.index, resp.status
+        );
+        return None;
+    }
+    match decide(&resp, body) {
+        Ok(Decision::Hold(i, base)) => Some((Some(i), base.body)),
+        Ok(Decision::Pass(base)) => Some((None, base.body)),
+        Err(e) => {
+            warn!("core {}: next link {url}: {}", shard.index, e.0);
+            None
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! A core's subscriptions: channel -> subscribers, each subscriber's
+//! bounded outgoing queue, and the fan-out of drained publishes. Plain
+//! per-core data (`Rc`, `RefCell`, `Cell`); the bytes delivered are the
+//! shared `Bytes` encoded once by the bus.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::bus::Encoded;
+use crate::codec::grip::{KeepAlive, KeepAliveMode};
+use crate::codec::publish::Action;
+
+/// What kind of hold a subscriber is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// HTTP streaming: every `http-stream` content is appended.
+    Stream,
+    /// Long-poll: the first `http-response` completes it.
+    Response,
+}
+
+/// Something for a subscriber's connection task to do.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// Bytes to write as they are (already framed).
+    Data(Bytes),
+    /// End the stream cleanly.
+    Close,
+    /// Answer a long-poll with this published response.
+    Response(Arc<Encoded>),
+    /// The long-poll timed out.
+    Timeout,
+    /// Fetch the next link (or re-request): a `hint`, or the link timer.
+    Refetch,
+}
+
+/// One held connection.
+pub struct Sub {
+    pub id: u64,
+    pub kind: Kind,
+    /// Stream bodies are chunked (HTTP/1.1) or raw (HTTP/1.0).
+    pub chunked: bool,
+    pub channels: RefCell<Vec<String>>,
+    pub meta: RefCell<Vec<(String, String)>>,
+    /// Last id delivered per channel (sent back as `Grip-Last`).
+    pub last_ids: RefCell<Vec<(String, String)>>,
+    queue: RefCell<VecDeque<Msg>>,
+    waker: RefCell<Option<Waker>>,
+    dropped: Cell<bool>,
+    // Timing, checked by the core's sweep.
+    pub keep_alive: RefCell<Option<KeepAlive>>,
+    pub last_write: Cell<Instant>,
+    last_keep_alive: Cell<Instant>,
+    pub deadline: Cell<Option<Instant>>,
+    pub link_at: Cell<Option<Instant>>,
+}
+
+impl Sub {
+    pub fn push(&self, msg: Msg, max: usize, stats: &SubStats) {
+        if self.dropped.get() {
+            return;
+        }
+        let mut q = self.queue.borrow_mut();
+        if q.len() >= max {
+            // A subscriber that cannot keep up is dropped alone.
+            q.clear();
+            self.dropped.set(true);
+            stats.drops.set(stats.drops.get() + 1);
+        } else {
+            q.push_back(msg);
+        }
+        drop(q);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Next message, or registers `waker` for the next push.
+    pub fn poll_msg(&self, waker: &Waker) -> Option<Msg> {
+        let m = self.queue.borrow_mut().pop_front();
+        if m.is_none() {
+            let mut w = self.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|old| old.will_wake(waker)) {
+                *w = Some(waker.clone());
+            }
+        }
+        m
+    }
+
+    pub fn dropped(&self) -> bool {
+        self.dropped.get()
+    }
+
+    pub fn wrote(&self, now: Instant) {
+        self.last_write.set(now);
+    }
+
+    fn passes(&self, e: &Encoded) -> bool {
+        let it = &e.item;
+        let meta = self.meta.borrow();
+        let get = |k: &str| meta.iter().find(|(mk, _)| mk == k).map(|(_, v)| v.as_str());
+        it.filters.iter().all(|f| match f.as_str() {
+            // Skip the subscriber whose `user` meta matches the item's `sender`.
+            "skip-self" => {
+                let sender = it
+                    .meta
+                    .iter()
+                    .find(|(k, _)| k == "sender")
+                    .map(|(_, v)| v.as_str());
+                sender.is_none() || get("user") != sender
+            }
+            // Deliver only to subscribers whose `user` is listed in the item's `users`.
+            "require-sub" => {
+                let users = it
+                    .meta
+                    .iter()
+                    .find(|(k, _)| k == "users")
+                    .map(|(_, v)| v.as_str());
+                users.is_none_or(|u| {
+                    get("user").is_some_and(|me| u.split(',').any(|x| x.trim() == me))
+                })
+            }
+            _ => true,
+        })
+    }
+}
+
+/// Per-core delivery counters.
+#[derive(Default)]
+pub struct SubStats {
+    pub deliveries: Cell<u64>,
+    pub drops: Cell<u64>,
+}
+
+/// Registration settings for a new subscriber.
+pub struct SubSpec {
+    pub kind: Kind,
+    pub chunked: bool,
+    pub channels: Vec<String>,
+    pub meta: Vec<(String, String)>,
+    pub keep_alive: Option<KeepAlive>,
+    pub timeout: Option<Duration>,
+    pub link_timeout: Option<Duration>,
+}
+
+/// A core's subscription index.
+pub struct Registry {
+    next: Cell<u64>,
+    channels: RefCell<HashMap<String, HashMap<u64, Rc<Sub>>>>,
+    timed: RefCell<HashMap<u64, Rc<Sub>>>,
+    /// Last id seen per channel on this core (for `prev-id` checks).
+    last_ids: RefCell<HashMap<String, String>>,
+    pub max_queue: usize,
+    pub stats: SubStats,
+}
+
+impl Registry {
+    pub fn new(max_queue: usize) -> Self {
+        Registry {
+            next: Cell::new(1),
+            channels: RefCell::new(HashMap::new()),
+            timed: RefCell::new(HashMap::new()),
+            last_ids: RefCell::new(HashMap::new()),
+            max_queue,
+            stats: SubStats::default(),
+        }
+    }
+
+    pub fn subscribe(&self, spec: SubSpec) -> Rc<Sub> {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let now = Instant::now();
+        let sub = Rc::new(Sub {
+            id,
+            kind: spec.kind,
+            chunked: spec.chunked,
+            channels: RefCell::new(Vec::new()),
+            meta: RefCell::new(spec.meta),
+            last_ids: RefCell::new(Vec::new()),
+            queue: RefCell::new(VecDeque::new()),
+            waker: RefCell::new(None),
+            dropped: Cell::new(false),
+            keep_alive: RefCell::new(spec.keep_alive),
+            last_write: Cell::new(now),
+            last_keep_alive: Cell::new(now),
+            deadline: Cell::new(spec.timeout.map(|t| now + t)),
+            link_at: Cell::new(spec.link_timeout.map(|t| now + t)),
+        });
+        self.set_channels(&sub, spec.channels);
+        self.retime(&sub);
+        sub
+    }
+
+    /// Replaces a subscriber's channels (a next link may change them).
+    pub fn set_channels(&self, sub: &Rc<Sub>, channels: Vec<String>) {
+        let mut map = self.channels.borrow_mut();
+        for ch in sub.channels.borrow().iter() {
+            if let Some(m) = map.get_mut(ch) {
+                m.remove(&sub.id);
+                if m.is_empty() {
+                    map.remove(ch);
+                }
+            }
+        }
+        for ch in &channels {
+            map.entry(ch.clone())
+                .or_default()
+                .insert(sub.id, sub.clone());
+        }
+        *sub.channels.borrow_mut() = channels;
+    }
+
+    /// Puts the subscriber in (or out of) the sweep's set.
+    pub fn retime(&self, sub: &Rc<Sub>) {
+        let timed = sub.keep_alive.borrow().is_some()
+            || sub.deadline.get().is_some()
+            || sub.link_at.get().is_some();
+        let mut t = self.timed.borrow_mut();
+        if timed {
+            t.insert(sub.id, sub.clone());
+        } else {
+            t.remove(&sub.id);
+        }
+    }
+
+    pub fn unsubscribe(&self, sub: &Rc<Sub>) {
+        self.set_channels(sub, Vec::new());
+        self.timed.borrow_mut().remove(&sub.id);
+    }
+
+    /// The last id this core saw on `channel`.
+    pub fn last_id(&self, channel: &str) -> Option<String> {
+        self.last_ids.borrow().get(channel).cloned()
+    }
+
+    /// Subscriber count (all channels of a subscriber count once each).
+    pub fn subscriptions(&self) -> usize {
+        self.channels.borrow().values().map(HashMap::len).sum()
+    }
+
+    /// Delivers drained publishes, in order. For each channel, the stream
+    /// content of all its items in this drain is joined once and shared by
+    /// every stream subscriber (one write each).
+    pub fn deliver(&self, items: &[Arc<Encoded>]) {
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_channel: HashMap<&str, Vec<&Arc<Encoded>>> = HashMap::new();
+        for e in items {
+            let ch = e.item.channel.as_str();
+            if let Some(id) = &e.item.id {
+                self.last_ids
+                    .borrow_mut()
+                    .insert(ch.to_string(), id.clone());
+            }
+            by_channel
+                .entry(ch)
+                .or_insert_with(|| {
+                    order.push(ch);
+                    Vec::new()
+                })
+                .push(e);
+        }
+        for ch in order {
+            let subs: Vec<Rc<Sub>> = match self.channels.borrow().get(ch) {
+                Some(m) => m.values().cloned().collect(),
+                None => continue,
+            };
+            let list = &by_channel[ch];
+            if list.iter().any(|e| !e.item.filters.is_empty()) {
+                for sub in &subs {
+                    let mine: Vec<&Arc<Encoded>> =
+                        list.iter().copied().filter(|e| sub.passes(e)).collect();
+                    let plan = Plan::new(&mine);
+                    self.hand(sub, ch, &plan);
+                }
+            } else {
+                let plan = Plan::new(list);
+                for sub in &subs {
+                    self.hand(sub, ch, &plan);
+                }
+            }
+        }
+    }
+
+    fn hand(&self, sub: &Rc<Sub>, channel: &str, plan: &Plan) {
+        let max = self.max_queue;
+        let before = sub.queue.borrow().len();
+        match sub.kind {
+            Kind::Stream => {
+                let data = if sub.chunked {
+                    &plan.chunked
+                } else {
+                    &plan.raw
+                };
+                if !data.is_empty() {
+                    sub.push(Msg::Data(data.clone()), max, &self.stats);
+                }
+                if plan.close {
+                    sub.push(Msg::Close, max, &self.stats);
+                } else if plan.hint {
+                    sub.push(Msg::Refetch, max, &self.stats);
+                }
+            }
+            Kind::Response => {
+                if let Some(r) = &plan.response {
+                    sub.push(Msg::Response(r.clone()), max, &self.stats);
+                } else if plan.hint_response {
+                    sub.push(Msg::Refetch, max, &self.stats);
+                }
+            }
+        }
+        let added = sub.queue.borrow().len().saturating_sub(before) as u64;
+        self.stats
+            .deliveries
+            .set(self.stats.deliveries.get() + added);
+        if let Some(id) = &plan.last_id {
+            let mut ids = sub.last_ids.borrow_mut();
+            match ids.iter_mut().find(|(c, _)| c == channel) {
+                Some(slot) => slot.1 = id.clone(),
+                None => ids.push((channel.to_string(), id.clone())),
+            }
+        }
+    }
+
+    /// Ends every held stream (at shutdown); long-polls get their timeout
+    /// response.
+    pub fn close_all(&self) {
+        let subs: Vec<Rc<Sub>> = self
+            .channels
+            .borrow()
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        for sub in subs {
+            let msg = match sub.kind {
+                Kind::Stream => Msg::Close,
+                Kind::Response => Msg::Timeout,
+            };
+            sub.push(msg, usize::MAX, &self.stats);
+        }
+    }
+
+    /// The periodic check: keep-alives, long-poll timeouts, link timers.
+    pub fn sweep(&self, now: Instant) {
+        let subs: Vec<Rc<Sub>> = self.timed.borrow().values().cloned().collect();
+        for sub in subs {
+            if let Some(d) = sub.deadline.get() {
+                if now >= d {
+                    sub.deadline.set(None);
+                    sub.push(Msg::Timeout, usize::MAX, &self.stats);
+                }
+            }
+            if let Some(d) = sub.link_at.get() {
+                if now >= d {
+                    sub.link_at.set(None);
+                    sub.push(Msg::Refetch, usize::MAX, &self.stats);
+                }
+            }
+            let ka = sub.keep_alive.borrow().clone();
+            if let Some(ka) = ka {
+                let every = Duration::from_secs(u64::from(ka.timeout));
+                let since = match ka.mode {
+                    KeepAliveMode::Idle => sub.last_write.get().max(sub.last_keep_alive.get()),
+                    KeepAliveMode::Interval => sub.last_keep_alive.get(),
+                };
+                if now.duration_since(since) >= every && !ka.data.is_empty() {
+                    sub.last_keep_alive.set(now);
+                    let framed = if sub.chunked {
+                        let mut out = Vec::with_capacity(ka.data.len() + 8);
+                        crate::codec::chunked::write_chunk(&mut out, &ka.data);
+                        Bytes::from(out)
+                    } else {
+                        ka.data.clone()
+                    };
+                    sub.push(Msg::Data(framed), self.max_queue, &self.stats);
+                }
+            }
+            self.retime(&sub);
+        }
+    }
+}
+
+/// What one drain cycle means for the subscribers of one channel.
+struct Plan {
+    chunked: Bytes,
+    raw: Bytes,
+    close: bool,
+    hint: bool,
+    response: Option<Arc<Encoded>>,
+    hint_response: bool,
+    last_id: Option<String>,
+}
+
+fn join(parts: Vec<&Bytes>) -> Bytes {
+    match parts.as_slice() {
+        [] => Bytes::new(),
+        [one] => (*one).clone(),
+        many => {
+            let mut b = BytesMut::with_capacity(many.iter().map(|p| p.len()).sum());
+            for p in many {
+                b.extend_from_slice(p);
+            }
+            b.freeze()
+        }
+    }
+}
+
+impl Plan {
+    fn new(items: &[&Arc<Encoded>]) -> Plan {
+        let (mut chunked, mut raw) = (Vec::new(), Vec::new());
+        let (mut close, mut hint, mut hint_response) = (false, false, false);
+        let mut response = None;
+        for e in items {
+            if let Some(s) = &e.item.http_stream {
+                if !close {
+                    match s.action {
+                        Action::Send => {
+                            if !e.stream_chunk.is_empty() {
+                                chunked.push(&e.stream_chunk);
+                                raw.push(&e.stream_raw);
+                            }
+                        }
+                        Action::Close => close = true,
+                        Action::Hint | Action::Refresh => hint = true,
+                    }
+                }
+            }
+            if let Some(r) = &e.item.http_response {
+                if response.is_none() {
+                    match r.action {
+                        Action::Send => response = Some((*e).clone()),
+                        Action::Hint | Action::Refresh => hint_response = true,
+                        Action::Close => {}
+                    }
+                }
+            }
+        }
+        Plan {
+            chunked: join(chunked),
+            raw: join(raw),
+            close,
+            hint,
+            response,
+            hint_response,
+            last_id: items.iter().rev().find_map(|e| e.item.id.clone()),
+        }
+    }
+}
