@@ -381,7 +381,7 @@ mod tests {
             "released after the wait"
         );
 
-        let mut no_seq = (*item("c", Some("20"), Some("19"))).item.clone();
+        let mut no_seq = item("c", Some("20"), Some("19")).item.clone();
         no_seq.no_seq = true;
         s.accept(Arc::new(encode(no_seq)), now, &stats, &mut out);
         assert_eq!(ids(&out).last().map(String::as_str), Some("20"));

@@ -93,7 +93,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         out.extend_from_slice(reply.body.as_bytes());
         if stream.write_all(&out).await.is_err() || !keep {
             debug!("control: closing {peer}");
-            let _ = stream.close().await;
+            crate::conn::http::linger_close(&mut stream, &mut inbuf).await;
             return;
         }
     }

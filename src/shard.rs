@@ -80,9 +80,12 @@ pub struct Shard {
     pub stats: Stats,
     pub subs: Registry,
     pub bus: Arc<Bus>,
-    /// Grip-Sig tokens by (key, iss): (exp, token); renewed each minute.
-    sig_cache: RefCell<Vec<(Vec<u8>, String, u64, String)>>,
+    /// Grip-Sig tokens, renewed each minute.
+    sig_cache: RefCell<Vec<SigToken>>,
 }
+
+/// A cached Grip-Sig token: key, issuer, expiry, token.
+type SigToken = (Vec<u8>, String, u64, String);
 
 /// The capabilities announced to backends in `Grip-Feature`.
 pub const GRIP_FEATURES: &str = "status, link:next, filter:skip-self, filter:require-sub";

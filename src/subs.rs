@@ -293,7 +293,10 @@ impl Registry {
 
     fn hand(&self, sub: &Rc<Sub>, channel: &str, plan: &Plan) {
         let max = self.max_queue;
-        let before = sub.queue.borrow().len();
+        let delivered = match sub.kind {
+            Kind::Stream => plan.stream_items,
+            Kind::Response => u64::from(plan.response.is_some()),
+        };
         match sub.kind {
             Kind::Stream => {
                 let data = if sub.chunked {
@@ -318,10 +321,11 @@ impl Registry {
                 }
             }
         }
-        let added = sub.queue.borrow().len().saturating_sub(before) as u64;
-        self.stats
-            .deliveries
-            .set(self.stats.deliveries.get() + added);
+        if !sub.dropped() {
+            self.stats
+                .deliveries
+                .set(self.stats.deliveries.get() + delivered);
+        }
         if let Some(id) = &plan.last_id {
             let mut ids = sub.last_ids.borrow_mut();
             match ids.iter_mut().find(|(c, _)| c == channel) {
@@ -391,6 +395,8 @@ impl Registry {
 
 /// What one drain cycle means for the subscribers of one channel.
 struct Plan {
+    /// Published stream messages joined into `chunked`/`raw`.
+    stream_items: u64,
     chunked: Bytes,
     raw: Bytes,
     close: bool,
@@ -419,12 +425,14 @@ impl Plan {
         let (mut chunked, mut raw) = (Vec::new(), Vec::new());
         let (mut close, mut hint, mut hint_response) = (false, false, false);
         let mut response = None;
+        let mut stream_items = 0;
         for e in items {
             if let Some(s) = &e.item.http_stream {
                 if !close {
                     match s.action {
                         Action::Send => {
                             if !e.stream_chunk.is_empty() {
+                                stream_items += 1;
                                 chunked.push(&e.stream_chunk);
                                 raw.push(&e.stream_raw);
                             }
@@ -445,6 +453,7 @@ impl Plan {
             }
         }
         Plan {
+            stream_items,
             chunked: join(chunked),
             raw: join(raw),
             close,

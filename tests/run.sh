@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs corepin's whole test suite on a fresh Debian machine: installs what
-# the tests need (when missing), then `cargo test`. Safe to run repeatedly.
+# the tests need when it is missing (curl; a Python venv with gripcontrol,
+# pubcontrol and websockets; the npm clients @fanoutio/grip and wscat),
+# then `cargo test`. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -15,5 +19,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+venv=target/pyenv
+if ! "$venv/bin/python" -c 'import gripcontrol, pubcontrol, websockets' >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tests/clients/requirements.txt
+fi
+if [ ! -d tests/clients/node_modules/@fanoutio/grip ] || [ ! -d tests/clients/node_modules/wscat ]; then
+  (cd tests/clients && npm install --no-audit --no-fund -q >/dev/null)
+fi
+export COREPIN_PYTHON="$PWD/$venv/bin/python"
 
 cargo test --all-targets "$@"

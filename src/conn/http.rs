@@ -114,7 +114,26 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             break;
         }
     }
-    let _ = c.stream.close().await;
+    linger_close(&mut c.stream, &mut c.inbuf).await;
+}
+
+/// Closes our side, then reads and discards what the peer still sends
+/// (bounded in time and bytes), so an answer sent before the peer finished
+/// its request is not destroyed by a reset.
+pub async fn linger_close(stream: &mut TcpStream, inbuf: &mut InBuf) {
+    let _ = stream.close().await;
+    inbuf.release();
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let mut discarded = 0usize;
+    while discarded < 4 << 20 {
+        match inbuf.fill(stream, BUF_SIZE).await {
+            Ok(n) if n > 0 => {
+                discarded += n;
+                inbuf.release();
+            }
+            _ => break,
+        }
+    }
 }
 
 /// Waits (idle timeout) for a request to start, then reads its head within

@@ -526,3 +526,139 @@ pub fn dead_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
+
+impl Corepin {
+    /// Starts corepin with a control HTTP port (for publishing).
+    pub fn start_grip(args: &[&str]) -> Corepin {
+        let mut all = vec!["--control-http", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Corepin::start(&all)
+    }
+
+    pub fn control_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.control_port.expect("control port")))
+    }
+
+    /// POSTs a publish body; returns the response.
+    pub fn publish(&self, json: &str) -> Response {
+        self.control(&format!(
+            "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        ))
+    }
+
+    /// Sends a raw request to the control API and reads the response.
+    pub fn control(&self, raw_request: &str) -> Response {
+        let mut c = Conn::open(self.control_addr());
+        c.send(raw_request.as_bytes());
+        c.read().expect("control response")
+    }
+
+    /// Publishes `content` on `channel` as http-stream.
+    pub fn publish_stream(&self, channel: &str, content: &str) {
+        let body = serde_json::json!({"items":[{"channel":channel,"formats":{"http-stream":{"content":content}}}]});
+        let r = self.publish(&body.to_string());
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+/// A client holding an HTTP stream: reads the head, then chunks one by one.
+pub struct Stream {
+    pub conn: Conn,
+    pub head: Response,
+}
+
+impl Stream {
+    pub fn open(addr: SocketAddr, path: &str) -> Stream {
+        Self::open_with(addr, path, "")
+    }
+
+    pub fn open_with(addr: SocketAddr, path: &str, headers: &str) -> Stream {
+        let mut conn = Conn::open(addr);
+        conn.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").as_bytes());
+        let head = read_head_only(&mut conn.r).expect("stream head");
+        Stream { conn, head }
+    }
+
+    /// The next chunk's data (`None` at the last chunk or on close).
+    pub fn chunk(&mut self) -> Option<Vec<u8>> {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut self.conn.r, &mut line).ok()? == 0 {
+            return None;
+        }
+        let size = usize::from_str_radix(line.trim(), 16).ok()?;
+        if size == 0 {
+            let mut end = String::new();
+            let _ = std::io::BufRead::read_line(&mut self.conn.r, &mut end);
+            return None;
+        }
+        let mut data = vec![0u8; size + 2];
+        self.conn.r.read_exact(&mut data).ok()?;
+        data.truncate(size);
+        Some(data)
+    }
+
+    /// Reads chunks until `want` bytes of content have arrived.
+    pub fn read_text(&mut self, want: usize) -> String {
+        let mut got = Vec::new();
+        while got.len() < want {
+            match self.chunk() {
+                Some(c) => got.extend_from_slice(&c),
+                None => break,
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+}
+
+/// Reads a response head without its body.
+pub fn read_head_only(r: &mut BufReader<TcpStream>) -> Option<Response> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line).ok()? == 0 {
+            return None;
+        }
+        let end = line == b"\r\n";
+        head.extend_from_slice(&line);
+        if end {
+            break;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut headers);
+    res.parse(&head).ok()?;
+    Some(Response {
+        status: res.code?,
+        headers: res
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        body: Vec::new(),
+    })
+}
+
+/// Waits until `f` is true (polling), or panics after the timeout.
+pub fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads a metric's value summed over its label sets, from one scrape.
+pub fn metric(cp: &Corepin, name: &str) -> u64 {
+    let r = cp.control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n");
+    r.text()
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
