@@ -30,4 +30,4 @@ if [ ! -d tests/clients/node_modules/@fanoutio/grip ] || [ ! -d tests/clients/no
 fi
 export COREPIN_PYTHON="$PWD/$venv/bin/python"
 
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"
