@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, UnixStream};
+use glommio::{Latency, Shares};
 
 use crate::buf::BufPool;
 use crate::bus::{Bus, CoreInbox, WAKE_PUBLISH};
@@ -80,6 +81,8 @@ pub struct Shard {
     pub stats: Stats,
     pub subs: Registry,
     pub bus: Arc<Bus>,
+    /// The latency-sensitive task queue of the control API and publishes.
+    control_queue: Cell<Option<glommio::TaskQueueHandle>>,
     /// Grip-Sig tokens, renewed each minute.
     sig_cache: RefCell<Vec<SigToken>>,
 }
@@ -106,6 +109,7 @@ impl Shard {
             subs: Registry::new(cfg.grip.subscriber_queue),
             bus,
             sig_cache: RefCell::new(Vec::new()),
+            control_queue: Cell::new(None),
             cfg,
         })
     }
@@ -249,6 +253,13 @@ pub struct ShardStart {
 /// Runs one shard until it has drained.
 pub async fn run(start: ShardStart) {
     let shard = Shard::new(start.index, start.cfg, start.bus);
+    shard
+        .control_queue
+        .set(Some(glommio::executor().create_task_queue(
+            Shares::Static(1000),
+            Latency::Matters(Duration::from_millis(1)),
+            "corepin-control",
+        )));
     let stop = Rc::new(Cell::new(false));
     let mut accept_tasks = Vec::new();
     for (fd, control) in start
@@ -260,32 +271,26 @@ pub async fn run(start: ShardStart) {
         // SAFETY: the fd is a bound, listening TCP socket created for this
         // shard alone; ownership moves into the listener here.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        accept_tasks.push(glommio::spawn_local(accept_loop(
-            shard.clone(),
-            listener,
-            control,
-        )));
+        let task = accept_loop(shard.clone(), listener, control);
+        accept_tasks.push(if control {
+            spawn_control(&shard, task)
+        } else {
+            glommio::spawn_local(task)
+        });
     }
     let log_task = glommio::spawn_local(flush_access_log(shard.clone(), stop.clone()));
     let sweep_task = glommio::spawn_local(sweep(shard.clone(), stop.clone()));
-    let inbox = start.inbox;
 
     // SAFETY: the fd is this shard's end of a socketpair, owned by it alone.
-    let mut wake = unsafe { UnixStream::from_raw_fd(start.wake) };
-    let mut byte = [0u8; 64];
-    loop {
-        match wake.read(&mut byte).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if byte[..n].contains(&WAKE_PUBLISH) {
-                    shard.drain_inbox(&inbox);
-                }
-                if byte[..n].contains(&wake::DRAIN) {
-                    break;
-                }
-            }
-        }
-    }
+    let wake = unsafe { UnixStream::from_raw_fd(start.wake) };
+    let (drain_tx, drain_rx) = glommio::channels::local_channel::new_bounded(1);
+    // Publishes are drained in the control queue: they preempt a fan-out in
+    // progress rather than wait behind it.
+    let wake_task = spawn_control(
+        &shard,
+        wake_loop(shard.clone(), wake, start.inbox, drain_tx),
+    );
+    let _ = drain_rx.recv().await;
 
     shard.start_drain();
     for t in accept_tasks {
@@ -293,19 +298,6 @@ pub async fn run(start: ShardStart) {
     }
     // Held streams end cleanly: their subscribers get a close.
     shard.subs.close_all();
-    // Publishes still arriving during the drain are delivered.
-    let drain_publishes = glommio::spawn_local({
-        let shard = shard.clone();
-        async move {
-            let mut byte = [0u8; 64];
-            while let Ok(n) = wake.read(&mut byte).await {
-                if n == 0 {
-                    break;
-                }
-                shard.drain_inbox(&inbox);
-            }
-        }
-    });
     let deadline = Instant::now() + shard.cfg.timeouts.shutdown_grace;
     while shard.open_connections() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -318,10 +310,52 @@ pub async fn run(start: ShardStart) {
         );
     }
     stop.set(true);
-    let _ = drain_publishes.cancel().await;
+    let _ = wake_task.cancel().await;
     let _ = sweep_task.cancel().await;
     let _ = log_task.cancel().await;
     shard.flush_log();
+}
+
+/// Spawns into the shard's control queue (latency-sensitive: publishes and
+/// the control API), or the default queue if it could not be made.
+fn spawn_control<T: 'static>(
+    shard: &Shard,
+    fut: impl std::future::Future<Output = T> + 'static,
+) -> glommio::Task<T> {
+    match shard.control_queue.get() {
+        Some(q) => match glommio::spawn_local_into(fut, q) {
+            Ok(t) => t,
+            Err(_) => unreachable!("the control queue lives as long as the shard"),
+        },
+        None => glommio::spawn_local(fut),
+    }
+}
+
+/// Reads the wake socket: delivers publishes; reports a drain request
+/// once, then keeps delivering publishes until cancelled.
+async fn wake_loop(
+    shard: Rc<Shard>,
+    mut wake: UnixStream,
+    inbox: CoreInbox,
+    drain: glommio::channels::local_channel::LocalSender<()>,
+) {
+    let mut byte = [0u8; 64];
+    loop {
+        match wake.read(&mut byte).await {
+            Ok(0) | Err(_) => {
+                let _ = drain.try_send(());
+                return;
+            }
+            Ok(n) => {
+                if byte[..n].contains(&WAKE_PUBLISH) {
+                    shard.drain_inbox(&inbox);
+                }
+                if byte[..n].contains(&wake::DRAIN) {
+                    let _ = drain.try_send(());
+                }
+            }
+        }
+    }
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, control: bool) {
@@ -333,7 +367,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, control: bool) {
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                 if control {
-                    glommio::spawn_local(crate::control::serve(shard.clone(), stream, peer))
+                    spawn_control(&shard, crate::control::serve(shard.clone(), stream, peer))
                         .detach();
                 } else {
                     glommio::spawn_local(crate::conn::http::serve(shard.clone(), stream, peer))

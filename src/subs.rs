@@ -97,6 +97,19 @@ impl Sub {
         m
     }
 
+    /// Appends to `out` the data messages queued right behind the one just
+    /// taken (up to `max` bytes in all), so a backlog goes out in one write.
+    pub fn take_data_run(&self, out: &mut Vec<u8>, max: usize) {
+        let mut q = self.queue.borrow_mut();
+        while let Some(Msg::Data(b)) = q.front() {
+            if out.len() + b.len() > max {
+                break;
+            }
+            out.extend_from_slice(b);
+            q.pop_front();
+        }
+    }
+
     pub fn dropped(&self) -> bool {
         self.dropped.get()
     }

@@ -21,6 +21,9 @@ use crate::shard::Shard;
 use crate::subs::{Kind, Msg, Sub, SubSpec};
 use crate::upstream::Upstream;
 
+/// Most queued stream bytes joined into one write.
+const COALESCE_MAX: usize = 64 * 1024;
+
 /// Largest instructing response body read into memory.
 pub const MAX_INSTRUCT_BODY: u64 = 1 << 20;
 
@@ -331,10 +334,21 @@ async fn hold_stream(
     loop {
         match next_event(c, sub).await {
             Event::Msg(Msg::Data(b)) => {
-                if !write(c, &b).await {
+                // A backlog (publishes that arrived while this connection
+                // waited its turn) goes out in one write.
+                let mut run = shard.bufs.take_out();
+                run.extend_from_slice(&b);
+                sub.take_data_run(&mut run, COALESCE_MAX);
+                let ok = if run.len() == b.len() {
+                    write(c, &b).await
+                } else {
+                    write(c, &run).await
+                };
+                bytes += run.len() as u64;
+                shard.bufs.give_out(run);
+                if !ok {
                     return done(status.0, bytes, ctx, false);
                 }
-                bytes += b.len() as u64;
                 sub.wrote(Instant::now());
             }
             Event::Msg(Msg::Close) => {
