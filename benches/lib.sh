@@ -107,6 +107,11 @@ CONF
   sed -i "s|{libdir}|/usr/lib/pushpin|" "$d/pushpin.conf"
   pushpin --config "$d/pushpin.conf" --port 127.0.0.1:18102 > "$d/log/pushpin.out" 2>&1 & PIDS+=($!)
   wait_port 18102
+  # The port opens before Pushpin's handler is ready: wait for a real answer.
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -m 1 http://127.0.0.1:18102/stream?channel=warmup)" = 200 ] && break
+    sleep 0.2
+  done
   PUSHPIN_PUBLISH=http://127.0.0.1:$((5561 + 40))/publish/
 }
 

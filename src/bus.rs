@@ -38,6 +38,8 @@ pub struct Encoded {
     /// final blank line (so exposed headers can follow), and the body.
     pub response_head: Bytes,
     pub response_body: Bytes,
+    /// `ws-message` as one unmasked server frame (empty for a close).
+    pub ws_frame: Bytes,
 }
 
 fn encode(item: Item) -> Encoded {
@@ -72,8 +74,21 @@ fn encode(item: Item) -> Encoded {
         response_head = h.freeze();
         response_body = r.body.clone();
     }
+    let mut ws_frame = Bytes::new();
+    if let Some(w) = &item.ws_message {
+        if w.action == Action::Send {
+            let op = match w.kind {
+                crate::codec::publish::WsKind::Text => crate::codec::ws::Opcode::Text,
+                crate::codec::publish::WsKind::Binary => crate::codec::ws::Opcode::Binary,
+            };
+            let mut out = Vec::with_capacity(w.content.len() + 10);
+            crate::codec::ws::write_frame(&mut out, true, op, &w.content, None);
+            ws_frame = Bytes::from(out);
+        }
+    }
     Encoded {
         item,
+        ws_frame,
         stream_chunk,
         stream_raw,
         response_head,

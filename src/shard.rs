@@ -114,6 +114,15 @@ impl Shard {
         })
     }
 
+    /// A Connection-Id unique across cores and restarts.
+    pub fn next_connection_id(&self) -> String {
+        let n = self.conns.next.get();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{:x}-{}-{:x}", t, self.index, n)
+    }
+
     /// The signing key and issuer for requests on `route`, if any.
     pub fn sig_for(&self, route: &crate::route::Route) -> Option<(Vec<u8>, String)> {
         let key = match &route.sig_key {

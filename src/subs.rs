@@ -23,6 +23,8 @@ pub enum Kind {
     Stream,
     /// Long-poll: the first `http-response` completes it.
     Response,
+    /// A WebSocket: every `ws-message` is sent as a frame.
+    Ws,
 }
 
 /// Something for a subscriber's connection task to do.
@@ -38,6 +40,8 @@ pub enum Msg {
     Timeout,
     /// Fetch the next link (or re-request): a `hint`, or the link timer.
     Refetch,
+    /// Close a WebSocket with this code and reason.
+    WsClose(u16, String),
 }
 
 /// One held connection.
@@ -309,6 +313,7 @@ impl Registry {
         let delivered = match sub.kind {
             Kind::Stream => plan.stream_items,
             Kind::Response => u64::from(plan.response.is_some()),
+            Kind::Ws => plan.ws_items,
         };
         match sub.kind {
             Kind::Stream => {
@@ -324,6 +329,14 @@ impl Registry {
                     sub.push(Msg::Close, max, &self.stats);
                 } else if plan.hint {
                     sub.push(Msg::Refetch, max, &self.stats);
+                }
+            }
+            Kind::Ws => {
+                if !plan.ws.is_empty() {
+                    sub.push(Msg::Data(plan.ws.clone()), max, &self.stats);
+                }
+                if let Some((code, reason)) = &plan.ws_close {
+                    sub.push(Msg::WsClose(*code, reason.clone()), max, &self.stats);
                 }
             }
             Kind::Response => {
@@ -361,6 +374,7 @@ impl Registry {
             let msg = match sub.kind {
                 Kind::Stream => Msg::Close,
                 Kind::Response => Msg::Timeout,
+                Kind::Ws => Msg::WsClose(1001, "server shutting down".into()),
             };
             sub.push(msg, usize::MAX, &self.stats);
         }
@@ -411,6 +425,10 @@ struct Plan {
     /// Published stream messages joined into `chunked`/`raw`.
     stream_items: u64,
     chunked: Bytes,
+    /// `ws-message` frames joined, and a close after them.
+    ws_items: u64,
+    ws: Bytes,
+    ws_close: Option<(u16, String)>,
     raw: Bytes,
     close: bool,
     hint: bool,
@@ -439,7 +457,22 @@ impl Plan {
         let (mut close, mut hint, mut hint_response) = (false, false, false);
         let mut response = None;
         let mut stream_items = 0;
+        let (mut ws, mut ws_items, mut ws_close) = (Vec::new(), 0, None);
         for e in items {
+            if let Some(w) = &e.item.ws_message {
+                if ws_close.is_none() {
+                    match w.action {
+                        Action::Close => {
+                            ws_close = Some((w.code.unwrap_or(1000), w.reason.clone()))
+                        }
+                        _ if !e.ws_frame.is_empty() => {
+                            ws_items += 1;
+                            ws.push(&e.ws_frame);
+                        }
+                        _ => {}
+                    }
+                }
+            }
             if let Some(s) = &e.item.http_stream {
                 if !close {
                     match s.action {
@@ -466,6 +499,9 @@ impl Plan {
             }
         }
         Plan {
+            ws_items,
+            ws: join(ws),
+            ws_close,
             stream_items,
             chunked: join(chunked),
             raw: join(raw),

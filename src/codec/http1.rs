@@ -527,6 +527,17 @@ pub fn write_framing(out: &mut Vec<u8>, body: BodyKind) {
 /// Appends a complete small response with a text body: used for every error
 /// the proxy answers itself.
 pub fn write_simple_response(out: &mut Vec<u8>, status: u16, body: &str, close: bool) {
+    write_simple_response_with(out, status, body, close, b"");
+}
+
+/// `write_simple_response` with extra whole header lines.
+pub fn write_simple_response_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &str,
+    close: bool,
+    extra: &[u8],
+) {
     let _ = write!(
         out,
         "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\n",
@@ -536,6 +547,7 @@ pub fn write_simple_response(out: &mut Vec<u8>, status: u16, body: &str, close: 
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
+    out.extend_from_slice(extra);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
     out.push(b'\n');

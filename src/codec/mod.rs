@@ -8,3 +8,5 @@ pub mod chunked;
 pub mod grip;
 pub mod http1;
 pub mod publish;
+pub mod ws;
+pub mod wsevents;

@@ -37,7 +37,8 @@ pub struct Base {
     pub body: Bytes,
 }
 
-fn keep_header(fields: &http1::Fields, name: &[u8]) -> bool {
+/// True for response fields that reach clients: not hop-by-hop, not `Grip-*`.
+pub fn keep_header(fields: &http1::Fields, name: &[u8]) -> bool {
     !(is_hop_by_hop(fields, name) || (name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"grip-")))
 }
 
@@ -261,14 +262,14 @@ pub async fn hold(
     end
 }
 
-enum Event {
+pub enum Event {
     Msg(Msg),
     ClientGone,
     Dropped,
 }
 
 /// Waits for the next message for `sub`, or the client going away.
-async fn next_event(c: &mut Client, sub: &Sub) -> Event {
+pub async fn next_event(c: &mut Client, sub: &Sub) -> Event {
     futures_lite::future::poll_fn(|cx| {
         if sub.dropped() {
             return Poll::Ready(Event::Dropped);
@@ -414,7 +415,7 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Response(_)) | Event::Msg(Msg::Timeout) => {}
+            Event::Msg(Msg::Response(_) | Msg::Timeout | Msg::WsClose(..)) => {}
             Event::ClientGone => return done(status.0, bytes, ctx, false),
             Event::Dropped => {
                 warn!(

@@ -211,6 +211,24 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             return refuse(shard, c, head, 413, "request body too large", "-").await;
         }
     }
+    if ws {
+        if let Err((status, reason)) = crate::conn::ws::check_handshake(head) {
+            let mut out = Vec::new();
+            // A 426 names the version corepin speaks (RFC 6455 §4.4).
+            let extra: &[u8] = if status == 426 {
+                b"Sec-WebSocket-Version: 13\r\n"
+            } else {
+                b""
+            };
+            http1::write_simple_response_with(&mut out, status, reason, true, extra);
+            write_to(&mut c.stream, &out).await;
+            return Outcome::closed(status, 0, "-".into());
+        }
+        return match crate::conn::ws::handle(shard, c, head, route).await {
+            HoldEnd::Done(o) => o,
+            HoldEnd::Retry => Outcome::closed(502, 0, "-".into()),
+        };
+    }
     // A hold may ask for the request to be made again (a `hint`, or a
     // subscriber found out of sync); a few times at most.
     for _ in 0..3 {
@@ -284,7 +302,56 @@ fn write_request_head(
     peer: &SocketAddr,
     grip: &[u8],
 ) {
-    let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method(), path);
+    write_head(out, None, head, path, b, peer, grip, &[]);
+}
+
+/// The request head for a WebSocket upgrade to a backend: `skip` names
+/// client fields not to forward; `extra` holds whole extra lines.
+pub fn write_request_head_for(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    path: &str,
+    b: &Backend,
+    peer: &SocketAddr,
+    extra: &[u8],
+    skip: &[&[u8]],
+) {
+    write_head(out, None, head, path, b, peer, extra, skip);
+}
+
+/// A request head with another method and no body framing of the client's
+/// (WebSocket-over-HTTP: `extra` carries the framing).
+#[allow(clippy::too_many_arguments)]
+pub fn write_request_head_as(
+    out: &mut Vec<u8>,
+    method: &str,
+    head: &RequestHead,
+    path: &str,
+    b: &Backend,
+    peer: &SocketAddr,
+    extra: &[u8],
+    skip: &[&[u8]],
+) {
+    write_head(out, Some(method), head, path, b, peer, extra, skip);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_head(
+    out: &mut Vec<u8>,
+    method: Option<&str>,
+    head: &RequestHead,
+    path: &str,
+    b: &Backend,
+    peer: &SocketAddr,
+    extra: &[u8],
+    skip: &[&[u8]],
+) {
+    let _ = write!(
+        out,
+        "{} {} HTTP/1.1\r\n",
+        method.unwrap_or(head.method()),
+        path
+    );
     let mut xff: Vec<u8> = Vec::new();
     let mut via: Vec<u8> = Vec::new();
     let mut has_host = false;
@@ -293,6 +360,7 @@ fn write_request_head(
             || name.eq_ignore_ascii_case(b"expect")
             || has_prefix(name, b"grip-")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || skip.iter().any(|s| name.eq_ignore_ascii_case(s))
         {
             continue;
         }
@@ -324,8 +392,10 @@ fn write_request_head(
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     via.extend_from_slice(VIA.as_bytes());
     http1::write_field(out, b"Via", &via);
-    out.extend_from_slice(grip);
-    http1::write_framing(out, head.body);
+    out.extend_from_slice(extra);
+    if method.is_none() {
+        http1::write_framing(out, head.body);
+    }
     out.extend_from_slice(b"\r\n");
 }
 

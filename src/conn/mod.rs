@@ -4,3 +4,4 @@
 pub mod body;
 pub mod grip;
 pub mod http;
+pub mod ws;

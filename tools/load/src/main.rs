@@ -298,6 +298,7 @@ fn fanout(o: Opts) {
     let first_send = Arc::new(AtomicU64::new(0));
     let mut publisher: Option<std::thread::JoinHandle<()>> = None;
     let mut heads_at: Option<Instant> = None;
+    let mut publish_started: Option<Instant> = None;
     let stop = AtomicBool::new(false);
     let mut last_progress = Instant::now();
     let mut last_delivery_ns = 0u64;
@@ -307,14 +308,16 @@ fn fanout(o: Opts) {
             heads_at = Some(Instant::now());
         }
         if publisher.is_none() && heads_at.is_some_and(|t| t.elapsed() >= o.settle) {
+            publish_started = Some(Instant::now());
             let (o2, s2, f2) = (o.clone(), sent.clone(), first_send.clone());
             publisher = Some(std::thread::spawn(move || publish_loop(o2, s2, f2)));
         }
         if delivered >= expected && publisher.as_ref().is_some_and(|p| p.is_finished()) {
             break;
         }
-        if started.elapsed() > o.timeout + o.settle + Duration::from_secs(30) {
-            eprintln!("timeout");
+        let subscribe_stuck = publish_started.is_none() && started.elapsed() > o.timeout;
+        if subscribe_stuck || publish_started.is_some_and(|t| t.elapsed() > o.timeout) {
+            eprintln!("\ntimeout: stopping");
             break;
         }
         // SAFETY: events has room for its length; ep is valid.

@@ -1,0 +1,1076 @@
+//! WebSocket clients: the opening handshake, then one of three lives —
+//! the test target (subscribed to a channel), passthrough to a WebSocket
+//! backend (frames relayed both ways, with GRIP control messages when the
+//! backend enables the `grip` extension), or WebSocket-over-HTTP (each
+//! session a series of HTTP POSTs of events to the backend).
+
+use std::io::Write;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::AsyncWriteExt;
+
+use crate::buf::BUF_SIZE;
+use crate::codec::http1::{self, BodyKind, RequestHead, ResponseHead};
+use crate::codec::ws::{
+    self, Event as WsFrameEvent, Kind as WsKind, Opcode, Reader, Role, WsError,
+};
+use crate::codec::wsevents::{self, WsEvent};
+use crate::conn::grip::{read_body, HoldEnd};
+use crate::conn::http::{Client, Outcome};
+use crate::route::{Backend, Route, Target};
+use crate::shard::Shard;
+use crate::subs::{Kind, Msg, Sub, SubSpec};
+use crate::upstream::Upstream;
+
+/// Largest message accepted from a client or a backend.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Most attempts for one WebSocket-over-HTTP request.
+const POST_ATTEMPTS: usize = 3;
+
+/// Checks a client's upgrade request; `Err((status, reason))` refuses it.
+pub fn check_handshake(head: &RequestHead) -> Result<(), (u16, &'static str)> {
+    if head.method() != "GET" {
+        return Err((400, "WebSocket handshake must be a GET"));
+    }
+    match head.fields.get("sec-websocket-version").map(http1::trim) {
+        Some(b"13") => {}
+        _ => return Err((426, "unsupported WebSocket version (13 is)")),
+    }
+    match head.fields.get("sec-websocket-key") {
+        Some(k) if ws::valid_key(http1::trim(k)) => Ok(()),
+        _ => Err((400, "missing or invalid Sec-WebSocket-Key")),
+    }
+}
+
+/// The 101 answer to the client.
+fn switching(head: &RequestHead, protocol: Option<&[u8]>, extensions: Option<&str>) -> Vec<u8> {
+    let key = head
+        .fields
+        .get("sec-websocket-key")
+        .map(http1::trim)
+        .unwrap_or(b"");
+    let mut out = Vec::with_capacity(256);
+    let _ = write!(
+        out,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        ws::accept_key(key)
+    );
+    if let Some(p) = protocol {
+        http1::write_field(&mut out, b"Sec-WebSocket-Protocol", p);
+    }
+    if let Some(e) = extensions.filter(|e| !e.is_empty()) {
+        http1::write_field(&mut out, b"Sec-WebSocket-Extensions", e.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn frame(op: Opcode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    ws::write_frame(&mut out, true, op, payload, None);
+    out
+}
+
+fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    ws::write_close(&mut out, code, reason, mask);
+    out
+}
+
+/// A fresh masking key for frames corepin sends to a backend.
+fn mask_key() -> [u8; 4] {
+    thread_local!(static STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            x = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+                | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x as u32).to_ne_bytes()
+    })
+}
+
+async fn send(c: &mut Client, bytes: &[u8]) -> bool {
+    c.stream.write_all(bytes).await.is_ok()
+}
+
+fn outcome(status: u16, bytes: u64, target: &str) -> HoldEnd {
+    HoldEnd::Done(Outcome {
+        status,
+        bytes,
+        target: target.to_string(),
+        keep_alive: false,
+    })
+}
+
+/// One thing that happened to a session.
+enum Io {
+    /// New bytes from the client are buffered.
+    Client,
+    ClientGone,
+    /// New bytes from the backend are buffered.
+    Backend,
+    BackendGone,
+    Sub(Msg),
+    Dropped,
+    Timer,
+}
+
+/// Waits for the client, the backend (passthrough), the subscription, or
+/// a deadline, whichever comes first.
+async fn wait(
+    c: &mut Client,
+    mut up: Option<&mut Upstream>,
+    sub: Option<&Sub>,
+    deadline: Option<Instant>,
+) -> Io {
+    let mut timer =
+        deadline.map(|d| glommio::timer::Timer::new(d.saturating_duration_since(Instant::now())));
+    futures_lite::future::poll_fn(|cx| {
+        if let Some(sub) = sub {
+            if sub.dropped() {
+                return Poll::Ready(Io::Dropped);
+            }
+            if let Some(m) = sub.poll_msg(cx.waker()) {
+                return Poll::Ready(Io::Sub(m));
+            }
+        }
+        match c.inbuf.poll_fill(cx, &mut c.stream, MAX_MESSAGE + BUF_SIZE) {
+            Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Io::Client),
+            Poll::Ready(_) => return Poll::Ready(Io::ClientGone),
+            Poll::Pending => {}
+        }
+        if let Some(up) = up.as_deref_mut() {
+            match up
+                .inbuf
+                .poll_fill(cx, &mut up.stream, MAX_MESSAGE + BUF_SIZE)
+            {
+                Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Io::Backend),
+                Poll::Ready(_) => return Poll::Ready(Io::BackendGone),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(t) = timer.as_mut() {
+            if std::pin::Pin::new(t).poll(cx).is_ready() {
+                return Poll::Ready(Io::Timer);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+use std::future::Future;
+
+/// Frames the client sent, parsed from its buffer.
+fn client_events(c: &mut Client, reader: &mut Reader) -> Result<Vec<WsFrameEvent>, WsError> {
+    let mut out = Vec::new();
+    loop {
+        let (n, ev) = reader.read(c.inbuf.data())?;
+        c.inbuf.consume(n);
+        match ev {
+            Some(e) => out.push(e),
+            None if n == 0 || c.inbuf.is_empty() => return Ok(out),
+            None => {}
+        }
+    }
+}
+
+/// The GRIP extension's settings, from a `Sec-WebSocket-Extensions` value.
+#[derive(Debug, Clone)]
+struct GripExt {
+    prefix: String,
+}
+
+/// Splits a backend's extensions into the `grip` one and the rest.
+fn grip_extension(value: Option<&[u8]>) -> (Option<GripExt>, String) {
+    let Some(v) = value else {
+        return (None, String::new());
+    };
+    let text = String::from_utf8_lossy(v);
+    let mut grip = None;
+    let mut rest = Vec::new();
+    for ext in text.split(',') {
+        let mut parts = ext.split(';').map(str::trim);
+        if parts.next() == Some("grip") {
+            let mut prefix = "m:".to_string();
+            for p in parts {
+                if let Some(v) = p.strip_prefix("message-prefix=") {
+                    prefix = v.trim_matches('"').to_string();
+                }
+            }
+            grip = Some(GripExt { prefix });
+        } else if !ext.trim().is_empty() {
+            rest.push(ext.trim().to_string());
+        }
+    }
+    (grip, rest.join(", "))
+}
+
+/// What a GRIP control message asks for.
+fn control(shard: &Shard, sub: &Rc<Sub>, prefix: &str, json: &[u8], detached: &mut bool) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+        warn!("core {}: ignoring an invalid control message", shard.index);
+        return;
+    };
+    let channel = v
+        .get("channel")
+        .and_then(|c| c.as_str())
+        .map(|c| format!("{prefix}{c}"));
+    match (v.get("type").and_then(|t| t.as_str()), channel) {
+        (Some("subscribe"), Some(ch)) => {
+            let mut chans = sub.channels.borrow().clone();
+            if !chans.contains(&ch) && chans.len() < shard.cfg.grip.max_channels {
+                chans.push(ch);
+                shard.subs.set_channels(sub, chans);
+            }
+        }
+        (Some("unsubscribe"), Some(ch)) => {
+            let chans = sub
+                .channels
+                .borrow()
+                .iter()
+                .filter(|c| **c != ch)
+                .cloned()
+                .collect();
+            shard.subs.set_channels(sub, chans);
+        }
+        (Some("detach"), _) => *detached = true,
+        (Some("keep-alive"), _) => {
+            let timeout = v.get("timeout").and_then(|t| t.as_u64()).unwrap_or(0) as u32;
+            let data = v.get("content").and_then(|c| c.as_str()).unwrap_or("");
+            *sub.keep_alive.borrow_mut() = (timeout > 0).then(|| crate::codec::grip::KeepAlive {
+                data: Bytes::from(frame(Opcode::Text, data.as_bytes())),
+                timeout,
+                mode: crate::codec::grip::KeepAliveMode::Idle,
+            });
+            shard.subs.retime(sub);
+        }
+        (t, _) => debug!("core {}: unhandled control message {t:?}", shard.index),
+    }
+}
+
+/// A text message from the backend under the GRIP extension: control
+/// (`c:`), for the client (prefix stripped), or dropped.
+enum FromBackend<'a> {
+    Control(&'a [u8]),
+    Client(&'a [u8]),
+    Drop,
+}
+
+fn classify<'a>(ext: &Option<GripExt>, kind: WsKind, data: &'a [u8]) -> FromBackend<'a> {
+    let Some(g) = ext else {
+        return FromBackend::Client(data);
+    };
+    if kind == WsKind::Text {
+        if let Some(c) = data.strip_prefix(b"c:") {
+            return FromBackend::Control(c);
+        }
+    }
+    match data.strip_prefix(g.prefix.as_bytes()) {
+        Some(rest) => FromBackend::Client(rest),
+        None => FromBackend::Drop,
+    }
+}
+
+/// Entry point for an upgrade request that passed `check_handshake`.
+pub async fn handle(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+) -> HoldEnd {
+    let _ = c.stream.set_read_timeout(None);
+    match route.targets.first() {
+        Some(Target::Test) => test_target(shard, c, head, route).await,
+        Some(Target::Backend(b)) if b.over_http => over_http(shard, c, head, route).await,
+        Some(Target::Backend(_)) => passthrough(shard, c, head, route).await,
+        None => outcome(404, 0, "-"),
+    }
+}
+
+fn ws_sub(shard: &Shard, channels: Vec<String>) -> Rc<Sub> {
+    shard.subs.subscribe(SubSpec {
+        kind: Kind::Ws,
+        chunked: false,
+        channels,
+        meta: Vec::new(),
+        keep_alive: None,
+        timeout: None,
+        link_timeout: None,
+    })
+}
+
+/// `/ws?channel=X` on the test target: a WebSocket subscribed to X.
+async fn test_target(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+) -> HoldEnd {
+    if head.path() != "/ws" && head.path() != "/ws/" {
+        let mut out = Vec::new();
+        http1::write_simple_response(
+            &mut out,
+            404,
+            "test target: WebSockets go to /ws?channel=NAME",
+            true,
+        );
+        let _ = send(c, &out).await;
+        return outcome(404, 0, "test");
+    }
+    let channel = crate::testtarget::query_param(head.query(), "channel")
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "test".into());
+    let prefix = route.prefix.clone().unwrap_or_default();
+    if !send(c, &switching(head, None, None)).await {
+        return outcome(101, 0, "test");
+    }
+    let sub = ws_sub(shard, vec![format!("{prefix}{channel}")]);
+    let end = client_loop(c, &sub, "test").await;
+    shard.subs.unsubscribe(&sub);
+    end
+}
+
+/// A session whose only peer is the subscription (test target, or an
+/// over-HTTP session after `detach`): publishes go out, pings are answered.
+async fn client_loop(c: &mut Client, sub: &Rc<Sub>, target: &str) -> HoldEnd {
+    let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut bytes = 0u64;
+    let mut first = (!c.inbuf.is_empty()).then_some(Io::Client);
+    loop {
+        let io = match first.take() {
+            Some(io) => io,
+            None => wait(c, None, Some(sub), None).await,
+        };
+        match io {
+            Io::Client => match client_events(c, &mut reader) {
+                Ok(evs) => {
+                    for ev in evs {
+                        match ev {
+                            WsFrameEvent::Ping(p) => {
+                                let _ = send(c, &frame(Opcode::Pong, &p)).await;
+                            }
+                            WsFrameEvent::Close(code, _) => {
+                                let code = if code == 1005 { 1000 } else { code };
+                                let _ = send(c, &close_frame(code, "", None)).await;
+                                return outcome(101, bytes, target);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = send(c, &close_frame(e.code, e.reason, None)).await;
+                    return outcome(101, bytes, target);
+                }
+            },
+            Io::Sub(Msg::Data(b)) => {
+                let mut run = b.to_vec();
+                sub.take_data_run(&mut run, 64 * 1024);
+                if !send(c, &run).await {
+                    return outcome(101, bytes, target);
+                }
+                bytes += run.len() as u64;
+                sub.wrote(Instant::now());
+            }
+            Io::Sub(Msg::WsClose(code, reason)) => {
+                let _ = send(c, &close_frame(code, &reason, None)).await;
+                return outcome(101, bytes, target);
+            }
+            Io::Sub(_) | Io::Timer | Io::Backend => {}
+            Io::Dropped => {
+                let _ = send(c, &close_frame(1008, "too slow", None)).await;
+                return outcome(101, bytes, target);
+            }
+            Io::ClientGone | Io::BackendGone => return outcome(101, bytes, target),
+        }
+    }
+}
+
+/// Writes the upgrade request for a WebSocket backend.
+fn upgrade_request(
+    shard: &Shard,
+    head: &RequestHead,
+    path: &str,
+    b: &Backend,
+    peer: &std::net::SocketAddr,
+    route: &Route,
+) -> Vec<u8> {
+    let mut extra = Vec::new();
+    shard.write_grip_headers(&mut extra, shard.sig_for(route).as_ref());
+    extra.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    let mut out = Vec::with_capacity(512);
+    crate::conn::http::write_request_head_for(
+        &mut out,
+        head,
+        path,
+        b,
+        peer,
+        &extra,
+        &[b"sec-websocket-extensions"],
+    );
+    out
+}
+
+async fn connect_backend(shard: &Shard, route: &Route) -> Option<(Upstream, Backend)> {
+    for t in &route.targets {
+        let Target::Backend(b) = t else { continue };
+        if let Ok(up) = shard
+            .pool
+            .connect(&b.addr, shard.cfg.timeouts.upstream_connect)
+            .await
+        {
+            return Some((up, b.clone()));
+        }
+    }
+    None
+}
+
+async fn read_response_head(
+    shard: &Shard,
+    up: &mut Upstream,
+    was_head: bool,
+) -> Option<ResponseHead> {
+    let limits = &shard.cfg.limits.head;
+    let _ = up
+        .stream
+        .set_read_timeout(Some(shard.cfg.timeouts.upstream_read));
+    loop {
+        match http1::parse_response(up.inbuf.data(), limits, was_head) {
+            Ok(Some((n, r))) => {
+                up.inbuf.consume(n);
+                if (100..200).contains(&r.status) && r.status != 101 {
+                    continue;
+                }
+                return Some(r);
+            }
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match up
+            .inbuf
+            .fill(&mut up.stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
+            .await
+        {
+            Ok(n) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Relays a non-101 (or non-200) backend answer to the client unchanged:
+/// status, headers and body.
+async fn relay_refusal(c: &mut Client, resp: &ResponseHead, body: &[u8]) -> u64 {
+    let mut out = Vec::with_capacity(256 + body.len());
+    let reason = if resp.reason().is_empty() {
+        http1::reason_phrase(resp.status)
+    } else {
+        resp.reason()
+    };
+    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", resp.status);
+    for (n, v) in resp.fields.iter() {
+        if crate::conn::grip::keep_header(&resp.fields, n) {
+            http1::write_field(&mut out, n, v);
+        }
+    }
+    http1::write_framing(&mut out, BodyKind::Length(body.len() as u64));
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(body);
+    let _ = send(c, &out).await;
+    body.len() as u64
+}
+
+async fn bad_gateway(c: &mut Client, why: &str, target: &str) -> HoldEnd {
+    let mut out = Vec::new();
+    http1::write_simple_response(&mut out, 502, why, true);
+    let _ = send(c, &out).await;
+    outcome(502, 0, target)
+}
+
+/// Frame-by-frame proxying to a WebSocket backend.
+async fn passthrough(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+) -> HoldEnd {
+    let Some((mut up, backend)) = connect_backend(shard, route).await else {
+        return bad_gateway(c, "upstream unreachable", "-").await;
+    };
+    let target = backend.addr.clone();
+    let req = upgrade_request(
+        shard,
+        head,
+        &route.rewrite(head.target()),
+        &backend,
+        &c.peer,
+        route,
+    );
+    if up.stream.write_all(&req).await.is_err() {
+        return bad_gateway(c, "upstream closed the connection", &target).await;
+    }
+    let Some(resp) = read_response_head(shard, &mut up, false).await else {
+        return bad_gateway(c, "invalid response from upstream", &target).await;
+    };
+    if resp.status != 101 {
+        let body = read_body(&mut up, resp.body).await.unwrap_or_default();
+        let n = relay_refusal(c, &resp, &body).await;
+        return outcome(resp.status, n, &target);
+    }
+    let (grip, other_ext) = grip_extension(resp.fields.get("sec-websocket-extensions"));
+    let protocol = resp
+        .fields
+        .get("sec-websocket-protocol")
+        .map(<[u8]>::to_vec);
+    if !send(c, &switching(head, protocol.as_deref(), Some(&other_ext))).await {
+        return outcome(101, 0, &target);
+    }
+    let _ = up.stream.set_read_timeout(None);
+    let prefix = route.prefix.clone().unwrap_or_default();
+    let sub = ws_sub(shard, Vec::new());
+    let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
+    shard.subs.unsubscribe(&sub);
+    end
+}
+
+async fn relay(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    up: &mut Upstream,
+    sub: &Rc<Sub>,
+    grip: &Option<GripExt>,
+    prefix: &str,
+    target: &str,
+) -> HoldEnd {
+    let mut from_client = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut from_backend = Reader::new(Role::Client, MAX_MESSAGE);
+    let mut bytes = 0u64;
+    let mut detached = false;
+    // Frames may have arrived with the handshakes: handle those first.
+    let mut first = Some(if !up.inbuf.is_empty() {
+        Io::Backend
+    } else if !c.inbuf.is_empty() {
+        Io::Client
+    } else {
+        Io::Timer
+    });
+    loop {
+        let io = match first.take() {
+            Some(io) => io,
+            None => wait(c, Some(&mut *up), Some(sub), None).await,
+        };
+        if !c.inbuf.is_empty() && first.is_none() && matches!(io, Io::Backend) {
+            first = Some(Io::Client);
+        }
+        match io {
+            Io::Client => {
+                let evs = match client_events(c, &mut from_client) {
+                    Ok(evs) => evs,
+                    Err(e) => {
+                        let _ = send(c, &close_frame(e.code, e.reason, None)).await;
+                        let _ = up
+                            .stream
+                            .write_all(&close_frame(
+                                1001,
+                                "client protocol error",
+                                Some(mask_key()),
+                            ))
+                            .await;
+                        return outcome(101, bytes, target);
+                    }
+                };
+                let mut out = Vec::new();
+                let mut closing = None;
+                for ev in evs {
+                    let m = Some(mask_key());
+                    match ev {
+                        WsFrameEvent::Message(k, d) => {
+                            let op = if k == WsKind::Text {
+                                Opcode::Text
+                            } else {
+                                Opcode::Binary
+                            };
+                            ws::write_frame(&mut out, true, op, &d, m);
+                        }
+                        WsFrameEvent::Ping(p) => {
+                            ws::write_frame(&mut out, true, Opcode::Ping, &p, m)
+                        }
+                        WsFrameEvent::Pong(p) => {
+                            ws::write_frame(&mut out, true, Opcode::Pong, &p, m)
+                        }
+                        WsFrameEvent::Close(code, reason) => {
+                            let code = if code == 1005 { 1000 } else { code };
+                            ws::write_close(&mut out, code, &reason, m);
+                            closing = Some(code);
+                            break;
+                        }
+                    }
+                }
+                if !detached && !out.is_empty() && up.stream.write_all(&out).await.is_err() {
+                    let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
+                    return outcome(101, bytes, target);
+                }
+                if let Some(code) = closing {
+                    let _ = send(c, &close_frame(code, "", None)).await;
+                    return outcome(101, bytes, target);
+                }
+            }
+            Io::Backend => {
+                let mut out = Vec::new();
+                loop {
+                    let r = from_backend.read(up.inbuf.data());
+                    let (n, ev) = match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(
+                                "core {}: backend {target} broke the WebSocket protocol: {}",
+                                shard.index, e.reason
+                            );
+                            let _ =
+                                send(c, &close_frame(1011, "upstream protocol error", None)).await;
+                            return outcome(101, bytes, target);
+                        }
+                    };
+                    up.inbuf.consume(n);
+                    match ev {
+                        Some(WsFrameEvent::Message(k, d)) => match classify(grip, k, &d) {
+                            FromBackend::Control(json) => {
+                                control(shard, sub, prefix, json, &mut detached)
+                            }
+                            FromBackend::Client(payload) => {
+                                let op = if k == WsKind::Text {
+                                    Opcode::Text
+                                } else {
+                                    Opcode::Binary
+                                };
+                                ws::write_frame(&mut out, true, op, payload, None);
+                            }
+                            FromBackend::Drop => {}
+                        },
+                        Some(WsFrameEvent::Ping(p)) => {
+                            let _ = up
+                                .stream
+                                .write_all(&{
+                                    let mut f = Vec::new();
+                                    ws::write_frame(
+                                        &mut f,
+                                        true,
+                                        Opcode::Pong,
+                                        &p,
+                                        Some(mask_key()),
+                                    );
+                                    f
+                                })
+                                .await;
+                        }
+                        Some(WsFrameEvent::Pong(_)) => {}
+                        Some(WsFrameEvent::Close(code, reason)) => {
+                            let code = if code == 1005 { 1000 } else { code };
+                            ws::write_close(&mut out, code, &reason, None);
+                            let _ = send(c, &out).await;
+                            return outcome(101, bytes, target);
+                        }
+                        None if n == 0 || up.inbuf.is_empty() => break,
+                        None => {}
+                    }
+                }
+                if !out.is_empty() {
+                    bytes += out.len() as u64;
+                    if !send(c, &out).await {
+                        return outcome(101, bytes, target);
+                    }
+                }
+            }
+            Io::Sub(Msg::Data(b)) => {
+                if !send(c, &b).await {
+                    return outcome(101, bytes, target);
+                }
+                sub.wrote(Instant::now());
+            }
+            Io::Sub(Msg::WsClose(code, reason)) => {
+                let _ = send(c, &close_frame(code, &reason, None)).await;
+                let _ = up
+                    .stream
+                    .write_all(&close_frame(1000, "", Some(mask_key())))
+                    .await;
+                return outcome(101, bytes, target);
+            }
+            Io::Sub(_) | Io::Timer => {}
+            Io::Dropped => {
+                let _ = send(c, &close_frame(1008, "too slow", None)).await;
+                return outcome(101, bytes, target);
+            }
+            Io::ClientGone => {
+                let _ = up
+                    .stream
+                    .write_all(&close_frame(1001, "client went away", Some(mask_key())))
+                    .await;
+                return outcome(101, bytes, target);
+            }
+            Io::BackendGone => {
+                let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
+                return outcome(101, bytes, target);
+            }
+        }
+    }
+}
+
+/// A WebSocket-over-HTTP session's state.
+struct Session<'a> {
+    shard: &'a Rc<Shard>,
+    head: &'a RequestHead,
+    route: &'a Route,
+    path: String,
+    connection_id: String,
+    meta: Vec<(String, Vec<u8>)>,
+    grip: Option<GripExt>,
+    keep_alive: Option<Duration>,
+    last_request: Instant,
+    target: String,
+}
+
+/// An answer to one events request.
+struct EventsReply {
+    resp: ResponseHead,
+    body: Bytes,
+}
+
+impl Session<'_> {
+    /// POSTs `events` to the backend (retrying on connection failures);
+    /// `None` when the backend cannot be reached.
+    async fn post(&mut self, c: &Client, events: &[WsEvent]) -> Option<EventsReply> {
+        let mut body = Vec::new();
+        for e in events {
+            wsevents::encode(&mut body, e);
+        }
+        let mut extra = Vec::new();
+        self.shard
+            .write_grip_headers(&mut extra, self.shard.sig_for(self.route).as_ref());
+        let _ = write!(
+            extra,
+            "Content-Type: application/websocket-events\r\nAccept: application/websocket-events\r\nConnection-Id: {}\r\nContent-Length: {}\r\n",
+            self.connection_id,
+            body.len()
+        );
+        for (k, v) in &self.meta {
+            extra.extend_from_slice(b"Meta-");
+            http1::write_field(&mut extra, k.as_bytes(), v);
+        }
+        let skip: &[&[u8]] = &[
+            b"sec-websocket-key",
+            b"sec-websocket-version",
+            b"sec-websocket-extensions",
+            b"content-type",
+            b"accept",
+            b"connection-id",
+        ];
+        let mut delay = Duration::from_millis(100);
+        for attempt in 0..POST_ATTEMPTS {
+            if attempt > 0 {
+                glommio::timer::sleep(delay).await;
+                delay *= 4;
+            }
+            for t in &self.route.targets {
+                let Target::Backend(b) = t else { continue };
+                let fresh = attempt > 0;
+                let up = match (!fresh)
+                    .then(|| self.shard.pool.take_idle(&b.addr, true))
+                    .flatten()
+                {
+                    Some(up) => up,
+                    None => match self
+                        .shard
+                        .pool
+                        .connect(&b.addr, self.shard.cfg.timeouts.upstream_connect)
+                        .await
+                    {
+                        Ok(up) => up,
+                        Err(_) => continue,
+                    },
+                };
+                let mut up = up;
+                let mut req = Vec::with_capacity(512 + body.len());
+                let mut meta_skip: Vec<Vec<u8>> = skip.iter().map(|s| s.to_vec()).collect();
+                meta_skip.extend(
+                    self.head
+                        .fields
+                        .iter()
+                        .filter(|(n, _)| n.len() > 5 && n[..5].eq_ignore_ascii_case(b"meta-"))
+                        .map(|(n, _)| n.to_ascii_lowercase()),
+                );
+                let skip_refs: Vec<&[u8]> = meta_skip.iter().map(Vec::as_slice).collect();
+                crate::conn::http::write_request_head_as(
+                    &mut req, "POST", self.head, &self.path, b, &c.peer, &extra, &skip_refs,
+                );
+                req.extend_from_slice(&body);
+                if up.stream.write_all(&req).await.is_err() {
+                    continue;
+                }
+                let Some(resp) = read_response_head(self.shard, &mut up, false).await else {
+                    continue;
+                };
+                let Ok(rbody) = read_body(&mut up, resp.body).await else {
+                    continue;
+                };
+                if resp.keep_alive {
+                    self.shard.pool.put_idle(up);
+                }
+                self.target = b.addr.clone();
+                self.last_request = Instant::now();
+                return Some(EventsReply { resp, body: rbody });
+            }
+        }
+        None
+    }
+
+    /// Takes in the session headers of a 200 events answer.
+    fn absorb(&mut self, resp: &ResponseHead) {
+        for (n, v) in resp.fields.iter() {
+            if n.len() > 9 && n[..9].eq_ignore_ascii_case(b"set-meta-") {
+                let key = String::from_utf8_lossy(&n[9..]).into_owned();
+                self.meta.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+                if !v.is_empty() {
+                    self.meta.push((key, v.to_vec()));
+                }
+            }
+        }
+        if let Some(v) = resp.fields.get("keep-alive-interval") {
+            self.keep_alive = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.max(20)));
+        }
+        if resp.fields.get("sec-websocket-extensions").is_some() {
+            self.grip = grip_extension(resp.fields.get("sec-websocket-extensions")).0;
+        }
+    }
+}
+
+fn is_events(resp: &ResponseHead) -> bool {
+    resp.status == 200
+        && resp.fields.get("content-type").is_some_and(|ct| {
+            let ct = ct.split(|&b| b == b';').next().unwrap_or(b"");
+            http1::trim(ct).eq_ignore_ascii_case(b"application/websocket-events")
+        })
+}
+
+/// What the backend's events ask the session to do next.
+enum After {
+    Continue,
+    Close,
+}
+
+/// Sends the backend's events to the client; handles control messages.
+async fn apply(
+    s: &Session<'_>,
+    c: &mut Client,
+    sub: &Rc<Sub>,
+    events: Vec<WsEvent>,
+    detached: &mut bool,
+) -> After {
+    let mut out = Vec::new();
+    let mut after = After::Continue;
+    let prefix = s.route.prefix.clone().unwrap_or_default();
+    for ev in events {
+        match ev {
+            WsEvent::Text(d) => match classify(&s.grip, WsKind::Text, &d) {
+                FromBackend::Control(json) => control(s.shard, sub, &prefix, json, detached),
+                FromBackend::Client(p) => ws::write_frame(&mut out, true, Opcode::Text, p, None),
+                FromBackend::Drop => {}
+            },
+            WsEvent::Binary(d) => {
+                if let FromBackend::Client(p) = classify(&s.grip, WsKind::Binary, &d) {
+                    ws::write_frame(&mut out, true, Opcode::Binary, p, None);
+                }
+            }
+            WsEvent::Ping(p) => ws::write_frame(&mut out, true, Opcode::Ping, &p, None),
+            WsEvent::Pong(p) => ws::write_frame(&mut out, true, Opcode::Pong, &p, None),
+            WsEvent::Close(code, reason) => {
+                ws::write_close(
+                    &mut out,
+                    code.unwrap_or(1000),
+                    &String::from_utf8_lossy(&reason),
+                    None,
+                );
+                after = After::Close;
+                break;
+            }
+            WsEvent::Disconnect => {
+                after = After::Close;
+                break;
+            }
+            WsEvent::Open => {}
+        }
+    }
+    if !out.is_empty() && !send(c, &out).await {
+        return After::Close;
+    }
+    after
+}
+
+/// WebSocket-over-HTTP (GRIP.md §3).
+async fn over_http(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+) -> HoldEnd {
+    let id = shard.next_connection_id();
+    let mut s = Session {
+        shard,
+        head,
+        route,
+        path: route.rewrite(head.target()),
+        connection_id: id,
+        meta: Vec::new(),
+        grip: None,
+        keep_alive: None,
+        last_request: Instant::now(),
+        target: "-".into(),
+    };
+    let Some(open) = s.post(c, &[WsEvent::Open]).await else {
+        return bad_gateway(c, "upstream unreachable", "-").await;
+    };
+    if !is_events(&open.resp) {
+        // The backend (or a gateway in front of it) refused: the client's
+        // handshake fails with that answer, unchanged.
+        let n = relay_refusal(c, &open.resp, &open.body).await;
+        return outcome(open.resp.status, n, &s.target);
+    }
+    s.absorb(&open.resp);
+    let events = match wsevents::decode(&open.body) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(
+                "core {}: bad events from {}: {}",
+                shard.index, s.target, e.0
+            );
+            return bad_gateway(c, "invalid events from upstream", &s.target.clone()).await;
+        }
+    };
+    let protocol = open
+        .resp
+        .fields
+        .get("sec-websocket-protocol")
+        .map(<[u8]>::to_vec);
+    if !send(c, &switching(head, protocol.as_deref(), None)).await {
+        return outcome(101, 0, &s.target);
+    }
+    let sub = ws_sub(shard, Vec::new());
+    let end = session_loop(&mut s, c, &sub, events).await;
+    shard.subs.unsubscribe(&sub);
+    end
+}
+
+async fn session_loop(
+    s: &mut Session<'_>,
+    c: &mut Client,
+    sub: &Rc<Sub>,
+    first: Vec<WsEvent>,
+) -> HoldEnd {
+    let mut detached = false;
+    let target = s.target.clone();
+    if let After::Close = apply(s, c, sub, first, &mut detached).await {
+        return outcome(101, 0, &target);
+    }
+    let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut first_io = (!c.inbuf.is_empty()).then_some(Io::Client);
+    loop {
+        if detached {
+            return client_loop(c, sub, &target).await;
+        }
+        let deadline = s.keep_alive.map(|k| s.last_request + k);
+        let mut pending: Vec<WsEvent> = Vec::new();
+        let mut end_after = false;
+        let io = match first_io.take() {
+            Some(io) => io,
+            None => wait(c, None, Some(sub), deadline).await,
+        };
+        match io {
+            Io::Client => match client_events(c, &mut reader) {
+                Ok(evs) => {
+                    for ev in evs {
+                        match ev {
+                            WsFrameEvent::Message(WsKind::Text, d) => {
+                                pending.push(WsEvent::Text(d))
+                            }
+                            WsFrameEvent::Message(WsKind::Binary, d) => {
+                                pending.push(WsEvent::Binary(d))
+                            }
+                            WsFrameEvent::Ping(p) => {
+                                let _ = send(c, &frame(Opcode::Pong, &p)).await;
+                                pending.push(WsEvent::Ping(p));
+                            }
+                            WsFrameEvent::Pong(p) => pending.push(WsEvent::Pong(p)),
+                            WsFrameEvent::Close(code, reason) => {
+                                let code = (code != 1005).then_some(code);
+                                pending.push(WsEvent::Close(code, reason.into_bytes()));
+                                let _ = send(c, &close_frame(code.unwrap_or(1000), "", None)).await;
+                                end_after = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = send(c, &close_frame(e.code, e.reason, None)).await;
+                    pending.push(WsEvent::Disconnect);
+                    end_after = true;
+                }
+            },
+            Io::ClientGone => {
+                pending.push(WsEvent::Disconnect);
+                end_after = true;
+            }
+            Io::Sub(Msg::Data(b)) => {
+                if !send(c, &b).await {
+                    pending.push(WsEvent::Disconnect);
+                    end_after = true;
+                }
+            }
+            Io::Sub(Msg::WsClose(code, reason)) => {
+                let _ = send(c, &close_frame(code, &reason, None)).await;
+                pending.push(WsEvent::Close(Some(code), reason.into_bytes()));
+                end_after = true;
+            }
+            Io::Timer => {} // keep-alive: an empty request
+            Io::Dropped => {
+                let _ = send(c, &close_frame(1008, "too slow", None)).await;
+                pending.push(WsEvent::Disconnect);
+                end_after = true;
+            }
+            Io::Sub(_) | Io::Backend | Io::BackendGone => continue,
+        }
+        if pending.is_empty() && !matches!(deadline, Some(d) if Instant::now() >= d) {
+            continue;
+        }
+        match s.post(c, &pending).await {
+            Some(reply) if is_events(&reply.resp) => {
+                s.absorb(&reply.resp);
+                let evs = wsevents::decode(&reply.body).unwrap_or_default();
+                if end_after {
+                    return outcome(101, 0, &target);
+                }
+                if let After::Close = apply(s, c, sub, evs, &mut detached).await {
+                    return outcome(101, 0, &target);
+                }
+            }
+            _ => {
+                if !end_after {
+                    let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
+                }
+                return outcome(101, 0, &target);
+            }
+        }
+    }
+}

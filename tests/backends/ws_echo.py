@@ -1,0 +1,40 @@
+"""A plain WebSocket backend (Python `websockets`), printing its port.
+
+Paths: /echo echoes every message; /grip answers with the `grip`
+extension, subscribes the connection to channel `g` with a control message
+and sends `m:welcome` (and drops messages without the prefix); /bye closes
+at once with 4001.
+"""
+import asyncio
+import sys
+
+from websockets.asyncio.server import serve
+
+
+def add_grip(connection, request, response):
+    if request.path.startswith("/grip"):
+        response.headers["Sec-WebSocket-Extensions"] = "grip"
+    return response
+
+
+async def handler(ws):
+    path = ws.request.path
+    if path.startswith("/bye"):
+        await ws.close(4001, "backend says bye")
+        return
+    if path.startswith("/grip"):
+        await ws.send('c:{"type":"subscribe","channel":"g"}')
+        await ws.send("m:welcome")
+        await ws.send("not for the client")
+    async for message in ws:
+        await ws.send(("m:" if path.startswith("/grip") else "") + message if isinstance(message, str) else message)
+
+
+async def main():
+    async with serve(handler, "127.0.0.1", 0, process_response=add_grip, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(port, flush=True)
+        await asyncio.Future()
+
+
+asyncio.run(main())

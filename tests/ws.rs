@@ -1,0 +1,430 @@
+//! WebSockets through corepin with real clients (Python `websockets`,
+//! wscat) and real backends (a Python `websockets` server; a
+//! WebSocket-over-HTTP backend built on gripcontrol's WebSocketContext).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("COREPIN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/pyenv/bin/python"))
+}
+
+/// A Python backend process, killed on drop.
+struct Py {
+    child: Child,
+    port: u16,
+}
+
+impl Py {
+    fn start(script: &str, args: &[&str]) -> Py {
+        let mut child = Command::new(python())
+            .arg(root().join("tests/backends").join(script))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python backend (run tests/run.sh to install)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("port line");
+        let port = line.trim().parse().expect("backend port");
+        Py { child, port }
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(url: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(root().join("tests/clients/ws_client.py"))
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("ws client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        panic!(
+            "client output: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Runs wscat; its stdin stays open until it exits (wscat quits at the
+/// end of its input, before a slow handshake completes).
+fn wscat(url: &str, args: &[&str]) -> String {
+    let mut child = Command::new("node")
+        .arg(root().join("tests/clients/node_modules/wscat/bin/wscat"))
+        .args(["--no-color", "-c", url])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wscat");
+    let stdin = child.stdin.take();
+    let mut out = String::new();
+    let _ = child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out);
+    let _ = child.wait();
+    drop(stdin);
+    out
+}
+
+/// Opens a raw WebSocket (handshake done) for protocol-violation tests.
+fn raw_ws(addr: std::net::SocketAddr, path: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).expect("write");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let head = read_head_only(&mut r).expect("handshake answer");
+    assert_eq!(head.status, 101);
+    assert_eq!(
+        head.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    (s, r)
+}
+
+/// Reads frames until a close frame; returns its code.
+fn close_code(r: &mut BufReader<TcpStream>) -> u16 {
+    loop {
+        let mut h = [0u8; 2];
+        r.read_exact(&mut h).expect("frame header");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                r.read_exact(&mut b).expect("len");
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                r.read_exact(&mut b).expect("len");
+                u64::from_be_bytes(b) as usize
+            }
+            n => n as usize,
+        };
+        let mut p = vec![0u8; len];
+        r.read_exact(&mut p).expect("payload");
+        if h[0] & 0x0f == 8 {
+            return u16::from_be_bytes([p[0], p[1]]);
+        }
+    }
+}
+
+fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    corepin::codec::ws::write_frame(
+        &mut f,
+        true,
+        match op {
+            1 => corepin::codec::ws::Opcode::Text,
+            _ => corepin::codec::ws::Opcode::Binary,
+        },
+        payload,
+        Some([1, 2, 3, 4]),
+    );
+    f
+}
+
+#[test]
+fn passthrough_echo_with_python_and_wscat() {
+    let b = Py::start("ws_echo.py", &[]);
+    let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{}", b.port)]);
+    let url = format!("ws://127.0.0.1:{}/echo", cp.port);
+    let r = client(
+        &url,
+        &[
+            "--send", "hello", "--send", "wörld", "--recv", "2", "--close", "1000",
+        ],
+    );
+    assert_eq!(r["status"], 101);
+    assert_eq!(r["received"], serde_json::json!(["hello", "wörld"]));
+    assert_eq!(r["close"][0], 1000);
+    let out = wscat(&url, &["-x", "from wscat", "-w", "1"]);
+    assert!(out.contains("from wscat"), "{out}");
+}
+
+#[test]
+fn passthrough_grip_extension_control_and_publish() {
+    let b = Py::start("ws_echo.py", &[]);
+    let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{}", b.port)]);
+    let url = format!("ws://127.0.0.1:{}/grip", cp.port);
+    let control = cp.control_addr();
+    let publisher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        let body =
+            r#"{"items":[{"channel":"g","formats":{"ws-message":{"content":"published"}}}]}"#;
+        let mut c = Conn::open(control);
+        c.send(
+            format!(
+                "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.read().expect("publish").status
+    });
+    let r = client(
+        &url,
+        &["--send", "ping me", "--recv", "3", "--close", "1000"],
+    );
+    assert_eq!(publisher.join().expect("publisher"), 200);
+    // m: prefixes stripped, c: messages consumed, unprefixed dropped.
+    assert_eq!(
+        r["received"],
+        serde_json::json!(["welcome", "ping me", "published"])
+    );
+}
+
+#[test]
+fn backend_close_and_backend_gone() {
+    let b = Py::start("ws_echo.py", &[]);
+    let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{}", b.port)]);
+    let r = client(&format!("ws://127.0.0.1:{}/bye", cp.port), &[]);
+    assert_eq!(r["close"][0], 4001);
+    let (mut s, mut rd) = raw_ws(cp.addr(), "/echo");
+    drop(b);
+    s.write_all(&masked(1, b"anyone?")).ok();
+    let code = close_code(&mut rd);
+    assert!(code == 1011 || code == 1001, "{code}");
+}
+
+#[test]
+fn protocol_violations_get_close_codes() {
+    let cp = Corepin::start_grip(&["--route", "* test"]);
+    // Unmasked client frame: 1002.
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws");
+    s.write_all(&[0x81, 0x02, b'h', b'i']).expect("write");
+    assert_eq!(close_code(&mut r), 1002);
+    // Invalid UTF-8 in a text message: 1007.
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws");
+    s.write_all(&masked(1, &[0xc3, 0x28])).expect("write");
+    assert_eq!(close_code(&mut r), 1007);
+    // Oversize message: 1009.
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws");
+    let mut big = vec![0x82u8, 0xff];
+    big.extend_from_slice(&(2u64 << 20).to_be_bytes());
+    big.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&big).expect("write");
+    assert_eq!(close_code(&mut r), 1009);
+    // Garbage after the handshake (reserved bits, unknown opcode): 1002.
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws");
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    assert_eq!(close_code(&mut r), 1002);
+    // Bad handshakes.
+    let text = raw(cp.addr(), b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+    assert!(
+        text.starts_with("HTTP/1.1 426") && text.contains("Sec-WebSocket-Version: 13"),
+        "{text}"
+    );
+    let text = raw(cp.addr(), b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    // Others are unharmed.
+    let r = client(
+        &format!("ws://127.0.0.1:{}/ws?channel=x", cp.port),
+        &["--close", "1000"],
+    );
+    assert_eq!(r["close"][0], 1000);
+}
+
+#[test]
+fn ws_messages_reach_subscribers_on_all_cores() {
+    let cp = Corepin::start_grip(&["--route", "* test", "--workers", "2"]);
+    let url = format!("ws://127.0.0.1:{}/ws?channel=all", cp.port);
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || client(&url, &["--recv", "3"]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for body in [
+        r#"{"items":[{"channel":"all","formats":{"ws-message":{"content":"one"}}}]}"#,
+        r#"{"items":[{"channel":"all","formats":{"ws-message":{"content-bin":"AAE="}}}]}"#,
+        r#"{"items":[{"channel":"all","formats":{"ws-message":{"content":"three"}}}]}"#,
+        r#"{"items":[{"channel":"all","formats":{"ws-message":{"action":"close","code":4000,"reason":"bye"}}}]}"#,
+    ] {
+        assert_eq!(cp.publish(body).status, 200);
+    }
+    for c in clients {
+        let r = c.join().expect("client");
+        assert_eq!(
+            r["received"],
+            serde_json::json!(["one", "bin:0001", "three"])
+        );
+        assert_eq!(r["close"], serde_json::json!([4000, "bye"]));
+    }
+}
+
+fn read_log(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn websocket_over_http_with_gripcontrol_backend() {
+    let log = std::env::temp_dir().join(format!("corepin-wsoh-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let b = Py::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("* 127.0.0.1:{},over_http", b.port),
+        "--config",
+        &{
+            let p = std::env::temp_dir().join(format!("corepin-wsoh-{}.toml", std::process::id()));
+            std::fs::write(&p, "[grip]\nsig_key = \"wskey\"\n").expect("config");
+            p.display().to_string()
+        },
+    ]);
+    let url = format!("ws://127.0.0.1:{}/chat", cp.port);
+
+    // Without the key the backend's 403 and JSON body reach the client.
+    let r = client(&url, &[]);
+    assert_eq!(r["status"], 403);
+    assert!(r["body"]
+        .as_str()
+        .unwrap_or("")
+        .contains("Invalid authentication credentials"));
+
+    // With it: echo, publish to the subscribed channel, server-side close.
+    let control = cp.control_addr();
+    let publisher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        let body =
+            r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#;
+        let mut c = Conn::open(control);
+        c.send(
+            format!(
+                "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.read().expect("publish").status
+    });
+    let r = client(
+        &url,
+        &[
+            "-H",
+            "Auth-Key: supersecret",
+            "--send",
+            "hi",
+            "--send",
+            "there",
+            "--recv",
+            "3",
+            "--send",
+            "close me",
+        ],
+    );
+    assert_eq!(
+        r["close"][0], 4002,
+        "the backend's CLOSE event closes the client: {r}"
+    );
+    assert_eq!(publisher.join().expect("publisher"), 200);
+    let got: Vec<String> = r["received"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|v| v.as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        got.contains(&"echo: hi".to_string())
+            && got.contains(&"echo: there".to_string())
+            && got.contains(&"to the room".to_string()),
+        "{got:?}"
+    );
+
+    // A client that vanishes: DISCONNECT reaches the backend.
+    let (s, _) = {
+        let mut s = TcpStream::connect(cp.addr()).expect("connect");
+        s.write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nAuth-Key: supersecret\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("write");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        assert_eq!(read_head_only(&mut r).expect("101").status, 101);
+        (s, r)
+    };
+    drop(s);
+    wait_until("DISCONNECT at the backend", || {
+        read_log(&log)
+            .iter()
+            .any(|e| e["events"] == serde_json::json!(["DISCONNECT"]))
+    });
+
+    let entries = read_log(&log);
+    let accepted: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["auth_key"] == "supersecret")
+        .collect();
+    assert!(accepted.len() >= 3, "{entries:?}");
+    for e in &accepted {
+        assert_eq!(e["content_type"], "application/websocket-events");
+        assert!(e["connection_id"].as_str().is_some_and(|c| !c.is_empty()));
+        let sig = e["grip_sig"].as_str().expect("Grip-Sig on every request");
+        assert!(corepin::jwt::verify(sig, b"wskey", Some("corepin"), corepin::jwt::now()).is_ok());
+    }
+    assert_eq!(accepted[0]["events"], serde_json::json!(["OPEN"]));
+    // Later requests of the session echo the meta the backend set.
+    let cid = accepted[0]["connection_id"].clone();
+    assert!(
+        accepted
+            .iter()
+            .filter(|e| e["connection_id"] == cid)
+            .skip(1)
+            .all(|e| e["meta"]["user"] == "alice"),
+        "{accepted:?}"
+    );
+    // Client messages arrive in order.
+    let texts: Vec<String> = accepted
+        .iter()
+        .filter(|e| e["connection_id"] == cid)
+        .flat_map(|e| e["contents"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c.as_str().map(String::from))
+        .filter(|c| !c.is_empty())
+        .collect();
+    let pos = |m: &str| texts.iter().position(|t| t == m);
+    assert!(
+        pos("hi") < pos("there") && pos("there") < pos("close me"),
+        "{texts:?}"
+    );
+}
+
+#[test]
+fn websocket_over_http_backend_gone_closes_1011() {
+    let log = std::env::temp_dir().join(format!("corepin-wsoh-gone-{}.jsonl", std::process::id()));
+    let b = Py::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{},over_http", b.port)]);
+    let mut s = TcpStream::connect(cp.addr()).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nAuth-Key: supersecret\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("write");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    assert_eq!(read_head_only(&mut r).expect("101").status, 101);
+    drop(b);
+    s.write_all(&masked(1, b"hello?")).expect("write");
+    assert_eq!(close_code(&mut r), 1011);
+}
