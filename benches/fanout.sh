@@ -40,17 +40,26 @@ run() {
   echo "$1 $2: $out" >&2
 }
 
-for peer in $PEERS; do
+# Every case runs on a freshly started peer, so what one case leaves
+# behind (Pushpin degrades after its largest runs) does not skew the next.
+fresh() {
+  local peer=$1; shift
   start_peer "$peer"
-  for _ in $(seq 1 "$ROUNDS"); do
-    run "$peer" one-1k 1000 1 0 20
-    run "$peer" one-10k 10000 1 0 20
-    run "$peer" burst-10k 10000 100 0 60
-    run "$peer" light-100 100 200 5000 30
-  done
-  run "$peer" burst-15k 15000 100 0 90
+  run "$peer" "$@"
   stop_all
   PIDS=()
+}
+
+for _ in $(seq 1 "$ROUNDS"); do
+  for peer in $PEERS; do
+    fresh "$peer" one-1k 1000 1 0 20
+    fresh "$peer" one-10k 10000 1 0 20
+    fresh "$peer" burst-10k 10000 100 0 60
+    fresh "$peer" light-100 100 200 5000 30
+  done
+done
+for peer in $PEERS; do
+  fresh "$peer" burst-15k 15000 100 0 90
 done
 
 python3 - "$RAW" "$OUT" <<'PY'

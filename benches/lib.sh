@@ -78,6 +78,7 @@ CONF
 }
 
 # Pushpin 1.36 from Debian with its own zurl (allowing loopback), on 18102.
+# The argument is the routes file text (lines separated by \n).
 # PUSHPIN_LIMITS=raised lifts the handler's delivery rate limit.
 start_pushpin() {
   local d=$BENCH_DIR/pushpin route=${1:-"* 127.0.0.1:18100"}
@@ -91,7 +92,7 @@ defpolicy=allow
 deny=
 CONF
   zurl --config="$d/zurl.conf" > "$d/log/zurl.out" 2>&1 & PIDS+=($!)
-  echo "$route" > "$d/routes"
+  printf '%b\n' "$route" > "$d/routes"
   local rate=2500 hwm=25000
   if [ "${PUSHPIN_LIMITS:-default}" = raised ]; then rate=10000000; hwm=10000000; fi
   sed -e "s|^rundir=.*|rundir=$d/run|" \

@@ -37,6 +37,10 @@ struct Opts {
     interval_us: u64,
     timeout: Duration,
     settle: Duration,
+    /// Subscribers are WebSockets (the handshake instead of a GET).
+    ws: bool,
+    /// Hold subscribers this long after the last delivery (memory checks).
+    hold: Duration,
 }
 
 fn usage() -> ! {
@@ -44,7 +48,9 @@ fn usage() -> ! {
         "usage: corepin-load fanout --sub HOST:PORT [--sub-path /stream?channel=bench]
          --publish HOST:PORT [--pub-kind grip|nchan] [--pub-path /publish/]
          [--channel bench] [--subscribers N] [--messages M] [--interval-us U]
-         [--timeout-s S] [--settle-ms MS]"
+         [--timeout-s S] [--settle-ms MS] [--ws] [--hold-s S]
+       corepin-load ws-echo --to HOST:PORT [--path /echo] [--conns C] [--seconds S]
+       corepin-load echo-server [HOST:PORT]"
     );
     std::process::exit(2)
 }
@@ -62,6 +68,8 @@ fn parse(args: &[String]) -> Opts {
         interval_us: 0,
         timeout: Duration::from_secs(60),
         settle: Duration::from_millis(1000),
+        ws: false,
+        hold: Duration::ZERO,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -256,7 +264,11 @@ fn fanout(o: Opts) {
     let ep = unsafe { libc::epoll_create1(0) };
     assert!(ep >= 0, "epoll_create1");
     let mut subs: Vec<Sub> = Vec::with_capacity(o.subscribers);
-    let req = format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", o.sub_path);
+    let req = if o.ws {
+        format!("GET {} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", o.sub_path)
+    } else {
+        format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", o.sub_path)
+    };
     for i in 0..o.subscribers {
         let mut s = match connect_from(i, o.sub) {
             Ok(s) => s,
@@ -351,7 +363,7 @@ fn fanout(o: Opts) {
                             let status =
                                 String::from_utf8_lossy(&sub.head[..sub.head.len().min(12)])
                                     .into_owned();
-                            if !status.starts_with("HTTP/1.1 200") {
+                            if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.1 101") {
                                 *bad_status.entry(status).or_insert(0u64) += 1;
                             }
                             let rest = sub.head.split_off(h + 4);
@@ -398,6 +410,10 @@ fn fanout(o: Opts) {
     }
     stop.store(true, Ordering::Relaxed);
     eprintln!();
+    if !o.hold.is_zero() {
+        eprintln!("holding {heads} subscribers for {:?}", o.hold);
+        std::thread::sleep(o.hold);
+    }
     let dups: u64 = subs.iter().map(|s| s.dups).sum();
     let ooo: u64 = subs.iter().map(|s| s.out_of_order).sum();
     let complete = subs.iter().filter(|s| s.got == o.messages as u64).count();
@@ -453,10 +469,125 @@ fn record(
     }
 }
 
+/// `ws-echo --url HOST:PORT --path /p --conns C --seconds S`: each
+/// connection sends a timestamped text message and waits for its echo,
+/// again and again; reports round trips per second and latency.
+fn ws_echo(args: &[String]) {
+    let mut addr: SocketAddr = "127.0.0.1:7999".parse().unwrap_or_else(|_| usage());
+    let (mut path, mut conns, mut seconds) = ("/".to_string(), 50usize, 5u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut v = || it.next().cloned().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--to" => addr = v().parse().unwrap_or_else(|_| usage()),
+            "--path" => path = v(),
+            "--conns" => conns = v().parse().unwrap_or_else(|_| usage()),
+            "--seconds" => seconds = v().parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    EPOCH.get_or_init(Instant::now);
+    // SAFETY: epoll_create1 returns a new descriptor or -1.
+    let ep = unsafe { libc::epoll_create1(0) };
+    let mut socks = Vec::new();
+    let mut tails: Vec<Vec<u8>> = vec![Vec::new(); conns];
+    let mut heads = vec![false; conns];
+    let hs = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    let send = |s: &mut TcpStream, seq: u64| {
+        let mut f = Vec::with_capacity(48);
+        corepin::codec::ws::write_frame(&mut f, true, corepin::codec::ws::Opcode::Text, format!("M{seq},{};", now_ns()).as_bytes(), Some([7, 7, 7, 7]));
+        let _ = s.set_nonblocking(false);
+        let _ = s.write_all(&f);
+        let _ = s.set_nonblocking(true);
+    };
+    for i in 0..conns {
+        let mut s = connect_from(i, addr).unwrap_or_else(|e| {
+            eprintln!("ws-echo: {e}");
+            std::process::exit(1)
+        });
+        let _ = s.set_nodelay(true);
+        let _ = s.write_all(hs.as_bytes());
+        let _ = s.set_nonblocking(true);
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+        // SAFETY: registering a valid fd.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) };
+        socks.push(s);
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap_or_else(|_| usage());
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
+    let mut buf = vec![0u8; 1 << 16];
+    let mut recs = Vec::new();
+    let mut seq = 0u64;
+    let mut trips = 0u64;
+    let mut started: Option<Instant> = None;
+    let mut failed = 0usize;
+    loop {
+        if let Some(t) = started {
+            if t.elapsed() >= Duration::from_secs(seconds) {
+                break;
+            }
+        } else if heads.iter().all(|h| *h) {
+            started = Some(Instant::now());
+            for s in socks.iter_mut() {
+                send(s, seq);
+                seq += 1;
+            }
+        }
+        // SAFETY: events has room for its length.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 100) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let i = ev.u64 as usize;
+            loop {
+                match socks[i].read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        let mut data = &buf[..k];
+                        if !heads[i] {
+                            tails[i].extend_from_slice(data);
+                            let Some(h) = tails[i].windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                            if !tails[i].starts_with(b"HTTP/1.1 101") {
+                                failed += 1;
+                            }
+                            heads[i] = true;
+                            let rest = tails[i].split_off(h + 4);
+                            tails[i].clear();
+                            recs.clear();
+                            scan(&mut tails[i], &rest, &mut recs);
+                            data = &[];
+                        }
+                        let now = now_ns();
+                        recs.clear();
+                        scan(&mut tails[i], data, &mut recs);
+                        for &(_, ns) in &recs {
+                            let _ = hist.record(now.saturating_sub(ns).max(1));
+                            if started.is_some() {
+                                trips += 1;
+                                send(&mut socks[i], seq);
+                                seq += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let secs = started.map_or(1.0, |t| t.elapsed().as_secs_f64());
+    let ms = |ns: u64| ns as f64 / 1e6;
+    println!("{}", serde_json::json!({
+        "mode": "ws-echo", "connections": conns, "handshake_failures": failed,
+        "round_trips": trips, "round_trips_per_sec": trips as f64 / secs,
+        "latency_ms": {"p50": ms(hist.value_at_quantile(0.5)), "p99": ms(hist.value_at_quantile(0.99)), "max": ms(hist.max())},
+    }));
+}
+
+mod echo;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("fanout") => fanout(parse(&args[1..])),
+        Some("ws-echo") => ws_echo(&args[1..]),
+        Some("echo-server") => echo::run(args.get(1).map_or("127.0.0.1:0", String::as_str)),
         _ => usage(),
     }
 }

@@ -1,0 +1,148 @@
+//! `corepin-load echo-server`: a single-threaded epoll backend for the
+//! WebSocket benchmarks that is never the bottleneck. It echoes WebSocket
+//! messages (plain upgrade) and answers WebSocket-over-HTTP event requests
+//! (`application/websocket-events`: OPEN is accepted, TEXT/BINARY echoed).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+
+use corepin::codec::http1::{parse_request, BodyKind, HeadLimits};
+use corepin::codec::ws::{self, Event, Kind, Opcode, Reader, Role};
+use corepin::codec::wsevents::{self, WsEvent};
+
+enum State {
+    Http,
+    Ws(Box<Reader>),
+}
+
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+    state: State,
+}
+
+fn add(ep: i32, fd: i32, token: u64) {
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+    // SAFETY: registering a valid fd with a valid epoll instance.
+    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+}
+
+/// Handles buffered input; false means close the connection.
+fn serve(c: &mut Conn, out: &mut Vec<u8>) -> bool {
+    loop {
+        match &mut c.state {
+            State::Http => {
+                let Ok(parsed) = parse_request(&c.buf, &HeadLimits::default()) else { return false };
+                let Some((n, head)) = parsed else { return true };
+                let len = match head.body {
+                    BodyKind::Length(l) => l as usize,
+                    BodyKind::Empty => 0,
+                    _ => return false,
+                };
+                if c.buf.len() < n + len {
+                    return true;
+                }
+                if head.is_upgrade() {
+                    let key = head.fields.get("sec-websocket-key").unwrap_or(b"");
+                    let _ = write!(out, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n", ws::accept_key(key));
+                    c.buf.drain(..n);
+                    c.state = State::Ws(Box::new(Reader::new(Role::Server, 1 << 20)));
+                    continue;
+                }
+                let events = wsevents::decode(&c.buf[n..n + len]).unwrap_or_default();
+                c.buf.drain(..n + len);
+                let mut body = Vec::new();
+                for e in events {
+                    match e {
+                        WsEvent::Open => wsevents::encode(&mut body, &WsEvent::Open),
+                        WsEvent::Text(_) | WsEvent::Binary(_) => wsevents::encode(&mut body, &e),
+                        WsEvent::Close(code, r) => wsevents::encode(&mut body, &WsEvent::Close(code, r)),
+                        _ => {}
+                    }
+                }
+                let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\nContent-Length: {}\r\n\r\n", body.len());
+                out.extend_from_slice(&body);
+            }
+            State::Ws(reader) => {
+                let Ok((n, ev)) = reader.read(&c.buf) else { return false };
+                c.buf.drain(..n);
+                match ev {
+                    Some(Event::Message(k, d)) => {
+                        let op = if k == Kind::Text { Opcode::Text } else { Opcode::Binary };
+                        ws::write_frame(out, true, op, &d, None);
+                    }
+                    Some(Event::Ping(p)) => ws::write_frame(out, true, Opcode::Pong, &p, None),
+                    Some(Event::Close(code, _)) => {
+                        ws::write_close(out, if code == 1005 { 1000 } else { code }, "", None);
+                        return false;
+                    }
+                    Some(Event::Pong(_)) => {}
+                    None => return true,
+                }
+            }
+        }
+    }
+}
+
+pub fn run(listen: &str) {
+    let l = TcpListener::bind(listen).unwrap_or_else(|e| {
+        eprintln!("echo-server: cannot listen on {listen}: {e}");
+        std::process::exit(1)
+    });
+    let _ = l.set_nonblocking(true);
+    println!("{}", l.local_addr().map(|a| a.port()).unwrap_or(0));
+    // SAFETY: epoll_create1 returns a new descriptor or -1.
+    let ep = unsafe { libc::epoll_create1(0) };
+    add(ep, l.as_raw_fd(), u64::MAX);
+    let mut conns: HashMap<u64, Conn> = HashMap::new();
+    let mut next = 0u64;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: events has room for its length.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let token = ev.u64;
+            if token == u64::MAX {
+                while let Ok((s, _)) = l.accept() {
+                    let _ = s.set_nonblocking(true);
+                    let _ = s.set_nodelay(true);
+                    add(ep, s.as_raw_fd(), next);
+                    conns.insert(next, Conn { s, buf: Vec::new(), state: State::Http });
+                    next += 1;
+                }
+                continue;
+            }
+            let Some(c) = conns.get_mut(&token) else { continue };
+            let mut keep = true;
+            loop {
+                match c.s.read(&mut buf) {
+                    Ok(0) => {
+                        keep = false;
+                        break;
+                    }
+                    Ok(k) => c.buf.extend_from_slice(&buf[..k]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        keep = false;
+                        break;
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            if keep {
+                keep = serve(c, &mut out);
+            }
+            if !out.is_empty() {
+                let _ = c.s.set_nonblocking(false);
+                let _ = c.s.write_all(&out);
+                let _ = c.s.set_nonblocking(true);
+            }
+            if !keep {
+                conns.remove(&token);
+            }
+        }
+    }
+}
