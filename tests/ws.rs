@@ -428,3 +428,27 @@ fn websocket_over_http_backend_gone_closes_1011() {
     s.write_all(&masked(1, b"hello?")).expect("write");
     assert_eq!(close_code(&mut r), 1011);
 }
+
+#[test]
+fn websocket_over_http_keep_alive_interval_sends_empty_requests() {
+    let log = std::env::temp_dir().join(format!("corepin-wsoh-ka-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let b = Py::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{},over_http", b.port)]);
+    let mut s = TcpStream::connect(cp.addr()).expect("connect");
+    s.write_all(b"GET /chat?ka=1 HTTP/1.1\r\nHost: t\r\nAuth-Key: supersecret\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("write");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    assert_eq!(read_head_only(&mut r).expect("101").status, 101);
+    let opened = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(19));
+    assert_eq!(read_log(&log).len(), 1, "nothing before the interval");
+    let deadline = opened + Duration::from_secs(24);
+    while read_log(&log).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no keep-alive request within 24 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let entries = read_log(&log);
+    assert_eq!(entries[1]["events"], serde_json::json!([]), "an empty request: {entries:?}");
+    assert_eq!(entries[1]["connection_id"], entries[0]["connection_id"]);
+    assert!(opened.elapsed() >= Duration::from_secs(20));
+}

@@ -414,6 +414,41 @@ impl Reader {
     }
 }
 
+/// Reads `input` fed in two pieces split at `cut`: the events, or the
+/// first error. Test and fuzz helper.
+#[doc(hidden)]
+pub fn read_split(role: Role, input: &[u8], cut: usize, max: usize) -> Result<Vec<Event>, WsError> {
+    let cut = cut.min(input.len());
+    let mut r = Reader::new(role, max);
+    let mut out = Vec::new();
+    let mut pending = Vec::new();
+    for piece in [&input[..cut], &input[cut..]] {
+        pending.extend_from_slice(piece);
+        loop {
+            let (n, ev) = r.read(&pending)?;
+            assert!(n <= pending.len(), "consumed more than given");
+            pending.drain(..n);
+            if let Some(e) = ev {
+                out.push(e);
+                continue;
+            }
+            if n == 0 || pending.is_empty() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fuzz invariant: the reader gives the same events (or error) however
+/// its input is split.
+#[doc(hidden)]
+pub fn check_split_invariant(role: Role, input: &[u8], cut: usize) {
+    let whole = read_split(role, input, input.len(), 4096);
+    let cut = if input.is_empty() { 0 } else { cut % (input.len() + 1) };
+    assert_eq!(whole, read_split(role, input, cut, 4096), "split at {cut} changed the result");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,26 +464,8 @@ mod tests {
         assert!(!valid_key(b"c2hvcnQ="));
     }
 
-    /// Reads everything, the input split at `cut`; returns events or the error.
     fn read_all(role: Role, input: &[u8], cut: usize, max: usize) -> Result<Vec<Event>, WsError> {
-        let mut r = Reader::new(role, max);
-        let mut out = Vec::new();
-        let mut pending = Vec::new();
-        for piece in [&input[..cut], &input[cut..]] {
-            pending.extend_from_slice(piece);
-            loop {
-                let (n, ev) = r.read(&pending)?;
-                pending.drain(..n);
-                if let Some(e) = ev {
-                    out.push(e);
-                    continue;
-                }
-                if n == 0 || pending.is_empty() {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        read_split(role, input, cut, max)
     }
 
     fn check(role: Role, input: &[u8], max: usize, want: Result<Vec<Event>, WsError>) {
@@ -629,6 +646,31 @@ mod tests {
         for (input, role, code) in cases {
             let got = read_all(role, &input, input.len(), 1024);
             assert_eq!(got.map_err(|e| e.code), Err(code), "{input:02x?}");
+        }
+    }
+
+    /// A deterministic stand-in for the fuzz target over generated frames.
+    #[test]
+    fn generated_frames_keep_the_split_invariant() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        for _ in 0..2000 {
+            let mut input = Vec::new();
+            for _ in 0..(seed % 4) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let ops = [Opcode::Text, Opcode::Binary, Opcode::Continuation, Opcode::Ping, Opcode::Close];
+                let op = ops[(seed % 5) as usize];
+                let len = (seed >> 8) as usize % 20;
+                let payload: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
+                write_frame(&mut input, seed & 64 == 0, op, &payload, Some([seed as u8, 2, 3, 4]));
+            }
+            if seed & 3 == 0 {
+                input.push((seed >> 16) as u8);
+            }
+            for cut in 0..=input.len() {
+                check_split_invariant(Role::Server, &input, cut);
+            }
         }
     }
 

@@ -59,6 +59,8 @@ class Handler(BaseHTTPRequestHandler):
             ctx.subscribe(channel)
             headers.append(("Sec-WebSocket-Extensions", "grip"))
             headers.append(("Set-Meta-User", "alice"))
+            if "ka" in parse_qs(urlparse(self.path).query):
+                headers.append(("Keep-Alive-Interval", "20"))
             out.append(WebSocketEvent("OPEN"))
         while ctx.can_recv():
             try:

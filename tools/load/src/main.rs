@@ -197,12 +197,46 @@ fn scan(tail: &mut Vec<u8>, data: &[u8], out: &mut Vec<(u64, u64)>) {
     tail.drain(..keep_from);
 }
 
-fn publish_loop(o: Opts, sent: Arc<AtomicU64>, first_send: Arc<AtomicU64>) {
-    let mut s = TcpStream::connect(o.publish).unwrap_or_else(|e| {
+fn publish_connect(o: &Opts) -> TcpStream {
+    let s = TcpStream::connect(o.publish).unwrap_or_else(|e| {
         eprintln!("publish: cannot connect to {}: {e}", o.publish);
         std::process::exit(1)
     });
     let _ = s.set_nodelay(true);
+    s
+}
+
+/// Sends one publish request and reads its whole answer. `Err` when the
+/// connection is gone; `Ok(true)` when the server will close it.
+fn publish_one(s: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> Result<bool, ()> {
+    s.write_all(req).map_err(|_| ())?;
+    let mut got = Vec::new();
+    loop {
+        let n = s.read(buf).map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        got.extend_from_slice(&buf[..n]);
+        let Some(h) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&got[..h]).to_ascii_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if !head.starts_with("http/1.1 2") {
+            eprintln!("publish answered: {}", head.lines().next().unwrap_or(""));
+        }
+        if got.len() >= h + 4 + len {
+            return Ok(head.contains("connection: close") || head.starts_with("http/1.0"));
+        }
+    }
+}
+
+/// Publishes sequentially on a keep-alive connection, reconnecting when
+/// the server closes it (Pushpin's publish endpoint does now and then).
+fn publish_loop(o: Opts, sent: Arc<AtomicU64>, first_send: Arc<AtomicU64>) {
+    let mut s = publish_connect(&o);
     let mut buf = vec![0u8; 4096];
     for seq in 0..o.messages as u64 {
         let t = now_ns();
@@ -213,43 +247,26 @@ fn publish_loop(o: Opts, sent: Arc<AtomicU64>, first_send: Arc<AtomicU64>) {
         let body = if o.pub_kind == "nchan" {
             msg
         } else {
-            serde_json::json!({"items": [{"channel": o.channel, "formats": {"http-stream": {"content": msg}}}]}).to_string()
+            serde_json::json!({"items": [{"channel": o.channel, "formats": {"http-stream": {"content": msg}, "ws-message": {"content": msg}}}]}).to_string()
         };
         let req = format!(
             "POST {} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             o.pub_path,
             body.len()
         );
-        if s.write_all(req.as_bytes()).is_err() {
-            eprintln!("publish: connection lost");
-            std::process::exit(1);
-        }
-        // Read the whole answer before the next publish (sequential, fair).
-        let mut got = Vec::new();
-        loop {
-            let n = s.read(&mut buf).unwrap_or(0);
-            if n == 0 {
-                eprintln!("publish: server closed");
-                std::process::exit(1);
+        let close = match publish_one(&mut s, req.as_bytes(), &mut buf) {
+            Ok(c) => c,
+            Err(()) => {
+                // The server closed between requests: once more, fresh.
+                s = publish_connect(&o);
+                publish_one(&mut s, req.as_bytes(), &mut buf).unwrap_or_else(|()| {
+                    eprintln!("publish: connection lost");
+                    std::process::exit(1)
+                })
             }
-            got.extend_from_slice(&buf[..n]);
-            if let Some(h) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&got[..h]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if !(head.starts_with("http/1.1 2")
-                    || head.starts_with("http/1.1 201")
-                    || head.starts_with("http/1.1 202"))
-                {
-                    eprintln!("publish answered: {}", head.lines().next().unwrap_or(""));
-                }
-                if got.len() >= h + 4 + len {
-                    break;
-                }
-            }
+        };
+        if close {
+            s = publish_connect(&o);
         }
         sent.fetch_add(1, Ordering::Relaxed);
         if o.interval_us > 0 {
