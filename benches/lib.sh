@@ -30,7 +30,17 @@ stop_all() {
     kill "$pid" 2>/dev/null || true
   done
   pkill -f "$BENCH_DIR" 2>/dev/null || true
-  sleep 0.5
+  # Wait until they are gone: corepin binds with SO_REUSEPORT, so a new
+  # instance could otherwise share its port with a dying one.
+  for _ in $(seq 1 100); do
+    local alive=0 pid
+    for pid in "${PIDS[@]}"; do
+      kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    pgrep -f "$BENCH_DIR" >/dev/null && alive=1
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
 }
 
 # wait_port PORT: until something accepts on 127.0.0.1:PORT.

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub use crate::client::PublishFormat;
 use crate::config::Overrides;
 
 pub const USAGE: &str = "\
@@ -10,6 +11,9 @@ usage: corepin [run] [--config FILE] [--listen ADDR]... [--control-http ADDR]
                [--control-socket PATH] [--route LINE]... [--workers N]
                [--log-level error|warn|info|debug]
        corepin check --config FILE
+       corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
+                       [--id ID] [--prev-id ID] [--socket PATH | --http URL]
+       corepin stats [--socket PATH]
        corepin --help | --version
 
 Without --config, corepin runs its embedded default (config/corepin.toml):
@@ -25,8 +29,83 @@ pub enum Command {
         config: Option<PathBuf>,
         overrides: Overrides,
     },
+    Publish {
+        channel: String,
+        content: String,
+        format: PublishFormat,
+        id: Option<String>,
+        prev_id: Option<String>,
+        /// `--http URL`; otherwise the socket.
+        http: Option<String>,
+        socket: PathBuf,
+    },
+    Stats {
+        socket: PathBuf,
+    },
     Help,
     Version,
+}
+
+/// The control socket the CLI talks to by default (the embedded config's).
+pub const DEFAULT_SOCKET: &str = "/tmp/corepin.sock";
+
+fn parse_publish(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    let mut args = args.peekable();
+    let mut positional = Vec::new();
+    let (mut format, mut id, mut prev_id, mut http) = (PublishFormat::Stream, None, None, None);
+    let mut socket = PathBuf::from(DEFAULT_SOCKET);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--http-response" => format = PublishFormat::HttpResponse,
+            "--ws-message" => format = PublishFormat::WsMessage,
+            "--close" => format = PublishFormat::Close,
+            "--id" => id = Some(value(&mut args, "--id")?),
+            "--prev-id" => prev_id = Some(value(&mut args, "--prev-id")?),
+            "--socket" => socket = PathBuf::from(value(&mut args, "--socket")?),
+            "--http" => http = Some(value(&mut args, "--http")?),
+            f if f.starts_with("--") => {
+                return Err(CliError(format!(
+                    "{f}: unknown flag for publish (see --help)"
+                )))
+            }
+            _ => positional.push(a),
+        }
+    }
+    let mut positional = positional.into_iter();
+    let channel = positional
+        .next()
+        .ok_or_else(|| CliError("publish: CHANNEL is required".into()))?;
+    let content = match (positional.next(), format) {
+        (Some(c), _) => c,
+        (None, PublishFormat::Close) => String::new(),
+        (None, _) => return Err(CliError("publish: CONTENT is required".into())),
+    };
+    if let Some(extra) = positional.next() {
+        return Err(CliError(format!(
+            "'{extra}': unexpected argument for publish"
+        )));
+    }
+    Ok(Command::Publish {
+        channel,
+        content,
+        format,
+        id,
+        prev_id,
+        http,
+        socket,
+    })
+}
+
+fn parse_stats(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    let mut args = args.peekable();
+    let mut socket = PathBuf::from(DEFAULT_SOCKET);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--socket" => socket = PathBuf::from(value(&mut args, "--socket")?),
+            other => return Err(CliError(format!("{other}: unknown argument for stats"))),
+        }
+    }
+    Ok(Command::Stats { socket })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +119,17 @@ fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, 
 /// Parses `args` (without the program name).
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError> {
     let mut args = args.into_iter().peekable();
+    match args.peek().map(String::as_str) {
+        Some("publish") => {
+            args.next();
+            return parse_publish(args);
+        }
+        Some("stats") => {
+            args.next();
+            return parse_stats(args);
+        }
+        _ => {}
+    }
     let sub = match args.peek().map(String::as_str) {
         Some("run") | Some("check") => args.next(),
         _ => None,
@@ -145,6 +235,13 @@ mod tests {
             (&["--bogus"][..], "--bogus: unknown flag"),
             (&["check"][..], "--config FILE is required"),
             (&["stray"][..], "'stray': unexpected"),
+            (&["publish"][..], "CHANNEL is required"),
+            (&["publish", "c"][..], "CONTENT is required"),
+            (
+                &["publish", "c", "x", "--bogus"][..],
+                "--bogus: unknown flag",
+            ),
+            (&["stats", "--socket"][..], "--socket: missing value"),
         ] {
             let e = p(args).expect_err(needle).0;
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -20,6 +20,7 @@ struct FileConfig {
     listen: Option<Vec<String>>,
     control_http: Option<String>,
     control_socket: Option<String>,
+    control_socket_mode: Option<String>,
     workers: Option<usize>,
     routes: Option<Vec<String>>,
     routes_file: Option<String>,
@@ -161,6 +162,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub control_http: Option<SocketAddr>,
     pub control_socket: Option<PathBuf>,
+    /// Permission bits of the control socket file.
+    pub control_socket_mode: u32,
     /// 0 = every core.
     pub workers: usize,
     pub routes: Routes,
@@ -296,6 +299,15 @@ impl Config {
             Some(p) => Some(PathBuf::from(p)),
             None => Some(PathBuf::from("/tmp/corepin.sock")),
         };
+        let mode_text = f.control_socket_mode.as_deref().unwrap_or("0600");
+        let control_socket_mode = u32::from_str_radix(mode_text, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "control_socket_mode: '{mode_text}' is not an octal mode like \"0600\""
+                ))
+            })?;
         let workers = ov.workers.or(f.workers).unwrap_or(0);
         if workers > 4096 {
             return fail("workers", format!("{workers} is more than 4096"));
@@ -445,6 +457,7 @@ impl Config {
             listen,
             control_http,
             control_socket,
+            control_socket_mode,
             workers,
             routes,
             routes_source,

@@ -118,7 +118,10 @@ async fn handle(
             };
         }
         "/metrics" if head.method() == "GET" => {
-            let mut r = Reply::text(200, crate::metrics::render(shard));
+            shard.publish_snapshot();
+            let text =
+                crate::metrics::render(&shard.board().all(), &shard.bus.stats, shard.draining());
+            let mut r = Reply::text(200, text);
             r.content_type = "text/plain; version=0.0.4";
             return (r, no_body);
         }

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use corepin::cli::{self, Command};
+use corepin::client;
 use corepin::config::{Config, Overrides};
 
 fn load(config: Option<&std::path::Path>, ov: &Overrides) -> Result<Config, String> {
@@ -29,6 +30,61 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("corepin {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Command::Publish {
+            channel,
+            content,
+            format,
+            id,
+            prev_id,
+            http,
+            socket,
+        } => {
+            let body = client::publish_body(
+                &channel,
+                &content,
+                format,
+                id.as_deref(),
+                prev_id.as_deref(),
+            );
+            let result = match http {
+                Some(url) => client::http_publish(&url, &body),
+                None => {
+                    let mut req = body;
+                    req["method"] = "publish".into();
+                    client::socket_request(&socket, &req).and_then(|a| {
+                        match a.get("ok").and_then(|o| o.as_bool()) {
+                            Some(true) => Ok(()),
+                            _ => Err(format!(
+                                "publish refused: {}",
+                                a.get("error").and_then(|e| e.as_str()).unwrap_or("?")
+                            )),
+                        }
+                    })
+                }
+            };
+            match result {
+                Ok(()) => {
+                    println!("Published");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("corepin: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Stats { socket } => {
+            match client::socket_request(&socket, &serde_json::json!({"method": "stats"})) {
+                Ok(v) => {
+                    print!("{}", client::format_stats(&v));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("corepin: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Check { config, overrides } => match load(config.as_deref(), &overrides) {
             Ok(cfg) => {

@@ -1,70 +1,171 @@
-//! Counters in the Prometheus text format. Each core renders its own
-//! plain per-core counters and the bus's global ones.
+//! Counters in the Prometheus text format, summed over cores from the
+//! snapshot board (per-core series carry a `core` label).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use crate::shard::Shard;
+use crate::bus::BusStats;
+use crate::stats::{Snapshot, LATENCY_BUCKETS_MS};
 
-/// Renders this core's view: per-core gauges and counters labelled with
-/// the core, plus the publish path's global counters.
-pub fn render(shard: &Shard) -> String {
+fn per_core(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    cores: &[Snapshot],
+    f: impl Fn(&Snapshot) -> u64,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    for s in cores {
+        let _ = writeln!(o, "{name}{{core=\"{}\"}} {}", s.core, f(s));
+    }
+}
+
+/// Renders every counter.
+pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
     let mut o = String::new();
-    let core = shard.index;
-    let b = &shard.bus.stats;
-    let _ = writeln!(o, "# TYPE corepin_connections gauge");
     let _ = writeln!(
         o,
-        "corepin_connections{{core=\"{core}\"}} {}",
-        shard.open_connections()
+        "# HELP corepin_connections Open client connections by kind and core."
     );
-    let _ = writeln!(o, "# TYPE corepin_subscriptions gauge");
+    let _ = writeln!(o, "# TYPE corepin_connections gauge");
+    for s in cores {
+        let held = s.streams + s.long_polls + s.websockets;
+        for (kind, v) in [
+            ("http", s.connections.saturating_sub(held)),
+            ("stream", s.streams),
+            ("long_poll", s.long_polls),
+            ("websocket", s.websockets),
+        ] {
+            let _ = writeln!(
+                o,
+                "corepin_connections{{kind=\"{kind}\",core=\"{}\"}} {v}",
+                s.core
+            );
+        }
+    }
+    per_core(
+        &mut o,
+        "corepin_subscriptions",
+        "Channel subscriptions held.",
+        "gauge",
+        cores,
+        |s| s.subscriptions,
+    );
+    per_core(
+        &mut o,
+        "corepin_accepted_total",
+        "Client connections accepted.",
+        "counter",
+        cores,
+        |s| s.accepted,
+    );
     let _ = writeln!(
         o,
-        "corepin_subscriptions{{core=\"{core}\"}} {}",
-        shard.subs.subscriptions()
+        "# HELP corepin_requests_total Requests answered, by status class."
     );
     let _ = writeln!(o, "# TYPE corepin_requests_total counter");
+    for s in cores {
+        for (i, v) in s.requests_by_class.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "corepin_requests_total{{class=\"{}xx\",core=\"{}\"}} {v}",
+                i + 1,
+                s.core
+            );
+        }
+    }
+    per_core(
+        &mut o,
+        "corepin_upstream_errors_total",
+        "Failed exchanges with backends (502/504).",
+        "counter",
+        cores,
+        |s| s.upstream_errors,
+    );
+    per_core(
+        &mut o,
+        "corepin_upstream_idle_connections",
+        "Idle pooled backend connections.",
+        "gauge",
+        cores,
+        |s| s.idle_upstream,
+    );
     let _ = writeln!(
         o,
-        "corepin_requests_total{{core=\"{core}\"}} {}",
-        shard.stats.requests.get()
+        "# HELP corepin_upstream_latency_seconds Time to a backend's response head."
     );
-    let _ = writeln!(o, "# TYPE corepin_deliveries_total counter");
+    let _ = writeln!(o, "# TYPE corepin_upstream_latency_seconds histogram");
+    let mut cumulative = 0u64;
+    for (i, le) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        cumulative += cores.iter().map(|s| s.upstream_latency[i]).sum::<u64>();
+        let _ = writeln!(
+            o,
+            "corepin_upstream_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            le / 1000.0
+        );
+    }
+    cumulative += cores
+        .iter()
+        .map(|s| s.upstream_latency[LATENCY_BUCKETS_MS.len()])
+        .sum::<u64>();
     let _ = writeln!(
         o,
-        "corepin_deliveries_total{{core=\"{core}\"}} {}",
-        shard.subs.stats.deliveries.get()
+        "corepin_upstream_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
     );
-    let _ = writeln!(o, "# TYPE corepin_subscriber_drops_total counter");
-    let _ = writeln!(
-        o,
-        "corepin_subscriber_drops_total{{core=\"{core}\"}} {}",
-        shard.subs.stats.drops.get()
+    let sum: f64 = cores.iter().map(|s| s.upstream_latency_sum_ms).sum();
+    let _ = writeln!(o, "corepin_upstream_latency_seconds_sum {}", sum / 1000.0);
+    let _ = writeln!(o, "corepin_upstream_latency_seconds_count {cumulative}");
+    per_core(
+        &mut o,
+        "corepin_deliveries_total",
+        "Messages delivered to subscribers.",
+        "counter",
+        cores,
+        |s| s.deliveries,
     );
-    let _ = writeln!(o, "# TYPE corepin_publishes_total counter");
-    let _ = writeln!(
-        o,
-        "corepin_publishes_total {}",
-        b.publishes.load(Ordering::Relaxed)
+    per_core(
+        &mut o,
+        "corepin_subscriber_drops_total",
+        "Subscribers dropped for not keeping up.",
+        "counter",
+        cores,
+        |s| s.drops,
     );
-    let _ = writeln!(o, "# TYPE corepin_published_items_total counter");
-    let _ = writeln!(
-        o,
-        "corepin_published_items_total {}",
-        b.items.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(o, "# TYPE corepin_deduplicated_total counter");
-    let _ = writeln!(
-        o,
-        "corepin_deduplicated_total {}",
-        b.deduplicated.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(o, "# TYPE corepin_reordered_total counter");
-    let _ = writeln!(
-        o,
-        "corepin_reordered_total {}",
-        b.reordered.load(Ordering::Relaxed)
-    );
+    for (name, help, v) in [
+        (
+            "corepin_publishes_total",
+            "Publish requests accepted.",
+            &bus.publishes,
+        ),
+        (
+            "corepin_published_items_total",
+            "Items published.",
+            &bus.items,
+        ),
+        (
+            "corepin_deduplicated_total",
+            "Items dropped as duplicates of (channel, id).",
+            &bus.deduplicated,
+        ),
+        (
+            "corepin_reordered_total",
+            "Items held back to restore prev-id order.",
+            &bus.reordered,
+        ),
+        (
+            "corepin_reorder_timeouts_total",
+            "Held items released when their wait ran out.",
+            &bus.reorder_timeouts,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} counter");
+        let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(o, "# HELP corepin_draining 1 while shutting down.");
+    let _ = writeln!(o, "# TYPE corepin_draining gauge");
+    let _ = writeln!(o, "corepin_draining {}", u8::from(draining));
     o
 }

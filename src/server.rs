@@ -2,7 +2,6 @@
 //! address, SO_REUSEPORT, backlog 4096), starts one pinned glommio
 //! executor per core, and turns signals into wake-ups for the shards.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -14,7 +13,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::bus::{Bus, CoreInbox};
 use crate::config::Config;
+use crate::control_socket::{self, Command, ControlPlane, CoreLinks, SocketFile};
 use crate::shard::{self, ShardStart};
+use crate::stats::Board;
+use crossbeam_channel::Receiver;
 
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
@@ -69,12 +71,14 @@ struct ShardParts {
     control: Vec<RawFd>,
     wake: RawFd,
     inbox: CoreInbox,
+    commands: Receiver<Command>,
 }
 
 /// What each shard takes at start-up, handed out by index.
 struct Startup {
     cfg: Config,
     bus: Arc<Bus>,
+    board: Arc<Board>,
     per_shard: Mutex<Vec<Option<ShardParts>>>,
 }
 
@@ -102,14 +106,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
     }
     let mut wakers = Vec::with_capacity(workers);
-    let mut signal_wakers = Vec::with_capacity(workers);
+    let mut link_wakers = Vec::with_capacity(workers);
     let mut theirs_all = Vec::with_capacity(workers);
     for _ in 0..workers {
         let (ours, theirs) =
             StdUnixStream::pair().map_err(|e| format!("cannot create a wake socket: {e}"))?;
         ours.set_nonblocking(true)
             .map_err(|e| format!("cannot configure a wake socket: {e}"))?;
-        signal_wakers.push(
+        link_wakers.push(
             ours.try_clone()
                 .map_err(|e| format!("cannot clone a wake socket: {e}"))?,
         );
@@ -117,26 +121,46 @@ pub fn run(cfg: Config) -> Result<(), String> {
         theirs_all.push(theirs.into_raw_fd());
     }
     let (bus, inboxes) = Bus::new(wakers);
+    let (links, command_rxs) = CoreLinks::new(link_wakers);
+    let board = Board::new(workers);
+    let plane = Arc::new(ControlPlane {
+        bus: bus.clone(),
+        board: board.clone(),
+        links,
+        routes: cfg.routes_source.clone(),
+    });
+    let _socket_file = match &cfg.control_socket {
+        Some(path) => {
+            let listener = control_socket::bind(path, cfg.control_socket_mode)?;
+            info!("control socket at {}", path.display());
+            control_socket::spawn(listener, plane.clone());
+            Some(SocketFile(path.clone()))
+        }
+        None => None,
+    };
     let per_shard = listeners
         .into_iter()
         .zip(control)
         .zip(theirs_all)
         .zip(inboxes)
-        .map(|(((listeners, control), wake), inbox)| {
+        .zip(command_rxs)
+        .map(|((((listeners, control), wake), inbox), commands)| {
             Some(ShardParts {
                 listeners,
                 control,
                 wake,
                 inbox,
+                commands,
             })
         })
         .collect();
-    spawn_signal_thread(signal_wakers)?;
+    spawn_signal_thread(plane)?;
     info!("running on {workers} cores");
 
     let startup = Arc::new(Startup {
         cfg,
         bus,
+        board,
         per_shard: Mutex::new(per_shard),
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -161,6 +185,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 control: parts.control,
                 bus: startup.bus.clone(),
                 inbox: parts.inbox,
+                board: startup.board.clone(),
+                commands: parts.commands,
                 wake: parts.wake,
             })
             .await;
@@ -175,17 +201,25 @@ pub fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Turns SIGTERM/SIGINT into a drain of every shard. A second SIGINT (a
-/// second Ctrl-C) exits at once; repeated SIGTERMs keep draining.
-fn spawn_signal_thread(wakers: Vec<StdUnixStream>) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+/// Turns SIGTERM/SIGINT into a drain of every shard (a second SIGINT, a
+/// second Ctrl-C, exits at once; repeated SIGTERMs keep draining), and
+/// SIGHUP into a reload of the routes.
+fn spawn_signal_thread(plane: Arc<ControlPlane>) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("corepin-signals".into())
         .spawn(move || {
             let mut draining = false;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    match plane.reload() {
+                        Ok(n) => info!("SIGHUP: routes reloaded ({n} routes)"),
+                        Err(e) => error!("SIGHUP: reload refused, keeping the old routes: {e}"),
+                    }
+                    continue;
+                }
                 if draining && sig == SIGINT {
                     warn!("second signal {sig}: exiting now");
                     std::process::exit(1);
@@ -195,9 +229,7 @@ fn spawn_signal_thread(wakers: Vec<StdUnixStream>) -> Result<(), String> {
                 }
                 draining = true;
                 info!("signal {sig}: draining");
-                for mut w in &wakers {
-                    let _ = w.write_all(&[shard::wake::DRAIN]);
-                }
+                plane.links.wake_all(shard::wake::DRAIN);
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;

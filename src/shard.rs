@@ -18,10 +18,13 @@ use glommio::{Latency, Shares};
 use crate::buf::BufPool;
 use crate::bus::{Bus, CoreInbox, WAKE_PUBLISH};
 use crate::config::{Config, Level};
+use crate::control_socket::{Command, WAKE_COMMAND};
 use crate::log::{AccessEntry, AccessLog};
 use crate::route::Routes;
-use crate::subs::Registry;
+use crate::stats::{Board, Counters, Snapshot};
+use crate::subs::{Kind, Registry};
 use crate::upstream::Pool;
+use crossbeam_channel::Receiver;
 
 /// A byte sent on a shard's wake socket.
 pub mod wake {
@@ -62,13 +65,6 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Per-core counters; summed across cores when read.
-#[derive(Default)]
-pub struct Stats {
-    pub accepted: Cell<u64>,
-    pub requests: Cell<u64>,
-}
-
 pub struct Shard {
     pub index: usize,
     pub cfg: Rc<Config>,
@@ -78,8 +74,11 @@ pub struct Shard {
     pub conns: Conns,
     draining: Cell<bool>,
     access_log: Option<RefCell<AccessLog>>,
-    pub stats: Stats,
+    pub stats: Counters,
     pub subs: Registry,
+    board: Arc<Board>,
+    /// WebSocket-over-HTTP sessions open here, by Connection-Id.
+    pub ws_sessions: RefCell<std::collections::HashSet<String>>,
     pub bus: Arc<Bus>,
     /// The latency-sensitive task queue of the control API and publishes.
     control_queue: Cell<Option<glommio::TaskQueueHandle>>,
@@ -94,7 +93,7 @@ type SigToken = (Vec<u8>, String, u64, String);
 pub const GRIP_FEATURES: &str = "status, link:next, filter:skip-self, filter:require-sub";
 
 impl Shard {
-    pub fn new(index: usize, cfg: Rc<Config>, bus: Arc<Bus>) -> Rc<Shard> {
+    pub fn new(index: usize, cfg: Rc<Config>, bus: Arc<Bus>, board: Arc<Board>) -> Rc<Shard> {
         let bufs = Rc::new(BufPool::default());
         let access = cfg.access_log && crate::log::enabled(Level::Info);
         Rc::new(Shard {
@@ -105,8 +104,10 @@ impl Shard {
             conns: Conns::default(),
             draining: Cell::new(false),
             access_log: access.then(|| RefCell::new(AccessLog::default())),
-            stats: Stats::default(),
+            stats: Counters::default(),
             subs: Registry::new(cfg.grip.subscriber_queue),
+            board,
+            ws_sessions: RefCell::new(std::collections::HashSet::new()),
             bus,
             sig_cache: RefCell::new(Vec::new()),
             control_queue: Cell::new(None),
@@ -217,8 +218,59 @@ impl Shard {
         self.access_log.as_ref().map(|_| Instant::now())
     }
 
+    /// This core's counters, copied for the cross-core board.
+    fn snapshot(&self) -> Snapshot {
+        let c = &self.stats;
+        Snapshot {
+            core: self.index,
+            connections: self.open_connections() as u64,
+            streams: self.subs.held(Kind::Stream),
+            long_polls: self.subs.held(Kind::Response),
+            websockets: self.subs.held(Kind::Ws),
+            subscriptions: self.subs.subscriptions() as u64,
+            accepted: c.accepted.get(),
+            requests_by_class: std::array::from_fn(|i| c.by_class[i].get()),
+            upstream_errors: c.upstream_errors.get(),
+            upstream_latency: std::array::from_fn(|i| c.upstream_latency[i].get()),
+            upstream_latency_sum_ms: c.upstream_latency_sum_ms.get(),
+            deliveries: self.subs.stats.deliveries.get(),
+            drops: self.subs.stats.drops.get(),
+            idle_upstream: self.pool.idle_count() as u64,
+        }
+    }
+
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    /// Copies this core's counters to the board (read by stats/metrics).
+    pub fn publish_snapshot(&self) {
+        self.board.store(self.snapshot());
+    }
+
+    /// Runs commands from the control plane.
+    fn run_commands(&self, rx: &Receiver<Command>) {
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Routes(routes) => {
+                    *self.routes.borrow_mut() = Rc::new((*routes).clone());
+                    info!(
+                        "core {}: routes reloaded ({} routes)",
+                        self.index,
+                        routes.iter().count()
+                    );
+                }
+                Command::Conncheck(ids, reply) => {
+                    let here = self.ws_sessions.borrow();
+                    let found = ids.into_iter().filter(|i| here.contains(i)).collect();
+                    let _ = reply.send(found);
+                }
+            }
+        }
+    }
+
     pub fn access(&self, entry: &AccessEntry<'_>) {
-        self.stats.requests.set(self.stats.requests.get() + 1);
+        self.stats.request(entry.status);
         if let Some(log) = &self.access_log {
             log.borrow_mut().record(entry);
         }
@@ -255,13 +307,15 @@ pub struct ShardStart {
     pub control: Vec<RawFd>,
     pub bus: Arc<Bus>,
     pub inbox: CoreInbox,
+    pub board: Arc<Board>,
+    pub commands: Receiver<Command>,
     /// This shard's end of its wake socket.
     pub wake: RawFd,
 }
 
 /// Runs one shard until it has drained.
 pub async fn run(start: ShardStart) {
-    let shard = Shard::new(start.index, start.cfg, start.bus);
+    let shard = Shard::new(start.index, start.cfg, start.bus, start.board);
     shard
         .control_queue
         .set(Some(glommio::executor().create_task_queue(
@@ -270,7 +324,10 @@ pub async fn run(start: ShardStart) {
             "corepin-control",
         )));
     let stop = Rc::new(Cell::new(false));
+    // Client listeners stop at the drain; control listeners keep answering
+    // (`/health` says 503) until the core stops.
     let mut accept_tasks = Vec::new();
+    let mut control_tasks = Vec::new();
     for (fd, control) in start
         .listeners
         .into_iter()
@@ -281,11 +338,11 @@ pub async fn run(start: ShardStart) {
         // shard alone; ownership moves into the listener here.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
         let task = accept_loop(shard.clone(), listener, control);
-        accept_tasks.push(if control {
-            spawn_control(&shard, task)
+        if control {
+            control_tasks.push(spawn_control(&shard, task));
         } else {
-            glommio::spawn_local(task)
-        });
+            accept_tasks.push(glommio::spawn_local(task));
+        }
     }
     let log_task = glommio::spawn_local(flush_access_log(shard.clone(), stop.clone()));
     let sweep_task = glommio::spawn_local(sweep(shard.clone(), stop.clone()));
@@ -297,7 +354,7 @@ pub async fn run(start: ShardStart) {
     // progress rather than wait behind it.
     let wake_task = spawn_control(
         &shard,
-        wake_loop(shard.clone(), wake, start.inbox, drain_tx),
+        wake_loop(shard.clone(), wake, start.inbox, start.commands, drain_tx),
     );
     let _ = drain_rx.recv().await;
 
@@ -319,10 +376,14 @@ pub async fn run(start: ShardStart) {
         );
     }
     stop.set(true);
+    for t in control_tasks {
+        let _ = t.cancel().await;
+    }
     let _ = wake_task.cancel().await;
     let _ = sweep_task.cancel().await;
     let _ = log_task.cancel().await;
     shard.flush_log();
+    shard.publish_snapshot();
 }
 
 /// Spawns into the shard's control queue (latency-sensitive: publishes and
@@ -346,6 +407,7 @@ async fn wake_loop(
     shard: Rc<Shard>,
     mut wake: UnixStream,
     inbox: CoreInbox,
+    commands: Receiver<Command>,
     drain: glommio::channels::local_channel::LocalSender<()>,
 ) {
     let mut byte = [0u8; 64];
@@ -358,6 +420,9 @@ async fn wake_loop(
             Ok(n) => {
                 if byte[..n].contains(&WAKE_PUBLISH) {
                     shard.drain_inbox(&inbox);
+                }
+                if byte[..n].contains(&WAKE_COMMAND) {
+                    shard.run_commands(&commands);
                 }
                 if byte[..n].contains(&wake::DRAIN) {
                     let _ = drain.try_send(());
@@ -397,6 +462,7 @@ async fn sweep(shard: Rc<Shard>, stop: Rc<Cell<bool>>) {
     while !stop.get() {
         glommio::timer::sleep(Duration::from_millis(250)).await;
         shard.subs.sweep(Instant::now());
+        shard.publish_snapshot();
     }
 }
 

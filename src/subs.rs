@@ -179,6 +179,16 @@ pub struct Registry {
     last_ids: RefCell<HashMap<String, String>>,
     pub max_queue: usize,
     pub stats: SubStats,
+    /// Held connections by kind: streams, long-polls, WebSockets.
+    held: [Cell<u64>; 3],
+}
+
+fn kind_index(k: Kind) -> usize {
+    match k {
+        Kind::Stream => 0,
+        Kind::Response => 1,
+        Kind::Ws => 2,
+    }
 }
 
 impl Registry {
@@ -190,7 +200,13 @@ impl Registry {
             last_ids: RefCell::new(HashMap::new()),
             max_queue,
             stats: SubStats::default(),
+            held: Default::default(),
         }
+    }
+
+    /// Held connections of `kind` on this core.
+    pub fn held(&self, kind: Kind) -> u64 {
+        self.held[kind_index(kind)].get()
     }
 
     pub fn subscribe(&self, spec: SubSpec) -> Rc<Sub> {
@@ -215,6 +231,8 @@ impl Registry {
         });
         self.set_channels(&sub, spec.channels);
         self.retime(&sub);
+        let h = &self.held[kind_index(sub.kind)];
+        h.set(h.get() + 1);
         sub
     }
 
@@ -250,9 +268,12 @@ impl Registry {
         }
     }
 
+    /// Removes a subscriber (call once, when its connection's hold ends).
     pub fn unsubscribe(&self, sub: &Rc<Sub>) {
         self.set_channels(sub, Vec::new());
         self.timed.borrow_mut().remove(&sub.id);
+        let h = &self.held[kind_index(sub.kind)];
+        h.set(h.get().saturating_sub(1));
     }
 
     /// The last id this core saw on `channel`.

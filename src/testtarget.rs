@@ -50,6 +50,13 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| unescape(v))
 }
 
+/// The channel a test-target request names (`?channel=`, default `test`).
+pub fn channel(head: &RequestHead) -> String {
+    query_param(head.query(), "channel")
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "test".into())
+}
+
 /// Answers a request routed to `test`.
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -77,9 +84,7 @@ pub async fn handle(
             });
         }
     };
-    let channel = query_param(head.query(), "channel")
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "test".into());
+    let channel = channel(head);
     let instruct = Instruct {
         hold: mode,
         channels: vec![ChannelSpec {

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use glommio::net::TcpStream;
 
-use crate::buf::{BufPool, InBuf};
+use crate::buf::{BufPool, InBuf, BUF_SIZE};
+use crate::codec::http1::{parse_response, HeadLimits, ResponseHead};
 
 /// Why a backend could not be reached.
 #[derive(Debug)]
@@ -37,6 +38,38 @@ pub struct Upstream {
 impl Upstream {
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Reads a final response head (skipping 1xx other than 101) within
+    /// `timeout`; `None` on garbage, timeout or close.
+    pub async fn read_head(
+        &mut self,
+        limits: &HeadLimits,
+        was_head: bool,
+        timeout: Duration,
+    ) -> Option<ResponseHead> {
+        let _ = self.stream.set_read_timeout(Some(timeout));
+        loop {
+            match parse_response(self.inbuf.data(), limits, was_head) {
+                Ok(Some((n, r))) => {
+                    self.inbuf.consume(n);
+                    if (100..200).contains(&r.status) && r.status != 101 {
+                        continue;
+                    }
+                    return Some(r);
+                }
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            match self
+                .inbuf
+                .fill(&mut self.stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
+                .await
+            {
+                Ok(n) if n > 0 => {}
+                _ => return None,
+            }
+        }
     }
 }
 

@@ -535,16 +535,3 @@ fn a_subscriber_that_does_not_read_is_dropped_alone() {
         metric(&cp, "corepin_subscriber_drops_total") == 1
     });
 }
-
-/// Writes a config file to a temp path and returns it.
-fn write_config(text: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "corepin-grip-{}-{}.toml",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, text).expect("write config");
-    path.display().to_string()
-}

@@ -5,21 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 
 use common::*;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("COREPIN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/pyenv/bin/python"))
-}
 
 fn run(mut cmd: Command) {
     let out = cmd.output().unwrap_or_else(|e| {

@@ -474,16 +474,3 @@ fn bad_flags_and_config_exit_2_with_one_line() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("route: * test"));
 }
-
-/// Writes a config file to a temp path and returns it.
-fn write_config(text: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "corepin-test-{}-{}.toml",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, text).expect("write config");
-    path.display().to_string()
-}

@@ -6,21 +6,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("COREPIN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/pyenv/bin/python"))
-}
 
 /// A Python backend process, killed on drop.
 struct Py {
@@ -444,11 +433,18 @@ fn websocket_over_http_keep_alive_interval_sends_empty_requests() {
     assert_eq!(read_log(&log).len(), 1, "nothing before the interval");
     let deadline = opened + Duration::from_secs(24);
     while read_log(&log).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no keep-alive request within 24 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no keep-alive request within 24 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let entries = read_log(&log);
-    assert_eq!(entries[1]["events"], serde_json::json!([]), "an empty request: {entries:?}");
+    assert_eq!(
+        entries[1]["events"],
+        serde_json::json!([]),
+        "an empty request: {entries:?}"
+    );
     assert_eq!(entries[1]["connection_id"], entries[0]["connection_id"]);
     assert!(opened.elapsed() >= Duration::from_secs(20));
 }

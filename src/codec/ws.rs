@@ -445,8 +445,16 @@ pub fn read_split(role: Role, input: &[u8], cut: usize, max: usize) -> Result<Ve
 #[doc(hidden)]
 pub fn check_split_invariant(role: Role, input: &[u8], cut: usize) {
     let whole = read_split(role, input, input.len(), 4096);
-    let cut = if input.is_empty() { 0 } else { cut % (input.len() + 1) };
-    assert_eq!(whole, read_split(role, input, cut, 4096), "split at {cut} changed the result");
+    let cut = if input.is_empty() {
+        0
+    } else {
+        cut % (input.len() + 1)
+    };
+    assert_eq!(
+        whole,
+        read_split(role, input, cut, 4096),
+        "split at {cut} changed the result"
+    );
 }
 
 #[cfg(test)]
@@ -659,11 +667,23 @@ mod tests {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                let ops = [Opcode::Text, Opcode::Binary, Opcode::Continuation, Opcode::Ping, Opcode::Close];
+                let ops = [
+                    Opcode::Text,
+                    Opcode::Binary,
+                    Opcode::Continuation,
+                    Opcode::Ping,
+                    Opcode::Close,
+                ];
                 let op = ops[(seed % 5) as usize];
                 let len = (seed >> 8) as usize % 20;
                 let payload: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
-                write_frame(&mut input, seed & 64 == 0, op, &payload, Some([seed as u8, 2, 3, 4]));
+                write_frame(
+                    &mut input,
+                    seed & 64 == 0,
+                    op,
+                    &payload,
+                    Some([seed as u8, 2, 3, 4]),
+                );
             }
             if seed & 3 == 0 {
                 input.push((seed >> 16) as u8);

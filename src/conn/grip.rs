@@ -530,34 +530,16 @@ async fn fetch_link(
             return None;
         }
     };
-    let _ = up
-        .stream
-        .set_read_timeout(Some(shard.cfg.timeouts.upstream_read));
     if up.stream.write_all(&req).await.is_err() {
         return None;
     }
-    let limits = &shard.cfg.limits.head;
-    let resp = loop {
-        match http1::parse_response(up.inbuf.data(), limits, false) {
-            Ok(Some((n, r))) => {
-                up.inbuf.consume(n);
-                if (100..200).contains(&r.status) {
-                    continue;
-                }
-                break r;
-            }
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        match up
-            .inbuf
-            .fill(&mut up.stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
-            .await
-        {
-            Ok(n) if n > 0 => {}
-            _ => return None,
-        }
-    };
+    let resp = up
+        .read_head(
+            &shard.cfg.limits.head,
+            false,
+            shard.cfg.timeouts.upstream_read,
+        )
+        .await?;
     let body = read_body(&mut up, resp.body).await.ok()?;
     if resp.keep_alive {
         shard.pool.put_idle(up);

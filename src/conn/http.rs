@@ -601,7 +601,13 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
         };
         let mut req_head = shard.bufs.take_out();
         write_request_head(&mut req_head, head, &path, &backend, &c.peer, &grip_headers);
+        let sent = Instant::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
+        if r.is_ok() {
+            shard
+                .stats
+                .upstream_latency(sent.elapsed().as_secs_f64() * 1000.0);
+        }
         shard.bufs.give_out(req_head);
         match r {
             Ok(resp) => break (up, backend, resp),
@@ -741,7 +747,13 @@ async fn fail(
             let bytes = answer(shard, c, status, reason, true).await;
             Outcome::closed(status, bytes, target.to_string())
         }
-        Failure::Upstream(status, reason) => refuse(shard, c, head, status, reason, target).await,
+        Failure::Upstream(status, reason) => {
+            shard
+                .stats
+                .upstream_errors
+                .set(shard.stats.upstream_errors.get() + 1);
+            refuse(shard, c, head, status, reason, target).await
+        }
     }
 }
 

@@ -328,9 +328,7 @@ async fn test_target(
         let _ = send(c, &out).await;
         return outcome(404, 0, "test");
     }
-    let channel = crate::testtarget::query_param(head.query(), "channel")
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "test".into());
+    let channel = crate::testtarget::channel(head);
     let prefix = route.prefix.clone().unwrap_or_default();
     if !send(c, &switching(head, None, None)).await {
         return outcome(101, 0, "test");
@@ -441,31 +439,12 @@ async fn read_response_head(
     up: &mut Upstream,
     was_head: bool,
 ) -> Option<ResponseHead> {
-    let limits = &shard.cfg.limits.head;
-    let _ = up
-        .stream
-        .set_read_timeout(Some(shard.cfg.timeouts.upstream_read));
-    loop {
-        match http1::parse_response(up.inbuf.data(), limits, was_head) {
-            Ok(Some((n, r))) => {
-                up.inbuf.consume(n);
-                if (100..200).contains(&r.status) && r.status != 101 {
-                    continue;
-                }
-                return Some(r);
-            }
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        match up
-            .inbuf
-            .fill(&mut up.stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
-            .await
-        {
-            Ok(n) if n > 0 => {}
-            _ => return None,
-        }
-    }
+    up.read_head(
+        &shard.cfg.limits.head,
+        was_head,
+        shard.cfg.timeouts.upstream_read,
+    )
+    .await
 }
 
 /// Relays a non-101 (or non-200) backend answer to the client unchanged:
@@ -967,7 +946,10 @@ async fn over_http(
         return outcome(101, 0, &s.target);
     }
     let sub = ws_sub(shard, Vec::new());
+    let id = s.connection_id.clone();
+    shard.ws_sessions.borrow_mut().insert(id.clone());
     let end = session_loop(&mut s, c, &sub, events).await;
+    shard.ws_sessions.borrow_mut().remove(&id);
     shard.subs.unsubscribe(&sub);
     end
 }

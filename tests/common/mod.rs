@@ -425,37 +425,8 @@ impl Response {
 
 /// Reads one response from `r`; `head_request` means no body.
 pub fn read_response(r: &mut BufReader<TcpStream>, head_request: bool) -> Option<Response> {
-    let mut head = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        if r.read_until(b'\n', &mut line).ok()? == 0 {
-            return None;
-        }
-        let end = line == b"\r\n";
-        head.extend_from_slice(&line);
-        if end {
-            break;
-        }
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut res = httparse::Response::new(&mut headers);
-    res.parse(&head).ok()?;
-    let status = res.code?;
-    let headers: Vec<(String, String)> = res
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let resp = Response {
-        status,
-        headers,
-        body: Vec::new(),
-    };
+    let resp = read_head_only(r)?;
+    let status = resp.status;
     if status == 100 {
         return read_response(r, head_request);
     }
@@ -625,23 +596,7 @@ pub fn read_head_only(r: &mut BufReader<TcpStream>) -> Option<Response> {
             break;
         }
     }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut res = httparse::Response::new(&mut headers);
-    res.parse(&head).ok()?;
-    Some(Response {
-        status: res.code?,
-        headers: res
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect(),
-        body: Vec::new(),
-    })
+    parse_head(&head)
 }
 
 /// Waits until `f` is true (polling), or panics after the timeout.
@@ -661,4 +616,49 @@ pub fn metric(cp: &Corepin, name: &str) -> u64 {
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// A response head's status and fields (no body).
+fn parse_head(head: &[u8]) -> Option<Response> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut headers);
+    res.parse(head).ok()?;
+    Some(Response {
+        status: res.code?,
+        headers: res
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        body: Vec::new(),
+    })
+}
+
+/// The repository root.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python of the test venv (tests/run.sh makes it).
+pub fn python() -> std::path::PathBuf {
+    std::env::var_os("COREPIN_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target/pyenv/bin/python"))
+}
+
+/// Writes a config file to a temp path and returns the path.
+pub fn write_config(text: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "corepin-test-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
 }

@@ -24,7 +24,10 @@ struct Conn {
 }
 
 fn add(ep: i32, fd: i32, token: u64) {
-    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
     // SAFETY: registering a valid fd with a valid epoll instance.
     unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
 }
@@ -34,7 +37,9 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>) -> bool {
     loop {
         match &mut c.state {
             State::Http => {
-                let Ok(parsed) = parse_request(&c.buf, &HeadLimits::default()) else { return false };
+                let Ok(parsed) = parse_request(&c.buf, &HeadLimits::default()) else {
+                    return false;
+                };
                 let Some((n, head)) = parsed else { return true };
                 let len = match head.body {
                     BodyKind::Length(l) => l as usize,
@@ -58,7 +63,9 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>) -> bool {
                     match e {
                         WsEvent::Open => wsevents::encode(&mut body, &WsEvent::Open),
                         WsEvent::Text(_) | WsEvent::Binary(_) => wsevents::encode(&mut body, &e),
-                        WsEvent::Close(code, r) => wsevents::encode(&mut body, &WsEvent::Close(code, r)),
+                        WsEvent::Close(code, r) => {
+                            wsevents::encode(&mut body, &WsEvent::Close(code, r))
+                        }
                         _ => {}
                     }
                 }
@@ -66,11 +73,17 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>) -> bool {
                 out.extend_from_slice(&body);
             }
             State::Ws(reader) => {
-                let Ok((n, ev)) = reader.read(&c.buf) else { return false };
+                let Ok((n, ev)) = reader.read(&c.buf) else {
+                    return false;
+                };
                 c.buf.drain(..n);
                 match ev {
                     Some(Event::Message(k, d)) => {
-                        let op = if k == Kind::Text { Opcode::Text } else { Opcode::Binary };
+                        let op = if k == Kind::Text {
+                            Opcode::Text
+                        } else {
+                            Opcode::Binary
+                        };
                         ws::write_frame(out, true, op, &d, None);
                     }
                     Some(Event::Ping(p)) => ws::write_frame(out, true, Opcode::Pong, &p, None),
@@ -110,12 +123,21 @@ pub fn run(listen: &str) {
                     let _ = s.set_nonblocking(true);
                     let _ = s.set_nodelay(true);
                     add(ep, s.as_raw_fd(), next);
-                    conns.insert(next, Conn { s, buf: Vec::new(), state: State::Http });
+                    conns.insert(
+                        next,
+                        Conn {
+                            s,
+                            buf: Vec::new(),
+                            state: State::Http,
+                        },
+                    );
                     next += 1;
                 }
                 continue;
             }
-            let Some(c) = conns.get_mut(&token) else { continue };
+            let Some(c) = conns.get_mut(&token) else {
+                continue;
+            };
             let mut keep = true;
             loop {
                 match c.s.read(&mut buf) {

@@ -90,6 +90,8 @@ fn parse(args: &[String]) -> Opts {
             "--settle-ms" => {
                 o.settle = Duration::from_millis(v().parse().unwrap_or_else(|_| usage()))
             }
+            "--ws" => o.ws = true,
+            "--hold-s" => o.hold = Duration::from_secs(v().parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
     }
@@ -217,7 +219,9 @@ fn publish_one(s: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> Result<bool, ()
             return Err(());
         }
         got.extend_from_slice(&buf[..n]);
-        let Some(h) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let Some(h) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
         let head = String::from_utf8_lossy(&got[..h]).to_ascii_lowercase();
         let len = head
             .lines()
@@ -380,7 +384,9 @@ fn fanout(o: Opts) {
                             let status =
                                 String::from_utf8_lossy(&sub.head[..sub.head.len().min(12)])
                                     .into_owned();
-                            if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.1 101") {
+                            if !status.starts_with("HTTP/1.1 200")
+                                && !status.starts_with("HTTP/1.1 101")
+                            {
                                 *bad_status.entry(status).or_insert(0u64) += 1;
                             }
                             let rest = sub.head.split_off(h + 4);
@@ -512,7 +518,13 @@ fn ws_echo(args: &[String]) {
     let hs = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
     let send = |s: &mut TcpStream, seq: u64| {
         let mut f = Vec::with_capacity(48);
-        corepin::codec::ws::write_frame(&mut f, true, corepin::codec::ws::Opcode::Text, format!("M{seq},{};", now_ns()).as_bytes(), Some([7, 7, 7, 7]));
+        corepin::codec::ws::write_frame(
+            &mut f,
+            true,
+            corepin::codec::ws::Opcode::Text,
+            format!("M{seq},{};", now_ns()).as_bytes(),
+            Some([7, 7, 7, 7]),
+        );
         let _ = s.set_nonblocking(false);
         let _ = s.write_all(&f);
         let _ = s.set_nonblocking(true);
@@ -525,12 +537,16 @@ fn ws_echo(args: &[String]) {
         let _ = s.set_nodelay(true);
         let _ = s.write_all(hs.as_bytes());
         let _ = s.set_nonblocking(true);
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
         // SAFETY: registering a valid fd.
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) };
         socks.push(s);
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap_or_else(|_| usage());
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap_or_else(|_| usage());
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
     let mut buf = vec![0u8; 1 << 16];
     let mut recs = Vec::new();
@@ -561,7 +577,9 @@ fn ws_echo(args: &[String]) {
                         let mut data = &buf[..k];
                         if !heads[i] {
                             tails[i].extend_from_slice(data);
-                            let Some(h) = tails[i].windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                            let Some(h) = tails[i].windows(4).position(|w| w == b"\r\n\r\n") else {
+                                continue;
+                            };
                             if !tails[i].starts_with(b"HTTP/1.1 101") {
                                 failed += 1;
                             }
@@ -590,11 +608,14 @@ fn ws_echo(args: &[String]) {
     }
     let secs = started.map_or(1.0, |t| t.elapsed().as_secs_f64());
     let ms = |ns: u64| ns as f64 / 1e6;
-    println!("{}", serde_json::json!({
-        "mode": "ws-echo", "connections": conns, "handshake_failures": failed,
-        "round_trips": trips, "round_trips_per_sec": trips as f64 / secs,
-        "latency_ms": {"p50": ms(hist.value_at_quantile(0.5)), "p99": ms(hist.value_at_quantile(0.99)), "max": ms(hist.max())},
-    }));
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "ws-echo", "connections": conns, "handshake_failures": failed,
+            "round_trips": trips, "round_trips_per_sec": trips as f64 / secs,
+            "latency_ms": {"p50": ms(hist.value_at_quantile(0.5)), "p99": ms(hist.value_at_quantile(0.99)), "max": ms(hist.max())},
+        })
+    );
 }
 
 mod echo;

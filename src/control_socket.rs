@@ -1,0 +1,270 @@
+//! The control socket: a Unix stream socket taking newline-delimited JSON
+//! requests (`publish`, `stats`, `reload`, `conncheck`), one JSON line
+//! answered per request. Served by plain threads (the control plane may
+//! block; executors never do). Also home of the core links used to reach
+//! every core from outside: route reloads, connection checks, drains.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{json, Value};
+
+use crate::bus::Bus;
+use crate::config::{read_routes_file, RoutesSource};
+use crate::route::Routes;
+use crate::stats::Board;
+
+/// Longest request line accepted (a publish body plus framing).
+const MAX_LINE: usize = 2 << 20;
+
+/// Something only a core can do, sent to it by the control plane.
+pub enum Command {
+    /// Use these routes for new requests from now on.
+    Routes(Arc<Routes>),
+    /// Which of these Connection-Ids are connected here?
+    Conncheck(Vec<String>, Sender<Vec<String>>),
+}
+
+/// The wake byte that means "commands are waiting".
+pub const WAKE_COMMAND: u8 = b'C';
+
+/// Ways to reach every core from a control thread.
+pub struct CoreLinks {
+    wakes: Vec<UnixStream>,
+    commands: Vec<Sender<Command>>,
+}
+
+impl CoreLinks {
+    /// Links over `wakes` (clones of the cores' wake sockets); returns the
+    /// per-core command receivers in the same order.
+    pub fn new(wakes: Vec<UnixStream>) -> (CoreLinks, Vec<Receiver<Command>>) {
+        let (commands, receivers) = wakes.iter().map(|_| crossbeam_channel::unbounded()).unzip();
+        (CoreLinks { wakes, commands }, receivers)
+    }
+
+    /// Writes a wake byte to every core.
+    pub fn wake_all(&self, byte: u8) {
+        for mut w in &self.wakes {
+            let _ = w.write_all(&[byte]);
+        }
+    }
+
+    fn send_all(&self, make: impl Fn() -> Command) {
+        for c in &self.commands {
+            let _ = c.send(make());
+        }
+        self.wake_all(WAKE_COMMAND);
+    }
+
+    pub fn cores(&self) -> usize {
+        self.commands.len()
+    }
+}
+
+/// Everything the control plane works with.
+pub struct ControlPlane {
+    pub bus: Arc<Bus>,
+    pub board: Arc<Board>,
+    pub links: CoreLinks,
+    pub routes: RoutesSource,
+}
+
+impl ControlPlane {
+    /// Re-reads the routes and hands them to every core; a bad source
+    /// keeps the old routes. Returns the new route count.
+    pub fn reload(&self) -> Result<usize, String> {
+        let routes = match &self.routes {
+            RoutesSource::File(path) => read_routes_file(path).map_err(|e| e.0)?,
+            RoutesSource::Inline(lines) => {
+                Routes::parse(lines.iter().map(String::as_str)).map_err(|e| e.0)?
+            }
+        };
+        if routes.is_empty() {
+            return Err("the routes define no route".into());
+        }
+        let n = routes.iter().count();
+        let routes = Arc::new(routes);
+        self.links.send_all(|| Command::Routes(routes.clone()));
+        Ok(n)
+    }
+
+    /// The ids among `ids` that some core has connected. Runs on a
+    /// control-plane thread, never an executor, so it may wait for the
+    /// cores' answers.
+    #[allow(clippy::disallowed_methods)]
+    pub fn conncheck(&self, ids: Vec<String>) -> Vec<String> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.links
+            .send_all(|| Command::Conncheck(ids.clone(), tx.clone()));
+        drop(tx);
+        let mut found = Vec::new();
+        for _ in 0..self.links.cores() {
+            match rx.recv_timeout(Duration::from_secs(2)) {
+                Ok(mut v) => found.append(&mut v),
+                Err(_) => break,
+            }
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    pub fn stats(&self) -> Value {
+        let cores = self.board.all();
+        let sum = |f: &dyn Fn(&crate::stats::Snapshot) -> u64| cores.iter().map(f).sum::<u64>();
+        let b = &self.bus.stats;
+        json!({
+            "ok": true,
+            "connections": sum(&|s| s.connections),
+            "streams": sum(&|s| s.streams),
+            "long_polls": sum(&|s| s.long_polls),
+            "websockets": sum(&|s| s.websockets),
+            "subscriptions": sum(&|s| s.subscriptions),
+            "requests": sum(&|s| s.requests_by_class.iter().sum()),
+            "publishes": b.publishes.load(Ordering::Relaxed),
+            "published_items": b.items.load(Ordering::Relaxed),
+            "deliveries": sum(&|s| s.deliveries),
+            "drops": sum(&|s| s.drops),
+            "deduplicated": b.deduplicated.load(Ordering::Relaxed),
+            "reordered": b.reordered.load(Ordering::Relaxed),
+            "cores": cores,
+        })
+    }
+
+    /// Answers one request line.
+    pub fn handle_line(&self, line: &[u8]) -> Value {
+        let fail = |e: String| json!({"ok": false, "error": e});
+        let v: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => return fail(format!("invalid JSON: {e}")),
+        };
+        match v.get("method").and_then(Value::as_str) {
+            Some("publish") => match crate::codec::publish::parse(line) {
+                Ok(items) => {
+                    let n = items.len();
+                    self.bus.publish(items);
+                    json!({"ok": true, "published": n})
+                }
+                Err(e) => fail(e.0),
+            },
+            Some("stats") => self.stats(),
+            Some("reload") => match self.reload() {
+                Ok(n) => json!({"ok": true, "routes": n}),
+                Err(e) => {
+                    warn!("reload refused, keeping the old routes: {e}");
+                    fail(e)
+                }
+            },
+            Some("conncheck") => match v.get("ids").and_then(Value::as_array) {
+                Some(ids) => {
+                    let ids = ids
+                        .iter()
+                        .filter_map(|i| i.as_str().map(String::from))
+                        .collect();
+                    json!({"ok": true, "ids": self.conncheck(ids)})
+                }
+                None => fail("conncheck needs \"ids\": [..]".into()),
+            },
+            Some(m) => fail(format!(
+                "unknown method '{m}' (publish, stats, reload, conncheck)"
+            )),
+            None => fail("missing \"method\"".into()),
+        }
+    }
+}
+
+/// Binds the control socket: a stale file is replaced; a socket some
+/// running corepin answers on is an error.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "another corepin is running with control socket {} (stop it, or give --control-socket another path)",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale control socket {}: {e}", path.display()))?;
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+/// Serves the socket on background threads.
+pub fn spawn(listener: UnixListener, plane: Arc<ControlPlane>) {
+    let _ = std::thread::Builder::new()
+        .name("corepin-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let plane = plane.clone();
+                let _ = std::thread::Builder::new()
+                    .name("corepin-control-conn".into())
+                    .spawn(move || serve(conn, &plane));
+            }
+        });
+}
+
+fn serve(conn: UnixStream, plane: &ControlPlane) {
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut too_long = false;
+        // Read one line, refusing (but draining) one longer than MAX_LINE.
+        loop {
+            let buf = match r.fill_buf() {
+                Ok([]) => return,
+                Ok(b) => b,
+                Err(_) => return,
+            };
+            let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..=i], true),
+                None => (buf, false),
+            };
+            if line.len() + chunk.len() <= MAX_LINE {
+                line.extend_from_slice(chunk);
+            } else {
+                too_long = true;
+            }
+            let n = chunk.len();
+            r.consume(n);
+            if done {
+                break;
+            }
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() && !too_long {
+            continue;
+        }
+        let answer = if too_long {
+            json!({"ok": false, "error": format!("request line longer than {MAX_LINE} bytes")})
+        } else {
+            plane.handle_line(text)
+        };
+        let mut out = answer.to_string().into_bytes();
+        out.push(b'\n');
+        if w.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// Removes the socket file at exit.
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

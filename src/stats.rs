@@ -1,0 +1,100 @@
+//! Per-core counters and their cross-core view. Counters are plain `Cell`s
+//! owned by their core and bumped on the request path with no atomics;
+//! each core copies them into its own snapshot slot four times a second
+//! (and when it stops), and a scrape sums the slots.
+
+use std::cell::Cell;
+use std::sync::{Arc, Mutex};
+
+/// Upper bounds (ms) of the upstream latency histogram buckets.
+pub const LATENCY_BUCKETS_MS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
+
+/// A core's live counters.
+#[derive(Default)]
+pub struct Counters {
+    pub accepted: Cell<u64>,
+    /// Requests answered, by status class 1xx..5xx.
+    pub by_class: [Cell<u64>; 5],
+    pub upstream_errors: Cell<u64>,
+    /// Time to the upstream response head, per bucket (+Inf last).
+    pub upstream_latency: [Cell<u64>; 13],
+    pub upstream_latency_sum_ms: Cell<f64>,
+}
+
+impl Counters {
+    pub fn request(&self, status: u16) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[i].set(self.by_class[i].get() + 1);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.by_class.iter().map(Cell::get).sum()
+    }
+
+    pub fn upstream_latency(&self, ms: f64) {
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.upstream_latency[i].set(self.upstream_latency[i].get() + 1);
+        self.upstream_latency_sum_ms
+            .set(self.upstream_latency_sum_ms.get() + ms);
+    }
+}
+
+/// One core's counters as last copied.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Snapshot {
+    pub core: usize,
+    pub connections: u64,
+    pub streams: u64,
+    pub long_polls: u64,
+    pub websockets: u64,
+    pub subscriptions: u64,
+    pub accepted: u64,
+    pub requests_by_class: [u64; 5],
+    pub upstream_errors: u64,
+    pub upstream_latency: [u64; 13],
+    pub upstream_latency_sum_ms: f64,
+    pub deliveries: u64,
+    pub drops: u64,
+    pub idle_upstream: u64,
+}
+
+/// Every core's snapshot slot.
+#[derive(Default)]
+pub struct Board {
+    slots: Vec<Mutex<Snapshot>>,
+}
+
+impl Board {
+    pub fn new(cores: usize) -> Arc<Board> {
+        Arc::new(Board {
+            slots: (0..cores)
+                .map(|core| {
+                    Mutex::new(Snapshot {
+                        core,
+                        ..Snapshot::default()
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    pub fn store(&self, s: Snapshot) {
+        if let Some(slot) = self.slots.get(s.core) {
+            if let Ok(mut g) = slot.lock() {
+                *g = s;
+            }
+        }
+    }
+
+    pub fn all(&self) -> Vec<Snapshot> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|g| g.clone()))
+            .collect()
+    }
+}
