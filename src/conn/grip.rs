@@ -254,9 +254,10 @@ pub async fn hold(
         },
     });
     let _ = c.stream.set_read_timeout(None);
+    // Boxed: a held connection carries only its own kind's state.
     let end = match instruct.hold {
-        HoldMode::Stream => hold_stream(shard, c, ctx, &sub, instruct, base).await,
-        HoldMode::Response => hold_response(shard, c, ctx, &sub, &instruct, base).await,
+        HoldMode::Stream => Box::pin(hold_stream(shard, c, ctx, &sub, instruct, base)).await,
+        HoldMode::Response => Box::pin(hold_response(shard, c, ctx, &sub, &instruct, base)).await,
     };
     shard.subs.unsubscribe(&sub);
     end
@@ -317,6 +318,9 @@ async fn hold_stream(
         .status
         .clone()
         .unwrap_or((base.status, Some(base.reason.clone())));
+    let mut bytes = base.body.len() as u64;
+    // The head and initial body go out now; neither they nor the backend's
+    // response stay alive for the rest of the hold.
     let mut out = Vec::with_capacity(256 + base.body.len());
     base.write_status_and_headers(&mut out, Some(&status));
     if http10 {
@@ -326,8 +330,10 @@ async fn hold_stream(
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
         crate::codec::chunked::write_chunk(&mut out, &base.body);
     }
-    let mut bytes = base.body.len() as u64;
-    if !write(c, &out).await {
+    drop(base);
+    let sent = write(c, &out).await;
+    drop(out);
+    if !sent {
         return done(status.0, 0, ctx, false);
     }
     sub.wrote(Instant::now());

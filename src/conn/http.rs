@@ -224,7 +224,9 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             write_to(&mut c.stream, &out).await;
             return Outcome::closed(status, 0, "-".into());
         }
-        return match crate::conn::ws::handle(shard, c, head, route).await {
+        // Each path's future is boxed: a connection's task then carries
+        // only the state of the path it takes, not the largest of them.
+        return match Box::pin(crate::conn::ws::handle(shard, c, head, route)).await {
             HoldEnd::Done(o) => o,
             HoldEnd::Retry => Outcome::closed(502, 0, "-".into()),
         };
@@ -233,8 +235,8 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     // subscriber found out of sync); a few times at most.
     for _ in 0..3 {
         let r = match route.targets.first() {
-            Some(Target::Test) => crate::testtarget::handle(shard, c, head, route).await,
-            Some(Target::Backend(_)) => proxy(shard, c, head, route).await,
+            Some(Target::Test) => Box::pin(crate::testtarget::handle(shard, c, head, route)).await,
+            Some(Target::Backend(_)) => Box::pin(proxy(shard, c, head, route)).await,
             None => return refuse(shard, c, head, 404, "no route for this request", "-").await,
         };
         match r {

@@ -291,9 +291,9 @@ pub async fn handle(
 ) -> HoldEnd {
     let _ = c.stream.set_read_timeout(None);
     match route.targets.first() {
-        Some(Target::Test) => test_target(shard, c, head, route).await,
-        Some(Target::Backend(b)) if b.over_http => over_http(shard, c, head, route).await,
-        Some(Target::Backend(_)) => passthrough(shard, c, head, route).await,
+        Some(Target::Test) => Box::pin(test_target(shard, c, head, route)).await,
+        Some(Target::Backend(b)) if b.over_http => Box::pin(over_http(shard, c, head, route)).await,
+        Some(Target::Backend(_)) => Box::pin(passthrough(shard, c, head, route)).await,
         None => outcome(404, 0, "-"),
     }
 }
