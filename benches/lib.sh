@@ -17,10 +17,11 @@ bench_init() {
   for bin in wrk nginx pushpin zurl curl python3; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
   done
+  [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(nchan)
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: nginx pushpin wrk curl (missing: ${missing[*]})" >&2
+    echo "installing: nginx libnginx-mod-nchan pushpin wrk curl (missing: ${missing[*]})" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx pushpin wrk curl >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan pushpin wrk curl >/dev/null
   fi
   (cd "$ROOT" && cargo build --release -q)
 }
