@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs corepin's whole test suite on a fresh Debian machine: installs what
-# the tests need when it is missing (curl; a Python venv with gripcontrol,
+# the tests need when it is missing (curl; nginx with its Lua module for the
+# stand-in API gateway; a Python venv with gripcontrol,
 # pubcontrol and websockets; the npm clients @fanoutio/grip and wscat),
 # then `cargo test`. Safe to run repeatedly.
 set -euo pipefail
@@ -8,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+# The stand-in API gateway (tests/gateway) runs Lua in nginx, as Kong does.
+[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need_apt+=(libnginx-mod-http-lua)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
