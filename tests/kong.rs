@@ -187,17 +187,8 @@ fn corepin_in_front_of_the_gateway_http_stream() {
 fn corepin_in_front_of_the_gateway_websocket_over_http() {
     let sink = Sink::start();
     let log = std::env::temp_dir().join(format!("corepin-kong-ws-{}.jsonl", std::process::id()));
-    let mut backend = Command::new(python())
-        .arg(root().join("tests/backends/wsoh_backend.py"))
-        .arg(&log)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("backend");
-    let mut line = String::new();
-    BufReader::new(backend.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("port");
-    let port: u16 = line.trim().parse().expect("port");
+    let backend = PyBackend::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let port = backend.port;
     let gw = Gateway::start(SocketAddr::from(([127, 0, 0, 1], port)), sink.port);
     let cp = Corepin::start_grip(&["--route", &format!("* {},over_http", gw.addr())]);
     let url = format!("ws://127.0.0.1:{}/chat", cp.port);
@@ -212,20 +203,11 @@ fn corepin_in_front_of_the_gateway_websocket_over_http() {
 
     // With the key: echo, and ws-message publishes arrive.
     let control = cp.control_addr();
-    let publisher = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(1000));
-        let body =
-            r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#;
-        let mut c = Conn::open(control);
-        c.send(
-            format!(
-                "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        c.read().expect("publish").status
-    });
+    let publisher = publish_later(
+        control,
+        r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
+        Duration::from_millis(1000),
+    );
     let r = client_ws(
         &url,
         &[
@@ -267,8 +249,6 @@ fn corepin_in_front_of_the_gateway_websocket_over_http() {
         assert!(e["request"]["headers"]["connection-id"].is_string());
         assert_eq!(e["consumer"]["username"], "alice");
     }
-    let _ = backend.kill();
-    let _ = backend.wait();
 }
 
 #[test]
@@ -288,20 +268,11 @@ fn gateway_in_front_of_corepin() {
     // WebSocket upgrades pass too (the Upgrade/Connection headers are set).
     let url = format!("ws://127.0.0.1:{}/ws?channel=kw", gw.port);
     let control = cp.control_addr();
-    let publisher = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(1000));
-        let body =
-            r#"{"items":[{"channel":"kw","formats":{"ws-message":{"content":"via gateway"}}}]}"#;
-        let mut c = Conn::open(control);
-        c.send(
-            format!(
-                "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        c.read().expect("publish").status
-    });
+    let publisher = publish_later(
+        control,
+        r#"{"items":[{"channel":"kw","formats":{"ws-message":{"content":"via gateway"}}}]}"#,
+        Duration::from_millis(1000),
+    );
     let r = client_ws(
         &url,
         &[

@@ -321,17 +321,8 @@ fn reload_with_good_and_bad_routes_files() {
 fn conncheck_finds_websocket_over_http_sessions() {
     let log = std::env::temp_dir().join(format!("corepin-conncheck-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let mut backend = Command::new(python())
-        .arg(root().join("tests/backends/wsoh_backend.py"))
-        .arg(&log)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("backend");
-    let mut line = String::new();
-    BufReader::new(backend.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("port");
-    let port: u16 = line.trim().parse().expect("port");
+    let backend = PyBackend::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let port = backend.port;
     let path = sock_path("conncheck");
     let cp = Corepin::start_grip(&[
         "--route",
@@ -368,6 +359,4 @@ fn conncheck_finds_websocket_over_http_sessions() {
         )[0]["ids"]
             == serde_json::json!([])
     });
-    let _ = backend.kill();
-    let _ = backend.wait();
 }

@@ -4,43 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-/// A Python backend process, killed on drop.
-struct Py {
-    child: Child,
-    port: u16,
-}
-
-impl Py {
-    fn start(script: &str, args: &[&str]) -> Py {
-        let mut child = Command::new(python())
-            .arg(root().join("tests/backends").join(script))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start python backend (run tests/run.sh to install)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("port line");
-        let port = line.trim().parse().expect("backend port");
-        Py { child, port }
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn client(url: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(python())
@@ -140,7 +109,7 @@ fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn passthrough_echo_with_python_and_wscat() {
-    let b = Py::start("ws_echo.py", &[]);
+    let b = PyBackend::start("ws_echo.py", &[]);
     let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{}", b.port)]);
     let url = format!("ws://127.0.0.1:{}/echo", cp.port);
     let r = client(
@@ -158,24 +127,15 @@ fn passthrough_echo_with_python_and_wscat() {
 
 #[test]
 fn passthrough_grip_extension_control_and_publish() {
-    let b = Py::start("ws_echo.py", &[]);
+    let b = PyBackend::start("ws_echo.py", &[]);
     let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{}", b.port)]);
     let url = format!("ws://127.0.0.1:{}/grip", cp.port);
     let control = cp.control_addr();
-    let publisher = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(800));
-        let body =
-            r#"{"items":[{"channel":"g","formats":{"ws-message":{"content":"published"}}}]}"#;
-        let mut c = Conn::open(control);
-        c.send(
-            format!(
-                "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        c.read().expect("publish").status
-    });
+    let publisher = publish_later(
+        control,
+        r#"{"items":[{"channel":"g","formats":{"ws-message":{"content":"published"}}}]}"#,
+        Duration::from_millis(800),
+    );
     let r = client(
         &url,
         &["--send", "ping me", "--recv", "3", "--close", "1000"],
@@ -190,7 +150,7 @@ fn passthrough_grip_extension_control_and_publish() {
 
 #[test]
 fn backend_close_and_backend_gone() {
-    let b = Py::start("ws_echo.py", &[]);
+    let b = PyBackend::start("ws_echo.py", &[]);
     let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{}", b.port)]);
     let r = client(&format!("ws://127.0.0.1:{}/bye", cp.port), &[]);
     assert_eq!(r["close"][0], 4001);
@@ -280,7 +240,7 @@ fn read_log(path: &std::path::Path) -> Vec<serde_json::Value> {
 fn websocket_over_http_with_gripcontrol_backend() {
     let log = std::env::temp_dir().join(format!("corepin-wsoh-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let b = Py::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let b = PyBackend::start("wsoh_backend.py", &[&log.display().to_string()]);
     let cp = Corepin::start_grip(&[
         "--route",
         &format!("* 127.0.0.1:{},over_http", b.port),
@@ -303,20 +263,11 @@ fn websocket_over_http_with_gripcontrol_backend() {
 
     // With it: echo, publish to the subscribed channel, server-side close.
     let control = cp.control_addr();
-    let publisher = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1000));
-        let body =
-            r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#;
-        let mut c = Conn::open(control);
-        c.send(
-            format!(
-                "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        c.read().expect("publish").status
-    });
+    let publisher = publish_later(
+        control,
+        r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
+        Duration::from_millis(1000),
+    );
     let r = client(
         &url,
         &[
@@ -406,7 +357,7 @@ fn websocket_over_http_with_gripcontrol_backend() {
 #[test]
 fn websocket_over_http_backend_gone_closes_1011() {
     let log = std::env::temp_dir().join(format!("corepin-wsoh-gone-{}.jsonl", std::process::id()));
-    let b = Py::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let b = PyBackend::start("wsoh_backend.py", &[&log.display().to_string()]);
     let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{},over_http", b.port)]);
     let mut s = TcpStream::connect(cp.addr()).expect("connect");
     s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
@@ -422,7 +373,7 @@ fn websocket_over_http_backend_gone_closes_1011() {
 fn websocket_over_http_keep_alive_interval_sends_empty_requests() {
     let log = std::env::temp_dir().join(format!("corepin-wsoh-ka-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let b = Py::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let b = PyBackend::start("wsoh_backend.py", &[&log.display().to_string()]);
     let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{},over_http", b.port)]);
     let mut s = TcpStream::connect(cp.addr()).expect("connect");
     s.write_all(b"GET /chat?ka=1 HTTP/1.1\r\nHost: t\r\nAuth-Key: supersecret\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("write");

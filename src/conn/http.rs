@@ -295,50 +295,12 @@ fn has_prefix(name: &[u8], prefix: &[u8]) -> bool {
     name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-/// Writes the request head sent to the backend.
-fn write_request_head(
-    out: &mut Vec<u8>,
-    head: &RequestHead,
-    path: &str,
-    b: &Backend,
-    peer: &SocketAddr,
-    grip: &[u8],
-) {
-    write_head(out, None, head, path, b, peer, grip, &[]);
-}
-
-/// The request head for a WebSocket upgrade to a backend: `skip` names
-/// client fields not to forward; `extra` holds whole extra lines.
-pub fn write_request_head_for(
-    out: &mut Vec<u8>,
-    head: &RequestHead,
-    path: &str,
-    b: &Backend,
-    peer: &SocketAddr,
-    extra: &[u8],
-    skip: &[&[u8]],
-) {
-    write_head(out, None, head, path, b, peer, extra, skip);
-}
-
-/// A request head with another method and no body framing of the client's
-/// (WebSocket-over-HTTP: `extra` carries the framing).
+/// Writes the request head sent to a backend: the client's fields minus
+/// hop-by-hop, `Grip-*` and those `skip` names, plus forwarding fields and
+/// `extra` (whole lines). `method` replaces the client's (and then the
+/// client's body framing is not written: `extra` carries the caller's).
 #[allow(clippy::too_many_arguments)]
-pub fn write_request_head_as(
-    out: &mut Vec<u8>,
-    method: &str,
-    head: &RequestHead,
-    path: &str,
-    b: &Backend,
-    peer: &SocketAddr,
-    extra: &[u8],
-    skip: &[&[u8]],
-) {
-    write_head(out, Some(method), head, path, b, peer, extra, skip);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_head(
+pub fn write_request_head(
     out: &mut Vec<u8>,
     method: Option<&str>,
     head: &RequestHead,
@@ -346,7 +308,7 @@ fn write_head(
     b: &Backend,
     peer: &SocketAddr,
     extra: &[u8],
-    skip: &[&[u8]],
+    skip: &dyn Fn(&[u8]) -> bool,
 ) {
     let _ = write!(
         out,
@@ -362,7 +324,7 @@ fn write_head(
             || name.eq_ignore_ascii_case(b"expect")
             || has_prefix(name, b"grip-")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-            || skip.iter().any(|s| name.eq_ignore_ascii_case(s))
+            || skip(name)
         {
             continue;
         }
@@ -602,7 +564,16 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
             Err(f) => return HoldEnd::Done(fail(shard, c, head, f, "-").await),
         };
         let mut req_head = shard.bufs.take_out();
-        write_request_head(&mut req_head, head, &path, &backend, &c.peer, &grip_headers);
+        write_request_head(
+            &mut req_head,
+            None,
+            head,
+            &path,
+            &backend,
+            &c.peer,
+            &grip_headers,
+            &|_| false,
+        );
         let sent = Instant::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         if r.is_ok() {

@@ -408,14 +408,15 @@ fn upgrade_request(
     shard.write_grip_headers(&mut extra, shard.sig_for(route).as_ref());
     extra.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
     let mut out = Vec::with_capacity(512);
-    crate::conn::http::write_request_head_for(
+    crate::conn::http::write_request_head(
         &mut out,
+        None,
         head,
         path,
         b,
         peer,
         &extra,
-        &[b"sec-websocket-extensions"],
+        &|n: &[u8]| n.eq_ignore_ascii_case(b"sec-websocket-extensions"),
     );
     out
 }
@@ -745,7 +746,9 @@ impl Session<'_> {
             extra.extend_from_slice(b"Meta-");
             http1::write_field(&mut extra, k.as_bytes(), v);
         }
-        let skip: &[&[u8]] = &[
+        // Fields corepin sets itself, and client-sent Meta-* (only the
+        // backend's Set-Meta-* may produce those).
+        let own: &[&[u8]] = &[
             b"sec-websocket-key",
             b"sec-websocket-version",
             b"sec-websocket-extensions",
@@ -753,6 +756,10 @@ impl Session<'_> {
             b"accept",
             b"connection-id",
         ];
+        let skip = |n: &[u8]| {
+            own.iter().any(|o| n.eq_ignore_ascii_case(o))
+                || (n.len() > 5 && n[..5].eq_ignore_ascii_case(b"meta-"))
+        };
         let mut delay = Duration::from_millis(100);
         for attempt in 0..POST_ATTEMPTS {
             if attempt > 0 {
@@ -779,17 +786,15 @@ impl Session<'_> {
                 };
                 let mut up = up;
                 let mut req = Vec::with_capacity(512 + body.len());
-                let mut meta_skip: Vec<Vec<u8>> = skip.iter().map(|s| s.to_vec()).collect();
-                meta_skip.extend(
-                    self.head
-                        .fields
-                        .iter()
-                        .filter(|(n, _)| n.len() > 5 && n[..5].eq_ignore_ascii_case(b"meta-"))
-                        .map(|(n, _)| n.to_ascii_lowercase()),
-                );
-                let skip_refs: Vec<&[u8]> = meta_skip.iter().map(Vec::as_slice).collect();
-                crate::conn::http::write_request_head_as(
-                    &mut req, "POST", self.head, &self.path, b, &c.peer, &extra, &skip_refs,
+                crate::conn::http::write_request_head(
+                    &mut req,
+                    Some("POST"),
+                    self.head,
+                    &self.path,
+                    b,
+                    &c.peer,
+                    &extra,
+                    &skip,
                 );
                 req.extend_from_slice(&body);
                 if up.stream.write_all(&req).await.is_err() {

@@ -664,3 +664,56 @@ pub fn write_config(text: &str) -> String {
     std::fs::write(&path, text).expect("write config");
     path.display().to_string()
 }
+
+/// A Python backend process, killed on drop.
+pub struct PyBackend {
+    child: Child,
+    pub port: u16,
+}
+
+impl PyBackend {
+    /// Starts tests/backends/SCRIPT with ARGS; it prints its port.
+    pub fn start(script: &str, args: &[&str]) -> PyBackend {
+        let mut child = Command::new(python())
+            .arg(root().join("tests/backends").join(script))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python backend (run tests/run.sh to install)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("port line");
+        let port = line.trim().parse().expect("backend port");
+        PyBackend { child, port }
+    }
+}
+
+impl Drop for PyBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes `body` to `control` after `delay`, on a thread; the join
+/// handle yields the publish answer's status.
+pub fn publish_later(
+    control: SocketAddr,
+    body: &'static str,
+    delay: Duration,
+) -> thread::JoinHandle<u16> {
+    thread::spawn(move || {
+        thread::sleep(delay);
+        let mut c = Conn::open(control);
+        c.send(
+            format!(
+                "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.read().expect("publish answer").status
+    })
+}
