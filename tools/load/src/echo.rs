@@ -1,7 +1,8 @@
 //! `corepin-load echo-server`: a single-threaded epoll backend for the
 //! WebSocket benchmarks that is never the bottleneck. It echoes WebSocket
 //! messages (plain upgrade) and answers WebSocket-over-HTTP event requests
-//! (`application/websocket-events`: OPEN is accepted, TEXT/BINARY echoed).
+//! (`application/websocket-events`: OPEN is accepted, TEXT/BINARY echoed);
+//! any other request gets a small fixed 200 response.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -54,6 +55,16 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>) -> bool {
                     let _ = write!(out, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n", ws::accept_key(key));
                     c.buf.drain(..n);
                     c.state = State::Ws(Box::new(Reader::new(Role::Server, 1 << 20)));
+                    continue;
+                }
+                let is_events = head
+                    .fields
+                    .get("content-type")
+                    .is_some_and(|t| t.starts_with(b"application/websocket-events"));
+                if !is_events {
+                    // A plain request (the proxy benchmark's backend).
+                    c.buf.drain(..n + len);
+                    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\nhello from the backend\n");
                     continue;
                 }
                 let events = wsevents::decode(&c.buf[n..n + len]).unwrap_or_default();

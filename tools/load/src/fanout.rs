@@ -1,0 +1,127 @@
+//! `corepin-load fanout`: subscribers (worker processes) and a publisher at
+//! once. Every message carries its send time, so each delivery's latency
+//! is known; every subscriber checks its channel's sequence, so lost,
+//! duplicated and out-of-order deliveries are counted.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::args::{Args, Ticker};
+use crate::publish::{publish, PubOpts, PUB_FLAGS};
+use crate::subscribe::{open_all, SubOpts, SUB_FLAGS};
+
+pub fn run(args: &[String]) {
+    let mut spec: Vec<&str> = SUB_FLAGS.to_vec();
+    spec.extend(PUB_FLAGS.iter().filter(|f| !SUB_FLAGS.contains(f)));
+    spec.extend(["publish-to", "settle-ms", "timeout-s", "grace-ms"]);
+    // `--rate` is the subscribers' open rate; the publisher's is `--publish-rate`.
+    spec.push("publish-rate");
+    let a = Args::parse("fanout", args, &spec);
+    let mut sub = SubOpts::from_args(&a);
+    let mut pubo = PubOpts::from_args(&a, "publish-to");
+    pubo.rate = a.get("publish-rate", 0.0f64);
+    if pubo.messages == 0 {
+        crate::args::die("fanout: --messages must be at least 1");
+    }
+    pubo.seconds = 0.0;
+    sub.messages = pubo.messages;
+    let settle = Duration::from_millis(a.get("settle-ms", 1000u64));
+    let timeout = Duration::from_secs_f64(a.get("timeout-s", 60.0f64));
+    let grace = Duration::from_millis(a.get("grace-ms", 3000u64));
+    let expected = sub.expected_total();
+
+    let (mut w, open_s) = open_all(&sub, timeout, "fanout");
+    let settle_end = Instant::now() + settle;
+    while Instant::now() < settle_end {
+        w.pump(Duration::from_millis(50));
+    }
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (o, sent, stop) = (pubo.clone(), sent.clone(), stop.clone());
+        std::thread::spawn(move || publish(&o, &sent, &stop))
+    };
+    let t0 = Instant::now();
+    let (mut last_delivered, mut last_change) = (0u64, Instant::now());
+    let mut tick = Ticker::default();
+    loop {
+        w.pump(Duration::from_millis(100));
+        let delivered = w.sum("delivered");
+        if delivered != last_delivered {
+            last_delivered = delivered;
+            last_change = Instant::now();
+        }
+        if tick.due() {
+            eprint!(
+                "\r[fanout {:5.1}s] published {}/{} delivered {delivered}/{expected}   ",
+                t0.elapsed().as_secs_f64(),
+                sent.load(Ordering::Relaxed),
+                pubo.messages
+            );
+        }
+        if publisher.is_finished() {
+            // Done when all arrived, or nothing more arrived for a while
+            // after the last publish (what is missing then is lost).
+            if delivered >= expected || last_change.elapsed() > grace {
+                break;
+            }
+        }
+        if t0.elapsed() > timeout {
+            eprintln!("\nfanout: timeout");
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        if w.dead() > 0 {
+            eprintln!("\nfanout: a worker process ended early");
+            break;
+        }
+    }
+    eprintln!();
+    let pub_result = publisher.join().unwrap_or(Value::Null);
+    let m = w.finish();
+    let delivered = m.get("delivered");
+    let first_send = pub_result
+        .get("first_send_ns")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let span_ns = m.last_ns.saturating_sub(first_send).max(1);
+    let kinds: Vec<&str> = sub.kinds.iter().map(|k| k.name()).collect();
+    println!(
+        "{}",
+        json!({
+            "mode": "fanout",
+            "target": sub.to.to_string(),
+            "kinds": kinds,
+            "subscribers": sub.subscribers,
+            "workers": sub.workers,
+            "channels": sub.channels,
+            "subscribed": m.get("subscribed"),
+            "failed": m.get("failed"),
+            "fail_reasons": m.field("fail_reasons"),
+            "closed": m.get("closed"),
+            "open_seconds": open_s,
+            "messages": pubo.messages,
+            "published": sent.load(Ordering::Relaxed),
+            "expected": expected,
+            "delivered": delivered,
+            "lost": expected.saturating_sub(delivered),
+            "duplicated": m.get("duplicated"),
+            "out_of_order": m.get("out_of_order"),
+            "complete_subscribers": m.get("complete_subscribers"),
+            "by_kind": m.field("by_kind"),
+            "first_publish_to_first_delivery_ms": m.first_ns.saturating_sub(first_send) as f64 / 1e6,
+            "first_publish_to_last_delivery_ms": span_ns as f64 / 1e6,
+            "deliveries_per_sec": delivered as f64 / (span_ns as f64 / 1e9),
+            "latency_ms": m.latency.summary_ms(),
+            "publish": pub_result,
+            "missing_workers": m.missing_workers,
+        })
+    );
+    if m.get("subscribed") == 0 || sent.load(Ordering::Relaxed) == 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,149 @@
+//! Sockets for the load generator: a clock shared by every process on the
+//! host, connects spread over loopback source addresses, and a thin epoll
+//! wrapper.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{FromRawFd, RawFd};
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one
+/// host, so a publisher's send time can be checked by a worker process.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The loopback source address for connection `i`: 127.0.0.2..=127.0.0.254,
+/// so N connections are not limited to one address's ephemeral ports.
+pub fn source_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (i % 253) as u8)
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Connects to `to` (blocking). When `to` is a loopback address the
+/// connection comes from `source_addr(i)`.
+pub fn connect_from(i: usize, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(to4) = to else {
+        return TcpStream::connect(to);
+    };
+    if !to4.ip().is_loopback() {
+        return TcpStream::connect(to);
+    }
+    // SAFETY: plain socket syscalls on a descriptor this function owns
+    // until TcpStream::from_raw_fd takes it; every error path closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fail = |fd| {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            Err(e)
+        };
+        let one: libc::c_int = 1;
+        // Lets a source port be reused at once when a previous run's
+        // connections are still in TIME_WAIT.
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let local = sockaddr(SocketAddrV4::new(source_addr(i), 0));
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), 16) != 0 {
+            return fail(fd);
+        }
+        let remote = sockaddr(to4);
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), 16) != 0 {
+            return fail(fd);
+        }
+        Ok(TcpStream::from_raw_fd(fd))
+    }
+}
+
+/// Writes all of `bytes` to a socket that is otherwise used non-blocking.
+/// The load tool's requests are small, so this never waits long.
+pub fn write_all(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    let r = s.write_all(bytes);
+    s.set_nonblocking(true)?;
+    r
+}
+
+/// Level-triggered epoll: every socket is registered for input with a
+/// token, and `wait` returns the tokens that are readable.
+pub struct Poller {
+    ep: RawFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Poller {
+    pub fn new() -> Poller {
+        // SAFETY: epoll_create1 returns a new descriptor or -1.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            crate::args::die(&format!(
+                "epoll_create1: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Poller {
+            ep,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+        }
+    }
+
+    pub fn add(&self, fd: RawFd, token: u64) {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: registering a descriptor with our epoll instance.
+        unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+
+    pub fn remove(&self, fd: RawFd) {
+        // SAFETY: deregistering; a descriptor that is not registered
+        // only makes the call fail.
+        unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+    }
+
+    /// Waits up to `timeout_ms` and returns the ready tokens.
+    pub fn wait(&mut self, timeout_ms: i32, ready: &mut Vec<u64>) {
+        ready.clear();
+        // SAFETY: `events` has room for its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.ep,
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                timeout_ms,
+            )
+        };
+        ready.extend(self.events.iter().take(n.max(0) as usize).map(|e| e.u64));
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor this Poller owns.
+        unsafe { libc::close(self.ep) };
+    }
+}

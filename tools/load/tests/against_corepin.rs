@@ -1,0 +1,436 @@
+//! corepin-load's own tests: every mode run as a real process against a
+//! real corepin (the workspace's binary, started on port 0), checking the
+//! JSON it reports against what corepin is known to do.
+//!
+//! The corepin binary is the one `cargo test --workspace` builds next to
+//! corepin-load in the same target directory.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const LOAD: &str = env!("CARGO_BIN_EXE_corepin-load");
+
+/// A running corepin with a client port, a control HTTP port and a
+/// control socket; killed on drop.
+struct Corepin {
+    _child: Reaped,
+    addr: SocketAddr,
+    control: SocketAddr,
+    socket: PathBuf,
+}
+
+fn corepin_bin() -> PathBuf {
+    let p = PathBuf::from(LOAD).with_file_name("corepin");
+    assert!(
+        p.exists(),
+        "{} is missing: run these tests with `cargo test --workspace` (or `cargo build` first)",
+        p.display()
+    );
+    p
+}
+
+impl Corepin {
+    fn start(routes: &[&str]) -> Corepin {
+        let dir = std::env::temp_dir().join(format!(
+            "corepin-load-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let socket = dir.join("control.sock");
+        let mut cmd = Command::new(corepin_bin());
+        cmd.args(["--listen", "127.0.0.1:0", "--control-http", "127.0.0.1:0"])
+            .arg("--control-socket")
+            .arg(&socket)
+            // Info level: the "listening on" lines carry the ports.
+            .args(["--log-level", "info"]);
+        for r in routes {
+            cmd.args(["--route", r]);
+        }
+        let mut child = Reaped(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start corepin"),
+        );
+        let stderr = child.0.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut addr, mut control) = (None, None);
+        while addr.is_none() || control.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("corepin reports its ports");
+            let Some(rest) = line.split("listening on ").nth(1) else {
+                continue;
+            };
+            let a: Option<SocketAddr> = rest.split(' ').next().and_then(|a| a.parse().ok());
+            if line.contains("(clients)") {
+                addr = a;
+            } else if line.contains("(control http)") {
+                control = a;
+            }
+        }
+        Corepin {
+            _child: child,
+            addr: addr.expect("client address"),
+            control: control.expect("control address"),
+            socket,
+        }
+    }
+
+    fn grip() -> Corepin {
+        Corepin::start(&["* test"])
+    }
+}
+
+/// A child process killed when dropped, also when a test fails midway.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Corepin {
+    fn drop(&mut self) {
+        if let Some(d) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs corepin-load with `args`; returns its exit code and JSON result.
+fn load(args: &[&str]) -> (i32, Value, String) {
+    let out: Output = Command::new(LOAD)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run corepin-load");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let v = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v, stderr)
+}
+
+fn n(v: &Value, path: &str) -> u64 {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} in {v}"))
+}
+
+#[test]
+fn subscribe_holds_a_mix_over_several_worker_processes() {
+    let c = Corepin::grip();
+    let to = c.addr.to_string();
+    let (code, v, err) = load(&[
+        "subscribe",
+        "--to",
+        &to,
+        "--subscribers",
+        "300",
+        "--kind",
+        "mix",
+        "--workers",
+        "3",
+        "--rate",
+        "3000",
+        "--hold-s",
+        "0.5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(n(&v, "workers"), 3);
+    assert_eq!(n(&v, "subscribed"), 300, "{v}");
+    assert_eq!(n(&v, "failed"), 0, "{v}");
+    assert_eq!(n(&v, "held_at_end"), 300, "{v}");
+    for kind in ["stream", "longpoll", "ws"] {
+        assert_eq!(n(&v, &format!("by_kind.{kind}.subscribers")), 100, "{v}");
+    }
+    assert!(err.contains("opened 300/300"), "progress line: {err}");
+}
+
+#[test]
+fn fanout_counts_every_delivery_once_and_in_order() {
+    let c = Corepin::grip();
+    let (to, publish) = (c.addr.to_string(), c.control.to_string());
+    let (code, v, err) = load(&[
+        "fanout",
+        "--to",
+        &to,
+        "--publish-to",
+        &publish,
+        "--subscribers",
+        "200",
+        "--kind",
+        "stream,ws",
+        "--workers",
+        "2",
+        "--messages",
+        "30",
+        "--channels",
+        "3",
+        "--size",
+        "300",
+        "--settle-ms",
+        "300",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // 30 messages over 3 channels: each subscriber expects 10.
+    assert_eq!(n(&v, "expected"), 2000, "{v}");
+    assert_eq!(n(&v, "delivered"), 2000, "{v}");
+    assert_eq!(n(&v, "lost"), 0);
+    assert_eq!(n(&v, "duplicated"), 0);
+    assert_eq!(n(&v, "out_of_order"), 0);
+    assert_eq!(n(&v, "complete_subscribers"), 200);
+    assert_eq!(n(&v, "latency_ms.count"), 2000);
+    assert_eq!(n(&v, "by_kind.ws.delivered"), 1000);
+    assert_eq!(n(&v, "publish.published"), 30);
+    let (p50, max) = (&v["latency_ms"]["p50"], &v["latency_ms"]["max"]);
+    assert!(p50.as_f64() <= max.as_f64(), "{v}");
+}
+
+#[test]
+fn fanout_long_poll_subscribers_poll_again_after_each_response() {
+    let c = Corepin::grip();
+    let (to, publish) = (c.addr.to_string(), c.control.to_string());
+    // Published 200 ms apart, each message reaches every long-poll
+    // subscriber: each has re-requested well before the next one.
+    let (code, v, err) = load(&[
+        "fanout",
+        "--to",
+        &to,
+        "--publish-to",
+        &publish,
+        "--subscribers",
+        "50",
+        "--kind",
+        "longpoll",
+        "--messages",
+        "5",
+        "--publish-rate",
+        "5",
+        "--settle-ms",
+        "300",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(n(&v, "delivered"), 250, "{v}");
+    assert_eq!(n(&v, "closed"), 0, "{v}");
+}
+
+#[test]
+fn fanout_through_the_control_socket() {
+    let c = Corepin::grip();
+    let to = c.addr.to_string();
+    let socket = c.socket.to_string_lossy().to_string();
+    let (code, v, err) = load(&[
+        "fanout",
+        "--to",
+        &to,
+        "--socket",
+        &socket,
+        "--subscribers",
+        "100",
+        "--messages",
+        "20",
+        "--settle-ms",
+        "300",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(n(&v, "delivered"), 2000, "{v}");
+    assert_eq!(n(&v, "out_of_order"), 0);
+}
+
+#[test]
+fn publish_through_http_and_socket_reaches_corepin() {
+    let c = Corepin::grip();
+    let control = c.control.to_string();
+    let socket = c.socket.to_string_lossy().to_string();
+    let (code, v, err) = load(&[
+        "publish",
+        "--to",
+        &control,
+        "--messages",
+        "40",
+        "--channels",
+        "4",
+        "--size",
+        "512",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((n(&v, "published"), n(&v, "errors")), (40, 0), "{v}");
+    let (code, v, err) = load(&["publish", "--socket", &socket, "--messages", "25"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["via"], "socket");
+    assert_eq!(n(&v, "published"), 25, "{v}");
+    // corepin counted all 65 (its counters are copied every 250 ms).
+    let mut seen = 0;
+    for _ in 0..40 {
+        let metrics = http_get(c.control, "/metrics");
+        seen = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("corepin_publishes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if seen == 65 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen, 65);
+}
+
+#[test]
+fn publish_reports_refusals_by_reason() {
+    let c = Corepin::grip();
+    let control = c.control.to_string();
+    // The publish API is on /publish/: elsewhere corepin answers 404.
+    let (code, v, _) = load(&[
+        "publish",
+        "--to",
+        &control,
+        "--publish-path",
+        "/nowhere",
+        "--messages",
+        "3",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(n(&v, "errors"), 3, "{v}");
+    assert_eq!(n(&v, "error_reasons.status 404"), 3, "{v}");
+}
+
+#[test]
+fn proxy_measures_keep_alive_requests_through_corepin() {
+    let (_echo, port) = echo_server();
+    let c = Corepin::start(&[&format!("* 127.0.0.1:{port}")]);
+    let to = c.addr.to_string();
+    let (code, v, err) = load(&[
+        "proxy",
+        "--to",
+        &to,
+        "--conns",
+        "8",
+        "--threads",
+        "2",
+        "--seconds",
+        "1",
+        "--warmup-s",
+        "0.2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let requests = n(&v, "requests");
+    assert!(requests > 0, "{v}");
+    assert_eq!(n(&v, "status.200"), requests, "{v}");
+    assert_eq!(n(&v, "reconnects"), 0, "{v}");
+    assert_eq!(n(&v, "latency_ms.count"), requests);
+    assert_eq!(n(&v, "body_bytes"), requests * 23, "{v}");
+}
+
+#[test]
+fn ws_echo_through_passthrough_and_websocket_over_http() {
+    let (_echo, port) = echo_server();
+    let c = Corepin::start(&[
+        &format!("*,path_beg=/oh 127.0.0.1:{port},over_http"),
+        &format!("* 127.0.0.1:{port}"),
+    ]);
+    let to = c.addr.to_string();
+    for path in ["/echo", "/oh/echo"] {
+        let (code, v, err) = load(&[
+            "ws-echo",
+            "--to",
+            &to,
+            "--path",
+            path,
+            "--conns",
+            "5",
+            "--seconds",
+            "1",
+            "--size",
+            "200",
+        ]);
+        assert_eq!(code, 0, "{path}: {err}");
+        assert_eq!(n(&v, "handshake_failures"), 0, "{path}: {v}");
+        assert!(n(&v, "round_trips") > 0, "{path}: {v}");
+    }
+}
+
+#[test]
+fn bad_flags_and_unreachable_targets_get_one_clear_line() {
+    let (code, _, err) = load(&["fanout", "--subscriber", "10"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown flag --subscriber"), "{err}");
+    let (code, _, err) = load(&["subscribe", "--subscribers", "lots"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--subscribers: invalid value 'lots'"), "{err}");
+    let (code, _, err) = load(&["subscribe", "--subscribers", "40000", "--workers", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--workers 3"), "{err}");
+    let (code, v, _) = load(&[
+        "subscribe",
+        "--to",
+        "127.0.0.1:1",
+        "--subscribers",
+        "4",
+        "--timeout-s",
+        "5",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(n(&v, "failed"), 4, "{v}");
+    assert_eq!(
+        n(
+            &v,
+            "fail_reasons.connect: Connection refused (os error 111)"
+        ),
+        4
+    );
+}
+
+/// Starts `corepin-load echo-server` on a free port.
+fn echo_server() -> (Reaped, u16) {
+    let mut child = Reaped(
+        Command::new(LOAD)
+            .args(["echo-server", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("echo server"),
+    );
+    let mut line = String::new();
+    let stdout = child.0.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("port line");
+    let port = line.trim().parse().expect("port");
+    (child, port)
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
