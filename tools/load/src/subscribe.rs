@@ -481,29 +481,15 @@ fn read_ready(
         let _ = net::write_all(stream, &st.reply);
         st.reply.clear();
     }
-    if st.repoll && !st.finished && !gone {
+    if st.repoll && !st.finished {
+        // Ask again: on this connection while it stays open, else on a new
+        // one (the server closed after a complete long-poll response).
         st.repoll = false;
-        if reader.keep_alive() {
-            if net::write_all(stream, o.request(st.index).as_bytes()).is_err() {
-                gone = true;
-            }
-        } else {
+        let again = !gone
+            && reader.keep_alive()
+            && net::write_all(stream, o.request(st.index).as_bytes()).is_ok();
+        if !again {
             poller.remove(stream.as_raw_fd());
-            match connect(o, st.index, token as usize, poller) {
-                Ok(c) => sub.conn = Some(c),
-                Err(e) => {
-                    stats.fail(format!("reconnect: {e}"));
-                    st.finished = true;
-                }
-            }
-            return;
-        }
-    }
-    if gone && !st.finished {
-        if st.repoll && st.kind == Kind::LongPoll {
-            // The server closed after a complete long-poll response:
-            // ask again on a new connection.
-            st.repoll = false;
             sub.conn = None;
             match connect(o, st.index, token as usize, poller) {
                 Ok(c) => sub.conn = Some(c),
@@ -512,8 +498,8 @@ fn read_ready(
                     st.finished = true;
                 }
             }
-            return;
         }
+    } else if gone && !st.finished {
         stats.closed += 1;
         st.finished = true;
     }

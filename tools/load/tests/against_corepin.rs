@@ -132,6 +132,22 @@ fn load(args: &[&str]) -> (i32, Value, String) {
     (out.status.code().unwrap_or(-1), v, stderr)
 }
 
+/// Runs corepin-load with a command line (split at spaces).
+fn load_str(line: &str) -> (i32, Value, String) {
+    load(&line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// The same, with `{to}`, `{control}` and `{socket}` standing for `c`'s
+/// client address, control HTTP address and control socket.
+fn load_line(c: &Corepin, line: &str) -> (i32, Value, String) {
+    load_str(
+        &line
+            .replace("{to}", &c.addr.to_string())
+            .replace("{control}", &c.control.to_string())
+            .replace("{socket}", &c.socket.to_string_lossy()),
+    )
+}
+
 fn n(v: &Value, path: &str) -> u64 {
     path.split('.')
         .fold(v, |v, k| &v[k])
@@ -142,22 +158,10 @@ fn n(v: &Value, path: &str) -> u64 {
 #[test]
 fn subscribe_holds_a_mix_over_several_worker_processes() {
     let c = Corepin::grip();
-    let to = c.addr.to_string();
-    let (code, v, err) = load(&[
-        "subscribe",
-        "--to",
-        &to,
-        "--subscribers",
-        "300",
-        "--kind",
-        "mix",
-        "--workers",
-        "3",
-        "--rate",
-        "3000",
-        "--hold-s",
-        "0.5",
-    ]);
+    let (code, v, err) = load_line(
+        &c,
+        "subscribe --to {to} --subscribers 300 --kind mix --workers 3 --rate 3000 --hold-s 0.5",
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(n(&v, "workers"), 3);
     assert_eq!(n(&v, "subscribed"), 300, "{v}");
@@ -172,28 +176,7 @@ fn subscribe_holds_a_mix_over_several_worker_processes() {
 #[test]
 fn fanout_counts_every_delivery_once_and_in_order() {
     let c = Corepin::grip();
-    let (to, publish) = (c.addr.to_string(), c.control.to_string());
-    let (code, v, err) = load(&[
-        "fanout",
-        "--to",
-        &to,
-        "--publish-to",
-        &publish,
-        "--subscribers",
-        "200",
-        "--kind",
-        "stream,ws",
-        "--workers",
-        "2",
-        "--messages",
-        "30",
-        "--channels",
-        "3",
-        "--size",
-        "300",
-        "--settle-ms",
-        "300",
-    ]);
+    let (code, v, err) = load_line(&c, "fanout --to {to} --publish-to {control} --subscribers 200 --kind stream,ws --workers 2 --messages 30 --channels 3 --size 300 --settle-ms 300");
     assert_eq!(code, 0, "{err}");
     // 30 messages over 3 channels: each subscriber expects 10.
     assert_eq!(n(&v, "expected"), 2000, "{v}");
@@ -212,26 +195,9 @@ fn fanout_counts_every_delivery_once_and_in_order() {
 #[test]
 fn fanout_long_poll_subscribers_poll_again_after_each_response() {
     let c = Corepin::grip();
-    let (to, publish) = (c.addr.to_string(), c.control.to_string());
     // Published 200 ms apart, each message reaches every long-poll
     // subscriber: each has re-requested well before the next one.
-    let (code, v, err) = load(&[
-        "fanout",
-        "--to",
-        &to,
-        "--publish-to",
-        &publish,
-        "--subscribers",
-        "50",
-        "--kind",
-        "longpoll",
-        "--messages",
-        "5",
-        "--publish-rate",
-        "5",
-        "--settle-ms",
-        "300",
-    ]);
+    let (code, v, err) = load_line(&c, "fanout --to {to} --publish-to {control} --subscribers 50 --kind longpoll --messages 5 --publish-rate 5 --settle-ms 300");
     assert_eq!(code, 0, "{err}");
     assert_eq!(n(&v, "delivered"), 250, "{v}");
     assert_eq!(n(&v, "closed"), 0, "{v}");
@@ -240,21 +206,10 @@ fn fanout_long_poll_subscribers_poll_again_after_each_response() {
 #[test]
 fn fanout_through_the_control_socket() {
     let c = Corepin::grip();
-    let to = c.addr.to_string();
-    let socket = c.socket.to_string_lossy().to_string();
-    let (code, v, err) = load(&[
-        "fanout",
-        "--to",
-        &to,
-        "--socket",
-        &socket,
-        "--subscribers",
-        "100",
-        "--messages",
-        "20",
-        "--settle-ms",
-        "300",
-    ]);
+    let (code, v, err) = load_line(
+        &c,
+        "fanout --to {to} --socket {socket} --subscribers 100 --messages 20 --settle-ms 300",
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(n(&v, "delivered"), 2000, "{v}");
     assert_eq!(n(&v, "out_of_order"), 0);
@@ -263,22 +218,13 @@ fn fanout_through_the_control_socket() {
 #[test]
 fn publish_through_http_and_socket_reaches_corepin() {
     let c = Corepin::grip();
-    let control = c.control.to_string();
-    let socket = c.socket.to_string_lossy().to_string();
-    let (code, v, err) = load(&[
-        "publish",
-        "--to",
-        &control,
-        "--messages",
-        "40",
-        "--channels",
-        "4",
-        "--size",
-        "512",
-    ]);
+    let (code, v, err) = load_line(
+        &c,
+        "publish --to {control} --messages 40 --channels 4 --size 512",
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!((n(&v, "published"), n(&v, "errors")), (40, 0), "{v}");
-    let (code, v, err) = load(&["publish", "--socket", &socket, "--messages", "25"]);
+    let (code, v, err) = load_line(&c, "publish --socket {socket} --messages 25");
     assert_eq!(code, 0, "{err}");
     assert_eq!(v["via"], "socket");
     assert_eq!(n(&v, "published"), 25, "{v}");
@@ -302,17 +248,11 @@ fn publish_through_http_and_socket_reaches_corepin() {
 #[test]
 fn publish_reports_refusals_by_reason() {
     let c = Corepin::grip();
-    let control = c.control.to_string();
     // The publish API is on /publish/: elsewhere corepin answers 404.
-    let (code, v, _) = load(&[
-        "publish",
-        "--to",
-        &control,
-        "--publish-path",
-        "/nowhere",
-        "--messages",
-        "3",
-    ]);
+    let (code, v, _) = load_line(
+        &c,
+        "publish --to {control} --publish-path /nowhere --messages 3",
+    );
     assert_eq!(code, 1);
     assert_eq!(n(&v, "errors"), 3, "{v}");
     assert_eq!(n(&v, "error_reasons.status 404"), 3, "{v}");
@@ -322,20 +262,10 @@ fn publish_reports_refusals_by_reason() {
 fn proxy_measures_keep_alive_requests_through_corepin() {
     let (_echo, port) = echo_server();
     let c = Corepin::start(&[&format!("* 127.0.0.1:{port}")]);
-    let to = c.addr.to_string();
-    let (code, v, err) = load(&[
-        "proxy",
-        "--to",
-        &to,
-        "--conns",
-        "8",
-        "--threads",
-        "2",
-        "--seconds",
-        "1",
-        "--warmup-s",
-        "0.2",
-    ]);
+    let (code, v, err) = load_line(
+        &c,
+        "proxy --to {to} --conns 8 --threads 2 --seconds 1 --warmup-s 0.2",
+    );
     assert_eq!(code, 0, "{err}");
     let requests = n(&v, "requests");
     assert!(requests > 0, "{v}");
@@ -352,21 +282,11 @@ fn ws_echo_through_passthrough_and_websocket_over_http() {
         &format!("*,path_beg=/oh 127.0.0.1:{port},over_http"),
         &format!("* 127.0.0.1:{port}"),
     ]);
-    let to = c.addr.to_string();
     for path in ["/echo", "/oh/echo"] {
-        let (code, v, err) = load(&[
-            "ws-echo",
-            "--to",
-            &to,
-            "--path",
-            path,
-            "--conns",
-            "5",
-            "--seconds",
-            "1",
-            "--size",
-            "200",
-        ]);
+        let (code, v, err) = load_line(
+            &c,
+            &format!("ws-echo --to {{to}} --path {path} --conns 5 --seconds 1 --size 200"),
+        );
         assert_eq!(code, 0, "{path}: {err}");
         assert_eq!(n(&v, "handshake_failures"), 0, "{path}: {v}");
         assert!(n(&v, "round_trips") > 0, "{path}: {v}");
@@ -375,24 +295,16 @@ fn ws_echo_through_passthrough_and_websocket_over_http() {
 
 #[test]
 fn bad_flags_and_unreachable_targets_get_one_clear_line() {
-    let (code, _, err) = load(&["fanout", "--subscriber", "10"]);
+    let (code, _, err) = load_str("fanout --subscriber 10");
     assert_eq!(code, 2);
     assert!(err.contains("unknown flag --subscriber"), "{err}");
-    let (code, _, err) = load(&["subscribe", "--subscribers", "lots"]);
+    let (code, _, err) = load_str("subscribe --subscribers lots");
     assert_eq!(code, 2);
     assert!(err.contains("--subscribers: invalid value 'lots'"), "{err}");
-    let (code, _, err) = load(&["subscribe", "--subscribers", "40000", "--workers", "1"]);
+    let (code, _, err) = load_str("subscribe --subscribers 40000 --workers 1");
     assert_eq!(code, 2);
     assert!(err.contains("--workers 3"), "{err}");
-    let (code, v, _) = load(&[
-        "subscribe",
-        "--to",
-        "127.0.0.1:1",
-        "--subscribers",
-        "4",
-        "--timeout-s",
-        "5",
-    ]);
+    let (code, v, _) = load_str("subscribe --to 127.0.0.1:1 --subscribers 4 --timeout-s 5");
     assert_eq!(code, 1);
     assert_eq!(n(&v, "failed"), 4, "{v}");
     assert_eq!(
