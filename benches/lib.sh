@@ -2,8 +2,8 @@
 # this machine. Source it; every peer runs under $BENCH_DIR and is stopped
 # by stop_all (installed as an EXIT trap by bench_init).
 #
-# Ports: backend 18100, nginx proxy 18101, Pushpin 18102 (publish 18103+),
-# corepin 18110 (control 18111), nchan 18120.
+# Ports: backend 18100, nginx proxy 18101, Pushpin 18102 (publish 5601),
+# corepin 18110 (control 18111), nchan 18120, WebSocket echo server 18130.
 
 BENCH_DIR=${BENCH_DIR:-/tmp/corepin-bench}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,16 +14,17 @@ bench_init() {
   mkdir -p "$BENCH_DIR"
   trap stop_all EXIT
   local missing=()
-  for bin in wrk nginx pushpin zurl curl python3; do
+  for bin in nginx pushpin zurl curl python3; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
   done
   [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(nchan)
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: nginx libnginx-mod-nchan pushpin wrk curl (missing: ${missing[*]})" >&2
+    echo "installing: nginx libnginx-mod-nchan pushpin curl python3 (missing: ${missing[*]})" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan pushpin wrk curl >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan pushpin curl python3 >/dev/null
   fi
-  (cd "$ROOT" && cargo build --release -q)
+  (cd "$ROOT" && cargo build --release -q -p corepin -p corepin-load)
+  LOAD=$ROOT/target/release/corepin-load
 }
 
 stop_all() {
@@ -70,7 +71,8 @@ CONF
   wait_port 18100
 }
 
-# nginx as a reverse proxy: 2 workers, upstream keepalive.
+# nginx as a reverse proxy: 2 workers, upstream keepalive; /echo is
+# proxied as a WebSocket to corepin-load's echo server on 18130.
 start_nginx_proxy() {
   local d=$BENCH_DIR/nginx-proxy
   mkdir -p "$d/logs"
@@ -82,7 +84,10 @@ http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   upstream backend { server 127.0.0.1:18100; keepalive 64; }
   server { listen 127.0.0.1:18101 backlog=4096;
     location / { proxy_pass http://backend; proxy_http_version 1.1;
-                 proxy_set_header Connection ""; } } }
+                 proxy_set_header Connection ""; }
+    location /echo { proxy_pass http://127.0.0.1:18130; proxy_http_version 1.1;
+                     proxy_set_header Upgrade \$http_upgrade;
+                     proxy_set_header Connection "upgrade"; } } }
 CONF
   nginx -p "$d" -c "$d/nginx.conf" & PIDS+=($!)
   wait_port 18101

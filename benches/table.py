@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Turns benches/compare.sh's raw results into the markdown table that
+PERFORMANCE.md quotes: the median of the rounds for every peer and case,
+and corepin's advantage over each peer as a ratio (above 1: corepin is
+better, whichever direction "better" is for that measure).
+
+Usage: table.py RAW.jsonl OUT.md ROUNDS "SIZES"
+"""
+import json
+import statistics
+import sys
+
+raw, out, rounds, sizes = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
+rows = [json.loads(line) for line in open(raw) if line.strip()]
+
+
+def values(peer, case, f):
+    vals = []
+    for r in rows:
+        if r["peer"] == peer and r["case"] == case and r["result"]:
+            try:
+                v = f(r["result"])
+            except (KeyError, TypeError, ZeroDivisionError):
+                v = None
+            if v is not None:
+                vals.append(v)
+    return vals
+
+
+def med(peer, case, f):
+    v = values(peer, case, f)
+    return statistics.median(v) if v else None
+
+
+def delivered_pct(r):
+    return 100.0 * r["delivered"] / r["expected"] if r.get("expected") else None
+
+
+PEERS = [
+    ("corepin", "corepin"),
+    ("pushpin", "Pushpin (limits raised)"),
+    ("pushpin-shipped", "Pushpin as shipped"),
+    ("nginx", "nginx / nchan"),
+]
+lines = [
+    "| measure | " + " | ".join(name for _, name in PEERS)
+    + " | corepin vs Pushpin | vs Pushpin as shipped | vs nginx / nchan |",
+    "|---|" + "---:|" * (len(PEERS) + 3),
+]
+
+
+def row(label, cases, f, fmt, higher_better, show_pct=False):
+    """cases: peer key -> (raw peer name, case)."""
+    cells, got, pcts = [], {}, {}
+    for key, _ in PEERS:
+        if key not in cases:
+            cells.append("–")
+            continue
+        peer, case = cases[key]
+        v = med(peer, case, f)
+        got[key] = v
+        pct = med(peer, case, delivered_pct) if show_pct else None
+        pcts[key] = pct
+        text = "–" if v is None else fmt.format(v)
+        if v is not None and pct is not None and pct < 99.95:
+            text += f" ({pct:.1f}% delivered)" if pct < 10 else f" ({pct:.0f}% delivered)"
+        cells.append(text)
+    ratios = []
+    c = got.get("corepin")
+    for key in ("pushpin", "pushpin-shipped", "nginx"):
+        p = got.get(key)
+        if not c or not p:
+            ratios.append("–")
+            continue
+        r = c / p if higher_better else p / c
+        mark = "†" if pcts.get(key) is not None and pcts[key] < 99.95 else ""
+        ratios.append(f"{r:.1f}×{mark}")
+    lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
+
+rps = lambda r: r["requests_per_sec"] if r["requests"] else None
+p99 = lambda r: r["latency_ms"]["p99"]
+row("proxy: keep-alive GETs, req/s", {k: (k, "proxy") for k in ("corepin", "pushpin", "nginx")}, rps, "{:,.0f}", True)
+row("proxy: p99 latency, ms", {k: (k, "proxy") for k in ("corepin", "pushpin", "nginx")}, p99, "{:.2f}", False)
+
+pubsub = {"corepin": "corepin", "pushpin": "pushpin", "pushpin-shipped": "pushpin-shipped", "nginx": "nchan"}
+last = lambda r: r["first_publish_to_last_delivery_ms"] if r["delivered"] else None
+for n in sizes:
+    cases = {k: (v, f"one-{n}") for k, v in pubsub.items()}
+    row(f"one publish to {int(n):,} streams: last delivery, ms", cases, last, "{:.1f}", False, True)
+    row(f"one publish to {int(n):,} streams: p99, ms", cases, p99, "{:.1f}", False, True)
+rate = lambda r: r["deliveries_per_sec"] if r["delivered"] else None
+row("10k streams × 200 publishes: deliveries/s", {k: (v, "sustained-10k") for k, v in pubsub.items()}, rate, "{:,.0f}", True, True)
+
+trips = lambda r: r["round_trips_per_sec"] if r["round_trips"] else None
+row("WebSocket echo, passthrough: round trips/s", {k: (k, "ws-echo") for k in ("corepin", "pushpin", "nginx")}, trips, "{:,.0f}", True)
+row("WebSocket echo, WebSocket-over-HTTP: round trips/s",
+    {"corepin": ("corepin-over-http", "ws-echo"), "pushpin": ("pushpin-over-http", "ws-echo")}, trips, "{:,.0f}", True)
+
+kib = lambda r: r["kib_per_subscriber"] if r["hold"].get("subscribed") else None
+mem = {"corepin": "corepin", "pushpin": "pushpin", "nginx": "nchan"}
+for n in sizes:
+    row(f"RSS per idle stream subscriber at {int(n):,}, KiB", {k: (v, f"idle-{n}") for k, v in mem.items()}, kib, "{:.2f}", False)
+
+baseline = []
+d = med("direct", "proxy", rps)
+if d:
+    baseline.append(f"the backend alone (no proxy) {d:,.0f} req/s")
+d = med("direct", "ws-echo", trips)
+if d:
+    baseline.append(f"the echo server alone {d:,.0f} WebSocket round trips/s")
+lines.append("")
+lines.append(
+    f"Median of {rounds} rounds. Ratios: how many times better corepin is than that peer "
+    "(higher req/s, deliveries/s or round trips/s; lower latency or memory); "
+    "† the peer delivered less than every message, so its time is for what it delivered."
+)
+if baseline:
+    lines.append("Baselines on the same machine: " + "; ".join(baseline) + ".")
+open(out, "w").write("\n".join(lines) + "\n")
