@@ -10,7 +10,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
 use common::*;
 
@@ -203,10 +202,9 @@ fn corepin_in_front_of_the_gateway_websocket_over_http() {
 
     // With the key: echo, and ws-message publishes arrive.
     let control = cp.control_addr();
-    let publisher = publish_later(
+    let publisher = publish_when_subscribed(
         control,
         r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
-        Duration::from_millis(1000),
     );
     let r = client_ws(
         &url,
@@ -261,17 +259,16 @@ fn gateway_in_front_of_corepin() {
     let mut s = Stream::open_with(gw.addr(), "/stream?channel=k", "Auth-Key: supersecret\r\n");
     assert_eq!(s.head.status, 200);
     assert_eq!(s.head.header("transfer-encoding"), Some("chunked"));
-    thread::sleep(Duration::from_millis(200));
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
     cp.publish_stream("k", "through the gateway\n");
     assert_eq!(s.read_text(20), "through the gateway\n");
 
     // WebSocket upgrades pass too (the Upgrade/Connection headers are set).
     let url = format!("ws://127.0.0.1:{}/ws?channel=kw", gw.port);
     let control = cp.control_addr();
-    let publisher = publish_later(
+    let publisher = publish_when_subscribed(
         control,
         r#"{"items":[{"channel":"kw","formats":{"ws-message":{"content":"via gateway"}}}]}"#,
-        Duration::from_millis(1000),
     );
     let r = client_ws(
         &url,

@@ -131,10 +131,9 @@ fn passthrough_grip_extension_control_and_publish() {
     let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{}", b.port)]);
     let url = format!("ws://127.0.0.1:{}/grip", cp.port);
     let control = cp.control_addr();
-    let publisher = publish_later(
+    let publisher = publish_when_subscribed(
         control,
         r#"{"items":[{"channel":"g","formats":{"ws-message":{"content":"published"}}}]}"#,
-        Duration::from_millis(800),
     );
     let r = client(
         &url,
@@ -209,7 +208,10 @@ fn ws_messages_reach_subscribers_on_all_cores() {
             std::thread::spawn(move || client(&url, &["--recv", "3"]))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every client has connected and subscribed before the first publish.
+    wait_until("20 subscribers", || {
+        metric(&cp, "corepin_subscriptions") == 20
+    });
     for body in [
         r#"{"items":[{"channel":"all","formats":{"ws-message":{"content":"one"}}}]}"#,
         r#"{"items":[{"channel":"all","formats":{"ws-message":{"content-bin":"AAE="}}}]}"#,
@@ -263,10 +265,9 @@ fn websocket_over_http_with_gripcontrol_backend() {
 
     // With it: echo, publish to the subscribed channel, server-side close.
     let control = cp.control_addr();
-    let publisher = publish_later(
+    let publisher = publish_when_subscribed(
         control,
         r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
-        Duration::from_millis(1000),
     );
     let r = client(
         &url,

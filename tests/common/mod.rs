@@ -613,8 +613,12 @@ pub fn wait_until(what: &str, f: impl Fn() -> bool) {
 /// Reads a metric's value summed over its label sets, from one scrape.
 pub fn metric(cp: &Corepin, name: &str) -> u64 {
     let r = cp.control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n");
-    r.text()
-        .lines()
+    metric_sum(&r.text(), name)
+}
+
+/// A metric's value in a /metrics text, summed over its label sets.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
@@ -697,15 +701,24 @@ impl Drop for PyBackend {
     }
 }
 
-/// Publishes `body` to `control` after `delay`, on a thread; the join
+/// The subscriptions corepin holds, read from `/metrics` on `control`.
+pub fn subscriptions_at(control: SocketAddr) -> u64 {
+    let mut c = Conn::open(control);
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n");
+    let text = c.read().map(|r| r.text()).unwrap_or_default();
+    metric_sum(&text, "corepin_subscriptions")
+}
+
+/// Publishes `body` to `control` on a thread, once corepin holds one more
+/// subscription than when this is called (the client about to connect has
+/// subscribed), so a slow client start cannot miss the message. The join
 /// handle yields the publish answer's status.
-pub fn publish_later(
-    control: SocketAddr,
-    body: &'static str,
-    delay: Duration,
-) -> thread::JoinHandle<u16> {
+pub fn publish_when_subscribed(control: SocketAddr, body: &'static str) -> thread::JoinHandle<u16> {
+    let before = subscriptions_at(control);
     thread::spawn(move || {
-        thread::sleep(delay);
+        wait_until("the client to subscribe", || {
+            subscriptions_at(control) > before
+        });
         let mut c = Conn::open(control);
         c.send(
             format!(
