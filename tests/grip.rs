@@ -506,7 +506,9 @@ fn a_subscriber_that_does_not_read_is_dropped_alone() {
     stuck
         .write_all(b"GET /stream?channel=s HTTP/1.1\r\nHost: t\r\n\r\n")
         .expect("write");
-    wait_until("both subscribed", || metric(&cp, "corepin_subscriptions") == 2);
+    wait_until("both subscribed", || {
+        metric(&cp, "corepin_subscriptions") == 2
+    });
     let chunk = "y".repeat(60_000);
     let control = cp.control_addr();
     let reader = thread::spawn(move || {
