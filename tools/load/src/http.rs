@@ -1,9 +1,46 @@
 //! Client side of HTTP/1.1 responses for the load tool: heads parsed with
 //! corepin's sans-IO codec, bodies delimited by Content-Length, chunked
-//! framing or the connection's end, reported as events.
+//! framing or the connection's end, reported as events; and WebSocket
+//! events once a connection is upgraded.
 
 use corepin::codec::chunked::ChunkedDecoder;
 use corepin::codec::http1::{parse_response, BodyKind, HeadLimits};
+use corepin::codec::ws::{Event, Reader, WsError};
+
+/// Feeds `data` to a WebSocket reader, after what `pending` kept of an
+/// unfinished frame header, and calls `f` for each event until it returns
+/// false; what the reader could not use yet is left in `pending`. Nothing
+/// is copied while input arrives in whole frames.
+pub fn ws_events(
+    reader: &mut Reader,
+    pending: &mut Vec<u8>,
+    data: &[u8],
+    f: &mut dyn FnMut(Event) -> bool,
+) -> Result<(), WsError> {
+    let joined;
+    let input: &[u8] = if pending.is_empty() {
+        data
+    } else {
+        pending.extend_from_slice(data);
+        joined = std::mem::take(pending);
+        &joined
+    };
+    let mut pos = 0;
+    loop {
+        let (n, ev) = reader.read(&input[pos..])?;
+        pos += n;
+        let more = match ev {
+            Some(e) => f(e),
+            None => n > 0,
+        };
+        if !more {
+            break;
+        }
+    }
+    // Kept also after `f` stopped: the caller may read on.
+    pending.extend_from_slice(&input[pos..]);
+    Ok(())
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ev<'a> {
@@ -224,6 +261,41 @@ mod tests {
                 assert_eq!(k, *keep, "cut {cut}");
             }
         }
+    }
+
+    #[test]
+    fn ws_events_survive_any_split_and_stop_when_asked() {
+        use corepin::codec::ws::{write_frame, Kind, Opcode, Role};
+        let mut input = Vec::new();
+        write_frame(&mut input, true, Opcode::Text, b"M0,1;", None);
+        write_frame(&mut input, true, Opcode::Ping, b"p", None);
+        write_frame(&mut input, true, Opcode::Binary, &[9; 300], None);
+        for cut in 0..=input.len() {
+            let mut reader = Reader::new(Role::Client, 1 << 20);
+            let (mut pending, mut got) = (Vec::new(), Vec::new());
+            for part in [&input[..cut], &input[cut..]] {
+                ws_events(&mut reader, &mut pending, part, &mut |e| {
+                    got.push(e);
+                    true
+                })
+                .expect("valid frames");
+            }
+            assert_eq!(got.len(), 3, "cut {cut}");
+            assert_eq!(got[0], Event::Message(Kind::Text, b"M0,1;".to_vec()));
+            assert_eq!(got[2], Event::Message(Kind::Binary, vec![9; 300]));
+        }
+        let mut reader = Reader::new(Role::Client, 1 << 20);
+        let (mut pending, mut seen) = (Vec::new(), 0);
+        ws_events(&mut reader, &mut pending, &input, &mut |_| {
+            seen += 1;
+            false
+        })
+        .expect("valid frames");
+        assert_eq!(seen, 1);
+        // A server must not mask its frames.
+        let mut reader = Reader::new(Role::Client, 1 << 20);
+        let masked = b"\x81\x85\x01\x02\x03\x04abcde";
+        assert!(ws_events(&mut reader, &mut Vec::new(), masked, &mut |_| true).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use corepin::codec::ws::{self, Event, Opcode, Role};
 use serde_json::{json, Map, Value};
 
 use crate::args::{die, Args, Ticker};
-use crate::http::{Ev, ResponseReader};
+use crate::http::{ws_events, Ev, ResponseReader};
 use crate::net::{self, now_ns, Poller};
 use crate::record::{per_channel, scan, Latency, Track};
 
@@ -233,7 +233,6 @@ impl Stats {
 struct SubState {
     index: usize,
     kind: Kind,
-    status: u16,
     tail: Vec<u8>,
     track: Track,
     ws: Option<Box<ws::Reader>>,
@@ -255,7 +254,6 @@ impl SubState {
     fn on_event(&mut self, ev: Ev<'_>, stats: &mut Stats, recs: &mut Vec<(u64, u64)>) {
         match ev {
             Ev::Head(status) => {
-                self.status = status;
                 let ok = match self.kind {
                     Kind::Ws => status == 101,
                     _ => status == 200,
@@ -294,44 +292,49 @@ impl SubState {
     }
 
     fn records(&mut self, data: &[u8], stats: &mut Stats, recs: &mut Vec<(u64, u64)>) {
-        recs.clear();
-        scan(&mut self.tail, data, recs);
-        let now = now_ns();
-        for &(seq, ns) in recs.iter() {
-            stats.deliver(&mut self.track, seq, ns, now);
-        }
+        count_records(&mut self.tail, &mut self.track, data, stats, recs);
     }
 
     fn ws_input(&mut self, data: &[u8], stats: &mut Stats, recs: &mut Vec<(u64, u64)>) {
-        let mut input = std::mem::take(&mut self.ws_pending);
-        input.extend_from_slice(data);
-        let mut pos = 0;
-        while let Some(reader) = self.ws.as_mut() {
-            let (n, ev) = match reader.read(&input[pos..]) {
-                Ok(r) => r,
-                Err(e) => {
-                    stats.fail(format!("websocket: {}", e.reason));
-                    self.finished = true;
-                    return;
-                }
-            };
-            pos += n;
+        let Some(reader) = self.ws.as_mut() else {
+            return;
+        };
+        let (tail, track, reply) = (&mut self.tail, &mut self.track, &mut self.reply);
+        let mut closed = false;
+        let r = ws_events(reader, &mut self.ws_pending, data, &mut |ev| {
             match ev {
-                Some(Event::Message(_, m)) => self.records(&m, stats, recs),
-                Some(Event::Ping(p)) => {
-                    ws::write_frame(&mut self.reply, true, Opcode::Pong, &p, Some([1, 2, 3, 4]))
+                Event::Message(_, m) => count_records(tail, track, &m, stats, recs),
+                Event::Ping(p) => {
+                    ws::write_frame(reply, true, Opcode::Pong, &p, Some([1, 2, 3, 4]))
                 }
-                Some(Event::Close(..)) => {
-                    stats.closed += 1;
-                    self.finished = true;
-                    return;
-                }
-                Some(Event::Pong(_)) => {}
-                None if n == 0 => break,
-                None => {}
+                Event::Close(..) => closed = true,
+                Event::Pong(_) => {}
             }
+            !closed
+        });
+        if let Err(e) = r {
+            stats.fail(format!("websocket: {}", e.reason));
+            self.finished = true;
+        } else if closed {
+            stats.closed += 1;
+            self.finished = true;
         }
-        self.ws_pending = input.split_off(pos);
+    }
+}
+
+/// Scans received bytes for messages and counts each new one.
+fn count_records(
+    tail: &mut Vec<u8>,
+    track: &mut Track,
+    data: &[u8],
+    stats: &mut Stats,
+    recs: &mut Vec<(u64, u64)>,
+) {
+    recs.clear();
+    scan(tail, data, recs);
+    let now = now_ns();
+    for &(seq, ns) in recs.iter() {
+        stats.deliver(track, seq, ns, now);
     }
 }
 
@@ -398,7 +401,6 @@ fn open(o: &SubOpts, i: usize, slot: usize, poller: &Poller, stats: &mut Stats) 
     let mut st = SubState {
         index: i,
         kind,
-        status: 0,
         tail: Vec::new(),
         track: Track::default(),
         ws: None,

@@ -11,7 +11,7 @@ use corepin::codec::ws::{self, Event, Opcode, Reader, Role};
 use serde_json::json;
 
 use crate::args::{die, Args};
-use crate::http::{Ev, ResponseReader};
+use crate::http::{ws_events, Ev, ResponseReader};
 use crate::net::{self, now_ns, Poller};
 use crate::record::{message, scan, Latency};
 
@@ -107,12 +107,13 @@ pub fn run(args: &[String]) {
                         break;
                     }
                 };
-                let mut data: Vec<u8> = Vec::new();
+                let mut data = &buf[..n];
                 if c.ws.is_none() {
-                    let mut status = 0;
-                    let r = c.http.feed(&buf[..n], &mut |ev| match ev {
+                    // Bytes after the 101 head are the first frames.
+                    let (mut status, pending) = (0, &mut c.pending);
+                    let r = c.http.feed(data, &mut |ev| match ev {
                         Ev::Head(s) => status = s,
-                        Ev::Body(b) => data.extend_from_slice(b),
+                        Ev::Body(b) => pending.extend_from_slice(b),
                         Ev::End => {}
                     });
                     if r.is_err() || (status != 0 && status != 101) {
@@ -122,45 +123,33 @@ pub fn run(args: &[String]) {
                     if status == 101 {
                         c.ws = Some(Reader::new(Role::Client, 16 << 20));
                     }
-                } else {
-                    data.extend_from_slice(&buf[..n]);
+                    data = &[];
                 }
                 let Some(reader) = c.ws.as_mut() else {
                     continue;
                 };
-                c.pending.extend_from_slice(&data);
-                let mut pos = 0;
-                loop {
-                    match reader.read(&c.pending[pos..]) {
-                        Ok((k, ev)) => {
-                            pos += k;
-                            match ev {
-                                Some(Event::Message(_, m)) => {
-                                    recs.clear();
-                                    scan(&mut c.tail, &m, &mut recs);
-                                    let now = now_ns();
-                                    for &(_, ns) in &recs {
-                                        latency.record(now.saturating_sub(ns));
-                                        if started.is_some() {
-                                            trips += 1;
-                                            c.failed |= !send(&mut c.s, seq, size);
-                                            seq += 1;
-                                        }
-                                    }
+                let (tail, s, failed) = (&mut c.tail, &mut c.s, &mut c.failed);
+                let r = ws_events(reader, &mut c.pending, data, &mut |ev| {
+                    match ev {
+                        Event::Message(_, m) => {
+                            recs.clear();
+                            scan(tail, &m, &mut recs);
+                            let now = now_ns();
+                            for &(_, ns) in &recs {
+                                latency.record(now.saturating_sub(ns));
+                                if started.is_some() {
+                                    trips += 1;
+                                    *failed |= !send(s, seq, size);
+                                    seq += 1;
                                 }
-                                Some(Event::Close(..)) => c.failed = true,
-                                Some(_) => {}
-                                None if k == 0 => break,
-                                None => {}
                             }
                         }
-                        Err(_) => {
-                            c.failed = true;
-                            break;
-                        }
+                        Event::Close(..) => *failed = true,
+                        _ => {}
                     }
-                }
-                c.pending.drain(..pos);
+                    !*failed
+                });
+                c.failed |= r.is_err();
             }
         }
     }
