@@ -709,12 +709,31 @@ pub fn subscriptions_at(control: SocketAddr) -> u64 {
     metric_sum(&text, "corepin_subscriptions")
 }
 
+/// How often a core refreshes the counters /metrics reads (src/shard.rs
+/// `sweep`), with a margin: a scrape may show the state this long ago.
+const METRICS_LAG: Duration = Duration::from_millis(300);
+
+/// The subscriptions corepin holds once the count has stopped changing: two
+/// scrapes a refresh period apart agree, so the value is not a stale one from
+/// before a change still in flight.
+pub fn settled_subscriptions(control: SocketAddr) -> u64 {
+    let mut last = subscriptions_at(control);
+    loop {
+        thread::sleep(METRICS_LAG);
+        let now = subscriptions_at(control);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Publishes `body` to `control` on a thread, once corepin holds one more
 /// subscription than when this is called (the client about to connect has
 /// subscribed), so a slow client start cannot miss the message. The join
 /// handle yields the publish answer's status.
 pub fn publish_when_subscribed(control: SocketAddr, body: &'static str) -> thread::JoinHandle<u16> {
-    let before = subscriptions_at(control);
+    let before = settled_subscriptions(control);
     thread::spawn(move || {
         wait_until("the client to subscribe", || {
             subscriptions_at(control) > before
