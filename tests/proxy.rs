@@ -117,6 +117,27 @@ fn chunked_response_is_relayed_and_decoded_for_http10() {
 }
 
 #[test]
+fn reason_phrase_with_obs_text_gets_the_canonical_one() {
+    // RFC 9112 allows obs-text (bytes 0x80-0xFF) in a reason phrase; it used
+    // to panic the head parser. The client gets the status with its
+    // canonical reason, and the core goes on serving.
+    let b = Backend::start(|_, _| {
+        Reply::Bytes(b"HTTP/1.1 404 Pas trouv\xe9\r\nContent-Length: 4\r\n\r\ngone".to_vec())
+    });
+    let cp = Corepin::start(&["--route", &b.route(), "--workers", "1"]);
+    let mut c = Conn::open(cp.addr());
+    for _ in 0..2 {
+        let r = c.get("/");
+        assert_eq!((r.status, r.text().as_str()), (404, "gone"));
+    }
+    let text = raw(
+        cp.addr(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+}
+
+#[test]
 fn close_delimited_response_becomes_chunked() {
     let b = Backend::start(|_, _| {
         Reply::Close(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close".to_vec())

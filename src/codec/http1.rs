@@ -105,8 +105,13 @@ pub struct Fields {
 }
 
 /// Offsets of `part` (a sub-slice handed out by httparse) inside `buf`.
+/// httparse hands out a static "" for a reason phrase that is not UTF-8
+/// (obs-text); a part that is not inside `buf` becomes an empty span.
 fn span(buf: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    if start > buf.len() || part.len() > buf.len() - start {
+        return (0, 0);
+    }
     (start as u32, (start + part.len()) as u32)
 }
 

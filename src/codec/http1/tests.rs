@@ -305,3 +305,18 @@ fn generated_heads_keep_the_invariants() {
         let _ = parse_response(&input, &LIMITS, false);
     }
 }
+
+#[test]
+fn reason_phrase_with_obs_text_parses_without_its_text() {
+    // RFC 9112 allows obs-text in a reason phrase; httparse does not hand
+    // it out as &str, so the head parses with an empty reason and proxies
+    // write the canonical one.
+    let head = b"HTTP/1.1 200 \xe9t\xe9\r\nContent-Length: 2\r\n\r\nok";
+    let (n, r) = res(head, false).expect("valid").expect("complete");
+    assert_eq!(
+        (n, r.status, r.reason(), r.body),
+        (head.len() - 2, 200, "", BodyKind::Length(2))
+    );
+    assert_eq!(r.fields.get("content-length"), Some(&b"2"[..]));
+    check_head_invariants(head, &LIMITS);
+}
