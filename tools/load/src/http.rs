@@ -188,103 +188,156 @@ impl ResponseReader {
     }
 }
 
+/// A response event with its bytes copied, for comparing two readings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedEv {
+    Head(u16),
+    /// Adjacent body pieces joined: a split may cut a body anywhere.
+    Body(Vec<u8>),
+    End,
+}
+
+/// What a fresh reader makes of `input` fed in the pieces that the offsets
+/// in `cuts` mark: its events up to the end or the first error, then its
+/// keep-alive verdict or that error.
+pub fn read_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<OwnedEv>, Result<bool, String>) {
+    let mut reader = ResponseReader::new();
+    let mut out: Vec<OwnedEv> = Vec::new();
+    let mut last = 0;
+    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+        let c = c.clamp(last, input.len());
+        let fed = reader.feed(&input[last..c], &mut |e| match (e, out.last_mut()) {
+            (Ev::Body(b), Some(OwnedEv::Body(prev))) => prev.extend_from_slice(b),
+            (Ev::Body(b), _) => out.push(OwnedEv::Body(b.to_vec())),
+            (Ev::Head(status), _) => out.push(OwnedEv::Head(status)),
+            (Ev::End, _) => out.push(OwnedEv::End),
+        });
+        if let Err(e) = fed {
+            return (out, Err(e));
+        }
+        last = c;
+    }
+    (out, Ok(reader.keep_alive()))
+}
+
+/// Panics unless reading `input` whole and split at `cut` (taken modulo
+/// the length + 1) gives the same events, and both either fail or agree
+/// on keep-alive. The unit tests and the fuzz target check this.
+pub fn check_split_invariant(input: &[u8], cut: usize) {
+    let cut = cut % (input.len() + 1);
+    let (whole, whole_end) = read_in_pieces(input, &[]);
+    let (split, split_end) = read_in_pieces(input, &[cut]);
+    assert_eq!(whole, split, "events differ when split at {cut}");
+    match (whole_end, split_end) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "keep-alive differs when split at {cut}"),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("split at {cut}: whole {a:?}, split {b:?}"),
+    }
+}
+
+/// The WebSocket events a client-role reader finds in `input` fed through
+/// [`ws_events`] in the pieces that the offsets in `cuts` mark, up to the
+/// first error; and whether there was one.
+pub fn ws_events_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<Event>, bool) {
+    let mut reader = Reader::new(corepin::codec::ws::Role::Client, 1 << 20);
+    let (mut pending, mut got) = (Vec::new(), Vec::new());
+    let mut last = 0;
+    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+        let c = c.clamp(last, input.len());
+        let fed = ws_events(&mut reader, &mut pending, &input[last..c], &mut |e| {
+            got.push(e);
+            true
+        });
+        if fed.is_err() {
+            return (got, true);
+        }
+        last = c;
+    }
+    (got, false)
+}
+
+/// Panics unless [`ws_events`] finds the same events and the same failure
+/// in `input` whole and split at `cut` (modulo the length + 1).
+pub fn check_ws_split_invariant(input: &[u8], cut: usize) {
+    let cut = cut % (input.len() + 1);
+    assert_eq!(
+        ws_events_in_pieces(input, &[]),
+        ws_events_in_pieces(input, &[cut]),
+        "WebSocket events differ when split at {cut}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corepin::codec::ws::{write_frame, Kind, Opcode};
+    use OwnedEv::{Body as B, End as E, Head as H};
 
-    fn events(input: &[u8], cuts: &[usize]) -> Result<(Vec<String>, bool), String> {
-        let mut r = ResponseReader::new();
-        let mut out = Vec::new();
-        let mut last = 0;
-        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
-            r.feed(&input[last..c], &mut |e| {
-                out.push(match e {
-                    Ev::Head(s) => format!("H{s}"),
-                    Ev::Body(b) => format!("B{}", String::from_utf8_lossy(b)),
-                    Ev::End => "E".into(),
-                })
-            })?;
-            last = c;
-        }
-        // Adjacent body pieces are one body whatever the split.
-        let mut joined: Vec<String> = Vec::new();
-        for e in out {
-            match (joined.last_mut(), e.strip_prefix('B')) {
-                (Some(prev), Some(more)) if prev.starts_with('B') => prev.push_str(more),
-                _ => joined.push(e),
-            }
-        }
-        Ok((joined, r.keep_alive()))
+    fn b(s: &[u8]) -> OwnedEv {
+        B(s.to_vec())
     }
 
     #[test]
     fn table() {
-        let cases: &[(&[u8], &[&str], bool)] = &[
+        let cases: Vec<(&[u8], Vec<OwnedEv>, bool)> = vec![
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-                &["H200", "Bhello", "E"],
+                vec![H(200), b(b"hello"), E],
                 true,
             ),
             (
                 b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
-                &["H204", "E", "H200", "Bx", "E"],
+                vec![H(204), E, H(200), b(b"x"), E],
                 true,
             ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-                &["H200", "Babcde", "E"],
+                vec![H(200), b(b"abcde"), E],
                 true,
             ),
             (
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
-                &["H200", "Bok", "E"],
+                vec![H(200), b(b"ok"), E],
                 false,
             ),
             (
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi",
-                &["H101", "B?\u{2}hi"],
+                vec![H(101), b(b"\x81\x02hi")],
                 true,
             ),
             (
                 b"HTTP/1.0 200 OK\r\n\r\nuntil close",
-                &["H200", "Buntil close"],
+                vec![H(200), b(b"until close")],
                 false,
             ),
         ];
-        for (input, want, keep) in cases {
+        for (input, want, keep) in &cases {
             for cut in 0..=input.len() {
-                let (got, k) = events(input, &[cut]).expect("parses");
-                let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-                // The 101 case's frame bytes are not UTF-8: compare lossily.
-                let got: Vec<String> = got.iter().map(|s| s.replace('\u{fffd}', "?")).collect();
-                assert_eq!(got, want, "cut {cut}");
-                assert_eq!(k, *keep, "cut {cut}");
+                assert_eq!(
+                    read_in_pieces(input, &[cut]),
+                    (want.clone(), Ok(*keep)),
+                    "cut {cut}"
+                );
+                check_split_invariant(input, cut);
             }
         }
     }
 
     #[test]
     fn ws_events_survive_any_split_and_stop_when_asked() {
-        use corepin::codec::ws::{write_frame, Kind, Opcode, Role};
         let mut input = Vec::new();
         write_frame(&mut input, true, Opcode::Text, b"M0,1;", None);
         write_frame(&mut input, true, Opcode::Ping, b"p", None);
         write_frame(&mut input, true, Opcode::Binary, &[9; 300], None);
         for cut in 0..=input.len() {
-            let mut reader = Reader::new(Role::Client, 1 << 20);
-            let (mut pending, mut got) = (Vec::new(), Vec::new());
-            for part in [&input[..cut], &input[cut..]] {
-                ws_events(&mut reader, &mut pending, part, &mut |e| {
-                    got.push(e);
-                    true
-                })
-                .expect("valid frames");
-            }
+            let (got, failed) = ws_events_in_pieces(&input, &[cut]);
+            assert!(!failed, "cut {cut}");
             assert_eq!(got.len(), 3, "cut {cut}");
             assert_eq!(got[0], Event::Message(Kind::Text, b"M0,1;".to_vec()));
             assert_eq!(got[2], Event::Message(Kind::Binary, vec![9; 300]));
+            check_ws_split_invariant(&input, cut);
         }
-        let mut reader = Reader::new(Role::Client, 1 << 20);
+        let mut reader = Reader::new(corepin::codec::ws::Role::Client, 1 << 20);
         let (mut pending, mut seen) = (Vec::new(), 0);
         ws_events(&mut reader, &mut pending, &input, &mut |_| {
             seen += 1;
@@ -293,18 +346,24 @@ mod tests {
         .expect("valid frames");
         assert_eq!(seen, 1);
         // A server must not mask its frames.
-        let mut reader = Reader::new(Role::Client, 1 << 20);
         let masked = b"\x81\x85\x01\x02\x03\x04abcde";
-        assert!(ws_events(&mut reader, &mut Vec::new(), masked, &mut |_| true).is_err());
+        assert!(ws_events_in_pieces(masked, &[]).1);
+        for cut in 0..=masked.len() {
+            check_ws_split_invariant(masked, cut);
+        }
     }
 
     #[test]
     fn malformed_heads_and_chunks_are_errors() {
-        assert!(events(b"HTTP/1.1 abc\r\n\r\n", &[]).is_err());
-        assert!(events(
+        let bad: [&[u8]; 2] = [
+            b"HTTP/1.1 abc\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            &[]
-        )
-        .is_err());
+        ];
+        for input in bad {
+            assert!(read_in_pieces(input, &[]).1.is_err());
+            for cut in 0..=input.len() {
+                check_split_invariant(input, cut);
+            }
+        }
     }
 }

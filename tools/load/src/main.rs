@@ -4,16 +4,7 @@
 //! and nginx/nchan the same way. Every mode prints a progress line on
 //! stderr while it runs and one JSON object on stdout at the end.
 
-mod args;
-mod echo;
-mod fanout;
-mod http;
-mod net;
-mod proxy;
-mod publish;
-mod record;
-mod subscribe;
-mod ws_echo;
+use corepin_load::{echo, fanout, proxy, publish, subscribe, ws_echo};
 
 const USAGE: &str = "\
 corepin-load MODE [--flag value]...

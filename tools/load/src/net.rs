@@ -94,7 +94,15 @@ pub struct Poller {
     events: Vec<libc::epoll_event>,
 }
 
+impl Default for Poller {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Poller {
+    /// A new epoll instance; the process exits with the reason if the
+    /// kernel refuses one.
     pub fn new() -> Poller {
         // SAFETY: epoll_create1 returns a new descriptor or -1.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };

@@ -20,6 +20,11 @@ pub fn message(seq: u64, ns: u64, size: usize) -> String {
     m
 }
 
+/// The longest record: `M`, two u64s in decimal, `,` and `;`. An `M`
+/// without a `;` this far on starts no record, so `tail` stays short
+/// whatever a server sends.
+const MAX_RECORD: usize = 1 + 20 + 1 + 20 + 1;
+
 /// Appends `data` to `tail`, pushes every complete `(seq, ns)` record to
 /// `out` and keeps an unfinished record in `tail`.
 pub fn scan(tail: &mut Vec<u8>, data: &[u8], out: &mut Vec<(u64, u64)>) {
@@ -31,9 +36,14 @@ pub fn scan(tail: &mut Vec<u8>, data: &[u8], out: &mut Vec<(u64, u64)>) {
             i += 1;
             continue;
         }
-        let Some(end) = tail[i..].iter().position(|&b| b == b';') else {
-            keep_from = i;
-            break;
+        let window = &tail[i..tail.len().min(i + MAX_RECORD)];
+        let Some(end) = window.iter().position(|&b| b == b';') else {
+            if window.len() < MAX_RECORD {
+                keep_from = i;
+                break;
+            }
+            i += 1;
+            continue;
         };
         let rec = &tail[i + 1..i + end];
         if let Some(comma) = rec.iter().position(|&b| b == b',') {
@@ -45,6 +55,22 @@ pub fn scan(tail: &mut Vec<u8>, data: &[u8], out: &mut Vec<(u64, u64)>) {
         i += end + 1;
     }
     tail.drain(..keep_from);
+}
+
+/// Panics unless scanning `input` whole and split at `cut` (modulo the
+/// length + 1) finds the same records and keeps the same tail, and the
+/// tail is shorter than a record. The unit tests and the fuzz target
+/// check this.
+pub fn check_scan_split_invariant(input: &[u8], cut: usize) {
+    let cut = cut % (input.len() + 1);
+    let (mut whole_tail, mut whole) = (Vec::new(), Vec::new());
+    scan(&mut whole_tail, input, &mut whole);
+    let (mut tail, mut split) = (Vec::new(), Vec::new());
+    scan(&mut tail, &input[..cut], &mut split);
+    assert!(tail.len() < MAX_RECORD, "tail of {} bytes", tail.len());
+    scan(&mut tail, &input[cut..], &mut split);
+    assert_eq!((&whole, &whole_tail), (&split, &tail), "split at {cut}");
+    assert!(tail.len() < MAX_RECORD, "tail of {} bytes", tail.len());
 }
 
 /// Sequence numbers remembered behind the highest one seen, to tell a
@@ -88,7 +114,7 @@ impl Track {
     pub fn record(&mut self, seq: u64) -> bool {
         match self.max {
             Some(max) if seq <= max => {
-                if seq + WINDOW <= max {
+                if seq.saturating_add(WINDOW) <= max {
                     self.duplicated += 1;
                     return false;
                 }
@@ -119,6 +145,41 @@ impl Track {
         self.got += 1;
         true
     }
+}
+
+/// Panics unless [`Track`] counts `seqs` as a model that remembers every
+/// sequence number would under the same window rule: a number is new when
+/// it is above the highest so far, or within the window below it and not
+/// seen before; anything else is a duplicate.
+pub fn check_track_against_model(seqs: &[u64]) {
+    let mut track = Track::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut max: Option<u64> = None;
+    let (mut got, mut duplicated, mut out_of_order) = (0, 0, 0);
+    for &seq in seqs {
+        let new = match max {
+            Some(m) if seq <= m => {
+                let fresh = seq.saturating_add(WINDOW) > m && !seen.contains(&seq);
+                out_of_order += u64::from(fresh);
+                fresh
+            }
+            _ => {
+                max = Some(seq);
+                true
+            }
+        };
+        if new {
+            seen.insert(seq);
+            got += 1;
+        } else {
+            duplicated += 1;
+        }
+        assert_eq!(track.record(seq), new, "sequence number {seq}");
+    }
+    assert_eq!(
+        (track.got, track.duplicated, track.out_of_order),
+        (got, duplicated, out_of_order)
+    );
 }
 
 /// How many of `messages` (sent round-robin over `channels`) go to
@@ -211,6 +272,7 @@ mod tests {
             scan(&mut tail, &stream[..cut], &mut out);
             scan(&mut tail, &stream[cut..], &mut out);
             assert_eq!(out, vec![(1, 100), (2, 200), (3, 3)], "cut {cut}");
+            check_scan_split_invariant(stream, cut);
         }
     }
 
@@ -221,6 +283,14 @@ mod tests {
         scan(&mut tail, b"Mx,1;M2;M3,4;M", &mut out);
         assert_eq!(out, vec![(3, 4)]);
         assert_eq!(tail, b"M");
+        // "Mozilla" and the like start no record: nothing piles up.
+        let text = format!("Mozilla {} M5,6;", "x".repeat(100));
+        for cut in 0..=text.len() {
+            check_scan_split_invariant(text.as_bytes(), cut);
+        }
+        let (mut tail, mut out) = (Vec::new(), Vec::new());
+        scan(&mut tail, text.as_bytes(), &mut out);
+        assert_eq!((out, tail.len()), (vec![(5, 6)], 0));
     }
 
     #[test]
@@ -258,6 +328,14 @@ mod tests {
         assert!(t.record(WINDOW + 14));
         assert!(!t.record(WINDOW + 14));
         assert_eq!((t.got, t.duplicated, t.out_of_order), (3, 2, 1));
+    }
+
+    #[test]
+    fn track_matches_the_model_at_the_edges() {
+        check_track_against_model(&[0, 1, 1, 3, 2, 4, 2, 0]);
+        check_track_against_model(&[5, 5 + WINDOW + 10, 6, WINDOW + 14, WINDOW + 14]);
+        check_track_against_model(&[u64::MAX, 3, u64::MAX - 1, u64::MAX, 0]);
+        check_track_against_model(&[WINDOW, 0, 1, WINDOW - 1, 2 * WINDOW, WINDOW + 1]);
     }
 
     #[test]
