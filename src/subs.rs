@@ -170,6 +170,28 @@ pub struct SubSpec {
     pub link_timeout: Option<Duration>,
 }
 
+/// A subscriber registered for as long as this lives. Dropping it
+/// unsubscribes, so a hold that ends any way (its normal end, an early
+/// return, a dropped future, a connection task's caught panic) leaves no
+/// subscriber behind to be fanned out to.
+pub struct Held<'a> {
+    registry: &'a Registry,
+    sub: Rc<Sub>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Rc<Sub>;
+    fn deref(&self) -> &Rc<Sub> {
+        &self.sub
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.registry.unsubscribe(&self.sub);
+    }
+}
+
 /// A core's subscription index.
 pub struct Registry {
     next: Cell<u64>,
@@ -209,7 +231,9 @@ impl Registry {
         self.held[kind_index(kind)].get()
     }
 
-    pub fn subscribe(&self, spec: SubSpec) -> Rc<Sub> {
+    /// Registers a subscriber; it stays registered until the returned
+    /// guard is dropped.
+    pub fn subscribe(&self, spec: SubSpec) -> Held<'_> {
         let id = self.next.get();
         self.next.set(id + 1);
         let now = Instant::now();
@@ -233,7 +257,10 @@ impl Registry {
         self.retime(&sub);
         let h = &self.held[kind_index(sub.kind)];
         h.set(h.get() + 1);
-        sub
+        Held {
+            registry: self,
+            sub,
+        }
     }
 
     /// Replaces a subscriber's channels (a next link may change them).
@@ -268,8 +295,8 @@ impl Registry {
         }
     }
 
-    /// Removes a subscriber (call once, when its connection's hold ends).
-    pub fn unsubscribe(&self, sub: &Rc<Sub>) {
+    /// Removes a subscriber (once, when its `Held` guard drops).
+    fn unsubscribe(&self, sub: &Rc<Sub>) {
         self.set_channels(sub, Vec::new());
         self.timed.borrow_mut().remove(&sub.id);
         let h = &self.held[kind_index(sub.kind)];

@@ -259,7 +259,6 @@ pub async fn hold(
         HoldMode::Stream => Box::pin(hold_stream(shard, c, ctx, &sub, instruct, base)).await,
         HoldMode::Response => Box::pin(hold_response(shard, c, ctx, &sub, &instruct, base)).await,
     };
-    shard.subs.unsubscribe(&sub);
     end
 }
 

@@ -22,7 +22,7 @@ use crate::conn::grip::{read_body, HoldEnd};
 use crate::conn::http::{Client, Outcome};
 use crate::route::{Backend, Route, Target};
 use crate::shard::Shard;
-use crate::subs::{Kind, Msg, Sub, SubSpec};
+use crate::subs::{Held, Kind, Msg, Sub, SubSpec};
 use crate::upstream::Upstream;
 
 /// Largest message accepted from a client or a backend.
@@ -298,7 +298,7 @@ pub async fn handle(
     }
 }
 
-fn ws_sub(shard: &Shard, channels: Vec<String>) -> Rc<Sub> {
+fn ws_sub(shard: &Shard, channels: Vec<String>) -> Held<'_> {
     shard.subs.subscribe(SubSpec {
         kind: Kind::Ws,
         chunked: false,
@@ -335,7 +335,6 @@ async fn test_target(
     }
     let sub = ws_sub(shard, vec![format!("{prefix}{channel}")]);
     let end = client_loop(c, &sub, "test").await;
-    shard.subs.unsubscribe(&sub);
     end
 }
 
@@ -519,7 +518,6 @@ async fn passthrough(
     let prefix = route.prefix.clone().unwrap_or_default();
     let sub = ws_sub(shard, Vec::new());
     let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
-    shard.subs.unsubscribe(&sub);
     end
 }
 
@@ -951,12 +949,28 @@ async fn over_http(
         return outcome(101, 0, &s.target);
     }
     let sub = ws_sub(shard, Vec::new());
-    let id = s.connection_id.clone();
-    shard.ws_sessions.borrow_mut().insert(id.clone());
-    let end = session_loop(&mut s, c, &sub, events).await;
-    shard.ws_sessions.borrow_mut().remove(&id);
-    shard.subs.unsubscribe(&sub);
-    end
+    let _live = LiveSession::mark(shard, s.connection_id.clone());
+    session_loop(&mut s, c, &sub, events).await
+}
+
+/// A WebSocket-over-HTTP session this core answers `conncheck` for, for as
+/// long as this lives (whichever way the session ends).
+struct LiveSession<'a> {
+    shard: &'a Shard,
+    id: String,
+}
+
+impl<'a> LiveSession<'a> {
+    fn mark(shard: &'a Shard, id: String) -> Self {
+        shard.ws_sessions.borrow_mut().insert(id.clone());
+        LiveSession { shard, id }
+    }
+}
+
+impl Drop for LiveSession<'_> {
+    fn drop(&mut self) {
+        self.shard.ws_sessions.borrow_mut().remove(&self.id);
+    }
 }
 
 async fn session_loop(
