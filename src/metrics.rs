@@ -86,6 +86,14 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
     );
     per_core(
         &mut o,
+        "corepin_connection_panics_total",
+        "Connections closed after a panic in their task (a bug; see the log).",
+        "counter",
+        cores,
+        |s| s.panics,
+    );
+    per_core(
+        &mut o,
         "corepin_upstream_idle_connections",
         "Idle pooled backend connections.",
         "gauge",

@@ -22,7 +22,7 @@ use crossbeam_channel::Receiver;
 const BACKLOG: i32 = 4096;
 /// io_uring registered-buffer memory per executor: small, so that the
 /// locked-memory limit of an ordinary user is enough.
-const IO_MEMORY: usize = 1 << 20;
+pub(crate) const IO_MEMORY: usize = 1 << 20;
 
 /// A listening socket with SO_REUSEPORT, not yet owned by an executor.
 fn bind(addr: SocketAddr) -> std::io::Result<Socket> {

@@ -5,13 +5,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, FutureExt};
 use glommio::net::{TcpListener, UnixStream};
 use glommio::{Latency, Shares};
 
@@ -231,6 +233,7 @@ impl Shard {
             accepted: c.accepted.get(),
             requests_by_class: std::array::from_fn(|i| c.by_class[i].get()),
             upstream_errors: c.upstream_errors.get(),
+            panics: c.panics.get(),
             upstream_latency: std::array::from_fn(|i| c.upstream_latency[i].get()),
             upstream_latency_sum_ms: c.upstream_latency_sum_ms.get(),
             deliveries: self.subs.stats.deliveries.get(),
@@ -432,6 +435,34 @@ async fn wake_loop(
     }
 }
 
+/// Runs one connection's task so that a panic in it (a bug: input never
+/// should cause one) ends only that task; the connection's guards (its
+/// count, its subscription, its socket) are released as it unwinds, the
+/// panic hook has printed the message and place, and `on_panic` runs.
+/// The core goes on serving every other connection.
+async fn contained(task: impl Future<Output = ()>, on_panic: impl FnOnce()) {
+    if AssertUnwindSafe(task).catch_unwind().await.is_err() {
+        on_panic();
+    }
+}
+
+/// `contained` for a client or control connection: the panic is counted
+/// (`corepin_connection_panics_total`) and logged with the peer.
+fn connection_task(
+    shard: &Rc<Shard>,
+    peer: SocketAddr,
+    task: impl Future<Output = ()>,
+) -> impl Future<Output = ()> {
+    let shard = shard.clone();
+    contained(task, move || {
+        shard.stats.panics.set(shard.stats.panics.get() + 1);
+        error!(
+            "core {}: the connection from {peer} was closed after a panic (a bug; please report it with the message above)",
+            shard.index
+        );
+    })
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, control: bool) {
     loop {
         match listener.accept().await {
@@ -441,11 +472,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, control: bool) {
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                 if control {
-                    spawn_control(&shard, crate::control::serve(shard.clone(), stream, peer))
-                        .detach();
+                    let task = crate::control::serve(shard.clone(), stream, peer);
+                    spawn_control(&shard, connection_task(&shard, peer, task)).detach();
                 } else {
-                    glommio::spawn_local(crate::conn::http::serve(shard.clone(), stream, peer))
-                        .detach();
+                    let task = crate::conn::http::serve(shard.clone(), stream, peer);
+                    glommio::spawn_local(connection_task(&shard, peer, task)).detach();
                 }
             }
             Err(e) => {
@@ -470,5 +501,46 @@ async fn flush_access_log(shard: Rc<Shard>, stop: Rc<Cell<bool>>) {
     while !stop.get() {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         shard.flush_log();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+
+    #[test]
+    fn a_panicking_connection_task_ends_alone() {
+        let ex = LocalExecutorBuilder::default()
+            .io_memory(crate::server::IO_MEMORY)
+            .make()
+            .expect("executor");
+        let (caught, others) = ex.run(async {
+            let caught = Rc::new(Cell::new(0));
+            let counted = caught.clone();
+            let bad = glommio::spawn_local(contained(
+                async {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    panic!("a deliberate bug");
+                },
+                move || counted.set(counted.get() + 1),
+            ));
+            let good: Vec<_> = (0..3u64)
+                .map(|i| {
+                    glommio::spawn_local(contained(
+                        async move { glommio::timer::sleep(Duration::from_millis(10 + i)).await },
+                        || panic!("no panic to report"),
+                    ))
+                })
+                .collect();
+            bad.await;
+            let mut others = 0;
+            for g in good {
+                g.await;
+                others += 1;
+            }
+            (caught.get(), others)
+        });
+        assert_eq!((caught, others), (1, 3));
     }
 }

@@ -18,6 +18,8 @@ pub struct Counters {
     /// Requests answered, by status class 1xx..5xx.
     pub by_class: [Cell<u64>; 5],
     pub upstream_errors: Cell<u64>,
+    /// Connection tasks ended by a panic (see `shard::contained`).
+    pub panics: Cell<u64>,
     /// Time to the upstream response head, per bucket (+Inf last).
     pub upstream_latency: [Cell<u64>; 13],
     pub upstream_latency_sum_ms: Cell<f64>,
@@ -56,6 +58,7 @@ pub struct Snapshot {
     pub accepted: u64,
     pub requests_by_class: [u64; 5],
     pub upstream_errors: u64,
+    pub panics: u64,
     pub upstream_latency: [u64; 13],
     pub upstream_latency_sum_ms: f64,
     pub deliveries: u64,
