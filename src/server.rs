@@ -40,9 +40,36 @@ fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(s)
 }
 
+/// Fails when another process listens on `addr`. SO_REUSEPORT would let
+/// a second corepin (or anything else bound with it) share the port and
+/// silently take part of the traffic; a probe without it is refused
+/// instead, as nginx or Pushpin would be. Port 0 needs no probe.
+fn ensure_free(addr: SocketAddr) -> Result<(), String> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    // SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count.
+    let _ = probe.set_reuse_address(true);
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {addr}: another process is listening there"
+        )),
+        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+    }
+}
+
 /// Binds `n` sockets on `addr` (resolving port 0 once so every core shares
 /// the same port); returns them and the address actually bound.
 fn bind_group(addr: SocketAddr, n: usize) -> Result<(Vec<Socket>, SocketAddr), String> {
+    ensure_free(addr)?;
     let first = bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let actual = first
         .local_addr()

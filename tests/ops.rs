@@ -168,6 +168,42 @@ fn stale_socket_is_replaced_and_a_live_one_refused() {
     drop(cp);
 }
 
+#[test]
+fn a_port_already_listened_on_is_refused() {
+    // Another program on the port, and another corepin (its own control
+    // socket, so only the port collides): both refused, not shared.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = other.local_addr().expect("addr").to_string();
+    let cp = Corepin::start_grip(&["--route", "* test"]);
+    for (addr, tag) in [(busy, "port"), (cp.addr().to_string(), "corepin")] {
+        let sock = sock_path(tag).display().to_string();
+        let out = cli(&[
+            "--listen",
+            &addr,
+            "--control-http",
+            "",
+            "--control-socket",
+            &sock,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tag}: {err}");
+        assert!(
+            err.contains(&format!(
+                "cannot listen on {addr}: another process is listening there"
+            )),
+            "{tag}: {err}"
+        );
+    }
+    // The running corepin still serves.
+    let health = cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n");
+    assert_eq!(health.status, 200);
+    assert_eq!(
+        Conn::open(cp.addr()).get("/").status,
+        404,
+        "the test target answers"
+    );
+}
+
 /// Checks every line is Prometheus text: comments, or `name{labels} value`.
 fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
     let mut out = Vec::new();
