@@ -26,12 +26,7 @@ pub(crate) const IO_MEMORY: usize = 1 << 20;
 
 /// A listening socket with SO_REUSEPORT, not yet owned by an executor.
 fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
@@ -48,12 +43,7 @@ fn ensure_free(addr: SocketAddr) -> Result<(), String> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     // SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count.
     let _ = probe.set_reuse_address(true);

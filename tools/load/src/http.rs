@@ -197,16 +197,29 @@ pub enum OwnedEv {
     End,
 }
 
+/// `input` cut at the offsets in `cuts` (out-of-order or too large offsets
+/// give empty pieces), in order, covering it all.
+fn pieces<'a>(input: &'a [u8], cuts: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut last = 0;
+    cuts.iter()
+        .copied()
+        .chain(std::iter::once(input.len()))
+        .map(move |c| {
+            let c = c.clamp(last, input.len());
+            let piece = &input[last..c];
+            last = c;
+            piece
+        })
+}
+
 /// What a fresh reader makes of `input` fed in the pieces that the offsets
 /// in `cuts` mark: its events up to the end or the first error, then its
 /// keep-alive verdict or that error.
 pub fn read_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<OwnedEv>, Result<bool, String>) {
     let mut reader = ResponseReader::new();
     let mut out: Vec<OwnedEv> = Vec::new();
-    let mut last = 0;
-    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
-        let c = c.clamp(last, input.len());
-        let fed = reader.feed(&input[last..c], &mut |e| match (e, out.last_mut()) {
+    for piece in pieces(input, cuts) {
+        let fed = reader.feed(piece, &mut |e| match (e, out.last_mut()) {
             (Ev::Body(b), Some(OwnedEv::Body(prev))) => prev.extend_from_slice(b),
             (Ev::Body(b), _) => out.push(OwnedEv::Body(b.to_vec())),
             (Ev::Head(status), _) => out.push(OwnedEv::Head(status)),
@@ -215,7 +228,6 @@ pub fn read_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<OwnedEv>, Result<boo
         if let Err(e) = fed {
             return (out, Err(e));
         }
-        last = c;
     }
     (out, Ok(reader.keep_alive()))
 }
@@ -241,17 +253,14 @@ pub fn check_split_invariant(input: &[u8], cut: usize) {
 pub fn ws_events_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<Event>, bool) {
     let mut reader = Reader::new(corepin::codec::ws::Role::Client, 1 << 20);
     let (mut pending, mut got) = (Vec::new(), Vec::new());
-    let mut last = 0;
-    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
-        let c = c.clamp(last, input.len());
-        let fed = ws_events(&mut reader, &mut pending, &input[last..c], &mut |e| {
+    for piece in pieces(input, cuts) {
+        let fed = ws_events(&mut reader, &mut pending, piece, &mut |e| {
             got.push(e);
             true
         });
         if fed.is_err() {
             return (got, true);
         }
-        last = c;
     }
     (got, false)
 }
