@@ -2,7 +2,10 @@
 //! decision `(host, path, protocol) -> route` with the path rewrite. Pure
 //! policy: no bytes on the wire, no sockets.
 
+use std::borrow::Cow;
 use std::fmt;
+
+use crate::codec::uri::normalize_path;
 
 /// Which protocol a route condition accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +156,18 @@ pub fn parse_line(line: &str) -> Result<Option<Route>, RouteError> {
                 if !v.starts_with('/') {
                     return err(format!("path_beg '{v}' must start with '/'"));
                 }
+                // Requests are matched in normal form: a prefix that is not
+                // in it could never match (or would match differently).
+                match normalize_path(v.as_bytes()) {
+                    Ok(n) if *n == *v.as_bytes() => {}
+                    Ok(n) => {
+                        return err(format!(
+                            "path_beg '{v}' is not in normal form (requests are matched as '{}')",
+                            String::from_utf8_lossy(&n)
+                        ))
+                    }
+                    Err(e) => return err(format!("path_beg '{v}': {e}")),
+                }
                 route.path_beg = Some(v.to_string());
             }
             ("path_rem", v) => {
@@ -237,8 +252,19 @@ impl Routes {
 }
 
 impl Route {
-    /// The path (and query) sent to the backend for a client `target`.
+    /// The path (and query) sent to the backend for a client `target` (in
+    /// normal form, see `codec::uri`): the rewrite, with its path put back
+    /// in normal form (cutting `path_rem` characters can leave `/./`).
     pub fn rewrite(&self, target: &str) -> String {
+        let out = self.rewrite_raw(target);
+        let (path, query) = out.split_at(out.find('?').unwrap_or(out.len()));
+        match normalize_path(path.as_bytes()) {
+            Ok(Cow::Owned(p)) => format!("{}{query}", String::from_utf8_lossy(&p)),
+            _ => out,
+        }
+    }
+
+    fn rewrite_raw(&self, target: &str) -> String {
         if let (Some(beg), Some(rep)) = (&self.path_beg, &self.replace_beg) {
             if let Some(rest) = target.strip_prefix(beg.as_str()) {
                 return format!("{rep}{rest}");
@@ -309,6 +335,13 @@ mod tests {
             ("* a:1,bogus", "unknown target property 'bogus'"),
             ("*,proto=ftp a:1", "proto 'ftp'"),
             ("*,path_beg=x a:1", "must start with '/'"),
+            (
+                "*,path_beg=/a//b a:1",
+                "normal form (requests are matched as '/a/b')",
+            ),
+            ("*,path_beg=/a/../b a:1", "normal form"),
+            ("*,path_beg=/%61 a:1", "matched as '/a'"),
+            ("*,path_beg=/a%zz a:1", "invalid percent-encoding"),
             ("*,path_rem=x a:1", "not a number"),
             ("*,replace_beg=/x a:1", "needs path_beg"),
             ("* a:1,ssl", "not supported"),
@@ -356,5 +389,11 @@ mod tests {
         assert_eq!(r.rewrite("/app"), "/");
         let r = one("* a:1");
         assert_eq!(r.rewrite("/x?y"), "/x?y");
+        // Cutting characters can leave a dot-segment: put back in normal
+        // form, so the backend sees what the route meant.
+        let r = one("*,path_beg=/ab,path_rem=3 a:1");
+        assert_eq!(r.rewrite("/ab./c?q=/./"), "/c?q=/./");
+        let r = one("*,path_beg=/api/,replace_beg=/v2// a:1");
+        assert_eq!(r.rewrite("/api/x"), "/v2/x");
     }
 }
