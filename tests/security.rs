@@ -278,6 +278,13 @@ fn absolute_form_host_wins_and_reaches_the_backend_as_host() {
     );
     assert_eq!(r.text(), "other /a");
     assert_eq!(other.last().header("host"), Some("evil.example"));
+    // A fully qualified name with its trailing dot, in any case, is the
+    // same host.
+    let r = ask(
+        cp.addr(),
+        "GET /fq HTTP/1.1\r\nHost: Public.Example.\r\n\r\n",
+    );
+    assert_eq!(r.text(), "public /fq");
 }
 
 #[test]

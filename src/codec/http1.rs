@@ -269,12 +269,15 @@ impl RequestHead {
         self.target().split_once('?').map(|(_, q)| q)
     }
 
-    /// The Host header without a port, lower-cased comparison is the caller's.
-    /// For an absolute-form request this is the target's authority, which
-    /// replaced the Host header (RFC 9112 §3.2.2).
+    /// The Host header without a port and without the trailing dot of a
+    /// fully qualified name (as nginx: `example.com.` is `example.com`);
+    /// lower-cased comparison is the caller's. For an absolute-form request
+    /// this is the target's authority, which replaced the Host header (RFC
+    /// 9112 §3.2.2).
     pub fn host(&self) -> Option<&str> {
-        let h = std::str::from_utf8(self.fields.get("host")?).ok()?;
-        Some(strip_port(h))
+        let h = std::str::from_utf8(trim(self.fields.get("host")?)).ok()?;
+        let h = strip_port(h);
+        Some(h.strip_suffix('.').unwrap_or(h))
     }
 
     /// Methods that may be replayed on a fresh connection (RFC 9110 §9.2.2).

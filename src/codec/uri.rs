@@ -105,11 +105,14 @@ fn is_normal(path: &[u8]) -> bool {
     }
     // Segments after the leading slash: none empty (except a trailing
     // one), none a dot-segment.
-    let segs: Vec<&[u8]> = path[1..].split(|&b| b == b'/').collect();
-    let last = segs.len() - 1;
-    segs.iter()
-        .enumerate()
-        .all(|(i, s)| (!s.is_empty() || i == last) && dot_segment(s).is_none())
+    let mut segs = path[1..].split(|&b| b == b'/').peekable();
+    while let Some(s) = segs.next() {
+        let last = segs.peek().is_none();
+        if (s.is_empty() && !last) || dot_segment(s).is_some() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The normal form of a path (which must start with `/`): see the module

@@ -364,6 +364,16 @@ fn targets_are_normalised_before_anyone_reads_them() {
         ),
         (b"GET http://h/a HTTP/1.0\r\n\r\n", "/a", Some("h")),
         (b"GET /a HTTP/1.0\r\n\r\n", "/a", None),
+        (
+            b"GET / HTTP/1.1\r\nHost: Example.COM.:80\r\n\r\n",
+            "/",
+            Some("Example.COM"),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+            "/",
+            Some("::1"),
+        ),
     ];
     for (input, target, host) in cases {
         let (n, h) = ok(input);
