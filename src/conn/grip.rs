@@ -302,7 +302,13 @@ async fn hold_stream(
                 } else {
                     write(c, &run).await
                 };
-                bytes += run.len() as u64;
+                // The access log counts body bytes, not chunk framing.
+                let payload = if http10 {
+                    run.len()
+                } else {
+                    crate::codec::chunked::payload_len(&run)
+                };
+                bytes += payload as u64;
                 shard.bufs.give_out(run);
                 if !ok {
                     return done(code, bytes, ctx, false);
