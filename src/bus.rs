@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::codec::chunked;
-use crate::codec::http1::reason_phrase;
 use crate::codec::publish::{Action, Item};
+use crate::codec::response;
 
 /// How long a (channel, id) pair is remembered for dedup.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
@@ -54,24 +54,12 @@ fn encode(item: Item) -> Encoded {
     }
     let (mut response_head, mut response_body) = (Bytes::new(), Bytes::new());
     if let Some(r) = &item.http_response {
-        let mut h = BytesMut::with_capacity(128);
-        let reason = r.reason.as_deref().unwrap_or_else(|| reason_phrase(r.code));
-        h.put_slice(format!("HTTP/1.1 {} {}\r\n", r.code, reason).as_bytes());
-        for (name, value) in &r.headers {
-            let n = name.to_ascii_lowercase();
-            if matches!(
-                n.as_str(),
-                "content-length" | "transfer-encoding" | "connection"
-            ) {
-                continue;
-            }
-            h.put_slice(name.as_bytes());
-            h.put_slice(b": ");
-            h.put_slice(value);
-            h.put_slice(b"\r\n");
-        }
-        h.put_slice(format!("Content-Length: {}\r\n", r.body.len()).as_bytes());
-        response_head = h.freeze();
+        // The head was validated when the item was parsed
+        // (codec::response); only the framing is added here.
+        let mut h = Vec::with_capacity(128);
+        r.head.write(&mut h, None);
+        response::write_length(&mut h, r.head.status(), r.body.len());
+        response_head = Bytes::from(h);
         response_body = r.body.clone();
     }
     let mut ws_frame = Bytes::new();

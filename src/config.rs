@@ -120,7 +120,11 @@ impl Level {
 /// Where the routes came from, so a reload can read them again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoutesSource {
+    /// `--route` flags.
+    Flags(Vec<String>),
+    /// The config file's `routes = [...]`.
     Inline(Vec<String>),
+    /// `routes_file`.
     File(PathBuf),
 }
 
@@ -401,21 +405,65 @@ pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
     Routes::parse(text.lines()).or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))
 }
 
+/// Reads and validates the routes from their source. Start-up and every
+/// reload (SIGHUP, the control socket's `reload`) run this one function,
+/// so a reload refuses whatever start-up would refuse (a bad `sig_key`
+/// included: keys are decoded as each line is parsed).
+pub fn load_routes(source: &RoutesSource) -> Result<Routes, ConfigError> {
+    let (routes, field) = match source {
+        RoutesSource::Flags(lines) => {
+            let r = Routes::parse_indexed(lines.iter().map(String::as_str)).map_err(|(i, e)| {
+                let line = lines.get(i).map_or("", String::as_str);
+                ConfigError(format!("--route '{}': {e}", line.escape_debug()))
+            })?;
+            (r, "--route".to_string())
+        }
+        RoutesSource::Inline(lines) => {
+            let r = Routes::parse_indexed(lines.iter().map(String::as_str))
+                .map_err(|(i, e)| ConfigError(format!("routes[{i}]: {e}")))?;
+            (r, "routes".to_string())
+        }
+        RoutesSource::File(path) => (
+            read_routes_file(path)?,
+            format!("routes_file: {}", path.display()),
+        ),
+    };
+    if routes.is_empty() {
+        return fail(&field, "no route is defined");
+    }
+    Ok(routes)
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 impl Config {
     /// Parses and validates TOML text with overrides applied; `origin`
     /// names the file in errors.
     pub fn from_toml(text: &str, origin: &str, ov: &Overrides) -> Result<Config, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map(|s| line_of(text, s.start));
             let msg = e.message().replace('\n', " ");
             ConfigError(match line {
                 Some(l) => format!("{origin}: line {l}: {msg}"),
                 None => format!("{origin}: {msg}"),
             })
         })?;
-        Self::validate(file, ov)
+        // Errors about the file's fields name the file; those about a
+        // command-line flag name the flag alone.
+        Self::validate(file, ov).map_err(|e| {
+            if e.0.starts_with("--") {
+                e
+            } else {
+                ConfigError(format!("{origin}: {}", e.0))
+            }
+        })
     }
 
     /// The embedded default with overrides.
@@ -467,34 +515,28 @@ impl Config {
                     "control_socket_mode: '{mode_text}' is not an octal mode like \"0600\""
                 ))
             })?;
-        let workers = ov.workers.or(f.workers).unwrap_or(0);
+        // 0 means every core, from the file and from --workers alike.
+        let (workers, field) = match ov.workers {
+            Some(n) => (n, "--workers"),
+            None => (f.workers.unwrap_or(0), "workers"),
+        };
         if workers > 4096 {
-            return fail("workers", format!("{workers} is more than 4096"));
+            return fail(field, format!("{workers} is more than 4096"));
         }
-        let (routes, routes_source) = if !ov.routes.is_empty() {
-            let r = Routes::parse(ov.routes.iter().map(String::as_str))
-                .or_else(|e| fail("--route", e))?;
-            (r, RoutesSource::Inline(ov.routes.clone()))
+        let routes_source = if !ov.routes.is_empty() {
+            RoutesSource::Flags(ov.routes.clone())
         } else {
             match (f.routes, f.routes_file) {
                 (Some(_), Some(_)) => {
                     return fail("routes_file", "give either routes or routes_file, not both")
                 }
-                (_, Some(path)) => {
-                    let path = PathBuf::from(path);
-                    (read_routes_file(&path)?, RoutesSource::File(path))
-                }
+                (_, Some(path)) => RoutesSource::File(PathBuf::from(path)),
                 (lines, None) => {
-                    let lines = lines.unwrap_or_else(|| vec!["* test".into()]);
-                    let r = Routes::parse(lines.iter().map(String::as_str))
-                        .or_else(|e| fail("routes", e))?;
-                    (r, RoutesSource::Inline(lines))
+                    RoutesSource::Inline(lines.unwrap_or_else(|| vec!["* test".into()]))
                 }
             }
         };
-        if routes.is_empty() {
-            return fail("routes", "no route is defined");
-        }
+        let routes = load_routes(&routes_source)?;
         let l = f.limits;
         let head = HeadLimits {
             max_head_bytes: ranged(
@@ -551,12 +593,6 @@ impl Config {
                 1 << 20,
             )?,
         };
-        for r in routes.iter() {
-            if let Some(k) = &r.sig_key {
-                crate::jwt::key_bytes(k)
-                    .or_else(|e| fail("routes", format!("sig_key of '{}': {e}", r.line)))?;
-            }
-        }
         let p = f.publish;
         let auth = match p.auth.as_deref().unwrap_or("none") {
             "none" => PublishAuth::None,
@@ -679,7 +715,28 @@ mod tests {
             ("[timeouts]\nclient_idle = -1", "timeouts.client_idle"),
             ("[timeouts]\nbogus = 1", "unknown field `bogus`"),
             ("listen = [\"nope\"]", "listen: 'nope'"),
-            ("routes = [\"* nothere\"]", "routes: line 1"),
+            (
+                "routes = [\"* test\", \"* nothere\"]",
+                "t.toml: routes[1]: target 'nothere' is not host:port",
+            ),
+            (
+                "routes = [\"*,sig_key=base64:!! a:1\"]",
+                "t.toml: routes[0]: sig_key: key after 'base64:' is not valid base64",
+            ),
+            ("routes = []", "t.toml: routes: no route is defined"),
+            ("listen = [\"nope\"]", "t.toml: listen: 'nope'"),
+            (
+                "workers = 1\nlisen = []",
+                "t.toml: line 2: unknown field `lisen`",
+            ),
+            (
+                "[timeouts]\nbogus = 1",
+                "t.toml: line 2: unknown field `bogus`",
+            ),
+            (
+                "\n\n[limits]\n\nbogus = 1",
+                "t.toml: line 5: unknown field `bogus`",
+            ),
             ("[log]\nlevel = \"loud\"", "log.level"),
             ("workers = \"two\"", "line 1"),
             ("routes = [\"* test\"]\nroutes_file = \"x\"", "routes_file"),
@@ -712,16 +769,16 @@ mod tests {
         assert_eq!(c.log_level, Level::Warn);
         assert_eq!(
             c.routes_source,
-            RoutesSource::Inline(vec!["* 127.0.0.1:9".into()])
+            RoutesSource::Flags(vec!["* 127.0.0.1:9".into()])
         );
         let bad = Overrides {
-            routes: vec!["* x".into()],
+            routes: vec!["* test".into(), "* x".into()],
             ..Overrides::default()
         };
-        assert!(Config::default_with(&bad)
-            .expect_err("bad")
-            .0
-            .starts_with("--route: "));
+        assert_eq!(
+            Config::default_with(&bad).expect_err("bad").0,
+            "--route '* x': target 'x' is not host:port or 'test'"
+        );
     }
 
     #[test]

@@ -47,7 +47,9 @@ pub struct Route {
     /// Replacement for the matched `path_beg` prefix.
     pub replace_beg: Option<String>,
     pub proto: Proto,
-    pub sig_key: Option<String>,
+    /// The Grip-Sig key, decoded once when the line is parsed
+    /// (`base64:` text is decoded; anything else is used as its bytes).
+    pub sig_key: Option<Vec<u8>>,
     pub sig_iss: Option<String>,
     /// Prefix added to channel names of this route's subscriptions.
     pub prefix: Option<String>,
@@ -180,7 +182,11 @@ pub fn parse_line(line: &str) -> Result<Option<Route>, RouteError> {
             ("proto", Some("http")) => route.proto = Proto::Http,
             ("proto", Some("ws")) => route.proto = Proto::Ws,
             ("proto", v) => return err(format!("proto '{}' is not http or ws", v.unwrap_or(""))),
-            ("sig_key", v) => route.sig_key = Some(need("sig_key", v)?.to_string()),
+            ("sig_key", v) => {
+                let key = crate::jwt::key_bytes(need("sig_key", v)?)
+                    .map_err(|e| RouteError(format!("sig_key: {e}")))?;
+                route.sig_key = Some(key);
+            }
             ("sig_iss", v) => route.sig_iss = Some(need("sig_iss", v)?.to_string()),
             ("prefix", v) => route.prefix = Some(need("prefix", v)?.to_string()),
             (name, _) => return err(format!("unknown route property '{name}'")),
@@ -205,14 +211,22 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Parses every line; errors name the line number.
+    /// Parses every line; errors name the line number (1-based).
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Routes, RouteError> {
+        Self::parse_indexed(lines).map_err(|(i, e)| RouteError(format!("line {}: {e}", i + 1)))
+    }
+
+    /// Parses every line; an error comes with the index (0-based) of the
+    /// line it is about, for the caller to name.
+    pub fn parse_indexed<'a>(
+        lines: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Routes, (usize, RouteError)> {
         let mut routes = Vec::new();
         for (i, line) in lines.into_iter().enumerate() {
             match parse_line(line) {
                 Ok(Some(r)) => routes.push(r),
                 Ok(None) => {}
-                Err(e) => return err(format!("line {}: {e}", i + 1)),
+                Err(e) => return Err((i, e)),
             }
         }
         Ok(Routes { routes })
@@ -315,7 +329,11 @@ mod tests {
         assert!(matches!(&r.targets[0], Target::Backend(b) if b.over_http));
         assert_eq!(one("* test").targets, vec![Target::Test]);
         let r = one("*,sig_key=base64:c2VjcmV0,sig_iss=me,prefix=p- a:1,host=x.y b:2 # comment");
-        assert_eq!(r.sig_key.as_deref(), Some("base64:c2VjcmV0"));
+        assert_eq!(r.sig_key.as_deref(), Some(&b"secret"[..]));
+        assert_eq!(
+            one("*,sig_key=plain a:1").sig_key.as_deref(),
+            Some(&b"plain"[..])
+        );
         assert_eq!(r.sig_iss.as_deref(), Some("me"));
         assert_eq!(r.prefix.as_deref(), Some("p-"));
         assert_eq!(r.targets.len(), 2);
@@ -346,6 +364,11 @@ mod tests {
             ("*,replace_beg=/x a:1", "needs path_beg"),
             ("* a:1,ssl", "not supported"),
             ("* test,over_http", "no properties"),
+            (
+                "*,sig_key=base64:!! a:1",
+                "sig_key: key after 'base64:' is not valid base64",
+            ),
+            ("*,sig_key= a:1", "'sig_key' needs a value"),
         ] {
             let e = parse_line(line).expect_err(line).0;
             assert!(e.contains(needle), "{line}: {e}");

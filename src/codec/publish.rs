@@ -5,6 +5,12 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+// Validation of what reaches clients lives in codec::response (response
+// heads) and codec::ws (close frames); the parsing here calls it at the
+// points marked `VALIDATE:`.
+use super::response::{self, At, Head};
+use super::ws;
+
 /// What a format asks subscribers to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -18,9 +24,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     pub action: Action,
-    pub code: u16,
-    pub reason: Option<String>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Status and headers, validated by `codec::response`.
+    pub head: Head,
     pub body: Bytes,
 }
 
@@ -134,32 +139,28 @@ fn object<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, Publis
         .ok_or_else(|| PublishError(format!("{path}: must be an object")))
 }
 
-/// Headers as an object or a list of `[name, value]` pairs.
-fn headers(v: Option<&Value>, path: &str) -> Result<Vec<(String, Vec<u8>)>, PublishError> {
-    let valid = |name: &str, value: &str| {
-        !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-            && !value.bytes().any(|b| b == b'\r' || b == b'\n')
-    };
+/// Headers as an object or a list of `[name, value]` pairs (shape only:
+/// names and values are checked by `codec::response`).
+fn headers<'a>(
+    v: Option<&'a Value>,
+    path: &str,
+) -> Result<Vec<(At, &'a str, &'a str)>, PublishError> {
     let mut out = Vec::new();
     match v {
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
             for (k, v) in m {
                 let Value::String(s) = v else {
-                    return bad(&format!("{path}.{k}"), "must be a string");
+                    return bad(&format!("{path}.{}", k.escape_debug()), "must be a string");
                 };
-                if !valid(k, s) {
-                    return bad(&format!("{path}.{k}"), "is not a valid header");
-                }
-                out.push((k.clone(), s.clone().into_bytes()));
+                out.push((At::Key, k.as_str(), s.as_str()));
             }
         }
         Some(Value::Array(list)) => {
             for (i, pair) in list.iter().enumerate() {
                 match pair.as_array().map(Vec::as_slice) {
-                    Some([Value::String(k), Value::String(s)]) if valid(k, s) => {
-                        out.push((k.clone(), s.clone().into_bytes()))
+                    Some([Value::String(k), Value::String(s)]) => {
+                        out.push((At::Index(i), k.as_str(), s.as_str()))
                     }
                     _ => {
                         return bad(
@@ -178,19 +179,36 @@ fn headers(v: Option<&Value>, path: &str) -> Result<Vec<(String, Vec<u8>)>, Publ
 fn http_response(v: &Value, path: &str) -> Result<HttpResponse, PublishError> {
     let o = object(v, path)?;
     let code = match o.get("code") {
-        None | Some(Value::Null) => 200,
+        None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
-            Some(c @ 100..=999) => c as u16,
-            _ => return bad(&format!("{path}.code"), "must be a status code (100-999)"),
+            Some(c) => Some(c),
+            None => {
+                return bad(
+                    &format!("{path}.code"),
+                    &format!(
+                        "{n} is not a final status code ({}-{})",
+                        response::MIN_STATUS,
+                        response::MAX_STATUS
+                    ),
+                )
+            }
         },
         Some(_) => return bad(&format!("{path}.code"), "must be a number"),
     };
+    let reason = opt_str(o, "reason", path)?;
+    let fields = headers(o.get("headers"), &format!("{path}.headers"))?;
+    let body = payload(o, "body", path)?;
+    // VALIDATE: status range, reason, header names and values, managed
+    // fields, bodiless statuses (codec::response).
+    let fields = fields
+        .into_iter()
+        .map(|(at, n, v)| (at, n.as_bytes(), v.as_bytes()));
+    let head = Head::from_parts(code, reason.as_deref(), fields, &body)
+        .map_err(|e| PublishError(e.at(path)))?;
     Ok(HttpResponse {
         action: action(o, path)?,
-        code,
-        reason: opt_str(o, "reason", path)?,
-        headers: headers(o.get("headers"), &format!("{path}.headers"))?,
-        body: payload(o, "body", path)?,
+        head,
+        body,
     })
 }
 
@@ -218,20 +236,36 @@ fn ws_message(v: &Value, path: &str) -> Result<WsMessage, PublishError> {
     if kind == WsKind::Text && std::str::from_utf8(&content).is_err() {
         return bad(&format!("{path}.content"), "text messages must be UTF-8");
     }
+    let action = action(o, path)?;
     let code = match o.get("code") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(c @ 1000..=4999) => Some(c as u16),
-            _ => return bad(&format!("{path}.code"), "must be a close code (1000-4999)"),
+        // VALIDATE: close codes a frame may carry (codec::ws).
+        Some(Value::Number(n)) => match n.as_u64().map(ws::check_close_code) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => return bad(&format!("{path}.code"), &e),
+            None => return bad(&format!("{path}.code"), &format!("{n} is not a close code")),
         },
         Some(_) => return bad(&format!("{path}.code"), "must be a number"),
     };
+    let reason = opt_str(o, "reason", path)?;
+    if let Some(r) = &reason {
+        // VALIDATE: the close frame's reason fits its payload (codec::ws).
+        ws::check_close_reason(r).or_else(|e| bad(&format!("{path}.reason"), &e))?;
+    }
+    if action != Action::Close {
+        if code.is_some() {
+            return bad(&format!("{path}.code"), "is only for action close");
+        }
+        if reason.is_some() {
+            return bad(&format!("{path}.reason"), "is only for action close");
+        }
+    }
     Ok(WsMessage {
-        action: action(o, path)?,
+        action,
         kind,
         content,
         code,
-        reason: opt_str(o, "reason", path)?.unwrap_or_default(),
+        reason: reason.unwrap_or_default(),
     })
 }
 
@@ -260,6 +294,18 @@ fn item(v: &Value, path: &str) -> Result<Item, PublishError> {
         no_seq: o.get("no-seq").and_then(Value::as_bool).unwrap_or(false),
         ..Item::default()
     };
+    // VALIDATE: the channel and ids go back to backends inside `Grip-Last`
+    // header lines, so they must be header-value text (codec::response).
+    for (key, v) in [
+        ("channel", Some(&it.channel)),
+        ("id", it.id.as_ref()),
+        ("prev-id", it.prev_id.as_ref()),
+    ] {
+        if let Some(v) = v {
+            response::check_value(v.as_bytes())
+                .map_err(|p| PublishError(format!("{path}.{key}: {p}")))?;
+        }
+    }
     if let Some(Value::Object(m)) = o.get("meta") {
         it.meta = m
             .iter()
@@ -345,18 +391,22 @@ mod tests {
         assert!(it.no_seq);
         let r = it.http_response.expect("response");
         assert_eq!(
-            (r.code, r.reason.as_deref(), &r.body[..]),
-            (404, Some("Nope"), &b"hi"[..])
+            (
+                r.head.status().code(),
+                r.head.status().reason(),
+                &r.body[..]
+            ),
+            (404, "Nope", &b"hi"[..])
         );
         assert_eq!(
-            r.headers,
-            vec![("X-A".into(), b"1".to_vec()), ("X-B".into(), b"2".to_vec())]
+            (r.head.get("x-a"), r.head.get("x-b")),
+            (Some(&b"1"[..]), Some(&b"2"[..]))
         );
         let w = it.ws_message.expect("ws");
         assert_eq!((w.kind, &w.content[..]), (WsKind::Binary, &[0u8, 1][..]));
         let it = one(r#"{"items":[{"channel":"c","http-response":{"headers":{"X-A":"1"}}}]}"#);
         let r = it.http_response.expect("response");
-        assert_eq!((r.code, r.body.len()), (200, 0));
+        assert_eq!((r.head.status().code(), r.body.len()), (200, 0));
         let it = one(r#"{"items":[{"channel":"c","http-stream":{"action":"close"}}]}"#);
         assert_eq!(it.http_stream.map(|s| s.action), Some(Action::Close));
         let it = one(
@@ -366,6 +416,131 @@ mod tests {
         assert_eq!(
             (w.action, w.code, w.reason.as_str()),
             (Action::Close, Some(4001), "bye")
+        );
+    }
+
+    #[test]
+    fn responses_and_closes_that_would_break_the_wire() {
+        for (item, needle) in [
+            (
+                r#"{"http-response":{"reason":"OK\r\nSet-Cookie: a=b"}}"#,
+                "items[0].http-response.reason: contains CR or LF",
+            ),
+            (
+                r#"{"formats":{"http-response":{"reason":"OK\nX: y"}}}"#,
+                "items[0].formats.http-response.reason: contains CR or LF",
+            ),
+            (
+                r#"{"http-response":{"code":0}}"#,
+                "items[0].http-response.code: 0 is not a final status code (200-599)",
+            ),
+            (
+                r#"{"http-response":{"code":65535}}"#,
+                "http-response.code: 65535 is not",
+            ),
+            (r#"{"http-response":{"code":100}}"#, "code: 100 is not"),
+            (r#"{"http-response":{"code":-5}}"#, "code: -5 is not"),
+            (r#"{"http-response":{"code":2.5}}"#, "code: 2.5 is not"),
+            (
+                r#"{"http-response":{"headers":[["X-A","1"],["Set-Cookie\r\nX","2"]]}}"#,
+                "items[0].http-response.headers[1][0]: is not a header name",
+            ),
+            (
+                r#"{"http-response":{"headers":[["X-A","1\u0000"]]}}"#,
+                "items[0].http-response.headers[0][1]: contains NUL",
+            ),
+            (
+                r#"{"http-response":{"code":304,"body":"x"}}"#,
+                "items[0].http-response.body: must be empty: a 304 response has no body",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":1005}}"#,
+                "items[0].ws-message.code: 1005 must never be sent",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":1006}}"#,
+                "ws-message.code: 1006 must never be sent",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":1015}}"#,
+                "ws-message.code: 1015 must never be sent",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":1004}}"#,
+                "1004 is reserved",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":999}}"#,
+                "999 is not a close code",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":2000}}"#,
+                "2000 is reserved",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":5000}}"#,
+                "5000 is not a close code",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":-1}}"#,
+                "-1 is not a close code",
+            ),
+            (
+                r#"{"ws-message":{"action":"close","code":4000,"reason":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#,
+                "items[0].ws-message.reason: is 124 bytes; a close reason is at most 123",
+            ),
+            (
+                r#"{"ws-message":{"content":"x","code":4000}}"#,
+                "items[0].ws-message.code: is only for action close",
+            ),
+            (
+                r#"{"ws-message":{"content":"x","reason":"r"}}"#,
+                "items[0].ws-message.reason: is only for action close",
+            ),
+        ] {
+            let json = format!(
+                r#"{{"items":[{{"channel":"c",{}}}]}}"#,
+                &item[1..item.len() - 1]
+            );
+            let e = parse(json.as_bytes()).expect_err(&json).0;
+            assert!(e.contains(needle), "{json}: {e}");
+            assert!(!e.contains(['\r', '\n']), "one clean line: {e:?}");
+        }
+        for (json, needle) in [
+            (
+                r#"{"items":[{"channel":"a\nb","http-stream":{"content":"x"}}]}"#,
+                "items[0].channel: contains CR or LF",
+            ),
+            (
+                r#"{"items":[{"channel":"c","id":"1\r\nX: y","http-stream":{"content":"x"}}]}"#,
+                "items[0].id: contains CR or LF",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{}},{"channel":"c","prev-id":"\u0000","http-stream":{}}]}"#,
+                "items[1].prev-id: contains NUL",
+            ),
+        ] {
+            let e = parse(json.as_bytes()).expect_err(json).0;
+            assert!(e.contains(needle), "{json}: {e}");
+        }
+        // Within the rules: a 3000-4999 close with a 123-byte reason, a 204
+        // without a body, framing fields left to corepin.
+        let it = one(&format!(
+            r#"{{"items":[{{"channel":"c","ws-message":{{"action":"close","code":4999,"reason":"{}"}}}}]}}"#,
+            "r".repeat(123)
+        ));
+        assert_eq!(it.ws_message.and_then(|w| w.code), Some(4999));
+        let it = one(
+            r#"{"items":[{"channel":"c","http-response":{"code":204,"headers":{"Content-Length":"5","X":"y"}}}]}"#,
+        );
+        let r = it.http_response.expect("response");
+        assert_eq!(
+            (
+                r.head.status().code(),
+                r.head.get("content-length"),
+                r.head.get("x")
+            ),
+            (204, None, Some(&b"y"[..]))
         );
     }
 
@@ -408,7 +583,7 @@ mod tests {
             ),
             (
                 r#"{"items":[{"channel":"c","http-response":{"headers":{"A":"x\r\nB: y"}}}]}"#,
-                "not a valid header",
+                "items[0].http-response.headers.A: contains CR or LF",
             ),
             (
                 r#"{"items":[{"channel":"c","formats":[]}]}"#,

@@ -782,7 +782,7 @@ async fn instructed(
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
             let ok = write_to(&mut c.stream, &out).await;
             HoldEnd::Done(Outcome {
-                status: base.status,
+                status: base.status(),
                 bytes: base.body.len() as u64,
                 target: ctx.target.clone(),
                 keep_alive: ok && keep,
