@@ -402,7 +402,10 @@ fn ranged(
 pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
     let text = std::fs::read_to_string(path)
         .or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))?;
-    Routes::parse(text.lines()).or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))
+    // `sig_key=file:` paths in a routes file are relative to its folder.
+    let base = crate::route::base_dir_of(path);
+    Routes::parse_in(text.lines(), &base)
+        .or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))
 }
 
 /// Reads and validates the routes from their source. Start-up and every
