@@ -58,7 +58,7 @@ pub struct RequestEdits {
     pub as_host: Option<String>,
     /// `header=NAME:VALUE`, in file order: the client's field of that name
     /// is replaced by this value, or removed when the value is empty.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<HeaderEdit>,
     /// `orig_headers`: a copy of every client field, its name prefixed
     /// with [`ORIG_MARK`], goes upstream too; without it, client fields
     /// that carry the mark are dropped.
@@ -66,6 +66,17 @@ pub struct RequestEdits {
     /// False with `no_grip`: no `Grip-Sig`/`Grip-Feature` upstream and the
     /// backend's answer is relayed as is, GRIP headers included.
     pub grip: bool,
+}
+
+/// One `header=NAME:VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderEdit {
+    pub name: String,
+    /// Empty: the field is removed.
+    pub value: String,
+    /// The name lower-cased with `_` and `.` as `-`: client fields that a
+    /// CGI server would map to the same variable are replaced too.
+    pub cgi_name: String,
 }
 
 /// The name prefix Pushpin gives the copies of a client's original fields.
@@ -480,7 +491,7 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// `header=NAME:VALUE` (value left-trimmed of spaces, as Pushpin does).
-fn parse_header(v: &str) -> Result<(String, String), RouteError> {
+fn parse_header(v: &str) -> Result<HeaderEdit, RouteError> {
     let Some((name, value)) = v.split_once(':').filter(|(n, _)| !n.is_empty()) else {
         return err(format!("header '{v}' is not NAME:VALUE"));
     };
@@ -507,7 +518,12 @@ fn parse_header(v: &str) -> Result<(String, String), RouteError> {
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return err(format!("header '{name}' value holds a control character"));
     }
-    Ok((name.to_string(), value.to_string()))
+    let cgi_name = lower.replace(['_', '.'], "-");
+    Ok(HeaderEdit {
+        name: name.to_string(),
+        value: value.to_string(),
+        cgi_name,
+    })
 }
 
 /// Reads a signing key as Pushpin's `fromConfigString` does: `file:PATH`
@@ -527,7 +543,8 @@ pub fn key_from_config(text: &str, base: &Path) -> Result<Vec<u8>, String> {
         ));
     }
     let hex = std::str::from_utf8(&data).map(str::trim).unwrap_or("\u{0}");
-    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(format!(
             "{} is not a hex-encoded secret (Pushpin 1.41 reads a key file as hex)",
             path.display()
@@ -1015,6 +1032,22 @@ impl Route {
         self.proto == o.proto && self.ssl == o.ssl && self.path_beg == o.path_beg
     }
 
+    /// The channels a WebSocket connected to the target at `addr` is
+    /// subscribed to from the start: its `sub=` channels, with the route's
+    /// prefix.
+    pub fn implicit_channels(&self, addr: &str) -> Vec<String> {
+        let prefix = self.prefix.as_deref().unwrap_or("");
+        self.targets
+            .iter()
+            .find_map(|t| match t {
+                Target::Backend(b) if b.addr == addr => Some(&b.sub),
+                _ => None,
+            })
+            .map_or_else(Vec::new, |subs| {
+                subs.iter().map(|c| format!("{prefix}{c}")).collect()
+            })
+    }
+
     /// True when requests on this route get GRIP processing (no `no_grip`).
     pub fn grip(&self) -> bool {
         self.edits.grip
@@ -1334,13 +1367,14 @@ mod tests {
         let e = &backend(&r, 0).edits;
         assert!(e.orig_headers);
         assert_eq!(e.as_host.as_deref(), Some("b.example:8080"));
-        assert_eq!(
-            e.headers,
-            vec![
-                ("X-A".to_string(), "one".to_string()),
-                ("X-B".to_string(), String::new())
-            ]
-        );
+        let h: Vec<(&str, &str, &str)> = e
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str(), h.cgi_name.as_str()))
+            .collect();
+        assert_eq!(h, vec![("X-A", "one", "x-a"), ("X-B", "", "x-b")]);
+        let r = one("*,header=X_Odd.Name:v a:1");
+        assert_eq!(r.edits.headers[0].cgi_name, "x-odd-name");
         assert_eq!(backend(&r, 0).send_host(), Some("b.example:8080"));
         let r = one("*,as_host=a.example t:1,host=t.example");
         assert_eq!(backend(&r, 0).send_host(), Some("t.example"));

@@ -21,7 +21,7 @@ use crate::config::Forwarding;
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
 use crate::log::AccessEntry;
-use crate::route::{Backend, Route, Target};
+use crate::route::{Backend, Route, Target, ORIG_MARK};
 use crate::shard::{ConnGuard, Shard};
 use crate::upstream::{ConnectError, Upstream};
 
@@ -336,7 +336,10 @@ fn is_session_field(name: &[u8]) -> bool {
 /// hop-by-hop, `Grip-*` (under any spelling a CGI server maps to one), the
 /// forwarding fields the `[forwarding]` policy does not take from this
 /// peer, session fields toward an `over_http` target, and `skip` names;
-/// plus corepin's own forwarding fields and `extra` (whole lines).
+/// with the route's edits (`header=` replaces or removes a field, `as_host=`
+/// or the target's `host=` sets Host, `orig_headers` adds marked copies of
+/// the client's fields, otherwise drops marked ones); plus corepin's own
+/// forwarding fields and `extra` (whole lines).
 /// `method` replaces the client's (and then the client's body framing is
 /// not written: `extra` carries the caller's).
 #[allow(clippy::too_many_arguments)]
@@ -364,11 +367,29 @@ pub fn write_request_head(
     let mut real_ip = None;
     let mut forwarded_host = None;
     let mut host = None;
+    let edits = &b.edits;
+    let edited = |name: &[u8]| {
+        edits
+            .headers
+            .iter()
+            .any(|h| http1::cgi_name_is(name, &h.cgi_name))
+    };
+    let marked = |name: &[u8]| http1::cgi_name_starts(name, ORIG_MARK);
+    let mut orig: Vec<u8> = Vec::new();
     for (name, value) in head.fields.iter() {
+        if edits.orig_headers && !edited(name) {
+            // Pushpin marks the client's fields before it drops any.
+            if !marked(name) {
+                orig.extend_from_slice(ORIG_MARK.as_bytes());
+            }
+            http1::write_field(&mut orig, name, value);
+        }
         if is_hop_by_hop(&head.fields, name)
             || http1::cgi_name_is(name, "expect")
             || http1::cgi_name_starts(name, "grip-")
             || (b.over_http && is_session_field(name))
+            || edited(name)
+            || marked(name)
             || skip(name)
         {
             continue;
@@ -416,17 +437,25 @@ pub fn write_request_head(
         }
         if name.eq_ignore_ascii_case(b"host") {
             host = Some(value);
-            if b.host.is_some() {
+            if b.send_host().is_some() {
                 continue;
             }
         }
         http1::write_field(out, name, value);
     }
-    if let Some(h) = &b.host {
+    if let Some(h) = b.send_host() {
         http1::write_field(out, b"Host", h.as_bytes());
     } else if host.is_none() {
         http1::write_field(out, b"Host", b.addr.as_bytes());
     }
+    for h in edits.headers.iter().filter(|h| !h.value.is_empty()) {
+        http1::write_field(out, h.name.as_bytes(), h.value.as_bytes());
+        if edits.orig_headers {
+            orig.extend_from_slice(ORIG_MARK.as_bytes());
+            http1::write_field(&mut orig, h.name.as_bytes(), h.value.as_bytes());
+        }
+    }
+    out.extend_from_slice(&orig);
     let peer_ip = peer.ip().to_string();
     let rule = if trusted { &fwd.xff_trusted } else { &fwd.xff };
     let entries = rule.apply(xff, peer_ip.as_bytes());
@@ -645,9 +674,13 @@ async fn connect(
 /// Proxies one request to the route's backend and streams the answer back.
 async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Route) -> HoldEnd {
     let path = route.rewrite(head.target());
-    let sig = shard.sig_for(route);
+    // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
+    // is, its GRIP headers included (Pushpin's passthrough).
+    let sig = route.grip().then(|| shard.sig_for(route)).flatten();
     let mut grip_headers = Vec::new();
-    shard.write_grip_headers(&mut grip_headers, sig.as_ref());
+    if route.grip() {
+        shard.write_grip_headers(&mut grip_headers, sig.as_ref());
+    }
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
     let (mut up, backend, resp) = loop {
@@ -691,7 +724,7 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
             Err(f) => return HoldEnd::Done(fail(shard, c, head, f, &backend.addr).await),
         }
     };
-    if grip::is_grip(&resp.fields) {
+    if route.grip() && grip::is_grip(&resp.fields) {
         let ctx = HoldCtx {
             head,
             backend: Some(backend.addr.clone()),

@@ -404,7 +404,9 @@ fn upgrade_request(
     route: &Route,
 ) -> Vec<u8> {
     let mut extra = Vec::new();
-    shard.write_grip_headers(&mut extra, shard.sig_for(route).as_ref());
+    if route.grip() {
+        shard.write_grip_headers(&mut extra, shard.sig_for(route).as_ref());
+    }
     extra.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
     let mut out = Vec::with_capacity(512);
     crate::conn::http::write_request_head(
@@ -507,7 +509,16 @@ async fn passthrough(
         let n = relay_refusal(c, &resp, &body).await;
         return outcome(resp.status, n, &target);
     }
-    let (grip, other_ext) = grip_extension(resp.fields.get("sec-websocket-extensions"));
+    let extensions = resp.fields.get("sec-websocket-extensions");
+    let (grip, other_ext) = if route.grip() {
+        grip_extension(extensions)
+    } else {
+        // `no_grip`: the backend's extensions reach the client unread.
+        (
+            None,
+            String::from_utf8_lossy(extensions.unwrap_or(b"")).into_owned(),
+        )
+    };
     let protocol = resp
         .fields
         .get("sec-websocket-protocol")
@@ -517,7 +528,7 @@ async fn passthrough(
     }
     let _ = up.stream.set_read_timeout(None);
     let prefix = route.prefix.clone().unwrap_or_default();
-    let sub = ws_sub(shard, Vec::new());
+    let sub = ws_sub(shard, route.implicit_channels(&backend.addr));
     let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
     end
 }
@@ -948,7 +959,7 @@ async fn over_http(
     if !send(c, &switching(head, protocol.as_deref(), None)).await {
         return outcome(101, 0, &s.target);
     }
-    let sub = ws_sub(shard, Vec::new());
+    let sub = ws_sub(shard, route.implicit_channels(&s.target));
     let _live = LiveSession::mark(shard, s.connection_id.clone());
     session_loop(&mut s, c, &sub, events).await
 }
