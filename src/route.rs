@@ -1373,9 +1373,9 @@ mod tests {
             .map(|h| (h.name.as_str(), h.value.as_str(), h.cgi_name.as_str()))
             .collect();
         assert_eq!(h, vec![("X-A", "one", "x-a"), ("X-B", "", "x-b")]);
+        assert_eq!(backend(&r, 0).send_host(), Some("b.example:8080"));
         let r = one("*,header=X_Odd.Name:v a:1");
         assert_eq!(r.edits.headers[0].cgi_name, "x-odd-name");
-        assert_eq!(backend(&r, 0).send_host(), Some("b.example:8080"));
         let r = one("*,as_host=a.example t:1,host=t.example");
         assert_eq!(backend(&r, 0).send_host(), Some("t.example"));
         assert!(one("* a:1").grip());
