@@ -7,26 +7,38 @@ pub use crate::client::PublishFormat;
 use crate::config::Overrides;
 
 pub const USAGE: &str = "\
-usage: corepin [run] [--config FILE] [--listen ADDR]... [--control-http ADDR]
+usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
+               [--control-http ADDR]
                [--control-socket PATH] [--route LINE]... [--workers N (0 = every core)]
                [--log-level error|warn|info|debug]
-       corepin check --config FILE
+       corepin check --config FILE | --pushpin-config FILE
        corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
                        [--id ID] [--prev-id ID] [--socket PATH | --http URL]
        corepin stats [--socket PATH]
        corepin --help | --version
 
 Without --config, corepin runs its embedded default (config/corepin.toml):
-clients on 127.0.0.1:7999, every request routed to the built-in test target.";
+clients on 127.0.0.1:7999, every request routed to the built-in test target.
+--pushpin-config runs from a Pushpin pushpin.conf and the routes file it
+names (unsupported settings are named in one warning line).";
+
+/// The configuration file a command reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// `--config`: corepin's TOML.
+    Toml(PathBuf),
+    /// `--pushpin-config`: a Pushpin pushpin.conf.
+    Pushpin(PathBuf),
+}
 
 #[derive(Debug)]
 pub enum Command {
     Run {
-        config: Option<PathBuf>,
+        config: Option<ConfigFile>,
         overrides: Overrides,
     },
     Check {
-        config: Option<PathBuf>,
+        config: Option<ConfigFile>,
         overrides: Overrides,
     },
     Publish {
@@ -148,7 +160,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            "--config" | "-c" => config = Some(PathBuf::from(val("--config")?)),
+            "--config" | "-c" | "--pushpin-config" => {
+                if config.is_some() {
+                    return Err(CliError(
+                        "give one of --config and --pushpin-config, once".into(),
+                    ));
+                }
+                let path = PathBuf::from(val(&flag)?);
+                config = Some(if flag == "--pushpin-config" {
+                    ConfigFile::Pushpin(path)
+                } else {
+                    ConfigFile::Toml(path)
+                });
+            }
             "--listen" => ov.listen.push(val("--listen")?),
             "--control-http" => ov.control_http = Some(val("--control-http")?),
             "--control-socket" => ov.control_socket = Some(val("--control-socket")?),
@@ -177,7 +201,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
     Ok(match sub.as_deref() {
         Some("check") => {
             if config.is_none() {
-                return Err(CliError("check: --config FILE is required".into()));
+                return Err(CliError(
+                    "check: --config FILE (or --pushpin-config FILE) is required".into(),
+                ));
             }
             Command::Check {
                 config,
@@ -216,7 +242,18 @@ mod tests {
         ]) else {
             panic!("not run")
         };
-        assert_eq!(config, Some(PathBuf::from("x.toml")));
+        assert_eq!(config, Some(ConfigFile::Toml(PathBuf::from("x.toml"))));
+        let Ok(Command::Run { config, .. }) =
+            p(&["run", "--pushpin-config", "/etc/pushpin/pushpin.conf"])
+        else {
+            panic!("not run")
+        };
+        assert_eq!(
+            config,
+            Some(ConfigFile::Pushpin(PathBuf::from(
+                "/etc/pushpin/pushpin.conf"
+            )))
+        );
         assert_eq!(overrides.listen, vec!["127.0.0.1:0", "127.0.0.1:1"]);
         assert_eq!(overrides.routes, vec!["* test"]);
         assert_eq!(overrides.workers, Some(2));
@@ -240,7 +277,10 @@ mod tests {
             (&["--workers", "x"][..], "--workers: 'x'"),
             (&["--listen"][..], "--listen: missing value"),
             (&["--bogus"][..], "--bogus: unknown flag"),
-            (&["check"][..], "--config FILE is required"),
+            (
+                &["check"][..],
+                "--config FILE (or --pushpin-config FILE) is required",
+            ),
             (&["stray"][..], "'stray': unexpected"),
             (&["publish"][..], "CHANNEL is required"),
             (&["publish", "c"][..], "CONTENT is required"),
@@ -249,6 +289,11 @@ mod tests {
                 "--bogus: unknown flag",
             ),
             (&["stats", "--socket"][..], "--socket: missing value"),
+            (
+                &["--config", "a", "--pushpin-config", "b"][..],
+                "one of --config and --pushpin-config",
+            ),
+            (&["--pushpin-config"][..], "--pushpin-config: missing value"),
         ] {
             let e = p(args).expect_err(needle).0;
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -469,6 +469,26 @@ impl Config {
         })
     }
 
+    /// Validates settings given as a TOML table (what `--pushpin-config`
+    /// builds from a pushpin.conf) with overrides; `origin` names where
+    /// they came from in errors.
+    pub fn from_table(
+        table: toml::Table,
+        origin: &str,
+        ov: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("{origin}: {}", e.message())))?;
+        Self::validate(file, ov).map_err(|e| {
+            if e.0.starts_with("--") {
+                e
+            } else {
+                ConfigError(format!("{origin}: {}", e.0))
+            }
+        })
+    }
+
     /// The embedded default with overrides.
     pub fn default_with(ov: &Overrides) -> Result<Config, ConfigError> {
         Self::from_toml(DEFAULT_TOML, "embedded config", ov)

@@ -1,6 +1,6 @@
 //! corepin: a thread-per-core realtime reverse proxy speaking GRIP.
 //!
-//! Leaves (no IO): `codec`, `config`, `route`, `cli`. Runtime-facing
+//! Leaves (no IO): `codec`, `config`, `route`, `cli`, `pushpin_conf`. Runtime-facing
 //! (glommio types live only here): `buf`, `conn`, `upstream`, `shard`,
 //! `server`, `testtarget`.
 
@@ -17,6 +17,7 @@ pub mod control;
 pub mod control_socket;
 pub mod jwt;
 pub mod metrics;
+pub mod pushpin_conf;
 pub mod route;
 pub mod server;
 pub mod shard;
@@ -24,3 +25,4 @@ pub mod stats;
 pub mod subs;
 pub mod testtarget;
 pub mod upstream;
+pub mod watch;

@@ -207,6 +207,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
             })
         })
         .collect();
+    // The routes file is reloaded when it changes, as Pushpin does.
+    if let crate::config::RoutesSource::File(path) = &cfg.routes_source {
+        match crate::watch::spawn(path.clone(), plane.clone()) {
+            Ok(()) => info!("watching {} for changes", path.display()),
+            Err(e) => warn!("{e}: the routes reload on SIGHUP only"),
+        }
+    }
     spawn_signal_thread(plane)?;
     info!("running on {workers} cores");
 
