@@ -130,6 +130,11 @@ pub fn parse_ini(text: &str, origin: &str) -> Result<BTreeMap<String, Value>, Co
                 return fail(format!("{origin}: line {n}: '[' without ']'"));
             };
             let name = name.trim();
+            if name.is_empty() || name.contains('/') {
+                return fail(format!(
+                    "{origin}: line {n}: '[{name}]' is not a section name"
+                ));
+            }
             section = if name.eq_ignore_ascii_case("general") {
                 String::new()
             } else {
@@ -146,6 +151,11 @@ pub fn parse_ini(text: &str, origin: &str) -> Result<BTreeMap<String, Value>, Co
         let key = key.trim_end_matches([' ', '\t']);
         if key.is_empty() {
             return fail(format!("{origin}: line {n}: empty key"));
+        }
+        if key.contains('/') {
+            return fail(format!(
+                "{origin}: line {n}: key '{key}' holds '/' (Qt reads it as a section separator)"
+            ));
         }
         let value = split_value(value)
             .map_err(|e| ConfigError(format!("{origin}: line {n}: {key}: {e}")))?;
@@ -666,12 +676,147 @@ a=second
             ("[proxy", "line 1: '[' without ']'"),
             ("[p]\njust words", "line 2: 'just words' is not key=value"),
             ("=x", "empty key"),
+            ("/=\n\n", "holds '/'"),
+            ("[]\nk=v", "'[]' is not a section name"),
+            ("[a/b]\nk=v", "not a section name"),
             ("k=\"open", "unterminated quote"),
             ("k=\"\\q\"", "unsupported escape"),
         ] {
             let e = parse_ini(bad, "t.conf").expect_err(bad);
             assert!(e.0.contains(needle), "{bad:?}: {e}");
         }
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("corepin-ppconf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    #[test]
+    fn maps_a_pushpin_conf_onto_corepin_settings() {
+        let d = dir("map");
+        std::fs::write(d.join("routes"), "*,path_beg=/a 127.0.0.1:9\n* test\n").expect("routes");
+        std::fs::write(d.join("k"), "736563726574").expect("key");
+        std::fs::write(
+            d.join("inc.conf"),
+            "[handler]\npush_in_http_addr=127.0.0.2\n[proxy]\nzurl_out_specs=ipc://x\n",
+        )
+        .expect("inc");
+        let text = format!(
+            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\n[handler]\npush_in_http_port=5561\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\n",
+            d.display()
+        );
+        std::fs::write(d.join("pushpin.conf"), text).expect("conf");
+        let p = load(&d.join("pushpin.conf"), &Overrides::default()).expect("loads");
+        let c = &p.config;
+        let addrs: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, vec!["0.0.0.0:7999", "127.0.0.1:8000"]);
+        // The include's address, the main file's port plus port_offset.
+        assert_eq!(
+            c.control_http.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.2:5571")
+        );
+        assert_eq!(c.control_socket, Some(d.join("run/corepin.sock")));
+        assert!(d.join("run").is_dir());
+        assert_eq!(c.log_level, crate::config::Level::Debug);
+        assert_eq!(c.limits.head.max_head_bytes, 4096);
+        assert_eq!(c.grip.max_channels, 7);
+        assert_eq!(c.publish.max_body, 2048);
+        assert_eq!(c.grip.sig_key.as_deref(), Some(&b"secret"[..]));
+        assert_eq!(c.grip.sig_iss, "pushpin");
+        assert!(c.forwarding.accept_x_forwarded_protocol);
+        assert_eq!(c.forwarding.xff.truncate, Some(0));
+        assert!(c.forwarding.xff.append);
+        assert_eq!(c.routes.iter().count(), 2);
+        assert_eq!(
+            c.routes_source,
+            crate::config::RoutesSource::File(d.join("routes"))
+        );
+        assert_eq!(p.client_maxconn, Some(123));
+        let w = p.warning.expect("a warning");
+        assert!(w.contains("[runner] client_maxconn=123"), "{w}");
+        // port_offset applies to tcp:// specs too.
+        assert!(
+            w.contains("[handler] command_spec=tcp://127.0.0.1:5573"),
+            "{w}"
+        );
+        assert!(
+            !w.contains("zurl_out_specs") && !w.contains("sig_key"),
+            "{w}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn defaults_as_pushpin_has_them() {
+        let d = dir("defaults");
+        std::fs::write(d.join("routes"), "* test\n").expect("routes");
+        std::fs::write(
+            d.join("pushpin.conf"),
+            "[runner]\nhttp_port=7999\n[proxy]\nroutesfile=routes\n",
+        )
+        .expect("conf");
+        let p = load(&d.join("pushpin.conf"), &Overrides::default()).expect("loads");
+        let c = &p.config;
+        assert_eq!(
+            c.control_http, None,
+            "no push_in_http_port: no publish server"
+        );
+        assert_eq!(c.grip.sig_key, None);
+        assert_eq!(c.grip.sig_iss, "pushpin");
+        // Pushpin's empty x_forwarded_for passes the client's along.
+        assert_eq!(c.forwarding.xff.truncate, None);
+        assert!(!c.forwarding.xff.append);
+        assert_eq!(p.warning, None);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let d = dir("errors");
+        std::fs::write(d.join("routes"), "* test\n").expect("routes");
+        for (body, needle) in [
+            (
+                "[runner]\nhttp_port=x\n[proxy]\nroutesfile=routes",
+                "[runner] http_port: 'x' is not a port",
+            ),
+            (
+                "[proxy]\nroutesfile=routes",
+                "[runner] http_port: no port to listen on",
+            ),
+            (
+                "[runner]\nhttp_port=1\n",
+                "[proxy] routesfile: no routes file is named",
+            ),
+            (
+                "[runner]\nhttp_port=1\n[proxy]\nroutesfile=nothere",
+                "routes_file: ",
+            ),
+            (
+                "[global]\nport_offset=a\n",
+                "[global] port_offset: 'a' is not a number",
+            ),
+            (
+                "[runner]\nhttp_port=1\nlog_level=loud\n[proxy]\nroutesfile=routes",
+                "[runner] log_level",
+            ),
+            (
+                "[runner]\nhttp_port=1\n[proxy]\nroutesfile=routes\nsig_key=file:none",
+                "[proxy] sig_key: cannot read",
+            ),
+            (
+                "[runner]\nhttp_port=1\n[proxy]\nroutesfile=routes\ndebug=maybe",
+                "[proxy] debug: 'maybe' is not true or false",
+            ),
+        ] {
+            std::fs::write(d.join("p.conf"), body).expect("conf");
+            let e = load(&d.join("p.conf"), &Overrides::default()).expect_err(body);
+            assert!(e.0.contains(needle), "{body:?}: {e}");
+            assert!(!e.0.contains('\n'), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
