@@ -225,8 +225,8 @@ pub fn tokenize(line: &str) -> Result<Vec<Section>, RouteError> {
     let mut state = State::Separator;
     let mut i = 0;
     let mut start = 0;
-    // Whether the part read so far holds an `=` (unquoted or quoted:
-    // Pushpin looks at the decoded text) and where the first one is.
+    // The text of the current part (quotes decoded), and where its first
+    // `=` is, quoted or not (Pushpin looks at the decoded text).
     let mut part = String::new();
     let mut eq_at: Option<usize> = None;
     loop {
@@ -775,6 +775,9 @@ pub fn parse_line_in(line: &str, base: &Path) -> Result<Option<Route>, RouteErro
         None => None,
     };
     let prefix = props.value("prefix")?;
+    if let Some(p) = &prefix {
+        plain("prefix", p)?;
+    }
     let orig_headers = props.flag("orig_headers")?;
     let as_host = props.value("as_host")?;
     if let Some(h) = &as_host {
@@ -1453,6 +1456,7 @@ mod tests {
             ("*,header=X-Forwarded-For:x a:1", "set by corepin itself"),
             ("*,header=Content-Length:1 a:1", "set by corepin itself"),
             ("*,as_host=a\u{7f}b a:1", "control character"),
+            ("*,\"prefix=a\tb\" a:1", "control character"),
             ("* a:1,host=bad/host", "not a host name"),
             ("*,log_level=loud a:1", "not a number"),
             ("*,jsonp_mode=odd a:1", "basic or extended"),

@@ -272,17 +272,19 @@ def main():
             for n, why in skipped:
                 out.append("skipped\t%d\t%s" % (n, why))
             for (kind, host, path, headers), seen in zip(case["requests"], results):
-                for k in list(seen.get("headers", {})):
-                    pass
                 hdrs = " ".join("%s:%s" % h for h in headers) or "-"
                 out.append("request\t%s\t%s\t%s\t%s\t=>\t%s" % (kind, host, path, hdrs, json.dumps(seen, sort_keys=True)))
             print("%-45s %s" % (case["name"], " ".join(r["target"] for r in results)))
         with open(TABLE, "w", encoding="utf-8") as f:
             f.write("\n".join(out) + "\n")
     finally:
+        zurl_proc = procs[0] if procs else None
         for p in procs:
             try:
-                os.killpg(p.pid, signal.SIGTERM) if p is not procs[0] else p.terminate()
+                if p is zurl_proc:
+                    p.terminate()
+                else:
+                    os.killpg(p.pid, signal.SIGTERM)
                 p.wait(timeout=10)
             except Exception:
                 p.kill()
