@@ -324,6 +324,9 @@ fn main() {
     let ecdsa = certs(Key::Ecdsa);
     let rsa = certs(Key::Rsa);
     let providers = [Provider::AwsLc, Provider::Ring];
+    if quick {
+        println!("smoke run (one of each, not a measurement): cargo bench --bench tls_provider");
+    }
     println!("| case | provider | per CPU-second | server % |");
     println!("|---|---|---:|---:|");
     let row = |case: &str, p: &str, s: Sample, unit: &str| {
