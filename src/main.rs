@@ -88,9 +88,19 @@ fn main() -> ExitCode {
         }
         Command::Check { config, overrides } => match load(config.as_deref(), &overrides) {
             Ok(cfg) => {
+                let tls = corepin::tls::check(&cfg);
+                if !tls.problems.is_empty() {
+                    for p in &tls.problems {
+                        eprintln!("corepin: {p}");
+                    }
+                    return ExitCode::from(2);
+                }
                 println!("config ok");
                 for r in cfg.routes.iter() {
                     println!("route: {}", r.line);
+                }
+                for line in &tls.info {
+                    println!("{line}");
                 }
                 ExitCode::SUCCESS
             }
@@ -107,6 +117,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Some(e) = corepin::tls::not_served_yet(&cfg) {
+                eprintln!("corepin: {e}");
+                return ExitCode::from(2);
+            }
             corepin::log::set_level(cfg.log_level);
             if let Err(e) = corepin::server::check_runtime() {
                 eprintln!("corepin: {e}");

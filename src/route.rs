@@ -34,6 +34,10 @@ pub struct Backend {
     pub host: Option<String>,
     /// The target is a GRIP subscriber (`sub`): accepted for compatibility.
     pub sub: bool,
+    /// `ssl`: reached over TLS (verified against the system CA store).
+    pub ssl: bool,
+    /// `insecure` (with `ssl`): the backend's certificate is not verified.
+    pub insecure: bool,
 }
 
 /// One routes line.
@@ -47,6 +51,9 @@ pub struct Route {
     /// Replacement for the matched `path_beg` prefix.
     pub replace_beg: Option<String>,
     pub proto: Proto,
+    /// `ssl=yes|no`: only requests that came over TLS (yes) or over
+    /// plaintext (no); `None` matches both.
+    pub ssl: Option<bool>,
     /// The Grip-Sig key, decoded once when the line is parsed
     /// (`base64:` text is decoded; anything else is used as its bytes).
     pub sig_key: Option<Vec<u8>>,
@@ -108,19 +115,24 @@ fn parse_target(token: &str) -> Result<Target, RouteError> {
         over_http: false,
         host: None,
         sub: false,
+        ssl: false,
+        insecure: false,
     };
     for p in parts {
         match prop(p) {
             ("over_http", None) => backend.over_http = true,
             ("sub", None) => backend.sub = true,
             ("host", v) => backend.host = Some(need("host", v)?.to_string()),
-            ("ssl", _) => {
-                return err(format!(
-                    "target '{addr}': 'ssl' (TLS to backends) is not supported yet"
-                ))
+            ("ssl", None) => backend.ssl = true,
+            ("insecure", None) => backend.insecure = true,
+            (name @ ("ssl" | "insecure"), Some(_)) => {
+                return err(format!("target property '{name}' takes no value"))
             }
             (name, _) => return err(format!("unknown target property '{name}'")),
         }
+    }
+    if backend.insecure && !backend.ssl {
+        return err(format!("target '{addr}': 'insecure' needs 'ssl'"));
     }
     Ok(Target::Backend(backend))
 }
@@ -145,6 +157,7 @@ pub fn parse_line(line: &str) -> Result<Option<Route>, RouteError> {
         path_rem: 0,
         replace_beg: None,
         proto: Proto::Any,
+        ssl: None,
         sig_key: None,
         sig_iss: None,
         prefix: None,
@@ -182,6 +195,9 @@ pub fn parse_line(line: &str) -> Result<Option<Route>, RouteError> {
             ("proto", Some("http")) => route.proto = Proto::Http,
             ("proto", Some("ws")) => route.proto = Proto::Ws,
             ("proto", v) => return err(format!("proto '{}' is not http or ws", v.unwrap_or(""))),
+            ("ssl", Some("yes")) => route.ssl = Some(true),
+            ("ssl", Some("no")) => route.ssl = Some(false),
+            ("ssl", v) => return err(format!("ssl '{}' is not yes or no", v.unwrap_or(""))),
             ("sig_key", v) => {
                 let key = crate::jwt::key_bytes(need("sig_key", v)?)
                     .map_err(|e| RouteError(format!("sig_key: {e}")))?;
@@ -240,11 +256,35 @@ impl Routes {
         self.routes.is_empty()
     }
 
-    /// The route for a request: routes naming the request's host first,
-    /// then `*` routes, each group in file order.
+    /// The route for a plaintext request (see `select_tls`).
     pub fn select(&self, host: Option<&str>, path: &str, ws: bool) -> Option<&Route> {
+        self.select_tls(host, path, ws, false)
+    }
+
+    /// The first TLS-to-backend target, if any route has one: what
+    /// `corepin run` refuses until TLS serving is wired.
+    pub fn first_ssl_target(&self) -> Option<(&Route, &Backend)> {
+        self.routes.iter().find_map(|r| {
+            r.targets.iter().find_map(|t| match t {
+                Target::Backend(b) if b.ssl => Some((r, b)),
+                _ => None,
+            })
+        })
+    }
+
+    /// The route for a request that came over TLS (`tls`) or not: routes
+    /// naming the request's host first, then `*` routes, each group in
+    /// file order; a route with `ssl=yes|no` only for that kind.
+    pub fn select_tls(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        ws: bool,
+        tls: bool,
+    ) -> Option<&Route> {
         let fits = |r: &&Route| {
-            r.path_beg.as_deref().is_none_or(|b| path.starts_with(b))
+            r.ssl.is_none_or(|want| want == tls)
+                && r.path_beg.as_deref().is_none_or(|b| path.starts_with(b))
                 && match r.proto {
                     Proto::Any => true,
                     Proto::Http => !ws,
@@ -318,7 +358,9 @@ mod tests {
                 addr: "127.0.0.1:8000".into(),
                 over_http: false,
                 host: None,
-                sub: false
+                sub: false,
+                ssl: false,
+                insecure: false,
             })]
         );
         let r = one("api.example.com,path_beg=/events/ 127.0.0.1:8000");
@@ -362,7 +404,11 @@ mod tests {
             ("*,path_beg=/a%zz a:1", "invalid percent-encoding"),
             ("*,path_rem=x a:1", "not a number"),
             ("*,replace_beg=/x a:1", "needs path_beg"),
-            ("* a:1,ssl", "not supported"),
+            ("*,ssl=maybe a:1", "ssl 'maybe' is not yes or no"),
+            ("*,ssl a:1", "ssl '' is not yes or no"),
+            ("* a:1,ssl=1", "'ssl' takes no value"),
+            ("* a:1,insecure", "'insecure' needs 'ssl'"),
+            ("* a:1,insecure=yes,ssl", "'insecure' takes no value"),
             ("* test,over_http", "no properties"),
             (
                 "*,sig_key=base64:!! a:1",
@@ -418,5 +464,46 @@ mod tests {
         assert_eq!(r.rewrite("/ab./c?q=/./"), "/c?q=/./");
         let r = one("*,path_beg=/api/,replace_beg=/v2// a:1");
         assert_eq!(r.rewrite("/api/x"), "/v2/x");
+    }
+
+    #[test]
+    fn tls_condition_and_target_properties() {
+        let r = one("*,ssl=yes a:443,ssl,host=api.example.com b:443,ssl,insecure c:80");
+        assert_eq!(r.ssl, Some(true));
+        let b = |i: usize| match &r.targets[i] {
+            Target::Backend(b) => (b.ssl, b.insecure),
+            Target::Test => panic!("backend"),
+        };
+        assert_eq!(
+            (b(0), b(1), b(2)),
+            ((true, false), (true, true), (false, false))
+        );
+        assert_eq!(one("*,ssl=no a:1").ssl, Some(false));
+        assert_eq!(one("* a:1").ssl, None);
+        let routes = Routes::parse([
+            "*,path_beg=/s,ssl=yes a:1",
+            "*,path_beg=/s,ssl=no b:1",
+            "* c:1",
+        ])
+        .expect("valid");
+        let pick = |p: &str, tls: bool| {
+            routes
+                .select_tls(None, p, false, tls)
+                .map(|r| r.line.split(' ').nth(1).unwrap_or("").to_string())
+        };
+        assert_eq!(pick("/s", true).as_deref(), Some("a:1"));
+        assert_eq!(pick("/s", false).as_deref(), Some("b:1"));
+        assert_eq!(pick("/x", true).as_deref(), Some("c:1"));
+        assert_eq!(
+            routes.select(None, "/s", false).map(|r| r.line.as_str()),
+            Some("*,path_beg=/s,ssl=no b:1")
+        );
+        assert!(routes.first_ssl_target().is_none());
+        let ssl = Routes::parse(["* a:1", "x.y b:1 c:2,ssl"]).expect("valid");
+        let (r, b) = ssl.first_ssl_target().expect("one");
+        assert_eq!(
+            (r.line.as_str(), b.addr.as_str()),
+            ("x.y b:1 c:2,ssl", "c:2")
+        );
     }
 }
