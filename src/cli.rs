@@ -11,6 +11,8 @@ usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
                [--control-http ADDR]
                [--control-socket PATH] [--route LINE]... [--workers N (0 = every core)]
                [--log-level error|warn|info|debug]
+               [--listen-tls ADDR]... [--tls-cert FILE --tls-key FILE]
+               [--tls-certs-dir DIR]
        corepin check --config FILE | --pushpin-config FILE
        corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
                        [--id ID] [--prev-id ID] [--socket PATH | --http URL]
@@ -188,6 +190,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
                 ov.workers = Some(n);
             }
             "--log-level" => ov.log_level = Some(val("--log-level")?),
+            // TLS (issue 15).
+            "--listen-tls" => ov.listen_tls.push(val("--listen-tls")?),
+            "--tls-cert" => ov.tls_cert = Some(val("--tls-cert")?),
+            "--tls-key" => ov.tls_key = Some(val("--tls-key")?),
+            "--tls-certs-dir" => ov.tls_certs_dir = Some(val("--tls-certs-dir")?),
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: unknown flag (see --help)")))
             }
@@ -294,9 +301,36 @@ mod tests {
                 "one of --config and --pushpin-config",
             ),
             (&["--pushpin-config"][..], "--pushpin-config: missing value"),
+            (&["--listen-tls"][..], "--listen-tls: missing value"),
+            (&["--tls-cert"][..], "--tls-cert: missing value"),
+            (&["--tls-key"][..], "--tls-key: missing value"),
+            (&["--tls-certs-dir"][..], "--tls-certs-dir: missing value"),
         ] {
             let e = p(args).expect_err(needle).0;
             assert!(e.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn parses_tls_flags() {
+        let Ok(Command::Check { overrides, .. }) = p(&[
+            "check",
+            "--config",
+            "c.toml",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--listen-tls=[::1]:8443",
+            "--tls-cert",
+            "a.crt",
+            "--tls-key=a.key",
+            "--tls-certs-dir",
+            "d",
+        ]) else {
+            panic!("not check")
+        };
+        assert_eq!(overrides.listen_tls, vec!["127.0.0.1:0", "[::1]:8443"]);
+        assert_eq!(overrides.tls_cert.as_deref(), Some("a.crt"));
+        assert_eq!(overrides.tls_key.as_deref(), Some("a.key"));
+        assert_eq!(overrides.tls_certs_dir.as_deref(), Some("d"));
     }
 }

@@ -80,7 +80,10 @@ impl ControlPlane {
     /// keeps the old routes. Returns the new route count.
     pub fn reload(&self) -> Result<usize, String> {
         // The same reading and validation as at start-up.
-        let routes = load_routes(&self.routes).map_err(|e| e.0)?;
+        let mut routes = load_routes(&self.routes).map_err(|e| e.0)?;
+        if let RoutesSource::File(path) = &self.routes {
+            routes = crate::config::refuse_unwired_ssl(routes, path).map_err(|e| e.0)?;
+        }
         let n = routes.iter().count();
         let routes = Arc::new(routes);
         self.links.send_all(|| Command::Routes(routes.clone()));

@@ -2,7 +2,7 @@
 //!
 //! Leaves (no IO): `codec`, `config`, `route`, `cli`, `pushpin_conf`. Runtime-facing
 //! (glommio types live only here): `buf`, `conn`, `upstream`, `shard`,
-//! `server`, `testtarget`.
+//! `server`, `testtarget`. `tls` takes any stream and a timer future.
 
 #[macro_use]
 pub mod log;
@@ -24,5 +24,6 @@ pub mod shard;
 pub mod stats;
 pub mod subs;
 pub mod testtarget;
+pub mod tls;
 pub mod upstream;
 pub mod watch;

@@ -93,12 +93,22 @@ fn main() -> ExitCode {
         }
         Command::Check { config, overrides } => match load(config.as_ref(), &overrides) {
             Ok((cfg, warning)) => {
+                let tls = corepin::tls::check(&cfg);
+                if !tls.problems.is_empty() {
+                    for p in &tls.problems {
+                        eprintln!("corepin: {p}");
+                    }
+                    return ExitCode::from(2);
+                }
                 if let Some(w) = warning {
                     println!("warning: {w}");
                 }
                 println!("config ok");
                 for r in cfg.routes.iter() {
                     println!("route: {}", r.line);
+                }
+                for line in &tls.info {
+                    println!("{line}");
                 }
                 ExitCode::SUCCESS
             }
@@ -115,6 +125,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Some(e) = corepin::tls::not_served_yet(&cfg) {
+                eprintln!("corepin: {e}");
+                return ExitCode::from(2);
+            }
             corepin::log::set_level(cfg.log_level);
             if let Some(w) = warning {
                 corepin::warn!("{w}");

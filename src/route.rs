@@ -631,6 +631,12 @@ fn parse_target(s: Section, edits: &Arc<RequestEdits>) -> Result<Parsed, RouteEr
     }
     let over_http = props.flag("over_http")?;
     let one_event = props.flag("one_event")?;
+    if insecure && !ssl {
+        return err(format!("target '{val}': 'insecure' needs 'ssl'"));
+    }
+    if trust_connect_host && !ssl {
+        return err(format!("target '{val}': 'trust_connect_host' needs 'ssl'"));
+    }
     let ipc_file_mode = match props.value("ipc_file_mode")? {
         Some(m) => Some(
             u32::from_str_radix(&m, 8)
@@ -906,13 +912,6 @@ impl Route {
     /// when it can.
     pub fn unsupported(&self) -> Option<String> {
         let opt = "route option";
-        if self.ssl.is_some() {
-            return not_yet(
-                opt,
-                "ssl=",
-                "corepin has no TLS listener to tell https requests by",
-            );
-        }
         if self.aco {
             return not_yet(
                 opt,
@@ -950,19 +949,14 @@ impl Route {
             match t {
                 Target::Test => {}
                 Target::Backend(b) => {
+                    // `ssl` and `insecure` are served by the TLS code, which
+                    // refuses them at `run` until it is wired (`tls`).
                     let tp = "target property";
-                    if b.ssl {
-                        return not_yet(tp, "ssl", "TLS to backends is not built yet");
-                    }
-                    if b.insecure {
-                        return Some(
-                            "target property `insecure` applies only to `ssl` targets".into(),
-                        );
-                    }
                     if b.trust_connect_host {
-                        return Some(
-                            "target property `trust_connect_host` applies only to `ssl` targets"
-                                .into(),
+                        return not_yet(
+                            tp,
+                            "trust_connect_host",
+                            "corepin checks a backend's certificate against host= or the target's address",
                         );
                     }
                     if b.untrusted {
@@ -1240,13 +1234,36 @@ impl Routes {
         best
     }
 
-    /// [`Routes::select_for`] for a plain-text client connection.
+    /// [`Routes::select_for`] for a plaintext client connection.
     pub fn select(&self, host: Option<&str>, path: &str, ws: bool) -> Option<&Route> {
+        self.select_tls(host, path, ws, false)
+    }
+
+    /// [`Routes::select_for`] for a client connection that came over TLS
+    /// (`tls`) or not.
+    pub fn select_tls(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        ws: bool,
+        tls: bool,
+    ) -> Option<&Route> {
         self.select_for(&Request {
             host,
             path,
             ws,
-            https: false,
+            https: tls,
+        })
+    }
+
+    /// The first TLS-to-backend target, if any route has one: what
+    /// `corepin run` refuses until TLS serving is wired.
+    pub fn first_ssl_target(&self) -> Option<(&Route, &Backend)> {
+        self.routes.iter().find_map(|r| {
+            r.targets.iter().find_map(|t| match t {
+                Target::Backend(b) if b.ssl => Some((r, b)),
+                _ => None,
+            })
         })
     }
 }
@@ -1440,6 +1457,14 @@ mod tests {
             ),
             ("*,sig_key= a:1", "'sig_key' needs a value"),
             ("*,debug=false a:1", "'debug' takes no value"),
+            ("*,ssl a:1", "ssl '' is not yes or no"),
+            ("* a:1,ssl=1", "'ssl' takes no value"),
+            ("* a:1,insecure", "'insecure' needs 'ssl'"),
+            ("* a:1,insecure=yes,ssl", "'insecure' takes no value"),
+            (
+                "* a:1,trust_connect_host",
+                "'trust_connect_host' needs 'ssl'",
+            ),
             ("* a:1,over_http=yes", "'over_http' takes no value"),
             ("* a:1,sub", "bare 'sub'"),
             ("* a:1,sub=", "bare 'sub'"),
@@ -1473,7 +1498,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("*,ssl=yes a:1", "route option `ssl=`"),
             ("*,aco a:1", "route option `aco`"),
             ("*,jsonp_cb=cb a:1", "route option `jsonp_*`"),
             ("*,jsonp_mode=basic a:1", "route option `jsonp_*`"),
@@ -1483,11 +1507,9 @@ mod tests {
             ("*,log_level=2 a:1", "route option `log_level`"),
             ("* zhttp/tcp://127.0.0.1:5000", "target `zhttp/...`"),
             ("* zhttpreq/tcp://127.0.0.1:5000", "target `zhttpreq/...`"),
-            ("* a:1,ssl", "target property `ssl`"),
-            ("* a:1,insecure", "`insecure` applies only to `ssl`"),
             (
-                "* a:1,trust_connect_host",
-                "`trust_connect_host` applies only",
+                "* a:1,ssl,trust_connect_host",
+                "target property `trust_connect_host`",
             ),
             ("* a:1,untrusted", "target property `untrusted`"),
             ("* a:1,one_event", "target property `one_event`"),
@@ -1624,6 +1646,44 @@ mod tests {
         assert_eq!(
             tls.select_for(&r).map(|r| r.line.as_str()),
             Some("*,ssl=yes a:1")
+        );
+    }
+
+    #[test]
+    fn tls_condition_and_target_properties() {
+        let r = one("*,ssl=yes a:443,ssl,host=api.example.com b:443,ssl,insecure c:80");
+        assert_eq!(r.ssl, Some(true));
+        let b = |i: usize| (backend(&r, i).ssl, backend(&r, i).insecure);
+        assert_eq!(
+            (b(0), b(1), b(2)),
+            ((true, false), (true, true), (false, false))
+        );
+        assert_eq!(one("*,ssl=no a:1").ssl, Some(false));
+        assert_eq!(one("* a:1").ssl, None);
+        let routes = Routes::parse([
+            "*,path_beg=/s,ssl=yes a:1",
+            "*,path_beg=/s,ssl=no b:1",
+            "* c:1",
+        ])
+        .expect("valid");
+        let pick = |p: &str, tls: bool| {
+            routes
+                .select_tls(None, p, false, tls)
+                .map(|r| r.line.split(' ').nth(1).unwrap_or("").to_string())
+        };
+        assert_eq!(pick("/s", true).as_deref(), Some("a:1"));
+        assert_eq!(pick("/s", false).as_deref(), Some("b:1"));
+        assert_eq!(pick("/x", true).as_deref(), Some("c:1"));
+        assert_eq!(
+            routes.select(None, "/s", false).map(|r| r.line.as_str()),
+            Some("*,path_beg=/s,ssl=no b:1")
+        );
+        assert!(routes.first_ssl_target().is_none());
+        let ssl = Routes::parse(["* a:1", "x.y b:1 c:2,ssl"]).expect("valid");
+        let (r, b) = ssl.first_ssl_target().expect("one");
+        assert_eq!(
+            (r.line.as_str(), b.addr.as_str()),
+            ("x.y b:1 c:2,ssl", "c:2")
         );
     }
 

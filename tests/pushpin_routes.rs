@@ -52,7 +52,7 @@ const REFUSED_BY_COREPIN: &[(&str, usize, &str)] = &[
     (
         "options-that-do-not-change-selection",
         2,
-        "unknown properties (and untrusted, not supported yet) are refused, not ignored",
+        "unknown properties are refused, not ignored (and insecure/trust_connect_host need ssl)",
     ),
     (
         "options-that-do-not-change-selection",
