@@ -5,6 +5,7 @@
 //! session a series of HTTP POSTs of events to the backend).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -726,7 +727,7 @@ struct EventsReply {
 impl Session<'_> {
     /// POSTs `events` to the backend (retrying on connection failures);
     /// `None` when the backend cannot be reached.
-    async fn post(&mut self, c: &Client, events: &[WsEvent]) -> Option<EventsReply> {
+    async fn post(&mut self, peer: SocketAddr, events: &[WsEvent]) -> Option<EventsReply> {
         let mut body = Vec::new();
         for e in events {
             wsevents::encode(&mut body, e);
@@ -790,7 +791,7 @@ impl Session<'_> {
                     self.head,
                     &self.path,
                     b,
-                    &c.peer,
+                    &peer,
                     &extra,
                     &skip,
                 );
@@ -900,6 +901,67 @@ async fn apply(
     after
 }
 
+/// Something that happened while a session's request was in flight.
+enum During {
+    Reply(Option<EventsReply>),
+    Sub(Msg),
+    Dropped,
+}
+
+/// POSTs `events` while still delivering publishes to the client (when
+/// `deliver`): a slow backend must not hold back messages, or a published
+/// close, meant for the client. Returns the backend's reply, and the last
+/// event to report when the session ended meanwhile (its client closed).
+async fn post_delivering(
+    s: &mut Session<'_>,
+    c: &mut Client,
+    sub: &Sub,
+    events: &[WsEvent],
+    deliver: bool,
+) -> (Option<EventsReply>, Option<WsEvent>) {
+    let mut post = std::pin::pin!(s.post(c.peer, events));
+    let mut ended: Option<WsEvent> = None;
+    loop {
+        let listen = deliver && ended.is_none();
+        let ev = futures_lite::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = post.as_mut().poll(cx) {
+                return Poll::Ready(During::Reply(r));
+            }
+            if listen {
+                if sub.dropped() {
+                    return Poll::Ready(During::Dropped);
+                }
+                if let Some(m) = sub.poll_msg(cx.waker()) {
+                    return Poll::Ready(During::Sub(m));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match ev {
+            During::Reply(r) => return (r, ended),
+            During::Sub(Msg::Data(b)) => {
+                if send(c, &b).await {
+                    sub.wrote(Instant::now());
+                } else {
+                    ended = Some(WsEvent::Disconnect);
+                }
+            }
+            During::Sub(Msg::WsClose(code, reason)) => {
+                let _ = send(c, &close_frame(code, &reason, None)).await;
+                let _ = c.stream.close().await;
+                ended = Some(WsEvent::Close(Some(code), reason.into_bytes()));
+            }
+            During::Sub(_) => {}
+            During::Dropped => {
+                let _ = send(c, &close_frame(1008, "too slow", None)).await;
+                let _ = c.stream.close().await;
+                ended = Some(WsEvent::Disconnect);
+            }
+        }
+    }
+}
+
 /// WebSocket-over-HTTP (GRIP.md §3).
 async fn over_http(
     shard: &Rc<Shard>,
@@ -920,7 +982,7 @@ async fn over_http(
         last_request: Instant::now(),
         target: "-".into(),
     };
-    let Some(open) = s.post(c, &[WsEvent::Open]).await else {
+    let Some(open) = s.post(c.peer, &[WsEvent::Open]).await else {
         return bad_gateway(c, "upstream unreachable", "-").await;
     };
     if !is_events(&open.resp) {
@@ -1055,7 +1117,22 @@ async fn session_loop(
         if pending.is_empty() && !matches!(deadline, Some(d) if Instant::now() >= d) {
             continue;
         }
-        match s.post(c, &pending).await {
+        if end_after {
+            // The client's part is over (its close frame is sent): end the
+            // connection now rather than after the backend has answered
+            // the last event. A client waits for the server to close the
+            // TCP connection after a close frame (RFC 6455 §7.1.1), and a
+            // slow backend must not keep it waiting.
+            let _ = c.stream.close().await;
+        }
+        let (reply, ended) = post_delivering(s, c, sub, &pending, !end_after).await;
+        if let Some(last) = ended {
+            // The session ended while the request was in flight (a
+            // published close, or the client failed): tell the backend.
+            let _ = s.post(c.peer, &[last]).await;
+            return outcome(101, 0, &target);
+        }
+        match reply {
             Some(reply) if is_events(&reply.resp) => {
                 s.absorb(&reply.resp);
                 let evs = wsevents::decode(&reply.body).unwrap_or_default();
