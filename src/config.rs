@@ -39,6 +39,7 @@ struct FileGrip {
     sig_iss: Option<String>,
     max_channels: Option<usize>,
     subscriber_queue: Option<usize>,
+    subscriber_queue_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -140,6 +141,8 @@ pub struct Grip {
     pub sig_iss: String,
     pub max_channels: usize,
     pub subscriber_queue: usize,
+    /// Bytes queued for a subscriber whose socket is full.
+    pub subscriber_queue_bytes: usize,
 }
 
 /// How the publish API authenticates.
@@ -390,6 +393,13 @@ impl Config {
                 1024,
                 1,
                 1 << 20,
+            )?,
+            subscriber_queue_bytes: ranged(
+                "grip.subscriber_queue_bytes",
+                g.subscriber_queue_bytes,
+                1 << 20,
+                1024,
+                1 << 30,
             )?,
         };
         for r in routes.iter() {

@@ -130,7 +130,7 @@ impl ControlPlane {
             "publishes": b.publishes.load(Ordering::Relaxed),
             "published_items": b.items.load(Ordering::Relaxed),
             "deliveries": sum(&|s| s.deliveries),
-            "drops": sum(&|s| s.drops),
+            "drops": sum(&|s| s.drops + s.stalls),
             "deduplicated": b.deduplicated.load(Ordering::Relaxed),
             "reordered": b.reordered.load(Ordering::Relaxed),
             "cores": cores,

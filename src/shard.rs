@@ -26,7 +26,7 @@ use crate::control_socket::{Command, WAKE_COMMAND};
 use crate::log::{AccessEntry, AccessLog};
 use crate::route::Routes;
 use crate::stats::{Board, Counters, Snapshot};
-use crate::subs::{Kind, Registry};
+use crate::subs::{Kind, QueueLimits, Registry};
 use crate::upstream::Pool;
 use crossbeam_channel::Receiver;
 
@@ -109,7 +109,10 @@ impl Shard {
             draining: Cell::new(false),
             access_log: access.then(|| RefCell::new(AccessLog::default())),
             stats: Counters::default(),
-            subs: Registry::new(cfg.grip.subscriber_queue),
+            subs: Registry::new(QueueLimits {
+                messages: cfg.grip.subscriber_queue,
+                bytes: cfg.grip.subscriber_queue_bytes,
+            }),
             board,
             ws_sessions: RefCell::new(std::collections::HashSet::new()),
             bus,
@@ -240,6 +243,7 @@ impl Shard {
             upstream_latency_sum_ms: c.upstream_latency_sum_ms.get(),
             deliveries: self.subs.stats.deliveries.get(),
             drops: self.subs.stats.drops.get(),
+            stalls: self.subs.stats.stalls.get(),
             idle_upstream: self.pool.idle_count() as u64,
         }
     }

@@ -62,7 +62,10 @@ pub struct Snapshot {
     pub upstream_latency: [u64; 13],
     pub upstream_latency_sum_ms: f64,
     pub deliveries: u64,
+    /// Subscribers dropped for a queue over its limits.
     pub drops: u64,
+    /// Subscribers dropped for a write stalled past `timeouts.client_write`.
+    pub stalls: u64,
     pub idle_upstream: u64,
 }
 

@@ -1,0 +1,309 @@
+//! Limits a careless or hostile peer runs into, black-box: slow
+//! subscribers bounded in bytes and in time, the file limit and
+//! `max_connections`, the control socket's threads, a backend that
+//! answers before it has read the request body, and in-flight requests
+//! at shutdown.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// A client socket whose receive buffer is small, so the server's writes
+/// fill it (and then the server's own socket buffer) quickly.
+fn small_window_client(addr: SocketAddr) -> TcpStream {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    s.connect(&addr.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s
+}
+
+/// Reads a few bytes every `every` until the server ends the connection
+/// (or `TIMEOUT` passes); returns the bytes read.
+fn trickle(mut s: TcpStream, chunk: usize, every: Duration) -> thread::JoinHandle<u64> {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; chunk];
+        let mut total = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < TIMEOUT {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+            thread::sleep(every);
+        }
+        total
+    })
+}
+
+/// `corepin_subscriber_drops_total{reason=...}` summed over cores.
+fn drops(cp: &Corepin, reason: &str) -> u64 {
+    let r = cp.control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n");
+    r.text()
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "corepin_subscriber_drops_total{{reason=\"{reason}\""
+            ))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Publishes `body` on a kept-alive control connection.
+fn post_publish(c: &mut Conn, body: &str) {
+    c.send(
+        format!(
+            "POST /publish HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.read().expect("publish answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Samples corepin's resident memory until stopped; yields the peak (KiB).
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    handle: thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let (s, p) = (stop.clone(), peak.clone());
+        let handle = thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        RssSampler { stop, peak, handle }
+    }
+
+    fn peak_kib(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// A message of about 4 KB that carries its sequence number.
+fn numbered(seq: usize) -> String {
+    format!("{seq:08}:{}|", "x".repeat(4000))
+}
+
+/// Checks that `text` is exactly `numbered(0..n)` in order.
+fn check_in_order(text: &str, n: usize) {
+    let got: Vec<&str> = text.split_terminator('|').collect();
+    assert_eq!(got.len(), n, "message count");
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(&m[..8], format!("{i:08}"), "message {i} out of order");
+    }
+}
+
+const BATCHES: usize = 300;
+const PER_BATCH: usize = 50;
+
+/// Publishes BATCHES publishes of PER_BATCH numbered items on `channel`,
+/// in `format` (`http-stream` or `ws-message`): about 60 MB in all.
+fn publish_batches(cp: &Corepin, channel: &str, format: &str) {
+    let mut c = Conn::open(cp.control_addr());
+    for b in 0..BATCHES {
+        let items: Vec<String> = (0..PER_BATCH)
+            .map(|i| {
+                format!(
+                    r#"{{"channel":"{channel}","formats":{{"{format}":{{"content":"{}"}}}}}}"#,
+                    numbered(b * PER_BATCH + i)
+                )
+            })
+            .collect();
+        post_publish(&mut c, &format!(r#"{{"items":[{}]}}"#, items.join(",")));
+    }
+}
+
+/// A never-reading and a trickle-reading stream subscriber, beside a
+/// healthy one on the same channel, while about 60 MB is published in
+/// batches (each core joins a batch into one message per subscriber, the
+/// case a message-count limit did not bound): both slow ones are dropped
+/// and counted, corepin's memory stays far below what it published, and
+/// the healthy subscriber gets every message in order.
+#[test]
+fn slow_stream_subscribers_are_dropped_and_memory_stays_bounded() {
+    let cp = Corepin::start_grip(&[
+        "--route",
+        "* test",
+        "--workers",
+        "1",
+        "--config",
+        &write_config("[grip]\nsubscriber_queue_bytes = 262144\n[timeouts]\nclient_write = 3\n"),
+    ]);
+    let mut healthy = Stream::open(cp.addr(), "/stream?channel=s");
+    let request = b"GET /stream?channel=s HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut never = small_window_client(cp.addr());
+    never.write_all(request).expect("write");
+    let mut slow = small_window_client(cp.addr());
+    slow.write_all(request).expect("write");
+    wait_until("three subscribers", || {
+        metric(&cp, "corepin_subscriptions") == 3
+    });
+    let slow = trickle(slow, 1024, Duration::from_millis(200));
+    let total = BATCHES * PER_BATCH;
+    let reader = thread::spawn(move || {
+        let want = total * numbered(0).len();
+        healthy.read_text(want)
+    });
+    let baseline = cp.rss_kib();
+    let sampler = RssSampler::start(cp.child.id());
+    publish_batches(&cp, "s", "http-stream");
+    let text = reader.join().expect("reader");
+    let peak = sampler.peak_kib();
+    check_in_order(&text, total);
+    let published_kib = (total * numbered(0).len() / 1024) as u64;
+    eprintln!("RSS {baseline} -> {peak} KiB; {published_kib} KiB published");
+    assert!(
+        peak.saturating_sub(baseline) < published_kib / 3,
+        "RSS grew from {baseline} to {peak} KiB while {published_kib} KiB were published"
+    );
+    wait_until("both slow subscribers dropped", || {
+        metric(&cp, "corepin_subscriber_drops_total") == 2
+    });
+    let _ = slow.join();
+    drop(never);
+}
+
+/// The same for WebSockets on the test target: a never-reading and a
+/// trickle-reading one are dropped, the healthy one gets every message.
+#[test]
+fn slow_websocket_subscribers_are_dropped_and_memory_stays_bounded() {
+    let cp = Corepin::start_grip(&[
+        "--route",
+        "* test",
+        "--workers",
+        "1",
+        "--config",
+        &write_config("[grip]\nsubscriber_queue_bytes = 262144\n[timeouts]\nclient_write = 3\n"),
+    ]);
+    let upgrade = b"GET /ws?channel=w HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let open = |s: &mut TcpStream| {
+        s.write_all(upgrade).expect("write");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        assert_eq!(read_head_only(&mut r).expect("101").status, 101);
+        r
+    };
+    let mut h = TcpStream::connect(cp.addr()).expect("connect");
+    h.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut healthy = open(&mut h);
+    let mut never = small_window_client(cp.addr());
+    let _never_r = open(&mut never);
+    let mut slow = small_window_client(cp.addr());
+    let slow_r = open(&mut slow);
+    wait_until("three subscribers", || {
+        metric(&cp, "corepin_subscriptions") == 3
+    });
+    drop(slow_r);
+    let slow = trickle(slow, 1024, Duration::from_millis(200));
+    let total = BATCHES * PER_BATCH;
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        for _ in 0..total {
+            let mut hd = [0u8; 2];
+            healthy.read_exact(&mut hd).expect("frame header");
+            let len = match hd[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    healthy.read_exact(&mut b).expect("len");
+                    u16::from_be_bytes(b) as usize
+                }
+                n => n as usize,
+            };
+            let mut p = vec![0u8; len];
+            healthy.read_exact(&mut p).expect("payload");
+            text.push_str(&String::from_utf8_lossy(&p));
+        }
+        text
+    });
+    let baseline = cp.rss_kib();
+    let sampler = RssSampler::start(cp.child.id());
+    publish_batches(&cp, "w", "ws-message");
+    let text = reader.join().expect("reader");
+    let peak = sampler.peak_kib();
+    check_in_order(&text, total);
+    let published_kib = (total * numbered(0).len() / 1024) as u64;
+    eprintln!("RSS {baseline} -> {peak} KiB; {published_kib} KiB published");
+    assert!(
+        peak.saturating_sub(baseline) < published_kib / 3,
+        "RSS grew from {baseline} to {peak} KiB while {published_kib} KiB were published"
+    );
+    wait_until("both slow subscribers dropped", || {
+        metric(&cp, "corepin_subscriber_drops_total") == 2
+    });
+    let _ = slow.join();
+    drop(never);
+}
+
+/// A write to a held connection must finish within `timeouts.client_write`
+/// however the client trickles its reads: a stream and a long-poll that
+/// take a few bytes now and then are dropped as stalled once their socket
+/// is full (a few MB: the kernel's send buffer grows to take a good part
+/// first), with a queue limit too large to be involved; a healthy
+/// subscriber is untouched.
+#[test]
+fn a_trickling_reader_is_dropped_at_the_write_deadline() {
+    let cp = Corepin::start_grip(&[
+        "--route",
+        "* test",
+        "--workers",
+        "1",
+        "--config",
+        &write_config(
+            "[grip]\nsubscriber_queue_bytes = 1073741824\n[timeouts]\nclient_write = 2\n[publish]\nmax_body_bytes = 16777216\n",
+        ),
+    ]);
+    let mut healthy = Stream::open(cp.addr(), "/stream?channel=t");
+    let mut stream = small_window_client(cp.addr());
+    stream
+        .write_all(b"GET /stream?channel=t HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let mut poll = small_window_client(cp.addr());
+    poll.write_all(b"GET /response?channel=t HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    wait_until("three subscribers", || {
+        metric(&cp, "corepin_subscriptions") == 3
+    });
+    let stream = trickle(stream, 512, Duration::from_millis(100));
+    let poll = trickle(poll, 512, Duration::from_millis(100));
+    let chunk = "z".repeat(1 << 20);
+    let response = "r".repeat(6 << 20);
+    let mut c = Conn::open(cp.control_addr());
+    post_publish(
+        &mut c,
+        &format!(
+            r#"{{"items":[{{"channel":"t","formats":{{"http-stream":{{"content":"{chunk}"}},"http-response":{{"body":"{response}"}}}}}}]}}"#
+        ),
+    );
+    for _ in 0..5 {
+        cp.publish_stream("t", &chunk);
+    }
+    assert_eq!(healthy.read_text(6 * chunk.len()).len(), 6 * chunk.len());
+    wait_until("both trickling readers dropped as stalled", || {
+        drops(&cp, "stalled") == 2
+    });
+    assert_eq!(drops(&cp, "queue"), 0);
+    assert!(stream.join().expect("stream") < 6 * chunk.len() as u64);
+    assert!(poll.join().expect("poll") < response.len() as u64);
+    cp.publish_stream("t", "still here\n");
+    assert_eq!(healthy.read_text(11), "still here\n");
+}
