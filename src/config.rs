@@ -60,6 +60,7 @@ struct FileLimits {
     max_headers: Option<usize>,
     max_uri_bytes: Option<usize>,
     max_request_body_bytes: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -120,6 +121,9 @@ pub struct Limits {
     pub head: HeadLimits,
     /// 0 = unlimited.
     pub max_request_body: u64,
+    /// Open client connections, all cores together; 0 = derived from the
+    /// file limit at start-up (`server::connection_cap`).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -360,6 +364,13 @@ impl Config {
         let limits = Limits {
             head,
             max_request_body: l.max_request_body_bytes.unwrap_or(100 << 20),
+            max_connections: ranged(
+                "limits.max_connections",
+                l.max_connections,
+                0,
+                0,
+                100_000_000,
+            )?,
         };
         let t = f.timeouts;
         let timeouts = Timeouts {

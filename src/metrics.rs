@@ -63,6 +63,23 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
     );
     let _ = writeln!(
         o,
+        "# HELP corepin_connections_refused_total Client connections refused: over limits.max_connections, or accepted and closed for want of file descriptors."
+    );
+    let _ = writeln!(o, "# TYPE corepin_connections_refused_total counter");
+    for s in cores {
+        for (reason, v) in [
+            ("max_connections", s.refused_max_connections),
+            ("file_limit", s.refused_file_limit),
+        ] {
+            let _ = writeln!(
+                o,
+                "corepin_connections_refused_total{{reason=\"{reason}\",core=\"{}\"}} {v}",
+                s.core
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
         "# HELP corepin_requests_total Requests answered, by status class."
     );
     let _ = writeln!(o, "# TYPE corepin_requests_total counter");

@@ -307,3 +307,138 @@ fn a_trickling_reader_is_dropped_at_the_write_deadline() {
     cp.publish_stream("t", "still here\n");
     assert_eq!(healthy.read_text(11), "still here\n");
 }
+
+/// `corepin_connections_refused_total{reason=...}` summed over cores.
+fn refused(cp: &Corepin, reason: &str) -> u64 {
+    let r = cp.control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n");
+    r.text()
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "corepin_connections_refused_total{{reason=\"{reason}\""
+            ))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// What a new client connection gets: the response's status line, or
+/// how the connection ended without one. Never a hang.
+fn first_answer(addr: SocketAddr) -> String {
+    use std::io::BufRead;
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let _ = s.write_all(b"GET /health-check HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut line = String::new();
+    match BufReader::new(s).read_line(&mut line) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            "hang".into()
+        }
+        Err(e) => format!("error: {e}"),
+        Ok(0) => "closed".into(),
+        Ok(_) => line.trim_end().to_string(),
+    }
+}
+
+/// Over `limits.max_connections` (all cores together) a new client gets a
+/// 503 and the connection ends; it is counted; once a connection closes, a
+/// new one is served again.
+#[test]
+fn max_connections_refuses_new_clients_with_503_and_counts_them() {
+    let b = Backend::fixed("ok");
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &b.route(),
+        "--workers",
+        "2",
+        "--config",
+        &write_config("[limits]\nmax_connections = 3\n"),
+    ]);
+    let mut held: Vec<Conn> = (0..3).map(|_| Conn::open(cp.addr())).collect();
+    for c in &mut held {
+        assert_eq!(c.get("/").status, 200);
+    }
+    let mut extra = Conn::open(cp.addr());
+    extra.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = extra.read().expect("an answer");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("max_connections"), "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(extra.closed_within(TIMEOUT));
+    wait_until("the refusal counted", || {
+        refused(&cp, "max_connections") == 1
+    });
+    assert!(cp
+        .stderr
+        .lock()
+        .expect("stderr")
+        .iter()
+        .any(|l| l.contains("max_connections (3) reached")));
+    drop(held.pop());
+    wait_until("a slot to free up", || {
+        metric(&cp, "corepin_connections{kind=\"http\"") == 2
+    });
+    assert_eq!(Conn::open(cp.addr()).get("/").status, 200);
+}
+
+/// Started under a low file limit (`prlimit --nofile=64:64`), corepin
+/// keeps /health answering and refuses the clients it has no descriptor
+/// for at once (instead of leaving them unaccepted), logs the condition
+/// once per 10 s with a count (not ~80 lines a second), and serves again
+/// once descriptors are free. Both with an explicit `max_connections`
+/// above what the file limit allows (the descriptors run out) and with
+/// the default (a cap below the file limit: 503s before they run out).
+#[test]
+fn at_the_file_limit_health_stays_reachable_and_clients_are_refused_cleanly() {
+    for (config, reason) in [
+        ("[limits]\nmax_connections = 100000\n", "file_limit"),
+        ("", "max_connections"),
+    ] {
+        let started = std::time::Instant::now();
+        let cp = Corepin::start_wrapped(
+            &["prlimit", "--nofile=64:64"],
+            &[
+                "--control-http",
+                "127.0.0.1:0",
+                "--route",
+                "* test",
+                "--workers",
+                "1",
+                "--config",
+                &write_config(config),
+            ],
+            true,
+        );
+        // More idle connections than descriptors.
+        let held: Vec<TcpStream> = (0..80)
+            .map(|_| TcpStream::connect(cp.addr()).expect("connect"))
+            .collect();
+        wait_until("refusals", || refused(&cp, reason) >= 20);
+        let health = cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n");
+        assert_eq!(health.status, 200, "{reason}: /health");
+        let answer = first_answer(cp.addr());
+        assert!(
+            answer.starts_with("HTTP/1.1 503") || answer == "closed" || answer.starts_with("error"),
+            "{reason}: a new client got {answer:?}"
+        );
+        let lines = cp
+            .stderr
+            .lock()
+            .expect("stderr")
+            .iter()
+            .filter(|l| l.contains("accept failed") || l.contains("max_connections ("))
+            .count() as u64;
+        assert!(
+            lines >= 1 && lines <= 1 + started.elapsed().as_secs() / 10,
+            "{reason}: {lines} log lines in {:?}",
+            started.elapsed()
+        );
+        drop(held);
+        wait_until("clients served again", || {
+            first_answer(cp.addr()).starts_with("HTTP/1.1 404")
+        });
+    }
+}
