@@ -442,3 +442,90 @@ fn at_the_file_limit_health_stays_reachable_and_clients_are_refused_cleanly() {
         });
     }
 }
+
+/// The threads of a process, from /proc/PID/status.
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A thousand control socket connections at once: corepin serves 64 (one
+/// thread each) and answers the others with an error line and a close; its
+/// threads stay within the bound, and once connections close, new ones are
+/// served.
+#[test]
+fn control_socket_connections_are_bounded() {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixStream;
+    const BOUND: usize = 64;
+    let dir = std::env::temp_dir().join(format!("corepin-ctl-many-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("control.sock");
+    let cp = Corepin::start(&[
+        "--route",
+        "* test",
+        "--workers",
+        "2",
+        "--control-socket",
+        path.to_str().expect("path"),
+    ]);
+    let pid = cp.child.id();
+    let conns: Vec<UnixStream> = (0..1000)
+        .map(|_| {
+            let s = UnixStream::connect(&path).expect("connect");
+            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            s
+        })
+        .collect();
+    // Every connection gets an answer to a request: served or refused.
+    let mut served = 0;
+    let mut refused = 0;
+    for mut s in conns.iter() {
+        let _ = s.write_all(b"{\"method\":\"stats\"}\n");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("an answer");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        if v["ok"] == true {
+            served += 1;
+        } else {
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("too many control socket connections"),
+                "{line}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!((served, refused), (BOUND, 1000 - BOUND));
+    // Threads serving control connections are named corepin-ctl-conn
+    // (comm keeps 15 characters); the others are corepin's own.
+    let serving = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "corepin-ctl-con")
+        .count();
+    let during = threads(pid);
+    assert_eq!(serving, BOUND, "one thread per served connection");
+    assert!(
+        during <= 16 + BOUND as u64,
+        "{during} threads with 1000 connections open"
+    );
+    drop(conns);
+    wait_until("a new connection to be served", || {
+        let Ok(mut s) = UnixStream::connect(&path) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(TIMEOUT));
+        let _ = s.write_all(b"{\"method\":\"stats\"}\n");
+        let mut line = String::new();
+        let _ = BufReader::new(&s).read_line(&mut line);
+        line.contains("\"ok\":true")
+    });
+}
