@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
@@ -37,10 +37,45 @@ pub mod wake {
     pub const DRAIN: u8 = b'T';
 }
 
-/// One open connection: its socket and whether it waits between requests.
+/// What the shard knows of one open connection, shared with its task.
+#[derive(Default)]
+pub struct ConnState {
+    /// Waiting for a new request (safe to close at a drain).
+    idle: Cell<bool>,
+    /// The shutdown grace is over: a request still waiting for its
+    /// response is answered 503 now.
+    cut: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl ConnState {
+    /// Resolves once the shutdown grace period is over (never otherwise).
+    pub async fn grace_over(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.cut.get() {
+                return Poll::Ready(());
+            }
+            let mut w = self.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|old| old.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn cut_off(&self) {
+        self.cut.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// One open connection: its socket and its state.
 struct ConnEntry {
     fd: RawFd,
-    idle: Rc<Cell<bool>>,
+    state: Rc<ConnState>,
 }
 
 /// Open connections of this shard, so a drain can close the idle ones.
@@ -53,14 +88,19 @@ pub struct Conns {
 /// Registration of one connection; removed on drop.
 pub struct ConnGuard {
     id: u64,
-    idle: Rc<Cell<bool>>,
+    state: Rc<ConnState>,
     shard: Rc<Shard>,
 }
 
 impl ConnGuard {
     /// Marks the connection as waiting for a new request (safe to close).
     pub fn set_idle(&self, idle: bool) {
-        self.idle.set(idle);
+        self.state.idle.set(idle);
+    }
+
+    /// The state shared with the shard (for `ConnState::grace_over`).
+    pub fn state(&self) -> Rc<ConnState> {
+        self.state.clone()
     }
 }
 
@@ -327,17 +367,17 @@ impl Shard {
     pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
         let id = self.conns.next.get();
         self.conns.next.set(id + 1);
-        let idle = Rc::new(Cell::new(false));
+        let state = Rc::new(ConnState::default());
         self.conns.map.borrow_mut().insert(
             id,
             ConnEntry {
                 fd,
-                idle: idle.clone(),
+                state: state.clone(),
             },
         );
         ConnGuard {
             id,
-            idle,
+            state,
             shard: self.clone(),
         }
     }
@@ -423,13 +463,28 @@ impl Shard {
     /// ones closed after their current exchange.
     fn start_drain(&self) {
         self.draining.set(true);
-        for ConnEntry { fd, idle } in self.conns.map.borrow().values() {
-            if idle.get() {
+        for ConnEntry { fd, state } in self.conns.map.borrow().values() {
+            if state.idle.get() {
                 // SAFETY: the fd belongs to a live connection task (it is
                 // removed from the map before the socket is dropped);
                 // shutdown only wakes its pending read with end-of-stream.
                 unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
             }
+        }
+    }
+
+    /// Ends the grace period: requests still waiting for a response are
+    /// answered 503 by their tasks.
+    fn end_grace(&self) {
+        let states: Vec<Rc<ConnState>> = self
+            .conns
+            .map
+            .borrow()
+            .values()
+            .map(|e| e.state.clone())
+            .collect();
+        for s in states {
+            s.cut_off();
         }
     }
 }
@@ -451,6 +506,10 @@ pub struct ShardStart {
     /// The cap on client connections, shared by every shard.
     pub conn_limit: Arc<ConnLimit>,
 }
+
+/// How long, after the shutdown grace, the 503s to requests still waiting
+/// for a response may take to be written.
+const GRACE_ANSWERS: Duration = Duration::from_millis(500);
 
 /// Runs one shard until it has drained.
 pub async fn run(start: ShardStart) {
@@ -512,6 +571,15 @@ pub async fn run(start: ShardStart) {
     let deadline = Instant::now() + shard.cfg.timeouts.shutdown_grace;
     while shard.open_connections() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if shard.open_connections() > 0 {
+        // Requests whose response has not started get a 503 rather than a
+        // bare close; a moment for those answers to be written.
+        shard.end_grace();
+        let written = Instant::now() + GRACE_ANSWERS;
+        while shard.open_connections() > 0 && Instant::now() < written {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
     }
     if shard.open_connections() > 0 {
         warn!(

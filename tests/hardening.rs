@@ -529,3 +529,80 @@ fn control_socket_connections_are_bounded() {
         line.contains("\"ok\":true")
     });
 }
+
+/// A backend that answers 413 (or 501) before reading a large request
+/// body, then resets or closes the connection while corepin is still
+/// sending the body: the client gets the backend's answer, as from nginx,
+/// not a 502; the connection is then closed (the rest of the body is
+/// still on its way). A backend that reads the body after answering
+/// (`drain`) was already fine, and stays so.
+#[test]
+fn an_early_answer_from_the_backend_reaches_the_client() {
+    for (mode, status) in [
+        ("reset", 413),
+        ("close", 413),
+        ("drain", 413),
+        ("reset", 501),
+    ] {
+        let b = PyBackend::start("early_answer.py", &[mode, &status.to_string()]);
+        let cp = Corepin::start(&["--route", &format!("* 127.0.0.1:{}", b.port)]);
+        let body_len = 8 << 20;
+        let s = TcpStream::connect(cp.addr()).expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut w = s.try_clone().expect("clone");
+        let writer = thread::spawn(move || {
+            let _ = w.write_all(
+                format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {body_len}\r\n\r\n")
+                    .as_bytes(),
+            );
+            let chunk = vec![b'u'; 64 * 1024];
+            for _ in 0..body_len / chunk.len() {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r = BufReader::new(s);
+        let resp = read_response(&mut r, false).expect("a response");
+        assert_eq!(resp.status, status, "{mode}: {}", resp.text());
+        assert_eq!(resp.text(), "refused by the backend\n", "{mode}");
+        if mode != "drain" {
+            // The rest of the body was never sent on: the connection ends.
+            assert_eq!(resp.header("connection"), Some("close"), "{mode}");
+        }
+        let _ = writer.join();
+    }
+}
+
+/// At SIGTERM, a request whose response has not started when the grace
+/// period ends gets a 503 rather than a bare close, and corepin exits 0.
+#[test]
+fn a_request_still_waiting_at_the_end_of_the_grace_period_gets_503() {
+    let release = Arc::new(AtomicBool::new(false));
+    let r2 = release.clone();
+    let b = Backend::start(move |_, _| {
+        let started = std::time::Instant::now();
+        while !r2.load(Ordering::Relaxed) && started.elapsed() < TIMEOUT {
+            thread::sleep(Duration::from_millis(10));
+        }
+        Reply::Close(ok_response("too late"))
+    });
+    let mut cp = Corepin::start(&[
+        "--route",
+        &b.route(),
+        "--config",
+        &write_config("[timeouts]\nshutdown_grace = 1\n"),
+    ]);
+    let addr = cp.addr();
+    let waiting = thread::spawn(move || Conn::open(addr).get("/slow"));
+    wait_until("the request to reach the backend", || {
+        !b.seen.lock().expect("seen").is_empty()
+    });
+    cp.signal(libc::SIGTERM);
+    let r = waiting.join().expect("client");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.text(), "server shutting down\n");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(cp.wait_exit(TIMEOUT), Some(0));
+    release.store(true, Ordering::Relaxed);
+}
