@@ -108,6 +108,9 @@ fn main() -> ExitCode {
                 }
             };
             corepin::log::set_level(cfg.log_level);
+            // The system allocator, with freed memory given back after
+            // peaks (src/memtrim.rs says why not another allocator).
+            corepin::memtrim::spawn();
             match corepin::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
