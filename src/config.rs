@@ -61,6 +61,7 @@ struct FileGrip {
     sig_iss: Option<String>,
     max_channels: Option<usize>,
     subscriber_queue: Option<usize>,
+    subscriber_queue_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -81,6 +82,7 @@ struct FileLimits {
     max_headers: Option<usize>,
     max_uri_bytes: Option<usize>,
     max_request_body_bytes: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -145,6 +147,9 @@ pub struct Limits {
     pub head: HeadLimits,
     /// 0 = unlimited.
     pub max_request_body: u64,
+    /// Open client connections, all cores together; 0 = derived from the
+    /// file limit at start-up (`server::connection_cap`).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +171,8 @@ pub struct Grip {
     pub sig_iss: String,
     pub max_channels: usize,
     pub subscriber_queue: usize,
+    /// Bytes queued for a subscriber whose socket is full.
+    pub subscriber_queue_bytes: usize,
 }
 
 /// How the publish API authenticates.
@@ -641,6 +648,13 @@ impl Config {
         let limits = Limits {
             head,
             max_request_body: l.max_request_body_bytes.unwrap_or(100 << 20),
+            max_connections: ranged(
+                "limits.max_connections",
+                l.max_connections,
+                0,
+                0,
+                100_000_000,
+            )?,
         };
         let t = f.timeouts;
         let timeouts = Timeouts {
@@ -674,6 +688,13 @@ impl Config {
                 1024,
                 1,
                 1 << 20,
+            )?,
+            subscriber_queue_bytes: ranged(
+                "grip.subscriber_queue_bytes",
+                g.subscriber_queue_bytes,
+                1 << 20,
+                1024,
+                1 << 30,
             )?,
         };
         let p = f.publish;

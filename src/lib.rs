@@ -16,6 +16,7 @@ pub mod conn;
 pub mod control;
 pub mod control_socket;
 pub mod jwt;
+pub mod memtrim;
 pub mod metrics;
 pub mod pushpin_conf;
 pub mod route;

@@ -137,6 +137,9 @@ fn main() -> ExitCode {
                 eprintln!("corepin: {e}");
                 return ExitCode::from(2);
             }
+            // The system allocator, with freed memory given back after
+            // peaks (src/memtrim.rs says why not another allocator).
+            corepin::memtrim::spawn();
             match corepin::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
