@@ -245,10 +245,6 @@ fn kind(key: &str) -> Option<Kind> {
         "runner/https_ports" => u(Some(""), "TLS listeners are not built yet"),
         "runner/local_ports" => u(Some(""), "Unix-socket listeners are not supported"),
         "runner/logdir" => u(None, "corepin logs to stdout and stderr"),
-        "runner/client_maxconn" => u(
-            None,
-            "corepin has no connection cap yet: it holds connections up to the open-files limit",
-        ),
         "runner/allow_compression" => u(Some("false"), "corepin does not compress"),
         "proxy/auto_cross_origin" => u(Some("false"), "automatic CORS is not built yet"),
         "proxy/set_x_forwarded_protocol" => u(
@@ -295,10 +291,6 @@ fn kind(key: &str) -> Option<Kind> {
 #[derive(Debug)]
 pub struct PushpinConf {
     pub config: Config,
-    /// `[runner] client_maxconn`: kept for the connection cap (corepin's
-    /// `max_connections`) to take once it exists; reported as unsupported
-    /// until then.
-    pub client_maxconn: Option<usize>,
     /// One line naming every setting corepin does not support (with its
     /// value), or `None`.
     pub warning: Option<String>,
@@ -486,11 +478,16 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
             }
         }
     }
-    let client_maxconn = number("runner/client_maxconn")?
-        .map(|n| {
-            usize::try_from(n).map_err(|_| bad("runner/client_maxconn", format!("{n} is negative")))
-        })
-        .transpose()?;
+    // Over the cap, new client connections are refused (503) and counted.
+    mapped.push("runner/client_maxconn");
+    if let Some(n) = number("runner/client_maxconn")? {
+        let n = usize::try_from(n)
+            .map_err(|_| bad("runner/client_maxconn", format!("{n} is negative")))?;
+        limits.insert(
+            "max_connections".into(),
+            i64::try_from(n).unwrap_or(i64::MAX).into(),
+        );
+    }
 
     // Routes.
     mapped.push("proxy/routesfile");
@@ -626,11 +623,7 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
             unsupported.join("; ")
         )
     });
-    Ok(PushpinConf {
-        config,
-        client_maxconn,
-        warning,
-    })
+    Ok(PushpinConf { config, warning })
 }
 
 #[cfg(test)]
@@ -734,9 +727,9 @@ a=second
             c.routes_source,
             crate::config::RoutesSource::File(d.join("routes"))
         );
-        assert_eq!(p.client_maxconn, Some(123));
+        assert_eq!(p.config.limits.max_connections, 123);
         let w = p.warning.expect("a warning");
-        assert!(w.contains("[runner] client_maxconn=123"), "{w}");
+        assert!(!w.contains("client_maxconn"), "{w}");
         // port_offset applies to tcp:// specs too.
         assert!(
             w.contains("[handler] command_spec=tcp://127.0.0.1:5573"),
