@@ -172,6 +172,55 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
         let _ = writeln!(o, "# TYPE {name} counter");
         let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
     }
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publishes_refused_total Publishes refused by a memory bound: busy (429, in-flight budget) or backlog (503, a core's queue)."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publishes_refused_total counter");
+    for (reason, v) in [
+        ("busy", &bus.refused_busy),
+        ("backlog", &bus.refused_backlog),
+    ] {
+        let _ = writeln!(
+            o,
+            "corepin_publishes_refused_total{{reason=\"{reason}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publish_inflight_bytes Publishes being read and parsed (estimated bytes; the budget in use)."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publish_inflight_bytes gauge");
+    let _ = writeln!(
+        o,
+        "corepin_publish_inflight_bytes {}",
+        bus.inflight.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publish_backlog_bytes Published items queued for a core and not yet delivered (estimated bytes)."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publish_backlog_bytes gauge");
+    for (core, v) in bus.backlog.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "corepin_publish_backlog_bytes{{core=\"{core}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publish_wakes_total Wake-ups sent to a core for publishes (one per batch; cores without subscribers on a publish's channels get none)."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publish_wakes_total counter");
+    for (core, v) in bus.wakes.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "corepin_publish_wakes_total{{core=\"{core}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
     let _ = writeln!(o, "# HELP corepin_draining 1 while shutting down.");
     let _ = writeln!(o, "# TYPE corepin_draining gauge");
     let _ = writeln!(o, "corepin_draining {}", u8::from(draining));
