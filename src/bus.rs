@@ -30,12 +30,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::codec::chunked;
-use crate::codec::http1::reason_phrase;
 use crate::codec::publish::{Action, Item, WsKind};
+use crate::codec::response;
 
 /// How long a (channel, id) pair is remembered for dedup.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
@@ -69,29 +69,12 @@ impl Encoded {
         let cost = ITEM_OVERHEAD + item.payload_len();
         let (mut response_head, mut response_body) = (Bytes::new(), Bytes::new());
         if let Some(r) = &item.http_response {
-            let mut h = BytesMut::with_capacity(64 + r.headers.len() * 32);
-            let reason = r.reason.as_deref().unwrap_or_else(|| reason_phrase(r.code));
-            h.put_slice(b"HTTP/1.1 ");
-            h.put_slice(itoa(u64::from(r.code), &mut [0; 20]));
-            h.put_u8(b' ');
-            h.put_slice(reason.as_bytes());
-            h.put_slice(b"\r\n");
-            for (name, value) in &r.headers {
-                if name.eq_ignore_ascii_case("content-length")
-                    || name.eq_ignore_ascii_case("transfer-encoding")
-                    || name.eq_ignore_ascii_case("connection")
-                {
-                    continue;
-                }
-                h.put_slice(name.as_bytes());
-                h.put_slice(b": ");
-                h.put_slice(value);
-                h.put_slice(b"\r\n");
-            }
-            h.put_slice(b"Content-Length: ");
-            h.put_slice(itoa(r.body.len() as u64, &mut [0; 20]));
-            h.put_slice(b"\r\n");
-            response_head = h.freeze();
+            // The head was validated when the item was parsed
+            // (codec::response); only the framing is added here.
+            let mut h = Vec::with_capacity(128);
+            r.head.write(&mut h, None);
+            response::write_length(&mut h, r.head.status(), r.body.len());
+            response_head = Bytes::from(h);
             response_body = r.body.clone();
         }
         Encoded {
@@ -146,19 +129,6 @@ impl Encoded {
     /// What this item counts against the memory bounds.
     pub fn cost(&self) -> usize {
         self.cost
-    }
-}
-
-/// Decimal digits of `n`, written into `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
     }
 }
 
@@ -855,30 +825,24 @@ mod tests {
     }
 
     #[test]
-    fn response_head_is_written_once() {
+    fn response_head_is_written_with_its_length() {
         let mut it = Item {
             channel: "c".into(),
             ..Item::default()
         };
+        let fields = [
+            (response::At::Key, &b"X-A"[..], &b"1"[..]),
+            (response::At::Key, &b"Content-Length"[..], &b"99"[..]),
+        ];
         it.http_response = Some(crate::codec::publish::HttpResponse {
             action: Action::Send,
-            code: 404,
-            reason: None,
-            headers: vec![
-                ("X-A".into(), b"1".to_vec()),
-                ("Content-Length".into(), b"99".to_vec()),
-            ],
+            head: response::Head::from_parts(Some(404), None, fields, b"hi").expect("valid"),
             body: Bytes::from_static(b"hi"),
         });
         let e = Encoded::new(it);
         assert_eq!(
             &e.response_head[..],
             b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nContent-Length: 2\r\n"
-        );
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(
-            itoa(u64::MAX, &mut [0; 20]),
-            u64::MAX.to_string().as_bytes()
         );
     }
 

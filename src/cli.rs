@@ -8,7 +8,7 @@ use crate::config::Overrides;
 
 pub const USAGE: &str = "\
 usage: corepin [run] [--config FILE] [--listen ADDR]... [--control-http ADDR]
-               [--control-socket PATH] [--route LINE]... [--workers N]
+               [--control-socket PATH] [--route LINE]... [--workers N (0 = every core)]
                [--log-level error|warn|info|debug]
        corepin check --config FILE
        corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
@@ -154,9 +154,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
             "--control-socket" => ov.control_socket = Some(val("--control-socket")?),
             "--route" => ov.routes.push(val("--route")?),
             "--workers" => {
+                // 0 = every core, as `workers = 0` in the config file.
                 let v = val("--workers")?;
-                let n = v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    CliError(format!("--workers: '{v}' is not a positive number"))
+                let n = v.parse::<usize>().map_err(|_| {
+                    CliError(format!(
+                        "--workers: '{v}' is not a number of cores (0 = every core)"
+                    ))
                 })?;
                 ov.workers = Some(n);
             }
@@ -219,6 +222,10 @@ mod tests {
         assert_eq!(overrides.workers, Some(2));
         assert_eq!(overrides.control_http.as_deref(), Some(""));
         assert!(matches!(p(&["run"]), Ok(Command::Run { .. })));
+        let Ok(Command::Run { overrides, .. }) = p(&["--workers", "0"]) else {
+            panic!("--workers 0 is every core")
+        };
+        assert_eq!(overrides.workers, Some(0));
         assert!(matches!(p(&[]), Ok(Command::Run { .. })));
         assert!(matches!(
             p(&["check", "--config", "f"]),
@@ -229,7 +236,7 @@ mod tests {
     #[test]
     fn errors_name_the_flag() {
         for (args, needle) in [
-            (&["--workers", "0"][..], "--workers: '0'"),
+            (&["--workers", "-1"][..], "--workers: '-1'"),
             (&["--workers", "x"][..], "--workers: 'x'"),
             (&["--listen"][..], "--listen: missing value"),
             (&["--bogus"][..], "--bogus: unknown flag"),

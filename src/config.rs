@@ -2,7 +2,7 @@
 //! its one-time conversion into the validated, typed `Config` that the
 //! rest of corepin uses. Every error names the field it is about.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +30,16 @@ struct FileConfig {
     grip: FileGrip,
     publish: FilePublish,
     log: FileLog,
+    forwarding: FileForwarding,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileForwarding {
+    trusted_proxies: Option<Vec<String>>,
+    x_forwarded_for: Option<String>,
+    x_forwarded_for_trusted: Option<String>,
+    accept_x_forwarded_protocol: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -112,7 +122,11 @@ impl Level {
 /// Where the routes came from, so a reload can read them again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoutesSource {
+    /// `--route` flags.
+    Flags(Vec<String>),
+    /// The config file's `routes = [...]`.
     Inline(Vec<String>),
+    /// `routes_file`.
     File(PathBuf),
 }
 
@@ -162,6 +176,154 @@ pub struct Publish {
     pub max_backlog: usize,
 }
 
+/// What to do with a client's `X-Forwarded-For` (Pushpin's rule syntax:
+/// `truncate:N` keeps the last N entries the client sent, `append` adds the
+/// peer's address; no `truncate` keeps every entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XffRule {
+    pub truncate: Option<usize>,
+    pub append: bool,
+}
+
+impl XffRule {
+    fn parse(field: &str, text: &str) -> Result<XffRule, ConfigError> {
+        let mut rule = XffRule {
+            truncate: None,
+            append: false,
+        };
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token == "append" {
+                if rule.append {
+                    return fail(field, "'append' is given twice");
+                }
+                rule.append = true;
+            } else if let Some(n) = token.strip_prefix("truncate:") {
+                if rule.truncate.is_some() {
+                    return fail(field, "'truncate:N' is given twice");
+                }
+                let n = n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= 100)
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "{field}: '{token}' needs a number of entries from 0 to 100"
+                        ))
+                    })?;
+                rule.truncate = Some(n);
+            } else {
+                return fail(
+                    field,
+                    format!("'{token}' is not truncate:N or append (e.g. \"truncate:0,append\")"),
+                );
+            }
+        }
+        Ok(rule)
+    }
+
+    /// The entries to forward: the client's (as this rule keeps them), then
+    /// the peer's address when the rule appends.
+    pub fn apply<'a>(&self, mut client: Vec<&'a [u8]>, peer: &'a [u8]) -> Vec<&'a [u8]> {
+        if let Some(n) = self.truncate {
+            client.drain(..client.len().saturating_sub(n));
+        }
+        if self.append {
+            client.push(peer);
+        }
+        client
+    }
+}
+
+/// An address range (`10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    fn parse(field: &str, text: &str) -> Result<Cidr, ConfigError> {
+        let bad = || {
+            ConfigError(format!(
+                "{field}: '{text}' is not an IP address or a CIDR range like 10.0.0.0/8"
+            ))
+        };
+        let (addr, bits) = match text.split_once('/') {
+            Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let net: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        if bits > max {
+            return Err(bad());
+        }
+        let cidr = Cidr { net, bits };
+        if cidr.host_bits() {
+            return fail(
+                field,
+                format!("'{text}' has bits set past the /{bits} prefix"),
+            );
+        }
+        Ok(cidr)
+    }
+
+    /// `ip` as a number, and its width in bits.
+    fn bits_of(ip: IpAddr) -> (u128, u32) {
+        match ip {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        }
+    }
+
+    /// The first `self.bits` bits of `ip`.
+    fn prefix(&self, ip: IpAddr) -> u128 {
+        let (v, width) = Self::bits_of(ip);
+        match u32::from(self.bits) {
+            0 => 0,
+            keep => v >> (width - keep),
+        }
+    }
+
+    /// True when the network address has bits set past the prefix.
+    fn host_bits(&self) -> bool {
+        let (v, width) = Self::bits_of(self.net);
+        let host = width - u32::from(self.bits);
+        host > 0 && v & (u128::MAX >> (128 - host)) != 0
+    }
+
+    /// True when `ip` is in this range (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.net.is_ipv4() && self.prefix(ip) == self.prefix(self.net)
+    }
+}
+
+/// Which forwarding headers corepin believes from whom (`[forwarding]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarding {
+    /// Peers whose forwarding headers are kept (a proxy in front).
+    pub trusted_proxies: Vec<Cidr>,
+    /// `X-Forwarded-For` from any other peer.
+    pub xff: XffRule,
+    /// `X-Forwarded-For` from a trusted proxy.
+    pub xff_trusted: XffRule,
+    /// A client's `X-Forwarded-Proto: https` (or `wss`) makes the request
+    /// count as https; otherwise corepin says `http`.
+    pub accept_x_forwarded_protocol: bool,
+}
+
+impl Forwarding {
+    /// True when `peer` is a trusted proxy.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(peer))
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -181,6 +343,7 @@ pub struct Config {
     pub publish: Publish,
     pub log_level: Level,
     pub access_log: bool,
+    pub forwarding: Forwarding,
 }
 
 /// Command-line values that replace the file's.
@@ -248,21 +411,65 @@ pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
     Routes::parse(text.lines()).or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))
 }
 
+/// Reads and validates the routes from their source. Start-up and every
+/// reload (SIGHUP, the control socket's `reload`) run this one function,
+/// so a reload refuses whatever start-up would refuse (a bad `sig_key`
+/// included: keys are decoded as each line is parsed).
+pub fn load_routes(source: &RoutesSource) -> Result<Routes, ConfigError> {
+    let (routes, field) = match source {
+        RoutesSource::Flags(lines) => {
+            let r = Routes::parse_indexed(lines.iter().map(String::as_str)).map_err(|(i, e)| {
+                let line = lines.get(i).map_or("", String::as_str);
+                ConfigError(format!("--route '{}': {e}", line.escape_debug()))
+            })?;
+            (r, "--route".to_string())
+        }
+        RoutesSource::Inline(lines) => {
+            let r = Routes::parse_indexed(lines.iter().map(String::as_str))
+                .map_err(|(i, e)| ConfigError(format!("routes[{i}]: {e}")))?;
+            (r, "routes".to_string())
+        }
+        RoutesSource::File(path) => (
+            read_routes_file(path)?,
+            format!("routes_file: {}", path.display()),
+        ),
+    };
+    if routes.is_empty() {
+        return fail(&field, "no route is defined");
+    }
+    Ok(routes)
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 impl Config {
     /// Parses and validates TOML text with overrides applied; `origin`
     /// names the file in errors.
     pub fn from_toml(text: &str, origin: &str, ov: &Overrides) -> Result<Config, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map(|s| line_of(text, s.start));
             let msg = e.message().replace('\n', " ");
             ConfigError(match line {
                 Some(l) => format!("{origin}: line {l}: {msg}"),
                 None => format!("{origin}: {msg}"),
             })
         })?;
-        Self::validate(file, ov)
+        // Errors about the file's fields name the file; those about a
+        // command-line flag name the flag alone.
+        Self::validate(file, ov).map_err(|e| {
+            if e.0.starts_with("--") {
+                e
+            } else {
+                ConfigError(format!("{origin}: {}", e.0))
+            }
+        })
     }
 
     /// The embedded default with overrides.
@@ -314,34 +521,28 @@ impl Config {
                     "control_socket_mode: '{mode_text}' is not an octal mode like \"0600\""
                 ))
             })?;
-        let workers = ov.workers.or(f.workers).unwrap_or(0);
+        // 0 means every core, from the file and from --workers alike.
+        let (workers, field) = match ov.workers {
+            Some(n) => (n, "--workers"),
+            None => (f.workers.unwrap_or(0), "workers"),
+        };
         if workers > 4096 {
-            return fail("workers", format!("{workers} is more than 4096"));
+            return fail(field, format!("{workers} is more than 4096"));
         }
-        let (routes, routes_source) = if !ov.routes.is_empty() {
-            let r = Routes::parse(ov.routes.iter().map(String::as_str))
-                .or_else(|e| fail("--route", e))?;
-            (r, RoutesSource::Inline(ov.routes.clone()))
+        let routes_source = if !ov.routes.is_empty() {
+            RoutesSource::Flags(ov.routes.clone())
         } else {
             match (f.routes, f.routes_file) {
                 (Some(_), Some(_)) => {
                     return fail("routes_file", "give either routes or routes_file, not both")
                 }
-                (_, Some(path)) => {
-                    let path = PathBuf::from(path);
-                    (read_routes_file(&path)?, RoutesSource::File(path))
-                }
+                (_, Some(path)) => RoutesSource::File(PathBuf::from(path)),
                 (lines, None) => {
-                    let lines = lines.unwrap_or_else(|| vec!["* test".into()]);
-                    let r = Routes::parse(lines.iter().map(String::as_str))
-                        .or_else(|e| fail("routes", e))?;
-                    (r, RoutesSource::Inline(lines))
+                    RoutesSource::Inline(lines.unwrap_or_else(|| vec!["* test".into()]))
                 }
             }
         };
-        if routes.is_empty() {
-            return fail("routes", "no route is defined");
-        }
+        let routes = load_routes(&routes_source)?;
         let l = f.limits;
         let head = HeadLimits {
             max_head_bytes: ranged(
@@ -398,12 +599,6 @@ impl Config {
                 1 << 20,
             )?,
         };
-        for r in routes.iter() {
-            if let Some(k) = &r.sig_key {
-                crate::jwt::key_bytes(k)
-                    .or_else(|e| fail("routes", format!("sig_key of '{}': {e}", r.line)))?;
-            }
-        }
         let p = f.publish;
         let auth = match p.auth.as_deref().unwrap_or("none") {
             "none" => PublishAuth::None,
@@ -473,6 +668,24 @@ impl Config {
                 })?
             }
         };
+        let fw = f.forwarding;
+        let forwarding = Forwarding {
+            trusted_proxies: fw
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|t| Cidr::parse("forwarding.trusted_proxies", t))
+                .collect::<Result<_, _>>()?,
+            xff: XffRule::parse(
+                "forwarding.x_forwarded_for",
+                fw.x_forwarded_for.as_deref().unwrap_or("truncate:0,append"),
+            )?,
+            xff_trusted: XffRule::parse(
+                "forwarding.x_forwarded_for_trusted",
+                fw.x_forwarded_for_trusted.as_deref().unwrap_or("append"),
+            )?,
+            accept_x_forwarded_protocol: fw.accept_x_forwarded_protocol.unwrap_or(false),
+        };
         Ok(Config {
             listen,
             control_http,
@@ -488,6 +701,7 @@ impl Config {
             publish,
             log_level,
             access_log: f.log.access_log.unwrap_or(true),
+            forwarding,
         })
     }
 }
@@ -521,7 +735,28 @@ mod tests {
             ("[timeouts]\nclient_idle = -1", "timeouts.client_idle"),
             ("[timeouts]\nbogus = 1", "unknown field `bogus`"),
             ("listen = [\"nope\"]", "listen: 'nope'"),
-            ("routes = [\"* nothere\"]", "routes: line 1"),
+            (
+                "routes = [\"* test\", \"* nothere\"]",
+                "t.toml: routes[1]: target 'nothere' is not host:port",
+            ),
+            (
+                "routes = [\"*,sig_key=base64:!! a:1\"]",
+                "t.toml: routes[0]: sig_key: key after 'base64:' is not valid base64",
+            ),
+            ("routes = []", "t.toml: routes: no route is defined"),
+            ("listen = [\"nope\"]", "t.toml: listen: 'nope'"),
+            (
+                "workers = 1\nlisen = []",
+                "t.toml: line 2: unknown field `lisen`",
+            ),
+            (
+                "[timeouts]\nbogus = 1",
+                "t.toml: line 2: unknown field `bogus`",
+            ),
+            (
+                "\n\n[limits]\n\nbogus = 1",
+                "t.toml: line 5: unknown field `bogus`",
+            ),
             ("[log]\nlevel = \"loud\"", "log.level"),
             ("workers = \"two\"", "line 1"),
             ("routes = [\"* test\"]\nroutes_file = \"x\"", "routes_file"),
@@ -554,15 +789,115 @@ mod tests {
         assert_eq!(c.log_level, Level::Warn);
         assert_eq!(
             c.routes_source,
-            RoutesSource::Inline(vec!["* 127.0.0.1:9".into()])
+            RoutesSource::Flags(vec!["* 127.0.0.1:9".into()])
         );
         let bad = Overrides {
-            routes: vec!["* x".into()],
+            routes: vec!["* test".into(), "* x".into()],
             ..Overrides::default()
         };
-        assert!(Config::default_with(&bad)
-            .expect_err("bad")
-            .0
-            .starts_with("--route: "));
+        assert_eq!(
+            Config::default_with(&bad).expect_err("bad").0,
+            "--route '* x': target 'x' is not host:port or 'test'"
+        );
+    }
+
+    #[test]
+    fn forwarding_trusts_no_client_by_default() {
+        let c = Config::default_with(&Overrides::default()).expect("valid");
+        let f = &c.forwarding;
+        assert!(f.trusted_proxies.is_empty());
+        assert_eq!(
+            f.xff,
+            XffRule {
+                truncate: Some(0),
+                append: true
+            }
+        );
+        assert!(!f.accept_x_forwarded_protocol);
+        assert!(!f.trusts("127.0.0.1".parse().unwrap()));
+        let peer = b"9.9.9.9";
+        assert_eq!(
+            f.xff.apply(vec![b"1.1.1.1", b"2.2.2.2"], peer),
+            vec![&peer[..]]
+        );
+        assert_eq!(
+            f.xff_trusted.apply(vec![b"1.1.1.1"], peer),
+            vec![&b"1.1.1.1"[..], peer]
+        );
+    }
+
+    #[test]
+    fn forwarding_rules_and_ranges() {
+        let text = "[forwarding]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"192.168.1.7\", \"fd00::/8\"]\nx_forwarded_for = \"\"\nx_forwarded_for_trusted = \" truncate:1 , append \"\naccept_x_forwarded_protocol = true";
+        let c = Config::from_toml(text, "t.toml", &Overrides::default()).expect("valid");
+        let f = &c.forwarding;
+        for yes in [
+            "10.1.2.3",
+            "::1",
+            "192.168.1.7",
+            "::ffff:10.0.0.1",
+            "fd12::1",
+        ] {
+            assert!(f.trusts(yes.parse().unwrap()), "{yes}");
+        }
+        for no in ["11.0.0.1", "192.168.1.8", "::2", "127.0.0.1", "fe80::1"] {
+            assert!(!f.trusts(no.parse().unwrap()), "{no}");
+        }
+        assert_eq!(
+            f.xff,
+            XffRule {
+                truncate: None,
+                append: false
+            }
+        );
+        assert_eq!(f.xff.apply(vec![b"1.1.1.1"], b"p"), vec![&b"1.1.1.1"[..]]);
+        assert_eq!(
+            f.xff_trusted.apply(vec![b"a", b"b", b"c"], b"p"),
+            vec![&b"c"[..], &b"p"[..]]
+        );
+        assert!(f.accept_x_forwarded_protocol);
+        let all = "[forwarding]\ntrusted_proxies = [\"0.0.0.0/0\", \"::/0\"]";
+        let c = Config::from_toml(all, "t.toml", &Overrides::default()).expect("valid");
+        assert!(c.forwarding.trusts("203.0.113.9".parse().unwrap()));
+        assert!(c.forwarding.trusts("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn forwarding_errors_name_the_field_and_value() {
+        let cases = [
+            (
+                "x_forwarded_for = \"append,prepend\"",
+                "forwarding.x_forwarded_for: 'prepend'",
+            ),
+            (
+                "x_forwarded_for = \"truncate:x\"",
+                "forwarding.x_forwarded_for: 'truncate:x'",
+            ),
+            ("x_forwarded_for = \"truncate:1000\"", "0 to 100"),
+            ("x_forwarded_for = \"append,append\"", "given twice"),
+            (
+                "x_forwarded_for_trusted = \"keep\"",
+                "forwarding.x_forwarded_for_trusted: 'keep'",
+            ),
+            (
+                "trusted_proxies = [\"10.0.0.0/33\"]",
+                "forwarding.trusted_proxies: '10.0.0.0/33'",
+            ),
+            (
+                "trusted_proxies = [\"proxy.local\"]",
+                "forwarding.trusted_proxies: 'proxy.local'",
+            ),
+            ("trusted_proxies = [\"10.0.0.1/8\"]", "past the /8 prefix"),
+            ("accept_x_forwarded_protocol = \"yes\"", "line 2"),
+            (
+                "x_forwarded_host = true",
+                "unknown field `x_forwarded_host`",
+            ),
+        ];
+        for (body, needle) in cases {
+            let text = format!("[forwarding]\n{body}");
+            let e = Config::from_toml(&text, "t.toml", &Overrides::default()).expect_err(body);
+            assert!(e.0.contains(needle), "{body:?} gave {e}");
+        }
     }
 }

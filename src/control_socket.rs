@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::bus::Bus;
-use crate::config::{read_routes_file, RoutesSource};
+use crate::config::{load_routes, RoutesSource};
 use crate::route::Routes;
 use crate::stats::Board;
 
@@ -79,15 +79,8 @@ impl ControlPlane {
     /// Re-reads the routes and hands them to every core; a bad source
     /// keeps the old routes. Returns the new route count.
     pub fn reload(&self) -> Result<usize, String> {
-        let routes = match &self.routes {
-            RoutesSource::File(path) => read_routes_file(path).map_err(|e| e.0)?,
-            RoutesSource::Inline(lines) => {
-                Routes::parse(lines.iter().map(String::as_str)).map_err(|e| e.0)?
-            }
-        };
-        if routes.is_empty() {
-            return Err("the routes define no route".into());
-        }
+        // The same reading and validation as at start-up.
+        let routes = load_routes(&self.routes).map_err(|e| e.0)?;
         let n = routes.iter().count();
         let routes = Arc::new(routes);
         self.links.send_all(|| Command::Routes(routes.clone()));

@@ -108,6 +108,10 @@ fn main() -> ExitCode {
                 }
             };
             corepin::log::set_level(cfg.log_level);
+            if let Err(e) = corepin::server::check_runtime() {
+                eprintln!("corepin: {e}");
+                return ExitCode::from(2);
+            }
             match corepin::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

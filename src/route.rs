@@ -2,7 +2,10 @@
 //! decision `(host, path, protocol) -> route` with the path rewrite. Pure
 //! policy: no bytes on the wire, no sockets.
 
+use std::borrow::Cow;
 use std::fmt;
+
+use crate::codec::uri::normalize_path;
 
 /// Which protocol a route condition accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +47,9 @@ pub struct Route {
     /// Replacement for the matched `path_beg` prefix.
     pub replace_beg: Option<String>,
     pub proto: Proto,
-    pub sig_key: Option<String>,
+    /// The Grip-Sig key, decoded once when the line is parsed
+    /// (`base64:` text is decoded; anything else is used as its bytes).
+    pub sig_key: Option<Vec<u8>>,
     pub sig_iss: Option<String>,
     /// Prefix added to channel names of this route's subscriptions.
     pub prefix: Option<String>,
@@ -153,6 +158,18 @@ pub fn parse_line(line: &str) -> Result<Option<Route>, RouteError> {
                 if !v.starts_with('/') {
                     return err(format!("path_beg '{v}' must start with '/'"));
                 }
+                // Requests are matched in normal form: a prefix that is not
+                // in it could never match (or would match differently).
+                match normalize_path(v.as_bytes()) {
+                    Ok(n) if *n == *v.as_bytes() => {}
+                    Ok(n) => {
+                        return err(format!(
+                            "path_beg '{v}' is not in normal form (requests are matched as '{}')",
+                            String::from_utf8_lossy(&n)
+                        ))
+                    }
+                    Err(e) => return err(format!("path_beg '{v}': {e}")),
+                }
                 route.path_beg = Some(v.to_string());
             }
             ("path_rem", v) => {
@@ -165,7 +182,11 @@ pub fn parse_line(line: &str) -> Result<Option<Route>, RouteError> {
             ("proto", Some("http")) => route.proto = Proto::Http,
             ("proto", Some("ws")) => route.proto = Proto::Ws,
             ("proto", v) => return err(format!("proto '{}' is not http or ws", v.unwrap_or(""))),
-            ("sig_key", v) => route.sig_key = Some(need("sig_key", v)?.to_string()),
+            ("sig_key", v) => {
+                let key = crate::jwt::key_bytes(need("sig_key", v)?)
+                    .map_err(|e| RouteError(format!("sig_key: {e}")))?;
+                route.sig_key = Some(key);
+            }
             ("sig_iss", v) => route.sig_iss = Some(need("sig_iss", v)?.to_string()),
             ("prefix", v) => route.prefix = Some(need("prefix", v)?.to_string()),
             (name, _) => return err(format!("unknown route property '{name}'")),
@@ -190,14 +211,22 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Parses every line; errors name the line number.
+    /// Parses every line; errors name the line number (1-based).
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Routes, RouteError> {
+        Self::parse_indexed(lines).map_err(|(i, e)| RouteError(format!("line {}: {e}", i + 1)))
+    }
+
+    /// Parses every line; an error comes with the index (0-based) of the
+    /// line it is about, for the caller to name.
+    pub fn parse_indexed<'a>(
+        lines: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Routes, (usize, RouteError)> {
         let mut routes = Vec::new();
         for (i, line) in lines.into_iter().enumerate() {
             match parse_line(line) {
                 Ok(Some(r)) => routes.push(r),
                 Ok(None) => {}
-                Err(e) => return err(format!("line {}: {e}", i + 1)),
+                Err(e) => return Err((i, e)),
             }
         }
         Ok(Routes { routes })
@@ -237,8 +266,19 @@ impl Routes {
 }
 
 impl Route {
-    /// The path (and query) sent to the backend for a client `target`.
+    /// The path (and query) sent to the backend for a client `target` (in
+    /// normal form, see `codec::uri`): the rewrite, with its path put back
+    /// in normal form (cutting `path_rem` characters can leave `/./`).
     pub fn rewrite(&self, target: &str) -> String {
+        let out = self.rewrite_raw(target);
+        let (path, query) = out.split_at(out.find('?').unwrap_or(out.len()));
+        match normalize_path(path.as_bytes()) {
+            Ok(Cow::Owned(p)) => format!("{}{query}", String::from_utf8_lossy(&p)),
+            _ => out,
+        }
+    }
+
+    fn rewrite_raw(&self, target: &str) -> String {
         if let (Some(beg), Some(rep)) = (&self.path_beg, &self.replace_beg) {
             if let Some(rest) = target.strip_prefix(beg.as_str()) {
                 return format!("{rep}{rest}");
@@ -289,7 +329,11 @@ mod tests {
         assert!(matches!(&r.targets[0], Target::Backend(b) if b.over_http));
         assert_eq!(one("* test").targets, vec![Target::Test]);
         let r = one("*,sig_key=base64:c2VjcmV0,sig_iss=me,prefix=p- a:1,host=x.y b:2 # comment");
-        assert_eq!(r.sig_key.as_deref(), Some("base64:c2VjcmV0"));
+        assert_eq!(r.sig_key.as_deref(), Some(&b"secret"[..]));
+        assert_eq!(
+            one("*,sig_key=plain a:1").sig_key.as_deref(),
+            Some(&b"plain"[..])
+        );
         assert_eq!(r.sig_iss.as_deref(), Some("me"));
         assert_eq!(r.prefix.as_deref(), Some("p-"));
         assert_eq!(r.targets.len(), 2);
@@ -309,10 +353,22 @@ mod tests {
             ("* a:1,bogus", "unknown target property 'bogus'"),
             ("*,proto=ftp a:1", "proto 'ftp'"),
             ("*,path_beg=x a:1", "must start with '/'"),
+            (
+                "*,path_beg=/a//b a:1",
+                "normal form (requests are matched as '/a/b')",
+            ),
+            ("*,path_beg=/a/../b a:1", "normal form"),
+            ("*,path_beg=/%61 a:1", "matched as '/a'"),
+            ("*,path_beg=/a%zz a:1", "invalid percent-encoding"),
             ("*,path_rem=x a:1", "not a number"),
             ("*,replace_beg=/x a:1", "needs path_beg"),
             ("* a:1,ssl", "not supported"),
             ("* test,over_http", "no properties"),
+            (
+                "*,sig_key=base64:!! a:1",
+                "sig_key: key after 'base64:' is not valid base64",
+            ),
+            ("*,sig_key= a:1", "'sig_key' needs a value"),
         ] {
             let e = parse_line(line).expect_err(line).0;
             assert!(e.contains(needle), "{line}: {e}");
@@ -356,5 +412,11 @@ mod tests {
         assert_eq!(r.rewrite("/app"), "/");
         let r = one("* a:1");
         assert_eq!(r.rewrite("/x?y"), "/x?y");
+        // Cutting characters can leave a dot-segment: put back in normal
+        // form, so the backend sees what the route meant.
+        let r = one("*,path_beg=/ab,path_rem=3 a:1");
+        assert_eq!(r.rewrite("/ab./c?q=/./"), "/c?q=/./");
+        let r = one("*,path_beg=/api/,replace_beg=/v2// a:1");
+        assert_eq!(r.rewrite("/api/x"), "/v2/x");
     }
 }

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use glommio::{LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::bus::{Bus, CoreInbox};
@@ -23,6 +23,42 @@ const BACKLOG: i32 = 4096;
 /// io_uring registered-buffer memory per executor: small, so that the
 /// locked-memory limit of an ordinary user is enough.
 pub(crate) const IO_MEMORY: usize = 1 << 20;
+
+/// The lowest RLIMIT_MEMLOCK glommio 0.9 starts an executor under
+/// (`Reactor::new`'s `MIN_MEMLOCK_LIMIT`).
+const MIN_MEMLOCK: u64 = 512 * 1024;
+
+/// The soft RLIMIT_MEMLOCK in bytes (`None`: unlimited or unreadable).
+fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0;
+    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
+}
+
+/// Starts and stops one executor configured like those `run` starts, so
+/// that an environment that cannot run them (the locked-memory limit too
+/// low, io_uring blocked by a seccomp profile) is reported, with what to do,
+/// before anything is bound or announced. The binary exits 2 on it.
+pub fn check_runtime() -> Result<(), String> {
+    let r = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("corepin-probe")
+        .io_memory(IO_MEMORY)
+        .spawn(|| async {})
+        .and_then(|h| h.join());
+    let Err(e) = r else { return Ok(()) };
+    match memlock_limit() {
+        Some(limit) if limit < MIN_MEMLOCK => Err(format!(
+            "the locked-memory limit is {limit} bytes, below the {MIN_MEMLOCK} corepin's io_uring executors need: raise it (ulimit -l 8192 in the shell, LimitMEMLOCK=8M in a systemd unit, --ulimit memlock=8388608 with docker run)"
+        )),
+        _ => Err(format!(
+            "cannot start an io_uring executor: {e} (in a container, the seccomp profile must allow io_uring_setup, io_uring_enter and io_uring_register: see the README)"
+        )),
+    }
+}
 
 /// A listening socket with SO_REUSEPORT, not yet owned by an executor.
 fn bind(addr: SocketAddr) -> std::io::Result<Socket> {

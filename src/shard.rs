@@ -138,10 +138,10 @@ impl Shard {
 
     /// The signing key and issuer for requests on `route`, if any.
     pub fn sig_for(&self, route: &crate::route::Route) -> Option<(Vec<u8>, String)> {
-        let key = match &route.sig_key {
-            Some(k) => crate::jwt::key_bytes(k).ok()?,
-            None => self.cfg.grip.sig_key.clone()?,
-        };
+        let key = route
+            .sig_key
+            .clone()
+            .or_else(|| self.cfg.grip.sig_key.clone())?;
         let iss = route
             .sig_iss
             .clone()

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::codec::grip::{ChannelSpec, HoldMode, Instruct, DEFAULT_TIMEOUT};
 use crate::codec::http1::{self, RequestHead};
+use crate::codec::response::{At, Head, Status};
 use crate::conn::grip::{hold, Base, HoldCtx, HoldEnd};
 use crate::conn::http::{write_to, Client, Outcome};
 use crate::route::Route;
@@ -98,10 +99,10 @@ pub async fn handle(
         meta: Vec::new(),
         expose: Vec::new(),
     };
+    let fields = [(At::Key, &b"Content-Type"[..], &b"text/plain"[..])];
     let base = Base {
-        status: 200,
-        reason: "OK".into(),
-        headers: vec![(b"Content-Type".to_vec(), b"text/plain".to_vec())],
+        // A constant, valid head: the fallback is never taken.
+        head: Head::from_parts(None, None, fields, b"").unwrap_or_else(|_| Head::new(Status::OK)),
         body: Bytes::new(),
     };
     let ctx = HoldCtx {

@@ -1,7 +1,9 @@
 //! Invariant: for any bytes, request and response head parsing never
-//! panics; a complete head never claims more bytes than it was given; and
+//! panics; a complete head never claims more bytes than it was given;
 //! parsing a prefix never completes with a different length than the whole
-//! (so a split read can never change how a head is framed).
+//! (so a split read can never change how a head is framed); and a parsed
+//! request's target is already in normal form and its Host valid (so what
+//! routes match is what the backend receives).
 #![no_main]
 
 use corepin::codec::http1::{parse_request, parse_response, HeadLimits};

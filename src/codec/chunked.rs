@@ -269,6 +269,32 @@ pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(CHUNK_END);
 }
 
+/// The data bytes inside whole chunks written by `write_chunk` (what an
+/// access log counts as body bytes; the framing is not). Bytes that do not
+/// parse as such chunks count as data, so the result never undercounts.
+pub fn payload_len(framed: &[u8]) -> usize {
+    let mut total = 0;
+    let mut rest = framed;
+    while !rest.is_empty() {
+        let Some(eol) = rest.iter().position(|&b| b == b'\r') else {
+            return total + rest.len();
+        };
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|h| usize::from_str_radix(h, 16).ok());
+        let whole =
+            size.and_then(|n| Some((n, eol.checked_add(2)?.checked_add(n)?.checked_add(2)?)));
+        match whole {
+            Some((n, len)) if len <= rest.len() && rest[eol + 1] == b'\n' => {
+                total += n;
+                rest = &rest[len..];
+            }
+            _ => return total + rest.len(),
+        }
+    }
+    total
+}
+
 /// Decodes `input` fed in pieces split at `cuts` (ascending offsets);
 /// returns (data, done, bytes left after the body). Test and fuzz helper.
 #[doc(hidden)]
@@ -318,6 +344,28 @@ pub fn check_split_invariant(input: &[u8], cut: usize) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn payload_len_counts_data_not_framing() {
+        use super::{payload_len, write_chunk};
+        for parts in [
+            vec![],
+            vec![&b"a"[..]],
+            vec![&b"hello\n"[..], &b"x"[..]],
+            vec![&[7u8; 300][..], &b"\r\n0\r\n"[..], &[0u8; 16][..]],
+        ] {
+            let mut framed = Vec::new();
+            for p in &parts {
+                write_chunk(&mut framed, p);
+            }
+            let want: usize = parts.iter().map(|p| p.len()).sum();
+            assert_eq!(payload_len(&framed), want, "{parts:?}");
+        }
+        // Not chunks: every byte counts.
+        assert_eq!(payload_len(b"raw bytes"), 9);
+        assert_eq!(payload_len(b"5\r\nab"), 5, "cut short");
+        assert_eq!(payload_len(b"1\r\na\r\nzz"), 3);
+    }
+
     use super::*;
 
     /// Runs one case whole and split at every offset; all must agree.

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::http1::{trim, Fields};
+use super::response::{self, At, Head, Status};
 
 /// Default seconds a `response` hold lasts.
 pub const DEFAULT_TIMEOUT: u32 = 55;
@@ -56,18 +57,17 @@ pub struct Instruct {
     pub channels: Vec<ChannelSpec>,
     pub timeout: u32,
     pub keep_alive: Option<KeepAlive>,
-    pub status: Option<(u16, Option<String>)>,
+    /// `Grip-Status`: the status of the held response, validated.
+    pub status: Option<Status>,
     pub next: Option<NextLink>,
     pub meta: Vec<(String, String)>,
     pub expose: Vec<String>,
 }
 
-/// The response carried inside a JSON instruction.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The response carried inside a JSON instruction, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonResponse {
-    pub code: Option<u16>,
-    pub reason: Option<String>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub head: Head,
     pub body: Bytes,
 }
 
@@ -191,16 +191,15 @@ fn channels<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ChannelSpe
     Ok(out)
 }
 
-fn status(v: &str) -> Result<(u16, Option<String>), GripError> {
+fn status(v: &str) -> Result<Status, GripError> {
     let v = v.trim();
     let (code, reason) = v.split_once(' ').unwrap_or((v, ""));
-    let code: u16 = code
-        .parse()
-        .ok()
-        .filter(|c| (100..1000).contains(c))
-        .ok_or_else(|| GripError(format!("Grip-Status: '{v}' is not a status")))?;
-    let reason = reason.trim();
-    Ok((code, (!reason.is_empty()).then(|| reason.to_string())))
+    let code: u64 = code.parse().map_err(|_| {
+        GripError(format!(
+            "Grip-Status: '{v}' does not start with a status code"
+        ))
+    })?;
+    Status::new(code, Some(reason.trim())).map_err(|e| GripError(format!("Grip-Status: {e}")))
 }
 
 fn links<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<NextLink>, GripError> {
@@ -209,6 +208,12 @@ fn links<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<NextLink>,
             let (url, ps) = params(part);
             let url = url.trim_start_matches('<').trim_end_matches('>');
             if param(&ps, "rel") == Some("next") && !url.is_empty() {
+                // The URL goes into a request line to a backend.
+                if let Some(b) = url.bytes().find(|b| !b.is_ascii_graphic()) {
+                    return bad(format!(
+                        "Grip-Link: byte 0x{b:02x} in the URL is not visible ASCII (percent-encode it)"
+                    ));
+                }
                 let timeout = match param(&ps, "timeout") {
                     Some(t) => seconds(t, "Grip-Link timeout")?.max(1),
                     None => DEFAULT_LINK_TIMEOUT,
@@ -297,68 +302,130 @@ pub fn from_headers(fields: &Fields) -> Result<Option<Instruct>, GripError> {
     }))
 }
 
+/// Where a JSON instruction's response sits, for error messages.
+const JSON_RESPONSE: &str = "grip-instruct: response";
+
+/// The `response` object of a JSON instruction, validated through
+/// `codec::response` like every other source of a client response.
+fn json_response(r: Option<&Value>) -> Result<JsonResponse, GripError> {
+    use base64::Engine;
+    let p = JSON_RESPONSE;
+    let Some(r) = r.filter(|r| !r.is_null()) else {
+        return Ok(JsonResponse {
+            head: Head::new(Status::OK),
+            body: Bytes::new(),
+        });
+    };
+    let Some(r) = r.as_object() else {
+        return bad(format!("{p}: must be an object"));
+    };
+    let code = match r.get("code") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(c) => Some(c),
+            None => {
+                return bad(format!(
+                    "{p}.code: {n} is not a final status code ({}-{})",
+                    response::MIN_STATUS,
+                    response::MAX_STATUS
+                ))
+            }
+        },
+        Some(_) => return bad(format!("{p}.code: must be a number")),
+    };
+    let reason = match r.get("reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return bad(format!("{p}.reason: must be a string")),
+    };
+    let mut fields: Vec<(At, &[u8], &[u8])> = Vec::new();
+    match r.get("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Value::String(s) = v else {
+                    return bad(format!(
+                        "{p}.headers.{}: must be a string",
+                        k.escape_debug()
+                    ));
+                };
+                fields.push((At::Key, k.as_bytes(), s.as_bytes()));
+            }
+        }
+        Some(Value::Array(list)) => {
+            for (i, pair) in list.iter().enumerate() {
+                match pair.as_array().map(Vec::as_slice) {
+                    Some([Value::String(k), Value::String(s)]) => {
+                        fields.push((At::Index(i), k.as_bytes(), s.as_bytes()))
+                    }
+                    _ => {
+                        return bad(format!(
+                            "{p}.headers[{i}]: must be a [name, value] pair of strings"
+                        ))
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            return bad(format!(
+                "{p}.headers: must be an object or a list of [name, value] pairs"
+            ))
+        }
+    }
+    let body = match (r.get("body"), r.get("body-bin")) {
+        (Some(_), Some(_)) => return bad(format!("{p}: give either body or body-bin, not both")),
+        (Some(Value::String(b)), None) => Bytes::from(b.clone()),
+        (Some(_), None) => return bad(format!("{p}.body: must be a string")),
+        (None, Some(Value::String(b))) => base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .map(Bytes::from)
+            .or_else(|_| bad(format!("{p}.body-bin: is not valid base64")))?,
+        (None, Some(_)) => return bad(format!("{p}.body-bin: must be a base64 string")),
+        (None, None) => Bytes::new(),
+    };
+    let head = Head::from_parts(code, reason, fields, &body).map_err(|e| GripError(e.at(p)))?;
+    Ok(JsonResponse { head, body })
+}
+
+/// Refuses channel names and ids that could not sit in a header line
+/// (they are sent back to backends in `Grip-Last`).
+fn check_channel_text(v: &str, path: &str) -> Result<(), GripError> {
+    response::check_value(v.as_bytes()).map_err(|p| GripError(format!("{path}: {p}")))
+}
+
 /// Parses the JSON instruction form. The hold is optional (`None`: just
 /// send the enclosed response).
 pub fn from_json(body: &[u8]) -> Result<(Option<Instruct>, JsonResponse), GripError> {
-    use base64::Engine;
     let v: Value =
         serde_json::from_slice(body).map_err(|e| GripError(format!("grip-instruct: {e}")))?;
-    let mut resp = JsonResponse::default();
-    if let Some(r) = v.get("response") {
-        resp.code = r
-            .get("code")
-            .and_then(Value::as_u64)
-            .and_then(|c| u16::try_from(c).ok());
-        resp.reason = r.get("reason").and_then(Value::as_str).map(String::from);
-        match r.get("headers") {
-            Some(Value::Object(m)) => {
-                for (k, v) in m {
-                    if let Some(s) = v.as_str() {
-                        resp.headers.push((k.clone(), s.as_bytes().to_vec()));
-                    }
-                }
-            }
-            Some(Value::Array(list)) => {
-                for pair in list {
-                    if let Some([Value::String(k), Value::String(s)]) =
-                        pair.as_array().map(Vec::as_slice)
-                    {
-                        resp.headers.push((k.clone(), s.as_bytes().to_vec()));
-                    }
-                }
-            }
-            _ => {}
-        }
-        if let Some(b) = r.get("body").and_then(Value::as_str) {
-            resp.body = Bytes::from(b.to_string());
-        } else if let Some(b) = r.get("body-bin").and_then(Value::as_str) {
-            resp.body = base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map(Bytes::from)
-                .or_else(|_| bad("grip-instruct: response.body-bin is not base64"))?;
-        }
-    }
+    let resp = json_response(v.get("response"))?;
     let Some(h) = v.get("hold") else {
         return Ok((None, resp));
     };
     let hold = match h.get("mode").and_then(Value::as_str).unwrap_or("response") {
         "response" => HoldMode::Response,
         "stream" => HoldMode::Stream,
-        m => return bad(format!("grip-instruct: unknown hold mode '{m}'")),
+        m => return bad(format!("grip-instruct: unknown hold mode {m:?}")),
     };
     let mut chans = Vec::new();
-    for c in h
+    for (i, c) in h
         .get("channels")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        .enumerate()
     {
         let Some(name) = c.get("name").and_then(Value::as_str) else {
             return bad("grip-instruct: a channel has no name");
         };
+        let prev_id = c.get("prev-id").and_then(Value::as_str);
+        check_channel_text(name, &format!("grip-instruct: hold.channels[{i}].name"))?;
+        if let Some(p) = prev_id {
+            check_channel_text(p, &format!("grip-instruct: hold.channels[{i}].prev-id"))?;
+        }
         chans.push(ChannelSpec {
             name: name.to_string(),
-            prev_id: c.get("prev-id").and_then(Value::as_str).map(String::from),
+            prev_id: prev_id.map(String::from),
         });
     }
     if chans.is_empty() {
@@ -380,9 +447,15 @@ pub fn from_json(body: &[u8]) -> Result<(Option<Instruct>, JsonResponse), GripEr
                 (None, Some(b)) => decode_keep_alive(b, "base64")?,
                 _ => Bytes::new(),
             };
-            let mode = match k.get("mode").and_then(Value::as_str) {
-                Some("interval") => KeepAliveMode::Interval,
-                _ => KeepAliveMode::Idle,
+            let mode = match k.get("mode") {
+                None | Some(Value::Null) => KeepAliveMode::Idle,
+                Some(Value::String(m)) if m == "idle" => KeepAliveMode::Idle,
+                Some(Value::String(m)) if m == "interval" => KeepAliveMode::Interval,
+                Some(m) => {
+                    return bad(format!(
+                        "grip-instruct: hold.keep-alive.mode: {m} is not \"idle\" or \"interval\""
+                    ))
+                }
             };
             let timeout = k
                 .get("timeout")
@@ -411,6 +484,31 @@ pub fn from_json(body: &[u8]) -> Result<(Option<Instruct>, JsonResponse), GripEr
         }),
         resp,
     ))
+}
+
+/// Checks an instruction against the response it came with: the status
+/// the held client gets (`Grip-Status`, else the response's own) must allow
+/// what the hold writes. A stream needs a body; a 204 or 304 has none, and a
+/// body after one would be read by the client as its next response.
+pub fn check_hold(i: &Instruct, head: &Head, body: &[u8]) -> Result<(), GripError> {
+    let status = i.status.as_ref().unwrap_or(head.status());
+    if status.has_body() {
+        return Ok(());
+    }
+    if i.hold == HoldMode::Stream {
+        return bad(format!(
+            "a stream hold cannot use status {}: a {} response has no body",
+            status.code(),
+            status.code()
+        ));
+    }
+    if !body.is_empty() {
+        return bad(format!(
+            "the response body must be empty: a {} response has no body",
+            status.code()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -455,7 +553,7 @@ mod tests {
             (&ka.data[..], ka.timeout, ka.mode),
             (&b"\n"[..], 20, KeepAliveMode::Interval)
         );
-        assert_eq!(i.status, Some((404, Some("Not Here".into()))));
+        assert_eq!(i.status, Status::new(404, Some("Not Here")).ok());
         assert_eq!(
             i.next,
             Some(NextLink {
@@ -517,16 +615,168 @@ mod tests {
             (i.hold, i.timeout, i.channels[0].prev_id.as_deref()),
             (HoldMode::Stream, 60, Some("1"))
         );
-        assert_eq!((r.code, &r.body[..]), (Some(200), &b"start\n"[..]));
         assert_eq!(
-            r.headers,
-            vec![("Content-Type".into(), b"text/plain".to_vec())]
+            (r.head.status().code(), &r.body[..]),
+            (200, &b"start\n"[..])
         );
+        assert_eq!(r.head.get("content-type"), Some(&b"text/plain"[..]));
         let (i, _) = from_json(br#"{"response":{"body":"x"}}"#).expect("valid");
         assert!(i.is_none());
         assert!(from_json(b"{").is_err());
         assert!(from_json(br#"{"hold":{"mode":"stream"}}"#).is_err());
         let f = fields("Content-Type: application/grip-instruct; charset=utf-8\r\n");
         assert!(is_instruct_json(&f) && is_grip(&f));
+    }
+
+    #[test]
+    fn bad_instructions_name_the_field() {
+        for (headers, needle) in [
+            (
+                "Grip-Status: 0\r\n",
+                "Grip-Status: code: 0 is not a final status code (200-599)",
+            ),
+            (
+                "Grip-Status: 65535 Big\r\n",
+                "Grip-Status: code: 65535 is not",
+            ),
+            (
+                "Grip-Status: 101 Switching\r\n",
+                "Grip-Status: code: 101 is not",
+            ),
+            ("Grip-Status: 600\r\n", "Grip-Status: code: 600 is not"),
+            (
+                "Grip-Status: nope\r\n",
+                "Grip-Status: 'nope' does not start",
+            ),
+            (
+                "Grip-Link: </a b>; rel=next\r\n",
+                "Grip-Link: byte 0x20 in the URL",
+            ),
+        ] {
+            let f = fields(&format!(
+                "Grip-Hold: stream\r\nGrip-Channel: x\r\n{headers}"
+            ));
+            let e = from_headers(&f).expect_err(headers).0;
+            assert!(e.contains(needle), "{headers:?}: {e}");
+        }
+        let bad_json = [
+            (
+                r#"{"response":{"code":0}}"#,
+                "grip-instruct: response.code: 0 is not a final status code",
+            ),
+            (
+                r#"{"response":{"code":65535}}"#,
+                "response.code: 65535 is not",
+            ),
+            (r#"{"response":{"code":-1}}"#, "response.code: -1 is not"),
+            (
+                r#"{"response":{"code":"200"}}"#,
+                "response.code: must be a number",
+            ),
+            (
+                r#"{"response":{"reason":"OK\r\nSet-Cookie: a=b"}}"#,
+                "grip-instruct: response.reason: contains CR or LF",
+            ),
+            (
+                r#"{"response":{"reason":5}}"#,
+                "response.reason: must be a string",
+            ),
+            (
+                r#"{"response":{"headers":{"X-A":"1\r\nSet-Cookie: a=b"}}}"#,
+                "response.headers.X-A: contains CR or LF",
+            ),
+            (
+                r#"{"response":{"headers":{"X-A\r\nSet-Cookie":"a=b"}}}"#,
+                "is not a header name",
+            ),
+            (
+                r#"{"response":{"headers":{"X-A":"a\u0000b"}}}"#,
+                "response.headers.X-A: contains NUL",
+            ),
+            (
+                r#"{"response":{"headers":[["X-A","a\nb"]]}}"#,
+                "response.headers[0][1]: contains CR or LF",
+            ),
+            (
+                r#"{"response":{"headers":[["X A","b"]]}}"#,
+                "response.headers[0][0]: is not a header name",
+            ),
+            (
+                r#"{"response":{"headers":[["X-A"]]}}"#,
+                "response.headers[0]: must be a [name, value] pair",
+            ),
+            (
+                r#"{"response":{"headers":{"X-A":5}}}"#,
+                "response.headers.X-A: must be a string",
+            ),
+            (
+                r#"{"response":{"code":204,"body":"x"}}"#,
+                "response.body: must be empty: a 204 response has no body",
+            ),
+            (
+                r#"{"response":{"body":5}}"#,
+                "response.body: must be a string",
+            ),
+            (r#"{"response":[]}"#, "response: must be an object"),
+            (
+                r#"{"hold":{"channels":[{"name":"a\r\nb"}]}}"#,
+                "hold.channels[0].name: contains CR or LF",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a","prev-id":"1\n"}]}}"#,
+                "hold.channels[0].prev-id: contains CR or LF",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a"}],"keep-alive":{"mode":"often"}}}"#,
+                "hold.keep-alive.mode",
+            ),
+            (
+                r#"{"hold":{"mode":"x\ny","channels":[{"name":"a"}]}}"#,
+                "unknown hold mode \"x\\ny\"",
+            ),
+        ];
+        for (json, needle) in bad_json {
+            let e = from_json(json.as_bytes()).expect_err(json).0;
+            assert!(e.contains(needle), "{json}: {e}");
+            assert!(
+                !e.contains('\n') && !e.contains('\r'),
+                "one clean line: {e:?}"
+            );
+        }
+        // Framing, hop-by-hop and Grip-* fields are left out, not refused.
+        let (_, r) = from_json(
+            br#"{"response":{"headers":{"Content-Length":"9","Connection":"close","Grip-Hold":"x","X-A":"1"}}}"#,
+        )
+        .expect("valid");
+        let mut out = Vec::new();
+        r.head.write(&mut out, None);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nX-A: 1\r\n");
+    }
+
+    #[test]
+    fn holds_fit_their_status() {
+        let hold = |h: &str| {
+            from_headers(&fields(&format!("Grip-Channel: x\r\n{h}")))
+                .expect("valid")
+                .expect("hold")
+        };
+        let ok = Head::new(Status::OK);
+        let no_content = Head::new(Status::new(204, None).expect("valid"));
+        let stream = hold("Grip-Hold: stream\r\n");
+        assert!(check_hold(&stream, &ok, b"hi").is_ok());
+        let e = check_hold(&stream, &no_content, b"")
+            .expect_err("stream 204")
+            .0;
+        assert!(e.contains("stream hold cannot use status 204"), "{e}");
+        let e = check_hold(&hold("Grip-Hold: stream\r\nGrip-Status: 304\r\n"), &ok, b"")
+            .expect_err("stream 304")
+            .0;
+        assert!(e.contains("status 304"), "{e}");
+        let poll = hold("Grip-Hold: response\r\nGrip-Status: 204\r\n");
+        assert!(check_hold(&poll, &ok, b"").is_ok());
+        let e = check_hold(&poll, &ok, b"late")
+            .expect_err("body with 204")
+            .0;
+        assert!(e.contains("must be empty"), "{e}");
     }
 }

@@ -1,8 +1,11 @@
 //! HTTP/1.1 message heads: parsing (through httparse) with named limits,
 //! body framing, keep-alive rules, hop-by-hop filtering and serialisation.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::ops::Range;
+
+use super::uri;
 
 /// Hard ceiling on the configurable header count: the parser keeps its
 /// header table on the stack.
@@ -42,6 +45,8 @@ pub enum HeadError {
     UnsupportedTransferEncoding,
     /// An `Expect` value other than `100-continue` (417).
     UnsupportedExpectation,
+    /// A method a reverse proxy does not forward: CONNECT, TRACE (501).
+    UnsupportedMethod(&'static str),
 }
 
 impl HeadError {
@@ -53,6 +58,7 @@ impl HeadError {
             HeadError::UriTooLong => 414,
             HeadError::UnsupportedTransferEncoding => 501,
             HeadError::UnsupportedExpectation => 417,
+            HeadError::UnsupportedMethod(_) => 501,
         }
     }
 
@@ -64,6 +70,7 @@ impl HeadError {
             HeadError::UriTooLong => "request URI too long",
             HeadError::UnsupportedTransferEncoding => "unsupported transfer-encoding",
             HeadError::UnsupportedExpectation => "unsupported expectation",
+            HeadError::UnsupportedMethod(why) => why,
         }
     }
 }
@@ -120,7 +127,13 @@ fn range(r: (u32, u32)) -> Range<usize> {
 }
 
 impl Fields {
-    fn from_httparse(buf: &[u8], head_len: usize, headers: &[httparse::Header<'_>]) -> Self {
+    /// `spare` reserves room for bytes `append` will add.
+    fn from_httparse(
+        buf: &[u8],
+        head_len: usize,
+        headers: &[httparse::Header<'_>],
+        spare: usize,
+    ) -> Self {
         let fields = headers
             .iter()
             .map(|h| Field {
@@ -128,9 +141,31 @@ impl Fields {
                 value: span(buf, h.value),
             })
             .collect();
-        Fields {
-            raw: buf[..head_len].to_vec(),
-            fields,
+        let mut raw = Vec::with_capacity(head_len + spare);
+        raw.extend_from_slice(&buf[..head_len]);
+        Fields { raw, fields }
+    }
+
+    /// Keeps `bytes` after the head's own and returns their span.
+    fn append(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let start = self.raw.len();
+        self.raw.extend_from_slice(bytes);
+        (start as u32, self.raw.len() as u32)
+    }
+
+    /// Replaces the value of the first `name` field, or adds the field.
+    fn set(&mut self, name: &'static str, value: &[u8]) {
+        let value = self.append(value);
+        let at = self
+            .fields
+            .iter()
+            .position(|f| self.raw[range(f.name)].eq_ignore_ascii_case(name.as_bytes()));
+        match at {
+            Some(i) => self.fields[i].value = value,
+            None => {
+                let name = self.append(name.as_bytes());
+                self.fields.push(Field { name, value });
+            }
         }
     }
 
@@ -216,7 +251,9 @@ impl RequestHead {
         std::str::from_utf8(self.fields.slice(self.method)).unwrap_or("")
     }
 
-    /// The request target as sent (origin form, normally `/path?query`).
+    /// The request target in origin form, its path in normal form
+    /// (`codec::uri`) and its query as sent: what routes match and what the
+    /// backend receives.
     pub fn target(&self) -> &str {
         std::str::from_utf8(self.fields.slice(self.target)).unwrap_or("")
     }
@@ -232,10 +269,15 @@ impl RequestHead {
         self.target().split_once('?').map(|(_, q)| q)
     }
 
-    /// The Host header without a port, lower-cased comparison is the caller's.
+    /// The Host header without a port and without the trailing dot of a
+    /// fully qualified name (as nginx: `example.com.` is `example.com`);
+    /// lower-cased comparison is the caller's. For an absolute-form request
+    /// this is the target's authority, which replaced the Host header (RFC
+    /// 9112 §3.2.2).
     pub fn host(&self) -> Option<&str> {
-        let h = std::str::from_utf8(self.fields.get("host")?).ok()?;
-        Some(strip_port(h))
+        let h = std::str::from_utf8(trim(self.fields.get("host")?)).ok()?;
+        let h = strip_port(h);
+        Some(h.strip_suffix('.').unwrap_or(h))
     }
 
     /// Methods that may be replayed on a fresh connection (RFC 9110 §9.2.2).
@@ -399,15 +441,49 @@ pub fn parse_request(
         return Err(HeadError::UriTooLong);
     }
     let version = version(req.version);
-    let (method, target) = (span(buf, method.as_bytes()), span(buf, target.as_bytes()));
-    let fields = Fields::from_httparse(buf, n, req.headers);
-    let hosts = fields.get_all("host").count();
+    // Methods are case-sensitive (RFC 9110 §9.1), but a backend that folds
+    // case must not be handed a `trace` either.
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err(HeadError::UnsupportedMethod(
+            "CONNECT is not supported: corepin is a reverse proxy, not a tunnel",
+        ));
+    }
+    if method.eq_ignore_ascii_case("TRACE") {
+        return Err(HeadError::UnsupportedMethod(
+            "TRACE is not supported: it would echo the headers corepin adds",
+        ));
+    }
+    let norm = uri::normalize_target(target.as_bytes()).map_err(HeadError::Malformed)?;
+    let method = span(buf, method.as_bytes());
+    let rewritten = matches!(norm.path_and_query, Cow::Owned(_));
+    let spare = norm.authority.map_or(0, |a| a.len() + 4)
+        + if rewritten {
+            norm.path_and_query.len()
+        } else {
+            0
+        };
+    let mut fields = Fields::from_httparse(buf, n, req.headers, spare);
+    let mut hosts = 0;
+    for v in fields.get_all("host") {
+        hosts += 1;
+        if !uri::valid_authority(trim(v)) {
+            return Err(HeadError::Malformed("invalid host header"));
+        }
+    }
     if hosts > 1 {
         return Err(HeadError::Malformed("more than one host header"));
     }
     if hosts == 0 && version == Version::Http11 {
         return Err(HeadError::Malformed("HTTP/1.1 request without host header"));
     }
+    if let Some(authority) = norm.authority {
+        fields.set("Host", authority);
+    }
+    let target = if rewritten {
+        fields.append(&norm.path_and_query)
+    } else {
+        span(buf, target.as_bytes())
+    };
     let body = framing(&fields, version)?.unwrap_or(BodyKind::Empty);
     let mut expect_continue = false;
     if let Some(e) = fields.get("expect") {
@@ -456,7 +532,7 @@ pub fn parse_response(
     };
     let version = version(res.version);
     let reason = span(buf, reason.as_bytes());
-    let fields = Fields::from_httparse(buf, n, res.headers);
+    let fields = Fields::from_httparse(buf, n, res.headers, 0);
     let framed = framing(&fields, version)?;
     let body = if request_was_head || (100..200).contains(&status) || status == 204 || status == 304
     {
@@ -491,15 +567,52 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// End-to-end fields a `Connection` header may not make hop-by-hop: the
+/// request's authority, which corepin routes on and forwards (RFC 9110
+/// §7.6.1 forbids listing fields meant for every recipient). Framing
+/// fields need no entry: corepin always writes its own.
+const NOT_HOP_BY_HOP: &[&str] = &["host"];
+
 /// True when the field named `name` must not be forwarded: it is hop-by-hop
-/// or listed in the message's own `Connection` header.
+/// or listed in the message's own `Connection` header (unless it is one of
+/// `NOT_HOP_BY_HOP`).
 pub fn is_hop_by_hop(fields: &Fields, name: &[u8]) -> bool {
     HOP_BY_HOP
         .iter()
         .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
-        || fields
+        || (fields
             .tokens("connection")
             .any(|t| t.eq_ignore_ascii_case(name))
+            && !NOT_HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_bytes().eq_ignore_ascii_case(name)))
+}
+
+/// `name` compared as CGI/WSGI servers see it: ASCII case ignored, and `_`
+/// and `.` taken as `-` (`Grip_Sig` and `grip.sig` both arrive as
+/// `HTTP_GRIP_SIG`). `canonical` is lower-case with `-`.
+fn same_as_cgi(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name.iter().zip(canonical).all(|(&n, &c)| {
+            let n = match n {
+                b'_' | b'.' => b'-',
+                n => n.to_ascii_lowercase(),
+            };
+            n == c
+        })
+}
+
+/// True when `name` is `canonical` (lower-case, with `-`) under the CGI
+/// mapping of `same_as_cgi`: a client cannot slip `X_Real_IP` past a check
+/// for `X-Real-IP`.
+pub fn cgi_name_is(name: &[u8], canonical: &str) -> bool {
+    same_as_cgi(name, canonical.as_bytes())
+}
+
+/// True when `name` starts with `prefix` (lower-case, with `-`) under the
+/// CGI mapping of `same_as_cgi`.
+pub fn cgi_name_starts(name: &[u8], prefix: &str) -> bool {
+    name.len() >= prefix.len() && same_as_cgi(&name[..prefix.len()], prefix.as_bytes())
 }
 
 /// The canonical reason phrase for a status code.
@@ -560,12 +673,23 @@ pub fn write_simple_response_with(
 
 /// Fuzz invariant: parsing never claims more bytes than given, and no
 /// prefix of `data` completes differently from the whole, or fails where
-/// the whole succeeds.
+/// the whole succeeds; a parsed request's target is in origin form and
+/// normal form (normalising it again changes nothing), and its Host, if
+/// any, is valid.
 #[doc(hidden)]
 pub fn check_head_invariants(data: &[u8], limits: &HeadLimits) {
     let whole = parse_request(data, limits);
-    if let Ok(Some((n, _))) = &whole {
+    if let Ok(Some((n, head))) = &whole {
         assert!(*n <= data.len(), "claimed {n} of {} bytes", data.len());
+        let again = uri::normalize_target(head.target().as_bytes());
+        assert!(
+            matches!(&again, Ok(t) if t.authority.is_none() && *t.path_and_query == *head.target().as_bytes()),
+            "target {:?} is not in normal form",
+            head.target()
+        );
+        if let Some(h) = head.fields.get("host") {
+            assert!(uri::valid_authority(trim(h)), "host {h:?}");
+        }
     }
     for cut in 0..data.len().min(600) {
         match parse_request(&data[..cut], limits) {

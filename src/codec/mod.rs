@@ -8,5 +8,7 @@ pub mod chunked;
 pub mod grip;
 pub mod http1;
 pub mod publish;
+pub mod response;
+pub mod uri;
 pub mod ws;
 pub mod wsevents;

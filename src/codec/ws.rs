@@ -242,6 +242,41 @@ pub fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
+/// Longest close reason: the close payload (2-byte code + reason) of a
+/// control frame is at most 125 bytes (RFC 6455 §5.5).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// Checks a close code someone asks corepin to send (a publish): the
+/// codes of `valid_close_code`, refused with the rule that forbids the rest.
+/// 1000-1003 and 1007-1014 are defined (1012-1014 by the IANA registry),
+/// 3000-3999 are registered and 4000-4999 private use (§7.4.2).
+pub fn check_close_code(code: u64) -> Result<u16, String> {
+    match code {
+        c if c < 1000 => Err(format!("{c} is not a close code (0-999 are unused, RFC 6455 §7.4.2)")),
+        1004 => Err("1004 is reserved (RFC 6455 §7.4.1)".into()),
+        c @ (1005 | 1006 | 1015) => Err(format!(
+            "{c} must never be sent in a close frame (RFC 6455 §7.4.1)"
+        )),
+        c @ 1016..=2999 => Err(format!(
+            "{c} is reserved for the WebSocket protocol (RFC 6455 §7.4.2); applications use 4000-4999"
+        )),
+        c if c > 4999 => Err(format!("{c} is not a close code (1000-4999)")),
+        c => Ok(c as u16),
+    }
+}
+
+/// Checks a close reason: at most `MAX_CLOSE_REASON` bytes (a `&str` is
+/// UTF-8 already, as the frame requires).
+pub fn check_close_reason(reason: &str) -> Result<(), String> {
+    if reason.len() > MAX_CLOSE_REASON {
+        return Err(format!(
+            "is {} bytes; a close reason is at most {MAX_CLOSE_REASON} (RFC 6455 §5.5)",
+            reason.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Kind of a data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -559,6 +594,49 @@ mod tests {
                 Event::Close(1000, "bye".into()),
             ]),
         );
+    }
+
+    #[test]
+    fn close_codes_a_publish_may_send() {
+        for (code, ok) in [
+            (0, false),
+            (999, false),
+            (1000, true),
+            (1001, true),
+            (1003, true),
+            (1004, false),
+            (1005, false),
+            (1006, false),
+            (1007, true),
+            (1011, true),
+            (1014, true),
+            (1015, false),
+            (1016, false),
+            (2999, false),
+            (3000, true),
+            (4000, true),
+            (4999, true),
+            (5000, false),
+            (65536 + 1000, false),
+        ] {
+            assert_eq!(check_close_code(code).is_ok(), ok, "{code}");
+        }
+        // The same set as the codes accepted from peers.
+        for c in 0..=6000u16 {
+            assert_eq!(
+                check_close_code(u64::from(c)).is_ok(),
+                valid_close_code(c),
+                "{c}"
+            );
+        }
+        assert!(check_close_code(1005)
+            .unwrap_err()
+            .contains("never be sent"));
+        assert!(check_close_reason(&"é".repeat(61)).is_ok(), "122 bytes");
+        assert!(check_close_reason(&"x".repeat(123)).is_ok());
+        assert!(check_close_reason(&"x".repeat(124))
+            .unwrap_err()
+            .contains("124 bytes"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use futures_lite::AsyncWriteExt;
 use crate::buf::BUF_SIZE;
 use crate::codec::grip::{self, HoldMode, Instruct};
 use crate::codec::http1::{self, is_hop_by_hop, BodyKind, RequestHead, ResponseHead, Version};
+use crate::codec::response::{self, Head, Status};
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
 use crate::shard::Shard;
@@ -27,13 +28,12 @@ const COALESCE_MAX: usize = 64 * 1024;
 /// Largest instructing response body read into memory.
 pub const MAX_INSTRUCT_BODY: u64 = 1 << 20;
 
-/// A response as it will reach the client: `Grip-*`, hop-by-hop and
-/// framing headers already removed.
+/// A response as it will reach the client: its head validated by
+/// `codec::response` (so `Grip-*`, hop-by-hop and framing fields are
+/// already left out), and its body.
 #[derive(Debug, Clone)]
 pub struct Base {
-    pub status: u16,
-    pub reason: String,
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub head: Head,
     pub body: Bytes,
 }
 
@@ -43,86 +43,32 @@ pub fn keep_header(fields: &http1::Fields, name: &[u8]) -> bool {
 }
 
 impl Base {
-    pub fn from_head(resp: &ResponseHead, body: Bytes) -> Base {
-        let headers = resp
-            .fields
-            .iter()
-            .filter(|(n, _)| keep_header(&resp.fields, n))
-            .map(|(n, v)| (n.to_vec(), v.to_vec()))
-            .collect();
-        Base {
-            status: resp.status,
-            reason: resp.reason().to_string(),
-            headers,
-            body,
-        }
+    /// The backend's own response (header-form instructions), validated.
+    pub fn from_head(resp: &ResponseHead, body: Bytes) -> Result<Base, grip::GripError> {
+        let head =
+            Head::from_backend(resp, &body).map_err(|e| grip::GripError(e.at("response")))?;
+        Ok(Base { head, body })
     }
 
-    fn from_json(r: grip::JsonResponse) -> Base {
-        let code = r.code.unwrap_or(200);
-        Base {
-            status: code,
-            reason: r
-                .reason
-                .unwrap_or_else(|| http1::reason_phrase(code).to_string()),
-            headers: r
-                .headers
-                .into_iter()
-                .filter(|(n, _)| {
-                    let n = n.to_ascii_lowercase();
-                    !(n.starts_with("grip-")
-                        || matches!(
-                            n.as_str(),
-                            "content-length" | "transfer-encoding" | "connection"
-                        ))
-                })
-                .map(|(n, v)| (n.into_bytes(), v))
-                .collect(),
-            body: r.body,
-        }
+    pub fn status(&self) -> u16 {
+        self.head.status().code()
     }
 
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v.as_slice())
+    fn write_status_and_headers(&self, out: &mut Vec<u8>, status: Option<&Status>) {
+        self.head.write(out, status);
     }
 
-    fn write_status_and_headers(&self, out: &mut Vec<u8>, status: Option<&(u16, Option<String>)>) {
-        let (code, reason) = match status {
-            Some((c, r)) => (
-                *c,
-                r.clone()
-                    .unwrap_or_else(|| http1::reason_phrase(*c).to_string()),
-            ),
-            None => (self.status, self.reason.clone()),
-        };
-        let reason = if reason.is_empty() {
-            http1::reason_phrase(code).to_string()
-        } else {
-            reason
-        };
-        let _ = write!(out, "HTTP/1.1 {code} {reason}\r\n");
-        for (n, v) in &self.headers {
-            http1::write_field(out, n, v);
-        }
-    }
-
-    /// The whole response with a Content-Length.
-    pub fn write_full(
-        &self,
-        out: &mut Vec<u8>,
-        status: Option<&(u16, Option<String>)>,
-        keep: bool,
-        http10: bool,
-    ) {
-        self.write_status_and_headers(out, status);
-        // Length(0) still writes `Content-Length: 0`.
-        http1::write_framing(out, BodyKind::Length(self.body.len() as u64));
+    /// The whole response with a Content-Length (none for 204 and 304,
+    /// whose bodies validation keeps empty).
+    pub fn write_full(&self, out: &mut Vec<u8>, status: Option<&Status>, keep: bool, http10: bool) {
+        let status = status.unwrap_or(self.head.status());
+        self.head.write(out, Some(status));
+        response::write_length(out, status, self.body.len());
         connection_header(out, keep, http10);
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
+        if status.has_body() {
+            out.extend_from_slice(&self.body);
+        }
     }
 }
 
@@ -164,17 +110,22 @@ pub async fn read_body(up: &mut Upstream, kind: BodyKind) -> Result<Bytes, Relay
 
 /// Turns an instructing response (head and whole body) into a decision.
 pub fn decide(resp: &ResponseHead, body: Bytes) -> Result<Decision, grip::GripError> {
-    if grip::is_instruct_json(&resp.fields) {
+    let (instruct, base) = if grip::is_instruct_json(&resp.fields) {
         let (instruct, r) = grip::from_json(&body)?;
-        let base = Base::from_json(r);
-        return Ok(match instruct {
-            Some(i) => Decision::Hold(Box::new(i), base),
-            None => Decision::Pass(base),
-        });
-    }
-    let base = Base::from_head(resp, body);
-    Ok(match grip::from_headers(&resp.fields)? {
-        Some(i) => Decision::Hold(Box::new(i), base),
+        let base = Base {
+            head: r.head,
+            body: r.body,
+        };
+        (instruct, base)
+    } else {
+        let instruct = grip::from_headers(&resp.fields)?;
+        (instruct, Base::from_head(resp, body)?)
+    };
+    Ok(match instruct {
+        Some(i) => {
+            grip::check_hold(&i, &base.head, &base.body)?;
+            Decision::Hold(Box::new(i), base)
+        }
         None => Decision::Pass(base),
     })
 }
@@ -316,7 +267,8 @@ async fn hold_stream(
     let status = instruct
         .status
         .clone()
-        .unwrap_or((base.status, Some(base.reason.clone())));
+        .unwrap_or_else(|| base.head.status().clone());
+    let code = status.code();
     let mut bytes = base.body.len() as u64;
     // The head and initial body go out now; neither they nor the backend's
     // response stay alive for the rest of the hold.
@@ -333,7 +285,7 @@ async fn hold_stream(
     let sent = write(c, &out).await;
     drop(out);
     if !sent {
-        return done(status.0, 0, ctx, false);
+        return done(code, 0, ctx, false);
     }
     sub.wrote(Instant::now());
     let keep = ctx.head.keep_alive && !http10;
@@ -350,19 +302,25 @@ async fn hold_stream(
                 } else {
                     write(c, &run).await
                 };
-                bytes += run.len() as u64;
+                // The access log counts body bytes, not chunk framing.
+                let payload = if http10 {
+                    run.len()
+                } else {
+                    crate::codec::chunked::payload_len(&run)
+                };
+                bytes += payload as u64;
                 shard.bufs.give_out(run);
                 if !ok {
-                    return done(status.0, bytes, ctx, false);
+                    return done(code, bytes, ctx, false);
                 }
                 sub.wrote(Instant::now());
             }
             Event::Msg(Msg::Close) => {
                 if !http10 {
                     let ok = write(c, crate::codec::chunked::LAST_CHUNK).await;
-                    return done(status.0, bytes, ctx, ok && keep && !shard.draining());
+                    return done(code, bytes, ctx, ok && keep && !shard.draining());
                 }
-                return done(status.0, bytes, ctx, false);
+                return done(code, bytes, ctx, false);
             }
             Event::Msg(Msg::Refetch) => {
                 let Some(link) = instruct.next.clone() else {
@@ -378,7 +336,7 @@ async fn hold_stream(
                             v
                         };
                         if !framed.is_empty() && !write(c, &framed).await {
-                            return done(status.0, bytes, ctx, false);
+                            return done(code, bytes, ctx, false);
                         }
                         bytes += body.len() as u64;
                         match next {
@@ -400,14 +358,9 @@ async fn hold_stream(
                                 // No further hold: the stream ends here.
                                 if !http10 {
                                     let ok = write(c, crate::codec::chunked::LAST_CHUNK).await;
-                                    return done(
-                                        status.0,
-                                        bytes,
-                                        ctx,
-                                        ok && keep && !shard.draining(),
-                                    );
+                                    return done(code, bytes, ctx, ok && keep && !shard.draining());
                                 }
-                                return done(status.0, bytes, ctx, false);
+                                return done(code, bytes, ctx, false);
                             }
                         }
                     }
@@ -421,13 +374,13 @@ async fn hold_stream(
                 }
             }
             Event::Msg(Msg::Response(_) | Msg::Timeout | Msg::WsClose(..)) => {}
-            Event::ClientGone => return done(status.0, bytes, ctx, false),
+            Event::ClientGone => return done(code, bytes, ctx, false),
             Event::Dropped => {
                 warn!(
                     "core {}: stream subscriber {} too slow; dropped",
                     shard.index, c.peer
                 );
-                return done(status.0, bytes, ctx, false);
+                return done(code, bytes, ctx, false);
             }
         }
     }
@@ -450,7 +403,7 @@ async fn hold_response(
                     Vec::with_capacity(e.response_head.len() + e.response_body.len() + 64);
                 out.extend_from_slice(&e.response_head);
                 for name in &instruct.expose {
-                    if let Some(v) = base.header(name) {
+                    if let Some(v) = base.head.get(name) {
                         http1::write_field(&mut out, name.as_bytes(), v);
                     }
                 }
@@ -458,14 +411,18 @@ async fn hold_response(
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&e.response_body);
                 let ok = write(c, &out).await;
-                let code = e.item.http_response.as_ref().map_or(200, |r| r.code);
+                let code = e
+                    .item
+                    .http_response
+                    .as_ref()
+                    .map_or(200, |r| r.head.status().code());
                 return done(code, e.response_body.len() as u64, ctx, ok && keep);
             }
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
                 let ok = write(c, &out).await;
-                let code = instruct.status.as_ref().map_or(base.status, |s| s.0);
+                let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
             }
             Event::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => return HoldEnd::Retry,

@@ -17,6 +17,7 @@ use crate::codec::http1::{
     self, is_hop_by_hop, parse_request, parse_response, BodyKind, HeadError, RequestHead,
     ResponseHead, Version,
 };
+use crate::config::Forwarding;
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
 use crate::log::AccessEntry;
@@ -205,6 +206,13 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let Some(route) = routes.select(head.host(), head.path(), ws) else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
     };
+    // Only corepin speaks WebSocket-over-HTTP to an over_http target: a
+    // client's own events would reach the backend signed, as a session's
+    // (Pushpin answers the same 403).
+    if !ws && carries_ws_events(head) && route.targets.iter().any(is_over_http) {
+        let why = "client not allowed to send WebSocket events directly";
+        return refuse(shard, c, head, 403, why, "-").await;
+    }
     let limit = shard.cfg.limits.max_request_body;
     if let BodyKind::Length(n) = head.body {
         if limit > 0 && n > limit {
@@ -245,6 +253,20 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
         }
     }
     refuse(shard, c, head, 502, "backend kept asking for a retry", "-").await
+}
+
+/// True when a `Content-Type` field (under any CGI spelling) names
+/// `application/websocket-events`, whatever its parameters or case.
+fn carries_ws_events(head: &RequestHead) -> bool {
+    head.fields.iter().any(|(name, value)| {
+        http1::cgi_name_is(name, "content-type")
+            && http1::trim(value.split(|&b| b == b';').next().unwrap_or(b""))
+                .eq_ignore_ascii_case(b"application/websocket-events")
+    })
+}
+
+fn is_over_http(t: &Target) -> bool {
+    matches!(t, Target::Backend(b) if b.over_http)
 }
 
 /// Answers an error without reading the request body. The connection is
@@ -290,15 +312,33 @@ fn relay_to_client_failure(e: RelayError) -> Failure {
     }
 }
 
-/// True when `name` starts with `prefix`, ignoring ASCII case.
-fn has_prefix(name: &[u8], prefix: &[u8]) -> bool {
-    name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+/// Forwarding fields a client may not set: corepin writes its own, or
+/// passes them only from a trusted proxy (`[forwarding]`). Compared under
+/// the CGI mapping (`X_Real_IP` is `X-Real-IP`).
+const FROM_TRUSTED_PROXIES_ONLY: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-client-ip",
+    "true-client-ip",
+];
+
+/// Fields of a WebSocket-over-HTTP request that only corepin sets (the
+/// session id, and `Meta-*`, which only the backend's `Set-Meta-*`
+/// produce): never taken from a client toward an `over_http` target.
+fn is_session_field(name: &[u8]) -> bool {
+    http1::cgi_name_is(name, "connection-id") || http1::cgi_name_starts(name, "meta-")
 }
 
 /// Writes the request head sent to a backend: the client's fields minus
-/// hop-by-hop, `Grip-*` and those `skip` names, plus forwarding fields and
-/// `extra` (whole lines). `method` replaces the client's (and then the
-/// client's body framing is not written: `extra` carries the caller's).
+/// hop-by-hop, `Grip-*` (under any spelling a CGI server maps to one), the
+/// forwarding fields the `[forwarding]` policy does not take from this
+/// peer, session fields toward an `over_http` target, and `skip` names;
+/// plus corepin's own forwarding fields and `extra` (whole lines).
+/// `method` replaces the client's (and then the client's body framing is
+/// not written: `extra` carries the caller's).
 #[allow(clippy::too_many_arguments)]
 pub fn write_request_head(
     out: &mut Vec<u8>,
@@ -307,6 +347,7 @@ pub fn write_request_head(
     path: &str,
     b: &Backend,
     peer: &SocketAddr,
+    fwd: &Forwarding,
     extra: &[u8],
     skip: &dyn Fn(&[u8]) -> bool,
 ) {
@@ -316,21 +357,56 @@ pub fn write_request_head(
         method.unwrap_or(head.method()),
         path
     );
-    let mut xff: Vec<u8> = Vec::new();
+    let trusted = fwd.trusts(peer.ip());
+    let mut xff: Vec<&[u8]> = Vec::new();
     let mut via: Vec<u8> = Vec::new();
-    let mut has_host = false;
+    let mut https = false;
+    let mut real_ip = None;
+    let mut forwarded_host = None;
+    let mut host = None;
     for (name, value) in head.fields.iter() {
         if is_hop_by_hop(&head.fields, name)
-            || name.eq_ignore_ascii_case(b"expect")
-            || has_prefix(name, b"grip-")
-            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || http1::cgi_name_is(name, "expect")
+            || http1::cgi_name_starts(name, "grip-")
+            || (b.over_http && is_session_field(name))
             || skip(name)
         {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff.extend_from_slice(value);
-            xff.extend_from_slice(b", ");
+        // Only the exact spelling of a forwarding field is believed (and
+        // only as the policy says); look-alikes are dropped.
+        let exact = |canonical: &str| name.eq_ignore_ascii_case(canonical.as_bytes());
+        if http1::cgi_name_is(name, "x-forwarded-for") {
+            if exact("x-forwarded-for") {
+                xff.extend(
+                    value
+                        .split(|&c| c == b',')
+                        .map(http1::trim)
+                        .filter(|e| !e.is_empty()),
+                );
+            }
+            continue;
+        }
+        if http1::cgi_name_is(name, "x-forwarded-proto")
+            || http1::cgi_name_is(name, "x-forwarded-protocol")
+        {
+            let v = http1::trim(value);
+            https |= fwd.accept_x_forwarded_protocol
+                && (exact("x-forwarded-proto") || exact("x-forwarded-protocol"))
+                && (v.eq_ignore_ascii_case(b"https") || v.eq_ignore_ascii_case(b"wss"));
+            continue;
+        }
+        if let Some(f) = FROM_TRUSTED_PROXIES_ONLY
+            .iter()
+            .find(|f| http1::cgi_name_is(name, f))
+        {
+            if trusted && exact(f) {
+                match *f {
+                    "x-real-ip" => real_ip = real_ip.or(Some(value)),
+                    "x-forwarded-host" => forwarded_host = forwarded_host.or(Some(value)),
+                    _ => http1::write_field(out, name, value),
+                }
+            }
             continue;
         }
         if name.eq_ignore_ascii_case(b"via") {
@@ -339,7 +415,7 @@ pub fn write_request_head(
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") {
-            has_host = true;
+            host = Some(value);
             if b.host.is_some() {
                 continue;
             }
@@ -348,12 +424,28 @@ pub fn write_request_head(
     }
     if let Some(h) = &b.host {
         http1::write_field(out, b"Host", h.as_bytes());
-    } else if !has_host {
+    } else if host.is_none() {
         http1::write_field(out, b"Host", b.addr.as_bytes());
     }
-    let _ = write!(xff, "{}", peer.ip());
-    http1::write_field(out, b"X-Forwarded-For", &xff);
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    let peer_ip = peer.ip().to_string();
+    let rule = if trusted { &fwd.xff_trusted } else { &fwd.xff };
+    let entries = rule.apply(xff, peer_ip.as_bytes());
+    if !entries.is_empty() {
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(e);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let proto: &[u8] = if https { b"https" } else { b"http" };
+    http1::write_field(out, b"X-Forwarded-Proto", proto);
+    if let Some(h) = forwarded_host.or(host) {
+        http1::write_field(out, b"X-Forwarded-Host", h);
+    }
+    http1::write_field(out, b"X-Real-IP", real_ip.unwrap_or(peer_ip.as_bytes()));
     via.extend_from_slice(VIA.as_bytes());
     http1::write_field(out, b"Via", &via);
     out.extend_from_slice(extra);
@@ -571,6 +663,7 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
             &path,
             &backend,
             &c.peer,
+            &shard.cfg.forwarding,
             &grip_headers,
             &|_| false,
         );
@@ -689,7 +782,7 @@ async fn instructed(
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
             let ok = write_to(&mut c.stream, &out).await;
             HoldEnd::Done(Outcome {
-                status: base.status,
+                status: base.status(),
                 bytes: base.body.len() as u64,
                 target: ctx.target.clone(),
                 keep_alive: ok && keep,

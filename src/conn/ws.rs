@@ -414,6 +414,7 @@ fn upgrade_request(
         path,
         b,
         peer,
+        &shard.cfg.forwarding,
         &extra,
         &|n: &[u8]| n.eq_ignore_ascii_case(b"sec-websocket-extensions"),
     );
@@ -744,20 +745,18 @@ impl Session<'_> {
             extra.extend_from_slice(b"Meta-");
             http1::write_field(&mut extra, k.as_bytes(), v);
         }
-        // Fields corepin sets itself, and client-sent Meta-* (only the
-        // backend's Set-Meta-* may produce those).
-        let own: &[&[u8]] = &[
-            b"sec-websocket-key",
-            b"sec-websocket-version",
-            b"sec-websocket-extensions",
-            b"content-type",
-            b"accept",
-            b"connection-id",
+        // Fields corepin sets itself on every events request, under any
+        // spelling a CGI server would map to them. (Client-sent
+        // `Connection-Id` and `Meta-*` are dropped by write_request_head
+        // for every over_http target.)
+        let own = [
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-extensions",
+            "content-type",
+            "accept",
         ];
-        let skip = |n: &[u8]| {
-            own.iter().any(|o| n.eq_ignore_ascii_case(o))
-                || (n.len() > 5 && n[..5].eq_ignore_ascii_case(b"meta-"))
-        };
+        let skip = |n: &[u8]| own.iter().any(|o| http1::cgi_name_is(n, o));
         let mut delay = Duration::from_millis(100);
         for attempt in 0..POST_ATTEMPTS {
             if attempt > 0 {
@@ -791,6 +790,7 @@ impl Session<'_> {
                     &self.path,
                     b,
                     &c.peer,
+                    &self.shard.cfg.forwarding,
                     &extra,
                     &skip,
                 );

@@ -290,6 +290,13 @@ fn generated_heads_keep_the_invariants() {
         b"\xff",
         b"Expect: 100-continue",
         b"Content-Length: 5, 6",
+        b"http://h",
+        b"/../",
+        b"//",
+        b"%2e",
+        b"CONNECT ",
+        b"Host: a/b",
+        b"Connection: host",
     ];
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..4000 {
@@ -319,4 +326,161 @@ fn reason_phrase_with_obs_text_parses_without_its_text() {
     );
     assert_eq!(r.fields.get("content-length"), Some(&b"2"[..]));
     check_head_invariants(head, &LIMITS);
+}
+
+#[test]
+fn targets_are_normalised_before_anyone_reads_them() {
+    let cases: &[(&[u8], &str, Option<&str>)] = &[
+        (
+            b"GET //admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            "/admin",
+            Some("a"),
+        ),
+        (
+            b"GET /./admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            "/admin",
+            Some("a"),
+        ),
+        (
+            b"GET /x/../admin?q=/../ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "/admin?q=/../",
+            Some("a"),
+        ),
+        (
+            b"GET /%2e%2e/%61dmin HTTP/1.1\r\nHost: a\r\n\r\n",
+            "/admin",
+            Some("a"),
+        ),
+        // absolute form: the URI's authority wins over Host (RFC 9112 §3.2.2)
+        (
+            b"GET http://public/admin HTTP/1.1\r\nHost: other\r\n\r\n",
+            "/admin",
+            Some("public"),
+        ),
+        (
+            b"GET HTTP://Public:8080 HTTP/1.1\r\nHost: other\r\n\r\n",
+            "/",
+            Some("Public"),
+        ),
+        (b"GET http://h/a HTTP/1.0\r\n\r\n", "/a", Some("h")),
+        (b"GET /a HTTP/1.0\r\n\r\n", "/a", None),
+        (
+            b"GET / HTTP/1.1\r\nHost: Example.COM.:80\r\n\r\n",
+            "/",
+            Some("Example.COM"),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+            "/",
+            Some("::1"),
+        ),
+    ];
+    for (input, target, host) in cases {
+        let (n, h) = ok(input);
+        assert_eq!(n, input.len());
+        assert_eq!(h.target(), *target, "{}", String::from_utf8_lossy(input));
+        assert_eq!(h.host(), *host, "{}", String::from_utf8_lossy(input));
+        assert_eq!(
+            h.fields.get_all("host").count(),
+            usize::from(host.is_some())
+        );
+    }
+    let (_, h) = ok(b"GET http://Public:8080/a HTTP/1.1\r\nHost: other\r\nX-A: 1\r\n\r\n");
+    assert_eq!(h.fields.get("host"), Some(&b"Public:8080"[..]));
+    assert_eq!(h.fields.get("x-a"), Some(&b"1"[..]));
+    assert_eq!(h.path(), "/a");
+}
+
+#[test]
+fn refused_methods_targets_and_hosts() {
+    let cases: &[(&[u8], u16, &str)] = &[
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            501,
+            "CONNECT",
+        ),
+        (
+            b"connect example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            501,
+            "CONNECT",
+        ),
+        (b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 501, "TRACE"),
+        (b"Trace / HTTP/1.1\r\nHost: a\r\n\r\n", 501, "TRACE"),
+        (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 400, "asterisk"),
+        (b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "http URI"),
+        (
+            b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            400,
+            "userinfo",
+        ),
+        (
+            b"GET /a/..;/b HTTP/1.1\r\nHost: a\r\n\r\n",
+            400,
+            "dot-segment",
+        ),
+        (b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n", 400, "percent"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n",
+            400,
+            "invalid host",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "invalid host"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n",
+            400,
+            "invalid host",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400, "invalid host"),
+        (b"GET / HTTP/1.0\r\nHost: a@b\r\n\r\n", 400, "invalid host"),
+        // the URI's authority does not excuse a bad (or missing) Host
+        (
+            b"GET http://a/ HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            400,
+            "invalid host",
+        ),
+        (b"GET http://a/ HTTP/1.1\r\n\r\n", 400, "without host"),
+    ];
+    for (input, status, needle) in cases {
+        match req(input) {
+            Err(e) => {
+                assert_eq!(e.status(), *status, "{}", String::from_utf8_lossy(input));
+                assert!(
+                    e.reason().contains(needle),
+                    "{}: {}",
+                    String::from_utf8_lossy(input),
+                    e.reason()
+                );
+            }
+            other => panic!("accepted {:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+    for fine in [
+        &b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n",
+        b"PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        ok(fine);
+    }
+}
+
+#[test]
+fn connection_cannot_make_host_hop_by_hop() {
+    let (_, h) = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Host, X-Y\r\nX-Y: 1\r\n\r\n");
+    assert!(!is_hop_by_hop(&h.fields, b"Host"));
+    assert!(is_hop_by_hop(&h.fields, b"x-y"));
+}
+
+#[test]
+fn cgi_names() {
+    for name in ["Grip-Sig", "grip_sig", "GRIP.SIG", "Grip_Sig"] {
+        assert!(cgi_name_is(name.as_bytes(), "grip-sig"), "{name}");
+        assert!(cgi_name_starts(name.as_bytes(), "grip-"), "{name}");
+    }
+    for name in ["GripSig", "Grip-Si", "Grip-Sigs", "X-Grip-Sig"] {
+        assert!(!cgi_name_is(name.as_bytes(), "grip-sig"), "{name}");
+    }
+    assert!(!cgi_name_starts(b"Grip", "grip-"));
+    assert!(cgi_name_starts(b"Meta_user", "meta-"));
+    assert!(cgi_name_is(b"Connection_Id", "connection-id"));
 }
