@@ -27,11 +27,12 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use once_cell::race::OnceBox;
 
 use crate::codec::chunked;
 use crate::codec::publish::{Action, Item, WsKind};
@@ -60,8 +61,10 @@ pub struct Encoded {
     pub response_body: Bytes,
     /// What this item counts against the memory bounds.
     cost: usize,
-    stream_chunk: OnceLock<Bytes>,
-    ws_frame: OnceLock<Bytes>,
+    /// Made by the first core to need them; cores racing to make one each
+    /// make it, the first stored wins, and none waits for another.
+    stream_chunk: OnceBox<Bytes>,
+    ws_frame: OnceBox<Bytes>,
 }
 
 impl Encoded {
@@ -82,16 +85,16 @@ impl Encoded {
             response_head,
             response_body,
             cost,
-            stream_chunk: OnceLock::new(),
-            ws_frame: OnceLock::new(),
+            stream_chunk: OnceBox::new(),
+            ws_frame: OnceBox::new(),
         }
     }
 
     /// `http-stream` content as one chunk (empty when there is none, or
     /// the action is not `send`).
     pub fn stream_chunk(&self) -> &Bytes {
-        self.stream_chunk
-            .get_or_init(|| match &self.item.http_stream {
+        self.stream_chunk.get_or_init(|| {
+            Box::new(match &self.item.http_stream {
                 Some(s) if s.action == Action::Send && !s.content.is_empty() => {
                     let mut out = Vec::with_capacity(s.content.len() + 12);
                     chunked::write_chunk(&mut out, &s.content);
@@ -99,6 +102,7 @@ impl Encoded {
                 }
                 _ => Bytes::new(),
             })
+        })
     }
 
     /// `http-stream` content as is (for HTTP/1.0 streams); empty exactly
@@ -112,17 +116,19 @@ impl Encoded {
 
     /// `ws-message` as one unmasked server frame (empty for a close).
     pub fn ws_frame(&self) -> &Bytes {
-        self.ws_frame.get_or_init(|| match &self.item.ws_message {
-            Some(w) if w.action == Action::Send => {
-                let op = match w.kind {
-                    WsKind::Text => crate::codec::ws::Opcode::Text,
-                    WsKind::Binary => crate::codec::ws::Opcode::Binary,
-                };
-                let mut out = Vec::with_capacity(w.content.len() + 10);
-                crate::codec::ws::write_frame(&mut out, true, op, &w.content, None);
-                Bytes::from(out)
-            }
-            _ => Bytes::new(),
+        self.ws_frame.get_or_init(|| {
+            Box::new(match &self.item.ws_message {
+                Some(w) if w.action == Action::Send => {
+                    let op = match w.kind {
+                        WsKind::Text => crate::codec::ws::Opcode::Text,
+                        WsKind::Binary => crate::codec::ws::Opcode::Binary,
+                    };
+                    let mut out = Vec::with_capacity(w.content.len() + 10);
+                    crate::codec::ws::write_frame(&mut out, true, op, &w.content, None);
+                    Bytes::from(out)
+                }
+                _ => Bytes::new(),
+            })
         })
     }
 
