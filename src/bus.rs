@@ -154,6 +154,11 @@ pub struct BusStats {
     pub wakes: Box<[AtomicU64]>,
     /// Per core: estimated bytes of items queued and not yet delivered.
     pub backlog: Box<[AtomicUsize]>,
+    /// Per core: items by how long they waited to be delivered
+    /// (`LAG_BUCKETS`, then the rest).
+    pub lag: Box<[[AtomicU64; LAG_BUCKETS.len() + 1]]>,
+    /// Per core: the waits summed, in microseconds.
+    pub lag_sum_us: Box<[AtomicU64]>,
     /// Estimated bytes of publishes being read and parsed (the in-flight
     /// budget in use).
     pub inflight: AtomicUsize,
@@ -164,6 +169,8 @@ impl BusStats {
         BusStats {
             wakes: (0..n).map(|_| AtomicU64::new(0)).collect(),
             backlog: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            lag: (0..n).map(|_| Default::default()).collect(),
+            lag_sum_us: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ..BusStats::default()
         }
     }
@@ -408,12 +415,23 @@ fn needs_sequencing(it: &Item) -> bool {
     it.id.is_some() || (it.prev_id.is_some() && !it.no_seq)
 }
 
+/// Upper bounds (seconds) of the histogram of how long items wait in a
+/// core's inbox before the core delivers them.
+pub const LAG_BUCKETS: [f64; 7] = [0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0];
+/// An item waiting longer than this is logged (at most every 10 s a core).
+const LAG_WARN: Duration = Duration::from_secs(1);
+
+/// An item queued for a core, with when it was queued.
+type Queued = (Arc<Encoded>, Instant);
+
 /// A core's end of the bus.
 pub struct CoreInbox {
-    pub rx: Receiver<Arc<Encoded>>,
+    rx: Receiver<Queued>,
     pending: Arc<AtomicBool>,
     bus: std::sync::Weak<Bus>,
     core: usize,
+    /// When a long wait was last logged.
+    warned: std::cell::Cell<Option<Instant>>,
 }
 
 impl CoreInbox {
@@ -424,16 +442,63 @@ impl CoreInbox {
         self.pending.swap(false, Ordering::AcqRel);
     }
 
-    /// Items delivered: their cost leaves this core's backlog.
-    pub fn delivered(&self, cost: usize) {
+    /// Takes up to `max` queued items into `out`, oldest first, for the
+    /// caller to deliver now: their cost leaves the core's backlog, and
+    /// how long each waited goes into the lag histogram (a wait over a
+    /// second is also logged). Returns how many were taken.
+    pub fn take(&self, max: usize, out: &mut Vec<Arc<Encoded>>) -> usize {
+        let (mut n, mut cost) = (0, 0);
+        let mut buckets = [0u64; LAG_BUCKETS.len() + 1];
+        let (mut longest, mut sum) = (Duration::ZERO, Duration::ZERO);
+        let now = Instant::now();
+        while n < max {
+            let Ok((e, queued)) = self.rx.try_recv() else {
+                break;
+            };
+            let waited = now.saturating_duration_since(queued);
+            longest = longest.max(waited);
+            sum += waited;
+            let secs = waited.as_secs_f64();
+            let b = LAG_BUCKETS
+                .iter()
+                .position(|&le| secs <= le)
+                .unwrap_or(LAG_BUCKETS.len());
+            buckets[b] += 1;
+            cost += e.cost;
+            out.push(e);
+            n += 1;
+        }
+        if n == 0 {
+            return 0;
+        }
         if let Some(bus) = self.bus.upgrade() {
             bus.stats.backlog[self.core].fetch_sub(cost, Ordering::Relaxed);
+            bus.stats.lag_sum_us[self.core].fetch_add(sum.as_micros() as u64, Ordering::Relaxed);
+            for (slot, c) in bus.stats.lag[self.core].iter().zip(buckets) {
+                if c > 0 {
+                    slot.fetch_add(c, Ordering::Relaxed);
+                }
+            }
         }
+        if longest > LAG_WARN
+            && self
+                .warned
+                .get()
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            self.warned.set(Some(now));
+            warn!(
+                "core {}: published items waited {:.1} s to be delivered (more publishes than this core can deliver; see corepin_publish_delivery_lag_seconds)",
+                self.core,
+                longest.as_secs_f64()
+            );
+        }
+        n
     }
 }
 
 struct CoreLink {
-    tx: Sender<Arc<Encoded>>,
+    tx: Sender<Queued>,
     wake: UnixStream,
     pending: Arc<AtomicBool>,
 }
@@ -571,6 +636,7 @@ impl Bus {
                 pending,
                 bus: Arc::downgrade(&bus),
                 core,
+                warned: std::cell::Cell::new(None),
             })
             .collect();
         let weak = Arc::downgrade(&bus);
@@ -711,10 +777,12 @@ impl Bus {
     /// Queues `e` for every core with a subscriber on its channel.
     fn route(&self, e: Arc<Encoded>, touched: &mut Touched) {
         let slot = Interest::slot(&e.item.channel);
+        let mut now = None;
         self.interest.for_each(slot, |core| {
             if let Some(link) = self.cores.get(core) {
                 self.stats.backlog[core].fetch_add(e.cost, Ordering::Relaxed);
-                if link.tx.send(e.clone()).is_ok() {
+                let at = *now.get_or_insert_with(Instant::now);
+                if link.tx.send((e.clone(), at)).is_ok() {
                     touched.add(core);
                 } else {
                     self.stats.backlog[core].fetch_sub(e.cost, Ordering::Relaxed);
@@ -901,6 +969,7 @@ mod tests {
         );
         assert_eq!(inboxes[0].rx.len() + inboxes[1].rx.len(), 0);
         assert_eq!(inboxes[2].rx.len(), 2, "both items on channel a");
+        let mut got = Vec::new();
         assert_eq!(wake_bytes(&wakes[2]), 1, "one wake for the batch");
         assert_eq!(wake_bytes(&wakes[0]) + wake_bytes(&wakes[1]), 0);
         // Not drained yet: a second publish wakes no one again.
@@ -908,10 +977,16 @@ mod tests {
         assert_eq!(wake_bytes(&wakes[2]), 0);
         assert!(bus.stats.backlog[2].load(Ordering::Relaxed) > 3 * ITEM_OVERHEAD);
         inboxes[2].rearm();
-        while let Ok(e) = inboxes[2].rx.try_recv() {
-            inboxes[2].delivered(e.cost());
-        }
+        assert_eq!(inboxes[2].take(2, &mut got), 2, "at most as many as asked");
+        assert_eq!(inboxes[2].take(10, &mut got), 1);
+        let channels: Vec<&str> = got.iter().map(|e| e.item.channel.as_str()).collect();
+        assert_eq!(channels, ["a", "a", "a"], "in order");
         assert_eq!(bus.stats.backlog[2].load(Ordering::Relaxed), 0);
+        let waited: u64 = bus.stats.lag[2]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(waited, 3, "every item's wait is counted");
         // The publishing core itself is kicked locally, not woken.
         bus.interest().set(slot, 0);
         let sent = bus.publish(vec![plain("a")], Some(0));
@@ -968,9 +1043,7 @@ mod tests {
         bus.publish(vec![plain("c"), plain("c"), plain("c")], None);
         let e = bus.admit().expect_err("backlog over the bound");
         assert!(e.to_string().contains("delivery backlog full"), "{e}");
-        while let Ok(e) = inboxes[0].rx.try_recv() {
-            inboxes[0].delivered(e.cost());
-        }
+        inboxes[0].take(usize::MAX, &mut Vec::new());
         assert!(bus.admit().is_ok());
         assert_eq!(bus.stats.refused_backlog.load(Ordering::Relaxed), 1);
     }

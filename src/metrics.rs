@@ -211,6 +211,33 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
     }
     let _ = writeln!(
         o,
+        "# HELP corepin_publish_delivery_lag_seconds How long published items waited in a core's queue before the core delivered them."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publish_delivery_lag_seconds histogram");
+    for (core, buckets) in bus.lag.iter().enumerate() {
+        let mut cumulative = 0u64;
+        for (i, b) in buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = crate::bus::LAG_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                o,
+                "corepin_publish_delivery_lag_seconds_bucket{{core=\"{core}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "corepin_publish_delivery_lag_seconds_sum{{core=\"{core}\"}} {}",
+            bus.lag_sum_us[core].load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            o,
+            "corepin_publish_delivery_lag_seconds_count{{core=\"{core}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        o,
         "# HELP corepin_publish_wakes_total Wake-ups sent to a core for publishes (one per batch; cores without subscribers on a publish's channels get none)."
     );
     let _ = writeln!(o, "# TYPE corepin_publish_wakes_total counter");

@@ -195,24 +195,13 @@ impl Shard {
         inbox.rearm();
         let mut items = Vec::new();
         loop {
-            let mut cost = 0;
-            while items.len() < DRAIN_SLICE {
-                match inbox.rx.try_recv() {
-                    Ok(e) => {
-                        cost += e.cost();
-                        items.push(e);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if items.is_empty() {
+            let n = inbox.take(DRAIN_SLICE, &mut items);
+            if n == 0 {
                 return;
             }
             self.subs.deliver(&items);
-            inbox.delivered(cost);
-            let full = items.len() == DRAIN_SLICE;
             items.clear();
-            if !full {
+            if n < DRAIN_SLICE {
                 return;
             }
             glommio::yield_if_needed().await;
