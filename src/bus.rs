@@ -570,7 +570,7 @@ pub struct Reservation<'a> {
 impl Reservation<'_> {
     /// Reserves `more` bytes on top (once the item count is known).
     pub fn grow(&mut self, more: usize) -> Result<(), Refused> {
-        self.bus.take_budget(more)?;
+        self.bus.take_budget(more, self.bytes)?;
         self.bytes += more;
         Ok(())
     }
@@ -660,13 +660,15 @@ impl Bus {
         self.limits
     }
 
-    fn take_budget(&self, bytes: usize) -> Result<(), Refused> {
+    /// Takes `bytes` of the in-flight budget for a publish that already
+    /// holds `own` of it.
+    fn take_budget(&self, bytes: usize, own: usize) -> Result<(), Refused> {
         let limit = self.limits.inflight;
         let mut cur = self.stats.inflight.load(Ordering::Relaxed);
         loop {
             // One publish alone is always let through (its size is bounded
             // by the body limit), so a budget below one body cannot wedge.
-            if cur > 0 && cur + bytes > limit {
+            if cur > own && cur + bytes > limit {
                 self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Busy {
                     inflight: cur,
@@ -688,7 +690,7 @@ impl Bus {
     /// Reserves `bytes` of the in-flight budget for a publish being read
     /// and parsed; refused when the budget is spent.
     pub fn reserve(&self, bytes: usize) -> Result<Reservation<'_>, Refused> {
-        self.take_budget(bytes)?;
+        self.take_budget(bytes, 0)?;
         Ok(Reservation { bus: self, bytes })
     }
 
@@ -1035,7 +1037,16 @@ mod tests {
         drop(a);
         let mut a = bus.reserve(2000).expect("alone, even over the budget");
         assert!(bus.reserve(1).is_err());
-        assert!(a.grow(1).is_err(), "growing past the budget is refused");
+        a.grow(5000).expect("alone, it may grow past the budget");
+        drop(a);
+        let mut a = bus.reserve(400).expect("first");
+        let b = bus.reserve(400).expect("second");
+        assert!(
+            a.grow(300).is_err(),
+            "growing past the budget beside another"
+        );
+        drop(b);
+        a.grow(300).expect("alone again");
         drop(a);
         assert_eq!(bus.stats.inflight.load(Ordering::Relaxed), 0);
         bus.interest().set(Interest::slot("c"), 0);
