@@ -29,7 +29,8 @@
 #              out of order
 #
 # Env: ROUNDS (3), SECTIONS ("proxy fanout sustained ws memory publish"),
-#      PUB_SECONDS (10, each publish-rate run),
+#      PUB_SECONDS (10, each publish-rate run), PUB_PEERS (the publish
+#      section's peers, "corepin pushpin nchan"),
 #      SIZES ("1000 5000 15000"), OPEN_RATE (subscribers opened per
 #      second, 1000, the same for every peer: Pushpin 1.36 answers part of
 #      faster subscribe bursts with 500 "received message out of sequence"
@@ -39,6 +40,7 @@ source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-3}
 SECTIONS=${SECTIONS:-"proxy fanout sustained ws memory publish"}
 PUB_SECONDS=${PUB_SECONDS:-10}
+PUB_PEERS=${PUB_PEERS:-"corepin pushpin nchan"}
 SIZES=${SIZES:-"1000 5000 15000"}
 OPEN_RATE=${OPEN_RATE:-1000}
 RES=${RES:-$ROOT/benches/results}
@@ -108,7 +110,9 @@ wrk_publish() {
   local pids before after out
   pids=$(pubsub_pids "$1")
   before=$(cpu_seconds $pids)
-  out=$(wrk -t2 -c8 -d"${PUB_SECONDS}s" -s "$ROOT/benches/publish.lua" "$WRKURL" -- "$WRKKIND" 2000 "${2:-1}" 2>&1 || true)
+  # `times` in the subshell gives wrk's own CPU time (the load generator's
+  # share of the 2 cores bounds what any peer can reach).
+  out=$( (wrk -t2 -c8 -d"${PUB_SECONDS}s" -s "$ROOT/benches/publish.lua" "$WRKURL" -- "$WRKKIND" 2000 "${2:-1}" 2>&1 || true; times) )
   after=$(cpu_seconds $pids)
   echo "$out" | python3 -c '
 import json, re, sys
@@ -120,11 +124,15 @@ bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 errs = re.search(r"Socket errors: (.*)", text)
 n = int(m.group(1)) if m else 0
 ok = n - (int(bad.group(1)) if bad else 0)
+# The last line of times: user and system time of the children (wrk).
+t = re.findall(r"(\d+)m([\d.]+)s", text.strip().splitlines()[-1])
+client = sum(int(a) * 60 + float(b) for a, b in t) if len(t) == 2 else None
 print(json.dumps({"requests": n, "published": ok, "seconds": float(m.group(2)) if m else 0,
   "publishes_per_sec": float(rps.group(1)) * ok / n if rps and n else 0,
   "non_2xx": int(bad.group(1)) if bad else 0, "socket_errors": errs.group(1) if errs else "",
   "server_cpu_seconds": after - before,
-  "server_cpu_us_per_publish": (after - before) * 1e6 / ok if ok else None}))
+  "server_cpu_us_per_publish": (after - before) * 1e6 / ok if ok else None,
+  "client_cpu_us_per_request": client * 1e6 / n if client is not None and n else None}))
 ' "$before" "$after"
 }
 
@@ -205,7 +213,7 @@ for round in $(seq 1 "$ROUNDS"); do
           for n in $SIZES; do memory "$peer" "$n"; done
         done ;;
       publish)
-        for peer in corepin pushpin nchan; do
+        for peer in $PUB_PEERS; do
           start_pubsub "$peer"
           publish_to "$peer"
           record "$peer" publish-wrk8 "$(wrk_publish "$peer")"
