@@ -270,6 +270,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
     // body may be as large as the limit), and a refusal closes.
     let expected = match head.body {
         BodyKind::Length(n) => n as usize,
+        BodyKind::Empty => 0,
         _ => max as usize,
     };
     let budget = match admit(shard, expected) {

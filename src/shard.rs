@@ -480,7 +480,8 @@ struct Kick {
 impl Kick {
     fn kick(&self) {
         self.due.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
+        let waiting = self.waker.borrow_mut().take();
+        if let Some(w) = waiting {
             w.wake();
         }
     }
