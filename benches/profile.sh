@@ -33,7 +33,7 @@ trap cleanup EXIT
 "$BIN" --listen 127.0.0.1:0 --control-http 127.0.0.1:0 --control-socket "$D/sock" \
   --route "* test" --log-level info 2>"$D/err" >/dev/null &
 CP=$!; PIDS+=($CP)
-for _ in $(seq 100); do grep -q "running on" "$D/err" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "running on" "$D/err" 2>/dev/null && break; sleep 0.1; done
 port() { grep "($1)" "$D/err" | head -1 | sed -E "s/.*:([0-9]+) \\($1\\).*/\\1/"; }
 SUB=127.0.0.1:$(port clients); CTL=127.0.0.1:$(port "control http")
 published() { curl -s "http://$CTL/metrics" | awk '/^corepin_publishes_total/ {print $2}'; }
