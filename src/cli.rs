@@ -7,26 +7,40 @@ pub use crate::client::PublishFormat;
 use crate::config::Overrides;
 
 pub const USAGE: &str = "\
-usage: corepin [run] [--config FILE] [--listen ADDR]... [--control-http ADDR]
+usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
+               [--control-http ADDR]
                [--control-socket PATH] [--route LINE]... [--workers N (0 = every core)]
                [--log-level error|warn|info|debug]
-       corepin check --config FILE
+               [--listen-tls ADDR]... [--tls-cert FILE --tls-key FILE]
+               [--tls-certs-dir DIR]
+       corepin check --config FILE | --pushpin-config FILE
        corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
                        [--id ID] [--prev-id ID] [--socket PATH | --http URL]
        corepin stats [--socket PATH]
        corepin --help | --version
 
 Without --config, corepin runs its embedded default (config/corepin.toml):
-clients on 127.0.0.1:7999, every request routed to the built-in test target.";
+clients on 127.0.0.1:7999, every request routed to the built-in test target.
+--pushpin-config runs from a Pushpin pushpin.conf and the routes file it
+names (unsupported settings are named in one warning line).";
+
+/// The configuration file a command reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// `--config`: corepin's TOML.
+    Toml(PathBuf),
+    /// `--pushpin-config`: a Pushpin pushpin.conf.
+    Pushpin(PathBuf),
+}
 
 #[derive(Debug)]
 pub enum Command {
     Run {
-        config: Option<PathBuf>,
+        config: Option<ConfigFile>,
         overrides: Overrides,
     },
     Check {
-        config: Option<PathBuf>,
+        config: Option<ConfigFile>,
         overrides: Overrides,
     },
     Publish {
@@ -148,7 +162,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            "--config" | "-c" => config = Some(PathBuf::from(val("--config")?)),
+            "--config" | "-c" | "--pushpin-config" => {
+                if config.is_some() {
+                    return Err(CliError(
+                        "give one of --config and --pushpin-config, once".into(),
+                    ));
+                }
+                let path = PathBuf::from(val(&flag)?);
+                config = Some(if flag == "--pushpin-config" {
+                    ConfigFile::Pushpin(path)
+                } else {
+                    ConfigFile::Toml(path)
+                });
+            }
             "--listen" => ov.listen.push(val("--listen")?),
             "--control-http" => ov.control_http = Some(val("--control-http")?),
             "--control-socket" => ov.control_socket = Some(val("--control-socket")?),
@@ -164,6 +190,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
                 ov.workers = Some(n);
             }
             "--log-level" => ov.log_level = Some(val("--log-level")?),
+            // TLS (issue 15).
+            "--listen-tls" => ov.listen_tls.push(val("--listen-tls")?),
+            "--tls-cert" => ov.tls_cert = Some(val("--tls-cert")?),
+            "--tls-key" => ov.tls_key = Some(val("--tls-key")?),
+            "--tls-certs-dir" => ov.tls_certs_dir = Some(val("--tls-certs-dir")?),
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: unknown flag (see --help)")))
             }
@@ -177,7 +208,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
     Ok(match sub.as_deref() {
         Some("check") => {
             if config.is_none() {
-                return Err(CliError("check: --config FILE is required".into()));
+                return Err(CliError(
+                    "check: --config FILE (or --pushpin-config FILE) is required".into(),
+                ));
             }
             Command::Check {
                 config,
@@ -216,7 +249,18 @@ mod tests {
         ]) else {
             panic!("not run")
         };
-        assert_eq!(config, Some(PathBuf::from("x.toml")));
+        assert_eq!(config, Some(ConfigFile::Toml(PathBuf::from("x.toml"))));
+        let Ok(Command::Run { config, .. }) =
+            p(&["run", "--pushpin-config", "/etc/pushpin/pushpin.conf"])
+        else {
+            panic!("not run")
+        };
+        assert_eq!(
+            config,
+            Some(ConfigFile::Pushpin(PathBuf::from(
+                "/etc/pushpin/pushpin.conf"
+            )))
+        );
         assert_eq!(overrides.listen, vec!["127.0.0.1:0", "127.0.0.1:1"]);
         assert_eq!(overrides.routes, vec!["* test"]);
         assert_eq!(overrides.workers, Some(2));
@@ -240,7 +284,10 @@ mod tests {
             (&["--workers", "x"][..], "--workers: 'x'"),
             (&["--listen"][..], "--listen: missing value"),
             (&["--bogus"][..], "--bogus: unknown flag"),
-            (&["check"][..], "--config FILE is required"),
+            (
+                &["check"][..],
+                "--config FILE (or --pushpin-config FILE) is required",
+            ),
             (&["stray"][..], "'stray': unexpected"),
             (&["publish"][..], "CHANNEL is required"),
             (&["publish", "c"][..], "CONTENT is required"),
@@ -249,9 +296,41 @@ mod tests {
                 "--bogus: unknown flag",
             ),
             (&["stats", "--socket"][..], "--socket: missing value"),
+            (
+                &["--config", "a", "--pushpin-config", "b"][..],
+                "one of --config and --pushpin-config",
+            ),
+            (&["--pushpin-config"][..], "--pushpin-config: missing value"),
+            (&["--listen-tls"][..], "--listen-tls: missing value"),
+            (&["--tls-cert"][..], "--tls-cert: missing value"),
+            (&["--tls-key"][..], "--tls-key: missing value"),
+            (&["--tls-certs-dir"][..], "--tls-certs-dir: missing value"),
         ] {
             let e = p(args).expect_err(needle).0;
             assert!(e.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn parses_tls_flags() {
+        let Ok(Command::Check { overrides, .. }) = p(&[
+            "check",
+            "--config",
+            "c.toml",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--listen-tls=[::1]:8443",
+            "--tls-cert",
+            "a.crt",
+            "--tls-key=a.key",
+            "--tls-certs-dir",
+            "d",
+        ]) else {
+            panic!("not check")
+        };
+        assert_eq!(overrides.listen_tls, vec!["127.0.0.1:0", "[::1]:8443"]);
+        assert_eq!(overrides.tls_cert.as_deref(), Some("a.crt"));
+        assert_eq!(overrides.tls_key.as_deref(), Some("a.key"));
+        assert_eq!(overrides.tls_certs_dir.as_deref(), Some("d"));
     }
 }

@@ -116,7 +116,7 @@ pub fn format_stats(v: &Value) -> String {
         let g = |k: &str| c.get(k).and_then(Value::as_u64).unwrap_or(0);
         out.push_str(&format!(
             "core {}: connections {} streams {} long-polls {} websockets {} deliveries {} drops {}\n",
-            g("core"), g("connections"), g("streams"), g("long_polls"), g("websockets"), g("deliveries"), g("drops")
+            g("core"), g("connections"), g("streams"), g("long_polls"), g("websockets"), g("deliveries"), g("drops") + g("stalls")
         ));
     }
     out

@@ -31,6 +31,18 @@ struct FileConfig {
     publish: FilePublish,
     log: FileLog,
     forwarding: FileForwarding,
+    // TLS (issue 15).
+    listen_tls: Option<Vec<String>>,
+    tls: FileTls,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileTls {
+    cert: Option<String>,
+    key: Option<String>,
+    certs_dir: Option<String>,
+    ktls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -49,6 +61,7 @@ struct FileGrip {
     sig_iss: Option<String>,
     max_channels: Option<usize>,
     subscriber_queue: Option<usize>,
+    subscriber_queue_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -71,6 +84,7 @@ struct FileLimits {
     max_headers: Option<usize>,
     max_uri_bytes: Option<usize>,
     max_request_body_bytes: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -135,6 +149,9 @@ pub struct Limits {
     pub head: HeadLimits,
     /// 0 = unlimited.
     pub max_request_body: u64,
+    /// Open client connections, all cores together; 0 = derived from the
+    /// file limit at start-up (`server::connection_cap`).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +173,8 @@ pub struct Grip {
     pub sig_iss: String,
     pub max_channels: usize,
     pub subscriber_queue: usize,
+    /// Bytes queued for a subscriber whose socket is full.
+    pub subscriber_queue_bytes: usize,
 }
 
 /// How the publish API authenticates.
@@ -324,6 +343,21 @@ impl Forwarding {
     }
 }
 
+/// Where the TLS listeners' certificates come from (`[tls]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsCerts {
+    /// `cert` + `key`: one PEM certificate chain and key for every client.
+    Pair { cert: PathBuf, key: PathBuf },
+    /// `certs_dir`: Pushpin's layout, chosen by SNI (see `tls::names`).
+    Dir(PathBuf),
+}
+
+/// Why `ktls = true` is refused (see `tls`'s module doc for the findings).
+pub const KTLS_REFUSAL: &str =
+    "kernel TLS offload is not supported: the kernels corepin is tested on \
+have no TLS ULP (CONFIG_TLS), and glommio's socket reads cannot take the TLS control records \
+a kTLS socket hands up; rustls encrypts in userspace. Remove the key (or set it to false)";
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -344,6 +378,10 @@ pub struct Config {
     pub log_level: Level,
     pub access_log: bool,
     pub forwarding: Forwarding,
+    /// TLS listeners (`listen_tls`); empty: none.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Their certificates; `Some` exactly when `listen_tls` is not empty.
+    pub tls: Option<TlsCerts>,
 }
 
 /// Command-line values that replace the file's.
@@ -355,6 +393,11 @@ pub struct Overrides {
     pub routes: Vec<String>,
     pub workers: Option<usize>,
     pub log_level: Option<String>,
+    // TLS (issue 15).
+    pub listen_tls: Vec<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_certs_dir: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -405,10 +448,13 @@ fn ranged(
 }
 
 /// Reads a routes file into lines.
-pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
+fn parse_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
     let text = std::fs::read_to_string(path)
         .or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))?;
-    Routes::parse(text.lines()).or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))
+    // `sig_key=file:` paths in a routes file are relative to its folder.
+    let base = crate::route::base_dir_of(path);
+    Routes::parse_in(text.lines(), &base)
+        .or_else(|e| fail("routes_file", format!("{}: {e}", path.display())))
 }
 
 /// Reads and validates the routes from their source. Start-up and every
@@ -430,12 +476,36 @@ pub fn load_routes(source: &RoutesSource) -> Result<Routes, ConfigError> {
             (r, "routes".to_string())
         }
         RoutesSource::File(path) => (
-            read_routes_file(path)?,
+            parse_routes_file(path)?,
             format!("routes_file: {}", path.display()),
         ),
     };
     if routes.is_empty() {
         return fail(&field, "no route is defined");
+    }
+    Ok(routes)
+}
+
+/// Reads a routes file for a reload of a running corepin: as at start-up,
+/// a TLS-to-backend (`ssl`) target is refused until TLS is wired into the
+/// connection layer (then this is `parse_routes_file` again).
+pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
+    refuse_unwired_ssl(parse_routes_file(path)?, path)
+}
+
+/// Refuses routes with a TLS-to-backend (`ssl`) target, for a reload of a
+/// running corepin, until TLS is wired into the connection layer.
+pub fn refuse_unwired_ssl(routes: Routes, path: &std::path::Path) -> Result<Routes, ConfigError> {
+    if let Some((r, b)) = routes.first_ssl_target() {
+        return fail(
+            "routes_file",
+            format!(
+                "{}: '{}': target {} 'ssl': TLS to backends is not wired yet",
+                path.display(),
+                r.line,
+                b.addr
+            ),
+        );
     }
     Ok(routes)
 }
@@ -463,6 +533,26 @@ impl Config {
         })?;
         // Errors about the file's fields name the file; those about a
         // command-line flag name the flag alone.
+        Self::validate(file, ov).map_err(|e| {
+            if e.0.starts_with("--") {
+                e
+            } else {
+                ConfigError(format!("{origin}: {}", e.0))
+            }
+        })
+    }
+
+    /// Validates settings given as a TOML table (what `--pushpin-config`
+    /// builds from a pushpin.conf) with overrides; `origin` names where
+    /// they came from in errors.
+    pub fn from_table(
+        table: toml::Table,
+        origin: &str,
+        ov: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("{origin}: {}", e.message())))?;
         Self::validate(file, ov).map_err(|e| {
             if e.0.starts_with("--") {
                 e
@@ -564,6 +654,13 @@ impl Config {
         let limits = Limits {
             head,
             max_request_body: l.max_request_body_bytes.unwrap_or(100 << 20),
+            max_connections: ranged(
+                "limits.max_connections",
+                l.max_connections,
+                0,
+                0,
+                100_000_000,
+            )?,
         };
         let t = f.timeouts;
         let timeouts = Timeouts {
@@ -597,6 +694,13 @@ impl Config {
                 1024,
                 1,
                 1 << 20,
+            )?,
+            subscriber_queue_bytes: ranged(
+                "grip.subscriber_queue_bytes",
+                g.subscriber_queue_bytes,
+                1 << 20,
+                1024,
+                1 << 30,
             )?,
         };
         let p = f.publish;
@@ -686,6 +790,7 @@ impl Config {
             )?,
             accept_x_forwarded_protocol: fw.accept_x_forwarded_protocol.unwrap_or(false),
         };
+        let (listen_tls, tls) = validate_tls(f.listen_tls, f.tls, ov, &listen)?;
         Ok(Config {
             listen,
             control_http,
@@ -702,7 +807,89 @@ impl Config {
             log_level,
             access_log: f.log.access_log.unwrap_or(true),
             forwarding,
+            listen_tls,
+            tls,
         })
+    }
+}
+
+/// `listen_tls` and `[tls]` (or their flags) into addresses and a
+/// certificate source; each needs the other.
+fn validate_tls(
+    listen_tls: Option<Vec<String>>,
+    t: FileTls,
+    ov: &Overrides,
+    listen: &[SocketAddr],
+) -> Result<(Vec<SocketAddr>, Option<TlsCerts>), ConfigError> {
+    let (listen_field, addrs) = if ov.listen_tls.is_empty() {
+        ("listen_tls", listen_tls.unwrap_or_default())
+    } else {
+        ("--listen-tls", ov.listen_tls.clone())
+    };
+    let listen_tls = addrs
+        .iter()
+        .map(|a| parse_addr(listen_field, a))
+        .collect::<Result<Vec<_>, _>>()?;
+    for a in &listen_tls {
+        if a.port() != 0 && listen.contains(a) {
+            return fail(
+                listen_field,
+                format!("{a} is also a plaintext listen address"),
+            );
+        }
+    }
+    if t.ktls == Some(true) {
+        return fail("tls.ktls", KTLS_REFUSAL);
+    }
+    let set = |v: Option<String>| v.filter(|s| !s.is_empty()).map(PathBuf::from);
+    let from_flags = ov.tls_cert.is_some() || ov.tls_key.is_some() || ov.tls_certs_dir.is_some();
+    let (cert, key, dir, names) = if from_flags {
+        (
+            set(ov.tls_cert.clone()),
+            set(ov.tls_key.clone()),
+            set(ov.tls_certs_dir.clone()),
+            ["--tls-cert", "--tls-key", "--tls-certs-dir"],
+        )
+    } else {
+        (
+            set(t.cert),
+            set(t.key),
+            set(t.certs_dir),
+            ["tls.cert", "tls.key", "tls.certs_dir"],
+        )
+    };
+    let [cert_f, key_f, dir_f] = names;
+    let certs = match (cert, key, dir) {
+        (None, None, None) => None,
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            return fail(
+                dir_f,
+                format!("give either {cert_f} and {key_f} or {dir_f}, not both"),
+            )
+        }
+        (Some(_), None, None) => return fail(key_f, format!("{cert_f} needs {key_f}")),
+        (None, Some(_), None) => return fail(cert_f, format!("{key_f} needs {cert_f}")),
+        (Some(cert), Some(key), None) => Some(TlsCerts::Pair { cert, key }),
+        (None, None, Some(dir)) => Some(TlsCerts::Dir(dir)),
+    };
+    match (&certs, listen_tls.is_empty()) {
+        (None, false) => fail(
+            listen_field,
+            if listen_field.starts_with("--") {
+                "TLS listeners need certificates: set --tls-cert and --tls-key, or --tls-certs-dir"
+            } else {
+                "TLS listeners need certificates: set tls.cert and tls.key, or tls.certs_dir"
+            },
+        ),
+        (Some(c), true) => fail(
+            if matches!(c, TlsCerts::Dir(_)) {
+                dir_f
+            } else {
+                cert_f
+            },
+            "certificates are set but no listen_tls (--listen-tls) address serves them",
+        ),
+        _ => Ok((listen_tls, certs)),
     }
 }
 
@@ -899,5 +1086,121 @@ mod tests {
             let e = Config::from_toml(&text, "t.toml", &Overrides::default()).expect_err(body);
             assert!(e.0.contains(needle), "{body:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn tls_listeners_and_certificates() {
+        let ov = Overrides::default();
+        let c = Config::from_toml(
+            "listen_tls = [\"127.0.0.1:0\"]\n[tls]\ncert = \"a.crt\"\nkey = \"a.key\"\nktls = false",
+            "t.toml",
+            &ov,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.listen_tls,
+            vec!["127.0.0.1:0".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.tls,
+            Some(TlsCerts::Pair {
+                cert: "a.crt".into(),
+                key: "a.key".into()
+            })
+        );
+        let c = Config::from_toml(
+            "listen_tls = [\"127.0.0.1:0\"]\n[tls]\ncerts_dir = \"/etc/certs\"",
+            "t.toml",
+            &ov,
+        )
+        .expect("valid");
+        assert_eq!(c.tls, Some(TlsCerts::Dir("/etc/certs".into())));
+        // Flags replace the file's certificate source as a whole.
+        let flags = Overrides {
+            listen_tls: vec!["127.0.0.1:0".into(), "[::1]:0".into()],
+            tls_certs_dir: Some("d".into()),
+            ..Overrides::default()
+        };
+        let c =
+            Config::from_toml("[tls]\ncert = \"a\"\nkey = \"b\"", "t.toml", &flags).expect("valid");
+        assert_eq!(c.listen_tls.len(), 2);
+        assert_eq!(c.tls, Some(TlsCerts::Dir("d".into())));
+    }
+
+    #[test]
+    fn tls_errors_name_the_field() {
+        let cases = [
+            ("listen_tls = [\"127.0.0.1:0\"]", "listen_tls: TLS listeners need certificates"),
+            ("[tls]\ncert = \"a\"\nkey = \"b\"", "tls.cert: certificates are set but no listen_tls"),
+            ("[tls]\ncerts_dir = \"d\"", "tls.certs_dir: certificates are set"),
+            ("listen_tls = [\"x\"]", "listen_tls: 'x'"),
+            ("listen_tls = [\"127.0.0.1:0\"]\n[tls]\ncert = \"a\"", "tls.key: tls.cert needs tls.key"),
+            ("listen_tls = [\"127.0.0.1:0\"]\n[tls]\nkey = \"a\"", "tls.cert: tls.key needs tls.cert"),
+            (
+                "listen_tls = [\"127.0.0.1:0\"]\n[tls]\ncert = \"a\"\nkey = \"b\"\ncerts_dir = \"d\"",
+                "tls.certs_dir: give either tls.cert and tls.key or tls.certs_dir",
+            ),
+            ("[tls]\nktls = true", "tls.ktls: kernel TLS offload is not supported"),
+            ("[tls]\nsession_cache = true", "unknown field `session_cache`"),
+            (
+                "listen = [\"127.0.0.1:8443\"]\nlisten_tls = [\"127.0.0.1:8443\"]\n[tls]\ncerts_dir = \"d\"",
+                "listen_tls: 127.0.0.1:8443 is also a plaintext listen address",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = Config::from_toml(text, "t.toml", &Overrides::default()).expect_err(text);
+            assert!(e.0.contains(needle), "{text:?} gave {e}");
+            assert!(!e.0.contains('\n'), "one line: {e}");
+        }
+        let flags = [
+            (
+                Overrides {
+                    listen_tls: vec!["127.0.0.1:0".into()],
+                    tls_cert: Some("a".into()),
+                    ..Overrides::default()
+                },
+                "--tls-key: --tls-cert needs --tls-key",
+            ),
+            (
+                Overrides {
+                    listen_tls: vec!["nope".into()],
+                    ..Overrides::default()
+                },
+                "--listen-tls: 'nope'",
+            ),
+            (
+                Overrides {
+                    listen_tls: vec!["127.0.0.1:0".into()],
+                    ..Overrides::default()
+                },
+                "--listen-tls: TLS listeners need certificates: set --tls-cert and --tls-key, or --tls-certs-dir",
+            ),
+        ];
+        for (ov, needle) in flags {
+            let e = Config::default_with(&ov).expect_err(needle);
+            assert!(e.0.contains(needle), "{ov:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn a_reload_refuses_ssl_targets_until_tls_is_wired() {
+        let path = std::env::temp_dir().join(format!(
+            "corepin-routes-ssl-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, "* a.example:443,ssl\n").expect("write");
+        let text = format!("routes_file = \"{}\"", path.display());
+        let loaded = Config::from_toml(&text, "t.toml", &Overrides::default());
+        let reloaded = read_routes_file(&path);
+        let _ = std::fs::remove_file(&path);
+        // corepin check parses them (corepin run refuses them in main).
+        assert!(loaded.expect("parses").routes.first_ssl_target().is_some());
+        let e = reloaded.expect_err("refused on reload").0;
+        assert!(
+            e.starts_with("routes_file: ")
+                && e.ends_with("'* a.example:443,ssl': target a.example:443 'ssl': TLS to backends is not wired yet"),
+            "{e}"
+        );
     }
 }

@@ -1,16 +1,18 @@
 //! The control socket: a Unix stream socket taking newline-delimited JSON
 //! requests (`publish`, `stats`, `reload`, `conncheck`), one JSON line
 //! answered per request. Served by plain threads (the control plane may
-//! block; executors never do). Also home of the core links used to reach
-//! every core from outside: route reloads, connection checks, drains.
+//! block; executors never do), one per connection and at most
+//! `MAX_CONNECTIONS` of them: a connection over that is answered with an
+//! error line and closed. Also home of the core links used to reach every
+//! core from outside: route reloads, connection checks, drains.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
@@ -22,6 +24,8 @@ use crate::stats::Board;
 
 /// Longest request line accepted (a publish body plus framing).
 const MAX_LINE: usize = 2 << 20;
+/// Control socket connections served at once (one thread each).
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Something only a core can do, sent to it by the control plane.
 pub enum Command {
@@ -80,7 +84,10 @@ impl ControlPlane {
     /// keeps the old routes. Returns the new route count.
     pub fn reload(&self) -> Result<usize, String> {
         // The same reading and validation as at start-up.
-        let routes = load_routes(&self.routes).map_err(|e| e.0)?;
+        let mut routes = load_routes(&self.routes).map_err(|e| e.0)?;
+        if let RoutesSource::File(path) = &self.routes {
+            routes = crate::config::refuse_unwired_ssl(routes, path).map_err(|e| e.0)?;
+        }
         let n = routes.iter().count();
         let routes = Arc::new(routes);
         self.links.send_all(|| Command::Routes(routes.clone()));
@@ -123,7 +130,7 @@ impl ControlPlane {
             "publishes": b.publishes.load(Ordering::Relaxed),
             "published_items": b.items.load(Ordering::Relaxed),
             "deliveries": sum(&|s| s.deliveries),
-            "drops": sum(&|s| s.drops),
+            "drops": sum(&|s| s.drops + s.stalls),
             "deduplicated": b.deduplicated.load(Ordering::Relaxed),
             "reordered": b.reordered.load(Ordering::Relaxed),
             "cores": cores,
@@ -218,17 +225,73 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
     Ok(l)
 }
 
+/// A control connection's place among the `MAX_CONNECTIONS`; given back
+/// when its thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers a connection over `MAX_CONNECTIONS` with one error line, without
+/// blocking the accepting thread, and closes it.
+fn refuse(mut conn: UnixStream) {
+    let _ = conn.set_nonblocking(true);
+    let mut out = json!({
+        "ok": false,
+        "error": format!("too many control socket connections (at most {MAX_CONNECTIONS} at once); try again later"),
+    })
+    .to_string()
+    .into_bytes();
+    out.push(b'\n');
+    let _ = conn.write_all(&out);
+}
+
 /// Serves the socket on background threads.
 pub fn spawn(listener: UnixListener, plane: Arc<ControlPlane>) {
     let _ = std::thread::Builder::new()
         .name("corepin-control".into())
         .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
+            // One report per 10 s of refusals and accept failures.
+            let mut next_report = Instant::now();
+            let mut unreported = 0u64;
+            let mut report = |what: &str| {
+                unreported += 1;
+                if Instant::now() >= next_report {
+                    warn!("control socket: {what} ({unreported} since the last report)");
+                    unreported = 0;
+                    next_report = Instant::now() + Duration::from_secs(10);
+                }
+            };
             for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
+                let conn = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors, say: wait rather than spin.
+                        report(&format!("accept failed: {e}"));
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::Relaxed);
+                    report(&format!(
+                        "{MAX_CONNECTIONS} connections open; refusing more"
+                    ));
+                    refuse(conn);
+                    continue;
+                }
+                let slot = Slot(active.clone());
                 let plane = plane.clone();
                 let _ = std::thread::Builder::new()
-                    .name("corepin-control-conn".into())
-                    .spawn(move || serve(conn, &plane));
+                    .name("corepin-ctl-conn".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        serve(conn, &plane)
+                    });
             }
         });
 }

@@ -2,14 +2,19 @@
 
 use std::process::ExitCode;
 
-use corepin::cli::{self, Command};
+use corepin::cli::{self, Command, ConfigFile};
 use corepin::client;
 use corepin::config::{Config, Overrides};
 
-fn load(config: Option<&std::path::Path>, ov: &Overrides) -> Result<Config, String> {
+/// The config, and the one warning line naming what a pushpin.conf sets
+/// that corepin does not support.
+fn load(config: Option<&ConfigFile>, ov: &Overrides) -> Result<(Config, Option<String>), String> {
     match config {
-        Some(path) => Config::load(path, ov),
-        None => Config::default_with(ov),
+        Some(ConfigFile::Toml(path)) => Config::load(path, ov).map(|c| (c, None)),
+        Some(ConfigFile::Pushpin(path)) => {
+            corepin::pushpin_conf::load(path, ov).map(|p| (p.config, p.warning))
+        }
+        None => Config::default_with(ov).map(|c| (c, None)),
     }
     .map_err(|e| e.0)
 }
@@ -86,11 +91,24 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config, overrides } => match load(config.as_deref(), &overrides) {
-            Ok(cfg) => {
+        Command::Check { config, overrides } => match load(config.as_ref(), &overrides) {
+            Ok((cfg, warning)) => {
+                let tls = corepin::tls::check(&cfg);
+                if !tls.problems.is_empty() {
+                    for p in &tls.problems {
+                        eprintln!("corepin: {p}");
+                    }
+                    return ExitCode::from(2);
+                }
+                if let Some(w) = warning {
+                    println!("warning: {w}");
+                }
                 println!("config ok");
                 for r in cfg.routes.iter() {
                     println!("route: {}", r.line);
+                }
+                for line in &tls.info {
+                    println!("{line}");
                 }
                 ExitCode::SUCCESS
             }
@@ -100,18 +118,28 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, overrides } => {
-            let cfg = match load(config.as_deref(), &overrides) {
+            let (cfg, warning) = match load(config.as_ref(), &overrides) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("corepin: {e}");
                     return ExitCode::from(2);
                 }
             };
+            if let Some(e) = corepin::tls::not_served_yet(&cfg) {
+                eprintln!("corepin: {e}");
+                return ExitCode::from(2);
+            }
             corepin::log::set_level(cfg.log_level);
+            if let Some(w) = warning {
+                corepin::warn!("{w}");
+            }
             if let Err(e) = corepin::server::check_runtime() {
                 eprintln!("corepin: {e}");
                 return ExitCode::from(2);
             }
+            // The system allocator, with freed memory given back after
+            // peaks (src/memtrim.rs says why not another allocator).
+            corepin::memtrim::spawn();
             match corepin::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

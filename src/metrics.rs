@@ -63,6 +63,23 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
     );
     let _ = writeln!(
         o,
+        "# HELP corepin_connections_refused_total Client connections refused: over limits.max_connections, or accepted and closed for want of file descriptors."
+    );
+    let _ = writeln!(o, "# TYPE corepin_connections_refused_total counter");
+    for s in cores {
+        for (reason, v) in [
+            ("max_connections", s.refused_max_connections),
+            ("file_limit", s.refused_file_limit),
+        ] {
+            let _ = writeln!(
+                o,
+                "corepin_connections_refused_total{{reason=\"{reason}\",core=\"{}\"}} {v}",
+                s.core
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
         "# HELP corepin_requests_total Requests answered, by status class."
     );
     let _ = writeln!(o, "# TYPE corepin_requests_total counter");
@@ -133,14 +150,20 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
         cores,
         |s| s.deliveries,
     );
-    per_core(
-        &mut o,
-        "corepin_subscriber_drops_total",
-        "Subscribers dropped for not keeping up.",
-        "counter",
-        cores,
-        |s| s.drops,
+    let _ = writeln!(
+        o,
+        "# HELP corepin_subscriber_drops_total Subscribers dropped for not keeping up: queue over its limits, or a write stalled past the deadline."
     );
+    let _ = writeln!(o, "# TYPE corepin_subscriber_drops_total counter");
+    for s in cores {
+        for (reason, v) in [("queue", s.drops), ("stalled", s.stalls)] {
+            let _ = writeln!(
+                o,
+                "corepin_subscriber_drops_total{{reason=\"{reason}\",core=\"{}\"}} {v}",
+                s.core
+            );
+        }
+    }
     for (name, help, v) in [
         (
             "corepin_publishes_total",

@@ -117,6 +117,45 @@ pub fn available_cores() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Raises the soft limit on open files to the hard limit (as Go programs
+/// and many servers do: the soft default, often 1024, is far below what a
+/// proxy holding connections needs); returns the limit now in force.
+fn raise_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit value.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The cap on client connections: `max_connections` when set, else the
+/// file limit less a reserve (a tenth and 64 more, at most half) for
+/// backend connections, listeners, executors and the control plane, so
+/// that corepin refuses clients cleanly before it runs out of descriptors.
+pub fn connection_cap(max_connections: usize, file_limit: u64) -> usize {
+    if max_connections > 0 {
+        return max_connections;
+    }
+    let files = usize::try_from(file_limit).unwrap_or(usize::MAX);
+    let reserve = (files / 10).saturating_add(64).min(files / 2);
+    (files - reserve).max(1)
+}
+
 /// What one shard is handed: client listeners, control listeners, its wake
 /// socket end and its bus inbox.
 struct ShardParts {
@@ -132,6 +171,7 @@ struct Startup {
     cfg: Config,
     bus: Arc<Bus>,
     board: Arc<Board>,
+    conn_limit: Arc<shard::ConnLimit>,
     per_shard: Mutex<Vec<Option<ShardParts>>>,
 }
 
@@ -142,6 +182,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     } else {
         cfg.workers
     };
+    let file_limit = raise_file_limit();
+    let cap = connection_cap(cfg.limits.max_connections, file_limit);
+    info!("up to {cap} client connections (file limit {file_limit})");
+    let conn_limit = shard::ConnLimit::new(cap, file_limit, workers);
     let mut listeners: Vec<Vec<RawFd>> = vec![Vec::new(); workers];
     for addr in &cfg.listen {
         let (sockets, actual) = bind_group(*addr, workers)?;
@@ -211,6 +255,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
             })
         })
         .collect();
+    // The routes file is reloaded when it changes, as Pushpin does.
+    if let crate::config::RoutesSource::File(path) = &cfg.routes_source {
+        match crate::watch::spawn(path.clone(), plane.clone()) {
+            Ok(()) => info!("watching {} for changes", path.display()),
+            Err(e) => warn!("{e}: the routes reload on SIGHUP only"),
+        }
+    }
     spawn_signal_thread(plane)?;
     info!("running on {workers} cores");
 
@@ -218,6 +269,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg,
         bus,
         board,
+        conn_limit,
         per_shard: Mutex::new(per_shard),
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -245,6 +297,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 board: startup.board.clone(),
                 commands: parts.commands,
                 wake: parts.wake,
+                conn_limit: startup.conn_limit.clone(),
             })
             .await;
         })
@@ -291,4 +344,24 @@ fn spawn_signal_thread(plane: Arc<ControlPlane>) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_cap;
+
+    #[test]
+    fn the_connection_cap_leaves_a_reserve_of_descriptors() {
+        assert_eq!(connection_cap(5, 1024), 5, "max_connections wins");
+        for (files, cap) in [
+            (64, 32),
+            (1024, 858),
+            (20_000, 17_936),
+            (1_048_576, 943_655),
+            (0, 1),
+        ] {
+            assert_eq!(connection_cap(0, files), cap, "file limit {files}");
+        }
+        assert!(connection_cap(0, u64::MAX) > 0);
+    }
 }

@@ -7,16 +7,17 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
-use glommio::net::{TcpListener, UnixStream};
+use glommio::net::{TcpListener, TcpStream, UnixStream};
 use glommio::{Latency, Shares};
 
 use crate::buf::BufPool;
@@ -26,7 +27,7 @@ use crate::control_socket::{Command, WAKE_COMMAND};
 use crate::log::{AccessEntry, AccessLog};
 use crate::route::Routes;
 use crate::stats::{Board, Counters, Snapshot};
-use crate::subs::{Kind, Registry};
+use crate::subs::{Kind, QueueLimits, Registry};
 use crate::upstream::Pool;
 use crossbeam_channel::Receiver;
 
@@ -40,10 +41,45 @@ pub mod wake {
     pub const DRAIN: u8 = b'T';
 }
 
-/// One open connection: its socket and whether it waits between requests.
+/// What the shard knows of one open connection, shared with its task.
+#[derive(Default)]
+pub struct ConnState {
+    /// Waiting for a new request (safe to close at a drain).
+    idle: Cell<bool>,
+    /// The shutdown grace is over: a request still waiting for its
+    /// response is answered 503 now.
+    cut: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl ConnState {
+    /// Resolves once the shutdown grace period is over (never otherwise).
+    pub async fn grace_over(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.cut.get() {
+                return Poll::Ready(());
+            }
+            let mut w = self.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|old| old.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn cut_off(&self) {
+        self.cut.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// One open connection: its socket and its state.
 struct ConnEntry {
     fd: RawFd,
-    idle: Rc<Cell<bool>>,
+    state: Rc<ConnState>,
 }
 
 /// Open connections of this shard, so a drain can close the idle ones.
@@ -56,20 +92,130 @@ pub struct Conns {
 /// Registration of one connection; removed on drop.
 pub struct ConnGuard {
     id: u64,
-    idle: Rc<Cell<bool>>,
+    state: Rc<ConnState>,
     shard: Rc<Shard>,
 }
 
 impl ConnGuard {
     /// Marks the connection as waiting for a new request (safe to close).
     pub fn set_idle(&self, idle: bool) {
-        self.idle.set(idle);
+        self.state.idle.set(idle);
+    }
+
+    /// The state shared with the shard (for `ConnState::grace_over`).
+    pub fn state(&self) -> Rc<ConnState> {
+        self.state.clone()
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.shard.conns.map.borrow_mut().remove(&self.id);
+    }
+}
+
+/// The process-wide cap on open client connections
+/// (`limits.max_connections`), shared by every core: one atomic add per
+/// accepted connection, none per request.
+pub struct ConnLimit {
+    pub max: usize,
+    open: AtomicUsize,
+    /// Refused connections each core may keep lingering (see `refuse`):
+    /// a share of the descriptors the cap leaves free, at most 64.
+    lingering: usize,
+}
+
+impl ConnLimit {
+    pub fn new(max: usize, file_limit: u64, cores: usize) -> Arc<ConnLimit> {
+        let files = usize::try_from(file_limit).unwrap_or(usize::MAX);
+        Arc::new(ConnLimit {
+            max,
+            open: AtomicUsize::new(0),
+            lingering: (files.saturating_sub(max) / 8 / cores.max(1)).min(64),
+        })
+    }
+
+    /// A slot for one more client connection, if under the cap.
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One client connection's place under the cap; given back on drop.
+struct Slot(Arc<ConnLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A file descriptor held in reserve (`/dev/null`), closed when accept
+/// finds the file limit reached so that one more connection can still be
+/// accepted: a client connection to be refused cleanly, or a control
+/// connection (`/health`, `/metrics`) to be served.
+struct Spare(Cell<RawFd>);
+
+impl Spare {
+    fn open() -> Spare {
+        let s = Spare(Cell::new(-1));
+        s.refill();
+        s
+    }
+
+    /// Closes the reserved descriptor; false when there was none.
+    fn release(&self) -> bool {
+        let fd = self.0.replace(-1);
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: `fd` was opened by `refill` and is owned by this Spare alone.
+        unsafe { libc::close(fd) };
+        true
+    }
+
+    /// Takes the reserve back; false while no descriptor is free.
+    fn refill(&self) -> bool {
+        if self.0.get() >= 0 {
+            return true;
+        }
+        // SAFETY: open(2) with a constant NUL-terminated path.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        self.0.set(fd);
+        fd >= 0
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A diagnostic that may repeat many times a second, written at most once
+/// per `RATE_LOG_EVERY` with the number of times it happened since.
+#[derive(Default)]
+struct RateLog {
+    next: Cell<Option<Instant>>,
+    count: Cell<u64>,
+}
+
+const RATE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl RateLog {
+    /// Notes one occurrence; `Some(n)` when a line is due, `n` being the
+    /// occurrences it reports.
+    fn note(&self, now: Instant) -> Option<u64> {
+        self.count.set(self.count.get() + 1);
+        if self.next.get().is_some_and(|n| now < n) {
+            return None;
+        }
+        self.next.set(Some(now + RATE_LOG_EVERY));
+        Some(self.count.replace(0))
     }
 }
 
@@ -95,6 +241,14 @@ pub struct Shard {
     control_queue: Cell<Option<glommio::TaskQueueHandle>>,
     /// Grip-Sig tokens, renewed each minute.
     sig_cache: RefCell<Vec<SigToken>>,
+    conn_limit: Arc<ConnLimit>,
+    /// Descriptors in reserve for the file limit: one to refuse client
+    /// connections with, one to serve control connections with.
+    spare_client: Spare,
+    spare_control: Spare,
+    accept_log: RateLog,
+    refuse_log: RateLog,
+    lingering_refusals: Cell<usize>,
 }
 
 /// A cached Grip-Sig token: key, issuer, expiry, token.
@@ -104,7 +258,13 @@ type SigToken = (Vec<u8>, String, u64, String);
 pub const GRIP_FEATURES: &str = "status, link:next, filter:skip-self, filter:require-sub";
 
 impl Shard {
-    pub fn new(index: usize, cfg: Rc<Config>, bus: Arc<Bus>, board: Arc<Board>) -> Rc<Shard> {
+    pub fn new(
+        index: usize,
+        cfg: Rc<Config>,
+        bus: Arc<Bus>,
+        board: Arc<Board>,
+        conn_limit: Arc<ConnLimit>,
+    ) -> Rc<Shard> {
         let bufs = Rc::new(BufPool::default());
         let access = cfg.access_log && crate::log::enabled(Level::Info);
         Rc::new(Shard {
@@ -116,13 +276,26 @@ impl Shard {
             draining: Cell::new(false),
             access_log: access.then(|| RefCell::new(AccessLog::default())),
             stats: Counters::default(),
-            subs: Registry::new(cfg.grip.subscriber_queue, bus.clone(), index),
+            subs: Registry::new(
+                QueueLimits {
+                    messages: cfg.grip.subscriber_queue,
+                    bytes: cfg.grip.subscriber_queue_bytes,
+                },
+                bus.clone(),
+                index,
+            ),
             board,
             ws_sessions: RefCell::new(std::collections::HashSet::new()),
             bus,
             kick: Kick::default(),
             sig_cache: RefCell::new(Vec::new()),
             control_queue: Cell::new(None),
+            conn_limit,
+            spare_client: Spare::open(),
+            spare_control: Spare::open(),
+            accept_log: RateLog::default(),
+            refuse_log: RateLog::default(),
+            lingering_refusals: Cell::new(0),
             cfg,
         })
     }
@@ -220,17 +393,17 @@ impl Shard {
     pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
         let id = self.conns.next.get();
         self.conns.next.set(id + 1);
-        let idle = Rc::new(Cell::new(false));
+        let state = Rc::new(ConnState::default());
         self.conns.map.borrow_mut().insert(
             id,
             ConnEntry {
                 fd,
-                idle: idle.clone(),
+                state: state.clone(),
             },
         );
         ConnGuard {
             id,
-            idle,
+            state,
             shard: self.clone(),
         }
     }
@@ -255,6 +428,8 @@ impl Shard {
             websockets: self.subs.held(Kind::Ws),
             subscriptions: self.subs.subscriptions() as u64,
             accepted: c.accepted.get(),
+            refused_max_connections: c.refused_max_connections.get(),
+            refused_file_limit: c.refused_file_limit.get(),
             requests_by_class: std::array::from_fn(|i| c.by_class[i].get()),
             upstream_errors: c.upstream_errors.get(),
             panics: c.panics.get(),
@@ -262,6 +437,7 @@ impl Shard {
             upstream_latency_sum_ms: c.upstream_latency_sum_ms.get(),
             deliveries: self.subs.stats.deliveries.get(),
             drops: self.subs.stats.drops.get(),
+            stalls: self.subs.stats.stalls.get(),
             idle_upstream: self.pool.idle_count() as u64,
         }
     }
@@ -313,13 +489,28 @@ impl Shard {
     /// ones closed after their current exchange.
     fn start_drain(&self) {
         self.draining.set(true);
-        for ConnEntry { fd, idle } in self.conns.map.borrow().values() {
-            if idle.get() {
+        for ConnEntry { fd, state } in self.conns.map.borrow().values() {
+            if state.idle.get() {
                 // SAFETY: the fd belongs to a live connection task (it is
                 // removed from the map before the socket is dropped);
                 // shutdown only wakes its pending read with end-of-stream.
                 unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
             }
+        }
+    }
+
+    /// Ends the grace period: requests still waiting for a response are
+    /// answered 503 by their tasks.
+    fn end_grace(&self) {
+        let states: Vec<Rc<ConnState>> = self
+            .conns
+            .map
+            .borrow()
+            .values()
+            .map(|e| e.state.clone())
+            .collect();
+        for s in states {
+            s.cut_off();
         }
     }
 }
@@ -338,11 +529,23 @@ pub struct ShardStart {
     pub commands: Receiver<Command>,
     /// This shard's end of its wake socket.
     pub wake: RawFd,
+    /// The cap on client connections, shared by every shard.
+    pub conn_limit: Arc<ConnLimit>,
 }
+
+/// How long, after the shutdown grace, the 503s to requests still waiting
+/// for a response may take to be written.
+const GRACE_ANSWERS: Duration = Duration::from_millis(500);
 
 /// Runs one shard until it has drained.
 pub async fn run(start: ShardStart) {
-    let shard = Shard::new(start.index, start.cfg, start.bus, start.board);
+    let shard = Shard::new(
+        start.index,
+        start.cfg,
+        start.bus,
+        start.board,
+        start.conn_limit,
+    );
     shard
         .control_queue
         .set(Some(glommio::executor().create_task_queue(
@@ -395,6 +598,15 @@ pub async fn run(start: ShardStart) {
     let deadline = Instant::now() + shard.cfg.timeouts.shutdown_grace;
     while shard.open_connections() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if shard.open_connections() > 0 {
+        // Requests whose response has not started get a 503 rather than a
+        // bare close; a moment for those answers to be written.
+        shard.end_grace();
+        let written = Instant::now() + GRACE_ANSWERS;
+        while shard.open_connections() > 0 && Instant::now() < written {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
     }
     if shard.open_connections() > 0 {
         warn!(
@@ -541,14 +753,20 @@ impl<F: Future<Output = ()>, P: FnOnce()> Future for Contained<F, P> {
 }
 
 /// `contained` for a client or control connection: the panic is counted
-/// (`corepin_connection_panics_total`) and logged with the peer.
+/// (`corepin_connection_panics_total`) and logged with the peer. `slot`,
+/// a client connection's place under `max_connections`, is held for as
+/// long as the task lives (it is given back however the task ends).
 fn connection_task(
     shard: &Rc<Shard>,
     peer: SocketAddr,
+    slot: Option<Slot>,
     task: impl Future<Output = ()>,
 ) -> impl Future<Output = ()> {
     let shard = shard.clone();
+    // Kept in the panic handler, which lives exactly as long as the task:
+    // no second copy of the task's state is made to hold it.
     contained(task, move || {
+        drop(slot);
         shard.stats.panics.set(shard.stats.panics.get() + 1);
         error!(
             "core {}: the connection from {peer} was closed after a panic (a bug; please report it with the message above)",
@@ -557,28 +775,141 @@ fn connection_task(
     })
 }
 
+/// True for accept errors that mean "no descriptor is free".
+fn out_of_files(e: &glommio::GlommioError<()>) -> bool {
+    let code = match e {
+        glommio::GlommioError::IoError(e) => e.raw_os_error(),
+        _ => None,
+    };
+    matches!(code, Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Why a client connection is refused right after accept.
+#[derive(Clone, Copy)]
+enum Refusal {
+    MaxConnections,
+    FileLimit,
+}
+
+/// Refuses a just-accepted client connection: a 503 if its socket takes
+/// it now, then the connection ends. At `max_connections` (descriptors
+/// to spare) the socket lingers briefly, reading what the client still
+/// sends, so the 503 is not destroyed by a reset; at the file limit it is
+/// closed at once, giving its descriptor back to the reserve.
+fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
+    let (counter, body) = match why {
+        Refusal::MaxConnections => (
+            &shard.stats.refused_max_connections,
+            "too many connections (max_connections)",
+        ),
+        Refusal::FileLimit => (
+            &shard.stats.refused_file_limit,
+            "too many connections (file limit)",
+        ),
+    };
+    counter.set(counter.get() + 1);
+    if let Refusal::MaxConnections = why {
+        if let Some(n) = shard.refuse_log.note(Instant::now()) {
+            warn!(
+                "core {}: max_connections ({}) reached: refusing new client connections with 503 ({n} since the last report)",
+                shard.index, shard.conn_limit.max
+            );
+        }
+    }
+    let mut out = Vec::with_capacity(160);
+    crate::codec::http1::write_simple_response(&mut out, 503, body, true);
+    // SAFETY: send on the accepted socket, owned here, from a valid buffer;
+    // MSG_DONTWAIT never blocks, MSG_NOSIGNAL never raises SIGPIPE.
+    unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            out.as_ptr().cast(),
+            out.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    let lingering = shard.lingering_refusals.get();
+    if matches!(why, Refusal::FileLimit) || lingering >= shard.conn_limit.lingering {
+        return;
+    }
+    shard.lingering_refusals.set(lingering + 1);
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let mut stream = stream;
+        let mut inbuf = crate::buf::InBuf::new(shard.bufs.clone());
+        crate::conn::http::linger_close(&mut stream, &mut inbuf).await;
+        shard
+            .lingering_refusals
+            .set(shard.lingering_refusals.get().saturating_sub(1));
+    })
+    .detach();
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, control: bool) {
+    let spare = if control {
+        &shard.spare_control
+    } else {
+        &shard.spare_client
+    };
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                shard.stats.accepted.set(shard.stats.accepted.get() + 1);
-                let peer = stream
-                    .peer_addr()
-                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                if control {
-                    let task = crate::control::serve(shard.clone(), stream, peer);
-                    spawn_control(&shard, connection_task(&shard, peer, task)).detach();
-                } else {
-                    let task = crate::conn::http::serve(shard.clone(), stream, peer);
-                    glommio::spawn_local(connection_task(&shard, peer, task)).detach();
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) if out_of_files(&e) => {
+                if let Some(n) = shard.accept_log.note(Instant::now()) {
+                    warn!(
+                        "core {}: accept failed: {e}; refusing new client connections until descriptors are free ({n} since the last report; raise LimitNOFILE / ulimit -n, or lower limits.max_connections)",
+                        shard.index
+                    );
+                }
+                // Free the reserved descriptor for one more accept: a
+                // client connection is refused with it, a control one
+                // served. Without a reserve, wait rather than spin.
+                if !spare.release() {
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    spare.refill();
+                    continue;
+                }
+                match listener.accept().await {
+                    Ok(s) if control => s,
+                    // Descriptors were freed meanwhile: serve it.
+                    Ok(s) if spare.refill() => s,
+                    Ok(s) => {
+                        refuse(&shard, s, Refusal::FileLimit);
+                        spare.refill();
+                        continue;
+                    }
+                    Err(_) => {
+                        spare.refill();
+                        continue;
+                    }
                 }
             }
             Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning.
-                warn!("core {}: accept failed: {e}", shard.index);
+                if let Some(n) = shard.accept_log.note(Instant::now()) {
+                    warn!(
+                        "core {}: accept failed: {e} ({n} since the last report)",
+                        shard.index
+                    );
+                }
                 glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
             }
+        };
+        shard.stats.accepted.set(shard.stats.accepted.get() + 1);
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if control {
+            let task = crate::control::serve(shard.clone(), stream, peer);
+            spawn_control(&shard, connection_task(&shard, peer, None, task)).detach();
+            continue;
         }
+        let Some(slot) = shard.conn_limit.take() else {
+            refuse(&shard, stream, Refusal::MaxConnections);
+            continue;
+        };
+        let task = crate::conn::http::serve(shard.clone(), stream, peer);
+        glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
     }
 }
 
@@ -587,6 +918,10 @@ async fn sweep(shard: Rc<Shard>, stop: Rc<Cell<bool>>) {
     while !stop.get() {
         glommio::timer::sleep(Duration::from_millis(250)).await;
         shard.subs.sweep(Instant::now());
+        // A control connection served with the reserve has ended by now,
+        // or will: take the descriptor back when one is free.
+        shard.spare_control.refill();
+        shard.spare_client.refill();
         shard.publish_snapshot();
     }
 }

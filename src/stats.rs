@@ -15,6 +15,11 @@ pub const LATENCY_BUCKETS_MS: [f64; 12] = [
 #[derive(Default)]
 pub struct Counters {
     pub accepted: Cell<u64>,
+    /// Client connections refused at `limits.max_connections`.
+    pub refused_max_connections: Cell<u64>,
+    /// Client connections accepted and closed at once for want of file
+    /// descriptors.
+    pub refused_file_limit: Cell<u64>,
     /// Requests answered, by status class 1xx..5xx.
     pub by_class: [Cell<u64>; 5],
     pub upstream_errors: Cell<u64>,
@@ -56,13 +61,18 @@ pub struct Snapshot {
     pub websockets: u64,
     pub subscriptions: u64,
     pub accepted: u64,
+    pub refused_max_connections: u64,
+    pub refused_file_limit: u64,
     pub requests_by_class: [u64; 5],
     pub upstream_errors: u64,
     pub panics: u64,
     pub upstream_latency: [u64; 13],
     pub upstream_latency_sum_ms: f64,
     pub deliveries: u64,
+    /// Subscribers dropped for a queue over its limits.
     pub drops: u64,
+    /// Subscribers dropped for a write stalled past `timeouts.client_write`.
+    pub stalls: u64,
     pub idle_upstream: u64,
 }
 

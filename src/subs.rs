@@ -2,6 +2,11 @@
 //! bounded outgoing queue, and the fan-out of drained publishes. Plain
 //! per-core data (`Rc`, `RefCell`, `Cell`); the bytes delivered are the
 //! shared `Bytes` encoded once by the bus.
+//!
+//! A queue is bounded in messages and in bytes. The byte bound applies to
+//! a subscriber whose socket is full (its connection task says so while a
+//! write waits): one that is merely waiting for its turn on a busy core is
+//! not slow, and is not dropped for it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +33,34 @@ pub enum Kind {
     Ws,
 }
 
+/// How much one subscriber may have queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Messages queued (each costs an entry, whatever its size).
+    pub messages: usize,
+    /// Bytes queued while the subscriber's socket is full. A message is
+    /// always taken into an empty queue, so one larger than this still
+    /// reaches a subscriber that is keeping up.
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    /// For messages corepin itself must get through (timeouts, shutdown).
+    pub const UNBOUNDED: QueueLimits = QueueLimits {
+        messages: usize::MAX,
+        bytes: usize::MAX,
+    };
+}
+
+/// Why a subscriber was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its queue went over a limit.
+    Queue,
+    /// A write to it made no progress to completion within the deadline.
+    Stalled,
+}
+
 /// Something for a subscriber's connection task to do.
 #[derive(Debug, Clone)]
 pub enum Msg {
@@ -45,6 +78,18 @@ pub enum Msg {
     WsClose(u16, String),
 }
 
+impl Msg {
+    /// The bytes this message holds in a queue.
+    fn cost(&self) -> usize {
+        match self {
+            Msg::Data(b) => b.len(),
+            Msg::Response(e) => e.response_head.len() + e.response_body.len(),
+            Msg::WsClose(_, r) => r.len(),
+            Msg::Close | Msg::Timeout | Msg::Refetch => 0,
+        }
+    }
+}
+
 /// One held connection.
 pub struct Sub {
     pub id: u64,
@@ -56,8 +101,12 @@ pub struct Sub {
     /// Last id delivered per channel (sent back as `Grip-Last`).
     pub last_ids: RefCell<Vec<(String, String)>>,
     queue: RefCell<VecDeque<Msg>>,
+    /// Sum of the queued messages' `cost`.
+    queued_bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
     dropped: Cell<bool>,
+    /// A write to the client is waiting for socket space.
+    blocked: Cell<bool>,
     // Timing, checked by the core's sweep.
     pub keep_alive: RefCell<Option<KeepAlive>>,
     pub last_write: Cell<Instant>,
@@ -67,21 +116,64 @@ pub struct Sub {
 }
 
 impl Sub {
-    pub fn push(&self, msg: Msg, max: usize, stats: &SubStats) {
+    pub fn push(&self, msg: Msg, limits: QueueLimits, stats: &SubStats) {
         if self.dropped.get() {
             return;
         }
+        let cost = msg.cost();
         let mut q = self.queue.borrow_mut();
-        if q.len() >= max {
+        let was_empty = q.is_empty();
+        let bytes = self.queued_bytes.get().saturating_add(cost);
+        let over_bytes = self.blocked.get() && !was_empty && bytes > limits.bytes;
+        if q.len() >= limits.messages || over_bytes {
             // A subscriber that cannot keep up is dropped alone.
-            q.clear();
-            self.dropped.set(true);
-            stats.drops.set(stats.drops.get() + 1);
-        } else {
-            q.push_back(msg);
+            drop(q);
+            self.drop_now(DropReason::Queue, stats);
+            return;
         }
+        q.push_back(msg);
+        self.queued_bytes.set(bytes);
         drop(q);
+        // The connection task waits for a message only on an empty queue
+        // (or watches for a drop while it writes).
+        if was_empty {
+            self.wake();
+        }
+    }
+
+    /// Drops this subscriber: its queue is freed at once, its connection
+    /// task sees `dropped()` and ends the connection.
+    fn drop_now(&self, why: DropReason, stats: &SubStats) {
+        if self.dropped.replace(true) {
+            return;
+        }
+        self.queue.borrow_mut().clear();
+        self.queued_bytes.set(0);
+        let counter = match why {
+            DropReason::Queue => &stats.drops,
+            DropReason::Stalled => &stats.stalls,
+        };
+        counter.set(counter.get() + 1);
         self.wake();
+    }
+
+    /// Bytes queued (not counting a write in progress).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
+    /// Marks whether a write to the client waits for socket space.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.blocked.set(blocked);
+    }
+
+    /// Wakes `waker` on the next push to an empty queue or on a drop
+    /// (the connection task watches while it writes).
+    pub fn watch(&self, waker: &Waker) {
+        let mut w = self.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|old| old.will_wake(waker)) {
+            *w = Some(waker.clone());
+        }
     }
 
     fn wake(&self) {
@@ -93,13 +185,21 @@ impl Sub {
     /// Next message, or registers `waker` for the next push.
     pub fn poll_msg(&self, waker: &Waker) -> Option<Msg> {
         let m = self.queue.borrow_mut().pop_front();
-        if m.is_none() {
-            let mut w = self.waker.borrow_mut();
-            if !w.as_ref().is_some_and(|old| old.will_wake(waker)) {
-                *w = Some(waker.clone());
-            }
+        match &m {
+            Some(m) => self
+                .queued_bytes
+                .set(self.queued_bytes.get().saturating_sub(m.cost())),
+            None => self.watch(waker),
         }
         m
+    }
+
+    /// The size of the next queued message when it is data.
+    pub fn next_data_len(&self) -> Option<usize> {
+        match self.queue.borrow().front() {
+            Some(Msg::Data(b)) => Some(b.len()),
+            _ => None,
+        }
     }
 
     /// Appends to `out` the data messages queued right behind the one just
@@ -111,6 +211,8 @@ impl Sub {
                 break;
             }
             out.extend_from_slice(b);
+            self.queued_bytes
+                .set(self.queued_bytes.get().saturating_sub(b.len()));
             q.pop_front();
         }
     }
@@ -150,7 +252,10 @@ impl Sub {
 #[derive(Default)]
 pub struct SubStats {
     pub deliveries: Cell<u64>,
+    /// Subscribers dropped for a queue over its limits.
     pub drops: Cell<u64>,
+    /// Subscribers dropped for a write stalled past the deadline.
+    pub stalls: Cell<u64>,
 }
 
 /// Registration settings for a new subscriber.
@@ -198,7 +303,7 @@ pub struct Registry {
     /// Channels with subscribers here, per interest slot: the core's bit in
     /// the slot is set while its count is above zero.
     slot_channels: RefCell<Vec<u32>>,
-    pub max_queue: usize,
+    pub limits: QueueLimits,
     pub stats: SubStats,
     /// Held connections by kind: streams, long-polls, WebSockets.
     held: [Cell<u64>; 3],
@@ -215,7 +320,7 @@ fn kind_index(k: Kind) -> usize {
 }
 
 impl Registry {
-    pub fn new(max_queue: usize, bus: Arc<Bus>, core: usize) -> Self {
+    pub fn new(limits: QueueLimits, bus: Arc<Bus>, core: usize) -> Self {
         Registry {
             next: Cell::new(1),
             channels: RefCell::new(HashMap::new()),
@@ -223,7 +328,7 @@ impl Registry {
             bus,
             core,
             slot_channels: RefCell::new(vec![0; INTEREST_SLOTS]),
-            max_queue,
+            limits,
             stats: SubStats::default(),
             held: Default::default(),
             scratch: Cell::new(Vec::new()),
@@ -249,8 +354,10 @@ impl Registry {
             meta: RefCell::new(spec.meta),
             last_ids: RefCell::new(Vec::new()),
             queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
             waker: RefCell::new(None),
             dropped: Cell::new(false),
+            blocked: Cell::new(false),
             keep_alive: RefCell::new(spec.keep_alive),
             last_write: Cell::new(now),
             last_keep_alive: Cell::new(now),
@@ -340,6 +447,24 @@ impl Registry {
         h.set(h.get().saturating_sub(1));
     }
 
+    /// A write to `sub`'s client found the socket full: from now on its
+    /// queue is held to the byte limit, and one already over it is
+    /// dropped (returns true).
+    pub fn blocked(&self, sub: &Sub) -> bool {
+        sub.set_blocked(true);
+        if !sub.queue.borrow().is_empty() && sub.queued_bytes() > self.limits.bytes {
+            sub.drop_now(DropReason::Queue, &self.stats);
+            return true;
+        }
+        false
+    }
+
+    /// A write to `sub`'s client made no progress to completion within
+    /// the deadline: it is dropped.
+    pub fn stalled(&self, sub: &Sub) {
+        sub.drop_now(DropReason::Stalled, &self.stats);
+    }
+
     /// The last id published on `channel` (kept by the bus's sequencer:
     /// this core only hears of channels it has subscribers on).
     pub fn last_id(&self, channel: &str) -> Option<String> {
@@ -409,7 +534,7 @@ impl Registry {
     }
 
     fn hand(&self, sub: &Rc<Sub>, channel: &str, plan: &Plan) {
-        let max = self.max_queue;
+        let max = self.limits;
         let delivered = match sub.kind {
             Kind::Stream => plan.stream_items,
             Kind::Response => u64::from(plan.response.is_some()),
@@ -476,7 +601,7 @@ impl Registry {
                 Kind::Response => Msg::Timeout,
                 Kind::Ws => Msg::WsClose(1001, "server shutting down".into()),
             };
-            sub.push(msg, usize::MAX, &self.stats);
+            sub.push(msg, QueueLimits::UNBOUNDED, &self.stats);
         }
     }
 
@@ -487,13 +612,13 @@ impl Registry {
             if let Some(d) = sub.deadline.get() {
                 if now >= d {
                     sub.deadline.set(None);
-                    sub.push(Msg::Timeout, usize::MAX, &self.stats);
+                    sub.push(Msg::Timeout, QueueLimits::UNBOUNDED, &self.stats);
                 }
             }
             if let Some(d) = sub.link_at.get() {
                 if now >= d {
                     sub.link_at.set(None);
-                    sub.push(Msg::Refetch, usize::MAX, &self.stats);
+                    sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
                 }
             }
             let ka = sub.keep_alive.borrow().clone();
@@ -512,7 +637,7 @@ impl Registry {
                     } else {
                         ka.data.clone()
                     };
-                    sub.push(Msg::Data(framed), self.max_queue, &self.stats);
+                    sub.push(Msg::Data(framed), self.limits, &self.stats);
                 }
             }
             self.retime(&sub);
@@ -641,5 +766,109 @@ impl Plan {
             hint_response,
             last_id: items.iter().rev().find_map(|e| e.item.id.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Msg {
+        Msg::Data(Bytes::from(vec![b'x'; n]))
+    }
+
+    fn registry(messages: usize, bytes: usize) -> Registry {
+        // A one-core bus: the registry keeps its interest bits there.
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let (bus, _) = Bus::new(vec![ours], crate::bus::Limits::default());
+        Registry::new(QueueLimits { messages, bytes }, bus, 0)
+    }
+
+    fn spec() -> SubSpec {
+        SubSpec {
+            kind: Kind::Stream,
+            chunked: false,
+            channels: vec!["c".into()],
+            meta: Vec::new(),
+            keep_alive: None,
+            timeout: None,
+            link_timeout: None,
+        }
+    }
+
+    #[test]
+    fn the_byte_limit_holds_only_while_the_socket_is_full() {
+        let reg = registry(100, 1000);
+        let sub = reg.subscribe(spec());
+        // Waiting for its turn on a busy core is not being slow.
+        for _ in 0..5 {
+            sub.push(data(400), reg.limits, &reg.stats);
+        }
+        assert!(!sub.dropped());
+        assert_eq!(sub.queued_bytes(), 2000);
+        // Its socket turns out full with more than the limit queued.
+        assert!(reg.blocked(&sub));
+        assert!(sub.dropped());
+        assert_eq!(sub.queued_bytes(), 0, "the queue is freed at once");
+        assert_eq!((reg.stats.drops.get(), reg.stats.stalls.get()), (1, 0));
+        sub.push(data(1), reg.limits, &reg.stats);
+        assert_eq!(sub.queued_bytes(), 0, "a dropped subscriber takes nothing");
+    }
+
+    #[test]
+    fn a_blocked_subscriber_takes_one_message_of_any_size_then_its_limit() {
+        let reg = registry(100, 1000);
+        let sub = reg.subscribe(spec());
+        assert!(!reg.blocked(&sub));
+        sub.push(data(5000), reg.limits, &reg.stats);
+        assert!(!sub.dropped(), "an empty queue takes a message of any size");
+        sub.push(data(10), reg.limits, &reg.stats);
+        assert!(sub.dropped(), "5010 bytes queued while blocked");
+        // Unblocked, a subscriber keeping up takes large messages in turn.
+        let reg = registry(100, 1000);
+        let sub = reg.subscribe(spec());
+        let waker = std::task::Waker::noop();
+        for _ in 0..3 {
+            sub.push(data(5000), reg.limits, &reg.stats);
+            assert!(matches!(sub.poll_msg(waker), Some(Msg::Data(_))));
+        }
+        assert!(!sub.dropped());
+        assert_eq!(sub.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn queued_bytes_follow_pops_and_joined_runs() {
+        let reg = registry(100, usize::MAX);
+        let sub = reg.subscribe(spec());
+        let waker = std::task::Waker::noop();
+        for n in [10, 20, 30, 40] {
+            sub.push(data(n), reg.limits, &reg.stats);
+        }
+        sub.push(Msg::Close, reg.limits, &reg.stats);
+        assert_eq!(sub.queued_bytes(), 100);
+        assert!(matches!(sub.poll_msg(waker), Some(Msg::Data(b)) if b.len() == 10));
+        assert_eq!(sub.next_data_len(), Some(20));
+        let mut run = Vec::new();
+        sub.take_data_run(&mut run, 50);
+        assert_eq!((run.len(), sub.queued_bytes()), (50, 40));
+        sub.take_data_run(&mut run, usize::MAX);
+        assert_eq!((run.len(), sub.queued_bytes()), (90, 0));
+        assert_eq!(sub.next_data_len(), None, "the close is next");
+        assert!(matches!(sub.poll_msg(waker), Some(Msg::Close)));
+    }
+
+    #[test]
+    fn the_message_limit_and_stalls_are_counted_apart() {
+        let reg = registry(2, usize::MAX);
+        let a = reg.subscribe(spec());
+        for _ in 0..3 {
+            a.push(data(1), reg.limits, &reg.stats);
+        }
+        assert!(a.dropped());
+        let b = reg.subscribe(spec());
+        reg.stalled(&b);
+        reg.stalled(&b);
+        assert!(b.dropped());
+        assert_eq!((reg.stats.drops.get(), reg.stats.stalls.get()), (1, 1));
     }
 }

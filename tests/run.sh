@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# TLS tests drive `openssl s_client` (and curl with --cacert).
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 # The stand-in API gateway (tests/gateway) runs Lua in nginx, as Kong does.
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need_apt+=(libnginx-mod-http-lua)

@@ -140,11 +140,20 @@ fn passthrough_grip_extension_control_and_publish() {
         &["--send", "ping me", "--recv", "3", "--close", "1000"],
     );
     assert_eq!(publisher.join().expect("publisher"), 200);
-    // m: prefixes stripped, c: messages consumed, unprefixed dropped.
-    assert_eq!(
-        r["received"],
-        serde_json::json!(["welcome", "ping me", "published"])
-    );
+    // m: prefixes stripped, c: messages consumed, unprefixed dropped. The
+    // backend subscribes before its welcome, and the publish goes out once
+    // the subscription is counted: it is not ordered with the welcome or
+    // the echo.
+    let mut received: Vec<String> = r["received"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    received.sort();
+    assert_eq!(received, ["ping me", "published", "welcome"], "{r}");
 }
 
 #[test]
@@ -399,4 +408,164 @@ fn websocket_over_http_keep_alive_interval_sends_empty_requests() {
     );
     assert_eq!(entries[1]["connection_id"], entries[0]["connection_id"]);
     assert!(opened.elapsed() >= Duration::from_secs(20));
+}
+
+/// A published close reaches every WebSocket-over-HTTP client as a close
+/// frame *and* the end of the connection, without waiting for the
+/// backend's answer to the session's last event. The backend here holds
+/// its answers to CLOSE until every client has reported; corepin used to
+/// keep each connection open until that answer came, so a client (which
+/// waits for the server to end the TCP connection, as RFC 6455 asks) saw
+/// its close late or, with a backend slow enough, not at all.
+#[test]
+fn published_close_reaches_every_over_http_client_while_the_backend_is_slow() {
+    use std::io::BufRead;
+    const CLIENTS: usize = 50;
+    let dir = std::env::temp_dir().join(format!("corepin-wsoh-close-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let release = dir.join("release");
+    let b = PyBackend::start(
+        "wsoh_backend.py",
+        &[
+            &dir.join("log.jsonl").display().to_string(),
+            "--hold",
+            &release.display().to_string(),
+        ],
+    );
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("* 127.0.0.1:{},over_http", b.port),
+        "--workers",
+        "2",
+    ]);
+    for round in 0..5 {
+        let _ = std::fs::remove_file(&release);
+        let mut child = Command::new(python())
+            .arg(root().join("tests/clients/ws_many.py"))
+            .arg(format!("ws://127.0.0.1:{}/chat?channel=r{round}", cp.port))
+            .arg(CLIENTS.to_string())
+            .args(["-H", "Auth-Key: supersecret"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ws_many.py");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let mut next_line = || {
+            line.clear();
+            out.read_line(&mut line).expect("client output");
+            line.trim().to_string()
+        };
+        assert_eq!(next_line(), "open");
+        wait_until("every client subscribed", || {
+            metric(&cp, "corepin_subscriptions") == CLIENTS as u64
+        });
+        let hello = format!(
+            r#"{{"items":[{{"channel":"r{round}","formats":{{"ws-message":{{"content":"hello"}}}}}}]}}"#
+        );
+        assert_eq!(cp.publish(&hello).status, 200);
+        assert_eq!(next_line(), "received");
+        let close = format!(
+            r#"{{"items":[{{"channel":"r{round}","formats":{{"ws-message":{{"action":"close","code":4000,"reason":"bye"}}}}}}]}}"#
+        );
+        assert_eq!(cp.publish(&close).status, 200);
+        let report: serde_json::Value = serde_json::from_str(&next_line()).expect("client report");
+        std::fs::write(&release, b"").expect("release the backend");
+        let _ = child.wait();
+        let closes = report["closes"].as_array().expect("closes");
+        let missed = closes
+            .iter()
+            .filter(|c| **c != serde_json::json!([4000, "bye"]))
+            .count();
+        assert_eq!(
+            missed, 0,
+            "round {round}: {missed} of {CLIENTS} clients missed the close: {report}"
+        );
+        assert!(report["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .all(|m| m == "hello"));
+        // The sessions end once the backend has their CLOSE.
+        wait_until("the sessions to end", || {
+            metric(&cp, "corepin_subscriptions") == 0
+        });
+    }
+}
+
+/// Reads one frame: (opcode, payload).
+fn next_frame(r: &mut BufReader<TcpStream>) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).expect("frame header");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).expect("len");
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b).expect("len");
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    r.read_exact(&mut p).expect("payload");
+    (h[0] & 0x0f, p)
+}
+
+/// While a session's request is in flight to a slow backend, publishes
+/// still reach the client, and a published close ends the connection at
+/// once; the backend hears of the close once it has answered.
+#[test]
+fn publishes_and_close_reach_an_over_http_client_while_its_request_is_in_flight() {
+    let dir = std::env::temp_dir().join(format!("corepin-wsoh-inflight-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (log, release) = (dir.join("log.jsonl"), dir.join("release"));
+    let b = PyBackend::start(
+        "wsoh_backend.py",
+        &[
+            &log.display().to_string(),
+            "--hold",
+            &release.display().to_string(),
+        ],
+    );
+    let cp = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{},over_http", b.port)]);
+    let mut s = TcpStream::connect(cp.addr()).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s.write_all(b"GET /chat?channel=busy HTTP/1.1\r\nHost: t\r\nAuth-Key: supersecret\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("write");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    assert_eq!(read_head_only(&mut r).expect("101").status, 101);
+    wait_until("the session to subscribe", || {
+        metric(&cp, "corepin_subscriptions") == 1
+    });
+    s.write_all(&masked(1, b"hold")).expect("write");
+    wait_until("the backend to hold the request", || {
+        read_log(&log)
+            .iter()
+            .any(|e| e["contents"] == serde_json::json!(["hold"]))
+    });
+    for body in [
+        r#"{"items":[{"channel":"busy","formats":{"ws-message":{"content":"meanwhile"}}}]}"#,
+        r#"{"items":[{"channel":"busy","formats":{"ws-message":{"action":"close","code":4000,"reason":"bye"}}}]}"#,
+    ] {
+        assert_eq!(cp.publish(body).status, 200);
+    }
+    assert_eq!(next_frame(&mut r), (1, b"meanwhile".to_vec()));
+    let (op, payload) = next_frame(&mut r);
+    assert_eq!((op, &payload[..2]), (8, &4000u16.to_be_bytes()[..]));
+    let mut rest = Vec::new();
+    assert_eq!(
+        r.read_to_end(&mut rest).expect("the connection ends"),
+        0,
+        "nothing after the close"
+    );
+    std::fs::write(&release, b"").expect("release the backend");
+    wait_until("the backend to hear of the close", || {
+        read_log(&log)
+            .iter()
+            .any(|e| e["events"] == serde_json::json!(["CLOSE"]))
+    });
 }

@@ -4,13 +4,15 @@
 //! long-poll (answered by the first published response, or by the
 //! backend's own response at the timeout).
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncWrite, AsyncWriteExt, Future};
 
 use crate::buf::BUF_SIZE;
 use crate::codec::grip::{self, HoldMode, Instruct};
@@ -246,6 +248,83 @@ async fn write(c: &mut Client, bytes: &[u8]) -> bool {
     c.stream.write_all(bytes).await.is_ok()
 }
 
+/// How a write to a held connection's client ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// The client went away (or its socket failed).
+    Gone,
+    /// The subscriber was dropped (and counted): its queue went over the
+    /// byte limit while this write waited, or the write stalled.
+    Dropped,
+}
+
+/// Writes published bytes (or other bytes for a subscriber) to a held
+/// connection's client. Once the socket pushes back, the write must finish
+/// within `timeouts.client_write`, however the client trickles its reads
+/// (the socket's own timeout restarts at every byte taken); past that the
+/// subscriber is dropped as stalled. While the write waits, the subscriber
+/// counts as blocked, so its queue is held to the byte limit, and a queue
+/// that goes over it ends the write at once.
+pub async fn write_held(shard: &Shard, c: &mut Client, sub: &Sub, bytes: &[u8]) -> Written {
+    let mut written = 0;
+    let mut deadline: Option<glommio::timer::Timer> = None;
+    let r = futures_lite::future::poll_fn(|cx| {
+        if sub.dropped() {
+            return Poll::Ready(Written::Dropped);
+        }
+        while written < bytes.len() {
+            match Pin::new(&mut c.stream).poll_write(cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Written::Gone),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    shard.subs.stalled(sub);
+                    return Poll::Ready(Written::Dropped);
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Written::Gone),
+                Poll::Pending => {
+                    // The timer exists only for writes that wait: the common
+                    // write, taken whole by the kernel, costs no timer.
+                    if deadline.is_none() {
+                        if shard.subs.blocked(sub) {
+                            return Poll::Ready(Written::Dropped);
+                        }
+                        deadline =
+                            Some(glommio::timer::Timer::new(shard.cfg.timeouts.client_write));
+                    }
+                    sub.watch(cx.waker());
+                    if let Some(t) = deadline.as_mut() {
+                        if Pin::new(t).poll(cx).is_ready() {
+                            shard.subs.stalled(sub);
+                            return Poll::Ready(Written::Dropped);
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Written::Done)
+    })
+    .await;
+    sub.set_blocked(false);
+    r
+}
+
+/// Sends what the socket takes now, without waiting: the last words to a
+/// client being dropped for not reading (a WebSocket close frame).
+pub fn send_now(c: &Client, bytes: &[u8]) {
+    // SAFETY: send on the connection's own open socket from a valid
+    // buffer; MSG_DONTWAIT never blocks, MSG_NOSIGNAL never raises SIGPIPE.
+    unsafe {
+        libc::send(
+            c.stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+}
+
 fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> HoldEnd {
     HoldEnd::Done(Outcome {
         status,
@@ -293,27 +372,40 @@ async fn hold_stream(
         match next_event(c, sub).await {
             Event::Msg(Msg::Data(b)) => {
                 // A backlog (publishes that arrived while this connection
-                // waited its turn) goes out in one write.
-                let mut run = shard.bufs.take_out();
-                run.extend_from_slice(&b);
-                sub.take_data_run(&mut run, COALESCE_MAX);
-                let ok = if run.len() == b.len() {
-                    write(c, &b).await
-                } else {
-                    write(c, &run).await
-                };
+                // waited its turn) goes out in one write. Only small
+                // messages are copied to be joined: a large one is written
+                // from the shared bytes, never copied per subscriber.
+                let joinable = sub
+                    .next_data_len()
+                    .is_some_and(|n| b.len() + n <= COALESCE_MAX);
                 // The access log counts body bytes, not chunk framing.
-                let payload = if http10 {
-                    run.len()
-                } else {
-                    crate::codec::chunked::payload_len(&run)
+                let payload = |written: &[u8]| {
+                    if http10 {
+                        written.len()
+                    } else {
+                        crate::codec::chunked::payload_len(written)
+                    }
                 };
-                bytes += payload as u64;
-                shard.bufs.give_out(run);
-                if !ok {
-                    return done(code, bytes, ctx, false);
+                let (r, n) = if joinable {
+                    let mut run = shard.bufs.take_out();
+                    run.extend_from_slice(&b);
+                    sub.take_data_run(&mut run, COALESCE_MAX);
+                    let r = write_held(shard, c, sub, &run).await;
+                    let n = payload(&run);
+                    shard.bufs.give_out(run);
+                    (r, n)
+                } else {
+                    (write_held(shard, c, sub, &b).await, payload(&b))
+                };
+                bytes += n as u64;
+                match r {
+                    Written::Done => sub.wrote(Instant::now()),
+                    Written::Gone => return done(code, bytes, ctx, false),
+                    Written::Dropped => {
+                        dropped_warning(shard, c, "stream");
+                        return done(code, bytes, ctx, false);
+                    }
                 }
-                sub.wrote(Instant::now());
             }
             Event::Msg(Msg::Close) => {
                 if !http10 {
@@ -376,10 +468,7 @@ async fn hold_stream(
             Event::Msg(Msg::Response(_) | Msg::Timeout | Msg::WsClose(..)) => {}
             Event::ClientGone => return done(code, bytes, ctx, false),
             Event::Dropped => {
-                warn!(
-                    "core {}: stream subscriber {} too slow; dropped",
-                    shard.index, c.peer
-                );
+                dropped_warning(shard, c, "stream");
                 return done(code, bytes, ctx, false);
             }
         }
@@ -410,7 +499,7 @@ async fn hold_response(
                 connection_header(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&e.response_body);
-                let ok = write(c, &out).await;
+                let ok = held_response_written(shard, c, sub, &out).await;
                 let code = e
                     .item
                     .http_response
@@ -421,7 +510,7 @@ async fn hold_response(
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
-                let ok = write(c, &out).await;
+                let ok = held_response_written(shard, c, sub, &out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
             }
@@ -430,6 +519,45 @@ async fn hold_response(
             Event::ClientGone | Event::Dropped => return done(499, 0, ctx, false),
         }
     }
+}
+
+/// Writes a long-poll's answer; true when it went out whole.
+async fn held_response_written(shard: &Shard, c: &mut Client, sub: &Sub, out: &[u8]) -> bool {
+    match write_held(shard, c, sub, out).await {
+        Written::Done => true,
+        Written::Gone => false,
+        Written::Dropped => {
+            dropped_warning(shard, c, "long-poll");
+            false
+        }
+    }
+}
+
+/// Logs a subscriber dropped for not keeping up (counted in
+/// `corepin_subscriber_drops_total`), and makes its socket reset when
+/// closed: the bytes the kernel still holds for a client that does not
+/// read are discarded at once rather than kept while the kernel probes a
+/// zero window.
+pub fn dropped_warning(shard: &Shard, c: &Client, kind: &str) {
+    warn!(
+        "core {}: {kind} subscriber {} not keeping up (queue over its limit, or a write stalled); dropped",
+        shard.index, c.peer
+    );
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on the connection's own open socket with a
+    // correctly sized `linger` value.
+    unsafe {
+        libc::setsockopt(
+            c.stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 /// `Grip-Last` lines for the channels a subscriber has seen ids on.

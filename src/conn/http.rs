@@ -21,18 +21,20 @@ use crate::config::Forwarding;
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
 use crate::log::AccessEntry;
-use crate::route::{Backend, Route, Target};
-use crate::shard::{ConnGuard, Shard};
+use crate::route::{Backend, Route, Target, ORIG_MARK};
+use crate::shard::{ConnGuard, ConnState, Shard};
 use crate::upstream::{ConnectError, Upstream};
 
 /// The `Via` token corepin adds.
 const VIA: &str = "1.1 corepin";
 
-/// A client connection: its socket, its unconsumed input, its address.
+/// A client connection: its socket, its unconsumed input, its address,
+/// and what its shard knows of it.
 pub struct Client {
     pub stream: TcpStream,
     pub inbuf: InBuf,
     pub peer: SocketAddr,
+    pub state: Rc<ConnState>,
 }
 
 /// How one exchange ended, for the access log and the keep-alive decision.
@@ -78,6 +80,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         stream,
         inbuf: InBuf::new(shard.bufs.clone()),
         peer,
+        state: guard.state(),
     };
     loop {
         let head = match read_head(&shard, &mut c, &guard).await {
@@ -300,6 +303,8 @@ enum Failure {
     Client(u16, &'static str),
     /// The client went away.
     ClientGone,
+    /// The shutdown grace ended before the response started: 503.
+    Shutdown,
 }
 
 fn relay_to_client_failure(e: RelayError) -> Failure {
@@ -336,7 +341,10 @@ fn is_session_field(name: &[u8]) -> bool {
 /// hop-by-hop, `Grip-*` (under any spelling a CGI server maps to one), the
 /// forwarding fields the `[forwarding]` policy does not take from this
 /// peer, session fields toward an `over_http` target, and `skip` names;
-/// plus corepin's own forwarding fields and `extra` (whole lines).
+/// with the route's edits (`header=` replaces or removes a field, `as_host=`
+/// or the target's `host=` sets Host, `orig_headers` adds marked copies of
+/// the client's fields, otherwise drops marked ones); plus corepin's own
+/// forwarding fields and `extra` (whole lines).
 /// `method` replaces the client's (and then the client's body framing is
 /// not written: `extra` carries the caller's).
 #[allow(clippy::too_many_arguments)]
@@ -364,11 +372,29 @@ pub fn write_request_head(
     let mut real_ip = None;
     let mut forwarded_host = None;
     let mut host = None;
+    let edits = &b.edits;
+    let edited = |name: &[u8]| {
+        edits
+            .headers
+            .iter()
+            .any(|h| http1::cgi_name_is(name, &h.cgi_name))
+    };
+    let marked = |name: &[u8]| http1::cgi_name_starts(name, ORIG_MARK);
+    let mut orig: Vec<u8> = Vec::new();
     for (name, value) in head.fields.iter() {
+        if edits.orig_headers && !edited(name) {
+            // Pushpin marks the client's fields before it drops any.
+            if !marked(name) {
+                orig.extend_from_slice(ORIG_MARK.as_bytes());
+            }
+            http1::write_field(&mut orig, name, value);
+        }
         if is_hop_by_hop(&head.fields, name)
             || http1::cgi_name_is(name, "expect")
             || http1::cgi_name_starts(name, "grip-")
             || (b.over_http && is_session_field(name))
+            || edited(name)
+            || marked(name)
             || skip(name)
         {
             continue;
@@ -416,17 +442,25 @@ pub fn write_request_head(
         }
         if name.eq_ignore_ascii_case(b"host") {
             host = Some(value);
-            if b.host.is_some() {
+            if b.send_host().is_some() {
                 continue;
             }
         }
         http1::write_field(out, name, value);
     }
-    if let Some(h) = &b.host {
+    if let Some(h) = b.send_host() {
         http1::write_field(out, b"Host", h.as_bytes());
     } else if host.is_none() {
         http1::write_field(out, b"Host", b.addr.as_bytes());
     }
+    for h in edits.headers.iter().filter(|h| !h.value.is_empty()) {
+        http1::write_field(out, h.name.as_bytes(), h.value.as_bytes());
+        if edits.orig_headers {
+            orig.extend_from_slice(ORIG_MARK.as_bytes());
+            http1::write_field(&mut orig, h.name.as_bytes(), h.value.as_bytes());
+        }
+    }
+    out.extend_from_slice(&orig);
     let peer_ip = peer.ip().to_string();
     let rule = if trusted { &fwd.xff_trusted } else { &fwd.xff };
     let entries = rule.apply(xff, peer_ip.as_bytes());
@@ -526,13 +560,19 @@ fn write_response_head(
 }
 
 /// Sends the request (head and body) on `up` and reads the response head.
+/// Also returns whether the whole request body was sent: a backend may
+/// answer early (413, 501...) and stop reading, or reset the connection,
+/// while the body is still going out; its answer, already received, is
+/// then read and relayed (as nginx does) rather than replaced by a 502,
+/// and neither connection is kept.
 async fn exchange(
     shard: &Shard,
     c: &mut Client,
     up: &mut Upstream,
     head: &RequestHead,
     req_head: &[u8],
-) -> Result<ResponseHead, Failure> {
+) -> Result<(ResponseHead, bool), Failure> {
+    let mut body_sent = true;
     let t = &shard.cfg.timeouts;
     let _ = up.stream.set_read_timeout(Some(t.upstream_read));
     let _ = up.stream.set_write_timeout(Some(t.upstream_read));
@@ -571,7 +611,17 @@ async fn exchange(
         )
         .await;
         shard.bufs.give_out(out);
-        r.map_err(relay_to_client_failure)?;
+        match r {
+            Ok(_) => {}
+            Err(RelayError::Write(e)) => {
+                debug!(
+                    "core {}: backend stopped taking the request body ({e}); reading its answer",
+                    shard.index
+                );
+                body_sent = false;
+            }
+            Err(e) => return Err(relay_to_client_failure(e)),
+        }
     }
     let limits = &shard.cfg.limits.head;
     let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
@@ -583,7 +633,7 @@ async fn exchange(
                 if (100..200).contains(&resp.status) && resp.status != 101 {
                     continue;
                 }
-                return Ok(resp);
+                return Ok((resp, body_sent));
             }
             Ok(None) => {}
             Err(_) => return Err(Failure::Upstream(502, "invalid response from upstream")),
@@ -642,29 +692,35 @@ async fn connect(
     Err(last)
 }
 
-/// Proxies one request to the route's backend and streams the answer back.
-async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Route) -> HoldEnd {
-    let path = route.rewrite(head.target());
-    let sig = shard.sig_for(route);
-    let mut grip_headers = Vec::new();
-    shard.write_grip_headers(&mut grip_headers, sig.as_ref());
+/// Connects to the route's backend (failover targets in order; a stale
+/// pooled connection is replaced once for a replayable request), sends the
+/// request and reads the response head. Also returns whether the whole
+/// request body was sent (see `exchange`). A failure comes with the
+/// target it concerns.
+async fn send_request(
+    shard: &Shard,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+    path: &str,
+    grip_headers: &[u8],
+) -> Result<(Upstream, Backend, ResponseHead, bool), (Failure, String)> {
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
-    let (mut up, backend, resp) = loop {
-        let (mut up, backend) = match connect(shard, route, fresh, replayable).await {
-            Ok(x) => x,
-            Err(f) => return HoldEnd::Done(fail(shard, c, head, f, "-").await),
-        };
+    loop {
+        let (mut up, backend) = connect(shard, route, fresh, replayable)
+            .await
+            .map_err(|f| (f, "-".to_string()))?;
         let mut req_head = shard.bufs.take_out();
         write_request_head(
             &mut req_head,
             None,
             head,
-            &path,
+            path,
             &backend,
             &c.peer,
             &shard.cfg.forwarding,
-            &grip_headers,
+            grip_headers,
             &|_| false,
         );
         let sent = Instant::now();
@@ -676,7 +732,7 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
         }
         shard.bufs.give_out(req_head);
         match r {
-            Ok(resp) => break (up, backend, resp),
+            Ok((resp, body_sent)) => return Ok((up, backend, resp, body_sent)),
             Err(Failure::Stale) if replayable && !fresh => {
                 debug!(
                     "core {}: pooled connection to {} was stale; retrying",
@@ -686,12 +742,45 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
             }
             Err(Failure::Stale) => {
                 let f = Failure::Upstream(502, "upstream closed the connection");
-                return HoldEnd::Done(fail(shard, c, head, f, &backend.addr).await);
+                return Err((f, backend.addr));
             }
-            Err(f) => return HoldEnd::Done(fail(shard, c, head, f, &backend.addr).await),
+            Err(f) => return Err((f, backend.addr)),
         }
+    }
+}
+
+/// Proxies one request to the route's backend and streams the answer back.
+async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Route) -> HoldEnd {
+    let path = route.rewrite(head.target());
+    // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
+    // is, its GRIP headers included (Pushpin's passthrough).
+    let sig = route.grip().then(|| shard.sig_for(route)).flatten();
+    let mut grip_headers = Vec::new();
+    if route.grip() {
+        shard.write_grip_headers(&mut grip_headers, sig.as_ref());
+    }
+    // Until the response starts, a shutdown's grace period may end: the
+    // client then gets a 503 rather than a bare close.
+    let state = c.state.clone();
+    let sent = futures_lite::future::or(
+        send_request(shard, c, head, route, &path, &grip_headers),
+        async {
+            state.grace_over().await;
+            Err((Failure::Shutdown, "-".to_string()))
+        },
+    )
+    .await;
+    let (mut up, backend, resp, body_sent) = match sent {
+        Ok(x) => x,
+        Err((f, target)) => return HoldEnd::Done(fail(shard, c, head, f, &target).await),
     };
-    if grip::is_grip(&resp.fields) {
+    if !body_sent && route.grip() && grip::is_grip(&resp.fields) {
+        // Holding a client whose request body was not all read would
+        // leave the rest of it to be taken for the next request.
+        let f = Failure::Upstream(502, "upstream answered before reading the request body");
+        return HoldEnd::Done(fail(shard, c, head, f, &backend.addr).await);
+    }
+    if route.grip() && grip::is_grip(&resp.fields) {
         let ctx = HoldCtx {
             head,
             backend: Some(backend.addr.clone()),
@@ -702,6 +791,8 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
         return instructed(shard, c, &ctx, up, resp).await;
     }
     let (framing, keep) = client_framing(head, &resp, shard.draining());
+    // The rest of an unsent body is still on its way from the client.
+    let keep = keep && body_sent;
     let mut prefix = shard.bufs.take_out();
     write_response_head(&mut prefix, head, &resp, framing, keep);
     let mut out = shard.bufs.take_out();
@@ -725,7 +816,7 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     shard.bufs.give_out(out);
     match r {
         Ok(bytes) => {
-            if resp.keep_alive {
+            if resp.keep_alive && body_sent {
                 shard.pool.put_idle(up);
             }
             HoldEnd::Done(Outcome {
@@ -809,6 +900,10 @@ async fn fail(
 ) -> Outcome {
     match f {
         Failure::ClientGone | Failure::Stale => Outcome::closed(499, 0, target.to_string()),
+        Failure::Shutdown => {
+            let bytes = answer(shard, c, 503, "server shutting down", true).await;
+            Outcome::closed(503, bytes, target.to_string())
+        }
         Failure::Client(status, reason) => {
             let bytes = answer(shard, c, status, reason, true).await;
             Outcome::closed(status, bytes, target.to_string())

@@ -5,6 +5,7 @@
 //! session a series of HTTP POSTs of events to the backend).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use crate::codec::ws::{
     self, Event as WsFrameEvent, Kind as WsKind, Opcode, Reader, Role, WsError,
 };
 use crate::codec::wsevents::{self, WsEvent};
-use crate::conn::grip::{read_body, HoldEnd};
+use crate::conn::grip::{dropped_warning, read_body, send_now, write_held, HoldEnd, Written};
 use crate::conn::http::{Client, Outcome};
 use crate::route::{Backend, Route, Target};
 use crate::shard::Shard;
@@ -27,6 +28,8 @@ use crate::upstream::Upstream;
 
 /// Largest message accepted from a client or a backend.
 pub const MAX_MESSAGE: usize = 1 << 20;
+/// Most queued bytes joined into one write.
+const COALESCE_MAX: usize = 64 * 1024;
 /// Most attempts for one WebSocket-over-HTTP request.
 const POST_ATTEMPTS: usize = 3;
 
@@ -334,13 +337,13 @@ async fn test_target(
         return outcome(101, 0, "test");
     }
     let sub = ws_sub(shard, vec![format!("{prefix}{channel}")]);
-    let end = client_loop(c, &sub, "test").await;
+    let end = client_loop(shard, c, &sub, "test").await;
     end
 }
 
 /// A session whose only peer is the subscription (test target, or an
 /// over-HTTP session after `detach`): publishes go out, pings are answered.
-async fn client_loop(c: &mut Client, sub: &Rc<Sub>, target: &str) -> HoldEnd {
+async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str) -> HoldEnd {
     let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
     let mut bytes = 0u64;
     let mut first = (!c.inbuf.is_empty()).then_some(Io::Client);
@@ -372,13 +375,31 @@ async fn client_loop(c: &mut Client, sub: &Rc<Sub>, target: &str) -> HoldEnd {
                 }
             },
             Io::Sub(Msg::Data(b)) => {
-                let mut run = b.to_vec();
-                sub.take_data_run(&mut run, 64 * 1024);
-                if !send(c, &run).await {
-                    return outcome(101, bytes, target);
+                // A backlog of small messages goes out in one write; a
+                // large message is written from the shared bytes.
+                let joinable = sub
+                    .next_data_len()
+                    .is_some_and(|n| b.len() + n <= COALESCE_MAX);
+                let (r, n) = if joinable {
+                    let mut run = shard.bufs.take_out();
+                    run.extend_from_slice(&b);
+                    sub.take_data_run(&mut run, COALESCE_MAX);
+                    let r = write_held(shard, c, sub, &run).await;
+                    let n = run.len();
+                    shard.bufs.give_out(run);
+                    (r, n)
+                } else {
+                    (write_held(shard, c, sub, &b).await, b.len())
+                };
+                bytes += n as u64;
+                match r {
+                    Written::Done => sub.wrote(Instant::now()),
+                    Written::Gone => return outcome(101, bytes, target),
+                    Written::Dropped => {
+                        drop_client(shard, c);
+                        return outcome(101, bytes, target);
+                    }
                 }
-                bytes += run.len() as u64;
-                sub.wrote(Instant::now());
             }
             Io::Sub(Msg::WsClose(code, reason)) => {
                 let _ = send(c, &close_frame(code, &reason, None)).await;
@@ -386,7 +407,7 @@ async fn client_loop(c: &mut Client, sub: &Rc<Sub>, target: &str) -> HoldEnd {
             }
             Io::Sub(_) | Io::Timer | Io::Backend => {}
             Io::Dropped => {
-                let _ = send(c, &close_frame(1008, "too slow", None)).await;
+                drop_client(shard, c);
                 return outcome(101, bytes, target);
             }
             Io::ClientGone | Io::BackendGone => return outcome(101, bytes, target),
@@ -404,7 +425,9 @@ fn upgrade_request(
     route: &Route,
 ) -> Vec<u8> {
     let mut extra = Vec::new();
-    shard.write_grip_headers(&mut extra, shard.sig_for(route).as_ref());
+    if route.grip() {
+        shard.write_grip_headers(&mut extra, shard.sig_for(route).as_ref());
+    }
     extra.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
     let mut out = Vec::with_capacity(512);
     crate::conn::http::write_request_head(
@@ -477,6 +500,14 @@ async fn bad_gateway(c: &mut Client, why: &str, target: &str) -> HoldEnd {
     outcome(502, 0, target)
 }
 
+/// Ends a WebSocket whose subscriber was dropped for not keeping up: a
+/// close 1008 if the socket takes it now (it is full, or nearly), then the
+/// connection ends without waiting for the client.
+fn drop_client(shard: &Shard, c: &Client) {
+    dropped_warning(shard, c, "WebSocket");
+    send_now(c, &close_frame(1008, "too slow", None));
+}
+
 /// Frame-by-frame proxying to a WebSocket backend.
 async fn passthrough(
     shard: &Rc<Shard>,
@@ -507,7 +538,16 @@ async fn passthrough(
         let n = relay_refusal(c, &resp, &body).await;
         return outcome(resp.status, n, &target);
     }
-    let (grip, other_ext) = grip_extension(resp.fields.get("sec-websocket-extensions"));
+    let extensions = resp.fields.get("sec-websocket-extensions");
+    let (grip, other_ext) = if route.grip() {
+        grip_extension(extensions)
+    } else {
+        // `no_grip`: the backend's extensions reach the client unread.
+        (
+            None,
+            String::from_utf8_lossy(extensions.unwrap_or(b"")).into_owned(),
+        )
+    };
     let protocol = resp
         .fields
         .get("sec-websocket-protocol")
@@ -517,7 +557,7 @@ async fn passthrough(
     }
     let _ = up.stream.set_read_timeout(None);
     let prefix = route.prefix.clone().unwrap_or_default();
-    let sub = ws_sub(shard, Vec::new());
+    let sub = ws_sub(shard, route.implicit_channels(&backend.addr));
     let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
     end
 }
@@ -665,17 +705,28 @@ async fn relay(
                 }
                 if !out.is_empty() {
                     bytes += out.len() as u64;
-                    if !send(c, &out).await {
-                        return outcome(101, bytes, target);
+                    match write_held(shard, c, sub, &out).await {
+                        Written::Done => {}
+                        Written::Gone => return outcome(101, bytes, target),
+                        Written::Dropped => {
+                            drop_client(shard, c);
+                            return outcome(101, bytes, target);
+                        }
                     }
                 }
             }
-            Io::Sub(Msg::Data(b)) => {
-                if !send(c, &b).await {
+            Io::Sub(Msg::Data(b)) => match write_held(shard, c, sub, &b).await {
+                Written::Done => sub.wrote(Instant::now()),
+                Written::Gone => return outcome(101, bytes, target),
+                Written::Dropped => {
+                    drop_client(shard, c);
+                    let _ = up
+                        .stream
+                        .write_all(&close_frame(1001, "client went away", Some(mask_key())))
+                        .await;
                     return outcome(101, bytes, target);
                 }
-                sub.wrote(Instant::now());
-            }
+            },
             Io::Sub(Msg::WsClose(code, reason)) => {
                 let _ = send(c, &close_frame(code, &reason, None)).await;
                 let _ = up
@@ -686,7 +737,11 @@ async fn relay(
             }
             Io::Sub(_) | Io::Timer => {}
             Io::Dropped => {
-                let _ = send(c, &close_frame(1008, "too slow", None)).await;
+                drop_client(shard, c);
+                let _ = up
+                    .stream
+                    .write_all(&close_frame(1001, "client went away", Some(mask_key())))
+                    .await;
                 return outcome(101, bytes, target);
             }
             Io::ClientGone => {
@@ -727,7 +782,7 @@ struct EventsReply {
 impl Session<'_> {
     /// POSTs `events` to the backend (retrying on connection failures);
     /// `None` when the backend cannot be reached.
-    async fn post(&mut self, c: &Client, events: &[WsEvent]) -> Option<EventsReply> {
+    async fn post(&mut self, peer: SocketAddr, events: &[WsEvent]) -> Option<EventsReply> {
         let mut body = Vec::new();
         for e in events {
             wsevents::encode(&mut body, e);
@@ -789,7 +844,7 @@ impl Session<'_> {
                     self.head,
                     &self.path,
                     b,
-                    &c.peer,
+                    &peer,
                     &self.shard.cfg.forwarding,
                     &extra,
                     &skip,
@@ -900,6 +955,68 @@ async fn apply(
     after
 }
 
+/// Something that happened while a session's request was in flight.
+enum During {
+    Reply(Option<EventsReply>),
+    Sub(Msg),
+    Dropped,
+}
+
+/// POSTs `events` while still delivering publishes to the client (when
+/// `deliver`): a slow backend must not hold back messages, or a published
+/// close, meant for the client. Returns the backend's reply, and the last
+/// event to report when the session ended meanwhile (its client closed).
+async fn post_delivering(
+    s: &mut Session<'_>,
+    c: &mut Client,
+    sub: &Sub,
+    events: &[WsEvent],
+    deliver: bool,
+) -> (Option<EventsReply>, Option<WsEvent>) {
+    let s_shard = s.shard;
+    let mut post = std::pin::pin!(s.post(c.peer, events));
+    let mut ended: Option<WsEvent> = None;
+    loop {
+        let listen = deliver && ended.is_none();
+        let ev = futures_lite::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = post.as_mut().poll(cx) {
+                return Poll::Ready(During::Reply(r));
+            }
+            if listen {
+                if sub.dropped() {
+                    return Poll::Ready(During::Dropped);
+                }
+                if let Some(m) = sub.poll_msg(cx.waker()) {
+                    return Poll::Ready(During::Sub(m));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match ev {
+            During::Reply(r) => return (r, ended),
+            During::Sub(Msg::Data(b)) => match write_held(s_shard, c, sub, &b).await {
+                Written::Done => sub.wrote(Instant::now()),
+                Written::Gone => ended = Some(WsEvent::Disconnect),
+                Written::Dropped => {
+                    drop_client(s_shard, c);
+                    ended = Some(WsEvent::Disconnect);
+                }
+            },
+            During::Sub(Msg::WsClose(code, reason)) => {
+                let _ = send(c, &close_frame(code, &reason, None)).await;
+                let _ = c.stream.close().await;
+                ended = Some(WsEvent::Close(Some(code), reason.into_bytes()));
+            }
+            During::Sub(_) => {}
+            During::Dropped => {
+                drop_client(s_shard, c);
+                ended = Some(WsEvent::Disconnect);
+            }
+        }
+    }
+}
+
 /// WebSocket-over-HTTP (GRIP.md §3).
 async fn over_http(
     shard: &Rc<Shard>,
@@ -920,7 +1037,7 @@ async fn over_http(
         last_request: Instant::now(),
         target: "-".into(),
     };
-    let Some(open) = s.post(c, &[WsEvent::Open]).await else {
+    let Some(open) = s.post(c.peer, &[WsEvent::Open]).await else {
         return bad_gateway(c, "upstream unreachable", "-").await;
     };
     if !is_events(&open.resp) {
@@ -948,7 +1065,7 @@ async fn over_http(
     if !send(c, &switching(head, protocol.as_deref(), None)).await {
         return outcome(101, 0, &s.target);
     }
-    let sub = ws_sub(shard, Vec::new());
+    let sub = ws_sub(shard, route.implicit_channels(&s.target));
     let _live = LiveSession::mark(shard, s.connection_id.clone());
     session_loop(&mut s, c, &sub, events).await
 }
@@ -988,7 +1105,7 @@ async fn session_loop(
     let mut first_io = (!c.inbuf.is_empty()).then_some(Io::Client);
     loop {
         if detached {
-            return client_loop(c, sub, &target).await;
+            return client_loop(s.shard, c, sub, &target).await;
         }
         let deadline = s.keep_alive.map(|k| s.last_request + k);
         let mut pending: Vec<WsEvent> = Vec::new();
@@ -1033,12 +1150,18 @@ async fn session_loop(
                 pending.push(WsEvent::Disconnect);
                 end_after = true;
             }
-            Io::Sub(Msg::Data(b)) => {
-                if !send(c, &b).await {
+            Io::Sub(Msg::Data(b)) => match write_held(s.shard, c, sub, &b).await {
+                Written::Done => sub.wrote(Instant::now()),
+                Written::Gone => {
                     pending.push(WsEvent::Disconnect);
                     end_after = true;
                 }
-            }
+                Written::Dropped => {
+                    drop_client(s.shard, c);
+                    pending.push(WsEvent::Disconnect);
+                    end_after = true;
+                }
+            },
             Io::Sub(Msg::WsClose(code, reason)) => {
                 let _ = send(c, &close_frame(code, &reason, None)).await;
                 pending.push(WsEvent::Close(Some(code), reason.into_bytes()));
@@ -1046,7 +1169,7 @@ async fn session_loop(
             }
             Io::Timer => {} // keep-alive: an empty request
             Io::Dropped => {
-                let _ = send(c, &close_frame(1008, "too slow", None)).await;
+                drop_client(s.shard, c);
                 pending.push(WsEvent::Disconnect);
                 end_after = true;
             }
@@ -1055,7 +1178,22 @@ async fn session_loop(
         if pending.is_empty() && !matches!(deadline, Some(d) if Instant::now() >= d) {
             continue;
         }
-        match s.post(c, &pending).await {
+        if end_after {
+            // The client's part is over (its close frame is sent): end the
+            // connection now rather than after the backend has answered
+            // the last event. A client waits for the server to close the
+            // TCP connection after a close frame (RFC 6455 §7.1.1), and a
+            // slow backend must not keep it waiting.
+            let _ = c.stream.close().await;
+        }
+        let (reply, ended) = post_delivering(s, c, sub, &pending, !end_after).await;
+        if let Some(last) = ended {
+            // The session ended while the request was in flight (a
+            // published close, or the client failed): tell the backend.
+            let _ = s.post(c.peer, &[last]).await;
+            return outcome(101, 0, &target);
+        }
+        match reply {
             Some(reply) if is_events(&reply.resp) => {
                 s.absorb(&reply.resp);
                 let evs = wsevents::decode(&reply.body).unwrap_or_default();

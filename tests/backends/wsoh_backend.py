@@ -5,10 +5,14 @@ accepts OPEN (unless the `Auth-Key` header is missing or wrong: 403 with a
 JSON body, as an API gateway would), subscribes the connection to
 `room` (or ?channel=), sets meta `user`, echoes TEXT/BINARY, closes on
 "close me", and logs every request as a JSON line to the file named by
-argv[1] (events, Connection-Id, Meta-*, Auth-Key, Grip-Sig).
+argv[1] (events, Connection-Id, Meta-*, Auth-Key, Grip-Sig). With
+`--hold FILE`, a request carrying CLOSE, DISCONNECT or the message "hold"
+is answered only once FILE exists: a slow backend, released by the test.
 """
 import json
+import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -16,6 +20,7 @@ from gripcontrol import WebSocketContext, decode_websocket_events, encode_websoc
 from gripcontrol.websocketevent import WebSocketEvent
 
 LOG = sys.argv[1]
+HOLD = sys.argv[3] if sys.argv[2:3] == ["--hold"] else None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -50,6 +55,10 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(403, [("Content-Type", "application/json")],
                        b'{"message":"Invalid authentication credentials"}')
             return
+        if HOLD and any(e.type in ("CLOSE", "DISCONNECT") or e.content == b"hold" for e in events):
+            deadline = time.time() + 60
+            while not os.path.exists(HOLD) and time.time() < deadline:
+                time.sleep(0.02)
         ctx = WebSocketContext(self.headers.get("Connection-Id"), meta, events)
         headers = [("Content-Type", "application/websocket-events")]
         out = []

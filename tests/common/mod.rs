@@ -49,7 +49,20 @@ impl Corepin {
     }
 
     pub fn start_in(args: &[&str], add_listen: bool) -> Corepin {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corepin"));
+        Self::start_wrapped(&[], args, add_listen)
+    }
+
+    /// Starts corepin under a wrapper command that execs it (such as
+    /// `prlimit --nofile=64:64`), so the child is still corepin.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], add_listen: bool) -> Corepin {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_corepin"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_corepin")),
+        };
         if add_listen {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }

@@ -1,0 +1,149 @@
+//! TLS at the edge and to backends, with rustls: certificates by SNI
+//! (`certs`, `names`), the server and client configurations (`server`,
+//! `client`), a sans-IO stream adapter for any `AsyncRead + AsyncWrite`
+//! (`stream`), and the first-bytes classifier that answers plaintext HTTP
+//! on a TLS port (`sniff`). No glommio types here: the connection layer
+//! hands in its socket and a timer future.
+//!
+//! How a TLS listener's connection goes (for the `Connection` layer):
+//! 1. read up to `sniff::DECISIVE_BYTES` bytes into the connection's
+//!    buffer until `sniff::classify` answers;
+//! 2. `PlainHttp`: write `sniff::PLAINTEXT_RESPONSE`, shut down the write
+//!    side, drain what the client sends for a moment, close; `Other`:
+//!    close, count `HandshakeError::NotTls`;
+//! 3. `Tls`: `ServerTlsStream::accept(socket, core_config.clone(), &buf)`
+//!    then `.handshake(glommio::timer::sleep(timeout)).await`; on `Err`
+//!    count `e.reason()` and drop the stream;
+//! 4. from then on read and write the `ServerTlsStream` where the socket
+//!    was used, `flush` after each response or batch, `close` at the end.
+//!
+//! Crypto provider: aws-lc-rs, chosen by measurement (PERFORMANCE.md,
+//! "TLS provider"; `benches/tls_provider.rs`).
+//!
+//! Kernel TLS (kTLS), investigated: not available, and `tls.ktls = true`
+//! is refused. The kernels here are built without `CONFIG_TLS` (and
+//! without module support): `setsockopt(TCP_ULP, "tls")` fails with
+//! ENOENT and there is no /proc/net/tls_stat. Even where the kernel has
+//! it, the `ktls` crate drives tokio sockets; doing it by hand
+//! (rustls's `dangerous_extract_secrets`, then `TCP_ULP` and
+//! `TLS_TX`/`TLS_RX` on glommio's fd) would leave glommio's plain
+//! `recv`s facing the non-data records kTLS hands up with a control
+//! message (a close_notify, a TLS 1.3 KeyUpdate or NewSessionTicket),
+//! which a plain read answers with EIO; it would need a recvmsg path in
+//! the runtime, and after a KeyUpdate a rekey that rustls no longer
+//! tracks. Worth revisiting with the io_uring data path and a kernel
+//! that has it; until then rustls encrypts in userspace.
+
+pub mod certs;
+pub mod client;
+pub mod names;
+pub mod server;
+pub mod sniff;
+pub mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::ProducesTickets;
+
+use crate::config::Config;
+use crate::route::Target;
+
+pub use certs::{CertProblem, CertStore};
+pub use server::{Reloadable, ServerTls};
+pub use stream::{ClientTlsStream, HandshakeError, ServerTlsStream, TlsStream};
+
+/// The crypto provider every TLS configuration of corepin uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A session-ticket key (rotated by rustls), made once per process.
+pub fn ticketer() -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
+    rustls::crypto::aws_lc_rs::Ticketer::new()
+}
+
+/// What `corepin check` says about a config's TLS settings: lines to
+/// print on success (what is served, warnings), and problems (one line
+/// each; any makes the check fail).
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub info: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// Validates the TLS listeners' certificates and the TLS-to-backend
+/// targets as start-up would.
+pub fn check(cfg: &Config) -> CheckReport {
+    let mut report = CheckReport::default();
+    if let Some(source) = &cfg.tls {
+        match Reloadable::new(source.clone()) {
+            Ok(r) => {
+                for (name, path) in r.store().loaded() {
+                    report
+                        .info
+                        .push(format!("tls: {name} <- {}", path.display()));
+                }
+                if !r.store().has_default() {
+                    report.info.push(
+                        "tls: no default certificate: clients whose SNI name matches none are refused in the handshake"
+                            .into(),
+                    );
+                }
+            }
+            Err(problems) => report.problems.extend(problems.into_iter().map(|p| p.0)),
+        }
+    }
+    let mut need_roots = false;
+    for route in cfg.routes.iter() {
+        for t in &route.targets {
+            let Target::Backend(b) = t else { continue };
+            if !b.ssl {
+                continue;
+            }
+            if let Err(e) = client::server_name(&b.addr, b.host.as_deref()) {
+                report
+                    .problems
+                    .push(format!("routes: '{}': target {}: {e}", route.line, b.addr));
+            }
+            if b.insecure {
+                report.info.push(warn_insecure(&b.addr));
+            } else {
+                need_roots = true;
+            }
+        }
+    }
+    if need_roots {
+        match client::system_roots() {
+            Ok(roots) => report.info.push(format!(
+                "tls: {} CA certificates in the system store for ssl targets",
+                roots.len()
+            )),
+            Err(e) => report.problems.push(format!("routes: ssl targets: {e}")),
+        }
+    }
+    report
+}
+
+/// The start-up warning for a target that skips verification.
+pub fn warn_insecure(addr: &str) -> String {
+    format!(
+        "warning: target {addr} is reached over TLS without verifying its certificate (insecure)"
+    )
+}
+
+/// Until TLS serving is wired into the connection layer, `corepin run`
+/// refuses TLS settings it cannot serve rather than ignore them: the one
+/// line to print, naming the setting.
+pub fn not_served_yet(cfg: &Config) -> Option<String> {
+    const WHY: &str =
+        "TLS serving is not wired yet (corepin check validates it; the connection layer takes it next)";
+    if !cfg.listen_tls.is_empty() {
+        return Some(format!("listen_tls (--listen-tls): {WHY}"));
+    }
+    cfg.routes
+        .first_ssl_target()
+        .map(|(r, b)| format!("routes: '{}': target {} 'ssl': {WHY}", r.line, b.addr))
+}

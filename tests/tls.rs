@@ -1,0 +1,720 @@
+//! TLS over real loopback sockets, before the connection layer serves it:
+//! a small glommio server in the test drives corepin's own pieces
+//! (`tls::sniff` on the first bytes, `ServerTlsStream` for the handshake
+//! and the bytes, `CertStore` choosing by SNI) and real clients talk to
+//! it: curl with `--cacert`, `openssl s_client` (SNI, ALPN, TLS 1.2 and
+//! 1.3, resumption, h2-only refusal), plain TCP (plaintext request,
+//! garbage, a stalled handshake), and corepin's `ClientTlsStream` (TLS to
+//! backends, verified and `insecure`). Also `corepin check` and
+//! `corepin run` on TLS settings. Certificates are made at test time.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
+
+use corepin::config::TlsCerts;
+use corepin::tls::sniff::{classify, Sniff, PLAINTEXT_RESPONSE};
+use corepin::tls::{client, ClientTlsStream, Reloadable, ServerTlsStream};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream as GTcpStream;
+use glommio::timer::sleep;
+use glommio::LocalExecutorBuilder;
+use rustls::ServerConfig;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let p = std::env::temp_dir().join(format!(
+            "corepin-tls-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new(cn: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = p.self_signed(&key).expect("CA");
+        Ca { cert, key }
+    }
+
+    /// A leaf for `names` written as `dir/stem.crt` + `dir/stem.key`.
+    fn leaf_into(&self, dir: &TempDir, stem: &str, names: &[&str]) {
+        self.leaf_with(dir, stem, names, |_| {})
+    }
+
+    fn leaf_with(
+        &self,
+        dir: &TempDir,
+        stem: &str,
+        names: &[&str],
+        f: impl FnOnce(&mut rcgen::CertificateParams),
+    ) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("x"),
+        );
+        f(&mut p);
+        let cert = p.signed_by(&key, &self.cert, &self.key).expect("leaf");
+        dir.write(&format!("{stem}.crt"), &cert.pem());
+        dir.write(&format!("{stem}.key"), &key.serialize_pem());
+    }
+}
+
+/// A certificates directory: `a.example.com`, `_.example.com`, and
+/// (when `default`) a default; plus the CA file clients trust.
+struct Certs {
+    dir: TempDir,
+    _ca_dir: TempDir,
+    ca_file: String,
+    ca: Ca,
+}
+
+fn certs(default: bool) -> Certs {
+    let ca = Ca::new("corepin test CA");
+    let dir = TempDir::new();
+    ca.leaf_into(&dir, "a.example.com", &["a.example.com"]);
+    ca.leaf_into(&dir, "_.example.com", &["*.example.com"]);
+    if default {
+        ca.leaf_into(&dir, "default", &["default.test", "localhost"]);
+    }
+    let ca_dir = TempDir::new();
+    let ca_file = ca_dir.write("ca.pem", &ca.cert.pem());
+    Certs {
+        ca_file: ca_file.display().to_string(),
+        dir,
+        _ca_dir: ca_dir,
+        ca,
+    }
+}
+
+/// The test server: corepin's TLS pieces over glommio sockets. Each
+/// connection's outcome (`served`, `plain_http`, or a handshake failure
+/// reason) arrives on `events`.
+struct Harness {
+    addr: SocketAddr,
+    events: mpsc::Receiver<String>,
+}
+
+impl Harness {
+    fn start(config: Arc<ServerConfig>, timeout: Duration) -> Harness {
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (tx, events) = mpsc::channel();
+        LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let l = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                addr_tx.send(l.local_addr().expect("addr")).expect("send");
+                loop {
+                    let Ok(s) = l.accept().await else { continue };
+                    let (config, tx) = (config.clone(), tx.clone());
+                    glommio::spawn_local(async move {
+                        let outcome = serve_one(s, config, timeout).await;
+                        let _ = tx.send(outcome);
+                    })
+                    .detach();
+                }
+            })
+            .expect("executor");
+        Harness {
+            addr: addr_rx.recv_timeout(WAIT).expect("listening"),
+            events,
+        }
+    }
+
+    fn next(&self) -> String {
+        self.events.recv_timeout(WAIT).expect("an outcome")
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+async fn serve_one(mut s: GTcpStream, config: Arc<ServerConfig>, timeout: Duration) -> String {
+    // 1. Classify the first bytes, within the handshake timeout.
+    let mut first = [0u8; 64];
+    let mut n = 0;
+    let sniffed = futures_lite::future::or(
+        async {
+            loop {
+                if let Some(k) = classify(&first[..n]) {
+                    return Ok(k);
+                }
+                match s.read(&mut first[n..]).await {
+                    Ok(0) | Err(_) => return Err("closed".to_string()),
+                    Ok(m) => n += m,
+                }
+            }
+        },
+        async {
+            sleep(timeout).await;
+            Err("timeout".to_string())
+        },
+    )
+    .await;
+    match sniffed {
+        Err(e) => e,
+        Ok(Sniff::Other) => "not_tls".into(),
+        Ok(Sniff::PlainHttp) => {
+            let _ = s.write_all(PLAINTEXT_RESPONSE).await;
+            let _ = s.shutdown(Shutdown::Write).await;
+            // Lingering close: let the client's request in before closing.
+            let mut sink = [0u8; 1024];
+            let _ = futures_lite::future::or(
+                async { while matches!(s.read(&mut sink).await, Ok(m) if m > 0) {} },
+                sleep(timeout),
+            )
+            .await;
+            "plain_http".into()
+        }
+        Ok(Sniff::Tls) => {
+            // 2. The handshake, with the bytes already read.
+            let mut tls = match ServerTlsStream::accept(s, config, &first[..n]) {
+                Ok(t) => t,
+                Err(e) => return e.reason().into(),
+            };
+            if let Err(e) = tls.handshake(sleep(timeout)).await {
+                return e.reason().into();
+            }
+            // 3. One request, one response, close_notify.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return "request cut".into(),
+                    Ok(m) => req.extend_from_slice(&buf[..m]),
+                }
+            }
+            let c = tls.conn();
+            let line = String::from_utf8_lossy(&req);
+            let body = format!(
+                "sni={} alpn={} version={} resumed={} request={}\n",
+                c.server_name().unwrap_or("-"),
+                c.alpn_protocol()
+                    .map_or("-".into(), |a| String::from_utf8_lossy(a).into_owned()),
+                c.protocol_version()
+                    .map_or("-".into(), |v| format!("{v:?}")),
+                c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                line.lines().next().unwrap_or(""),
+            );
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if tls.write_all(resp.as_bytes()).await.is_err() || tls.flush().await.is_err() {
+                return "write failed".into();
+            }
+            let _ = tls.close().await;
+            "served".into()
+        }
+    }
+}
+
+fn server_config(certs: &Certs) -> Arc<ServerConfig> {
+    Reloadable::new(TlsCerts::Dir(certs.dir.0.clone()))
+        .expect("certificates load")
+        .current()
+}
+
+fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("stdin write");
+    drop(input);
+    // Every client here is bounded by its own timeout flag.
+    child.wait_with_output().expect("wait")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn curl(h: &Harness, certs: &Certs, host: &str, extra: &[&str]) -> Output {
+    let port = h.port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert", &certs.ca_file])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(extra)
+        .arg(format!("https://{host}:{port}/hello"));
+    run(&mut cmd, b"")
+}
+
+fn s_client(h: &Harness, certs: &Certs, args: &[&str]) -> Output {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &h.addr.to_string()])
+        .args([
+            "-CAfile",
+            &certs.ca_file,
+            "-verify_return_error",
+            "-ign_eof",
+        ])
+        .args(args);
+    run(
+        &mut cmd,
+        b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+}
+
+#[test]
+fn curl_gets_the_certificate_for_its_name() {
+    let certs = certs(true);
+    let h = Harness::start(server_config(&certs), WAIT);
+    for (host, extra, version) in [
+        ("a.example.com", &[][..], "TLSv1_3"),
+        ("www.example.com", &[][..], "TLSv1_3"),
+        ("a.example.com", &["--tls-max", "1.2"][..], "TLSv1_2"),
+        ("localhost", &["--tlsv1.2"][..], "TLSv1_3"),
+    ] {
+        let o = curl(&h, &certs, host, extra);
+        let out = text(&o);
+        assert!(o.status.success(), "{host}: {out}");
+        // curl checked the name against the certificate: SNI chose it.
+        assert!(
+            out.contains(&format!("sni={host} alpn=http/1.1 version={version}"))
+                && out.contains("request=GET /hello HTTP/1.1"),
+            "{host} {extra:?}: {out}"
+        );
+        assert_eq!(h.next(), "served");
+    }
+    // A name two labels under the wildcard gets the default certificate,
+    // which curl refuses for that name (after the handshake: it checks
+    // the name itself, then hangs up).
+    let o = curl(&h, &certs, "x.y.example.com", &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("x.y.example.com"), "{}", text(&o));
+    assert_eq!(h.next(), "request cut");
+    for (sni, subject) in [
+        ("x.y.example.com", "CN = default.test"),
+        ("b.example.com", "CN = *.example.com"),
+        ("A.EXAMPLE.COM", "CN = a.example.com"),
+    ] {
+        let o = s_client(&h, &certs, &["-servername", sni]);
+        assert!(
+            text(&o).contains(&format!("subject={subject}")),
+            "{sni}: {}",
+            text(&o)
+        );
+        assert_eq!(h.next(), "served");
+    }
+}
+
+#[test]
+fn openssl_s_client_versions_alpn_and_resumption() {
+    let certs = certs(true);
+    let h = Harness::start(server_config(&certs), WAIT);
+    let sess = TempDir::new();
+    let sess_file = sess.path("session.pem");
+    for (version, proto) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let o = s_client(
+            &h,
+            &certs,
+            &[
+                version,
+                "-servername",
+                "a.example.com",
+                "-alpn",
+                "h2,http/1.1",
+                "-sess_out",
+                &sess_file,
+            ],
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+        assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+        assert!(out.contains(&format!("New, {proto}")), "{out}");
+        assert!(
+            out.contains("sni=a.example.com alpn=http/1.1") && out.contains("resumed=false"),
+            "{out}"
+        );
+        assert_eq!(h.next(), "served");
+        // The ticket from that connection resumes the next one.
+        let o = s_client(
+            &h,
+            &certs,
+            &[
+                version,
+                "-servername",
+                "a.example.com",
+                "-sess_in",
+                &sess_file,
+            ],
+        );
+        let out = text(&o);
+        assert!(out.contains(&format!("Reused, {proto}")), "{out}");
+        assert!(out.contains("resumed=true"), "{out}");
+        assert_eq!(h.next(), "served");
+    }
+    // No ALPN offered at all: served, no protocol agreed.
+    let o = s_client(&h, &certs, &["-servername", "a.example.com"]);
+    assert!(text(&o).contains("alpn=-"), "{}", text(&o));
+    assert_eq!(h.next(), "served");
+}
+
+#[test]
+fn an_h2_only_client_gets_no_application_protocol() {
+    let certs = certs(true);
+    let h = Harness::start(server_config(&certs), WAIT);
+    let o = s_client(&h, &certs, &["-servername", "a.example.com", "-alpn", "h2"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("no application protocol"), "{out}");
+    assert_eq!(h.next(), "alpn_mismatch");
+}
+
+#[test]
+fn an_unknown_name_without_default_fails_the_handshake() {
+    let certs = certs(false);
+    let h = Harness::start(server_config(&certs), WAIT);
+    let o = s_client(&h, &certs, &["-servername", "other.test"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("access denied"), "{out}");
+    assert_eq!(h.next(), "no_certificate");
+    // No SNI at all: the same.
+    let o = s_client(&h, &certs, &["-noservername"]);
+    assert!(text(&o).contains("access denied"), "{}", text(&o));
+    assert_eq!(h.next(), "no_certificate");
+    // The names it has still work.
+    let o = curl(&h, &certs, "b.example.com", &[]);
+    assert!(text(&o).contains("sni=b.example.com"), "{}", text(&o));
+    assert_eq!(h.next(), "served");
+}
+
+#[test]
+fn plaintext_on_the_tls_port_gets_400() {
+    let certs = certs(true);
+    let h = Harness::start(server_config(&certs), WAIT);
+    let port = h.port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/x"));
+    let o = run(&mut cmd, b"");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "The plain HTTP request was sent to HTTPS port\n\n400",
+        "{}",
+        text(&o)
+    );
+    assert_eq!(h.next(), "plain_http");
+}
+
+#[test]
+fn garbage_and_stalled_handshakes_are_cut() {
+    let certs = certs(true);
+    let h = Harness::start(server_config(&certs), Duration::from_millis(300));
+    let closed = |mut s: TcpStream| {
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut rest = Vec::new();
+        // EOF (Ok) or a reset both mean the server let go.
+        let _ = s.read_to_end(&mut rest);
+        rest
+    };
+    // Not TLS, not HTTP: closed without an answer.
+    let mut s = TcpStream::connect(h.addr).expect("connect");
+    s.write_all(b"\x00\x01\x02garbage").expect("write");
+    assert!(closed(s).is_empty());
+    assert_eq!(h.next(), "not_tls");
+    // A handshake record that never completes: cut by the timeout.
+    let mut s = TcpStream::connect(h.addr).expect("connect");
+    s.write_all(b"\x16\x03\x01\x02\x00\x01\x00").expect("write");
+    closed(s);
+    assert_eq!(h.next(), "timeout");
+    // Nothing at all.
+    let s = TcpStream::connect(h.addr).expect("connect");
+    closed(s);
+    assert_eq!(h.next(), "timeout");
+    // A whole handshake record holding a ClientHello of garbage:
+    // rustls's alert, then closed.
+    let mut s = TcpStream::connect(h.addr).expect("connect");
+    s.write_all(b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\xde\xad\xbe\xef")
+        .expect("write");
+    let answer = closed(s);
+    assert_eq!(answer.first(), Some(&0x15), "an alert record: {answer:?}");
+    assert_eq!(h.next(), "bad_handshake");
+    // The peer hanging up mid-handshake.
+    let mut s = TcpStream::connect(h.addr).expect("connect");
+    s.write_all(b"\x16\x03\x01\x02\x00").expect("write");
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    closed(s);
+    assert_eq!(h.next(), "closed");
+    // And the server still serves.
+    let o = curl(&h, &certs, "a.example.com", &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(h.next(), "served");
+}
+
+/// corepin's client side (TLS to backends) against the server side.
+fn fetch(addr: SocketAddr, roots_pem: Option<String>, insecure: bool, name: &str) -> String {
+    let name = name.to_string();
+    LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let mut roots = rustls::RootCertStore::empty();
+            if let Some(pem) = roots_pem {
+                use rustls::pki_types::pem::PemObject;
+                for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    roots.add(c.expect("pem")).expect("root");
+                }
+            }
+            let config = client::client_config(Arc::new(roots), insecure).expect("config");
+            let sn = client::server_name(&format!("{name}:443"), None).expect("name");
+            let s = GTcpStream::connect(addr).await.expect("connect");
+            let mut tls = ClientTlsStream::connect(s, config, sn).expect("client");
+            if let Err(e) = tls.handshake(sleep(WAIT)).await {
+                return format!("handshake: {}: {e}", e.reason());
+            }
+            tls.write_all(b"GET /backend HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            tls.flush().await.expect("flush");
+            let mut resp = Vec::new();
+            // Read to the server's close_notify: a clean end (Ok(0)).
+            match tls.read_to_end(&mut resp).await {
+                Ok(_) => String::from_utf8_lossy(&resp).into_owned(),
+                Err(e) => format!("read: {e}"),
+            }
+        })
+        .expect("executor")
+        .join()
+        .expect("join")
+}
+
+#[test]
+fn tls_to_backends_verifies_or_not() {
+    let certs = certs(true);
+    let h = Harness::start(server_config(&certs), WAIT);
+    let ca_pem = certs.ca.cert.pem();
+    let ok = fetch(h.addr, Some(ca_pem.clone()), false, "a.example.com");
+    assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    assert!(
+        ok.contains("sni=a.example.com alpn=http/1.1 version=TLSv1_3"),
+        "{ok}"
+    );
+    assert_eq!(h.next(), "served");
+    // Untrusted: the client refuses; the server hears its alert.
+    let other = Ca::new("another CA").cert.pem();
+    let e = fetch(h.addr, Some(other), false, "a.example.com");
+    assert!(
+        e.starts_with("handshake: bad_handshake") && e.contains("UnknownIssuer"),
+        "{e}"
+    );
+    assert_eq!(h.next(), "alert");
+    // insecure: no verification, still encrypted and to the same server.
+    let ok = fetch(h.addr, None, true, "a.example.com");
+    assert!(ok.contains("sni=a.example.com"), "{ok}");
+    assert_eq!(h.next(), "served");
+}
+
+fn corepin(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corepin"));
+    cmd.args(args);
+    run(&mut cmd, b"")
+}
+
+fn write_config(dir: &TempDir, body: &str) -> String {
+    dir.write("corepin.toml", body).display().to_string()
+}
+
+#[test]
+fn check_validates_certificates_one_line_each() {
+    let ca = Ca::new("check CA");
+    let dir = TempDir::new();
+    ca.leaf_into(&dir, "good.test", &["good.test"]);
+    ca.leaf_into(&dir, "default", &["default.test"]);
+    let cfg_dir = TempDir::new();
+    let cfg = write_config(
+        &cfg_dir,
+        &format!(
+            "listen_tls = [\"127.0.0.1:0\"]\nroutes = [\"* test\"]\n[tls]\ncerts_dir = \"{}\"\n",
+            dir.0.display()
+        ),
+    );
+    let o = corepin(&["check", "--config", &cfg]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "tls: good.test <- {}/good.test.crt",
+            dir.0.display()
+        )) && out.contains("tls: default <- "),
+        "{out}"
+    );
+    // Break it four ways.
+    ca.leaf_with(&dir, "expired.test", &["expired.test"], |p| {
+        p.not_before = rcgen::date_time_ymd(2001, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2002, 1, 1);
+    });
+    let good_key = std::fs::read_to_string(dir.0.join("good.test.key")).expect("key");
+    ca.leaf_into(&dir, "mismatch.test", &["mismatch.test"]);
+    dir.write("mismatch.test.key", &good_key);
+    dir.write(
+        "bad.test.crt",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
+    dir.write("bad.test.key", &good_key);
+    ca.leaf_into(&dir, "gone.test", &["gone.test"]);
+    std::fs::remove_file(dir.0.join("gone.test.key")).expect("rm");
+    std::os::unix::fs::symlink(dir.0.join("nowhere"), dir.0.join("gone.test.key")).expect("ln");
+    let o = corepin(&["check", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let d = dir.0.display();
+    let want = [
+        format!("corepin: {d}/bad.test.crt: not a PEM certificate file"),
+        format!("corepin: {d}/expired.test.crt: certificate expired on 2002-01-01T00:00:00Z"),
+        format!("corepin: {d}/gone.test.key: cannot read: No such file or directory"),
+        format!("corepin: {d}/mismatch.test.key: private key does not match the certificate in {d}/mismatch.test.crt"),
+    ];
+    assert_eq!(lines.len(), want.len(), "{err}");
+    for (line, w) in lines.iter().zip(&want) {
+        assert!(line.starts_with(w.as_str()), "{line:?} should start {w:?}");
+    }
+    // The flags, with an explicit pair that does not match.
+    let o = corepin(&[
+        "check",
+        "--config",
+        &cfg,
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &format!("{d}/good.test.crt"),
+        "--tls-key",
+        &format!("{d}/default.key"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).starts_with(&format!(
+            "corepin: {d}/default.key: private key does not match the certificate in {d}/good.test.crt"
+        )),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn run_refuses_tls_until_it_is_wired_and_check_accepts_it() {
+    let ca = Ca::new("run CA");
+    let dir = TempDir::new();
+    ca.leaf_into(&dir, "default", &["default.test"]);
+    let d = dir.0.display().to_string();
+    let o = corepin(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--control-http",
+        "",
+        "--control-socket",
+        "",
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-certs-dir",
+        &d,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim_end(),
+        "corepin: listen_tls (--listen-tls): TLS serving is not wired yet (corepin check validates it; the connection layer takes it next)"
+    );
+    let o = corepin(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--control-http",
+        "",
+        "--control-socket",
+        "",
+        "--route",
+        "* 127.0.0.1:9,ssl,insecure",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .starts_with("corepin: routes: '* 127.0.0.1:9,ssl,insecure': target 127.0.0.1:9 'ssl': TLS serving is not wired yet"),
+        "{}",
+        text(&o)
+    );
+    // check validates the same settings and says what it would serve.
+    let cfg_dir = TempDir::new();
+    let cfg = write_config(
+        &cfg_dir,
+        "routes = [\"*,ssl=yes localhost:9,ssl,insecure\"]\n",
+    );
+    let o = corepin(&[
+        "check",
+        "--config",
+        &cfg,
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-certs-dir",
+        &d,
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("tls: default <- "), "{out}");
+    assert!(
+        out.contains("warning: target localhost:9 is reached over TLS without verifying its certificate (insecure)"),
+        "{out}"
+    );
+    let o = corepin(&["check", "--config", &cfg, "--listen-tls", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("--listen-tls: TLS listeners need certificates"),
+        "{}",
+        text(&o)
+    );
+}
