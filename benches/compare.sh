@@ -17,8 +17,20 @@
 #   ws         WebSocket echo round trips/s (50 connections)
 #   memory     RSS per idle stream subscriber at 1k, 5k, 15k (the proxy's
 #              own processes; RSS after minus before, over N)
+#   publish    the publish path (corepin, Pushpin raised, nchan): publishes/s
+#              and server CPU per publish with 8 keep-alive publishers (wrk,
+#              benches/publish.lua; also pipelining 16 deep) and with 8
+#              corepin-load publishers, all
+#              over 2,000 channels with no subscribers; one closed-loop
+#              publisher to 2,000 channels x 1 subscriber (CPU per publish);
+#              the rooms workload (200 rooms x 10 subscribers, 20,000
+#              publishes) as fast as one publisher goes, then at half that
+#              rate: publishes/s, p50/p99/p99.9 publish->delivery, lost,
+#              out of order
 #
-# Env: ROUNDS (3), SECTIONS ("proxy fanout sustained ws memory"),
+# Env: ROUNDS (3), SECTIONS ("proxy fanout sustained ws memory publish"),
+#      PUB_SECONDS (10, each publish-rate run), PUB_PEERS (the publish
+#      section's peers, "corepin pushpin nchan"),
 #      SIZES ("1000 5000 15000"), OPEN_RATE (subscribers opened per
 #      second, 1000, the same for every peer: Pushpin 1.36 answers part of
 #      faster subscribe bursts with 500 "received message out of sequence"
@@ -26,10 +38,12 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-3}
-SECTIONS=${SECTIONS:-"proxy fanout sustained ws memory"}
+SECTIONS=${SECTIONS:-"proxy fanout sustained ws memory publish"}
+PUB_SECONDS=${PUB_SECONDS:-10}
+PUB_PEERS=${PUB_PEERS:-"corepin pushpin nchan"}
 SIZES=${SIZES:-"1000 5000 15000"}
 OPEN_RATE=${OPEN_RATE:-1000}
-RES=$ROOT/benches/results
+RES=${RES:-$ROOT/benches/results}
 RAW=$RES/compare.jsonl
 OUT=$RES/compare.md
 mkdir -p "$RES"
@@ -73,6 +87,53 @@ pubsub_pids() {
     pushpin*) pids_of "$BENCH_DIR/pushpin" ;;
     nchan) nginx_workers "$BENCH_DIR/nchan" ;;
   esac
+}
+
+# publish_to PEER: how corepin-load's publish mode reaches PEER (sets PUBTO)
+# and the URL and kind benches/publish.lua uses (sets WRKURL, WRKKIND).
+publish_to() {
+  case $1 in
+    corepin) PUBTO=(--to 127.0.0.1:18111); WRKURL=http://127.0.0.1:18111/publish/; WRKKIND=grip ;;
+    pushpin*) PUBTO=(--to 127.0.0.1:5601); WRKURL=http://127.0.0.1:5601/publish/; WRKKIND=grip ;;
+    nchan) PUBTO=(--to 127.0.0.1:18120 --via nchan); WRKURL=http://127.0.0.1:18120/pub; WRKKIND=nchan ;;
+  esac
+}
+
+# comma_pids PEER: the peer's processes as a comma list for --cpu-pids.
+comma_pids() { pubsub_pids "$1" | tr -s ' \n' ',' | sed 's/,$//'; }
+
+# wrk_publish PEER [DEPTH]: wrk with 8 keep-alive connections, one publish
+# per request (DEPTH requests pipelined per write), no subscribers; prints
+# JSON with the peer's CPU per publish.
+wrk_publish() {
+  publish_to "$1"
+  local pids before after out
+  pids=$(pubsub_pids "$1")
+  before=$(cpu_seconds $pids)
+  # `times` in the subshell gives wrk's own CPU time (the load generator's
+  # share of the 2 cores bounds what any peer can reach).
+  out=$( (wrk -t2 -c8 -d"${PUB_SECONDS}s" -s "$ROOT/benches/publish.lua" "$WRKURL" -- "$WRKKIND" 2000 "${2:-1}" 2>&1 || true; times) )
+  after=$(cpu_seconds $pids)
+  echo "$out" | python3 -c '
+import json, re, sys
+text = sys.stdin.read()
+before, after = float(sys.argv[1]), float(sys.argv[2])
+m = re.search(r"(\d+) requests in ([\d.]+)s", text)
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+errs = re.search(r"Socket errors: (.*)", text)
+n = int(m.group(1)) if m else 0
+ok = n - (int(bad.group(1)) if bad else 0)
+# The last line of times: user and system time of the children (wrk).
+t = re.findall(r"(\d+)m([\d.]+)s", text.strip().splitlines()[-1])
+client = sum(int(a) * 60 + float(b) for a, b in t) if len(t) == 2 else None
+print(json.dumps({"requests": n, "published": ok, "seconds": float(m.group(2)) if m else 0,
+  "publishes_per_sec": float(rps.group(1)) * ok / n if rps and n else 0,
+  "non_2xx": int(bad.group(1)) if bad else 0, "socket_errors": errs.group(1) if errs else "",
+  "server_cpu_seconds": after - before,
+  "server_cpu_us_per_publish": (after - before) * 1e6 / ok if ok else None,
+  "client_cpu_us_per_request": client * 1e6 / n if client is not None and n else None}))
+' "$before" "$after"
 }
 
 RUN=0
@@ -150,6 +211,40 @@ for round in $(seq 1 "$ROUNDS"); do
       memory)
         for peer in corepin pushpin nchan; do
           for n in $SIZES; do memory "$peer" "$n"; done
+        done ;;
+      publish)
+        for peer in $PUB_PEERS; do
+          start_pubsub "$peer"
+          publish_to "$peer"
+          record "$peer" publish-wrk8 "$(wrk_publish "$peer")"
+          record "$peer" publish-wrk8-pipelined "$(wrk_publish "$peer" 16)"
+          record "$peer" publish-load8 "$("$LOAD" publish "${PUBTO[@]}" --conns 8 --channels 2000 \
+              --seconds "$PUB_SECONDS" --cpu-pids "$(comma_pids "$peer")" 2>>"$BENCH_DIR/load.err" || true)"
+          restart
+          RUN=$((RUN + 1))
+          start_pubsub "$peer"
+          record "$peer" closed-2000x1 "$("$LOAD" fanout --to "$SUB" "${PUBARGS[@]}" "${PATHARGS[@]}" \
+              --channel-prefix "c$RUN-" --subscribers 2000 --channels 2000 --messages 20000 --rate "$OPEN_RATE" \
+              --settle-ms 1000 --grace-ms 5000 --timeout-s 120 --cpu-pids "$(comma_pids "$peer")" 2>>"$BENCH_DIR/load.err" || true)"
+          restart
+          RUN=$((RUN + 1))
+          start_pubsub "$peer"
+          local_json=$("$LOAD" rooms --to "$SUB" "${PUBARGS[@]}" "${PATHARGS[@]}" --channel-prefix "r$RUN-" \
+              --rate "$OPEN_RATE" --settle-ms 1000 --grace-ms 5000 --timeout-s 120 \
+              --cpu-pids "$(comma_pids "$peer")" 2>>"$BENCH_DIR/load.err" || true)
+          record "$peer" rooms-max "$local_json"
+          restart
+          half=$(printf '%s' "$local_json" | python3 -c 'import json,sys
+try: print(round(json.load(sys.stdin)["publish"]["publishes_per_sec"] / 2))
+except Exception: print(0)')
+          if [ "${half:-0}" -gt 0 ]; then
+            RUN=$((RUN + 1))
+            start_pubsub "$peer"
+            record "$peer" rooms-half "$("$LOAD" rooms --to "$SUB" "${PUBARGS[@]}" "${PATHARGS[@]}" --channel-prefix "r$RUN-" \
+                --publish-rate "$half" --rate "$OPEN_RATE" --settle-ms 1000 --grace-ms 5000 --timeout-s 120 \
+                --cpu-pids "$(comma_pids "$peer")" 2>>"$BENCH_DIR/load.err" || true)"
+            restart
+          fi
         done ;;
     esac
   done

@@ -14,14 +14,14 @@ bench_init() {
   mkdir -p "$BENCH_DIR"
   trap stop_all EXIT
   local missing=()
-  for bin in nginx pushpin zurl curl python3; do
+  for bin in nginx pushpin zurl curl python3 wrk; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
   done
   [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(nchan)
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: nginx libnginx-mod-nchan pushpin curl python3 (missing: ${missing[*]})" >&2
+    echo "installing: nginx libnginx-mod-nchan pushpin curl python3 wrk (missing: ${missing[*]})" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan pushpin curl python3 >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan pushpin curl python3 wrk >/dev/null
   fi
   (cd "$ROOT" && cargo build --release -q -p corepin -p corepin-load)
   LOAD=$ROOT/target/release/corepin-load
@@ -178,6 +178,17 @@ rss_kib() {
     total=$((total + ${kb:-0}))
   done
   echo "$total"
+}
+
+# cpu_seconds PID...: summed user + system CPU time of the processes.
+cpu_seconds() {
+  local ticks=0 pid t hz
+  hz=$(getconf CLK_TCK)
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    ticks=$((ticks + ${t:-0}))
+  done
+  awk -v t="$ticks" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}'
 }
 
 # median of the arguments (numbers).

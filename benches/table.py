@@ -102,6 +102,35 @@ mem = {"corepin": "corepin", "pushpin": "pushpin", "nginx": "nchan"}
 for n in sizes:
     row(f"RSS per idle stream subscriber at {int(n):,}, KiB", {k: (v, f"idle-{n}") for k, v in mem.items()}, kib, "{:.2f}", False)
 
+pubpeers = {"corepin": ("corepin",), "pushpin": ("pushpin",), "nginx": ("nchan",)}
+
+
+def pubrow(label, case, f, fmt, higher_better, show_pct=False):
+    row(label, {k: (v[0], case) for k, v in pubpeers.items()}, f, fmt, higher_better, show_pct)
+
+
+pps = lambda r: r["publishes_per_sec"] if r.get("published") else None
+cpu = lambda r: r.get("server_cpu_us_per_publish")
+pubrow("8 keep-alive publishers (wrk), 2,000 channels, no subscribers: publishes/s", "publish-wrk8", pps, "{:,.0f}", True)
+pubrow("— the same: server CPU per publish, µs", "publish-wrk8", cpu, "{:.1f}", False)
+pubrow("— the same: wrk's own CPU per request, µs", "publish-wrk8", lambda r: r.get("client_cpu_us_per_request"), "{:.1f}", False)
+pubrow("the same, pipelining 16 requests per write: publishes/s", "publish-wrk8-pipelined", pps, "{:,.0f}", True)
+pubrow("— the same: server CPU per publish, µs", "publish-wrk8-pipelined", cpu, "{:.1f}", False)
+pubrow("8 publishers (corepin-load), 2,000 channels, no subscribers: publishes/s", "publish-load8", pps, "{:,.0f}", True)
+pubrow("— the same: server CPU per publish, µs", "publish-load8", cpu, "{:.1f}", False)
+fpps = lambda r: r["publish"]["publishes_per_sec"] if r.get("published") else None
+pubrow("one closed-loop publisher, 2,000 channels × 1 subscriber: publishes/s", "closed-2000x1", fpps, "{:,.0f}", True, True)
+pubrow("— the same: server CPU per publish (and its deliveries), µs", "closed-2000x1", cpu, "{:.1f}", False, True)
+pubrow("rooms (200 × 10), one publisher as fast as it goes: publishes/s", "rooms-max", fpps, "{:,.0f}", True, True)
+pubrow("— the same: publish→delivery p50, ms", "rooms-max", lambda r: r["latency_ms"]["p50"], "{:.2f}", False, True)
+pubrow("— the same: publish→delivery p99, ms", "rooms-max", p99, "{:.2f}", False, True)
+pubrow("— the same: server CPU per publish (10 deliveries), µs", "rooms-max", cpu, "{:.1f}", False, True)
+pubrow("rooms at half that rate: publishes/s", "rooms-half", fpps, "{:,.0f}", True, True)
+pubrow("— the same: publish→delivery p50, ms", "rooms-half", lambda r: r["latency_ms"]["p50"], "{:.2f}", False, True)
+pubrow("— the same: publish→delivery p99, ms", "rooms-half", p99, "{:.2f}", False, True)
+pubrow("— the same: publish→delivery p99.9, ms", "rooms-half", lambda r: r["latency_ms"]["p999"], "{:.2f}", False, True)
+pubrow("— the same: lost + out of order", "rooms-half", lambda r: r["lost"] + r["out_of_order"], "{:,.0f}", False)
+
 baseline = []
 d = med("direct", "proxy", rps)
 if d:

@@ -1,22 +1,41 @@
 //! The publish bus: items from any source (the HTTP publish API, the
-//! control socket, later a broker) are sequenced once (dedup of
-//! (channel, id) within 60 s, `prev-id` reordering with a bounded wait),
-//! encoded once per format into shared `Bytes`, and handed to every core
-//! over its own crossbeam channel, with a wake byte on the core's wake
-//! socket when the core is not already due to look.
+//! control socket, later a broker) go to the cores that have a subscriber
+//! on their channel, and only to those, over each core's own crossbeam
+//! channel, with at most one wake-up per core per batch.
+//!
+//! Three things keep a publish cheap:
+//!
+//! - **Interest.** Each core marks, per channel hash, whether it holds a
+//!   subscriber there ([`Interest`]: one bit per core per slot, each core
+//!   writing only its own bit). A publish reads one word per item and
+//!   wakes no core whose bit is clear; a publish nobody listens to costs
+//!   its parse and nothing else.
+//! - **No lock in the common path.** Only items that need sequencing (an
+//!   `id` to deduplicate, or a `prev-id` to order by) take the sequencer's
+//!   lock, and are handed to the cores under it so that every core sees
+//!   them in the same order. Other items go straight to the cores.
+//! - **Encoding on demand.** The wire forms of `http-stream` and
+//!   `ws-message` are made once, by the first core that delivers them to a
+//!   subscriber of that kind, and shared by every other core.
+//!
+//! Memory is bounded twice: [`Bus::reserve`] holds back publishes whose
+//! parsed form would exceed the in-flight budget, and [`Bus::admit`] refuses
+//! publishes while any core's undelivered backlog is over its bound; both
+//! say so to the publisher (429 / 503) rather than queue without limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use once_cell::race::OnceBox;
 
 use crate::codec::chunked;
-use crate::codec::publish::{Action, Item};
+use crate::codec::publish::{Action, Item, WsKind};
 use crate::codec::response;
 
 /// How long a (channel, id) pair is remembered for dedup.
@@ -25,67 +44,99 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
 pub const REORDER_WAIT: Duration = Duration::from_secs(5);
 /// Items held for reordering per channel; past this the oldest goes out.
 pub const REORDER_MAX: usize = 100;
+/// Slots of the interest table (channel hashes). Two channels sharing a
+/// slot only cost a needless wake-up, never a lost message.
+pub const INTEREST_SLOTS: usize = 1 << 16;
+/// Bytes an item costs besides its payload (the item, its `Arc`, queue
+/// entries), for the memory bounds.
+pub const ITEM_OVERHEAD: usize = 512;
 
-/// A published item with its formats encoded for the wire.
+/// A published item, with its wire forms made when first needed.
 #[derive(Debug)]
 pub struct Encoded {
     pub item: Item,
-    /// `http-stream` content as one chunk (empty content: empty bytes).
-    pub stream_chunk: Bytes,
-    /// `http-stream` content as is (for HTTP/1.0 streams).
-    pub stream_raw: Bytes,
     /// The whole `http-response` message: status line, headers without the
     /// final blank line (so exposed headers can follow), and the body.
     pub response_head: Bytes,
     pub response_body: Bytes,
+    /// What this item counts against the memory bounds.
+    cost: usize,
+    /// Made by the first core to need them; cores racing to make one each
+    /// make it, the first stored wins, and none waits for another.
+    stream_chunk: OnceBox<Bytes>,
+    ws_frame: OnceBox<Bytes>,
+}
+
+impl Encoded {
+    pub fn new(item: Item) -> Encoded {
+        let cost = ITEM_OVERHEAD + item.payload_len();
+        let (mut response_head, mut response_body) = (Bytes::new(), Bytes::new());
+        if let Some(r) = &item.http_response {
+            // The head was validated when the item was parsed
+            // (codec::response); only the framing is added here.
+            let mut h = Vec::with_capacity(128);
+            r.head.write(&mut h, None);
+            response::write_length(&mut h, r.head.status(), r.body.len());
+            response_head = Bytes::from(h);
+            response_body = r.body.clone();
+        }
+        Encoded {
+            item,
+            response_head,
+            response_body,
+            cost,
+            stream_chunk: OnceBox::new(),
+            ws_frame: OnceBox::new(),
+        }
+    }
+
+    /// `http-stream` content as one chunk (empty when there is none, or
+    /// the action is not `send`).
+    pub fn stream_chunk(&self) -> &Bytes {
+        self.stream_chunk.get_or_init(|| {
+            Box::new(match &self.item.http_stream {
+                Some(s) if s.action == Action::Send && !s.content.is_empty() => {
+                    let mut out = Vec::with_capacity(s.content.len() + 12);
+                    chunked::write_chunk(&mut out, &s.content);
+                    Bytes::from(out)
+                }
+                _ => Bytes::new(),
+            })
+        })
+    }
+
+    /// `http-stream` content as is (for HTTP/1.0 streams); empty exactly
+    /// when `stream_chunk` is.
+    pub fn stream_raw(&self) -> Bytes {
+        match &self.item.http_stream {
+            Some(s) if s.action == Action::Send => s.content.clone(),
+            _ => Bytes::new(),
+        }
+    }
+
     /// `ws-message` as one unmasked server frame (empty for a close).
-    pub ws_frame: Bytes,
-}
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame.get_or_init(|| {
+            Box::new(match &self.item.ws_message {
+                Some(w) if w.action == Action::Send => {
+                    let op = match w.kind {
+                        WsKind::Text => crate::codec::ws::Opcode::Text,
+                        WsKind::Binary => crate::codec::ws::Opcode::Binary,
+                    };
+                    let mut out = Vec::with_capacity(w.content.len() + 10);
+                    crate::codec::ws::write_frame(&mut out, true, op, &w.content, None);
+                    Bytes::from(out)
+                }
+                _ => Bytes::new(),
+            })
+        })
+    }
 
-fn encode(item: Item) -> Encoded {
-    let (mut stream_chunk, mut stream_raw) = (Bytes::new(), Bytes::new());
-    if let Some(s) = &item.http_stream {
-        if s.action == Action::Send && !s.content.is_empty() {
-            let mut out = Vec::with_capacity(s.content.len() + 12);
-            chunked::write_chunk(&mut out, &s.content);
-            stream_chunk = Bytes::from(out);
-            stream_raw = s.content.clone();
-        }
-    }
-    let (mut response_head, mut response_body) = (Bytes::new(), Bytes::new());
-    if let Some(r) = &item.http_response {
-        // The head was validated when the item was parsed
-        // (codec::response); only the framing is added here.
-        let mut h = Vec::with_capacity(128);
-        r.head.write(&mut h, None);
-        response::write_length(&mut h, r.head.status(), r.body.len());
-        response_head = Bytes::from(h);
-        response_body = r.body.clone();
-    }
-    let mut ws_frame = Bytes::new();
-    if let Some(w) = &item.ws_message {
-        if w.action == Action::Send {
-            let op = match w.kind {
-                crate::codec::publish::WsKind::Text => crate::codec::ws::Opcode::Text,
-                crate::codec::publish::WsKind::Binary => crate::codec::ws::Opcode::Binary,
-            };
-            let mut out = Vec::with_capacity(w.content.len() + 10);
-            crate::codec::ws::write_frame(&mut out, true, op, &w.content, None);
-            ws_frame = Bytes::from(out);
-        }
-    }
-    Encoded {
-        item,
-        ws_frame,
-        stream_chunk,
-        stream_raw,
-        response_head,
-        response_body,
+    /// What this item counts against the memory bounds.
+    pub fn cost(&self) -> usize {
+        self.cost
     }
 }
-
-/// One publish as delivered to a core: items in order.
-pub type Batch = Vec<Arc<Encoded>>;
 
 /// Global counters of the publish path (read by stats and metrics).
 #[derive(Default)]
@@ -95,6 +146,146 @@ pub struct BusStats {
     pub deduplicated: AtomicU64,
     pub reordered: AtomicU64,
     pub reorder_timeouts: AtomicU64,
+    /// Publishes refused because the in-flight budget was spent (429).
+    pub refused_busy: AtomicU64,
+    /// Publishes refused because a core's backlog was over its bound (503).
+    pub refused_backlog: AtomicU64,
+    /// Per core: wake-ups sent to it (one per batch, not per item).
+    pub wakes: Box<[AtomicU64]>,
+    /// Per core: estimated bytes of items queued and not yet delivered.
+    pub backlog: Box<[AtomicUsize]>,
+    /// Per core: items by how long they waited to be delivered
+    /// (`LAG_BUCKETS`, then the rest).
+    pub lag: Box<[[AtomicU64; LAG_BUCKETS.len() + 1]]>,
+    /// Per core: the waits summed, in microseconds.
+    pub lag_sum_us: Box<[AtomicU64]>,
+    /// Estimated bytes of publishes being read and parsed (the in-flight
+    /// budget in use).
+    pub inflight: AtomicUsize,
+}
+
+impl BusStats {
+    fn for_cores(n: usize) -> BusStats {
+        BusStats {
+            wakes: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            backlog: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            lag: (0..n).map(|_| Default::default()).collect(),
+            lag_sum_us: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            ..BusStats::default()
+        }
+    }
+}
+
+/// Which cores hold a subscriber on a channel, by channel hash.
+///
+/// One bit per core per slot. A core sets its bit when its first
+/// subscription on a channel hashing to the slot appears and clears it when
+/// its last one there goes (see `subs::Registry`); it never touches another
+/// core's bit. Publishers only read.
+///
+/// Why a subscriber cannot be missed: the guarantee corepin gives is that
+/// a publish that *happens after* a subscription is delivered to it. For a
+/// publish to happen after a subscription on core B, something B did after
+/// subscribing must have been observed by whoever published (B wrote the
+/// response head to the client, or copied its counters for `/metrics`,
+/// and the client then sent the publish): a chain of release/acquire
+/// steps (the kernel's socket locks, the board's mutex) from B's `fetch_or`
+/// to the publisher's load. By write-read coherence the load then returns
+/// B's `fetch_or` or a later write to the word; later writes by other cores
+/// touch other bits, and B clears its bit only after its last subscription
+/// in the slot is gone. So the publisher sees B's bit, pushes the item to
+/// B's queue, and B's drain, which reads that queue entry, runs after the
+/// subscription (it happens after the push, which happens after the
+/// subscription) and finds the subscriber. A subscription with no such
+/// chain to the publish is concurrent with it, and may or may not get it,
+/// as before. The stress test in tests/grip.rs exercises this ordering.
+pub struct Interest {
+    /// `u64` words per slot: one bit per core.
+    words: usize,
+    bits: Box<[AtomicU64]>,
+}
+
+impl Interest {
+    fn new(cores: usize) -> Interest {
+        let words = cores.div_ceil(64).max(1);
+        Interest {
+            words,
+            bits: (0..INTEREST_SLOTS * words)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// The slot of a channel: FNV-1a, folded to the table size.
+    pub fn slot(channel: &str) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in channel.as_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        ((h ^ (h >> 32)) as usize) & (INTEREST_SLOTS - 1)
+    }
+
+    fn word(&self, slot: usize, core: usize) -> (&AtomicU64, u64) {
+        (
+            &self.bits[slot * self.words + core / 64],
+            1u64 << (core % 64),
+        )
+    }
+
+    /// Marks `core` as holding a subscriber in `slot` (called by that core).
+    pub fn set(&self, slot: usize, core: usize) {
+        let (w, bit) = self.word(slot, core);
+        w.fetch_or(bit, Ordering::Release);
+    }
+
+    /// Marks `core` as holding none in `slot` (called by that core).
+    pub fn clear(&self, slot: usize, core: usize) {
+        let (w, bit) = self.word(slot, core);
+        w.fetch_and(!bit, Ordering::Release);
+    }
+
+    /// Whether any core has a subscriber in `slot`.
+    fn any(&self, slot: usize) -> bool {
+        (0..self.words).any(|i| self.bits[slot * self.words + i].load(Ordering::Acquire) != 0)
+    }
+
+    /// Calls `f` with each core that has a subscriber in `slot`.
+    fn for_each(&self, slot: usize, mut f: impl FnMut(usize)) {
+        for i in 0..self.words {
+            let mut w = self.bits[slot * self.words + i].load(Ordering::Acquire);
+            while w != 0 {
+                let b = w.trailing_zeros() as usize;
+                w &= w - 1;
+                f(i * 64 + b);
+            }
+        }
+    }
+}
+
+/// The cores a batch was queued for, kept on the stack. Cores past 256 (a
+/// machine bigger than any seen here) share one flag: all of them are
+/// checked for wake-up when any of them was given items.
+#[derive(Default)]
+struct Touched {
+    bits: [u64; 4],
+    beyond: bool,
+}
+
+impl Touched {
+    fn add(&mut self, core: usize) {
+        match self.bits.get_mut(core / 64) {
+            Some(w) => *w |= 1 << (core % 64),
+            None => self.beyond = true,
+        }
+    }
+
+    fn has(&self, core: usize) -> bool {
+        match self.bits.get(core / 64) {
+            Some(w) => w & (1 << (core % 64)) != 0,
+            None => self.beyond,
+        }
+    }
 }
 
 /// The per-channel sequencing state.
@@ -217,21 +408,97 @@ impl Sequencer {
     }
 }
 
+/// True when an item must go through the sequencer: it has an id to
+/// deduplicate (and to become its channel's last id), or a `prev-id` to
+/// wait for.
+fn needs_sequencing(it: &Item) -> bool {
+    it.id.is_some() || (it.prev_id.is_some() && !it.no_seq)
+}
+
+/// Upper bounds (seconds) of the histogram of how long items wait in a
+/// core's inbox before the core delivers them.
+pub const LAG_BUCKETS: [f64; 7] = [0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0];
+/// An item waiting longer than this is logged (at most every 10 s a core).
+const LAG_WARN: Duration = Duration::from_secs(1);
+
+/// An item queued for a core, with when it was queued.
+type Queued = (Arc<Encoded>, Instant);
+
 /// A core's end of the bus.
 pub struct CoreInbox {
-    pub rx: Receiver<Arc<Batch>>,
+    rx: Receiver<Queued>,
     pending: Arc<AtomicBool>,
+    bus: std::sync::Weak<Bus>,
+    core: usize,
+    /// When a long wait was last logged.
+    warned: std::cell::Cell<Option<Instant>>,
 }
 
 impl CoreInbox {
     /// Called before draining: the next publish must wake the core again.
+    /// A swap, not a store: reading the publisher's `true` makes every item
+    /// it queued before setting the flag visible to the drain that follows.
     pub fn rearm(&self) {
-        self.pending.store(false, Ordering::Release);
+        self.pending.swap(false, Ordering::AcqRel);
+    }
+
+    /// Takes up to `max` queued items into `out`, oldest first, for the
+    /// caller to deliver now: their cost leaves the core's backlog, and
+    /// how long each waited goes into the lag histogram (a wait over a
+    /// second is also logged). Returns how many were taken.
+    pub fn take(&self, max: usize, out: &mut Vec<Arc<Encoded>>) -> usize {
+        let (mut n, mut cost) = (0, 0);
+        let mut buckets = [0u64; LAG_BUCKETS.len() + 1];
+        let (mut longest, mut sum) = (Duration::ZERO, Duration::ZERO);
+        let now = Instant::now();
+        while n < max {
+            let Ok((e, queued)) = self.rx.try_recv() else {
+                break;
+            };
+            let waited = now.saturating_duration_since(queued);
+            longest = longest.max(waited);
+            sum += waited;
+            let secs = waited.as_secs_f64();
+            let b = LAG_BUCKETS
+                .iter()
+                .position(|&le| secs <= le)
+                .unwrap_or(LAG_BUCKETS.len());
+            buckets[b] += 1;
+            cost += e.cost;
+            out.push(e);
+            n += 1;
+        }
+        if n == 0 {
+            return 0;
+        }
+        if let Some(bus) = self.bus.upgrade() {
+            bus.stats.backlog[self.core].fetch_sub(cost, Ordering::Relaxed);
+            bus.stats.lag_sum_us[self.core].fetch_add(sum.as_micros() as u64, Ordering::Relaxed);
+            for (slot, c) in bus.stats.lag[self.core].iter().zip(buckets) {
+                if c > 0 {
+                    slot.fetch_add(c, Ordering::Relaxed);
+                }
+            }
+        }
+        if longest > LAG_WARN
+            && self
+                .warned
+                .get()
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            self.warned.set(Some(now));
+            warn!(
+                "core {}: published items waited {:.1} s to be delivered (more publishes than this core can deliver; see corepin_publish_delivery_lag_seconds)",
+                self.core,
+                longest.as_secs_f64()
+            );
+        }
+        n
     }
 }
 
 struct CoreLink {
-    tx: Sender<Arc<Batch>>,
+    tx: Sender<Queued>,
     wake: UnixStream,
     pending: Arc<AtomicBool>,
 }
@@ -239,18 +506,111 @@ struct CoreLink {
 /// The wake byte that means "publishes are waiting".
 pub const WAKE_PUBLISH: u8 = b'P';
 
+/// The memory bounds of the publish path.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Estimated bytes of publishes being parsed and handed out at once.
+    pub inflight: usize,
+    /// Estimated bytes of items queued for one core and not yet delivered;
+    /// past it, publishes are refused until the core catches up.
+    pub backlog: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            inflight: 256 << 20,
+            backlog: 64 << 20,
+        }
+    }
+}
+
+/// Why a publish was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The in-flight budget is spent: try again shortly (429).
+    Busy { inflight: usize, limit: usize },
+    /// A core has more undelivered items queued than its bound (503).
+    Backlog {
+        core: usize,
+        queued: usize,
+        limit: usize,
+    },
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Busy { inflight, limit } => write!(
+                f,
+                "too many publishes in progress ({} MiB of {} MiB in flight); retry shortly",
+                inflight >> 20,
+                limit >> 20
+            ),
+            Refused::Backlog {
+                core,
+                queued,
+                limit,
+            } => write!(
+                f,
+                "delivery backlog full (core {core} has {} MiB queued, limit {} MiB); retry when subscribers have caught up",
+                queued >> 20,
+                limit >> 20
+            ),
+        }
+    }
+}
+
+/// Part of the in-flight budget, given back when dropped.
+pub struct Reservation<'a> {
+    bus: &'a Bus,
+    bytes: usize,
+}
+
+impl Reservation<'_> {
+    /// Reserves `more` bytes on top (once the item count is known).
+    pub fn grow(&mut self, more: usize) -> Result<(), Refused> {
+        self.bus.take_budget(more, self.bytes)?;
+        self.bytes += more;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.bus
+            .stats
+            .inflight
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// What one call to [`Bus::publish`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Items handed to at least one core, or to none because no core has a
+    /// subscriber (dedup and reordering may hold some back).
+    pub items: usize,
+    /// The caller's own core was given items and must be kicked locally
+    /// (no wake byte was written to it).
+    pub local: bool,
+}
+
 pub struct Bus {
     cores: Vec<CoreLink>,
+    interest: Interest,
     seq: Mutex<Sequencer>,
+    limits: Limits,
     pub stats: BusStats,
 }
 
 impl Bus {
     /// A bus for cores whose wake sockets are `wakes`; returns the bus and
     /// one inbox per core, in the same order.
-    pub fn new(wakes: Vec<UnixStream>) -> (Arc<Bus>, Vec<CoreInbox>) {
+    pub fn new(wakes: Vec<UnixStream>, limits: Limits) -> (Arc<Bus>, Vec<CoreInbox>) {
+        let n = wakes.len();
         let mut cores = Vec::new();
-        let mut inboxes = Vec::new();
+        let mut parts = Vec::new();
         for wake in wakes {
             let (tx, rx) = crossbeam_channel::unbounded();
             let pending = Arc::new(AtomicBool::new(false));
@@ -259,13 +619,26 @@ impl Bus {
                 wake,
                 pending: pending.clone(),
             });
-            inboxes.push(CoreInbox { rx, pending });
+            parts.push((rx, pending));
         }
         let bus = Arc::new(Bus {
             cores,
+            interest: Interest::new(n),
             seq: Mutex::new(Sequencer::default()),
-            stats: BusStats::default(),
+            limits,
+            stats: BusStats::for_cores(n),
         });
+        let inboxes = parts
+            .into_iter()
+            .enumerate()
+            .map(|(core, (rx, pending))| CoreInbox {
+                rx,
+                pending,
+                bus: Arc::downgrade(&bus),
+                core,
+                warned: std::cell::Cell::new(None),
+            })
+            .collect();
         let weak = Arc::downgrade(&bus);
         // Held out-of-order items are released by time: a small thread
         // looks every 100 ms, and only takes the lock when items are held.
@@ -279,6 +652,71 @@ impl Bus {
         (bus, inboxes)
     }
 
+    pub fn interest(&self) -> &Interest {
+        &self.interest
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Takes `bytes` of the in-flight budget for a publish that already
+    /// holds `own` of it.
+    fn take_budget(&self, bytes: usize, own: usize) -> Result<(), Refused> {
+        let limit = self.limits.inflight;
+        let mut cur = self.stats.inflight.load(Ordering::Relaxed);
+        loop {
+            // One publish alone is always let through (its size is bounded
+            // by the body limit), so a budget below one body cannot wedge.
+            if cur > own && cur + bytes > limit {
+                self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Busy {
+                    inflight: cur,
+                    limit,
+                });
+            }
+            match self.stats.inflight.compare_exchange_weak(
+                cur,
+                cur + bytes,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Reserves `bytes` of the in-flight budget for a publish being read
+    /// and parsed; refused when the budget is spent.
+    pub fn reserve(&self, bytes: usize) -> Result<Reservation<'_>, Refused> {
+        self.take_budget(bytes, 0)?;
+        Ok(Reservation { bus: self, bytes })
+    }
+
+    /// Whether a publish may be taken now: refused while any core has more
+    /// undelivered items queued than the backlog bound.
+    pub fn admit(&self) -> Result<(), Refused> {
+        let limit = self.limits.backlog;
+        for (core, b) in self.stats.backlog.iter().enumerate() {
+            let queued = b.load(Ordering::Relaxed);
+            if queued > limit {
+                self.stats.refused_backlog.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Backlog {
+                    core,
+                    queued,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The last id published on `channel` (for a long-poll's `prev-id`).
+    pub fn last_id(&self, channel: &str) -> Option<String> {
+        self.seq.lock().ok()?.last_id.get(channel).cloned()
+    }
+
     fn flush_expired(&self) {
         let Ok(mut seq) = self.seq.lock() else { return };
         if !seq.holding() {
@@ -286,47 +724,91 @@ impl Bus {
         }
         let mut out = Vec::new();
         seq.flush_expired(Instant::now(), &self.stats, &mut out);
-        if !out.is_empty() {
-            self.send(out);
+        let mut touched = Touched::default();
+        for e in out {
+            self.route(e, &mut touched);
         }
+        self.wake(&touched, None);
     }
 
-    /// Publishes items (already validated). Returns the number accepted for
-    /// delivery now (dedup and reordering may hold some back).
-    pub fn publish(&self, items: Vec<Item>) -> usize {
+    /// Counts one publish request (however many `publish` calls carry its
+    /// items).
+    pub fn count_publish(&self) {
         self.stats.publishes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hands out items (already validated), in order. `from` is the calling
+    /// core, if the caller is one: that core is not sent a wake byte, and
+    /// `Sent::local` tells the caller to kick its own delivery instead.
+    pub fn publish(&self, items: Vec<Item>, from: Option<usize>) -> Sent {
         self.stats
             .items
             .fetch_add(items.len() as u64, Ordering::Relaxed);
-        let encoded: Vec<Arc<Encoded>> = items.into_iter().map(|i| Arc::new(encode(i))).collect();
-        let now = Instant::now();
-        // Sequencing and sending happen under one lock, so every core sees
-        // publishes in the same order.
-        let Ok(mut seq) = self.seq.lock() else {
-            return 0;
-        };
-        seq.expire_seen(now);
-        let mut out = Vec::with_capacity(encoded.len());
-        for e in encoded {
-            seq.accept(e, now, &self.stats, &mut out);
+        let mut touched = Touched::default();
+        let mut n = items.len();
+        if items.iter().any(needs_sequencing) {
+            let now = Instant::now();
+            // Sequencing and sending happen under one lock, so every core
+            // sees sequenced items in the same order.
+            let Ok(mut seq) = self.seq.lock() else {
+                return Sent::default();
+            };
+            seq.expire_seen(now);
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                seq.accept(Arc::new(Encoded::new(item)), now, &self.stats, &mut out);
+            }
+            n = out.len();
+            for e in out {
+                self.route(e, &mut touched);
+            }
+        } else {
+            for item in items {
+                // An item no core listens to is not even encoded.
+                if self.interest.any(Interest::slot(&item.channel)) {
+                    self.route(Arc::new(Encoded::new(item)), &mut touched);
+                }
+            }
         }
-        let n = out.len();
-        if n > 0 {
-            self.send(out);
+        Sent {
+            items: n,
+            local: self.wake(&touched, from),
         }
-        n
     }
 
-    fn send(&self, batch: Batch) {
-        let batch = Arc::new(batch);
-        for core in &self.cores {
-            if core.tx.send(batch.clone()).is_err() {
+    /// Queues `e` for every core with a subscriber on its channel.
+    fn route(&self, e: Arc<Encoded>, touched: &mut Touched) {
+        let slot = Interest::slot(&e.item.channel);
+        let mut now = None;
+        self.interest.for_each(slot, |core| {
+            if let Some(link) = self.cores.get(core) {
+                self.stats.backlog[core].fetch_add(e.cost, Ordering::Relaxed);
+                let at = *now.get_or_insert_with(Instant::now);
+                if link.tx.send((e.clone(), at)).is_ok() {
+                    touched.add(core);
+                } else {
+                    self.stats.backlog[core].fetch_sub(e.cost, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+
+    /// Wakes each touched core not already due to look; returns whether
+    /// `from` itself needs a (local) kick.
+    fn wake(&self, touched: &Touched, from: Option<usize>) -> bool {
+        let mut local = false;
+        for (i, core) in self.cores.iter().enumerate() {
+            if !touched.has(i) || core.pending.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            if !core.pending.swap(true, Ordering::AcqRel) {
+            if from == Some(i) {
+                local = true;
+            } else {
+                self.stats.wakes[i].fetch_add(1, Ordering::Relaxed);
                 let _ = (&core.wake).write_all(&[WAKE_PUBLISH]);
             }
         }
+        local
     }
 
     pub fn cores(&self) -> usize {
@@ -340,7 +822,7 @@ mod tests {
     use crate::codec::publish::{HttpStream, Item};
 
     fn item(ch: &str, id: Option<&str>, prev: Option<&str>) -> Arc<Encoded> {
-        Arc::new(encode(Item {
+        Arc::new(Encoded::new(Item {
             channel: ch.into(),
             id: id.map(String::from),
             prev_id: prev.map(String::from),
@@ -386,7 +868,7 @@ mod tests {
 
         let mut no_seq = item("c", Some("20"), Some("19")).item.clone();
         no_seq.no_seq = true;
-        s.accept(Arc::new(encode(no_seq)), now, &stats, &mut out);
+        s.accept(Arc::new(Encoded::new(no_seq)), now, &stats, &mut out);
         assert_eq!(ids(&out).last().map(String::as_str), Some("20"));
     }
 
@@ -408,9 +890,172 @@ mod tests {
     }
 
     #[test]
-    fn encoding_is_done_once() {
+    fn encoding_is_done_once_on_demand() {
         let e = item("c", Some("7"), None);
-        assert_eq!(&e.stream_chunk[..], b"2\r\n7\n\r\n");
-        assert_eq!(&e.stream_raw[..], b"7\n");
+        assert!(e.stream_chunk.get().is_none(), "not made until asked");
+        assert_eq!(&e.stream_chunk()[..], b"2\r\n7\n\r\n");
+        let first = e.stream_chunk().as_ptr();
+        assert_eq!(e.stream_chunk().as_ptr(), first, "made once");
+        assert_eq!(&e.stream_raw()[..], b"7\n");
+        assert!(e.ws_frame().is_empty(), "no ws-message format");
+    }
+
+    #[test]
+    fn response_head_is_written_with_its_length() {
+        let mut it = Item {
+            channel: "c".into(),
+            ..Item::default()
+        };
+        let fields = [
+            (response::At::Key, &b"X-A"[..], &b"1"[..]),
+            (response::At::Key, &b"Content-Length"[..], &b"99"[..]),
+        ];
+        it.http_response = Some(crate::codec::publish::HttpResponse {
+            action: Action::Send,
+            head: response::Head::from_parts(Some(404), None, fields, b"hi").expect("valid"),
+            body: Bytes::from_static(b"hi"),
+        });
+        let e = Encoded::new(it);
+        assert_eq!(
+            &e.response_head[..],
+            b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nContent-Length: 2\r\n"
+        );
+    }
+
+    fn bus(cores: usize) -> (Arc<Bus>, Vec<CoreInbox>, Vec<UnixStream>) {
+        let (ours, theirs): (Vec<_>, Vec<_>) = (0..cores)
+            .map(|_| UnixStream::pair().expect("socketpair"))
+            .unzip();
+        for t in &theirs {
+            t.set_nonblocking(true).expect("nonblocking");
+        }
+        let (bus, inboxes) = Bus::new(ours, Limits::default());
+        (bus, inboxes, theirs)
+    }
+
+    fn plain(ch: &str) -> Item {
+        Item {
+            channel: ch.into(),
+            http_stream: Some(HttpStream {
+                action: Action::Send,
+                content: Bytes::from_static(b"x"),
+            }),
+            ..Item::default()
+        }
+    }
+
+    fn wake_bytes(s: &UnixStream) -> usize {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while let Ok(k) = std::io::Read::read(&mut &*s, &mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    }
+
+    #[test]
+    fn only_interested_cores_get_items_and_one_wake_per_batch() {
+        let (bus, inboxes, wakes) = bus(3);
+        let slot = Interest::slot("a");
+        bus.interest().set(slot, 2);
+        let sent = bus.publish(vec![plain("a"), plain("b"), plain("a")], Some(0));
+        assert_eq!(
+            sent,
+            Sent {
+                items: 3,
+                local: false
+            }
+        );
+        assert_eq!(inboxes[0].rx.len() + inboxes[1].rx.len(), 0);
+        assert_eq!(inboxes[2].rx.len(), 2, "both items on channel a");
+        let mut got = Vec::new();
+        assert_eq!(wake_bytes(&wakes[2]), 1, "one wake for the batch");
+        assert_eq!(wake_bytes(&wakes[0]) + wake_bytes(&wakes[1]), 0);
+        // Not drained yet: a second publish wakes no one again.
+        bus.publish(vec![plain("a")], None);
+        assert_eq!(wake_bytes(&wakes[2]), 0);
+        assert!(bus.stats.backlog[2].load(Ordering::Relaxed) > 3 * ITEM_OVERHEAD);
+        inboxes[2].rearm();
+        assert_eq!(inboxes[2].take(2, &mut got), 2, "at most as many as asked");
+        assert_eq!(inboxes[2].take(10, &mut got), 1);
+        let channels: Vec<&str> = got.iter().map(|e| e.item.channel.as_str()).collect();
+        assert_eq!(channels, ["a", "a", "a"], "in order");
+        assert_eq!(bus.stats.backlog[2].load(Ordering::Relaxed), 0);
+        let waited: u64 = bus.stats.lag[2]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(waited, 3, "every item's wait is counted");
+        // The publishing core itself is kicked locally, not woken.
+        bus.interest().set(slot, 0);
+        let sent = bus.publish(vec![plain("a")], Some(0));
+        assert!(sent.local);
+        assert_eq!(wake_bytes(&wakes[0]), 0);
+        assert_eq!(wake_bytes(&wakes[2]), 1);
+        bus.interest().clear(slot, 0);
+        bus.interest().clear(slot, 2);
+        inboxes[0].rearm();
+        inboxes[2].rearm();
+        let before = (inboxes[0].rx.len(), inboxes[2].rx.len());
+        bus.publish(vec![plain("a")], None);
+        assert_eq!((inboxes[0].rx.len(), inboxes[2].rx.len()), before);
+    }
+
+    #[test]
+    fn interest_bits_for_many_cores() {
+        let i = Interest::new(130);
+        let slot = Interest::slot("x");
+        for c in [0, 63, 64, 129] {
+            i.set(slot, c);
+        }
+        let mut got = Vec::new();
+        i.for_each(slot, |c| got.push(c));
+        assert_eq!(got, [0, 63, 64, 129]);
+        i.clear(slot, 64);
+        got.clear();
+        i.for_each(slot, |c| got.push(c));
+        assert_eq!(got, [0, 63, 129]);
+    }
+
+    #[test]
+    fn budget_and_backlog_bounds() {
+        let (ours, _theirs): (Vec<_>, Vec<_>) = (0..1)
+            .map(|_| UnixStream::pair().expect("socketpair"))
+            .unzip();
+        let (bus, inboxes) = Bus::new(
+            ours,
+            Limits {
+                inflight: 1000,
+                backlog: 2 * ITEM_OVERHEAD,
+            },
+        );
+        let a = bus.reserve(600).expect("first");
+        assert!(matches!(bus.reserve(600), Err(Refused::Busy { .. })));
+        drop(a);
+        let mut a = bus.reserve(2000).expect("alone, even over the budget");
+        assert!(bus.reserve(1).is_err());
+        a.grow(5000).expect("alone, it may grow past the budget");
+        drop(a);
+        let mut a = bus.reserve(400).expect("first");
+        let b = bus.reserve(400).expect("second");
+        assert!(
+            a.grow(300).is_err(),
+            "growing past the budget beside another"
+        );
+        drop(b);
+        a.grow(300).expect("alone again");
+        drop(a);
+        assert_eq!(bus.stats.inflight.load(Ordering::Relaxed), 0);
+        bus.interest().set(Interest::slot("c"), 0);
+        assert!(bus.admit().is_ok());
+        bus.publish(vec![plain("c"), plain("c"), plain("c")], None);
+        let e = bus.admit().expect_err("backlog over the bound");
+        assert!(e.to_string().contains("delivery backlog full"), "{e}");
+        inboxes[0].take(usize::MAX, &mut Vec::new());
+        assert!(bus.admit().is_ok());
+        assert_eq!(bus.stats.refused_backlog.load(Ordering::Relaxed), 1);
     }
 }

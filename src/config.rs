@@ -73,6 +73,8 @@ struct FilePublish {
     user: Option<String>,
     password: Option<String>,
     max_body_bytes: Option<usize>,
+    max_inflight_bytes: Option<usize>,
+    max_backlog_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -187,6 +189,10 @@ pub enum PublishAuth {
 pub struct Publish {
     pub auth: PublishAuth,
     pub max_body: usize,
+    /// Estimated memory of publishes being parsed at once (429 past it).
+    pub max_inflight: usize,
+    /// Estimated memory of items queued for one core (503 past it).
+    pub max_backlog: usize,
 }
 
 /// What to do with a client's `X-Forwarded-For` (Pushpin's rule syntax:
@@ -735,6 +741,20 @@ impl Config {
                 1 << 20,
                 1024,
                 64 << 20,
+            )?,
+            max_inflight: ranged(
+                "publish.max_inflight_bytes",
+                p.max_inflight_bytes,
+                256 << 20,
+                1024,
+                1 << 40,
+            )?,
+            max_backlog: ranged(
+                "publish.max_backlog_bytes",
+                p.max_backlog_bytes,
+                64 << 20,
+                1024,
+                1 << 40,
             )?,
         };
         let log_level = match &ov.log_level {

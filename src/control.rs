@@ -1,8 +1,18 @@
 //! The control HTTP API on `control_http`: `POST /publish` (Pushpin's
 //! publish format), `GET /health`, `GET /metrics`. Served by every core on
 //! its own SO_REUSEPORT socket; a publish is parsed here once and handed to
-//! the bus, which fans it out to every core.
+//! the bus, which queues it for the cores that have subscribers on its
+//! channels.
+//!
+//! Cheap per request: a body already in the read buffer is parsed where it
+//! lies; answers to pipelined requests are gathered and written together;
+//! the buffers are the connection's own and are reused. A big publish is
+//! parsed and handed out in slices, yielding between them when other tasks
+//! are due, and every publish holds its share of the bus's in-flight
+//! budget while it is parsed (429 when spent; 503 while a core's delivery
+//! backlog is over its bound).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -12,55 +22,156 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::buf::{InBuf, BUF_SIZE};
+use crate::bus::{Refused, Reservation, ITEM_OVERHEAD};
 use crate::codec::http1::{self, parse_request, BodyKind, RequestHead};
-use crate::codec::publish;
+use crate::codec::publish::Parser;
 use crate::config::PublishAuth;
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::shard::Shard;
+
+/// Items parsed between checks for other work, and handed to the bus at a
+/// time.
+const SLICE: usize = 256;
+/// Answers gathered for pipelined requests before they are written.
+const OUT_MAX: usize = 64 * 1024;
+/// A body buffer larger than this is not kept for the next request.
+const BODY_KEEP: usize = 64 * 1024;
+
+/// The answer to a publish, written as is.
+const PUBLISHED: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nPublished\n";
+const PUBLISHED_JSON: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 24\r\n\r\n{\"message\":\"Published\"}\n";
 
 /// One answer of the control API.
 struct Reply {
     status: u16,
     content_type: &'static str,
     extra: Vec<(&'static str, String)>,
-    body: String,
+    body: Cow<'static, str>,
+    /// A complete keep-alive response to write as is instead.
+    fixed: Option<&'static [u8]>,
 }
 
 impl Reply {
-    fn text(status: u16, body: impl Into<String>) -> Reply {
+    fn text(status: u16, body: impl Into<Cow<'static, str>>) -> Reply {
         Reply {
             status,
             content_type: "text/plain",
             extra: Vec::new(),
             body: body.into(),
+            fixed: None,
         }
+    }
+
+    fn fixed(bytes: &'static [u8]) -> Reply {
+        Reply {
+            fixed: Some(bytes),
+            ..Reply::text(200, "")
+        }
+    }
+
+    /// 429 (budget spent) or 503 (backlog over its bound), retry in 1 s.
+    fn refused(r: &Refused) -> Reply {
+        let status = match r {
+            Refused::Busy { .. } => 429,
+            Refused::Backlog { .. } => 503,
+        };
+        let mut reply = Reply::text(status, format!("{r}\n"));
+        reply.extra.push(("Retry-After", "1".into()));
+        reply
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>, keep: bool) {
+        if let (Some(bytes), true) = (self.fixed, keep) {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
+            self.status,
+            http1::reason_phrase(self.status),
+            self.content_type
+        );
+        for (n, v) in &self.extra {
+            let _ = write!(out, "{n}: {v}\r\n");
+        }
+        let body: &[u8] = match self.fixed {
+            // A fixed answer on a closing connection: its body after the head.
+            Some(bytes) => bytes
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(&[][..], |i| &bytes[i + 4..]),
+            None => self.body.as_bytes(),
+        };
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        if !keep {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+    }
+}
+
+/// A control connection's reusable state.
+struct Conn {
+    stream: TcpStream,
+    inbuf: InBuf,
+    /// Answers not yet written (pipelined requests are answered together).
+    out: Vec<u8>,
+    /// A publish body that did not arrive with its head.
+    body: Vec<u8>,
+}
+
+impl Conn {
+    /// Writes the gathered answers.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let ok = self.stream.write_all(&self.out).await.is_ok();
+        self.out.clear();
+        if self.out.capacity() > 4 * OUT_MAX {
+            self.out = Vec::new();
+        }
+        ok
     }
 }
 
 /// Serves one control connection (keep-alive, requests in order).
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let t = &shard.cfg.timeouts;
     let _ = stream.set_write_timeout(Some(t.client_write));
-    let mut inbuf = InBuf::new(shard.bufs.clone());
+    let mut c = Conn {
+        stream,
+        inbuf: InBuf::new(shard.bufs.clone()),
+        out: Vec::new(),
+        body: Vec::new(),
+    };
     let limits = shard.cfg.limits.head;
     loop {
-        let _ = stream.set_read_timeout(Some(if inbuf.is_empty() {
-            t.client_idle
-        } else {
-            t.client_header
-        }));
         let head = loop {
-            match parse_request(inbuf.data(), &limits) {
+            match parse_request(c.inbuf.data(), &limits) {
                 Ok(Some((n, head))) => {
-                    inbuf.consume(n);
+                    c.inbuf.consume(n);
                     break Ok(head);
                 }
                 Ok(None) => {}
                 Err(e) => break Err(Reply::text(e.status(), e.reason())),
             }
-            match inbuf
-                .fill(&mut stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
+            // Nothing more to answer without reading: send what is gathered.
+            if !c.flush().await {
+                return;
+            }
+            let _ = c.stream.set_read_timeout(Some(if c.inbuf.is_empty() {
+                t.client_idle
+            } else {
+                t.client_header
+            }));
+            match c
+                .inbuf
+                .fill(&mut c.stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
                 .await
             {
                 Ok(n) if n > 0 => {}
@@ -70,30 +181,18 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         let (reply, keep) = match head {
             Err(r) => (r, false),
             Ok(head) => {
-                let (r, body_read) = handle(&shard, &mut stream, &mut inbuf, &head).await;
+                let (r, body_read) = handle(&shard, &mut c, &head).await;
                 (r, body_read && head.keep_alive && !shard.draining())
             }
         };
-        let mut out = Vec::with_capacity(256 + reply.body.len());
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
-            reply.status,
-            http1::reason_phrase(reply.status),
-            reply.content_type
-        );
-        for (n, v) in &reply.extra {
-            let _ = write!(out, "{n}: {v}\r\n");
-        }
-        let _ = write!(out, "Content-Length: {}\r\n", reply.body.len());
+        reply.write_to(&mut c.out, keep);
         if !keep {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(reply.body.as_bytes());
-        if stream.write_all(&out).await.is_err() || !keep {
+            let _ = c.flush().await;
             debug!("control: closing {peer}");
-            crate::conn::http::linger_close(&mut stream, &mut inbuf).await;
+            crate::conn::http::linger_close(&mut c.stream, &mut c.inbuf).await;
+            return;
+        }
+        if (c.inbuf.is_empty() || c.out.len() >= OUT_MAX) && !c.flush().await {
             return;
         }
     }
@@ -101,12 +200,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
 
 /// Routes one request; the flag says whether its body was fully read (so
 /// the connection may be kept).
-async fn handle(
-    shard: &Rc<Shard>,
-    stream: &mut TcpStream,
-    inbuf: &mut InBuf,
-    head: &RequestHead,
-) -> (Reply, bool) {
+async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, bool) {
     let no_body = head.body == BodyKind::Empty;
     match head.path() {
         "/publish" | "/publish/" => {}
@@ -150,40 +244,130 @@ async fn handle(
         }
         _ => {}
     }
-    let _ = stream.set_read_timeout(Some(shard.cfg.timeouts.client_body));
-    let mut body: Vec<u8> = Vec::new();
+    let wants_json = head
+        .fields
+        .get("accept")
+        .is_some_and(|a| String::from_utf8_lossy(a).contains("application/json"));
+    let ok = if wants_json {
+        Reply::fixed(PUBLISHED_JSON)
+    } else {
+        Reply::fixed(PUBLISHED)
+    };
+    // The common case: the whole body came with the head. It is parsed
+    // where it lies, and refused or not, the connection stays usable.
+    if let BodyKind::Length(n) = head.body {
+        let n = n as usize;
+        if n <= c.inbuf.len() {
+            let r = match admit(shard, n) {
+                Ok(budget) => publish(shard, &c.inbuf.data()[..n], budget, ok).await,
+                Err(refused) => Reply::refused(&refused),
+            };
+            c.inbuf.consume(n);
+            return (r, true);
+        }
+    }
+    // Otherwise the budget is taken before the body is read (a chunked
+    // body may be as large as the limit), and a refusal closes.
+    let expected = match head.body {
+        BodyKind::Length(n) => n as usize,
+        BodyKind::Empty => 0,
+        _ => max as usize,
+    };
+    let budget = match admit(shard, expected) {
+        Ok(b) => b,
+        Err(refused) => return (Reply::refused(&refused), false),
+    };
+    if !c.flush().await {
+        return (Reply::text(400, "connection lost\n"), false);
+    }
+    if head.expect_continue
+        && c.stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return (Reply::text(400, "connection lost\n"), false);
+    }
+    let _ = c
+        .stream
+        .set_read_timeout(Some(shard.cfg.timeouts.client_body));
+    let mut body = std::mem::take(&mut c.body);
+    body.clear();
     let (mut prefix, mut out) = (Vec::new(), Vec::new());
     let r = Relay {
         prefix: &mut prefix,
         out: &mut out,
         limit: max,
     }
-    .run(stream, inbuf, &mut body, head.body, OutFraming::Raw)
+    .run(
+        &mut c.stream,
+        &mut c.inbuf,
+        &mut body,
+        head.body,
+        OutFraming::Raw,
+    )
     .await;
-    match r {
-        Ok(_) => {}
-        Err(RelayError::TooLarge) => return (Reply::text(413, "publish body too large\n"), false),
-        Err(RelayError::BadChunk(e)) => return (Reply::text(400, e.reason()), false),
-        Err(_) => return (Reply::text(400, "incomplete body\n"), false),
-    }
-    let items = match publish::parse(&body) {
-        Ok(items) => items,
-        Err(e) => return (Reply::text(400, format!("{e}\n")), true),
+    let answer = match r {
+        Ok(_) => (publish(shard, &body, budget, ok).await, true),
+        Err(RelayError::TooLarge) => (Reply::text(413, "publish body too large\n"), false),
+        Err(RelayError::BadChunk(e)) => (Reply::text(400, e.reason()), false),
+        Err(_) => (Reply::text(400, "incomplete body\n"), false),
     };
-    let n = items.len();
-    shard.bus.publish(items);
-    debug!("control: published {n} items");
-    let wants_json = head
-        .fields
-        .get("accept")
-        .is_some_and(|a| String::from_utf8_lossy(a).contains("application/json"));
-    if wants_json {
-        let mut r = Reply::text(200, "{\"message\":\"Published\"}\n");
-        r.content_type = "application/json";
-        (r, true)
-    } else {
-        (Reply::text(200, "Published\n"), true)
+    if body.capacity() <= BODY_KEEP {
+        c.body = body;
     }
+    answer
+}
+
+/// Checks the backlog bound and reserves the body's share of the budget.
+fn admit(shard: &Shard, body_len: usize) -> Result<Reservation<'_>, Refused> {
+    shard.bus.admit()?;
+    shard.bus.reserve(body_len)
+}
+
+/// Parses `body` and hands its items to the bus, in slices: between
+/// slices, other tasks on this core run if they are due. Nothing is handed
+/// out unless the whole body is valid.
+async fn publish(shard: &Shard, body: &[u8], mut budget: Reservation<'_>, ok: Reply) -> Reply {
+    let mut parser = match Parser::new(body, &[]) {
+        Ok(p) => p,
+        Err(e) => return Reply::text(400, format!("{e}\n")),
+    };
+    let mut items = Vec::new();
+    let mut pending = 0;
+    loop {
+        match parser.next_item() {
+            Ok(Some(item)) => {
+                pending += ITEM_OVERHEAD + item.payload_len();
+                items.push(item);
+            }
+            Ok(None) => break,
+            Err(e) => return Reply::text(400, format!("{e}\n")),
+        }
+        if items.len() % SLICE == 0 {
+            if let Err(r) = budget.grow(std::mem::take(&mut pending)) {
+                return Reply::refused(&r);
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+    let n = items.len();
+    shard.bus.count_publish();
+    if n <= SLICE {
+        shard.publish(items);
+    } else {
+        let mut rest = items.into_iter();
+        loop {
+            let slice: Vec<_> = rest.by_ref().take(SLICE).collect();
+            if slice.is_empty() {
+                break;
+            }
+            shard.publish(slice);
+            glommio::yield_if_needed().await;
+        }
+    }
+    debug!("control: published {n} items");
+    ok
 }
 
 fn unauthorized(why: &str, scheme: &str) -> Reply {
@@ -193,6 +377,9 @@ fn unauthorized(why: &str, scheme: &str) -> Reply {
 }
 
 fn authorize(auth: &PublishAuth, head: &RequestHead) -> Result<(), Reply> {
+    if *auth == PublishAuth::None {
+        return Ok(());
+    }
     let header = head
         .fields
         .get("authorization")

@@ -140,18 +140,22 @@ impl ControlPlane {
     /// Answers one request line.
     pub fn handle_line(&self, line: &[u8]) -> Value {
         let fail = |e: String| json!({"ok": false, "error": e});
+        // A publish (the hot, and possibly large, request) is recognised
+        // without building a tree, and parsed once, straight into items.
+        if crate::codec::publish::root_member(line, "method") == Some(&b"\"publish\""[..]) {
+            return match self.publish(line) {
+                Ok(n) => json!({"ok": true, "published": n}),
+                Err(e) => fail(e),
+            };
+        }
         let v: Value = match serde_json::from_slice(line) {
             Ok(v) => v,
             Err(e) => return fail(format!("invalid JSON: {e}")),
         };
         match v.get("method").and_then(Value::as_str) {
-            Some("publish") => match crate::codec::publish::parse(line) {
-                Ok(items) => {
-                    let n = items.len();
-                    self.bus.publish(items);
-                    json!({"ok": true, "published": n})
-                }
-                Err(e) => fail(e.0),
+            Some("publish") => match self.publish(line) {
+                Ok(n) => json!({"ok": true, "published": n}),
+                Err(e) => fail(e),
             },
             Some("stats") => self.stats(),
             Some("reload") => match self.reload() {
@@ -176,6 +180,28 @@ impl ControlPlane {
             )),
             None => fail("missing \"method\"".into()),
         }
+    }
+
+    /// A `publish` line: within the bus's memory bounds, parsed and handed
+    /// out (this runs on a control-socket thread, never on a core). The
+    /// error says why not: a bad item by name, "busy" or "backlog".
+    fn publish(&self, line: &[u8]) -> Result<usize, String> {
+        let refused = |r: crate::bus::Refused| match r {
+            crate::bus::Refused::Busy { .. } => format!("busy: {r}"),
+            crate::bus::Refused::Backlog { .. } => format!("backlog: {r}"),
+        };
+        self.bus.admit().map_err(refused)?;
+        let mut budget = self.bus.reserve(line.len()).map_err(refused)?;
+        let items = crate::codec::publish::parse_with(line, &["method"]).map_err(|e| e.0)?;
+        let parsed: usize = items
+            .iter()
+            .map(|i| crate::bus::ITEM_OVERHEAD + i.payload_len())
+            .sum();
+        budget.grow(parsed).map_err(refused)?;
+        self.bus.count_publish();
+        let n = items.len();
+        self.bus.publish(items, None);
+        Ok(n)
     }
 }
 

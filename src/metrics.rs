@@ -195,6 +195,82 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
         let _ = writeln!(o, "# TYPE {name} counter");
         let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
     }
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publishes_refused_total Publishes refused by a memory bound: busy (429, in-flight budget) or backlog (503, a core's queue)."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publishes_refused_total counter");
+    for (reason, v) in [
+        ("busy", &bus.refused_busy),
+        ("backlog", &bus.refused_backlog),
+    ] {
+        let _ = writeln!(
+            o,
+            "corepin_publishes_refused_total{{reason=\"{reason}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publish_inflight_bytes Publishes being read and parsed (estimated bytes; the budget in use)."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publish_inflight_bytes gauge");
+    let _ = writeln!(
+        o,
+        "corepin_publish_inflight_bytes {}",
+        bus.inflight.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publish_backlog_bytes Published items queued for a core and not yet delivered (estimated bytes)."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publish_backlog_bytes gauge");
+    for (core, v) in bus.backlog.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "corepin_publish_backlog_bytes{{core=\"{core}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publish_delivery_lag_seconds How long published items waited in a core's queue before the core delivered them."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publish_delivery_lag_seconds histogram");
+    for (core, buckets) in bus.lag.iter().enumerate() {
+        let mut cumulative = 0u64;
+        for (i, b) in buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = crate::bus::LAG_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                o,
+                "corepin_publish_delivery_lag_seconds_bucket{{core=\"{core}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "corepin_publish_delivery_lag_seconds_sum{{core=\"{core}\"}} {}",
+            bus.lag_sum_us[core].load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            o,
+            "corepin_publish_delivery_lag_seconds_count{{core=\"{core}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP corepin_publish_wakes_total Wake-ups sent to a core for publishes (one per batch; cores without subscribers on a publish's channels get none)."
+    );
+    let _ = writeln!(o, "# TYPE corepin_publish_wakes_total counter");
+    for (core, v) in bus.wakes.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "corepin_publish_wakes_total{{core=\"{core}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
     let _ = writeln!(o, "# HELP corepin_draining 1 while shutting down.");
     let _ = writeln!(o, "# TYPE corepin_draining gauge");
     let _ = writeln!(o, "corepin_draining {}", u8::from(draining));

@@ -217,7 +217,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         wakers.push(ours);
         theirs_all.push(theirs.into_raw_fd());
     }
-    let (bus, inboxes) = Bus::new(wakers);
+    let limits = crate::bus::Limits {
+        inflight: cfg.publish.max_inflight,
+        backlog: cfg.publish.max_backlog,
+    };
+    let (bus, inboxes) = Bus::new(wakers, limits);
     let (links, command_rxs) = CoreLinks::new(link_wakers);
     let board = Board::new(workers);
     let plane = Arc::new(ControlPlane {

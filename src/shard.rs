@@ -31,6 +31,10 @@ use crate::subs::{Kind, QueueLimits, Registry};
 use crate::upstream::Pool;
 use crossbeam_channel::Receiver;
 
+/// Items delivered per slice of a drain; other tasks may run between
+/// slices. Items of one channel within a slice go out joined.
+const DRAIN_SLICE: usize = 1024;
+
 /// A byte sent on a shard's wake socket.
 pub mod wake {
     /// Stop accepting and drain.
@@ -230,6 +234,9 @@ pub struct Shard {
     /// WebSocket-over-HTTP sessions open here, by Connection-Id.
     pub ws_sessions: RefCell<std::collections::HashSet<String>>,
     pub bus: Arc<Bus>,
+    /// Wakes this core's delivery task when a publish made here queued
+    /// items for this core (no wake byte, no syscall).
+    kick: Kick,
     /// The latency-sensitive task queue of the control API and publishes.
     control_queue: Cell<Option<glommio::TaskQueueHandle>>,
     /// Grip-Sig tokens, renewed each minute.
@@ -269,13 +276,18 @@ impl Shard {
             draining: Cell::new(false),
             access_log: access.then(|| RefCell::new(AccessLog::default())),
             stats: Counters::default(),
-            subs: Registry::new(QueueLimits {
-                messages: cfg.grip.subscriber_queue,
-                bytes: cfg.grip.subscriber_queue_bytes,
-            }),
+            subs: Registry::new(
+                QueueLimits {
+                    messages: cfg.grip.subscriber_queue,
+                    bytes: cfg.grip.subscriber_queue_bytes,
+                },
+                bus.clone(),
+                index,
+            ),
             board,
             ws_sessions: RefCell::new(std::collections::HashSet::new()),
             bus,
+            kick: Kick::default(),
             sig_cache: RefCell::new(Vec::new()),
             control_queue: Cell::new(None),
             conn_limit,
@@ -339,19 +351,33 @@ impl Shard {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Delivers everything waiting in this core's inbox.
-    fn drain_inbox(&self, inbox: &CoreInbox) {
+    /// Hands items published on this core to the bus; when some are for
+    /// this core itself, its delivery task is kicked directly.
+    pub fn publish(&self, items: Vec<crate::codec::publish::Item>) -> usize {
+        let sent = self.bus.publish(items, Some(self.index));
+        if sent.local {
+            self.kick.kick();
+        }
+        sent.items
+    }
+
+    /// Delivers everything waiting in this core's inbox, in slices of at
+    /// most `DRAIN_SLICE` items, letting other tasks run between slices when
+    /// they are due, so a huge publish cannot stall this core's clients.
+    async fn drain_inbox(&self, inbox: &CoreInbox) {
         inbox.rearm();
         let mut items = Vec::new();
-        while let Ok(batch) = inbox.rx.try_recv() {
-            items.extend(batch.iter().cloned());
-            if items.len() >= 4096 {
-                self.subs.deliver(&items);
-                items.clear();
+        loop {
+            let n = inbox.take(DRAIN_SLICE, &mut items);
+            if n == 0 {
+                return;
             }
-        }
-        if !items.is_empty() {
             self.subs.deliver(&items);
+            items.clear();
+            if n < DRAIN_SLICE {
+                return;
+            }
+            glommio::yield_if_needed().await;
         }
     }
 
@@ -554,12 +580,13 @@ pub async fn run(start: ShardStart) {
     // SAFETY: the fd is this shard's end of a socketpair, owned by it alone.
     let wake = unsafe { UnixStream::from_raw_fd(start.wake) };
     let (drain_tx, drain_rx) = glommio::channels::local_channel::new_bounded(1);
-    // Publishes are drained in the control queue: they preempt a fan-out in
-    // progress rather than wait behind it.
+    // Publishes are delivered in the control queue: they preempt a fan-out
+    // in progress rather than wait behind it (and yield in slices).
     let wake_task = spawn_control(
         &shard,
-        wake_loop(shard.clone(), wake, start.inbox, start.commands, drain_tx),
+        wake_loop(shard.clone(), wake, start.commands, drain_tx),
     );
+    let deliver_task = spawn_control(&shard, deliver_loop(shard.clone(), start.inbox));
     let _ = drain_rx.recv().await;
 
     shard.start_drain();
@@ -593,6 +620,7 @@ pub async fn run(start: ShardStart) {
         let _ = t.cancel().await;
     }
     let _ = wake_task.cancel().await;
+    let _ = deliver_task.cancel().await;
     let _ = sweep_task.cancel().await;
     let _ = log_task.cancel().await;
     shard.flush_log();
@@ -614,12 +642,11 @@ fn spawn_control<T: 'static>(
     }
 }
 
-/// Reads the wake socket: delivers publishes; reports a drain request
-/// once, then keeps delivering publishes until cancelled.
+/// Reads the wake socket: kicks the delivery task for publishes, runs
+/// commands, reports a drain request once; runs until cancelled.
 async fn wake_loop(
     shard: Rc<Shard>,
     mut wake: UnixStream,
-    inbox: CoreInbox,
     commands: Receiver<Command>,
     drain: glommio::channels::local_channel::LocalSender<()>,
 ) {
@@ -632,7 +659,7 @@ async fn wake_loop(
             }
             Ok(n) => {
                 if byte[..n].contains(&WAKE_PUBLISH) {
-                    shard.drain_inbox(&inbox);
+                    shard.kick.kick();
                 }
                 if byte[..n].contains(&WAKE_COMMAND) {
                     shard.run_commands(&commands);
@@ -642,6 +669,44 @@ async fn wake_loop(
                 }
             }
         }
+    }
+}
+
+/// Delivers publishes whenever kicked (by the wake socket, or by a publish
+/// made on this core), until cancelled.
+async fn deliver_loop(shard: Rc<Shard>, inbox: CoreInbox) {
+    loop {
+        shard.kick.wait().await;
+        shard.drain_inbox(&inbox).await;
+    }
+}
+
+/// A wake-up for one task on this core: `kick` before or while the task
+/// waits makes its next `wait` return at once; many kicks make one wake.
+#[derive(Default)]
+struct Kick {
+    due: Cell<bool>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Kick {
+    fn kick(&self) {
+        self.due.set(true);
+        let waiting = self.waker.borrow_mut().take();
+        if let Some(w) = waiting {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.due.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 }
 

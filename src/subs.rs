@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::bus::Encoded;
+use crate::bus::{Bus, Interest, INTEREST_SLOTS};
 use crate::codec::grip::{KeepAlive, KeepAliveMode};
-use crate::codec::publish::Action;
+use crate::codec::publish::{Action, Filter};
 
 /// What kind of hold a subscriber is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,28 +229,21 @@ impl Sub {
         let it = &e.item;
         let meta = self.meta.borrow();
         let get = |k: &str| meta.iter().find(|(mk, _)| mk == k).map(|(_, v)| v.as_str());
-        it.filters.iter().all(|f| match f.as_str() {
+        let item_meta = |k: &str| {
+            it.meta
+                .iter()
+                .find(|(mk, _)| mk == k)
+                .map(|(_, v)| v.as_str())
+        };
+        it.filters.iter().all(|f| match f {
             // Skip the subscriber whose `user` meta matches the item's `sender`.
-            "skip-self" => {
-                let sender = it
-                    .meta
-                    .iter()
-                    .find(|(k, _)| k == "sender")
-                    .map(|(_, v)| v.as_str());
+            Filter::SkipSelf => {
+                let sender = item_meta("sender");
                 sender.is_none() || get("user") != sender
             }
             // Deliver only to subscribers whose `user` is listed in the item's `users`.
-            "require-sub" => {
-                let users = it
-                    .meta
-                    .iter()
-                    .find(|(k, _)| k == "users")
-                    .map(|(_, v)| v.as_str());
-                users.is_none_or(|u| {
-                    get("user").is_some_and(|me| u.split(',').any(|x| x.trim() == me))
-                })
-            }
-            _ => true,
+            Filter::RequireSub => item_meta("users")
+                .is_none_or(|u| get("user").is_some_and(|me| u.split(',').any(|x| x.trim() == me))),
         })
     }
 }
@@ -302,12 +296,19 @@ pub struct Registry {
     next: Cell<u64>,
     channels: RefCell<HashMap<String, HashMap<u64, Rc<Sub>>>>,
     timed: RefCell<HashMap<u64, Rc<Sub>>>,
-    /// Last id seen per channel on this core (for `prev-id` checks).
-    last_ids: RefCell<HashMap<String, String>>,
+    /// The bus, whose interest table this core keeps current, and this
+    /// core's index in it.
+    bus: Arc<Bus>,
+    core: usize,
+    /// Channels with subscribers here, per interest slot: the core's bit in
+    /// the slot is set while its count is above zero.
+    slot_channels: RefCell<Vec<u32>>,
     pub limits: QueueLimits,
     pub stats: SubStats,
     /// Held connections by kind: streams, long-polls, WebSockets.
     held: [Cell<u64>; 3],
+    /// A reused list of one channel's subscribers during delivery.
+    scratch: Cell<Vec<Rc<Sub>>>,
 }
 
 fn kind_index(k: Kind) -> usize {
@@ -319,15 +320,18 @@ fn kind_index(k: Kind) -> usize {
 }
 
 impl Registry {
-    pub fn new(limits: QueueLimits) -> Self {
+    pub fn new(limits: QueueLimits, bus: Arc<Bus>, core: usize) -> Self {
         Registry {
             next: Cell::new(1),
             channels: RefCell::new(HashMap::new()),
             timed: RefCell::new(HashMap::new()),
-            last_ids: RefCell::new(HashMap::new()),
+            bus,
+            core,
+            slot_channels: RefCell::new(vec![0; INTEREST_SLOTS]),
             limits,
             stats: SubStats::default(),
             held: Default::default(),
+            scratch: Cell::new(Vec::new()),
         }
     }
 
@@ -371,22 +375,55 @@ impl Registry {
     }
 
     /// Replaces a subscriber's channels (a next link may change them).
+    ///
+    /// New channels are in the map, and this core's interest bit set,
+    /// before this returns, so a publish that happens after it reaches the
+    /// subscriber (see `bus::Interest`). Channels are added before old ones
+    /// are removed, so a channel kept across the change never loses its bit
+    /// in between.
     pub fn set_channels(&self, sub: &Rc<Sub>, channels: Vec<String>) {
         let mut map = self.channels.borrow_mut();
+        for ch in &channels {
+            let subs = match map.get_mut(ch) {
+                Some(m) => m,
+                None => {
+                    self.channel_appeared(ch);
+                    map.entry(ch.clone()).or_default()
+                }
+            };
+            subs.insert(sub.id, sub.clone());
+        }
         for ch in sub.channels.borrow().iter() {
+            if channels.contains(ch) {
+                continue;
+            }
             if let Some(m) = map.get_mut(ch) {
                 m.remove(&sub.id);
                 if m.is_empty() {
                     map.remove(ch);
+                    self.channel_gone(ch);
                 }
             }
         }
-        for ch in &channels {
-            map.entry(ch.clone())
-                .or_default()
-                .insert(sub.id, sub.clone());
-        }
         *sub.channels.borrow_mut() = channels;
+    }
+
+    fn channel_appeared(&self, ch: &str) {
+        let slot = Interest::slot(ch);
+        let mut counts = self.slot_channels.borrow_mut();
+        counts[slot] += 1;
+        if counts[slot] == 1 {
+            self.bus.interest().set(slot, self.core);
+        }
+    }
+
+    fn channel_gone(&self, ch: &str) {
+        let slot = Interest::slot(ch);
+        let mut counts = self.slot_channels.borrow_mut();
+        counts[slot] = counts[slot].saturating_sub(1);
+        if counts[slot] == 0 {
+            self.bus.interest().clear(slot, self.core);
+        }
     }
 
     /// Puts the subscriber in (or out of) the sweep's set.
@@ -428,9 +465,10 @@ impl Registry {
         sub.drop_now(DropReason::Stalled, &self.stats);
     }
 
-    /// The last id this core saw on `channel`.
+    /// The last id published on `channel` (kept by the bus's sequencer:
+    /// this core only hears of channels it has subscribers on).
     pub fn last_id(&self, channel: &str) -> Option<String> {
-        self.last_ids.borrow().get(channel).cloned()
+        self.bus.last_id(channel)
     }
 
     /// Subscriber count (all channels of a subscriber count once each).
@@ -442,15 +480,19 @@ impl Registry {
     /// content of all its items in this drain is joined once and shared by
     /// every stream subscriber (one write each).
     pub fn deliver(&self, items: &[Arc<Encoded>]) {
+        let Some(first) = items.first() else { return };
+        let ch = first.item.channel.as_str();
+        if items.len() == 1 {
+            return self.deliver_channel(ch, &[first]);
+        }
+        if items.iter().all(|e| e.item.channel == ch) {
+            let list: Vec<&Arc<Encoded>> = items.iter().collect();
+            return self.deliver_channel(ch, &list);
+        }
         let mut order: Vec<&str> = Vec::new();
         let mut by_channel: HashMap<&str, Vec<&Arc<Encoded>>> = HashMap::new();
         for e in items {
             let ch = e.item.channel.as_str();
-            if let Some(id) = &e.item.id {
-                self.last_ids
-                    .borrow_mut()
-                    .insert(ch.to_string(), id.clone());
-            }
             by_channel
                 .entry(ch)
                 .or_insert_with(|| {
@@ -460,25 +502,35 @@ impl Registry {
                 .push(e);
         }
         for ch in order {
-            let subs: Vec<Rc<Sub>> = match self.channels.borrow().get(ch) {
-                Some(m) => m.values().cloned().collect(),
-                None => continue,
-            };
-            let list = &by_channel[ch];
-            if list.iter().any(|e| !e.item.filters.is_empty()) {
-                for sub in &subs {
-                    let mine: Vec<&Arc<Encoded>> =
-                        list.iter().copied().filter(|e| sub.passes(e)).collect();
-                    let plan = Plan::new(&mine);
-                    self.hand(sub, ch, &plan);
-                }
-            } else {
-                let plan = Plan::new(list);
-                for sub in &subs {
-                    self.hand(sub, ch, &plan);
-                }
+            self.deliver_channel(ch, &by_channel[ch]);
+        }
+    }
+
+    /// Delivers `list` (items of `ch`, in order) to the channel's
+    /// subscribers here.
+    fn deliver_channel(&self, ch: &str, list: &[&Arc<Encoded>]) {
+        // The subscribers are copied out (into a reused list) so that
+        // handing them messages may touch the registry.
+        let mut subs = self.scratch.take();
+        match self.channels.borrow().get(ch) {
+            Some(m) => subs.extend(m.values().cloned()),
+            None => return self.scratch.set(subs),
+        }
+        if list.iter().any(|e| !e.item.filters.is_empty()) {
+            for sub in &subs {
+                let mine: Vec<&Arc<Encoded>> =
+                    list.iter().copied().filter(|e| sub.passes(e)).collect();
+                let plan = Plan::new(&mine, Needs::of(std::slice::from_ref(sub)));
+                self.hand(sub, ch, &plan);
+            }
+        } else {
+            let plan = Plan::new(list, Needs::of(&subs));
+            for sub in &subs {
+                self.hand(sub, ch, &plan);
             }
         }
+        subs.clear();
+        self.scratch.set(subs);
     }
 
     fn hand(&self, sub: &Rc<Sub>, channel: &str, plan: &Plan) {
@@ -593,6 +645,30 @@ impl Registry {
     }
 }
 
+/// Which wire forms a channel's subscribers need (so that the others are
+/// never encoded).
+#[derive(Clone, Copy, Default)]
+struct Needs {
+    chunked: bool,
+    raw: bool,
+    ws: bool,
+}
+
+impl Needs {
+    fn of(subs: &[Rc<Sub>]) -> Needs {
+        let mut n = Needs::default();
+        for s in subs {
+            match s.kind {
+                Kind::Stream if s.chunked => n.chunked = true,
+                Kind::Stream => n.raw = true,
+                Kind::Ws => n.ws = true,
+                Kind::Response => {}
+            }
+        }
+        n
+    }
+}
+
 /// What one drain cycle means for the subscribers of one channel.
 struct Plan {
     /// Published stream messages joined into `chunked`/`raw`.
@@ -610,12 +686,12 @@ struct Plan {
     last_id: Option<String>,
 }
 
-fn join(parts: Vec<&Bytes>) -> Bytes {
-    match parts.as_slice() {
+fn join(parts: &[Bytes]) -> Bytes {
+    match parts {
         [] => Bytes::new(),
-        [one] => (*one).clone(),
+        [one] => one.clone(),
         many => {
-            let mut b = BytesMut::with_capacity(many.iter().map(|p| p.len()).sum());
+            let mut b = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
             for p in many {
                 b.extend_from_slice(p);
             }
@@ -625,7 +701,7 @@ fn join(parts: Vec<&Bytes>) -> Bytes {
 }
 
 impl Plan {
-    fn new(items: &[&Arc<Encoded>]) -> Plan {
+    fn new(items: &[&Arc<Encoded>], needs: Needs) -> Plan {
         let (mut chunked, mut raw) = (Vec::new(), Vec::new());
         let (mut close, mut hint, mut hint_response) = (false, false, false);
         let mut response = None;
@@ -638,9 +714,11 @@ impl Plan {
                         Action::Close => {
                             ws_close = Some((w.code.unwrap_or(1000), w.reason.clone()))
                         }
-                        _ if !e.ws_frame.is_empty() => {
+                        Action::Send => {
                             ws_items += 1;
-                            ws.push(&e.ws_frame);
+                            if needs.ws {
+                                ws.push(e.ws_frame().clone());
+                            }
                         }
                         _ => {}
                     }
@@ -650,10 +728,14 @@ impl Plan {
                 if !close {
                     match s.action {
                         Action::Send => {
-                            if !e.stream_chunk.is_empty() {
+                            if !s.content.is_empty() {
                                 stream_items += 1;
-                                chunked.push(&e.stream_chunk);
-                                raw.push(&e.stream_raw);
+                                if needs.chunked {
+                                    chunked.push(e.stream_chunk().clone());
+                                }
+                                if needs.raw {
+                                    raw.push(e.stream_raw());
+                                }
                             }
                         }
                         Action::Close => close = true,
@@ -673,11 +755,11 @@ impl Plan {
         }
         Plan {
             ws_items,
-            ws: join(ws),
+            ws: join(&ws),
             ws_close,
             stream_items,
-            chunked: join(chunked),
-            raw: join(raw),
+            chunked: join(&chunked),
+            raw: join(&raw),
             close,
             hint,
             response,
@@ -696,7 +778,10 @@ mod tests {
     }
 
     fn registry(messages: usize, bytes: usize) -> Registry {
-        Registry::new(QueueLimits { messages, bytes })
+        // A one-core bus: the registry keeps its interest bits there.
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let (bus, _) = Bus::new(vec![ours], crate::bus::Limits::default());
+        Registry::new(QueueLimits { messages, bytes }, bus, 0)
     }
 
     fn spec() -> SubSpec {

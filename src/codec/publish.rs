@@ -1,14 +1,31 @@
 //! Publish items (GRIP.md §2): JSON `{"items":[...]}` parsed into typed
 //! items, with the formats either under `"formats"` or directly on the
 //! item. Errors name the offending field, e.g. `items[0].channel`.
+//!
+//! Parsing builds no JSON tree. A small scanner walks the root object and
+//! finds each element of `items`; serde then parses that element straight
+//! into the item types (strings borrowed from the body where they have no
+//! escapes). The scanner hands out one item at a time ([`Parser`]), so a
+//! caller on an executor can parse a huge publish in slices and let other
+//! work run between them. Only when something is wrong is the input parsed
+//! again, with path tracking, to name the field.
+//!
+//! Together the scanner and serde accept exactly the JSON documents serde
+//! accepts: the scanner checks the root object's punctuation and the list's
+//! commas, and every value it skips over is handed to serde whole (an item
+//! is parsed as an item, any other root member's value is validated), so a
+//! malformed value cannot pass unnoticed.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 // Validation of what reaches clients lives in codec::response (response
 // heads) and codec::ws (close frames); the parsing here calls it at the
 // points marked `VALIDATE:`.
-use super::response::{self, At, Head};
+use super::response::{self, Head};
 use super::ws;
 
 /// What a format asks subscribers to do.
@@ -51,6 +68,15 @@ pub struct WsMessage {
     pub reason: String,
 }
 
+/// A delivery filter (the `filter:` GRIP features corepin announces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// Skip the subscriber whose `user` meta equals the item's `sender`.
+    SkipSelf,
+    /// Deliver only to subscribers whose `user` is in the item's `users`.
+    RequireSub,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Item {
     pub channel: String,
@@ -60,10 +86,35 @@ pub struct Item {
     /// Item metadata, compared with subscription metadata by filters.
     pub meta: Vec<(String, String)>,
     /// Delivery filters, e.g. `skip-self`.
-    pub filters: Vec<String>,
+    pub filters: Vec<Filter>,
     pub http_response: Option<HttpResponse>,
     pub http_stream: Option<HttpStream>,
     pub ws_message: Option<WsMessage>,
+}
+
+impl Item {
+    /// The payload bytes this item carries (content of every format), used
+    /// to account for the memory a publish holds.
+    pub fn payload_len(&self) -> usize {
+        let r = self
+            .http_response
+            .as_ref()
+            // The head's fields are bounded; 256 bytes stands for them.
+            .map_or(0, |r| r.body.len() + 256);
+        let s = self.http_stream.as_ref().map_or(0, |s| s.content.len());
+        let w = self
+            .ws_message
+            .as_ref()
+            .map_or(0, |w| w.content.len() + w.reason.len());
+        let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.channel.len()
+            + self.id.as_ref().map_or(0, String::len)
+            + self.prev_id.as_ref().map_or(0, String::len)
+            + meta
+            + r
+            + s
+            + w
+    }
 }
 
 /// A publish body that cannot be accepted; the text is the 400 reason.
@@ -80,278 +131,1014 @@ fn bad<T>(path: &str, msg: &str) -> Result<T, PublishError> {
     Err(PublishError(format!("{path}: {msg}")))
 }
 
-fn opt_str(
-    obj: &Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<String>, PublishError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        // Pushpin accepts numeric ids; they are compared as text.
-        Some(Value::Number(n)) if key.ends_with("id") => Ok(Some(n.to_string())),
-        Some(_) => bad(&format!("{path}.{key}"), "must be a string"),
+// ---------------------------------------------------------------------------
+// The scanner: byte offsets of JSON values, without validating them.
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The end (one past the closing quote) of the string starting at `i`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// The end of the value starting at `i` (which is not whitespace). Only
+/// strings and bracket depth are tracked; serde checks the value itself.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
     }
 }
 
-fn base64_field(v: &Value, path: &str) -> Result<Bytes, PublishError> {
-    use base64::Engine;
-    let Value::String(s) = v else {
-        return bad(path, "must be a base64 string");
-    };
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .map(Bytes::from)
-        .or_else(|_| bad(path, "is not valid base64"))
+/// Where the scanner is in the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before the first member of the root object.
+    Open,
+    /// After a member of the root object: `,` or `}` next.
+    Member,
+    /// Inside `items`, before its first element.
+    ItemsOpen,
+    /// Inside `items`, after an element: `,` or `]` next.
+    Items,
+    Done,
 }
 
-/// A text field or its `-bin` (base64) twin; absent means empty.
-fn payload(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Bytes, PublishError> {
-    let bin = format!("{key}-bin");
-    match (obj.get(key), obj.get(&bin)) {
-        (Some(_), Some(_)) => bad(path, &format!("give either {key} or {bin}, not both")),
-        (Some(Value::String(s)), None) => Ok(Bytes::from(s.clone().into_bytes())),
-        (Some(_), None) => bad(&format!("{path}.{key}"), "must be a string"),
-        (None, Some(v)) => base64_field(v, &format!("{path}.{bin}")),
+/// Why a publish body could not be scanned or parsed.
+enum Failure {
+    /// The JSON itself is malformed: the whole body is re-read by serde for
+    /// an exact message.
+    Syntax(&'static str, usize),
+    /// Well-formed JSON that is not a valid publish.
+    Invalid(PublishError),
+}
+
+impl From<PublishError> for Failure {
+    fn from(e: PublishError) -> Self {
+        Failure::Invalid(e)
+    }
+}
+
+/// A publish body, item by item. `next_item` returns items in order; once
+/// it has returned `Ok(None)`, the whole body was valid.
+pub struct Parser<'a> {
+    body: &'a [u8],
+    /// Root members allowed besides `items` (the control socket's `method`).
+    extra: &'static [&'static str],
+    pos: usize,
+    state: State,
+    /// Items returned so far.
+    index: usize,
+    seen_items: bool,
+}
+
+impl<'a> Parser<'a> {
+    /// A parser over `body`, whose root object may hold `items` and the
+    /// members named in `extra`.
+    pub fn new(body: &'a [u8], extra: &'static [&'static str]) -> Result<Parser<'a>, PublishError> {
+        let start = skip_ws(body, 0);
+        if body.get(start) != Some(&b'{') {
+            return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+                Err(e) => PublishError(format!("invalid JSON: {e}")),
+                Ok(_) => PublishError("body: must be an object".into()),
+            });
+        }
+        Ok(Parser {
+            body,
+            extra,
+            pos: start + 1,
+            state: State::Open,
+            index: 0,
+            seen_items: false,
+        })
+    }
+
+    /// Items parsed so far.
+    pub fn count(&self) -> usize {
+        self.index
+    }
+
+    /// Bytes of the body scanned so far (for pacing a caller's slices).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The next item, or `Ok(None)` at the end of a valid body.
+    pub fn next_item(&mut self) -> Result<Option<Item>, PublishError> {
+        match self.step() {
+            Ok(v) => Ok(v),
+            Err(Failure::Invalid(e)) => {
+                self.state = State::Done;
+                Err(e)
+            }
+            Err(Failure::Syntax(what, at)) => {
+                self.state = State::Done;
+                Err(match serde_json::from_slice::<IgnoredAny>(self.body) {
+                    Err(e) => PublishError(format!("invalid JSON: {e}")),
+                    // Not reached for input serde accepts; kept as a plain
+                    // answer rather than a panic.
+                    Ok(_) => PublishError(format!("invalid JSON: {what} at byte {at}")),
+                })
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<Item>, Failure> {
+        let b = self.body;
+        loop {
+            self.pos = skip_ws(b, self.pos);
+            match self.state {
+                State::Done => return Ok(None),
+                State::Open | State::Member => {
+                    match (self.state, b.get(self.pos)) {
+                        (_, Some(b'}')) => {
+                            self.pos = skip_ws(b, self.pos + 1);
+                            if self.pos != b.len() {
+                                return Err(Failure::Syntax("trailing characters", self.pos));
+                            }
+                            self.state = State::Done;
+                            if !self.seen_items {
+                                return Err(PublishError("items: missing".into()).into());
+                            }
+                            return Ok(None);
+                        }
+                        (State::Member, Some(b',')) => {
+                            self.pos = skip_ws(b, self.pos + 1);
+                        }
+                        (State::Member, _) => {
+                            return Err(Failure::Syntax("expected `,` or `}`", self.pos))
+                        }
+                        _ => {}
+                    }
+                    self.member()?;
+                }
+                State::ItemsOpen | State::Items => {
+                    match (self.state, b.get(self.pos)) {
+                        (State::ItemsOpen, Some(b']')) => {
+                            self.state = State::Done;
+                            return Err(PublishError("items: must not be empty".into()).into());
+                        }
+                        (State::Items, Some(b']')) => {
+                            self.pos += 1;
+                            self.state = State::Member;
+                            continue;
+                        }
+                        (State::Items, Some(b',')) => {
+                            self.pos = skip_ws(b, self.pos + 1);
+                        }
+                        (State::Items, _) => {
+                            return Err(Failure::Syntax("expected `,` or `]`", self.pos))
+                        }
+                        _ => {}
+                    }
+                    let start = self.pos;
+                    let end =
+                        value_end(b, start).ok_or(Failure::Syntax("expected a value", start))?;
+                    let item = parse_item(&b[start..end], self.index)?;
+                    self.pos = end;
+                    self.index += 1;
+                    self.state = State::Items;
+                    return Ok(Some(item));
+                }
+            }
+        }
+    }
+
+    /// Reads one root member's key and `:`; enters `items`, or checks and
+    /// skips any other allowed member.
+    fn member(&mut self) -> Result<(), Failure> {
+        let b = self.body;
+        let start = self.pos;
+        if b.get(start) != Some(&b'"') {
+            return Err(Failure::Syntax("expected a key", start));
+        }
+        let end = string_end(b, start).ok_or(Failure::Syntax("unterminated key", start))?;
+        let key: Cow<str> = serde_json::from_slice::<Str>(&b[start..end])
+            .map_err(|_| Failure::Syntax("invalid key", start))?
+            .0;
+        self.pos = skip_ws(b, end);
+        if b.get(self.pos) != Some(&b':') {
+            return Err(Failure::Syntax("expected `:`", self.pos));
+        }
+        self.pos = skip_ws(b, self.pos + 1);
+        let vstart = self.pos;
+        if key == "items" {
+            if self.seen_items {
+                return Err(PublishError("items: given twice".into()).into());
+            }
+            self.seen_items = true;
+            if b.get(vstart) == Some(&b'[') {
+                self.pos = vstart + 1;
+                self.state = State::ItemsOpen;
+                return Ok(());
+            }
+            let vend = value_end(b, vstart).ok_or(Failure::Syntax("expected a value", vstart))?;
+            return match serde_json::from_slice::<IgnoredAny>(&b[vstart..vend]) {
+                Ok(_) => Err(PublishError("items: must be a list".into()).into()),
+                Err(_) => Err(Failure::Syntax("invalid value", vstart)),
+            };
+        }
+        let vend = value_end(b, vstart).ok_or(Failure::Syntax("expected a value", vstart))?;
+        if serde_json::from_slice::<IgnoredAny>(&b[vstart..vend]).is_err() {
+            return Err(Failure::Syntax("invalid value", vstart));
+        }
+        if !self.extra.contains(&key.as_ref()) {
+            let mut known = String::from("items");
+            for k in self.extra {
+                known.push_str(", ");
+                known.push_str(k);
+            }
+            return Err(PublishError(format!("{key}: unknown field (expected {known})")).into());
+        }
+        self.pos = vend;
+        self.state = State::Member;
+        Ok(())
+    }
+}
+
+/// The raw text of the value of `key` in a JSON object's root, found by
+/// the scanner without parsing or validating anything (so a caller can
+/// route on, say, a `method` before parsing the rest).
+pub fn root_member<'a>(body: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let mut i = skip_ws(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(body, i + 1);
+    loop {
+        if body.get(i) != Some(&b'"') {
+            return None;
+        }
+        let kend = string_end(body, i)?;
+        let k = &body[i + 1..kend - 1];
+        i = skip_ws(body, kend);
+        if body.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(body, i + 1);
+        let vend = value_end(body, i)?;
+        if k == key.as_bytes() {
+            return Some(&body[i..vend]);
+        }
+        i = skip_ws(body, vend);
+        match body.get(i) {
+            Some(b',') => i = skip_ws(body, i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// Parses a whole publish body whose root holds only `items`.
+pub fn parse(body: &[u8]) -> Result<Vec<Item>, PublishError> {
+    parse_with(body, &[])
+}
+
+/// Parses a whole publish body whose root may also hold `extra` members.
+pub fn parse_with(body: &[u8], extra: &'static [&'static str]) -> Result<Vec<Item>, PublishError> {
+    let mut p = Parser::new(body, extra)?;
+    let mut items = Vec::new();
+    while let Some(item) = p.next_item()? {
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// Fuzz invariant: parsing never panics; a body it accepts is JSON that
+/// serde accepts, with a non-empty `items` list of exactly the items
+/// returned, each with a channel and a format; item by item and whole
+/// agree; every refusal has a reason.
+#[doc(hidden)]
+pub fn check_parse_invariant(body: &[u8]) {
+    let whole = parse(body);
+    let mut one_by_one = Vec::new();
+    let stepped = Parser::new(body, &[]).and_then(|mut p| {
+        while let Some(item) = p.next_item()? {
+            one_by_one.push(item);
+        }
+        Ok(())
+    });
+    match (&whole, stepped) {
+        (Ok(items), Ok(())) => {
+            assert_eq!(items, &one_by_one);
+            let v: serde_json::Value =
+                serde_json::from_slice(body).expect("accepted a body serde rejects");
+            let list = v
+                .get("items")
+                .and_then(serde_json::Value::as_array)
+                .expect("accepted a body without an items list");
+            assert_eq!(list.len(), items.len());
+            assert!(!items.is_empty());
+            for it in items {
+                assert!(!it.channel.is_empty());
+                assert!(
+                    it.http_response.is_some()
+                        || it.http_stream.is_some()
+                        || it.ws_message.is_some()
+                );
+            }
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(a, &b);
+            assert!(!a.0.is_empty());
+        }
+        (a, b) => panic!("whole and stepped disagree: {a:?} / {b:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One item: serde into borrowed raw types, then checks across fields.
+
+fn parse_item(span: &[u8], index: usize) -> Result<Item, Failure> {
+    match serde_json::from_slice::<Obj<RawItem>>(span) {
+        Ok(raw) => Ok(raw.0.into_item(index)?),
+        Err(e) if e.is_syntax() || e.is_eof() => Err(Failure::Syntax("invalid item", 0)),
+        Err(e) => {
+            // Parse again, tracking the path, to name the field.
+            let mut de = serde_json::Deserializer::from_slice(span);
+            let (path, msg) = match serde_path_to_error::deserialize::<_, Obj<RawItem>>(&mut de) {
+                Err(pe) => (pe.path().to_string(), pe.into_inner().to_string()),
+                Ok(_) => (".".to_string(), e.to_string()),
+            };
+            Err(Failure::Invalid(PublishError(explain(index, &path, &msg))))
+        }
+    }
+}
+
+/// Turns a serde data error at `path` inside item `index` into a reason
+/// that names the field: `items[0].channel: must be a string, not ...`.
+fn explain(index: usize, path: &str, msg: &str) -> String {
+    // serde_json appends the position; the path says more.
+    let msg = msg.rsplit_once(" at line ").map_or(msg, |(m, _)| m);
+    let mut at = format!("items[{index}]");
+    if path != "." {
+        if !path.starts_with('[') {
+            at.push('.');
+        }
+        at.push_str(path);
+    }
+    let quoted = |s: &str| s.split('`').nth(1).map(str::to_string);
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        return format!("{at}.{}: missing", quoted(rest).unwrap_or_default());
+    }
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        let name = quoted(rest).unwrap_or_default();
+        let expected = rest
+            .split_once(", expected ")
+            .map_or(String::new(), |(_, e)| {
+                format!(" (expected {})", e.replace('`', ""))
+            });
+        // The path already ends at the unknown key.
+        if !at.ends_with(&format!(".{name}")) {
+            at = format!("{at}.{name}");
+        }
+        return format!("{at}: unknown field{expected}");
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((got, want)) = msg
+            .strip_prefix(prefix)
+            .and_then(|r| r.split_once(", expected "))
+        {
+            return format!("{at}: must be {want}, not {got}");
+        }
+    }
+    format!("{at}: {msg}")
+}
+
+/// A string borrowed from the body when it has no escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Str<'_> {
+    fn into_string(self) -> String {
+        self.0.into_owned()
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.0 {
+            Cow::Borrowed(s) => Bytes::copy_from_slice(s.as_bytes()),
+            Cow::Owned(s) => Bytes::from(s.into_bytes()),
+        }
+    }
+}
+
+/// An id: a string, or a number compared as its text (Pushpin accepts
+/// numeric ids).
+struct Id(String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Id;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+                Ok(Id(serde_json::Number::from_f64(v)
+                    .map_or_else(|| v.to_string(), |n| n.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Base64 (`body-bin`, `content-bin`), decoded.
+struct B64(Bytes);
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = B64;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<B64, E> {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.trim())
+                    .map(|b| B64(Bytes::from(b)))
+                    .map_err(|_| E::custom("is not valid base64"))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Action;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Action, E> {
+                match v {
+                    "send" => Ok(Action::Send),
+                    "close" => Ok(Action::Close),
+                    "hint" => Ok(Action::Hint),
+                    "refresh" => Ok(Action::Refresh),
+                    other => Err(E::custom(format!(
+                        "unknown action '{other}' (send, close, hint, refresh)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for WsKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = WsKind;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WsKind, E> {
+                match v {
+                    "text" => Ok(WsKind::Text),
+                    "binary" => Ok(WsKind::Binary),
+                    other => Err(E::custom(format!("unknown type '{other}' (text, binary)"))),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Filter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Filter;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Filter, E> {
+                match v {
+                    "skip-self" => Ok(Filter::SkipSelf),
+                    "require-sub" => Ok(Filter::RequireSub),
+                    other => Err(E::custom(format!(
+                        "unknown filter '{other}' (skip-self, require-sub)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A number checked by `check`, which is given the number as an integer
+/// (`Ok`) or, when it is not a non-negative integer, as its text (`Err`):
+/// status codes and close codes, whose range checks live with the wire
+/// formats (codec::response, codec::ws).
+struct Checked<T, F>(T, std::marker::PhantomData<F>);
+
+/// How a `Checked` number is judged.
+trait Check {
+    type Out;
+    fn check(n: Result<u64, String>) -> Result<Self::Out, String>;
+}
+
+impl<'de, F: Check> Deserialize<'de> for Checked<F::Out, F> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<F>(std::marker::PhantomData<F>);
+        impl<F: Check> Visitor<'_> for V<F> {
+            type Value = Checked<F::Out, F>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                F::check(Ok(v))
+                    .map(|c| Checked(c, std::marker::PhantomData))
+                    .map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom(
+                        F::check(Err(v.to_string())).err().unwrap_or_default(),
+                    )),
+                }
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                let text = serde_json::Number::from_f64(v)
+                    .map_or_else(|| v.to_string(), |n| n.to_string());
+                Err(E::custom(F::check(Err(text)).err().unwrap_or_default()))
+            }
+        }
+        d.deserialize_any(V::<F>(std::marker::PhantomData))
+    }
+}
+
+/// `http-response.code`: kept as given, checked with the rest of the head.
+enum StatusCode {}
+
+impl Check for StatusCode {
+    type Out = u64;
+    fn check(n: Result<u64, String>) -> Result<u64, String> {
+        n.map_err(|text| {
+            format!(
+                "{text} is not a final status code ({}-{})",
+                response::MIN_STATUS,
+                response::MAX_STATUS
+            )
+        })
+    }
+}
+
+/// `ws-message.code`: a code a close frame may carry.
+enum CloseCode {}
+
+impl Check for CloseCode {
+    type Out = u16;
+    fn check(n: Result<u64, String>) -> Result<u16, String> {
+        // VALIDATE: close codes a frame may carry (codec::ws).
+        match n {
+            Ok(c) => ws::check_close_code(c),
+            Err(text) => Err(format!("{text} is not a close code")),
+        }
+    }
+}
+
+/// `meta`: an object of strings, kept in order.
+struct Meta(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Meta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Meta;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Meta, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<Str, Str>()? {
+                    out.push((k.into_string(), v.into_string()));
+                }
+                Ok(Meta(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Headers as an object or a list of `[name, value]` pairs, with how each
+/// was listed (for naming it in an error). Shape only: names and values
+/// are checked by `codec::response`.
+struct Headers<'a>(Vec<(response::At, Str<'a>, Str<'a>)>);
+
+/// One `[name, value]` pair of a header list.
+struct Pair<'a>(Str<'a>, Str<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Pair<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Pair<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a [name, value] pair of strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Pair<'de>, A::Error> {
+                let pair = || de::Error::custom("must be a [name, value] pair of strings");
+                let name = s.next_element::<Str>()?.ok_or_else(pair)?;
+                let value = s.next_element::<Str>()?.ok_or_else(pair)?;
+                if s.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(pair());
+                }
+                Ok(Pair(name, value))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Headers<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object or a list of [name, value] pairs")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Headers<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<Str, Str>()? {
+                    out.push((response::At::Key, k, v));
+                }
+                Ok(Headers(out))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Headers<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Pair(k, v)) = s.next_element::<Pair>()? {
+                    out.push((response::At::Index(out.len()), k, v));
+                }
+                Ok(Headers(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A struct that must be written as a JSON object (serde's derived
+/// structs also take a list of field values, which no publisher means).
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(MapOnly(d)).map(Obj)
+    }
+}
+
+/// A deserializer that reads a struct only from a map.
+struct MapOnly<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(v)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(v)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawItem<'a> {
+    #[serde(borrow)]
+    channel: Str<'a>,
+    #[serde(default)]
+    id: Option<Id>,
+    #[serde(default, rename = "prev-id")]
+    prev_id: Option<Id>,
+    #[serde(default, rename = "no-seq")]
+    no_seq: Option<bool>,
+    #[serde(default)]
+    meta: Option<Meta>,
+    #[serde(default)]
+    filters: Option<Vec<Filter>>,
+    #[serde(default, borrow)]
+    formats: Option<Obj<RawFormats<'a>>>,
+    #[serde(default, borrow, rename = "http-response")]
+    http_response: Option<Obj<RawResponse<'a>>>,
+    #[serde(default, borrow, rename = "http-stream")]
+    http_stream: Option<Obj<RawStream<'a>>>,
+    #[serde(default, borrow, rename = "ws-message")]
+    ws_message: Option<Obj<RawWs<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawFormats<'a> {
+    #[serde(default, borrow, rename = "http-response")]
+    http_response: Option<Obj<RawResponse<'a>>>,
+    #[serde(default, borrow, rename = "http-stream")]
+    http_stream: Option<Obj<RawStream<'a>>>,
+    #[serde(default, borrow, rename = "ws-message")]
+    ws_message: Option<Obj<RawWs<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawResponse<'a> {
+    #[serde(default)]
+    action: Option<Action>,
+    #[serde(default)]
+    code: Option<Checked<u64, StatusCode>>,
+    #[serde(default, borrow)]
+    reason: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    headers: Option<Headers<'a>>,
+    #[serde(default, borrow)]
+    body: Option<Str<'a>>,
+    #[serde(default, rename = "body-bin")]
+    body_bin: Option<B64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawStream<'a> {
+    #[serde(default)]
+    action: Option<Action>,
+    #[serde(default, borrow)]
+    content: Option<Str<'a>>,
+    #[serde(default, rename = "content-bin")]
+    content_bin: Option<B64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawWs<'a> {
+    #[serde(default)]
+    action: Option<Action>,
+    #[serde(default, rename = "type")]
+    kind: Option<WsKind>,
+    #[serde(default, borrow)]
+    content: Option<Str<'a>>,
+    #[serde(default, rename = "content-bin")]
+    content_bin: Option<B64>,
+    #[serde(default)]
+    code: Option<Checked<u16, CloseCode>>,
+    #[serde(default, borrow)]
+    reason: Option<Str<'a>>,
+}
+
+/// Where a format sits in the body (`items[3].formats.http-stream`),
+/// turned into text only for an error message.
+#[derive(Clone, Copy)]
+struct At {
+    index: usize,
+    formats: bool,
+    format: &'static str,
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "items[{}]", self.index)?;
+        if self.formats {
+            f.write_str(".formats")?;
+        }
+        if !self.format.is_empty() {
+            write!(f, ".{}", self.format)?;
+        }
+        Ok(())
+    }
+}
+
+impl At {
+    fn of(self, format: &'static str) -> At {
+        At { format, ..self }
+    }
+}
+
+/// A text payload or its base64 twin; absent means empty.
+fn payload(text: Option<Str>, bin: Option<B64>, at: At, key: &str) -> Result<Bytes, PublishError> {
+    match (text, bin) {
+        (Some(_), Some(_)) => bad(
+            &at.to_string(),
+            &format!("give either {key} or {key}-bin, not both"),
+        ),
+        (Some(t), None) => Ok(t.into_bytes()),
+        (None, Some(b)) => Ok(b.0),
         (None, None) => Ok(Bytes::new()),
     }
 }
 
-fn action(obj: &Map<String, Value>, path: &str) -> Result<Action, PublishError> {
-    match obj.get("action") {
-        None | Some(Value::Null) => Ok(Action::Send),
-        Some(Value::String(s)) => match s.as_str() {
-            "send" => Ok(Action::Send),
-            "close" => Ok(Action::Close),
-            "hint" => Ok(Action::Hint),
-            "refresh" => Ok(Action::Refresh),
-            other => bad(
-                &format!("{path}.action"),
-                &format!("unknown action '{other}'"),
-            ),
-        },
-        Some(_) => bad(&format!("{path}.action"), "must be a string"),
+impl RawResponse<'_> {
+    fn build(self, path: At) -> Result<HttpResponse, PublishError> {
+        let body = payload(self.body, self.body_bin, path, "body")?;
+        // VALIDATE: status range, reason, header names and values, managed
+        // fields, bodiless statuses (codec::response).
+        let fields = self.headers.map(|h| h.0).unwrap_or_default();
+        let head = Head::from_parts(
+            self.code.map(|c| c.0),
+            self.reason.as_ref().map(|r| r.0.as_ref()),
+            fields
+                .iter()
+                .map(|(at, n, v)| (*at, n.0.as_bytes(), v.0.as_bytes())),
+            &body,
+        )
+        .map_err(|e| PublishError(e.at(&path.to_string())))?;
+        Ok(HttpResponse {
+            action: self.action.unwrap_or(Action::Send),
+            head,
+            body,
+        })
     }
 }
 
-fn object<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, PublishError> {
-    v.as_object()
-        .ok_or_else(|| PublishError(format!("{path}: must be an object")))
-}
-
-/// Headers as an object or a list of `[name, value]` pairs (shape only:
-/// names and values are checked by `codec::response`).
-fn headers<'a>(
-    v: Option<&'a Value>,
-    path: &str,
-) -> Result<Vec<(At, &'a str, &'a str)>, PublishError> {
-    let mut out = Vec::new();
-    match v {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Value::String(s) = v else {
-                    return bad(&format!("{path}.{}", k.escape_debug()), "must be a string");
-                };
-                out.push((At::Key, k.as_str(), s.as_str()));
-            }
-        }
-        Some(Value::Array(list)) => {
-            for (i, pair) in list.iter().enumerate() {
-                match pair.as_array().map(Vec::as_slice) {
-                    Some([Value::String(k), Value::String(s)]) => {
-                        out.push((At::Index(i), k.as_str(), s.as_str()))
-                    }
-                    _ => {
-                        return bad(
-                            &format!("{path}[{i}]"),
-                            "must be a [name, value] pair of strings",
-                        )
-                    }
-                }
-            }
-        }
-        Some(_) => return bad(path, "must be an object or a list of [name, value] pairs"),
+impl RawStream<'_> {
+    fn build(self, path: At) -> Result<HttpStream, PublishError> {
+        Ok(HttpStream {
+            action: self.action.unwrap_or(Action::Send),
+            content: payload(self.content, self.content_bin, path, "content")?,
+        })
     }
-    Ok(out)
 }
 
-fn http_response(v: &Value, path: &str) -> Result<HttpResponse, PublishError> {
-    let o = object(v, path)?;
-    let code = match o.get("code") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(c) => Some(c),
-            None => {
+impl RawWs<'_> {
+    fn build(self, path: At) -> Result<WsMessage, PublishError> {
+        let kind = match self.kind {
+            Some(k) => k,
+            None if self.content_bin.is_some() => WsKind::Binary,
+            None => WsKind::Text,
+        };
+        let action = self.action.unwrap_or(Action::Send);
+        let content = payload(self.content, self.content_bin, path, "content")?;
+        if kind == WsKind::Text && std::str::from_utf8(&content).is_err() {
+            return bad(&format!("{path}.content"), "text messages must be UTF-8");
+        }
+        if let Some(r) = &self.reason {
+            // VALIDATE: the close frame's reason fits its payload (codec::ws).
+            ws::check_close_reason(&r.0).or_else(|e| bad(&format!("{path}.reason"), &e))?;
+        }
+        if action != Action::Close {
+            if self.code.is_some() {
+                return bad(&format!("{path}.code"), "is only for action close");
+            }
+            if self.reason.is_some() {
+                return bad(&format!("{path}.reason"), "is only for action close");
+            }
+        }
+        Ok(WsMessage {
+            action,
+            kind,
+            content,
+            code: self.code.map(|c| c.0),
+            reason: self.reason.map(Str::into_string).unwrap_or_default(),
+        })
+    }
+}
+
+impl RawItem<'_> {
+    fn into_item(self, index: usize) -> Result<Item, PublishError> {
+        let mut at = At {
+            index,
+            formats: false,
+            format: "",
+        };
+        if self.channel.0.is_empty() {
+            return bad(&format!("{at}.channel"), "must not be empty");
+        }
+        let direct =
+            self.http_response.is_some() || self.http_stream.is_some() || self.ws_message.is_some();
+        let (response, stream, ws) = match self.formats {
+            Some(_) if direct => {
                 return bad(
-                    &format!("{path}.code"),
-                    &format!(
-                        "{n} is not a final status code ({}-{})",
-                        response::MIN_STATUS,
-                        response::MAX_STATUS
-                    ),
+                    &at.to_string(),
+                    "give the formats under formats or on the item, not both",
                 )
             }
-        },
-        Some(_) => return bad(&format!("{path}.code"), "must be a number"),
-    };
-    let reason = opt_str(o, "reason", path)?;
-    let fields = headers(o.get("headers"), &format!("{path}.headers"))?;
-    let body = payload(o, "body", path)?;
-    // VALIDATE: status range, reason, header names and values, managed
-    // fields, bodiless statuses (codec::response).
-    let fields = fields
-        .into_iter()
-        .map(|(at, n, v)| (at, n.as_bytes(), v.as_bytes()));
-    let head = Head::from_parts(code, reason.as_deref(), fields, &body)
-        .map_err(|e| PublishError(e.at(path)))?;
-    Ok(HttpResponse {
-        action: action(o, path)?,
-        head,
-        body,
-    })
-}
-
-fn http_stream(v: &Value, path: &str) -> Result<HttpStream, PublishError> {
-    let o = object(v, path)?;
-    Ok(HttpStream {
-        action: action(o, path)?,
-        content: payload(o, "content", path)?,
-    })
-}
-
-fn ws_message(v: &Value, path: &str) -> Result<WsMessage, PublishError> {
-    let o = object(v, path)?;
-    let kind = match (
-        o.get("type").and_then(Value::as_str),
-        o.contains_key("content-bin"),
-    ) {
-        (Some("binary"), _) | (None, true) => WsKind::Binary,
-        (Some("text"), _) | (None, false) => WsKind::Text,
-        (Some(other), _) => {
-            return bad(&format!("{path}.type"), &format!("unknown type '{other}'"))
+            Some(Obj(f)) => {
+                at.formats = true;
+                (f.http_response, f.http_stream, f.ws_message)
+            }
+            None => (self.http_response, self.http_stream, self.ws_message),
+        };
+        if response.is_none() && stream.is_none() && ws.is_none() {
+            return bad(
+                &format!("items[{index}]"),
+                "no format (http-response, http-stream or ws-message)",
+            );
         }
-    };
-    let content = payload(o, "content", path)?;
-    if kind == WsKind::Text && std::str::from_utf8(&content).is_err() {
-        return bad(&format!("{path}.content"), "text messages must be UTF-8");
-    }
-    let action = action(o, path)?;
-    let code = match o.get("code") {
-        None | Some(Value::Null) => None,
-        // VALIDATE: close codes a frame may carry (codec::ws).
-        Some(Value::Number(n)) => match n.as_u64().map(ws::check_close_code) {
-            Some(Ok(c)) => Some(c),
-            Some(Err(e)) => return bad(&format!("{path}.code"), &e),
-            None => return bad(&format!("{path}.code"), &format!("{n} is not a close code")),
-        },
-        Some(_) => return bad(&format!("{path}.code"), "must be a number"),
-    };
-    let reason = opt_str(o, "reason", path)?;
-    if let Some(r) = &reason {
-        // VALIDATE: the close frame's reason fits its payload (codec::ws).
-        ws::check_close_reason(r).or_else(|e| bad(&format!("{path}.reason"), &e))?;
-    }
-    if action != Action::Close {
-        if code.is_some() {
-            return bad(&format!("{path}.code"), "is only for action close");
+        // VALIDATE: the channel and ids go back to backends inside `Grip-Last`
+        // header lines, so they must be header-value text (codec::response).
+        for (key, v) in [
+            ("channel", Some(self.channel.0.as_ref())),
+            ("id", self.id.as_ref().map(|i| i.0.as_str())),
+            ("prev-id", self.prev_id.as_ref().map(|i| i.0.as_str())),
+        ] {
+            if let Some(v) = v {
+                response::check_value(v.as_bytes())
+                    .map_err(|p| PublishError(format!("items[{index}].{key}: {p}")))?;
+            }
         }
-        if reason.is_some() {
-            return bad(&format!("{path}.reason"), "is only for action close");
-        }
+        Ok(Item {
+            channel: self.channel.into_string(),
+            id: self.id.map(|i| i.0),
+            prev_id: self.prev_id.map(|i| i.0),
+            no_seq: self.no_seq.unwrap_or(false),
+            meta: self.meta.map(|m| m.0).unwrap_or_default(),
+            filters: self.filters.unwrap_or_default(),
+            http_response: response
+                .map(|Obj(r)| r.build(at.of("http-response")))
+                .transpose()?,
+            http_stream: stream
+                .map(|Obj(s)| s.build(at.of("http-stream")))
+                .transpose()?,
+            ws_message: ws.map(|Obj(w)| w.build(at.of("ws-message"))).transpose()?,
+        })
     }
-    Ok(WsMessage {
-        action,
-        kind,
-        content,
-        code,
-        reason: reason.unwrap_or_default(),
-    })
-}
-
-fn item(v: &Value, path: &str) -> Result<Item, PublishError> {
-    let o = object(v, path)?;
-    let channel = match o.get("channel") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::String(_)) => return bad(&format!("{path}.channel"), "must not be empty"),
-        Some(_) => return bad(&format!("{path}.channel"), "must be a string"),
-        None => return bad(&format!("{path}.channel"), "missing"),
-    };
-    let formats = match o.get("formats") {
-        Some(f) => object(f, &format!("{path}.formats"))?,
-        None => o,
-    };
-    let fpath = if o.contains_key("formats") {
-        format!("{path}.formats")
-    } else {
-        path.to_string()
-    };
-    let sub = |key: &str| formats.get(key).map(|v| (v, format!("{fpath}.{key}")));
-    let mut it = Item {
-        channel,
-        id: opt_str(o, "id", path)?,
-        prev_id: opt_str(o, "prev-id", path)?,
-        no_seq: o.get("no-seq").and_then(Value::as_bool).unwrap_or(false),
-        ..Item::default()
-    };
-    // VALIDATE: the channel and ids go back to backends inside `Grip-Last`
-    // header lines, so they must be header-value text (codec::response).
-    for (key, v) in [
-        ("channel", Some(&it.channel)),
-        ("id", it.id.as_ref()),
-        ("prev-id", it.prev_id.as_ref()),
-    ] {
-        if let Some(v) = v {
-            response::check_value(v.as_bytes())
-                .map_err(|p| PublishError(format!("{path}.{key}: {p}")))?;
-        }
-    }
-    if let Some(Value::Object(m)) = o.get("meta") {
-        it.meta = m
-            .iter()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-            .collect();
-    }
-    if let Some(Value::Array(f)) = o.get("filters") {
-        it.filters = f
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-    }
-    if let Some((v, p)) = sub("http-response") {
-        it.http_response = Some(http_response(v, &p)?);
-    }
-    if let Some((v, p)) = sub("http-stream") {
-        it.http_stream = Some(http_stream(v, &p)?);
-    }
-    if let Some((v, p)) = sub("ws-message") {
-        it.ws_message = Some(ws_message(v, &p)?);
-    }
-    if it.http_response.is_none() && it.http_stream.is_none() && it.ws_message.is_none() {
-        return bad(path, "no format (http-response, http-stream or ws-message)");
-    }
-    Ok(it)
-}
-
-/// Parses a publish body.
-pub fn parse(body: &[u8]) -> Result<Vec<Item>, PublishError> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| PublishError(format!("invalid JSON: {e}")))?;
-    let root = object(&v, "body")?;
-    let Some(items) = root.get("items") else {
-        return bad("items", "missing");
-    };
-    let Value::Array(items) = items else {
-        return bad("items", "must be a list");
-    };
-    if items.is_empty() {
-        return bad("items", "must not be empty");
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| item(v, &format!("items[{i}]")))
-        .collect()
 }
 
 #[cfg(test)]
@@ -545,13 +1332,104 @@ mod tests {
     }
 
     #[test]
+    fn ids_meta_filters_nulls_and_escapes() {
+        let it = one(
+            r#"{"items":[{"channel":"c\u00e9","id":12,"prev-id":1.5,"meta":{"sender":"a","users":"a,b"},
+            "filters":["skip-self","require-sub"],"http-stream":{"content":"a\"b\n","action":null},
+            "ws-message":{"content":"x","code":null,"reason":null,"type":null}}]}"#,
+        );
+        assert_eq!(it.channel, "cé");
+        assert_eq!(
+            (it.id.as_deref(), it.prev_id.as_deref()),
+            (Some("12"), Some("1.5"))
+        );
+        assert_eq!(
+            it.meta,
+            vec![
+                ("sender".into(), "a".into()),
+                ("users".into(), "a,b".into())
+            ]
+        );
+        assert_eq!(it.filters, vec![Filter::SkipSelf, Filter::RequireSub]);
+        assert_eq!(
+            it.http_stream.map(|s| s.content),
+            Some(Bytes::from_static(b"a\"b\n"))
+        );
+        let w = it.ws_message.expect("ws");
+        assert_eq!(
+            (w.kind, w.code, w.reason.as_str()),
+            (WsKind::Text, None, "")
+        );
+    }
+
+    #[test]
+    fn many_items_in_order_and_other_root_members() {
+        let body = br#" { "method" : "publish" , "items" : [ {"channel":"a","http-stream":{"content":"1"}} ,
+            {"channel":"b","http-stream":{"content":"2"}} ] , "method2": [1, {"x": "]"}] } "#;
+        assert!(
+            parse(body).is_err(),
+            "method is not allowed on the HTTP API"
+        );
+        let err = parse_with(body, &["method"]).expect_err("method2 is unknown");
+        assert_eq!(err.0, "method2: unknown field (expected items, method)");
+        let body = br#"{"method":"publish","items":[{"channel":"a","http-stream":{"content":"1"}},{"channel":"b","http-stream":{"content":"2"}}]}"#;
+        let items = parse_with(body, &["method"]).expect("valid");
+        let channels: Vec<&str> = items.iter().map(|i| i.channel.as_str()).collect();
+        assert_eq!(channels, ["a", "b"]);
+        let mut p = Parser::new(body, &["method"]).expect("object");
+        assert_eq!(
+            p.next_item().expect("first").map(|i| i.channel),
+            Some("a".into())
+        );
+        assert_eq!(p.count(), 1);
+        assert!(p.next_item().expect("second").is_some());
+        assert_eq!(p.next_item().expect("end"), None);
+        assert_eq!(p.position(), body.len());
+    }
+
+    #[test]
     fn bad_input_has_a_reason() {
         for (json, needle) in [
             ("{", "invalid JSON"),
+            ("", "invalid JSON"),
             ("[]", "body: must be an object"),
             ("{}", "items: missing"),
             (r#"{"items":{}}"#, "items: must be a list"),
-            (r#"{"items":[]}"#, "must not be empty"),
+            (r#"{"items":[]}"#, "items: must not be empty"),
+            (r#"{"items":[ ] }"#, "items: must not be empty"),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{}}],"items":[]}"#,
+                "items: given twice",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{}}]} x"#,
+                "invalid JSON: trailing characters",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{}}}"#,
+                "invalid JSON",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{}},]}"#,
+                "invalid JSON",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{}} {"channel":"d"}]}"#,
+                "invalid JSON",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{"content":"x}}]}"#,
+                "invalid JSON",
+            ),
+            (r#"{"items" [1]}"#, "invalid JSON"),
+            (
+                r#"{"items":[1}"#,
+                "items[0]: must be an object, not integer `1`",
+            ),
+            (
+                r#"{"other":1,"items":[{"channel":"c","http-stream":{}}]}"#,
+                "other: unknown field (expected items)",
+            ),
             (
                 r#"{"items":[{"http-stream":{"content":"x"}}]}"#,
                 "items[0].channel: missing",
@@ -560,26 +1438,46 @@ mod tests {
                 r#"{"items":[{"channel":5,"http-stream":{}}]}"#,
                 "items[0].channel: must be a string",
             ),
-            (r#"{"items":[{"channel":"c"}]}"#, "no format"),
+            (
+                r#"{"items":[{"channel":"","http-stream":{}}]}"#,
+                "items[0].channel: must not be empty",
+            ),
+            (r#"{"items":[{"channel":"c"}]}"#, "items[0]: no format"),
             (
                 r#"{"items":[{"channel":"c","http-stream":{"content":5}}]}"#,
                 "items[0].http-stream.content: must be a string",
             ),
             (
+                r#"{"items":[{"channel":"c","http-stream":{"content":"a"}},{"channel":"c","formats":{"http-stream":{"content":5}}}]}"#,
+                "items[1].formats.http-stream.content: must be a string",
+            ),
+            (
                 r#"{"items":[{"channel":"c","http-stream":{"content-bin":"!!"}}]}"#,
-                "not valid base64",
+                "items[0].http-stream.content-bin: is not valid base64",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{"content":"a","content-bin":"YQ=="}}]}"#,
+                "items[0].http-stream: give either content or content-bin, not both",
             ),
             (
                 r#"{"items":[{"channel":"c","http-stream":{"action":"boom"}}]}"#,
-                "unknown action",
+                "items[0].http-stream.action: unknown action 'boom'",
             ),
             (
                 r#"{"items":[{"channel":"c","http-response":{"code":"200"}}]}"#,
-                "code: must be a number",
+                "items[0].http-response.code: must be a number",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-response":{"code":99}}]}"#,
+                "items[0].http-response.code: 99 is not a final status code (200-599)",
             ),
             (
                 r#"{"items":[{"channel":"c","http-response":{"headers":[["A"]]}}]}"#,
-                "headers[0]",
+                "items[0].http-response.headers[0]: must be a [name, value] pair of strings",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-response":{"headers":[["A","b","c"]]}}]}"#,
+                "items[0].http-response.headers[0]",
             ),
             (
                 r#"{"items":[{"channel":"c","http-response":{"headers":{"A":"x\r\nB: y"}}}]}"#,
@@ -587,15 +1485,128 @@ mod tests {
             ),
             (
                 r#"{"items":[{"channel":"c","formats":[]}]}"#,
-                "items[0].formats: must be an object",
+                "items[0].formats: must be an object, not sequence",
+            ),
+            (
+                r#"{"items":[["c",null,null,null,null,null,null,null,{}]]}"#,
+                "items[0]: must be an object, not sequence",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":[]}]}"#,
+                "items[0].http-stream: must be an object",
+            ),
+            (
+                r#"{"items":[{"channel":"c","formats":{"http-stream":{}},"ws-message":{}}]}"#,
+                "items[0]: give the formats under formats or on the item, not both",
             ),
             (
                 r#"{"items":[{"channel":"c","ws-message":{"content-bin":"/w==","type":"text"}}]}"#,
-                "UTF-8",
+                "items[0].ws-message.content: text messages must be UTF-8",
+            ),
+            (
+                r#"{"items":[{"channel":"c","ws-message":{"type":"blob"}}]}"#,
+                "items[0].ws-message.type: unknown type 'blob'",
+            ),
+            (
+                r#"{"items":[{"channel":"c","ws-message":{"action":"close","code":999}}]}"#,
+                "items[0].ws-message.code: 999 is not a close code",
+            ),
+            (
+                r#"{"items":[{"channel":"c","colour":"red","http-stream":{}}]}"#,
+                "items[0].colour: unknown field",
+            ),
+            (
+                r#"{"items":[{"channel":"c","http-stream":{"contents":"x"}}]}"#,
+                "items[0].http-stream.contents: unknown field",
+            ),
+            (
+                r#"{"items":[{"channel":"c","formats":{"http-streams":{}}}]}"#,
+                "items[0].formats.http-streams: unknown field",
+            ),
+            (
+                r#"{"items":[{"channel":"c","meta":{"a":1},"http-stream":{}}]}"#,
+                "items[0].meta.a: must be a string",
+            ),
+            (
+                r#"{"items":[{"channel":"c","filters":["skip-self","nope"],"http-stream":{}}]}"#,
+                "items[0].filters[1]: unknown filter 'nope'",
+            ),
+            (
+                r#"{"items":[{"channel":"c","no-seq":"yes","http-stream":{}}]}"#,
+                "items[0].no-seq: must be a boolean",
+            ),
+            (
+                r#"{"items":[{"channel":"c","id":{},"http-stream":{}}]}"#,
+                "items[0].id: must be a string",
             ),
         ] {
             let e = parse(json.as_bytes()).expect_err(json).0;
             assert!(e.contains(needle), "{json}: {e}");
+        }
+        let not_utf8 = b"{\"items\":[{\"channel\":\"c\xff\",\"http-stream\":{}}]}";
+        let e = parse(not_utf8).expect_err("not UTF-8").0;
+        assert!(e.starts_with("invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn root_member_finds_raw_values() {
+        let body = br#" {"items": [{"a": "}"}], "method" : "publish" } "#;
+        assert_eq!(root_member(body, "method"), Some(&br#""publish""#[..]));
+        assert_eq!(root_member(body, "items"), Some(&br#"[{"a": "}"}]"#[..]));
+        assert_eq!(root_member(body, "nope"), None);
+        assert_eq!(root_member(b"[1]", "method"), None);
+        assert_eq!(root_member(br#"{"method" "x"}"#, "method"), None);
+    }
+
+    /// The scanner finds each value's end exactly where serde does, for
+    /// every shape of value, nested brackets inside strings included.
+    #[test]
+    fn value_end_agrees_with_serde() {
+        for v in [
+            r#""a""#,
+            r#""a\"]}""#,
+            r#""\\""#,
+            "12",
+            "-1.5e3",
+            "true",
+            "null",
+            r#"{"a":[1,{"b":"}"}],"c":"]"}"#,
+            "[[],[[]],{}]",
+        ] {
+            let text = format!("{v} ,");
+            assert_eq!(value_end(text.as_bytes(), 0), Some(v.len()), "{v}");
+            assert!(serde_json::from_str::<serde_json::Value>(v).is_ok());
+        }
+        for v in ["", ",", "]", r#""open"#, "[1,2", "{\"a\":\"}"] {
+            assert_eq!(value_end(v.as_bytes(), 0), None, "{v}");
+        }
+    }
+
+    /// Whatever the body, the parser agrees with serde on whether it is
+    /// JSON at all: a body serde rejects is never accepted.
+    #[test]
+    fn never_accepts_what_serde_rejects() {
+        let good = r#"{"items":[{"channel":"c","http-stream":{"content":"a\"b"}},{"channel":"d","formats":{"ws-message":{"content":"x"}}}]}"#;
+        assert!(parse(good.as_bytes()).is_ok());
+        // Every truncation, and every single-byte change to a structural
+        // byte, is either rejected or still valid JSON.
+        for cut in 0..good.len() {
+            let body = &good.as_bytes()[..cut];
+            assert!(parse(body).is_err(), "accepted a truncation at {cut}");
+        }
+        for i in 0..good.len() {
+            for b in [b'{', b'}', b'[', b']', b',', b':', b'"', b' ', b'\\', b'x'] {
+                let mut body = good.as_bytes().to_vec();
+                body[i] = b;
+                check_parse_invariant(&body);
+                if parse(&body).is_ok() {
+                    assert!(
+                        serde_json::from_slice::<serde_json::Value>(&body).is_ok(),
+                        "accepted invalid JSON: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
         }
     }
 }

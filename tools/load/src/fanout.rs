@@ -10,8 +10,31 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::args::{Args, Ticker};
+use crate::net::CpuClock;
 use crate::publish::{publish, PubOpts, PUB_FLAGS};
 use crate::subscribe::{open_all, SubOpts, SUB_FLAGS};
+
+/// `rooms`: the chat-room workload, `fanout` with its shape as defaults:
+/// 200 channels ("rooms") of 10 subscribers each, 20,000 publishes of one
+/// message to one room each, sent as fast as the publisher goes (or at
+/// `--publish-rate`). Any flag given overrides its default.
+pub fn run_rooms(args: &[String]) {
+    let mut all: Vec<String> = [
+        "--subscribers",
+        "2000",
+        "--channels",
+        "200",
+        "--messages",
+        "20000",
+        "--channel-prefix",
+        "room",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    all.extend_from_slice(args);
+    run(&all)
+}
 
 pub fn run(args: &[String]) {
     let mut spec: Vec<&str> = SUB_FLAGS.to_vec();
@@ -41,6 +64,8 @@ pub fn run(args: &[String]) {
 
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu = CpuClock::new(pubo.cpu_pids.clone());
+    let cpu_before = cpu.seconds();
     let publisher = {
         let (o, sent, stop) = (pubo.clone(), sent.clone(), stop.clone());
         std::thread::spawn(move || publish(&o, &sent, &stop))
@@ -81,6 +106,7 @@ pub fn run(args: &[String]) {
         }
     }
     eprintln!();
+    let cpu_s = cpu.seconds() - cpu_before;
     let pub_result = publisher.join().unwrap_or(Value::Null);
     let m = w.finish();
     let delivered = m.get("delivered");
@@ -90,9 +116,8 @@ pub fn run(args: &[String]) {
         .unwrap_or(0);
     let span_ns = m.last_ns.saturating_sub(first_send).max(1);
     let kinds: Vec<&str> = sub.kinds.iter().map(|k| k.name()).collect();
-    println!(
-        "{}",
-        json!({
+    let published = sent.load(Ordering::Relaxed);
+    let mut result = json!({
             "mode": "fanout",
             "target": sub.to.to_string(),
             "kinds": kinds,
@@ -119,8 +144,14 @@ pub fn run(args: &[String]) {
             "latency_ms": m.latency.summary_ms(),
             "publish": pub_result,
             "missing_workers": m.missing_workers,
-        })
-    );
+    });
+    if !cpu.is_empty() {
+        // From the first publish to the last delivery (or the end of the
+        // grace period): what the server spent on publishing and fan-out.
+        result["server_cpu_seconds"] = json!(cpu_s);
+        result["server_cpu_us_per_publish"] = json!(cpu_s * 1e6 / (published.max(1) as f64));
+    }
+    println!("{result}");
     if m.get("subscribed") == 0 || sent.load(Ordering::Relaxed) == 0 {
         std::process::exit(1);
     }

@@ -19,9 +19,13 @@ corepin-load MODE [--flag value]...
       --to HOST:PORT | --socket PATH   --via http|socket|nchan
       --publish-path P  --messages M  --seconds S  --rate PER_S  --size BYTES
       --channels K  --channel-prefix P  --auth 'Bearer ...'
+      --conns C (publishers in parallel, each owning every C-th channel)
+      --cpu-pids PID,... (report the server's CPU time per publish)
   fanout      subscribe and publish at once; latency, lost, duplicated, order
       subscribe's flags, publish's flags with --publish-to HOST:PORT and
       --publish-rate PER_S, plus --settle-ms MS --grace-ms MS --timeout-s S
+  rooms       fanout shaped as chat rooms: 200 channels x 10 subscribers,
+      20000 publishes of one message to one room (fanout's flags override)
   proxy       keep-alive GET throughput and latency
       --to HOST:PORT --path P --conns C --threads T --seconds S --warmup-s S
   ws-echo     WebSocket echo round trips
@@ -36,6 +40,7 @@ fn main() {
         Some("subscribe") => subscribe::run(rest),
         Some("publish") => publish::run(rest),
         Some("fanout") => fanout::run(rest),
+        Some("rooms") => fanout::run_rooms(rest),
         Some("proxy") => proxy::run(rest),
         Some("ws-echo") => ws_echo::run(rest),
         Some("worker") => subscribe::worker(rest),

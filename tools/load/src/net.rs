@@ -155,3 +155,79 @@ impl Drop for Poller {
         unsafe { libc::close(self.ep) };
     }
 }
+
+/// CPU time (user + system, all threads) of a set of processes, read from
+/// /proc: the server side's cost of a run, however many processes it is.
+pub struct CpuClock {
+    pids: Vec<u32>,
+    /// Clock ticks per second (`_SC_CLK_TCK`).
+    hz: f64,
+}
+
+impl CpuClock {
+    pub fn new(pids: Vec<u32>) -> CpuClock {
+        // SAFETY: sysconf only reads a system constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        CpuClock {
+            pids,
+            hz: if hz > 0 { hz as f64 } else { 100.0 },
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+    }
+
+    /// Seconds of CPU used so far by the processes (those still alive).
+    pub fn seconds(&self) -> f64 {
+        let ticks: u64 = self.pids.iter().map(|p| cpu_ticks(*p)).sum();
+        ticks as f64 / self.hz
+    }
+}
+
+/// utime + stime of a process from /proc/PID/stat (0 if it is gone).
+fn cpu_ticks(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields after it are
+    // counted from its closing parenthesis.
+    let Some((_, rest)) = text.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime 15.
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+/// Parses `--cpu-pids 12,34`.
+pub fn parse_pids(list: &str) -> Option<Vec<u32>> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_time_is_read_and_grows() {
+        let c = CpuClock::new(vec![std::process::id()]);
+        let before = c.seconds();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(c.seconds() > before, "CPU time moved");
+        assert_eq!(parse_pids("1, 2,3"), Some(vec![1, 2, 3]));
+        assert_eq!(parse_pids("1,x"), None);
+        assert_eq!(CpuClock::new(vec![u32::MAX]).seconds(), 0.0);
+    }
+}

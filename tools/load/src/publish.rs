@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::args::{die, Args};
 use crate::http::{Ev, ResponseReader};
-use crate::net::now_ns;
+use crate::net::{now_ns, CpuClock};
 use crate::record::{message, Latency};
 use crate::subscribe::SubOpts;
 
@@ -40,6 +40,8 @@ pub const PUB_FLAGS: &[&str] = &[
     "channels",
     "channel-prefix",
     "auth",
+    "conns",
+    "cpu-pids",
 ];
 
 #[derive(Debug, Clone)]
@@ -60,6 +62,11 @@ pub struct PubOpts {
     pub prefix: String,
     /// An `Authorization` header value for the publish API.
     pub auth: Option<String>,
+    /// Publishers in parallel, each on its own keep-alive connection and
+    /// owning every `conns`-th channel (so each channel stays in order).
+    pub conns: usize,
+    /// Server processes whose CPU time the run reports (per publish).
+    pub cpu_pids: Vec<u32>,
 }
 
 impl PubOpts {
@@ -97,6 +104,14 @@ impl PubOpts {
             channels: a.get("channels", 1usize).max(1),
             prefix: a.string("channel-prefix", "bench"),
             auth: a.opt("auth"),
+            conns: a.get("conns", 1usize).max(1),
+            cpu_pids: a
+                .opt::<String>("cpu-pids")
+                .map(|l| {
+                    crate::net::parse_pids(&l)
+                        .unwrap_or_else(|| die(&format!("--cpu-pids: '{l}' is not a list of pids")))
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -202,16 +217,76 @@ impl Link {
     }
 }
 
+/// What one publisher thread did.
+struct Part {
+    errors: u64,
+    reasons: BTreeMap<String, u64>,
+    latency: Latency,
+    first_send: u64,
+}
+
 /// Publishes as `o` says; counts into `sent` as it goes; stops early when
-/// `stop` is set. Returns the JSON result.
+/// `stop` is set. Returns the JSON result. With `conns` > 1, that many
+/// threads publish at once, thread `t` taking the messages of every
+/// channel `c` with `c % conns == t`, on the shared schedule.
 pub fn publish(o: &PubOpts, sent: &AtomicU64, stop: &AtomicBool) -> Value {
+    let cpu = CpuClock::new(o.cpu_pids.clone());
+    let cpu_before = cpu.seconds();
+    let started = Instant::now();
+    let parts: Vec<Part> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..o.conns)
+            .map(|t| scope.spawn(move || publish_part(o, t, started, sent, stop)))
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let cpu_s = cpu.seconds() - cpu_before;
+    let mut latency = Latency::new();
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut errors, mut first_send) = (0u64, 0u64);
+    for p in &parts {
+        latency.add(&p.latency);
+        errors += p.errors;
+        for (k, v) in &p.reasons {
+            *reasons.entry(k.clone()).or_default() += v;
+        }
+        if p.first_send != 0 && (first_send == 0 || p.first_send < first_send) {
+            first_send = p.first_send;
+        }
+    }
+    let published = sent.load(Ordering::Relaxed);
+    let mut out = json!({
+        "published": published,
+        "errors": errors,
+        "error_reasons": reasons,
+        "seconds": secs,
+        "publishes_per_sec": published as f64 / secs,
+        "conns": o.conns,
+        "first_send_ns": first_send,
+        "request_latency_ms": latency.summary_ms(),
+    });
+    if !cpu.is_empty() {
+        out["server_cpu_seconds"] = json!(cpu_s);
+        out["server_cpu_us_per_publish"] = json!(cpu_s * 1e6 / (published.max(1) as f64));
+    }
+    out
+}
+
+fn publish_part(
+    o: &PubOpts,
+    t: usize,
+    started: Instant,
+    sent: &AtomicU64,
+    stop: &AtomicBool,
+) -> Part {
     let mut link: Option<Link> = None;
     let mut seqs = vec![0u64; o.channels];
-    let mut errors = 0u64;
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-    let mut latency = Latency::new();
-    let mut first_send = 0u64;
-    let started = Instant::now();
+    let mut part = Part {
+        errors: 0,
+        reasons: BTreeMap::new(),
+        latency: Latency::new(),
+        first_send: 0,
+    };
     let mut j = 0usize;
     loop {
         let elapsed = started.elapsed().as_secs_f64();
@@ -221,19 +296,23 @@ pub fn publish(o: &PubOpts, sent: &AtomicU64, stop: &AtomicBool) -> Value {
         {
             break;
         }
+        let c = j % o.channels;
+        if c % o.conns != t {
+            j += 1;
+            continue;
+        }
         if o.rate > 0.0 {
             let due = j as f64 / o.rate;
             if due > elapsed {
                 std::thread::sleep(Duration::from_secs_f64(due - elapsed));
             }
         }
-        let c = j % o.channels;
         let channel = SubOpts::channel_name(&o.prefix, o.channels, c);
-        let t = now_ns();
-        if first_send == 0 {
-            first_send = t;
+        let t0 = now_ns();
+        if part.first_send == 0 {
+            part.first_send = t0;
         }
-        let content = message(seqs[c], t, o.size);
+        let content = message(seqs[c], t0, o.size);
         // One retry on a fresh connection when the old one was lost
         // (Pushpin's publish endpoint closes keep-alive connections now
         // and then).
@@ -265,36 +344,29 @@ pub fn publish(o: &PubOpts, sent: &AtomicU64, stop: &AtomicBool) -> Value {
                 }
             }
         }
-        latency.record(now_ns().saturating_sub(t));
+        part.latency.record(now_ns().saturating_sub(t0));
         match outcome {
             Ok(_) => {
                 seqs[c] += 1;
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             Err((reason, _)) => {
-                errors += 1;
-                *reasons.entry(reason).or_default() += 1;
+                part.errors += 1;
+                *part.reasons.entry(reason).or_default() += 1;
                 // A refused publish does not take a sequence number, so
                 // subscribers do not count it as lost.
-                if errors >= 100 && sent.load(Ordering::Relaxed) == 0 {
-                    eprintln!("\npublish: 100 errors and no success, giving up: {reasons:?}");
+                if part.errors >= 100 && sent.load(Ordering::Relaxed) == 0 {
+                    eprintln!(
+                        "\npublish: 100 errors and no success, giving up: {:?}",
+                        part.reasons
+                    );
                     break;
                 }
             }
         }
         j += 1;
     }
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let published = sent.load(Ordering::Relaxed);
-    json!({
-        "published": published,
-        "errors": errors,
-        "error_reasons": reasons,
-        "seconds": secs,
-        "publishes_per_sec": published as f64 / secs,
-        "first_send_ns": first_send,
-        "request_latency_ms": latency.summary_ms(),
-    })
+    part
 }
 
 pub fn run(args: &[String]) {

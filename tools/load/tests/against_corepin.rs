@@ -246,6 +246,39 @@ fn publish_through_http_and_socket_reaches_corepin() {
 }
 
 #[test]
+fn rooms_with_parallel_publishers_keeps_each_room_in_order_and_reports_cpu() {
+    let c = Corepin::grip();
+    let pid = c._child.0.id();
+    // 6 rooms of 10; 120 publishes from 3 connections, each owning every
+    // third room: every subscriber gets its room's 20, in order.
+    let (code, v, err) = load_line(
+        &c,
+        &format!("rooms --to {{to}} --publish-to {{control}} --subscribers 60 --channels 6 --messages 120 --conns 3 --cpu-pids {pid} --settle-ms 300 --grace-ms 1000"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(n(&v, "expected"), 1200, "{v}");
+    assert_eq!(n(&v, "delivered"), 1200, "{v}");
+    assert_eq!(
+        (n(&v, "lost"), n(&v, "duplicated"), n(&v, "out_of_order")),
+        (0, 0, 0),
+        "{v}"
+    );
+    assert_eq!(n(&v, "publish.conns"), 3, "{v}");
+    // Present (CPU time moves in clock ticks, so a short run may read 0).
+    let cpu = v["server_cpu_seconds"].as_f64().expect("server CPU");
+    let per = v["server_cpu_us_per_publish"]
+        .as_f64()
+        .expect("per publish");
+    assert!(cpu >= 0.0 && per >= 0.0, "{v}");
+    let (code, _, err) = load_line(&c, "publish --to {control} --messages 1 --cpu-pids x,1");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--cpu-pids: 'x,1' is not a list of pids"),
+        "{err}"
+    );
+}
+
+#[test]
 fn publish_reports_refusals_by_reason() {
     let c = Corepin::grip();
     // The publish API is on /publish/: elsewhere corepin answers 404.
