@@ -80,7 +80,7 @@ wait_for() {
   done
 }
 
-say "building the package (cargo deb ${build_args[*]:-})"
+say "building the package (cargo deb${build_args[*]:+ ${build_args[*]}})"
 cargo deb --locked "${build_args[@]}" --output "$work/" >"$work/build.log" 2>&1 ||
   { cat "$work/build.log" >&2; fail "cargo deb"; }
 debs=("$work"/corepin_*.deb)
