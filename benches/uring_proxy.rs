@@ -50,7 +50,11 @@ fn too_big() -> io::Error {
 
 /// A listener on `addr` with SO_REUSEPORT, so each core binds its own.
 fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
@@ -68,7 +72,9 @@ async fn read_head(c: &mut UringStream, part: &mut Vec<u8>) -> io::Result<Option
             part.drain(..end);
             return Ok(Some(head));
         }
-        let Some(mut b) = c.recv_buf().await? else { return Ok(None) };
+        let Some(mut b) = c.recv_buf().await? else {
+            return Ok(None);
+        };
         if part.is_empty() {
             if let Some(end) = find_end(&b) {
                 let head = Bytes::copy_from_slice(&b[..end]);
@@ -95,7 +101,9 @@ async fn read_response(u: &mut UringStream, out: &mut Vec<u8>) -> io::Result<boo
     out.clear();
     let mut want = usize::MAX;
     while out.len() < want {
-        let Some(mut b) = u.recv_buf().await? else { return Ok(false) };
+        let Some(mut b) = u.recv_buf().await? else {
+            return Ok(false);
+        };
         out.extend_from_slice(&b);
         let n = b.len();
         b.consume(n);
@@ -115,7 +123,9 @@ async fn conn_uring(ring: Uring, mut c: UringStream, up: SocketAddr) -> io::Resu
     let mut part = Vec::new();
     let mut resp = Vec::new();
     loop {
-        let Some(head) = read_head(&mut c, &mut part).await? else { return Ok(()) };
+        let Some(head) = read_head(&mut c, &mut part).await? else {
+            return Ok(());
+        };
         if u.is_none() {
             u = Some(ring.connect(up).await?);
         }
@@ -129,7 +139,12 @@ async fn conn_uring(ring: Uring, mut c: UringStream, up: SocketAddr) -> io::Resu
     }
 }
 
-async fn accept_loop(ring: Uring, l: TcpListener, up: SocketAddr, spawn: fn(Box<dyn Future<Output = ()>>)) {
+async fn accept_loop(
+    ring: Uring,
+    l: TcpListener,
+    up: SocketAddr,
+    spawn: fn(Box<dyn Future<Output = ()>>),
+) {
     let mut lst = ring.listener(OwnedFd::from(l));
     loop {
         match lst.accept().await {
@@ -238,7 +253,19 @@ fn serve(mode: &str, listen: SocketAddr, up: SocketAddr, threads: usize) -> io::
         all.push(reuseport_listener(addr)?);
     }
     let all = std::sync::Arc::new(std::sync::Mutex::new(all));
-    let cfg = Config::default();
+    // Experiments: URING_BUSY_TURNS=N, URING_RING=defer|coop|plain.
+    let mut cfg = Config::default();
+    if let Some(n) = std::env::var("URING_BUSY_TURNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.busy_turns = n;
+    }
+    cfg.mode = match std::env::var("URING_RING").as_deref() {
+        Ok("coop") => corepin::uring::RingMode::Coop,
+        Ok("plain") => corepin::uring::RingMode::Plain,
+        _ => corepin::uring::RingMode::Defer,
+    };
     match mode {
         "glommio" | "uring" => {
             let uring = mode == "uring";
@@ -253,6 +280,16 @@ fn serve(mode: &str, listen: SocketAddr, up: SocketAddr, threads: usize) -> io::
                         };
                         eprintln!("ring mode {:?}", ring.mode());
                         glommio::spawn_local(ring.clone().drive()).detach();
+                        if std::env::var_os("URING_STATS").is_some() {
+                            let r = ring.clone();
+                            glommio::spawn_local(async move {
+                                loop {
+                                    glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+                                    eprintln!("{:?}", r.stats());
+                                }
+                            })
+                            .detach();
+                        }
                         accept_loop(ring, l, up, spawn_glommio).await;
                     } else {
                         // SAFETY: the std listener's fd moves to glommio,
@@ -300,7 +337,12 @@ fn serve(mode: &str, listen: SocketAddr, up: SocketAddr, threads: usize) -> io::
                 let _ = h.join();
             }
         }
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "mode: glommio, uring or uring-self")),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mode: glommio, uring or uring-self",
+            ))
+        }
     }
     Ok(())
 }
@@ -319,7 +361,10 @@ fn backend() -> io::Result<SocketAddr> {
                     while let Some(end) = find_end(&buf) {
                         buf.drain(..end);
                         let body = "hello from the backend\n";
-                        let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        let r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
                         if c.write_all(r.as_bytes()).is_err() {
                             return;
                         }
@@ -345,7 +390,10 @@ fn smoke(mode: &str, up: SocketAddr) -> io::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let result = (|| {
-        let out = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout"))?;
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line)?;
         let addr: SocketAddr = line
@@ -367,7 +415,10 @@ fn smoke(mode: &str, up: SocketAddr) -> io::Result<()> {
                     got.extend_from_slice(&chunk[..n]);
                 }
                 if !got.ends_with(b"\r\n\r\nhello from the backend\n") {
-                    return Err(io::Error::other(format!("bad response {:?}", String::from_utf8_lossy(&got))));
+                    return Err(io::Error::other(format!(
+                        "bad response {:?}",
+                        String::from_utf8_lossy(&got)
+                    )));
                 }
             }
         }

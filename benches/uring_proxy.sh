@@ -12,7 +12,7 @@
 # measured. Proxy CPU per request = run time of the proxy's threads
 # (/proc/PID/task/*/schedstat) ÷ requests; utime+stime agree. Also req/s and
 # the machine's busy share during the run (other engineers share it).
-# usage: bash benches/uring_proxy.sh [ROUNDS]   env: WARM=2 DUR=6 NAMES="..."
+# usage: bash benches/uring_proxy.sh [ROUNDS]   env: WARM=2 DUR=6 QUIET=15 NAMES="..."
 #        URING_CFG=... (passed to the proxy's environment)
 # Free ports are picked at start; only processes this script starts are
 # stopped, by PID. Results: $OUT (default: a temp dir) lines.txt + a median table.
@@ -86,9 +86,9 @@ done
 
 runns() { local p; for p in "$@"; do cat /proc/$p/task/*/schedstat 2>/dev/null; done | awk '{s+=$1} END {printf "%.0f\n", s}'; }
 busy() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
-quiet() { # wait (bounded) for the machine to be under 30% busy
+quiet() { # wait (bounded: QUIET seconds, default 15) for the machine to be under 30% busy
   local k a b c d
-  for k in $(seq 15); do
+  for k in $(seq ${QUIET:-15}); do
     read a b < <(busy); sleep 1; read c d < <(busy)
     [ $(( 100 * (c - a) / (d - b + 1) )) -lt 30 ] && return 0
   done

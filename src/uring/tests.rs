@@ -596,3 +596,17 @@ fn many_connections_through_multishot_accept() {
         p.join().expect("peer");
     }
 }
+
+/// The per-connection cost of an idle stream: its handle plus its slot in
+/// the core (no read buffer, no send state). PERFORMANCE.md quotes these.
+#[test]
+fn an_idle_stream_costs_a_handle_and_a_slot() {
+    let handle = std::mem::size_of::<UringStream>();
+    let slot = std::mem::size_of::<ring::Sock>();
+    println!(
+        "idle stream: handle {handle} B + core slot {slot} B; while sending, a pooled Tx of {} B",
+        std::mem::size_of::<ring::Tx>()
+    );
+    assert!(handle <= 16, "handle {handle}");
+    assert!(slot <= 64, "slot {slot}");
+}
