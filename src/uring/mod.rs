@@ -20,6 +20,18 @@
 //!
 //! Start one [`Uring`] per executor thread, spawn [`Uring::drive`] on it,
 //! then make streams from accepted or connected sockets.
+//!
+//! How a connection uses a [`UringStream`]: parse straight from the
+//! provided buffer ([`UringStream::poll_recv_buf`], then
+//! [`RecvBuf::consume`] what was parsed) and copy only a message that spans
+//! buffers into its own `InBuf` (or read through `AsyncRead`, which copies);
+//! hand output over with [`UringStream::start_send`] /
+//! [`UringStream::start_send_vectored`] (no waiting: it goes out with the
+//! loop turn's other submissions), watch [`UringStream::unsent`] for a slow
+//! peer, and wait with [`UringStream::poll_flush`] only for backpressure or
+//! before closing. Every `poll_*` takes a `Context`, so one `poll_fn` can
+//! drive a client, a backend and a channel together. Dropping the stream
+//! closes it (after cancelling what is in flight).
 
 mod bufring;
 mod ring;
