@@ -258,10 +258,13 @@ fn short_sends_are_continued_by_the_driver() {
     with_ring(Config::default(), move |ring| async move {
         let s = accept_std(&ring, &l);
         s.start_send(Bytes::from(pattern(N, 7))).expect("queue");
+        // Nobody reads yet and the socket buffers hold well under 16 MiB
+        // (tcp_wmem + tcp_rmem maxima), so the first send completes short.
+        let r = ring.clone();
+        until("a short send", move || r.stats().short_sends > 0).await;
         started.store(true, Ordering::Release);
         s.flush().await.expect("flush");
         let st = ring.stats();
-        assert!(st.short_sends > 0, "16 MiB went in one send? {st:?}");
         assert_eq!(st.sent_bytes, N as u64);
         s.shutdown_write().expect("shutdown");
     });
@@ -397,10 +400,10 @@ fn a_slow_reader_pauses_its_receive_and_resumes() {
         let mut s = accept_std(&ring, &l);
         let r = ring.clone();
         until("the receive pauses", move || r.stats().recv_paused > 0).await;
-        // Paused: the data waits in the socket, not in our buffers (one
-        // enter may take up to the kernel's multishot retry budget, 32,
-        // before the cancellation goes in).
-        assert!(s.held_buffers() <= 40, "held {}", s.held_buffers());
+        // Paused: most of the data waits in the socket, not in our buffers
+        // (the turn that asks for the cancellation may still take what the
+        // kernel received in the same enter, so the bound is loose).
+        assert!(s.held_buffers() < N / 4096 / 2, "held {}", s.held_buffers());
         let got = read_to_end(&mut s).await.expect("read");
         assert!(got == pattern(N, 9), "data lost or reordered");
         let st = ring.stats();
