@@ -2,7 +2,8 @@
 //!
 //! Leaves (no IO): `codec`, `config`, `route`, `cli`, `pushpin_conf`. Runtime-facing
 //! (glommio types live only here): `buf`, `conn`, `upstream`, `shard`,
-//! `server`, `testtarget`. `tls` takes any stream and a timer future.
+//! `server`, `testtarget`, `uring` (corepin's own per-core io_uring data
+//! path). `tls` takes any stream and a timer future.
 
 #[macro_use]
 pub mod log;
@@ -27,4 +28,5 @@ pub mod subs;
 pub mod testtarget;
 pub mod tls;
 pub mod upstream;
+pub mod uring;
 pub mod watch;
