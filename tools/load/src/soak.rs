@@ -603,7 +603,7 @@ pub fn run(args: &[String]) {
         hot_size: a.get("hot-size", 8192usize),
         hot_batch: a.get("hot-batch", 10usize),
     };
-    let drain = Duration::from_secs_f64(a.get("drain-s", 10.0f64));
+    let drain = Duration::from_secs_f64(a.get("drain-s", 30.0f64));
     let g = Graces {
         end: (a.get("grace-s", 5.0f64) * 1e9) as u64,
         lp: (a.get("lp-grace-s", 2.0f64) * 1e9) as u64,
@@ -716,15 +716,28 @@ pub fn run(args: &[String]) {
     }
     let pubst = pub_thread.join().unwrap_or_default();
     let published_s = t0.elapsed().as_secs_f64();
-    // Let the last deliveries arrive, then end every session.
-    let drain_end = Instant::now() + drain;
-    while Instant::now() < drain_end {
+    // Let the last deliveries arrive, then end every session: at least
+    // the end grace (so every message answered before the publisher
+    // stopped is due to the sessions still open), then until deliveries
+    // stop for a second, for at most `--drain-s`.
+    let drained = Instant::now();
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    while drained.elapsed() < drain {
         pump(
             Duration::from_millis(250),
             &mut progress,
             &mut results,
             &mut exited,
         );
+        let d = sum(&progress, "delivered");
+        if d != last {
+            (last, since) = (d, Instant::now());
+        }
+        if drained.elapsed().as_nanos() > u128::from(g.end) + 500_000_000
+            && since.elapsed() > Duration::from_secs(1)
+        {
+            break;
+        }
     }
     for k in kids.iter_mut() {
         if let Some(mut s) = k.stdin.take() {

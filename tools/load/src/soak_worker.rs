@@ -95,6 +95,7 @@ pub const WORKER_FLAGS: &[&str] = &[
     "slow-read-bytes",
     "slow-read-ms",
     "small-rcvbuf",
+    "ramp-s",
 ];
 
 #[derive(Debug, Clone)]
@@ -118,6 +119,8 @@ pub struct WorkerOpts {
     pub slow_read_ms: u64,
     /// SO_RCVBUF of slow and never-reading subscribers.
     pub small_rcvbuf: usize,
+    /// Slots open their first sessions spread over this many seconds.
+    pub ramp: f64,
 }
 
 fn range_flag(a: &Args, name: &str, default: (f64, f64)) -> (f64, f64) {
@@ -150,6 +153,7 @@ impl WorkerOpts {
             slow_read_bytes: a.get("slow-read-bytes", 1024usize),
             slow_read_ms: a.get("slow-read-ms", 1000u64).max(1),
             small_rcvbuf: a.get("small-rcvbuf", 4096usize),
+            ramp: a.get("ramp-s", 10.0f64).max(0.0),
         };
         if o.hot > o.channels {
             die("--hot-channels: more than --channels");
@@ -176,6 +180,7 @@ impl WorkerOpts {
             ("slow-read-bytes", self.slow_read_bytes.to_string()),
             ("slow-read-ms", self.slow_read_ms.to_string()),
             ("small-rcvbuf", self.small_rcvbuf.to_string()),
+            ("ramp-s", self.ramp.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [format!("--{k}"), v])
@@ -785,14 +790,14 @@ pub fn run(args: &[String]) {
     });
     let start = Instant::now();
     let mut rng = Rng::new(0x50a4 + index as u64);
-    // Slots start spread over the first ten seconds.
+    // Slots start spread over the ramp.
     let slots: Vec<Slot> = (index..o.slots)
         .step_by(o.workers)
         .map(|id| Slot {
             id,
             kind: o.kind_of(id),
             class: o.class_of(id),
-            idle_until: start + Duration::from_secs_f64(rng.range(0.0, 10.0)),
+            idle_until: start + Duration::from_secs_f64(rng.range(0.0, o.ramp)),
             conn: None,
             sess: None,
             next_read: start,
