@@ -50,9 +50,10 @@ cleanup() {
 trap cleanup EXIT
 
 # The backend, on a port it picks; later restarts come back on that port.
-"$LOAD" grip-backend 127.0.0.1:0 >"$D/backend.port" 2>"$D/backend.err" &
+"$LOAD" grip-backend 127.0.0.1:0 --hold-log "$D/holds.log" >"$D/backend.port" 2>"$D/backend.err" &
 echo $! >"$D/backend.pid"
 STARTED="$STARTED $!"
+disown $!   # killed and restarted by the chaos loop below
 for _ in $(seq 100); do [ -s "$D/backend.port" ] && break; sleep 0.1; done
 BP=$(head -1 "$D/backend.port")
 [ -n "$BP" ] || { echo "backend did not start"; exit 1; }
@@ -113,8 +114,9 @@ STARTED="$STARTED $SAMPLER"
     if [ $((t % RESTART_EVERY)) = 0 ]; then
       kill -9 "$(cat "$D/backend.pid")" 2>/dev/null
       sleep 2
-      "$LOAD" grip-backend "127.0.0.1:$BP" >>"$D/backend.port" 2>>"$D/backend.err" &
+      "$LOAD" grip-backend "127.0.0.1:$BP" --hold-log "$D/holds.log" >>"$D/backend.port" 2>>"$D/backend.err" &
       echo $! >"$D/backend.pid"
+      disown $!
       restarts=$((restarts + 1))
       echo "$(date +%s) restart $restarts (pid $!)"
     fi
@@ -142,7 +144,7 @@ STARTED="$STARTED $CHAOS"
 
 "$LOAD" soak --to "127.0.0.1:$CP" --publish-to "127.0.0.1:$CTL" --seconds "$DURATION" \
   --slots "$SLOTS" --workers "$WORKERS" --channels "$CHANNELS" --hot-channels "$HOT" \
-  --rate "$RATE" --dir "$D/records" ${SOAK_ARGS:-} >"$D/load.json" 2>"$D/load.err"
+  --rate "$RATE" --dir "$D/records" --hold-log "$D/holds.log" ${SOAK_ARGS:-} >"$D/load.json" 2>"$D/load.err"
 LOAD_RC=$?
 wait "$CHAOS" 2>/dev/null
 RSS_END_LOAD=$(rss)

@@ -5,7 +5,10 @@
 //!   `text/event-stream`, a comment line as its first body).
 //! - `GET /response?channel=X`: `Grip-Hold: response` on X, `Grip-Timeout`
 //!   as given (`--longpoll-timeout`, default 20 s), `timeout\n` as the
-//!   answer at the timeout.
+//!   answer at the timeout. With `--hold-log FILE`, a request carrying
+//!   `r=ID` appends `ID NS` to FILE when it is answered (NS: CLOCK_MONOTONIC
+//!   ns, one write each, so a killed backend loses none): the soak knows
+//!   from when the proxy could hold that long-poll.
 //! - `GET /wsp?channel=X` with a WebSocket upgrade: accepted with
 //!   `Sec-WebSocket-Extensions: grip`, then the control message
 //!   `c:{"type":"subscribe","channel":"X"}` and the message `m:W`.
@@ -45,6 +48,22 @@ struct Conn {
     state: State,
 }
 
+/// Where long-poll holds are logged, if anywhere.
+struct Holds(Option<std::fs::File>);
+
+impl Holds {
+    fn log(&mut self, head: &RequestHead) {
+        let Some(f) = self.0.as_mut() else { return };
+        let id = head
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("r=")))
+            .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+        if let Some(id) = id {
+            let _ = f.write_all(format!("{id} {}\n", crate::net::now_ns()).as_bytes());
+        }
+    }
+}
+
 fn channel_of(head: &RequestHead) -> Option<String> {
     head.query()?
         .split('&')
@@ -71,7 +90,7 @@ fn respond(out: &mut Vec<u8>, status: &str, headers: &str, body: &[u8]) {
 }
 
 /// Handles the buffered input; false means close the connection.
-fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32) -> bool {
+fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32, holds: &mut Holds) -> bool {
     loop {
         match &mut c.state {
             State::Http => {
@@ -111,12 +130,15 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32) -> bool {
                         &format!("Content-Type: text/event-stream\r\nGrip-Hold: stream\r\nGrip-Channel: {ch}\r\n"),
                         b":subscribed\n\n",
                     ),
-                    ("GET", "/response", Some(ch)) => respond(
-                        out,
-                        "200 OK",
-                        &format!("Content-Type: text/plain\r\nGrip-Hold: response\r\nGrip-Channel: {ch}\r\nGrip-Timeout: {longpoll_timeout}\r\n"),
-                        b"timeout\n",
-                    ),
+                    ("GET", "/response", Some(ch)) => {
+                        respond(
+                            out,
+                            "200 OK",
+                            &format!("Content-Type: text/plain\r\nGrip-Hold: response\r\nGrip-Channel: {ch}\r\nGrip-Timeout: {longpoll_timeout}\r\n"),
+                            b"timeout\n",
+                        );
+                        holds.log(&head);
+                    }
                     ("POST", "/wsoh", Some(ch)) => {
                         let Ok(events) = wsevents::decode(&body) else {
                             respond(out, "400 Bad Request", "", b"bad events\n");
@@ -181,8 +203,15 @@ pub fn run(args: &[String]) {
         Some(a) if !a.starts_with("--") => (a.as_str(), &args[1..]),
         _ => ("127.0.0.1:0", args),
     };
-    let a = Args::parse("grip-backend", rest, &["longpoll-timeout"]);
+    let a = Args::parse("grip-backend", rest, &["longpoll-timeout", "hold-log"]);
     let longpoll_timeout: u32 = a.get("longpoll-timeout", 20);
+    let mut holds = Holds(a.opt::<String>("hold-log").map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap_or_else(|e| die(&format!("grip-backend: --hold-log {p}: {e}")))
+    }));
     let l = TcpListener::bind(listen)
         .unwrap_or_else(|e| die(&format!("grip-backend: cannot listen on {listen}: {e}")));
     let _ = l.set_nonblocking(true);
@@ -240,7 +269,7 @@ pub fn run(args: &[String]) {
             }
             let mut out = Vec::new();
             if keep {
-                keep = serve(c, &mut out, longpoll_timeout);
+                keep = serve(c, &mut out, longpoll_timeout, &mut holds);
             }
             if !out.is_empty() {
                 // Answers are small; the proxy reads them at once.
@@ -268,7 +297,7 @@ mod tests {
             state: State::Http,
         };
         let mut out = Vec::new();
-        let keep = serve(&mut c, &mut out, 20);
+        let keep = serve(&mut c, &mut out, 20, &mut Holds(None));
         (out, keep)
     }
 
@@ -332,6 +361,28 @@ mod tests {
                 Some(Event::Message(ws::Kind::Text, b"m:W".to_vec())),
             )
         );
+    }
+
+    #[test]
+    fn long_poll_holds_are_logged_by_request_id() {
+        let path = std::env::temp_dir().join(format!("grip-backend-holds-{}", std::process::id()));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut c = Conn {
+            s,
+            buf: b"GET /response?channel=a&r=12.3 HTTP/1.1\r\nHost: x\r\n\r\nGET /response?channel=a&r=x%0a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            state: State::Http,
+        };
+        let mut holds = Holds(Some(std::fs::File::create(&path).unwrap()));
+        let before = crate::net::now_ns();
+        assert!(serve(&mut c, &mut Vec::new(), 20, &mut holds));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let (id, ns) = lines[0].split_once(' ').unwrap();
+        assert_eq!(id, "12.3");
+        assert!(ns.parse::<u64>().unwrap() >= before);
     }
 
     #[test]

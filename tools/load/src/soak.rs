@@ -13,8 +13,10 @@
 //!   after it knew it was subscribed and answered `--grace-s` before it
 //!   ended; anything missing is lost;
 //! - a long-poll request must be answered by the first message sent
-//!   `--lp-grace-s` after the request (the time the proxy takes to ask the
-//!   backend and hold it), not by a later one, and must not time out when
+//!   `--lp-grace-s` after the backend answered it with its hold (from the
+//!   backend's `--hold-log`; the grace is the time the proxy may take to
+//!   read that answer and hold; without a logged answer, from when the
+//!   request was sent), not by a later one, and must not time out when
 //!   such a message was answered `--grace-s` before the timeout;
 //! - duplicates and out-of-order arrivals are counted for every session.
 //!
@@ -23,7 +25,7 @@
 //! proxy may drop them). The proxy's /metrics counters (drops by reason,
 //! refusals...) are read before and after, and the difference reported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -90,6 +92,8 @@ pub struct Tally {
     /// Received numbers missing between the lowest and highest received.
     pub gaps: u64,
     pub polls: u64,
+    /// Long-poll requests whose hold the backend logged.
+    pub holds_logged: u64,
     pub poll_timeouts: u64,
     pub dropped_seen: u64,
 }
@@ -100,7 +104,7 @@ impl Tally {
             "sessions": self.sessions, "subscribed": self.subscribed,
             "expected": self.expected, "received": self.received, "lost": self.lost,
             "duplicated": self.duplicated, "out_of_order": self.out_of_order,
-            "gaps": self.gaps, "polls": self.polls, "poll_timeouts": self.poll_timeouts,
+            "gaps": self.gaps, "polls": self.polls, "holds_logged": self.holds_logged, "poll_timeouts": self.poll_timeouts,
             "dropped_seen": self.dropped_seen,
         })
     }
@@ -111,8 +115,25 @@ impl Tally {
 pub struct Graces {
     /// Before a session's end: what was answered later need not arrive.
     pub end: u64,
-    /// After a long-poll request: the time to be held.
+    /// After the backend answered a long-poll with its hold (or, not
+    /// knowing that, after the request): the time to be held.
     pub lp: u64,
+}
+
+/// When the backend answered each long-poll request with its hold, by
+/// request id (`SLOT.N`), from the grip-backend's `--hold-log` lines.
+pub fn read_holds(text: &str) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for line in text.lines() {
+        if let Some((id, ns)) = line.split_once(' ') {
+            if let Ok(ns) = ns.trim().parse::<u64>() {
+                // A request asked again (a retry) counts from its last answer.
+                let e = m.entry(id.to_string()).or_insert(ns);
+                *e = (*e).max(ns);
+            }
+        }
+    }
+    m
 }
 
 fn ranges_of(v: &Value) -> Ranges {
@@ -127,7 +148,13 @@ fn ranges_of(v: &Value) -> Ranges {
 
 /// Holds one session record (a worker's JSON line) against the log; adds
 /// to `t`; returns a description of each loss (for the report).
-pub fn account(rec: &Value, log: &PubLog, g: Graces, t: &mut Tally) -> Vec<String> {
+pub fn account(
+    rec: &Value,
+    log: &PubLog,
+    holds: &HashMap<String, u64>,
+    g: Graces,
+    t: &mut Tally,
+) -> Vec<String> {
     let n = |k: &str| rec.get(k).and_then(Value::as_u64).unwrap_or(0);
     let kind = rec.get("k").and_then(Value::as_str).unwrap_or("");
     let ch = n("ch") as usize;
@@ -151,6 +178,7 @@ pub fn account(rec: &Value, log: &PubLog, g: Graces, t: &mut Tally) -> Vec<Strin
         c => c,
     };
     if kind == "longpoll" {
+        let slot = n("slot");
         for p in rec
             .get("lp")
             .and_then(Value::as_array)
@@ -165,8 +193,16 @@ pub fn account(rec: &Value, log: &PubLog, g: Graces, t: &mut Tally) -> Vec<Strin
                 continue;
             };
             t.polls += 1;
+            let rid = p.get(3).and_then(Value::as_u64).unwrap_or(u64::MAX);
+            let held = match holds.get(&format!("{slot}.{rid}")) {
+                Some(&at) => {
+                    t.holds_logged += 1;
+                    at
+                }
+                None => req,
+            };
             // The first message sent once the request surely was held.
-            let mut first = log.first_sent_after(ch, req + g.lp);
+            let mut first = log.first_sent_after(ch, held + g.lp);
             while log.get(ch, first).is_some_and(|p| p.uncertain) {
                 first += 1;
             }
@@ -182,7 +218,7 @@ pub fn account(rec: &Value, log: &PubLog, g: Graces, t: &mut Tally) -> Vec<Strin
                     t.expected += 1;
                     t.lost += 1;
                     losses.push(format!(
-                        "longpoll ch {ch}: request at {req} timed out at {resp}, message {first} was answered at {}",
+                        "longpoll ch {ch}: request at {req} (held by {held}) timed out at {resp}, message {first} was answered at {}",
                         due.ack_ns
                     ));
                 }
@@ -190,7 +226,7 @@ pub fn account(rec: &Value, log: &PubLog, g: Graces, t: &mut Tally) -> Vec<Strin
                 t.expected += 1;
                 t.lost += 1;
                 losses.push(format!(
-                    "longpoll ch {ch}: request at {req} answered by {seq}, not by {first} (sent {})",
+                    "longpoll ch {ch}: request at {req} (held by {held}) answered by {seq} at {resp}, not by {first} (sent {})",
                     due.send_ns
                 ));
             } else if (seq as u64) == first {
@@ -236,6 +272,7 @@ const FLAGS: &[&str] = &[
     "grace-s",
     "lp-grace-s",
     "dir",
+    "hold-log",
 ];
 
 #[derive(Debug, Clone)]
@@ -612,6 +649,7 @@ pub fn run(args: &[String]) {
         .opt("dir")
         .unwrap_or_else(|| die("soak: --dir DIR (for the session records) is needed"));
     let _ = std::fs::create_dir_all(&dir);
+    let hold_log: Option<String> = a.opt("hold-log");
 
     let before = scrape(metrics);
     let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("own path: {e}")));
@@ -764,6 +802,10 @@ pub fn run(args: &[String]) {
 
     // The accounting.
     let log = log.lock().unwrap_or_else(|e| e.into_inner());
+    let holds = hold_log
+        .as_ref()
+        .map(|p| read_holds(&std::fs::read_to_string(p).unwrap_or_default()))
+        .unwrap_or_default();
     let mut groups: BTreeMap<String, Tally> = BTreeMap::new();
     let mut losses: Vec<String> = Vec::new();
     let mut records = 0u64;
@@ -781,9 +823,10 @@ pub fn run(args: &[String]) {
                 rec.get("c").and_then(Value::as_str).unwrap_or("?"),
                 rec.get("k").and_then(Value::as_str).unwrap_or("?")
             );
+            let healthy = key.starts_with("healthy/");
             let t = groups.entry(key).or_default();
-            let l = account(&rec, &log, g, t);
-            if losses.len() < 50 {
+            let l = account(&rec, &log, &holds, g, t);
+            if healthy && losses.len() < 50 {
                 losses.extend(l);
             }
         }
@@ -920,13 +963,13 @@ mod tests {
         let rec = json!({"k": "stream", "ch": 0, "sub": 150, "end": 520, "client_end": 500,
                          "r": [[1, 3]], "dup": 0, "ooo": 0});
         let mut t = Tally::default();
-        assert!(account(&rec, &log, G, &mut t).is_empty());
+        assert!(account(&rec, &log, &HashMap::new(), G, &mut t).is_empty());
         assert_eq!((t.expected, t.received, t.lost), (3, 3, 0));
         // Message 2 missing, 0 and 4 extra: one lost.
         let rec = json!({"k": "ws", "ch": 0, "sub": 150, "end": 520, "client_end": 500,
                          "r": [[0, 1], [3, 4]], "dup": 1, "ooo": 0});
         let mut t = Tally::default();
-        let l = account(&rec, &log, G, &mut t);
+        let l = account(&rec, &log, &HashMap::new(), G, &mut t);
         assert_eq!((t.expected, t.lost, t.duplicated, t.gaps), (3, 1, 1, 1));
         assert!(l[0].contains("message 2"), "{l:?}");
         // An uncertain publish is not expected.
@@ -939,12 +982,12 @@ mod tests {
         let rec = json!({"k": "stream", "ch": 0, "sub": 150, "end": 900, "client_end": 0,
                          "r": [[2, 3]], "dup": 0, "ooo": 1});
         let mut t = Tally::default();
-        assert!(account(&rec, &log2, G, &mut t).is_empty());
+        assert!(account(&rec, &log2, &HashMap::new(), G, &mut t).is_empty());
         assert_eq!((t.expected, t.lost, t.out_of_order), (2, 0, 1));
         // Never subscribed: nothing expected.
         let rec = json!({"k": "stream", "ch": 0, "sub": 0, "end": 900, "r": []});
         let mut t = Tally::default();
-        assert!(account(&rec, &log, G, &mut t).is_empty());
+        assert!(account(&rec, &log, &HashMap::new(), G, &mut t).is_empty());
         assert_eq!((t.sessions, t.subscribed, t.expected), (1, 0, 0));
     }
 
@@ -957,22 +1000,41 @@ mod tests {
             let rec = json!({"k": "longpoll", "ch": 0, "sub": 150, "end": 900,
                              "lp": [[150, 305, seq]], "r": [[seq, seq]]});
             let mut t = Tally::default();
-            account(&rec, &log, G, &mut t);
+            account(&rec, &log, &HashMap::new(), G, &mut t);
             assert_eq!((t.polls, t.lost), (1, lost), "answered by {seq}");
         }
         // Request at 190: held from 210, so 1 (sent 200) is not due; 2 is.
         let rec = json!({"k": "longpoll", "ch": 0, "sub": 190, "end": 900,
                          "lp": [[190, 305, 2]], "r": [[2, 2]]});
         let mut t = Tally::default();
-        assert!(account(&rec, &log, G, &mut t).is_empty());
+        assert!(account(&rec, &log, &HashMap::new(), G, &mut t).is_empty());
         assert_eq!((t.expected, t.lost), (1, 0));
         // A timeout while 2 (answered at 310) was due: lost; a timeout
         // with nothing due: fine.
         let rec = json!({"k": "longpoll", "ch": 0, "sub": 250, "end": 900,
                          "lp": [[250, 400, -1], [400, 900, -1]], "r": []});
         let mut t = Tally::default();
-        let l = account(&rec, &log, G, &mut t);
+        let l = account(&rec, &log, &HashMap::new(), G, &mut t);
         assert_eq!((t.polls, t.poll_timeouts, t.lost), (2, 2, 1), "{l:?}");
+    }
+
+    #[test]
+    fn a_long_poll_is_due_messages_from_when_the_backend_held_it() {
+        let log = log_of(&[(100, 110, false), (200, 210, false), (300, 310, false)]);
+        // Slot 4's request 9, sent at 150, answered by the backend only at
+        // 250 (it was down, say): 1 (sent 200) was not due, 2 was.
+        let rec = json!({"k": "longpoll", "ch": 0, "slot": 4, "sub": 150, "end": 900,
+                         "lp": [[150, 305, 2, 9]], "r": [[2, 2]]});
+        let holds = read_holds("4.9 240\n4.9 250\n4.8 100\nbad line\n");
+        assert_eq!(holds.get("4.9"), Some(&250));
+        let mut t = Tally::default();
+        assert!(account(&rec, &log, &holds, G, &mut t).is_empty());
+        assert_eq!((t.expected, t.lost, t.holds_logged), (1, 0, 1));
+        // Without the backend's word the request counts from when it was
+        // sent, and 1 looks skipped.
+        let mut t = Tally::default();
+        assert_eq!(account(&rec, &log, &HashMap::new(), G, &mut t).len(), 1);
+        assert_eq!((t.lost, t.holds_logged), (1, 0));
     }
 
     #[test]

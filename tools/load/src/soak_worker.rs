@@ -313,9 +313,11 @@ struct Session {
     reply: Vec<u8>,
     got: Ranges,
     track: Track,
-    /// Long-poll: (request sent, answered, seq or -1 for the timeout).
-    polls: Vec<(u64, u64, i64)>,
+    /// Long-poll: (request sent, answered, seq or -1 for the timeout,
+    /// request id).
+    polls: Vec<(u64, u64, i64, u64)>,
     req_ns: u64,
+    req_id: u64,
     poll_seq: i64,
     poll_records: u32,
     repoll: bool,
@@ -370,8 +372,13 @@ fn set_rcvbuf(s: &TcpStream, bytes: usize) {
     };
 }
 
-fn request(o: &WorkerOpts, kind: SKind, channel: usize) -> String {
-    let path = format!("{}?channel={}{channel}", kind.path(), o.prefix);
+/// Request `rid` of slot `slot` (long-polls say which, so the backend's
+/// hold log can tell when the proxy could hold it).
+fn request(o: &WorkerOpts, kind: SKind, channel: usize, slot: usize, rid: u64) -> String {
+    let mut path = format!("{}?channel={}{channel}", kind.path(), o.prefix);
+    if kind == SKind::LongPoll {
+        path.push_str(&format!("&r={slot}.{rid}"));
+    }
     if kind.is_ws() {
         format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -417,7 +424,8 @@ impl Session {
             Ev::End => match self.kind {
                 SKind::LongPoll => {
                     let now = now_ns();
-                    self.polls.push((self.req_ns, now, self.poll_seq));
+                    self.polls
+                        .push((self.req_ns, now, self.poll_seq, self.req_id));
                     if self.sub_ns == 0 {
                         self.sub_ns = self.req_ns;
                     }
@@ -527,6 +535,8 @@ struct Worker<'a> {
     rng: Rng,
     out: BufWriter<std::fs::File>,
     buf: Vec<u8>,
+    /// Requests sent, for long-poll request ids.
+    requests: u64,
 }
 
 impl Worker<'_> {
@@ -545,7 +555,7 @@ impl Worker<'_> {
             o.slow_lifetime
         };
         let now = Instant::now();
-        let mut sess = Session {
+        let sess = Session {
             kind,
             class,
             channel,
@@ -562,7 +572,8 @@ impl Worker<'_> {
             got: Ranges::default(),
             track: Track::default(),
             polls: Vec::new(),
-            req_ns: 0,
+            req_ns: now_ns(),
+            req_id: self.requests,
             poll_seq: -1,
             poll_records: 0,
             repoll: false,
@@ -572,15 +583,15 @@ impl Worker<'_> {
         };
         bump(&mut self.stats.opened, kind.name());
         slot.next_read = now;
+        self.requests += 1;
         match connect(
             o,
             slot.id,
             &mut slot.opened,
             class,
-            &request(o, kind, channel),
+            &request(o, kind, channel, slot.id, sess.req_id),
         ) {
             Ok(s) => {
-                sess.req_ns = now_ns();
                 self.poller.add(s.as_raw_fd(), i as u64);
                 slot.conn = Some(s);
                 bump(&mut self.stats.live, kind.name());
@@ -639,19 +650,20 @@ impl Worker<'_> {
         }
         if sess.repoll && sess.end.is_empty() {
             sess.repoll = false;
-            let req = request(self.o, sess.kind, sess.channel);
+            sess.req_id = self.requests;
+            self.requests += 1;
+            let req = request(self.o, sess.kind, sess.channel, slot.id, sess.req_id);
+            sess.req_ns = now_ns();
             let again = gone.is_none()
                 && sess.reader.keep_alive()
                 && net::write_all(conn, req.as_bytes()).is_ok();
-            if again {
-                sess.req_ns = now_ns();
-            } else {
+            if !again {
                 // A fresh connection for the next request.
                 self.poller.remove(conn.as_raw_fd());
                 slot.conn = None;
+                sess.req_ns = now_ns();
                 match connect(self.o, slot.id, &mut slot.opened, sess.class, &req) {
                     Ok(s) => {
-                        sess.req_ns = now_ns();
                         self.poller.add(s.as_raw_fd(), i as u64);
                         slot.conn = Some(s);
                     }
@@ -813,6 +825,7 @@ pub fn run(args: &[String]) {
         rng,
         out: BufWriter::new(file),
         buf: vec![0u8; 1 << 16],
+        requests: 0,
     };
     let mut ready = Vec::new();
     let mut last_report = Instant::now();

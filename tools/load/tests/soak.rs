@@ -24,10 +24,11 @@ impl Drop for Reaped {
     }
 }
 
-fn grip_backend() -> (Reaped, u16) {
+fn grip_backend(hold_log: &std::path::Path) -> (Reaped, u16) {
     let mut child = Reaped(
         Command::new(LOAD)
-            .args(["grip-backend", "127.0.0.1:0"])
+            .args(["grip-backend", "127.0.0.1:0", "--hold-log"])
+            .arg(hold_log)
             .stdout(Stdio::piped())
             .spawn()
             .expect("grip backend"),
@@ -100,19 +101,22 @@ fn n(v: &Value, path: &str) -> u64 {
 
 #[test]
 fn a_short_soak_finds_every_message_due_to_healthy_subscribers() {
-    let (_backend, port) = grip_backend();
+    let dir = std::env::temp_dir().join(format!("corepin-soak-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let holds = dir.join("holds.log");
+    let (_backend, port) = grip_backend(&holds);
     let (_c, to, control) = corepin(&[
         format!("*,path_beg=/wsoh 127.0.0.1:{port},over_http"),
         format!("* 127.0.0.1:{port}"),
     ]);
-    let dir = std::env::temp_dir().join(format!("corepin-soak-test-{}", std::process::id()));
     // Healthy sessions last to the end of the run, so every message is
     // due to them; slow and never-reading ones come and go.
     let flags = format!(
         "soak --to {to} --publish-to {control} --seconds 6 --slots 80 --workers 2 \
          --channels 8 --hot-channels 2 --rate 40 --burst-every 2 --burst-items 40 \
          --hot-items 5 --hot-size 2000 --lifetime-s 60-70 --slow-lifetime-s 1-2 \
-         --ramp-s 1 --grace-s 1"
+         --ramp-s 1 --grace-s 1 --hold-log {}",
+        holds.display()
     );
     let out = Command::new(LOAD)
         .args(flags.split_whitespace())
@@ -143,7 +147,11 @@ fn a_short_soak_finds_every_message_due_to_healthy_subscribers() {
             "{kind}: {v}"
         );
     }
-    assert!(n(&v, "groups.healthy/longpoll.polls") > 0, "{v}");
+    // Long-polls were answered, each held request counted from when the
+    // backend answered it.
+    let polls = n(&v, "groups.healthy/longpoll.polls");
+    assert!(polls > 0, "{v}");
+    assert_eq!(n(&v, "groups.healthy/longpoll.holds_logged"), polls, "{v}");
     // The bursts went out, and nothing failed on the way.
     assert!(n(&v, "publish.bursts") >= 2, "{v}");
     assert_eq!(v["publish"]["errors"], serde_json::json!({}), "{v}");
