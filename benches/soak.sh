@@ -18,7 +18,7 @@
 # $OUT/soak.json and summarised on stdout and in $OUT/summary.txt.
 #
 # usage: bash benches/soak.sh [DURATION]
-# env:   SLOTS=6000 WORKERS=4 CHANNELS=300 HOT=10 RATE=100 RESTART_EVERY=90
+# env:   SLOTS=6000 WORKERS=4 CHANNELS=300 HOT=4 RATE=100 RESTART_EVERY=90
 #        RELOAD_EVERY=40 CLIENT_WRITE=60 OUT=<dir> SOAK_ARGS="<more flags>"
 # Ports are chosen at run time (port 0); only processes started here are
 # stopped, by PID.
@@ -32,7 +32,7 @@ mkdir -p "$OUT"
 SLOTS=${SLOTS:-6000}
 WORKERS=${WORKERS:-4}
 CHANNELS=${CHANNELS:-300}
-HOT=${HOT:-10}
+HOT=${HOT:-4}
 RATE=${RATE:-100}
 RESTART_EVERY=${RESTART_EVERY:-90}
 RELOAD_EVERY=${RELOAD_EVERY:-40}

@@ -633,12 +633,12 @@ pub fn run(args: &[String]) {
         channels: wo.channels,
         hot: wo.hot,
         prefix: wo.prefix.clone(),
-        burst_every: a.get("burst-every", 60.0f64),
+        burst_every: a.get("burst-every", 45.0f64),
         burst_items: a.get("burst-items", 3000usize),
         burst_batch: a.get("burst-batch", 50usize),
-        hot_items: a.get("hot-items", 100usize),
-        hot_size: a.get("hot-size", 8192usize),
-        hot_batch: a.get("hot-batch", 10usize),
+        hot_items: a.get("hot-items", 50usize),
+        hot_size: a.get("hot-size", 32768usize),
+        hot_batch: a.get("hot-batch", 5usize),
     };
     let drain = Duration::from_secs_f64(a.get("drain-s", 30.0f64));
     let g = Graces {
@@ -757,7 +757,7 @@ pub fn run(args: &[String]) {
     // Let the last deliveries arrive, then end every session: at least
     // the end grace (so every message answered before the publisher
     // stopped is due to the sessions still open), then until deliveries
-    // stop for a second, for at most `--drain-s`.
+    // to healthy subscribers stop for a second, for at most `--drain-s`.
     let drained = Instant::now();
     let (mut last, mut since) = (u64::MAX, Instant::now());
     while drained.elapsed() < drain {
@@ -767,7 +767,8 @@ pub fn run(args: &[String]) {
             &mut results,
             &mut exited,
         );
-        let d = sum(&progress, "delivered");
+        // Slow readers may still be working through a backlog.
+        let d = sum(&progress, "delivered_healthy");
         if d != last {
             (last, since) = (d, Instant::now());
         }

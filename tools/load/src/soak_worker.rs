@@ -144,13 +144,13 @@ impl WorkerOpts {
             slots: a.get("slots", 4000usize),
             workers: a.get("workers", 4usize).max(1),
             channels: a.get("channels", 300usize).max(1),
-            hot: a.get("hot-channels", 10usize),
+            hot: a.get("hot-channels", 4usize),
             prefix: a.string("channel-prefix", "soak"),
             slow_share: a.get("slow-share", 0.05f64),
             never_share: a.get("never-share", 0.05f64),
             lifetime: range_flag(a, "lifetime-s", (5.0, 120.0)),
-            slow_lifetime: range_flag(a, "slow-lifetime-s", (60.0, 300.0)),
-            slow_read_bytes: a.get("slow-read-bytes", 1024usize),
+            slow_lifetime: range_flag(a, "slow-lifetime-s", (120.0, 400.0)),
+            slow_read_bytes: a.get("slow-read-bytes", 16384usize),
             slow_read_ms: a.get("slow-read-ms", 1000u64).max(1),
             small_rcvbuf: a.get("small-rcvbuf", 4096usize),
             ramp: a.get("ramp-s", 10.0f64).max(0.0),
@@ -351,6 +351,7 @@ struct Stats {
     server_ends: BTreeMap<String, u64>,
     sessions: u64,
     delivered: u64,
+    delivered_healthy: u64,
     latency: Latency,
 }
 
@@ -459,6 +460,7 @@ impl Session {
             if self.track.record(seq) {
                 stats.delivered += 1;
                 if self.class == Class::Healthy {
+                    stats.delivered_healthy += 1;
                     stats.latency.record(now.saturating_sub(sent));
                 }
             }
@@ -778,6 +780,7 @@ fn connect(
 fn progress(w: &Worker) -> Value {
     json!({"t": "progress", "opened": w.stats.opened, "subscribed": w.stats.subscribed,
            "live": w.stats.live, "sessions": w.stats.sessions, "delivered": w.stats.delivered,
+           "delivered_healthy": w.stats.delivered_healthy,
            "errors": w.stats.errors.values().sum::<u64>()})
 }
 
