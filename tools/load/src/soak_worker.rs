@@ -875,12 +875,23 @@ pub fn run(args: &[String]) {
             let _ = stdout.flush();
         }
     }
-    // The end of the run: every open session ends here.
+    // The end of the run: every open session ends here (a never-reading
+    // one first looks whether the server dropped it).
     let end = now_ns();
     for i in 0..w.slots.len() {
+        let live = w.slots[i].sess.as_ref().is_some_and(|s| s.end.is_empty());
+        if live
+            && w.slots[i]
+                .sess
+                .as_ref()
+                .is_some_and(|s| s.class == Class::Never)
+        {
+            w.end_by_client(i);
+        }
         if let Some(s) = w.slots[i].sess.as_mut() {
-            if s.end.is_empty() {
+            if live {
                 s.client_end_ns = end;
+                s.end.clear();
                 s.ended("end of run".into(), false);
             }
             w.finish(i, end);
