@@ -187,18 +187,30 @@ h = r.get("healthy", {})
 lines = [
     f"healthy subscribers: {h.get('sessions')} sessions, {h.get('expected')} messages due, "
     f"lost {h.get('lost')}, duplicated {h.get('duplicated')}, out of order {h.get('out_of_order')}",
+    "by class/kind (for slow and never-reading subscribers 'lost' means not received:",
+    "  behind, or dropped by corepin; 'gaps' must be 0 except for long-polls, which",
+    "  miss what is published between their requests by design):",
 ]
 for k, t in sorted(r.get("groups", {}).items()):
     lines.append(f"  {k}: " + ", ".join(f"{a} {b}" for a, b in t.items() if b))
 m = r.get("metrics_during_run", {})
-drops = {k: v for k, v in m.items() if "subscriber_drops" in k}
-lines.append(f"drops (corepin /metrics): {drops}")
-lines.append(f"publish: {r.get('publish')}")
+pick = lambda word: {k.replace("corepin_", ""): v for k, v in m.items() if word in k and v}
+lines.append(f"drops (corepin /metrics): {pick('subscriber_drops')}")
+lines.append(f"publish refusals (corepin /metrics): {pick('publishes_refused')}")
+lines.append(f"corepin /metrics, other: upstream errors {m.get('corepin_upstream_errors_total')}, "
+             f"connection panics {m.get('corepin_connection_panics_total')}, refused connections {pick('connections_refused')}, "
+             f"requests {pick('requests_total')}")
+p = r.get("publish", {})
+lines.append(f"publisher: {p.get('publishes')} publishes, {p.get('items')} items, {p.get('bursts')} bursts, "
+             f"refused {p.get('refused')}, errors {p.get('errors')}, uncertain items {p.get('uncertain_items')}, "
+             f"request latency ms {p.get('request_latency_ms')}")
+lines.append(f"healthy delivery latency ms: {r.get('healthy_latency_ms')}")
 ws = r.get("workers_summary", {})
-lines.append(f"errors by kind: {ws.get('errors')}")
-lines.append(f"ended by the server: {ws.get('server_ends')}")
+lines.append(f"subscriber errors by kind: {ws.get('errors')}")
+lines.append(f"sessions ended by the server (by kind and class): {ws.get('server_ends')}")
 lines.append(f"RSS KiB: {r['script']['rss_kib']}")
 lines.append(f"script: {r['script']}")
+lines.append(f"loss examples: {r.get('loss_examples')}")
 text = "\n".join(lines)
 print(text)
 open(f"{out}/summary.txt", "w").write(text + "\n")
