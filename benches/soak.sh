@@ -89,7 +89,8 @@ CP=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\) (clients).*/\1/p' "$D/corepin
 CTL=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\) (control http).*/\1/p' "$D/corepin.err" | head -1)
 [ -n "$CP" ] && [ -n "$CTL" ] || { echo "corepin did not start:"; cat "$D/corepin.err"; exit 1; }
 echo "# soak: $(date -Is), $DURATION s, corepin pid $CPID on :$CP (control :$CTL), backend :$BP; files in $D"
-echo "# uptime at start: $(uptime)"
+UPTIME_START=$(uptime)
+echo "# uptime at start: $UPTIME_START"
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$CPID/status" 2>/dev/null; }
 hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$CPID/status" 2>/dev/null; }
@@ -152,6 +153,8 @@ PEAK=$(hwm)
 # Memory after the peak goes back within about 10 s (README, Memory).
 sleep 15
 RSS_FINAL=$(rss)
+CPU_S=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) / hz}' "/proc/$CPID/stat")
+UPTIME_END=$(uptime)
 METRICS_FINAL=$(curl -s -m 5 "http://127.0.0.1:$CTL/metrics" | grep -E '^corepin_(connections|subscriptions)\{' | awk '{s += $2} END {print s + 0}')
 kill -TERM "$CPID"
 for _ in $(seq 100); do kill -0 "$CPID" 2>/dev/null || break; sleep 0.1; done
@@ -161,9 +164,9 @@ kill "$SAMPLER" 2>/dev/null
 kill "$(cat "$D/backend.pid")" 2>/dev/null
 PANICS=$(grep -ci panic "$D/corepin.err")
 
-python3 - "$D" "$OUT" "$LOAD_RC" "$CP_RC" "$RSS_START" "$PEAK" "$RSS_END_LOAD" "$RSS_FINAL" "$PANICS" "$METRICS_FINAL" "$DURATION" <<'PY'
+python3 - "$D" "$OUT" "$LOAD_RC" "$CP_RC" "$RSS_START" "$PEAK" "$RSS_END_LOAD" "$RSS_FINAL" "$PANICS" "$METRICS_FINAL" "$DURATION" "$CPU_S" "$UPTIME_START" "$UPTIME_END" <<'PY'
 import json, sys
-d, out, load_rc, cp_rc, rss0, peak, rss_end, rss_final, panics, open_final, duration = sys.argv[1:]
+d, out, load_rc, cp_rc, rss0, peak, rss_end, rss_final, panics, open_final, duration, cpu_s, uptime_start, uptime_end = sys.argv[1:]
 try:
     r = json.load(open(f"{d}/load.json"))
 except Exception as e:
@@ -179,6 +182,9 @@ r["script"] = {
     "rss_kib": {"start": int(rss0 or 0), "peak_vmhwm": int(peak or 0), "peak_sampled": peak_sampled,
                 "after_load": int(rss_end or 0), "final_15s_later": int(rss_final or 0)},
     "connections_open_at_end": int(open_final or 0),
+    "corepin_cpu_seconds": int(cpu_s or 0),
+    "uptime_at_start": uptime_start.strip(),
+    "uptime_at_end": uptime_end.strip(),
     "backend_restarts": sum(1 for l in chaos if " restart " in l),
     "reloads": sum(1 for l in chaos if " reload " in l),
 }
