@@ -382,6 +382,9 @@ pub struct Config {
     pub listen_tls: Vec<SocketAddr>,
     /// Their certificates; `Some` exactly when `listen_tls` is not empty.
     pub tls: Option<TlsCerts>,
+    /// `--ready-file`: where to report the bound addresses once every core
+    /// accepts (`server::run`).
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Command-line values that replace the file's.
@@ -398,6 +401,7 @@ pub struct Overrides {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_certs_dir: Option<String>,
+    pub ready_file: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -809,6 +813,10 @@ impl Config {
             forwarding,
             listen_tls,
             tls,
+            ready_file: match ov.ready_file.as_deref() {
+                Some("") => return fail("--ready-file", "a file path is needed"),
+                p => p.map(PathBuf::from),
+            },
         })
     }
 }
@@ -912,6 +920,7 @@ mod tests {
         assert_eq!(c.control_http, Some("127.0.0.1:5561".parse().unwrap()));
         assert_eq!(c.control_socket, Some(PathBuf::from("/tmp/corepin.sock")));
         assert_eq!(c.routes.iter().count(), 1);
+        assert_eq!(c.ready_file, None);
     }
 
     #[test]
