@@ -204,6 +204,7 @@ fn corepin_in_front_of_the_gateway_websocket_over_http() {
     let control = cp.control_addr();
     let publisher = publish_when_subscribed(
         control,
+        1,
         r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
     );
     let r = client_ws(
@@ -276,6 +277,7 @@ fn gateway_in_front_of_corepin() {
     let control = cp.control_addr();
     let publisher = publish_when_subscribed(
         control,
+        2,
         r#"{"items":[{"channel":"kw","formats":{"ws-message":{"content":"via gateway"}}}]}"#,
     );
     let r = client_ws(

@@ -133,6 +133,7 @@ fn passthrough_grip_extension_control_and_publish() {
     let control = cp.control_addr();
     let publisher = publish_when_subscribed(
         control,
+        1,
         r#"{"items":[{"channel":"g","formats":{"ws-message":{"content":"published"}}}]}"#,
     );
     let r = client(
@@ -276,6 +277,7 @@ fn websocket_over_http_with_gripcontrol_backend() {
     let control = cp.control_addr();
     let publisher = publish_when_subscribed(
         control,
+        1,
         r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
     );
     let r = client(
