@@ -260,6 +260,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     } else {
         cfg.workers
     };
+    let ka_min = cfg.timeouts.ws_keep_alive_min.as_secs_f64();
+    if ka_min < crate::config::WS_KEEP_ALIVE_MIN {
+        warn!("timeouts.ws_keep_alive_min = {ka_min}: WebSocket-over-HTTP backends may ask for a request every {ka_min} s per session (the usual minimum is {} s)", crate::config::WS_KEEP_ALIVE_MIN);
+    }
     let mut ready = match &cfg.ready_file {
         Some(path) => Some(ReadyFile::create(path, workers)?),
         None => None,
