@@ -191,6 +191,15 @@ impl SubOpts {
         per_channel(self.messages, self.channels, self.channel_index(i))
     }
 
+    /// Long-poll subscribers on each channel.
+    pub fn long_polls_per_channel(&self) -> Vec<u64> {
+        let mut per = vec![0u64; self.channels];
+        for i in (0..self.subscribers).filter(|&i| self.kind_of(i) == Kind::LongPoll) {
+            per[self.channel_index(i)] += 1;
+        }
+        per
+    }
+
     pub fn expected_total(&self) -> u64 {
         (0..self.subscribers).map(|i| self.expected_for(i)).sum()
     }
