@@ -30,9 +30,14 @@ impl Gateway {
             .replace("@PORT@", &port.to_string())
             .replace("@UPSTREAM@", &upstream.to_string())
             .replace("@LOG_PORT@", &log_port.to_string())
-            .replace("@DIR@", &root().join("tests/gateway").display().to_string());
+            .replace("@DIR@", &dir.display().to_string());
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).expect("write conf");
+        // nginx's workers (user nobody when started as root) read the Lua
+        // from the gateway's own directory, not from the checkout, which
+        // may sit under a directory only its owner can read.
+        std::fs::copy(root().join("tests/gateway/kong.lua"), dir.join("kong.lua"))
+            .expect("copy kong.lua");
         let child = Command::new("nginx")
             .args([
                 "-p",
