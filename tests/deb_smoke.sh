@@ -10,7 +10,9 @@
 #
 # Run it as root: `bash tests/deb_smoke.sh` (needs `cargo install cargo-deb
 # --locked`). `bash tests/deb_smoke.sh --no-build` packages the existing
-# target/release/corepin instead of running `cargo build --release`.
+# target/release/corepin instead of running `cargo build --release`;
+# `--profile dev` packages the dev profile's binary (target/debug/corepin,
+# stripped), which is what CI does with the binary its tests just ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,11 +25,17 @@ fail() {
 }
 
 build_args=()
-for arg in "$@"; do
-  case "$arg" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --no-build) build_args+=(--no-build) ;;
-    *) fail "unknown argument '$arg' (only --no-build)" ;;
+    --profile)
+      [ $# -ge 2 ] || fail "--profile needs a profile name"
+      build_args+=(--profile "$2")
+      shift
+      ;;
+    *) fail "unknown argument '$1' (only --no-build and --profile NAME)" ;;
   esac
+  shift
 done
 
 [ "$(id -u)" = 0 ] || fail "run it as root: it installs and purges the corepin package"
