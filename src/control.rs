@@ -13,7 +13,6 @@
 //! backlog is over its bound).
 
 use std::borrow::Cow;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -23,7 +22,8 @@ use glommio::net::TcpStream;
 
 use crate::buf::{InBuf, BUF_SIZE};
 use crate::bus::{Refused, Reservation, ITEM_OVERHEAD};
-use crate::codec::http1::{self, parse_request, BodyKind, RequestHead};
+use crate::codec::heads;
+use crate::codec::http1::{parse_request, BodyKind, RequestHead};
 use crate::codec::publish::Parser;
 use crate::config::PublishAuth;
 use crate::conn::body::{OutFraming, Relay, RelayError};
@@ -86,16 +86,6 @@ impl Reply {
             out.extend_from_slice(bytes);
             return;
         }
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
-            self.status,
-            http1::reason_phrase(self.status),
-            self.content_type
-        );
-        for (n, v) in &self.extra {
-            let _ = write!(out, "{n}: {v}\r\n");
-        }
         let body: &[u8] = match self.fixed {
             // A fixed answer on a closing connection: its body after the head.
             Some(bytes) => bytes
@@ -104,12 +94,7 @@ impl Reply {
                 .map_or(&[][..], |i| &bytes[i + 4..]),
             None => self.body.as_bytes(),
         };
-        let _ = write!(out, "Content-Length: {}\r\n", body.len());
-        if !keep {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
+        heads::write_control_answer(out, self.status, self.content_type, &self.extra, body, keep);
     }
 }
 

@@ -239,8 +239,8 @@ pub struct Shard {
     kick: Kick,
     /// The latency-sensitive task queue of the control API and publishes.
     control_queue: Cell<Option<glommio::TaskQueueHandle>>,
-    /// Grip-Sig tokens, renewed each minute.
-    sig_cache: RefCell<Vec<SigToken>>,
+    /// Grip-Sig signing, with its tokens renewed each minute.
+    pub signer: crate::jwt::Signer,
     conn_limit: Arc<ConnLimit>,
     /// Descriptors in reserve for the file limit: one to refuse client
     /// connections with, one to serve control connections with.
@@ -250,12 +250,6 @@ pub struct Shard {
     refuse_log: RateLog,
     lingering_refusals: Cell<usize>,
 }
-
-/// A cached Grip-Sig token: key, issuer, expiry, token.
-type SigToken = (Vec<u8>, String, u64, String);
-
-/// The capabilities announced to backends in `Grip-Feature`.
-pub const GRIP_FEATURES: &str = "status, link:next, filter:skip-self, filter:require-sub";
 
 impl Shard {
     pub fn new(
@@ -288,7 +282,7 @@ impl Shard {
             ws_sessions: RefCell::new(std::collections::HashSet::new()),
             bus,
             kick: Kick::default(),
-            sig_cache: RefCell::new(Vec::new()),
+            signer: crate::jwt::Signer::new(cfg.grip.sig_key.clone(), cfg.grip.sig_iss.clone()),
             control_queue: Cell::new(None),
             conn_limit,
             spare_client: Spare::open(),
@@ -307,48 +301,6 @@ impl Shard {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         format!("{:x}-{}-{:x}", t, self.index, n)
-    }
-
-    /// The signing key and issuer for requests on `route`, if any.
-    pub fn sig_for(&self, route: &crate::route::Route) -> Option<(Vec<u8>, String)> {
-        let key = route
-            .sig_key
-            .clone()
-            .or_else(|| self.cfg.grip.sig_key.clone())?;
-        let iss = route
-            .sig_iss
-            .clone()
-            .unwrap_or_else(|| self.cfg.grip.sig_iss.clone());
-        Some((key, iss))
-    }
-
-    /// Appends `Grip-Sig` (when signing) and `Grip-Feature`. A token is
-    /// valid for an hour and reused for a minute, so signing costs one
-    /// HMAC per minute per key, not one per request.
-    pub fn write_grip_headers(&self, out: &mut Vec<u8>, sig: Option<&(Vec<u8>, String)>) {
-        if let Some((key, iss)) = sig {
-            let now = crate::jwt::now();
-            let mut cache = self.sig_cache.borrow_mut();
-            let hit = cache
-                .iter()
-                .position(|(k, i, exp, _)| k == key && i == iss && *exp > now + 3540);
-            let token = match hit {
-                Some(i) => cache[i].3.clone(),
-                None => {
-                    let exp = now + 3600;
-                    let t = crate::jwt::sign(key, iss, exp);
-                    cache.retain(|(k, i, _, _)| !(k == key && i == iss));
-                    cache.push((key.clone(), iss.clone(), exp, t.clone()));
-                    t
-                }
-            };
-            out.extend_from_slice(b"Grip-Sig: ");
-            out.extend_from_slice(token.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"Grip-Feature: ");
-        out.extend_from_slice(GRIP_FEATURES.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
 
     /// Hands items published on this core to the bus; when some are for

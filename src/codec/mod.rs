@@ -6,6 +6,7 @@
 
 pub mod chunked;
 pub mod grip;
+pub mod heads;
 pub mod http1;
 pub mod publish;
 pub mod response;

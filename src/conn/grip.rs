@@ -4,7 +4,7 @@
 //! long-poll (answered by the first published response, or by the
 //! backend's own response at the timeout).
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -16,7 +16,8 @@ use futures_lite::{AsyncWrite, AsyncWriteExt, Future};
 
 use crate::buf::BUF_SIZE;
 use crate::codec::grip::{self, HoldMode, Instruct};
-use crate::codec::http1::{self, is_hop_by_hop, BodyKind, RequestHead, ResponseHead, Version};
+use crate::codec::heads;
+use crate::codec::http1::{self, BodyKind, RequestHead, ResponseHead, Version};
 use crate::codec::response::{self, Head, Status};
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
@@ -37,11 +38,6 @@ pub const MAX_INSTRUCT_BODY: u64 = 1 << 20;
 pub struct Base {
     pub head: Head,
     pub body: Bytes,
-}
-
-/// True for response fields that reach clients: not hop-by-hop, not `Grip-*`.
-pub fn keep_header(fields: &http1::Fields, name: &[u8]) -> bool {
-    !(is_hop_by_hop(fields, name) || (name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"grip-")))
 }
 
 impl Base {
@@ -66,19 +62,11 @@ impl Base {
         let status = status.unwrap_or(self.head.status());
         self.head.write(out, Some(status));
         response::write_length(out, status, self.body.len());
-        connection_header(out, keep, http10);
+        heads::write_connection(out, keep, http10);
         out.extend_from_slice(b"\r\n");
         if status.has_body() {
             out.extend_from_slice(&self.body);
         }
-    }
-}
-
-fn connection_header(out: &mut Vec<u8>, keep: bool, http10: bool) {
-    if !keep {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
 }
 
@@ -148,7 +136,7 @@ pub struct HoldCtx<'a> {
     pub backend: Option<String>,
     pub prefix: String,
     pub target: String,
-    pub sig: Option<(Vec<u8>, String)>,
+    pub sig: Option<crate::jwt::SigKey>,
 }
 
 /// Holds the client connection as instructed.
@@ -496,7 +484,7 @@ async fn hold_response(
                         http1::write_field(&mut out, name.as_bytes(), v);
                     }
                 }
-                connection_header(&mut out, keep, http10);
+                heads::write_connection(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&e.response_body);
                 let ok = held_response_written(shard, c, sub, &out).await;
@@ -560,16 +548,6 @@ pub fn dropped_warning(shard: &Shard, c: &Client, kind: &str) {
     };
 }
 
-/// `Grip-Last` lines for the channels a subscriber has seen ids on.
-fn grip_last(sub: &Sub, prefix: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (ch, id) in sub.last_ids.borrow().iter() {
-        let name = ch.strip_prefix(prefix).unwrap_or(ch);
-        let _ = write!(out, "Grip-Last: {name}; last-id={id}\r\n");
-    }
-    out
-}
-
 /// Fetches a next link; returns its instruction (if any) and its body.
 async fn fetch_link(
     shard: &Rc<Shard>,
@@ -599,16 +577,16 @@ async fn fetch_link(
         }
     };
     let mut req = Vec::with_capacity(256);
-    let host = ctx
-        .head
-        .fields
-        .get("host")
-        .map_or(addr.as_bytes().to_vec(), <[u8]>::to_vec);
-    let _ = write!(req, "GET {path} HTTP/1.1\r\n");
-    http1::write_field(&mut req, b"Host", &host);
-    req.extend_from_slice(&grip_last(sub, &ctx.prefix));
-    shard.write_grip_headers(&mut req, ctx.sig.as_ref());
-    req.extend_from_slice(b"\r\n");
+    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
+    heads::write_link_request(
+        &mut req,
+        &path,
+        host,
+        &sub.last_ids.borrow(),
+        &ctx.prefix,
+        token.as_deref(),
+    );
     let mut up = match shard
         .pool
         .connect(&addr, shard.cfg.timeouts.upstream_connect)

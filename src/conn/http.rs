@@ -2,7 +2,7 @@
 //! to a backend (or answer it locally), stream the response back, and loop
 //! for keep-alive and pipelined requests, answering them in order.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -13,20 +13,16 @@ use glommio::net::TcpStream;
 
 use crate::buf::{InBuf, BUF_SIZE};
 use crate::codec::grip;
+use crate::codec::heads::{self, write_proxied_response, ClientBody, Purpose, Toward};
 use crate::codec::http1::{
-    self, is_hop_by_hop, parse_request, parse_response, BodyKind, HeadError, RequestHead,
-    ResponseHead, Version,
+    self, parse_request, parse_response, BodyKind, HeadError, RequestHead, ResponseHead, Version,
 };
-use crate::config::Forwarding;
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
 use crate::log::AccessEntry;
-use crate::route::{Backend, Route, Target, ORIG_MARK};
+use crate::route::{Backend, Route, Target};
 use crate::shard::{ConnGuard, ConnState, Shard};
 use crate::upstream::{ConnectError, Upstream};
-
-/// The `Via` token corepin adds.
-const VIA: &str = "1.1 corepin";
 
 /// A client connection: its socket, its unconsumed input, its address,
 /// and what its shard knows of it.
@@ -317,178 +313,6 @@ fn relay_to_client_failure(e: RelayError) -> Failure {
     }
 }
 
-/// Forwarding fields a client may not set: corepin writes its own, or
-/// passes them only from a trusted proxy (`[forwarding]`). Compared under
-/// the CGI mapping (`X_Real_IP` is `X-Real-IP`).
-const FROM_TRUSTED_PROXIES_ONLY: &[&str] = &[
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-ssl",
-    "x-client-ip",
-    "true-client-ip",
-];
-
-/// Fields of a WebSocket-over-HTTP request that only corepin sets (the
-/// session id, and `Meta-*`, which only the backend's `Set-Meta-*`
-/// produce): never taken from a client toward an `over_http` target.
-fn is_session_field(name: &[u8]) -> bool {
-    http1::cgi_name_is(name, "connection-id") || http1::cgi_name_starts(name, "meta-")
-}
-
-/// Writes the request head sent to a backend: the client's fields minus
-/// hop-by-hop, `Grip-*` (under any spelling a CGI server maps to one), the
-/// forwarding fields the `[forwarding]` policy does not take from this
-/// peer, session fields toward an `over_http` target, and `skip` names;
-/// with the route's edits (`header=` replaces or removes a field, `as_host=`
-/// or the target's `host=` sets Host, `orig_headers` adds marked copies of
-/// the client's fields, otherwise drops marked ones); plus corepin's own
-/// forwarding fields and `extra` (whole lines).
-/// `method` replaces the client's (and then the client's body framing is
-/// not written: `extra` carries the caller's).
-#[allow(clippy::too_many_arguments)]
-pub fn write_request_head(
-    out: &mut Vec<u8>,
-    method: Option<&str>,
-    head: &RequestHead,
-    path: &str,
-    b: &Backend,
-    peer: &SocketAddr,
-    fwd: &Forwarding,
-    extra: &[u8],
-    skip: &dyn Fn(&[u8]) -> bool,
-) {
-    let _ = write!(
-        out,
-        "{} {} HTTP/1.1\r\n",
-        method.unwrap_or(head.method()),
-        path
-    );
-    let trusted = fwd.trusts(peer.ip());
-    let mut xff: Vec<&[u8]> = Vec::new();
-    let mut via: Vec<u8> = Vec::new();
-    let mut https = false;
-    let mut real_ip = None;
-    let mut forwarded_host = None;
-    let mut host = None;
-    let edits = &b.edits;
-    let edited = |name: &[u8]| {
-        edits
-            .headers
-            .iter()
-            .any(|h| http1::cgi_name_is(name, &h.cgi_name))
-    };
-    let marked = |name: &[u8]| http1::cgi_name_starts(name, ORIG_MARK);
-    let mut orig: Vec<u8> = Vec::new();
-    for (name, value) in head.fields.iter() {
-        if edits.orig_headers && !edited(name) {
-            // Pushpin marks the client's fields before it drops any.
-            if !marked(name) {
-                orig.extend_from_slice(ORIG_MARK.as_bytes());
-            }
-            http1::write_field(&mut orig, name, value);
-        }
-        if is_hop_by_hop(&head.fields, name)
-            || http1::cgi_name_is(name, "expect")
-            || http1::cgi_name_starts(name, "grip-")
-            || (b.over_http && is_session_field(name))
-            || edited(name)
-            || marked(name)
-            || skip(name)
-        {
-            continue;
-        }
-        // Only the exact spelling of a forwarding field is believed (and
-        // only as the policy says); look-alikes are dropped.
-        let exact = |canonical: &str| name.eq_ignore_ascii_case(canonical.as_bytes());
-        if http1::cgi_name_is(name, "x-forwarded-for") {
-            if exact("x-forwarded-for") {
-                xff.extend(
-                    value
-                        .split(|&c| c == b',')
-                        .map(http1::trim)
-                        .filter(|e| !e.is_empty()),
-                );
-            }
-            continue;
-        }
-        if http1::cgi_name_is(name, "x-forwarded-proto")
-            || http1::cgi_name_is(name, "x-forwarded-protocol")
-        {
-            let v = http1::trim(value);
-            https |= fwd.accept_x_forwarded_protocol
-                && (exact("x-forwarded-proto") || exact("x-forwarded-protocol"))
-                && (v.eq_ignore_ascii_case(b"https") || v.eq_ignore_ascii_case(b"wss"));
-            continue;
-        }
-        if let Some(f) = FROM_TRUSTED_PROXIES_ONLY
-            .iter()
-            .find(|f| http1::cgi_name_is(name, f))
-        {
-            if trusted && exact(f) {
-                match *f {
-                    "x-real-ip" => real_ip = real_ip.or(Some(value)),
-                    "x-forwarded-host" => forwarded_host = forwarded_host.or(Some(value)),
-                    _ => http1::write_field(out, name, value),
-                }
-            }
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"via") {
-            via.extend_from_slice(value);
-            via.extend_from_slice(b", ");
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"host") {
-            host = Some(value);
-            if b.send_host().is_some() {
-                continue;
-            }
-        }
-        http1::write_field(out, name, value);
-    }
-    if let Some(h) = b.send_host() {
-        http1::write_field(out, b"Host", h.as_bytes());
-    } else if host.is_none() {
-        http1::write_field(out, b"Host", b.addr.as_bytes());
-    }
-    for h in edits.headers.iter().filter(|h| !h.value.is_empty()) {
-        http1::write_field(out, h.name.as_bytes(), h.value.as_bytes());
-        if edits.orig_headers {
-            orig.extend_from_slice(ORIG_MARK.as_bytes());
-            http1::write_field(&mut orig, h.name.as_bytes(), h.value.as_bytes());
-        }
-    }
-    out.extend_from_slice(&orig);
-    let peer_ip = peer.ip().to_string();
-    let rule = if trusted { &fwd.xff_trusted } else { &fwd.xff };
-    let entries = rule.apply(xff, peer_ip.as_bytes());
-    if !entries.is_empty() {
-        out.extend_from_slice(b"X-Forwarded-For: ");
-        for (i, e) in entries.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(e);
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    let proto: &[u8] = if https { b"https" } else { b"http" };
-    http1::write_field(out, b"X-Forwarded-Proto", proto);
-    if let Some(h) = forwarded_host.or(host) {
-        http1::write_field(out, b"X-Forwarded-Host", h);
-    }
-    http1::write_field(out, b"X-Real-IP", real_ip.unwrap_or(peer_ip.as_bytes()));
-    via.extend_from_slice(VIA.as_bytes());
-    http1::write_field(out, b"Via", &via);
-    out.extend_from_slice(extra);
-    if method.is_none() {
-        http1::write_framing(out, head.body);
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 /// The response framing toward the client, and whether the client
 /// connection can be kept.
 fn client_framing(head: &RequestHead, resp: &ResponseHead, draining: bool) -> (OutFraming, bool) {
@@ -499,64 +323,6 @@ fn client_framing(head: &RequestHead, resp: &ResponseHead, draining: bool) -> (O
         BodyKind::Chunked | BodyKind::UntilClose => (OutFraming::Raw, false),
     };
     (framing, head.keep_alive && delimited && !draining)
-}
-
-/// Writes the response head sent to the client.
-fn write_response_head(
-    out: &mut Vec<u8>,
-    head: &RequestHead,
-    resp: &ResponseHead,
-    framing: OutFraming,
-    keep: bool,
-) {
-    let reason = if resp.reason().is_empty() {
-        http1::reason_phrase(resp.status)
-    } else {
-        resp.reason()
-    };
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason);
-    let mut via: Vec<u8> = Vec::new();
-    for (name, value) in resp.fields.iter() {
-        if is_hop_by_hop(&resp.fields, name) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"via") {
-            via.extend_from_slice(value);
-            via.extend_from_slice(b", ");
-            continue;
-        }
-        http1::write_field(out, name, value);
-    }
-    via.extend_from_slice(VIA.as_bytes());
-    http1::write_field(out, b"Via", &via);
-    match resp.body {
-        BodyKind::Empty => {
-            // HEAD and 304 keep the length the backend declared; other
-            // empty bodies say so explicitly unless they never have one.
-            let bodiless = (100..200).contains(&resp.status) || resp.status == 204;
-            match resp.fields.get("content-length") {
-                Some(v) if head.is_head() || resp.status == 304 => {
-                    http1::write_field(out, b"Content-Length", v)
-                }
-                _ if !bodiless && resp.status != 304 && !head.is_head() => {
-                    out.extend_from_slice(b"Content-Length: 0\r\n")
-                }
-                _ => {}
-            }
-        }
-        BodyKind::Length(_) => http1::write_framing(out, resp.body),
-        BodyKind::Chunked | BodyKind::UntilClose => {
-            if framing == OutFraming::Chunked {
-                http1::write_framing(out, BodyKind::Chunked);
-            }
-        }
-    }
-    if !keep {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if head.version == Version::Http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Sends the request (head and body) on `up` and reads the response head.
@@ -585,8 +351,7 @@ async fn exchange(
             });
         }
     } else {
-        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
-        if head.expect_continue && c.stream.write_all(interim).await.is_err() {
+        if head.expect_continue && c.stream.write_all(heads::CONTINUE).await.is_err() {
             return Err(Failure::ClientGone);
         }
         let _ = c.stream.set_read_timeout(Some(t.client_body));
@@ -703,7 +468,7 @@ async fn send_request(
     head: &RequestHead,
     route: &Route,
     path: &str,
-    grip_headers: &[u8],
+    grip: Option<Option<&str>>,
 ) -> Result<(Upstream, Backend, ResponseHead, bool), (Failure, String)> {
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
@@ -712,17 +477,11 @@ async fn send_request(
             .await
             .map_err(|f| (f, "-".to_string()))?;
         let mut req_head = shard.bufs.take_out();
-        write_request_head(
-            &mut req_head,
-            None,
-            head,
-            path,
-            &backend,
-            &c.peer,
-            &shard.cfg.forwarding,
-            grip_headers,
-            &|_| false,
-        );
+        let peer_ip = c.peer.ip().to_string();
+        let fwd = shard.cfg.forwarding.policy(c.peer.ip());
+        backend
+            .request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
+            .write(&mut req_head);
         let sent = Instant::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         if r.is_ok() {
@@ -754,21 +513,16 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     let path = route.rewrite(head.target());
     // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
     // is, its GRIP headers included (Pushpin's passthrough).
-    let sig = route.grip().then(|| shard.sig_for(route)).flatten();
-    let mut grip_headers = Vec::new();
-    if route.grip() {
-        shard.write_grip_headers(&mut grip_headers, sig.as_ref());
-    }
+    let sig = route.grip().then(|| grip_key(shard, route)).flatten();
+    let token = sig.as_ref().map(|k| shard.signer.token(k));
+    let grip = route.grip().then_some(token.as_deref());
     // Until the response starts, a shutdown's grace period may end: the
     // client then gets a 503 rather than a bare close.
     let state = c.state.clone();
-    let sent = futures_lite::future::or(
-        send_request(shard, c, head, route, &path, &grip_headers),
-        async {
-            state.grace_over().await;
-            Err((Failure::Shutdown, "-".to_string()))
-        },
-    )
+    let sent = futures_lite::future::or(send_request(shard, c, head, route, &path, grip), async {
+        state.grace_over().await;
+        Err((Failure::Shutdown, "-".to_string()))
+    })
     .await;
     let (mut up, backend, resp, body_sent) = match sent {
         Ok(x) => x,
@@ -794,7 +548,13 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     // The rest of an unsent body is still on its way from the client.
     let keep = keep && body_sent;
     let mut prefix = shard.bufs.take_out();
-    write_response_head(&mut prefix, head, &resp, framing, keep);
+    let body = match framing {
+        OutFraming::Chunked => ClientBody::Chunked,
+        OutFraming::Raw => ClientBody::AsIs,
+    };
+    // A `no_grip` route relays GRIP fields as they are (a GRIP answer on
+    // another route was held above, so it has none left to relay).
+    write_proxied_response(&mut prefix, head, &resp, body, keep, Toward::ClientWithGrip);
     let mut out = shard.bufs.take_out();
     let _ = c
         .stream
@@ -921,4 +681,11 @@ async fn fail(
 /// Writes `bytes` to any async writer, mapping failure to "client gone".
 pub async fn write_to<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> bool {
     w.write_all(bytes).await.is_ok()
+}
+
+/// The key requests on `route` are signed with, if any.
+pub fn grip_key(shard: &Shard, route: &Route) -> Option<crate::jwt::SigKey> {
+    shard
+        .signer
+        .key_for(route.sig_key.as_deref(), route.sig_iss.as_deref())
 }

@@ -4,7 +4,6 @@
 //! backend enables the `grip` extension), or WebSocket-over-HTTP (each
 //! session a series of HTTP POSTs of events to the backend).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
@@ -14,13 +13,14 @@ use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 
 use crate::buf::BUF_SIZE;
-use crate::codec::http1::{self, BodyKind, RequestHead, ResponseHead};
+use crate::codec::heads::{self, Purpose};
+use crate::codec::http1::{self, RequestHead, ResponseHead};
 use crate::codec::ws::{
     self, Event as WsFrameEvent, Kind as WsKind, Opcode, Reader, Role, WsError,
 };
 use crate::codec::wsevents::{self, WsEvent};
 use crate::conn::grip::{dropped_warning, read_body, send_now, write_held, HoldEnd, Written};
-use crate::conn::http::{Client, Outcome};
+use crate::conn::http::{grip_key, Client, Outcome};
 use crate::route::{Backend, Route, Target};
 use crate::shard::Shard;
 use crate::subs::{Held, Kind, Msg, Sub, SubSpec};
@@ -56,18 +56,7 @@ fn switching(head: &RequestHead, protocol: Option<&[u8]>, extensions: Option<&st
         .map(http1::trim)
         .unwrap_or(b"");
     let mut out = Vec::with_capacity(256);
-    let _ = write!(
-        out,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
-        ws::accept_key(key)
-    );
-    if let Some(p) = protocol {
-        http1::write_field(&mut out, b"Sec-WebSocket-Protocol", p);
-    }
-    if let Some(e) = extensions.filter(|e| !e.is_empty()) {
-        http1::write_field(&mut out, b"Sec-WebSocket-Extensions", e.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
+    heads::write_switching_protocols(&mut out, &ws::accept_key(key), protocol, extensions);
     out
 }
 
@@ -424,23 +413,17 @@ fn upgrade_request(
     peer: &std::net::SocketAddr,
     route: &Route,
 ) -> Vec<u8> {
-    let mut extra = Vec::new();
-    if route.grip() {
-        shard.write_grip_headers(&mut extra, shard.sig_for(route).as_ref());
-    }
-    extra.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    let token = route
+        .grip()
+        .then(|| grip_key(shard, route))
+        .flatten()
+        .map(|k| shard.signer.token(&k));
     let mut out = Vec::with_capacity(512);
-    crate::conn::http::write_request_head(
-        &mut out,
-        None,
-        head,
-        path,
-        b,
-        peer,
-        &shard.cfg.forwarding,
-        &extra,
-        &|n: &[u8]| n.eq_ignore_ascii_case(b"sec-websocket-extensions"),
-    );
+    let peer_ip = peer.ip().to_string();
+    let fwd = shard.cfg.forwarding.policy(peer.ip());
+    let grip = route.grip().then_some(token.as_deref());
+    b.request(head, Purpose::WsUpgrade, path, &peer_ip, fwd, grip)
+        .write(&mut out);
     out
 }
 
@@ -475,19 +458,7 @@ async fn read_response_head(
 /// status, headers and body.
 async fn relay_refusal(c: &mut Client, resp: &ResponseHead, body: &[u8]) -> u64 {
     let mut out = Vec::with_capacity(256 + body.len());
-    let reason = if resp.reason().is_empty() {
-        http1::reason_phrase(resp.status)
-    } else {
-        resp.reason()
-    };
-    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", resp.status);
-    for (n, v) in resp.fields.iter() {
-        if crate::conn::grip::keep_header(&resp.fields, n) {
-            http1::write_field(&mut out, n, v);
-        }
-    }
-    http1::write_framing(&mut out, BodyKind::Length(body.len() as u64));
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    heads::write_refusal(&mut out, resp, body.len());
     out.extend_from_slice(body);
     let _ = send(c, &out).await;
     body.len() as u64
@@ -787,31 +758,9 @@ impl Session<'_> {
         for e in events {
             wsevents::encode(&mut body, e);
         }
-        let mut extra = Vec::new();
-        self.shard
-            .write_grip_headers(&mut extra, self.shard.sig_for(self.route).as_ref());
-        let _ = write!(
-            extra,
-            "Content-Type: application/websocket-events\r\nAccept: application/websocket-events\r\nConnection-Id: {}\r\nContent-Length: {}\r\n",
-            self.connection_id,
-            body.len()
-        );
-        for (k, v) in &self.meta {
-            extra.extend_from_slice(b"Meta-");
-            http1::write_field(&mut extra, k.as_bytes(), v);
-        }
-        // Fields corepin sets itself on every events request, under any
-        // spelling a CGI server would map to them. (Client-sent
-        // `Connection-Id` and `Meta-*` are dropped by write_request_head
-        // for every over_http target.)
-        let own = [
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-extensions",
-            "content-type",
-            "accept",
-        ];
-        let skip = |n: &[u8]| own.iter().any(|o| http1::cgi_name_is(n, o));
+        // Events requests are signed whatever the route's `no_grip`.
+        let token = grip_key(self.shard, self.route).map(|k| self.shard.signer.token(&k));
+        let peer_ip = peer.ip().to_string();
         let mut delay = Duration::from_millis(100);
         for attempt in 0..POST_ATTEMPTS {
             if attempt > 0 {
@@ -838,17 +787,21 @@ impl Session<'_> {
                 };
                 let mut up = up;
                 let mut req = Vec::with_capacity(512 + body.len());
-                crate::conn::http::write_request_head(
-                    &mut req,
-                    Some("POST"),
+                let events = Purpose::WsEvents {
+                    connection_id: &self.connection_id,
+                    content_length: body.len(),
+                    meta: &self.meta,
+                };
+                let fwd = self.shard.cfg.forwarding.policy(peer.ip());
+                b.request(
                     self.head,
+                    events,
                     &self.path,
-                    b,
-                    &peer,
-                    &self.shard.cfg.forwarding,
-                    &extra,
-                    &skip,
-                );
+                    &peer_ip,
+                    fwd,
+                    Some(token.as_deref()),
+                )
+                .write(&mut req);
                 req.extend_from_slice(&body);
                 if up.stream.write_all(&req).await.is_err() {
                     continue;
