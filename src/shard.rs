@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -264,7 +264,7 @@ impl Shard {
         Rc::new(Shard {
             index,
             routes: RefCell::new(Rc::new(cfg.routes.clone())),
-            pool: Pool::new(cfg.max_idle_per_target, bufs.clone()),
+            pool: Pool::new(cfg.max_idle_per_target, bufs.clone(), index),
             bufs,
             conns: Conns::default(),
             draining: Cell::new(false),
@@ -770,16 +770,8 @@ fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
     }
     let mut out = Vec::with_capacity(160);
     crate::codec::http1::write_simple_response(&mut out, 503, body, true);
-    // SAFETY: send on the accepted socket, owned here, from a valid buffer;
-    // MSG_DONTWAIT never blocks, MSG_NOSIGNAL never raises SIGPIPE.
-    unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            out.as_ptr().cast(),
-            out.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    let mut conn = crate::connection::Connection::tcp(stream, shard.bufs.clone());
+    conn.send_now(&out);
     let lingering = shard.lingering_refusals.get();
     if matches!(why, Refusal::FileLimit) || lingering >= shard.conn_limit.lingering {
         return;
@@ -787,9 +779,7 @@ fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
     shard.lingering_refusals.set(lingering + 1);
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        let mut stream = stream;
-        let mut inbuf = crate::buf::InBuf::new(shard.bufs.clone());
-        crate::conn::http::linger_close(&mut stream, &mut inbuf).await;
+        conn.linger_close().await;
         shard
             .lingering_refusals
             .set(shard.lingering_refusals.get().saturating_sub(1));

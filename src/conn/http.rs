@@ -4,31 +4,33 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::buf::{InBuf, BUF_SIZE};
+use crate::buf::BUF_SIZE;
 use crate::codec::grip;
 use crate::codec::heads::{self, write_proxied_response, ClientBody, Purpose, Toward};
 use crate::codec::http1::{
-    self, parse_request, parse_response, BodyKind, HeadError, RequestHead, ResponseHead, Version,
+    self, parse_request, BodyKind, HeadError, RequestHead, ResponseHead, Version,
 };
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
+use crate::connection::{Connection, ReadError};
 use crate::log::AccessEntry;
 use crate::route::{Backend, Route, Target};
 use crate::shard::{ConnGuard, ConnState, Shard};
-use crate::upstream::{ConnectError, Upstream};
+use crate::upstream::{Reuse, Upstream};
 
-/// A client connection: its socket, its unconsumed input, its address,
-/// and what its shard knows of it.
+/// A client connection: its registration with the shard, its connection
+/// (socket and unconsumed input), its address.
 pub struct Client {
-    pub stream: TcpStream,
-    pub inbuf: InBuf,
+    /// Dropped first (fields drop in order): the shard forgets the socket
+    /// before it is closed, so a drain never shuts down a descriptor number
+    /// already reused by another connection.
+    pub guard: ConnGuard,
+    pub conn: Connection,
     pub peer: SocketAddr,
     pub state: Rc<ConnState>,
 }
@@ -69,17 +71,18 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves one client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(shard.cfg.timeouts.client_write));
-    let guard = shard.register(stream.as_raw_fd());
+    let conn = Connection::tcp(stream, shard.bufs.clone());
+    conn.set_nodelay();
+    conn.set_write_timeout(Some(shard.cfg.timeouts.client_write));
+    let guard = shard.register(conn.raw_fd());
     let mut c = Client {
-        stream,
-        inbuf: InBuf::new(shard.bufs.clone()),
-        peer,
         state: guard.state(),
+        guard,
+        conn,
+        peer,
     };
     loop {
-        let head = match read_head(&shard, &mut c, &guard).await {
+        let head = match read_head(&shard, &mut c).await {
             HeadRead::Head(h) => h,
             HeadRead::Closed => break,
             HeadRead::Refuse(status, reason) => {
@@ -114,73 +117,39 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             break;
         }
     }
-    linger_close(&mut c.stream, &mut c.inbuf).await;
-}
-
-/// Closes our side, then reads and discards what the peer still sends
-/// (bounded in time and bytes), so an answer sent before the peer finished
-/// its request is not destroyed by a reset.
-pub async fn linger_close(stream: &mut TcpStream, inbuf: &mut InBuf) {
-    let _ = stream.close().await;
-    inbuf.release();
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
-    let mut discarded = 0usize;
-    while discarded < 4 << 20 {
-        match inbuf.fill(stream, BUF_SIZE).await {
-            Ok(n) if n > 0 => {
-                discarded += n;
-                inbuf.release();
-            }
-            _ => break,
-        }
-    }
+    c.conn.linger_close().await;
 }
 
 /// Waits (idle timeout) for a request to start, then reads its head within
 /// the header timeout.
-async fn read_head(shard: &Shard, c: &mut Client, guard: &ConnGuard) -> HeadRead {
+async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
     let t = &shard.cfg.timeouts;
     let limits = &shard.cfg.limits.head;
     let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
-    if c.inbuf.is_empty() {
+    if !c.conn.has_input() {
         if shard.draining() {
             return HeadRead::Closed;
         }
-        guard.set_idle(true);
-        let _ = c.stream.set_read_timeout(Some(t.client_idle));
-        let r = c.inbuf.fill(&mut c.stream, max).await;
-        guard.set_idle(false);
+        c.guard.set_idle(true);
+        c.conn.set_read_timeout(Some(t.client_idle));
+        let r = c.conn.fill(max).await;
+        c.guard.set_idle(false);
         match r {
             Ok(n) if n > 0 => {}
             _ => return HeadRead::Closed,
         }
     }
-    // The header deadline is taken only when the head did not arrive whole.
-    let mut deadline = None;
-    loop {
-        match parse_request(c.inbuf.data(), limits) {
-            Ok(Some((n, head))) => {
-                c.inbuf.consume(n);
-                return HeadRead::Head(head);
-            }
-            Ok(None) => {}
-            Err(e) => return HeadRead::Refuse(e.status(), e.reason()),
-        }
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + t.client_header);
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return HeadRead::Refuse(408, "request header timeout");
-        }
-        let _ = c.stream.set_read_timeout(Some(left));
-        match c.inbuf.fill(&mut c.stream, max).await {
-            Ok(0) => return HeadRead::Closed,
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => return HeadRead::Refuse(408, "request header timeout"),
-            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                return HeadRead::Refuse(431, HeadError::HeadTooLarge.reason())
-            }
-            Err(_) => return HeadRead::Closed,
-        }
+    let header = Some(t.client_header);
+    match c
+        .conn
+        .read_head(max, header, |b| parse_request(b, limits))
+        .await
+    {
+        Ok(head) => HeadRead::Head(head),
+        Err(ReadError::Parse(e)) => HeadRead::Refuse(e.status(), e.reason()),
+        Err(ReadError::TimedOut) => HeadRead::Refuse(408, "request header timeout"),
+        Err(ReadError::TooLarge) => HeadRead::Refuse(431, HeadError::HeadTooLarge.reason()),
+        Err(ReadError::Closed | ReadError::Failed(_)) => HeadRead::Closed,
     }
 }
 
@@ -189,7 +158,7 @@ async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close:
     let mut out = shard.bufs.take_out();
     http1::write_simple_response(&mut out, status, reason, close);
     let n = out.len() as u64;
-    let _ = c.stream.write_all(&out).await;
+    let _ = c.conn.write_all(&out).await;
     shard.bufs.give_out(out);
     n
 }
@@ -228,7 +197,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
                 b""
             };
             http1::write_simple_response_with(&mut out, status, reason, true, extra);
-            write_to(&mut c.stream, &out).await;
+            let _ = c.conn.write_all(&out).await;
             return Outcome::closed(status, 0, "-".into());
         }
         // Each path's future is boxed: a connection's task then carries
@@ -340,10 +309,10 @@ async fn exchange(
 ) -> Result<(ResponseHead, bool), Failure> {
     let mut body_sent = true;
     let t = &shard.cfg.timeouts;
-    let _ = up.stream.set_read_timeout(Some(t.upstream_read));
-    let _ = up.stream.set_write_timeout(Some(t.upstream_read));
+    up.conn.set_read_timeout(Some(t.upstream_read));
+    up.conn.set_write_timeout(Some(t.upstream_read));
     if head.body == BodyKind::Empty {
-        if up.stream.write_all(req_head).await.is_err() {
+        if up.conn.write_all(req_head).await.is_err() {
             return Err(if up.reused {
                 Failure::Stale
             } else {
@@ -351,10 +320,10 @@ async fn exchange(
             });
         }
     } else {
-        if head.expect_continue && c.stream.write_all(heads::CONTINUE).await.is_err() {
+        if head.expect_continue && c.conn.write_all(heads::CONTINUE).await.is_err() {
             return Err(Failure::ClientGone);
         }
-        let _ = c.stream.set_read_timeout(Some(t.client_body));
+        c.conn.set_read_timeout(Some(t.client_body));
         let mut prefix = req_head.to_vec();
         let mut out = shard.bufs.take_out();
         let framing = if head.body == BodyKind::Chunked {
@@ -367,13 +336,7 @@ async fn exchange(
             out: &mut out,
             limit: shard.cfg.limits.max_request_body,
         }
-        .run(
-            &mut c.stream,
-            &mut c.inbuf,
-            &mut up.stream,
-            head.body,
-            framing,
-        )
+        .run(&mut c.conn, &mut up.conn, head.body, framing)
         .await;
         shard.bufs.give_out(out);
         match r {
@@ -388,73 +351,21 @@ async fn exchange(
             Err(e) => return Err(relay_to_client_failure(e)),
         }
     }
-    let limits = &shard.cfg.limits.head;
-    let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
-    let mut received = false;
-    loop {
-        match parse_response(up.inbuf.data(), limits, head.is_head()) {
-            Ok(Some((n, resp))) => {
-                up.inbuf.consume(n);
-                if (100..200).contains(&resp.status) && resp.status != 101 {
-                    continue;
-                }
-                return Ok((resp, body_sent));
-            }
-            Ok(None) => {}
-            Err(_) => return Err(Failure::Upstream(502, "invalid response from upstream")),
-        }
-        match up.inbuf.fill(&mut up.stream, max).await {
-            Ok(0) if !received && up.reused => return Err(Failure::Stale),
-            Ok(0) => return Err(Failure::Upstream(502, "upstream closed the connection")),
-            Ok(_) => received = true,
-            Err(e) if is_timeout(&e) => return Err(Failure::Upstream(504, "upstream timed out")),
-            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                return Err(Failure::Upstream(502, "upstream response head too large"))
-            }
-            Err(_) if !received && up.reused => return Err(Failure::Stale),
-            Err(_) => return Err(Failure::Upstream(502, "upstream connection failed")),
-        }
+    // A reused connection that brings nothing at all was closed while idle.
+    let before = up.conn.bytes_read();
+    let stale = |up: &Upstream| up.reused && up.conn.bytes_read() == before;
+    match up
+        .read_response(&shard.cfg.limits.head, head.is_head())
+        .await
+    {
+        Ok(resp) => Ok((resp, body_sent)),
+        Err(ReadError::Parse(_)) => Err(Failure::Upstream(502, "invalid response from upstream")),
+        Err(ReadError::Closed | ReadError::Failed(_)) if stale(up) => Err(Failure::Stale),
+        Err(ReadError::Closed) => Err(Failure::Upstream(502, "upstream closed the connection")),
+        Err(ReadError::TimedOut) => Err(Failure::Upstream(504, "upstream timed out")),
+        Err(ReadError::TooLarge) => Err(Failure::Upstream(502, "upstream response head too large")),
+        Err(ReadError::Failed(_)) => Err(Failure::Upstream(502, "upstream connection failed")),
     }
-}
-
-/// Gets a connection to the first reachable target of `route`, trying the
-/// failover targets in order. `fresh` skips the idle pool; `replayable`
-/// requests take pooled connections unchecked (a dead one is retried).
-async fn connect(
-    shard: &Shard,
-    route: &Route,
-    fresh: bool,
-    replayable: bool,
-) -> Result<(Upstream, Backend), Failure> {
-    let mut last = Failure::Upstream(502, "no backend target");
-    for target in &route.targets {
-        let Target::Backend(b) = target else { continue };
-        if !fresh {
-            if let Some(up) = shard.pool.take_idle(&b.addr, !replayable) {
-                return Ok((up, b.clone()));
-            }
-        }
-        match shard
-            .pool
-            .connect(&b.addr, shard.cfg.timeouts.upstream_connect)
-            .await
-        {
-            Ok(up) => return Ok((up, b.clone())),
-            Err(ConnectError::Timeout) => {
-                warn!("core {}: connect to {} timed out", shard.index, b.addr);
-                last = Failure::Upstream(504, "upstream connect timed out");
-            }
-            Err(ConnectError::Resolve(name)) => {
-                warn!("core {}: cannot resolve {name}", shard.index);
-                last = Failure::Upstream(502, "upstream name does not resolve");
-            }
-            Err(ConnectError::Failed(e)) => {
-                debug!("core {}: connect to {} failed: {e}", shard.index, b.addr);
-                last = Failure::Upstream(502, "upstream unreachable");
-            }
-        }
-    }
-    Err(last)
 }
 
 /// Connects to the route's backend (failover targets in order; a stale
@@ -473,9 +384,25 @@ async fn send_request(
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
     loop {
-        let (mut up, backend) = connect(shard, route, fresh, replayable)
+        // Replayable requests take pooled connections unchecked (a dead
+        // one is retried on a fresh connection).
+        let reuse = if fresh {
+            Reuse::Fresh
+        } else {
+            Reuse::Pooled { check: !replayable }
+        };
+        let timeout = shard.cfg.timeouts.upstream_connect;
+        let (mut up, backend) = match shard
+            .pool
+            .connect_first(&route.targets, 0, reuse, timeout)
             .await
-            .map_err(|f| (f, "-".to_string()))?;
+        {
+            Ok((_, up, b)) => (up, b.clone()),
+            Err(e) => {
+                let (status, reason) = e.answer();
+                return Err((Failure::Upstream(status, reason), "-".to_string()));
+            }
+        };
         let mut req_head = shard.bufs.take_out();
         let peer_ip = c.peer.ip().to_string();
         let fwd = shard.cfg.forwarding.policy(c.peer.ip());
@@ -556,21 +483,14 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     // another route was held above, so it has none left to relay).
     write_proxied_response(&mut prefix, head, &resp, body, keep, Toward::ClientWithGrip);
     let mut out = shard.bufs.take_out();
-    let _ = c
-        .stream
+    c.conn
         .set_write_timeout(Some(shard.cfg.timeouts.client_write));
     let r = Relay {
         prefix: &mut prefix,
         out: &mut out,
         limit: 0,
     }
-    .run(
-        &mut up.stream,
-        &mut up.inbuf,
-        &mut c.stream,
-        resp.body,
-        framing,
-    )
+    .run(&mut up.conn, &mut c.conn, resp.body, framing)
     .await;
     shard.bufs.give_out(prefix);
     shard.bufs.give_out(out);
@@ -631,7 +551,7 @@ async fn instructed(
             let keep = ctx.head.keep_alive && !shard.draining();
             let mut out = Vec::with_capacity(256 + base.body.len());
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
-            let ok = write_to(&mut c.stream, &out).await;
+            let ok = c.conn.write_all(&out).await.is_ok();
             HoldEnd::Done(Outcome {
                 status: base.status(),
                 bytes: base.body.len() as u64,
@@ -676,11 +596,6 @@ async fn fail(
             refuse(shard, c, head, status, reason, target).await
         }
     }
-}
-
-/// Writes `bytes` to any async writer, mapping failure to "client gone".
-pub async fn write_to<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> bool {
-    w.write_all(bytes).await.is_ok()
 }
 
 /// The key requests on `route` are signed with, if any.

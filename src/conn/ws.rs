@@ -10,7 +10,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::AsyncWriteExt;
 
 use crate::buf::BUF_SIZE;
 use crate::codec::heads::{self, Purpose};
@@ -19,17 +18,15 @@ use crate::codec::ws::{
     self, Event as WsFrameEvent, Kind as WsKind, Opcode, Reader, Role, WsError,
 };
 use crate::codec::wsevents::{self, WsEvent};
-use crate::conn::grip::{dropped_warning, read_body, send_now, write_held, HoldEnd, Written};
+use crate::conn::grip::{deliver, dropped_warning, read_body, send_now, HoldEnd, Written};
 use crate::conn::http::{grip_key, Client, Outcome};
 use crate::route::{Backend, Route, Target};
 use crate::shard::Shard;
 use crate::subs::{Held, Kind, Msg, Sub, SubSpec};
-use crate::upstream::Upstream;
+use crate::upstream::{Reuse, Upstream};
 
 /// Largest message accepted from a client or a backend.
 pub const MAX_MESSAGE: usize = 1 << 20;
-/// Most queued bytes joined into one write.
-const COALESCE_MAX: usize = 64 * 1024;
 /// Most attempts for one WebSocket-over-HTTP request.
 const POST_ATTEMPTS: usize = 3;
 
@@ -91,10 +88,6 @@ fn mask_key() -> [u8; 4] {
     })
 }
 
-async fn send(c: &mut Client, bytes: &[u8]) -> bool {
-    c.stream.write_all(bytes).await.is_ok()
-}
-
 fn outcome(status: u16, bytes: u64, target: &str) -> HoldEnd {
     HoldEnd::Done(Outcome {
         status,
@@ -136,16 +129,13 @@ async fn wait(
                 return Poll::Ready(Io::Sub(m));
             }
         }
-        match c.inbuf.poll_fill(cx, &mut c.stream, MAX_MESSAGE + BUF_SIZE) {
+        match c.conn.poll_fill(cx, MAX_MESSAGE + BUF_SIZE) {
             Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Io::Client),
             Poll::Ready(_) => return Poll::Ready(Io::ClientGone),
             Poll::Pending => {}
         }
         if let Some(up) = up.as_deref_mut() {
-            match up
-                .inbuf
-                .poll_fill(cx, &mut up.stream, MAX_MESSAGE + BUF_SIZE)
-            {
+            match up.conn.poll_fill(cx, MAX_MESSAGE + BUF_SIZE) {
                 Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Io::Backend),
                 Poll::Ready(_) => return Poll::Ready(Io::BackendGone),
                 Poll::Pending => {}
@@ -167,11 +157,11 @@ use std::future::Future;
 fn client_events(c: &mut Client, reader: &mut Reader) -> Result<Vec<WsFrameEvent>, WsError> {
     let mut out = Vec::new();
     loop {
-        let (n, ev) = reader.read(c.inbuf.data())?;
-        c.inbuf.consume(n);
+        let (n, ev) = reader.read(c.conn.input())?;
+        c.conn.consume(n);
         match ev {
             Some(e) => out.push(e),
-            None if n == 0 || c.inbuf.is_empty() => return Ok(out),
+            None if n == 0 || !c.conn.has_input() => return Ok(out),
             None => {}
         }
     }
@@ -281,7 +271,7 @@ pub async fn handle(
     head: &RequestHead,
     route: &Route,
 ) -> HoldEnd {
-    let _ = c.stream.set_read_timeout(None);
+    c.conn.set_read_timeout(None);
     match route.targets.first() {
         Some(Target::Test) => Box::pin(test_target(shard, c, head, route)).await,
         Some(Target::Backend(b)) if b.over_http => Box::pin(over_http(shard, c, head, route)).await,
@@ -317,12 +307,16 @@ async fn test_target(
             "test target: WebSockets go to /ws?channel=NAME",
             true,
         );
-        let _ = send(c, &out).await;
+        let _ = c.conn.write_all(&out).await;
         return outcome(404, 0, "test");
     }
     let channel = crate::testtarget::channel(head);
     let prefix = route.prefix.clone().unwrap_or_default();
-    if !send(c, &switching(head, None, None)).await {
+    if c.conn
+        .write_all(&switching(head, None, None))
+        .await
+        .is_err()
+    {
         return outcome(101, 0, "test");
     }
     let sub = ws_sub(shard, vec![format!("{prefix}{channel}")]);
@@ -335,7 +329,7 @@ async fn test_target(
 async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str) -> HoldEnd {
     let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
     let mut bytes = 0u64;
-    let mut first = (!c.inbuf.is_empty()).then_some(Io::Client);
+    let mut first = c.conn.has_input().then_some(Io::Client);
     loop {
         let io = match first.take() {
             Some(io) => io,
@@ -347,11 +341,11 @@ async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str)
                     for ev in evs {
                         match ev {
                             WsFrameEvent::Ping(p) => {
-                                let _ = send(c, &frame(Opcode::Pong, &p)).await;
+                                let _ = c.conn.write_all(&frame(Opcode::Pong, &p)).await;
                             }
                             WsFrameEvent::Close(code, _) => {
                                 let code = if code == 1005 { 1000 } else { code };
-                                let _ = send(c, &close_frame(code, "", None)).await;
+                                let _ = c.conn.write_all(&close_frame(code, "", None)).await;
                                 return outcome(101, bytes, target);
                             }
                             _ => {}
@@ -359,30 +353,15 @@ async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str)
                     }
                 }
                 Err(e) => {
-                    let _ = send(c, &close_frame(e.code, e.reason, None)).await;
+                    let _ = c.conn.write_all(&close_frame(e.code, e.reason, None)).await;
                     return outcome(101, bytes, target);
                 }
             },
             Io::Sub(Msg::Data(b)) => {
-                // A backlog of small messages goes out in one write; a
-                // large message is written from the shared bytes.
-                let joinable = sub
-                    .next_data_len()
-                    .is_some_and(|n| b.len() + n <= COALESCE_MAX);
-                let (r, n) = if joinable {
-                    let mut run = shard.bufs.take_out();
-                    run.extend_from_slice(&b);
-                    sub.take_data_run(&mut run, COALESCE_MAX);
-                    let r = write_held(shard, c, sub, &run).await;
-                    let n = run.len();
-                    shard.bufs.give_out(run);
-                    (r, n)
-                } else {
-                    (write_held(shard, c, sub, &b).await, b.len())
-                };
-                bytes += n as u64;
+                let (r, n) = deliver(shard, c, sub, b, <[u8]>::len).await;
+                bytes += n;
                 match r {
-                    Written::Done => sub.wrote(Instant::now()),
+                    Written::Done => {}
                     Written::Gone => return outcome(101, bytes, target),
                     Written::Dropped => {
                         drop_client(shard, c);
@@ -391,7 +370,7 @@ async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str)
                 }
             }
             Io::Sub(Msg::WsClose(code, reason)) => {
-                let _ = send(c, &close_frame(code, &reason, None)).await;
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
                 return outcome(101, bytes, target);
             }
             Io::Sub(_) | Io::Timer | Io::Backend => {}
@@ -427,20 +406,6 @@ fn upgrade_request(
     out
 }
 
-async fn connect_backend(shard: &Shard, route: &Route) -> Option<(Upstream, Backend)> {
-    for t in &route.targets {
-        let Target::Backend(b) = t else { continue };
-        if let Ok(up) = shard
-            .pool
-            .connect(&b.addr, shard.cfg.timeouts.upstream_connect)
-            .await
-        {
-            return Some((up, b.clone()));
-        }
-    }
-    None
-}
-
 async fn read_response_head(
     shard: &Shard,
     up: &mut Upstream,
@@ -460,14 +425,14 @@ async fn relay_refusal(c: &mut Client, resp: &ResponseHead, body: &[u8]) -> u64 
     let mut out = Vec::with_capacity(256 + body.len());
     heads::write_refusal(&mut out, resp, body.len());
     out.extend_from_slice(body);
-    let _ = send(c, &out).await;
+    let _ = c.conn.write_all(&out).await;
     body.len() as u64
 }
 
 async fn bad_gateway(c: &mut Client, why: &str, target: &str) -> HoldEnd {
     let mut out = Vec::new();
     http1::write_simple_response(&mut out, 502, why, true);
-    let _ = send(c, &out).await;
+    let _ = c.conn.write_all(&out).await;
     outcome(502, 0, target)
 }
 
@@ -486,7 +451,12 @@ async fn passthrough(
     head: &RequestHead,
     route: &Route,
 ) -> HoldEnd {
-    let Some((mut up, backend)) = connect_backend(shard, route).await else {
+    let timeout = shard.cfg.timeouts.upstream_connect;
+    let Ok((_, mut up, backend)) = shard
+        .pool
+        .connect_first(&route.targets, 0, Reuse::Fresh, timeout)
+        .await
+    else {
         return bad_gateway(c, "upstream unreachable", "-").await;
     };
     let target = backend.addr.clone();
@@ -494,11 +464,11 @@ async fn passthrough(
         shard,
         head,
         &route.rewrite(head.target()),
-        &backend,
+        backend,
         &c.peer,
         route,
     );
-    if up.stream.write_all(&req).await.is_err() {
+    if up.conn.write_all(&req).await.is_err() {
         return bad_gateway(c, "upstream closed the connection", &target).await;
     }
     let Some(resp) = read_response_head(shard, &mut up, false).await else {
@@ -523,10 +493,14 @@ async fn passthrough(
         .fields
         .get("sec-websocket-protocol")
         .map(<[u8]>::to_vec);
-    if !send(c, &switching(head, protocol.as_deref(), Some(&other_ext))).await {
+    if c.conn
+        .write_all(&switching(head, protocol.as_deref(), Some(&other_ext)))
+        .await
+        .is_err()
+    {
         return outcome(101, 0, &target);
     }
-    let _ = up.stream.set_read_timeout(None);
+    up.conn.set_read_timeout(None);
     let prefix = route.prefix.clone().unwrap_or_default();
     let sub = ws_sub(shard, route.implicit_channels(&backend.addr));
     let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
@@ -547,9 +521,9 @@ async fn relay(
     let mut bytes = 0u64;
     let mut detached = false;
     // Frames may have arrived with the handshakes: handle those first.
-    let mut first = Some(if !up.inbuf.is_empty() {
+    let mut first = Some(if up.conn.has_input() {
         Io::Backend
-    } else if !c.inbuf.is_empty() {
+    } else if c.conn.has_input() {
         Io::Client
     } else {
         Io::Timer
@@ -559,7 +533,7 @@ async fn relay(
             Some(io) => io,
             None => wait(c, Some(&mut *up), Some(sub), None).await,
         };
-        if !c.inbuf.is_empty() && first.is_none() && matches!(io, Io::Backend) {
+        if c.conn.has_input() && first.is_none() && matches!(io, Io::Backend) {
             first = Some(Io::Client);
         }
         match io {
@@ -567,9 +541,9 @@ async fn relay(
                 let evs = match client_events(c, &mut from_client) {
                     Ok(evs) => evs,
                     Err(e) => {
-                        let _ = send(c, &close_frame(e.code, e.reason, None)).await;
+                        let _ = c.conn.write_all(&close_frame(e.code, e.reason, None)).await;
                         let _ = up
-                            .stream
+                            .conn
                             .write_all(&close_frame(
                                 1001,
                                 "client protocol error",
@@ -606,19 +580,22 @@ async fn relay(
                         }
                     }
                 }
-                if !detached && !out.is_empty() && up.stream.write_all(&out).await.is_err() {
-                    let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
+                if !detached && !out.is_empty() && up.conn.write_all(&out).await.is_err() {
+                    let _ = c
+                        .conn
+                        .write_all(&close_frame(1011, "upstream went away", None))
+                        .await;
                     return outcome(101, bytes, target);
                 }
                 if let Some(code) = closing {
-                    let _ = send(c, &close_frame(code, "", None)).await;
+                    let _ = c.conn.write_all(&close_frame(code, "", None)).await;
                     return outcome(101, bytes, target);
                 }
             }
             Io::Backend => {
                 let mut out = Vec::new();
                 loop {
-                    let r = from_backend.read(up.inbuf.data());
+                    let r = from_backend.read(up.conn.input());
                     let (n, ev) = match r {
                         Ok(x) => x,
                         Err(e) => {
@@ -626,12 +603,14 @@ async fn relay(
                                 "core {}: backend {target} broke the WebSocket protocol: {}",
                                 shard.index, e.reason
                             );
-                            let _ =
-                                send(c, &close_frame(1011, "upstream protocol error", None)).await;
+                            let _ = c
+                                .conn
+                                .write_all(&close_frame(1011, "upstream protocol error", None))
+                                .await;
                             return outcome(101, bytes, target);
                         }
                     };
-                    up.inbuf.consume(n);
+                    up.conn.consume(n);
                     match ev {
                         Some(WsFrameEvent::Message(k, d)) => match classify(grip, k, &d) {
                             FromBackend::Control(json) => {
@@ -649,7 +628,7 @@ async fn relay(
                         },
                         Some(WsFrameEvent::Ping(p)) => {
                             let _ = up
-                                .stream
+                                .conn
                                 .write_all(&{
                                     let mut f = Vec::new();
                                     ws::write_frame(
@@ -667,16 +646,19 @@ async fn relay(
                         Some(WsFrameEvent::Close(code, reason)) => {
                             let code = if code == 1005 { 1000 } else { code };
                             ws::write_close(&mut out, code, &reason, None);
-                            let _ = send(c, &out).await;
+                            let _ = c.conn.write_all(&out).await;
                             return outcome(101, bytes, target);
                         }
-                        None if n == 0 || up.inbuf.is_empty() => break,
+                        None if n == 0 || !up.conn.has_input() => break,
                         None => {}
                     }
                 }
                 if !out.is_empty() {
                     bytes += out.len() as u64;
-                    match write_held(shard, c, sub, &out).await {
+                    match deliver(shard, c, sub, Bytes::from(out), <[u8]>::len)
+                        .await
+                        .0
+                    {
                         Written::Done => {}
                         Written::Gone => return outcome(101, bytes, target),
                         Written::Dropped => {
@@ -686,22 +668,22 @@ async fn relay(
                     }
                 }
             }
-            Io::Sub(Msg::Data(b)) => match write_held(shard, c, sub, &b).await {
-                Written::Done => sub.wrote(Instant::now()),
+            Io::Sub(Msg::Data(b)) => match deliver(shard, c, sub, b, <[u8]>::len).await.0 {
+                Written::Done => {}
                 Written::Gone => return outcome(101, bytes, target),
                 Written::Dropped => {
                     drop_client(shard, c);
                     let _ = up
-                        .stream
+                        .conn
                         .write_all(&close_frame(1001, "client went away", Some(mask_key())))
                         .await;
                     return outcome(101, bytes, target);
                 }
             },
             Io::Sub(Msg::WsClose(code, reason)) => {
-                let _ = send(c, &close_frame(code, &reason, None)).await;
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
                 let _ = up
-                    .stream
+                    .conn
                     .write_all(&close_frame(1000, "", Some(mask_key())))
                     .await;
                 return outcome(101, bytes, target);
@@ -710,20 +692,23 @@ async fn relay(
             Io::Dropped => {
                 drop_client(shard, c);
                 let _ = up
-                    .stream
+                    .conn
                     .write_all(&close_frame(1001, "client went away", Some(mask_key())))
                     .await;
                 return outcome(101, bytes, target);
             }
             Io::ClientGone => {
                 let _ = up
-                    .stream
+                    .conn
                     .write_all(&close_frame(1001, "client went away", Some(mask_key())))
                     .await;
                 return outcome(101, bytes, target);
             }
             Io::BackendGone => {
-                let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
+                let _ = c
+                    .conn
+                    .write_all(&close_frame(1011, "upstream went away", None))
+                    .await;
                 return outcome(101, bytes, target);
             }
         }
@@ -767,25 +752,21 @@ impl Session<'_> {
                 glommio::timer::sleep(delay).await;
                 delay *= 4;
             }
-            for t in &self.route.targets {
-                let Target::Backend(b) = t else { continue };
-                let fresh = attempt > 0;
-                let up = match (!fresh)
-                    .then(|| self.shard.pool.take_idle(&b.addr, true))
-                    .flatten()
-                {
-                    Some(up) => up,
-                    None => match self
-                        .shard
-                        .pool
-                        .connect(&b.addr, self.shard.cfg.timeouts.upstream_connect)
-                        .await
-                    {
-                        Ok(up) => up,
-                        Err(_) => continue,
-                    },
-                };
-                let mut up = up;
+            // A target that fails the exchange is passed over for the next.
+            let reuse = if attempt > 0 {
+                Reuse::Fresh
+            } else {
+                Reuse::Pooled { check: true }
+            };
+            let timeout = self.shard.cfg.timeouts.upstream_connect;
+            let mut from = 0;
+            while let Ok((i, mut up, b)) = self
+                .shard
+                .pool
+                .connect_first(&self.route.targets, from, reuse, timeout)
+                .await
+            {
+                from = i + 1;
                 let mut req = Vec::with_capacity(512 + body.len());
                 let events = Purpose::WsEvents {
                     connection_id: &self.connection_id,
@@ -803,7 +784,7 @@ impl Session<'_> {
                 )
                 .write(&mut req);
                 req.extend_from_slice(&body);
-                if up.stream.write_all(&req).await.is_err() {
+                if up.conn.write_all(&req).await.is_err() {
                     continue;
                 }
                 let Some(resp) = read_response_head(self.shard, &mut up, false).await else {
@@ -902,7 +883,7 @@ async fn apply(
             WsEvent::Open => {}
         }
     }
-    if !out.is_empty() && !send(c, &out).await {
+    if !out.is_empty() && c.conn.write_all(&out).await.is_err() {
         return After::Close;
     }
     after
@@ -924,13 +905,13 @@ async fn post_delivering(
     c: &mut Client,
     sub: &Sub,
     events: &[WsEvent],
-    deliver: bool,
+    listen: bool,
 ) -> (Option<EventsReply>, Option<WsEvent>) {
     let s_shard = s.shard;
     let mut post = std::pin::pin!(s.post(c.peer, events));
     let mut ended: Option<WsEvent> = None;
     loop {
-        let listen = deliver && ended.is_none();
+        let listen = listen && ended.is_none();
         let ev = futures_lite::future::poll_fn(|cx| {
             if let Poll::Ready(r) = post.as_mut().poll(cx) {
                 return Poll::Ready(During::Reply(r));
@@ -948,8 +929,8 @@ async fn post_delivering(
         .await;
         match ev {
             During::Reply(r) => return (r, ended),
-            During::Sub(Msg::Data(b)) => match write_held(s_shard, c, sub, &b).await {
-                Written::Done => sub.wrote(Instant::now()),
+            During::Sub(Msg::Data(b)) => match deliver(s_shard, c, sub, b, <[u8]>::len).await.0 {
+                Written::Done => {}
                 Written::Gone => ended = Some(WsEvent::Disconnect),
                 Written::Dropped => {
                     drop_client(s_shard, c);
@@ -957,8 +938,8 @@ async fn post_delivering(
                 }
             },
             During::Sub(Msg::WsClose(code, reason)) => {
-                let _ = send(c, &close_frame(code, &reason, None)).await;
-                let _ = c.stream.close().await;
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
+                c.conn.close().await;
                 ended = Some(WsEvent::Close(Some(code), reason.into_bytes()));
             }
             During::Sub(_) => {}
@@ -1015,7 +996,11 @@ async fn over_http(
         .fields
         .get("sec-websocket-protocol")
         .map(<[u8]>::to_vec);
-    if !send(c, &switching(head, protocol.as_deref(), None)).await {
+    if c.conn
+        .write_all(&switching(head, protocol.as_deref(), None))
+        .await
+        .is_err()
+    {
         return outcome(101, 0, &s.target);
     }
     let sub = ws_sub(shard, route.implicit_channels(&s.target));
@@ -1055,7 +1040,7 @@ async fn session_loop(
         return outcome(101, 0, &target);
     }
     let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
-    let mut first_io = (!c.inbuf.is_empty()).then_some(Io::Client);
+    let mut first_io = c.conn.has_input().then_some(Io::Client);
     loop {
         if detached {
             return client_loop(s.shard, c, sub, &target).await;
@@ -1079,14 +1064,17 @@ async fn session_loop(
                                 pending.push(WsEvent::Binary(d))
                             }
                             WsFrameEvent::Ping(p) => {
-                                let _ = send(c, &frame(Opcode::Pong, &p)).await;
+                                let _ = c.conn.write_all(&frame(Opcode::Pong, &p)).await;
                                 pending.push(WsEvent::Ping(p));
                             }
                             WsFrameEvent::Pong(p) => pending.push(WsEvent::Pong(p)),
                             WsFrameEvent::Close(code, reason) => {
                                 let code = (code != 1005).then_some(code);
                                 pending.push(WsEvent::Close(code, reason.into_bytes()));
-                                let _ = send(c, &close_frame(code.unwrap_or(1000), "", None)).await;
+                                let _ = c
+                                    .conn
+                                    .write_all(&close_frame(code.unwrap_or(1000), "", None))
+                                    .await;
                                 end_after = true;
                                 break;
                             }
@@ -1094,7 +1082,7 @@ async fn session_loop(
                     }
                 }
                 Err(e) => {
-                    let _ = send(c, &close_frame(e.code, e.reason, None)).await;
+                    let _ = c.conn.write_all(&close_frame(e.code, e.reason, None)).await;
                     pending.push(WsEvent::Disconnect);
                     end_after = true;
                 }
@@ -1103,8 +1091,8 @@ async fn session_loop(
                 pending.push(WsEvent::Disconnect);
                 end_after = true;
             }
-            Io::Sub(Msg::Data(b)) => match write_held(s.shard, c, sub, &b).await {
-                Written::Done => sub.wrote(Instant::now()),
+            Io::Sub(Msg::Data(b)) => match deliver(s.shard, c, sub, b, <[u8]>::len).await.0 {
+                Written::Done => {}
                 Written::Gone => {
                     pending.push(WsEvent::Disconnect);
                     end_after = true;
@@ -1116,7 +1104,7 @@ async fn session_loop(
                 }
             },
             Io::Sub(Msg::WsClose(code, reason)) => {
-                let _ = send(c, &close_frame(code, &reason, None)).await;
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
                 pending.push(WsEvent::Close(Some(code), reason.into_bytes()));
                 end_after = true;
             }
@@ -1137,7 +1125,7 @@ async fn session_loop(
             // the last event. A client waits for the server to close the
             // TCP connection after a close frame (RFC 6455 §7.1.1), and a
             // slow backend must not keep it waiting.
-            let _ = c.stream.close().await;
+            c.conn.close().await;
         }
         let (reply, ended) = post_delivering(s, c, sub, &pending, !end_after).await;
         if let Some(last) = ended {
@@ -1159,7 +1147,10 @@ async fn session_loop(
             }
             _ => {
                 if !end_after {
-                    let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
+                    let _ = c
+                        .conn
+                        .write_all(&close_frame(1011, "upstream went away", None))
+                        .await;
                 }
                 return outcome(101, 0, &target);
             }
