@@ -662,18 +662,21 @@ impl Kick {
     }
 }
 
-/// Runs one connection's task so that a panic in it (a bug: input never
-/// should cause one) ends only that task; the connection's guards (its
-/// count, its subscription, its socket) are released as it unwinds, the
-/// panic hook has printed the message and place, and `on_panic` runs.
-/// The core goes on serving every other connection.
-///
-/// A hand-written future rather than an `async fn` around `catch_unwind`:
-/// an async fn would keep its argument and the future made from it side by
-/// side, doubling every idle connection's task allocation.
-struct Contained<F, P> {
-    task: F,
-    on_panic: Option<P>,
+pin_project_lite::pin_project! {
+    /// Runs one connection's task so that a panic in it (a bug: input never
+    /// should cause one) ends only that task; the connection's guards (its
+    /// count, its subscription, its socket) are released as it unwinds, the
+    /// panic hook has printed the message and place, and `on_panic` runs.
+    /// The core goes on serving every other connection.
+    ///
+    /// A hand-written future rather than an `async fn` around `catch_unwind`:
+    /// an async fn would keep its argument and the future made from it side by
+    /// side, doubling every idle connection's task allocation.
+    struct Contained<F, P> {
+        #[pin]
+        task: F,
+        on_panic: Option<P>,
+    }
 }
 
 fn contained<F: Future<Output = ()>, P: FnOnce()>(task: F, on_panic: P) -> Contained<F, P> {
@@ -687,11 +690,8 @@ impl<F: Future<Output = ()>, P: FnOnce()> Future for Contained<F, P> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // SAFETY: `task` is pinned with `self` (never moved out of it, and
-        // `Contained` has no Drop that could move it); `on_panic` is never
-        // treated as pinned.
-        let this = unsafe { self.get_unchecked_mut() };
-        let task = unsafe { Pin::new_unchecked(&mut this.task) };
+        let this = self.project();
+        let task = this.task;
         match std::panic::catch_unwind(AssertUnwindSafe(|| task.poll(cx))) {
             Ok(p) => p,
             Err(_) => {
