@@ -13,3 +13,4 @@ pub mod response;
 pub mod uri;
 pub mod ws;
 pub mod wsevents;
+pub mod wssession;

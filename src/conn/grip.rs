@@ -349,7 +349,6 @@ async fn hold_stream(
         return done(code, 0, ctx, false);
     }
     sub.wrote(Instant::now());
-    let keep = ctx.head.keep_alive && !http10;
     loop {
         match next_event(c, sub).await {
             Event::Msg(Msg::Data(b)) => {
@@ -370,17 +369,7 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Close) => {
-                if !http10 {
-                    let ok = c
-                        .conn
-                        .write_all(crate::codec::chunked::LAST_CHUNK)
-                        .await
-                        .is_ok();
-                    return done(code, bytes, ctx, ok && keep && !shard.draining());
-                }
-                return done(code, bytes, ctx, false);
-            }
+            Event::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
             Event::Msg(Msg::Refetch) => {
                 let Some(link) = instruct.next.clone() else {
                     continue;
@@ -413,18 +402,8 @@ async fn hold_stream(
                                 shard.subs.retime(sub);
                                 instruct = *i;
                             }
-                            _ => {
-                                // No further hold: the stream ends here.
-                                if !http10 {
-                                    let ok = c
-                                        .conn
-                                        .write_all(crate::codec::chunked::LAST_CHUNK)
-                                        .await
-                                        .is_ok();
-                                    return done(code, bytes, ctx, ok && keep && !shard.draining());
-                                }
-                                return done(code, bytes, ctx, false);
-                            }
+                            // No further hold: the stream ends here.
+                            _ => return end_stream(shard, c, ctx, code, bytes).await,
                         }
                     }
                     None => {
@@ -444,6 +423,28 @@ async fn hold_stream(
             }
         }
     }
+}
+
+/// Ends a held stream cleanly: the last chunk, and the connection kept
+/// when the client may send another request; an HTTP/1.0 stream ends with
+/// the connection.
+async fn end_stream(
+    shard: &Shard,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    code: u16,
+    bytes: u64,
+) -> HoldEnd {
+    if ctx.head.version == Version::Http10 {
+        return done(code, bytes, ctx, false);
+    }
+    let ok = c
+        .conn
+        .write_all(crate::codec::chunked::LAST_CHUNK)
+        .await
+        .is_ok();
+    let keep = ctx.head.keep_alive && !shard.draining();
+    done(code, bytes, ctx, ok && keep)
 }
 
 async fn hold_response(

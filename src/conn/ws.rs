@@ -18,6 +18,7 @@ use crate::codec::ws::{
     self, Event as WsFrameEvent, Kind as WsKind, Opcode, Reader, Role, WsError,
 };
 use crate::codec::wsevents::{self, WsEvent};
+use crate::codec::wssession::{echo_code, Pings, ServerSession, Step};
 use crate::conn::grip::{deliver, dropped_warning, read_body, send_now, HoldEnd, Written};
 use crate::conn::http::{grip_key, Client, Outcome};
 use crate::route::{Backend, Route, Target};
@@ -69,22 +70,30 @@ fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     out
 }
 
-/// A fresh masking key for frames corepin sends to a backend.
+/// A fresh masking key for frames corepin sends to a backend: four bytes
+/// from the OS's random source (RFC 6455 §5.3 wants masks a peer cannot
+/// predict), drawn 64 keys at a time so a frame costs no system call.
 fn mask_key() -> [u8; 4] {
-    thread_local!(static STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    STATE.with(|s| {
-        let mut x = s.get();
-        if x == 0 {
-            x = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-                | 1;
+    const KEYS: usize = 64;
+    thread_local!(static POOL: std::cell::RefCell<([u8; 4 * KEYS], usize)> =
+        const { std::cell::RefCell::new(([0; 4 * KEYS], KEYS)) });
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let (bytes, next) = &mut *p;
+        if *next == KEYS {
+            if getrandom::getrandom(bytes).is_err() {
+                // No random source (never on Linux since 3.17): a key from
+                // the clock still masks, if predictably.
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0x9e37_79b9, |d| d.subsec_nanos());
+                return t.to_ne_bytes();
+            }
+            *next = 0;
         }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x as u32).to_ne_bytes()
+        let i = *next * 4;
+        *next += 1;
+        [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]
     })
 }
 
@@ -165,6 +174,22 @@ fn client_events(c: &mut Client, reader: &mut Reader) -> Result<Vec<WsFrameEvent
             None => {}
         }
     }
+}
+
+/// Reads the client's buffered frames through `session`, sends its
+/// answers (pongs, the close echo, an error's close) in one write, and
+/// returns the steps for the mode to act on.
+async fn from_client(
+    c: &mut Client,
+    reader: &mut Reader,
+    session: &mut ServerSession,
+) -> Vec<Step> {
+    let mut out = Vec::new();
+    let steps = session.take(client_events(c, reader), &mut out);
+    if !out.is_empty() {
+        let _ = c.conn.write_all(&out).await;
+    }
+    steps
 }
 
 /// The GRIP extension's settings, from a `Sec-WebSocket-Extensions` value.
@@ -328,6 +353,7 @@ async fn test_target(
 /// over-HTTP session after `detach`): publishes go out, pings are answered.
 async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str) -> HoldEnd {
     let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut session = ServerSession::new(Pings::Answer);
     let mut bytes = 0u64;
     let mut first = c.conn.has_input().then_some(Io::Client);
     loop {
@@ -336,27 +362,12 @@ async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str)
             None => wait(c, None, Some(sub), None).await,
         };
         match io {
-            Io::Client => match client_events(c, &mut reader) {
-                Ok(evs) => {
-                    for ev in evs {
-                        match ev {
-                            WsFrameEvent::Ping(p) => {
-                                let _ = c.conn.write_all(&frame(Opcode::Pong, &p)).await;
-                            }
-                            WsFrameEvent::Close(code, _) => {
-                                let code = if code == 1005 { 1000 } else { code };
-                                let _ = c.conn.write_all(&close_frame(code, "", None)).await;
-                                return outcome(101, bytes, target);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = c.conn.write_all(&close_frame(e.code, e.reason, None)).await;
+            Io::Client => {
+                from_client(c, &mut reader, &mut session).await;
+                if session.closed() {
                     return outcome(101, bytes, target);
                 }
-            },
+            }
             Io::Sub(Msg::Data(b)) => {
                 let (r, n) = deliver(shard, c, sub, b, <[u8]>::len).await;
                 bytes += n;
@@ -444,6 +455,14 @@ fn drop_client(shard: &Shard, c: &Client) {
     send_now(c, &close_frame(1008, "too slow", None));
 }
 
+/// Sends the backend a close (masked, as a client's frames are).
+async fn close_backend(up: &mut Upstream, code: u16, reason: &str) {
+    let _ = up
+        .conn
+        .write_all(&close_frame(code, reason, Some(mask_key())))
+        .await;
+}
+
 /// Frame-by-frame proxying to a WebSocket backend.
 async fn passthrough(
     shard: &Rc<Shard>,
@@ -516,7 +535,8 @@ async fn relay(
     prefix: &str,
     target: &str,
 ) -> HoldEnd {
-    let mut from_client = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut session = ServerSession::new(Pings::Forward);
     let mut from_backend = Reader::new(Role::Client, MAX_MESSAGE);
     let mut bytes = 0u64;
     let mut detached = false;
@@ -538,27 +558,13 @@ async fn relay(
         }
         match io {
             Io::Client => {
-                let evs = match client_events(c, &mut from_client) {
-                    Ok(evs) => evs,
-                    Err(e) => {
-                        let _ = c.conn.write_all(&close_frame(e.code, e.reason, None)).await;
-                        let _ = up
-                            .conn
-                            .write_all(&close_frame(
-                                1001,
-                                "client protocol error",
-                                Some(mask_key()),
-                            ))
-                            .await;
-                        return outcome(101, bytes, target);
-                    }
-                };
+                // The client's frames go to the backend, masked; its close
+                // is passed on too, a protocol error ends both sides.
                 let mut out = Vec::new();
-                let mut closing = None;
-                for ev in evs {
+                for step in from_client(c, &mut reader, &mut session).await {
                     let m = Some(mask_key());
-                    match ev {
-                        WsFrameEvent::Message(k, d) => {
+                    match step {
+                        Step::Message(k, d) => {
                             let op = if k == WsKind::Text {
                                 Opcode::Text
                             } else {
@@ -566,29 +572,25 @@ async fn relay(
                             };
                             ws::write_frame(&mut out, true, op, &d, m);
                         }
-                        WsFrameEvent::Ping(p) => {
-                            ws::write_frame(&mut out, true, Opcode::Ping, &p, m)
+                        Step::Ping(p) => ws::write_frame(&mut out, true, Opcode::Ping, &p, m),
+                        Step::Pong(p) => ws::write_frame(&mut out, true, Opcode::Pong, &p, m),
+                        Step::Closed(code, reason) => {
+                            ws::write_close(&mut out, code.unwrap_or(1000), &reason, m)
                         }
-                        WsFrameEvent::Pong(p) => {
-                            ws::write_frame(&mut out, true, Opcode::Pong, &p, m)
-                        }
-                        WsFrameEvent::Close(code, reason) => {
-                            let code = if code == 1005 { 1000 } else { code };
-                            ws::write_close(&mut out, code, &reason, m);
-                            closing = Some(code);
-                            break;
+                        Step::Failed(_) => {
+                            ws::write_close(&mut out, 1001, "client protocol error", m)
                         }
                     }
                 }
-                if !detached && !out.is_empty() && up.conn.write_all(&out).await.is_err() {
+                let sent = detached || out.is_empty() || up.conn.write_all(&out).await.is_ok();
+                if session.closed() {
+                    return outcome(101, bytes, target);
+                }
+                if !sent {
                     let _ = c
                         .conn
                         .write_all(&close_frame(1011, "upstream went away", None))
                         .await;
-                    return outcome(101, bytes, target);
-                }
-                if let Some(code) = closing {
-                    let _ = c.conn.write_all(&close_frame(code, "", None)).await;
                     return outcome(101, bytes, target);
                 }
             }
@@ -644,8 +646,7 @@ async fn relay(
                         }
                         Some(WsFrameEvent::Pong(_)) => {}
                         Some(WsFrameEvent::Close(code, reason)) => {
-                            let code = if code == 1005 { 1000 } else { code };
-                            ws::write_close(&mut out, code, &reason, None);
+                            ws::write_close(&mut out, echo_code(code), &reason, None);
                             let _ = c.conn.write_all(&out).await;
                             return outcome(101, bytes, target);
                         }
@@ -673,35 +674,23 @@ async fn relay(
                 Written::Gone => return outcome(101, bytes, target),
                 Written::Dropped => {
                     drop_client(shard, c);
-                    let _ = up
-                        .conn
-                        .write_all(&close_frame(1001, "client went away", Some(mask_key())))
-                        .await;
+                    close_backend(up, 1001, "client went away").await;
                     return outcome(101, bytes, target);
                 }
             },
             Io::Sub(Msg::WsClose(code, reason)) => {
                 let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
-                let _ = up
-                    .conn
-                    .write_all(&close_frame(1000, "", Some(mask_key())))
-                    .await;
+                close_backend(up, 1000, "").await;
                 return outcome(101, bytes, target);
             }
             Io::Sub(_) | Io::Timer => {}
             Io::Dropped => {
                 drop_client(shard, c);
-                let _ = up
-                    .conn
-                    .write_all(&close_frame(1001, "client went away", Some(mask_key())))
-                    .await;
+                close_backend(up, 1001, "client went away").await;
                 return outcome(101, bytes, target);
             }
             Io::ClientGone => {
-                let _ = up
-                    .conn
-                    .write_all(&close_frame(1001, "client went away", Some(mask_key())))
-                    .await;
+                close_backend(up, 1001, "client went away").await;
                 return outcome(101, bytes, target);
             }
             Io::BackendGone => {
@@ -1040,6 +1029,7 @@ async fn session_loop(
         return outcome(101, 0, &target);
     }
     let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut session = ServerSession::new(Pings::Answer);
     let mut first_io = c.conn.has_input().then_some(Io::Client);
     loop {
         if detached {
@@ -1053,40 +1043,21 @@ async fn session_loop(
             None => wait(c, None, Some(sub), deadline).await,
         };
         match io {
-            Io::Client => match client_events(c, &mut reader) {
-                Ok(evs) => {
-                    for ev in evs {
-                        match ev {
-                            WsFrameEvent::Message(WsKind::Text, d) => {
-                                pending.push(WsEvent::Text(d))
-                            }
-                            WsFrameEvent::Message(WsKind::Binary, d) => {
-                                pending.push(WsEvent::Binary(d))
-                            }
-                            WsFrameEvent::Ping(p) => {
-                                let _ = c.conn.write_all(&frame(Opcode::Pong, &p)).await;
-                                pending.push(WsEvent::Ping(p));
-                            }
-                            WsFrameEvent::Pong(p) => pending.push(WsEvent::Pong(p)),
-                            WsFrameEvent::Close(code, reason) => {
-                                let code = (code != 1005).then_some(code);
-                                pending.push(WsEvent::Close(code, reason.into_bytes()));
-                                let _ = c
-                                    .conn
-                                    .write_all(&close_frame(code.unwrap_or(1000), "", None))
-                                    .await;
-                                end_after = true;
-                                break;
-                            }
-                        }
-                    }
+            Io::Client => {
+                // Every client event goes to the backend; the session
+                // answers pings and echoes a close.
+                for step in from_client(c, &mut reader, &mut session).await {
+                    pending.push(match step {
+                        Step::Message(WsKind::Text, d) => WsEvent::Text(d),
+                        Step::Message(WsKind::Binary, d) => WsEvent::Binary(d),
+                        Step::Ping(p) => WsEvent::Ping(p),
+                        Step::Pong(p) => WsEvent::Pong(p),
+                        Step::Closed(code, reason) => WsEvent::Close(code, reason.into_bytes()),
+                        Step::Failed(_) => WsEvent::Disconnect,
+                    });
                 }
-                Err(e) => {
-                    let _ = c.conn.write_all(&close_frame(e.code, e.reason, None)).await;
-                    pending.push(WsEvent::Disconnect);
-                    end_after = true;
-                }
-            },
+                end_after = session.closed();
+            }
             Io::ClientGone => {
                 pending.push(WsEvent::Disconnect);
                 end_after = true;
