@@ -306,6 +306,21 @@ impl Connection {
     ) -> Poll<io::Result<()>> {
         progress.advance(parts, 0);
         while !progress.done(parts) {
+            if !progress.waiting && progress.part + 1 == parts.len() {
+                // One part left (the common delivery): a plain send.
+                let rest = &parts[progress.part][progress.offset..];
+                match socket2::SockRef::from(&self.fd())
+                    .send_with_flags(rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                {
+                    Ok(n) => {
+                        progress.advance(parts, n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => progress.waiting = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
             if !progress.waiting {
                 let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut k = 0;

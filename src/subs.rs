@@ -198,13 +198,13 @@ impl Sub {
     }
 
     /// Appends to `parts` the data messages queued right behind the one
-    /// just taken (up to `max` bytes and `MAX_PARTS` parts in all, the
-    /// first counted), so a backlog goes out in one gathered write. The
-    /// shared bytes are moved, never copied.
+    /// just taken (up to `max` more bytes, and `MAX_PARTS` parts with the
+    /// one taken), so a backlog goes out in one gathered write. The shared
+    /// bytes are moved, never copied.
     pub fn take_data_parts(&self, parts: &mut Vec<Bytes>, max: usize) {
         let mut q = self.queue.borrow_mut();
         let mut total: usize = parts.iter().map(Bytes::len).sum();
-        while parts.len() < MAX_PARTS {
+        while parts.len() + 1 < MAX_PARTS {
             let Some(Msg::Data(b)) = q.front() else { break };
             if total + b.len() > max {
                 break;
@@ -851,15 +851,12 @@ mod tests {
             panic!("data first")
         };
         assert_eq!(first.len(), 10);
-        let mut parts = vec![first];
-        sub.take_data_parts(&mut parts, 60);
+        let mut parts = Vec::new();
+        sub.take_data_parts(&mut parts, 60 - first.len());
         let lens = |p: &[Bytes]| p.iter().map(Bytes::len).collect::<Vec<_>>();
-        assert_eq!((lens(&parts), sub.queued_bytes()), (vec![10, 20, 30], 40));
+        assert_eq!((lens(&parts), sub.queued_bytes()), (vec![20, 30], 40));
         sub.take_data_parts(&mut parts, usize::MAX);
-        assert_eq!(
-            (lens(&parts), sub.queued_bytes()),
-            (vec![10, 20, 30, 40], 0)
-        );
+        assert_eq!((lens(&parts), sub.queued_bytes()), (vec![20, 30, 40], 0));
         assert!(
             matches!(sub.poll_msg(waker), Some(Msg::Close)),
             "the close is next"
@@ -873,10 +870,11 @@ mod tests {
         for _ in 0..MAX_PARTS + 5 {
             sub.push(data(1), reg.limits, &reg.stats);
         }
+        // One message was taken already: the write has room for the rest.
         let mut parts = Vec::new();
         sub.take_data_parts(&mut parts, usize::MAX);
-        assert_eq!(parts.len(), MAX_PARTS);
-        assert_eq!(sub.queued_bytes(), 5);
+        assert_eq!(parts.len(), MAX_PARTS - 1);
+        assert_eq!(sub.queued_bytes(), 6);
     }
 
     #[test]

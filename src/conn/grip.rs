@@ -257,8 +257,15 @@ pub async fn deliver(
     first: Bytes,
     measure: fn(&[u8]) -> usize,
 ) -> (Written, u64) {
-    let mut parts = vec![first];
-    sub.take_data_parts(&mut parts, BATCH_MAX);
+    // Without a backlog (the common case) nothing is allocated.
+    let mut backlog = Vec::new();
+    sub.take_data_parts(&mut backlog, BATCH_MAX.saturating_sub(first.len()));
+    let parts = if backlog.is_empty() {
+        std::slice::from_ref(&first)
+    } else {
+        backlog.insert(0, first.clone());
+        &backlog[..]
+    };
     let n = parts.iter().map(|p| measure(p) as u64).sum();
     let mut progress = PartsProgress::default();
     let mut deadline: Option<glommio::timer::Timer> = None;
@@ -266,7 +273,7 @@ pub async fn deliver(
         if sub.dropped() {
             return Poll::Ready(Written::Dropped);
         }
-        match c.conn.poll_write_parts(cx, &parts, &mut progress) {
+        match c.conn.poll_write_parts(cx, parts, &mut progress) {
             Poll::Ready(Ok(())) => Poll::Ready(Written::Done),
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 shard.subs.stalled(sub);
