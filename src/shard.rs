@@ -1,7 +1,7 @@
 //! One core's world: its listeners, its connections, its upstream pool, its
 //! buffers and counters. Everything here is `Rc`/`Cell`: a shard is never
-//! touched by another thread. Shards hear from the outside (signals, and
-//! later publishes) through a wake socket.
+//! touched by another thread. Shards hear from the outside (signals,
+//! reloads, drains, publishes from other cores) through a wake socket.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
