@@ -8,6 +8,9 @@ use serde_json::Value;
 use super::http1::{trim, Fields};
 use super::response::{self, At, Head, Status};
 
+/// The capabilities announced to backends in `Grip-Feature`.
+pub const GRIP_FEATURES: &str = "status, link:next, filter:skip-self, filter:require-sub";
+
 /// Default seconds a `response` hold lasts.
 pub const DEFAULT_TIMEOUT: u32 = 55;
 /// Shortest hold timeout accepted.

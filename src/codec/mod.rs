@@ -6,9 +6,11 @@
 
 pub mod chunked;
 pub mod grip;
+pub mod heads;
 pub mod http1;
 pub mod publish;
 pub mod response;
 pub mod uri;
 pub mod ws;
 pub mod wsevents;
+pub mod wssession;
