@@ -97,6 +97,7 @@ struct FileTimeouts {
     upstream_connect: Option<f64>,
     upstream_read: Option<f64>,
     shutdown_grace: Option<f64>,
+    ws_keep_alive_min: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -163,6 +164,9 @@ pub struct Timeouts {
     pub upstream_connect: Duration,
     pub upstream_read: Duration,
     pub shutdown_grace: Duration,
+    /// The shortest WebSocket-over-HTTP `Keep-Alive-Interval` honoured
+    /// (a backend asking for less gets this).
+    pub ws_keep_alive_min: Duration,
 }
 
 /// GRIP settings.
@@ -373,6 +377,9 @@ pub struct Config {
     pub listen_tls: Vec<SocketAddr>,
     /// Their certificates; `Some` exactly when `listen_tls` is not empty.
     pub tls: Option<TlsCerts>,
+    /// `--ready-file`: where to report the bound addresses once every core
+    /// accepts (`server::run`).
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Command-line values that replace the file's.
@@ -389,6 +396,7 @@ pub struct Overrides {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_certs_dir: Option<String>,
+    pub ready_file: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -420,6 +428,27 @@ fn secs(field: &str, v: Option<f64>, default: f64) -> Result<Duration, ConfigErr
     let v = v.unwrap_or(default);
     if !(v.is_finite() && v > 0.0 && v <= 86_400.0 * 365.0) {
         return fail(field, format!("{v} is not a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The WebSocket-over-HTTP keep-alive minimum Pushpin applies, and the
+/// default of `timeouts.ws_keep_alive_min`.
+pub const WS_KEEP_ALIVE_MIN: f64 = 20.0;
+/// The lowest `timeouts.ws_keep_alive_min` accepted: a backend may not
+/// turn a session into a request a second or faster, whatever it asks.
+const WS_KEEP_ALIVE_FLOOR: f64 = 1.0;
+
+/// `timeouts.ws_keep_alive_min`: whole or fractional seconds from
+/// `WS_KEEP_ALIVE_FLOOR` to an hour.
+fn keep_alive_min(v: Option<f64>) -> Result<Duration, ConfigError> {
+    let field = "timeouts.ws_keep_alive_min";
+    let v = v.unwrap_or(WS_KEEP_ALIVE_MIN);
+    if !(WS_KEEP_ALIVE_FLOOR..=3600.0).contains(&v) {
+        return fail(
+            field,
+            format!("{v} is outside {WS_KEEP_ALIVE_FLOOR}..=3600 seconds"),
+        );
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -662,6 +691,7 @@ impl Config {
             upstream_connect: secs("timeouts.upstream_connect", t.upstream_connect, 5.0)?,
             upstream_read: secs("timeouts.upstream_read", t.upstream_read, 60.0)?,
             shutdown_grace: secs("timeouts.shutdown_grace", t.shutdown_grace, 5.0)?,
+            ws_keep_alive_min: keep_alive_min(t.ws_keep_alive_min)?,
         };
         let max_idle_per_target = ranged(
             "upstream.max_idle_per_target",
@@ -800,6 +830,10 @@ impl Config {
             forwarding,
             listen_tls,
             tls,
+            ready_file: match ov.ready_file.as_deref() {
+                Some("") => return fail("--ready-file", "a file path is needed"),
+                p => p.map(PathBuf::from),
+            },
         })
     }
 }
@@ -903,6 +937,8 @@ mod tests {
         assert_eq!(c.control_http, Some("127.0.0.1:5561".parse().unwrap()));
         assert_eq!(c.control_socket, Some(PathBuf::from("/tmp/corepin.sock")));
         assert_eq!(c.routes.iter().count(), 1);
+        assert_eq!(c.timeouts.ws_keep_alive_min, Duration::from_secs(20));
+        assert_eq!(c.ready_file, None);
     }
 
     #[test]
@@ -912,6 +948,18 @@ mod tests {
             ("[limits]\nmax_headers = 1000", "limits.max_headers"),
             ("[timeouts]\nclient_idle = -1", "timeouts.client_idle"),
             ("[timeouts]\nbogus = 1", "unknown field `bogus`"),
+            (
+                "[timeouts]\nws_keep_alive_min = 0.5",
+                "timeouts.ws_keep_alive_min: 0.5 is outside 1..=3600",
+            ),
+            (
+                "[timeouts]\nws_keep_alive_min = 3601",
+                "timeouts.ws_keep_alive_min: 3601 is outside 1..=3600",
+            ),
+            (
+                "[timeouts]\nws_keep_alive_min = nan",
+                "timeouts.ws_keep_alive_min: NaN is outside 1..=3600",
+            ),
             ("listen = [\"nope\"]", "listen: 'nope'"),
             (
                 "routes = [\"* test\", \"* nothere\"]",

@@ -266,6 +266,7 @@ fn sub_subscribes_websockets_to_the_target_from_the_start() {
     ]);
     let publisher = publish_when_subscribed(
         cp.control_addr(),
+        1,
         r#"{"items":[{"channel":"p-news","formats":{"ws-message":{"content":"breaking"}}}]}"#,
     );
     let out = Command::new(python())

@@ -808,7 +808,7 @@ impl Session<'_> {
             self.keep_alive = std::str::from_utf8(v)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|s| Duration::from_secs(s.max(20)));
+                .map(|s| Duration::from_secs(s).max(self.shard.cfg.timeouts.ws_keep_alive_min));
         }
         if resp.fields.get("sec-websocket-extensions").is_some() {
             self.grip = grip_extension(resp.fields.get("sec-websocket-extensions")).0;

@@ -7,6 +7,7 @@ pub mod args;
 pub mod echo;
 pub mod fanout;
 pub mod http;
+pub mod lockstep;
 pub mod net;
 pub mod proxy;
 pub mod publish;
