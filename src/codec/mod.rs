@@ -9,6 +9,8 @@ pub mod grip;
 pub mod http1;
 pub mod publish;
 pub mod response;
+pub mod tnetstring;
 pub mod uri;
 pub mod ws;
 pub mod wsevents;
+pub mod zmqmsg;
