@@ -3,7 +3,8 @@
 //! Leaves (no IO): `codec`, `config`, `route`, `cli`, `pushpin_conf`. Runtime-facing
 //! (glommio types live only here): `buf`, `conn`, `upstream`, `shard`,
 //! `server`, `testtarget`, `uring` (corepin's own per-core io_uring data
-//! path). `tls` takes any stream and a timer future.
+//! path). `tls` takes any stream and a timer future. `zmq_sockets` serves Pushpin's
+//! ZeroMQ interfaces on a thread of its own.
 
 #[macro_use]
 pub mod log;
@@ -30,3 +31,4 @@ pub mod tls;
 pub mod upstream;
 pub mod uring;
 pub mod watch;
+pub mod zmq_sockets;
