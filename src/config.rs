@@ -480,9 +480,10 @@ pub fn zmq_spec(field: &str, s: &str) -> Result<String, ConfigError> {
         );
     }
     if let Some(rest) = s.strip_prefix("tcp://") {
+        // `*` as the port: bind a free one.
         let ok = rest
             .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            .is_some_and(|(h, p)| !h.is_empty() && (p == "*" || p.parse::<u16>().is_ok()));
         if !ok {
             return fail(field, format!("'{s}' is not tcp://HOST:PORT"));
         }

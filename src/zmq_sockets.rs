@@ -84,24 +84,34 @@ fn socket(ctx: &zmq::Context, kind: zmq::SocketType, field: &str) -> Result<zmq:
     Ok(s)
 }
 
-fn bind(s: &zmq::Socket, field: &str, spec: &str) -> Result<(), String> {
+/// Binds `spec`; returns the endpoint bound (`tcp://127.0.0.1:*` picks
+/// a free port, and the answer names it).
+fn bind(s: &zmq::Socket, field: &str, spec: &str) -> Result<String, String> {
     s.bind(spec)
-        .map_err(|e| format!("{field}: cannot bind {spec}: {e}"))
+        .map_err(|e| format!("{field}: cannot bind {spec}: {e}"))?;
+    Ok(match s.get_last_endpoint() {
+        Ok(Ok(actual)) => actual,
+        _ => spec.to_string(),
+    })
 }
 
 /// Binds every configured socket (errors name the setting) and starts the
 /// thread that serves them.
 pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
     let ctx = zmq::Context::new();
+    // `get-zmq-uris`' answer: the endpoints bound (Pushpin's names).
+    let mut uris: Vec<(&'static str, String)> = Vec::new();
     let pull = match &cfg.push_in_spec {
         Some(spec) => {
             let s = socket(&ctx, zmq::PULL, "zmq.push_in_spec")?;
-            bind(&s, "zmq.push_in_spec", spec)?;
-            info!("listening on {spec} (ZeroMQ PULL: publishes)");
+            let at = bind(&s, "zmq.push_in_spec", spec)?;
+            info!("listening on {at} (ZeroMQ PULL: publishes)");
+            uris.push(("publish-pull", at));
             Some(s)
         }
         None => None,
     };
+    let mut sub_at = Vec::new();
     let sub = if cfg.push_in_sub_specs.is_empty() {
         None
     } else {
@@ -117,8 +127,9 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
                     .map_err(|e| format!("zmq.push_in_sub_specs: cannot connect to {spec}: {e}"))?;
                 info!("connecting to {spec} (ZeroMQ SUB: publishes)");
             } else {
-                bind(&s, "zmq.push_in_sub_specs", spec)?;
-                info!("listening on {spec} (ZeroMQ SUB: publishes)");
+                let at = bind(&s, "zmq.push_in_sub_specs", spec)?;
+                info!("listening on {at} (ZeroMQ SUB: publishes)");
+                sub_at.push(at);
             }
         }
         Some(s)
@@ -126,8 +137,9 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
     let router = match &cfg.command_spec {
         Some(spec) => {
             let s = socket(&ctx, zmq::ROUTER, "zmq.command_spec")?;
-            bind(&s, "zmq.command_spec", spec)?;
-            info!("listening on {spec} (ZeroMQ commands)");
+            let at = bind(&s, "zmq.command_spec", spec)?;
+            info!("listening on {at} (ZeroMQ commands)");
+            uris.push(("command", at));
             Some(s)
         }
         None => None,
@@ -135,8 +147,8 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
     let stats = match &cfg.stats_spec {
         Some(spec) => {
             let s = socket(&ctx, zmq::PUB, "zmq.stats_spec")?;
-            bind(&s, "zmq.stats_spec", spec)?;
-            info!("listening on {spec} (ZeroMQ stats)");
+            let at = bind(&s, "zmq.stats_spec", spec)?;
+            info!("listening on {at} (ZeroMQ stats)");
             Some(s)
         }
         None => None,
@@ -165,15 +177,9 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
     } else {
         None
     };
-    let mut uris = Vec::new();
-    if let Some(c) = &cfg.command_spec {
-        uris.push(("command", c.clone()));
-    }
-    if let Some(p) = &cfg.push_in_spec {
-        uris.push(("publish-pull", p.clone()));
-    }
-    if let (Some(first), false) = (cfg.push_in_sub_specs.first(), cfg.push_in_sub_connect) {
-        uris.push(("publish-sub", first.clone()));
+    // A connected SUB socket has nothing for publishers to reach.
+    if let Some(first) = sub_at.into_iter().next() {
+        uris.push(("publish-sub", first));
     }
     let mut t = Thread {
         _ctx: ctx,
