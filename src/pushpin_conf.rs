@@ -632,10 +632,22 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
         metrics.insert("pushpin_prefix".into(), p.clone().into());
     }
 
-    // The control socket lives in Pushpin's run directory.
+    // The control socket lives in Pushpin's run directory, and so may
+    // ipc:// ZeroMQ endpoints (Debian's stats_spec): it is made, as
+    // Pushpin's runner makes it, when something is put there.
     if !rundir.is_empty() {
         let run = std::path::absolute(&rundir).unwrap_or_else(|_| PathBuf::from(&rundir));
-        if ov.control_socket.is_none() {
+        let ipc_there = zmq.values().any(|v| {
+            let specs: Vec<&str> = match v {
+                toml::Value::String(s) => vec![s.as_str()],
+                toml::Value::Array(a) => a.iter().filter_map(toml::Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            specs
+                .iter()
+                .any(|s| s.starts_with("ipc://") && s.contains(rundir.as_str()))
+        });
+        if ov.control_socket.is_none() || ipc_there {
             std::fs::create_dir_all(&run).map_err(|e| {
                 bad(
                     "global/rundir",
