@@ -284,7 +284,7 @@ fn elements(payload: &[u8], base: usize, depth: usize) -> Result<Vec<(usize, Val
 }
 
 fn map(items: Vec<(usize, Value<'_>)>, at: usize) -> Result<Value<'_>, Error> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return err(at, "a map key has no value");
     }
     let mut out: Vec<(Cow<[u8]>, Value)> = Vec::with_capacity(items.len() / 2);
@@ -327,6 +327,36 @@ fn float(p: &[u8], at: usize) -> Result<f64, Error> {
         Some(f) if f.is_finite() => Ok(f),
         Some(_) => err(at, "a float must be finite"),
         None => err(at, "not a decimal float"),
+    }
+}
+
+/// The fuzz target's invariant: `parse` never panics; a value it accepts
+/// re-encodes to bytes that decode to the same value; every prefix of an
+/// accepted value is `Ok(None)` or the same error class (never a value);
+/// and `decode` agrees with `parse` on whole input.
+pub fn check_invariant(data: &[u8]) {
+    match parse(data) {
+        Ok(Some((n, v))) => {
+            assert!(n <= data.len() && n > 0);
+            let again = v.to_vec();
+            assert_eq!(again.len(), v.encoded_len());
+            assert_eq!(decode(&again).as_ref(), Ok(&v));
+            if n == data.len() {
+                assert_eq!(decode(data).as_ref(), Ok(&v));
+            } else {
+                assert!(decode(data).is_err());
+            }
+            for cut in [0, n / 2, n.saturating_sub(1)] {
+                if cut < n {
+                    assert!(!matches!(parse(&data[..cut]), Ok(Some(_))), "prefix {cut}");
+                }
+            }
+        }
+        Ok(None) => assert!(decode(data).is_err()),
+        Err(e) => {
+            assert!(!e.what.is_empty());
+            assert!(decode(data).is_err());
+        }
     }
 }
 
@@ -457,36 +487,6 @@ mod tests {
     fn invariant_holds_on_samples() {
         for s in [&b"3:abc,"[..], b"0:", b"9:1:a,1:b,}", b"1:", b"00:~"] {
             check_invariant(s);
-        }
-    }
-}
-
-/// The fuzz target's invariant: `parse` never panics; a value it accepts
-/// re-encodes to bytes that decode to the same value; every prefix of an
-/// accepted value is `Ok(None)` or the same error class (never a value);
-/// and `decode` agrees with `parse` on whole input.
-pub fn check_invariant(data: &[u8]) {
-    match parse(data) {
-        Ok(Some((n, v))) => {
-            assert!(n <= data.len() && n > 0);
-            let again = v.to_vec();
-            assert_eq!(again.len(), v.encoded_len());
-            assert_eq!(decode(&again).as_ref(), Ok(&v));
-            if n == data.len() {
-                assert_eq!(decode(data).as_ref(), Ok(&v));
-            } else {
-                assert!(decode(data).is_err());
-            }
-            for cut in [0, n / 2, n.saturating_sub(1)] {
-                if cut < n {
-                    assert!(!matches!(parse(&data[..cut]), Ok(Some(_))), "prefix {cut}");
-                }
-            }
-        }
-        Ok(None) => assert!(decode(data).is_err()),
-        Err(e) => {
-            assert!(!e.what.is_empty());
-            assert!(decode(data).is_err());
         }
     }
 }
