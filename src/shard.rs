@@ -231,9 +231,8 @@ pub struct Shard {
     pub stats: Counters,
     pub subs: Registry,
     board: Arc<Board>,
-    /// WebSocket-over-HTTP sessions open here, by Connection-Id.
-    /// WebSocket-over-HTTP sessions by Connection-Id (for `conncheck` and
-    /// `refresh`).
+    /// WebSocket-over-HTTP sessions open here, by Connection-Id, with
+    /// their subscriber (for `conncheck` and `refresh`).
     pub ws_sessions: RefCell<HashMap<String, Rc<crate::subs::Sub>>>,
     pub bus: Arc<Bus>,
     /// Wakes this core's delivery task when a publish made here queued
