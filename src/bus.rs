@@ -1013,6 +1013,68 @@ mod tests {
         }
     }
 
+    #[test]
+    fn recover_forgets_last_ids_and_releases_held_items() {
+        let (bus, inboxes, _theirs) = bus(1);
+        bus.interest().set(Interest::slot("c"), 0);
+        let with = |id: &str, prev: Option<&str>| Item {
+            id: Some(id.into()),
+            prev_id: prev.map(String::from),
+            ..plain("c")
+        };
+        bus.publish(vec![with("1", None)], None);
+        // Waits for "2", which never comes.
+        bus.publish(vec![with("3", Some("2"))], None);
+        assert_eq!(bus.last_id("c").as_deref(), Some("1"));
+        assert_eq!(bus.recover(), 1);
+        assert_eq!(bus.last_id("c").as_deref(), Some("3"));
+        let mut out = Vec::new();
+        inboxes[0].take(16, &mut out);
+        assert_eq!(ids(&out), vec!["1", "3"]);
+        // Nothing is known any more: any prev-id is taken at once.
+        assert_eq!(bus.recover(), 0);
+        assert_eq!(bus.last_id("c"), None);
+        bus.publish(vec![with("9", Some("8"))], None);
+        out.clear();
+        inboxes[0].take(16, &mut out);
+        assert_eq!(ids(&out), vec!["9"]);
+    }
+
+    #[test]
+    fn a_watch_hears_changes_with_one_wake_per_batch() {
+        let (bus, _inboxes, _theirs) = bus(1);
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let pending = Arc::new(AtomicBool::new(false));
+        bus.set_watch(SubWatch {
+            tx,
+            pending: pending.clone(),
+            wake: theirs,
+        })
+        .expect("first watch");
+        let ev = |delta| SubEvent {
+            mode: "stream",
+            channel: "c".into(),
+            delta,
+        };
+        let w = bus.watch().expect("set");
+        w.send(ev(1));
+        w.send(ev(-1));
+        assert_eq!(wake_bytes(&ours), 1);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![ev(1), ev(-1)]);
+        pending.store(false, Ordering::Release);
+        w.send(ev(1));
+        assert_eq!(wake_bytes(&ours), 1);
+        let (_, other) = UnixStream::pair().expect("pair");
+        let again = SubWatch {
+            tx: crossbeam_channel::unbounded().0,
+            pending,
+            wake: other,
+        };
+        assert!(bus.set_watch(again).is_err());
+    }
+
     fn wake_bytes(s: &UnixStream) -> usize {
         let mut buf = [0u8; 64];
         let mut n = 0;
