@@ -31,4 +31,5 @@ pub mod tls;
 pub mod upstream;
 pub mod uring;
 pub mod watch;
+#[cfg(feature = "zmq")]
 pub mod zmq_sockets;
