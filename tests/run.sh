@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The zmq crate builds libzmq (C++) from source.
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 # TLS tests drive `openssl s_client` (and curl with --cacert).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
