@@ -328,6 +328,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
         links,
         routes: cfg.routes_source.clone(),
     });
+    // Pushpin's ZeroMQ interfaces, when configured: bound now (a spec
+    // that cannot be bound stops start-up), served by their own thread.
+    if cfg.zmq.enabled() {
+        #[cfg(feature = "zmq")]
+        crate::zmq_sockets::start(&cfg.zmq, plane.clone())?;
+        #[cfg(not(feature = "zmq"))]
+        return Err(
+            "zmq: this corepin was built without ZeroMQ (the `zmq` feature): remove [zmq] or rebuild with it"
+                .into(),
+        );
+    }
     let _socket_file = match &cfg.control_socket {
         Some(path) => {
             let listener = control_socket::bind(path, cfg.control_socket_mode)?;

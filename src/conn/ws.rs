@@ -993,7 +993,7 @@ async fn over_http(
         return outcome(101, 0, &s.target);
     }
     let sub = ws_sub(shard, route.implicit_channels(&s.target));
-    let _live = LiveSession::mark(shard, s.connection_id.clone());
+    let _live = LiveSession::mark(shard, s.connection_id.clone(), &sub);
     session_loop(&mut s, c, &sub, events).await
 }
 
@@ -1005,8 +1005,11 @@ struct LiveSession<'a> {
 }
 
 impl<'a> LiveSession<'a> {
-    fn mark(shard: &'a Shard, id: String) -> Self {
-        shard.ws_sessions.borrow_mut().insert(id.clone());
+    fn mark(shard: &'a Shard, id: String, sub: &Rc<Sub>) -> Self {
+        shard
+            .ws_sessions
+            .borrow_mut()
+            .insert(id.clone(), sub.clone());
         LiveSession { shard, id }
     }
 }
@@ -1038,6 +1041,8 @@ async fn session_loop(
         let deadline = s.keep_alive.map(|k| s.last_request + k);
         let mut pending: Vec<WsEvent> = Vec::new();
         let mut end_after = false;
+        // A `refresh` command: an empty request now, as for a keep-alive.
+        let mut refresh = false;
         let io = match first_io.take() {
             Some(io) => io,
             None => wait(c, None, Some(sub), deadline).await,
@@ -1085,9 +1090,10 @@ async fn session_loop(
                 pending.push(WsEvent::Disconnect);
                 end_after = true;
             }
+            Io::Sub(Msg::Refetch) => refresh = true,
             Io::Sub(_) | Io::Backend | Io::BackendGone => continue,
         }
-        if pending.is_empty() && !matches!(deadline, Some(d) if Instant::now() >= d) {
+        if pending.is_empty() && !refresh && !matches!(deadline, Some(d) if Instant::now() >= d) {
             continue;
         }
         if end_after {
