@@ -5,6 +5,7 @@
 //! that is never an error. Encoders append to a caller-owned buffer.
 
 pub mod chunked;
+pub mod filter;
 pub mod grip;
 pub mod http1;
 pub mod publish;
