@@ -140,6 +140,9 @@ impl Filters {
     }
 }
 
+/// No filters, as a `'static` (for lookups that find no channel entry).
+pub static NO_FILTERS: Filters = Filters::NONE;
+
 /// The channels a subscriber is on (names as the backend gave them,
 /// without the route's `prefix`), each with its current prev-id.
 pub trait Subscribed {
@@ -276,10 +279,7 @@ pub type Directive<'h> = dyn FnMut(u8, Option<&[u8]>) -> Result<Vec<u8>, String>
 /// Expands the directives of `input` (`%%`, `%X`, `%(ARG)X`) through
 /// `handle(X, ARG)`. `Ok(None)` when the input has no `%` at all (nothing
 /// to copy).
-pub fn render(
-    input: &[u8],
-    handle: &mut Directive,
-) -> Result<Option<Vec<u8>>, String> {
+pub fn render(input: &[u8], handle: &mut Directive) -> Result<Option<Vec<u8>>, String> {
     let Some(first) = input.iter().position(|&b| b == b'%') else {
         return Ok(None);
     };

@@ -4,6 +4,7 @@
 //! return `Ok(None)` (or consume less than they were given) on short input;
 //! that is never an error. Encoders append to a caller-owned buffer.
 
+pub mod bodypatch;
 pub mod chunked;
 pub mod filter;
 pub mod grip;

@@ -113,7 +113,7 @@ pub async fn read_body(up: &mut Upstream, kind: BodyKind) -> Result<Bytes, Relay
 /// Turns an instructing response (head and whole body) into a decision.
 pub fn decide(resp: &ResponseHead, body: Bytes) -> Result<Decision, grip::GripError> {
     let (instruct, base) = if grip::is_instruct_json(&resp.fields) {
-        let (instruct, r) = grip::from_json(&body)?;
+        let (instruct, r) = grip::from_json_response(&resp.fields, &body)?;
         let base = Base {
             head: r.head,
             body: r.body,
@@ -149,6 +149,20 @@ pub struct HoldCtx<'a> {
     pub prefix: String,
     pub target: String,
     pub sig: Option<(Vec<u8>, String)>,
+}
+
+/// What the filters need of an instruct's channels (the first `max`).
+fn chan_states(i: &Instruct, prefix: &str, max: usize) -> Vec<crate::subs::ChanState> {
+    i.channels
+        .iter()
+        .take(max)
+        .map(|c| crate::subs::ChanState {
+            channel: format!("{prefix}{}", c.name),
+            name: c.name.clone(),
+            filters: c.filters.clone(),
+            prev_id: c.prev_id.clone(),
+        })
+        .collect()
 }
 
 /// Holds the client connection as instructed.
@@ -206,6 +220,10 @@ pub async fn hold(
             _ => None,
         },
     });
+    shard
+        .subs
+        .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
+    *sub.held_body.borrow_mut() = base.body.clone();
     let _ = c.stream.set_read_timeout(None);
     // Boxed: a held connection carries only its own kind's state.
     let end = match instruct.hold {
@@ -439,6 +457,12 @@ async fn hold_stream(
                                     .map(|s| format!("{}{}", ctx.prefix, s.name))
                                     .collect();
                                 shard.subs.set_channels(sub, channels);
+                                // The next response's instruct replaces
+                                // the meta and the filters (Pushpin).
+                                *sub.meta.borrow_mut() = i.meta.clone();
+                                shard
+                                    .subs
+                                    .set_chans(sub, chan_states(&i, &ctx.prefix, usize::MAX));
                                 *sub.keep_alive.borrow_mut() = i.keep_alive.clone();
                                 sub.link_at.set(i.next.as_ref().map(|l| {
                                     Instant::now() + Duration::from_secs(u64::from(l.timeout))
@@ -465,7 +489,9 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Response(_) | Msg::Timeout | Msg::WsClose(..)) => {}
+            Event::Msg(
+                Msg::Response(_) | Msg::ResponseBody(..) | Msg::Timeout | Msg::WsClose(..),
+            ) => {}
             Event::ClientGone => return done(code, bytes, ctx, false),
             Event::Dropped => {
                 dropped_warning(shard, c, "stream");
@@ -487,10 +513,20 @@ async fn hold_response(
     let keep = ctx.head.keep_alive && !shard.draining();
     loop {
         match next_event(c, sub).await {
-            Event::Msg(Msg::Response(e)) => {
-                let mut out =
-                    Vec::with_capacity(e.response_head.len() + e.response_body.len() + 64);
-                out.extend_from_slice(&e.response_head);
+            Event::Msg(m @ (Msg::Response(_) | Msg::ResponseBody(..))) => {
+                let (e, head, body) = match m {
+                    Msg::ResponseBody(e, body) => {
+                        let head = Bytes::from(e.response_head_for(body.len()));
+                        (e, head, body)
+                    }
+                    Msg::Response(e) => {
+                        let (h, b) = (e.response_head.clone(), e.response_body.clone());
+                        (e, h, b)
+                    }
+                    _ => continue,
+                };
+                let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+                out.extend_from_slice(&head);
                 for name in &instruct.expose {
                     if let Some(v) = base.head.get(name) {
                         http1::write_field(&mut out, name.as_bytes(), v);
@@ -498,14 +534,14 @@ async fn hold_response(
                 }
                 connection_header(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(&e.response_body);
+                out.extend_from_slice(&body);
                 let ok = held_response_written(shard, c, sub, &out).await;
                 let code = e
                     .item
                     .http_response
                     .as_ref()
                     .map_or(200, |r| r.head.status().code());
-                return done(code, e.response_body.len() as u64, ctx, ok && keep);
+                return done(code, body.len() as u64, ctx, ok && keep);
             }
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
