@@ -133,6 +133,9 @@ fn main() -> ExitCode {
             if let Some(w) = warning {
                 corepin::warn!("{w}");
             }
+            if cfg.grip.public_default_key {
+                corepin::warn!("{}", corepin::config::PUBLIC_KEY_WARNING);
+            }
             if let Err(e) = corepin::server::check_runtime() {
                 eprintln!("corepin: {e}");
                 return ExitCode::from(2);
