@@ -161,6 +161,9 @@ pub struct Sub {
     last_keep_alive: Cell<Instant>,
     pub deadline: Cell<Option<Instant>>,
     pub link_at: Cell<Option<Instant>>,
+    /// A WebSocket's `send-delayed` message (a framed message) and when
+    /// it is due.
+    delayed: RefCell<Option<(Bytes, Instant)>>,
 }
 
 impl Sub {
@@ -394,6 +397,7 @@ impl Registry {
             last_keep_alive: Cell::new(now),
             deadline: Cell::new(spec.timeout.map(|t| now + t)),
             link_at: Cell::new(spec.link_timeout.map(|t| now + t)),
+            delayed: RefCell::new(None),
         });
         self.set_channels(&sub, spec.channels);
         self.retime(&sub);
@@ -460,6 +464,7 @@ impl Registry {
     /// Puts the subscriber in (or out of) the sweep's set.
     pub fn retime(&self, sub: &Rc<Sub>) {
         let timed = sub.keep_alive.borrow().is_some()
+            || sub.delayed.borrow().is_some()
             || sub.deadline.get().is_some()
             || sub.link_at.get().is_some();
         let mut t = self.timed.borrow_mut();
@@ -468,6 +473,25 @@ impl Registry {
         } else {
             t.remove(&sub.id);
         }
+    }
+
+    /// `send-delayed`: `frame` goes to the WebSocket after `after`; one
+    /// still pending is sent first (Pushpin keeps one delayed message).
+    pub fn send_delayed(&self, sub: &Rc<Sub>, frame: Bytes, after: Duration) {
+        self.flush_delayed(sub);
+        *sub.delayed.borrow_mut() = Some((frame, Instant::now() + after));
+        self.retime(sub);
+    }
+
+    /// `flush-delayed`: the pending delayed message goes now.
+    pub fn flush_delayed(&self, sub: &Rc<Sub>) {
+        let pending = sub.delayed.borrow_mut().take();
+        if let Some((frame, _)) = pending {
+            // Like any message corepin must get through: not dropped for
+            // a full queue (Pushpin queues it, acknowledged).
+            sub.push(Msg::Data(frame), QueueLimits::UNBOUNDED, &self.stats);
+        }
+        self.retime(sub);
     }
 
     /// Removes a subscriber (once, when its `Held` guard drops).
@@ -866,6 +890,14 @@ impl Registry {
                     sub.deadline.set(None);
                     sub.push(Msg::Timeout, QueueLimits::UNBOUNDED, &self.stats);
                 }
+            }
+            let due = sub
+                .delayed
+                .borrow()
+                .as_ref()
+                .is_some_and(|(_, at)| now >= *at);
+            if due {
+                self.flush_delayed(&sub);
             }
             if let Some(d) = sub.link_at.get() {
                 if now >= d {

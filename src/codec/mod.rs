@@ -13,4 +13,5 @@ pub mod publish;
 pub mod response;
 pub mod uri;
 pub mod ws;
+pub mod wscontrol;
 pub mod wsevents;

@@ -219,46 +219,115 @@ fn grip_extension(value: Option<&[u8]>) -> (Option<GripExt>, String) {
     (grip, rest.join(", "))
 }
 
-/// What a GRIP control message asks for.
-fn control(shard: &Shard, sub: &Rc<Sub>, prefix: &str, json: &[u8], detached: &mut bool) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
-        warn!("core {}: ignoring an invalid control message", shard.index);
-        return;
-    };
-    let channel = v
-        .get("channel")
-        .and_then(|c| c.as_str())
-        .map(|c| format!("{prefix}{c}"));
-    match (v.get("type").and_then(|t| t.as_str()), channel) {
-        (Some("subscribe"), Some(ch)) => {
-            let mut chans = sub.channels.borrow().clone();
-            if !chans.contains(&ch) && chans.len() < shard.cfg.grip.max_channels {
-                chans.push(ch);
-                shard.subs.set_channels(sub, chans);
+/// The filter state of a WebSocket's channels after a change: every
+/// channel (named without the route's prefix, as the backend named it),
+/// with the filters it was subscribed with.
+fn ws_chans(
+    sub: &Sub,
+    prefix: &str,
+    channels: &[String],
+    set: Option<(&str, crate::codec::filter::Filters)>,
+) -> Vec<crate::subs::ChanState> {
+    let old = sub.chans.borrow();
+    channels
+        .iter()
+        .map(|ch| {
+            let filters = match &set {
+                Some((c, f)) if c == ch => f.clone(),
+                _ => old
+                    .iter()
+                    .find(|o| &o.channel == ch)
+                    .map(|o| o.filters.clone())
+                    .unwrap_or_default(),
+            };
+            crate::subs::ChanState {
+                channel: ch.clone(),
+                name: ch.strip_prefix(prefix).unwrap_or(ch).to_string(),
+                filters,
+                prev_id: None,
             }
+        })
+        .collect()
+}
+
+/// Acts on a GRIP control message. One corepin cannot act on (invalid,
+/// unknown, a field it does not know) is logged with the reason and
+/// otherwise dropped, as Pushpin drops it (there, silently).
+fn control(shard: &Shard, sub: &Rc<Sub>, prefix: &str, json: &[u8], detached: &mut bool) {
+    use crate::codec::wscontrol::{self, Control};
+    let c = match wscontrol::parse(json) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(
+                "core {}: a GRIP control message from the backend was not acted on: {e}",
+                shard.index
+            );
+            return;
         }
-        (Some("unsubscribe"), Some(ch)) => {
-            let chans = sub
+    };
+    match c {
+        Control::Subscribe { channel, filters } => {
+            let ch = format!("{prefix}{channel}");
+            let mut chans = sub.channels.borrow().clone();
+            if !chans.contains(&ch) {
+                if chans.len() >= shard.cfg.grip.max_channels {
+                    warn!(
+                        "core {}: subscribe to {channel:?} refused: the connection has {} channels (grip.max_channels)",
+                        shard.index,
+                        chans.len()
+                    );
+                    return;
+                }
+                chans.push(ch.clone());
+                shard.subs.set_channels(sub, chans.clone());
+            }
+            let states = ws_chans(sub, prefix, &chans, Some((&ch, filters)));
+            shard.subs.set_chans(sub, states);
+        }
+        Control::Unsubscribe { channel } => {
+            let ch = format!("{prefix}{channel}");
+            let chans: Vec<String> = sub
                 .channels
                 .borrow()
                 .iter()
                 .filter(|c| **c != ch)
                 .cloned()
                 .collect();
-            shard.subs.set_channels(sub, chans);
+            shard.subs.set_channels(sub, chans.clone());
+            let states = ws_chans(sub, prefix, &chans, None);
+            shard.subs.set_chans(sub, states);
         }
-        (Some("detach"), _) => *detached = true,
-        (Some("keep-alive"), _) => {
-            let timeout = v.get("timeout").and_then(|t| t.as_u64()).unwrap_or(0) as u32;
-            let data = v.get("content").and_then(|c| c.as_str()).unwrap_or("");
-            *sub.keep_alive.borrow_mut() = (timeout > 0).then(|| crate::codec::grip::KeepAlive {
-                data: Bytes::from(frame(Opcode::Text, data.as_bytes())),
-                timeout,
-                mode: crate::codec::grip::KeepAliveMode::Idle,
-            });
+        Control::Detach => *detached = true,
+        Control::Session { .. } => warn!(
+            "core {}: control message session: not supported (it only keys Pushpin's optional state service, which corepin does not have)",
+            shard.index
+        ),
+        Control::SetMeta { name, value } => {
+            let mut meta = sub.meta.borrow_mut();
+            match value {
+                Some(v) => {
+                    if let Err(e) = crate::codec::grip::set_meta(&mut meta, &name, &v, "set-meta") {
+                        warn!("core {}: {e}", shard.index);
+                    }
+                }
+                None => meta.retain(|(k, _)| *k != name),
+            }
+        }
+        Control::KeepAlive(ka) => {
+            *sub.keep_alive.borrow_mut() =
+                ka.map(|(m, timeout, mode)| crate::codec::grip::KeepAlive {
+                    data: m.frame(),
+                    timeout,
+                    mode,
+                });
             shard.subs.retime(sub);
         }
-        (t, _) => debug!("core {}: unhandled control message {t:?}", shard.index),
+        Control::SendDelayed { message, timeout } => {
+            shard
+                .subs
+                .send_delayed(sub, message.frame(), Duration::from_secs(u64::from(timeout)));
+        }
+        Control::FlushDelayed => shard.subs.flush_delayed(sub),
     }
 }
 
