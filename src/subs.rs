@@ -601,7 +601,24 @@ impl Registry {
         logged: &mut bool,
     ) {
         let mut pieces: Vec<Piece> = Vec::with_capacity(list.len());
+        let mut gap = false;
+        let mut taken = 0;
         for e in list {
+            // An HTTP subscriber that gave a prev-id for this channel
+            // follows the channel's ids: an item that does not follow on
+            // means it missed something, and it re-fetches from the
+            // backend (a stream its next link, a long-poll its request).
+            if sub.kind != Kind::Ws {
+                let mut chans = sub.chans.borrow_mut();
+                if let Some(c) = chans.iter_mut().find(|c| c.channel == channel) {
+                    if c.prev_id.is_some() && e.item.prev_id != c.prev_id {
+                        c.prev_id = None;
+                        gap = true;
+                        break;
+                    }
+                }
+            }
+            taken += 1;
             match self.judge(sub, channel, e) {
                 Ok(Some(own)) => pieces.push(Piece { item: e, own }),
                 Ok(None) => {}
@@ -630,7 +647,10 @@ impl Registry {
                 }
             }
         }
-        self.hand_pieces(sub, channel, &pieces, list);
+        self.hand_pieces(sub, channel, &pieces, &list[..taken]);
+        if gap {
+            sub.push(Msg::Refetch, self.limits, &self.stats);
+        }
     }
 
     /// Whether `e` goes to `sub`: `Ok(None)` not, `Ok(Some(None))` as
@@ -803,9 +823,12 @@ impl Registry {
     }
 
     /// Sets a subscriber's per-channel filters and prev-ids (kept empty
-    /// when no channel has a filter, so its deliveries stay shared).
+    /// when no channel has a filter or, on an HTTP subscriber, a prev-id,
+    /// so its deliveries stay shared).
     pub fn set_chans(&self, sub: &Sub, chans: Vec<ChanState>) {
-        let any = chans.iter().any(|c| !c.filters.is_empty());
+        let any = chans
+            .iter()
+            .any(|c| !c.filters.is_empty() || (sub.kind != Kind::Ws && c.prev_id.is_some()));
         *sub.chans.borrow_mut() = if any { chans } else { Vec::new() };
     }
 
