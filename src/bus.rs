@@ -630,6 +630,9 @@ pub struct Bus {
     seq: Mutex<Sequencer>,
     limits: Limits,
     pub stats: BusStats,
+    /// Bumped by each `recover` command; every core's sweep acts on a
+    /// change (a command, not a publish: no wake-up is needed).
+    recover: AtomicU64,
 }
 
 impl Bus {
@@ -655,6 +658,7 @@ impl Bus {
             seq: Mutex::new(Sequencer::default()),
             limits,
             stats: BusStats::for_cores(n),
+            recover: AtomicU64::new(0),
         });
         let inboxes = parts
             .into_iter()
@@ -738,6 +742,22 @@ impl Bus {
             }
         }
         Ok(())
+    }
+
+    /// The `recover` command: forgets every channel's last published id,
+    /// and asks every core to update its held HTTP subscribers (streams
+    /// fetch their next link, long-polls re-request the backend), as
+    /// Pushpin's recover does.
+    pub fn recover(&self) {
+        if let Ok(mut seq) = self.seq.lock() {
+            seq.last_id.clear();
+        }
+        self.recover.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many `recover` commands there have been.
+    pub fn recoveries(&self) -> u64 {
+        self.recover.load(Ordering::Acquire)
     }
 
     /// The last id published on `channel` (for a long-poll's `prev-id`).

@@ -341,6 +341,8 @@ pub struct Registry {
     held: [Cell<u64>; 3],
     /// A reused list of one channel's subscribers during delivery.
     scratch: Cell<Vec<Rc<Sub>>>,
+    /// The bus's `recover` count this core has acted on.
+    recovered: Cell<u64>,
 }
 
 fn kind_index(k: Kind) -> usize {
@@ -364,6 +366,7 @@ impl Registry {
             stats: SubStats::default(),
             held: Default::default(),
             scratch: Cell::new(Vec::new()),
+            recovered: Cell::new(0),
         }
     }
 
@@ -904,8 +907,31 @@ impl Registry {
         }
     }
 
-    /// The periodic check: keep-alives, long-poll timeouts, link timers.
+    /// Acts on a `recover` command: every held HTTP subscriber is told to
+    /// re-fetch (a stream its next link, if it has one; a long-poll its
+    /// request). WebSockets have nothing to re-fetch.
+    fn recover(&self) {
+        let n = self.bus.recoveries();
+        if n == self.recovered.replace(n) {
+            return;
+        }
+        let mut subs: HashMap<u64, Rc<Sub>> = HashMap::new();
+        for m in self.channels.borrow().values() {
+            for s in m.values() {
+                if s.kind != Kind::Ws {
+                    subs.entry(s.id).or_insert_with(|| s.clone());
+                }
+            }
+        }
+        for sub in subs.into_values() {
+            sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
+        }
+    }
+
+    /// The periodic check: keep-alives, long-poll timeouts, link timers,
+    /// a `recover` command.
     pub fn sweep(&self, now: Instant) {
+        self.recover();
         let subs: Vec<Rc<Sub>> = self.timed.borrow().values().cloned().collect();
         for sub in subs {
             if let Some(d) = sub.deadline.get() {
