@@ -81,6 +81,9 @@ pub enum Msg {
     Refetch,
     /// Close a WebSocket with this code and reason.
     WsClose(u16, String),
+    /// A published `refresh`: a WebSocket-over-HTTP session makes a
+    /// request to its backend now.
+    Refresh,
 }
 
 impl Msg {
@@ -91,7 +94,7 @@ impl Msg {
             Msg::Response(e) => e.response_head.len() + e.response_body.len(),
             Msg::ResponseBody(e, b) => e.response_head.len() + b.len(),
             Msg::WsClose(_, r) => r.len(),
-            Msg::Close | Msg::Timeout | Msg::Refetch => 0,
+            Msg::Close | Msg::Timeout | Msg::Refetch | Msg::Refresh => 0,
         }
     }
 }
@@ -756,6 +759,7 @@ impl Registry {
             Kind::Ws => {
                 let mut data: Vec<Bytes> = Vec::new();
                 let mut close = None;
+                let mut refresh = false;
                 for p in pieces {
                     let Some(w) = &p.item.item.ws_message else {
                         continue;
@@ -772,11 +776,15 @@ impl Registry {
                             close = Some((w.code.unwrap_or(1000), w.reason.clone()));
                             break;
                         }
-                        Action::Hint | Action::Refresh => {}
+                        Action::Refresh => refresh = true,
+                        Action::Hint => {}
                     }
                 }
                 if !data.is_empty() {
                     sub.push(Msg::Data(join(&data)), max, &self.stats);
+                }
+                if refresh {
+                    sub.push(Msg::Refresh, max, &self.stats);
                 }
                 if let Some((code, reason)) = close {
                     sub.push(Msg::WsClose(code, reason), max, &self.stats);
@@ -861,6 +869,9 @@ impl Registry {
             Kind::Ws => {
                 if !plan.ws.is_empty() {
                     sub.push(Msg::Data(plan.ws.clone()), max, &self.stats);
+                }
+                if plan.ws_refresh {
+                    sub.push(Msg::Refresh, max, &self.stats);
                 }
                 if let Some((code, reason)) = &plan.ws_close {
                     sub.push(Msg::WsClose(*code, reason.clone()), max, &self.stats);
@@ -1011,6 +1022,8 @@ struct Plan {
     ws_items: u64,
     ws: Bytes,
     ws_close: Option<(u16, String)>,
+    /// A `refresh` for WebSocket-over-HTTP sessions.
+    ws_refresh: bool,
     raw: Bytes,
     close: bool,
     hint: bool,
@@ -1040,6 +1053,7 @@ impl Plan {
         let mut response = None;
         let mut stream_items = 0;
         let (mut ws, mut ws_items, mut ws_close) = (Vec::new(), 0, None);
+        let mut ws_refresh = false;
         for e in items {
             if let Some(w) = &e.item.ws_message {
                 if ws_close.is_none() {
@@ -1053,7 +1067,8 @@ impl Plan {
                                 ws.push(e.ws_frame().clone());
                             }
                         }
-                        _ => {}
+                        Action::Refresh => ws_refresh = true,
+                        Action::Hint => {}
                     }
                 }
             }
@@ -1090,6 +1105,7 @@ impl Plan {
             ws_items,
             ws: join(&ws),
             ws_close,
+            ws_refresh,
             stream_items,
             chunked: join(&chunked),
             raw: join(&raw),

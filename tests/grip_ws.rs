@@ -162,3 +162,47 @@ fn keep_alive_pings_and_published_pings() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("a ping or pong carries at most 125"));
 }
+
+/// A published `refresh` makes an idle WebSocket-over-HTTP session send
+/// its backend a request now (with no events: nothing was waiting).
+#[test]
+fn refresh_makes_an_over_http_session_post_now() {
+    let b = Backend::start(|req, _| {
+        let mut body = Vec::new();
+        if req.body.starts_with(b"OPEN") {
+            let c = br#"c:{"type":"subscribe","channel":"room"}"#;
+            body.extend_from_slice(format!("OPEN\r\nTEXT {:x}\r\n", c.len()).as_bytes());
+            body.extend_from_slice(c);
+            body.extend_from_slice(b"\r\n");
+        }
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\nSec-WebSocket-Extensions: grip\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        Reply::Bytes(out)
+    });
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("{},over_http", b.route()),
+        "--workers",
+        "1",
+    ]);
+    let (_s, _r) = raw_ws(cp.addr(), "/ws");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    assert_eq!(
+        b.seen.lock().expect("lock").len(),
+        1,
+        "only the OPEN so far"
+    );
+    let r = cp.publish(r#"{"items":[{"channel":"room","ws-message":{"action":"refresh"}}]}"#);
+    assert_eq!(r.status, 200);
+    wait_until("a request after the refresh", || {
+        b.seen.lock().map(|v| v.len() == 2).unwrap_or(false)
+    });
+    let seen = b.last();
+    assert_eq!(seen.method, "POST");
+    assert!(seen.body.is_empty(), "{:?}", seen.body);
+    assert!(seen.header("connection-id").is_some());
+}

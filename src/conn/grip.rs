@@ -490,7 +490,11 @@ async fn hold_stream(
                 }
             }
             Event::Msg(
-                Msg::Response(_) | Msg::ResponseBody(..) | Msg::Timeout | Msg::WsClose(..),
+                Msg::Response(_)
+                | Msg::ResponseBody(..)
+                | Msg::Timeout
+                | Msg::WsClose(..)
+                | Msg::Refresh,
             ) => {}
             Event::ClientGone => return done(code, bytes, ctx, false),
             Event::Dropped => {

@@ -1178,6 +1178,7 @@ async fn session_loop(
         }
         let deadline = s.keep_alive.map(|k| s.last_request + k);
         let mut pending: Vec<WsEvent> = Vec::new();
+        let mut refresh = false;
         let mut end_after = false;
         let io = match first_io.take() {
             Some(io) => io,
@@ -1237,6 +1238,8 @@ async fn session_loop(
                 end_after = true;
             }
             Io::Timer => {} // keep-alive: an empty request
+            // A published refresh: a request now, empty if nothing waits.
+            Io::Sub(Msg::Refresh) => refresh = true,
             Io::Dropped => {
                 drop_client(s.shard, c);
                 pending.push(WsEvent::Disconnect);
@@ -1244,7 +1247,7 @@ async fn session_loop(
             }
             Io::Sub(_) | Io::Backend | Io::BackendGone => continue,
         }
-        if pending.is_empty() && !matches!(deadline, Some(d) if Instant::now() >= d) {
+        if pending.is_empty() && !refresh && !matches!(deadline, Some(d) if Instant::now() >= d) {
             continue;
         }
         if end_after {
