@@ -255,7 +255,7 @@ pub struct Shard {
 type SigToken = (Vec<u8>, String, u64, String);
 
 /// The capabilities announced to backends in `Grip-Feature`.
-pub const GRIP_FEATURES: &str = "status, link:next, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst";
+pub const GRIP_FEATURES: &str = "status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst";
 
 impl Shard {
     pub fn new(

@@ -133,3 +133,61 @@ fn recover_refetches_streams_and_long_polls() {
     assert_eq!(s.read_text(10), "recovered\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Checks a Grip-Sig with gripcontrol's validate_sig and Pushpin's default
+/// key, as a backend library would.
+fn gripcontrol_accepts(token: &str) -> bool {
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sys; from gripcontrol import validate_sig; sys.exit(0 if validate_sig(sys.argv[1], 'changeme') else 1)",
+            token,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("python (run tests/run.sh): {e}"));
+    out.status.success()
+}
+
+/// `Grip-Link: <...>; rel=gone`: when a held request ends (the client
+/// leaves, or its long-poll is answered) corepin POSTs the link, empty,
+/// without the client's fields, signed.
+#[test]
+fn gone_links_are_posted_when_held_requests_end() {
+    let b = Backend::start(|req, _| {
+        let body = match req.path.as_str() {
+            p if p.starts_with("/gone/") => return Reply::Bytes(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()),
+            "/stream" => "HTTP/1.1 200 OK\r\nGrip-Hold: stream\r\nGrip-Channel: g\r\nGrip-Link: </gone/stream>; rel=gone\r\nContent-Length: 3\r\n\r\nhi\n",
+            _ => "HTTP/1.1 200 OK\r\nGrip-Hold: response\r\nGrip-Channel: gl\r\nGrip-Link: </gone/poll>; rel=gone\r\nContent-Length: 0\r\n\r\n",
+        };
+        Reply::Bytes(body.as_bytes().to_vec())
+    });
+    let cp = Corepin::start_grip(&["--route", &b.route(), "--workers", "1"]);
+    let gone = |path: &str| {
+        b.seen
+            .lock()
+            .ok()
+            .and_then(|v| v.iter().find(|r| r.path == path).cloned())
+    };
+    let mut s = Stream::open_with(cp.addr(), "/stream", "Cookie: session=secret\r\n");
+    assert_eq!(s.read_text(3), "hi\n");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    assert!(gone("/gone/stream").is_none(), "not while held");
+    drop(s);
+    wait_until("gone POSTed", || gone("/gone/stream").is_some());
+    let g = gone("/gone/stream").expect("gone");
+    assert_eq!(g.method, "POST");
+    assert!(g.body.is_empty());
+    assert_eq!(g.header("content-length"), Some("0"));
+    assert_eq!(g.header("cookie"), None, "none of the client's fields");
+    assert!(gripcontrol_accepts(g.header("grip-sig").expect("Grip-Sig")));
+
+    // A long-poll answered by a publish: its session ends, gone follows.
+    let addr = cp.addr();
+    let poll = std::thread::spawn(move || Conn::open(addr).get("/poll"));
+    wait_until("long-poll held", || {
+        metric(&cp, "corepin_subscriptions") == 1
+    });
+    cp.publish(r#"{"items":[{"channel":"gl","http-response":{"body":"done\n"}}]}"#);
+    assert_eq!(poll.join().expect("poll").text(), "done\n");
+    wait_until("gone POSTed", || gone("/gone/poll").is_some());
+}

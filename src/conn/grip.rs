@@ -225,12 +225,109 @@ pub async fn hold(
         .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
     *sub.held_body.borrow_mut() = base.body.clone();
     let _ = c.stream.set_read_timeout(None);
+    // Only the first instruct's gone link counts (Pushpin: a next link's
+    // response cannot set or change it).
+    let gone = instruct.gone.clone();
     // Boxed: a held connection carries only its own kind's state.
     let end = match instruct.hold {
         HoldMode::Stream => Box::pin(hold_stream(shard, c, ctx, &sub, instruct, base)).await,
         HoldMode::Response => Box::pin(hold_response(shard, c, ctx, &sub, &instruct, base)).await,
     };
+    if let Some(url) = gone {
+        send_gone(shard, ctx, &url);
+    }
     end
+}
+
+/// `Grip-Link: <URL>; rel=gone`: when a held request ends, whatever ended
+/// it (the client leaving, its answer, a stream's close), corepin POSTs
+/// to URL with no body and none of the client's fields, signed like any
+/// request to the backend. Best effort, in its own task so the client's
+/// connection does not wait: failures and a non-empty answer are logged.
+fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
+    let Some((addr, path)) = link_addr(shard, ctx, url) else {
+        return;
+    };
+    let mut req = Vec::with_capacity(256);
+    let host = ctx
+        .head
+        .fields
+        .get("host")
+        .map_or(addr.as_bytes().to_vec(), <[u8]>::to_vec);
+    let _ = write!(req, "POST {path} HTTP/1.1\r\n");
+    http1::write_field(&mut req, b"Host", &host);
+    req.extend_from_slice(b"Content-Length: 0\r\n");
+    shard.write_grip_headers(&mut req, ctx.sig.as_ref());
+    req.extend_from_slice(b"\r\n");
+    let shard = shard.clone();
+    let url = url.to_string();
+    glommio::spawn_local(async move {
+        let mut up = match shard
+            .pool
+            .connect(&addr, shard.cfg.timeouts.upstream_connect)
+            .await
+        {
+            Ok(up) => up,
+            Err(e) => {
+                warn!("core {}: gone link {url}: {e:?}", shard.index);
+                return;
+            }
+        };
+        if up.stream.write_all(&req).await.is_err() {
+            warn!("core {}: gone link {url}: the request failed", shard.index);
+            return;
+        }
+        let Some(resp) = up
+            .read_head(
+                &shard.cfg.limits.head,
+                false,
+                shard.cfg.timeouts.upstream_read,
+            )
+            .await
+        else {
+            warn!("core {}: gone link {url}: no answer", shard.index);
+            return;
+        };
+        match read_body(&mut up, resp.body).await {
+            Ok(b) if b.is_empty() => {
+                if resp.keep_alive {
+                    shard.pool.put_idle(up);
+                }
+            }
+            Ok(_) => warn!(
+                "core {}: gone link {url} answered {} with a body (expected none)",
+                shard.index, resp.status
+            ),
+            Err(_) => warn!("core {}: gone link {url}: bad answer", shard.index),
+        }
+    })
+    .detach();
+}
+
+/// Where a link points: the backend address and the request target. A
+/// link is `http://host[:port]/path` or a path on the route's backend.
+fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(String, String)> {
+    match url.strip_prefix("http://") {
+        Some(rest) => {
+            let (hostport, path) = rest
+                .split_once('/')
+                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+            let hostport = if hostport.contains(':') {
+                hostport.to_string()
+            } else {
+                format!("{hostport}:80")
+            };
+            Some((hostport, path))
+        }
+        None if url.starts_with('/') => Some((ctx.backend.clone()?, url.to_string())),
+        None => {
+            warn!(
+                "core {}: link '{url}' is not http:// or a path",
+                shard.index
+            );
+            None
+        }
+    }
 }
 
 pub enum Event {
@@ -617,27 +714,7 @@ async fn fetch_link(
     sub: &Sub,
     url: &str,
 ) -> Option<(Option<Box<Instruct>>, Bytes)> {
-    let (addr, path) = match url.strip_prefix("http://") {
-        Some(rest) => {
-            let (hostport, path) = rest
-                .split_once('/')
-                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-            let hostport = if hostport.contains(':') {
-                hostport.to_string()
-            } else {
-                format!("{hostport}:80")
-            };
-            (hostport, path)
-        }
-        None if url.starts_with('/') => (ctx.backend.clone()?, url.to_string()),
-        None => {
-            warn!(
-                "core {}: next link '{url}' is not http:// or a path",
-                shard.index
-            );
-            return None;
-        }
-    };
+    let (addr, path) = link_addr(shard, ctx, url)?;
     let mut req = Vec::with_capacity(256);
     let host = ctx
         .head
