@@ -206,3 +206,28 @@ fn refresh_makes_an_over_http_session_post_now() {
     assert!(seen.body.is_empty(), "{:?}", seen.body);
     assert!(seen.header("connection-id").is_some());
 }
+
+/// A WebSocket route's targets are tried in order: a target that cannot
+/// be connected to is skipped, for passthrough and WebSocket-over-HTTP
+/// alike (the live backend answers; corepin relays).
+#[test]
+fn websocket_routes_fail_over_to_the_next_target() {
+    let echo = PyBackend::start("ws_echo.py", &[]);
+    let wsoh = PyBackend::start("wsoh_control.py", &[]);
+    let dead = dead_port();
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("*,path_beg=/echo 127.0.0.1:{dead} 127.0.0.1:{}", echo.port),
+        "--route",
+        &format!(
+            "*,path_beg=/ws/ 127.0.0.1:{dead},over_http 127.0.0.1:{},over_http",
+            wsoh.port
+        ),
+    ]);
+    let (mut s, mut r) = raw_ws(cp.addr(), "/echo");
+    send_text(&mut s, "through");
+    assert_eq!(next_text(&mut r), "through");
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws/alice");
+    send_text(&mut s, "over http");
+    assert_eq!(next_text(&mut r), "echo: over http");
+}

@@ -418,7 +418,7 @@ fn grip_headers_in_any_spelling_never_reach_a_wsgi_backend() {
     );
     let sig = env["HTTP_GRIP_SIG"].as_str().expect("corepin's Grip-Sig");
     assert!(
-        corepin::jwt::verify(sig, b"k", Some("corepin"), corepin::jwt::now()).is_ok(),
+        corepin::jwt::verify(sig, b"k", Some("pushpin"), corepin::jwt::now()).is_ok(),
         "the backend reads corepin's token alone: {sig}"
     );
     assert!(env.get("HTTP_GRIP.SIG").is_none(), "{env}");

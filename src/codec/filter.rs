@@ -513,6 +513,89 @@ fn complete_prefix(b: &[u8]) -> usize {
     b.len()
 }
 
+/// Fuzz invariant over the GRIP inputs of subscription filters: whatever
+/// the bytes, nothing panics; a filter chain's verdict is deterministic;
+/// `build-id` gives the same output piece by piece as whole; a control
+/// message or a Grip-Set-Meta / Grip-Channel parameter list is accepted or
+/// refused with a one-line reason; a body patch applies to any body.
+#[doc(hidden)]
+pub fn check_fuzz_invariants(data: &[u8]) {
+    let mut parts = data.split(|&b| b == 0xff);
+    let text = |p: Option<&[u8]>| String::from_utf8_lossy(p.unwrap_or(b"")).into_owned();
+    let content = Bytes::copy_from_slice(parts.next().unwrap_or(b""));
+    let (k, v) = (text(parts.next()), text(parts.next()));
+    let rest = parts.next().unwrap_or(b"");
+    let sub = vec![
+        (k.clone(), v.clone()),
+        ("id_format".to_string(), v.clone()),
+        ("user".to_string(), k.clone()),
+    ];
+    let publ = vec![
+        ("sender".to_string(), k.clone()),
+        ("skip_users".to_string(), v.clone()),
+        ("require_sub".to_string(), k.clone()),
+    ];
+    let chans: Vec<(String, Option<String>)> = vec![(k.clone(), Some(v.clone()))];
+    let ctx = Context {
+        sub_meta: &sub,
+        pub_meta: &publ,
+        channels: Some(&chans),
+    };
+    for names in [
+        &[Name::VarSubst][..],
+        &[Name::BuildId],
+        &[Name::SkipSelf, Name::SkipUsers, Name::RequireSub],
+        &[Name::BuildId, Name::VarSubst],
+    ] {
+        let f = Filters::from_names(names.to_vec());
+        let a = run(&f, &ctx, &content);
+        assert_eq!(a, run(&f, &ctx, &content));
+        if let Ok(Verdict::Rewritten(b)) = &a {
+            assert_ne!(b[..], content[..]);
+        }
+        if let Err(e) = &a {
+            assert!(!e.0.is_empty());
+        }
+    }
+    if let Ok(mut whole) = IdRenderer::new(&ctx) {
+        let all = whole.update(&content).and_then(|mut a| {
+            whole.finish().map(|b| {
+                a.extend(b);
+                a
+            })
+        });
+        let cut = rest.first().map_or(0, |&c| usize::from(c)) % (content.len() + 1);
+        let mut split = IdRenderer::new(&ctx).expect("same settings");
+        let pieces = split.update(&content[..cut]).and_then(|mut a| {
+            a.extend(split.update(&content[cut..])?);
+            a.extend(split.finish()?);
+            Ok(a)
+        });
+        if let (Ok(a), Ok(b)) = (&all, &pieces) {
+            assert_eq!(a, b, "split at {cut}");
+        }
+        assert_eq!(all.is_ok(), pieces.is_ok(), "split at {cut}");
+    }
+    for input in [&content[..], rest] {
+        match super::wscontrol::parse(input) {
+            Ok(_) => {}
+            Err(e) => assert!(!e.is_empty() && !e.contains('\n')),
+        }
+        let s = String::from_utf8_lossy(input);
+        for part in super::grip::split_list(&s) {
+            if let Err(e) = super::grip::parse_params(part) {
+                assert!(!e.is_empty());
+            }
+        }
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(input) {
+            if let Ok(p) = super::bodypatch::BodyPatch::parse(v) {
+                let _ = p.apply(&content);
+                let _ = p.apply(rest);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -956,6 +1039,19 @@ mod tests {
         assert!(Filters::NONE.matches_content_filters(&[]));
         assert!(!Filters::NONE.matches_content_filters(&[VarSubst]));
         assert!(f.rewrites() && !filters(&["skip-users"]).rewrites());
+    }
+
+    #[test]
+    fn fuzz_invariant_holds_on_samples() {
+        for sample in [
+            &b""[..],
+            b"%I %(x)s \xffuser\xff%(c)s\xff\x03",
+            b"{\"type\":\"subscribe\",\"channel\":\"c\"}\xffk\xffv\xff[{\"op\":\"add\",\"path\":\"/a\",\"value\":1}]",
+            b"%(\\\xff\xff\xff%",
+            b"a=\"b, c\"; d\xff\xff\xff",
+        ] {
+            check_fuzz_invariants(sample);
+        }
     }
 
     /// The piecewise renderer gives what the whole body gives, wherever
