@@ -208,62 +208,43 @@ pub struct Publish {
     pub max_backlog: usize,
 }
 
-/// What to do with a client's `X-Forwarded-For` (Pushpin's rule syntax:
-/// `truncate:N` keeps the last N entries the client sent, `append` adds the
-/// peer's address; no `truncate` keeps every entry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct XffRule {
-    pub truncate: Option<usize>,
-    pub append: bool,
-}
+pub use crate::codec::heads::XffRule;
 
-impl XffRule {
-    fn parse(field: &str, text: &str) -> Result<XffRule, ConfigError> {
-        let mut rule = XffRule {
-            truncate: None,
-            append: false,
-        };
-        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            if token == "append" {
-                if rule.append {
-                    return fail(field, "'append' is given twice");
-                }
-                rule.append = true;
-            } else if let Some(n) = token.strip_prefix("truncate:") {
-                if rule.truncate.is_some() {
-                    return fail(field, "'truncate:N' is given twice");
-                }
-                let n = n
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n <= 100)
-                    .ok_or_else(|| {
-                        ConfigError(format!(
-                            "{field}: '{token}' needs a number of entries from 0 to 100"
-                        ))
-                    })?;
-                rule.truncate = Some(n);
-            } else {
-                return fail(
-                    field,
-                    format!("'{token}' is not truncate:N or append (e.g. \"truncate:0,append\")"),
-                );
+/// Reads an `X-Forwarded-For` rule (`truncate:N`, `append`, both, or
+/// neither) for the field `field`.
+fn parse_xff_rule(field: &str, text: &str) -> Result<XffRule, ConfigError> {
+    let mut rule = XffRule {
+        truncate: None,
+        append: false,
+    };
+    for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if token == "append" {
+            if rule.append {
+                return fail(field, "'append' is given twice");
             }
+            rule.append = true;
+        } else if let Some(n) = token.strip_prefix("truncate:") {
+            if rule.truncate.is_some() {
+                return fail(field, "'truncate:N' is given twice");
+            }
+            let n = n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 100)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "{field}: '{token}' needs a number of entries from 0 to 100"
+                    ))
+                })?;
+            rule.truncate = Some(n);
+        } else {
+            return fail(
+                field,
+                format!("'{token}' is not truncate:N or append (e.g. \"truncate:0,append\")"),
+            );
         }
-        Ok(rule)
     }
-
-    /// The entries to forward: the client's (as this rule keeps them), then
-    /// the peer's address when the rule appends.
-    pub fn apply<'a>(&self, mut client: Vec<&'a [u8]>, peer: &'a [u8]) -> Vec<&'a [u8]> {
-        if let Some(n) = self.truncate {
-            client.drain(..client.len().saturating_sub(n));
-        }
-        if self.append {
-            client.push(peer);
-        }
-        client
-    }
+    Ok(rule)
 }
 
 /// An address range (`10.0.0.0/8`, `::1`).
@@ -353,6 +334,16 @@ impl Forwarding {
     /// True when `peer` is a trusted proxy.
     pub fn trusts(&self, peer: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|c| c.contains(peer))
+    }
+
+    /// What the policy says for a request from `peer`.
+    pub fn policy(&self, peer: IpAddr) -> crate::codec::heads::ForwardPolicy {
+        let trusted = self.trusts(peer);
+        crate::codec::heads::ForwardPolicy {
+            trusted,
+            xff: if trusted { self.xff_trusted } else { self.xff },
+            accept_x_forwarded_protocol: self.accept_x_forwarded_protocol,
+        }
     }
 }
 
@@ -813,11 +804,11 @@ impl Config {
                 .iter()
                 .map(|t| Cidr::parse("forwarding.trusted_proxies", t))
                 .collect::<Result<_, _>>()?,
-            xff: XffRule::parse(
+            xff: parse_xff_rule(
                 "forwarding.x_forwarded_for",
                 fw.x_forwarded_for.as_deref().unwrap_or("truncate:0,append"),
             )?,
-            xff_trusted: XffRule::parse(
+            xff_trusted: parse_xff_rule(
                 "forwarding.x_forwarded_for_trusted",
                 fw.x_forwarded_for_trusted.as_deref().unwrap_or("append"),
             )?,

@@ -1,6 +1,7 @@
 //! Logging: diagnostics to stderr at a level set once at start-up, and the
 //! per-core access log, buffered per core and written to stdout with one
-//! `write(2)` per flush (no lock shared between cores).
+//! `write(2)` per flush: the cores share only stdout's lock, taken once per
+//! flush (not per line), so their flushes never interleave.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};

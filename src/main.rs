@@ -133,12 +133,14 @@ fn main() -> ExitCode {
             if let Some(w) = warning {
                 corepin::warn!("{w}");
             }
-            if cfg.grip.public_default_key {
-                corepin::warn!("{}", corepin::config::PUBLIC_KEY_WARNING);
-            }
             if let Err(e) = corepin::server::check_runtime() {
                 eprintln!("corepin: {e}");
                 return ExitCode::from(2);
+            }
+            // Once corepin can run: an environment it cannot run in is
+            // reported alone.
+            if cfg.grip.public_default_key {
+                corepin::warn!("{}", corepin::config::PUBLIC_KEY_WARNING);
             }
             // The system allocator, with freed memory given back after
             // peaks (src/memtrim.rs says why not another allocator).

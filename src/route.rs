@@ -15,6 +15,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::codec::heads::{BackendRequest, ForwardPolicy, Purpose};
+use crate::codec::http1::RequestHead;
 use crate::codec::uri::normalize_path;
 
 /// Which protocol a route condition accepts (`proto=`).
@@ -68,19 +70,7 @@ pub struct RequestEdits {
     pub grip: bool,
 }
 
-/// One `header=NAME:VALUE`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderEdit {
-    pub name: String,
-    /// Empty: the field is removed.
-    pub value: String,
-    /// The name lower-cased with `_` and `.` as `-`: client fields that a
-    /// CGI server would map to the same variable are replaced too.
-    pub cgi_name: String,
-}
-
-/// The name prefix Pushpin gives the copies of a client's original fields.
-pub const ORIG_MARK: &str = "eb9bf0f5-";
+pub use crate::codec::heads::{HeaderEdit, ORIG_MARK};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -117,6 +107,33 @@ impl Backend {
     /// target's `host=`, else the route's `as_host=`.
     pub fn send_host(&self) -> Option<&str> {
         self.host.as_deref().or(self.edits.as_host.as_deref())
+    }
+
+    /// The head of a request to this target for a client's request
+    /// (`path` after the route's rewrite), shaped by this target and its
+    /// route's edits; `codec::heads` encodes it.
+    pub fn request<'a>(
+        &'a self,
+        client: &'a RequestHead,
+        purpose: Purpose<'a>,
+        path: &'a str,
+        peer_ip: &'a str,
+        forwarding: ForwardPolicy,
+        grip: Option<Option<&'a str>>,
+    ) -> BackendRequest<'a> {
+        BackendRequest {
+            client,
+            purpose,
+            path,
+            addr: &self.addr,
+            send_host: self.send_host(),
+            over_http: self.over_http,
+            edits: &self.edits.headers,
+            orig_headers: self.edits.orig_headers,
+            peer_ip,
+            forwarding,
+            grip,
+        }
     }
 }
 

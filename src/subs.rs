@@ -136,6 +136,9 @@ struct Piece<'a> {
     own: Option<Bytes>,
 }
 
+/// Most queued messages handed to one gathered write.
+pub const MAX_PARTS: usize = 64;
+
 /// One held connection.
 pub struct Sub {
     pub id: u64,
@@ -248,26 +251,24 @@ impl Sub {
         m
     }
 
-    /// The size of the next queued message when it is data.
-    pub fn next_data_len(&self) -> Option<usize> {
-        match self.queue.borrow().front() {
-            Some(Msg::Data(b)) => Some(b.len()),
-            _ => None,
-        }
-    }
-
-    /// Appends to `out` the data messages queued right behind the one just
-    /// taken (up to `max` bytes in all), so a backlog goes out in one write.
-    pub fn take_data_run(&self, out: &mut Vec<u8>, max: usize) {
+    /// Appends to `parts` the data messages queued right behind the one
+    /// just taken (up to `max` more bytes, and `MAX_PARTS` parts with the
+    /// one taken), so a backlog goes out in one gathered write. The shared
+    /// bytes are moved, never copied.
+    pub fn take_data_parts(&self, parts: &mut Vec<Bytes>, max: usize) {
         let mut q = self.queue.borrow_mut();
-        while let Some(Msg::Data(b)) = q.front() {
-            if out.len() + b.len() > max {
+        let mut total: usize = parts.iter().map(Bytes::len).sum();
+        while parts.len() + 1 < MAX_PARTS {
+            let Some(Msg::Data(b)) = q.front() else { break };
+            if total + b.len() > max {
                 break;
             }
-            out.extend_from_slice(b);
+            total += b.len();
             self.queued_bytes
                 .set(self.queued_bytes.get().saturating_sub(b.len()));
-            q.pop_front();
+            if let Some(Msg::Data(b)) = q.pop_front() {
+                parts.push(b);
+            }
         }
     }
 
@@ -1186,7 +1187,7 @@ mod tests {
     }
 
     #[test]
-    fn queued_bytes_follow_pops_and_joined_runs() {
+    fn queued_bytes_follow_pops_and_gathered_parts() {
         let reg = registry(100, usize::MAX);
         let sub = reg.subscribe(spec());
         let waker = std::task::Waker::noop();
@@ -1195,15 +1196,34 @@ mod tests {
         }
         sub.push(Msg::Close, reg.limits, &reg.stats);
         assert_eq!(sub.queued_bytes(), 100);
-        assert!(matches!(sub.poll_msg(waker), Some(Msg::Data(b)) if b.len() == 10));
-        assert_eq!(sub.next_data_len(), Some(20));
-        let mut run = Vec::new();
-        sub.take_data_run(&mut run, 50);
-        assert_eq!((run.len(), sub.queued_bytes()), (50, 40));
-        sub.take_data_run(&mut run, usize::MAX);
-        assert_eq!((run.len(), sub.queued_bytes()), (90, 0));
-        assert_eq!(sub.next_data_len(), None, "the close is next");
-        assert!(matches!(sub.poll_msg(waker), Some(Msg::Close)));
+        let Some(Msg::Data(first)) = sub.poll_msg(waker) else {
+            panic!("data first")
+        };
+        assert_eq!(first.len(), 10);
+        let mut parts = Vec::new();
+        sub.take_data_parts(&mut parts, 60 - first.len());
+        let lens = |p: &[Bytes]| p.iter().map(Bytes::len).collect::<Vec<_>>();
+        assert_eq!((lens(&parts), sub.queued_bytes()), (vec![20, 30], 40));
+        sub.take_data_parts(&mut parts, usize::MAX);
+        assert_eq!((lens(&parts), sub.queued_bytes()), (vec![20, 30, 40], 0));
+        assert!(
+            matches!(sub.poll_msg(waker), Some(Msg::Close)),
+            "the close is next"
+        );
+    }
+
+    #[test]
+    fn a_gathered_write_takes_at_most_max_parts() {
+        let reg = registry(1000, usize::MAX);
+        let sub = reg.subscribe(spec());
+        for _ in 0..MAX_PARTS + 5 {
+            sub.push(data(1), reg.limits, &reg.stats);
+        }
+        // One message was taken already: the write has room for the rest.
+        let mut parts = Vec::new();
+        sub.take_data_parts(&mut parts, usize::MAX);
+        assert_eq!(parts.len(), MAX_PARTS - 1);
+        assert_eq!(sub.queued_bytes(), 6);
     }
 
     #[test]

@@ -9,6 +9,9 @@ use super::filter::Filters;
 use super::http1::{trim, Fields};
 use super::response::{self, At, Head, Status};
 
+/// The capabilities announced to backends in `Grip-Feature`.
+pub const GRIP_FEATURES: &str = "status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst";
+
 /// Default seconds a `response` hold lasts.
 pub const DEFAULT_TIMEOUT: u32 = 55;
 /// Shortest hold timeout accepted.

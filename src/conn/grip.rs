@@ -4,28 +4,29 @@
 //! long-poll (answered by the first published response, or by the
 //! backend's own response at the timeout).
 
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::{AsyncWrite, AsyncWriteExt, Future};
+use futures_lite::Future;
 
 use crate::buf::BUF_SIZE;
 use crate::codec::grip::{self, HoldMode, Instruct};
-use crate::codec::http1::{self, is_hop_by_hop, BodyKind, RequestHead, ResponseHead, Version};
+use crate::codec::heads;
+use crate::codec::http1::{self, BodyKind, RequestHead, ResponseHead, Version};
 use crate::codec::response::{self, Head, Status};
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
+use crate::connection::PartsProgress;
 use crate::shard::Shard;
 use crate::subs::{Kind, Msg, Sub, SubSpec};
 use crate::upstream::Upstream;
 
-/// Most queued stream bytes joined into one write.
-const COALESCE_MAX: usize = 64 * 1024;
+/// Most queued bytes sent in one gathered write.
+const BATCH_MAX: usize = 64 * 1024;
 
 /// Largest instructing response body read into memory.
 pub const MAX_INSTRUCT_BODY: u64 = 1 << 20;
@@ -37,11 +38,6 @@ pub const MAX_INSTRUCT_BODY: u64 = 1 << 20;
 pub struct Base {
     pub head: Head,
     pub body: Bytes,
-}
-
-/// True for response fields that reach clients: not hop-by-hop, not `Grip-*`.
-pub fn keep_header(fields: &http1::Fields, name: &[u8]) -> bool {
-    !(is_hop_by_hop(fields, name) || (name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"grip-")))
 }
 
 impl Base {
@@ -66,19 +62,11 @@ impl Base {
         let status = status.unwrap_or(self.head.status());
         self.head.write(out, Some(status));
         response::write_length(out, status, self.body.len());
-        connection_header(out, keep, http10);
+        heads::write_connection(out, keep, http10);
         out.extend_from_slice(b"\r\n");
         if status.has_body() {
             out.extend_from_slice(&self.body);
         }
-    }
-}
-
-fn connection_header(out: &mut Vec<u8>, keep: bool, http10: bool) {
-    if !keep {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
 }
 
@@ -99,13 +87,7 @@ pub async fn read_body(up: &mut Upstream, kind: BodyKind) -> Result<Bytes, Relay
         out: &mut out,
         limit: MAX_INSTRUCT_BODY,
     }
-    .run(
-        &mut up.stream,
-        &mut up.inbuf,
-        &mut sink,
-        kind,
-        OutFraming::Raw,
-    )
+    .run(&mut up.conn, &mut sink, kind, OutFraming::Raw)
     .await?;
     Ok(Bytes::from(sink))
 }
@@ -148,7 +130,7 @@ pub struct HoldCtx<'a> {
     pub backend: Option<String>,
     pub prefix: String,
     pub target: String,
-    pub sig: Option<(Vec<u8>, String)>,
+    pub sig: Option<crate::jwt::SigKey>,
 }
 
 /// What the filters need of an instruct's channels (the first `max`).
@@ -224,7 +206,7 @@ pub async fn hold(
         .subs
         .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
     *sub.held_body.borrow_mut() = base.body.clone();
-    let _ = c.stream.set_read_timeout(None);
+    c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
     // response cannot set or change it).
     let gone = instruct.gone.clone();
@@ -249,16 +231,9 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
         return;
     };
     let mut req = Vec::with_capacity(256);
-    let host = ctx
-        .head
-        .fields
-        .get("host")
-        .map_or(addr.as_bytes().to_vec(), <[u8]>::to_vec);
-    let _ = write!(req, "POST {path} HTTP/1.1\r\n");
-    http1::write_field(&mut req, b"Host", &host);
-    req.extend_from_slice(b"Content-Length: 0\r\n");
-    shard.write_grip_headers(&mut req, ctx.sig.as_ref());
-    req.extend_from_slice(b"\r\n");
+    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
+    heads::write_gone_request(&mut req, &path, host, token.as_deref());
     let shard = shard.clone();
     let url = url.to_string();
     glommio::spawn_local(async move {
@@ -273,7 +248,7 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
                 return;
             }
         };
-        if up.stream.write_all(&req).await.is_err() {
+        if up.conn.write_all(&req).await.is_err() {
             warn!("core {}: gone link {url}: the request failed", shard.index);
             return;
         }
@@ -347,8 +322,8 @@ pub async fn next_event(c: &mut Client, sub: &Sub) -> Event {
         }
         // Watch the client side for a close; bytes it sends (a pipelined
         // request) are kept for after the hold, up to one buffer.
-        while c.inbuf.len() < BUF_SIZE {
-            match c.inbuf.poll_fill(cx, &mut c.stream, BUF_SIZE) {
+        while c.conn.input_len() < BUF_SIZE {
+            match c.conn.poll_fill(cx, BUF_SIZE) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::ClientGone),
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => break,
@@ -357,10 +332,6 @@ pub async fn next_event(c: &mut Client, sub: &Sub) -> Event {
         Poll::Pending
     })
     .await
-}
-
-async fn write(c: &mut Client, bytes: &[u8]) -> bool {
-    c.stream.write_all(bytes).await.is_ok()
 }
 
 /// How a write to a held connection's client ended.
@@ -374,70 +345,81 @@ pub enum Written {
     Dropped,
 }
 
-/// Writes published bytes (or other bytes for a subscriber) to a held
-/// connection's client. Once the socket pushes back, the write must finish
-/// within `timeouts.client_write`, however the client trickles its reads
-/// (the socket's own timeout restarts at every byte taken); past that the
+/// The subscriber's last hop, the one path by which every held
+/// connection (stream, long-poll, WebSocket) writes to its client: `first`,
+/// and the published data queued behind it (up to `BATCH_MAX` bytes and
+/// `subs::MAX_PARTS` messages), leave in one gathered write, the shared
+/// `Bytes` never copied. Returns how the write ended and the bytes it
+/// carried as `measure` counts them (the access log's body bytes).
+///
+/// Once the socket pushes back, the write must finish within
+/// `timeouts.client_write`, however the client trickles its reads (the
+/// socket's own timeout restarts at every byte taken); past that the
 /// subscriber is dropped as stalled. While the write waits, the subscriber
 /// counts as blocked, so its queue is held to the byte limit, and a queue
 /// that goes over it ends the write at once.
-pub async fn write_held(shard: &Shard, c: &mut Client, sub: &Sub, bytes: &[u8]) -> Written {
-    let mut written = 0;
+pub async fn deliver(
+    shard: &Shard,
+    c: &mut Client,
+    sub: &Sub,
+    first: Bytes,
+    measure: fn(&[u8]) -> usize,
+) -> (Written, u64) {
+    // Without a backlog (the common case) nothing is allocated.
+    let mut backlog = Vec::new();
+    sub.take_data_parts(&mut backlog, BATCH_MAX.saturating_sub(first.len()));
+    let parts = if backlog.is_empty() {
+        std::slice::from_ref(&first)
+    } else {
+        backlog.insert(0, first.clone());
+        &backlog[..]
+    };
+    let n = parts.iter().map(|p| measure(p) as u64).sum();
+    let mut progress = PartsProgress::default();
     let mut deadline: Option<glommio::timer::Timer> = None;
     let r = futures_lite::future::poll_fn(|cx| {
         if sub.dropped() {
             return Poll::Ready(Written::Dropped);
         }
-        while written < bytes.len() {
-            match Pin::new(&mut c.stream).poll_write(cx, &bytes[written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Written::Gone),
-                Poll::Ready(Ok(n)) => written += n,
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                    shard.subs.stalled(sub);
-                    return Poll::Ready(Written::Dropped);
-                }
-                Poll::Ready(Err(_)) => return Poll::Ready(Written::Gone),
-                Poll::Pending => {
-                    // The timer exists only for writes that wait: the common
-                    // write, taken whole by the kernel, costs no timer.
-                    if deadline.is_none() {
-                        if shard.subs.blocked(sub) {
-                            return Poll::Ready(Written::Dropped);
-                        }
-                        deadline =
-                            Some(glommio::timer::Timer::new(shard.cfg.timeouts.client_write));
+        match c.conn.poll_write_parts(cx, parts, &mut progress) {
+            Poll::Ready(Ok(())) => Poll::Ready(Written::Done),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                shard.subs.stalled(sub);
+                Poll::Ready(Written::Dropped)
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(Written::Gone),
+            Poll::Pending => {
+                // The timer exists only for writes that wait: the common
+                // write, taken whole by the kernel, costs no timer.
+                if deadline.is_none() {
+                    if shard.subs.blocked(sub) {
+                        return Poll::Ready(Written::Dropped);
                     }
-                    sub.watch(cx.waker());
-                    if let Some(t) = deadline.as_mut() {
-                        if Pin::new(t).poll(cx).is_ready() {
-                            shard.subs.stalled(sub);
-                            return Poll::Ready(Written::Dropped);
-                        }
-                    }
-                    return Poll::Pending;
+                    deadline = Some(glommio::timer::Timer::new(shard.cfg.timeouts.client_write));
                 }
+                sub.watch(cx.waker());
+                if let Some(t) = deadline.as_mut() {
+                    if Pin::new(t).poll(cx).is_ready() {
+                        shard.subs.stalled(sub);
+                        return Poll::Ready(Written::Dropped);
+                    }
+                }
+                Poll::Pending
             }
         }
-        Poll::Ready(Written::Done)
     })
     .await;
     sub.set_blocked(false);
-    r
+    if r == Written::Done {
+        sub.wrote(Instant::now());
+    }
+    (r, n)
 }
 
 /// Sends what the socket takes now, without waiting: the last words to a
 /// client being dropped for not reading (a WebSocket close frame).
 pub fn send_now(c: &Client, bytes: &[u8]) {
-    // SAFETY: send on the connection's own open socket from a valid
-    // buffer; MSG_DONTWAIT never blocks, MSG_NOSIGNAL never raises SIGPIPE.
-    unsafe {
-        libc::send(
-            c.stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    c.conn.send_now(bytes);
 }
 
 fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> HoldEnd {
@@ -476,45 +458,25 @@ async fn hold_stream(
         crate::codec::chunked::write_chunk(&mut out, &base.body);
     }
     drop(base);
-    let sent = write(c, &out).await;
+    let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
     if !sent {
         return done(code, 0, ctx, false);
     }
     sub.wrote(Instant::now());
-    let keep = ctx.head.keep_alive && !http10;
     loop {
         match next_event(c, sub).await {
             Event::Msg(Msg::Data(b)) => {
-                // A backlog (publishes that arrived while this connection
-                // waited its turn) goes out in one write. Only small
-                // messages are copied to be joined: a large one is written
-                // from the shared bytes, never copied per subscriber.
-                let joinable = sub
-                    .next_data_len()
-                    .is_some_and(|n| b.len() + n <= COALESCE_MAX);
                 // The access log counts body bytes, not chunk framing.
-                let payload = |written: &[u8]| {
-                    if http10 {
-                        written.len()
-                    } else {
-                        crate::codec::chunked::payload_len(written)
-                    }
-                };
-                let (r, n) = if joinable {
-                    let mut run = shard.bufs.take_out();
-                    run.extend_from_slice(&b);
-                    sub.take_data_run(&mut run, COALESCE_MAX);
-                    let r = write_held(shard, c, sub, &run).await;
-                    let n = payload(&run);
-                    shard.bufs.give_out(run);
-                    (r, n)
+                let payload = if http10 {
+                    <[u8]>::len
                 } else {
-                    (write_held(shard, c, sub, &b).await, payload(&b))
+                    crate::codec::chunked::payload_len
                 };
-                bytes += n as u64;
+                let (r, n) = deliver(shard, c, sub, b, payload).await;
+                bytes += n;
                 match r {
-                    Written::Done => sub.wrote(Instant::now()),
+                    Written::Done => {}
                     Written::Gone => return done(code, bytes, ctx, false),
                     Written::Dropped => {
                         dropped_warning(shard, c, "stream");
@@ -522,13 +484,7 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Close) => {
-                if !http10 {
-                    let ok = write(c, crate::codec::chunked::LAST_CHUNK).await;
-                    return done(code, bytes, ctx, ok && keep && !shard.draining());
-                }
-                return done(code, bytes, ctx, false);
-            }
+            Event::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
             Event::Msg(Msg::Refetch) => {
                 let Some(link) = instruct.next.clone() else {
                     continue;
@@ -542,7 +498,7 @@ async fn hold_stream(
                             crate::codec::chunked::write_chunk(&mut v, &body);
                             v
                         };
-                        if !framed.is_empty() && !write(c, &framed).await {
+                        if !framed.is_empty() && c.conn.write_all(&framed).await.is_err() {
                             return done(code, bytes, ctx, false);
                         }
                         bytes += body.len() as u64;
@@ -567,14 +523,8 @@ async fn hold_stream(
                                 shard.subs.retime(sub);
                                 instruct = *i;
                             }
-                            _ => {
-                                // No further hold: the stream ends here.
-                                if !http10 {
-                                    let ok = write(c, crate::codec::chunked::LAST_CHUNK).await;
-                                    return done(code, bytes, ctx, ok && keep && !shard.draining());
-                                }
-                                return done(code, bytes, ctx, false);
-                            }
+                            // No further hold: the stream ends here.
+                            _ => return end_stream(shard, c, ctx, code, bytes).await,
                         }
                     }
                     None => {
@@ -600,6 +550,28 @@ async fn hold_stream(
             }
         }
     }
+}
+
+/// Ends a held stream cleanly: the last chunk, and the connection kept
+/// when the client may send another request; an HTTP/1.0 stream ends with
+/// the connection.
+async fn end_stream(
+    shard: &Shard,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    code: u16,
+    bytes: u64,
+) -> HoldEnd {
+    if ctx.head.version == Version::Http10 {
+        return done(code, bytes, ctx, false);
+    }
+    let ok = c
+        .conn
+        .write_all(crate::codec::chunked::LAST_CHUNK)
+        .await
+        .is_ok();
+    let keep = ctx.head.keep_alive && !shard.draining();
+    done(code, bytes, ctx, ok && keep)
 }
 
 async fn hold_response(
@@ -633,10 +605,10 @@ async fn hold_response(
                         http1::write_field(&mut out, name.as_bytes(), v);
                     }
                 }
-                connection_header(&mut out, keep, http10);
+                heads::write_connection(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&body);
-                let ok = held_response_written(shard, c, sub, &out).await;
+                let ok = held_response_written(shard, c, sub, out).await;
                 let code = e
                     .item
                     .http_response
@@ -647,7 +619,7 @@ async fn hold_response(
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
-                let ok = held_response_written(shard, c, sub, &out).await;
+                let ok = held_response_written(shard, c, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
             }
@@ -659,8 +631,11 @@ async fn hold_response(
 }
 
 /// Writes a long-poll's answer; true when it went out whole.
-async fn held_response_written(shard: &Shard, c: &mut Client, sub: &Sub, out: &[u8]) -> bool {
-    match write_held(shard, c, sub, out).await {
+async fn held_response_written(shard: &Shard, c: &mut Client, sub: &Sub, out: Vec<u8>) -> bool {
+    match deliver(shard, c, sub, Bytes::from(out), <[u8]>::len)
+        .await
+        .0
+    {
         Written::Done => true,
         Written::Gone => false,
         Written::Dropped => {
@@ -680,31 +655,7 @@ pub fn dropped_warning(shard: &Shard, c: &Client, kind: &str) {
         "core {}: {kind} subscriber {} not keeping up (queue over its limit, or a write stalled); dropped",
         shard.index, c.peer
     );
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on the connection's own open socket with a
-    // correctly sized `linger` value.
-    unsafe {
-        libc::setsockopt(
-            c.stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-}
-
-/// `Grip-Last` lines for the channels a subscriber has seen ids on.
-fn grip_last(sub: &Sub, prefix: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (ch, id) in sub.last_ids.borrow().iter() {
-        let name = ch.strip_prefix(prefix).unwrap_or(ch);
-        let _ = write!(out, "Grip-Last: {name}; last-id={id}\r\n");
-    }
-    out
+    c.conn.reset_on_close();
 }
 
 /// Fetches a next link; returns its instruction (if any) and its body.
@@ -716,16 +667,16 @@ async fn fetch_link(
 ) -> Option<(Option<Box<Instruct>>, Bytes)> {
     let (addr, path) = link_addr(shard, ctx, url)?;
     let mut req = Vec::with_capacity(256);
-    let host = ctx
-        .head
-        .fields
-        .get("host")
-        .map_or(addr.as_bytes().to_vec(), <[u8]>::to_vec);
-    let _ = write!(req, "GET {path} HTTP/1.1\r\n");
-    http1::write_field(&mut req, b"Host", &host);
-    req.extend_from_slice(&grip_last(sub, &ctx.prefix));
-    shard.write_grip_headers(&mut req, ctx.sig.as_ref());
-    req.extend_from_slice(b"\r\n");
+    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
+    heads::write_link_request(
+        &mut req,
+        &path,
+        host,
+        &sub.last_ids.borrow(),
+        &ctx.prefix,
+        token.as_deref(),
+    );
     let mut up = match shard
         .pool
         .connect(&addr, shard.cfg.timeouts.upstream_connect)
@@ -737,7 +688,7 @@ async fn fetch_link(
             return None;
         }
     };
-    if up.stream.write_all(&req).await.is_err() {
+    if up.conn.write_all(&req).await.is_err() {
         return None;
     }
     let resp = up
