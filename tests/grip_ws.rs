@@ -231,3 +231,62 @@ fn websocket_routes_fail_over_to_the_next_target() {
     send_text(&mut s, "over http");
     assert_eq!(next_text(&mut r), "echo: over http");
 }
+
+/// `one_event`: each WebSocket-over-HTTP request carries one event, even
+/// when several client messages wait while a request is in flight.
+#[test]
+fn one_event_sends_one_event_per_request() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let b = Backend::start(move |req, _| {
+        if req.body.starts_with(b"TEXT 1\r\na") {
+            // The first message's request waits until the client has sent
+            // the others, so they are pending together.
+            let _ = held.lock().map(|r| r.recv_timeout(TIMEOUT));
+        }
+        let body: &[u8] = if req.body.starts_with(b"OPEN") {
+            b"OPEN\r\n"
+        } else {
+            b""
+        };
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        Reply::Bytes(out)
+    });
+    let cp = Corepin::start_grip(&["--route", &format!("{},over_http,one_event", b.route())]);
+    let (mut s, _r) = raw_ws(cp.addr(), "/ws");
+    send_text(&mut s, "a");
+    wait_until("the first message's request", || {
+        b.seen.lock().map(|v| v.len() == 2).unwrap_or(false)
+    });
+    for m in ["b", "c", "d"] {
+        send_text(&mut s, m);
+    }
+    release.send(()).expect("release");
+    wait_until("a request per message", || {
+        b.seen.lock().map(|v| v.len() == 5).unwrap_or(false)
+    });
+    let bodies: Vec<String> = b
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "OPEN\r\n",
+            "TEXT 1\r\na\r\n",
+            "TEXT 1\r\nb\r\n",
+            "TEXT 1\r\nc\r\n",
+            "TEXT 1\r\nd\r\n"
+        ]
+    );
+}

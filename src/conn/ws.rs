@@ -1156,40 +1156,57 @@ async fn session_loop(
         if pending.is_empty() && !refresh && !matches!(deadline, Some(d) if Instant::now() >= d) {
             continue;
         }
-        if end_after {
-            // The client's part is over (its close frame is sent): end the
-            // connection now rather than after the backend has answered
-            // the last event. A client waits for the server to close the
-            // TCP connection after a close frame (RFC 6455 §7.1.1), and a
-            // slow backend must not keep it waiting.
-            c.conn.close().await;
-        }
-        let (reply, ended) = post_delivering(s, c, sub, &pending, !end_after).await;
-        if let Some(last) = ended {
-            // The session ended while the request was in flight (a
-            // published close, or the client failed): tell the backend.
-            let _ = s.post(c.peer, &[last]).await;
-            return outcome(101, 0, &target);
-        }
-        match reply {
-            Some(reply) if is_events(&reply.resp) => {
-                s.absorb(&reply.resp);
-                let evs = wsevents::decode(&reply.body).unwrap_or_default();
-                if end_after {
-                    return outcome(101, 0, &target);
-                }
-                if let After::Close = apply(s, c, sub, evs, &mut detached).await {
-                    return outcome(101, 0, &target);
-                }
+        // `one_event` targets get one event per request (Pushpin 1.28's
+        // intent; 1.41 batches empty messages in front of one with
+        // content); otherwise every pending event goes in one request.
+        let one_event = s
+            .route
+            .targets
+            .iter()
+            .any(|t| matches!(t, Target::Backend(b) if b.one_event));
+        let batches: Vec<Vec<WsEvent>> = if one_event && pending.len() > 1 {
+            pending.into_iter().map(|e| vec![e]).collect()
+        } else {
+            vec![pending]
+        };
+        let count = batches.len();
+        for (i, batch) in batches.into_iter().enumerate() {
+            let end_after = end_after && i + 1 == count;
+            if end_after {
+                // The client's part is over (its close frame is sent): end
+                // the connection now rather than after the backend has
+                // answered the last event. A client waits for the server
+                // to close the TCP connection after a close frame (RFC 6455
+                // §7.1.1), and a slow backend must not keep it waiting.
+                c.conn.close().await;
             }
-            _ => {
-                if !end_after {
-                    let _ = c
-                        .conn
-                        .write_all(&close_frame(1011, "upstream went away", None))
-                        .await;
-                }
+            let (reply, ended) = post_delivering(s, c, sub, &batch, !end_after).await;
+            if let Some(last) = ended {
+                // The session ended while the request was in flight (a
+                // published close, or the client failed): tell the backend.
+                let _ = s.post(c.peer, &[last]).await;
                 return outcome(101, 0, &target);
+            }
+            match reply {
+                Some(reply) if is_events(&reply.resp) => {
+                    s.absorb(&reply.resp);
+                    let evs = wsevents::decode(&reply.body).unwrap_or_default();
+                    if end_after {
+                        return outcome(101, 0, &target);
+                    }
+                    if let After::Close = apply(s, c, sub, evs, &mut detached).await {
+                        return outcome(101, 0, &target);
+                    }
+                }
+                _ => {
+                    if !end_after {
+                        let _ = c
+                            .conn
+                            .write_all(&close_frame(1011, "upstream went away", None))
+                            .await;
+                    }
+                    return outcome(101, 0, &target);
+                }
             }
         }
     }
