@@ -90,6 +90,17 @@ impl Encoded {
         }
     }
 
+    /// The `http-response` head framed for a body of `len` bytes (a body
+    /// patched or rewritten for one subscriber).
+    pub fn response_head_for(&self, len: usize) -> Vec<u8> {
+        let mut h = Vec::with_capacity(128);
+        if let Some(r) = &self.item.http_response {
+            r.head.write(&mut h, None);
+            response::write_length(&mut h, r.head.status(), len);
+        }
+        h
+    }
+
     /// `http-stream` content as one chunk (empty when there is none, or
     /// the action is not `send`).
     pub fn stream_chunk(&self) -> &Bytes {
@@ -118,15 +129,7 @@ impl Encoded {
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame.get_or_init(|| {
             Box::new(match &self.item.ws_message {
-                Some(w) if w.action == Action::Send => {
-                    let op = match w.kind {
-                        WsKind::Text => crate::codec::ws::Opcode::Text,
-                        WsKind::Binary => crate::codec::ws::Opcode::Binary,
-                    };
-                    let mut out = Vec::with_capacity(w.content.len() + 10);
-                    crate::codec::ws::write_frame(&mut out, true, op, &w.content, None);
-                    Bytes::from(out)
-                }
+                Some(w) if w.action == Action::Send => ws_frame_of(w.kind, &w.content),
                 _ => Bytes::new(),
             })
         })
@@ -136,6 +139,31 @@ impl Encoded {
     pub fn cost(&self) -> usize {
         self.cost
     }
+}
+
+/// `content` as one chunk of a chunked body (for content a filter
+/// rewrote for one subscriber).
+pub fn chunk_of(content: &[u8]) -> Bytes {
+    if content.is_empty() {
+        return Bytes::new();
+    }
+    let mut out = Vec::with_capacity(content.len() + 12);
+    chunked::write_chunk(&mut out, content);
+    Bytes::from(out)
+}
+
+/// `content` as one unmasked server frame of `kind`.
+pub fn ws_frame_of(kind: WsKind, content: &[u8]) -> Bytes {
+    use crate::codec::ws::Opcode;
+    let op = match kind {
+        WsKind::Text => Opcode::Text,
+        WsKind::Binary => Opcode::Binary,
+        WsKind::Ping => Opcode::Ping,
+        WsKind::Pong => Opcode::Pong,
+    };
+    let mut out = Vec::with_capacity(content.len() + 10);
+    crate::codec::ws::write_frame(&mut out, true, op, content, None);
+    Bytes::from(out)
 }
 
 /// Global counters of the publish path (read by stats and metrics).
@@ -605,6 +633,9 @@ pub struct Bus {
     /// Who hears of subscriptions coming and going (the ZeroMQ thread,
     /// when configured); set once at start-up.
     watch: std::sync::OnceLock<SubWatch>,
+    /// Bumped by each `recover` command; every core's sweep acts on a
+    /// change (a command, not a publish: no wake-up is needed).
+    recover: AtomicU64,
 }
 
 /// A change in how many subscribers of one kind a channel has on a core.
@@ -659,6 +690,7 @@ impl Bus {
             limits,
             stats: BusStats::for_cores(n),
             watch: std::sync::OnceLock::new(),
+            recover: AtomicU64::new(0),
         });
         let inboxes = parts
             .into_iter()
@@ -758,8 +790,10 @@ impl Bus {
     }
 
     /// Pushpin's `recover`: forgets every channel's last id, so that the
-    /// next item is taken whatever its `prev-id`, and releases the items
-    /// held waiting for a predecessor. Returns how many were released.
+    /// next item is taken whatever its `prev-id`, releases the items held
+    /// waiting for a predecessor, and asks every core to update its held
+    /// HTTP subscribers (streams fetch their next link, long-polls
+    /// re-request the backend). Returns how many held items were released.
     pub fn recover(&self) -> usize {
         let Ok(mut seq) = self.seq.lock() else {
             return 0;
@@ -778,7 +812,13 @@ impl Bus {
         }
         drop(seq);
         self.wake(&touched, None);
+        self.recover.fetch_add(1, Ordering::Release);
         n
+    }
+
+    /// How many `recover` commands there have been.
+    pub fn recoveries(&self) -> u64 {
+        self.recover.load(Ordering::Acquire)
     }
 
     /// The last id published on `channel` (for a long-poll's `prev-id`).
@@ -898,6 +938,7 @@ mod tests {
             http_stream: Some(HttpStream {
                 action: Action::Send,
                 content: Bytes::from(format!("{}\n", id.unwrap_or("-"))),
+                content_filters: None,
             }),
             ..Item::default()
         }))
@@ -983,6 +1024,8 @@ mod tests {
             action: Action::Send,
             head: response::Head::from_parts(Some(404), None, fields, b"hi").expect("valid"),
             body: Bytes::from_static(b"hi"),
+            patch: None,
+            content_filters: None,
         });
         let e = Encoded::new(it);
         assert_eq!(
@@ -1008,6 +1051,7 @@ mod tests {
             http_stream: Some(HttpStream {
                 action: Action::Send,
                 content: Bytes::from_static(b"x"),
+                content_filters: None,
             }),
             ..Item::default()
         }

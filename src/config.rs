@@ -79,6 +79,7 @@ struct FileForwarding {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct FileGrip {
+    sign: Option<bool>,
     sig_key: Option<String>,
     sig_iss: Option<String>,
     max_channels: Option<usize>,
@@ -193,12 +194,24 @@ pub struct Timeouts {
     pub ws_keep_alive_min: Duration,
 }
 
+/// Pushpin's default signing key: public, so a warning says so.
+pub const DEFAULT_SIG_KEY: &str = "changeme";
+/// Pushpin's default `Grip-Sig` issuer.
+pub const DEFAULT_SIG_ISS: &str = "pushpin";
+
+/// The start-up warning for signing with the public default key.
+pub const PUBLIC_KEY_WARNING: &str = "grip.sig_key is Pushpin's public default \"changeme\": backends that check Grip-Sig cannot tell corepin from anyone else; set [grip] sig_key to a secret (or sign = false)";
+
 /// GRIP settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grip {
-    /// Decoded signing key; `None` = no Grip-Sig.
+    /// Decoded signing key; `None` = no Grip-Sig (`sign = false`; routes
+    /// with their own `sig_key` still sign).
     pub sig_key: Option<Vec<u8>>,
     pub sig_iss: String,
+    /// Signing with Pushpin's public default key `changeme` (warned about
+    /// once at start-up).
+    pub public_default_key: bool,
     pub max_channels: usize,
     pub subscriber_queue: usize,
     /// Bytes queued for a subscriber whose socket is full.
@@ -876,13 +889,33 @@ impl Config {
             100_000,
         )?;
         let g = f.grip;
-        let sig_key = match g.sig_key.as_deref() {
-            None | Some("") => None,
-            Some(k) => Some(crate::jwt::key_bytes(k).or_else(|e| fail("grip.sig_key", e))?),
+        // Pushpin signs every request by default, with key "changeme" and
+        // issuer "pushpin"; GRIP libraries take a valid Grip-Sig as the
+        // sign that a request came through the proxy.
+        let sign = g.sign.unwrap_or(true);
+        let key_text = g.sig_key.as_deref().unwrap_or(DEFAULT_SIG_KEY);
+        if key_text.is_empty() {
+            return fail(
+                "grip.sig_key",
+                "must not be empty (set grip.sign = false to send requests unsigned)",
+            );
+        }
+        let sig_key = if sign {
+            Some(crate::jwt::key_bytes(key_text).or_else(|e| fail("grip.sig_key", e))?)
+        } else {
+            None
         };
+        let sig_iss = g.sig_iss.unwrap_or_else(|| DEFAULT_SIG_ISS.into());
+        if sign && sig_iss.is_empty() {
+            return fail(
+                "grip.sig_iss",
+                "must not be empty (set grip.sign = false to send requests unsigned)",
+            );
+        }
         let grip = Grip {
+            public_default_key: sig_key.as_deref() == Some(DEFAULT_SIG_KEY.as_bytes()),
             sig_key,
-            sig_iss: g.sig_iss.unwrap_or_else(|| "corepin".into()),
+            sig_iss,
             max_channels: ranged("grip.max_channels", g.max_channels, 20, 1, 1000)?,
             subscriber_queue: ranged(
                 "grip.subscriber_queue",

@@ -214,6 +214,33 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
             r.extra.push(("Allow", "GET".into()));
             return (r, no_body);
         }
+        // Pushpin's recover command: held HTTP subscribers re-fetch from
+        // their backends (streams their next link, long-polls their
+        // request), the channels' last ids forgotten.
+        "/recover" | "/recover/" if head.method() == "POST" => {
+            if let Err(r) = authorize(&shard.cfg.publish.auth, head) {
+                return (r, no_body);
+            }
+            shard.bus.recover();
+            let wants_json = head
+                .fields
+                .get("accept")
+                .is_some_and(|a| String::from_utf8_lossy(a).contains("application/json"));
+            let mut r = if wants_json {
+                Reply::text(200, "{\"message\":\"Updated\"}\n")
+            } else {
+                Reply::text(200, "Updated\n")
+            };
+            if wants_json {
+                r.content_type = "application/json";
+            }
+            return (r, no_body);
+        }
+        "/recover" | "/recover/" => {
+            let mut r = Reply::text(405, "method not allowed\n");
+            r.extra.push(("Allow", "POST".into()));
+            return (r, no_body);
+        }
         _ => return (Reply::text(404, "not found\n"), no_body),
     }
     if head.method() != "POST" {

@@ -188,6 +188,10 @@ impl ControlPlane {
                 Err(e) => fail(e),
             },
             Some("stats") => self.stats(),
+            Some("recover") => {
+                self.bus.recover();
+                json!({"ok": true})
+            }
             Some("reload") => match self.reload() {
                 Ok(n) => json!({"ok": true, "routes": n}),
                 Err(e) => {
@@ -206,7 +210,7 @@ impl ControlPlane {
                 None => fail("conncheck needs \"ids\": [..]".into()),
             },
             Some(m) => fail(format!(
-                "unknown method '{m}' (publish, stats, reload, conncheck)"
+                "unknown method '{m}' (publish, stats, reload, conncheck, recover)"
             )),
             None => fail("missing \"method\"".into()),
         }

@@ -507,6 +507,12 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
         }
         None => None,
     };
+    // Pushpin signs only with a key it read (its shipped pushpin.conf has
+    // sig_key=changeme); without one, or with an empty one (which 1.41
+    // turns into an empty HMAC secret), corepin does not sign.
+    if sig_key.is_none() {
+        grip.insert("sign".into(), false.into());
+    }
 
     // Forwarding.
     mapped.push("proxy/accept_x_forwarded_protocol");
@@ -705,6 +711,7 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     let origin_routes = format!("{origin} (as corepin settings)");
     let mut config = Config::from_table(t, &origin_routes, ov)?;
     if let Some(k) = sig_key {
+        config.grip.public_default_key = k == crate::config::DEFAULT_SIG_KEY.as_bytes();
         config.grip.sig_key = Some(k);
     }
     let warning = (!unsupported.is_empty()).then(|| {

@@ -651,6 +651,11 @@ fn parse_target(s: Section, edits: &Arc<RequestEdits>) -> Result<Parsed, RouteEr
     if insecure && !ssl {
         return err(format!("target '{val}': 'insecure' needs 'ssl'"));
     }
+    if one_event && !over_http {
+        return err(format!(
+            "target '{val}': 'one_event' needs 'over_http' (it shapes WebSocket-over-HTTP requests)"
+        ));
+    }
     if trust_connect_host && !ssl {
         return err(format!("target '{val}': 'trust_connect_host' needs 'ssl'"));
     }
@@ -981,13 +986,6 @@ impl Route {
                             tp,
                             "untrusted",
                             "corepin has no outbound address policy (Pushpin then refuses internal addresses for this target); corepin would connect anyway",
-                        );
-                    }
-                    if b.one_event {
-                        return not_yet(
-                            tp,
-                            "one_event",
-                            "WebSocket-over-HTTP requests carry every pending event",
                         );
                     }
                     if b.ipc_file_mode.is_some() {
@@ -1504,10 +1502,12 @@ mod tests {
             ("*,jsonp_mode=odd a:1", "basic or extended"),
             ("*\ta:1", "tab"),
             ("*,path_beg=/\u{1}x a:1", "control character"),
+            ("* a:1,one_event", "'one_event' needs 'over_http'"),
         ] {
             let e = parse_line(line).expect_err(line).0;
             assert!(e.contains(needle), "{line}: {e}");
         }
+        assert!(parse_line("* a:1,over_http,one_event").is_ok_and(|r| r.is_some()));
         let e = Routes::parse(["* a:1", "*,x=1 a:1"]).expect_err("bad line");
         assert!(e.0.starts_with("line 2:"), "{e}");
     }
@@ -1529,7 +1529,6 @@ mod tests {
                 "target property `trust_connect_host`",
             ),
             ("* a:1,untrusted", "target property `untrusted`"),
-            ("* a:1,one_event", "target property `one_event`"),
             ("* a:1,ipc_file_mode=777", "`ipc_file_mode` applies only"),
             ("*,no_grip a:1,over_http", "`no_grip`"),
         ] {

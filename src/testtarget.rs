@@ -91,11 +91,13 @@ pub async fn handle(
         channels: vec![ChannelSpec {
             name: channel,
             prev_id: None,
+            filters: Default::default(),
         }],
         timeout: DEFAULT_TIMEOUT,
         keep_alive: None,
         status: None,
         next: None,
+        gone: None,
         meta: Vec::new(),
         expose: Vec::new(),
     };

@@ -333,12 +333,12 @@ fn grip_sig_and_feature_reach_the_backend() {
 fn set_meta_with_skip_self_filter() {
     let b = Backend::start(|req, _| {
         let user = req.path.trim_start_matches('/').to_string();
-        Reply::Bytes(format!("HTTP/1.1 200 OK\r\nGrip-Hold: stream\r\nGrip-Channel: room\r\nGrip-Set-Meta: user={user}\r\nContent-Length: 0\r\n\r\n").into_bytes())
+        Reply::Bytes(format!("HTTP/1.1 200 OK\r\nGrip-Hold: stream\r\nGrip-Channel: room; filter=skip-self\r\nGrip-Set-Meta: user={user}\r\nContent-Length: 0\r\n\r\n").into_bytes())
     });
     let cp = Corepin::start_grip(&["--route", &b.route()]);
     let mut alice = Stream::open(cp.addr(), "/alice");
     let mut bob = Stream::open(cp.addr(), "/bob");
-    let r = cp.publish(r#"{"items":[{"channel":"room","meta":{"sender":"alice"},"filters":["skip-self"],"http-stream":{"content":"from alice\n"}}]}"#);
+    let r = cp.publish(r#"{"items":[{"channel":"room","meta":{"sender":"alice"},"http-stream":{"content":"from alice\n"}}]}"#);
     assert_eq!(r.status, 200);
     cp.publish_stream("room", "to all\n");
     assert_eq!(bob.read_text(18), "from alice\nto all\n");

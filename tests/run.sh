@@ -2,7 +2,7 @@
 # Runs corepin's whole test suite on a fresh Debian machine: installs what
 # the tests need when it is missing (curl; nginx with its Lua module for the
 # stand-in API gateway; a Python venv with gripcontrol, pyzmq, tnetstring3,
-# pubcontrol and websockets; the npm clients @fanoutio/grip and wscat),
+# pubcontrol, websockets and django-grip; the npm clients @fanoutio/grip and wscat),
 # then `cargo test`. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 venv=target/pyenv
-if ! "$venv/bin/python" -c 'import gripcontrol, pubcontrol, websockets, zmq, tnetstring' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import gripcontrol, pubcontrol, websockets, zmq, tnetstring, django_grip' >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/clients/requirements.txt
 fi

@@ -338,7 +338,7 @@ fn websocket_over_http_with_gripcontrol_backend() {
         assert_eq!(e["content_type"], "application/websocket-events");
         assert!(e["connection_id"].as_str().is_some_and(|c| !c.is_empty()));
         let sig = e["grip_sig"].as_str().expect("Grip-Sig on every request");
-        assert!(corepin::jwt::verify(sig, b"wskey", Some("corepin"), corepin::jwt::now()).is_ok());
+        assert!(corepin::jwt::verify(sig, b"wskey", Some("pushpin"), corepin::jwt::now()).is_ok());
     }
     assert_eq!(accepted[0]["events"], serde_json::json!(["OPEN"]));
     // Later requests of the session echo the meta the backend set.

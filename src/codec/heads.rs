@@ -379,6 +379,16 @@ pub fn write_link_request(
     out.extend_from_slice(b"\r\n");
 }
 
+/// A `rel=gone` link's request: `POST`, no body, none of the client's
+/// fields, signed like any request corepin makes.
+pub fn write_gone_request(out: &mut Vec<u8>, path: &str, host: &[u8], sig: Option<&str>) {
+    let _ = write!(out, "POST {path} HTTP/1.1\r\n");
+    write_field(out, b"Host", host);
+    out.extend_from_slice(b"Content-Length: 0\r\n");
+    write_grip_fields(out, sig);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The status line of a response relayed from a backend: its own reason
 /// phrase, or the canonical one when it gave none.
 fn relayed_status_line(out: &mut Vec<u8>, resp: &ResponseHead) {

@@ -4,7 +4,9 @@
 //! return `Ok(None)` (or consume less than they were given) on short input;
 //! that is never an error. Encoders append to a caller-owned buffer.
 
+pub mod bodypatch;
 pub mod chunked;
+pub mod filter;
 pub mod grip;
 pub mod heads;
 pub mod http1;
@@ -13,6 +15,7 @@ pub mod response;
 pub mod tnetstring;
 pub mod uri;
 pub mod ws;
+pub mod wscontrol;
 pub mod wsevents;
 pub mod wssession;
 pub mod zmqmsg;

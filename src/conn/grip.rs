@@ -95,7 +95,7 @@ pub async fn read_body(up: &mut Upstream, kind: BodyKind) -> Result<Bytes, Relay
 /// Turns an instructing response (head and whole body) into a decision.
 pub fn decide(resp: &ResponseHead, body: Bytes) -> Result<Decision, grip::GripError> {
     let (instruct, base) = if grip::is_instruct_json(&resp.fields) {
-        let (instruct, r) = grip::from_json(&body)?;
+        let (instruct, r) = grip::from_json_response(&resp.fields, &body)?;
         let base = Base {
             head: r.head,
             body: r.body,
@@ -131,6 +131,20 @@ pub struct HoldCtx<'a> {
     pub prefix: String,
     pub target: String,
     pub sig: Option<crate::jwt::SigKey>,
+}
+
+/// What the filters need of an instruct's channels (the first `max`).
+fn chan_states(i: &Instruct, prefix: &str, max: usize) -> Vec<crate::subs::ChanState> {
+    i.channels
+        .iter()
+        .take(max)
+        .map(|c| crate::subs::ChanState {
+            channel: format!("{prefix}{}", c.name),
+            name: c.name.clone(),
+            filters: c.filters.clone(),
+            prev_id: c.prev_id.clone(),
+        })
+        .collect()
 }
 
 /// Holds the client connection as instructed.
@@ -188,13 +202,107 @@ pub async fn hold(
             _ => None,
         },
     });
+    shard
+        .subs
+        .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
+    *sub.held_body.borrow_mut() = base.body.clone();
     c.conn.set_read_timeout(None);
+    // Only the first instruct's gone link counts (Pushpin: a next link's
+    // response cannot set or change it).
+    let gone = instruct.gone.clone();
     // Boxed: a held connection carries only its own kind's state.
     let end = match instruct.hold {
         HoldMode::Stream => Box::pin(hold_stream(shard, c, ctx, &sub, instruct, base)).await,
         HoldMode::Response => Box::pin(hold_response(shard, c, ctx, &sub, &instruct, base)).await,
     };
+    if let Some(url) = gone {
+        send_gone(shard, ctx, &url);
+    }
     end
+}
+
+/// `Grip-Link: <URL>; rel=gone`: when a held request ends, whatever ended
+/// it (the client leaving, its answer, a stream's close), corepin POSTs
+/// to URL with no body and none of the client's fields, signed like any
+/// request to the backend. Best effort, in its own task so the client's
+/// connection does not wait: failures and a non-empty answer are logged.
+fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
+    let Some((addr, path)) = link_addr(shard, ctx, url) else {
+        return;
+    };
+    let mut req = Vec::with_capacity(256);
+    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
+    heads::write_gone_request(&mut req, &path, host, token.as_deref());
+    let shard = shard.clone();
+    let url = url.to_string();
+    glommio::spawn_local(async move {
+        let mut up = match shard
+            .pool
+            .connect(&addr, shard.cfg.timeouts.upstream_connect)
+            .await
+        {
+            Ok(up) => up,
+            Err(e) => {
+                warn!("core {}: gone link {url}: {e:?}", shard.index);
+                return;
+            }
+        };
+        if up.conn.write_all(&req).await.is_err() {
+            warn!("core {}: gone link {url}: the request failed", shard.index);
+            return;
+        }
+        let Some(resp) = up
+            .read_head(
+                &shard.cfg.limits.head,
+                false,
+                shard.cfg.timeouts.upstream_read,
+            )
+            .await
+        else {
+            warn!("core {}: gone link {url}: no answer", shard.index);
+            return;
+        };
+        match read_body(&mut up, resp.body).await {
+            Ok(b) if b.is_empty() => {
+                if resp.keep_alive {
+                    shard.pool.put_idle(up);
+                }
+            }
+            Ok(_) => warn!(
+                "core {}: gone link {url} answered {} with a body (expected none)",
+                shard.index, resp.status
+            ),
+            Err(_) => warn!("core {}: gone link {url}: bad answer", shard.index),
+        }
+    })
+    .detach();
+}
+
+/// Where a link points: the backend address and the request target. A
+/// link is `http://host[:port]/path` or a path on the route's backend.
+fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(String, String)> {
+    match url.strip_prefix("http://") {
+        Some(rest) => {
+            let (hostport, path) = rest
+                .split_once('/')
+                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+            let hostport = if hostport.contains(':') {
+                hostport.to_string()
+            } else {
+                format!("{hostport}:80")
+            };
+            Some((hostport, path))
+        }
+        None if url.starts_with('/') => Some((ctx.backend.clone()?, url.to_string())),
+        None => {
+            warn!(
+                "core {}: link '{url}' is not http:// or a path",
+                shard.index
+            );
+            None
+        }
+    }
 }
 
 pub enum Event {
@@ -402,6 +510,12 @@ async fn hold_stream(
                                     .map(|s| format!("{}{}", ctx.prefix, s.name))
                                     .collect();
                                 shard.subs.set_channels(sub, channels);
+                                // The next response's instruct replaces
+                                // the meta and the filters (Pushpin).
+                                *sub.meta.borrow_mut() = i.meta.clone();
+                                shard
+                                    .subs
+                                    .set_chans(sub, chan_states(&i, &ctx.prefix, usize::MAX));
                                 *sub.keep_alive.borrow_mut() = i.keep_alive.clone();
                                 sub.link_at.set(i.next.as_ref().map(|l| {
                                     Instant::now() + Duration::from_secs(u64::from(l.timeout))
@@ -422,7 +536,13 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Response(_) | Msg::Timeout | Msg::WsClose(..)) => {}
+            Event::Msg(
+                Msg::Response(_)
+                | Msg::ResponseBody(..)
+                | Msg::Timeout
+                | Msg::WsClose(..)
+                | Msg::Refresh,
+            ) => {}
             Event::ClientGone => return done(code, bytes, ctx, false),
             Event::Dropped => {
                 dropped_warning(shard, c, "stream");
@@ -466,10 +586,20 @@ async fn hold_response(
     let keep = ctx.head.keep_alive && !shard.draining();
     loop {
         match next_event(c, sub).await {
-            Event::Msg(Msg::Response(e)) => {
-                let mut out =
-                    Vec::with_capacity(e.response_head.len() + e.response_body.len() + 64);
-                out.extend_from_slice(&e.response_head);
+            Event::Msg(m @ (Msg::Response(_) | Msg::ResponseBody(..))) => {
+                let (e, head, body) = match m {
+                    Msg::ResponseBody(e, body) => {
+                        let head = Bytes::from(e.response_head_for(body.len()));
+                        (e, head, body)
+                    }
+                    Msg::Response(e) => {
+                        let (h, b) = (e.response_head.clone(), e.response_body.clone());
+                        (e, h, b)
+                    }
+                    _ => continue,
+                };
+                let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+                out.extend_from_slice(&head);
                 for name in &instruct.expose {
                     if let Some(v) = base.head.get(name) {
                         http1::write_field(&mut out, name.as_bytes(), v);
@@ -477,14 +607,14 @@ async fn hold_response(
                 }
                 heads::write_connection(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(&e.response_body);
+                out.extend_from_slice(&body);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = e
                     .item
                     .http_response
                     .as_ref()
                     .map_or(200, |r| r.head.status().code());
-                return done(code, e.response_body.len() as u64, ctx, ok && keep);
+                return done(code, body.len() as u64, ctx, ok && keep);
             }
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
@@ -535,27 +665,7 @@ async fn fetch_link(
     sub: &Sub,
     url: &str,
 ) -> Option<(Option<Box<Instruct>>, Bytes)> {
-    let (addr, path) = match url.strip_prefix("http://") {
-        Some(rest) => {
-            let (hostport, path) = rest
-                .split_once('/')
-                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-            let hostport = if hostport.contains(':') {
-                hostport.to_string()
-            } else {
-                format!("{hostport}:80")
-            };
-            (hostport, path)
-        }
-        None if url.starts_with('/') => (ctx.backend.clone()?, url.to_string()),
-        None => {
-            warn!(
-                "core {}: next link '{url}' is not http:// or a path",
-                shard.index
-            );
-            return None;
-        }
-    };
+    let (addr, path) = link_addr(shard, ctx, url)?;
     let mut req = Vec::with_capacity(256);
     let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
     let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));

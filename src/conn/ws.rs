@@ -58,12 +58,6 @@ fn switching(head: &RequestHead, protocol: Option<&[u8]>, extensions: Option<&st
     out
 }
 
-fn frame(op: Opcode, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 10);
-    ws::write_frame(&mut out, true, op, payload, None);
-    out
-}
-
 fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = Vec::new();
     ws::write_close(&mut out, code, reason, mask);
@@ -223,46 +217,115 @@ fn grip_extension(value: Option<&[u8]>) -> (Option<GripExt>, String) {
     (grip, rest.join(", "))
 }
 
-/// What a GRIP control message asks for.
-fn control(shard: &Shard, sub: &Rc<Sub>, prefix: &str, json: &[u8], detached: &mut bool) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
-        warn!("core {}: ignoring an invalid control message", shard.index);
-        return;
-    };
-    let channel = v
-        .get("channel")
-        .and_then(|c| c.as_str())
-        .map(|c| format!("{prefix}{c}"));
-    match (v.get("type").and_then(|t| t.as_str()), channel) {
-        (Some("subscribe"), Some(ch)) => {
-            let mut chans = sub.channels.borrow().clone();
-            if !chans.contains(&ch) && chans.len() < shard.cfg.grip.max_channels {
-                chans.push(ch);
-                shard.subs.set_channels(sub, chans);
+/// The filter state of a WebSocket's channels after a change: every
+/// channel (named without the route's prefix, as the backend named it),
+/// with the filters it was subscribed with.
+fn ws_chans(
+    sub: &Sub,
+    prefix: &str,
+    channels: &[String],
+    set: Option<(&str, crate::codec::filter::Filters)>,
+) -> Vec<crate::subs::ChanState> {
+    let old = sub.chans.borrow();
+    channels
+        .iter()
+        .map(|ch| {
+            let filters = match &set {
+                Some((c, f)) if c == ch => f.clone(),
+                _ => old
+                    .iter()
+                    .find(|o| &o.channel == ch)
+                    .map(|o| o.filters.clone())
+                    .unwrap_or_default(),
+            };
+            crate::subs::ChanState {
+                channel: ch.clone(),
+                name: ch.strip_prefix(prefix).unwrap_or(ch).to_string(),
+                filters,
+                prev_id: None,
             }
+        })
+        .collect()
+}
+
+/// Acts on a GRIP control message. One corepin cannot act on (invalid,
+/// unknown, a field it does not know) is logged with the reason and
+/// otherwise dropped, as Pushpin drops it (there, silently).
+fn control(shard: &Shard, sub: &Rc<Sub>, prefix: &str, json: &[u8], detached: &mut bool) {
+    use crate::codec::wscontrol::{self, Control};
+    let c = match wscontrol::parse(json) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(
+                "core {}: a GRIP control message from the backend was not acted on: {e}",
+                shard.index
+            );
+            return;
         }
-        (Some("unsubscribe"), Some(ch)) => {
-            let chans = sub
+    };
+    match c {
+        Control::Subscribe { channel, filters } => {
+            let ch = format!("{prefix}{channel}");
+            let mut chans = sub.channels.borrow().clone();
+            if !chans.contains(&ch) {
+                if chans.len() >= shard.cfg.grip.max_channels {
+                    warn!(
+                        "core {}: subscribe to {channel:?} refused: the connection has {} channels (grip.max_channels)",
+                        shard.index,
+                        chans.len()
+                    );
+                    return;
+                }
+                chans.push(ch.clone());
+                shard.subs.set_channels(sub, chans.clone());
+            }
+            let states = ws_chans(sub, prefix, &chans, Some((&ch, filters)));
+            shard.subs.set_chans(sub, states);
+        }
+        Control::Unsubscribe { channel } => {
+            let ch = format!("{prefix}{channel}");
+            let chans: Vec<String> = sub
                 .channels
                 .borrow()
                 .iter()
                 .filter(|c| **c != ch)
                 .cloned()
                 .collect();
-            shard.subs.set_channels(sub, chans);
+            shard.subs.set_channels(sub, chans.clone());
+            let states = ws_chans(sub, prefix, &chans, None);
+            shard.subs.set_chans(sub, states);
         }
-        (Some("detach"), _) => *detached = true,
-        (Some("keep-alive"), _) => {
-            let timeout = v.get("timeout").and_then(|t| t.as_u64()).unwrap_or(0) as u32;
-            let data = v.get("content").and_then(|c| c.as_str()).unwrap_or("");
-            *sub.keep_alive.borrow_mut() = (timeout > 0).then(|| crate::codec::grip::KeepAlive {
-                data: Bytes::from(frame(Opcode::Text, data.as_bytes())),
-                timeout,
-                mode: crate::codec::grip::KeepAliveMode::Idle,
-            });
+        Control::Detach => *detached = true,
+        Control::Session { .. } => warn!(
+            "core {}: control message session: not supported (it only keys Pushpin's optional state service, which corepin does not have)",
+            shard.index
+        ),
+        Control::SetMeta { name, value } => {
+            let mut meta = sub.meta.borrow_mut();
+            match value {
+                Some(v) => {
+                    if let Err(e) = crate::codec::grip::set_meta(&mut meta, &name, &v, "set-meta") {
+                        warn!("core {}: {e}", shard.index);
+                    }
+                }
+                None => meta.retain(|(k, _)| *k != name),
+            }
+        }
+        Control::KeepAlive(ka) => {
+            *sub.keep_alive.borrow_mut() =
+                ka.map(|(m, timeout, mode)| crate::codec::grip::KeepAlive {
+                    data: m.frame(),
+                    timeout,
+                    mode,
+                });
             shard.subs.retime(sub);
         }
-        (t, _) => debug!("core {}: unhandled control message {t:?}", shard.index),
+        Control::SendDelayed { message, timeout } => {
+            shard
+                .subs
+                .send_delayed(sub, message.frame(), Duration::from_secs(u64::from(timeout)));
+        }
+        Control::FlushDelayed => shard.subs.flush_delayed(sub),
     }
 }
 
@@ -1085,6 +1148,8 @@ async fn session_loop(
                 end_after = true;
             }
             Io::Timer => {} // keep-alive: an empty request
+            // A published refresh: a request now, empty if nothing waits.
+            Io::Sub(Msg::Refresh) => refresh = true,
             Io::Dropped => {
                 drop_client(s.shard, c);
                 pending.push(WsEvent::Disconnect);
@@ -1096,40 +1161,57 @@ async fn session_loop(
         if pending.is_empty() && !refresh && !matches!(deadline, Some(d) if Instant::now() >= d) {
             continue;
         }
-        if end_after {
-            // The client's part is over (its close frame is sent): end the
-            // connection now rather than after the backend has answered
-            // the last event. A client waits for the server to close the
-            // TCP connection after a close frame (RFC 6455 §7.1.1), and a
-            // slow backend must not keep it waiting.
-            c.conn.close().await;
-        }
-        let (reply, ended) = post_delivering(s, c, sub, &pending, !end_after).await;
-        if let Some(last) = ended {
-            // The session ended while the request was in flight (a
-            // published close, or the client failed): tell the backend.
-            let _ = s.post(c.peer, &[last]).await;
-            return outcome(101, 0, &target);
-        }
-        match reply {
-            Some(reply) if is_events(&reply.resp) => {
-                s.absorb(&reply.resp);
-                let evs = wsevents::decode(&reply.body).unwrap_or_default();
-                if end_after {
-                    return outcome(101, 0, &target);
-                }
-                if let After::Close = apply(s, c, sub, evs, &mut detached).await {
-                    return outcome(101, 0, &target);
-                }
+        // `one_event` targets get one event per request (Pushpin 1.28's
+        // intent; 1.41 batches empty messages in front of one with
+        // content); otherwise every pending event goes in one request.
+        let one_event = s
+            .route
+            .targets
+            .iter()
+            .any(|t| matches!(t, Target::Backend(b) if b.one_event));
+        let batches: Vec<Vec<WsEvent>> = if one_event && pending.len() > 1 {
+            pending.into_iter().map(|e| vec![e]).collect()
+        } else {
+            vec![pending]
+        };
+        let count = batches.len();
+        for (i, batch) in batches.into_iter().enumerate() {
+            let end_after = end_after && i + 1 == count;
+            if end_after {
+                // The client's part is over (its close frame is sent): end
+                // the connection now rather than after the backend has
+                // answered the last event. A client waits for the server
+                // to close the TCP connection after a close frame (RFC 6455
+                // §7.1.1), and a slow backend must not keep it waiting.
+                c.conn.close().await;
             }
-            _ => {
-                if !end_after {
-                    let _ = c
-                        .conn
-                        .write_all(&close_frame(1011, "upstream went away", None))
-                        .await;
-                }
+            let (reply, ended) = post_delivering(s, c, sub, &batch, !end_after).await;
+            if let Some(last) = ended {
+                // The session ended while the request was in flight (a
+                // published close, or the client failed): tell the backend.
+                let _ = s.post(c.peer, &[last]).await;
                 return outcome(101, 0, &target);
+            }
+            match reply {
+                Some(reply) if is_events(&reply.resp) => {
+                    s.absorb(&reply.resp);
+                    let evs = wsevents::decode(&reply.body).unwrap_or_default();
+                    if end_after {
+                        return outcome(101, 0, &target);
+                    }
+                    if let After::Close = apply(s, c, sub, evs, &mut detached).await {
+                        return outcome(101, 0, &target);
+                    }
+                }
+                _ => {
+                    if !end_after {
+                        let _ = c
+                            .conn
+                            .write_all(&close_frame(1011, "upstream went away", None))
+                            .await;
+                    }
+                    return outcome(101, 0, &target);
+                }
             }
         }
     }

@@ -106,14 +106,14 @@ fn requests_to_backends() {
     for (r, want) in [
         (
             to_backend(&get, Purpose::Proxy),
-            "GET /a?b HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.com\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.0 edge, 1.1 corepin\r\nGrip-Feature: status, link:next, filter:skip-self, filter:require-sub\r\n\r\n",
+            "GET /a?b HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.com\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.0 edge, 1.1 corepin\r\nGrip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst\r\n\r\n",
         ),
         (
             BackendRequest {
                 grip: Some(Some("tok")),
                 ..to_backend(&post, Purpose::Proxy)
             },
-            "POST /p HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nGrip-Sig: tok\r\nGrip-Feature: status, link:next, filter:skip-self, filter:require-sub\r\nContent-Length: 3\r\n\r\n",
+            "POST /p HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nGrip-Sig: tok\r\nGrip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst\r\nContent-Length: 3\r\n\r\n",
         ),
         (
             BackendRequest {
@@ -139,7 +139,7 @@ fn requests_to_backends() {
         ),
         (
             over_http,
-            "POST /ws HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nGrip-Feature: status, link:next, filter:skip-self, filter:require-sub\r\nContent-Type: application/websocket-events\r\nAccept: application/websocket-events\r\nConnection-Id: c1\r\nContent-Length: 12\r\nMeta-User: alice\r\n\r\n",
+            "POST /ws HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nGrip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst\r\nContent-Type: application/websocket-events\r\nAccept: application/websocket-events\r\nConnection-Id: c1\r\nContent-Length: 12\r\nMeta-User: alice\r\n\r\n",
         ),
     ] {
         assert_eq!(written(&r), want);
@@ -283,7 +283,13 @@ fn small_answers() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out),
-        "GET /next HTTP/1.1\r\nHost: example.com\r\nGrip-Last: a; last-id=3\r\nGrip-Last: b; last-id=x\r\nGrip-Sig: t\r\nGrip-Feature: status, link:next, filter:skip-self, filter:require-sub\r\n\r\n"
+        format!("GET /next HTTP/1.1\r\nHost: example.com\r\nGrip-Last: a; last-id=3\r\nGrip-Last: b; last-id=x\r\nGrip-Sig: t\r\nGrip-Feature: {GRIP_FEATURES}\r\n\r\n")
+    );
+    let mut out = Vec::new();
+    write_gone_request(&mut out, "/gone/1", b"example.com", None);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("POST /gone/1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\nGrip-Feature: {GRIP_FEATURES}\r\n\r\n")
     );
     for (keep, http10, want) in [
         (false, false, "Connection: close\r\n"),
