@@ -13,20 +13,20 @@
 //! backlog is over its bound).
 
 use std::borrow::Cow;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
 use base64::Engine;
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use crate::buf::{InBuf, BUF_SIZE};
+use crate::buf::BUF_SIZE;
 use crate::bus::{Refused, Reservation, ITEM_OVERHEAD};
-use crate::codec::http1::{self, parse_request, BodyKind, RequestHead};
+use crate::codec::heads;
+use crate::codec::http1::{parse_request, BodyKind, RequestHead};
 use crate::codec::publish::Parser;
 use crate::config::PublishAuth;
 use crate::conn::body::{OutFraming, Relay, RelayError};
+use crate::connection::{Connection, ReadError};
 use crate::shard::Shard;
 
 /// Items parsed between checks for other work, and handed to the bus at a
@@ -86,16 +86,6 @@ impl Reply {
             out.extend_from_slice(bytes);
             return;
         }
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
-            self.status,
-            http1::reason_phrase(self.status),
-            self.content_type
-        );
-        for (n, v) in &self.extra {
-            let _ = write!(out, "{n}: {v}\r\n");
-        }
         let body: &[u8] = match self.fixed {
             // A fixed answer on a closing connection: its body after the head.
             Some(bytes) => bytes
@@ -104,19 +94,13 @@ impl Reply {
                 .map_or(&[][..], |i| &bytes[i + 4..]),
             None => self.body.as_bytes(),
         };
-        let _ = write!(out, "Content-Length: {}\r\n", body.len());
-        if !keep {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
+        heads::write_control_answer(out, self.status, self.content_type, &self.extra, body, keep);
     }
 }
 
 /// A control connection's reusable state.
 struct Conn {
-    stream: TcpStream,
-    inbuf: InBuf,
+    conn: Connection,
     /// Answers not yet written (pipelined requests are answered together).
     out: Vec<u8>,
     /// A publish body that did not arrive with its head.
@@ -129,7 +113,7 @@ impl Conn {
         if self.out.is_empty() {
             return true;
         }
-        let ok = self.stream.write_all(&self.out).await.is_ok();
+        let ok = self.conn.write_all(&self.out).await.is_ok();
         self.out.clear();
         if self.out.capacity() > 4 * OUT_MAX {
             self.out = Vec::new();
@@ -140,42 +124,44 @@ impl Conn {
 
 /// Serves one control connection (keep-alive, requests in order).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
     let t = &shard.cfg.timeouts;
-    let _ = stream.set_write_timeout(Some(t.client_write));
+    let conn = Connection::tcp(stream, shard.bufs.clone());
+    conn.set_nodelay();
+    conn.set_write_timeout(Some(t.client_write));
     let mut c = Conn {
-        stream,
-        inbuf: InBuf::new(shard.bufs.clone()),
+        conn,
         out: Vec::new(),
         body: Vec::new(),
     };
     let limits = shard.cfg.limits.head;
+    let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
+    let parse = |b: &[u8]| parse_request(b, &limits);
     loop {
-        let head = loop {
-            match parse_request(c.inbuf.data(), &limits) {
-                Ok(Some((n, head))) => {
-                    c.inbuf.consume(n);
-                    break Ok(head);
+        let head = match parse(c.conn.input()) {
+            Ok(Some((n, head))) => {
+                c.conn.consume(n);
+                Ok(head)
+            }
+            Err(e) => Err(Reply::text(e.status(), e.reason())),
+            Ok(None) => {
+                // Nothing more to answer without reading: send what is
+                // gathered, then wait (idle) for a request to start.
+                if !c.flush().await {
+                    return;
                 }
-                Ok(None) => {}
-                Err(e) => break Err(Reply::text(e.status(), e.reason())),
-            }
-            // Nothing more to answer without reading: send what is gathered.
-            if !c.flush().await {
-                return;
-            }
-            let _ = c.stream.set_read_timeout(Some(if c.inbuf.is_empty() {
-                t.client_idle
-            } else {
-                t.client_header
-            }));
-            match c
-                .inbuf
-                .fill(&mut c.stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
-                .await
-            {
-                Ok(n) if n > 0 => {}
-                _ => return,
+                if !c.conn.has_input() {
+                    c.conn.set_read_timeout(Some(t.client_idle));
+                    match c.conn.fill(max).await {
+                        Ok(n) if n > 0 => {}
+                        _ => return,
+                    }
+                }
+                c.conn.set_read_timeout(Some(t.client_header));
+                match c.conn.read_head(max, None, parse).await {
+                    Ok(head) => Ok(head),
+                    Err(ReadError::Parse(e)) => Err(Reply::text(e.status(), e.reason())),
+                    Err(_) => return,
+                }
             }
         };
         let (reply, keep) = match head {
@@ -189,10 +175,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         if !keep {
             let _ = c.flush().await;
             debug!("control: closing {peer}");
-            crate::conn::http::linger_close(&mut c.stream, &mut c.inbuf).await;
+            c.conn.linger_close().await;
             return;
         }
-        if (c.inbuf.is_empty() || c.out.len() >= OUT_MAX) && !c.flush().await {
+        if (!c.conn.has_input() || c.out.len() >= OUT_MAX) && !c.flush().await {
             return;
         }
     }
@@ -213,8 +199,12 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
         }
         "/metrics" if head.method() == "GET" => {
             shard.publish_snapshot();
-            let text =
-                crate::metrics::render(&shard.board().all(), &shard.bus.stats, shard.draining());
+            let text = crate::metrics::render(
+                &shard.board().all(),
+                &shard.bus.stats,
+                shard.draining(),
+                &shard.cfg.metrics_pushpin_prefix,
+            );
             let mut r = Reply::text(200, text);
             r.content_type = "text/plain; version=0.0.4";
             return (r, no_body);
@@ -222,6 +212,33 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
         "/health" | "/metrics" => {
             let mut r = Reply::text(405, "method not allowed\n");
             r.extra.push(("Allow", "GET".into()));
+            return (r, no_body);
+        }
+        // Pushpin's recover command: held HTTP subscribers re-fetch from
+        // their backends (streams their next link, long-polls their
+        // request), the channels' last ids forgotten.
+        "/recover" | "/recover/" if head.method() == "POST" => {
+            if let Err(r) = authorize(&shard.cfg.publish.auth, head) {
+                return (r, no_body);
+            }
+            shard.bus.recover();
+            let wants_json = head
+                .fields
+                .get("accept")
+                .is_some_and(|a| String::from_utf8_lossy(a).contains("application/json"));
+            let mut r = if wants_json {
+                Reply::text(200, "{\"message\":\"Updated\"}\n")
+            } else {
+                Reply::text(200, "Updated\n")
+            };
+            if wants_json {
+                r.content_type = "application/json";
+            }
+            return (r, no_body);
+        }
+        "/recover" | "/recover/" => {
+            let mut r = Reply::text(405, "method not allowed\n");
+            r.extra.push(("Allow", "POST".into()));
             return (r, no_body);
         }
         _ => return (Reply::text(404, "not found\n"), no_body),
@@ -257,12 +274,12 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
     // where it lies, and refused or not, the connection stays usable.
     if let BodyKind::Length(n) = head.body {
         let n = n as usize;
-        if n <= c.inbuf.len() {
+        if n <= c.conn.input_len() {
             let r = match admit(shard, n) {
-                Ok(budget) => publish(shard, &c.inbuf.data()[..n], budget, ok).await,
+                Ok(budget) => publish(shard, &c.conn.input()[..n], budget, ok).await,
                 Err(refused) => Reply::refused(&refused),
             };
-            c.inbuf.consume(n);
+            c.conn.consume(n);
             return (r, true);
         }
     }
@@ -280,16 +297,10 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
     if !c.flush().await {
         return (Reply::text(400, "connection lost\n"), false);
     }
-    if head.expect_continue
-        && c.stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-    {
+    if head.expect_continue && c.conn.write_all(heads::CONTINUE).await.is_err() {
         return (Reply::text(400, "connection lost\n"), false);
     }
-    let _ = c
-        .stream
+    c.conn
         .set_read_timeout(Some(shard.cfg.timeouts.client_body));
     let mut body = std::mem::take(&mut c.body);
     body.clear();
@@ -299,13 +310,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
         out: &mut out,
         limit: max,
     }
-    .run(
-        &mut c.stream,
-        &mut c.inbuf,
-        &mut body,
-        head.body,
-        OutFraming::Raw,
-    )
+    .run(&mut c.conn, &mut body, head.body, OutFraming::Raw)
     .await;
     let answer = match r {
         Ok(_) => (publish(shard, &body, budget, ok).await, true),

@@ -1,6 +1,7 @@
 //! HS256 JSON Web Tokens, as GRIP uses them: `Grip-Sig` on requests to
 //! backends (claims `iss` and `exp`) and `Authorization: Bearer` on the
-//! publish API. Only HS256 is accepted when verifying.
+//! publish API. Only HS256 is accepted when verifying. A core signs
+//! through its [`Signer`], which keeps each token for a minute.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -8,6 +9,64 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// A key requests are signed with, and the issuer its tokens name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigKey {
+    pub key: Vec<u8>,
+    pub iss: String,
+}
+
+/// One core's `Grip-Sig` signing: the configured default key and issuer,
+/// and the tokens made lately. A token is valid for an hour and reused for
+/// a minute, so signing costs one HMAC per minute per key, not one per
+/// request. Plain per-core data.
+pub struct Signer {
+    default_key: Option<Vec<u8>>,
+    default_iss: String,
+    /// (key, expiry, token).
+    cache: std::cell::RefCell<Vec<(SigKey, u64, String)>>,
+}
+
+impl Signer {
+    /// `grip.sig_key` and `grip.sig_iss`: what routes without their own
+    /// sign with.
+    pub fn new(default_key: Option<Vec<u8>>, default_iss: String) -> Signer {
+        Signer {
+            default_key,
+            default_iss,
+            cache: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The key requests on a route sign with: the route's `sig_key` and
+    /// `sig_iss`, each falling back to the default; none when there is no
+    /// key at all.
+    pub fn key_for(&self, key: Option<&[u8]>, iss: Option<&str>) -> Option<SigKey> {
+        let key = key
+            .map(<[u8]>::to_vec)
+            .or_else(|| self.default_key.clone())?;
+        let iss = iss.unwrap_or(&self.default_iss).to_string();
+        Some(SigKey { key, iss })
+    }
+
+    /// A token for `key`, good for at least 59 more minutes.
+    pub fn token(&self, key: &SigKey) -> String {
+        let now = now();
+        let mut cache = self.cache.borrow_mut();
+        if let Some((_, _, t)) = cache
+            .iter()
+            .find(|(k, exp, _)| k == key && *exp > now + 3540)
+        {
+            return t.clone();
+        }
+        let exp = now + 3600;
+        let t = sign(&key.key, &key.iss, exp);
+        cache.retain(|(k, _, _)| k != key);
+        cache.push((key.clone(), exp, t.clone()));
+        t
+    }
+}
 
 /// Key text as configured: `base64:...` is decoded, anything else is used
 /// as its bytes (Pushpin's convention).
@@ -104,6 +163,23 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signer_reuses_its_tokens_and_falls_back_to_the_defaults() {
+        let s = Signer::new(Some(b"dflt".to_vec()), "corepin".into());
+        assert_eq!(Signer::new(None, "x".into()).key_for(None, None), None);
+        let d = s.key_for(None, None).expect("default key");
+        assert_eq!(
+            (d.key.as_slice(), d.iss.as_str()),
+            (&b"dflt"[..], "corepin")
+        );
+        let r = s.key_for(Some(b"route"), Some("app")).expect("route key");
+        assert_eq!((r.key.as_slice(), r.iss.as_str()), (&b"route"[..], "app"));
+        let t = s.token(&d);
+        assert_eq!(s.token(&d), t, "reused");
+        assert!(verify(&t, b"dflt", Some("corepin"), now()).is_ok());
+        assert!(verify(&s.token(&r), b"route", Some("app"), now()).is_ok());
+    }
 
     #[test]
     fn round_trip_and_refusals() {

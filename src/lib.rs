@@ -1,9 +1,28 @@
 //! corepin: a thread-per-core realtime reverse proxy speaking GRIP.
 //!
-//! Leaves (no IO): `codec`, `config`, `route`, `cli`, `pushpin_conf`. Runtime-facing
-//! (glommio types live only here): `buf`, `conn`, `upstream`, `shard`,
-//! `server`, `testtarget`, `uring` (corepin's own per-core io_uring data
-//! path). `tls` takes any stream and a timer future.
+//! The module map (dependencies flow from the leaves up):
+//!
+//! - Leaves, no IO: `codec` (HTTP/1.1, chunked, WebSocket, GRIP
+//!   instructions, publish items, every head corepin writes), `config`
+//!   (file -> validated `Config`), `route` (routes file and selection),
+//!   `cli` (arguments), `pushpin_conf` (reading a `pushpin.conf`), `jwt`
+//!   (Grip-Sig and publish tokens), `log`, `stats` and `metrics` (per-core
+//!   counters, Prometheus text), `tls` (certificates, rustls configs, a
+//!   sans-IO TLS stream over any transport; not yet served).
+//! - Cross-core: `bus` (publishes fanned out to every core's inbox),
+//!   `subs` (a core's subscriptions and their bounded queues).
+//! - Runtime-facing (glommio types live only here): `buf` (pooled read
+//!   buffers), `connection` (the one type that touches a socket),
+//!   `upstream` (backend connections, failover, the idle pool), `conn`
+//!   (per-connection drivers: HTTP, GRIP holds, WebSocket), `control`
+//!   (the publish HTTP API), `testtarget`, `shard` (one core's accept
+//!   loops, connections and wake-ups), `server` (executors and signals),
+//!   `uring` (corepin's own per-core io_uring driver; not yet serving
+//!   connections).
+//! - Plain threads: `control_socket` (the Unix control socket), `watch`
+//!   (routes-file reloads), `memtrim` (giving memory back after a peak),
+//!   `client` (the `corepin publish`/`stats` commands), `zmq_sockets`
+//!   (Pushpin's ZeroMQ interfaces).
 
 #[macro_use]
 pub mod log;
@@ -14,6 +33,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod conn;
+pub mod connection;
 pub mod control;
 pub mod control_socket;
 pub mod jwt;
@@ -30,3 +50,5 @@ pub mod tls;
 pub mod upstream;
 pub mod uring;
 pub mod watch;
+#[cfg(feature = "zmq")]
+pub mod zmq_sockets;

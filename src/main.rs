@@ -137,6 +137,11 @@ fn main() -> ExitCode {
                 eprintln!("corepin: {e}");
                 return ExitCode::from(2);
             }
+            // Once corepin can run: an environment it cannot run in is
+            // reported alone.
+            if cfg.grip.public_default_key {
+                corepin::warn!("{}", corepin::config::PUBLIC_KEY_WARNING);
+            }
             // The system allocator, with freed memory given back after
             // peaks (src/memtrim.rs says why not another allocator).
             corepin::memtrim::spawn();

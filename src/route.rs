@@ -15,6 +15,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::codec::heads::{BackendRequest, ForwardPolicy, Purpose};
+use crate::codec::http1::RequestHead;
 use crate::codec::uri::normalize_path;
 
 /// Which protocol a route condition accepts (`proto=`).
@@ -68,19 +70,7 @@ pub struct RequestEdits {
     pub grip: bool,
 }
 
-/// One `header=NAME:VALUE`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderEdit {
-    pub name: String,
-    /// Empty: the field is removed.
-    pub value: String,
-    /// The name lower-cased with `_` and `.` as `-`: client fields that a
-    /// CGI server would map to the same variable are replaced too.
-    pub cgi_name: String,
-}
-
-/// The name prefix Pushpin gives the copies of a client's original fields.
-pub const ORIG_MARK: &str = "eb9bf0f5-";
+pub use crate::codec::heads::{HeaderEdit, ORIG_MARK};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -117,6 +107,33 @@ impl Backend {
     /// target's `host=`, else the route's `as_host=`.
     pub fn send_host(&self) -> Option<&str> {
         self.host.as_deref().or(self.edits.as_host.as_deref())
+    }
+
+    /// The head of a request to this target for a client's request
+    /// (`path` after the route's rewrite), shaped by this target and its
+    /// route's edits; `codec::heads` encodes it.
+    pub fn request<'a>(
+        &'a self,
+        client: &'a RequestHead,
+        purpose: Purpose<'a>,
+        path: &'a str,
+        peer_ip: &'a str,
+        forwarding: ForwardPolicy,
+        grip: Option<Option<&'a str>>,
+    ) -> BackendRequest<'a> {
+        BackendRequest {
+            client,
+            purpose,
+            path,
+            addr: &self.addr,
+            send_host: self.send_host(),
+            over_http: self.over_http,
+            edits: &self.edits.headers,
+            orig_headers: self.edits.orig_headers,
+            peer_ip,
+            forwarding,
+            grip,
+        }
     }
 }
 
@@ -634,6 +651,11 @@ fn parse_target(s: Section, edits: &Arc<RequestEdits>) -> Result<Parsed, RouteEr
     if insecure && !ssl {
         return err(format!("target '{val}': 'insecure' needs 'ssl'"));
     }
+    if one_event && !over_http {
+        return err(format!(
+            "target '{val}': 'one_event' needs 'over_http' (it shapes WebSocket-over-HTTP requests)"
+        ));
+    }
     if trust_connect_host && !ssl {
         return err(format!("target '{val}': 'trust_connect_host' needs 'ssl'"));
     }
@@ -964,13 +986,6 @@ impl Route {
                             tp,
                             "untrusted",
                             "corepin has no outbound address policy (Pushpin then refuses internal addresses for this target); corepin would connect anyway",
-                        );
-                    }
-                    if b.one_event {
-                        return not_yet(
-                            tp,
-                            "one_event",
-                            "WebSocket-over-HTTP requests carry every pending event",
                         );
                     }
                     if b.ipc_file_mode.is_some() {
@@ -1487,10 +1502,12 @@ mod tests {
             ("*,jsonp_mode=odd a:1", "basic or extended"),
             ("*\ta:1", "tab"),
             ("*,path_beg=/\u{1}x a:1", "control character"),
+            ("* a:1,one_event", "'one_event' needs 'over_http'"),
         ] {
             let e = parse_line(line).expect_err(line).0;
             assert!(e.contains(needle), "{line}: {e}");
         }
+        assert!(parse_line("* a:1,over_http,one_event").is_ok_and(|r| r.is_some()));
         let e = Routes::parse(["* a:1", "*,x=1 a:1"]).expect_err("bad line");
         assert!(e.0.starts_with("line 2:"), "{e}");
     }
@@ -1512,7 +1529,6 @@ mod tests {
                 "target property `trust_connect_host`",
             ),
             ("* a:1,untrusted", "target property `untrusted`"),
-            ("* a:1,one_event", "target property `one_event`"),
             ("* a:1,ipc_file_mode=777", "`ipc_file_mode` applies only"),
             ("*,no_grip a:1,over_http", "`no_grip`"),
         ] {

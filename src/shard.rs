@@ -1,13 +1,13 @@
 //! One core's world: its listeners, its connections, its upstream pool, its
 //! buffers and counters. Everything here is `Rc`/`Cell`: a shard is never
-//! touched by another thread. Shards hear from the outside (signals, and
-//! later publishes) through a wake socket.
+//! touched by another thread. Shards hear from the outside (signals,
+//! reloads, drains, publishes from other cores) through a wake socket.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -23,7 +23,7 @@ use glommio::{Latency, Shares};
 use crate::buf::BufPool;
 use crate::bus::{Bus, CoreInbox, WAKE_PUBLISH};
 use crate::config::{Config, Level};
-use crate::control_socket::{Command, WAKE_COMMAND};
+use crate::control_socket::{Command, Refresh, WAKE_COMMAND};
 use crate::log::{AccessEntry, AccessLog};
 use crate::route::Routes;
 use crate::stats::{Board, Counters, Snapshot};
@@ -231,16 +231,17 @@ pub struct Shard {
     pub stats: Counters,
     pub subs: Registry,
     board: Arc<Board>,
-    /// WebSocket-over-HTTP sessions open here, by Connection-Id.
-    pub ws_sessions: RefCell<std::collections::HashSet<String>>,
+    /// WebSocket-over-HTTP sessions open here, by Connection-Id, with
+    /// their subscriber (for `conncheck` and `refresh`).
+    pub ws_sessions: RefCell<HashMap<String, Rc<crate::subs::Sub>>>,
     pub bus: Arc<Bus>,
     /// Wakes this core's delivery task when a publish made here queued
     /// items for this core (no wake byte, no syscall).
     kick: Kick,
     /// The latency-sensitive task queue of the control API and publishes.
     control_queue: Cell<Option<glommio::TaskQueueHandle>>,
-    /// Grip-Sig tokens, renewed each minute.
-    sig_cache: RefCell<Vec<SigToken>>,
+    /// Grip-Sig signing, with its tokens renewed each minute.
+    pub signer: crate::jwt::Signer,
     conn_limit: Arc<ConnLimit>,
     /// Descriptors in reserve for the file limit: one to refuse client
     /// connections with, one to serve control connections with.
@@ -250,12 +251,6 @@ pub struct Shard {
     refuse_log: RateLog,
     lingering_refusals: Cell<usize>,
 }
-
-/// A cached Grip-Sig token: key, issuer, expiry, token.
-type SigToken = (Vec<u8>, String, u64, String);
-
-/// The capabilities announced to backends in `Grip-Feature`.
-pub const GRIP_FEATURES: &str = "status, link:next, filter:skip-self, filter:require-sub";
 
 impl Shard {
     pub fn new(
@@ -270,11 +265,16 @@ impl Shard {
         Rc::new(Shard {
             index,
             routes: RefCell::new(Rc::new(cfg.routes.clone())),
-            pool: Pool::new(cfg.max_idle_per_target, bufs.clone()),
+            pool: Pool::new(cfg.max_idle_per_target, bufs.clone(), index),
             bufs,
             conns: Conns::default(),
             draining: Cell::new(false),
-            access_log: access.then(|| RefCell::new(AccessLog::default())),
+            access_log: access.then(|| {
+                RefCell::new(AccessLog::new(
+                    cfg.access_log_client,
+                    cfg.access_log_user_agent,
+                ))
+            }),
             stats: Counters::default(),
             subs: Registry::new(
                 QueueLimits {
@@ -285,10 +285,10 @@ impl Shard {
                 index,
             ),
             board,
-            ws_sessions: RefCell::new(std::collections::HashSet::new()),
+            ws_sessions: RefCell::new(HashMap::new()),
             bus,
             kick: Kick::default(),
-            sig_cache: RefCell::new(Vec::new()),
+            signer: crate::jwt::Signer::new(cfg.grip.sig_key.clone(), cfg.grip.sig_iss.clone()),
             control_queue: Cell::new(None),
             conn_limit,
             spare_client: Spare::open(),
@@ -307,48 +307,6 @@ impl Shard {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         format!("{:x}-{}-{:x}", t, self.index, n)
-    }
-
-    /// The signing key and issuer for requests on `route`, if any.
-    pub fn sig_for(&self, route: &crate::route::Route) -> Option<(Vec<u8>, String)> {
-        let key = route
-            .sig_key
-            .clone()
-            .or_else(|| self.cfg.grip.sig_key.clone())?;
-        let iss = route
-            .sig_iss
-            .clone()
-            .unwrap_or_else(|| self.cfg.grip.sig_iss.clone());
-        Some((key, iss))
-    }
-
-    /// Appends `Grip-Sig` (when signing) and `Grip-Feature`. A token is
-    /// valid for an hour and reused for a minute, so signing costs one
-    /// HMAC per minute per key, not one per request.
-    pub fn write_grip_headers(&self, out: &mut Vec<u8>, sig: Option<&(Vec<u8>, String)>) {
-        if let Some((key, iss)) = sig {
-            let now = crate::jwt::now();
-            let mut cache = self.sig_cache.borrow_mut();
-            let hit = cache
-                .iter()
-                .position(|(k, i, exp, _)| k == key && i == iss && *exp > now + 3540);
-            let token = match hit {
-                Some(i) => cache[i].3.clone(),
-                None => {
-                    let exp = now + 3600;
-                    let t = crate::jwt::sign(key, iss, exp);
-                    cache.retain(|(k, i, _, _)| !(k == key && i == iss));
-                    cache.push((key.clone(), iss.clone(), exp, t.clone()));
-                    t
-                }
-            };
-            out.extend_from_slice(b"Grip-Sig: ");
-            out.extend_from_slice(token.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"Grip-Feature: ");
-        out.extend_from_slice(GRIP_FEATURES.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
 
     /// Hands items published on this core to the bus; when some are for
@@ -465,8 +423,18 @@ impl Shard {
                 }
                 Command::Conncheck(ids, reply) => {
                     let here = self.ws_sessions.borrow();
-                    let found = ids.into_iter().filter(|i| here.contains(i)).collect();
+                    let found = ids.into_iter().filter(|i| here.contains_key(i)).collect();
                     let _ = reply.send(found);
+                }
+                Command::Refresh(target, reply) => {
+                    let n = match target {
+                        Refresh::Cid(id) => match self.ws_sessions.borrow().get(&id) {
+                            Some(sub) => self.subs.refetch(sub),
+                            None => 0,
+                        },
+                        Refresh::Channel(ch) => self.subs.refresh_channel(&ch),
+                    };
+                    let _ = reply.send(n);
                 }
             }
         }
@@ -710,18 +678,21 @@ impl Kick {
     }
 }
 
-/// Runs one connection's task so that a panic in it (a bug: input never
-/// should cause one) ends only that task; the connection's guards (its
-/// count, its subscription, its socket) are released as it unwinds, the
-/// panic hook has printed the message and place, and `on_panic` runs.
-/// The core goes on serving every other connection.
-///
-/// A hand-written future rather than an `async fn` around `catch_unwind`:
-/// an async fn would keep its argument and the future made from it side by
-/// side, doubling every idle connection's task allocation.
-struct Contained<F, P> {
-    task: F,
-    on_panic: Option<P>,
+pin_project_lite::pin_project! {
+    /// Runs one connection's task so that a panic in it (a bug: input never
+    /// should cause one) ends only that task; the connection's guards (its
+    /// count, its subscription, its socket) are released as it unwinds, the
+    /// panic hook has printed the message and place, and `on_panic` runs.
+    /// The core goes on serving every other connection.
+    ///
+    /// A hand-written future rather than an `async fn` around `catch_unwind`:
+    /// an async fn would keep its argument and the future made from it side by
+    /// side, doubling every idle connection's task allocation.
+    struct Contained<F, P> {
+        #[pin]
+        task: F,
+        on_panic: Option<P>,
+    }
 }
 
 fn contained<F: Future<Output = ()>, P: FnOnce()>(task: F, on_panic: P) -> Contained<F, P> {
@@ -735,11 +706,8 @@ impl<F: Future<Output = ()>, P: FnOnce()> Future for Contained<F, P> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // SAFETY: `task` is pinned with `self` (never moved out of it, and
-        // `Contained` has no Drop that could move it); `on_panic` is never
-        // treated as pinned.
-        let this = unsafe { self.get_unchecked_mut() };
-        let task = unsafe { Pin::new_unchecked(&mut this.task) };
+        let this = self.project();
+        let task = this.task;
         match std::panic::catch_unwind(AssertUnwindSafe(|| task.poll(cx))) {
             Ok(p) => p,
             Err(_) => {
@@ -818,16 +786,8 @@ fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
     }
     let mut out = Vec::with_capacity(160);
     crate::codec::http1::write_simple_response(&mut out, 503, body, true);
-    // SAFETY: send on the accepted socket, owned here, from a valid buffer;
-    // MSG_DONTWAIT never blocks, MSG_NOSIGNAL never raises SIGPIPE.
-    unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            out.as_ptr().cast(),
-            out.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    let mut conn = crate::connection::Connection::tcp(stream, shard.bufs.clone());
+    conn.send_now(&out);
     let lingering = shard.lingering_refusals.get();
     if matches!(why, Refusal::FileLimit) || lingering >= shard.conn_limit.lingering {
         return;
@@ -835,9 +795,7 @@ fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
     shard.lingering_refusals.set(lingering + 1);
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        let mut stream = stream;
-        let mut inbuf = crate::buf::InBuf::new(shard.bufs.clone());
-        crate::conn::http::linger_close(&mut stream, &mut inbuf).await;
+        conn.linger_close().await;
         shard
             .lingering_refusals
             .set(shard.lingering_refusals.get().saturating_sub(1));

@@ -19,8 +19,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::bus::Encoded;
 use crate::bus::{Bus, Interest, INTEREST_SLOTS};
+use crate::codec::filter::{self, Filters, Subscribed, Verdict};
 use crate::codec::grip::{KeepAlive, KeepAliveMode};
-use crate::codec::publish::{Action, Filter};
+use crate::codec::publish::Action;
 
 /// What kind of hold a subscriber is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +71,19 @@ pub enum Msg {
     Close,
     /// Answer a long-poll with this published response.
     Response(Arc<Encoded>),
+    /// Answer a long-poll with this published response's status and
+    /// headers and this body (patched by `body-patch`, or rewritten by a
+    /// filter, for this subscriber alone).
+    ResponseBody(Arc<Encoded>, Bytes),
     /// The long-poll timed out.
     Timeout,
     /// Fetch the next link (or re-request): a `hint`, or the link timer.
     Refetch,
     /// Close a WebSocket with this code and reason.
     WsClose(u16, String),
+    /// A published `refresh`: a WebSocket-over-HTTP session makes a
+    /// request to its backend now.
+    Refresh,
 }
 
 impl Msg {
@@ -84,11 +92,52 @@ impl Msg {
         match self {
             Msg::Data(b) => b.len(),
             Msg::Response(e) => e.response_head.len() + e.response_body.len(),
+            Msg::ResponseBody(e, b) => e.response_head.len() + b.len(),
             Msg::WsClose(_, r) => r.len(),
-            Msg::Close | Msg::Timeout | Msg::Refetch => 0,
+            Msg::Close | Msg::Timeout | Msg::Refetch | Msg::Refresh => 0,
         }
     }
 }
+
+/// What a subscriber's filters need to know of one of its channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChanState {
+    /// The channel as subscribed (with the route's prefix).
+    pub channel: String,
+    /// The channel as the backend named it (filters see this name).
+    pub name: String,
+    pub filters: Filters,
+    /// The channel's current prev-id: the hold's, then each published
+    /// item's id (as Pushpin's `prevIds`).
+    pub prev_id: Option<String>,
+}
+
+/// A subscriber's channels as the filters see them.
+struct Chans<'a>(&'a [ChanState]);
+
+impl Subscribed for Chans<'_> {
+    fn prev_id(&self, channel: &str) -> Option<Option<&str>> {
+        self.0
+            .iter()
+            .find(|c| c.name == channel)
+            .map(|c| c.prev_id.as_deref())
+    }
+    fn each(&self, f: &mut dyn FnMut(&str, Option<&str>)) {
+        for c in self.0 {
+            f(&c.name, c.prev_id.as_deref());
+        }
+    }
+}
+
+/// One delivery decided for one subscriber: the item, and its content
+/// when the filters (or a body patch) made it this subscriber's own.
+struct Piece<'a> {
+    item: &'a Arc<Encoded>,
+    own: Option<Bytes>,
+}
+
+/// Most queued messages handed to one gathered write.
+pub const MAX_PARTS: usize = 64;
 
 /// One held connection.
 pub struct Sub {
@@ -98,6 +147,11 @@ pub struct Sub {
     pub chunked: bool,
     pub channels: RefCell<Vec<String>>,
     pub meta: RefCell<Vec<(String, String)>>,
+    /// The channels' filters and prev-ids; empty when no channel has a
+    /// filter (deliveries then share every encoding).
+    pub chans: RefCell<Vec<ChanState>>,
+    /// A long-poll's held response body (what `body-patch` patches).
+    pub held_body: RefCell<Bytes>,
     /// Last id delivered per channel (sent back as `Grip-Last`).
     pub last_ids: RefCell<Vec<(String, String)>>,
     queue: RefCell<VecDeque<Msg>>,
@@ -113,6 +167,9 @@ pub struct Sub {
     last_keep_alive: Cell<Instant>,
     pub deadline: Cell<Option<Instant>>,
     pub link_at: Cell<Option<Instant>>,
+    /// A WebSocket's `send-delayed` message (a framed message) and when
+    /// it is due.
+    delayed: RefCell<Option<(Bytes, Instant)>>,
 }
 
 impl Sub {
@@ -194,26 +251,24 @@ impl Sub {
         m
     }
 
-    /// The size of the next queued message when it is data.
-    pub fn next_data_len(&self) -> Option<usize> {
-        match self.queue.borrow().front() {
-            Some(Msg::Data(b)) => Some(b.len()),
-            _ => None,
-        }
-    }
-
-    /// Appends to `out` the data messages queued right behind the one just
-    /// taken (up to `max` bytes in all), so a backlog goes out in one write.
-    pub fn take_data_run(&self, out: &mut Vec<u8>, max: usize) {
+    /// Appends to `parts` the data messages queued right behind the one
+    /// just taken (up to `max` more bytes, and `MAX_PARTS` parts with the
+    /// one taken), so a backlog goes out in one gathered write. The shared
+    /// bytes are moved, never copied.
+    pub fn take_data_parts(&self, parts: &mut Vec<Bytes>, max: usize) {
         let mut q = self.queue.borrow_mut();
-        while let Some(Msg::Data(b)) = q.front() {
-            if out.len() + b.len() > max {
+        let mut total: usize = parts.iter().map(Bytes::len).sum();
+        while parts.len() + 1 < MAX_PARTS {
+            let Some(Msg::Data(b)) = q.front() else { break };
+            if total + b.len() > max {
                 break;
             }
-            out.extend_from_slice(b);
+            total += b.len();
             self.queued_bytes
                 .set(self.queued_bytes.get().saturating_sub(b.len()));
-            q.pop_front();
+            if let Some(Msg::Data(b)) = q.pop_front() {
+                parts.push(b);
+            }
         }
     }
 
@@ -223,28 +278,6 @@ impl Sub {
 
     pub fn wrote(&self, now: Instant) {
         self.last_write.set(now);
-    }
-
-    fn passes(&self, e: &Encoded) -> bool {
-        let it = &e.item;
-        let meta = self.meta.borrow();
-        let get = |k: &str| meta.iter().find(|(mk, _)| mk == k).map(|(_, v)| v.as_str());
-        let item_meta = |k: &str| {
-            it.meta
-                .iter()
-                .find(|(mk, _)| mk == k)
-                .map(|(_, v)| v.as_str())
-        };
-        it.filters.iter().all(|f| match f {
-            // Skip the subscriber whose `user` meta matches the item's `sender`.
-            Filter::SkipSelf => {
-                let sender = item_meta("sender");
-                sender.is_none() || get("user") != sender
-            }
-            // Deliver only to subscribers whose `user` is listed in the item's `users`.
-            Filter::RequireSub => item_meta("users")
-                .is_none_or(|u| get("user").is_some_and(|me| u.split(',').any(|x| x.trim() == me))),
-        })
     }
 }
 
@@ -256,6 +289,9 @@ pub struct SubStats {
     pub drops: Cell<u64>,
     /// Subscribers dropped for a write stalled past the deadline.
     pub stalls: Cell<u64>,
+    /// Messages not delivered to a subscriber because one of its filters
+    /// failed (a missing meta, a bad directive).
+    pub filter_errors: Cell<u64>,
 }
 
 /// Registration settings for a new subscriber.
@@ -309,6 +345,21 @@ pub struct Registry {
     held: [Cell<u64>; 3],
     /// A reused list of one channel's subscribers during delivery.
     scratch: Cell<Vec<Rc<Sub>>>,
+    /// The bus's `recover` count this core has acted on.
+    recovered: Cell<u64>,
+}
+
+/// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
+fn sub_event(kind: Kind, channel: &str, delta: i32) -> crate::bus::SubEvent {
+    crate::bus::SubEvent {
+        mode: match kind {
+            Kind::Stream => "stream",
+            Kind::Response => "response",
+            Kind::Ws => "ws",
+        },
+        channel: channel.to_string(),
+        delta,
+    }
 }
 
 fn kind_index(k: Kind) -> usize {
@@ -332,6 +383,7 @@ impl Registry {
             stats: SubStats::default(),
             held: Default::default(),
             scratch: Cell::new(Vec::new()),
+            recovered: Cell::new(0),
         }
     }
 
@@ -352,6 +404,8 @@ impl Registry {
             chunked: spec.chunked,
             channels: RefCell::new(Vec::new()),
             meta: RefCell::new(spec.meta),
+            chans: RefCell::new(Vec::new()),
+            held_body: RefCell::new(Bytes::new()),
             last_ids: RefCell::new(Vec::new()),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -363,6 +417,7 @@ impl Registry {
             last_keep_alive: Cell::new(now),
             deadline: Cell::new(spec.timeout.map(|t| now + t)),
             link_at: Cell::new(spec.link_timeout.map(|t| now + t)),
+            delayed: RefCell::new(None),
         });
         self.set_channels(&sub, spec.channels);
         self.retime(&sub);
@@ -383,6 +438,7 @@ impl Registry {
     /// in between.
     pub fn set_channels(&self, sub: &Rc<Sub>, channels: Vec<String>) {
         let mut map = self.channels.borrow_mut();
+        let watch = self.bus.watch();
         for ch in &channels {
             let subs = match map.get_mut(ch) {
                 Some(m) => m,
@@ -391,14 +447,22 @@ impl Registry {
                     map.entry(ch.clone()).or_default()
                 }
             };
-            subs.insert(sub.id, sub.clone());
+            if subs.insert(sub.id, sub.clone()).is_none() {
+                if let Some(w) = watch {
+                    w.send(sub_event(sub.kind, ch, 1));
+                }
+            }
         }
         for ch in sub.channels.borrow().iter() {
             if channels.contains(ch) {
                 continue;
             }
             if let Some(m) = map.get_mut(ch) {
-                m.remove(&sub.id);
+                if m.remove(&sub.id).is_some() {
+                    if let Some(w) = watch {
+                        w.send(sub_event(sub.kind, ch, -1));
+                    }
+                }
                 if m.is_empty() {
                     map.remove(ch);
                     self.channel_gone(ch);
@@ -429,6 +493,7 @@ impl Registry {
     /// Puts the subscriber in (or out of) the sweep's set.
     pub fn retime(&self, sub: &Rc<Sub>) {
         let timed = sub.keep_alive.borrow().is_some()
+            || sub.delayed.borrow().is_some()
             || sub.deadline.get().is_some()
             || sub.link_at.get().is_some();
         let mut t = self.timed.borrow_mut();
@@ -437,6 +502,25 @@ impl Registry {
         } else {
             t.remove(&sub.id);
         }
+    }
+
+    /// `send-delayed`: `frame` goes to the WebSocket after `after`; one
+    /// still pending is sent first (Pushpin keeps one delayed message).
+    pub fn send_delayed(&self, sub: &Rc<Sub>, frame: Bytes, after: Duration) {
+        self.flush_delayed(sub);
+        *sub.delayed.borrow_mut() = Some((frame, Instant::now() + after));
+        self.retime(sub);
+    }
+
+    /// `flush-delayed`: the pending delayed message goes now.
+    pub fn flush_delayed(&self, sub: &Rc<Sub>) {
+        let pending = sub.delayed.borrow_mut().take();
+        if let Some((frame, _)) = pending {
+            // Like any message corepin must get through: not dropped for
+            // a full queue (Pushpin queues it, acknowledged).
+            sub.push(Msg::Data(frame), QueueLimits::UNBOUNDED, &self.stats);
+        }
+        self.retime(sub);
     }
 
     /// Removes a subscriber (once, when its `Held` guard drops).
@@ -469,6 +553,26 @@ impl Registry {
     /// this core only hears of channels it has subscribers on).
     pub fn last_id(&self, channel: &str) -> Option<String> {
         self.bus.last_id(channel)
+    }
+
+    /// Asks one WebSocket subscriber's session to refresh (a request to its
+    /// backend now); returns 1.
+    pub fn refetch(&self, sub: &Sub) -> usize {
+        sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
+        1
+    }
+
+    /// Asks every WebSocket subscriber on `channel` here to refresh;
+    /// returns how many were asked.
+    pub fn refresh_channel(&self, channel: &str) -> usize {
+        let subs: Vec<Rc<Sub>> = match self.channels.borrow().get(channel) {
+            Some(m) => m.values().filter(|s| s.kind == Kind::Ws).cloned().collect(),
+            None => return 0,
+        };
+        for sub in &subs {
+            self.refetch(sub);
+        }
+        subs.len()
     }
 
     /// Subscriber count (all channels of a subscriber count once each).
@@ -516,21 +620,270 @@ impl Registry {
             Some(m) => subs.extend(m.values().cloned()),
             None => return self.scratch.set(subs),
         }
-        if list.iter().any(|e| !e.item.filters.is_empty()) {
-            for sub in &subs {
-                let mine: Vec<&Arc<Encoded>> =
-                    list.iter().copied().filter(|e| sub.passes(e)).collect();
-                let plan = Plan::new(&mine, Needs::of(std::slice::from_ref(sub)));
-                self.hand(sub, ch, &plan);
-            }
-        } else {
-            let plan = Plan::new(list, Needs::of(&subs));
-            for sub in &subs {
+        let per_item = list.iter().any(|e| e.item.per_subscriber());
+        let (shared, own): (Vec<_>, Vec<_>) = subs
+            .iter()
+            .partition(|s| !per_item && s.chans.borrow().is_empty());
+        if !shared.is_empty() {
+            let shared: Vec<Rc<Sub>> = shared.into_iter().cloned().collect();
+            let plan = Plan::new(list, Needs::of(&shared));
+            for sub in &shared {
                 self.hand(sub, ch, &plan);
             }
         }
+        let mut logged = false;
+        for sub in own {
+            self.hand_filtered(sub, ch, list, &mut logged);
+        }
         subs.clear();
         self.scratch.set(subs);
+    }
+
+    /// Delivers `list` to one subscriber whose filters (or the items'
+    /// `content-filters` or `body-patch`) decide per subscriber. Content
+    /// nobody rewrote is still the shared encoding.
+    fn hand_filtered(
+        &self,
+        sub: &Rc<Sub>,
+        channel: &str,
+        list: &[&Arc<Encoded>],
+        logged: &mut bool,
+    ) {
+        let mut pieces: Vec<Piece> = Vec::with_capacity(list.len());
+        let mut gap = false;
+        let mut taken = 0;
+        for e in list {
+            // An HTTP subscriber that gave a prev-id for this channel
+            // follows the channel's ids: an item that does not follow on
+            // means it missed something, and it re-fetches from the
+            // backend (a stream its next link, a long-poll its request).
+            if sub.kind != Kind::Ws {
+                let mut chans = sub.chans.borrow_mut();
+                if let Some(c) = chans.iter_mut().find(|c| c.channel == channel) {
+                    if c.prev_id.is_some() && e.item.prev_id != c.prev_id {
+                        c.prev_id = None;
+                        gap = true;
+                        break;
+                    }
+                }
+            }
+            taken += 1;
+            match self.judge(sub, channel, e) {
+                Ok(Some(own)) => pieces.push(Piece { item: e, own }),
+                Ok(None) => {}
+                Err(err) => {
+                    let n = &self.stats.filter_errors;
+                    n.set(n.get() + 1);
+                    if !*logged {
+                        *logged = true;
+                        crate::warn!(
+                            "channel {}: a message was not delivered to a subscriber: {err}",
+                            channel.escape_debug()
+                        );
+                    }
+                }
+            }
+            // The channel's prev-id follows every item, delivered or not
+            // (Pushpin's processItem).
+            if let Some(id) = &e.item.id {
+                if let Some(c) = sub
+                    .chans
+                    .borrow_mut()
+                    .iter_mut()
+                    .find(|c| c.channel == channel)
+                {
+                    c.prev_id = Some(id.clone());
+                }
+            }
+        }
+        self.hand_pieces(sub, channel, &pieces, &list[..taken]);
+        if gap {
+            sub.push(Msg::Refetch, self.limits, &self.stats);
+        }
+    }
+
+    /// Whether `e` goes to `sub`: `Ok(None)` not, `Ok(Some(None))` as
+    /// published, `Ok(Some(Some(bytes)))` with this content.
+    fn judge(
+        &self,
+        sub: &Sub,
+        channel: &str,
+        e: &Arc<Encoded>,
+    ) -> Result<Option<Option<Bytes>>, filter::FilterError> {
+        let it = &e.item;
+        let (content, declared, patched) = match sub.kind {
+            Kind::Stream => match &it.http_stream {
+                Some(s) => (s.content.clone(), s.content_filters.as_deref(), false),
+                None => return Ok(None),
+            },
+            Kind::Ws => match &it.ws_message {
+                Some(w) => (w.content.clone(), w.content_filters.as_deref(), false),
+                None => return Ok(None),
+            },
+            Kind::Response => match &it.http_response {
+                Some(r) => match &r.patch {
+                    Some(p) => (
+                        p.apply(&sub.held_body.borrow()),
+                        r.content_filters.as_deref(),
+                        true,
+                    ),
+                    None => (r.body.clone(), r.content_filters.as_deref(), false),
+                },
+                None => return Ok(None),
+            },
+        };
+        let chans = sub.chans.borrow();
+        let filters = chans
+            .iter()
+            .find(|c| c.channel == channel)
+            .map_or(&filter::NO_FILTERS, |c| &c.filters);
+        if let Some(d) = declared {
+            if !filters.matches_content_filters(d) {
+                return Ok(None);
+            }
+        }
+        if filters.is_empty() {
+            return Ok(Some(patched.then_some(content)));
+        }
+        let meta = sub.meta.borrow();
+        let ctx = filter::Context {
+            sub_meta: &meta,
+            pub_meta: &it.meta,
+            channels: Some(&Chans(&chans)),
+        };
+        Ok(match filter::run(filters, &ctx, &content)? {
+            Verdict::Drop => None,
+            Verdict::Send => Some(patched.then_some(content)),
+            Verdict::Rewritten(b) => Some(Some(b)),
+        })
+    }
+
+    /// Hands one subscriber its decided pieces, in order.
+    fn hand_pieces(&self, sub: &Rc<Sub>, channel: &str, pieces: &[Piece], all: &[&Arc<Encoded>]) {
+        let max = self.limits;
+        let mut delivered = 0u64;
+        match sub.kind {
+            Kind::Stream => {
+                let mut data: Vec<Bytes> = Vec::new();
+                let (mut close, mut hint) = (false, false);
+                for p in pieces {
+                    let Some(s) = &p.item.item.http_stream else {
+                        continue;
+                    };
+                    match s.action {
+                        Action::Send => {
+                            let part = match (&p.own, sub.chunked) {
+                                (Some(b), true) => crate::bus::chunk_of(b),
+                                (Some(b), false) => b.clone(),
+                                (None, true) => p.item.stream_chunk().clone(),
+                                (None, false) => p.item.stream_raw(),
+                            };
+                            if !part.is_empty() {
+                                delivered += 1;
+                                data.push(part);
+                            }
+                        }
+                        Action::Close => {
+                            close = true;
+                            break;
+                        }
+                        Action::Hint | Action::Refresh => hint = true,
+                    }
+                }
+                if !data.is_empty() {
+                    sub.push(Msg::Data(join(&data)), max, &self.stats);
+                }
+                if close {
+                    sub.push(Msg::Close, max, &self.stats);
+                } else if hint {
+                    sub.push(Msg::Refetch, max, &self.stats);
+                }
+            }
+            Kind::Ws => {
+                let mut data: Vec<Bytes> = Vec::new();
+                let mut close = None;
+                let mut refresh = false;
+                for p in pieces {
+                    let Some(w) = &p.item.item.ws_message else {
+                        continue;
+                    };
+                    match w.action {
+                        Action::Send => {
+                            delivered += 1;
+                            data.push(match &p.own {
+                                Some(b) => crate::bus::ws_frame_of(w.kind, b),
+                                None => p.item.ws_frame().clone(),
+                            });
+                        }
+                        Action::Close => {
+                            close = Some((w.code.unwrap_or(1000), w.reason.clone()));
+                            break;
+                        }
+                        Action::Refresh => refresh = true,
+                        Action::Hint => {}
+                    }
+                }
+                if !data.is_empty() {
+                    sub.push(Msg::Data(join(&data)), max, &self.stats);
+                }
+                if refresh {
+                    sub.push(Msg::Refresh, max, &self.stats);
+                }
+                if let Some((code, reason)) = close {
+                    sub.push(Msg::WsClose(code, reason), max, &self.stats);
+                }
+            }
+            Kind::Response => {
+                for p in pieces {
+                    let Some(r) = &p.item.item.http_response else {
+                        continue;
+                    };
+                    match (r.action, &p.own) {
+                        (Action::Send, None) => {
+                            delivered = 1;
+                            sub.push(Msg::Response(p.item.clone()), max, &self.stats);
+                            break;
+                        }
+                        (Action::Send, Some(b)) => {
+                            delivered = 1;
+                            sub.push(
+                                Msg::ResponseBody(p.item.clone(), b.clone()),
+                                max,
+                                &self.stats,
+                            );
+                            break;
+                        }
+                        (Action::Hint, _) => {
+                            sub.push(Msg::Refetch, max, &self.stats);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if !sub.dropped() {
+            self.stats
+                .deliveries
+                .set(self.stats.deliveries.get() + delivered);
+        }
+        if let Some(id) = all.iter().rev().find_map(|e| e.item.id.clone()) {
+            let mut ids = sub.last_ids.borrow_mut();
+            match ids.iter_mut().find(|(c, _)| c == channel) {
+                Some(slot) => slot.1 = id,
+                None => ids.push((channel.to_string(), id)),
+            }
+        }
+    }
+
+    /// Sets a subscriber's per-channel filters and prev-ids (kept empty
+    /// when no channel has a filter or, on an HTTP subscriber, a prev-id,
+    /// so its deliveries stay shared).
+    pub fn set_chans(&self, sub: &Sub, chans: Vec<ChanState>) {
+        let any = chans
+            .iter()
+            .any(|c| !c.filters.is_empty() || (sub.kind != Kind::Ws && c.prev_id.is_some()));
+        *sub.chans.borrow_mut() = if any { chans } else { Vec::new() };
     }
 
     fn hand(&self, sub: &Rc<Sub>, channel: &str, plan: &Plan) {
@@ -559,6 +912,9 @@ impl Registry {
             Kind::Ws => {
                 if !plan.ws.is_empty() {
                     sub.push(Msg::Data(plan.ws.clone()), max, &self.stats);
+                }
+                if plan.ws_refresh {
+                    sub.push(Msg::Refresh, max, &self.stats);
                 }
                 if let Some((code, reason)) = &plan.ws_close {
                     sub.push(Msg::WsClose(*code, reason.clone()), max, &self.stats);
@@ -605,8 +961,31 @@ impl Registry {
         }
     }
 
-    /// The periodic check: keep-alives, long-poll timeouts, link timers.
+    /// Acts on a `recover` command: every held HTTP subscriber is told to
+    /// re-fetch (a stream its next link, if it has one; a long-poll its
+    /// request). WebSockets have nothing to re-fetch.
+    fn recover(&self) {
+        let n = self.bus.recoveries();
+        if n == self.recovered.replace(n) {
+            return;
+        }
+        let mut subs: HashMap<u64, Rc<Sub>> = HashMap::new();
+        for m in self.channels.borrow().values() {
+            for s in m.values() {
+                if s.kind != Kind::Ws {
+                    subs.entry(s.id).or_insert_with(|| s.clone());
+                }
+            }
+        }
+        for sub in subs.into_values() {
+            sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
+        }
+    }
+
+    /// The periodic check: keep-alives, long-poll timeouts, link timers,
+    /// a `recover` command.
     pub fn sweep(&self, now: Instant) {
+        self.recover();
         let subs: Vec<Rc<Sub>> = self.timed.borrow().values().cloned().collect();
         for sub in subs {
             if let Some(d) = sub.deadline.get() {
@@ -614,6 +993,14 @@ impl Registry {
                     sub.deadline.set(None);
                     sub.push(Msg::Timeout, QueueLimits::UNBOUNDED, &self.stats);
                 }
+            }
+            let due = sub
+                .delayed
+                .borrow()
+                .as_ref()
+                .is_some_and(|(_, at)| now >= *at);
+            if due {
+                self.flush_delayed(&sub);
             }
             if let Some(d) = sub.link_at.get() {
                 if now >= d {
@@ -678,6 +1065,8 @@ struct Plan {
     ws_items: u64,
     ws: Bytes,
     ws_close: Option<(u16, String)>,
+    /// A `refresh` for WebSocket-over-HTTP sessions.
+    ws_refresh: bool,
     raw: Bytes,
     close: bool,
     hint: bool,
@@ -707,6 +1096,7 @@ impl Plan {
         let mut response = None;
         let mut stream_items = 0;
         let (mut ws, mut ws_items, mut ws_close) = (Vec::new(), 0, None);
+        let mut ws_refresh = false;
         for e in items {
             if let Some(w) = &e.item.ws_message {
                 if ws_close.is_none() {
@@ -720,7 +1110,8 @@ impl Plan {
                                 ws.push(e.ws_frame().clone());
                             }
                         }
-                        _ => {}
+                        Action::Refresh => ws_refresh = true,
+                        Action::Hint => {}
                     }
                 }
             }
@@ -757,6 +1148,7 @@ impl Plan {
             ws_items,
             ws: join(&ws),
             ws_close,
+            ws_refresh,
             stream_items,
             chunked: join(&chunked),
             raw: join(&raw),
@@ -837,7 +1229,7 @@ mod tests {
     }
 
     #[test]
-    fn queued_bytes_follow_pops_and_joined_runs() {
+    fn queued_bytes_follow_pops_and_gathered_parts() {
         let reg = registry(100, usize::MAX);
         let sub = reg.subscribe(spec());
         let waker = std::task::Waker::noop();
@@ -846,15 +1238,34 @@ mod tests {
         }
         sub.push(Msg::Close, reg.limits, &reg.stats);
         assert_eq!(sub.queued_bytes(), 100);
-        assert!(matches!(sub.poll_msg(waker), Some(Msg::Data(b)) if b.len() == 10));
-        assert_eq!(sub.next_data_len(), Some(20));
-        let mut run = Vec::new();
-        sub.take_data_run(&mut run, 50);
-        assert_eq!((run.len(), sub.queued_bytes()), (50, 40));
-        sub.take_data_run(&mut run, usize::MAX);
-        assert_eq!((run.len(), sub.queued_bytes()), (90, 0));
-        assert_eq!(sub.next_data_len(), None, "the close is next");
-        assert!(matches!(sub.poll_msg(waker), Some(Msg::Close)));
+        let Some(Msg::Data(first)) = sub.poll_msg(waker) else {
+            panic!("data first")
+        };
+        assert_eq!(first.len(), 10);
+        let mut parts = Vec::new();
+        sub.take_data_parts(&mut parts, 60 - first.len());
+        let lens = |p: &[Bytes]| p.iter().map(Bytes::len).collect::<Vec<_>>();
+        assert_eq!((lens(&parts), sub.queued_bytes()), (vec![20, 30], 40));
+        sub.take_data_parts(&mut parts, usize::MAX);
+        assert_eq!((lens(&parts), sub.queued_bytes()), (vec![20, 30, 40], 0));
+        assert!(
+            matches!(sub.poll_msg(waker), Some(Msg::Close)),
+            "the close is next"
+        );
+    }
+
+    #[test]
+    fn a_gathered_write_takes_at_most_max_parts() {
+        let reg = registry(1000, usize::MAX);
+        let sub = reg.subscribe(spec());
+        for _ in 0..MAX_PARTS + 5 {
+            sub.push(data(1), reg.limits, &reg.stats);
+        }
+        // One message was taken already: the write has room for the rest.
+        let mut parts = Vec::new();
+        sub.take_data_parts(&mut parts, usize::MAX);
+        assert_eq!(parts.len(), MAX_PARTS - 1);
+        assert_eq!(sub.queued_bytes(), 6);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::codec::grip::{ChannelSpec, HoldMode, Instruct, DEFAULT_TIMEOUT};
 use crate::codec::http1::{self, RequestHead};
 use crate::codec::response::{At, Head, Status};
 use crate::conn::grip::{hold, Base, HoldCtx, HoldEnd};
-use crate::conn::http::{write_to, Client, Outcome};
+use crate::conn::http::{Client, Outcome};
 use crate::route::Route;
 use crate::shard::Shard;
 
@@ -76,7 +76,7 @@ pub async fn handle(
                 "test target: try /stream or /response (?channel=NAME)",
                 !head.keep_alive,
             );
-            let ok = write_to(&mut c.stream, &out).await;
+            let ok = c.conn.write_all(&out).await.is_ok();
             return HoldEnd::Done(Outcome {
                 status: 404,
                 bytes: out.len() as u64,
@@ -91,11 +91,13 @@ pub async fn handle(
         channels: vec![ChannelSpec {
             name: channel,
             prev_id: None,
+            filters: Default::default(),
         }],
         timeout: DEFAULT_TIMEOUT,
         keep_alive: None,
         status: None,
         next: None,
+        gone: None,
         meta: Vec::new(),
         expose: Vec::new(),
     };

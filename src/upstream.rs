@@ -6,14 +6,15 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::net::TcpStream;
 
-use crate::buf::{BufPool, InBuf, BUF_SIZE};
-use crate::codec::http1::{parse_response, HeadLimits, ResponseHead};
+use crate::buf::{BufPool, BUF_SIZE};
+use crate::codec::http1::{parse_response, HeadError, HeadLimits, ResponseHead};
+use crate::connection::{Connection, ReadError};
+use crate::route::{Backend, Target};
 
 /// Why a backend could not be reached.
 #[derive(Debug)]
@@ -24,12 +25,36 @@ pub enum ConnectError {
     Timeout,
     /// Refused, unreachable, or another socket error (502).
     Failed(io::Error),
+    /// The route names no backend target.
+    NoTarget,
 }
 
-/// A connection to a backend with its read buffer.
+impl ConnectError {
+    /// The answer a client gets when no target could be reached.
+    pub fn answer(&self) -> (u16, &'static str) {
+        match self {
+            ConnectError::Timeout => (504, "upstream connect timed out"),
+            ConnectError::Resolve(_) => (502, "upstream name does not resolve"),
+            ConnectError::Failed(_) => (502, "upstream unreachable"),
+            ConnectError::NoTarget => (502, "no backend target"),
+        }
+    }
+}
+
+/// Whether a connection may come from the idle pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Always a new connection.
+    Fresh,
+    /// A pooled one if there is one; with `check`, one the backend closed
+    /// meanwhile is skipped (one extra syscall); without it, the caller
+    /// must be able to retry the request.
+    Pooled { check: bool },
+}
+
+/// A connection to a backend.
 pub struct Upstream {
-    pub stream: TcpStream,
-    pub inbuf: InBuf,
+    pub conn: Connection,
     /// Came from the idle pool (so it may have been closed meanwhile).
     pub reused: bool,
     key: Rc<str>,
@@ -40,71 +65,56 @@ impl Upstream {
         &self.key
     }
 
-    /// Reads a final response head (skipping 1xx other than 101) within
-    /// `timeout`; `None` on garbage, timeout or close.
+    /// Reads a final response head, skipping interim (1xx) answers other
+    /// than 101, under the connection's read timeout.
+    pub async fn read_response(
+        &mut self,
+        limits: &HeadLimits,
+        was_head: bool,
+    ) -> Result<ResponseHead, ReadError<HeadError>> {
+        let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
+        loop {
+            let r = self
+                .conn
+                .read_head(max, None, |b| parse_response(b, limits, was_head))
+                .await?;
+            if !(100..200).contains(&r.status) || r.status == 101 {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Reads a final response head within `timeout`; `None` on garbage,
+    /// timeout or close.
     pub async fn read_head(
         &mut self,
         limits: &HeadLimits,
         was_head: bool,
         timeout: Duration,
     ) -> Option<ResponseHead> {
-        let _ = self.stream.set_read_timeout(Some(timeout));
-        loop {
-            match parse_response(self.inbuf.data(), limits, was_head) {
-                Ok(Some((n, r))) => {
-                    self.inbuf.consume(n);
-                    if (100..200).contains(&r.status) && r.status != 101 {
-                        continue;
-                    }
-                    return Some(r);
-                }
-                Ok(None) => {}
-                Err(_) => return None,
-            }
-            match self
-                .inbuf
-                .fill(&mut self.stream, limits.max_head_bytes.max(BUF_SIZE) + 1)
-                .await
-            {
-                Ok(n) if n > 0 => {}
-                _ => return None,
-            }
-        }
+        self.conn.set_read_timeout(Some(timeout));
+        self.read_response(limits, was_head).await.ok()
     }
 }
 
 /// The core's idle connections and resolved addresses.
 pub struct Pool {
-    idle: RefCell<HashMap<Rc<str>, Vec<TcpStream>>>,
+    idle: RefCell<HashMap<Rc<str>, Vec<Connection>>>,
     resolved: RefCell<HashMap<Rc<str>, SocketAddr>>,
     max_idle: usize,
     bufs: Rc<BufPool>,
-}
-
-/// True when an idle pooled socket still looks usable: nothing to read and
-/// not closed by the peer.
-fn idle_socket_alive(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv on a valid, owned socket fd into a one-byte stack buffer;
-    // MSG_PEEK | MSG_DONTWAIT neither consumes data nor blocks.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    /// The core, for log lines.
+    core: usize,
 }
 
 impl Pool {
-    pub fn new(max_idle: usize, bufs: Rc<BufPool>) -> Self {
+    pub fn new(max_idle: usize, bufs: Rc<BufPool>, core: usize) -> Self {
         Pool {
             idle: RefCell::new(HashMap::new()),
             resolved: RefCell::new(HashMap::new()),
             max_idle,
             bufs,
+            core,
         }
     }
 
@@ -145,11 +155,10 @@ impl Pool {
                 let list = idle.get_mut(&k)?;
                 Some((k, list))
             })?;
-        while let Some(stream) = list.pop() {
-            if !check || idle_socket_alive(&stream) {
+        while let Some(conn) = list.pop() {
+            if !check || conn.looks_alive() {
                 return Some(Upstream {
-                    stream,
-                    inbuf: InBuf::new(self.bufs.clone()),
+                    conn,
                     reused: true,
                     key,
                 });
@@ -173,25 +182,66 @@ impl Pool {
                 });
             }
         };
-        let _ = stream.set_nodelay(true);
+        let conn = Connection::tcp(stream, self.bufs.clone());
+        conn.set_nodelay();
         Ok(Upstream {
-            stream,
-            inbuf: InBuf::new(self.bufs.clone()),
+            conn,
             reused: false,
             key,
         })
     }
 
+    /// A connection to the first reachable backend of `targets[from..]`
+    /// (a route's failover targets, in order), with the index of the
+    /// target it reached; otherwise why the last one failed. The one
+    /// place where failover happens.
+    pub async fn connect_first<'t>(
+        &self,
+        targets: &'t [Target],
+        from: usize,
+        reuse: Reuse,
+        timeout: Duration,
+    ) -> Result<(usize, Upstream, &'t Backend), ConnectError> {
+        let mut last = ConnectError::NoTarget;
+        for (i, target) in targets.iter().enumerate().skip(from) {
+            let Target::Backend(b) = target else { continue };
+            if let Reuse::Pooled { check } = reuse {
+                if let Some(up) = self.take_idle(&b.addr, check) {
+                    return Ok((i, up, b));
+                }
+            }
+            match self.connect(&b.addr, timeout).await {
+                Ok(up) => return Ok((i, up, b)),
+                Err(e) => {
+                    match &e {
+                        ConnectError::Timeout => {
+                            warn!("core {}: connect to {} timed out", self.core, b.addr)
+                        }
+                        ConnectError::Resolve(name) => {
+                            warn!("core {}: cannot resolve {name}", self.core)
+                        }
+                        ConnectError::Failed(e) => {
+                            debug!("core {}: connect to {} failed: {e}", self.core, b.addr)
+                        }
+                        ConnectError::NoTarget => {}
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// Keeps a finished connection for reuse, if there is room.
     pub fn put_idle(&self, up: Upstream) {
-        if self.max_idle == 0 || !up.inbuf.is_empty() {
+        if self.max_idle == 0 || up.conn.has_input() {
             return;
         }
-        let _ = up.stream.set_read_timeout(None);
+        up.conn.set_read_timeout(None);
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(up.key.clone()).or_default();
         if list.len() < self.max_idle {
-            list.push(up.stream);
+            list.push(up.conn);
         }
     }
 

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use corepin::codec::heads::Purpose;
 use corepin::codec::http1::{parse_request, HeadLimits, RequestHead};
 use corepin::config::{Config, Overrides};
 use corepin::route::{parse_line_in, Route, Routes, Target};
@@ -223,7 +224,7 @@ fn backend_name(r: &Route) -> String {
 }
 
 /// What corepin sends upstream for `h` on `r`: (path, Host, X-Test* and
-/// X-Remove* fields), read back from `write_request_head`'s bytes.
+/// X-Remove* fields), read back from the request head it encodes.
 fn sent(
     r: &Route,
     h: &RequestHead,
@@ -236,17 +237,16 @@ fn sent(
         .forwarding;
     let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
     let mut out = Vec::new();
-    corepin::conn::http::write_request_head(
-        &mut out,
-        None,
+    let (path, peer_ip) = (r.rewrite(h.target()), peer.ip().to_string());
+    b.request(
         h,
-        &r.rewrite(h.target()),
-        b,
-        &peer,
-        &fwd,
-        b"",
-        &|_| false,
-    );
+        Purpose::Proxy,
+        &path,
+        &peer_ip,
+        fwd.policy(peer.ip()),
+        None,
+    )
+    .write(&mut out);
     let text = String::from_utf8(out).expect("ASCII head");
     let mut lines = text.split("\r\n");
     let path = lines

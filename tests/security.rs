@@ -183,12 +183,11 @@ fn websocket_over_http_requests_drop_every_spelling_of_session_and_grip_fields()
         .collect();
     assert_eq!(names.iter().filter(|n| *n == "connection-id").count(), 1);
     assert_ne!(open.header("connection-id"), Some("victim"));
-    assert!(
-        !names
-            .iter()
-            .any(|n| n.starts_with("meta-") || n.starts_with("grip-sig")),
-        "{names:?}"
-    );
+    assert!(!names.iter().any(|n| n.starts_with("meta-")), "{names:?}");
+    // Only corepin's own Grip-Sig (Pushpin's default key) gets through.
+    assert_eq!(names.iter().filter(|n| *n == "grip-sig").count(), 1);
+    let sig = open.header("grip-sig").expect("corepin's Grip-Sig");
+    assert!(corepin::jwt::verify(sig, b"changeme", Some("pushpin"), corepin::jwt::now()).is_ok());
     assert_eq!(names.iter().filter(|n| *n == "content-type").count(), 1);
     assert_eq!(
         open.header("content-type"),
@@ -419,7 +418,7 @@ fn grip_headers_in_any_spelling_never_reach_a_wsgi_backend() {
     );
     let sig = env["HTTP_GRIP_SIG"].as_str().expect("corepin's Grip-Sig");
     assert!(
-        corepin::jwt::verify(sig, b"k", Some("corepin"), corepin::jwt::now()).is_ok(),
+        corepin::jwt::verify(sig, b"k", Some("pushpin"), corepin::jwt::now()).is_ok(),
         "the backend reads corepin's token alone: {sig}"
     );
     assert!(env.get("HTTP_GRIP.SIG").is_none(), "{env}");

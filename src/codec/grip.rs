@@ -5,8 +5,12 @@
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::filter::Filters;
 use super::http1::{trim, Fields};
 use super::response::{self, At, Head, Status};
+
+/// The capabilities announced to backends in `Grip-Feature`.
+pub const GRIP_FEATURES: &str = "status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst";
 
 /// Default seconds a `response` hold lasts.
 pub const DEFAULT_TIMEOUT: u32 = 55;
@@ -16,6 +20,10 @@ pub const MIN_TIMEOUT: u32 = 5;
 pub const DEFAULT_KEEP_ALIVE: u32 = 55;
 /// Default seconds before a stream's next link is fetched.
 pub const DEFAULT_LINK_TIMEOUT: u32 = 120;
+/// Most subscription meta entries one connection may hold.
+pub const MAX_META_ENTRIES: usize = 32;
+/// Most bytes of one meta key or value.
+pub const MAX_META_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldMode {
@@ -27,6 +35,8 @@ pub enum HoldMode {
 pub struct ChannelSpec {
     pub name: String,
     pub prev_id: Option<String>,
+    /// The subscription filters for this channel, in order.
+    pub filters: Filters,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +70,9 @@ pub struct Instruct {
     /// `Grip-Status`: the status of the held response, validated.
     pub status: Option<Status>,
     pub next: Option<NextLink>,
+    /// `Grip-Link: <URL>; rel=gone`: POSTed when the held request ends.
+    pub gone: Option<String>,
+    /// Subscription meta (`Grip-Set-Meta`, then `hold.meta`), for filters.
     pub meta: Vec<(String, String)>,
     pub expose: Vec<String>,
 }
@@ -174,21 +187,207 @@ fn keep_alive(v: &str) -> Result<KeepAlive, GripError> {
     })
 }
 
+/// Splits a header value on the commas that are not inside a quoted
+/// string (Pushpin's parameter lists).
+pub fn split_list(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// One `;`-separated part of a list element: `key`, `key=token` or
+/// `key="quoted \" text"`, the key trimmed and the value unquoted.
+pub type Param = (String, Option<String>);
+
+/// Parses `a; k=v; k2="v 2"` into its parameters (the first is the
+/// element itself). A quoted value may hold `;` and `,`; `\\` escapes the
+/// next character inside quotes.
+pub fn parse_params(part: &str) -> Result<Vec<Param>, String> {
+    let mut out = Vec::new();
+    let b = part.as_bytes();
+    let mut i = 0;
+    loop {
+        let key_start = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b';' {
+            if b[i] == b'"' {
+                return Err(format!("unexpected '\"' in {:?}", part.trim()));
+            }
+            i += 1;
+        }
+        let key = part[key_start..i].trim().to_string();
+        let mut value = None;
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+                i += 1;
+            }
+            if i < b.len() && b[i] == b'"' {
+                let mut v = Vec::new();
+                i += 1;
+                let mut closed = false;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if i + 1 < b.len() => {
+                            v.push(b[i + 1]);
+                            i += 2;
+                        }
+                        b'"' => {
+                            closed = true;
+                            i += 1;
+                            break;
+                        }
+                        c => {
+                            v.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+                if !closed {
+                    return Err(format!("unterminated quoted string in {:?}", part.trim()));
+                }
+                while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+                    i += 1;
+                }
+                if i < b.len() && b[i] != b';' {
+                    return Err(format!("text after a quoted string in {:?}", part.trim()));
+                }
+                value = Some(String::from_utf8_lossy(&v).into_owned());
+            } else {
+                let vs = i;
+                while i < b.len() && b[i] != b';' {
+                    if b[i] == b'"' {
+                        return Err(format!("unexpected '\"' in {:?}", part.trim()));
+                    }
+                    i += 1;
+                }
+                value = Some(part[vs..i].trim().to_string());
+            }
+        }
+        out.push((key, value));
+        if i >= b.len() {
+            return Ok(out);
+        }
+        i += 1; // the ';'
+    }
+}
+
 fn channels<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ChannelSpec>, GripError> {
     let mut out = Vec::new();
     for v in values {
-        for part in text(v)?.split(',') {
-            let (name, ps) = params(part);
-            if name.is_empty() {
+        for part in split_list(text(v)?) {
+            if part.trim().is_empty() {
                 continue;
             }
+            let ps = parse_params(part).map_err(|e| GripError(format!("Grip-Channel: {e}")))?;
+            let Some(((name, value), rest)) = ps.split_first() else {
+                continue;
+            };
+            if name.is_empty() || value.is_some() {
+                return bad(format!(
+                    "Grip-Channel: {:?} does not start with a channel name",
+                    part.trim()
+                ));
+            }
+            let mut prev_id = None;
+            let mut filters = Vec::new();
+            for (k, v) in rest {
+                match (k.as_str(), v) {
+                    // Pushpin compares `filter` exactly and `prev-id`
+                    // ignoring case.
+                    ("filter", Some(f)) => filters.push(f.as_str()),
+                    (k, Some(p)) if k.eq_ignore_ascii_case("prev-id") => prev_id = Some(p.clone()),
+                    (k, _) => {
+                        return bad(format!(
+                            "Grip-Channel: channel '{}': unknown parameter '{}' (prev-id, filter)",
+                            name.escape_debug(),
+                            k.escape_debug()
+                        ))
+                    }
+                }
+            }
+            let filters = Filters::parse(filters, name)
+                .map_err(|e| GripError(format!("Grip-Channel: {e}")))?;
+            check_channel_text(name, "Grip-Channel: name")?;
+            if let Some(p) = &prev_id {
+                check_channel_text(p, "Grip-Channel: prev-id")?;
+            }
             out.push(ChannelSpec {
-                name: name.to_string(),
-                prev_id: param(&ps, "prev-id").map(String::from),
+                name: name.clone(),
+                prev_id,
+                filters,
             });
         }
     }
     Ok(out)
+}
+
+/// Checks one meta entry and adds it (a later key replaces an earlier
+/// one). Meta values reach clients' bytes through `var-subst`.
+pub fn set_meta(
+    meta: &mut Vec<(String, String)>,
+    key: &str,
+    value: &str,
+    what: &str,
+) -> Result<(), String> {
+    if key.is_empty() {
+        return Err(format!("{what}: a meta name must not be empty"));
+    }
+    for (part, v) in [("name", key), ("value", value)] {
+        response::check_value(v.as_bytes())
+            .map_err(|p| format!("{what}: meta {part} '{}': {p}", key.escape_debug()))?;
+        if v.len() > MAX_META_BYTES {
+            return Err(format!(
+                "{what}: meta {part} '{}' is {} bytes (at most {MAX_META_BYTES})",
+                key.escape_debug(),
+                v.len()
+            ));
+        }
+    }
+    meta.retain(|(k, _)| k != key);
+    if meta.len() >= MAX_META_ENTRIES {
+        return Err(format!("{what}: more than {MAX_META_ENTRIES} meta entries"));
+    }
+    meta.push((key.to_string(), value.to_string()));
+    Ok(())
+}
+
+/// `Grip-Set-Meta: user="alice", id_format="%(room)s"`: each element a
+/// `name=value` (a value may be quoted; further `;` parameters are
+/// refused rather than ignored).
+fn set_meta_headers<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Vec<(String, String)>, GripError> {
+    let mut meta = Vec::new();
+    for v in values {
+        for part in split_list(text(v)?) {
+            if part.trim().is_empty() {
+                return bad("Grip-Set-Meta: an element is empty");
+            }
+            let ps = parse_params(part).map_err(|e| GripError(format!("Grip-Set-Meta: {e}")))?;
+            let [(k, val)] = ps.as_slice() else {
+                return bad(format!(
+                    "Grip-Set-Meta: {:?}: parameters after the value are not supported",
+                    part.trim()
+                ));
+            };
+            set_meta(&mut meta, k, val.as_deref().unwrap_or(""), "Grip-Set-Meta")
+                .map_err(GripError)?;
+        }
+    }
+    Ok(meta)
 }
 
 fn status(v: &str) -> Result<Status, GripError> {
@@ -202,30 +401,57 @@ fn status(v: &str) -> Result<Status, GripError> {
     Status::new(code, Some(reason.trim())).map_err(|e| GripError(format!("Grip-Status: {e}")))
 }
 
-fn links<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<NextLink>, GripError> {
+/// The links of `Grip-Link`: `rel=next` (with its timeout) and
+/// `rel=gone`.
+fn links<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<(Option<NextLink>, Option<String>), GripError> {
+    let (mut next, mut gone) = (None, None);
     for v in values {
-        for part in text(v)?.split(',') {
+        for part in split_list(text(v)?) {
+            if part.trim().is_empty() {
+                continue;
+            }
             let (url, ps) = params(part);
-            let url = url.trim_start_matches('<').trim_end_matches('>');
-            if param(&ps, "rel") == Some("next") && !url.is_empty() {
-                // The URL goes into a request line to a backend.
-                if let Some(b) = url.bytes().find(|b| !b.is_ascii_graphic()) {
-                    return bad(format!(
-                        "Grip-Link: byte 0x{b:02x} in the URL is not visible ASCII (percent-encode it)"
-                    ));
+            let Some(url) = url
+                .strip_prefix('<')
+                .and_then(|u| u.strip_suffix('>'))
+                .filter(|u| !u.is_empty())
+            else {
+                return bad(format!(
+                    "Grip-Link: {:?} does not start with <URL>",
+                    part.trim()
+                ));
+            };
+            // The URL goes into a request line to a backend.
+            if let Some(b) = url.bytes().find(|b| !b.is_ascii_graphic()) {
+                return bad(format!(
+                    "Grip-Link: byte 0x{b:02x} in the URL is not visible ASCII (percent-encode it)"
+                ));
+            }
+            match param(&ps, "rel") {
+                Some("next") => {
+                    let timeout = match param(&ps, "timeout") {
+                        Some(t) => seconds(t, "Grip-Link timeout")?.max(1),
+                        None => DEFAULT_LINK_TIMEOUT,
+                    };
+                    next = Some(NextLink {
+                        url: url.to_string(),
+                        timeout,
+                    });
                 }
-                let timeout = match param(&ps, "timeout") {
-                    Some(t) => seconds(t, "Grip-Link timeout")?.max(1),
-                    None => DEFAULT_LINK_TIMEOUT,
-                };
-                return Ok(Some(NextLink {
-                    url: url.to_string(),
-                    timeout,
-                }));
+                Some("gone") => gone = Some(url.to_string()),
+                Some(other) => {
+                    return bad(format!(
+                        "Grip-Link: unknown rel '{}' (next, gone)",
+                        other.escape_debug()
+                    ))
+                }
+                None => return bad(format!("Grip-Link: <{url}> has no rel")),
             }
         }
     }
-    Ok(None)
+    Ok((next, gone))
 }
 
 /// True when the response carries any `Grip-*` header or is a JSON
@@ -278,14 +504,8 @@ pub fn from_headers(fields: &Fields) -> Result<Option<Instruct>, GripError> {
         Some(v) => Some(status(text(v)?)?),
         None => None,
     };
-    let mut meta = Vec::new();
-    for v in fields.get_all("grip-set-meta") {
-        for kv in text(v)?.split(',') {
-            if let Some((k, v)) = kv.split_once('=') {
-                meta.push((k.trim().to_string(), v.trim().trim_matches('"').to_string()));
-            }
-        }
-    }
+    let meta = set_meta_headers(fields.get_all("grip-set-meta"))?;
+    let (next, gone) = links(fields.get_all("grip-link"))?;
     let expose = fields
         .tokens("grip-expose-headers")
         .map(|t| String::from_utf8_lossy(t).into_owned())
@@ -296,7 +516,8 @@ pub fn from_headers(fields: &Fields) -> Result<Option<Instruct>, GripError> {
         timeout,
         keep_alive,
         status,
-        next: links(fields.get_all("grip-link"))?,
+        next,
+        gone,
         meta,
         expose,
     }))
@@ -393,52 +614,137 @@ fn check_channel_text(v: &str, path: &str) -> Result<(), GripError> {
     response::check_value(v.as_bytes()).map_err(|p| GripError(format!("{path}: {p}")))
 }
 
+/// Refuses keys of a JSON object other than `known`.
+fn only_keys(v: &Value, known: &[&str], path: &str) -> Result<(), GripError> {
+    if let Some(o) = v.as_object() {
+        if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
+            return bad(format!(
+                "grip-instruct: {path}.{}: unknown field (expected {})",
+                k.escape_debug(),
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Parses the JSON instruction form. The hold is optional (`None`: just
 /// send the enclosed response).
 pub fn from_json(body: &[u8]) -> Result<(Option<Instruct>, JsonResponse), GripError> {
+    json_instruct(None, body)
+}
+
+/// Parses a JSON instruction and the `Grip-*` headers Pushpin reads
+/// beside it: `Grip-Link` (the JSON form has no links) and
+/// `Grip-Set-Meta` (which `hold.meta` then overrides key by key).
+pub fn from_json_response(
+    fields: &Fields,
+    body: &[u8],
+) -> Result<(Option<Instruct>, JsonResponse), GripError> {
+    json_instruct(Some(fields), body)
+}
+
+fn json_instruct(
+    fields: Option<&Fields>,
+    body: &[u8],
+) -> Result<(Option<Instruct>, JsonResponse), GripError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| GripError(format!("grip-instruct: {e}")))?;
+    if !v.is_object() {
+        return bad("grip-instruct: must be a JSON object");
+    }
     let resp = json_response(v.get("response"))?;
-    let Some(h) = v.get("hold") else {
+    only_keys(&v, &["hold", "response"], "body")?;
+    let Some(h) = v.get("hold").filter(|h| !h.is_null()) else {
         return Ok((None, resp));
     };
-    let hold = match h.get("mode").and_then(Value::as_str).unwrap_or("response") {
-        "response" => HoldMode::Response,
-        "stream" => HoldMode::Stream,
-        m => return bad(format!("grip-instruct: unknown hold mode {m:?}")),
+    if !h.is_object() {
+        return bad("grip-instruct: hold: must be an object");
+    }
+    only_keys(
+        h,
+        &["mode", "channels", "timeout", "keep-alive", "meta"],
+        "hold",
+    )?;
+    let hold = match h.get("mode") {
+        None | Some(Value::Null) => HoldMode::Response,
+        Some(Value::String(m)) if m == "response" => HoldMode::Response,
+        Some(Value::String(m)) if m == "stream" => HoldMode::Stream,
+        Some(Value::String(m)) => return bad(format!("grip-instruct: unknown hold mode {m:?}")),
+        Some(_) => return bad("grip-instruct: hold.mode: must be a string"),
+    };
+    let list = match h.get("channels") {
+        Some(Value::Array(l)) => l.as_slice(),
+        None | Some(Value::Null) => &[],
+        Some(_) => return bad("grip-instruct: hold.channels: must be a list"),
     };
     let mut chans = Vec::new();
-    for (i, c) in h
-        .get("channels")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, c) in list.iter().enumerate() {
+        let at = format!("hold.channels[{i}]");
+        if !c.is_object() {
+            return bad(format!("grip-instruct: {at}: must be an object"));
+        }
+        only_keys(c, &["name", "prev-id", "filters"], &at)?;
         let Some(name) = c.get("name").and_then(Value::as_str) else {
-            return bad("grip-instruct: a channel has no name");
+            return bad(format!("grip-instruct: {at}.name: missing or not a string"));
         };
-        let prev_id = c.get("prev-id").and_then(Value::as_str);
-        check_channel_text(name, &format!("grip-instruct: hold.channels[{i}].name"))?;
+        let prev_id = match c.get("prev-id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) => Some(p.as_str()),
+            Some(_) => return bad(format!("grip-instruct: {at}.prev-id: must be a string")),
+        };
+        let mut names = Vec::new();
+        match c.get("filters") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(l)) => {
+                for f in l {
+                    let Some(f) = f.as_str() else {
+                        return bad(format!(
+                            "grip-instruct: {at}.filters: must be a list of strings"
+                        ));
+                    };
+                    names.push(f);
+                }
+            }
+            Some(_) => {
+                return bad(format!(
+                    "grip-instruct: {at}.filters: must be a list of strings"
+                ))
+            }
+        }
+        let filters = Filters::parse(names, name)
+            .map_err(|e| GripError(format!("grip-instruct: {at}.filters: {e}")))?;
+        check_channel_text(name, &format!("grip-instruct: {at}.name"))?;
         if let Some(p) = prev_id {
-            check_channel_text(p, &format!("grip-instruct: hold.channels[{i}].prev-id"))?;
+            check_channel_text(p, &format!("grip-instruct: {at}.prev-id"))?;
         }
         chans.push(ChannelSpec {
             name: name.to_string(),
             prev_id: prev_id.map(String::from),
+            filters,
         });
     }
     if chans.is_empty() {
         return bad("grip-instruct: hold without channels");
     }
-    let timeout = h
-        .get("timeout")
-        .and_then(Value::as_u64)
-        .map_or(DEFAULT_TIMEOUT, |t| {
-            u32::try_from(t).unwrap_or(u32::MAX).max(MIN_TIMEOUT)
-        });
+    let timeout = match h.get("timeout") {
+        None | Some(Value::Null) => DEFAULT_TIMEOUT,
+        Some(t) => match t.as_u64() {
+            Some(t) => u32::try_from(t).unwrap_or(u32::MAX).max(MIN_TIMEOUT),
+            None => {
+                return bad(format!(
+                    "grip-instruct: hold.timeout: {t} is not a whole number of seconds"
+                ))
+            }
+        },
+    };
     let keep_alive = match h.get("keep-alive") {
         Some(k) => {
+            only_keys(
+                k,
+                &["content", "content-bin", "timeout", "mode"],
+                "hold.keep-alive",
+            )?;
             let data = match (
                 k.get("content").and_then(Value::as_str),
                 k.get("content-bin").and_then(Value::as_str),
@@ -471,6 +777,29 @@ pub fn from_json(body: &[u8]) -> Result<(Option<Instruct>, JsonResponse), GripEr
         }
         None => None,
     };
+    let mut meta = match fields {
+        Some(f) => set_meta_headers(f.get_all("grip-set-meta"))?,
+        None => Vec::new(),
+    };
+    match h.get("meta") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Some(v) = v.as_str() else {
+                    return bad(format!(
+                        "grip-instruct: hold.meta.{}: must be a string",
+                        k.escape_debug()
+                    ));
+                };
+                set_meta(&mut meta, k, v, "grip-instruct: hold.meta").map_err(GripError)?;
+            }
+        }
+        Some(_) => return bad("grip-instruct: hold.meta: must be an object of strings"),
+    }
+    let (next, gone) = match fields {
+        Some(f) => links(f.get_all("grip-link"))?,
+        None => (None, None),
+    };
     Ok((
         Some(Instruct {
             hold,
@@ -478,8 +807,9 @@ pub fn from_json(body: &[u8]) -> Result<(Option<Instruct>, JsonResponse), GripEr
             timeout,
             keep_alive,
             status: None,
-            next: None,
-            meta: Vec::new(),
+            next,
+            gone,
+            meta,
             expose: Vec::new(),
         }),
         resp,
@@ -778,5 +1108,183 @@ mod tests {
             .expect_err("body with 204")
             .0;
         assert!(e.contains("must be empty"), "{e}");
+    }
+
+    #[test]
+    fn channel_filters_meta_and_links() {
+        use crate::codec::filter::Name;
+        let f = fields(concat!(
+            "Grip-Hold: stream\r\n",
+            "Grip-Channel: room; filter=skip-self; filter=var-subst, vip; PREV-ID=\"a,b\"\r\n",
+            "Grip-Set-Meta: user=\"al\\\"ice, x\", id_format=\"%(room)s\", empty\r\n",
+            "Grip-Set-Meta: user=bob\r\n",
+            "Grip-Link: </n>; rel=next, </gone/1?x>; rel=gone\r\n",
+        ));
+        let i = from_headers(&f).expect("valid").expect("hold");
+        assert_eq!(
+            i.channels[0].filters.names(),
+            &[Name::SkipSelf, Name::VarSubst]
+        );
+        assert_eq!(
+            (
+                i.channels[1].name.as_str(),
+                i.channels[1].prev_id.as_deref()
+            ),
+            ("vip", Some("a,b"))
+        );
+        assert!(i.channels[1].filters.is_empty());
+        assert_eq!(
+            i.meta,
+            vec![
+                ("id_format".into(), "%(room)s".into()),
+                ("empty".into(), "".into()),
+                ("user".into(), "bob".into()),
+            ]
+        );
+        assert_eq!(i.gone.as_deref(), Some("/gone/1?x"));
+        assert_eq!(i.next.map(|n| n.url), Some("/n".into()));
+
+        for (headers, needle) in [
+            ("Grip-Channel: a; filter=nope\r\n", "Grip-Channel: unknown filter 'nope'"),
+            ("Grip-Channel: a; filter=http-check\r\n", "filter 'http-check' is not supported"),
+            (
+                "Grip-Channel: a; filter=skip-self; filter=skip-self; filter=skip-self; filter=skip-self; filter=skip-self; filter=skip-self\r\n",
+                "too many filters for channel 'a' (at most 5)",
+            ),
+            ("Grip-Channel: a; colour=red\r\n", "unknown parameter 'colour' (prev-id, filter)"),
+            ("Grip-Channel: a; Filter=skip-self\r\n", "unknown parameter 'Filter'"),
+            ("Grip-Channel: a; prev-id=\"1\r\n", "unterminated quoted string"),
+            ("Grip-Channel: a\r\nGrip-Set-Meta: a=1, , b=2\r\n", "Grip-Set-Meta: an element is empty"),
+            ("Grip-Channel: a\r\nGrip-Set-Meta: a=\"1\r\n", "Grip-Set-Meta: unterminated quoted string"),
+            ("Grip-Channel: a\r\nGrip-Set-Meta: a=1; b=2\r\n", "parameters after the value"),
+            ("Grip-Channel: a\r\nGrip-Set-Meta: =1\r\n", "a meta name must not be empty"),
+            ("Grip-Channel: a\r\nGrip-Link: </x>; rel=prev\r\n", "Grip-Link: unknown rel 'prev' (next, gone)"),
+            ("Grip-Channel: a\r\nGrip-Link: </x>\r\n", "Grip-Link: </x> has no rel"),
+            ("Grip-Channel: a\r\nGrip-Link: /x; rel=gone\r\n", "does not start with <URL>"),
+            ("Grip-Channel: a\r\nGrip-Link: <>; rel=gone\r\n", "does not start with <URL>"),
+        ] {
+            let f = fields(&format!("Grip-Hold: stream\r\n{headers}"));
+            let e = from_headers(&f).expect_err(headers).0;
+            assert!(e.contains(needle), "{headers:?}: {e}");
+        }
+        let long = format!(
+            "Grip-Hold: stream\r\nGrip-Channel: a\r\nGrip-Set-Meta: k={}\r\n",
+            "v".repeat(MAX_META_BYTES + 1)
+        );
+        let e = from_headers(&fields(&long)).expect_err("long").0;
+        assert!(e.contains("is 1025 bytes (at most 1024)"), "{e}");
+    }
+
+    #[test]
+    fn split_list_and_params() {
+        assert_eq!(
+            split_list(r#"a, b="x,y", c"#),
+            vec!["a", r#" b="x,y""#, " c"]
+        );
+        assert_eq!(split_list(r#"a="\",", b"#), vec![r#"a="\",""#, " b"]);
+        assert_eq!(
+            parse_params(r#" room ; filter=skip-self;x="a;b\"c" "#).expect("valid"),
+            vec![
+                ("room".to_string(), None),
+                ("filter".to_string(), Some("skip-self".to_string())),
+                ("x".to_string(), Some("a;b\"c".to_string())),
+            ]
+        );
+        assert!(parse_params(r#"a="x" y"#).is_err());
+        assert!(parse_params(r#"a=x"y"#).is_err());
+    }
+
+    #[test]
+    fn json_filters_meta_and_header_companions() {
+        use crate::codec::filter::Name;
+        let f = fields(concat!(
+            "Content-Type: application/grip-instruct\r\n",
+            "Grip-Set-Meta: user=header, role=admin\r\n",
+            "Grip-Link: </gone>; rel=gone, </next>; rel=next; timeout=30\r\n",
+        ));
+        let body = br#"{"hold":{"mode":"stream","channels":[{"name":"room","prev-id":"3","filters":["skip-self","build-id"]}],
+            "meta":{"user":"json","id_format":"%(room)s"}}}"#;
+        let (i, _) = from_json_response(&f, body).expect("valid");
+        let i = i.expect("hold");
+        assert_eq!(
+            i.channels[0].filters.names(),
+            &[Name::SkipSelf, Name::BuildId]
+        );
+        assert_eq!(
+            i.meta,
+            vec![
+                ("role".into(), "admin".into()),
+                ("id_format".into(), "%(room)s".into()),
+                ("user".into(), "json".into()),
+            ]
+        );
+        assert_eq!(i.gone.as_deref(), Some("/gone"));
+        assert_eq!(
+            i.next.map(|n| (n.url, n.timeout)),
+            Some(("/next".into(), 30))
+        );
+        let six = r#"{"hold":{"channels":[{"name":"a","filters":["skip-self","skip-self","skip-self","skip-self","skip-self","skip-self"]}]}}"#;
+        for (json, needle) in [
+            (
+                six,
+                "hold.channels[0].filters: too many filters for channel 'a'",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a","filters":["nope"]}]}}"#,
+                "hold.channels[0].filters: unknown filter 'nope'",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a","filters":[1]}]}}"#,
+                "filters: must be a list of strings",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a","filters":"skip-self"}]}}"#,
+                "filters: must be a list of strings",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a","prev-id":3}]}}"#,
+                "hold.channels[0].prev-id: must be a string",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a"}],"meta":{"k":1}}}"#,
+                "hold.meta.k: must be a string",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a"}],"meta":["k"]}}"#,
+                "hold.meta: must be an object of strings",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a"}],"meta":{"k":"a\nb"}}}"#,
+                "meta value 'k': contains CR or LF",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a"}],"timeout":-1}}"#,
+                "hold.timeout: -1 is not a whole number",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a","colour":1}]}}"#,
+                "hold.channels[0].colour: unknown field",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a"}],"linger":1}}"#,
+                "hold.linger: unknown field",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a"}]},"extra":1}"#,
+                "body.extra: unknown field",
+            ),
+            (
+                r#"{"hold":{"channels":{"name":"a"}}}"#,
+                "hold.channels: must be a list",
+            ),
+            (
+                r#"{"hold":{"channels":[{"prev-id":"1"}]}}"#,
+                "hold.channels[0].name: missing",
+            ),
+            (r#"[]"#, "must be a JSON object"),
+        ] {
+            let e = from_json(json.as_bytes()).expect_err(json).0;
+            assert!(e.contains(needle), "{json}: {e}");
+        }
     }
 }

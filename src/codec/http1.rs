@@ -555,8 +555,9 @@ pub fn parse_response(
 }
 
 /// Hop-by-hop fields never forwarded by a proxy (RFC 9110 §7.6.1), plus the
-/// framing fields the proxy always writes itself.
-const HOP_BY_HOP: &[&str] = &[
+/// framing fields the proxy always writes itself (and never copies from a
+/// GRIP source, `codec::response`).
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -4,11 +4,18 @@
 //! return `Ok(None)` (or consume less than they were given) on short input;
 //! that is never an error. Encoders append to a caller-owned buffer.
 
+pub mod bodypatch;
 pub mod chunked;
+pub mod filter;
 pub mod grip;
+pub mod heads;
 pub mod http1;
 pub mod publish;
 pub mod response;
+pub mod tnetstring;
 pub mod uri;
 pub mod ws;
+pub mod wscontrol;
 pub mod wsevents;
+pub mod wssession;
+pub mod zmqmsg;

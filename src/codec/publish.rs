@@ -25,6 +25,8 @@ use serde::Deserialize;
 // Validation of what reaches clients lives in codec::response (response
 // heads) and codec::ws (close frames); the parsing here calls it at the
 // points marked `VALIDATE:`.
+use super::bodypatch::BodyPatch;
+use super::filter::Name as FilterName;
 use super::response::{self, Head};
 use super::ws;
 
@@ -44,18 +46,29 @@ pub struct HttpResponse {
     /// Status and headers, validated by `codec::response`.
     pub head: Head,
     pub body: Bytes,
+    /// `body-patch`: the body is each long-poll's held body, patched
+    /// (`body` is then empty).
+    pub patch: Option<BodyPatch>,
+    /// `content-filters`: the content filters the body was written for.
+    pub content_filters: Option<Vec<FilterName>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpStream {
     pub action: Action,
     pub content: Bytes,
+    /// `content-filters`: the content filters the content was written for.
+    pub content_filters: Option<Vec<FilterName>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WsKind {
     Text,
     Binary,
+    /// A ping frame (its payload at most 125 bytes).
+    Ping,
+    /// An unsolicited pong frame (its payload at most 125 bytes).
+    Pong,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,15 +79,8 @@ pub struct WsMessage {
     /// Close code and reason for `action: close`.
     pub code: Option<u16>,
     pub reason: String,
-}
-
-/// A delivery filter (the `filter:` GRIP features corepin announces).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Filter {
-    /// Skip the subscriber whose `user` meta equals the item's `sender`.
-    SkipSelf,
-    /// Deliver only to subscribers whose `user` is in the item's `users`.
-    RequireSub,
+    /// `content-filters`: the content filters the content was written for.
+    pub content_filters: Option<Vec<FilterName>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -83,16 +89,31 @@ pub struct Item {
     pub id: Option<String>,
     pub prev_id: Option<String>,
     pub no_seq: bool,
-    /// Item metadata, compared with subscription metadata by filters.
+    /// Item metadata (`sender`, `skip_users`, `require_sub`), read by the
+    /// subscribers' filters.
     pub meta: Vec<(String, String)>,
-    /// Delivery filters, e.g. `skip-self`.
-    pub filters: Vec<Filter>,
     pub http_response: Option<HttpResponse>,
     pub http_stream: Option<HttpStream>,
     pub ws_message: Option<WsMessage>,
 }
 
 impl Item {
+    /// True when this item's delivery depends on the subscriber beyond its
+    /// kind: a `content-filters` list, or a `body-patch` of each held body.
+    pub fn per_subscriber(&self) -> bool {
+        self.http_response
+            .as_ref()
+            .is_some_and(|r| r.patch.is_some() || r.content_filters.is_some())
+            || self
+                .http_stream
+                .as_ref()
+                .is_some_and(|s| s.content_filters.is_some())
+            || self
+                .ws_message
+                .as_ref()
+                .is_some_and(|w| w.content_filters.is_some())
+    }
+
     /// The payload bytes this item carries (content of every format), used
     /// to account for the memory a publish holds.
     pub fn payload_len(&self) -> usize {
@@ -100,7 +121,9 @@ impl Item {
             .http_response
             .as_ref()
             // The head's fields are bounded; 256 bytes stands for them.
-            .map_or(0, |r| r.body.len() + 256);
+            .map_or(0, |r| {
+                r.body.len() + 256 + r.patch.as_ref().map_or(0, BodyPatch::cost)
+            });
         let s = self.http_stream.as_ref().map_or(0, |s| s.content.len());
         let w = self
             .ws_message
@@ -673,7 +696,11 @@ impl<'de> Deserialize<'de> for WsKind {
                 match v {
                     "text" => Ok(WsKind::Text),
                     "binary" => Ok(WsKind::Binary),
-                    other => Err(E::custom(format!("unknown type '{other}' (text, binary)"))),
+                    "ping" => Ok(WsKind::Ping),
+                    "pong" => Ok(WsKind::Pong),
+                    other => Err(E::custom(format!(
+                        "unknown type '{other}' (text, binary, ping, pong)"
+                    ))),
                 }
             }
         }
@@ -681,21 +708,25 @@ impl<'de> Deserialize<'de> for WsKind {
     }
 }
 
-impl<'de> Deserialize<'de> for Filter {
+/// A `content-filters` entry: a filter that may rewrite content.
+struct ContentFilter(FilterName);
+
+impl<'de> Deserialize<'de> for ContentFilter {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = Filter;
+            type Value = ContentFilter;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Filter, E> {
-                match v {
-                    "skip-self" => Ok(Filter::SkipSelf),
-                    "require-sub" => Ok(Filter::RequireSub),
-                    other => Err(E::custom(format!(
-                        "unknown filter '{other}' (skip-self, require-sub)"
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ContentFilter, E> {
+                match FilterName::parse(v) {
+                    Ok(n) if n.rewrites() => Ok(ContentFilter(n)),
+                    Ok(n) => Err(E::custom(format!(
+                        "'{}' does not change content (build-id, var-subst do)",
+                        n.as_str()
                     ))),
+                    Err(e) => Err(E::custom(e)),
                 }
             }
         }
@@ -905,8 +936,12 @@ struct RawItem<'a> {
     no_seq: Option<bool>,
     #[serde(default)]
     meta: Option<Meta>,
+    /// Not a publish field: refused with a pointer to where filters go.
     #[serde(default)]
-    filters: Option<Vec<Filter>>,
+    filters: Option<IgnoredAny>,
+    /// Pushpin paces deliveries by it (`message_rate`); corepin does not.
+    #[serde(default)]
+    size: Option<IgnoredAny>,
     #[serde(default, borrow)]
     formats: Option<Obj<RawFormats<'a>>>,
     #[serde(default, borrow, rename = "http-response")]
@@ -943,6 +978,10 @@ struct RawResponse<'a> {
     body: Option<Str<'a>>,
     #[serde(default, rename = "body-bin")]
     body_bin: Option<B64>,
+    #[serde(default, rename = "body-patch")]
+    body_patch: Option<serde_json::Value>,
+    #[serde(default, rename = "content-filters")]
+    content_filters: Option<Vec<ContentFilter>>,
 }
 
 #[derive(Deserialize)]
@@ -954,6 +993,8 @@ struct RawStream<'a> {
     content: Option<Str<'a>>,
     #[serde(default, rename = "content-bin")]
     content_bin: Option<B64>,
+    #[serde(default, rename = "content-filters")]
+    content_filters: Option<Vec<ContentFilter>>,
 }
 
 #[derive(Deserialize)]
@@ -971,6 +1012,8 @@ struct RawWs<'a> {
     code: Option<Checked<u16, CloseCode>>,
     #[serde(default, borrow)]
     reason: Option<Str<'a>>,
+    #[serde(default, rename = "content-filters")]
+    content_filters: Option<Vec<ContentFilter>>,
 }
 
 /// Where a format sits in the body (`items[3].formats.http-stream`),
@@ -1014,8 +1057,75 @@ fn payload(text: Option<Str>, bin: Option<B64>, at: At, key: &str) -> Result<Byt
     }
 }
 
+/// Checks an action against what a format supports. Pushpin accepts and
+/// ignores a few combinations (close on a long-poll, refresh outside
+/// WebSockets, hint on a WebSocket); corepin refuses them by name.
+fn check_action(action: Action, path: At, allowed: &[Action]) -> Result<Action, PublishError> {
+    if allowed.contains(&action) {
+        return Ok(action);
+    }
+    let name = match action {
+        Action::Send => "send",
+        Action::Close => "close",
+        Action::Hint => "hint",
+        Action::Refresh => "refresh",
+    };
+    let why = match (path.format, action) {
+        ("http-response", Action::Close) => {
+            "a long-poll cannot be closed without an answer (Pushpin ignores it)"
+        }
+        (_, Action::Refresh) => {
+            "refresh is for ws-message (WebSocket-over-HTTP sessions; Pushpin ignores it here)"
+        }
+        ("ws-message", Action::Hint) => "WebSockets have nothing to re-fetch (Pushpin ignores it)",
+        _ => "not supported",
+    };
+    bad(
+        &format!("{path}.action"),
+        &format!("'{name}' is not supported for {}: {why}", path.format),
+    )
+}
+
+/// `content-filters`, which only a `send` can carry.
+fn content_filters(
+    list: Option<Vec<ContentFilter>>,
+    action: Action,
+    path: At,
+) -> Result<Option<Vec<FilterName>>, PublishError> {
+    match list {
+        Some(_) if action != Action::Send => bad(
+            &format!("{path}.content-filters"),
+            "is only for action send",
+        ),
+        Some(l) => Ok(Some(l.into_iter().map(|c| c.0).collect())),
+        None => Ok(None),
+    }
+}
+
 impl RawResponse<'_> {
     fn build(self, path: At) -> Result<HttpResponse, PublishError> {
+        let action = check_action(
+            self.action.unwrap_or(Action::Send),
+            path,
+            &[Action::Send, Action::Hint],
+        )?;
+        if self.body_patch.is_some() && (self.body.is_some() || self.body_bin.is_some()) {
+            return bad(
+                &path.to_string(),
+                "give one of body, body-bin or body-patch, not several",
+            );
+        }
+        let patch = match self.body_patch {
+            Some(_) if action != Action::Send => {
+                return bad(&format!("{path}.body-patch"), "is only for action send")
+            }
+            Some(v) => Some(BodyPatch::parse(v).map_err(|e| {
+                let sep = if e.starts_with('[') { "" } else { ": " };
+                PublishError(format!("{path}.body-patch{sep}{e}"))
+            })?),
+            None => None,
+        };
+        let content_filters = content_filters(self.content_filters, action, path)?;
         let body = payload(self.body, self.body_bin, path, "body")?;
         // VALIDATE: status range, reason, header names and values, managed
         // fields, bodiless statuses (codec::response).
@@ -1029,19 +1139,33 @@ impl RawResponse<'_> {
             &body,
         )
         .map_err(|e| PublishError(e.at(&path.to_string())))?;
+        if patch.is_some() && !head.status().has_body() {
+            return bad(
+                &format!("{path}.body-patch"),
+                &format!("a {} response has no body to patch", head.status().code()),
+            );
+        }
         Ok(HttpResponse {
-            action: self.action.unwrap_or(Action::Send),
+            action,
             head,
             body,
+            patch,
+            content_filters,
         })
     }
 }
 
 impl RawStream<'_> {
     fn build(self, path: At) -> Result<HttpStream, PublishError> {
+        let action = check_action(
+            self.action.unwrap_or(Action::Send),
+            path,
+            &[Action::Send, Action::Close, Action::Hint],
+        )?;
         Ok(HttpStream {
-            action: self.action.unwrap_or(Action::Send),
+            action,
             content: payload(self.content, self.content_bin, path, "content")?,
+            content_filters: content_filters(self.content_filters, action, path)?,
         })
     }
 }
@@ -1053,10 +1177,24 @@ impl RawWs<'_> {
             None if self.content_bin.is_some() => WsKind::Binary,
             None => WsKind::Text,
         };
-        let action = self.action.unwrap_or(Action::Send);
+        let action = check_action(
+            self.action.unwrap_or(Action::Send),
+            path,
+            &[Action::Send, Action::Close, Action::Refresh],
+        )?;
         let content = payload(self.content, self.content_bin, path, "content")?;
         if kind == WsKind::Text && std::str::from_utf8(&content).is_err() {
             return bad(&format!("{path}.content"), "text messages must be UTF-8");
+        }
+        if matches!(kind, WsKind::Ping | WsKind::Pong) && content.len() > ws::MAX_CONTROL_PAYLOAD {
+            return bad(
+                &format!("{path}.content"),
+                &format!(
+                    "is {} bytes; a ping or pong carries at most {} (RFC 6455 §5.5)",
+                    content.len(),
+                    ws::MAX_CONTROL_PAYLOAD
+                ),
+            );
         }
         if let Some(r) = &self.reason {
             // VALIDATE: the close frame's reason fits its payload (codec::ws).
@@ -1076,6 +1214,7 @@ impl RawWs<'_> {
             content,
             code: self.code.map(|c| c.0),
             reason: self.reason.map(Str::into_string).unwrap_or_default(),
+            content_filters: content_filters(self.content_filters, action, path)?,
         })
     }
 }
@@ -1089,6 +1228,18 @@ impl RawItem<'_> {
         };
         if self.channel.0.is_empty() {
             return bad(&format!("{at}.channel"), "must not be empty");
+        }
+        if self.filters.is_some() {
+            return bad(
+                &format!("{at}.filters"),
+                "not a publish field: subscribers declare filters (Grip-Channel: c; filter=skip-self), a publish gives them meta (sender, skip_users, require_sub)",
+            );
+        }
+        if self.size.is_some() {
+            return bad(
+                &format!("{at}.size"),
+                "not supported: Pushpin paces deliveries by it (message_rate), corepin does not pace deliveries",
+            );
         }
         let direct =
             self.http_response.is_some() || self.http_stream.is_some() || self.ws_message.is_some();
@@ -1129,7 +1280,6 @@ impl RawItem<'_> {
             prev_id: self.prev_id.map(|i| i.0),
             no_seq: self.no_seq.unwrap_or(false),
             meta: self.meta.map(|m| m.0).unwrap_or_default(),
-            filters: self.filters.unwrap_or_default(),
             http_response: response
                 .map(|Obj(r)| r.build(at.of("http-response")))
                 .transpose()?,
@@ -1335,7 +1485,7 @@ mod tests {
     fn ids_meta_filters_nulls_and_escapes() {
         let it = one(
             r#"{"items":[{"channel":"c\u00e9","id":12,"prev-id":1.5,"meta":{"sender":"a","users":"a,b"},
-            "filters":["skip-self","require-sub"],"http-stream":{"content":"a\"b\n","action":null},
+            "http-stream":{"content":"a\"b\n","action":null},
             "ws-message":{"content":"x","code":null,"reason":null,"type":null}}]}"#,
         );
         assert_eq!(it.channel, "cé");
@@ -1350,7 +1500,6 @@ mod tests {
                 ("users".into(), "a,b".into())
             ]
         );
-        assert_eq!(it.filters, vec![Filter::SkipSelf, Filter::RequireSub]);
         assert_eq!(
             it.http_stream.map(|s| s.content),
             Some(Bytes::from_static(b"a\"b\n"))
@@ -1528,8 +1677,12 @@ mod tests {
                 "items[0].meta.a: must be a string",
             ),
             (
-                r#"{"items":[{"channel":"c","filters":["skip-self","nope"],"http-stream":{}}]}"#,
-                "items[0].filters[1]: unknown filter 'nope'",
+                r#"{"items":[{"channel":"c","filters":["skip-self"],"http-stream":{}}]}"#,
+                "items[0].filters: not a publish field: subscribers declare filters",
+            ),
+            (
+                r#"{"items":[{"channel":"c","size":10,"http-stream":{}}]}"#,
+                "items[0].size: not supported",
             ),
             (
                 r#"{"items":[{"channel":"c","no-seq":"yes","http-stream":{}}]}"#,
@@ -1607,6 +1760,62 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn content_filters_patches_pings_and_actions() {
+        use crate::codec::filter::Name;
+        let it = one(r#"{"items":[{"channel":"c","formats":{
+            "http-response":{"body-patch":[{"op":"add","path":"/a","value":1}],"content-filters":["var-subst"]},
+            "http-stream":{"content":"x","content-filters":[]},
+            "ws-message":{"type":"ping","content":"hi","content-filters":["build-id","var-subst"]}}}]}"#);
+        assert!(it.per_subscriber());
+        let r = it.http_response.expect("response");
+        assert_eq!(r.content_filters, Some(vec![Name::VarSubst]));
+        assert_eq!(&r.patch.expect("patch").apply(b"{}\n")[..], b"{\"a\":1}\n");
+        assert_eq!(
+            it.http_stream.expect("stream").content_filters,
+            Some(vec![])
+        );
+        let w = it.ws_message.expect("ws");
+        assert_eq!((w.kind, &w.content[..]), (WsKind::Ping, &b"hi"[..]));
+        assert_eq!(w.content_filters, Some(vec![Name::BuildId, Name::VarSubst]));
+        let it = one(r#"{"items":[{"channel":"c","ws-message":{"type":"pong"}}]}"#);
+        assert_eq!(
+            it.ws_message.map(|w| (w.kind, w.content.len())),
+            Some((WsKind::Pong, 0))
+        );
+        assert!(
+            !one(r#"{"items":[{"channel":"c","ws-message":{"content":"x"}}]}"#).per_subscriber()
+        );
+        let it = one(r#"{"items":[{"channel":"c","ws-message":{"action":"refresh"}}]}"#);
+        assert_eq!(it.ws_message.map(|w| w.action), Some(Action::Refresh));
+        for (item, needle) in [
+            (r#"{"http-response":{"action":"close"}}"#, "items[0].http-response.action: 'close' is not supported for http-response"),
+            (r#"{"http-response":{"action":"refresh"}}"#, "http-response.action: 'refresh' is not supported for http-response: refresh is for ws-message"),
+            (r#"{"http-stream":{"action":"refresh"}}"#, "items[0].http-stream.action: 'refresh' is not supported"),
+            (r#"{"ws-message":{"action":"hint"}}"#, "items[0].ws-message.action: 'hint' is not supported for ws-message"),
+            (r#"{"http-stream":{"content-filters":["nope"]}}"#, "http-stream.content-filters[0]: unknown filter 'nope'"),
+            (r#"{"http-stream":{"content-filters":["http-modify"]}}"#, "filter 'http-modify' is not supported"),
+            (r#"{"http-stream":{"content-filters":["skip-self"]}}"#, "'skip-self' does not change content"),
+            (r#"{"http-stream":{"content-filters":"var-subst"}}"#, "http-stream.content-filters: must be a sequence"),
+            (r#"{"http-stream":{"action":"close","content-filters":[]}}"#, "http-stream.content-filters: is only for action send"),
+            (r#"{"http-response":{"body":"x","body-patch":[]}}"#, "http-response: give one of body, body-bin or body-patch"),
+            (r#"{"http-response":{"body-patch":{}}}"#, "http-response.body-patch: must be a list"),
+            (r#"{"http-response":{"body-patch":[{"op":"remove","path":""}]}}"#, "http-response.body-patch[0].path: \"\": a path must start with '/'"),
+            (r#"{"http-response":{"code":204,"body-patch":[]}}"#, "a 204 response has no body to patch"),
+            (r#"{"http-response":{"action":"hint","body-patch":[]}}"#, "body-patch: is only for action send"),
+            (r#"{"ws-message":{"type":"ping","content":"PAYLOAD"}}"#, "PLACEHOLDER"),
+        ] {
+            let item = item.replace("PAYLOAD", &"x".repeat(126));
+            let needle = needle.replace(
+                "PLACEHOLDER",
+                "items[0].ws-message.content: is 126 bytes; a ping or pong carries at most 125",
+            );
+            let json = format!(r#"{{"items":[{{"channel":"c",{}}}]}}"#, &item[1..item.len() - 1]);
+            let e = parse(json.as_bytes()).expect_err(&json).0;
+            assert!(e.contains(&needle), "{json}: {e}");
         }
     }
 }

@@ -26,7 +26,7 @@
 use std::fmt;
 use std::io::Write;
 
-use super::http1::{is_hop_by_hop, reason_phrase, ResponseHead};
+use super::http1::{is_hop_by_hop, reason_phrase, ResponseHead, HOP_BY_HOP};
 
 /// Lowest status a source may give: the first final status.
 pub const MIN_STATUS: u16 = 200;
@@ -38,19 +38,6 @@ pub const MAX_REASON: usize = 512;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields a source may give (corepin adds its framing ones).
 pub const MAX_FIELDS: usize = 128;
-
-/// Fields corepin writes itself or that describe one connection only
-/// (RFC 9110 §7.6.1), never copied from a source into a client response.
-const MANAGED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
 
 /// What is wrong with one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,10 +174,10 @@ pub fn check_name(n: &[u8]) -> Result<(), Problem> {
 /// True for fields corepin never copies from a source: hop-by-hop and
 /// framing fields, and `Grip-*`.
 pub fn is_managed(name: &[u8]) -> bool {
-    MANAGED
+    HOP_BY_HOP
         .iter()
         .any(|m| m.as_bytes().eq_ignore_ascii_case(name))
-        || (name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"grip-"))
+        || super::heads::is_grip_name(name)
 }
 
 /// A validated status: a final code and a reason phrase safe to write.

@@ -242,6 +242,9 @@ pub fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
+/// Largest payload of a control frame (ping, pong, close), RFC 6455 §5.5.
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
 /// Longest close reason: the close payload (2-byte code + reason) of a
 /// control frame is at most 125 bytes (RFC 6455 §5.5).
 pub const MAX_CLOSE_REASON: usize = 123;

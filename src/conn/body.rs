@@ -4,11 +4,12 @@
 
 use std::io;
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncWrite, AsyncWriteExt};
 
-use crate::buf::{InBuf, BUF_SIZE};
+use crate::buf::BUF_SIZE;
 use crate::codec::chunked::{self, ChunkError, ChunkedDecoder};
 use crate::codec::http1::BodyKind;
+use crate::connection::Connection;
 
 /// Below this, a head and the first body bytes go out in one write.
 const COALESCE_MAX: usize = 64 * 1024;
@@ -49,8 +50,8 @@ async fn write<D: AsyncWrite + Unpin>(dst: &mut D, bytes: &[u8]) -> Result<(), R
     dst.write_all(bytes).await.map_err(RelayError::Write)
 }
 
-async fn fill<S: AsyncRead + Unpin>(src: &mut S, buf: &mut InBuf) -> Result<(), RelayError> {
-    match buf.fill(src, BUF_SIZE).await {
+async fn fill(src: &mut Connection) -> Result<(), RelayError> {
+    match src.fill(BUF_SIZE).await {
         Ok(0) => Err(RelayError::Truncated),
         Ok(_) => Ok(()),
         Err(e) => Err(RelayError::Read(e)),
@@ -86,21 +87,16 @@ impl Relay<'_> {
         write(dst, data).await
     }
 
-    /// Relays a body of kind `kind` from `src` (with its buffer) to `dst`.
-    /// Returns the number of body bytes relayed. The prefix is always sent,
-    /// even for an empty body.
-    pub async fn run<S, D>(
+    /// Relays a body of kind `kind` read from `src` (what its input
+    /// buffer holds first) to `dst`. Returns the number of body bytes
+    /// relayed. The prefix is always sent, even for an empty body.
+    pub async fn run<D: AsyncWrite + Unpin>(
         &mut self,
-        src: &mut S,
-        buf: &mut InBuf,
+        src: &mut Connection,
         dst: &mut D,
         kind: BodyKind,
         framing: OutFraming,
-    ) -> Result<u64, RelayError>
-    where
-        S: AsyncRead + Unpin,
-        D: AsyncWrite + Unpin,
-    {
+    ) -> Result<u64, RelayError> {
         let mut total = 0u64;
         match kind {
             BodyKind::Empty => {}
@@ -110,15 +106,15 @@ impl Relay<'_> {
                 }
                 let mut remaining = n;
                 while remaining > 0 {
-                    if buf.is_empty() {
+                    if !src.has_input() {
                         self.flush(dst).await?;
-                        fill(src, buf).await?;
+                        fill(src).await?;
                     }
-                    let take = buf
-                        .len()
+                    let take = src
+                        .input_len()
                         .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    self.send(dst, &buf.data()[..take]).await?;
-                    buf.consume(take);
+                    self.send(dst, &src.input()[..take]).await?;
+                    src.consume(take);
                     remaining -= take as u64;
                     total += take as u64;
                 }
@@ -126,11 +122,11 @@ impl Relay<'_> {
             BodyKind::Chunked => {
                 let mut dec = ChunkedDecoder::new();
                 loop {
-                    if buf.is_empty() {
+                    if !src.has_input() {
                         self.flush(dst).await?;
-                        fill(src, buf).await?;
+                        fill(src).await?;
                     }
-                    let d = dec.decode(buf.data()).map_err(RelayError::BadChunk)?;
+                    let d = dec.decode(src.input()).map_err(RelayError::BadChunk)?;
                     total += d.data.len() as u64;
                     if self.limit > 0 && total > self.limit {
                         return Err(RelayError::TooLarge);
@@ -140,7 +136,7 @@ impl Relay<'_> {
                         OutFraming::Raw => self.out.extend_from_slice(d.data),
                     }
                     let (consumed, done) = (d.consumed, d.done);
-                    buf.consume(consumed);
+                    src.consume(consumed);
                     if done {
                         break;
                     }
@@ -153,14 +149,14 @@ impl Relay<'_> {
                 }
             }
             BodyKind::UntilClose => loop {
-                if buf.is_empty() {
+                if !src.has_input() {
                     self.flush(dst).await?;
-                    match fill(src, buf).await {
+                    match fill(src).await {
                         Err(RelayError::Truncated) => break,
                         r => r?,
                     }
                 }
-                let data = buf.data();
+                let data = src.input();
                 total += data.len() as u64;
                 if self.limit > 0 && total > self.limit {
                     return Err(RelayError::TooLarge);
@@ -170,7 +166,7 @@ impl Relay<'_> {
                     OutFraming::Raw => self.out.extend_from_slice(data),
                 }
                 let n = data.len();
-                buf.consume(n);
+                src.consume(n);
             },
         }
         if kind == BodyKind::UntilClose && framing == OutFraming::Chunked {

@@ -4,28 +4,29 @@
 //! long-poll (answered by the first published response, or by the
 //! backend's own response at the timeout).
 
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::{AsyncWrite, AsyncWriteExt, Future};
+use futures_lite::Future;
 
 use crate::buf::BUF_SIZE;
 use crate::codec::grip::{self, HoldMode, Instruct};
-use crate::codec::http1::{self, is_hop_by_hop, BodyKind, RequestHead, ResponseHead, Version};
+use crate::codec::heads;
+use crate::codec::http1::{self, BodyKind, RequestHead, ResponseHead, Version};
 use crate::codec::response::{self, Head, Status};
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
+use crate::connection::PartsProgress;
 use crate::shard::Shard;
 use crate::subs::{Kind, Msg, Sub, SubSpec};
 use crate::upstream::Upstream;
 
-/// Most queued stream bytes joined into one write.
-const COALESCE_MAX: usize = 64 * 1024;
+/// Most queued bytes sent in one gathered write.
+const BATCH_MAX: usize = 64 * 1024;
 
 /// Largest instructing response body read into memory.
 pub const MAX_INSTRUCT_BODY: u64 = 1 << 20;
@@ -37,11 +38,6 @@ pub const MAX_INSTRUCT_BODY: u64 = 1 << 20;
 pub struct Base {
     pub head: Head,
     pub body: Bytes,
-}
-
-/// True for response fields that reach clients: not hop-by-hop, not `Grip-*`.
-pub fn keep_header(fields: &http1::Fields, name: &[u8]) -> bool {
-    !(is_hop_by_hop(fields, name) || (name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"grip-")))
 }
 
 impl Base {
@@ -66,19 +62,11 @@ impl Base {
         let status = status.unwrap_or(self.head.status());
         self.head.write(out, Some(status));
         response::write_length(out, status, self.body.len());
-        connection_header(out, keep, http10);
+        heads::write_connection(out, keep, http10);
         out.extend_from_slice(b"\r\n");
         if status.has_body() {
             out.extend_from_slice(&self.body);
         }
-    }
-}
-
-fn connection_header(out: &mut Vec<u8>, keep: bool, http10: bool) {
-    if !keep {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
 }
 
@@ -99,13 +87,7 @@ pub async fn read_body(up: &mut Upstream, kind: BodyKind) -> Result<Bytes, Relay
         out: &mut out,
         limit: MAX_INSTRUCT_BODY,
     }
-    .run(
-        &mut up.stream,
-        &mut up.inbuf,
-        &mut sink,
-        kind,
-        OutFraming::Raw,
-    )
+    .run(&mut up.conn, &mut sink, kind, OutFraming::Raw)
     .await?;
     Ok(Bytes::from(sink))
 }
@@ -113,7 +95,7 @@ pub async fn read_body(up: &mut Upstream, kind: BodyKind) -> Result<Bytes, Relay
 /// Turns an instructing response (head and whole body) into a decision.
 pub fn decide(resp: &ResponseHead, body: Bytes) -> Result<Decision, grip::GripError> {
     let (instruct, base) = if grip::is_instruct_json(&resp.fields) {
-        let (instruct, r) = grip::from_json(&body)?;
+        let (instruct, r) = grip::from_json_response(&resp.fields, &body)?;
         let base = Base {
             head: r.head,
             body: r.body,
@@ -148,7 +130,21 @@ pub struct HoldCtx<'a> {
     pub backend: Option<String>,
     pub prefix: String,
     pub target: String,
-    pub sig: Option<(Vec<u8>, String)>,
+    pub sig: Option<crate::jwt::SigKey>,
+}
+
+/// What the filters need of an instruct's channels (the first `max`).
+fn chan_states(i: &Instruct, prefix: &str, max: usize) -> Vec<crate::subs::ChanState> {
+    i.channels
+        .iter()
+        .take(max)
+        .map(|c| crate::subs::ChanState {
+            channel: format!("{prefix}{}", c.name),
+            name: c.name.clone(),
+            filters: c.filters.clone(),
+            prev_id: c.prev_id.clone(),
+        })
+        .collect()
 }
 
 /// Holds the client connection as instructed.
@@ -206,13 +202,107 @@ pub async fn hold(
             _ => None,
         },
     });
-    let _ = c.stream.set_read_timeout(None);
+    shard
+        .subs
+        .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
+    *sub.held_body.borrow_mut() = base.body.clone();
+    c.conn.set_read_timeout(None);
+    // Only the first instruct's gone link counts (Pushpin: a next link's
+    // response cannot set or change it).
+    let gone = instruct.gone.clone();
     // Boxed: a held connection carries only its own kind's state.
     let end = match instruct.hold {
         HoldMode::Stream => Box::pin(hold_stream(shard, c, ctx, &sub, instruct, base)).await,
         HoldMode::Response => Box::pin(hold_response(shard, c, ctx, &sub, &instruct, base)).await,
     };
+    if let Some(url) = gone {
+        send_gone(shard, ctx, &url);
+    }
     end
+}
+
+/// `Grip-Link: <URL>; rel=gone`: when a held request ends, whatever ended
+/// it (the client leaving, its answer, a stream's close), corepin POSTs
+/// to URL with no body and none of the client's fields, signed like any
+/// request to the backend. Best effort, in its own task so the client's
+/// connection does not wait: failures and a non-empty answer are logged.
+fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
+    let Some((addr, path)) = link_addr(shard, ctx, url) else {
+        return;
+    };
+    let mut req = Vec::with_capacity(256);
+    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
+    heads::write_gone_request(&mut req, &path, host, token.as_deref());
+    let shard = shard.clone();
+    let url = url.to_string();
+    glommio::spawn_local(async move {
+        let mut up = match shard
+            .pool
+            .connect(&addr, shard.cfg.timeouts.upstream_connect)
+            .await
+        {
+            Ok(up) => up,
+            Err(e) => {
+                warn!("core {}: gone link {url}: {e:?}", shard.index);
+                return;
+            }
+        };
+        if up.conn.write_all(&req).await.is_err() {
+            warn!("core {}: gone link {url}: the request failed", shard.index);
+            return;
+        }
+        let Some(resp) = up
+            .read_head(
+                &shard.cfg.limits.head,
+                false,
+                shard.cfg.timeouts.upstream_read,
+            )
+            .await
+        else {
+            warn!("core {}: gone link {url}: no answer", shard.index);
+            return;
+        };
+        match read_body(&mut up, resp.body).await {
+            Ok(b) if b.is_empty() => {
+                if resp.keep_alive {
+                    shard.pool.put_idle(up);
+                }
+            }
+            Ok(_) => warn!(
+                "core {}: gone link {url} answered {} with a body (expected none)",
+                shard.index, resp.status
+            ),
+            Err(_) => warn!("core {}: gone link {url}: bad answer", shard.index),
+        }
+    })
+    .detach();
+}
+
+/// Where a link points: the backend address and the request target. A
+/// link is `http://host[:port]/path` or a path on the route's backend.
+fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(String, String)> {
+    match url.strip_prefix("http://") {
+        Some(rest) => {
+            let (hostport, path) = rest
+                .split_once('/')
+                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+            let hostport = if hostport.contains(':') {
+                hostport.to_string()
+            } else {
+                format!("{hostport}:80")
+            };
+            Some((hostport, path))
+        }
+        None if url.starts_with('/') => Some((ctx.backend.clone()?, url.to_string())),
+        None => {
+            warn!(
+                "core {}: link '{url}' is not http:// or a path",
+                shard.index
+            );
+            None
+        }
+    }
 }
 
 pub enum Event {
@@ -232,8 +322,8 @@ pub async fn next_event(c: &mut Client, sub: &Sub) -> Event {
         }
         // Watch the client side for a close; bytes it sends (a pipelined
         // request) are kept for after the hold, up to one buffer.
-        while c.inbuf.len() < BUF_SIZE {
-            match c.inbuf.poll_fill(cx, &mut c.stream, BUF_SIZE) {
+        while c.conn.input_len() < BUF_SIZE {
+            match c.conn.poll_fill(cx, BUF_SIZE) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::ClientGone),
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => break,
@@ -242,10 +332,6 @@ pub async fn next_event(c: &mut Client, sub: &Sub) -> Event {
         Poll::Pending
     })
     .await
-}
-
-async fn write(c: &mut Client, bytes: &[u8]) -> bool {
-    c.stream.write_all(bytes).await.is_ok()
 }
 
 /// How a write to a held connection's client ended.
@@ -259,70 +345,81 @@ pub enum Written {
     Dropped,
 }
 
-/// Writes published bytes (or other bytes for a subscriber) to a held
-/// connection's client. Once the socket pushes back, the write must finish
-/// within `timeouts.client_write`, however the client trickles its reads
-/// (the socket's own timeout restarts at every byte taken); past that the
+/// The subscriber's last hop, the one path by which every held
+/// connection (stream, long-poll, WebSocket) writes to its client: `first`,
+/// and the published data queued behind it (up to `BATCH_MAX` bytes and
+/// `subs::MAX_PARTS` messages), leave in one gathered write, the shared
+/// `Bytes` never copied. Returns how the write ended and the bytes it
+/// carried as `measure` counts them (the access log's body bytes).
+///
+/// Once the socket pushes back, the write must finish within
+/// `timeouts.client_write`, however the client trickles its reads (the
+/// socket's own timeout restarts at every byte taken); past that the
 /// subscriber is dropped as stalled. While the write waits, the subscriber
 /// counts as blocked, so its queue is held to the byte limit, and a queue
 /// that goes over it ends the write at once.
-pub async fn write_held(shard: &Shard, c: &mut Client, sub: &Sub, bytes: &[u8]) -> Written {
-    let mut written = 0;
+pub async fn deliver(
+    shard: &Shard,
+    c: &mut Client,
+    sub: &Sub,
+    first: Bytes,
+    measure: fn(&[u8]) -> usize,
+) -> (Written, u64) {
+    // Without a backlog (the common case) nothing is allocated.
+    let mut backlog = Vec::new();
+    sub.take_data_parts(&mut backlog, BATCH_MAX.saturating_sub(first.len()));
+    let parts = if backlog.is_empty() {
+        std::slice::from_ref(&first)
+    } else {
+        backlog.insert(0, first.clone());
+        &backlog[..]
+    };
+    let n = parts.iter().map(|p| measure(p) as u64).sum();
+    let mut progress = PartsProgress::default();
     let mut deadline: Option<glommio::timer::Timer> = None;
     let r = futures_lite::future::poll_fn(|cx| {
         if sub.dropped() {
             return Poll::Ready(Written::Dropped);
         }
-        while written < bytes.len() {
-            match Pin::new(&mut c.stream).poll_write(cx, &bytes[written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Written::Gone),
-                Poll::Ready(Ok(n)) => written += n,
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                    shard.subs.stalled(sub);
-                    return Poll::Ready(Written::Dropped);
-                }
-                Poll::Ready(Err(_)) => return Poll::Ready(Written::Gone),
-                Poll::Pending => {
-                    // The timer exists only for writes that wait: the common
-                    // write, taken whole by the kernel, costs no timer.
-                    if deadline.is_none() {
-                        if shard.subs.blocked(sub) {
-                            return Poll::Ready(Written::Dropped);
-                        }
-                        deadline =
-                            Some(glommio::timer::Timer::new(shard.cfg.timeouts.client_write));
+        match c.conn.poll_write_parts(cx, parts, &mut progress) {
+            Poll::Ready(Ok(())) => Poll::Ready(Written::Done),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                shard.subs.stalled(sub);
+                Poll::Ready(Written::Dropped)
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(Written::Gone),
+            Poll::Pending => {
+                // The timer exists only for writes that wait: the common
+                // write, taken whole by the kernel, costs no timer.
+                if deadline.is_none() {
+                    if shard.subs.blocked(sub) {
+                        return Poll::Ready(Written::Dropped);
                     }
-                    sub.watch(cx.waker());
-                    if let Some(t) = deadline.as_mut() {
-                        if Pin::new(t).poll(cx).is_ready() {
-                            shard.subs.stalled(sub);
-                            return Poll::Ready(Written::Dropped);
-                        }
-                    }
-                    return Poll::Pending;
+                    deadline = Some(glommio::timer::Timer::new(shard.cfg.timeouts.client_write));
                 }
+                sub.watch(cx.waker());
+                if let Some(t) = deadline.as_mut() {
+                    if Pin::new(t).poll(cx).is_ready() {
+                        shard.subs.stalled(sub);
+                        return Poll::Ready(Written::Dropped);
+                    }
+                }
+                Poll::Pending
             }
         }
-        Poll::Ready(Written::Done)
     })
     .await;
     sub.set_blocked(false);
-    r
+    if r == Written::Done {
+        sub.wrote(Instant::now());
+    }
+    (r, n)
 }
 
 /// Sends what the socket takes now, without waiting: the last words to a
 /// client being dropped for not reading (a WebSocket close frame).
 pub fn send_now(c: &Client, bytes: &[u8]) {
-    // SAFETY: send on the connection's own open socket from a valid
-    // buffer; MSG_DONTWAIT never blocks, MSG_NOSIGNAL never raises SIGPIPE.
-    unsafe {
-        libc::send(
-            c.stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    c.conn.send_now(bytes);
 }
 
 fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> HoldEnd {
@@ -361,45 +458,25 @@ async fn hold_stream(
         crate::codec::chunked::write_chunk(&mut out, &base.body);
     }
     drop(base);
-    let sent = write(c, &out).await;
+    let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
     if !sent {
         return done(code, 0, ctx, false);
     }
     sub.wrote(Instant::now());
-    let keep = ctx.head.keep_alive && !http10;
     loop {
         match next_event(c, sub).await {
             Event::Msg(Msg::Data(b)) => {
-                // A backlog (publishes that arrived while this connection
-                // waited its turn) goes out in one write. Only small
-                // messages are copied to be joined: a large one is written
-                // from the shared bytes, never copied per subscriber.
-                let joinable = sub
-                    .next_data_len()
-                    .is_some_and(|n| b.len() + n <= COALESCE_MAX);
                 // The access log counts body bytes, not chunk framing.
-                let payload = |written: &[u8]| {
-                    if http10 {
-                        written.len()
-                    } else {
-                        crate::codec::chunked::payload_len(written)
-                    }
-                };
-                let (r, n) = if joinable {
-                    let mut run = shard.bufs.take_out();
-                    run.extend_from_slice(&b);
-                    sub.take_data_run(&mut run, COALESCE_MAX);
-                    let r = write_held(shard, c, sub, &run).await;
-                    let n = payload(&run);
-                    shard.bufs.give_out(run);
-                    (r, n)
+                let payload = if http10 {
+                    <[u8]>::len
                 } else {
-                    (write_held(shard, c, sub, &b).await, payload(&b))
+                    crate::codec::chunked::payload_len
                 };
-                bytes += n as u64;
+                let (r, n) = deliver(shard, c, sub, b, payload).await;
+                bytes += n;
                 match r {
-                    Written::Done => sub.wrote(Instant::now()),
+                    Written::Done => {}
                     Written::Gone => return done(code, bytes, ctx, false),
                     Written::Dropped => {
                         dropped_warning(shard, c, "stream");
@@ -407,13 +484,7 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Close) => {
-                if !http10 {
-                    let ok = write(c, crate::codec::chunked::LAST_CHUNK).await;
-                    return done(code, bytes, ctx, ok && keep && !shard.draining());
-                }
-                return done(code, bytes, ctx, false);
-            }
+            Event::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
             Event::Msg(Msg::Refetch) => {
                 let Some(link) = instruct.next.clone() else {
                     continue;
@@ -427,7 +498,7 @@ async fn hold_stream(
                             crate::codec::chunked::write_chunk(&mut v, &body);
                             v
                         };
-                        if !framed.is_empty() && !write(c, &framed).await {
+                        if !framed.is_empty() && c.conn.write_all(&framed).await.is_err() {
                             return done(code, bytes, ctx, false);
                         }
                         bytes += body.len() as u64;
@@ -439,6 +510,12 @@ async fn hold_stream(
                                     .map(|s| format!("{}{}", ctx.prefix, s.name))
                                     .collect();
                                 shard.subs.set_channels(sub, channels);
+                                // The next response's instruct replaces
+                                // the meta and the filters (Pushpin).
+                                *sub.meta.borrow_mut() = i.meta.clone();
+                                shard
+                                    .subs
+                                    .set_chans(sub, chan_states(&i, &ctx.prefix, usize::MAX));
                                 *sub.keep_alive.borrow_mut() = i.keep_alive.clone();
                                 sub.link_at.set(i.next.as_ref().map(|l| {
                                     Instant::now() + Duration::from_secs(u64::from(l.timeout))
@@ -446,14 +523,8 @@ async fn hold_stream(
                                 shard.subs.retime(sub);
                                 instruct = *i;
                             }
-                            _ => {
-                                // No further hold: the stream ends here.
-                                if !http10 {
-                                    let ok = write(c, crate::codec::chunked::LAST_CHUNK).await;
-                                    return done(code, bytes, ctx, ok && keep && !shard.draining());
-                                }
-                                return done(code, bytes, ctx, false);
-                            }
+                            // No further hold: the stream ends here.
+                            _ => return end_stream(shard, c, ctx, code, bytes).await,
                         }
                     }
                     None => {
@@ -465,7 +536,13 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Response(_) | Msg::Timeout | Msg::WsClose(..)) => {}
+            Event::Msg(
+                Msg::Response(_)
+                | Msg::ResponseBody(..)
+                | Msg::Timeout
+                | Msg::WsClose(..)
+                | Msg::Refresh,
+            ) => {}
             Event::ClientGone => return done(code, bytes, ctx, false),
             Event::Dropped => {
                 dropped_warning(shard, c, "stream");
@@ -473,6 +550,28 @@ async fn hold_stream(
             }
         }
     }
+}
+
+/// Ends a held stream cleanly: the last chunk, and the connection kept
+/// when the client may send another request; an HTTP/1.0 stream ends with
+/// the connection.
+async fn end_stream(
+    shard: &Shard,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    code: u16,
+    bytes: u64,
+) -> HoldEnd {
+    if ctx.head.version == Version::Http10 {
+        return done(code, bytes, ctx, false);
+    }
+    let ok = c
+        .conn
+        .write_all(crate::codec::chunked::LAST_CHUNK)
+        .await
+        .is_ok();
+    let keep = ctx.head.keep_alive && !shard.draining();
+    done(code, bytes, ctx, ok && keep)
 }
 
 async fn hold_response(
@@ -487,30 +586,40 @@ async fn hold_response(
     let keep = ctx.head.keep_alive && !shard.draining();
     loop {
         match next_event(c, sub).await {
-            Event::Msg(Msg::Response(e)) => {
-                let mut out =
-                    Vec::with_capacity(e.response_head.len() + e.response_body.len() + 64);
-                out.extend_from_slice(&e.response_head);
+            Event::Msg(m @ (Msg::Response(_) | Msg::ResponseBody(..))) => {
+                let (e, head, body) = match m {
+                    Msg::ResponseBody(e, body) => {
+                        let head = Bytes::from(e.response_head_for(body.len()));
+                        (e, head, body)
+                    }
+                    Msg::Response(e) => {
+                        let (h, b) = (e.response_head.clone(), e.response_body.clone());
+                        (e, h, b)
+                    }
+                    _ => continue,
+                };
+                let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+                out.extend_from_slice(&head);
                 for name in &instruct.expose {
                     if let Some(v) = base.head.get(name) {
                         http1::write_field(&mut out, name.as_bytes(), v);
                     }
                 }
-                connection_header(&mut out, keep, http10);
+                heads::write_connection(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(&e.response_body);
-                let ok = held_response_written(shard, c, sub, &out).await;
+                out.extend_from_slice(&body);
+                let ok = held_response_written(shard, c, sub, out).await;
                 let code = e
                     .item
                     .http_response
                     .as_ref()
                     .map_or(200, |r| r.head.status().code());
-                return done(code, e.response_body.len() as u64, ctx, ok && keep);
+                return done(code, body.len() as u64, ctx, ok && keep);
             }
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
-                let ok = held_response_written(shard, c, sub, &out).await;
+                let ok = held_response_written(shard, c, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
             }
@@ -522,8 +631,11 @@ async fn hold_response(
 }
 
 /// Writes a long-poll's answer; true when it went out whole.
-async fn held_response_written(shard: &Shard, c: &mut Client, sub: &Sub, out: &[u8]) -> bool {
-    match write_held(shard, c, sub, out).await {
+async fn held_response_written(shard: &Shard, c: &mut Client, sub: &Sub, out: Vec<u8>) -> bool {
+    match deliver(shard, c, sub, Bytes::from(out), <[u8]>::len)
+        .await
+        .0
+    {
         Written::Done => true,
         Written::Gone => false,
         Written::Dropped => {
@@ -543,31 +655,7 @@ pub fn dropped_warning(shard: &Shard, c: &Client, kind: &str) {
         "core {}: {kind} subscriber {} not keeping up (queue over its limit, or a write stalled); dropped",
         shard.index, c.peer
     );
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on the connection's own open socket with a
-    // correctly sized `linger` value.
-    unsafe {
-        libc::setsockopt(
-            c.stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-}
-
-/// `Grip-Last` lines for the channels a subscriber has seen ids on.
-fn grip_last(sub: &Sub, prefix: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (ch, id) in sub.last_ids.borrow().iter() {
-        let name = ch.strip_prefix(prefix).unwrap_or(ch);
-        let _ = write!(out, "Grip-Last: {name}; last-id={id}\r\n");
-    }
-    out
+    c.conn.reset_on_close();
 }
 
 /// Fetches a next link; returns its instruction (if any) and its body.
@@ -577,38 +665,18 @@ async fn fetch_link(
     sub: &Sub,
     url: &str,
 ) -> Option<(Option<Box<Instruct>>, Bytes)> {
-    let (addr, path) = match url.strip_prefix("http://") {
-        Some(rest) => {
-            let (hostport, path) = rest
-                .split_once('/')
-                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-            let hostport = if hostport.contains(':') {
-                hostport.to_string()
-            } else {
-                format!("{hostport}:80")
-            };
-            (hostport, path)
-        }
-        None if url.starts_with('/') => (ctx.backend.clone()?, url.to_string()),
-        None => {
-            warn!(
-                "core {}: next link '{url}' is not http:// or a path",
-                shard.index
-            );
-            return None;
-        }
-    };
+    let (addr, path) = link_addr(shard, ctx, url)?;
     let mut req = Vec::with_capacity(256);
-    let host = ctx
-        .head
-        .fields
-        .get("host")
-        .map_or(addr.as_bytes().to_vec(), <[u8]>::to_vec);
-    let _ = write!(req, "GET {path} HTTP/1.1\r\n");
-    http1::write_field(&mut req, b"Host", &host);
-    req.extend_from_slice(&grip_last(sub, &ctx.prefix));
-    shard.write_grip_headers(&mut req, ctx.sig.as_ref());
-    req.extend_from_slice(b"\r\n");
+    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
+    heads::write_link_request(
+        &mut req,
+        &path,
+        host,
+        &sub.last_ids.borrow(),
+        &ctx.prefix,
+        token.as_deref(),
+    );
     let mut up = match shard
         .pool
         .connect(&addr, shard.cfg.timeouts.upstream_connect)
@@ -620,7 +688,7 @@ async fn fetch_link(
             return None;
         }
     };
-    if up.stream.write_all(&req).await.is_err() {
+    if up.conn.write_all(&req).await.is_err() {
         return None;
     }
     let resp = up

@@ -2,37 +2,35 @@
 //! to a backend (or answer it locally), stream the response back, and loop
 //! for keep-alive and pipelined requests, answering them in order.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::buf::{InBuf, BUF_SIZE};
+use crate::buf::BUF_SIZE;
 use crate::codec::grip;
+use crate::codec::heads::{self, write_proxied_response, ClientBody, Purpose, Toward};
 use crate::codec::http1::{
-    self, is_hop_by_hop, parse_request, parse_response, BodyKind, HeadError, RequestHead,
-    ResponseHead, Version,
+    self, parse_request, BodyKind, HeadError, RequestHead, ResponseHead, Version,
 };
-use crate::config::Forwarding;
 use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
+use crate::connection::{Connection, ReadError};
 use crate::log::AccessEntry;
-use crate::route::{Backend, Route, Target, ORIG_MARK};
+use crate::route::{Backend, Route, Target};
 use crate::shard::{ConnGuard, ConnState, Shard};
-use crate::upstream::{ConnectError, Upstream};
+use crate::upstream::{Reuse, Upstream};
 
-/// The `Via` token corepin adds.
-const VIA: &str = "1.1 corepin";
-
-/// A client connection: its socket, its unconsumed input, its address,
-/// and what its shard knows of it.
+/// A client connection: its registration with the shard, its connection
+/// (socket and unconsumed input), its address.
 pub struct Client {
-    pub stream: TcpStream,
-    pub inbuf: InBuf,
+    /// Dropped first (fields drop in order): the shard forgets the socket
+    /// before it is closed, so a drain never shuts down a descriptor number
+    /// already reused by another connection.
+    pub guard: ConnGuard,
+    pub conn: Connection,
     pub peer: SocketAddr,
     pub state: Rc<ConnState>,
 }
@@ -73,17 +71,18 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves one client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(shard.cfg.timeouts.client_write));
-    let guard = shard.register(stream.as_raw_fd());
+    let conn = Connection::tcp(stream, shard.bufs.clone());
+    conn.set_nodelay();
+    conn.set_write_timeout(Some(shard.cfg.timeouts.client_write));
+    let guard = shard.register(conn.raw_fd());
     let mut c = Client {
-        stream,
-        inbuf: InBuf::new(shard.bufs.clone()),
-        peer,
         state: guard.state(),
+        guard,
+        conn,
+        peer,
     };
     loop {
-        let head = match read_head(&shard, &mut c, &guard).await {
+        let head = match read_head(&shard, &mut c).await {
             HeadRead::Head(h) => h,
             HeadRead::Closed => break,
             HeadRead::Refuse(status, reason) => {
@@ -98,6 +97,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                     bytes,
                     target: "-",
                     duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+                    user_agent: None,
                 });
                 break;
             }
@@ -113,78 +113,45 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             bytes: outcome.bytes,
             target: &outcome.target,
             duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+            user_agent: head.fields.get("user-agent"),
         });
         if !outcome.keep_alive || shard.draining() {
             break;
         }
     }
-    linger_close(&mut c.stream, &mut c.inbuf).await;
-}
-
-/// Closes our side, then reads and discards what the peer still sends
-/// (bounded in time and bytes), so an answer sent before the peer finished
-/// its request is not destroyed by a reset.
-pub async fn linger_close(stream: &mut TcpStream, inbuf: &mut InBuf) {
-    let _ = stream.close().await;
-    inbuf.release();
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
-    let mut discarded = 0usize;
-    while discarded < 4 << 20 {
-        match inbuf.fill(stream, BUF_SIZE).await {
-            Ok(n) if n > 0 => {
-                discarded += n;
-                inbuf.release();
-            }
-            _ => break,
-        }
-    }
+    c.conn.linger_close().await;
 }
 
 /// Waits (idle timeout) for a request to start, then reads its head within
 /// the header timeout.
-async fn read_head(shard: &Shard, c: &mut Client, guard: &ConnGuard) -> HeadRead {
+async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
     let t = &shard.cfg.timeouts;
     let limits = &shard.cfg.limits.head;
     let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
-    if c.inbuf.is_empty() {
+    if !c.conn.has_input() {
         if shard.draining() {
             return HeadRead::Closed;
         }
-        guard.set_idle(true);
-        let _ = c.stream.set_read_timeout(Some(t.client_idle));
-        let r = c.inbuf.fill(&mut c.stream, max).await;
-        guard.set_idle(false);
+        c.guard.set_idle(true);
+        c.conn.set_read_timeout(Some(t.client_idle));
+        let r = c.conn.fill(max).await;
+        c.guard.set_idle(false);
         match r {
             Ok(n) if n > 0 => {}
             _ => return HeadRead::Closed,
         }
     }
-    // The header deadline is taken only when the head did not arrive whole.
-    let mut deadline = None;
-    loop {
-        match parse_request(c.inbuf.data(), limits) {
-            Ok(Some((n, head))) => {
-                c.inbuf.consume(n);
-                return HeadRead::Head(head);
-            }
-            Ok(None) => {}
-            Err(e) => return HeadRead::Refuse(e.status(), e.reason()),
-        }
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + t.client_header);
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return HeadRead::Refuse(408, "request header timeout");
-        }
-        let _ = c.stream.set_read_timeout(Some(left));
-        match c.inbuf.fill(&mut c.stream, max).await {
-            Ok(0) => return HeadRead::Closed,
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => return HeadRead::Refuse(408, "request header timeout"),
-            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                return HeadRead::Refuse(431, HeadError::HeadTooLarge.reason())
-            }
-            Err(_) => return HeadRead::Closed,
-        }
+    let header = Some(t.client_header);
+    match c
+        .conn
+        .read_head(max, header, |b| parse_request(b, limits))
+        .await
+    {
+        Ok(head) => HeadRead::Head(head),
+        Err(ReadError::Parse(e)) => HeadRead::Refuse(e.status(), e.reason()),
+        Err(ReadError::TimedOut) => HeadRead::Refuse(408, "request header timeout"),
+        Err(ReadError::TooLarge) => HeadRead::Refuse(431, HeadError::HeadTooLarge.reason()),
+        Err(ReadError::Closed | ReadError::Failed(_)) => HeadRead::Closed,
     }
 }
 
@@ -193,7 +160,7 @@ async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close:
     let mut out = shard.bufs.take_out();
     http1::write_simple_response(&mut out, status, reason, close);
     let n = out.len() as u64;
-    let _ = c.stream.write_all(&out).await;
+    let _ = c.conn.write_all(&out).await;
     shard.bufs.give_out(out);
     n
 }
@@ -232,7 +199,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
                 b""
             };
             http1::write_simple_response_with(&mut out, status, reason, true, extra);
-            write_to(&mut c.stream, &out).await;
+            let _ = c.conn.write_all(&out).await;
             return Outcome::closed(status, 0, "-".into());
         }
         // Each path's future is boxed: a connection's task then carries
@@ -317,178 +284,6 @@ fn relay_to_client_failure(e: RelayError) -> Failure {
     }
 }
 
-/// Forwarding fields a client may not set: corepin writes its own, or
-/// passes them only from a trusted proxy (`[forwarding]`). Compared under
-/// the CGI mapping (`X_Real_IP` is `X-Real-IP`).
-const FROM_TRUSTED_PROXIES_ONLY: &[&str] = &[
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-ssl",
-    "x-client-ip",
-    "true-client-ip",
-];
-
-/// Fields of a WebSocket-over-HTTP request that only corepin sets (the
-/// session id, and `Meta-*`, which only the backend's `Set-Meta-*`
-/// produce): never taken from a client toward an `over_http` target.
-fn is_session_field(name: &[u8]) -> bool {
-    http1::cgi_name_is(name, "connection-id") || http1::cgi_name_starts(name, "meta-")
-}
-
-/// Writes the request head sent to a backend: the client's fields minus
-/// hop-by-hop, `Grip-*` (under any spelling a CGI server maps to one), the
-/// forwarding fields the `[forwarding]` policy does not take from this
-/// peer, session fields toward an `over_http` target, and `skip` names;
-/// with the route's edits (`header=` replaces or removes a field, `as_host=`
-/// or the target's `host=` sets Host, `orig_headers` adds marked copies of
-/// the client's fields, otherwise drops marked ones); plus corepin's own
-/// forwarding fields and `extra` (whole lines).
-/// `method` replaces the client's (and then the client's body framing is
-/// not written: `extra` carries the caller's).
-#[allow(clippy::too_many_arguments)]
-pub fn write_request_head(
-    out: &mut Vec<u8>,
-    method: Option<&str>,
-    head: &RequestHead,
-    path: &str,
-    b: &Backend,
-    peer: &SocketAddr,
-    fwd: &Forwarding,
-    extra: &[u8],
-    skip: &dyn Fn(&[u8]) -> bool,
-) {
-    let _ = write!(
-        out,
-        "{} {} HTTP/1.1\r\n",
-        method.unwrap_or(head.method()),
-        path
-    );
-    let trusted = fwd.trusts(peer.ip());
-    let mut xff: Vec<&[u8]> = Vec::new();
-    let mut via: Vec<u8> = Vec::new();
-    let mut https = false;
-    let mut real_ip = None;
-    let mut forwarded_host = None;
-    let mut host = None;
-    let edits = &b.edits;
-    let edited = |name: &[u8]| {
-        edits
-            .headers
-            .iter()
-            .any(|h| http1::cgi_name_is(name, &h.cgi_name))
-    };
-    let marked = |name: &[u8]| http1::cgi_name_starts(name, ORIG_MARK);
-    let mut orig: Vec<u8> = Vec::new();
-    for (name, value) in head.fields.iter() {
-        if edits.orig_headers && !edited(name) {
-            // Pushpin marks the client's fields before it drops any.
-            if !marked(name) {
-                orig.extend_from_slice(ORIG_MARK.as_bytes());
-            }
-            http1::write_field(&mut orig, name, value);
-        }
-        if is_hop_by_hop(&head.fields, name)
-            || http1::cgi_name_is(name, "expect")
-            || http1::cgi_name_starts(name, "grip-")
-            || (b.over_http && is_session_field(name))
-            || edited(name)
-            || marked(name)
-            || skip(name)
-        {
-            continue;
-        }
-        // Only the exact spelling of a forwarding field is believed (and
-        // only as the policy says); look-alikes are dropped.
-        let exact = |canonical: &str| name.eq_ignore_ascii_case(canonical.as_bytes());
-        if http1::cgi_name_is(name, "x-forwarded-for") {
-            if exact("x-forwarded-for") {
-                xff.extend(
-                    value
-                        .split(|&c| c == b',')
-                        .map(http1::trim)
-                        .filter(|e| !e.is_empty()),
-                );
-            }
-            continue;
-        }
-        if http1::cgi_name_is(name, "x-forwarded-proto")
-            || http1::cgi_name_is(name, "x-forwarded-protocol")
-        {
-            let v = http1::trim(value);
-            https |= fwd.accept_x_forwarded_protocol
-                && (exact("x-forwarded-proto") || exact("x-forwarded-protocol"))
-                && (v.eq_ignore_ascii_case(b"https") || v.eq_ignore_ascii_case(b"wss"));
-            continue;
-        }
-        if let Some(f) = FROM_TRUSTED_PROXIES_ONLY
-            .iter()
-            .find(|f| http1::cgi_name_is(name, f))
-        {
-            if trusted && exact(f) {
-                match *f {
-                    "x-real-ip" => real_ip = real_ip.or(Some(value)),
-                    "x-forwarded-host" => forwarded_host = forwarded_host.or(Some(value)),
-                    _ => http1::write_field(out, name, value),
-                }
-            }
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"via") {
-            via.extend_from_slice(value);
-            via.extend_from_slice(b", ");
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"host") {
-            host = Some(value);
-            if b.send_host().is_some() {
-                continue;
-            }
-        }
-        http1::write_field(out, name, value);
-    }
-    if let Some(h) = b.send_host() {
-        http1::write_field(out, b"Host", h.as_bytes());
-    } else if host.is_none() {
-        http1::write_field(out, b"Host", b.addr.as_bytes());
-    }
-    for h in edits.headers.iter().filter(|h| !h.value.is_empty()) {
-        http1::write_field(out, h.name.as_bytes(), h.value.as_bytes());
-        if edits.orig_headers {
-            orig.extend_from_slice(ORIG_MARK.as_bytes());
-            http1::write_field(&mut orig, h.name.as_bytes(), h.value.as_bytes());
-        }
-    }
-    out.extend_from_slice(&orig);
-    let peer_ip = peer.ip().to_string();
-    let rule = if trusted { &fwd.xff_trusted } else { &fwd.xff };
-    let entries = rule.apply(xff, peer_ip.as_bytes());
-    if !entries.is_empty() {
-        out.extend_from_slice(b"X-Forwarded-For: ");
-        for (i, e) in entries.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(e);
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    let proto: &[u8] = if https { b"https" } else { b"http" };
-    http1::write_field(out, b"X-Forwarded-Proto", proto);
-    if let Some(h) = forwarded_host.or(host) {
-        http1::write_field(out, b"X-Forwarded-Host", h);
-    }
-    http1::write_field(out, b"X-Real-IP", real_ip.unwrap_or(peer_ip.as_bytes()));
-    via.extend_from_slice(VIA.as_bytes());
-    http1::write_field(out, b"Via", &via);
-    out.extend_from_slice(extra);
-    if method.is_none() {
-        http1::write_framing(out, head.body);
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 /// The response framing toward the client, and whether the client
 /// connection can be kept.
 fn client_framing(head: &RequestHead, resp: &ResponseHead, draining: bool) -> (OutFraming, bool) {
@@ -499,64 +294,6 @@ fn client_framing(head: &RequestHead, resp: &ResponseHead, draining: bool) -> (O
         BodyKind::Chunked | BodyKind::UntilClose => (OutFraming::Raw, false),
     };
     (framing, head.keep_alive && delimited && !draining)
-}
-
-/// Writes the response head sent to the client.
-fn write_response_head(
-    out: &mut Vec<u8>,
-    head: &RequestHead,
-    resp: &ResponseHead,
-    framing: OutFraming,
-    keep: bool,
-) {
-    let reason = if resp.reason().is_empty() {
-        http1::reason_phrase(resp.status)
-    } else {
-        resp.reason()
-    };
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason);
-    let mut via: Vec<u8> = Vec::new();
-    for (name, value) in resp.fields.iter() {
-        if is_hop_by_hop(&resp.fields, name) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"via") {
-            via.extend_from_slice(value);
-            via.extend_from_slice(b", ");
-            continue;
-        }
-        http1::write_field(out, name, value);
-    }
-    via.extend_from_slice(VIA.as_bytes());
-    http1::write_field(out, b"Via", &via);
-    match resp.body {
-        BodyKind::Empty => {
-            // HEAD and 304 keep the length the backend declared; other
-            // empty bodies say so explicitly unless they never have one.
-            let bodiless = (100..200).contains(&resp.status) || resp.status == 204;
-            match resp.fields.get("content-length") {
-                Some(v) if head.is_head() || resp.status == 304 => {
-                    http1::write_field(out, b"Content-Length", v)
-                }
-                _ if !bodiless && resp.status != 304 && !head.is_head() => {
-                    out.extend_from_slice(b"Content-Length: 0\r\n")
-                }
-                _ => {}
-            }
-        }
-        BodyKind::Length(_) => http1::write_framing(out, resp.body),
-        BodyKind::Chunked | BodyKind::UntilClose => {
-            if framing == OutFraming::Chunked {
-                http1::write_framing(out, BodyKind::Chunked);
-            }
-        }
-    }
-    if !keep {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if head.version == Version::Http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Sends the request (head and body) on `up` and reads the response head.
@@ -574,10 +311,10 @@ async fn exchange(
 ) -> Result<(ResponseHead, bool), Failure> {
     let mut body_sent = true;
     let t = &shard.cfg.timeouts;
-    let _ = up.stream.set_read_timeout(Some(t.upstream_read));
-    let _ = up.stream.set_write_timeout(Some(t.upstream_read));
+    up.conn.set_read_timeout(Some(t.upstream_read));
+    up.conn.set_write_timeout(Some(t.upstream_read));
     if head.body == BodyKind::Empty {
-        if up.stream.write_all(req_head).await.is_err() {
+        if up.conn.write_all(req_head).await.is_err() {
             return Err(if up.reused {
                 Failure::Stale
             } else {
@@ -585,11 +322,10 @@ async fn exchange(
             });
         }
     } else {
-        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
-        if head.expect_continue && c.stream.write_all(interim).await.is_err() {
+        if head.expect_continue && c.conn.write_all(heads::CONTINUE).await.is_err() {
             return Err(Failure::ClientGone);
         }
-        let _ = c.stream.set_read_timeout(Some(t.client_body));
+        c.conn.set_read_timeout(Some(t.client_body));
         let mut prefix = req_head.to_vec();
         let mut out = shard.bufs.take_out();
         let framing = if head.body == BodyKind::Chunked {
@@ -602,13 +338,7 @@ async fn exchange(
             out: &mut out,
             limit: shard.cfg.limits.max_request_body,
         }
-        .run(
-            &mut c.stream,
-            &mut c.inbuf,
-            &mut up.stream,
-            head.body,
-            framing,
-        )
+        .run(&mut c.conn, &mut up.conn, head.body, framing)
         .await;
         shard.bufs.give_out(out);
         match r {
@@ -623,73 +353,21 @@ async fn exchange(
             Err(e) => return Err(relay_to_client_failure(e)),
         }
     }
-    let limits = &shard.cfg.limits.head;
-    let max = limits.max_head_bytes.max(BUF_SIZE) + 1;
-    let mut received = false;
-    loop {
-        match parse_response(up.inbuf.data(), limits, head.is_head()) {
-            Ok(Some((n, resp))) => {
-                up.inbuf.consume(n);
-                if (100..200).contains(&resp.status) && resp.status != 101 {
-                    continue;
-                }
-                return Ok((resp, body_sent));
-            }
-            Ok(None) => {}
-            Err(_) => return Err(Failure::Upstream(502, "invalid response from upstream")),
-        }
-        match up.inbuf.fill(&mut up.stream, max).await {
-            Ok(0) if !received && up.reused => return Err(Failure::Stale),
-            Ok(0) => return Err(Failure::Upstream(502, "upstream closed the connection")),
-            Ok(_) => received = true,
-            Err(e) if is_timeout(&e) => return Err(Failure::Upstream(504, "upstream timed out")),
-            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                return Err(Failure::Upstream(502, "upstream response head too large"))
-            }
-            Err(_) if !received && up.reused => return Err(Failure::Stale),
-            Err(_) => return Err(Failure::Upstream(502, "upstream connection failed")),
-        }
+    // A reused connection that brings nothing at all was closed while idle.
+    let before = up.conn.bytes_read();
+    let stale = |up: &Upstream| up.reused && up.conn.bytes_read() == before;
+    match up
+        .read_response(&shard.cfg.limits.head, head.is_head())
+        .await
+    {
+        Ok(resp) => Ok((resp, body_sent)),
+        Err(ReadError::Parse(_)) => Err(Failure::Upstream(502, "invalid response from upstream")),
+        Err(ReadError::Closed | ReadError::Failed(_)) if stale(up) => Err(Failure::Stale),
+        Err(ReadError::Closed) => Err(Failure::Upstream(502, "upstream closed the connection")),
+        Err(ReadError::TimedOut) => Err(Failure::Upstream(504, "upstream timed out")),
+        Err(ReadError::TooLarge) => Err(Failure::Upstream(502, "upstream response head too large")),
+        Err(ReadError::Failed(_)) => Err(Failure::Upstream(502, "upstream connection failed")),
     }
-}
-
-/// Gets a connection to the first reachable target of `route`, trying the
-/// failover targets in order. `fresh` skips the idle pool; `replayable`
-/// requests take pooled connections unchecked (a dead one is retried).
-async fn connect(
-    shard: &Shard,
-    route: &Route,
-    fresh: bool,
-    replayable: bool,
-) -> Result<(Upstream, Backend), Failure> {
-    let mut last = Failure::Upstream(502, "no backend target");
-    for target in &route.targets {
-        let Target::Backend(b) = target else { continue };
-        if !fresh {
-            if let Some(up) = shard.pool.take_idle(&b.addr, !replayable) {
-                return Ok((up, b.clone()));
-            }
-        }
-        match shard
-            .pool
-            .connect(&b.addr, shard.cfg.timeouts.upstream_connect)
-            .await
-        {
-            Ok(up) => return Ok((up, b.clone())),
-            Err(ConnectError::Timeout) => {
-                warn!("core {}: connect to {} timed out", shard.index, b.addr);
-                last = Failure::Upstream(504, "upstream connect timed out");
-            }
-            Err(ConnectError::Resolve(name)) => {
-                warn!("core {}: cannot resolve {name}", shard.index);
-                last = Failure::Upstream(502, "upstream name does not resolve");
-            }
-            Err(ConnectError::Failed(e)) => {
-                debug!("core {}: connect to {} failed: {e}", shard.index, b.addr);
-                last = Failure::Upstream(502, "upstream unreachable");
-            }
-        }
-    }
-    Err(last)
 }
 
 /// Connects to the route's backend (failover targets in order; a stale
@@ -703,26 +381,36 @@ async fn send_request(
     head: &RequestHead,
     route: &Route,
     path: &str,
-    grip_headers: &[u8],
+    grip: Option<Option<&str>>,
 ) -> Result<(Upstream, Backend, ResponseHead, bool), (Failure, String)> {
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
     loop {
-        let (mut up, backend) = connect(shard, route, fresh, replayable)
+        // Replayable requests take pooled connections unchecked (a dead
+        // one is retried on a fresh connection).
+        let reuse = if fresh {
+            Reuse::Fresh
+        } else {
+            Reuse::Pooled { check: !replayable }
+        };
+        let timeout = shard.cfg.timeouts.upstream_connect;
+        let (mut up, backend) = match shard
+            .pool
+            .connect_first(&route.targets, 0, reuse, timeout)
             .await
-            .map_err(|f| (f, "-".to_string()))?;
+        {
+            Ok((_, up, b)) => (up, b.clone()),
+            Err(e) => {
+                let (status, reason) = e.answer();
+                return Err((Failure::Upstream(status, reason), "-".to_string()));
+            }
+        };
         let mut req_head = shard.bufs.take_out();
-        write_request_head(
-            &mut req_head,
-            None,
-            head,
-            path,
-            &backend,
-            &c.peer,
-            &shard.cfg.forwarding,
-            grip_headers,
-            &|_| false,
-        );
+        let peer_ip = c.peer.ip().to_string();
+        let fwd = shard.cfg.forwarding.policy(c.peer.ip());
+        backend
+            .request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
+            .write(&mut req_head);
         let sent = Instant::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         if r.is_ok() {
@@ -754,21 +442,16 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     let path = route.rewrite(head.target());
     // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
     // is, its GRIP headers included (Pushpin's passthrough).
-    let sig = route.grip().then(|| shard.sig_for(route)).flatten();
-    let mut grip_headers = Vec::new();
-    if route.grip() {
-        shard.write_grip_headers(&mut grip_headers, sig.as_ref());
-    }
+    let sig = route.grip().then(|| grip_key(shard, route)).flatten();
+    let token = sig.as_ref().map(|k| shard.signer.token(k));
+    let grip = route.grip().then_some(token.as_deref());
     // Until the response starts, a shutdown's grace period may end: the
     // client then gets a 503 rather than a bare close.
     let state = c.state.clone();
-    let sent = futures_lite::future::or(
-        send_request(shard, c, head, route, &path, &grip_headers),
-        async {
-            state.grace_over().await;
-            Err((Failure::Shutdown, "-".to_string()))
-        },
-    )
+    let sent = futures_lite::future::or(send_request(shard, c, head, route, &path, grip), async {
+        state.grace_over().await;
+        Err((Failure::Shutdown, "-".to_string()))
+    })
     .await;
     let (mut up, backend, resp, body_sent) = match sent {
         Ok(x) => x,
@@ -794,23 +477,22 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     // The rest of an unsent body is still on its way from the client.
     let keep = keep && body_sent;
     let mut prefix = shard.bufs.take_out();
-    write_response_head(&mut prefix, head, &resp, framing, keep);
+    let body = match framing {
+        OutFraming::Chunked => ClientBody::Chunked,
+        OutFraming::Raw => ClientBody::AsIs,
+    };
+    // A `no_grip` route relays GRIP fields as they are (a GRIP answer on
+    // another route was held above, so it has none left to relay).
+    write_proxied_response(&mut prefix, head, &resp, body, keep, Toward::ClientWithGrip);
     let mut out = shard.bufs.take_out();
-    let _ = c
-        .stream
+    c.conn
         .set_write_timeout(Some(shard.cfg.timeouts.client_write));
     let r = Relay {
         prefix: &mut prefix,
         out: &mut out,
         limit: 0,
     }
-    .run(
-        &mut up.stream,
-        &mut up.inbuf,
-        &mut c.stream,
-        resp.body,
-        framing,
-    )
+    .run(&mut up.conn, &mut c.conn, resp.body, framing)
     .await;
     shard.bufs.give_out(prefix);
     shard.bufs.give_out(out);
@@ -871,7 +553,7 @@ async fn instructed(
             let keep = ctx.head.keep_alive && !shard.draining();
             let mut out = Vec::with_capacity(256 + base.body.len());
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
-            let ok = write_to(&mut c.stream, &out).await;
+            let ok = c.conn.write_all(&out).await.is_ok();
             HoldEnd::Done(Outcome {
                 status: base.status(),
                 bytes: base.body.len() as u64,
@@ -918,7 +600,9 @@ async fn fail(
     }
 }
 
-/// Writes `bytes` to any async writer, mapping failure to "client gone".
-pub async fn write_to<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> bool {
-    w.write_all(bytes).await.is_ok()
+/// The key requests on `route` are signed with, if any.
+pub fn grip_key(shard: &Shard, route: &Route) -> Option<crate::jwt::SigKey> {
+    shard
+        .signer
+        .key_for(route.sig_key.as_deref(), route.sig_iss.as_deref())
 }

@@ -4,32 +4,30 @@
 //! backend enables the `grip` extension), or WebSocket-over-HTTP (each
 //! session a series of HTTP POSTs of events to the backend).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::AsyncWriteExt;
 
 use crate::buf::BUF_SIZE;
-use crate::codec::http1::{self, BodyKind, RequestHead, ResponseHead};
+use crate::codec::heads::{self, Purpose};
+use crate::codec::http1::{self, RequestHead, ResponseHead};
 use crate::codec::ws::{
     self, Event as WsFrameEvent, Kind as WsKind, Opcode, Reader, Role, WsError,
 };
 use crate::codec::wsevents::{self, WsEvent};
-use crate::conn::grip::{dropped_warning, read_body, send_now, write_held, HoldEnd, Written};
-use crate::conn::http::{Client, Outcome};
+use crate::codec::wssession::{echo_code, Pings, ServerSession, Step};
+use crate::conn::grip::{deliver, dropped_warning, read_body, send_now, HoldEnd, Written};
+use crate::conn::http::{grip_key, Client, Outcome};
 use crate::route::{Backend, Route, Target};
 use crate::shard::Shard;
 use crate::subs::{Held, Kind, Msg, Sub, SubSpec};
-use crate::upstream::Upstream;
+use crate::upstream::{Reuse, Upstream};
 
 /// Largest message accepted from a client or a backend.
 pub const MAX_MESSAGE: usize = 1 << 20;
-/// Most queued bytes joined into one write.
-const COALESCE_MAX: usize = 64 * 1024;
 /// Most attempts for one WebSocket-over-HTTP request.
 const POST_ATTEMPTS: usize = 3;
 
@@ -56,24 +54,7 @@ fn switching(head: &RequestHead, protocol: Option<&[u8]>, extensions: Option<&st
         .map(http1::trim)
         .unwrap_or(b"");
     let mut out = Vec::with_capacity(256);
-    let _ = write!(
-        out,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
-        ws::accept_key(key)
-    );
-    if let Some(p) = protocol {
-        http1::write_field(&mut out, b"Sec-WebSocket-Protocol", p);
-    }
-    if let Some(e) = extensions.filter(|e| !e.is_empty()) {
-        http1::write_field(&mut out, b"Sec-WebSocket-Extensions", e.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-fn frame(op: Opcode, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 10);
-    ws::write_frame(&mut out, true, op, payload, None);
+    heads::write_switching_protocols(&mut out, &ws::accept_key(key), protocol, extensions);
     out
 }
 
@@ -83,27 +64,31 @@ fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     out
 }
 
-/// A fresh masking key for frames corepin sends to a backend.
+/// A fresh masking key for frames corepin sends to a backend: four bytes
+/// from the OS's random source (RFC 6455 §5.3 wants masks a peer cannot
+/// predict), drawn 64 keys at a time so a frame costs no system call.
 fn mask_key() -> [u8; 4] {
-    thread_local!(static STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    STATE.with(|s| {
-        let mut x = s.get();
-        if x == 0 {
-            x = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-                | 1;
+    const KEYS: usize = 64;
+    thread_local!(static POOL: std::cell::RefCell<([u8; 4 * KEYS], usize)> =
+        const { std::cell::RefCell::new(([0; 4 * KEYS], KEYS)) });
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let (bytes, next) = &mut *p;
+        if *next == KEYS {
+            if getrandom::getrandom(bytes).is_err() {
+                // No random source (never on Linux since 3.17): a key from
+                // the clock still masks, if predictably.
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0x9e37_79b9, |d| d.subsec_nanos());
+                return t.to_ne_bytes();
+            }
+            *next = 0;
         }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x as u32).to_ne_bytes()
+        let i = *next * 4;
+        *next += 1;
+        [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]
     })
-}
-
-async fn send(c: &mut Client, bytes: &[u8]) -> bool {
-    c.stream.write_all(bytes).await.is_ok()
 }
 
 fn outcome(status: u16, bytes: u64, target: &str) -> HoldEnd {
@@ -147,16 +132,13 @@ async fn wait(
                 return Poll::Ready(Io::Sub(m));
             }
         }
-        match c.inbuf.poll_fill(cx, &mut c.stream, MAX_MESSAGE + BUF_SIZE) {
+        match c.conn.poll_fill(cx, MAX_MESSAGE + BUF_SIZE) {
             Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Io::Client),
             Poll::Ready(_) => return Poll::Ready(Io::ClientGone),
             Poll::Pending => {}
         }
         if let Some(up) = up.as_deref_mut() {
-            match up
-                .inbuf
-                .poll_fill(cx, &mut up.stream, MAX_MESSAGE + BUF_SIZE)
-            {
+            match up.conn.poll_fill(cx, MAX_MESSAGE + BUF_SIZE) {
                 Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Io::Backend),
                 Poll::Ready(_) => return Poll::Ready(Io::BackendGone),
                 Poll::Pending => {}
@@ -178,14 +160,30 @@ use std::future::Future;
 fn client_events(c: &mut Client, reader: &mut Reader) -> Result<Vec<WsFrameEvent>, WsError> {
     let mut out = Vec::new();
     loop {
-        let (n, ev) = reader.read(c.inbuf.data())?;
-        c.inbuf.consume(n);
+        let (n, ev) = reader.read(c.conn.input())?;
+        c.conn.consume(n);
         match ev {
             Some(e) => out.push(e),
-            None if n == 0 || c.inbuf.is_empty() => return Ok(out),
+            None if n == 0 || !c.conn.has_input() => return Ok(out),
             None => {}
         }
     }
+}
+
+/// Reads the client's buffered frames through `session`, sends its
+/// answers (pongs, the close echo, an error's close) in one write, and
+/// returns the steps for the mode to act on.
+async fn from_client(
+    c: &mut Client,
+    reader: &mut Reader,
+    session: &mut ServerSession,
+) -> Vec<Step> {
+    let mut out = Vec::new();
+    let steps = session.take(client_events(c, reader), &mut out);
+    if !out.is_empty() {
+        let _ = c.conn.write_all(&out).await;
+    }
+    steps
 }
 
 /// The GRIP extension's settings, from a `Sec-WebSocket-Extensions` value.
@@ -219,46 +217,115 @@ fn grip_extension(value: Option<&[u8]>) -> (Option<GripExt>, String) {
     (grip, rest.join(", "))
 }
 
-/// What a GRIP control message asks for.
-fn control(shard: &Shard, sub: &Rc<Sub>, prefix: &str, json: &[u8], detached: &mut bool) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
-        warn!("core {}: ignoring an invalid control message", shard.index);
-        return;
-    };
-    let channel = v
-        .get("channel")
-        .and_then(|c| c.as_str())
-        .map(|c| format!("{prefix}{c}"));
-    match (v.get("type").and_then(|t| t.as_str()), channel) {
-        (Some("subscribe"), Some(ch)) => {
-            let mut chans = sub.channels.borrow().clone();
-            if !chans.contains(&ch) && chans.len() < shard.cfg.grip.max_channels {
-                chans.push(ch);
-                shard.subs.set_channels(sub, chans);
+/// The filter state of a WebSocket's channels after a change: every
+/// channel (named without the route's prefix, as the backend named it),
+/// with the filters it was subscribed with.
+fn ws_chans(
+    sub: &Sub,
+    prefix: &str,
+    channels: &[String],
+    set: Option<(&str, crate::codec::filter::Filters)>,
+) -> Vec<crate::subs::ChanState> {
+    let old = sub.chans.borrow();
+    channels
+        .iter()
+        .map(|ch| {
+            let filters = match &set {
+                Some((c, f)) if c == ch => f.clone(),
+                _ => old
+                    .iter()
+                    .find(|o| &o.channel == ch)
+                    .map(|o| o.filters.clone())
+                    .unwrap_or_default(),
+            };
+            crate::subs::ChanState {
+                channel: ch.clone(),
+                name: ch.strip_prefix(prefix).unwrap_or(ch).to_string(),
+                filters,
+                prev_id: None,
             }
+        })
+        .collect()
+}
+
+/// Acts on a GRIP control message. One corepin cannot act on (invalid,
+/// unknown, a field it does not know) is logged with the reason and
+/// otherwise dropped, as Pushpin drops it (there, silently).
+fn control(shard: &Shard, sub: &Rc<Sub>, prefix: &str, json: &[u8], detached: &mut bool) {
+    use crate::codec::wscontrol::{self, Control};
+    let c = match wscontrol::parse(json) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(
+                "core {}: a GRIP control message from the backend was not acted on: {e}",
+                shard.index
+            );
+            return;
         }
-        (Some("unsubscribe"), Some(ch)) => {
-            let chans = sub
+    };
+    match c {
+        Control::Subscribe { channel, filters } => {
+            let ch = format!("{prefix}{channel}");
+            let mut chans = sub.channels.borrow().clone();
+            if !chans.contains(&ch) {
+                if chans.len() >= shard.cfg.grip.max_channels {
+                    warn!(
+                        "core {}: subscribe to {channel:?} refused: the connection has {} channels (grip.max_channels)",
+                        shard.index,
+                        chans.len()
+                    );
+                    return;
+                }
+                chans.push(ch.clone());
+                shard.subs.set_channels(sub, chans.clone());
+            }
+            let states = ws_chans(sub, prefix, &chans, Some((&ch, filters)));
+            shard.subs.set_chans(sub, states);
+        }
+        Control::Unsubscribe { channel } => {
+            let ch = format!("{prefix}{channel}");
+            let chans: Vec<String> = sub
                 .channels
                 .borrow()
                 .iter()
                 .filter(|c| **c != ch)
                 .cloned()
                 .collect();
-            shard.subs.set_channels(sub, chans);
+            shard.subs.set_channels(sub, chans.clone());
+            let states = ws_chans(sub, prefix, &chans, None);
+            shard.subs.set_chans(sub, states);
         }
-        (Some("detach"), _) => *detached = true,
-        (Some("keep-alive"), _) => {
-            let timeout = v.get("timeout").and_then(|t| t.as_u64()).unwrap_or(0) as u32;
-            let data = v.get("content").and_then(|c| c.as_str()).unwrap_or("");
-            *sub.keep_alive.borrow_mut() = (timeout > 0).then(|| crate::codec::grip::KeepAlive {
-                data: Bytes::from(frame(Opcode::Text, data.as_bytes())),
-                timeout,
-                mode: crate::codec::grip::KeepAliveMode::Idle,
-            });
+        Control::Detach => *detached = true,
+        Control::Session { .. } => warn!(
+            "core {}: control message session: not supported (it only keys Pushpin's optional state service, which corepin does not have)",
+            shard.index
+        ),
+        Control::SetMeta { name, value } => {
+            let mut meta = sub.meta.borrow_mut();
+            match value {
+                Some(v) => {
+                    if let Err(e) = crate::codec::grip::set_meta(&mut meta, &name, &v, "set-meta") {
+                        warn!("core {}: {e}", shard.index);
+                    }
+                }
+                None => meta.retain(|(k, _)| *k != name),
+            }
+        }
+        Control::KeepAlive(ka) => {
+            *sub.keep_alive.borrow_mut() =
+                ka.map(|(m, timeout, mode)| crate::codec::grip::KeepAlive {
+                    data: m.frame(),
+                    timeout,
+                    mode,
+                });
             shard.subs.retime(sub);
         }
-        (t, _) => debug!("core {}: unhandled control message {t:?}", shard.index),
+        Control::SendDelayed { message, timeout } => {
+            shard
+                .subs
+                .send_delayed(sub, message.frame(), Duration::from_secs(u64::from(timeout)));
+        }
+        Control::FlushDelayed => shard.subs.flush_delayed(sub),
     }
 }
 
@@ -292,7 +359,7 @@ pub async fn handle(
     head: &RequestHead,
     route: &Route,
 ) -> HoldEnd {
-    let _ = c.stream.set_read_timeout(None);
+    c.conn.set_read_timeout(None);
     match route.targets.first() {
         Some(Target::Test) => Box::pin(test_target(shard, c, head, route)).await,
         Some(Target::Backend(b)) if b.over_http => Box::pin(over_http(shard, c, head, route)).await,
@@ -328,12 +395,16 @@ async fn test_target(
             "test target: WebSockets go to /ws?channel=NAME",
             true,
         );
-        let _ = send(c, &out).await;
+        let _ = c.conn.write_all(&out).await;
         return outcome(404, 0, "test");
     }
     let channel = crate::testtarget::channel(head);
     let prefix = route.prefix.clone().unwrap_or_default();
-    if !send(c, &switching(head, None, None)).await {
+    if c.conn
+        .write_all(&switching(head, None, None))
+        .await
+        .is_err()
+    {
         return outcome(101, 0, "test");
     }
     let sub = ws_sub(shard, vec![format!("{prefix}{channel}")]);
@@ -345,55 +416,26 @@ async fn test_target(
 /// over-HTTP session after `detach`): publishes go out, pings are answered.
 async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str) -> HoldEnd {
     let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut session = ServerSession::new(Pings::Answer);
     let mut bytes = 0u64;
-    let mut first = (!c.inbuf.is_empty()).then_some(Io::Client);
+    let mut first = c.conn.has_input().then_some(Io::Client);
     loop {
         let io = match first.take() {
             Some(io) => io,
             None => wait(c, None, Some(sub), None).await,
         };
         match io {
-            Io::Client => match client_events(c, &mut reader) {
-                Ok(evs) => {
-                    for ev in evs {
-                        match ev {
-                            WsFrameEvent::Ping(p) => {
-                                let _ = send(c, &frame(Opcode::Pong, &p)).await;
-                            }
-                            WsFrameEvent::Close(code, _) => {
-                                let code = if code == 1005 { 1000 } else { code };
-                                let _ = send(c, &close_frame(code, "", None)).await;
-                                return outcome(101, bytes, target);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = send(c, &close_frame(e.code, e.reason, None)).await;
+            Io::Client => {
+                from_client(c, &mut reader, &mut session).await;
+                if session.closed() {
                     return outcome(101, bytes, target);
                 }
-            },
+            }
             Io::Sub(Msg::Data(b)) => {
-                // A backlog of small messages goes out in one write; a
-                // large message is written from the shared bytes.
-                let joinable = sub
-                    .next_data_len()
-                    .is_some_and(|n| b.len() + n <= COALESCE_MAX);
-                let (r, n) = if joinable {
-                    let mut run = shard.bufs.take_out();
-                    run.extend_from_slice(&b);
-                    sub.take_data_run(&mut run, COALESCE_MAX);
-                    let r = write_held(shard, c, sub, &run).await;
-                    let n = run.len();
-                    shard.bufs.give_out(run);
-                    (r, n)
-                } else {
-                    (write_held(shard, c, sub, &b).await, b.len())
-                };
-                bytes += n as u64;
+                let (r, n) = deliver(shard, c, sub, b, <[u8]>::len).await;
+                bytes += n;
                 match r {
-                    Written::Done => sub.wrote(Instant::now()),
+                    Written::Done => {}
                     Written::Gone => return outcome(101, bytes, target),
                     Written::Dropped => {
                         drop_client(shard, c);
@@ -402,7 +444,7 @@ async fn client_loop(shard: &Shard, c: &mut Client, sub: &Rc<Sub>, target: &str)
                 }
             }
             Io::Sub(Msg::WsClose(code, reason)) => {
-                let _ = send(c, &close_frame(code, &reason, None)).await;
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
                 return outcome(101, bytes, target);
             }
             Io::Sub(_) | Io::Timer | Io::Backend => {}
@@ -424,38 +466,18 @@ fn upgrade_request(
     peer: &std::net::SocketAddr,
     route: &Route,
 ) -> Vec<u8> {
-    let mut extra = Vec::new();
-    if route.grip() {
-        shard.write_grip_headers(&mut extra, shard.sig_for(route).as_ref());
-    }
-    extra.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    let token = route
+        .grip()
+        .then(|| grip_key(shard, route))
+        .flatten()
+        .map(|k| shard.signer.token(&k));
     let mut out = Vec::with_capacity(512);
-    crate::conn::http::write_request_head(
-        &mut out,
-        None,
-        head,
-        path,
-        b,
-        peer,
-        &shard.cfg.forwarding,
-        &extra,
-        &|n: &[u8]| n.eq_ignore_ascii_case(b"sec-websocket-extensions"),
-    );
+    let peer_ip = peer.ip().to_string();
+    let fwd = shard.cfg.forwarding.policy(peer.ip());
+    let grip = route.grip().then_some(token.as_deref());
+    b.request(head, Purpose::WsUpgrade, path, &peer_ip, fwd, grip)
+        .write(&mut out);
     out
-}
-
-async fn connect_backend(shard: &Shard, route: &Route) -> Option<(Upstream, Backend)> {
-    for t in &route.targets {
-        let Target::Backend(b) = t else { continue };
-        if let Ok(up) = shard
-            .pool
-            .connect(&b.addr, shard.cfg.timeouts.upstream_connect)
-            .await
-        {
-            return Some((up, b.clone()));
-        }
-    }
-    None
 }
 
 async fn read_response_head(
@@ -475,28 +497,16 @@ async fn read_response_head(
 /// status, headers and body.
 async fn relay_refusal(c: &mut Client, resp: &ResponseHead, body: &[u8]) -> u64 {
     let mut out = Vec::with_capacity(256 + body.len());
-    let reason = if resp.reason().is_empty() {
-        http1::reason_phrase(resp.status)
-    } else {
-        resp.reason()
-    };
-    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", resp.status);
-    for (n, v) in resp.fields.iter() {
-        if crate::conn::grip::keep_header(&resp.fields, n) {
-            http1::write_field(&mut out, n, v);
-        }
-    }
-    http1::write_framing(&mut out, BodyKind::Length(body.len() as u64));
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    heads::write_refusal(&mut out, resp, body.len());
     out.extend_from_slice(body);
-    let _ = send(c, &out).await;
+    let _ = c.conn.write_all(&out).await;
     body.len() as u64
 }
 
 async fn bad_gateway(c: &mut Client, why: &str, target: &str) -> HoldEnd {
     let mut out = Vec::new();
     http1::write_simple_response(&mut out, 502, why, true);
-    let _ = send(c, &out).await;
+    let _ = c.conn.write_all(&out).await;
     outcome(502, 0, target)
 }
 
@@ -508,6 +518,14 @@ fn drop_client(shard: &Shard, c: &Client) {
     send_now(c, &close_frame(1008, "too slow", None));
 }
 
+/// Sends the backend a close (masked, as a client's frames are).
+async fn close_backend(up: &mut Upstream, code: u16, reason: &str) {
+    let _ = up
+        .conn
+        .write_all(&close_frame(code, reason, Some(mask_key())))
+        .await;
+}
+
 /// Frame-by-frame proxying to a WebSocket backend.
 async fn passthrough(
     shard: &Rc<Shard>,
@@ -515,7 +533,12 @@ async fn passthrough(
     head: &RequestHead,
     route: &Route,
 ) -> HoldEnd {
-    let Some((mut up, backend)) = connect_backend(shard, route).await else {
+    let timeout = shard.cfg.timeouts.upstream_connect;
+    let Ok((_, mut up, backend)) = shard
+        .pool
+        .connect_first(&route.targets, 0, Reuse::Fresh, timeout)
+        .await
+    else {
         return bad_gateway(c, "upstream unreachable", "-").await;
     };
     let target = backend.addr.clone();
@@ -523,11 +546,11 @@ async fn passthrough(
         shard,
         head,
         &route.rewrite(head.target()),
-        &backend,
+        backend,
         &c.peer,
         route,
     );
-    if up.stream.write_all(&req).await.is_err() {
+    if up.conn.write_all(&req).await.is_err() {
         return bad_gateway(c, "upstream closed the connection", &target).await;
     }
     let Some(resp) = read_response_head(shard, &mut up, false).await else {
@@ -552,10 +575,14 @@ async fn passthrough(
         .fields
         .get("sec-websocket-protocol")
         .map(<[u8]>::to_vec);
-    if !send(c, &switching(head, protocol.as_deref(), Some(&other_ext))).await {
+    if c.conn
+        .write_all(&switching(head, protocol.as_deref(), Some(&other_ext)))
+        .await
+        .is_err()
+    {
         return outcome(101, 0, &target);
     }
-    let _ = up.stream.set_read_timeout(None);
+    up.conn.set_read_timeout(None);
     let prefix = route.prefix.clone().unwrap_or_default();
     let sub = ws_sub(shard, route.implicit_channels(&backend.addr));
     let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
@@ -571,14 +598,15 @@ async fn relay(
     prefix: &str,
     target: &str,
 ) -> HoldEnd {
-    let mut from_client = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut session = ServerSession::new(Pings::Forward);
     let mut from_backend = Reader::new(Role::Client, MAX_MESSAGE);
     let mut bytes = 0u64;
     let mut detached = false;
     // Frames may have arrived with the handshakes: handle those first.
-    let mut first = Some(if !up.inbuf.is_empty() {
+    let mut first = Some(if up.conn.has_input() {
         Io::Backend
-    } else if !c.inbuf.is_empty() {
+    } else if c.conn.has_input() {
         Io::Client
     } else {
         Io::Timer
@@ -588,32 +616,18 @@ async fn relay(
             Some(io) => io,
             None => wait(c, Some(&mut *up), Some(sub), None).await,
         };
-        if !c.inbuf.is_empty() && first.is_none() && matches!(io, Io::Backend) {
+        if c.conn.has_input() && first.is_none() && matches!(io, Io::Backend) {
             first = Some(Io::Client);
         }
         match io {
             Io::Client => {
-                let evs = match client_events(c, &mut from_client) {
-                    Ok(evs) => evs,
-                    Err(e) => {
-                        let _ = send(c, &close_frame(e.code, e.reason, None)).await;
-                        let _ = up
-                            .stream
-                            .write_all(&close_frame(
-                                1001,
-                                "client protocol error",
-                                Some(mask_key()),
-                            ))
-                            .await;
-                        return outcome(101, bytes, target);
-                    }
-                };
+                // The client's frames go to the backend, masked; its close
+                // is passed on too, a protocol error ends both sides.
                 let mut out = Vec::new();
-                let mut closing = None;
-                for ev in evs {
+                for step in from_client(c, &mut reader, &mut session).await {
                     let m = Some(mask_key());
-                    match ev {
-                        WsFrameEvent::Message(k, d) => {
+                    match step {
+                        Step::Message(k, d) => {
                             let op = if k == WsKind::Text {
                                 Opcode::Text
                             } else {
@@ -621,33 +635,32 @@ async fn relay(
                             };
                             ws::write_frame(&mut out, true, op, &d, m);
                         }
-                        WsFrameEvent::Ping(p) => {
-                            ws::write_frame(&mut out, true, Opcode::Ping, &p, m)
+                        Step::Ping(p) => ws::write_frame(&mut out, true, Opcode::Ping, &p, m),
+                        Step::Pong(p) => ws::write_frame(&mut out, true, Opcode::Pong, &p, m),
+                        Step::Closed(code, reason) => {
+                            ws::write_close(&mut out, code.unwrap_or(1000), &reason, m)
                         }
-                        WsFrameEvent::Pong(p) => {
-                            ws::write_frame(&mut out, true, Opcode::Pong, &p, m)
-                        }
-                        WsFrameEvent::Close(code, reason) => {
-                            let code = if code == 1005 { 1000 } else { code };
-                            ws::write_close(&mut out, code, &reason, m);
-                            closing = Some(code);
-                            break;
+                        Step::Failed(_) => {
+                            ws::write_close(&mut out, 1001, "client protocol error", m)
                         }
                     }
                 }
-                if !detached && !out.is_empty() && up.stream.write_all(&out).await.is_err() {
-                    let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
+                let sent = detached || out.is_empty() || up.conn.write_all(&out).await.is_ok();
+                if session.closed() {
                     return outcome(101, bytes, target);
                 }
-                if let Some(code) = closing {
-                    let _ = send(c, &close_frame(code, "", None)).await;
+                if !sent {
+                    let _ = c
+                        .conn
+                        .write_all(&close_frame(1011, "upstream went away", None))
+                        .await;
                     return outcome(101, bytes, target);
                 }
             }
             Io::Backend => {
                 let mut out = Vec::new();
                 loop {
-                    let r = from_backend.read(up.inbuf.data());
+                    let r = from_backend.read(up.conn.input());
                     let (n, ev) = match r {
                         Ok(x) => x,
                         Err(e) => {
@@ -655,12 +668,14 @@ async fn relay(
                                 "core {}: backend {target} broke the WebSocket protocol: {}",
                                 shard.index, e.reason
                             );
-                            let _ =
-                                send(c, &close_frame(1011, "upstream protocol error", None)).await;
+                            let _ = c
+                                .conn
+                                .write_all(&close_frame(1011, "upstream protocol error", None))
+                                .await;
                             return outcome(101, bytes, target);
                         }
                     };
-                    up.inbuf.consume(n);
+                    up.conn.consume(n);
                     match ev {
                         Some(WsFrameEvent::Message(k, d)) => match classify(grip, k, &d) {
                             FromBackend::Control(json) => {
@@ -678,7 +693,7 @@ async fn relay(
                         },
                         Some(WsFrameEvent::Ping(p)) => {
                             let _ = up
-                                .stream
+                                .conn
                                 .write_all(&{
                                     let mut f = Vec::new();
                                     ws::write_frame(
@@ -694,18 +709,20 @@ async fn relay(
                         }
                         Some(WsFrameEvent::Pong(_)) => {}
                         Some(WsFrameEvent::Close(code, reason)) => {
-                            let code = if code == 1005 { 1000 } else { code };
-                            ws::write_close(&mut out, code, &reason, None);
-                            let _ = send(c, &out).await;
+                            ws::write_close(&mut out, echo_code(code), &reason, None);
+                            let _ = c.conn.write_all(&out).await;
                             return outcome(101, bytes, target);
                         }
-                        None if n == 0 || up.inbuf.is_empty() => break,
+                        None if n == 0 || !up.conn.has_input() => break,
                         None => {}
                     }
                 }
                 if !out.is_empty() {
                     bytes += out.len() as u64;
-                    match write_held(shard, c, sub, &out).await {
+                    match deliver(shard, c, sub, Bytes::from(out), <[u8]>::len)
+                        .await
+                        .0
+                    {
                         Written::Done => {}
                         Written::Gone => return outcome(101, bytes, target),
                         Written::Dropped => {
@@ -715,44 +732,35 @@ async fn relay(
                     }
                 }
             }
-            Io::Sub(Msg::Data(b)) => match write_held(shard, c, sub, &b).await {
-                Written::Done => sub.wrote(Instant::now()),
+            Io::Sub(Msg::Data(b)) => match deliver(shard, c, sub, b, <[u8]>::len).await.0 {
+                Written::Done => {}
                 Written::Gone => return outcome(101, bytes, target),
                 Written::Dropped => {
                     drop_client(shard, c);
-                    let _ = up
-                        .stream
-                        .write_all(&close_frame(1001, "client went away", Some(mask_key())))
-                        .await;
+                    close_backend(up, 1001, "client went away").await;
                     return outcome(101, bytes, target);
                 }
             },
             Io::Sub(Msg::WsClose(code, reason)) => {
-                let _ = send(c, &close_frame(code, &reason, None)).await;
-                let _ = up
-                    .stream
-                    .write_all(&close_frame(1000, "", Some(mask_key())))
-                    .await;
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
+                close_backend(up, 1000, "").await;
                 return outcome(101, bytes, target);
             }
             Io::Sub(_) | Io::Timer => {}
             Io::Dropped => {
                 drop_client(shard, c);
-                let _ = up
-                    .stream
-                    .write_all(&close_frame(1001, "client went away", Some(mask_key())))
-                    .await;
+                close_backend(up, 1001, "client went away").await;
                 return outcome(101, bytes, target);
             }
             Io::ClientGone => {
-                let _ = up
-                    .stream
-                    .write_all(&close_frame(1001, "client went away", Some(mask_key())))
-                    .await;
+                close_backend(up, 1001, "client went away").await;
                 return outcome(101, bytes, target);
             }
             Io::BackendGone => {
-                let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
+                let _ = c
+                    .conn
+                    .write_all(&close_frame(1011, "upstream went away", None))
+                    .await;
                 return outcome(101, bytes, target);
             }
         }
@@ -787,70 +795,48 @@ impl Session<'_> {
         for e in events {
             wsevents::encode(&mut body, e);
         }
-        let mut extra = Vec::new();
-        self.shard
-            .write_grip_headers(&mut extra, self.shard.sig_for(self.route).as_ref());
-        let _ = write!(
-            extra,
-            "Content-Type: application/websocket-events\r\nAccept: application/websocket-events\r\nConnection-Id: {}\r\nContent-Length: {}\r\n",
-            self.connection_id,
-            body.len()
-        );
-        for (k, v) in &self.meta {
-            extra.extend_from_slice(b"Meta-");
-            http1::write_field(&mut extra, k.as_bytes(), v);
-        }
-        // Fields corepin sets itself on every events request, under any
-        // spelling a CGI server would map to them. (Client-sent
-        // `Connection-Id` and `Meta-*` are dropped by write_request_head
-        // for every over_http target.)
-        let own = [
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-extensions",
-            "content-type",
-            "accept",
-        ];
-        let skip = |n: &[u8]| own.iter().any(|o| http1::cgi_name_is(n, o));
+        // Events requests are signed whatever the route's `no_grip`.
+        let token = grip_key(self.shard, self.route).map(|k| self.shard.signer.token(&k));
+        let peer_ip = peer.ip().to_string();
         let mut delay = Duration::from_millis(100);
         for attempt in 0..POST_ATTEMPTS {
             if attempt > 0 {
                 glommio::timer::sleep(delay).await;
                 delay *= 4;
             }
-            for t in &self.route.targets {
-                let Target::Backend(b) = t else { continue };
-                let fresh = attempt > 0;
-                let up = match (!fresh)
-                    .then(|| self.shard.pool.take_idle(&b.addr, true))
-                    .flatten()
-                {
-                    Some(up) => up,
-                    None => match self
-                        .shard
-                        .pool
-                        .connect(&b.addr, self.shard.cfg.timeouts.upstream_connect)
-                        .await
-                    {
-                        Ok(up) => up,
-                        Err(_) => continue,
-                    },
-                };
-                let mut up = up;
+            // A target that fails the exchange is passed over for the next.
+            let reuse = if attempt > 0 {
+                Reuse::Fresh
+            } else {
+                Reuse::Pooled { check: true }
+            };
+            let timeout = self.shard.cfg.timeouts.upstream_connect;
+            let mut from = 0;
+            while let Ok((i, mut up, b)) = self
+                .shard
+                .pool
+                .connect_first(&self.route.targets, from, reuse, timeout)
+                .await
+            {
+                from = i + 1;
                 let mut req = Vec::with_capacity(512 + body.len());
-                crate::conn::http::write_request_head(
-                    &mut req,
-                    Some("POST"),
+                let events = Purpose::WsEvents {
+                    connection_id: &self.connection_id,
+                    content_length: body.len(),
+                    meta: &self.meta,
+                };
+                let fwd = self.shard.cfg.forwarding.policy(peer.ip());
+                b.request(
                     self.head,
+                    events,
                     &self.path,
-                    b,
-                    &peer,
-                    &self.shard.cfg.forwarding,
-                    &extra,
-                    &skip,
-                );
+                    &peer_ip,
+                    fwd,
+                    Some(token.as_deref()),
+                )
+                .write(&mut req);
                 req.extend_from_slice(&body);
-                if up.stream.write_all(&req).await.is_err() {
+                if up.conn.write_all(&req).await.is_err() {
                     continue;
                 }
                 let Some(resp) = read_response_head(self.shard, &mut up, false).await else {
@@ -885,7 +871,7 @@ impl Session<'_> {
             self.keep_alive = std::str::from_utf8(v)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|s| Duration::from_secs(s.max(20)));
+                .map(|s| Duration::from_secs(s).max(self.shard.cfg.timeouts.ws_keep_alive_min));
         }
         if resp.fields.get("sec-websocket-extensions").is_some() {
             self.grip = grip_extension(resp.fields.get("sec-websocket-extensions")).0;
@@ -949,7 +935,7 @@ async fn apply(
             WsEvent::Open => {}
         }
     }
-    if !out.is_empty() && !send(c, &out).await {
+    if !out.is_empty() && c.conn.write_all(&out).await.is_err() {
         return After::Close;
     }
     after
@@ -971,13 +957,13 @@ async fn post_delivering(
     c: &mut Client,
     sub: &Sub,
     events: &[WsEvent],
-    deliver: bool,
+    listen: bool,
 ) -> (Option<EventsReply>, Option<WsEvent>) {
     let s_shard = s.shard;
     let mut post = std::pin::pin!(s.post(c.peer, events));
     let mut ended: Option<WsEvent> = None;
     loop {
-        let listen = deliver && ended.is_none();
+        let listen = listen && ended.is_none();
         let ev = futures_lite::future::poll_fn(|cx| {
             if let Poll::Ready(r) = post.as_mut().poll(cx) {
                 return Poll::Ready(During::Reply(r));
@@ -995,8 +981,8 @@ async fn post_delivering(
         .await;
         match ev {
             During::Reply(r) => return (r, ended),
-            During::Sub(Msg::Data(b)) => match write_held(s_shard, c, sub, &b).await {
-                Written::Done => sub.wrote(Instant::now()),
+            During::Sub(Msg::Data(b)) => match deliver(s_shard, c, sub, b, <[u8]>::len).await.0 {
+                Written::Done => {}
                 Written::Gone => ended = Some(WsEvent::Disconnect),
                 Written::Dropped => {
                     drop_client(s_shard, c);
@@ -1004,8 +990,8 @@ async fn post_delivering(
                 }
             },
             During::Sub(Msg::WsClose(code, reason)) => {
-                let _ = send(c, &close_frame(code, &reason, None)).await;
-                let _ = c.stream.close().await;
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
+                c.conn.close().await;
                 ended = Some(WsEvent::Close(Some(code), reason.into_bytes()));
             }
             During::Sub(_) => {}
@@ -1062,11 +1048,15 @@ async fn over_http(
         .fields
         .get("sec-websocket-protocol")
         .map(<[u8]>::to_vec);
-    if !send(c, &switching(head, protocol.as_deref(), None)).await {
+    if c.conn
+        .write_all(&switching(head, protocol.as_deref(), None))
+        .await
+        .is_err()
+    {
         return outcome(101, 0, &s.target);
     }
     let sub = ws_sub(shard, route.implicit_channels(&s.target));
-    let _live = LiveSession::mark(shard, s.connection_id.clone());
+    let _live = LiveSession::mark(shard, s.connection_id.clone(), &sub);
     session_loop(&mut s, c, &sub, events).await
 }
 
@@ -1078,8 +1068,11 @@ struct LiveSession<'a> {
 }
 
 impl<'a> LiveSession<'a> {
-    fn mark(shard: &'a Shard, id: String) -> Self {
-        shard.ws_sessions.borrow_mut().insert(id.clone());
+    fn mark(shard: &'a Shard, id: String, sub: &Rc<Sub>) -> Self {
+        shard
+            .ws_sessions
+            .borrow_mut()
+            .insert(id.clone(), sub.clone());
         LiveSession { shard, id }
     }
 }
@@ -1102,7 +1095,8 @@ async fn session_loop(
         return outcome(101, 0, &target);
     }
     let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
-    let mut first_io = (!c.inbuf.is_empty()).then_some(Io::Client);
+    let mut session = ServerSession::new(Pings::Answer);
+    let mut first_io = c.conn.has_input().then_some(Io::Client);
     loop {
         if detached {
             return client_loop(s.shard, c, sub, &target).await;
@@ -1110,48 +1104,34 @@ async fn session_loop(
         let deadline = s.keep_alive.map(|k| s.last_request + k);
         let mut pending: Vec<WsEvent> = Vec::new();
         let mut end_after = false;
+        // A `refresh` command: an empty request now, as for a keep-alive.
+        let mut refresh = false;
         let io = match first_io.take() {
             Some(io) => io,
             None => wait(c, None, Some(sub), deadline).await,
         };
         match io {
-            Io::Client => match client_events(c, &mut reader) {
-                Ok(evs) => {
-                    for ev in evs {
-                        match ev {
-                            WsFrameEvent::Message(WsKind::Text, d) => {
-                                pending.push(WsEvent::Text(d))
-                            }
-                            WsFrameEvent::Message(WsKind::Binary, d) => {
-                                pending.push(WsEvent::Binary(d))
-                            }
-                            WsFrameEvent::Ping(p) => {
-                                let _ = send(c, &frame(Opcode::Pong, &p)).await;
-                                pending.push(WsEvent::Ping(p));
-                            }
-                            WsFrameEvent::Pong(p) => pending.push(WsEvent::Pong(p)),
-                            WsFrameEvent::Close(code, reason) => {
-                                let code = (code != 1005).then_some(code);
-                                pending.push(WsEvent::Close(code, reason.into_bytes()));
-                                let _ = send(c, &close_frame(code.unwrap_or(1000), "", None)).await;
-                                end_after = true;
-                                break;
-                            }
-                        }
-                    }
+            Io::Client => {
+                // Every client event goes to the backend; the session
+                // answers pings and echoes a close.
+                for step in from_client(c, &mut reader, &mut session).await {
+                    pending.push(match step {
+                        Step::Message(WsKind::Text, d) => WsEvent::Text(d),
+                        Step::Message(WsKind::Binary, d) => WsEvent::Binary(d),
+                        Step::Ping(p) => WsEvent::Ping(p),
+                        Step::Pong(p) => WsEvent::Pong(p),
+                        Step::Closed(code, reason) => WsEvent::Close(code, reason.into_bytes()),
+                        Step::Failed(_) => WsEvent::Disconnect,
+                    });
                 }
-                Err(e) => {
-                    let _ = send(c, &close_frame(e.code, e.reason, None)).await;
-                    pending.push(WsEvent::Disconnect);
-                    end_after = true;
-                }
-            },
+                end_after = session.closed();
+            }
             Io::ClientGone => {
                 pending.push(WsEvent::Disconnect);
                 end_after = true;
             }
-            Io::Sub(Msg::Data(b)) => match write_held(s.shard, c, sub, &b).await {
-                Written::Done => sub.wrote(Instant::now()),
+            Io::Sub(Msg::Data(b)) => match deliver(s.shard, c, sub, b, <[u8]>::len).await.0 {
+                Written::Done => {}
                 Written::Gone => {
                     pending.push(WsEvent::Disconnect);
                     end_after = true;
@@ -1163,52 +1143,75 @@ async fn session_loop(
                 }
             },
             Io::Sub(Msg::WsClose(code, reason)) => {
-                let _ = send(c, &close_frame(code, &reason, None)).await;
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
                 pending.push(WsEvent::Close(Some(code), reason.into_bytes()));
                 end_after = true;
             }
             Io::Timer => {} // keep-alive: an empty request
+            // A published refresh: a request now, empty if nothing waits.
+            Io::Sub(Msg::Refresh) => refresh = true,
             Io::Dropped => {
                 drop_client(s.shard, c);
                 pending.push(WsEvent::Disconnect);
                 end_after = true;
             }
+            Io::Sub(Msg::Refetch) => refresh = true,
             Io::Sub(_) | Io::Backend | Io::BackendGone => continue,
         }
-        if pending.is_empty() && !matches!(deadline, Some(d) if Instant::now() >= d) {
+        if pending.is_empty() && !refresh && !matches!(deadline, Some(d) if Instant::now() >= d) {
             continue;
         }
-        if end_after {
-            // The client's part is over (its close frame is sent): end the
-            // connection now rather than after the backend has answered
-            // the last event. A client waits for the server to close the
-            // TCP connection after a close frame (RFC 6455 §7.1.1), and a
-            // slow backend must not keep it waiting.
-            let _ = c.stream.close().await;
-        }
-        let (reply, ended) = post_delivering(s, c, sub, &pending, !end_after).await;
-        if let Some(last) = ended {
-            // The session ended while the request was in flight (a
-            // published close, or the client failed): tell the backend.
-            let _ = s.post(c.peer, &[last]).await;
-            return outcome(101, 0, &target);
-        }
-        match reply {
-            Some(reply) if is_events(&reply.resp) => {
-                s.absorb(&reply.resp);
-                let evs = wsevents::decode(&reply.body).unwrap_or_default();
-                if end_after {
-                    return outcome(101, 0, &target);
-                }
-                if let After::Close = apply(s, c, sub, evs, &mut detached).await {
-                    return outcome(101, 0, &target);
-                }
+        // `one_event` targets get one event per request (Pushpin 1.28's
+        // intent; 1.41 batches empty messages in front of one with
+        // content); otherwise every pending event goes in one request.
+        let one_event = s
+            .route
+            .targets
+            .iter()
+            .any(|t| matches!(t, Target::Backend(b) if b.one_event));
+        let batches: Vec<Vec<WsEvent>> = if one_event && pending.len() > 1 {
+            pending.into_iter().map(|e| vec![e]).collect()
+        } else {
+            vec![pending]
+        };
+        let count = batches.len();
+        for (i, batch) in batches.into_iter().enumerate() {
+            let end_after = end_after && i + 1 == count;
+            if end_after {
+                // The client's part is over (its close frame is sent): end
+                // the connection now rather than after the backend has
+                // answered the last event. A client waits for the server
+                // to close the TCP connection after a close frame (RFC 6455
+                // §7.1.1), and a slow backend must not keep it waiting.
+                c.conn.close().await;
             }
-            _ => {
-                if !end_after {
-                    let _ = send(c, &close_frame(1011, "upstream went away", None)).await;
-                }
+            let (reply, ended) = post_delivering(s, c, sub, &batch, !end_after).await;
+            if let Some(last) = ended {
+                // The session ended while the request was in flight (a
+                // published close, or the client failed): tell the backend.
+                let _ = s.post(c.peer, &[last]).await;
                 return outcome(101, 0, &target);
+            }
+            match reply {
+                Some(reply) if is_events(&reply.resp) => {
+                    s.absorb(&reply.resp);
+                    let evs = wsevents::decode(&reply.body).unwrap_or_default();
+                    if end_after {
+                        return outcome(101, 0, &target);
+                    }
+                    if let After::Close = apply(s, c, sub, evs, &mut detached).await {
+                        return outcome(101, 0, &target);
+                    }
+                }
+                _ => {
+                    if !end_after {
+                        let _ = c
+                            .conn
+                            .write_all(&close_frame(1011, "upstream went away", None))
+                            .await;
+                    }
+                    return outcome(101, 0, &target);
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod echo;
 pub mod fanout;
 pub mod grip_backend;
 pub mod http;
+pub mod lockstep;
 pub mod net;
 pub mod proxy;
 pub mod publish;

@@ -611,7 +611,7 @@ impl Worker<'_> {
             &request(o, kind, channel, slot.id, sess.req_id),
         ) {
             Ok(s) => {
-                self.poller.add(s.as_raw_fd(), i as u64);
+                self.poller.add(&s, i);
                 slot.conn = Some(s);
                 bump(&mut self.stats.live, kind.name());
                 slot.sess = Some(sess);
@@ -678,12 +678,12 @@ impl Worker<'_> {
                 && net::write_all(conn, req.as_bytes()).is_ok();
             if !again {
                 // A fresh connection for the next request.
-                self.poller.remove(conn.as_raw_fd());
+                self.poller.remove(conn);
                 slot.conn = None;
                 sess.req_ns = now_ns();
                 match connect(self.o, slot.id, &mut slot.opened, sess.class, &req) {
                     Ok(s) => {
-                        self.poller.add(s.as_raw_fd(), i as u64);
+                        self.poller.add(&s, i);
                         slot.conn = Some(s);
                     }
                     Err(e) => sess.ended(format!("reconnect: {e}"), true),
@@ -702,7 +702,7 @@ impl Worker<'_> {
         // once subscribed.
         if sess.class != Class::Healthy && sess.sub_ns != 0 && sess.end.is_empty() {
             if let Some(c) = slot.conn.as_ref() {
-                self.poller.remove(c.as_raw_fd());
+                self.poller.remove(c);
             }
         }
     }
@@ -711,7 +711,7 @@ impl Worker<'_> {
     fn finish(&mut self, i: usize, end_ns: u64) {
         let slot = &mut self.slots[i];
         if let Some(c) = slot.conn.take() {
-            self.poller.remove(c.as_raw_fd());
+            self.poller.remove(&c);
         }
         let Some(sess) = slot.sess.take() else {
             return;
@@ -884,7 +884,7 @@ pub fn run(args: &[String]) {
         }
         w.poller.wait(20, &mut ready);
         for &t in &ready {
-            w.read(t as usize, usize::MAX);
+            w.read(t, usize::MAX);
         }
         if last_report.elapsed() >= Duration::from_millis(500) {
             last_report = Instant::now();

@@ -1,0 +1,462 @@
+//! The only code that touches a socket (mini-redis's `Connection` is the
+//! model): a [`Connection`] owns one byte stream (its [`Transport`]), the
+//! bytes read from it and not yet consumed, and the way output leaves it.
+//! Client connections, backend connections and control connections are all
+//! one; the codecs parse what it holds and encode what it sends.
+//!
+//! Reading: [`Connection::fill`] reads once more into the input buffer
+//! (pooled, and given back whenever it is empty, so an idle connection
+//! holds none); [`Connection::read_head`] is the one parse-or-read loop
+//! every head reader uses.
+//!
+//! Writing: [`Connection::write_all`] sends bytes the caller built (heads,
+//! short answers, frames); [`Connection::poll_write_parts`] sends a list of
+//! shared `Bytes` (a subscriber's queued messages) in one gathered send,
+//! never copying them. Both end with the transport's flush, a no-op on
+//! plain TCP, the point where a TLS stream pushes out its buffered records.
+//!
+//! Where the next transports plug in (each is a variant of [`Transport`]
+//! and one arm in each of its methods; nothing above this module changes):
+//! - TLS (issue 15): `Tls(Box<ServerTlsStream<TcpStream>>)` for client
+//!   connections (made by `Connection::start_tls` after the sniff, from a
+//!   `Tcp` connection whose buffered bytes become the handshake's prefix)
+//!   and `TlsClient(Box<ClientTlsStream<TcpStream>>)` for `ssl` targets
+//!   (made in `upstream::Pool::connect`). Reads and writes go through the
+//!   stream's `poll_read`/`poll_write`; `poll_write_parts` writes the parts
+//!   one by one into rustls (which copies to encrypt anyway) and flushes;
+//!   timeouts stay on the inner `TcpStream`; a drain's `SHUT_RD` reads as
+//!   `UnexpectedEof`, which every reader already takes as the peer gone.
+//! - io_uring (issue 16): `Uring(UringStream)`. `poll_fill` maps to
+//!   `poll_recv_into` (into the input buffer) or, later, a borrowed
+//!   `RecvBuf` parsed in place; `poll_write_parts` maps to
+//!   `start_send_vectored(parts)` then `poll_flush` (the ring keeps the
+//!   `Bytes` alive until the kernel is done with them); `write_all` copies
+//!   into one `Bytes`. The ring has no per-operation timeouts: the
+//!   `set_*_timeout` arms become a glommio timer raced in `poll_fill` and
+//!   `poll_write_parts`.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::{AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::buf::{BufPool, InBuf, BUF_SIZE};
+
+/// Most iovecs handed to one gathered send.
+const MAX_IOVECS: usize = 64;
+
+/// The byte stream under a connection.
+pub enum Transport {
+    /// Plain TCP, through glommio.
+    Tcp(TcpStream),
+}
+
+/// How reading a head ended when it did not produce one.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    /// The bytes do not parse.
+    Parse(E),
+    /// The peer closed before a whole head came.
+    Closed,
+    /// The read timed out (a deadline given to `read_head`, or the
+    /// connection's read timeout).
+    TimedOut,
+    /// The head grew past the buffer limit without completing.
+    TooLarge,
+    /// The socket failed.
+    Failed(io::Error),
+}
+
+/// How a read ended when it brought no bytes.
+fn read_error<E>(e: io::Error) -> ReadError<E> {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ReadError::TimedOut,
+        io::ErrorKind::OutOfMemory => ReadError::TooLarge,
+        _ => ReadError::Failed(e),
+    }
+}
+
+/// Where a gathered send of parts has got to; kept by the caller between
+/// polls (a fresh one starts at the first byte).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PartsProgress {
+    /// The first part not wholly sent, and the bytes of it already sent.
+    part: usize,
+    offset: usize,
+    /// The last attempt found the socket full: the next waits for room
+    /// through the transport (which keeps its write timeout).
+    waiting: bool,
+    /// Bytes sent so far.
+    pub sent: usize,
+}
+
+impl PartsProgress {
+    fn advance(&mut self, parts: &[Bytes], mut n: usize) {
+        self.sent += n;
+        while n > 0 && self.part < parts.len() {
+            let left = parts[self.part].len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.part += 1;
+                self.offset = 0;
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+        while self.part < parts.len() && parts[self.part].len() == self.offset {
+            self.part += 1;
+            self.offset = 0;
+        }
+    }
+
+    fn done(&self, parts: &[Bytes]) -> bool {
+        self.part >= parts.len()
+    }
+}
+
+/// One connection: its transport and its unconsumed input.
+pub struct Connection {
+    io: Transport,
+    input: InBuf,
+    /// Bytes read over the connection's life.
+    read: u64,
+}
+
+impl Connection {
+    /// A connection over an accepted or connected TCP stream.
+    pub fn tcp(stream: TcpStream, bufs: Rc<BufPool>) -> Connection {
+        Connection {
+            io: Transport::Tcp(stream),
+            input: InBuf::new(bufs),
+            read: 0,
+        }
+    }
+
+    // ---- the transport's settings
+
+    pub fn raw_fd(&self) -> RawFd {
+        match &self.io {
+            Transport::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// The socket, borrowed, for socket options.
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor is the transport's own and stays open for
+        // as long as `self` is borrowed.
+        unsafe { BorrowedFd::borrow_raw(self.raw_fd()) }
+    }
+
+    pub fn set_nodelay(&self) {
+        match &self.io {
+            Transport::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+        }
+    }
+
+    /// Each read waits at most this long (`None`: for ever).
+    pub fn set_read_timeout(&self, t: Option<Duration>) {
+        match &self.io {
+            Transport::Tcp(s) => {
+                let _ = s.set_read_timeout(t);
+            }
+        }
+    }
+
+    /// Each write waits at most this long for the socket to take a byte.
+    pub fn set_write_timeout(&self, t: Option<Duration>) {
+        match &self.io {
+            Transport::Tcp(s) => {
+                let _ = s.set_write_timeout(t);
+            }
+        }
+    }
+
+    /// Makes closing reset the connection: bytes the kernel still holds
+    /// for a peer that does not read are discarded at once, not kept
+    /// while the kernel probes a zero window.
+    pub fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(&self.fd()).set_linger(Some(Duration::ZERO));
+    }
+
+    /// True when the socket is open, idle and not closed by the peer:
+    /// nothing to read and no end of stream (for pooled connections).
+    pub fn looks_alive(&self) -> bool {
+        if !self.input.is_empty() {
+            return false;
+        }
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        match socket2::SockRef::from(&self.fd())
+            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        }
+    }
+
+    // ---- input
+
+    /// The bytes read and not yet consumed.
+    pub fn input(&self) -> &[u8] {
+        self.input.data()
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.input.len()
+    }
+
+    pub fn has_input(&self) -> bool {
+        !self.input.is_empty()
+    }
+
+    /// Marks `n` input bytes as used.
+    pub fn consume(&mut self, n: usize) {
+        self.input.consume(n);
+    }
+
+    /// Polls one read into the input buffer, holding at most `max`
+    /// unconsumed bytes. `Ok(0)` is the end of the stream; a full buffer is
+    /// an `OutOfMemory` error (see `ReadError::TooLarge`).
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
+        let r = match &mut self.io {
+            Transport::Tcp(s) => self.input.poll_fill(cx, s, max),
+        };
+        if let Poll::Ready(Ok(n)) = r {
+            self.read += n as u64;
+        }
+        r
+    }
+
+    /// Bytes read over the connection's life (whether anything at all came
+    /// since some earlier point).
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// Reads once more (see `poll_fill`).
+    pub async fn fill(&mut self, max: usize) -> io::Result<usize> {
+        futures_lite::future::poll_fn(|cx| self.poll_fill(cx, max)).await
+    }
+
+    /// Parses a head from the input, reading more until `parse` completes
+    /// one (`Ok(Some((consumed, head)))`) or fails, the peer closes, or a
+    /// read fails. The buffer holds at most `max` bytes. With `deadline`,
+    /// the reads after the first incomplete parse must all finish within
+    /// that much time (a slow head is refused as a whole, however it
+    /// trickles); otherwise each read has the connection's read timeout.
+    pub async fn read_head<T, E>(
+        &mut self,
+        max: usize,
+        deadline: Option<Duration>,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, T)>, E>,
+    ) -> Result<T, ReadError<E>> {
+        // The deadline is taken only when the head did not arrive whole.
+        let mut until: Option<Instant> = None;
+        loop {
+            match parse(self.input()) {
+                Ok(Some((n, head))) => {
+                    self.consume(n);
+                    return Ok(head);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Parse(e)),
+            }
+            if let Some(d) = deadline {
+                let at = *until.get_or_insert_with(|| Instant::now() + d);
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ReadError::TimedOut);
+                }
+                self.set_read_timeout(Some(left));
+            }
+            match self.fill(max).await {
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(read_error(e)),
+            }
+        }
+    }
+
+    // ---- output
+
+    /// Writes all of `bytes`, then flushes.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        AsyncWriteExt::write_all(self, bytes).await?;
+        AsyncWriteExt::flush(self).await
+    }
+
+    /// Polls a gathered send of `parts` (shared bytes, never copied),
+    /// continuing from `progress`; ready once every byte is sent, then
+    /// flushed. One `sendmsg` takes up to `MAX_IOVECS` parts; once the
+    /// socket is full, the rest waits for room through the transport,
+    /// whose write timeout then applies.
+    pub fn poll_write_parts(
+        &mut self,
+        cx: &mut Context<'_>,
+        parts: &[Bytes],
+        progress: &mut PartsProgress,
+    ) -> Poll<io::Result<()>> {
+        progress.advance(parts, 0);
+        while !progress.done(parts) {
+            if !progress.waiting && progress.part + 1 == parts.len() {
+                // One part left (the common delivery): a plain send.
+                let rest = &parts[progress.part][progress.offset..];
+                match socket2::SockRef::from(&self.fd())
+                    .send_with_flags(rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                {
+                    Ok(n) => {
+                        progress.advance(parts, n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => progress.waiting = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if !progress.waiting {
+                let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut k = 0;
+                for (i, p) in parts[progress.part..].iter().enumerate().take(MAX_IOVECS) {
+                    let from = if i == 0 { progress.offset } else { 0 };
+                    iov[k] = IoSlice::new(&p[from..]);
+                    k += 1;
+                }
+                match socket2::SockRef::from(&self.fd())
+                    .send_vectored_with_flags(&iov[..k], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                {
+                    Ok(n) => {
+                        progress.advance(parts, n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => progress.waiting = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            // The socket is full: the transport waits for room (and keeps
+            // its write timeout, restarted at every byte it takes).
+            let rest = &parts[progress.part][progress.offset..];
+            match Pin::new(&mut *self).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    progress.waiting = false;
+                    progress.advance(parts, n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut *self).poll_flush(cx)
+    }
+
+    /// Sends all of `parts` in gathered sends (see `poll_write_parts`).
+    pub async fn write_parts(&mut self, parts: &[Bytes]) -> io::Result<()> {
+        let mut progress = PartsProgress::default();
+        futures_lite::future::poll_fn(|cx| self.poll_write_parts(cx, parts, &mut progress)).await
+    }
+
+    /// Sends what the socket takes now, without waiting: the last words to
+    /// a peer being dropped for not reading (a WebSocket close frame).
+    pub fn send_now(&self, bytes: &[u8]) {
+        let _ = socket2::SockRef::from(&self.fd())
+            .send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+    }
+
+    // ---- the end
+
+    /// Shuts down the write side (after a flush).
+    pub async fn close(&mut self) {
+        let _ = AsyncWriteExt::close(self).await;
+    }
+
+    /// Closes our side, then reads and discards what the peer still sends
+    /// (bounded in time and bytes), so an answer sent before the peer
+    /// finished its request is not destroyed by a reset.
+    pub async fn linger_close(&mut self) {
+        self.close().await;
+        self.input.release();
+        self.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut discarded = 0usize;
+        while discarded < 4 << 20 {
+            match self.fill(BUF_SIZE).await {
+                Ok(n) if n > 0 => {
+                    discarded += n;
+                    self.input.release();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, bytes),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Transport::Tcp(s) => Pin::new(s).poll_close(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(lens: &[usize]) -> Vec<Bytes> {
+        lens.iter().map(|&n| Bytes::from(vec![b'x'; n])).collect()
+    }
+
+    #[test]
+    fn progress_through_parts_as_a_table() {
+        // part lengths, bytes sent in each step, (part, offset) after each
+        type Case = (
+            &'static [usize],
+            &'static [usize],
+            &'static [(usize, usize)],
+        );
+        let cases: &[Case] = &[
+            (&[3, 4], &[2, 1, 4], &[(0, 2), (1, 0), (2, 0)]),
+            (&[3, 4], &[7], &[(2, 0)]),
+            (&[3, 0, 4], &[3, 4], &[(2, 0), (3, 0)]),
+            (&[0, 0, 5], &[0, 5], &[(2, 0), (3, 0)]),
+            (
+                &[5],
+                &[1, 1, 1, 1, 1],
+                &[(0, 1), (0, 2), (0, 3), (0, 4), (1, 0)],
+            ),
+        ];
+        for (lens, steps, after) in cases {
+            let p = parts(lens);
+            let mut pr = PartsProgress::default();
+            for (i, (&n, &(part, offset))) in steps.iter().zip(after.iter()).enumerate() {
+                pr.advance(&p, n);
+                assert_eq!((pr.part, pr.offset), (part, offset), "{lens:?} step {i}");
+            }
+            assert!(pr.done(&p), "{lens:?}");
+            assert_eq!(pr.sent, lens.iter().sum::<usize>(), "{lens:?}");
+        }
+    }
+}

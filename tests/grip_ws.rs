@@ -1,0 +1,292 @@
+//! GRIP over WebSockets with the real gripcontrol library on the backend:
+//! control messages set-meta, subscribe with filters, send-delayed,
+//! flush-delayed and keep-alive (ping, interval), and ws-message ping
+//! publishes. Frames are read raw, so pings are seen as pings.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+
+use common::*;
+
+fn raw_ws(addr: std::net::SocketAddr, path: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).expect("write");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let head = read_head_only(&mut r).expect("handshake answer");
+    assert_eq!(head.status, 101);
+    (s, r)
+}
+
+fn next_frame(r: &mut BufReader<TcpStream>) -> (u8, String) {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).expect("frame header");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).expect("len");
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b).expect("len");
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    r.read_exact(&mut p).expect("payload");
+    (h[0] & 0x0f, String::from_utf8_lossy(&p).into_owned())
+}
+
+/// The next text frame (pings are skipped).
+fn next_text(r: &mut BufReader<TcpStream>) -> String {
+    loop {
+        match next_frame(r) {
+            (1, t) => return t,
+            (9, _) => continue,
+            (op, p) => panic!("unexpected frame {op} {p:?}"),
+        }
+    }
+}
+
+fn send_text(s: &mut TcpStream, text: &str) {
+    let mut f = Vec::new();
+    corepin::codec::ws::write_frame(
+        &mut f,
+        true,
+        corepin::codec::ws::Opcode::Text,
+        text.as_bytes(),
+        Some([1, 2, 3, 4]),
+    );
+    s.write_all(&f).expect("send");
+}
+
+fn setup() -> (PyBackend, Corepin) {
+    let b = PyBackend::start("wsoh_control.py", &[]);
+    let route = format!("* 127.0.0.1:{},over_http", b.port);
+    let cp = Corepin::start_grip(&["--route", &route, "--workers", "1"]);
+    (b, cp)
+}
+
+/// Meta from set-meta feeds the subscription's skip-self and var-subst
+/// filters (declared in the subscribe control message).
+#[test]
+fn set_meta_and_subscribe_filters() {
+    let (_b, cp) = setup();
+    let (mut a, mut ar) = raw_ws(cp.addr(), "/ws/alice");
+    let (_bs, mut br) = raw_ws(cp.addr(), "/ws/bob");
+    // An echo proves the session is open (its OPEN answer applied).
+    send_text(&mut a, "hello");
+    assert_eq!(next_text(&mut ar), "echo: hello");
+    wait_until("both subscribed", || {
+        metric(&cp, "corepin_subscriptions") == 2
+    });
+    let r = cp.publish(
+        r#"{"items":[{"channel":"room","meta":{"sender":"alice"},"ws-message":{"content":"alice to %(name)s"}}]}"#,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(next_text(&mut br), "alice to Bob");
+    let r =
+        cp.publish(r#"{"items":[{"channel":"room","ws-message":{"content":"all, %(name)s"}}]}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(next_text(&mut ar), "all, Alice", "alice's own was dropped");
+    assert_eq!(next_text(&mut br), "all, Bob");
+    // set-meta replaces a value the filters read.
+    send_text(&mut a, "name Ally");
+    send_text(&mut a, "sync");
+    assert_eq!(next_text(&mut ar), "echo: sync");
+    cp.publish(r#"{"items":[{"channel":"room","ws-message":{"content":"hi %(name)s"}}]}"#);
+    assert_eq!(next_text(&mut ar), "hi Ally");
+    // require-sub tests the connection's channels (Pushpin after 1.41).
+    cp.publish(
+        r#"{"items":[{"channel":"room","meta":{"require_sub":"vip"},"ws-message":{"content":"vip only"}}]}"#,
+    );
+    cp.publish(
+        r#"{"items":[{"channel":"room","meta":{"require_sub":"room"},"ws-message":{"content":"room only"}}]}"#,
+    );
+    assert_eq!(next_text(&mut br), "hi Bob");
+    // bob's filters do not include require-sub: both reach him.
+    assert_eq!(next_text(&mut br), "vip only");
+    assert_eq!(next_text(&mut br), "room only");
+}
+
+/// send-delayed waits its timeout; a second one sends the first at once;
+/// flush-delayed sends the pending one now.
+#[test]
+fn send_delayed_and_flush_delayed() {
+    let (_b, cp) = setup();
+    let (mut a, mut ar) = raw_ws(cp.addr(), "/ws/alice");
+    // Due in an hour: only a replacement or a flush sends it.
+    send_text(&mut a, "delay 3600 first");
+    send_text(&mut a, "mark");
+    assert_eq!(next_text(&mut ar), "echo: mark", "not yet");
+    send_text(&mut a, "delay 1 second");
+    assert_eq!(next_text(&mut ar), "first", "replaced: sent at once");
+    assert_eq!(next_text(&mut ar), "second", "then after its second");
+    send_text(&mut a, "delay 3600 third");
+    send_text(&mut a, "flush");
+    assert_eq!(next_text(&mut ar), "third");
+}
+
+/// A keep-alive of pings every second (interval mode), and a published
+/// ws-message of type ping, reach the client as ping frames.
+#[test]
+fn keep_alive_pings_and_published_pings() {
+    let (_b, cp) = setup();
+    let (mut a, mut ar) = raw_ws(cp.addr(), "/ws/alice");
+    send_text(&mut a, "ka-ping");
+    send_text(&mut a, "sync");
+    assert_eq!(next_text(&mut ar), "echo: sync");
+    for _ in 0..2 {
+        assert_eq!(next_frame(&mut ar), (9, "ka".to_string()));
+    }
+    let r = cp
+        .publish(r#"{"items":[{"channel":"room","ws-message":{"type":"ping","content":"pub"}}]}"#);
+    assert_eq!(r.status, 200);
+    loop {
+        match next_frame(&mut ar) {
+            (9, p) if p == "ka" => continue,
+            f => {
+                assert_eq!(f, (9, "pub".to_string()));
+                break;
+            }
+        }
+    }
+    let r = cp.publish(&format!(
+        r#"{{"items":[{{"channel":"room","ws-message":{{"type":"pong","content":"{}"}}}}]}}"#,
+        "x".repeat(126)
+    ));
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("a ping or pong carries at most 125"));
+}
+
+/// A published `refresh` makes an idle WebSocket-over-HTTP session send
+/// its backend a request now (with no events: nothing was waiting).
+#[test]
+fn refresh_makes_an_over_http_session_post_now() {
+    let b = Backend::start(|req, _| {
+        let mut body = Vec::new();
+        if req.body.starts_with(b"OPEN") {
+            let c = br#"c:{"type":"subscribe","channel":"room"}"#;
+            body.extend_from_slice(format!("OPEN\r\nTEXT {:x}\r\n", c.len()).as_bytes());
+            body.extend_from_slice(c);
+            body.extend_from_slice(b"\r\n");
+        }
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\nSec-WebSocket-Extensions: grip\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        Reply::Bytes(out)
+    });
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("{},over_http", b.route()),
+        "--workers",
+        "1",
+    ]);
+    let (_s, _r) = raw_ws(cp.addr(), "/ws");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    assert_eq!(
+        b.seen.lock().expect("lock").len(),
+        1,
+        "only the OPEN so far"
+    );
+    let r = cp.publish(r#"{"items":[{"channel":"room","ws-message":{"action":"refresh"}}]}"#);
+    assert_eq!(r.status, 200);
+    wait_until("a request after the refresh", || {
+        b.seen.lock().map(|v| v.len() == 2).unwrap_or(false)
+    });
+    let seen = b.last();
+    assert_eq!(seen.method, "POST");
+    assert!(seen.body.is_empty(), "{:?}", seen.body);
+    assert!(seen.header("connection-id").is_some());
+}
+
+/// A WebSocket route's targets are tried in order: a target that cannot
+/// be connected to is skipped, for passthrough and WebSocket-over-HTTP
+/// alike (the live backend answers; corepin relays).
+#[test]
+fn websocket_routes_fail_over_to_the_next_target() {
+    let echo = PyBackend::start("ws_echo.py", &[]);
+    let wsoh = PyBackend::start("wsoh_control.py", &[]);
+    let dead = dead_port();
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("*,path_beg=/echo 127.0.0.1:{dead} 127.0.0.1:{}", echo.port),
+        "--route",
+        &format!(
+            "*,path_beg=/ws/ 127.0.0.1:{dead},over_http 127.0.0.1:{},over_http",
+            wsoh.port
+        ),
+    ]);
+    let (mut s, mut r) = raw_ws(cp.addr(), "/echo");
+    send_text(&mut s, "through");
+    assert_eq!(next_text(&mut r), "through");
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws/alice");
+    send_text(&mut s, "over http");
+    assert_eq!(next_text(&mut r), "echo: over http");
+}
+
+/// `one_event`: each WebSocket-over-HTTP request carries one event, even
+/// when several client messages wait while a request is in flight.
+#[test]
+fn one_event_sends_one_event_per_request() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let b = Backend::start(move |req, _| {
+        if req.body.starts_with(b"TEXT 1\r\na") {
+            // The first message's request waits until the client has sent
+            // the others, so they are pending together.
+            let _ = held.lock().map(|r| r.recv_timeout(TIMEOUT));
+        }
+        let body: &[u8] = if req.body.starts_with(b"OPEN") {
+            b"OPEN\r\n"
+        } else {
+            b""
+        };
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        Reply::Bytes(out)
+    });
+    let cp = Corepin::start_grip(&["--route", &format!("{},over_http,one_event", b.route())]);
+    let (mut s, _r) = raw_ws(cp.addr(), "/ws");
+    send_text(&mut s, "a");
+    wait_until("the first message's request", || {
+        b.seen.lock().map(|v| v.len() == 2).unwrap_or(false)
+    });
+    for m in ["b", "c", "d"] {
+        send_text(&mut s, m);
+    }
+    release.send(()).expect("release");
+    wait_until("a request per message", || {
+        b.seen.lock().map(|v| v.len() == 5).unwrap_or(false)
+    });
+    let bodies: Vec<String> = b
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "OPEN\r\n",
+            "TEXT 1\r\na\r\n",
+            "TEXT 1\r\nb\r\n",
+            "TEXT 1\r\nc\r\n",
+            "TEXT 1\r\nd\r\n"
+        ]
+    );
+}
