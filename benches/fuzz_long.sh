@@ -54,7 +54,7 @@ one() { # target
     awk -v a="$c0" -v b="$c1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "cpu_s: %.0f\n", (b - a) / hz}'
     echo "corpus_files_before: $before_files"
     echo "corpus_files: $(find "$ROOT/fuzz/corpus/$t" -type f | wc -l)"
-    echo "corpus_bytes: $(du -sb "$ROOT/fuzz/corpus/$t" | cut -f1)"
+    echo "corpus_bytes: $(find "$ROOT/fuzz/corpus/$t" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')"
     echo "artifacts: $(find "$ROOT/fuzz/artifacts/$t" -type f | wc -l)"
     echo "last_status: $(grep -E '^#[0-9]+' "$log" | tail -1)"
     grep -E '^(stat::|Done [0-9]+ runs)' "$log"

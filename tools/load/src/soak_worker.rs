@@ -96,6 +96,7 @@ pub const WORKER_FLAGS: &[&str] = &[
     "slow-read-ms",
     "small-rcvbuf",
     "ramp-s",
+    "discard-every",
 ];
 
 #[derive(Debug, Clone)]
@@ -121,6 +122,9 @@ pub struct WorkerOpts {
     pub small_rcvbuf: usize,
     /// Slots open their first sessions spread over this many seconds.
     pub ramp: f64,
+    /// For checking the accounting only: healthy subscribers ignore every
+    /// N-th message they receive, as if it had been lost (0: none).
+    pub discard_every: u64,
 }
 
 fn range_flag(a: &Args, name: &str, default: (f64, f64)) -> (f64, f64) {
@@ -154,6 +158,7 @@ impl WorkerOpts {
             slow_read_ms: a.get("slow-read-ms", 1000u64).max(1),
             small_rcvbuf: a.get("small-rcvbuf", 4096usize),
             ramp: a.get("ramp-s", 10.0f64).max(0.0),
+            discard_every: a.get("discard-every", 0u64),
         };
         if o.hot > o.channels {
             die("--hot-channels: more than --channels");
@@ -181,6 +186,7 @@ impl WorkerOpts {
             ("slow-read-ms", self.slow_read_ms.to_string()),
             ("small-rcvbuf", self.small_rcvbuf.to_string()),
             ("ramp-s", self.ramp.to_string()),
+            ("discard-every", self.discard_every.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [format!("--{k}"), v])
@@ -328,6 +334,8 @@ struct Session {
     /// A never-reading subscriber found closed or reset by the server
     /// when it finally looked.
     dropped: bool,
+    /// `--discard-every` (testing the accounting).
+    discard_every: u64,
 }
 
 struct Slot {
@@ -352,6 +360,8 @@ struct Stats {
     sessions: u64,
     delivered: u64,
     delivered_healthy: u64,
+    /// Messages seen by healthy subscribers (for `--discard-every`).
+    seen: u64,
     latency: Latency,
 }
 
@@ -449,6 +459,12 @@ impl Session {
         scan(&mut self.tail, data, &mut recs);
         let now = now_ns();
         for (seq, sent) in recs {
+            if self.discard_every > 0 && self.class == Class::Healthy {
+                stats.seen += 1;
+                if stats.seen.is_multiple_of(self.discard_every) {
+                    continue;
+                }
+            }
             if self.kind == SKind::LongPoll {
                 self.poll_records += 1;
                 if self.poll_records > 1 {
@@ -582,6 +598,7 @@ impl Worker<'_> {
             end: String::new(),
             error: false,
             dropped: false,
+            discard_every: o.discard_every,
         };
         bump(&mut self.stats.opened, kind.name());
         slot.next_read = now;

@@ -99,9 +99,14 @@ fn n(v: &Value, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("{path} in {v}"))
 }
 
-#[test]
-fn a_short_soak_finds_every_message_due_to_healthy_subscribers() {
-    let dir = std::env::temp_dir().join(format!("corepin-soak-test-{}", std::process::id()));
+/// A short soak against corepin and grip-backend, with `extra` flags;
+/// its exit code, JSON result and stderr.
+fn soak(extra: &str) -> (Option<i32>, Value, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "corepin-soak-test-{}-{}",
+        std::process::id(),
+        extra.len()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let holds = dir.join("holds.log");
     let (_backend, port) = grip_backend(&holds);
@@ -115,7 +120,7 @@ fn a_short_soak_finds_every_message_due_to_healthy_subscribers() {
         "soak --to {to} --publish-to {control} --seconds 6 --slots 80 --workers 2 \
          --channels 8 --hot-channels 2 --rate 40 --burst-every 2 --burst-items 40 \
          --hot-items 5 --hot-size 2000 --lifetime-s 60-70 --slow-lifetime-s 1-2 \
-         --ramp-s 1 --grace-s 1 --hold-log {}",
+         --ramp-s 1 --grace-s 1 --hold-log {} {extra}",
         holds.display()
     );
     let out = Command::new(LOAD)
@@ -128,12 +133,14 @@ fn a_short_soak_finds_every_message_due_to_healthy_subscribers() {
     let _ = std::fs::remove_dir_all(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{v}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code(), v, err)
+}
+
+#[test]
+fn a_short_soak_finds_every_message_due_to_healthy_subscribers() {
+    let (code, v, err) = soak("");
+    assert_eq!(code, Some(0), "{v}\n{err}");
     assert_eq!(n(&v, "healthy.lost"), 0, "{v}");
     assert_eq!(n(&v, "healthy.duplicated"), 0, "{v}");
     assert_eq!(n(&v, "healthy.out_of_order"), 0, "{v}");
@@ -162,4 +169,22 @@ fn a_short_soak_finds_every_message_due_to_healthy_subscribers() {
         v["metrics_during_run"]["corepin_deliveries_total"].as_f64() > Some(0.0),
         "{v}"
     );
+}
+
+#[test]
+fn the_soak_reports_messages_a_subscriber_did_not_get_as_lost() {
+    // Healthy subscribers ignore every 20th message they read: the
+    // accounting must find those missing, name them, and fail the run.
+    let (code, v, err) = soak("--discard-every 20");
+    assert_eq!(code, Some(1), "{v}\n{err}");
+    let (lost, expected) = (n(&v, "healthy.lost"), n(&v, "healthy.expected"));
+    assert!(lost > 0, "{v}");
+    // About one in twenty (long-poll answers ignored count once each).
+    assert!(
+        lost * 10 < expected && lost * 40 > expected,
+        "{lost} of {expected}: {v}"
+    );
+    assert_eq!(n(&v, "healthy.duplicated"), 0, "{v}");
+    let examples = v["loss_examples"].as_array().map_or(0, Vec::len);
+    assert!(examples > 0, "{v}");
 }
