@@ -174,6 +174,27 @@ fn the_sub_socket_subscribes_to_channels_with_subscribers() {
 }
 
 #[test]
+fn the_sub_socket_connects_to_publishers_with_push_in_sub_connect() {
+    let dir = ipc_dir();
+    let publisher = uri(&dir, "publisher");
+    let config = write_config(&format!(
+        "routes = [\"* test\"]\n[zmq]\npush_in_sub_specs = [\"{publisher}\"]\npush_in_sub_connect = true\n"
+    ));
+    let cp = Corepin::start_grip(&["--config", &config, "--workers", "2"]);
+    cp.wait_stderr(&format!(
+        "connecting to {publisher} (ZeroMQ SUB: publishes)"
+    ));
+    // The publisher binds (after corepin started: libzmq connects when it
+    // can), hears the subscription, and publishes.
+    let xpub = Live::start(&["xpub-bind", &publisher, "zk", "connected\n"]);
+    let mut s = subscribed_stream(&cp, "zk");
+    assert_eq!(xpub.line(), "sub zk");
+    assert_eq!(s.read_text(10), "connected\n");
+    drop(s);
+    assert_eq!(xpub.line(), "unsub zk");
+}
+
+#[test]
 fn commands_are_answered_as_pushpin_answers_them() {
     let dir = ipc_dir();
     let cp = start(&dir, "", &[]);

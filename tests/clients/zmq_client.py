@@ -7,6 +7,8 @@ Usage: zmq_client.py MODE ...
                                                 subscribe to CHANNEL, publish
                                                 (channel as topic), then report
                                                 the unsubscription
+  xpub-bind URI CHANNEL CONTENT                 the same, binding URI (for
+                                                push_in_sub_connect)
   cmd URI JSON [dealer]                         one command (JSON, strings sent
                                                 as bytes; "@raw:..." sends text
                                                 as is); prints the answer as JSON
@@ -74,10 +76,13 @@ def main():
         s.send(msg)
         s.close(linger=TIMEOUT_MS)
         print("sent", flush=True)
-    elif mode == "xpub":
+    elif mode in ("xpub", "xpub-bind"):
         uri, channel, content = sys.argv[2:5]
         s = ctx.socket(zmq.XPUB)
-        s.connect(uri)
+        if mode == "xpub-bind":
+            s.bind(uri)
+        else:
+            s.connect(uri)
         s.rcvtimeo = TIMEOUT_MS
         want = b"\x01" + channel.encode()
         try:
