@@ -21,7 +21,8 @@ COPY . .
 RUN CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked -p corepin --bin corepin \
  && ./target/release/corepin check --config config/container.toml
 
-# Runtime stage: glibc, libgcc and CA certificates (for TLS to backends),
+# Runtime stage: glibc, libgcc, libstdc++ (libzmq, linked statically for
+# the ZeroMQ interfaces, is C++) and CA certificates (for TLS to backends),
 # no shell or package manager; runs as the unprivileged user "nonroot"
 # (uid 65532; numeric, so Kubernetes runAsNonRoot can check it).
 FROM gcr.io/distroless/cc-debian12:nonroot

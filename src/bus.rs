@@ -630,9 +630,40 @@ pub struct Bus {
     seq: Mutex<Sequencer>,
     limits: Limits,
     pub stats: BusStats,
+    /// Who hears of subscriptions coming and going (the ZeroMQ thread,
+    /// when configured); set once at start-up.
+    watch: std::sync::OnceLock<SubWatch>,
     /// Bumped by each `recover` command; every core's sweep acts on a
     /// change (a command, not a publish: no wake-up is needed).
     recover: AtomicU64,
+}
+
+/// A change in how many subscribers of one kind a channel has on a core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubEvent {
+    /// `response`, `stream` or `ws` (Pushpin's subscription modes).
+    pub mode: &'static str,
+    pub channel: String,
+    /// +1 or -1.
+    pub delta: i32,
+}
+
+/// The receiving end's side of subscription events: a channel, and a wake
+/// socket written once per batch (the receiver clears `pending` before
+/// draining), so a core pays one queue push per change and at most one
+/// write per batch.
+pub struct SubWatch {
+    pub tx: Sender<SubEvent>,
+    pub pending: Arc<AtomicBool>,
+    pub wake: UnixStream,
+}
+
+impl SubWatch {
+    pub fn send(&self, e: SubEvent) {
+        if self.tx.send(e).is_ok() && !self.pending.swap(true, Ordering::AcqRel) {
+            let _ = (&self.wake).write_all(b"s");
+        }
+    }
 }
 
 impl Bus {
@@ -658,6 +689,7 @@ impl Bus {
             seq: Mutex::new(Sequencer::default()),
             limits,
             stats: BusStats::for_cores(n),
+            watch: std::sync::OnceLock::new(),
             recover: AtomicU64::new(0),
         });
         let inboxes = parts
@@ -744,15 +776,44 @@ impl Bus {
         Ok(())
     }
 
-    /// The `recover` command: forgets every channel's last published id,
-    /// and asks every core to update its held HTTP subscribers (streams
-    /// fetch their next link, long-polls re-request the backend), as
-    /// Pushpin's recover does.
-    pub fn recover(&self) {
-        if let Ok(mut seq) = self.seq.lock() {
-            seq.last_id.clear();
+    /// Sends subscription changes to `w` from now on (once; a second watch
+    /// is refused).
+    pub fn set_watch(&self, w: SubWatch) -> Result<(), String> {
+        self.watch
+            .set(w)
+            .map_err(|_| "a subscription watch is already set".to_string())
+    }
+
+    /// Where subscription changes go, if anywhere.
+    pub fn watch(&self) -> Option<&SubWatch> {
+        self.watch.get()
+    }
+
+    /// Pushpin's `recover`: forgets every channel's last id, so that the
+    /// next item is taken whatever its `prev-id`, releases the items held
+    /// waiting for a predecessor, and asks every core to update its held
+    /// HTTP subscribers (streams fetch their next link, long-polls
+    /// re-request the backend). Returns how many held items were released.
+    pub fn recover(&self) -> usize {
+        let Ok(mut seq) = self.seq.lock() else {
+            return 0;
+        };
+        seq.last_id.clear();
+        let mut held: Vec<(Instant, Arc<Encoded>)> =
+            seq.held.drain().flat_map(|(_, q)| q).collect();
+        held.sort_by_key(|(t, _)| *t);
+        let n = held.len();
+        let mut touched = Touched::default();
+        for (_, e) in held {
+            if let Some(id) = &e.item.id {
+                seq.last_id.insert(e.item.channel.clone(), id.clone());
+            }
+            self.route(e, &mut touched);
         }
+        drop(seq);
+        self.wake(&touched, None);
         self.recover.fetch_add(1, Ordering::Release);
+        n
     }
 
     /// How many `recover` commands there have been.
@@ -994,6 +1055,68 @@ mod tests {
             }),
             ..Item::default()
         }
+    }
+
+    #[test]
+    fn recover_forgets_last_ids_and_releases_held_items() {
+        let (bus, inboxes, _theirs) = bus(1);
+        bus.interest().set(Interest::slot("c"), 0);
+        let with = |id: &str, prev: Option<&str>| Item {
+            id: Some(id.into()),
+            prev_id: prev.map(String::from),
+            ..plain("c")
+        };
+        bus.publish(vec![with("1", None)], None);
+        // Waits for "2", which never comes.
+        bus.publish(vec![with("3", Some("2"))], None);
+        assert_eq!(bus.last_id("c").as_deref(), Some("1"));
+        assert_eq!(bus.recover(), 1);
+        assert_eq!(bus.last_id("c").as_deref(), Some("3"));
+        let mut out = Vec::new();
+        inboxes[0].take(16, &mut out);
+        assert_eq!(ids(&out), vec!["1", "3"]);
+        // Nothing is known any more: any prev-id is taken at once.
+        assert_eq!(bus.recover(), 0);
+        assert_eq!(bus.last_id("c"), None);
+        bus.publish(vec![with("9", Some("8"))], None);
+        out.clear();
+        inboxes[0].take(16, &mut out);
+        assert_eq!(ids(&out), vec!["9"]);
+    }
+
+    #[test]
+    fn a_watch_hears_changes_with_one_wake_per_batch() {
+        let (bus, _inboxes, _theirs) = bus(1);
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let pending = Arc::new(AtomicBool::new(false));
+        bus.set_watch(SubWatch {
+            tx,
+            pending: pending.clone(),
+            wake: theirs,
+        })
+        .expect("first watch");
+        let ev = |delta| SubEvent {
+            mode: "stream",
+            channel: "c".into(),
+            delta,
+        };
+        let w = bus.watch().expect("set");
+        w.send(ev(1));
+        w.send(ev(-1));
+        assert_eq!(wake_bytes(&ours), 1);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![ev(1), ev(-1)]);
+        pending.store(false, Ordering::Release);
+        w.send(ev(1));
+        assert_eq!(wake_bytes(&ours), 1);
+        let (_, other) = UnixStream::pair().expect("pair");
+        let again = SubWatch {
+            tx: crossbeam_channel::unbounded().0,
+            pending,
+            wake: other,
+        };
+        assert!(bus.set_watch(again).is_err());
     }
 
     fn wake_bytes(s: &UnixStream) -> usize {

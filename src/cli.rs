@@ -12,7 +12,7 @@ usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
                [--control-socket PATH] [--route LINE]... [--workers N (0 = every core)]
                [--log-level error|warn|info|debug]
                [--listen-tls ADDR]... [--tls-cert FILE --tls-key FILE]
-               [--tls-certs-dir DIR]
+               [--tls-certs-dir DIR] [--ready-file PATH]
        corepin check --config FILE | --pushpin-config FILE
        corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
                        [--id ID] [--prev-id ID] [--socket PATH | --http URL]
@@ -22,7 +22,9 @@ usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
 Without --config, corepin runs its embedded default (config/corepin.toml):
 clients on 127.0.0.1:7999, every request routed to the built-in test target.
 --pushpin-config runs from a Pushpin pushpin.conf and the routes file it
-names (unsupported settings are named in one warning line).";
+names (unsupported settings are named in one warning line).
+--ready-file writes the bound addresses as JSON to PATH once every core
+accepts (for launchers and tests that use port 0).";
 
 /// The configuration file a command reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +197,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
             "--tls-cert" => ov.tls_cert = Some(val("--tls-cert")?),
             "--tls-key" => ov.tls_key = Some(val("--tls-key")?),
             "--tls-certs-dir" => ov.tls_certs_dir = Some(val("--tls-certs-dir")?),
+            "--ready-file" => ov.ready_file = Some(val("--ready-file")?),
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: unknown flag (see --help)")))
             }
@@ -207,6 +210,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
     }
     Ok(match sub.as_deref() {
         Some("check") => {
+            if ov.ready_file.is_some() {
+                return Err(CliError(
+                    "--ready-file: only `corepin run` reports where it listens".into(),
+                ));
+            }
             if config.is_none() {
                 return Err(CliError(
                     "check: --config FILE (or --pushpin-config FILE) is required".into(),
@@ -270,6 +278,10 @@ mod tests {
             panic!("--workers 0 is every core")
         };
         assert_eq!(overrides.workers, Some(0));
+        let Ok(Command::Run { overrides, .. }) = p(&["--ready-file", "/run/x.json"]) else {
+            panic!("--ready-file runs")
+        };
+        assert_eq!(overrides.ready_file.as_deref(), Some("/run/x.json"));
         assert!(matches!(p(&[]), Ok(Command::Run { .. })));
         assert!(matches!(
             p(&["check", "--config", "f"]),
@@ -305,6 +317,11 @@ mod tests {
             (&["--tls-cert"][..], "--tls-cert: missing value"),
             (&["--tls-key"][..], "--tls-key: missing value"),
             (&["--tls-certs-dir"][..], "--tls-certs-dir: missing value"),
+            (&["--ready-file"][..], "--ready-file: missing value"),
+            (
+                &["check", "--config", "c", "--ready-file", "r"][..],
+                "--ready-file: only `corepin run`",
+            ),
         ] {
             let e = p(args).expect_err(needle).0;
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -34,6 +34,28 @@ struct FileConfig {
     // TLS (issue 15).
     listen_tls: Option<Vec<String>>,
     tls: FileTls,
+    zmq: FileZmq,
+    metrics: FileMetrics,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileMetrics {
+    pushpin_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileZmq {
+    push_in_spec: Option<String>,
+    push_in_sub_specs: Option<Vec<String>>,
+    push_in_sub_connect: Option<bool>,
+    command_spec: Option<String>,
+    stats_spec: Option<String>,
+    stats_format: Option<String>,
+    stats_report_interval: Option<u64>,
+    stats_subscription_ttl: Option<u64>,
+    subscription_linger: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -98,6 +120,7 @@ struct FileTimeouts {
     upstream_connect: Option<f64>,
     upstream_read: Option<f64>,
     shutdown_grace: Option<f64>,
+    ws_keep_alive_min: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -111,6 +134,8 @@ struct FileUpstream {
 struct FileLog {
     level: Option<String>,
     access_log: Option<bool>,
+    access_log_client: Option<bool>,
+    access_log_user_agent: Option<bool>,
 }
 
 /// Diagnostic log level.
@@ -164,6 +189,9 @@ pub struct Timeouts {
     pub upstream_connect: Duration,
     pub upstream_read: Duration,
     pub shutdown_grace: Duration,
+    /// The shortest WebSocket-over-HTTP `Keep-Alive-Interval` honoured
+    /// (a backend asking for less gets this).
+    pub ws_keep_alive_min: Duration,
 }
 
 /// Pushpin's default signing key: public, so a warning says so.
@@ -386,6 +414,160 @@ pub struct Config {
     pub listen_tls: Vec<SocketAddr>,
     /// Their certificates; `Some` exactly when `listen_tls` is not empty.
     pub tls: Option<TlsCerts>,
+    /// `--ready-file`: where to report the bound addresses once every core
+    /// accepts (`server::run`).
+    pub ready_file: Option<PathBuf>,
+    /// The access log names the client's address (Pushpin's `log_from`).
+    pub access_log_client: bool,
+    /// The access log names the client's User-Agent (`log_user_agent`).
+    pub access_log_user_agent: bool,
+    /// ZeroMQ interfaces compatible with Pushpin's (`[zmq]`).
+    pub zmq: Zmq,
+    /// Put before Pushpin's metric names in /metrics (Pushpin's
+    /// `prometheus_prefix`).
+    pub metrics_pushpin_prefix: String,
+}
+
+/// The encoding of the ZeroMQ stats socket.
+pub use crate::codec::zmqmsg::StatsFormat;
+
+/// `[zmq]`: Pushpin's ZeroMQ interfaces. A spec is `tcp://HOST:PORT` or
+/// `ipc://PATH`; an empty one turns its socket off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Zmq {
+    /// PULL socket (bound) taking one item per message.
+    pub push_in_spec: Option<String>,
+    /// SUB socket taking (channel, item) messages; bound, or connected to
+    /// publishers' PUB sockets when `push_in_sub_connect`.
+    pub push_in_sub_specs: Vec<String>,
+    pub push_in_sub_connect: bool,
+    /// ROUTER socket (bound) answering commands (REQ or DEALER clients).
+    pub command_spec: Option<String>,
+    /// PUB socket (bound) writing stats messages.
+    pub stats_spec: Option<String>,
+    pub stats_format: StatsFormat,
+    /// Seconds between `report` messages; 0: none.
+    pub stats_report_interval: u64,
+    /// The `ttl` of `sub` messages, which are sent again every 3/4 of it.
+    pub stats_subscription_ttl: u64,
+    /// Seconds a channel's long-poll subscription outlives its last
+    /// long-poll (so clients polling again keep it).
+    pub subscription_linger: u64,
+}
+
+impl Default for Zmq {
+    fn default() -> Self {
+        Zmq {
+            push_in_spec: None,
+            push_in_sub_specs: Vec::new(),
+            push_in_sub_connect: false,
+            command_spec: None,
+            stats_spec: None,
+            stats_format: StatsFormat::TnetString,
+            stats_report_interval: 10,
+            stats_subscription_ttl: 60,
+            subscription_linger: 60,
+        }
+    }
+}
+
+impl Zmq {
+    /// Whether any socket is configured.
+    pub fn enabled(&self) -> bool {
+        self.push_in_spec.is_some()
+            || !self.push_in_sub_specs.is_empty()
+            || self.command_spec.is_some()
+            || self.stats_spec.is_some()
+    }
+}
+
+/// A ZeroMQ endpoint as Pushpin writes it: `tcp://HOST:PORT` (`*` for
+/// every address when bound) or `ipc://PATH`.
+pub fn zmq_spec(field: &str, s: &str) -> Result<String, ConfigError> {
+    if s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return fail(
+            field,
+            format!("'{}' holds a space or control character", s.escape_debug()),
+        );
+    }
+    if let Some(rest) = s.strip_prefix("tcp://") {
+        // `*` as the port: bind a free one.
+        let ok = rest
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && (p == "*" || p.parse::<u16>().is_ok()));
+        if !ok {
+            return fail(field, format!("'{s}' is not tcp://HOST:PORT"));
+        }
+        return Ok(s.to_string());
+    }
+    if let Some(path) = s.strip_prefix("ipc://") {
+        if path.is_empty() {
+            return fail(field, format!("'{s}' names no path"));
+        }
+        return Ok(s.to_string());
+    }
+    fail(
+        field,
+        format!("'{s}' is not a ZeroMQ endpoint corepin serves (tcp://HOST:PORT or ipc://PATH)"),
+    )
+}
+
+fn validate_zmq(z: FileZmq) -> Result<Zmq, ConfigError> {
+    let one = |field: &str, v: Option<String>| -> Result<Option<String>, ConfigError> {
+        match v.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => zmq_spec(field, s).map(Some),
+        }
+    };
+    let d = Zmq::default();
+    let stats_format = match z.stats_format.as_deref().unwrap_or("tnetstring") {
+        "tnetstring" => StatsFormat::TnetString,
+        "json" => StatsFormat::Json,
+        other => {
+            return fail(
+                "zmq.stats_format",
+                format!("'{other}' is not tnetstring or json"),
+            )
+        }
+    };
+    let ttl = z.stats_subscription_ttl.unwrap_or(d.stats_subscription_ttl);
+    if !(1..=86_400).contains(&ttl) {
+        return fail(
+            "zmq.stats_subscription_ttl",
+            format!("{ttl} is not 1-86400"),
+        );
+    }
+    let report = z.stats_report_interval.unwrap_or(d.stats_report_interval);
+    if report > 86_400 {
+        return fail(
+            "zmq.stats_report_interval",
+            format!("{report} is more than 86400"),
+        );
+    }
+    let linger = z.subscription_linger.unwrap_or(d.subscription_linger);
+    if linger > 86_400 {
+        return fail(
+            "zmq.subscription_linger",
+            format!("{linger} is more than 86400"),
+        );
+    }
+    Ok(Zmq {
+        push_in_spec: one("zmq.push_in_spec", z.push_in_spec)?,
+        push_in_sub_specs: z
+            .push_in_sub_specs
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| zmq_spec("zmq.push_in_sub_specs", s))
+            .collect::<Result<_, _>>()?,
+        push_in_sub_connect: z.push_in_sub_connect.unwrap_or(false),
+        command_spec: one("zmq.command_spec", z.command_spec)?,
+        stats_spec: one("zmq.stats_spec", z.stats_spec)?,
+        stats_format,
+        stats_report_interval: report,
+        stats_subscription_ttl: ttl,
+        subscription_linger: linger,
+    })
 }
 
 /// Command-line values that replace the file's.
@@ -402,6 +584,7 @@ pub struct Overrides {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_certs_dir: Option<String>,
+    pub ready_file: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -433,6 +616,27 @@ fn secs(field: &str, v: Option<f64>, default: f64) -> Result<Duration, ConfigErr
     let v = v.unwrap_or(default);
     if !(v.is_finite() && v > 0.0 && v <= 86_400.0 * 365.0) {
         return fail(field, format!("{v} is not a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The WebSocket-over-HTTP keep-alive minimum Pushpin applies, and the
+/// default of `timeouts.ws_keep_alive_min`.
+pub const WS_KEEP_ALIVE_MIN: f64 = 20.0;
+/// The lowest `timeouts.ws_keep_alive_min` accepted: a backend may not
+/// turn a session into a request a second or faster, whatever it asks.
+const WS_KEEP_ALIVE_FLOOR: f64 = 1.0;
+
+/// `timeouts.ws_keep_alive_min`: whole or fractional seconds from
+/// `WS_KEEP_ALIVE_FLOOR` to an hour.
+fn keep_alive_min(v: Option<f64>) -> Result<Duration, ConfigError> {
+    let field = "timeouts.ws_keep_alive_min";
+    let v = v.unwrap_or(WS_KEEP_ALIVE_MIN);
+    if !(WS_KEEP_ALIVE_FLOOR..=3600.0).contains(&v) {
+        return fail(
+            field,
+            format!("{v} is outside {WS_KEEP_ALIVE_FLOOR}..=3600 seconds"),
+        );
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -675,6 +879,7 @@ impl Config {
             upstream_connect: secs("timeouts.upstream_connect", t.upstream_connect, 5.0)?,
             upstream_read: secs("timeouts.upstream_read", t.upstream_read, 60.0)?,
             shutdown_grace: secs("timeouts.shutdown_grace", t.shutdown_grace, 5.0)?,
+            ws_keep_alive_min: keep_alive_min(t.ws_keep_alive_min)?,
         };
         let max_idle_per_target = ranged(
             "upstream.max_idle_per_target",
@@ -815,6 +1020,21 @@ impl Config {
             accept_x_forwarded_protocol: fw.accept_x_forwarded_protocol.unwrap_or(false),
         };
         let (listen_tls, tls) = validate_tls(f.listen_tls, f.tls, ov, &listen)?;
+        let zmq = validate_zmq(f.zmq)?;
+        let metrics_pushpin_prefix = f.metrics.pushpin_prefix.unwrap_or_default();
+        // A Prometheus metric name: [a-zA-Z_:][a-zA-Z0-9_:]*.
+        let name_ok = metrics_pushpin_prefix.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_alphabetic() || b == b'_' || b == b':' || (i > 0 && b.is_ascii_digit())
+        });
+        if !name_ok {
+            return fail(
+                "metrics.pushpin_prefix",
+                format!(
+                    "'{}' cannot start a Prometheus metric name (letters, digits, '_' and ':', not starting with a digit)",
+                    metrics_pushpin_prefix.escape_debug()
+                ),
+            );
+        }
         Ok(Config {
             listen,
             control_http,
@@ -833,6 +1053,14 @@ impl Config {
             forwarding,
             listen_tls,
             tls,
+            ready_file: match ov.ready_file.as_deref() {
+                Some("") => return fail("--ready-file", "a file path is needed"),
+                p => p.map(PathBuf::from),
+            },
+            access_log_client: f.log.access_log_client.unwrap_or(true),
+            access_log_user_agent: f.log.access_log_user_agent.unwrap_or(false),
+            zmq,
+            metrics_pushpin_prefix,
         })
     }
 }
@@ -936,6 +1164,8 @@ mod tests {
         assert_eq!(c.control_http, Some("127.0.0.1:5561".parse().unwrap()));
         assert_eq!(c.control_socket, Some(PathBuf::from("/tmp/corepin.sock")));
         assert_eq!(c.routes.iter().count(), 1);
+        assert_eq!(c.timeouts.ws_keep_alive_min, Duration::from_secs(20));
+        assert_eq!(c.ready_file, None);
     }
 
     #[test]
@@ -945,6 +1175,18 @@ mod tests {
             ("[limits]\nmax_headers = 1000", "limits.max_headers"),
             ("[timeouts]\nclient_idle = -1", "timeouts.client_idle"),
             ("[timeouts]\nbogus = 1", "unknown field `bogus`"),
+            (
+                "[timeouts]\nws_keep_alive_min = 0.5",
+                "timeouts.ws_keep_alive_min: 0.5 is outside 1..=3600",
+            ),
+            (
+                "[timeouts]\nws_keep_alive_min = 3601",
+                "timeouts.ws_keep_alive_min: 3601 is outside 1..=3600",
+            ),
+            (
+                "[timeouts]\nws_keep_alive_min = nan",
+                "timeouts.ws_keep_alive_min: NaN is outside 1..=3600",
+            ),
             ("listen = [\"nope\"]", "listen: 'nope'"),
             (
                 "routes = [\"* test\", \"* nothere\"]",

@@ -199,8 +199,12 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
         }
         "/metrics" if head.method() == "GET" => {
             shard.publish_snapshot();
-            let text =
-                crate::metrics::render(&shard.board().all(), &shard.bus.stats, shard.draining());
+            let text = crate::metrics::render(
+                &shard.board().all(),
+                &shard.bus.stats,
+                shard.draining(),
+                &shard.cfg.metrics_pushpin_prefix,
+            );
             let mut r = Reply::text(200, text);
             r.content_type = "text/plain; version=0.0.4";
             return (r, no_body);

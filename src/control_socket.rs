@@ -33,6 +33,18 @@ pub enum Command {
     Routes(Arc<Routes>),
     /// Which of these Connection-Ids are connected here?
     Conncheck(Vec<String>, Sender<Vec<String>>),
+    /// Make WebSocket-over-HTTP sessions send a request to their backend
+    /// now (Pushpin's `refresh`); answers how many were found here.
+    Refresh(Refresh, Sender<usize>),
+}
+
+/// Which sessions a `refresh` is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// The session with this Connection-Id.
+    Cid(String),
+    /// Every WebSocket subscribed to this channel.
+    Channel(String),
 }
 
 /// The wake byte that means "commands are waiting".
@@ -112,6 +124,24 @@ impl ControlPlane {
         }
         found.sort();
         found.dedup();
+        found
+    }
+
+    /// Refreshes sessions on every core; returns how many were found.
+    /// Runs on a control-plane thread (it waits for the cores' answers).
+    #[allow(clippy::disallowed_methods)]
+    pub fn refresh(&self, target: Refresh) -> usize {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.links
+            .send_all(|| Command::Refresh(target.clone(), tx.clone()));
+        drop(tx);
+        let mut found = 0;
+        for _ in 0..self.links.cores() {
+            match rx.recv_timeout(Duration::from_secs(2)) {
+                Ok(n) => found += n,
+                Err(_) => break,
+            }
+        }
         found
     }
 

@@ -21,7 +21,8 @@
 //!   connections).
 //! - Plain threads: `control_socket` (the Unix control socket), `watch`
 //!   (routes-file reloads), `memtrim` (giving memory back after a peak),
-//!   `client` (the `corepin publish`/`stats` commands).
+//!   `client` (the `corepin publish`/`stats` commands), `zmq_sockets`
+//!   (Pushpin's ZeroMQ interfaces).
 
 #[macro_use]
 pub mod log;
@@ -49,3 +50,5 @@ pub mod tls;
 pub mod upstream;
 pub mod uring;
 pub mod watch;
+#[cfg(feature = "zmq")]
+pub mod zmq_sockets;

@@ -82,10 +82,14 @@ impl std::fmt::Display for Timestamp {
 /// Size at which a core's access-log buffer is written out at once.
 const FLUSH_AT: usize = 32 * 1024;
 
-/// A core's access-log buffer.
+/// A core's access-log buffer, and which optional fields it writes.
 #[derive(Default)]
 pub struct AccessLog {
     buf: Vec<u8>,
+    /// Omit the client's address (Pushpin's `log_from = false`).
+    hide_client: bool,
+    /// Add `ua="..."` (Pushpin's `log_user_agent`).
+    user_agent: bool,
 }
 
 /// One finished request, as logged.
@@ -98,16 +102,31 @@ pub struct AccessEntry<'a> {
     pub bytes: u64,
     pub target: &'a str,
     pub duration: std::time::Duration,
+    /// The request's User-Agent, as sent.
+    pub user_agent: Option<&'a [u8]>,
 }
 
 impl AccessLog {
+    /// A log writing the client's address when `client`, and the
+    /// User-Agent when `user_agent`.
+    pub fn new(client: bool, user_agent: bool) -> AccessLog {
+        AccessLog {
+            buf: Vec::new(),
+            hide_client: !client,
+            user_agent,
+        }
+    }
+
     pub fn record(&mut self, e: &AccessEntry<'_>) {
-        let _ = writeln!(
+        let _ = write!(self.buf, "{} core={} ", Timestamp::now(), e.core);
+        if self.hide_client {
+            self.buf.extend_from_slice(b"client=-");
+        } else {
+            let _ = write!(self.buf, "client={}", e.client);
+        }
+        let _ = write!(
             self.buf,
-            "{} core={} client={} \"{} {}\" {} {} {} {:.3}ms",
-            Timestamp::now(),
-            e.core,
-            e.client,
+            " \"{} {}\" {} {} {} {:.3}ms",
             e.method,
             e.path.escape_debug(),
             e.status,
@@ -115,9 +134,35 @@ impl AccessLog {
             e.target,
             e.duration.as_secs_f64() * 1000.0
         );
+        if self.user_agent {
+            if let Some(ua) = e.user_agent {
+                // Escaped: a header value is the client's text, and a log
+                // line must stay one line of printable text.
+                self.buf.extend_from_slice(b" ua=\"");
+                for &b in ua {
+                    match b {
+                        b'"' | b'\\' => {
+                            self.buf.push(b'\\');
+                            self.buf.push(b);
+                        }
+                        0x20..=0x7e => self.buf.push(b),
+                        _ => {
+                            let _ = write!(self.buf, "\\x{b:02x}");
+                        }
+                    }
+                }
+                self.buf.push(b'"');
+            }
+        }
+        self.buf.push(b'\n');
         if self.buf.len() >= FLUSH_AT {
             self.flush();
         }
+    }
+
+    /// The lines written and not flushed yet (tests).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Writes buffered lines to stdout.
@@ -135,6 +180,46 @@ impl AccessLog {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn optional_fields_and_escapes() {
+        let entry = |ua: Option<&'static [u8]>| AccessEntry {
+            core: 1,
+            client: "10.0.0.1:5000".parse().expect("addr"),
+            method: "GET",
+            path: "/x",
+            status: 200,
+            bytes: 3,
+            target: "test",
+            duration: Duration::from_millis(2),
+            user_agent: ua,
+        };
+        let line = |log: &AccessLog| {
+            let s = String::from_utf8(log.pending().to_vec()).expect("utf-8");
+            s.split_once(' ')
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or(s)
+        };
+        let mut plain = AccessLog::new(true, false);
+        plain.record(&entry(Some(b"curl/8")));
+        assert_eq!(
+            line(&plain),
+            "core=1 client=10.0.0.1:5000 \"GET /x\" 200 3 test 2.000ms\n"
+        );
+        let mut both = AccessLog::new(false, true);
+        both.record(&entry(Some(b"a \"b\" \\ \x01\xff")));
+        assert_eq!(
+            line(&both),
+            "core=1 client=- \"GET /x\" 200 3 test 2.000ms ua=\"a \\\"b\\\" \\\\ \\x01\\xff\"\n"
+        );
+        let mut none = AccessLog::new(true, true);
+        none.record(&entry(None));
+        assert!(!line(&none).contains("ua="));
+        // Nothing is flushed by these tests: the buffer is dropped.
+        for log in [&mut plain, &mut both, &mut none] {
+            log.buf.clear();
+        }
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {

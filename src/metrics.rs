@@ -22,8 +22,45 @@ fn per_core(
     }
 }
 
-/// Renders every counter.
-pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
+/// Pushpin's metric names (its handler's and proxy's `prometheus_port`),
+/// as far as corepin counts the same things, after `prefix`.
+fn pushpin_names(o: &mut String, cores: &[Snapshot], bus: &BusStats, prefix: &str) {
+    let sum = |f: &dyn Fn(&Snapshot) -> u64| cores.iter().map(f).sum::<u64>();
+    for (name, kind, help, v) in [
+        (
+            "request_received",
+            "counter",
+            "Number of requests received (Pushpin's name; counted when answered)",
+            sum(&|s| s.requests_by_class.iter().sum()),
+        ),
+        (
+            "connection_connected",
+            "gauge",
+            "Number of concurrent connections (Pushpin's name)",
+            sum(&|s| s.connections),
+        ),
+        (
+            "message_received",
+            "counter",
+            "Number of messages received by the publish API (Pushpin's name)",
+            bus.items.load(Ordering::Relaxed),
+        ),
+        (
+            "message_sent",
+            "counter",
+            "Number of messages sent to clients (Pushpin's name)",
+            sum(&|s| s.deliveries),
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {prefix}{name} {help}");
+        let _ = writeln!(o, "# TYPE {prefix}{name} {kind}");
+        let _ = writeln!(o, "{prefix}{name} {v}");
+    }
+}
+
+/// Renders every counter: corepin's, then Pushpin's names after
+/// `pushpin_prefix`.
+pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool, pushpin_prefix: &str) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -274,5 +311,6 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool) -> String {
     let _ = writeln!(o, "# HELP corepin_draining 1 while shutting down.");
     let _ = writeln!(o, "# TYPE corepin_draining gauge");
     let _ = writeln!(o, "corepin_draining {}", u8::from(draining));
+    pushpin_names(&mut o, cores, bus, pushpin_prefix);
     o
 }

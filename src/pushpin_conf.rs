@@ -190,8 +190,7 @@ enum Kind {
     },
 }
 
-const ZMQ: &str = "ZeroMQ interfaces are not built yet";
-const STATS: &str = "ZeroMQ stats are not built yet";
+const STATS: &str = "corepin sends no conn or conn-max stats messages";
 
 /// Keys corepin knows but does not map to a setting.
 fn kind(key: &str) -> Option<Kind> {
@@ -230,17 +229,10 @@ fn kind(key: &str) -> Option<Kind> {
     }
     let u = |default, why| Some(Kind::Unsupported { default, why });
     match key {
-        "handler/push_in_spec" | "handler/push_in_sub_spec" | "handler/push_in_sub_specs" => {
-            u(None, ZMQ)
-        }
-        "handler/command_spec" => u(None, ZMQ),
-        "handler/push_in_sub_connect" => u(Some("false"), ZMQ),
-        "handler/stats_spec" => u(None, STATS),
-        "handler/stats_format" => u(Some("tnetstring"), STATS),
-        "handler/stats_report_interval" | "proxy/stats_report_interval" => u(Some("10"), STATS),
-        "handler/stats_subscription_ttl" => u(Some("60"), STATS),
+        // The proxy's report interval only paces its reports to the
+        // handler, inside Pushpin.
+        "proxy/stats_report_interval" => Some(Kind::Internal),
         "global/stats_connection_ttl" => u(Some("120"), STATS),
-        "global/stats_connection_send" => u(Some("true"), STATS),
         "proxy/stats_connections_max_ttl" => u(Some("60"), STATS),
         "runner/https_ports" => u(Some(""), "TLS listeners are not built yet"),
         "runner/local_ports" => u(Some(""), "Unix-socket listeners are not supported"),
@@ -260,16 +252,12 @@ fn kind(key: &str) -> Option<Kind> {
             u(Some("false"), "the Pushpin-Route header is not supported")
         }
         "proxy/cdn_loop" => u(Some(""), "CDN-Loop is not written"),
-        "proxy/log_from" | "proxy/log_user_agent" => {
-            u(Some("false"), "not in corepin's access log yet")
-        }
         "proxy/upstream_key" => u(Some(""), "chaining GRIP proxies is not supported"),
         "proxy/workers" => u(Some("1"), "corepin runs one worker per core (--workers)"),
         "proxy/max_open_requests" | "handler/prometheus_port" | "proxy/prometheus_port" => u(
             Some(""),
             "not supported (corepin serves /metrics on the publish address)",
         ),
-        "handler/prometheus_prefix" | "proxy/prometheus_prefix" => u(Some(""), "not supported"),
         "handler/push_in_http_max_headers_size" => u(
             Some("10000"),
             "the publish API shares the client head limit (client_buffer_size)",
@@ -277,10 +265,9 @@ fn kind(key: &str) -> Option<Kind> {
         "handler/message_rate" | "handler/message_hwm" => {
             u(None, "corepin does not rate-limit deliveries")
         }
-        "handler/message_block_size" => u(Some(""), STATS),
+        "handler/message_block_size" => u(Some(""), "corepin does not count blocks"),
         "handler/message_wait" => u(Some("5000"), "corepin waits 5000 ms for out-of-order items"),
         "handler/id_cache_ttl" => u(Some("60"), "corepin remembers item ids for 60 s"),
-        "handler/subscription_linger" => u(Some("60"), "not supported"),
         "handler/update_on_first_subscription" => u(Some("true"), "not supported"),
         "handler/share_all" => u(Some("false"), "not supported"),
         _ => None,
@@ -568,10 +555,105 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
         grip.insert("max_channels".into(), n.into());
     }
 
-    // The control socket lives in Pushpin's run directory.
+    // ZeroMQ interfaces, as Pushpin's handler reads them.
+    let mut zmq = toml::Table::new();
+    for (key, field) in [
+        ("handler/push_in_spec", "push_in_spec"),
+        ("handler/command_spec", "command_spec"),
+        ("handler/stats_spec", "stats_spec"),
+        ("handler/stats_format", "stats_format"),
+    ] {
+        mapped.push(key);
+        if let Some(v) = text_of(key).map(|v| v.trim().to_string()) {
+            zmq.insert(field.into(), v.into());
+        }
+    }
+    mapped.push("handler/push_in_sub_specs");
+    mapped.push("handler/push_in_sub_spec");
+    let mut sub_specs: Vec<String> = get("handler/push_in_sub_specs")
+        .map(|v| v.list())
+        .unwrap_or_default();
+    if let Some(one) = text_of("handler/push_in_sub_spec").filter(|s| !s.trim().is_empty()) {
+        sub_specs.push(one);
+    }
+    let sub_specs: Vec<String> = sub_specs
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !sub_specs.is_empty() {
+        zmq.insert("push_in_sub_specs".into(), sub_specs.into());
+    }
+    mapped.push("handler/push_in_sub_connect");
+    if let Some(b) = boolean("handler/push_in_sub_connect")? {
+        zmq.insert("push_in_sub_connect".into(), b.into());
+    }
+    for (key, field) in [
+        ("handler/stats_report_interval", "stats_report_interval"),
+        ("handler/stats_subscription_ttl", "stats_subscription_ttl"),
+        ("handler/subscription_linger", "subscription_linger"),
+    ] {
+        mapped.push(key);
+        if let Some(n) = number(key)? {
+            let n = u64::try_from(n).map_err(|_| bad(key, format!("{n} is negative")))?;
+            zmq.insert(field.into(), i64::try_from(n).unwrap_or(i64::MAX).into());
+        }
+    }
+    // Pushpin sends conn messages by default; corepin does not.
+    mapped.push("global/stats_connection_send");
+    let conn_stats = boolean("global/stats_connection_send")?.unwrap_or(true);
+    let stats_on = text_of("handler/stats_spec").is_some_and(|s| !s.trim().is_empty());
+
+    // The access log's optional fields.
+    mapped.push("proxy/log_from");
+    if let Some(b) = boolean("proxy/log_from")? {
+        log.insert("access_log_client".into(), b.into());
+    }
+    mapped.push("proxy/log_user_agent");
+    if let Some(b) = boolean("proxy/log_user_agent")? {
+        log.insert("access_log_user_agent".into(), b.into());
+    }
+
+    // Pushpin's Prometheus names carry its prefix (the handler's, else the
+    // proxy's) in corepin's /metrics.
+    mapped.push("handler/prometheus_prefix");
+    mapped.push("proxy/prometheus_prefix");
+    let prefixes: Vec<String> = ["handler/prometheus_prefix", "proxy/prometheus_prefix"]
+        .iter()
+        .filter_map(|k| text_of(k).map(|v| v.trim().to_string()))
+        .filter(|v| !v.is_empty())
+        .collect();
+    if let [a, b] = prefixes.as_slice() {
+        if a != b {
+            return Err(bad(
+                "handler/prometheus_prefix",
+                format!(
+                    "'{a}' differs from [proxy] prometheus_prefix '{b}': corepin serves one set of Pushpin's metric names"
+                ),
+            ));
+        }
+    }
+    let mut metrics = toml::Table::new();
+    if let Some(p) = prefixes.first() {
+        metrics.insert("pushpin_prefix".into(), p.clone().into());
+    }
+
+    // The control socket lives in Pushpin's run directory, and so may
+    // ipc:// ZeroMQ endpoints (Debian's stats_spec): it is made, as
+    // Pushpin's runner makes it, when something is put there.
     if !rundir.is_empty() {
         let run = std::path::absolute(&rundir).unwrap_or_else(|_| PathBuf::from(&rundir));
-        if ov.control_socket.is_none() {
+        let ipc_there = zmq.values().any(|v| {
+            let specs: Vec<&str> = match v {
+                toml::Value::String(s) => vec![s.as_str()],
+                toml::Value::Array(a) => a.iter().filter_map(toml::Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            specs
+                .iter()
+                .any(|s| s.starts_with("ipc://") && s.contains(rundir.as_str()))
+        });
+        if ov.control_socket.is_none() || ipc_there {
             std::fs::create_dir_all(&run).map_err(|e| {
                 bad(
                     "global/rundir",
@@ -591,6 +673,8 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
         ("publish", publish),
         ("log", log),
         ("forwarding", forwarding),
+        ("zmq", zmq),
+        ("metrics", metrics),
     ] {
         if !s.is_empty() {
             t.insert(name.into(), toml::Value::Table(s));
@@ -617,6 +701,12 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
             }
             None => unsupported.push(format!("{shown}={value} (unknown to corepin)")),
         }
+    }
+    if stats_on && conn_stats {
+        unsupported.push(
+            "[global] stats_connection_send=true (corepin's stats socket sends sub, activity, counts and report messages, not conn or message)"
+                .to_string(),
+        );
     }
     let origin_routes = format!("{origin} (as corepin settings)");
     let mut config = Config::from_table(t, &origin_routes, ov)?;
@@ -705,7 +795,7 @@ a=second
         )
         .expect("inc");
         let text = format!(
-            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\n[handler]\npush_in_http_port=5561\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\n",
+            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\nlog_from=false\nlog_user_agent=true\nprometheus_prefix=pp_\n[handler]\npush_in_http_port=5561\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\npush_in_spec=tcp://127.0.0.1:5560\npush_in_sub_specs=tcp://127.0.0.1:5562,ipc://x\npush_in_sub_connect=true\nstats_spec=ipc:///r/{{ipc_prefix}}stats\nstats_format=json\nstats_report_interval=0\nstats_subscription_ttl=30\nsubscription_linger=5\nprometheus_prefix=pp_\n",
             d.display()
         );
         std::fs::write(d.join("pushpin.conf"), text).expect("conf");
@@ -735,15 +825,33 @@ a=second
             crate::config::RoutesSource::File(d.join("routes"))
         );
         assert_eq!(p.config.limits.max_connections, 123);
+        // port_offset applies to tcp:// specs too.
+        let z = &c.zmq;
+        assert_eq!(z.command_spec.as_deref(), Some("tcp://127.0.0.1:5573"));
+        assert_eq!(z.push_in_spec.as_deref(), Some("tcp://127.0.0.1:5570"));
+        assert_eq!(z.push_in_sub_specs, vec!["tcp://127.0.0.1:5572", "ipc://x"]);
+        assert!(z.push_in_sub_connect);
+        assert_eq!(z.stats_spec.as_deref(), Some("ipc:///r/pushpin-stats"));
+        assert_eq!(z.stats_format, crate::config::StatsFormat::Json);
+        assert_eq!(
+            (
+                z.stats_report_interval,
+                z.stats_subscription_ttl,
+                z.subscription_linger
+            ),
+            (0, 30, 5)
+        );
+        assert!(!c.access_log_client && c.access_log_user_agent);
+        assert_eq!(c.metrics_pushpin_prefix, "pp_");
         let w = p.warning.expect("a warning");
         assert!(!w.contains("client_maxconn"), "{w}");
-        // port_offset applies to tcp:// specs too.
+        // Pushpin's conn stats are not sent, and the warning says so.
+        assert!(w.contains("[global] stats_connection_send=true"), "{w}");
         assert!(
-            w.contains("[handler] command_spec=tcp://127.0.0.1:5573"),
-            "{w}"
-        );
-        assert!(
-            !w.contains("zurl_out_specs") && !w.contains("sig_key"),
+            !w.contains("zurl_out_specs")
+                && !w.contains("sig_key")
+                && !w.contains("_spec")
+                && !w.contains("log_"),
             "{w}"
         );
         let _ = std::fs::remove_dir_all(&d);

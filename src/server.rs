@@ -173,6 +173,84 @@ struct Startup {
     board: Arc<Board>,
     conn_limit: Arc<shard::ConnLimit>,
     per_shard: Mutex<Vec<Option<ShardParts>>>,
+    ready: Option<ReadyFile>,
+}
+
+/// `--ready-file`: the bound addresses as one JSON object, written once
+/// every core accepts, so a launcher that asked for port 0 learns the
+/// ports without reading the log. The file is created empty beside its
+/// final name at start-up (a path that cannot be written fails then, before
+/// anything is served), filled and renamed into place by the last core to
+/// start (a reader sees no file or the whole of it), and removed at exit.
+struct ReadyFile {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+    json: String,
+    /// Cores yet to start accepting.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl ReadyFile {
+    fn create(path: &std::path::Path, workers: usize) -> Result<ReadyFile, String> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(name);
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| format!("--ready-file {}: {e}", path.display()))?;
+        Ok(ReadyFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Mutex::new(Some(file)),
+            json: String::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(workers),
+        })
+    }
+
+    /// One more core accepts; the last one writes the file.
+    fn core_accepting(&self) {
+        use std::io::Write;
+        if self
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            != 1
+        {
+            return;
+        }
+        let Some(mut file) = self.file.lock().ok().and_then(|mut f| f.take()) else {
+            return;
+        };
+        let written = file
+            .write_all(self.json.as_bytes())
+            .and_then(|()| std::fs::rename(&self.tmp, &self.path));
+        match written {
+            Ok(()) => info!("ready: addresses in {}", self.path.display()),
+            Err(e) => error!("--ready-file {}: {e}", self.path.display()),
+        }
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Drives `fut`, calling `then` once its first poll has returned: what
+/// `fut` does before its first await has been done by then (for
+/// `shard::run`, spawning its accept loops).
+async fn after_first_poll<F: std::future::Future>(fut: F, then: impl FnOnce()) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut then = Some(then);
+    std::future::poll_fn(|cx| {
+        let r = fut.as_mut().poll(cx);
+        if let Some(t) = then.take() {
+            t();
+        }
+        r
+    })
+    .await
 }
 
 /// Runs corepin until SIGTERM/SIGINT; returns after every shard drained.
@@ -182,14 +260,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
     } else {
         cfg.workers
     };
+    let ka_min = cfg.timeouts.ws_keep_alive_min.as_secs_f64();
+    if ka_min < crate::config::WS_KEEP_ALIVE_MIN {
+        warn!("timeouts.ws_keep_alive_min = {ka_min}: WebSocket-over-HTTP backends may ask for a request every {ka_min} s per session (the usual minimum is {} s)", crate::config::WS_KEEP_ALIVE_MIN);
+    }
+    let mut ready = match &cfg.ready_file {
+        Some(path) => Some(ReadyFile::create(path, workers)?),
+        None => None,
+    };
     let file_limit = raise_file_limit();
     let cap = connection_cap(cfg.limits.max_connections, file_limit);
     info!("up to {cap} client connections (file limit {file_limit})");
     let conn_limit = shard::ConnLimit::new(cap, file_limit, workers);
     let mut listeners: Vec<Vec<RawFd>> = vec![Vec::new(); workers];
+    let mut bound = serde_json::json!({
+        "pid": std::process::id(),
+        "listen": [],
+        "control_http": [],
+        "control_socket": cfg.control_socket.as_ref().map(|p| p.to_string_lossy().into_owned()),
+    });
     for addr in &cfg.listen {
         let (sockets, actual) = bind_group(*addr, workers)?;
         info!("listening on {actual} (clients)");
+        if let Some(l) = bound["listen"].as_array_mut() {
+            l.push(actual.to_string().into());
+        }
         for (i, s) in sockets.into_iter().enumerate() {
             listeners[i].push(s.into_raw_fd());
         }
@@ -198,6 +293,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if let Some(addr) = cfg.control_http {
         let (sockets, actual) = bind_group(addr, workers)?;
         info!("listening on {actual} (control http)");
+        if let Some(l) = bound["control_http"].as_array_mut() {
+            l.push(actual.to_string().into());
+        }
         for (i, s) in sockets.into_iter().enumerate() {
             control[i].push(s.into_raw_fd());
         }
@@ -230,6 +328,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
         links,
         routes: cfg.routes_source.clone(),
     });
+    // Pushpin's ZeroMQ interfaces, when configured: bound now (a spec
+    // that cannot be bound stops start-up), served by their own thread.
+    if cfg.zmq.enabled() {
+        #[cfg(feature = "zmq")]
+        crate::zmq_sockets::start(&cfg.zmq, plane.clone())?;
+        #[cfg(not(feature = "zmq"))]
+        return Err(
+            "zmq: this corepin was built without ZeroMQ (the `zmq` feature): remove [zmq] or rebuild with it"
+                .into(),
+        );
+    }
     let _socket_file = match &cfg.control_socket {
         Some(path) => {
             let listener = control_socket::bind(path, cfg.control_socket_mode)?;
@@ -262,6 +371,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(e) => warn!("{e}: the routes reload on SIGHUP only"),
         }
     }
+    if let Some(r) = ready.as_mut() {
+        r.json = format!("{bound}\n");
+    }
     spawn_signal_thread(plane)?;
     info!("running on {workers} cores");
 
@@ -271,6 +383,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         board,
         conn_limit,
         per_shard: Mutex::new(per_shard),
+        ready,
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(workers, None))
@@ -287,7 +400,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 error!("shard {index} found no start-up state");
                 return;
             };
-            shard::run(ShardStart {
+            let run = shard::run(ShardStart {
                 index,
                 cfg: Rc::new(startup.cfg.clone()),
                 listeners: parts.listeners,
@@ -298,6 +411,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 commands: parts.commands,
                 wake: parts.wake,
                 conn_limit: startup.conn_limit.clone(),
+            });
+            // shard::run spawns its accept loops before its first await.
+            after_first_poll(run, || {
+                if let Some(r) = &startup.ready {
+                    r.core_accepting();
+                }
             })
             .await;
         })

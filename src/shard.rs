@@ -23,7 +23,7 @@ use glommio::{Latency, Shares};
 use crate::buf::BufPool;
 use crate::bus::{Bus, CoreInbox, WAKE_PUBLISH};
 use crate::config::{Config, Level};
-use crate::control_socket::{Command, WAKE_COMMAND};
+use crate::control_socket::{Command, Refresh, WAKE_COMMAND};
 use crate::log::{AccessEntry, AccessLog};
 use crate::route::Routes;
 use crate::stats::{Board, Counters, Snapshot};
@@ -231,8 +231,9 @@ pub struct Shard {
     pub stats: Counters,
     pub subs: Registry,
     board: Arc<Board>,
-    /// WebSocket-over-HTTP sessions open here, by Connection-Id.
-    pub ws_sessions: RefCell<std::collections::HashSet<String>>,
+    /// WebSocket-over-HTTP sessions open here, by Connection-Id, with
+    /// their subscriber (for `conncheck` and `refresh`).
+    pub ws_sessions: RefCell<HashMap<String, Rc<crate::subs::Sub>>>,
     pub bus: Arc<Bus>,
     /// Wakes this core's delivery task when a publish made here queued
     /// items for this core (no wake byte, no syscall).
@@ -268,7 +269,12 @@ impl Shard {
             bufs,
             conns: Conns::default(),
             draining: Cell::new(false),
-            access_log: access.then(|| RefCell::new(AccessLog::default())),
+            access_log: access.then(|| {
+                RefCell::new(AccessLog::new(
+                    cfg.access_log_client,
+                    cfg.access_log_user_agent,
+                ))
+            }),
             stats: Counters::default(),
             subs: Registry::new(
                 QueueLimits {
@@ -279,7 +285,7 @@ impl Shard {
                 index,
             ),
             board,
-            ws_sessions: RefCell::new(std::collections::HashSet::new()),
+            ws_sessions: RefCell::new(HashMap::new()),
             bus,
             kick: Kick::default(),
             signer: crate::jwt::Signer::new(cfg.grip.sig_key.clone(), cfg.grip.sig_iss.clone()),
@@ -417,8 +423,18 @@ impl Shard {
                 }
                 Command::Conncheck(ids, reply) => {
                     let here = self.ws_sessions.borrow();
-                    let found = ids.into_iter().filter(|i| here.contains(i)).collect();
+                    let found = ids.into_iter().filter(|i| here.contains_key(i)).collect();
                     let _ = reply.send(found);
+                }
+                Command::Refresh(target, reply) => {
+                    let n = match target {
+                        Refresh::Cid(id) => match self.ws_sessions.borrow().get(&id) {
+                            Some(sub) => self.subs.refetch(sub),
+                            None => 0,
+                        },
+                        Refresh::Channel(ch) => self.subs.refresh_channel(&ch),
+                    };
+                    let _ = reply.send(n);
                 }
             }
         }

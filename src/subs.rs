@@ -349,6 +349,19 @@ pub struct Registry {
     recovered: Cell<u64>,
 }
 
+/// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
+fn sub_event(kind: Kind, channel: &str, delta: i32) -> crate::bus::SubEvent {
+    crate::bus::SubEvent {
+        mode: match kind {
+            Kind::Stream => "stream",
+            Kind::Response => "response",
+            Kind::Ws => "ws",
+        },
+        channel: channel.to_string(),
+        delta,
+    }
+}
+
 fn kind_index(k: Kind) -> usize {
     match k {
         Kind::Stream => 0,
@@ -425,6 +438,7 @@ impl Registry {
     /// in between.
     pub fn set_channels(&self, sub: &Rc<Sub>, channels: Vec<String>) {
         let mut map = self.channels.borrow_mut();
+        let watch = self.bus.watch();
         for ch in &channels {
             let subs = match map.get_mut(ch) {
                 Some(m) => m,
@@ -433,14 +447,22 @@ impl Registry {
                     map.entry(ch.clone()).or_default()
                 }
             };
-            subs.insert(sub.id, sub.clone());
+            if subs.insert(sub.id, sub.clone()).is_none() {
+                if let Some(w) = watch {
+                    w.send(sub_event(sub.kind, ch, 1));
+                }
+            }
         }
         for ch in sub.channels.borrow().iter() {
             if channels.contains(ch) {
                 continue;
             }
             if let Some(m) = map.get_mut(ch) {
-                m.remove(&sub.id);
+                if m.remove(&sub.id).is_some() {
+                    if let Some(w) = watch {
+                        w.send(sub_event(sub.kind, ch, -1));
+                    }
+                }
                 if m.is_empty() {
                     map.remove(ch);
                     self.channel_gone(ch);
@@ -531,6 +553,26 @@ impl Registry {
     /// this core only hears of channels it has subscribers on).
     pub fn last_id(&self, channel: &str) -> Option<String> {
         self.bus.last_id(channel)
+    }
+
+    /// Asks one WebSocket subscriber's session to refresh (a request to its
+    /// backend now); returns 1.
+    pub fn refetch(&self, sub: &Sub) -> usize {
+        sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
+        1
+    }
+
+    /// Asks every WebSocket subscriber on `channel` here to refresh;
+    /// returns how many were asked.
+    pub fn refresh_channel(&self, channel: &str) -> usize {
+        let subs: Vec<Rc<Sub>> = match self.channels.borrow().get(channel) {
+            Some(m) => m.values().filter(|s| s.kind == Kind::Ws).cloned().collect(),
+            None => return 0,
+        };
+        for sub in &subs {
+            self.refetch(sub);
+        }
+        subs.len()
     }
 
     /// Subscriber count (all channels of a subscriber count once each).

@@ -10,7 +10,9 @@
 #
 # Run it as root: `bash tests/deb_smoke.sh` (needs `cargo install cargo-deb
 # --locked`). `bash tests/deb_smoke.sh --no-build` packages the existing
-# target/release/corepin instead of running `cargo build --release`.
+# target/release/corepin instead of running `cargo build --release`;
+# `--profile dev` packages the dev profile's binary (target/debug/corepin,
+# stripped), which is what CI does with the binary its tests just ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,11 +25,17 @@ fail() {
 }
 
 build_args=()
-for arg in "$@"; do
-  case "$arg" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --no-build) build_args+=(--no-build) ;;
-    *) fail "unknown argument '$arg' (only --no-build)" ;;
+    --profile)
+      [ $# -ge 2 ] || fail "--profile needs a profile name"
+      build_args+=(--profile "$2")
+      shift
+      ;;
+    *) fail "unknown argument '$1' (only --no-build and --profile NAME)" ;;
   esac
+  shift
 done
 
 [ "$(id -u)" = 0 ] || fail "run it as root: it installs and purges the corepin package"
@@ -118,13 +126,17 @@ say "installed: binary, conffile, unit (enabled), docs; corepin check: $(head -1
 # The installed binary on the installed config, on free ports.
 /usr/bin/corepin run --config /etc/corepin/corepin.toml --listen 127.0.0.1:0 \
   --control-http 127.0.0.1:0 --control-socket "$work/corepin.sock" \
-  </dev/null >"$work/out" 2>"$work/err" &
+  --ready-file "$work/ready.json" </dev/null >"$work/out" 2>"$work/err" &
 pid=$!
-wait_for "corepin to start" grep -q 'running on' "$work/err"
-port_of() { sed -nE "s/.*listening on [0-9.]+:([0-9]+) \($1\).*/\1/p" "$work/err" | head -1; }
-port=$(port_of clients)
-cport=$(port_of 'control http')
-[ -n "$port" ] && [ -n "$cport" ] || fail "no client or control port in corepin's log"
+# The bound addresses, written (whole) once every core accepts.
+wait_for "corepin to start" test -s "$work/ready.json"
+port_of() {
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][0].rsplit(":", 1)[1])' \
+    "$work/ready.json" "$1"
+}
+port=$(port_of listen)
+cport=$(port_of control_http)
+[ -n "$port" ] && [ -n "$cport" ] || fail "no client or control port in $work/ready.json"
 say "running: clients on $port, control http on $cport"
 
 code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$cport/health")

@@ -30,9 +30,14 @@ impl Gateway {
             .replace("@PORT@", &port.to_string())
             .replace("@UPSTREAM@", &upstream.to_string())
             .replace("@LOG_PORT@", &log_port.to_string())
-            .replace("@DIR@", &root().join("tests/gateway").display().to_string());
+            .replace("@DIR@", &dir.display().to_string());
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).expect("write conf");
+        // nginx's workers (user nobody when started as root) read the Lua
+        // from the gateway's own directory, not from the checkout, which
+        // may sit under a directory only its owner can read.
+        std::fs::copy(root().join("tests/gateway/kong.lua"), dir.join("kong.lua"))
+            .expect("copy kong.lua");
         let child = Command::new("nginx")
             .args([
                 "-p",
@@ -204,6 +209,7 @@ fn corepin_in_front_of_the_gateway_websocket_over_http() {
     let control = cp.control_addr();
     let publisher = publish_when_subscribed(
         control,
+        1,
         r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
     );
     let r = client_ws(
@@ -276,6 +282,7 @@ fn gateway_in_front_of_corepin() {
     let control = cp.control_addr();
     let publisher = publish_when_subscribed(
         control,
+        2,
         r#"{"items":[{"channel":"kw","formats":{"ws-message":{"content":"via gateway"}}}]}"#,
     );
     let r = client_ws(

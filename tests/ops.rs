@@ -9,7 +9,6 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
 
 use common::*;
 
@@ -125,13 +124,12 @@ fn cli_publish_and_stats() {
     let out = cli(&["publish", "cli", "--close", "--socket", &sock]);
     assert!(out.status.success());
     assert_eq!(s.chunk(), None);
-    thread::sleep(Duration::from_millis(400));
-    let out = cli(&["stats", "--socket", &sock]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("publishes 3") && text.contains("core 0"),
-        "{text}"
-    );
+    // The counters reach `stats` with each core's next snapshot.
+    wait_until("stats to count the 3 publishes", || {
+        let out = cli(&["stats", "--socket", &sock]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        out.status.success() && text.contains("publishes 3") && text.contains("core 0")
+    });
 
     for args in [
         vec!["stats", "--socket", "/nonexistent/corepin.sock"],
@@ -264,51 +262,54 @@ fn metrics_are_prometheus_text_and_move_with_traffic() {
     let mut s = Stream::open(cp.addr(), "/stream?channel=m");
     cp.publish_stream("m", "x");
     assert_eq!(s.read_text(1), "x");
-    thread::sleep(Duration::from_millis(400));
-    let after = scrape();
-    assert!(
-        sum(&after, "corepin_requests_total{class=\"2xx\"")
-            >= sum(&before, "corepin_requests_total{class=\"2xx\"") + 5.0
-    );
-    assert!(sum(&after, "corepin_requests_total{class=\"4xx\"") >= 1.0);
-    assert!(sum(&after, "corepin_upstream_latency_seconds_count") >= 5.0);
-    assert!(sum(&after, "corepin_deliveries_total") >= 1.0);
-    assert!(sum(&after, "corepin_publishes_total") >= 1.0);
-    assert_eq!(sum(&after, "corepin_connections{kind=\"stream\""), 1.0);
+    // Each core's counters reach /metrics with its next snapshot (a few
+    // times a second): scrape until they show the traffic.
+    let two = sum(&before, "corepin_requests_total{class=\"2xx\"");
+    wait_until("the traffic in /metrics", || {
+        let m = scrape();
+        sum(&m, "corepin_requests_total{class=\"2xx\"") >= two + 5.0
+            && sum(&m, "corepin_requests_total{class=\"4xx\"") >= 1.0
+            && sum(&m, "corepin_upstream_latency_seconds_count") >= 5.0
+            && sum(&m, "corepin_deliveries_total") >= 1.0
+            && sum(&m, "corepin_publishes_total") >= 1.0
+            && sum(&m, "corepin_connections{kind=\"stream\"") == 1.0
+    });
     drop(s);
     let dead = Corepin::start_grip(&["--route", &format!("* 127.0.0.1:{}", dead_port())]);
     assert_eq!(Conn::open(dead.addr()).get("/").status, 502);
-    thread::sleep(Duration::from_millis(400));
-    let m = parse_prometheus(
-        &dead
-            .control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n")
-            .text(),
-    );
-    assert!(sum(&m, "corepin_upstream_errors_total") >= 1.0);
+    wait_until("the upstream error in /metrics", || {
+        let m = parse_prometheus(
+            &dead
+                .control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n")
+                .text(),
+        );
+        sum(&m, "corepin_upstream_errors_total") >= 1.0
+    });
 }
 
 #[test]
 fn health_is_503_while_draining() {
-    let b = Backend::start(|_, _| {
-        thread::sleep(Duration::from_millis(1500));
-        Reply::Bytes(ok_response("late"))
-    });
+    // The backend answers once the test has seen /health say draining.
+    let gate = Gate::new();
+    let b = {
+        let gate = gate.clone();
+        Backend::start(move |_, _| {
+            gate.wait();
+            Reply::Bytes(ok_response("late"))
+        })
+    };
     let mut cp = Corepin::start_grip(&["--route", &b.route()]);
-    assert_eq!(
-        cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n").status,
-        200
-    );
+    let health = || cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n").status;
+    assert_eq!(health(), 200);
     let addr = cp.addr();
     let slow = thread::spawn(move || Conn::open(addr).get("/"));
-    thread::sleep(Duration::from_millis(300));
+    wait_until("the request at the backend", || b.requests() >= 1);
+    assert_eq!(health(), 200, "not draining before the signal");
     cp.signal(libc::SIGTERM);
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n").status,
-        503
-    );
+    wait_until("/health to say draining", || health() == 503);
+    gate.open();
     assert_eq!(slow.join().expect("client").text(), "late");
-    assert_eq!(cp.wait_exit(Duration::from_secs(5)), Some(0));
+    assert_eq!(cp.wait_exit(TIMEOUT), Some(0));
 }
 
 #[test]

@@ -184,7 +184,7 @@ fn pipelined_publishes_are_all_answered_in_order() {
         }
     }
     assert!(
-        c.closed_within(std::time::Duration::from_secs(5)),
+        c.closed_within(TIMEOUT),
         "closed after the request that asked"
     );
     assert_eq!(s.read_text(want.len()), want);

@@ -20,8 +20,9 @@ fn folder(name: &str) -> PathBuf {
 }
 
 /// A pushpin.conf of the shape Debian ships (every section and the keys
-/// a deployment sets), listening on 127.0.0.1:0 and without the publish
-/// port (tests use port 0 only).
+/// a deployment sets), listening on 127.0.0.1:0, without the publish
+/// port, and with its ZeroMQ ports picked free (`*`; tests use port 0
+/// only).
 fn pushpin_conf(dir: &Path) -> PathBuf {
     let text = format!(
         "[global]
@@ -61,15 +62,15 @@ updates_check=off
 organization_name=
 
 [handler]
-push_in_spec=tcp://127.0.0.1:5560
-push_in_sub_specs=tcp://127.0.0.1:5562
+push_in_spec=tcp://127.0.0.1:*
+push_in_sub_specs=tcp://127.0.0.1:*
 push_in_sub_connect=false
 push_in_http_addr=127.0.0.1
 push_in_http_port=0
 push_in_http_max_headers_size=10000
 push_in_http_max_body_size=1000000
 stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats
-command_spec=tcp://127.0.0.1:5563
+command_spec=tcp://127.0.0.1:*
 message_rate=2500
 message_hwm=25000
 message_wait=5000
@@ -117,11 +118,18 @@ fn a_pushpin_conf_and_its_routes_run_unchanged() {
     )
     .expect("routes");
     let cp = start(&conf);
+    // Its ZeroMQ interfaces are served, the stats socket in rundir.
+    cp.wait_stderr("(ZeroMQ PULL: publishes)");
+    cp.wait_stderr("(ZeroMQ commands)");
+    cp.wait_stderr(&format!(
+        "listening on ipc://{}/run/pushpin-stats (ZeroMQ stats)",
+        dir.display()
+    ));
     // The one warning line names what corepin does not do yet.
     let warning = cp.wait_stderr("settings corepin does not support yet");
     for named in [
-        "[handler] push_in_spec=tcp://127.0.0.1:5560",
         "[handler] message_rate=2500",
+        "[global] stats_connection_send=true",
     ] {
         assert!(warning.contains(named), "{named}: {warning}");
     }
@@ -132,6 +140,8 @@ fn a_pushpin_conf_and_its_routes_run_unchanged() {
         "condure_bin",
         "updates_check",
         "debug",
+        "_spec",
+        "log_from",
     ] {
         assert!(!warning.contains(quiet), "{quiet}: {warning}");
     }
@@ -266,6 +276,7 @@ fn sub_subscribes_websockets_to_the_target_from_the_start() {
     ]);
     let publisher = publish_when_subscribed(
         cp.control_addr(),
+        1,
         r#"{"items":[{"channel":"p-news","formats":{"ws-message":{"content":"breaking"}}}]}"#,
     );
     let out = Command::new(python())

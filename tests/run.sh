@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs corepin's whole test suite on a fresh Debian machine: installs what
 # the tests need when it is missing (curl; nginx with its Lua module for the
-# stand-in API gateway; a Python venv with gripcontrol,
+# stand-in API gateway; a Python venv with gripcontrol, pyzmq, tnetstring3,
 # pubcontrol, websockets and django-grip; the npm clients @fanoutio/grip and wscat),
 # then `cargo test`. Safe to run repeatedly.
 set -euo pipefail
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The zmq crate builds libzmq (C++) from source.
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 # TLS tests drive `openssl s_client` (and curl with --cacert).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
@@ -27,7 +29,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 venv=target/pyenv
-if ! "$venv/bin/python" -c 'import gripcontrol, pubcontrol, websockets, django_grip' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import gripcontrol, pubcontrol, websockets, zmq, tnetstring, django_grip' >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/clients/requirements.txt
 fi

@@ -97,6 +97,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                     bytes,
                     target: "-",
                     duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+                    user_agent: None,
                 });
                 break;
             }
@@ -112,6 +113,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             bytes: outcome.bytes,
             target: &outcome.target,
             duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+            user_agent: head.fields.get("user-agent"),
         });
         if !outcome.keep_alive || shard.draining() {
             break;

@@ -871,7 +871,7 @@ impl Session<'_> {
             self.keep_alive = std::str::from_utf8(v)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|s| Duration::from_secs(s.max(20)));
+                .map(|s| Duration::from_secs(s).max(self.shard.cfg.timeouts.ws_keep_alive_min));
         }
         if resp.fields.get("sec-websocket-extensions").is_some() {
             self.grip = grip_extension(resp.fields.get("sec-websocket-extensions")).0;
@@ -1056,7 +1056,7 @@ async fn over_http(
         return outcome(101, 0, &s.target);
     }
     let sub = ws_sub(shard, route.implicit_channels(&s.target));
-    let _live = LiveSession::mark(shard, s.connection_id.clone());
+    let _live = LiveSession::mark(shard, s.connection_id.clone(), &sub);
     session_loop(&mut s, c, &sub, events).await
 }
 
@@ -1068,8 +1068,11 @@ struct LiveSession<'a> {
 }
 
 impl<'a> LiveSession<'a> {
-    fn mark(shard: &'a Shard, id: String) -> Self {
-        shard.ws_sessions.borrow_mut().insert(id.clone());
+    fn mark(shard: &'a Shard, id: String, sub: &Rc<Sub>) -> Self {
+        shard
+            .ws_sessions
+            .borrow_mut()
+            .insert(id.clone(), sub.clone());
         LiveSession { shard, id }
     }
 }
@@ -1100,8 +1103,9 @@ async fn session_loop(
         }
         let deadline = s.keep_alive.map(|k| s.last_request + k);
         let mut pending: Vec<WsEvent> = Vec::new();
-        let mut refresh = false;
         let mut end_after = false;
+        // A `refresh` command: an empty request now, as for a keep-alive.
+        let mut refresh = false;
         let io = match first_io.take() {
             Some(io) => io,
             None => wait(c, None, Some(sub), deadline).await,
@@ -1151,6 +1155,7 @@ async fn session_loop(
                 pending.push(WsEvent::Disconnect);
                 end_after = true;
             }
+            Io::Sub(Msg::Refetch) => refresh = true,
             Io::Sub(_) | Io::Backend | Io::BackendGone => continue,
         }
         if pending.is_empty() && !refresh && !matches!(deadline, Some(d) if Instant::now() >= d) {

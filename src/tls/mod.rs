@@ -55,14 +55,23 @@ pub use certs::{CertProblem, CertStore};
 pub use server::{Reloadable, ServerTls};
 pub use stream::{ClientTlsStream, HandshakeError, ServerTlsStream, TlsStream};
 
+// The crypto provider, by cargo feature (Cargo.toml): aws-lc normally,
+// ring only in builds that leave aws-lc out (the fuzz targets).
+#[cfg(feature = "aws-lc")]
+use rustls::crypto::aws_lc_rs as crypto;
+#[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+use rustls::crypto::ring as crypto;
+#[cfg(not(any(feature = "aws-lc", feature = "ring")))]
+compile_error!("corepin needs a crypto provider: feature `aws-lc` (the default) or `ring`");
+
 /// The crypto provider every TLS configuration of corepin uses.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(crypto::default_provider())
 }
 
 /// A session-ticket key (rotated by rustls), made once per process.
 pub fn ticketer() -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
-    rustls::crypto::aws_lc_rs::Ticketer::new()
+    crypto::Ticketer::new()
 }
 
 /// What `corepin check` says about a config's TLS settings: lines to

@@ -68,8 +68,9 @@ class Handler(BaseHTTPRequestHandler):
             ctx.subscribe(channel)
             headers.append(("Sec-WebSocket-Extensions", "grip"))
             headers.append(("Set-Meta-User", "alice"))
-            if "ka" in parse_qs(urlparse(self.path).query):
-                headers.append(("Keep-Alive-Interval", "20"))
+            ka = parse_qs(urlparse(self.path).query).get("ka")
+            if ka:
+                headers.append(("Keep-Alive-Interval", ka[0]))
             out.append(WebSocketEvent("OPEN"))
         while ctx.can_recv():
             try:

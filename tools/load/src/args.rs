@@ -2,6 +2,7 @@
 //! the list each mode accepts, so a mistyped flag is named instead of
 //! silently ignored.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 pub struct Args {
@@ -72,8 +73,7 @@ pub struct Ticker {
 
 impl Default for Ticker {
     fn default() -> Self {
-        // SAFETY: isatty only inspects the descriptor.
-        let tty = unsafe { libc::isatty(2) } == 1;
+        let tty = std::io::stderr().is_terminal();
         Ticker {
             last: None,
             every: std::time::Duration::from_millis(if tty { 250 } else { 1000 }),

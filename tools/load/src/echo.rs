@@ -7,11 +7,16 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 
 use corepin::codec::http1::{parse_request, BodyKind, HeadLimits};
 use corepin::codec::ws::{self, Event, Kind, Opcode, Reader, Role};
 use corepin::codec::wsevents::{self, WsEvent};
+
+use crate::net::Poller;
+
+/// The listener's token (connections count up from 0; `polling` keeps
+/// `usize::MAX` for itself).
+const LISTENER: usize = usize::MAX - 1;
 
 enum State {
     Http,
@@ -22,15 +27,6 @@ struct Conn {
     s: TcpStream,
     buf: Vec<u8>,
     state: State,
-}
-
-fn add(ep: i32, fd: i32, token: u64) {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: registering a valid fd with a valid epoll instance.
-    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
 }
 
 /// Handles buffered input; false means close the connection.
@@ -117,23 +113,20 @@ pub fn run(listen: &str) {
     });
     let _ = l.set_nonblocking(true);
     println!("{}", l.local_addr().map(|a| a.port()).unwrap_or(0));
-    // SAFETY: epoll_create1 returns a new descriptor or -1.
-    let ep = unsafe { libc::epoll_create1(0) };
-    add(ep, l.as_raw_fd(), u64::MAX);
-    let mut conns: HashMap<u64, Conn> = HashMap::new();
-    let mut next = 0u64;
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
+    let mut poller = Poller::new();
+    poller.add(&l, LISTENER);
+    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    let mut next = 0usize;
+    let mut ready = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        // SAFETY: events has room for its length.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
-        for ev in events.iter().take(n.max(0) as usize) {
-            let token = ev.u64;
-            if token == u64::MAX {
+        poller.wait(1000, &mut ready);
+        for &token in &ready {
+            if token == LISTENER {
                 while let Ok((s, _)) = l.accept() {
                     let _ = s.set_nonblocking(true);
                     let _ = s.set_nodelay(true);
-                    add(ep, s.as_raw_fd(), next);
+                    poller.add(&s, next);
                     conns.insert(
                         next,
                         Conn {
@@ -174,6 +167,7 @@ pub fn run(listen: &str) {
                 let _ = c.s.set_nonblocking(true);
             }
             if !keep {
+                poller.remove(&c.s);
                 conns.remove(&token);
             }
         }

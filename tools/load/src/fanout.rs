@@ -39,7 +39,13 @@ pub fn run_rooms(args: &[String]) {
 pub fn run(args: &[String]) {
     let mut spec: Vec<&str> = SUB_FLAGS.to_vec();
     spec.extend(PUB_FLAGS.iter().filter(|f| !SUB_FLAGS.contains(f)));
-    spec.extend(["publish-to", "settle-ms", "timeout-s", "grace-ms"]);
+    spec.extend([
+        "publish-to",
+        "settle-ms",
+        "timeout-s",
+        "grace-ms",
+        "lockstep",
+    ]);
     // `--rate` is the subscribers' open rate; the publisher's is `--publish-rate`.
     spec.push("publish-rate");
     let a = Args::parse("fanout", args, &spec);
@@ -55,6 +61,11 @@ pub fn run(args: &[String]) {
     let timeout = Duration::from_secs_f64(a.get("timeout-s", 60.0f64));
     let grace = Duration::from_millis(a.get("grace-ms", 3000u64));
     let expected = sub.expected_total();
+    let lockstep_at = a.opt::<std::net::SocketAddr>("lockstep");
+    let long_polls = sub.long_polls_per_channel();
+    if lockstep_at.is_some() && pubo.conns > 1 && long_polls.iter().any(|n| *n > 0) {
+        crate::args::die("fanout: --lockstep with long-poll subscribers needs --conns 1");
+    }
 
     let (mut w, open_s) = open_all(&sub, timeout, "fanout");
     let settle_end = Instant::now() + settle;
@@ -64,6 +75,24 @@ pub fn run(args: &[String]) {
 
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    if let Some(control) = lockstep_at {
+        let subscriptions = w.sum("subscribed");
+        match crate::lockstep::first(control, subscriptions, timeout, &stop) {
+            Ok(base_2xx) => {
+                pubo.lockstep = Some(crate::lockstep::Lockstep {
+                    control,
+                    subscriptions,
+                    long_polls,
+                    base_2xx,
+                })
+            }
+            Err(e) => {
+                eprintln!("\nfanout: --lockstep: {e}");
+                drop(w.finish());
+                std::process::exit(1);
+            }
+        }
+    }
     let cpu = CpuClock::new(pubo.cpu_pids.clone());
     let cpu_before = cpu.seconds();
     let publisher = {

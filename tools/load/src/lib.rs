@@ -6,10 +6,14 @@
 pub mod args;
 pub mod echo;
 pub mod fanout;
+pub mod grip_backend;
 pub mod http;
+pub mod lockstep;
 pub mod net;
 pub mod proxy;
 pub mod publish;
 pub mod record;
+pub mod soak;
+pub mod soak_worker;
 pub mod subscribe;
 pub mod ws_echo;

@@ -4,7 +4,9 @@
 //! and nginx/nchan the same way. Every mode prints a progress line on
 //! stderr while it runs and one JSON object on stdout at the end.
 
-use corepin_load::{echo, fanout, proxy, publish, subscribe, ws_echo};
+use corepin_load::{
+    echo, fanout, grip_backend, proxy, publish, soak, soak_worker, subscribe, ws_echo,
+};
 
 const USAGE: &str = "\
 corepin-load MODE [--flag value]...
@@ -24,6 +26,8 @@ corepin-load MODE [--flag value]...
   fanout      subscribe and publish at once; latency, lost, duplicated, order
       subscribe's flags, publish's flags with --publish-to HOST:PORT and
       --publish-rate PER_S, plus --settle-ms MS --grace-ms MS --timeout-s S
+      --lockstep HOST:PORT (corepin's control address: publish each message
+      once its /metrics shows every subscriber held, long-polls included)
   rooms       fanout shaped as chat rooms: 200 channels x 10 subscribers,
       20000 publishes of one message to one room (fanout's flags override)
   proxy       keep-alive GET throughput and latency
@@ -31,6 +35,11 @@ corepin-load MODE [--flag value]...
   ws-echo     WebSocket echo round trips
       --to HOST:PORT --path P --conns C --seconds S --size BYTES
   echo-server [HOST:PORT]   WebSocket / WebSocket-over-HTTP echo backend
+  soak        the long mixed run (benches/soak.sh): churning subscribers of
+      every kind, steady publishes plus bursts, loss/duplicates/order per
+      subscriber; flags and their meaning in tools/load/src/soak.rs
+  grip-backend [HOST:PORT]  GRIP backend for the soak (stream, long-poll,
+      WebSocket, WebSocket-over-HTTP holds)
 ";
 
 fn main() {
@@ -44,6 +53,9 @@ fn main() {
         Some("proxy") => proxy::run(rest),
         Some("ws-echo") => ws_echo::run(rest),
         Some("worker") => subscribe::worker(rest),
+        Some("soak") => soak::run(rest),
+        Some("soak-worker") => soak_worker::run(rest),
+        Some("grip-backend") => grip_backend::run(rest),
         Some("echo-server") => echo::run(args.get(1).map_or("127.0.0.1:0", String::as_str)),
         Some("-h" | "--help" | "help") => print!("{USAGE}"),
         _ => {

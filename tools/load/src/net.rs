@@ -1,10 +1,15 @@
 //! Sockets for the load generator: a clock shared by every process on the
-//! host, connects spread over loopback source addresses, and a thin epoll
-//! wrapper.
+//! host, connects spread over loopback source addresses, and readiness
+//! polling for many sockets.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::{FromRawFd, RawFd};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use polling::{Event, PollMode};
+use socket2::{Domain, Socket, Type};
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one
 /// host, so a publisher's send time can be checked by a worker process.
@@ -24,17 +29,6 @@ pub fn source_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 2 + (i % 253) as u8)
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
 /// Connects to `to` (blocking). When `to` is a loopback address the
 /// connection comes from `source_addr(i)`.
 pub fn connect_from(i: usize, to: SocketAddr) -> std::io::Result<TcpStream> {
@@ -44,38 +38,16 @@ pub fn connect_from(i: usize, to: SocketAddr) -> std::io::Result<TcpStream> {
     if !to4.ip().is_loopback() {
         return TcpStream::connect(to);
     }
-    // SAFETY: plain socket syscalls on a descriptor this function owns
-    // until TcpStream::from_raw_fd takes it; every error path closes it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fail = |fd| {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            Err(e)
-        };
-        let one: libc::c_int = 1;
-        // Lets a source port be reused at once when a previous run's
-        // connections are still in TIME_WAIT.
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            4,
-        );
-        let local = sockaddr(SocketAddrV4::new(source_addr(i), 0));
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), 16) != 0 {
-            return fail(fd);
-        }
-        let remote = sockaddr(to4);
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), 16) != 0 {
-            return fail(fd);
-        }
-        Ok(TcpStream::from_raw_fd(fd))
-    }
+    // socket2 (the socket calls std does not offer: bind before connect)
+    // rather than raw libc: the descriptor is owned, and closed on every
+    // error path, by construction. CLOEXEC is its default.
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    // Lets a source port be reused at once when a previous run's
+    // connections are still in TIME_WAIT.
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::from((source_addr(i), 0)).into())?;
+    s.connect(&to.into())?;
+    Ok(s.into())
 }
 
 /// Writes all of `bytes` to a socket that is otherwise used non-blocking.
@@ -87,11 +59,13 @@ pub fn write_all(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
     r
 }
 
-/// Level-triggered epoll: every socket is registered for input with a
-/// token, and `wait` returns the tokens that are readable.
+/// Level-triggered readiness for many sockets (epoll, through the
+/// `polling` crate): every socket is registered for input with a token,
+/// and `wait` returns the tokens that are readable. A socket must be
+/// removed before it is closed (`polling`'s contract for `add`).
 pub struct Poller {
-    ep: RawFd,
-    events: Vec<libc::epoll_event>,
+    poller: polling::Poller,
+    events: polling::Events,
 }
 
 impl Default for Poller {
@@ -101,60 +75,52 @@ impl Default for Poller {
 }
 
 impl Poller {
-    /// A new epoll instance; the process exits with the reason if the
-    /// kernel refuses one.
+    /// A new poller; the process exits with the reason if the kernel
+    /// refuses one.
     pub fn new() -> Poller {
-        // SAFETY: epoll_create1 returns a new descriptor or -1.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if ep < 0 {
-            crate::args::die(&format!(
-                "epoll_create1: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        let poller =
+            polling::Poller::new().unwrap_or_else(|e| crate::args::die(&format!("epoll: {e}")));
         Poller {
-            ep,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+            poller,
+            events: polling::Events::with_capacity(EVENTS),
         }
     }
 
-    pub fn add(&self, fd: RawFd, token: u64) {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
+    /// Registers `s` for input, level-triggered, under `token` (any but
+    /// `usize::MAX`, which `polling` keeps for its own wake-ups).
+    pub fn add(&self, s: &impl AsRawFd, token: usize) {
+        // SAFETY: every caller removes the socket (`remove`) before
+        // dropping it, as `polling` requires.
+        let r = unsafe {
+            self.poller
+                .add_with_mode(s, Event::readable(token), PollMode::Level)
         };
-        // SAFETY: registering a descriptor with our epoll instance.
-        unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if let Err(e) = r {
+            crate::args::die(&format!("epoll add: {e}"));
+        }
     }
 
-    pub fn remove(&self, fd: RawFd) {
-        // SAFETY: deregistering; a descriptor that is not registered
-        // only makes the call fail.
-        unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+    pub fn remove(&self, s: &impl AsFd) {
+        // Fails only for a socket that is not registered.
+        let _ = self.poller.delete(s);
     }
 
     /// Waits up to `timeout_ms` and returns the ready tokens.
-    pub fn wait(&mut self, timeout_ms: i32, ready: &mut Vec<u64>) {
+    pub fn wait(&mut self, timeout_ms: u64, ready: &mut Vec<usize>) {
         ready.clear();
-        // SAFETY: `events` has room for its length.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.ep,
-                self.events.as_mut_ptr(),
-                self.events.len() as i32,
-                timeout_ms,
-            )
-        };
-        ready.extend(self.events.iter().take(n.max(0) as usize).map(|e| e.u64));
+        self.events.clear();
+        let _ = self
+            .poller
+            .wait(&mut self.events, Some(Duration::from_millis(timeout_ms)));
+        ready.extend(self.events.iter().map(|e| e.key));
     }
 }
 
-impl Drop for Poller {
-    fn drop(&mut self) {
-        // SAFETY: closing the descriptor this Poller owns.
-        unsafe { libc::close(self.ep) };
-    }
-}
+/// Readiness events taken per wait.
+const EVENTS: NonZeroUsize = match NonZeroUsize::new(1024) {
+    Some(n) => n,
+    None => panic!("1024 is not zero"),
+};
 
 /// CPU time (user + system, all threads) of a set of processes, read from
 /// /proc: the server side's cost of a run, however many processes it is.

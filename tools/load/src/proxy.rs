@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -151,7 +150,7 @@ fn connect(o: &Opts, i: usize, poller: &Poller, slot: usize) -> std::io::Result<
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
     net::write_all(&mut s, &o.request)?;
-    poller.add(s.as_raw_fd(), slot as u64);
+    poller.add(&s, slot);
     Ok(s)
 }
 
@@ -180,7 +179,7 @@ fn thread_loop(o: &Opts, t: usize, measure_from: Instant, end: Instant) -> Tally
         poller.wait(10, &mut ready);
         let measuring = Instant::now() >= measure_from;
         for &token in &ready {
-            let slot = token as usize;
+            let slot = token;
             let c = &mut conns[slot];
             let Some(s) = c.s.as_mut() else { continue };
             let (mut done, mut status, mut body, mut lost) = (0u32, 0u16, 0u64, false);
@@ -227,7 +226,7 @@ fn thread_loop(o: &Opts, t: usize, measure_from: Instant, end: Instant) -> Tally
                 }
             }
             if lost {
-                poller.remove(s.as_raw_fd());
+                poller.remove(s);
                 c.s = None;
                 if measuring {
                     tally.reconnects += 1;

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::args::{die, Args};
 use crate::http::{Ev, ResponseReader};
+use crate::lockstep::Lockstep;
 use crate::net::{now_ns, CpuClock};
 use crate::record::{message, Latency};
 use crate::subscribe::SubOpts;
@@ -67,6 +68,9 @@ pub struct PubOpts {
     pub conns: usize,
     /// Server processes whose CPU time the run reports (per publish).
     pub cpu_pids: Vec<u32>,
+    /// `fanout --lockstep`: wait before each publish until corepin holds
+    /// every subscriber again (long-polls ask again after each answer).
+    pub lockstep: Option<Lockstep>,
 }
 
 impl PubOpts {
@@ -112,6 +116,7 @@ impl PubOpts {
                         .unwrap_or_else(|| die(&format!("--cpu-pids: '{l}' is not a list of pids")))
                 })
                 .unwrap_or_default(),
+            lockstep: None,
         }
     }
 }
@@ -300,6 +305,17 @@ fn publish_part(
         if c % o.conns != t {
             j += 1;
             continue;
+        }
+        if let Some(l) = o
+            .lockstep
+            .as_ref()
+            .filter(|l| l.long_polls.iter().any(|n| *n > 0))
+        {
+            // (Only with one publisher thread: `seqs` is then every
+            // channel's count.)
+            if !l.wait(l.answers(&seqs), stop) {
+                break;
+            }
         }
         if o.rate > 0.0 {
             let due = j as f64 / o.rate;

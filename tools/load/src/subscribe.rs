@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -190,6 +189,15 @@ impl SubOpts {
     /// Messages subscriber `i` should receive in a fan-out.
     pub fn expected_for(&self, i: usize) -> u64 {
         per_channel(self.messages, self.channels, self.channel_index(i))
+    }
+
+    /// Long-poll subscribers on each channel.
+    pub fn long_polls_per_channel(&self) -> Vec<u64> {
+        let mut per = vec![0u64; self.channels];
+        for i in (0..self.subscribers).filter(|&i| self.kind_of(i) == Kind::LongPoll) {
+            per[self.channel_index(i)] += 1;
+        }
+        per
     }
 
     pub fn expected_total(&self) -> u64 {
@@ -383,7 +391,7 @@ pub fn worker(args: &[String]) {
         let wait = if subs.len() < mine.len() { 1 } else { 50 };
         poller.wait(wait, &mut ready);
         for &token in &ready {
-            let sub = &mut subs[token as usize];
+            let sub = &mut subs[token];
             read_ready(sub, &o, token, &poller, &mut stats, &mut buf, &mut recs);
         }
         if last_report.elapsed() >= Duration::from_millis(250) {
@@ -438,14 +446,14 @@ fn connect(
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
     net::write_all(&mut s, o.request(i).as_bytes())?;
-    poller.add(s.as_raw_fd(), slot as u64);
+    poller.add(&s, slot);
     Ok((s, ResponseReader::new()))
 }
 
 fn read_ready(
     sub: &mut Sub,
     o: &SubOpts,
-    token: u64,
+    token: usize,
     poller: &Poller,
     stats: &mut Stats,
     buf: &mut [u8],
@@ -491,9 +499,9 @@ fn read_ready(
             && reader.keep_alive()
             && net::write_all(stream, o.request(st.index).as_bytes()).is_ok();
         if !again {
-            poller.remove(stream.as_raw_fd());
+            poller.remove(stream);
             sub.conn = None;
-            match connect(o, st.index, token as usize, poller) {
+            match connect(o, st.index, token, poller) {
                 Ok(c) => sub.conn = Some(c),
                 Err(e) => {
                     stats.fail(format!("reconnect: {e}"));
@@ -507,7 +515,7 @@ fn read_ready(
     }
     if st.finished {
         if let Some((s, _)) = sub.conn.take() {
-            poller.remove(s.as_raw_fd());
+            poller.remove(&s);
         }
     }
 }

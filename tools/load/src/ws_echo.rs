@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use corepin::codec::ws::{self, Event, Opcode, Reader, Role};
@@ -52,7 +51,7 @@ pub fn run(args: &[String]) {
         if let Err(e) = net::write_all(&mut s, hs.as_bytes()) {
             die(&format!("ws-echo: {e}"));
         }
-        poller.add(s.as_raw_fd(), i as u64);
+        poller.add(&s, i);
         cs.push(Conn {
             s,
             http: ResponseReader::new(),
@@ -90,7 +89,7 @@ pub fn run(args: &[String]) {
         }
         poller.wait(50, &mut ready);
         for &token in &ready {
-            let c = &mut cs[token as usize];
+            let c = &mut cs[token];
             if c.failed {
                 continue;
             }
@@ -150,6 +149,10 @@ pub fn run(args: &[String]) {
                     !*failed
                 });
                 c.failed |= r.is_err();
+            }
+            if c.failed {
+                // Level-triggered: a closed socket would be ready forever.
+                poller.remove(&c.s);
             }
         }
     }

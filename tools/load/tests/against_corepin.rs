@@ -9,8 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -44,48 +43,42 @@ impl Corepin {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let socket = dir.join("control.sock");
+        let ready_file = dir.join("ready.json");
         let mut cmd = Command::new(corepin_bin());
         cmd.args(["--listen", "127.0.0.1:0", "--control-http", "127.0.0.1:0"])
             .arg("--control-socket")
             .arg(&socket)
-            // Info level: the "listening on" lines carry the ports.
-            .args(["--log-level", "info"]);
+            // The bound addresses, as JSON once every core accepts.
+            .arg("--ready-file")
+            .arg(&ready_file);
         for r in routes {
             cmd.args(["--route", r]);
         }
         let mut child = Reaped(
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
+                .stderr(Stdio::inherit())
                 .spawn()
                 .expect("start corepin"),
         );
-        let stderr = child.0.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+        let ready: Value = wait_for("corepin's ready file", || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("corepin exited early: {status}");
             }
+            // Renamed into place whole: absent, or complete.
+            let text = std::fs::read_to_string(&ready_file).ok()?;
+            Some(serde_json::from_str(&text).expect("ready file is JSON"))
         });
-        let (mut addr, mut control) = (None, None);
-        while addr.is_none() || control.is_none() {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("corepin reports its ports");
-            let Some(rest) = line.split("listening on ").nth(1) else {
-                continue;
-            };
-            let a: Option<SocketAddr> = rest.split(' ').next().and_then(|a| a.parse().ok());
-            if line.contains("(clients)") {
-                addr = a;
-            } else if line.contains("(control http)") {
-                control = a;
-            }
-        }
+        let first = |key: &str| -> SocketAddr {
+            ready[key][0]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("{key} in {ready}"))
+        };
         Corepin {
+            addr: first("listen"),
+            control: first("control_http"),
             _child: child,
-            addr: addr.expect("client address"),
-            control: control.expect("control address"),
             socket,
         }
     }
@@ -110,6 +103,18 @@ impl Drop for Corepin {
         if let Some(d) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(d);
         }
+    }
+}
+
+/// Calls `f` every 20 ms until it gives a value, or panics after 20 s.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -176,7 +181,7 @@ fn subscribe_holds_a_mix_over_several_worker_processes() {
 #[test]
 fn fanout_counts_every_delivery_once_and_in_order() {
     let c = Corepin::grip();
-    let (code, v, err) = load_line(&c, "fanout --to {to} --publish-to {control} --subscribers 200 --kind stream,ws --workers 2 --messages 30 --channels 3 --size 300 --settle-ms 300");
+    let (code, v, err) = load_line(&c, "fanout --to {to} --publish-to {control} --lockstep {control} --subscribers 200 --kind stream,ws --workers 2 --messages 30 --channels 3 --size 300 --settle-ms 0");
     assert_eq!(code, 0, "{err}");
     // 30 messages over 3 channels: each subscriber expects 10.
     assert_eq!(n(&v, "expected"), 2000, "{v}");
@@ -195,12 +200,23 @@ fn fanout_counts_every_delivery_once_and_in_order() {
 #[test]
 fn fanout_long_poll_subscribers_poll_again_after_each_response() {
     let c = Corepin::grip();
-    // Published 200 ms apart, each message reaches every long-poll
-    // subscriber: each has re-requested well before the next one.
-    let (code, v, err) = load_line(&c, "fanout --to {to} --publish-to {control} --subscribers 50 --kind longpoll --messages 5 --publish-rate 5 --settle-ms 300");
+    // A long-poll subscriber asks again after each answer; a message
+    // published before corepin holds its next request is not its to get.
+    // --lockstep publishes each message once corepin's /metrics shows every
+    // subscriber held again, so each is owed all 5, on any machine.
+    let (code, v, err) = load_line(&c, "fanout --to {to} --publish-to {control} --lockstep {control} --subscribers 50 --kind longpoll --messages 5 --settle-ms 0");
     assert_eq!(code, 0, "{err}");
     assert_eq!(n(&v, "delivered"), 250, "{v}");
+    assert_eq!(n(&v, "lost"), 0, "{v}");
     assert_eq!(n(&v, "closed"), 0, "{v}");
+    assert_eq!(n(&v, "complete_subscribers"), 50, "{v}");
+    // Several publishers would each see only their own messages' answers.
+    let (code, _, err) = load_line(&c, "fanout --to {to} --publish-to {control} --lockstep {control} --subscribers 4 --kind longpoll --messages 2 --conns 2");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--lockstep with long-poll subscribers needs --conns 1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -208,7 +224,7 @@ fn fanout_through_the_control_socket() {
     let c = Corepin::grip();
     let (code, v, err) = load_line(
         &c,
-        "fanout --to {to} --socket {socket} --subscribers 100 --messages 20 --settle-ms 300",
+        "fanout --to {to} --socket {socket} --lockstep {control} --subscribers 100 --messages 20 --settle-ms 0",
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(n(&v, "delivered"), 2000, "{v}");
@@ -228,21 +244,18 @@ fn publish_through_http_and_socket_reaches_corepin() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(v["via"], "socket");
     assert_eq!(n(&v, "published"), 25, "{v}");
-    // corepin counted all 65 (its counters are copied every 250 ms).
-    let mut seen = 0;
-    for _ in 0..40 {
+    // corepin counted all 65 (each core's counters reach /metrics a few
+    // times a second).
+    wait_for("corepin to count 65 publishes", || {
         let metrics = http_get(c.control, "/metrics");
-        seen = metrics
+        let seen: u64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix("corepin_publishes_total "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        if seen == 65 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(seen, 65);
+        assert!(seen <= 65, "{seen} publishes counted");
+        (seen == 65).then_some(())
+    });
 }
 
 #[test]
@@ -253,7 +266,7 @@ fn rooms_with_parallel_publishers_keeps_each_room_in_order_and_reports_cpu() {
     // third room: every subscriber gets its room's 20, in order.
     let (code, v, err) = load_line(
         &c,
-        &format!("rooms --to {{to}} --publish-to {{control}} --subscribers 60 --channels 6 --messages 120 --conns 3 --cpu-pids {pid} --settle-ms 300 --grace-ms 1000"),
+        &format!("rooms --to {{to}} --publish-to {{control}} --lockstep {{control}} --subscribers 60 --channels 6 --messages 120 --conns 3 --cpu-pids {pid} --settle-ms 0 --grace-ms 1000"),
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(n(&v, "expected"), 1200, "{v}");

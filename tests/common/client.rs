@@ -1,0 +1,144 @@
+//! Test clients over real sockets: keep-alive connections, raw exchanges,
+//! held HTTP streams, and the control API's publish endpoint.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::{read_head_only, read_response, Corepin, Response, TIMEOUT};
+
+/// A keep-alive client connection.
+pub struct Conn {
+    pub w: TcpStream,
+    pub r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        Conn {
+            w: s.try_clone().expect("clone"),
+            r: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).expect("write");
+    }
+
+    pub fn read(&mut self) -> Option<Response> {
+        read_response(&mut self.r, false)
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        self.read().expect("a response")
+    }
+
+    /// True when the server ends the connection (EOF or a reset) within
+    /// `d`; false when `d` passes first or the server sends more bytes.
+    pub fn closed_within(&mut self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut b = [0u8; 1];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = self.r.get_ref().set_read_timeout(Some(left));
+            match self.r.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => return false,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // WouldBlock/TimedOut: the timeout passed.
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Sends raw bytes on a new connection and returns everything read until
+/// the server closes (or the timeout).
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client holding an HTTP stream: reads the head, then chunks one by one.
+pub struct Stream {
+    pub conn: Conn,
+    pub head: Response,
+}
+
+impl Stream {
+    pub fn open(addr: SocketAddr, path: &str) -> Stream {
+        Self::open_with(addr, path, "")
+    }
+
+    pub fn open_with(addr: SocketAddr, path: &str, headers: &str) -> Stream {
+        let mut conn = Conn::open(addr);
+        conn.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").as_bytes());
+        let head = read_head_only(&mut conn.r).expect("stream head");
+        Stream { conn, head }
+    }
+
+    /// The next chunk's data (`None` at the last chunk or on close).
+    pub fn chunk(&mut self) -> Option<Vec<u8>> {
+        let mut line = String::new();
+        if self.conn.r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let size = usize::from_str_radix(line.trim(), 16).ok()?;
+        if size == 0 {
+            let mut end = String::new();
+            let _ = self.conn.r.read_line(&mut end);
+            return None;
+        }
+        let mut data = vec![0u8; size + 2];
+        self.conn.r.read_exact(&mut data).ok()?;
+        data.truncate(size);
+        Some(data)
+    }
+
+    /// Reads chunks until `want` bytes of content have arrived.
+    pub fn read_text(&mut self, want: usize) -> String {
+        let mut got = Vec::new();
+        while got.len() < want {
+            match self.chunk() {
+                Some(c) => got.extend_from_slice(&c),
+                None => break,
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+}
+
+impl Corepin {
+    /// POSTs a publish body; returns the response.
+    pub fn publish(&self, json: &str) -> Response {
+        self.control(&format!(
+            "POST /publish/ HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        ))
+    }
+
+    /// Sends a raw request to the control API and reads the response.
+    pub fn control(&self, raw_request: &str) -> Response {
+        let mut c = Conn::open(self.control_addr());
+        c.send(raw_request.as_bytes());
+        c.read().expect("control response")
+    }
+
+    /// Publishes `content` on `channel` as http-stream.
+    pub fn publish_stream(&self, channel: &str, content: &str) {
+        let body = serde_json::json!({"items":[{"channel":channel,"formats":{"http-stream":{"content":content}}}]});
+        let r = self.publish(&body.to_string());
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
