@@ -34,6 +34,16 @@ struct FileConfig {
     // TLS (issue 15).
     listen_tls: Option<Vec<String>>,
     tls: FileTls,
+    // Cluster (issue 17).
+    cluster: FileCluster,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileCluster {
+    brokers: Option<Vec<String>>,
+    prefix: Option<String>,
+    node: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -382,6 +392,8 @@ pub struct Config {
     pub listen_tls: Vec<SocketAddr>,
     /// Their certificates; `Some` exactly when `listen_tls` is not empty.
     pub tls: Option<TlsCerts>,
+    /// The broker that joins this node to others; `None`: runs alone.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// Command-line values that replace the file's.
@@ -398,6 +410,9 @@ pub struct Overrides {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_certs_dir: Option<String>,
+    // Cluster (issue 17).
+    pub cluster: Vec<String>,
+    pub node: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -791,6 +806,21 @@ impl Config {
             accept_x_forwarded_protocol: fw.accept_x_forwarded_protocol.unwrap_or(false),
         };
         let (listen_tls, tls) = validate_tls(f.listen_tls, f.tls, ov, &listen)?;
+        let fc = f.cluster;
+        let cluster = crate::cluster::settings::validate(crate::cluster::settings::Given {
+            brokers: if ov.cluster.is_empty() {
+                ("cluster.brokers".into(), fc.brokers.unwrap_or_default())
+            } else {
+                ("--cluster".into(), ov.cluster.clone())
+            },
+            prefix: fc.prefix,
+            node: match (&ov.node, fc.node) {
+                (Some(n), _) => Some(("--node".into(), n.clone())),
+                (None, Some(n)) => Some(("cluster.node".into(), n)),
+                (None, None) => None,
+            },
+        })
+        .map_err(ConfigError)?;
         Ok(Config {
             listen,
             control_http,
@@ -809,6 +839,7 @@ impl Config {
             forwarding,
             listen_tls,
             tls,
+            cluster,
         })
     }
 }
@@ -896,6 +927,58 @@ fn validate_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_from_the_file_and_the_flags() {
+        let none = Config::from_toml("", "f", &Overrides::default()).expect("valid");
+        assert_eq!(none.cluster, None, "alone unless a broker is given");
+        let text = "[cluster]\nbrokers = [\"redis://10.0.0.1:6380\"]\nprefix = \"prod\"\nnode = \"web-2\"\n";
+        let c = Config::from_toml(text, "f", &Overrides::default())
+            .expect("valid")
+            .cluster
+            .expect("a cluster");
+        assert_eq!(c.kind, crate::cluster::BrokerKind::Redis);
+        assert_eq!((c.prefix.as_str(), c.node.as_str()), ("prod", "web-2"));
+        let ov = Overrides {
+            cluster: vec!["nats://127.0.0.1:4222".into()],
+            node: Some("n9".into()),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml(text, "f", &ov)
+            .expect("valid")
+            .cluster
+            .expect("a cluster");
+        assert_eq!(c.kind, crate::cluster::BrokerKind::Nats, "--cluster wins");
+        assert_eq!((c.prefix.as_str(), c.node.as_str()), ("prod", "n9"));
+        for (text, ov, why) in [
+            (
+                "[cluster]\nbrokers = [\"http://x\"]\n",
+                Overrides::default(),
+                "f: cluster.brokers: 'http://x'",
+            ),
+            (
+                "[cluster]\nnode = \"a\"\n",
+                Overrides::default(),
+                "f: cluster.node: a node name needs a broker",
+            ),
+            (
+                "[cluster]\nbogus = 1\n",
+                Overrides::default(),
+                "unknown field `bogus`",
+            ),
+            (
+                "",
+                Overrides {
+                    cluster: vec!["redis://h:1/3".into()],
+                    ..Overrides::default()
+                },
+                "--cluster: 'redis://h:1/3'",
+            ),
+        ] {
+            let e = Config::from_toml(text, "f", &ov).expect_err(why).0;
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
 
     #[test]
     fn embedded_default_matches_the_documented_defaults() {

@@ -234,6 +234,8 @@ pub struct Shard {
     /// WebSocket-over-HTTP sessions open here, by Connection-Id.
     pub ws_sessions: RefCell<std::collections::HashSet<String>>,
     pub bus: Arc<Bus>,
+    /// Where publishes accepted here go: the bus, or a cluster's broker.
+    pub publisher: crate::cluster::Publisher,
     /// Wakes this core's delivery task when a publish made here queued
     /// items for this core (no wake byte, no syscall).
     kick: Kick,
@@ -264,6 +266,7 @@ impl Shard {
         bus: Arc<Bus>,
         board: Arc<Board>,
         conn_limit: Arc<ConnLimit>,
+        publisher: crate::cluster::Publisher,
     ) -> Rc<Shard> {
         let bufs = Rc::new(BufPool::default());
         let access = cfg.access_log && crate::log::enabled(Level::Info);
@@ -287,6 +290,7 @@ impl Shard {
             board,
             ws_sessions: RefCell::new(std::collections::HashSet::new()),
             bus,
+            publisher,
             kick: Kick::default(),
             sig_cache: RefCell::new(Vec::new()),
             control_queue: Cell::new(None),
@@ -531,6 +535,8 @@ pub struct ShardStart {
     pub wake: RawFd,
     /// The cap on client connections, shared by every shard.
     pub conn_limit: Arc<ConnLimit>,
+    /// Where publishes accepted here go (a cluster's broker, or the bus).
+    pub publisher: crate::cluster::Publisher,
 }
 
 /// How long, after the shutdown grace, the 503s to requests still waiting
@@ -545,6 +551,7 @@ pub async fn run(start: ShardStart) {
         start.bus,
         start.board,
         start.conn_limit,
+        start.publisher,
     );
     shard
         .control_queue

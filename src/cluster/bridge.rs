@@ -1,0 +1,210 @@
+//! The bridge thread: one OS thread with a current-thread tokio runtime of
+//! its own, where the broker client runs. It takes this node's publishes
+//! from the publishing side (an unbounded channel: senders never block)
+//! and sends them to the broker, and hands every message the broker
+//! delivers to the bus, parsed once. Nothing here runs on an executor.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{envelope, BrokerKind, Cluster, Failure, Outgoing, CONFIRM_TIMEOUT};
+use crate::bus::Bus;
+use crate::codec::publish::{parse_with, Item};
+
+/// How long this node's parsed items wait for their message to come back
+/// from the broker before they are dropped (the message is then parsed).
+const KEEP_ITEMS: Duration = Duration::from_secs(30);
+
+/// Starts the thread; `first` is told when the first connection attempt
+/// has ended (either way).
+pub(super) fn spawn(
+    cluster: Arc<Cluster>,
+    bus: Arc<Bus>,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    first: std::sync::mpsc::Sender<()>,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cluster: cannot start the bridge runtime: {e}"))?;
+    std::thread::Builder::new()
+        .name("corepin-cluster".into())
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            let ctx = Rc::new(Ctx {
+                cluster,
+                bus,
+                waiting: RefCell::new(HashMap::new()),
+                first: RefCell::new(Some(first)),
+                invalid_log: RefCell::new(None),
+            });
+            local.block_on(&rt, async move {
+                match ctx.cluster.settings.kind {
+                    BrokerKind::Nats => super::nats::run(ctx, rx).await,
+                    BrokerKind::Redis => super::redis::run(ctx, rx).await,
+                }
+            });
+        })
+        .map_err(|e| format!("cluster: cannot start the bridge thread: {e}"))?;
+    Ok(())
+}
+
+/// One of this node's publishes, until its message comes back.
+pub(super) struct Waiting {
+    /// The publisher's answer, when the echo is the confirmation (NATS).
+    pub done: Option<oneshot::Sender<Result<(), Failure>>>,
+    pub items: Vec<Item>,
+    pub at: Instant,
+}
+
+/// What the adapters share on the bridge thread.
+pub(super) struct Ctx {
+    pub cluster: Arc<Cluster>,
+    pub bus: Arc<Bus>,
+    /// This node's publishes by sequence number.
+    pub waiting: RefCell<HashMap<u64, Waiting>>,
+    first: RefCell<Option<std::sync::mpsc::Sender<()>>>,
+    /// When an invalid message was last logged.
+    invalid_log: RefCell<Option<Instant>>,
+}
+
+impl Ctx {
+    /// The first connection attempt has ended.
+    pub fn attempted(&self) {
+        if let Some(tx) = self.first.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn connected(&self, max_payload: Option<usize>) {
+        self.cluster.set_connected(max_payload);
+        self.attempted();
+    }
+
+    pub fn down(&self, why: &str) {
+        self.cluster.set_down(why);
+        self.attempted();
+    }
+
+    /// Answers a publish that was not sent.
+    pub fn refuse(&self, o: Outgoing, f: Failure) {
+        self.cluster
+            .stats
+            .refused_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = o.done.send(Err(f));
+    }
+
+    /// The broker confirmed a publish sent at `at`.
+    pub fn confirmed(&self, at: Instant, done: oneshot::Sender<Result<(), Failure>>) {
+        let s = &self.cluster.stats;
+        s.confirm.observe(at.elapsed());
+        if done.send(Ok(())).is_ok() {
+            s.published.fetch_add(1, Ordering::Relaxed);
+        } else {
+            s.late.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A publish sent but not confirmed.
+    pub fn unconfirmed(&self, done: oneshot::Sender<Result<(), Failure>>, why: String) {
+        self.cluster
+            .stats
+            .unconfirmed
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = done.send(Err(Failure::Unconfirmed(why)));
+    }
+
+    /// Fails every publish still waiting for its echo (the connection it
+    /// was sent on is gone), keeping their items in case it comes.
+    pub fn fail_waiting(&self, why: &str) {
+        for w in self.waiting.borrow_mut().values_mut() {
+            if let Some(done) = w.done.take() {
+                self.unconfirmed(done, why.to_string());
+            }
+        }
+    }
+
+    /// Answers publishes whose confirmation is overdue and forgets items
+    /// kept too long.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        self.waiting.borrow_mut().retain(|_, w| {
+            let age = now.saturating_duration_since(w.at);
+            if age >= CONFIRM_TIMEOUT {
+                if let Some(done) = w.done.take() {
+                    expired.push(done);
+                }
+            }
+            age < KEEP_ITEMS
+        });
+        for done in expired {
+            self.unconfirmed(
+                done,
+                format!(
+                    "the broker did not confirm the publish within {} s",
+                    CONFIRM_TIMEOUT.as_secs()
+                ),
+            );
+        }
+    }
+
+    /// A message from the broker: parsed (or, for this node's own, the
+    /// items kept from when it was accepted) and handed to the bus.
+    pub fn receive(&self, payload: &[u8]) {
+        let s = &self.cluster.stats;
+        let origin = match envelope::origin(payload) {
+            Ok(o) => o,
+            Err(e) => return self.invalid(&e),
+        };
+        let mut kept = None;
+        if let Some(o) = &origin {
+            let now = envelope::now_us();
+            if now >= o.sent_us {
+                s.lag.observe(Duration::from_micros(now - o.sent_us));
+            }
+            if o.run == self.cluster.run {
+                kept = self.waiting.borrow_mut().remove(&o.seq);
+            }
+        }
+        let (items, done) = match kept {
+            Some(w) => {
+                s.reused.fetch_add(1, Ordering::Relaxed);
+                (w.items, w.done.map(|d| (d, w.at)))
+            }
+            None => match parse_with(payload, envelope::EXTRA) {
+                Ok(items) => (items, None),
+                Err(e) => return self.invalid(&e.0),
+            },
+        };
+        s.received.fetch_add(1, Ordering::Relaxed);
+        s.received_items
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        self.bus.count_publish();
+        self.bus.publish(items, None);
+        // Confirmed after this node's cores have the items queued: a
+        // publisher answered 200 can count on this node having them.
+        if let Some((done, at)) = done {
+            self.confirmed(at, done);
+        }
+    }
+
+    fn invalid(&self, why: &str) {
+        self.cluster.stats.invalid.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.invalid_log.borrow_mut();
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            warn!(
+                "cluster: a message on {} is not a valid publish, skipped: {why} (counted in corepin_cluster_messages_invalid_total; logged at most every 10 s)",
+                self.cluster.settings.subject()
+            );
+        }
+    }
+}
