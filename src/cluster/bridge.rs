@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{envelope, BrokerKind, Cluster, Failure, Outgoing, CONFIRM_TIMEOUT};
+use super::{envelope, BrokerKind, Cluster, Failure, Outgoing};
 use crate::bus::Bus;
 use crate::codec::publish::{parse_with, Item};
 
 /// How long this node's parsed items wait for their message to come back
-/// from the broker before they are dropped (the message is then parsed).
+/// from the broker before they are dropped (the message is then parsed
+/// again when it comes).
 const KEEP_ITEMS: Duration = Duration::from_secs(30);
 
 /// Starts the thread; `first` is told when the first connection attempt
@@ -57,8 +58,6 @@ pub(super) fn spawn(
 
 /// One of this node's publishes, until its message comes back.
 pub(super) struct Waiting {
-    /// The publisher's answer, when the echo is the confirmation (NATS).
-    pub done: Option<oneshot::Sender<Result<(), Failure>>>,
     pub items: Vec<Item>,
     pub at: Instant,
 }
@@ -98,6 +97,7 @@ impl Ctx {
             .stats
             .refused_unavailable
             .fetch_add(1, Ordering::Relaxed);
+        self.waiting.borrow_mut().remove(&o.seq);
         let _ = o.done.send(Err(f));
     }
 
@@ -121,38 +121,45 @@ impl Ctx {
         let _ = done.send(Err(Failure::Unconfirmed(why)));
     }
 
-    /// Fails every publish still waiting for its echo (the connection it
-    /// was sent on is gone), keeping their items in case it comes.
-    pub fn fail_waiting(&self, why: &str) {
-        for w in self.waiting.borrow_mut().values_mut() {
-            if let Some(done) = w.done.take() {
-                self.unconfirmed(done, why.to_string());
-            }
-        }
-    }
-
-    /// Answers publishes whose confirmation is overdue and forgets items
-    /// kept too long.
+    /// Forgets items kept too long (their message never came back).
     pub fn sweep(&self) {
         let now = Instant::now();
-        let mut expired = Vec::new();
-        self.waiting.borrow_mut().retain(|_, w| {
-            let age = now.saturating_duration_since(w.at);
-            if age >= CONFIRM_TIMEOUT {
-                if let Some(done) = w.done.take() {
-                    expired.push(done);
-                }
-            }
-            age < KEEP_ITEMS
-        });
-        for done in expired {
-            self.unconfirmed(
-                done,
-                format!(
-                    "the broker did not confirm the publish within {} s",
-                    CONFIRM_TIMEOUT.as_secs()
-                ),
-            );
+        self.waiting
+            .borrow_mut()
+            .retain(|_, w| now.saturating_duration_since(w.at) < KEEP_ITEMS);
+    }
+
+    /// The broker's stream no longer holds `n` messages this node had not
+    /// read: their subscribers here miss them. Said loudly, and counted.
+    pub fn missed(&self, n: u64, why: &str) {
+        self.cluster.stats.missed.fetch_add(n, Ordering::Relaxed);
+        error!(
+            "cluster: this node missed {n} message(s) on {}: {why} (corepin_cluster_messages_missed_total)",
+            self.cluster.settings.subject()
+        );
+    }
+
+    /// The broker's stream was made anew: what it held and this node had
+    /// not read is gone, how much is unknown.
+    pub fn reset(&self, why: &str) {
+        self.cluster.stats.resets.fetch_add(1, Ordering::Relaxed);
+        error!(
+            "cluster: {why}; messages this node had not read before then are lost (corepin_cluster_stream_resets_total)"
+        );
+    }
+
+    /// Waits while this node's cores are behind by more than their backlog
+    /// bound: the messages wait in the broker's stream meanwhile, rather
+    /// than in memory here.
+    pub async fn flow(&self) {
+        if !self.bus.over_backlog() {
+            return;
+        }
+        self.cluster.stats.paused.fetch_add(1, Ordering::Relaxed);
+        let mut pause = Duration::from_micros(500);
+        while self.bus.over_backlog() {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 
@@ -174,13 +181,13 @@ impl Ctx {
                 kept = self.waiting.borrow_mut().remove(&o.seq);
             }
         }
-        let (items, done) = match kept {
+        let items = match kept {
             Some(w) => {
                 s.reused.fetch_add(1, Ordering::Relaxed);
-                (w.items, w.done.map(|d| (d, w.at)))
+                w.items
             }
             None => match parse_with(payload, envelope::EXTRA) {
-                Ok(items) => (items, None),
+                Ok(items) => items,
                 Err(e) => return self.invalid(&e.0),
             },
         };
@@ -189,14 +196,9 @@ impl Ctx {
             .fetch_add(items.len() as u64, Ordering::Relaxed);
         self.bus.count_publish();
         self.bus.publish(items, None);
-        // Confirmed after this node's cores have the items queued: a
-        // publisher answered 200 can count on this node having them.
-        if let Some((done, at)) = done {
-            self.confirmed(at, done);
-        }
     }
 
-    fn invalid(&self, why: &str) {
+    pub fn invalid(&self, why: &str) {
         self.cluster.stats.invalid.fetch_add(1, Ordering::Relaxed);
         let mut last = self.invalid_log.borrow_mut();
         if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! `run` (random per process) and `seq` let the sending node recognise its
-//! own message when it comes back (its confirmation on NATS, and the items
-//! it parsed already); `sent_us` (the sender's clock, microseconds since
+//! own message when it comes back from the stream, and deliver the items
+//! it parsed already instead of parsing them again; `sent_us` (the sender's clock, microseconds since
 //! the epoch) gives the receive lag. Sans-IO: building and reading only.
 
 use serde::Deserialize;

@@ -144,10 +144,10 @@ pub fn parse_url(text: &str) -> Result<BrokerUrl, String> {
     };
     if !tail.is_empty() && tail != "/" {
         return bad(match kind {
-            // Redis pub/sub ignores the database number: refuse it rather
-            // than let it look meaningful.
+            // The stream lives in database 0; a number here would be
+            // one more thing every node must agree on, for no gain.
             BrokerKind::Redis => {
-                "a path, database number or query is not supported (pub/sub spans every database)"
+                "a path, database number or query is not supported (the stream is in database 0)"
             }
             BrokerKind::Nats => "a path or query is not supported",
         });
@@ -286,7 +286,7 @@ pub fn validate(g: Given) -> Result<Option<ClusterSettings>, String> {
     }
     if kind == BrokerKind::Redis && brokers.len() > 1 {
         return Err(format!(
-            "{field}: give one redis:// server (Redis pub/sub does not carry messages between separate servers; nodes on different servers would not see each other's publishes)"
+            "{field}: give one redis:// server (separate Redis servers do not share a stream; nodes on different servers would not see each other's publishes)"
         ));
     }
     let prefix = g.prefix.unwrap_or_else(|| "corepin".into());
