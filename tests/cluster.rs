@@ -764,10 +764,26 @@ fn a_redis_cluster_behind_haproxy_delivers_every_publish_once_through_broker_and
 }
 
 #[test]
-fn a_node_started_while_the_broker_is_down_says_so_and_joins_when_it_comes() {
-    let dir = temp_dir("cluster-late");
+fn a_node_started_while_nats_is_down_says_so_and_joins_when_it_comes() {
+    late_broker(Kind::Nats);
+}
+
+#[test]
+fn a_node_started_while_redis_is_down_says_so_and_joins_when_it_comes() {
+    late_broker(Kind::Redis);
+}
+
+fn late_broker(kind: Kind) {
+    let dir = temp_dir(&format!("cluster-late-{kind:?}"));
     let port = restartable_port();
-    let url = format!("nats://127.0.0.1:{port}");
+    let mut broker = Broker {
+        kind,
+        port,
+        dir: dir.clone(),
+        child: None,
+        starts: 0,
+    };
+    let url = broker.url();
     let cp = Corepin::start_grip(&["--workers", "1", "--cluster", &url, "--node", "late"]);
     cp.wait_stderr("the broker is not reachable yet");
     let r = cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n");
@@ -781,13 +797,6 @@ fn a_node_started_while_the_broker_is_down_says_so_and_joins_when_it_comes() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("nothing was published"), "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
-    let mut broker = Broker {
-        kind: Kind::Nats,
-        port,
-        dir: dir.clone(),
-        child: None,
-        starts: 0,
-    };
     broker.spawn();
     wait_until("the node to connect", || {
         cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n").status == 200
