@@ -248,9 +248,12 @@ start() {
         start_node "$n" --cluster "$url" --node "$n"
         backends+=("127.0.0.1:$NODE_PORT")
         [ "$n" = n1 ] && PUBARGS=(--publish-to "127.0.0.1:$NODE_CONTROL")
+        # Connected to the broker (/health 200) before subscribers come.
+        for _ in $(seq 1 200); do
+          [ "$(curl -s -o /dev/null -w '%{http_code}' -m 1 "http://127.0.0.1:$NODE_CONTROL/health")" = 200 ] && break
+          sleep 0.05
+        done
       done
-      # Every node connected to the broker before subscribers come.
-      for n in n1 n2 n3; do wait_log "$D/$n.err" "connected to" || true; done
       start_lb "${backends[@]}" ;;
     nchan-redis)
       start_redis
