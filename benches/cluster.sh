@@ -27,7 +27,8 @@
 #
 # Env: N (15000), BURST (20), ONE_ROUNDS (3), BURST_ROUNDS (1),
 #      CASES ("single single-lb cluster-nats cluster-redis nchan-redis pushpin"),
-#      OPEN_RATE (3000 subscribers/s; Pushpin 1000, see compare.sh).
+#      OPEN_RATE (3000 subscribers/s; Pushpin 1000, see compare.sh),
+#      TABLE_ONLY=1 (only remake cluster.md from cluster.jsonl).
 #
 # The machine is shared and has 2 cores: every process of every peer, the
 # balancer and the load generator share them. Ports are picked free at
@@ -47,7 +48,6 @@ OUT=$RES/cluster.md
 D=$(mktemp -d /tmp/corepin-cluster-bench.XXXXXX)
 PIDS=()
 mkdir -p "$RES"
-: > "$RAW"
 
 stop_all() {
   local pid
@@ -62,6 +62,67 @@ stop_all() {
   PIDS=()
 }
 trap 'stop_all; rm -rf "$D"' EXIT
+
+table() {
+python3 - "$RAW" "$OUT" "$N" "$BURST" <<'PY'
+import json, statistics, sys
+raw, out, n, burst = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rows = [json.loads(l) for l in open(raw) if l.strip()]
+cases = []
+for r in rows:
+    if r["case"] not in cases:
+        cases.append(r["case"])
+def runs(case, wl):
+    return [r["result"] for r in rows if r["case"] == case and r["workload"] == wl and r["result"]]
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def f(x, d=0):
+    return "–" if x is None else f"{x:,.{d}f}"
+def cpu(res, group=None):
+    g = res.get("cpu_groups", {})
+    if group:
+        return g.get(group, {}).get("cpu_us_per_delivery")
+    vals = [v.get("cpu_seconds", 0) for v in g.values()]
+    d = res.get("delivered") or 0
+    return sum(vals) * 1e6 / d if d and vals else None
+lines = [
+    f"# Cluster benchmark: {n:,} stream subscribers", "",
+    "One machine (2 shared cores): every peer's processes, HAProxy and corepin-load share them.",
+    f"`one`: one publish to all {n:,} (median of the runs; each run in brackets).",
+    f"`burst`: {burst} publishes back to back to the same {n:,}.",
+    "CPU: server-side CPU time from the first publish to the last delivery, per delivery (µs):",
+    "all server processes, then nodes / broker / balancer.", "",
+    "| case | one: last delivery, ms | one: p50 / p99, ms | burst: deliveries/s | burst: last delivery, ms | subscribers not opened | lost / dup / out of order | CPU µs/delivery (one) | CPU µs/delivery (burst): all = nodes + broker + balancer |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for c in cases:
+    one, b = runs(c, "one"), runs(c, "burst")
+    last = [r.get("first_publish_to_last_delivery_ms") for r in one]
+    p50 = med([r.get("latency_ms", {}).get("p50") for r in one])
+    p99 = med([r.get("latency_ms", {}).get("p99") for r in one])
+    dps = med([r.get("deliveries_per_sec") for r in b])
+    blast = med([r.get("first_publish_to_last_delivery_ms") for r in b])
+    failed = sum(r.get("failed", 0) or 0 for r in one + b)
+    # Lost: messages missing at subscribers that did open.
+    lost = sum(max(0, (r.get("lost", 0) or 0) - (r.get("failed", 0) or 0) * (r.get("messages", 1) or 1)) for r in one + b)
+    bad = [lost] + [sum(r.get(k, 0) or 0 for r in one + b) for k in ("duplicated", "out_of_order")]
+    c1 = med([cpu(r) for r in one])
+    cb = med([cpu(r) for r in b])
+    parts = " + ".join(f(med([cpu(r, g) for r in b]), 2) for g in ("nodes", "broker", "balancer"))
+    lines.append(
+        f"| {c} | {f(med(last), 1)} ({', '.join(f(x, 1) for x in last)}) | {f(p50, 1)} / {f(p99, 1)} | "
+        f"{f(dps)} | {f(blast, 1)} | {failed:,} of {n * (len(one) + len(b)):,} | {bad[0]:,} / {bad[1]} / {bad[2]} | {f(c1, 2)} | {f(cb, 2)} = {parts} |"
+    )
+loads = [float(r["load"].split()[0]) for r in rows if r.get("load")]
+if loads:
+    lines += ["", f"Load average (1 min) at the runs' ends: {min(loads):.1f} to {max(loads):.1f} (each run's in cluster.jsonl, `load`)."]
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+}
+if [ "${TABLE_ONLY:-0}" = 1 ]; then table; exit 0; fi
+: > "$RAW"
 
 for bin in nats-server redis-server haproxy nginx pushpin; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || {
@@ -302,54 +363,4 @@ for c in $CASES; do
 done
 echo "cluster.sh: $(( $(date +%s) - STARTED )) s" >&2
 
-python3 - "$RAW" "$OUT" "$N" "$BURST" <<'PY'
-import json, statistics, sys
-raw, out, n, burst = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rows = [json.loads(l) for l in open(raw) if l.strip()]
-cases = []
-for r in rows:
-    if r["case"] not in cases:
-        cases.append(r["case"])
-def runs(case, wl):
-    return [r["result"] for r in rows if r["case"] == case and r["workload"] == wl and r["result"]]
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def f(x, d=0):
-    return "–" if x is None else f"{x:,.{d}f}"
-def cpu(res, group=None):
-    g = res.get("cpu_groups", {})
-    if group:
-        return g.get(group, {}).get("cpu_us_per_delivery")
-    vals = [v.get("cpu_seconds", 0) for v in g.values()]
-    d = res.get("delivered") or 0
-    return sum(vals) * 1e6 / d if d and vals else None
-lines = [
-    f"# Cluster benchmark: {n:,} stream subscribers", "",
-    "One machine (2 shared cores): every peer's processes, HAProxy and corepin-load share them.",
-    f"`one`: one publish to all {n:,} (median of the runs; each run in brackets).",
-    f"`burst`: {burst} publishes back to back to the same {n:,}.",
-    "CPU: server-side CPU time from the first publish to the last delivery, per delivery (µs):",
-    "all server processes, then nodes / broker / balancer.", "",
-    "| case | one: last delivery, ms | one: p50 / p99, ms | burst: deliveries/s | burst: last delivery, ms | lost / dup / out of order | CPU µs/delivery (one) | CPU µs/delivery (burst): all = nodes + broker + balancer |",
-    "|---|---|---|---|---|---|---|---|",
-]
-for c in cases:
-    one, b = runs(c, "one"), runs(c, "burst")
-    last = [r.get("first_publish_to_last_delivery_ms") for r in one]
-    p50 = med([r.get("latency_ms", {}).get("p50") for r in one])
-    p99 = med([r.get("latency_ms", {}).get("p99") for r in one])
-    dps = med([r.get("deliveries_per_sec") for r in b])
-    blast = med([r.get("first_publish_to_last_delivery_ms") for r in b])
-    bad = [sum(r.get(k, 0) or 0 for r in one + b) for k in ("lost", "duplicated", "out_of_order")]
-    c1 = med([cpu(r) for r in one])
-    cb = med([cpu(r) for r in b])
-    parts = " + ".join(f(med([cpu(r, g) for r in b]), 2) for g in ("nodes", "broker", "balancer"))
-    lines.append(
-        f"| {c} | {f(med(last), 1)} ({', '.join(f(x, 1) for x in last)}) | {f(p50, 1)} / {f(p99, 1)} | "
-        f"{f(dps)} | {f(blast, 1)} | {bad[0]} / {bad[1]} / {bad[2]} | {f(c1, 2)} | {f(cb, 2)} = {parts} |"
-    )
-lines += ["", "Load average at each run's end is in cluster.jsonl (`load`)."]
-open(out, "w").write("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
+table
