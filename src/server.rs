@@ -227,7 +227,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     // In a cluster, this node's publishes go to the broker, and the bridge
     // feeds the bus with every node's (this one's included).
     let publisher = match &cfg.cluster {
-        Some(settings) => Publisher::Cluster(Cluster::start(settings.clone(), bus.clone())?),
+        Some(settings) => Publisher::Cluster(Cluster::start(
+            settings.clone(),
+            cfg.publish.max_body,
+            bus.clone(),
+        )?),
         None => Publisher::Local,
     };
     let (links, command_rxs) = CoreLinks::new(link_wakers);

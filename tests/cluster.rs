@@ -818,3 +818,57 @@ fn late_broker(kind: Kind) {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn broker_messages_that_are_not_publishes_are_skipped_counted_and_logged_on_nats() {
+    junk(Kind::Nats);
+}
+
+#[test]
+fn broker_messages_that_are_not_publishes_are_skipped_counted_and_logged_on_redis() {
+    junk(Kind::Redis);
+}
+
+/// A publisher writing to the broker directly is held to what the HTTP
+/// API takes: a message that is not a valid publish, or is larger than
+/// `publish.max_body_bytes`, reaches nobody and is counted; the next one
+/// is delivered.
+fn junk(kind: Kind) {
+    let dir = temp_dir(&format!("cluster-junk-{kind:?}"));
+    let broker = Broker::start(kind, &dir);
+    let cfg = dir.join("corepin.toml");
+    std::fs::write(&cfg, "[publish]\nmax_body_bytes = 2048\n").expect("config");
+    let url = broker.url();
+    let cp = Corepin::start_grip(&[
+        "--config",
+        cfg.to_str().expect("utf-8 path"),
+        "--workers",
+        "1",
+        "--cluster",
+        &url,
+        "--node",
+        "j",
+    ]);
+    wait_until("the node to connect", || {
+        cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n").status == 200
+    });
+    let mut s = Stream::open(cp.addr(), "/stream?channel=c");
+    broker.publish_direct("not json");
+    broker.publish_direct(&item(&"x".repeat(3000), None, None));
+    broker.publish_direct(
+        r#"{"items":[{"channel":"c","formats":{"http-stream":{"content":"a"}}}],"bogus":1}"#,
+    );
+    broker.publish_direct(&item("ok", None, None));
+    assert_eq!(s.read_text(3), "ok\n", "only the valid publish arrives");
+    let m = cp
+        .control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n")
+        .text();
+    assert!(
+        m.contains("corepin_cluster_messages_invalid_total 3\n"),
+        "{m}"
+    );
+    let log = cp.wait_stderr("is not a valid publish, skipped");
+    assert!(log.contains("corepin.publish"), "{log}");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -167,6 +167,15 @@ impl Ctx {
     /// items kept from when it was accepted) and handed to the bus.
     pub fn receive(&self, payload: &[u8]) {
         let s = &self.cluster.stats;
+        // What the HTTP API would refuse with 413 is refused here too (a
+        // publisher writing to the broker directly is not held to it).
+        let max = self.cluster.max_message;
+        if payload.len() > max {
+            return self.invalid(&format!(
+                "{} bytes, over the {max} bytes publish.max_body_bytes allows (with the envelope)",
+                payload.len()
+            ));
+        }
         let origin = match envelope::origin(payload) {
             Ok(o) => o,
             Err(e) => return self.invalid(&e),

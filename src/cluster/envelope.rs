@@ -16,6 +16,11 @@ use serde::Deserialize;
 
 use crate::codec::publish::root_member;
 
+/// The most a node's envelope adds to a publish body: the `corepin` member
+/// with a 64-byte node name, a 16-digit run id and two 20-digit numbers,
+/// with room to spare.
+pub const MAX_OVERHEAD: usize = 256;
+
 /// The root members a broker message may hold besides `items`.
 pub const EXTRA: &[&str] = &["corepin"];
 
@@ -128,6 +133,13 @@ mod tests {
             let e = origin(body).expect_err(why);
             assert!(e.starts_with("corepin: ") && e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn the_envelope_fits_its_overhead() {
+        let node = "n".repeat(crate::cluster::settings::MAX_NAME);
+        let with = build(&node, &run_id(), u64::MAX, u64::MAX, b"[]");
+        assert!(with.len() - br#"{"items":[]}"#.len() <= MAX_OVERHEAD);
     }
 
     #[test]

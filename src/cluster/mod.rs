@@ -266,6 +266,9 @@ pub struct ClusterStats {
 /// The state the bridge thread and the publishing side share.
 pub struct Cluster {
     pub settings: ClusterSettings,
+    /// The largest broker message a node takes: `publish.max_body_bytes`
+    /// and room for the `corepin` envelope.
+    pub max_message: usize,
     /// This process's random id, in every message it sends.
     pub run: String,
     link: AtomicU8,
@@ -283,10 +286,15 @@ impl Cluster {
     /// seconds at most) for the first connection attempt to end, and says
     /// how it went. A broker that is down is not an error: the node runs,
     /// refuses publishes with 503 and keeps retrying.
-    pub fn start(settings: ClusterSettings, bus: Arc<Bus>) -> Result<Arc<Cluster>, String> {
+    pub fn start(
+        settings: ClusterSettings,
+        max_body: usize,
+        bus: Arc<Bus>,
+    ) -> Result<Arc<Cluster>, String> {
         let (tx, rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             settings,
+            max_message: max_body.saturating_add(envelope::MAX_OVERHEAD),
             run: envelope::run_id(),
             link: AtomicU8::new(Link::Starting as u8),
             status: Mutex::new((Instant::now(), None)),
