@@ -183,7 +183,10 @@ async fn open(
         .await
         .map_err(|e| {
             let text = e.to_string();
-            if text.contains("not enabled") || text.contains("no responders") {
+            if text.contains("not enabled")
+                || text.contains("unavailable")
+                || text.contains("no responders")
+            {
                 format!("JetStream stream {name}: {text} (start nats-server with JetStream: -js)")
             } else {
                 format!("JetStream stream {name}: {text}")
