@@ -394,14 +394,16 @@ async fn read(
             Err(e) => return format!("XREAD {key}: {e}"),
         };
         for (id, publish) in list {
-            let mut p = at.get();
-            p.advance(id);
-            at.set(p);
             ctx.flow().await;
             match publish {
                 Ok(payload) => ctx.receive(&payload),
                 Err(e) => ctx.invalid(&format!("entry {id}: {e}")),
             }
+            // Past it only once it is handed over: a reader stopped in
+            // between reads it again.
+            let mut p = at.get();
+            p.advance(id);
+            at.set(p);
         }
     }
 }
