@@ -872,3 +872,147 @@ fn junk(kind: Kind) {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP relay in front of the broker for one node: cutting it cuts that
+/// node alone off the broker (its connections dropped, new ones refused)
+/// while the others keep publishing; restoring it lets the node back in on
+/// the same address.
+struct Relay {
+    port: u16,
+    to: u16,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: Option<thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let mut r = Relay {
+            port: restartable_port(),
+            to,
+            stop: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+            acceptor: None,
+        };
+        r.restore();
+        r
+    }
+
+    fn restore(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("relay port");
+        self.stop.store(false, Ordering::SeqCst);
+        let (stop, conns, to) = (self.stop.clone(), self.conns.clone(), self.to);
+        self.acceptor = Some(thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (
+                        server.try_clone().expect("clone"),
+                        client.try_clone().expect("clone"),
+                    ),
+                ] {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                let mut all = conns.lock().expect("lock");
+                all.push(client);
+                all.push(server);
+            }
+        }));
+    }
+
+    fn cut(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the acceptor so that it sees `stop` and drops the listener.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(a) = self.acceptor.take() {
+            a.join().expect("relay acceptor");
+        }
+        for c in self.conns.lock().expect("lock").drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_nats_gets_what_others_published_meanwhile_once_back() {
+    resume(Kind::Nats);
+}
+
+#[test]
+fn a_node_cut_off_from_redis_gets_what_others_published_meanwhile_once_back() {
+    resume(Kind::Redis);
+}
+
+/// What the broker's stream buys over pub/sub: a node that loses the
+/// broker while the others publish resumes where it stopped, and its
+/// subscribers get every publish another node acknowledged meanwhile, in
+/// order, nothing counted as missed.
+fn resume(kind: Kind) {
+    let dir = temp_dir(&format!("cluster-resume-{kind:?}"));
+    let broker = Broker::start(kind, &dir);
+    let mut relay = Relay::start(broker.port);
+    let scheme = broker
+        .url()
+        .split("://")
+        .next()
+        .expect("scheme")
+        .to_string();
+    let n1 = Node::start("n1", &dir, &broker.url());
+    let n2 = Node::start("n2", &dir, &format!("{scheme}://127.0.0.1:{}", relay.port));
+    wait_until("both nodes to connect", || n1.healthy() && n2.healthy());
+    let mut s = Stream::open(n2.cp().addr(), "/stream?channel=c");
+    n1.publish_http(&item("r0", None, None)).expect("r0");
+    assert_eq!(s.read_text(3), "r0\n");
+
+    relay.cut();
+    wait_until("n2 to report the broker lost", || !n2.healthy());
+    let r = n2.cp().publish(&item("x", None, None));
+    assert_eq!(r.status, 503, "n2 refuses while cut off: {}", r.text());
+    for i in 1..=5 {
+        n1.publish_http(&item(&format!("r{i}"), None, None))
+            .expect("n1 still publishes");
+    }
+    relay.restore();
+    wait_until("n2 to reconnect", || n2.healthy());
+    assert_eq!(
+        s.read_text(15),
+        "r1\nr2\nr3\nr4\nr5\n",
+        "what n1 published while n2 was cut off, in order"
+    );
+    n2.publish_http(&item("r6", None, None))
+        .expect("n2 publishes again");
+    assert_eq!(s.read_text(3), "r6\n");
+    let m = n2
+        .cp()
+        .control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n")
+        .text();
+    for line in [
+        "corepin_cluster_reconnects_total 1\n",
+        "corepin_cluster_messages_missed_total 0\n",
+        "corepin_cluster_stream_resets_total 0\n",
+        "corepin_cluster_publishes_refused_total{reason=\"unavailable\"} 1\n",
+    ] {
+        assert!(m.contains(line), "{line} in {m}");
+    }
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
