@@ -821,6 +821,17 @@ impl Bus {
         self.recover.load(Ordering::Acquire)
     }
 
+    /// Whether any core's undelivered backlog is over its bound (as
+    /// [`Bus::admit`] checks, without counting a refusal): a source that
+    /// can wait, such as a broker's stream, waits.
+    pub fn over_backlog(&self) -> bool {
+        let limit = self.limits.backlog;
+        self.stats
+            .backlog
+            .iter()
+            .any(|b| b.load(Ordering::Relaxed) > limit)
+    }
+
     /// The last id published on `channel` (for a long-poll's `prev-id`).
     pub fn last_id(&self, channel: &str) -> Option<String> {
         self.seq.lock().ok()?.last_id.get(channel).cloned()

@@ -13,6 +13,7 @@ usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
                [--log-level error|warn|info|debug]
                [--listen-tls ADDR]... [--tls-cert FILE --tls-key FILE]
                [--tls-certs-dir DIR] [--ready-file PATH]
+               [--cluster nats://HOST:PORT | redis://HOST:PORT]... [--node NAME]
        corepin check --config FILE | --pushpin-config FILE
        corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
                        [--id ID] [--prev-id ID] [--socket PATH | --http URL]
@@ -24,7 +25,9 @@ clients on 127.0.0.1:7999, every request routed to the built-in test target.
 --pushpin-config runs from a Pushpin pushpin.conf and the routes file it
 names (unsupported settings are named in one warning line).
 --ready-file writes the bound addresses as JSON to PATH once every core
-accepts (for launchers and tests that use port 0).";
+accepts (for launchers and tests that use port 0).
+--cluster joins other corepin nodes through a NATS or Redis broker: every
+publish goes through it and reaches every node (README: Running a cluster).";
 
 /// The configuration file a command reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +201,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
             "--tls-key" => ov.tls_key = Some(val("--tls-key")?),
             "--tls-certs-dir" => ov.tls_certs_dir = Some(val("--tls-certs-dir")?),
             "--ready-file" => ov.ready_file = Some(val("--ready-file")?),
+            // Cluster (issue 17).
+            "--cluster" => ov.cluster.push(val("--cluster")?),
+            "--node" => ov.node = Some(val("--node")?),
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: unknown flag (see --help)")))
             }
@@ -322,10 +328,27 @@ mod tests {
                 &["check", "--config", "c", "--ready-file", "r"][..],
                 "--ready-file: only `corepin run`",
             ),
+            (&["--cluster"][..], "--cluster: missing value"),
+            (&["--node"][..], "--node: missing value"),
         ] {
             let e = p(args).expect_err(needle).0;
             assert!(e.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn parses_cluster_flags() {
+        let Ok(Command::Run { overrides, .. }) = p(&[
+            "--cluster",
+            "nats://a:1",
+            "--cluster=nats://b:2",
+            "--node",
+            "web-1",
+        ]) else {
+            panic!("not run")
+        };
+        assert_eq!(overrides.cluster, vec!["nats://a:1", "nats://b:2"]);
+        assert_eq!(overrides.node.as_deref(), Some("web-1"));
     }
 
     #[test]

@@ -36,6 +36,8 @@ struct FileConfig {
     tls: FileTls,
     zmq: FileZmq,
     metrics: FileMetrics,
+    // Cluster (issue 17).
+    cluster: FileCluster,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -56,6 +58,14 @@ struct FileZmq {
     stats_report_interval: Option<u64>,
     stats_subscription_ttl: Option<u64>,
     subscription_linger: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileCluster {
+    brokers: Option<Vec<String>>,
+    prefix: Option<String>,
+    node: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -426,6 +436,8 @@ pub struct Config {
     /// Put before Pushpin's metric names in /metrics (Pushpin's
     /// `prometheus_prefix`).
     pub metrics_pushpin_prefix: String,
+    /// The broker that joins this node to others; `None`: runs alone.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// The encoding of the ZeroMQ stats socket.
@@ -585,6 +597,9 @@ pub struct Overrides {
     pub tls_key: Option<String>,
     pub tls_certs_dir: Option<String>,
     pub ready_file: Option<String>,
+    // Cluster (issue 17).
+    pub cluster: Vec<String>,
+    pub node: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -1035,6 +1050,21 @@ impl Config {
                 ),
             );
         }
+        let fc = f.cluster;
+        let cluster = crate::cluster::settings::validate(crate::cluster::settings::Given {
+            brokers: if ov.cluster.is_empty() {
+                ("cluster.brokers".into(), fc.brokers.unwrap_or_default())
+            } else {
+                ("--cluster".into(), ov.cluster.clone())
+            },
+            prefix: fc.prefix,
+            node: match (&ov.node, fc.node) {
+                (Some(n), _) => Some(("--node".into(), n.clone())),
+                (None, Some(n)) => Some(("cluster.node".into(), n)),
+                (None, None) => None,
+            },
+        })
+        .map_err(ConfigError)?;
         Ok(Config {
             listen,
             control_http,
@@ -1061,6 +1091,7 @@ impl Config {
             access_log_user_agent: f.log.access_log_user_agent.unwrap_or(false),
             zmq,
             metrics_pushpin_prefix,
+            cluster,
         })
     }
 }
@@ -1148,6 +1179,58 @@ fn validate_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_from_the_file_and_the_flags() {
+        let none = Config::from_toml("", "f", &Overrides::default()).expect("valid");
+        assert_eq!(none.cluster, None, "alone unless a broker is given");
+        let text = "[cluster]\nbrokers = [\"redis://10.0.0.1:6380\"]\nprefix = \"prod\"\nnode = \"web-2\"\n";
+        let c = Config::from_toml(text, "f", &Overrides::default())
+            .expect("valid")
+            .cluster
+            .expect("a cluster");
+        assert_eq!(c.kind, crate::cluster::BrokerKind::Redis);
+        assert_eq!((c.prefix.as_str(), c.node.as_str()), ("prod", "web-2"));
+        let ov = Overrides {
+            cluster: vec!["nats://127.0.0.1:4222".into()],
+            node: Some("n9".into()),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml(text, "f", &ov)
+            .expect("valid")
+            .cluster
+            .expect("a cluster");
+        assert_eq!(c.kind, crate::cluster::BrokerKind::Nats, "--cluster wins");
+        assert_eq!((c.prefix.as_str(), c.node.as_str()), ("prod", "n9"));
+        for (text, ov, why) in [
+            (
+                "[cluster]\nbrokers = [\"http://x\"]\n",
+                Overrides::default(),
+                "f: cluster.brokers: 'http://x'",
+            ),
+            (
+                "[cluster]\nnode = \"a\"\n",
+                Overrides::default(),
+                "f: cluster.node: a node name needs a broker",
+            ),
+            (
+                "[cluster]\nbogus = 1\n",
+                Overrides::default(),
+                "unknown field `bogus`",
+            ),
+            (
+                "",
+                Overrides {
+                    cluster: vec!["redis://h:1/3".into()],
+                    ..Overrides::default()
+                },
+                "--cluster: 'redis://h:1/3'",
+            ),
+        ] {
+            let e = Config::from_toml(text, "f", &ov).expect_err(why).0;
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
 
     #[test]
     fn embedded_default_matches_the_documented_defaults() {

@@ -81,6 +81,15 @@ impl Reply {
         reply
     }
 
+    /// A publish the cluster's broker did not take or confirm.
+    fn cluster(f: &crate::cluster::Failure) -> Reply {
+        let mut reply = Reply::text(f.status(), format!("{f}\n"));
+        if f.status() == 503 {
+            reply.extra.push(("Retry-After", "1".into()));
+        }
+        reply
+    }
+
     fn write_to(&self, out: &mut Vec<u8>, keep: bool) {
         if let (Some(bytes), true) = (self.fixed, keep) {
             out.extend_from_slice(bytes);
@@ -193,18 +202,31 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
         "/health" if head.method() == "GET" || head.method() == "HEAD" => {
             return if shard.draining() {
                 (Reply::text(503, "draining\n"), no_body)
+            } else if let Some(c) = shard.publisher.cluster() {
+                // A node cut off from the broker misses other nodes'
+                // publishes: not healthy for new subscribers.
+                match c.unhealthy() {
+                    Some(why) => (Reply::text(503, why), no_body),
+                    None => (
+                        Reply::text(200, format!("OK\n{}", c.health_line())),
+                        no_body,
+                    ),
+                }
             } else {
                 (Reply::text(200, "OK\n"), no_body)
             };
         }
         "/metrics" if head.method() == "GET" => {
             shard.publish_snapshot();
-            let text = crate::metrics::render(
+            let mut text = crate::metrics::render(
                 &shard.board().all(),
                 &shard.bus.stats,
                 shard.draining(),
                 &shard.cfg.metrics_pushpin_prefix,
             );
+            if let Some(c) = shard.publisher.cluster() {
+                c.render_metrics(&mut text);
+            }
             let mut r = Reply::text(200, text);
             r.content_type = "text/plain; version=0.0.4";
             return (r, no_body);
@@ -357,6 +379,13 @@ async fn publish(shard: &Shard, body: &[u8], mut budget: Reservation<'_>, ok: Re
         }
     }
     let n = items.len();
+    if let Some(c) = shard.publisher.cluster() {
+        // In a cluster the broker takes it; the bridge hands it to the bus.
+        return match crate::cluster::publish(c, body, items).await {
+            Ok(()) => ok,
+            Err(f) => Reply::cluster(&f),
+        };
+    }
     shard.bus.count_publish();
     if n <= SLICE {
         shard.publish(items);

@@ -89,6 +89,8 @@ pub struct ControlPlane {
     pub board: Arc<Board>,
     pub links: CoreLinks,
     pub routes: RoutesSource,
+    /// Where publishes go: the bus, or a cluster's broker.
+    pub publisher: crate::cluster::Publisher,
 }
 
 impl ControlPlane {
@@ -164,6 +166,7 @@ impl ControlPlane {
             "deduplicated": b.deduplicated.load(Ordering::Relaxed),
             "reordered": b.reordered.load(Ordering::Relaxed),
             "cores": cores,
+            "cluster": self.publisher.cluster().map(|c| c.stats_json()),
         })
     }
 
@@ -232,8 +235,18 @@ impl ControlPlane {
             .map(|i| crate::bus::ITEM_OVERHEAD + i.payload_len())
             .sum();
         budget.grow(parsed).map_err(refused)?;
-        self.bus.count_publish();
         let n = items.len();
+        if let Some(c) = self.publisher.cluster() {
+            // In a cluster the broker takes it; the bridge hands it to the
+            // bus. This thread may wait for the broker's confirmation.
+            let items_json = crate::codec::publish::root_member(line, "items").unwrap_or(b"[]");
+            return c
+                .submit(items_json, items)
+                .and_then(crate::cluster::Ticket::wait)
+                .map(|()| n)
+                .map_err(|f| f.to_string());
+        }
+        self.bus.count_publish();
         self.bus.publish(items, None);
         Ok(n)
     }

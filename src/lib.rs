@@ -30,6 +30,7 @@ pub mod buf;
 pub mod bus;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod conn;

@@ -12,6 +12,7 @@ use glommio::{LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPla
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::bus::{Bus, CoreInbox};
+use crate::cluster::{Cluster, Publisher};
 use crate::config::Config;
 use crate::control_socket::{self, Command, ControlPlane, CoreLinks, SocketFile};
 use crate::shard::{self, ShardStart};
@@ -172,6 +173,7 @@ struct Startup {
     bus: Arc<Bus>,
     board: Arc<Board>,
     conn_limit: Arc<shard::ConnLimit>,
+    publisher: Publisher,
     per_shard: Mutex<Vec<Option<ShardParts>>>,
     ready: Option<ReadyFile>,
 }
@@ -320,6 +322,16 @@ pub fn run(cfg: Config) -> Result<(), String> {
         backlog: cfg.publish.max_backlog,
     };
     let (bus, inboxes) = Bus::new(wakers, limits);
+    // In a cluster, this node's publishes go to the broker, and the bridge
+    // feeds the bus with every node's (this one's included).
+    let publisher = match &cfg.cluster {
+        Some(settings) => Publisher::Cluster(Cluster::start(
+            settings.clone(),
+            cfg.publish.max_body,
+            bus.clone(),
+        )?),
+        None => Publisher::Local,
+    };
     let (links, command_rxs) = CoreLinks::new(link_wakers);
     let board = Board::new(workers);
     let plane = Arc::new(ControlPlane {
@@ -327,6 +339,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         board: board.clone(),
         links,
         routes: cfg.routes_source.clone(),
+        publisher: publisher.clone(),
     });
     // Pushpin's ZeroMQ interfaces, when configured: bound now (a spec
     // that cannot be bound stops start-up), served by their own thread.
@@ -382,6 +395,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         bus,
         board,
         conn_limit,
+        publisher,
         per_shard: Mutex::new(per_shard),
         ready,
     });
@@ -411,6 +425,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 commands: parts.commands,
                 wake: parts.wake,
                 conn_limit: startup.conn_limit.clone(),
+                publisher: startup.publisher.clone(),
             });
             // shard::run spawns its accept loops before its first await.
             after_first_poll(run, || {

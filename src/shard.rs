@@ -235,6 +235,8 @@ pub struct Shard {
     /// their subscriber (for `conncheck` and `refresh`).
     pub ws_sessions: RefCell<HashMap<String, Rc<crate::subs::Sub>>>,
     pub bus: Arc<Bus>,
+    /// Where publishes accepted here go: the bus, or a cluster's broker.
+    pub publisher: crate::cluster::Publisher,
     /// Wakes this core's delivery task when a publish made here queued
     /// items for this core (no wake byte, no syscall).
     kick: Kick,
@@ -259,6 +261,7 @@ impl Shard {
         bus: Arc<Bus>,
         board: Arc<Board>,
         conn_limit: Arc<ConnLimit>,
+        publisher: crate::cluster::Publisher,
     ) -> Rc<Shard> {
         let bufs = Rc::new(BufPool::default());
         let access = cfg.access_log && crate::log::enabled(Level::Info);
@@ -287,6 +290,7 @@ impl Shard {
             board,
             ws_sessions: RefCell::new(HashMap::new()),
             bus,
+            publisher,
             kick: Kick::default(),
             signer: crate::jwt::Signer::new(cfg.grip.sig_key.clone(), cfg.grip.sig_iss.clone()),
             control_queue: Cell::new(None),
@@ -499,6 +503,8 @@ pub struct ShardStart {
     pub wake: RawFd,
     /// The cap on client connections, shared by every shard.
     pub conn_limit: Arc<ConnLimit>,
+    /// Where publishes accepted here go (a cluster's broker, or the bus).
+    pub publisher: crate::cluster::Publisher,
 }
 
 /// How long, after the shutdown grace, the 503s to requests still waiting
@@ -513,6 +519,7 @@ pub async fn run(start: ShardStart) {
         start.bus,
         start.board,
         start.conn_limit,
+        start.publisher,
     );
     shard
         .control_queue

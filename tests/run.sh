@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs corepin's whole test suite on a fresh Debian machine: installs what
 # the tests need when it is missing (curl; nginx with its Lua module for the
-# stand-in API gateway; a Python venv with gripcontrol, pyzmq, tnetstring3,
+# stand-in API gateway; nats-server, redis-server and haproxy for the
+# cluster tests; a Python venv with gripcontrol, pyzmq, tnetstring3,
 # pubcontrol, websockets and django-grip; the npm clients @fanoutio/grip and wscat),
 # then `cargo test`. Safe to run repeatedly.
 set -euo pipefail
@@ -18,6 +19,10 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need_apt+=(libnginx-mod-http-lua)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The cluster tests (tests/cluster.rs) run real brokers and a real balancer.
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -46,6 +46,15 @@ impl Args {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value given for a repeatable flag, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// The flag's value parsed as `T`, if given; a value that does not
     /// parse is fatal.
     pub fn opt<T: FromStr>(&self, name: &str) -> Option<T> {

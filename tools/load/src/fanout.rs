@@ -45,6 +45,7 @@ pub fn run(args: &[String]) {
         "timeout-s",
         "grace-ms",
         "lockstep",
+        "cpu-group",
     ]);
     // `--rate` is the subscribers' open rate; the publisher's is `--publish-rate`.
     spec.push("publish-rate");
@@ -94,6 +95,22 @@ pub fn run(args: &[String]) {
         }
     }
     let cpu = CpuClock::new(pubo.cpu_pids.clone());
+    // `--cpu-group NAME=PID,...` (repeatable): the same, per named group of
+    // processes (the nodes, the broker, the balancer...).
+    let groups: Vec<(String, CpuClock)> = a
+        .all("cpu-group")
+        .into_iter()
+        .map(|g| {
+            let (name, pids) = g.split_once('=').unwrap_or_else(|| {
+                crate::args::die(&format!("--cpu-group: '{g}' is not NAME=PID,..."))
+            });
+            let pids = crate::net::parse_pids(pids).unwrap_or_else(|| {
+                crate::args::die(&format!("--cpu-group: '{g}' is not NAME=PID,..."))
+            });
+            (name.to_string(), CpuClock::new(pids))
+        })
+        .collect();
+    let groups_before: Vec<f64> = groups.iter().map(|(_, c)| c.seconds()).collect();
     let cpu_before = cpu.seconds();
     let publisher = {
         let (o, sent, stop) = (pubo.clone(), sent.clone(), stop.clone());
@@ -136,6 +153,11 @@ pub fn run(args: &[String]) {
     }
     eprintln!();
     let cpu_s = cpu.seconds() - cpu_before;
+    let group_s: Vec<f64> = groups
+        .iter()
+        .zip(&groups_before)
+        .map(|((_, c), b)| c.seconds() - b)
+        .collect();
     let pub_result = publisher.join().unwrap_or(Value::Null);
     let m = w.finish();
     let delivered = m.get("delivered");
@@ -179,6 +201,17 @@ pub fn run(args: &[String]) {
         // grace period): what the server spent on publishing and fan-out.
         result["server_cpu_seconds"] = json!(cpu_s);
         result["server_cpu_us_per_publish"] = json!(cpu_s * 1e6 / (published.max(1) as f64));
+        result["server_cpu_us_per_delivery"] = json!(cpu_s * 1e6 / (delivered.max(1) as f64));
+    }
+    if !groups.is_empty() {
+        let mut g = serde_json::Map::new();
+        for ((name, _), s) in groups.iter().zip(&group_s) {
+            g.insert(
+                name.clone(),
+                json!({"cpu_seconds": s, "cpu_us_per_delivery": s * 1e6 / (delivered.max(1) as f64)}),
+            );
+        }
+        result["cpu_groups"] = Value::Object(g);
     }
     println!("{result}");
     if m.get("subscribed") == 0 || sent.load(Ordering::Relaxed) == 0 {

@@ -24,10 +24,12 @@ corepin-load MODE [--flag value]...
       --conns C (publishers in parallel, each owning every C-th channel)
       --cpu-pids PID,... (report the server's CPU time per publish)
   fanout      subscribe and publish at once; latency, lost, duplicated, order
-      subscribe's flags, publish's flags with --publish-to HOST:PORT and
-      --publish-rate PER_S, plus --settle-ms MS --grace-ms MS --timeout-s S
-      --lockstep HOST:PORT (corepin's control address: publish each message
-      once its /metrics shows every subscriber held, long-polls included)
+      subscribe's flags, publish's flags with --publish-to HOST:PORT[,...]
+      (each message to every one listed) and --publish-rate PER_S, plus
+      --settle-ms MS --grace-ms MS --timeout-s S, --lockstep HOST:PORT
+      (corepin's control address: publish each message once its /metrics
+      shows every subscriber held, long-polls included), and --cpu-group
+      NAME=PID,... (repeatable: CPU time per delivery of each group)
   rooms       fanout shaped as chat rooms: 200 channels x 10 subscribers,
       20000 publishes of one message to one room (fanout's flags override)
   proxy       keep-alive GET throughput and latency

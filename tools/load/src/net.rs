@@ -144,11 +144,40 @@ impl CpuClock {
         self.pids.is_empty()
     }
 
-    /// Seconds of CPU used so far by the processes (those still alive).
+    /// Seconds of CPU used so far by the processes (those still alive):
+    /// from each thread's scheduler statistics (nanoseconds) where the
+    /// kernel keeps them, else from the process's utime + stime (clock
+    /// ticks, 10 ms here: too coarse for a run of a fraction of a second).
     pub fn seconds(&self) -> f64 {
-        let ticks: u64 = self.pids.iter().map(|p| cpu_ticks(*p)).sum();
-        ticks as f64 / self.hz
+        self.pids
+            .iter()
+            .map(|&p| {
+                thread_ns(p).map_or_else(|| cpu_ticks(p) as f64 / self.hz, |ns| ns as f64 / 1e9)
+            })
+            .sum()
     }
+}
+
+/// The time on CPU of every thread of a process, in nanoseconds, from
+/// /proc/PID/task/TID/schedstat; `None` where the kernel has no such file.
+fn thread_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += ns;
+            any = true;
+        }
+    }
+    any.then_some(total)
 }
 
 /// utime + stime of a process from /proc/PID/stat (0 if it is gone).

@@ -49,6 +49,10 @@ pub const PUB_FLAGS: &[&str] = &[
 pub struct PubOpts {
     pub via: Via,
     pub to: SocketAddr,
+    /// More publish endpoints: each message goes to `to` and to every one
+    /// of these (Pushpin instances have no broker; their publisher sends
+    /// to each), and counts as published once all accepted it.
+    pub also: Vec<SocketAddr>,
     pub socket: PathBuf,
     /// Request path; `{channel}` is replaced (nchan takes it in the URL).
     pub path: String,
@@ -93,12 +97,21 @@ impl PubOpts {
             "/publish/"
         };
         let seconds = a.get("seconds", 0.0f64);
+        // A comma-separated list: the message goes to each.
+        let mut addrs: Vec<SocketAddr> = a
+            .string(to_flag, "127.0.0.1:5561")
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse()
+                    .unwrap_or_else(|_| die(&format!("--{to_flag}: '{t}' is not HOST:PORT")))
+            })
+            .collect();
+        let to = addrs.remove(0);
         PubOpts {
             via,
-            to: a.get(
-                to_flag,
-                "127.0.0.1:5561".parse().unwrap_or_else(|_| die("address")),
-            ),
+            to,
+            also: addrs,
             socket: PathBuf::from(socket.unwrap_or_else(|| "/tmp/corepin.sock".into())),
             path: a.string("publish-path", default_path),
             messages: a.get("messages", if seconds > 0.0 { 0 } else { 100 }),
@@ -122,7 +135,8 @@ impl PubOpts {
 }
 
 enum Link {
-    Tcp(TcpStream, ResponseReader),
+    /// One keep-alive connection per publish endpoint (`to`, then `also`).
+    Tcp(Vec<(TcpStream, ResponseReader, SocketAddr)>),
     Unix(BufReader<UnixStream>),
 }
 
@@ -133,10 +147,14 @@ impl Link {
                 .map(|s| Link::Unix(BufReader::new(s)))
                 .map_err(|e| format!("control socket {}: {e}", o.socket.display())),
             _ => {
-                let s = TcpStream::connect(o.to).map_err(|e| format!("{}: {e}", o.to))?;
-                let _ = s.set_nodelay(true);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                Ok(Link::Tcp(s, ResponseReader::new()))
+                let mut conns = Vec::new();
+                for &addr in std::iter::once(&o.to).chain(&o.also) {
+                    let s = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    conns.push((s, ResponseReader::new(), addr));
+                }
+                Ok(Link::Tcp(conns))
             }
         }
     }
@@ -177,7 +195,7 @@ impl Link {
                     Err((e.to_string(), false))
                 }
             }
-            Link::Tcp(s, reader) => {
+            Link::Tcp(conns) => {
                 let (body, ctype) = if o.via == Via::Nchan {
                     (content.to_string(), "text/plain")
                 } else {
@@ -188,35 +206,46 @@ impl Link {
                     .as_ref()
                     .map(|a| format!("Authorization: {a}\r\n"))
                     .unwrap_or_default();
-                let req = format!(
-                    "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-                    o.path.replace("{channel}", channel),
-                    o.to,
-                    body.len()
-                );
-                s.write_all(req.as_bytes())
-                    .map_err(|e| (e.to_string(), true))?;
-                let mut buf = [0u8; 4096];
-                let (mut status, mut done) = (0u16, false);
-                while !done {
-                    let n = match s.read(&mut buf) {
-                        Ok(0) => return Err(("publish connection closed".into(), true)),
-                        Ok(n) => n,
-                        Err(e) => return Err((e.to_string(), true)),
-                    };
-                    reader
-                        .feed(&buf[..n], &mut |ev| match ev {
-                            Ev::Head(st) => status = st,
-                            Ev::End => done = true,
-                            Ev::Body(_) => {}
-                        })
-                        .map_err(|e| (e, true))?;
+                // Sent to every endpoint first, then every answer read: the
+                // endpoints work on it at the same time.
+                for (s, _, addr) in conns.iter_mut() {
+                    let req = format!(
+                        "POST {} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+                        o.path.replace("{channel}", channel),
+                        body.len()
+                    );
+                    s.write_all(req.as_bytes())
+                        .map_err(|e| (e.to_string(), true))?;
                 }
-                if (200..300).contains(&status) {
-                    Ok(reader.keep_alive())
-                } else {
-                    Err((format!("status {status}"), !reader.keep_alive()))
+                let mut keep = true;
+                for (s, reader, addr) in conns.iter_mut() {
+                    let mut buf = [0u8; 4096];
+                    let (mut status, mut done) = (0u16, false);
+                    while !done {
+                        let n = match s.read(&mut buf) {
+                            Ok(0) => return Err(("publish connection closed".into(), true)),
+                            Ok(n) => n,
+                            Err(e) => return Err((e.to_string(), true)),
+                        };
+                        reader
+                            .feed(&buf[..n], &mut |ev| match ev {
+                                Ev::Head(st) => status = st,
+                                Ev::End => done = true,
+                                Ev::Body(_) => {}
+                            })
+                            .map_err(|e| (e, true))?;
+                    }
+                    if !(200..300).contains(&status) {
+                        let which = if o.also.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" from {addr}")
+                        };
+                        return Err((format!("status {status}{which}"), !reader.keep_alive()));
+                    }
+                    keep &= reader.keep_alive();
                 }
+                Ok(keep)
             }
         }
     }

@@ -392,3 +392,48 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+#[test]
+fn fanout_publishes_to_every_endpoint_listed_and_reports_cpu_by_group() {
+    // Two instances with no broker between them, as Pushpin runs: the
+    // publisher sends each message to both; subscribers are on the first.
+    let a = Corepin::grip();
+    let b = Corepin::grip();
+    let (pa, pb) = (a._child.0.id(), b._child.0.id());
+    let (code, v, err) = load_line(
+        &a,
+        &format!(
+            "fanout --to {{to}} --publish-to {{control}},{} --subscribers 20 --messages 7 --settle-ms 300 --cpu-group nodes={pa},{pb} --cpu-group first={pa}",
+            b.control
+        ),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(n(&v, "published"), 7, "{v}");
+    assert_eq!(n(&v, "delivered"), 140, "{v}");
+    for g in ["nodes", "first"] {
+        let per = v["cpu_groups"][g]["cpu_us_per_delivery"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{g} in {v}"));
+        assert!(per >= 0.0, "{v}");
+    }
+    // The second instance took every publish too.
+    let metrics = http_get(b.control, "/metrics");
+    assert!(metrics.contains("corepin_publishes_total 7"), "{metrics}");
+    for (args, says) in [
+        (
+            "--publish-to {control},nowhere",
+            "--publish-to: 'nowhere' is not HOST:PORT",
+        ),
+        (
+            "--publish-to {control} --cpu-group x",
+            "--cpu-group: 'x' is not NAME=PID,...",
+        ),
+    ] {
+        let (code, _, err) = load_line(
+            &a,
+            &format!("fanout --to {{to}} --subscribers 1 --messages 1 {args}"),
+        );
+        assert_eq!(code, 2, "{args}");
+        assert!(err.contains(says), "{args}: {err}");
+    }
+}
