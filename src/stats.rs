@@ -139,3 +139,21 @@ impl Board {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failure_labels_are_the_handshake_reasons_and_plain_http() {
+        let reasons = crate::tls::HandshakeError::REASONS;
+        assert_eq!(&TLS_FAILURES[..reasons.len()], &reasons[..]);
+        assert_eq!(TLS_FAILURES[reasons.len()..], ["plain_http"]);
+        let c = Counters::default();
+        c.tls_failure("plain_http");
+        c.tls_failure("timeout");
+        c.tls_failure("timeout");
+        assert_eq!(c.tls_failures[8].get(), 1);
+        assert_eq!(c.tls_failures[0].get(), 2);
+    }
+}
