@@ -381,6 +381,7 @@ impl Forwarding {
             trusted,
             xff: if trusted { self.xff_trusted } else { self.xff },
             accept_x_forwarded_protocol: self.accept_x_forwarded_protocol,
+            tls: false,
         }
     }
 }

@@ -39,6 +39,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,7 @@ use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::buf::{BufPool, InBuf, BUF_SIZE};
+use crate::tls::{ClientTlsStream, HandshakeError, ServerTlsStream};
 
 /// Most iovecs handed to one gathered send.
 const MAX_IOVECS: usize = 64;
@@ -55,6 +57,26 @@ const MAX_IOVECS: usize = 64;
 pub enum Transport {
     /// Plain TCP, through glommio.
     Tcp(TcpStream),
+    /// A client connection on a TLS listener, after its handshake began
+    /// (`Connection::start_tls`).
+    Tls(Box<ServerTlsStream<TcpStream>>),
+    /// TLS to an `ssl` target (`Connection::connect_tls`).
+    TlsClient(Box<ClientTlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// The TCP stream under the transport (socket options, timeouts).
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Tcp(s) => s,
+            Transport::Tls(s) => s.get_ref(),
+            Transport::TlsClient(s) => s.get_ref(),
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        !matches!(self, Transport::Tcp(_))
+    }
 }
 
 /// How reading a head ended when it did not produce one.
@@ -141,10 +163,71 @@ impl Connection {
 
     // ---- the transport's settings
 
-    pub fn raw_fd(&self) -> RawFd {
-        match &self.io {
-            Transport::Tcp(s) => s.as_raw_fd(),
+    /// Turns a plain connection accepted on a TLS listener into a TLS
+    /// one: the bytes already read (the sniffed ClientHello) are handed
+    /// to rustls first, then the handshake runs until done or `deadline`
+    /// passes. On `Err` the connection is gone (drop it after counting).
+    pub async fn start_tls(
+        self,
+        config: Arc<rustls::ServerConfig>,
+        deadline: Duration,
+    ) -> Result<Connection, HandshakeError> {
+        let Connection {
+            io,
+            mut input,
+            read,
+        } = self;
+        let Transport::Tcp(tcp) = io else {
+            return Err(HandshakeError::Io(io::Error::other(
+                "TLS started twice on one connection",
+            )));
+        };
+        let prefix_len = input.len();
+        let mut tls = ServerTlsStream::accept(tcp, config, input.data())?;
+        input.consume(prefix_len);
+        input.release();
+        // The inner socket's own timeout must not end the handshake
+        // before the deadline does.
+        let _ = tls.get_ref().set_read_timeout(Some(deadline));
+        tls.handshake(glommio::timer::sleep(deadline)).await?;
+        Ok(Connection {
+            io: Transport::Tls(Box::new(tls)),
+            input,
+            read,
+        })
+    }
+
+    /// A TLS connection to a backend over a connected TCP stream; the
+    /// handshake runs with the first write or read (or `handshake`).
+    pub fn tls_client(
+        stream: TcpStream,
+        bufs: Rc<BufPool>,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Connection, rustls::Error> {
+        Ok(Connection {
+            io: Transport::TlsClient(Box::new(ClientTlsStream::connect(stream, config, name)?)),
+            input: InBuf::new(bufs),
+            read: 0,
+        })
+    }
+
+    /// Completes a client handshake within `deadline` (a no-op on other
+    /// transports).
+    pub async fn handshake(&mut self, deadline: Duration) -> Result<(), HandshakeError> {
+        match &mut self.io {
+            Transport::TlsClient(s) => s.handshake(glommio::timer::sleep(deadline)).await,
+            _ => Ok(()),
         }
+    }
+
+    /// True when the bytes are TLS-protected.
+    pub fn is_tls(&self) -> bool {
+        self.io.is_tls()
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.io.tcp().as_raw_fd()
     }
 
     /// The socket, borrowed, for socket options.
@@ -155,29 +238,17 @@ impl Connection {
     }
 
     pub fn set_nodelay(&self) {
-        match &self.io {
-            Transport::Tcp(s) => {
-                let _ = s.set_nodelay(true);
-            }
-        }
+        let _ = self.io.tcp().set_nodelay(true);
     }
 
     /// Each read waits at most this long (`None`: for ever).
     pub fn set_read_timeout(&self, t: Option<Duration>) {
-        match &self.io {
-            Transport::Tcp(s) => {
-                let _ = s.set_read_timeout(t);
-            }
-        }
+        let _ = self.io.tcp().set_read_timeout(t);
     }
 
     /// Each write waits at most this long for the socket to take a byte.
     pub fn set_write_timeout(&self, t: Option<Duration>) {
-        match &self.io {
-            Transport::Tcp(s) => {
-                let _ = s.set_write_timeout(t);
-            }
-        }
+        let _ = self.io.tcp().set_write_timeout(t);
     }
 
     /// Makes closing reset the connection: bytes the kernel still holds
@@ -228,6 +299,8 @@ impl Connection {
     pub fn poll_fill(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
         let r = match &mut self.io {
             Transport::Tcp(s) => self.input.poll_fill(cx, s, max),
+            Transport::Tls(s) => self.input.poll_fill(cx, s.as_mut(), max),
+            Transport::TlsClient(s) => self.input.poll_fill(cx, s.as_mut(), max),
         };
         if let Poll::Ready(Ok(n)) = r {
             self.read += n as u64;
@@ -305,6 +378,9 @@ impl Connection {
         progress: &mut PartsProgress,
     ) -> Poll<io::Result<()>> {
         progress.advance(parts, 0);
+        if self.io.is_tls() {
+            return self.poll_write_parts_tls(cx, parts, progress);
+        }
         while !progress.done(parts) {
             if !progress.waiting && progress.part + 1 == parts.len() {
                 // One part left (the common delivery): a plain send.
@@ -357,6 +433,32 @@ impl Connection {
         Pin::new(&mut *self).poll_flush(cx)
     }
 
+    /// `poll_write_parts` through rustls: the parts go into its buffer in
+    /// gathered writes (it copies them to encrypt anyway), then a flush.
+    fn poll_write_parts_tls(
+        &mut self,
+        cx: &mut Context<'_>,
+        parts: &[Bytes],
+        progress: &mut PartsProgress,
+    ) -> Poll<io::Result<()>> {
+        while !progress.done(parts) {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut k = 0;
+            for (i, p) in parts[progress.part..].iter().enumerate().take(MAX_IOVECS) {
+                let from = if i == 0 { progress.offset } else { 0 };
+                iov[k] = IoSlice::new(&p[from..]);
+                k += 1;
+            }
+            match Pin::new(&mut *self).poll_write_vectored(cx, &iov[..k]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => progress.advance(parts, n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut *self).poll_flush(cx)
+    }
+
     /// Sends all of `parts` in gathered sends (see `poll_write_parts`).
     pub async fn write_parts(&mut self, parts: &[Bytes]) -> io::Result<()> {
         let mut progress = PartsProgress::default();
@@ -366,6 +468,12 @@ impl Connection {
     /// Sends what the socket takes now, without waiting: the last words to
     /// a peer being dropped for not reading (a WebSocket close frame).
     pub fn send_now(&self, bytes: &[u8]) {
+        if self.io.is_tls() {
+            // Raw bytes would break the TLS record stream, and encrypting
+            // needs the stream mutably: a TLS peer dropped for not reading
+            // gets no last words (its connection still ends).
+            return;
+        }
         let _ = socket2::SockRef::from(&self.fd())
             .send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
     }
@@ -405,18 +513,36 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, bytes),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, bytes),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, bytes),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             Transport::Tcp(s) => Pin::new(s).poll_close(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }

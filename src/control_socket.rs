@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -31,6 +31,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub enum Command {
     /// Use these routes for new requests from now on.
     Routes(Arc<Routes>),
+    /// Use this TLS configuration (reloaded certificates) for new
+    /// connections from now on.
+    Tls(Arc<rustls::ServerConfig>),
     /// Which of these Connection-Ids are connected here?
     Conncheck(Vec<String>, Sender<Vec<String>>),
     /// Make WebSocket-over-HTTP sessions send a request to their backend
@@ -91,6 +94,8 @@ pub struct ControlPlane {
     pub routes: RoutesSource,
     /// Where publishes go: the bus, or a cluster's broker.
     pub publisher: crate::cluster::Publisher,
+    /// The TLS listeners' certificates (`None`: no TLS listener).
+    pub tls: Option<Mutex<crate::tls::Reloadable>>,
 }
 
 impl ControlPlane {
@@ -106,6 +111,32 @@ impl ControlPlane {
         let routes = Arc::new(routes);
         self.links.send_all(|| Command::Routes(routes.clone()));
         Ok(n)
+    }
+
+    /// Reads the TLS listeners' certificates again and hands the new
+    /// configuration to every core; a bad file keeps the old ones and says
+    /// why. `None`: no TLS listener.
+    pub fn reload_tls(&self) -> Option<Result<(), String>> {
+        let tls = self.tls.as_ref()?;
+        let Ok(mut tls) = tls.lock() else {
+            return Some(Err(
+                "certificates not reloaded: the TLS state is poisoned".into()
+            ));
+        };
+        Some(tls.reload().map(|config| {
+            self.links.send_all(|| Command::Tls(config.clone()));
+        }))
+    }
+
+    /// Reloads the routes and the certificates (SIGHUP, the control
+    /// socket's `reload`), logging how each went; the routes' result.
+    pub fn reload_all(&self, why: &str) -> Result<usize, String> {
+        match self.reload_tls() {
+            Some(Ok(())) => info!("{why}: certificates reloaded"),
+            Some(Err(e)) => error!("{why}: {e}"),
+            None => {}
+        }
+        self.reload()
     }
 
     /// The ids among `ids` that some core has connected. Runs on a
@@ -195,13 +226,24 @@ impl ControlPlane {
                 self.bus.recover();
                 json!({"ok": true})
             }
-            Some("reload") => match self.reload() {
-                Ok(n) => json!({"ok": true, "routes": n}),
-                Err(e) => {
-                    warn!("reload refused, keeping the old routes: {e}");
-                    fail(e)
+            Some("reload") => {
+                let tls = self.reload_tls();
+                match (self.reload(), tls) {
+                    (Ok(n), None) => json!({"ok": true, "routes": n}),
+                    (Ok(n), Some(Ok(()))) => {
+                        info!("reload: certificates reloaded");
+                        json!({"ok": true, "routes": n, "certificates": true})
+                    }
+                    (Err(e), _) => {
+                        warn!("reload refused, keeping the old routes: {e}");
+                        fail(e)
+                    }
+                    (Ok(_), Some(Err(e))) => {
+                        warn!("reload: {e}");
+                        fail(e)
+                    }
                 }
-            },
+            }
             Some("conncheck") => match v.get("ids").and_then(Value::as_array) {
                 Some(ids) => {
                     let ids = ids

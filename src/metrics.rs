@@ -117,6 +117,20 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool, pushpin_prefix
     }
     let _ = writeln!(
         o,
+        "# HELP corepin_tls_handshake_failures_total Connections on TLS listeners closed before their handshake completed, by reason."
+    );
+    let _ = writeln!(o, "# TYPE corepin_tls_handshake_failures_total counter");
+    for s in cores {
+        for (reason, v) in crate::stats::TLS_FAILURES.iter().zip(s.tls_failures) {
+            let _ = writeln!(
+                o,
+                "corepin_tls_handshake_failures_total{{reason=\"{reason}\",core=\"{}\"}} {v}",
+                s.core
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
         "# HELP corepin_requests_total Requests answered, by status class."
     );
     let _ = writeln!(o, "# TYPE corepin_requests_total counter");

@@ -161,6 +161,7 @@ pub fn connection_cap(max_connections: usize, file_limit: u64) -> usize {
 /// socket end and its bus inbox.
 struct ShardParts {
     listeners: Vec<RawFd>,
+    tls_listeners: Vec<RawFd>,
     control: Vec<RawFd>,
     wake: RawFd,
     inbox: CoreInbox,
@@ -170,6 +171,7 @@ struct ShardParts {
 /// What each shard takes at start-up, handed out by index.
 struct Startup {
     cfg: Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
     bus: Arc<Bus>,
     board: Arc<Board>,
     conn_limit: Arc<shard::ConnLimit>,
@@ -291,6 +293,29 @@ pub fn run(cfg: Config) -> Result<(), String> {
             listeners[i].push(s.into_raw_fd());
         }
     }
+    // Certificates load before anything TLS is bound: a bad one stops
+    // start-up with one line each.
+    let tls = match &cfg.tls {
+        Some(source) => Some(
+            crate::tls::Reloadable::new(source.clone()).map_err(|problems| {
+                problems
+                    .into_iter()
+                    .map(|p| p.0)
+                    .collect::<Vec<_>>()
+                    .join("\ncorepin: ")
+            })?,
+        ),
+        None => None,
+    };
+    let tls_config = tls.as_ref().map(|t| t.current());
+    let mut tls_listeners: Vec<Vec<RawFd>> = vec![Vec::new(); workers];
+    for addr in &cfg.listen_tls {
+        let (sockets, actual) = bind_group(*addr, workers)?;
+        info!("listening on {actual} (TLS clients)");
+        for (i, s) in sockets.into_iter().enumerate() {
+            tls_listeners[i].push(s.into_raw_fd());
+        }
+    }
     let mut control: Vec<Vec<RawFd>> = vec![Vec::new(); workers];
     if let Some(addr) = cfg.control_http {
         let (sockets, actual) = bind_group(addr, workers)?;
@@ -340,6 +365,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         links,
         routes: cfg.routes_source.clone(),
         publisher: publisher.clone(),
+        tls: tls.map(Mutex::new),
     });
     // Pushpin's ZeroMQ interfaces, when configured: bound now (a spec
     // that cannot be bound stops start-up), served by their own thread.
@@ -363,19 +389,23 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
     let per_shard = listeners
         .into_iter()
+        .zip(tls_listeners)
         .zip(control)
         .zip(theirs_all)
         .zip(inboxes)
         .zip(command_rxs)
-        .map(|((((listeners, control), wake), inbox), commands)| {
-            Some(ShardParts {
-                listeners,
-                control,
-                wake,
-                inbox,
-                commands,
-            })
-        })
+        .map(
+            |(((((listeners, tls_listeners), control), wake), inbox), commands)| {
+                Some(ShardParts {
+                    listeners,
+                    tls_listeners,
+                    control,
+                    wake,
+                    inbox,
+                    commands,
+                })
+            },
+        )
         .collect();
     // The routes file is reloaded when it changes, as Pushpin does.
     if let crate::config::RoutesSource::File(path) = &cfg.routes_source {
@@ -392,6 +422,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
     let startup = Arc::new(Startup {
         cfg,
+        tls: tls_config,
         bus,
         board,
         conn_limit,
@@ -418,6 +449,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 index,
                 cfg: Rc::new(startup.cfg.clone()),
                 listeners: parts.listeners,
+                tls_listeners: parts.tls_listeners,
+                tls: startup.tls.clone(),
                 control: parts.control,
                 bus: startup.bus.clone(),
                 inbox: parts.inbox,
@@ -458,7 +491,7 @@ fn spawn_signal_thread(plane: Arc<ControlPlane>) -> Result<(), String> {
             let mut draining = false;
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    match plane.reload() {
+                    match plane.reload_all("SIGHUP") {
                         Ok(n) => info!("SIGHUP: routes reloaded ({n} routes)"),
                         Err(e) => error!("SIGHUP: reload refused, keeping the old routes: {e}"),
                     }

@@ -252,6 +252,9 @@ pub struct Shard {
     accept_log: RateLog,
     refuse_log: RateLog,
     lingering_refusals: Cell<usize>,
+    /// The TLS listeners' configuration in force (swapped by a reload;
+    /// a connection keeps the one it started with).
+    tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Shard {
@@ -300,6 +303,7 @@ impl Shard {
             accept_log: RateLog::default(),
             refuse_log: RateLog::default(),
             lingering_refusals: Cell::new(0),
+            tls: RefCell::new(None),
             cfg,
         })
     }
@@ -401,6 +405,7 @@ impl Shard {
             drops: self.subs.stats.drops.get(),
             stalls: self.subs.stats.stalls.get(),
             idle_upstream: self.pool.idle_count() as u64,
+            tls_failures: std::array::from_fn(|i| c.tls_failures[i].get()),
         }
     }
 
@@ -424,6 +429,10 @@ impl Shard {
                         self.index,
                         routes.iter().count()
                     );
+                }
+                Command::Tls(config) => {
+                    *self.tls.borrow_mut() = Some(config);
+                    info!("core {}: certificates reloaded", self.index);
                 }
                 Command::Conncheck(ids, reply) => {
                     let here = self.ws_sessions.borrow();
@@ -493,6 +502,10 @@ pub struct ShardStart {
     pub cfg: Rc<Config>,
     /// Listening sockets for client connections, already bound.
     pub listeners: Vec<RawFd>,
+    /// Listening sockets for TLS client connections.
+    pub tls_listeners: Vec<RawFd>,
+    /// Their configuration (`Some` when there are TLS listeners).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Listening sockets for the control HTTP API.
     pub control: Vec<RawFd>,
     pub bus: Arc<Bus>,
@@ -521,6 +534,7 @@ pub async fn run(start: ShardStart) {
         start.conn_limit,
         start.publisher,
     );
+    *shard.tls.borrow_mut() = start.tls;
     shard
         .control_queue
         .set(Some(glommio::executor().create_task_queue(
@@ -533,17 +547,18 @@ pub async fn run(start: ShardStart) {
     // (`/health` says 503) until the core stops.
     let mut accept_tasks = Vec::new();
     let mut control_tasks = Vec::new();
-    for (fd, control) in start
+    for (fd, kind) in start
         .listeners
         .into_iter()
-        .map(|f| (f, false))
-        .chain(start.control.into_iter().map(|f| (f, true)))
+        .map(|f| (f, Listener::Client))
+        .chain(start.tls_listeners.into_iter().map(|f| (f, Listener::Tls)))
+        .chain(start.control.into_iter().map(|f| (f, Listener::Control)))
     {
         // SAFETY: the fd is a bound, listening TCP socket created for this
         // shard alone; ownership moves into the listener here.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        let task = accept_loop(shard.clone(), listener, control);
-        if control {
+        let task = accept_loop(shard.clone(), listener, kind);
+        if kind == Listener::Control {
             control_tasks.push(spawn_control(&shard, task));
         } else {
             accept_tasks.push(glommio::spawn_local(task));
@@ -810,7 +825,18 @@ fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
     .detach();
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, control: bool) {
+/// What a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Client,
+    /// Client connections over TLS.
+    Tls,
+    /// The control HTTP API.
+    Control,
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener) {
+    let control = kind == Listener::Control;
     let spare = if control {
         &shard.spare_control
     } else {
@@ -873,8 +899,59 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, control: bool) {
             refuse(&shard, stream, Refusal::MaxConnections);
             continue;
         };
+        if kind == Listener::Tls {
+            let task = serve_tls(shard.clone(), stream, peer);
+            glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
+            continue;
+        }
         let task = crate::conn::http::serve(shard.clone(), stream, peer);
         glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
+    }
+}
+
+/// A connection on a TLS listener: its first bytes are looked at
+/// (`tls::sniff`); a plaintext HTTP request is answered 400, anything
+/// else that is not TLS is closed; a TLS handshake runs within the
+/// header timeout (`timeouts.client_header`, counted from the accept),
+/// then the connection is served as any other. Failures are counted by
+/// reason (`corepin_tls_handshake_failures_total`).
+async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    use crate::connection::ReadError;
+    use crate::tls::sniff::{self, Sniff};
+    let Some(config) = shard.tls.borrow().clone() else {
+        return;
+    };
+    let timeout = shard.cfg.timeouts.client_header;
+    let started = Instant::now();
+    let mut conn = crate::connection::Connection::tcp(stream, shard.bufs.clone());
+    conn.set_read_timeout(Some(timeout));
+    conn.set_write_timeout(Some(shard.cfg.timeouts.client_write));
+    let first = conn
+        .read_head(crate::buf::BUF_SIZE, Some(timeout), |b| {
+            Ok::<_, ()>(sniff::classify(b).map(|s| (0, s)))
+        })
+        .await;
+    let failed = |reason: &str| {
+        shard.stats.tls_failure(reason);
+        debug!("core {}: TLS from {peer}: {reason}", shard.index);
+    };
+    match first {
+        Ok(Sniff::Tls) => {}
+        Ok(Sniff::PlainHttp) => {
+            failed("plain_http");
+            let _ = conn.write_all(sniff::PLAINTEXT_RESPONSE).await;
+            conn.linger_close().await;
+            return;
+        }
+        Ok(Sniff::Other) => return failed("not_tls"),
+        Err(ReadError::TimedOut) => return failed("timeout"),
+        Err(ReadError::Closed) => return failed("closed"),
+        Err(_) => return failed("io"),
+    }
+    let left = timeout.saturating_sub(started.elapsed());
+    match conn.start_tls(config, left).await {
+        Ok(conn) => crate::conn::http::serve_conn(shard, conn, peer).await,
+        Err(e) => failed(e.reason()),
     }
 }
 

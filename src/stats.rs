@@ -28,7 +28,25 @@ pub struct Counters {
     /// Time to the upstream response head, per bucket (+Inf last).
     pub upstream_latency: [Cell<u64>; 13],
     pub upstream_latency_sum_ms: Cell<f64>,
+    /// TLS connections that never got past the handshake, by
+    /// [`TLS_FAILURES`] reason.
+    pub tls_failures: [Cell<u64>; TLS_FAILURES.len()],
 }
+
+/// Reasons a connection on a TLS listener ends before its handshake
+/// completes: `HandshakeError::reason`'s labels, then `plain_http` (a
+/// plaintext request, answered 400).
+pub const TLS_FAILURES: [&str; 9] = [
+    "timeout",
+    "not_tls",
+    "no_certificate",
+    "alpn_mismatch",
+    "alert",
+    "bad_handshake",
+    "closed",
+    "io",
+    "plain_http",
+];
 
 impl Counters {
     pub fn request(&self, status: u16) {
@@ -38,6 +56,15 @@ impl Counters {
 
     pub fn requests(&self) -> u64 {
         self.by_class.iter().map(Cell::get).sum()
+    }
+
+    /// Counts one TLS connection ended before its handshake completed.
+    pub fn tls_failure(&self, reason: &str) {
+        let i = TLS_FAILURES
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(TLS_FAILURES.len() - 2);
+        self.tls_failures[i].set(self.tls_failures[i].get() + 1);
     }
 
     pub fn upstream_latency(&self, ms: f64) {
@@ -74,6 +101,7 @@ pub struct Snapshot {
     /// Subscribers dropped for a write stalled past `timeouts.client_write`.
     pub stalls: u64,
     pub idle_upstream: u64,
+    pub tls_failures: [u64; TLS_FAILURES.len()],
 }
 
 /// Every core's snapshot slot.
@@ -109,5 +137,23 @@ impl Board {
             .iter()
             .filter_map(|s| s.lock().ok().map(|g| g.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failure_labels_are_the_handshake_reasons_and_plain_http() {
+        let reasons = crate::tls::HandshakeError::REASONS;
+        assert_eq!(&TLS_FAILURES[..reasons.len()], &reasons[..]);
+        assert_eq!(TLS_FAILURES[reasons.len()..], ["plain_http"]);
+        let c = Counters::default();
+        c.tls_failure("plain_http");
+        c.tls_failure("timeout");
+        c.tls_failure("timeout");
+        assert_eq!(c.tls_failures[8].get(), 1);
+        assert_eq!(c.tls_failures[0].get(), 2);
     }
 }

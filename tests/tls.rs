@@ -15,6 +15,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
+mod common;
+
 use corepin::config::TlsCerts;
 use corepin::tls::sniff::{classify, Sniff, PLAINTEXT_RESPONSE};
 use corepin::tls::{client, ClientTlsStream, Reloadable, ServerTlsStream};
@@ -647,29 +649,11 @@ fn check_validates_certificates_one_line_each() {
 }
 
 #[test]
-fn run_refuses_tls_until_it_is_wired_and_check_accepts_it() {
+fn run_refuses_ssl_targets_until_they_are_wired_and_check_accepts_them() {
     let ca = Ca::new("run CA");
     let dir = TempDir::new();
     ca.leaf_into(&dir, "default", &["default.test"]);
     let d = dir.0.display().to_string();
-    let o = corepin(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--control-http",
-        "",
-        "--control-socket",
-        "",
-        "--listen-tls",
-        "127.0.0.1:0",
-        "--tls-certs-dir",
-        &d,
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stderr).trim_end(),
-        "corepin: listen_tls (--listen-tls): TLS serving is not wired yet (corepin check validates it; the connection layer takes it next)"
-    );
     let o = corepin(&[
         "run",
         "--listen",
@@ -684,7 +668,7 @@ fn run_refuses_tls_until_it_is_wired_and_check_accepts_it() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr)
-            .starts_with("corepin: routes: '* 127.0.0.1:9,ssl,insecure': target 127.0.0.1:9 'ssl': TLS serving is not wired yet"),
+            .starts_with("corepin: routes: '* 127.0.0.1:9,ssl,insecure': target 127.0.0.1:9 'ssl': TLS to backends is not wired yet"),
         "{}",
         text(&o)
     );
@@ -717,4 +701,280 @@ fn run_refuses_tls_until_it_is_wired_and_check_accepts_it() {
         "{}",
         text(&o)
     );
+}
+
+// ---- corepin itself serving TLS
+
+/// corepin with a TLS listener serving `certs`' directory (and a plain
+/// listener and the control API); the TLS port.
+fn corepin_tls(certs: &Certs, args: &[&str]) -> (common::Corepin, u16) {
+    let d = certs.dir.0.display().to_string();
+    let mut all = vec![
+        "--control-http",
+        "127.0.0.1:0",
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-certs-dir",
+        &d,
+    ];
+    all.extend_from_slice(args);
+    let cp = common::Corepin::start(&all);
+    let line = cp.wait_stderr("(TLS clients)");
+    let port = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|a| a.split(' ').next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no TLS port in {line:?}"));
+    (cp, port)
+}
+
+fn curl_to(port: u16, certs_ca: &str, host: &str, path: &str, extra: &[&str]) -> Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert", certs_ca])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(extra)
+        .arg(format!("https://{host}:{port}{path}"));
+    run(&mut cmd, b"")
+}
+
+/// The summed value of `corepin_tls_handshake_failures_total` for `reason`.
+fn tls_failures(cp: &common::Corepin, reason: &str) -> u64 {
+    let m = cp
+        .control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n")
+        .text();
+    m.lines()
+        .filter(|l| {
+            l.starts_with("corepin_tls_handshake_failures_total{")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn curl_through_the_tls_listener_reaches_the_backend_as_https() {
+    let certs = certs(true);
+    let over_tls = common::Backend::fixed("over tls");
+    let over_tcp = common::Backend::fixed("over tcp");
+    let (cp, port) = corepin_tls(
+        &certs,
+        &[
+            "--route",
+            &format!("*,ssl=yes {}", over_tls.addr),
+            "--route",
+            &format!("* {}", over_tcp.addr),
+        ],
+    );
+    // Two requests on one kept-alive TLS connection, then a POST.
+    let o = curl_to(
+        port,
+        &certs.ca_file,
+        "a.example.com",
+        "/one",
+        &[&format!("https://a.example.com:{port}/two")],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "over tlsover tls");
+    assert_eq!(
+        over_tls
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let o = curl_to(
+        port,
+        &certs.ca_file,
+        "www.example.com",
+        "/p",
+        &["-d", "body"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "over tls",
+        "{}",
+        text(&o)
+    );
+    let seen = over_tls.last();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    // The plain listener takes the other route, and says http.
+    let mut c = common::Conn::open(cp.addr());
+    let r = c.get("/plain");
+    assert_eq!(r.text(), "over tcp");
+    assert_eq!(over_tcp.last().header("x-forwarded-proto"), Some("http"));
+    assert_eq!(tls_failures(&cp, "plain_http"), 0);
+}
+
+#[test]
+fn s_client_gets_the_certificate_for_its_sni_name_from_corepin() {
+    let certs = certs(true);
+    let backend = common::Backend::fixed("sni");
+    let (_cp, port) = corepin_tls(&certs, &["--route", &backend.route()]);
+    for (name, cn) in [
+        ("a.example.com", "CN=a.example.com"),
+        ("www.example.com", "CN=*.example.com"),
+        ("localhost", "CN=default.test"),
+    ] {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", name, "-CAfile", &certs.ca_file])
+            .args(["-verify_return_error", "-ign_eof", "-alpn", "http/1.1"]);
+        let o = run(
+            &mut cmd,
+            b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        let out = text(&o).replace("CN = ", "CN=");
+        assert!(o.status.success(), "{out}");
+        assert!(
+            out.contains(&format!("subject={cn}")) || out.contains(&format!("s:{cn}")),
+            "{name}: {out}"
+        );
+        assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+        assert!(out.contains("HTTP/1.1 200") && out.contains("sni"), "{out}");
+    }
+}
+
+#[test]
+fn plaintext_garbage_and_h2_only_on_corepin_tls_port() {
+    let certs = certs(true);
+    let backend = common::Backend::fixed("x");
+    let (cp, port) = corepin_tls(&certs, &["--route", &backend.route()]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let answer = common::raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(answer.as_bytes(), PLAINTEXT_RESPONSE);
+    assert_eq!(
+        common::raw(addr, b"\x00\x01\x02garbage garbage garbage\r\n"),
+        ""
+    );
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &addr.to_string(), "-alpn", "h2"]);
+    let o = run(&mut cmd, b"");
+    assert!(!o.status.success(), "{}", text(&o));
+    common::wait_until("the failures counted", || {
+        tls_failures(&cp, "plain_http") == 1
+            && tls_failures(&cp, "not_tls") == 1
+            && tls_failures(&cp, "alpn_mismatch") == 1
+    });
+    // Others are unharmed.
+    let o = curl_to(port, &certs.ca_file, "a.example.com", "/", &[]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "x", "{}", text(&o));
+}
+
+#[test]
+fn python_websockets_over_wss_to_the_test_target() {
+    let certs = certs(true);
+    let (cp, port) = corepin_tls(&certs, &["--route", "* test"]);
+    let publish = common::publish_when_subscribed(
+        cp.control_addr(),
+        r#"{"items":[{"channel":"w","formats":{"ws-message":{"content":"over wss"}}}]}"#,
+    );
+    let out = Command::new(common::python())
+        .arg(common::root().join("tests/clients/ws_client.py"))
+        .arg(format!("wss://localhost:{port}/ws?channel=w"))
+        .args(["--recv", "1", "--close", "1000"])
+        .env("SSL_CERT_FILE", &certs.ca_file)
+        .output()
+        .expect("ws client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("client: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(publish.join().expect("publish"), 200);
+    assert_eq!(r["status"], 101, "{r}");
+    assert_eq!(r["received"], serde_json::json!(["over wss"]), "{r}");
+    assert_eq!(r["close"][0], 1000, "{r}");
+}
+
+/// A TLS client connection kept open by the test (rustls, trusting `cas`).
+fn tls_client(port: u16, cas: &[&Ca]) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.cert.der().clone()).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.set_read_timeout(Some(WAIT)).expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// One keep-alive GET on `s`; the bytes read until the answer ends in `body`.
+fn get_on(s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>, body: &str) -> String {
+    s.write_all(b"GET /k HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(body.as_bytes()) {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn sighup_swaps_certificates_on_every_core_and_open_connections_go_on() {
+    let old = Ca::new("old CA");
+    let new = Ca::new("new CA");
+    let dir = TempDir::new();
+    old.leaf_into(&dir, "default", &["localhost"]);
+    let d = dir.0.display().to_string();
+    let backend = common::Backend::fixed("kept");
+    let cp = common::Corepin::start(&[
+        "--workers",
+        "2",
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-certs-dir",
+        &d,
+        "--route",
+        &backend.route(),
+    ]);
+    let line = cp.wait_stderr("(TLS clients)");
+    let port: u16 = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|a| a.split(' ').next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("TLS port");
+    // Connections on the old certificate, several so both cores hold some.
+    let mut open: Vec<_> = (0..4).map(|_| tls_client(port, &[&old])).collect();
+    for c in &mut open {
+        assert!(get_on(c, "kept").starts_with("HTTP/1.1 200"));
+    }
+    new.leaf_into(&dir, "default", &["localhost"]);
+    cp.signal(libc::SIGHUP);
+    cp.wait_stderr("core 0: certificates reloaded");
+    cp.wait_stderr("core 1: certificates reloaded");
+    // New connections get the new certificate, on every core.
+    for _ in 0..6 {
+        let mut c = tls_client(port, &[&new]);
+        assert!(get_on(&mut c, "kept").starts_with("HTTP/1.1 200"));
+    }
+    let mut stale = tls_client(port, &[&old]);
+    let mut buf = [0u8; 16];
+    let r = stale
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .and_then(|_| stale.read(&mut buf));
+    assert!(!matches!(r, Ok(n) if n > 0), "the old CA is still trusted");
+    // The connections made before the reload go on.
+    for c in &mut open {
+        assert!(get_on(c, "kept").starts_with("HTTP/1.1 200"));
+    }
+    // A bad file keeps the current certificates and says why.
+    dir.write(
+        "default.crt",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
+    cp.signal(libc::SIGHUP);
+    cp.wait_stderr("certificates not reloaded, keeping the old ones");
+    let mut c = tls_client(port, &[&new]);
+    assert!(get_on(&mut c, "kept").starts_with("HTTP/1.1 200"));
 }

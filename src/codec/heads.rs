@@ -96,6 +96,15 @@ pub struct ForwardPolicy {
     pub xff: XffRule,
     /// A client's `X-Forwarded-Proto: https` (or `wss`) counts.
     pub accept_x_forwarded_protocol: bool,
+    /// The client connection itself is TLS: `X-Forwarded-Proto: https`.
+    pub tls: bool,
+}
+
+impl ForwardPolicy {
+    /// The policy for a client connection that is TLS (`tls`) or not.
+    pub fn over_tls(self, tls: bool) -> ForwardPolicy {
+        ForwardPolicy { tls, ..self }
+    }
 }
 
 /// One `header=NAME:VALUE` route edit.
@@ -211,7 +220,7 @@ impl BackendRequest<'_> {
         let fwd = &self.forwarding;
         let mut xff: Vec<&[u8]> = Vec::new();
         let mut via: Vec<u8> = Vec::new();
-        let mut https = false;
+        let mut https = fwd.tls;
         let mut real_ip = None;
         let mut forwarded_host = None;
         let mut host = None;

@@ -72,6 +72,12 @@ fn is_timeout(e: &io::Error) -> bool {
 /// Serves one client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let conn = Connection::tcp(stream, shard.bufs.clone());
+    serve_conn(shard, conn, peer).await
+}
+
+/// Serves a client connection already set up (a TLS one after its
+/// handshake) until it closes.
+pub async fn serve_conn(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
     conn.set_nodelay();
     conn.set_write_timeout(Some(shard.cfg.timeouts.client_write));
     let guard = shard.register(conn.raw_fd());
@@ -173,7 +179,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             .fields
             .get("upgrade")
             .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
-    let Some(route) = routes.select(head.host(), head.path(), ws) else {
+    let Some(route) = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls()) else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
     };
     // Only corepin speaks WebSocket-over-HTTP to an over_http target: a
@@ -407,7 +413,11 @@ async fn send_request(
         };
         let mut req_head = shard.bufs.take_out();
         let peer_ip = c.peer.ip().to_string();
-        let fwd = shard.cfg.forwarding.policy(c.peer.ip());
+        let fwd = shard
+            .cfg
+            .forwarding
+            .policy(c.peer.ip())
+            .over_tls(c.conn.is_tls());
         backend
             .request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
             .write(&mut req_head);

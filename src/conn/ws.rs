@@ -464,6 +464,7 @@ fn upgrade_request(
     path: &str,
     b: &Backend,
     peer: &std::net::SocketAddr,
+    tls: bool,
     route: &Route,
 ) -> Vec<u8> {
     let token = route
@@ -473,7 +474,7 @@ fn upgrade_request(
         .map(|k| shard.signer.token(&k));
     let mut out = Vec::with_capacity(512);
     let peer_ip = peer.ip().to_string();
-    let fwd = shard.cfg.forwarding.policy(peer.ip());
+    let fwd = shard.cfg.forwarding.policy(peer.ip()).over_tls(tls);
     let grip = route.grip().then_some(token.as_deref());
     b.request(head, Purpose::WsUpgrade, path, &peer_ip, fwd, grip)
         .write(&mut out);
@@ -548,6 +549,7 @@ async fn passthrough(
         &route.rewrite(head.target()),
         backend,
         &c.peer,
+        c.conn.is_tls(),
         route,
     );
     if up.conn.write_all(&req).await.is_err() {
@@ -779,6 +781,8 @@ struct Session<'a> {
     keep_alive: Option<Duration>,
     last_request: Instant,
     target: String,
+    /// The client connection is TLS.
+    tls: bool,
 }
 
 /// An answer to one events request.
@@ -825,7 +829,12 @@ impl Session<'_> {
                     content_length: body.len(),
                     meta: &self.meta,
                 };
-                let fwd = self.shard.cfg.forwarding.policy(peer.ip());
+                let fwd = self
+                    .shard
+                    .cfg
+                    .forwarding
+                    .policy(peer.ip())
+                    .over_tls(self.tls);
                 b.request(
                     self.head,
                     events,
@@ -1022,6 +1031,7 @@ async fn over_http(
         keep_alive: None,
         last_request: Instant::now(),
         target: "-".into(),
+        tls: c.conn.is_tls(),
     };
     let Some(open) = s.post(c.peer, &[WsEvent::Open]).await else {
         return bad_gateway(c, "upstream unreachable", "-").await;

@@ -143,15 +143,12 @@ pub fn warn_insecure(addr: &str) -> String {
     )
 }
 
-/// Until TLS serving is wired into the connection layer, `corepin run`
-/// refuses TLS settings it cannot serve rather than ignore them: the one
-/// line to print, naming the setting.
+/// Until TLS to backends is wired into the upstream pool, `corepin run`
+/// refuses `ssl` targets rather than ignore them: the one line to print,
+/// naming the setting.
 pub fn not_served_yet(cfg: &Config) -> Option<String> {
     const WHY: &str =
-        "TLS serving is not wired yet (corepin check validates it; the connection layer takes it next)";
-    if !cfg.listen_tls.is_empty() {
-        return Some(format!("listen_tls (--listen-tls): {WHY}"));
-    }
+        "TLS to backends is not wired yet (corepin check validates it; the upstream pool takes it next)";
     cfg.routes
         .first_ssl_target()
         .map(|(r, b)| format!("routes: '{}': target {} 'ssl': {WHY}", r.line, b.addr))

@@ -22,6 +22,7 @@ const NOBODY: ForwardPolicy = ForwardPolicy {
         append: true,
     },
     accept_x_forwarded_protocol: false,
+    tls: false,
 };
 
 fn to_backend<'a>(client: &'a RequestHead, purpose: Purpose<'a>) -> BackendRequest<'a> {
@@ -170,6 +171,7 @@ fn forwarding_fields_follow_the_policy() {
                 append: true,
             },
             accept_x_forwarded_protocol: true,
+            tls: false,
         },
         ..to_backend(&spoof, Purpose::Proxy)
     });
@@ -314,4 +316,17 @@ fn small_answers() {
         String::from_utf8_lossy(&out),
         "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
     );
+}
+
+#[test]
+fn a_tls_client_connection_is_forwarded_as_https_whatever_it_claims() {
+    let client = request("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: http\r\n\r\n");
+    let plain = written(&to_backend(&client, Purpose::Proxy));
+    assert!(plain.contains("X-Forwarded-Proto: http\r\n"), "{plain}");
+    let tls = written(&BackendRequest {
+        forwarding: NOBODY.over_tls(true),
+        ..to_backend(&client, Purpose::Proxy)
+    });
+    assert!(tls.contains("X-Forwarded-Proto: https\r\n"), "{tls}");
+    assert_eq!(tls.matches("X-Forwarded-Proto").count(), 1, "{tls}");
 }
