@@ -867,6 +867,7 @@ fn python_websockets_over_wss_to_the_test_target() {
     let (cp, port) = corepin_tls(&certs, &["--route", "* test"]);
     let publish = common::publish_when_subscribed(
         cp.control_addr(),
+        1,
         r#"{"items":[{"channel":"w","formats":{"ws-message":{"content":"over wss"}}}]}"#,
     );
     let out = Command::new(common::python())
