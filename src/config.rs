@@ -24,6 +24,7 @@ struct FileConfig {
     workers: Option<usize>,
     routes: Option<Vec<String>>,
     routes_file: Option<String>,
+    auto_cross_origin: Option<bool>,
     limits: FileLimits,
     timeouts: FileTimeouts,
     upstream: FileUpstream,
@@ -439,6 +440,9 @@ pub struct Config {
     pub metrics_pushpin_prefix: String,
     /// The broker that joins this node to others; `None`: runs alone.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// Automatic cross-origin on every HTTP request, as if each route had
+    /// `aco` (Pushpin's `auto_cross_origin`).
+    pub auto_cross_origin: bool,
 }
 
 /// The encoding of the ZeroMQ stats socket.
@@ -1069,6 +1073,7 @@ impl Config {
             zmq,
             metrics_pushpin_prefix,
             cluster,
+            auto_cross_origin: f.auto_cross_origin.unwrap_or(false),
         })
     }
 }

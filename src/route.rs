@@ -934,13 +934,6 @@ impl Route {
     /// when it can.
     pub fn unsupported(&self) -> Option<String> {
         let opt = "route option";
-        if self.aco {
-            return not_yet(
-                opt,
-                "aco",
-                "automatic cross-origin (CORS preflights and headers) is not built yet",
-            );
-        }
         if self.jsonp.is_some() {
             return not_yet(opt, "jsonp_*", "JSON-P wrapping is not built yet");
         }
@@ -1513,7 +1506,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("*,aco a:1", "route option `aco`"),
             ("*,jsonp_cb=cb a:1", "route option `jsonp_*`"),
             ("*,jsonp_mode=basic a:1", "route option `jsonp_*`"),
             ("*,session a:1", "route option `session`"),

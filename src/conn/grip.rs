@@ -469,6 +469,7 @@ async fn hold_stream(
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
         crate::codec::chunked::write_chunk(&mut out, &base.body);
     }
+    crate::conn::dropin::head(c, &mut out, 0);
     drop(base);
     let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
@@ -620,6 +621,7 @@ async fn hold_response(
                 heads::write_connection(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&body);
+                crate::conn::dropin::head(c, &mut out, 0);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = e
                     .item
@@ -631,6 +633,7 @@ async fn hold_response(
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
+                crate::conn::dropin::head(c, &mut out, 0);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
