@@ -17,14 +17,15 @@ mod over_http;
 mod passthrough;
 mod subscriber;
 
+use std::future::Future;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Instant;
 
 use crate::buf::BUF_SIZE;
-use crate::codec::heads::{self};
+use crate::codec::heads;
 use crate::codec::http1::{self, RequestHead, ResponseHead};
-use crate::codec::ws::{self, Event as WsFrameEvent, Kind as WsKind, Reader, WsError};
+use crate::codec::ws::{self, Event as WsFrameEvent, Reader, WsError};
 use crate::codec::wssession::{ServerSession, Step};
 use crate::conn::grip::{dropped_warning, send_now, HoldEnd};
 use crate::conn::http::{Client, Outcome};
@@ -33,35 +34,10 @@ use crate::shard::Shard;
 use crate::subs::{Held, Kind, Msg, Sub, SubSpec};
 use crate::upstream::Upstream;
 
+pub use crate::codec::wshandshake::check_handshake;
+
 /// Largest message accepted from a client or a backend.
 pub const MAX_MESSAGE: usize = 1 << 20;
-
-/// Checks a client's upgrade request; `Err((status, reason))` refuses it.
-pub fn check_handshake(head: &RequestHead) -> Result<(), (u16, &'static str)> {
-    if head.method() != "GET" {
-        return Err((400, "WebSocket handshake must be a GET"));
-    }
-    match head.fields.get("sec-websocket-version").map(http1::trim) {
-        Some(b"13") => {}
-        _ => return Err((426, "unsupported WebSocket version (13 is)")),
-    }
-    match head.fields.get("sec-websocket-key") {
-        Some(k) if ws::valid_key(http1::trim(k)) => Ok(()),
-        _ => Err((400, "missing or invalid Sec-WebSocket-Key")),
-    }
-}
-
-/// The 101 answer to the client.
-fn switching(head: &RequestHead, protocol: Option<&[u8]>, extensions: Option<&str>) -> Vec<u8> {
-    let key = head
-        .fields
-        .get("sec-websocket-key")
-        .map(http1::trim)
-        .unwrap_or(b"");
-    let mut out = Vec::with_capacity(256);
-    heads::write_switching_protocols(&mut out, &ws::accept_key(key), protocol, extensions);
-    out
-}
 
 fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -159,8 +135,6 @@ async fn wait(
     .await
 }
 
-use std::future::Future;
-
 /// Frames the client sent, parsed from its buffer.
 fn client_events(c: &mut Client, reader: &mut Reader) -> Result<Vec<WsFrameEvent>, WsError> {
     let mut out = Vec::new();
@@ -189,60 +163,6 @@ async fn from_client(
         let _ = c.conn.write_all(&out).await;
     }
     steps
-}
-
-/// The GRIP extension's settings, from a `Sec-WebSocket-Extensions` value.
-#[derive(Debug, Clone)]
-struct GripExt {
-    prefix: String,
-}
-
-/// Splits a backend's extensions into the `grip` one and the rest.
-fn grip_extension(value: Option<&[u8]>) -> (Option<GripExt>, String) {
-    let Some(v) = value else {
-        return (None, String::new());
-    };
-    let text = String::from_utf8_lossy(v);
-    let mut grip = None;
-    let mut rest = Vec::new();
-    for ext in text.split(',') {
-        let mut parts = ext.split(';').map(str::trim);
-        if parts.next() == Some("grip") {
-            let mut prefix = "m:".to_string();
-            for p in parts {
-                if let Some(v) = p.strip_prefix("message-prefix=") {
-                    prefix = v.trim_matches('"').to_string();
-                }
-            }
-            grip = Some(GripExt { prefix });
-        } else if !ext.trim().is_empty() {
-            rest.push(ext.trim().to_string());
-        }
-    }
-    (grip, rest.join(", "))
-}
-
-/// A text message from the backend under the GRIP extension: control
-/// (`c:`), for the client (prefix stripped), or dropped.
-enum FromBackend<'a> {
-    Control(&'a [u8]),
-    Client(&'a [u8]),
-    Drop,
-}
-
-fn classify<'a>(ext: &Option<GripExt>, kind: WsKind, data: &'a [u8]) -> FromBackend<'a> {
-    let Some(g) = ext else {
-        return FromBackend::Client(data);
-    };
-    if kind == WsKind::Text {
-        if let Some(c) = data.strip_prefix(b"c:") {
-            return FromBackend::Control(c);
-        }
-    }
-    match data.strip_prefix(g.prefix.as_bytes()) {
-        Some(rest) => FromBackend::Client(rest),
-        None => FromBackend::Drop,
-    }
 }
 
 /// Entry point for an upgrade request that passed `check_handshake`.

@@ -7,13 +7,13 @@ use bytes::Bytes;
 
 use super::subscriber::control;
 use super::{
-    bad_gateway, classify, close_frame, drop_client, from_client, grip_extension, mask_key,
-    outcome, read_response_head, relay_refusal, switching, wait, ws_sub, FromBackend, GripExt, Io,
-    MAX_MESSAGE,
+    bad_gateway, close_frame, drop_client, from_client, mask_key, outcome, read_response_head,
+    relay_refusal, wait, ws_sub, Io, MAX_MESSAGE,
 };
 use crate::codec::heads::Purpose;
 use crate::codec::http1::RequestHead;
 use crate::codec::ws::{self, Event as WsFrameEvent, Kind as WsKind, Opcode, Reader, Role};
+use crate::codec::wshandshake::{classify, grip_extension, switching, FromBackend, GripExt};
 use crate::codec::wssession::{echo_code, Pings, ServerSession, Step};
 use crate::conn::grip::{deliver, read_body, HoldEnd, Written};
 use crate::conn::http::{grip_key, Client};

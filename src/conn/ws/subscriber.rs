@@ -6,11 +6,10 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{
-    close_frame, drop_client, from_client, outcome, switching, wait, ws_sub, Io, MAX_MESSAGE,
-};
+use super::{close_frame, drop_client, from_client, outcome, wait, ws_sub, Io, MAX_MESSAGE};
 use crate::codec::http1::{self, RequestHead};
 use crate::codec::ws::{Reader, Role};
+use crate::codec::wshandshake::switching;
 use crate::codec::wssession::{Pings, ServerSession};
 use crate::conn::grip::{deliver, HoldEnd, Written};
 use crate::conn::http::Client;
