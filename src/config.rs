@@ -39,6 +39,15 @@ struct FileConfig {
     metrics: FileMetrics,
     // Cluster (issue 17).
     cluster: FileCluster,
+    history: FileHistory,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileHistory {
+    messages: Option<usize>,
+    seconds: Option<u64>,
+    max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -419,6 +428,8 @@ pub struct Config {
     pub max_idle_per_target: usize,
     pub grip: Grip,
     pub publish: Publish,
+    /// What each channel's history keeps (`[history]`; off by default).
+    pub history: crate::history::HistoryLimits,
     pub log_level: Level,
     pub access_log: bool,
     pub forwarding: Forwarding,
@@ -605,6 +616,8 @@ pub struct Overrides {
     // Cluster (issue 17).
     pub cluster: Vec<String>,
     pub node: Option<String>,
+    /// `--history-messages N`.
+    pub history_messages: Option<usize>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -928,6 +941,25 @@ impl Config {
                 1 << 30,
             )?,
         };
+        let history = {
+            let h = &f.history;
+            let (messages, field) = match ov.history_messages {
+                Some(n) => (Some(n), "--history-messages"),
+                None => (h.messages, "history.messages"),
+            };
+            let seconds = h.seconds.unwrap_or(3600);
+            if seconds > 7 * 86400 {
+                return fail(
+                    "history.seconds",
+                    format!("{seconds} is more than 604800 (7 days)"),
+                );
+            }
+            crate::history::HistoryLimits {
+                messages: ranged(field, messages, 0, 0, 100_000)?,
+                max_age: (seconds > 0).then(|| Duration::from_secs(seconds)),
+                max_bytes: ranged("history.max_bytes", h.max_bytes, 1 << 20, 1024, 1 << 30)?,
+            }
+        };
         let p = f.publish;
         let auth = match p.auth.as_deref().unwrap_or("none") {
             "none" => PublishAuth::None,
@@ -1059,6 +1091,7 @@ impl Config {
             max_idle_per_target,
             grip,
             publish,
+            history,
             log_level,
             access_log: f.log.access_log.unwrap_or(true),
             forwarding,

@@ -22,7 +22,7 @@ use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
 use crate::connection::PartsProgress;
 use crate::shard::Shard;
-use crate::subs::{Kind, Msg, Sub, SubSpec};
+use crate::subs::{HoldResume, Kind, Msg, Sub, SubSpec};
 use crate::upstream::{Dest, TlsDest, Upstream};
 
 /// Most queued bytes sent in one gathered write.
@@ -169,17 +169,24 @@ pub async fn hold(
         .take(max)
         .map(|c| format!("{}{}", ctx.prefix, c.name))
         .collect();
-    if instruct.hold == HoldMode::Response {
-        // A client that says it has seen an older id than the channel's
-        // latest has missed something: ask the backend again at once.
-        let behind = instruct.channels.iter().take(max).any(|spec| {
+    // A long-poll that says it has seen an older id than the channel's
+    // latest has missed something: answered from history when it holds
+    // what was missed, else the backend is asked again at once.
+    let mut behind: Vec<(String, String)> = Vec::new();
+    if instruct.hold == HoldMode::Response && ctx.head.body == BodyKind::Empty {
+        for spec in instruct.channels.iter().take(max) {
             let name = format!("{}{}", ctx.prefix, spec.name);
-            matches!((&spec.prev_id, shard.subs.last_id(&name)), (Some(p), Some(last)) if *p != last)
-        });
-        if behind && ctx.head.body == BodyKind::Empty {
+            if let (Some(p), Some(last)) = (&spec.prev_id, shard.subs.last_id(&name)) {
+                if *p != last {
+                    behind.push((name, p.clone()));
+                }
+            }
+        }
+        if !behind.is_empty() && !shard.subs.history_on() {
             return HoldEnd::Retry;
         }
     }
+    let mut base = base;
     let http10 = ctx.head.version == Version::Http10;
     let sub = shard.subs.subscribe(SubSpec {
         kind: if instruct.hold == HoldMode::Stream {
@@ -206,6 +213,17 @@ pub async fn hold(
         .subs
         .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
     *sub.held_body.borrow_mut() = base.body.clone();
+    // Channel history (issue 18): replay what the client missed.
+    match shard
+        .subs
+        .resume_hold(&sub, ctx.head.fields.get("last-event-id"), &behind)
+    {
+        HoldResume::Note(Some(note)) => {
+            let _ = base.head.add("Corepin-Resume", note.as_bytes());
+        }
+        HoldResume::Note(None) => {}
+        HoldResume::Refetch => return HoldEnd::Retry,
+    }
     c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
     // response cannot set or change it).
