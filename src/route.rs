@@ -133,6 +133,7 @@ impl Backend {
             peer_ip,
             forwarding,
             grip,
+            grip_last: &[],
         }
     }
 }
