@@ -38,6 +38,8 @@ struct FileConfig {
     metrics: FileMetrics,
     // Cluster (issue 17).
     cluster: FileCluster,
+    // io_uring data path (issue 16).
+    data_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -439,6 +441,39 @@ pub struct Config {
     pub metrics_pushpin_prefix: String,
     /// The broker that joins this node to others; `None`: runs alone.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// How client sockets are read and written (`data_path`).
+    pub data_path: DataPath,
+}
+
+/// How client connections' sockets are read and written (`data_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPath {
+    /// glommio's `TcpStream`: a readiness poll, then a `recv`/`send`.
+    #[default]
+    Glommio,
+    /// corepin's own per-core io_uring (`src/uring`): multishot receive
+    /// into provided buffers, sends batched per loop turn.
+    Uring,
+}
+
+impl DataPath {
+    pub fn parse(field: &str, v: &str) -> Result<DataPath, ConfigError> {
+        match v {
+            "glommio" => Ok(DataPath::Glommio),
+            "uring" => Ok(DataPath::Uring),
+            _ => Err(ConfigError(format!(
+                "{field}: '{}' is not a data path (glommio or uring)",
+                v.escape_debug()
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::Glommio => "glommio",
+            DataPath::Uring => "uring",
+        }
+    }
 }
 
 /// The encoding of the ZeroMQ stats socket.
@@ -601,6 +636,8 @@ pub struct Overrides {
     // Cluster (issue 17).
     pub cluster: Vec<String>,
     pub node: Option<String>,
+    // io_uring data path (issue 16).
+    pub data_path: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -1066,6 +1103,11 @@ impl Config {
             },
         })
         .map_err(ConfigError)?;
+        let data_path = match (&ov.data_path, f.data_path.as_deref()) {
+            (Some(v), _) => DataPath::parse("--data-path", v)?,
+            (None, Some(v)) => DataPath::parse("data_path", v)?,
+            (None, None) => DataPath::default(),
+        };
         Ok(Config {
             listen,
             control_http,
@@ -1093,6 +1135,7 @@ impl Config {
             zmq,
             metrics_pushpin_prefix,
             cluster,
+            data_path,
         })
     }
 }
