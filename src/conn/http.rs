@@ -75,7 +75,7 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves one client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let conn = Connection::tcp(stream, shard.bufs.clone());
+    let conn = Connection::client(stream, shard.bufs.clone());
     serve_conn(shard, conn, peer).await
 }
 
