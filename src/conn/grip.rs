@@ -741,7 +741,7 @@ async fn hold_response(
                 heads::write_connection(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&body);
-                crate::conn::dropin::head(c, &mut out, 0);
+                crate::conn::dropin::whole(c, &mut out, 0, true);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = e
                     .item
@@ -753,7 +753,7 @@ async fn hold_response(
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
-                crate::conn::dropin::head(c, &mut out, 0);
+                crate::conn::dropin::whole(c, &mut out, 0, true);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);

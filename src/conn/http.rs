@@ -171,7 +171,7 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
 async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close: bool) -> u64 {
     let mut out = shard.bufs.take_out();
     http1::write_simple_response(&mut out, status, reason, close);
-    crate::conn::dropin::head(c, &mut out, 0);
+    crate::conn::dropin::whole(c, &mut out, 0, false);
     let n = out.len() as u64;
     let _ = c.conn.write_all(&out).await;
     shard.bufs.give_out(out);
@@ -191,6 +191,12 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let Some(route) = route else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
     };
+    if let Some(why) = crate::conn::dropin::refusal(c) {
+        return refuse(shard, c, head, 400, why, "-").await;
+    }
+    // A JSON-P request goes upstream rewritten.
+    let jsonp = crate::conn::dropin::upstream(c);
+    let head = jsonp.as_ref().and_then(|w| w.head()).unwrap_or(head);
     // Only corepin speaks WebSocket-over-HTTP to an over_http target: a
     // client's own events would reach the backend signed, as a session's
     // (Pushpin answers the same 403).
@@ -510,6 +516,9 @@ async fn proxy(
         };
         return instructed(shard, c, &ctx, up, resp).await;
     }
+    if crate::conn::dropin::wraps(c) {
+        return crate::conn::dropin::proxied(shard, c, head, up, resp, backend.addr).await;
+    }
     let (framing, keep) = client_framing(head, &resp, shard.draining());
     // The rest of an unsent body is still on its way from the client.
     let keep = keep && body_sent;
@@ -591,7 +600,7 @@ async fn instructed(
             let keep = ctx.head.keep_alive && !shard.draining();
             let mut out = Vec::with_capacity(256 + base.body.len());
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
-            crate::conn::dropin::head(c, &mut out, 0);
+            crate::conn::dropin::whole(c, &mut out, 0, false);
             let ok = c.conn.write_all(&out).await.is_ok();
             HoldEnd::Done(Outcome {
                 status: base.status(),
