@@ -212,7 +212,7 @@ pub async fn hold(
     shard
         .subs
         .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
-    *sub.held_body.borrow_mut() = base.body.clone();
+    sub.set_held_body(base.body.clone());
     // Channel history (issue 18): replay what the client missed.
     match shard
         .subs
@@ -469,7 +469,7 @@ async fn hold_stream(
     mut instruct: Instruct,
     base: Base,
 ) -> HoldEnd {
-    let http10 = !sub.chunked;
+    let http10 = !sub.chunked();
     let status = instruct
         .status
         .clone()
@@ -543,15 +543,17 @@ async fn hold_stream(
                                 shard.subs.set_channels(sub, channels);
                                 // The next response's instruct replaces
                                 // the meta and the filters (Pushpin).
-                                *sub.meta.borrow_mut() = i.meta.clone();
+                                sub.set_meta(i.meta.clone());
                                 shard
                                     .subs
                                     .set_chans(sub, chan_states(&i, &ctx.prefix, usize::MAX));
-                                *sub.keep_alive.borrow_mut() = i.keep_alive.clone();
-                                sub.link_at.set(i.next.as_ref().map(|l| {
-                                    Instant::now() + Duration::from_secs(u64::from(l.timeout))
-                                }));
-                                shard.subs.retime(sub);
+                                shard.subs.set_keep_alive(sub, i.keep_alive.clone());
+                                shard.subs.set_link_at(
+                                    sub,
+                                    i.next.as_ref().map(|l| {
+                                        Instant::now() + Duration::from_secs(u64::from(l.timeout))
+                                    }),
+                                );
                                 instruct = *i;
                             }
                             // No further hold: the stream ends here.
@@ -560,10 +562,10 @@ async fn hold_stream(
                     }
                     None => {
                         // The link failed: try again after its timeout.
-                        sub.link_at.set(Some(
-                            Instant::now() + Duration::from_secs(u64::from(link.timeout)),
-                        ));
-                        shard.subs.retime(sub);
+                        shard.subs.set_link_at(
+                            sub,
+                            Some(Instant::now() + Duration::from_secs(u64::from(link.timeout))),
+                        );
                     }
                 }
             }
@@ -706,7 +708,7 @@ async fn fetch_link(
         &mut req,
         &path,
         host,
-        &sub.last_ids.borrow(),
+        &sub.last_ids(),
         &ctx.prefix,
         token.as_deref(),
     );
