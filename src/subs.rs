@@ -441,6 +441,9 @@ pub struct Registry {
     scratch: Cell<Vec<Rc<Sub>>>,
     /// The bus's `recover` count this core has acted on.
     recovered: Cell<u64>,
+    /// The newest `joined` mark given to a channel here: a drain whose
+    /// items were all routed after it needs no per-subscriber cut.
+    newest_join: Cell<u64>,
 }
 
 /// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
@@ -478,6 +481,7 @@ impl Registry {
             held: Default::default(),
             scratch: Cell::new(Vec::new()),
             recovered: Cell::new(0),
+            newest_join: Cell::new(0),
         }
     }
 
@@ -567,6 +571,7 @@ impl Registry {
         // Read after the channels are in the map and the interest bits
         // set (see `Bus::joined`); a channel kept keeps its mark.
         let now = self.bus.joined();
+        self.newest_join.set(self.newest_join.get().max(now));
         let joined = {
             let (old, marks) = (sub.channels.borrow(), sub.joined.borrow());
             channels
@@ -819,8 +824,11 @@ impl Registry {
         // A subscriber that joined after some of these items were routed
         // gets only the items routed after it (see `Bus::joined`).
         let first = list.iter().map(|e| e.seq()).min().unwrap_or(0);
-        let (late, subs_now): (Vec<_>, Vec<_>) =
-            subs.iter().partition(|s| s.joined_at(ch) >= first);
+        let (late, subs_now): (Vec<_>, Vec<_>) = if first > self.newest_join.get() {
+            (Vec::new(), subs.iter().collect())
+        } else {
+            subs.iter().partition(|s| s.joined_at(ch) >= first)
+        };
         let mut logged = false;
         for sub in late {
             let mark = sub.joined_at(ch);
