@@ -39,6 +39,8 @@ struct FileConfig {
     metrics: FileMetrics,
     // Cluster (issue 17).
     cluster: FileCluster,
+    // io_uring data path (issue 16).
+    data_path: Option<String>,
     history: FileHistory,
 }
 
@@ -454,6 +456,39 @@ pub struct Config {
     /// Automatic cross-origin on every HTTP request, as if each route had
     /// `aco` (Pushpin's `auto_cross_origin`).
     pub auto_cross_origin: bool,
+    /// How client sockets are read and written (`data_path`).
+    pub data_path: DataPath,
+}
+
+/// How client connections' sockets are read and written (`data_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPath {
+    /// glommio's `TcpStream`: a readiness poll, then a `recv`/`send`.
+    #[default]
+    Glommio,
+    /// corepin's own per-core io_uring (`src/uring`): multishot receive
+    /// into provided buffers, sends batched per loop turn.
+    Uring,
+}
+
+impl DataPath {
+    pub fn parse(field: &str, v: &str) -> Result<DataPath, ConfigError> {
+        match v {
+            "glommio" => Ok(DataPath::Glommio),
+            "uring" => Ok(DataPath::Uring),
+            _ => Err(ConfigError(format!(
+                "{field}: '{}' is not a data path (glommio or uring)",
+                v.escape_debug()
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::Glommio => "glommio",
+            DataPath::Uring => "uring",
+        }
+    }
 }
 
 /// The encoding of the ZeroMQ stats socket.
@@ -618,6 +653,8 @@ pub struct Overrides {
     pub node: Option<String>,
     /// `--history-messages N`.
     pub history_messages: Option<usize>,
+    // io_uring data path (issue 16).
+    pub data_path: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -1078,6 +1115,11 @@ impl Config {
             },
         })
         .map_err(ConfigError)?;
+        let data_path = match (&ov.data_path, f.data_path.as_deref()) {
+            (Some(v), _) => DataPath::parse("--data-path", v)?,
+            (None, Some(v)) => DataPath::parse("data_path", v)?,
+            (None, None) => DataPath::default(),
+        };
         Ok(Config {
             listen,
             control_http,
@@ -1107,6 +1149,7 @@ impl Config {
             metrics_pushpin_prefix,
             cluster,
             auto_cross_origin: f.auto_cross_origin.unwrap_or(false),
+            data_path,
         })
     }
 }

@@ -116,6 +116,9 @@ pub enum Msg {
     /// A published `refresh`: a WebSocket-over-HTTP session makes a
     /// request to its backend now.
     Refresh,
+    /// A filter failed on a `debug` route's HTTP subscriber: a stream
+    /// ends with this reason in its body, a long-poll answers 502 with it.
+    Error(String),
 }
 
 impl Msg {
@@ -125,7 +128,7 @@ impl Msg {
             Msg::Data(b) => b.len(),
             Msg::Response(e) => e.response_head.len() + e.response_body.len(),
             Msg::ResponseBody(e, b) => e.response_head.len() + b.len(),
-            Msg::WsClose(_, r) => r.len(),
+            Msg::WsClose(_, r) | Msg::Error(r) => r.len(),
             Msg::Close | Msg::Timeout | Msg::Refetch | Msg::Refresh => 0,
         }
     }
@@ -171,6 +174,15 @@ struct Piece<'a> {
 /// Most queued messages handed to one gathered write.
 pub const MAX_PARTS: usize = 64;
 
+/// A close reason fits a control frame (123 bytes), cut at a character.
+fn ws_reason(why: &str) -> String {
+    let mut end = why.len().min(123);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    why[..end].to_string()
+}
+
 /// One held connection.
 ///
 /// Its state is private: channels change through `Registry::set_channels`
@@ -194,6 +206,9 @@ pub struct Sub {
     held_body: RefCell<Bytes>,
     /// Last id delivered per channel (sent back as `Grip-Last`).
     last_ids: RefCell<Vec<(String, String)>>,
+    /// On a `debug` route: a filter error ends the connection with its
+    /// reason (Pushpin) rather than dropping the message quietly.
+    debug: Cell<bool>,
     queue: RefCell<VecDeque<Msg>>,
     /// Sum of the queued messages' `cost`.
     queued_bytes: Cell<usize>,
@@ -354,6 +369,12 @@ impl Sub {
         *self.held_body.borrow_mut() = body;
     }
 
+    /// On a `debug` route: a filter error ends the connection with its
+    /// reason rather than dropping the message quietly.
+    pub fn set_debug(&self, on: bool) {
+        self.debug.set(on);
+    }
+
     /// The last id delivered per channel (sent back as `Grip-Last`).
     pub fn last_ids(&self) -> std::cell::Ref<'_, Vec<(String, String)>> {
         self.last_ids.borrow()
@@ -506,6 +527,7 @@ impl Registry {
             chans: RefCell::new(Vec::new()),
             held_body: RefCell::new(Bytes::new()),
             last_ids: RefCell::new(Vec::new()),
+            debug: Cell::new(false),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             waker: RefCell::new(None),
@@ -878,7 +900,12 @@ impl Registry {
                 let mut chans = sub.chans.borrow_mut();
                 if let Some(c) = chans.iter_mut().find(|c| c.channel == channel) {
                     if c.prev_id.is_some() && e.item.prev_id != c.prev_id {
-                        c.prev_id = None;
+                        // A long-poll keeps its prev-id for the retry's
+                        // `Grip-Last` (it ends here anyway); a stream
+                        // stops following until its next link answers.
+                        if sub.kind == Kind::Stream {
+                            c.prev_id = None;
+                        }
                         gap = true;
                         break;
                     }
@@ -888,6 +915,20 @@ impl Registry {
             match self.judge(sub, channel, e) {
                 Ok(Some(own)) => pieces.push(Piece { item: e, own }),
                 Ok(None) => {}
+                Err(err) if sub.debug.get() => {
+                    // A `debug` route's subscriber is told, and ends
+                    // (Pushpin's session error): nothing after it.
+                    let n = &self.stats.filter_errors;
+                    n.set(n.get() + 1);
+                    let why = format!("filter error: {err}");
+                    self.hand_pieces(sub, channel, &pieces, &list[..taken]);
+                    let msg = match sub.kind {
+                        Kind::Ws => Msg::WsClose(1011, ws_reason(&why)),
+                        _ => Msg::Error(why),
+                    };
+                    sub.push(msg, self.limits, &self.stats);
+                    return;
+                }
                 Err(err) => {
                     let n = &self.stats.filter_errors;
                     n.set(n.get() + 1);
@@ -1533,6 +1574,7 @@ mod tests {
                 Msg::Refetch => "refetch".into(),
                 Msg::WsClose(c, r) => format!("ws-close {c} {r}"),
                 Msg::Refresh => "refresh".into(),
+                Msg::Error(why) => format!("error {why}"),
             });
         }
         out
