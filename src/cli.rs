@@ -297,6 +297,15 @@ mod tests {
             panic!("--workers 0 is every core")
         };
         assert_eq!(overrides.workers, Some(0));
+        let Ok(Command::Run { overrides, .. }) = p(&["--history-messages", "64"]) else {
+            panic!("--history-messages runs")
+        };
+        assert_eq!(overrides.history_messages, Some(64));
+        assert!(
+            p(&["--history-messages", "lots"]).is_err_and(
+                |e| e.0 == "--history-messages: 'lots' is not a number of items (0 = off)"
+            )
+        );
         let Ok(Command::Run { overrides, .. }) = p(&["--ready-file", "/run/x.json"]) else {
             panic!("--ready-file runs")
         };

@@ -1421,6 +1421,61 @@ mod tests {
     }
 
     #[test]
+    fn history_settings_ranges_and_the_flag() {
+        let ok = |text: &str, ov: &Overrides| {
+            Config::from_toml(text, "t.toml", ov)
+                .expect("valid")
+                .history
+        };
+        let d = ok("", &Overrides::default());
+        assert_eq!(d, crate::history::HistoryLimits::default());
+        assert_eq!(d.messages, 0, "off by default");
+        let h = ok(
+            "[history]\nmessages = 50\nseconds = 0\nmax_bytes = 4096",
+            &Overrides::default(),
+        );
+        assert_eq!((h.messages, h.max_age, h.max_bytes), (50, None, 4096));
+        let flag = Overrides {
+            history_messages: Some(7),
+            ..Overrides::default()
+        };
+        assert_eq!(ok("[history]\nmessages = 50", &flag).messages, 7);
+        for (text, ov, want) in [
+            (
+                "[history]\nmessages = 100001",
+                Overrides::default(),
+                "history.messages: 100001 is outside 0..=100000",
+            ),
+            (
+                "",
+                Overrides {
+                    history_messages: Some(200_000),
+                    ..Overrides::default()
+                },
+                "--history-messages: 200000 is outside 0..=100000",
+            ),
+            (
+                "[history]\nseconds = 604801",
+                Overrides::default(),
+                "history.seconds: 604801 is more than 604800 (7 days)",
+            ),
+            (
+                "[history]\nmax_bytes = 10",
+                Overrides::default(),
+                "history.max_bytes: 10 is outside 1024..=1073741824",
+            ),
+            (
+                "[history]\nchannels = 3",
+                Overrides::default(),
+                "unknown field `channels`",
+            ),
+        ] {
+            let e = Config::from_toml(text, "t.toml", &ov).expect_err(text);
+            assert!(e.0.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn forwarding_rules_and_ranges() {
         let text = "[forwarding]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"192.168.1.7\", \"fd00::/8\"]\nx_forwarded_for = \"\"\nx_forwarded_for_trusted = \" truncate:1 , append \"\naccept_x_forwarded_protocol = true";
         let c = Config::from_toml(text, "t.toml", &Overrides::default()).expect("valid");
