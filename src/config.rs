@@ -24,6 +24,7 @@ struct FileConfig {
     workers: Option<usize>,
     routes: Option<Vec<String>>,
     routes_file: Option<String>,
+    auto_cross_origin: Option<bool>,
     limits: FileLimits,
     timeouts: FileTimeouts,
     upstream: FileUpstream,
@@ -443,6 +444,9 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterSettings>,
     /// How client sockets are read and written (`data_path`).
     pub data_path: DataPath,
+    /// Automatic cross-origin on every HTTP request, as if each route had
+    /// `aco` (Pushpin's `auto_cross_origin`).
+    pub auto_cross_origin: bool,
 }
 
 /// How client connections' sockets are read and written (`data_path`).
@@ -743,30 +747,6 @@ pub fn load_routes(source: &RoutesSource) -> Result<Routes, ConfigError> {
     };
     if routes.is_empty() {
         return fail(&field, "no route is defined");
-    }
-    Ok(routes)
-}
-
-/// Reads a routes file for a reload of a running corepin: as at start-up,
-/// a TLS-to-backend (`ssl`) target is refused until TLS is wired into the
-/// connection layer (then this is `parse_routes_file` again).
-pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
-    refuse_unwired_ssl(parse_routes_file(path)?, path)
-}
-
-/// Refuses routes with a TLS-to-backend (`ssl`) target, for a reload of a
-/// running corepin, until TLS is wired into the connection layer.
-pub fn refuse_unwired_ssl(routes: Routes, path: &std::path::Path) -> Result<Routes, ConfigError> {
-    if let Some((r, b)) = routes.first_ssl_target() {
-        return fail(
-            "routes_file",
-            format!(
-                "{}: '{}': target {} 'ssl': TLS to backends is not wired yet",
-                path.display(),
-                r.line,
-                b.addr
-            ),
-        );
     }
     Ok(routes)
 }
@@ -1136,6 +1116,7 @@ impl Config {
             metrics_pushpin_prefix,
             cluster,
             data_path,
+            auto_cross_origin: f.auto_cross_origin.unwrap_or(false),
         })
     }
 }
@@ -1573,27 +1554,5 @@ mod tests {
             let e = Config::default_with(&ov).expect_err(needle);
             assert!(e.0.contains(needle), "{ov:?} gave {e}");
         }
-    }
-
-    #[test]
-    fn a_reload_refuses_ssl_targets_until_tls_is_wired() {
-        let path = std::env::temp_dir().join(format!(
-            "corepin-routes-ssl-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::write(&path, "* a.example:443,ssl\n").expect("write");
-        let text = format!("routes_file = \"{}\"", path.display());
-        let loaded = Config::from_toml(&text, "t.toml", &Overrides::default());
-        let reloaded = read_routes_file(&path);
-        let _ = std::fs::remove_file(&path);
-        // corepin check parses them (corepin run refuses them in main).
-        assert!(loaded.expect("parses").routes.first_ssl_target().is_some());
-        let e = reloaded.expect_err("refused on reload").0;
-        assert!(
-            e.starts_with("routes_file: ")
-                && e.ends_with("'* a.example:443,ssl': target a.example:443 'ssl': TLS to backends is not wired yet"),
-            "{e}"
-        );
     }
 }

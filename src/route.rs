@@ -934,13 +934,6 @@ impl Route {
     /// when it can.
     pub fn unsupported(&self) -> Option<String> {
         let opt = "route option";
-        if self.aco {
-            return not_yet(
-                opt,
-                "aco",
-                "automatic cross-origin (CORS preflights and headers) is not built yet",
-            );
-        }
         if self.jsonp.is_some() {
             return not_yet(opt, "jsonp_*", "JSON-P wrapping is not built yet");
         }
@@ -971,8 +964,7 @@ impl Route {
             match t {
                 Target::Test => {}
                 Target::Backend(b) => {
-                    // `ssl` and `insecure` are served by the TLS code, which
-                    // refuses them at `run` until it is wired (`tls`).
+                    // `ssl` and `insecure` are served (`upstream`, `tls`).
                     let tp = "target property";
                     if b.trust_connect_host {
                         return not_yet(
@@ -1271,8 +1263,7 @@ impl Routes {
         })
     }
 
-    /// The first TLS-to-backend target, if any route has one: what
-    /// `corepin run` refuses until TLS serving is wired.
+    /// The first TLS-to-backend (`ssl`) target, if any route has one.
     pub fn first_ssl_target(&self) -> Option<(&Route, &Backend)> {
         self.routes.iter().find_map(|r| {
             r.targets.iter().find_map(|t| match t {
@@ -1515,7 +1506,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("*,aco a:1", "route option `aco`"),
             ("*,jsonp_cb=cb a:1", "route option `jsonp_*`"),
             ("*,jsonp_mode=basic a:1", "route option `jsonp_*`"),
             ("*,session a:1", "route option `session`"),
