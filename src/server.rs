@@ -347,6 +347,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let limits = crate::bus::Limits {
         inflight: cfg.publish.max_inflight,
         backlog: cfg.publish.max_backlog,
+        history: cfg.history,
     };
     let (bus, inboxes) = Bus::new(wakers, limits);
     // In a cluster, this node's publishes go to the broker, and the bridge
