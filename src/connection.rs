@@ -820,6 +820,18 @@ impl AsyncWrite for Connection {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_idle_connection_on_the_ring_is_small() {
+        // The per-connection budget in PERFORMANCE.md ("wired into client
+        // connections"): the transport in the connection, its boxed state.
+        let transport = std::mem::size_of::<Transport>();
+        let uring = std::mem::size_of::<UringIo>();
+        let tcp = std::mem::size_of::<TcpStream>();
+        let conn = std::mem::size_of::<Connection>();
+        println!("Connection {conn} B (Transport {transport} B); UringIo {uring} B boxed; glommio TcpStream {tcp} B");
+        assert!(uring <= 160, "UringIo {uring}");
+    }
+
     fn parts(lens: &[usize]) -> Vec<Bytes> {
         lens.iter().map(|&n| Bytes::from(vec![b'x'; n])).collect()
     }
