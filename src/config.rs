@@ -947,7 +947,9 @@ impl Config {
             );
         }
         let sig_key = if sign {
-            Some(crate::jwt::key_bytes(key_text).or_else(|e| fail("grip.sig_key", e))?)
+            let k = crate::jwt::key_bytes(key_text).or_else(|e| fail("grip.sig_key", e))?;
+            crate::jwt::check_signing_key(&k).or_else(|e| fail("grip.sig_key", e))?;
+            Some(k)
         } else {
             None
         };
@@ -1006,7 +1008,9 @@ impl Config {
                     return fail("publish.key", "auth = \"bearer\" needs a key");
                 }
                 PublishAuth::Bearer {
-                    key: crate::jwt::key_bytes(key).or_else(|e| fail("publish.key", e))?,
+                    key: crate::jwt::key_bytes(key)
+                        .and_then(|k| crate::jwt::check_verifying_key(&k).map(|()| k))
+                        .or_else(|e| fail("publish.key", e))?,
                     iss: p.iss.filter(|i| !i.is_empty()),
                 }
             }
