@@ -22,6 +22,38 @@ use crate::bus::{Bus, Interest, INTEREST_SLOTS};
 use crate::codec::filter::{self, Filters, Subscribed, Verdict};
 use crate::codec::grip::{KeepAlive, KeepAliveMode};
 use crate::codec::publish::Action;
+use crate::history::Replay;
+
+/// What a resume from history did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// This many items were replayed (0: nothing was missed).
+    Replayed(usize),
+    /// History no longer holds the id: what was missed cannot be told.
+    Gap,
+    /// History is off.
+    Off,
+}
+
+impl Resumed {
+    /// The `Corepin-Resume` value telling the client what happened.
+    pub fn header_value(self) -> Option<String> {
+        match self {
+            Resumed::Replayed(n) => Some(format!("replayed={n}")),
+            Resumed::Gap => Some("gap".into()),
+            Resumed::Off => None,
+        }
+    }
+}
+
+/// What a new hold does after [`Registry::resume_hold`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldResume {
+    /// Hold on, telling the client this `Corepin-Resume` value, if any.
+    Note(Option<String>),
+    /// History does not cover what the client missed: ask the backend.
+    Refetch,
+}
 
 /// What kind of hold a subscriber is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +190,9 @@ pub struct Sub {
     /// Stream bodies are chunked (HTTP/1.1) or raw (HTTP/1.0).
     pub chunked: bool,
     pub channels: RefCell<Vec<String>>,
+    /// Per channel (same order as `channels`): the bus's `joined` mark when
+    /// the channel was added; only items routed after it are delivered.
+    joined: RefCell<Vec<u64>>,
     pub meta: RefCell<Vec<(String, String)>>,
     /// The channels' filters and prev-ids; empty when no channel has a
     /// filter (deliveries then share every encoding).
@@ -291,6 +326,17 @@ impl Sub {
         self.dropped.get()
     }
 
+    /// The bus's `joined` mark of `channel` (0, everything, for a channel
+    /// it does not hold).
+    fn joined_at(&self, channel: &str) -> u64 {
+        let channels = self.channels.borrow();
+        channels
+            .iter()
+            .position(|c| c == channel)
+            .and_then(|i| self.joined.borrow().get(i).copied())
+            .unwrap_or(0)
+    }
+
     pub fn wrote(&self, now: Instant) {
         self.last_write.set(now);
     }
@@ -418,6 +464,7 @@ impl Registry {
             kind: spec.kind,
             chunked: spec.chunked,
             channels: RefCell::new(Vec::new()),
+            joined: RefCell::new(Vec::new()),
             meta: RefCell::new(spec.meta),
             chans: RefCell::new(Vec::new()),
             held_body: RefCell::new(Bytes::new()),
@@ -485,6 +532,20 @@ impl Registry {
                 }
             }
         }
+        // Read after the channels are in the map and the interest bits
+        // set (see `Bus::joined`); a channel kept keeps its mark.
+        let now = self.bus.joined();
+        let joined = {
+            let (old, marks) = (sub.channels.borrow(), sub.joined.borrow());
+            channels
+                .iter()
+                .map(|ch| match old.iter().position(|o| o == ch) {
+                    Some(i) => marks.get(i).copied().unwrap_or(now),
+                    None => now,
+                })
+                .collect()
+        };
+        *sub.joined.borrow_mut() = joined;
         *sub.channels.borrow_mut() = channels;
     }
 
@@ -571,6 +632,81 @@ impl Registry {
         self.bus.last_id(channel)
     }
 
+    /// Whether channels keep history (so a hold may resume from it).
+    pub fn history_on(&self) -> bool {
+        self.bus.history_on()
+    }
+
+    /// Replays to `sub` what `channel` published after the item with id
+    /// `last` and before `sub` subscribed (what came after reaches it
+    /// live), through its filters as any delivery. Exactly once: history
+    /// gives the items routed up to the subscriber's `joined` mark, the
+    /// live path those after it.
+    pub fn resume(&self, sub: &Rc<Sub>, channel: &str, last: &str) -> Resumed {
+        match self.bus.replay(channel, last, sub.joined_at(channel)) {
+            Replay::Items(items) => {
+                let list: Vec<&Arc<Encoded>> = items.iter().collect();
+                if !list.is_empty() {
+                    self.hand_filtered(sub, channel, &list, &mut false);
+                }
+                Resumed::Replayed(items.len())
+            }
+            Replay::Gap => Resumed::Gap,
+            Replay::Off => Resumed::Off,
+        }
+    }
+
+    /// Resumes a new hold from history, before its head is written:
+    ///
+    /// - a stream on one channel whose client gave `last_event_id` (SSE's
+    ///   `Last-Event-ID`) is replayed what it missed; the answer is the
+    ///   `Corepin-Resume` value to tell the client (`replayed=N`, `gap`,
+    ///   or `invalid-id` for an id that is not one);
+    /// - a long-poll whose `prev-id`s are `behind` the channels' last ids
+    ///   is answered from history when history holds its next response;
+    ///   `Refetch` when it does not (the caller re-requests the backend,
+    ///   as Pushpin does).
+    pub fn resume_hold(
+        &self,
+        sub: &Rc<Sub>,
+        last_event_id: Option<&[u8]>,
+        behind: &[(String, String)],
+    ) -> HoldResume {
+        if !self.history_on() {
+            return if behind.is_empty() {
+                HoldResume::Note(None)
+            } else {
+                HoldResume::Refetch
+            };
+        }
+        match sub.kind {
+            Kind::Stream => {
+                let channels = sub.channels.borrow().clone();
+                let (Some(raw), [channel]) = (last_event_id, channels.as_slice()) else {
+                    return HoldResume::Note(None);
+                };
+                HoldResume::Note(match crate::history::parse_resume_id(raw) {
+                    Ok(id) => self.resume(sub, channel, id).header_value(),
+                    Err(_) => Some("invalid-id".into()),
+                })
+            }
+            Kind::Response => {
+                for (channel, prev) in behind {
+                    if self.resume(sub, channel, prev) == Resumed::Gap {
+                        return HoldResume::Refetch;
+                    }
+                }
+                // Replayed items with no response for it: the backend
+                // decides.
+                if !behind.is_empty() && sub.queue.borrow().is_empty() {
+                    return HoldResume::Refetch;
+                }
+                HoldResume::Note(None)
+            }
+            Kind::Ws => HoldResume::Note(None),
+        }
+    }
+
     /// Asks one WebSocket subscriber's session to refresh (a request to its
     /// backend now); returns 1.
     pub fn refetch(&self, sub: &Sub) -> usize {
@@ -636,9 +772,23 @@ impl Registry {
             Some(m) => subs.extend(m.values().cloned()),
             None => return self.scratch.set(subs),
         }
+        // A subscriber that joined after some of these items were routed
+        // gets only the items routed after it (see `Bus::joined`).
+        let first = list.iter().map(|e| e.seq()).min().unwrap_or(0);
+        let (late, subs_now): (Vec<_>, Vec<_>) =
+            subs.iter().partition(|s| s.joined_at(ch) >= first);
+        let mut logged = false;
+        for sub in late {
+            let mark = sub.joined_at(ch);
+            let after: Vec<&Arc<Encoded>> =
+                list.iter().copied().filter(|e| e.seq() > mark).collect();
+            if !after.is_empty() {
+                self.hand_filtered(sub, ch, &after, &mut logged);
+            }
+        }
         let per_item = list.iter().any(|e| e.item.per_subscriber());
-        let (shared, own): (Vec<_>, Vec<_>) = subs
-            .iter()
+        let (shared, own): (Vec<_>, Vec<_>) = subs_now
+            .into_iter()
             .partition(|s| !per_item && s.chans.borrow().is_empty());
         if !shared.is_empty() {
             let shared: Vec<Rc<Sub>> = shared.into_iter().cloned().collect();
@@ -647,7 +797,6 @@ impl Registry {
                 self.hand(sub, ch, &plan);
             }
         }
-        let mut logged = false;
         for sub in own {
             self.hand_filtered(sub, ch, list, &mut logged);
         }
@@ -1221,6 +1370,88 @@ mod tests {
             timeout: None,
             link_timeout: None,
         }
+    }
+
+    /// A one-core bus whose inbox the test drains by hand, so the order
+    /// of publish, subscribe and drain is the test's to choose.
+    fn wired() -> (Registry, crate::bus::CoreInbox) {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let (bus, mut inboxes) = Bus::new(vec![ours], crate::bus::Limits::default());
+        let inbox = inboxes.pop().expect("one inbox");
+        (Registry::new(QueueLimits::UNBOUNDED, bus, 0), inbox)
+    }
+
+    fn stream_item(ch: &str, content: &str) -> crate::codec::publish::Item {
+        crate::codec::publish::Item {
+            channel: ch.into(),
+            http_stream: Some(crate::codec::publish::HttpStream {
+                action: Action::Send,
+                content: Bytes::from(content.to_string()),
+                content_filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn drain(reg: &Registry, inbox: &crate::bus::CoreInbox) {
+        let mut items = Vec::new();
+        inbox.take(usize::MAX, &mut items);
+        reg.deliver(&items);
+    }
+
+    /// Everything queued for `sub`, data joined.
+    fn received(sub: &Sub) -> String {
+        let mut out = String::new();
+        while let Some(m) = sub.poll_msg(std::task::Waker::noop()) {
+            if let Msg::Data(b) = m {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_late_drain_gives_a_new_subscriber_only_what_was_published_after_it() {
+        // The race tests/publish.rs hunts: an item routed to this core
+        // (for a subscriber already here) is still queued when a new
+        // subscriber arrives; the drain comes after both.
+        let (reg, inbox) = wired();
+        let early = reg.subscribe(spec());
+        reg.bus.publish(vec![stream_item("c", "[1]")], None);
+        let mut chunked = spec();
+        chunked.chunked = true;
+        let late = reg.subscribe(chunked);
+        reg.bus.publish(vec![stream_item("c", "[2]")], None);
+        drain(&reg, &inbox);
+        assert_eq!(received(&early), "[1][2]");
+        assert_eq!(received(&late), "3\r\n[2]\r\n", "only the publish after it");
+        // Once past its mark, it shares the channel's deliveries again.
+        reg.bus
+            .publish(vec![stream_item("c", "[3]"), stream_item("c", "[4]")], None);
+        drain(&reg, &inbox);
+        assert_eq!(received(&early), "[3][4]");
+        assert_eq!(received(&late), "3\r\n[3]\r\n3\r\n[4]\r\n");
+    }
+
+    #[test]
+    fn a_channel_kept_across_a_change_keeps_its_mark_and_a_new_one_starts_now() {
+        let (reg, inbox) = wired();
+        let sub = reg.subscribe(spec());
+        reg.bus.publish(vec![stream_item("c", "<c1>")], None);
+        // A next link adds channel d while <c1> is still queued.
+        let _other = reg.subscribe(SubSpec {
+            channels: vec!["d".into()],
+            ..spec()
+        });
+        reg.bus.publish(vec![stream_item("d", "<d1>")], None);
+        reg.set_channels(&sub, vec!["c".into(), "d".into()]);
+        reg.bus.publish(
+            vec![stream_item("d", "<d2>"), stream_item("c", "<c2>")],
+            None,
+        );
+        drain(&reg, &inbox);
+        // Per channel in order (a drain delivers channel by channel).
+        assert_eq!(received(&sub), "<c1><c2><d2>");
     }
 
     #[test]

@@ -23,8 +23,8 @@ use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
 use crate::connection::PartsProgress;
 use crate::shard::Shard;
-use crate::subs::{Kind, Msg, Sub, SubSpec};
-use crate::upstream::Upstream;
+use crate::subs::{HoldResume, Kind, Msg, Sub, SubSpec};
+use crate::upstream::{Dest, TlsDest, Upstream};
 
 /// Most queued bytes sent in one gathered write.
 const BATCH_MAX: usize = 64 * 1024;
@@ -132,11 +132,22 @@ pub enum HoldEnd {
     Retry(Vec<(String, String)>),
 }
 
+/// The `Grip-Last` entries of a retry straight from the instruct: each
+/// channel (as the backend named it) with the prev-id it gave.
+fn grip_last(instruct: &Instruct, max: usize) -> Vec<(String, String)> {
+    instruct
+        .channels
+        .iter()
+        .take(max)
+        .filter_map(|c| Some((c.name.clone(), c.prev_id.clone()?)))
+        .collect()
+}
+
 /// The route-level context a hold needs for next-link fetches.
 pub struct HoldCtx<'a> {
     pub head: &'a RequestHead,
-    /// Backend `host:port` for relative links; `None` for the test target.
-    pub backend: Option<String>,
+    /// The backend, for relative links; `None` for the test target.
+    pub backend: Option<Dest>,
     pub prefix: String,
     pub target: String,
     pub sig: Option<crate::jwt::SigKey>,
@@ -181,23 +192,24 @@ pub async fn hold(
         .take(max)
         .map(|c| format!("{}{}", ctx.prefix, c.name))
         .collect();
-    if instruct.hold == HoldMode::Response {
-        // A client that says it has seen an older id than the channel's
-        // latest has missed something: ask the backend again at once.
-        let behind = instruct.channels.iter().take(max).any(|spec| {
+    // A long-poll that says it has seen an older id than the channel's
+    // latest has missed something: answered from history when it holds
+    // what was missed, else the backend is asked again at once.
+    let mut behind: Vec<(String, String)> = Vec::new();
+    if instruct.hold == HoldMode::Response && ctx.head.body == BodyKind::Empty {
+        for spec in instruct.channels.iter().take(max) {
             let name = format!("{}{}", ctx.prefix, spec.name);
-            matches!((&spec.prev_id, shard.subs.last_id(&name)), (Some(p), Some(last)) if *p != last)
-        });
-        if behind && ctx.head.body == BodyKind::Empty {
-            let last = instruct
-                .channels
-                .iter()
-                .take(max)
-                .filter_map(|c| Some((c.name.clone(), c.prev_id.clone()?)))
-                .collect();
-            return HoldEnd::Retry(last);
+            if let (Some(p), Some(last)) = (&spec.prev_id, shard.subs.last_id(&name)) {
+                if *p != last {
+                    behind.push((name, p.clone()));
+                }
+            }
+        }
+        if !behind.is_empty() && !shard.subs.history_on() {
+            return HoldEnd::Retry(grip_last(&instruct, max));
         }
     }
+    let mut base = base;
     let http10 = ctx.head.version == Version::Http10;
     let sub = shard.subs.subscribe(SubSpec {
         kind: if instruct.hold == HoldMode::Stream {
@@ -224,6 +236,17 @@ pub async fn hold(
         .subs
         .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
     *sub.held_body.borrow_mut() = base.body.clone();
+    // Channel history (issue 18): replay what the client missed.
+    match shard
+        .subs
+        .resume_hold(&sub, ctx.head.fields.get("last-event-id"), &behind)
+    {
+        HoldResume::Note(Some(note)) => {
+            let _ = base.head.add("Corepin-Resume", note.as_bytes());
+        }
+        HoldResume::Note(None) => {}
+        HoldResume::Refetch => return HoldEnd::Retry(grip_last(&instruct, max)),
+    }
     sub.debug.set(ctx.debug);
     c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
@@ -246,11 +269,11 @@ pub async fn hold(
 /// request to the backend. Best effort, in its own task so the client's
 /// connection does not wait: failures and a non-empty answer are logged.
 fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
-    let Some((addr, path)) = link_addr(shard, ctx, url) else {
+    let Some((to, path)) = link_addr(shard, ctx, url) else {
         return;
     };
     let mut req = Vec::with_capacity(256);
-    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let host = ctx.head.fields.get("host").unwrap_or(to.addr.as_bytes());
     let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
     heads::write_gone_request(&mut req, &path, host, token.as_deref());
     let shard = shard.clone();
@@ -258,7 +281,7 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     glommio::spawn_local(async move {
         let mut up = match shard
             .pool
-            .connect(&addr, shard.cfg.timeouts.upstream_connect)
+            .connect_to(&to, shard.cfg.timeouts.upstream_connect)
             .await
         {
             Ok(up) => up,
@@ -298,30 +321,42 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     .detach();
 }
 
-/// Where a link points: the backend address and the request target. A
-/// link is `http://host[:port]/path` or a path on the route's backend.
-fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(String, String)> {
-    match url.strip_prefix("http://") {
-        Some(rest) => {
-            let (hostport, path) = rest
-                .split_once('/')
-                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-            let hostport = if hostport.contains(':') {
-                hostport.to_string()
-            } else {
-                format!("{hostport}:80")
-            };
-            Some((hostport, path))
-        }
-        None if url.starts_with('/') => Some((ctx.backend.clone()?, url.to_string())),
-        None => {
-            warn!(
-                "core {}: link '{url}' is not http:// or a path",
-                shard.index
-            );
-            None
-        }
-    }
+/// Where a link points: the backend and the request target. A link is
+/// `http://host[:port]/path`, `https://host[:port]/path` (TLS, verified
+/// against the CA store by the URL's host) or a path on the route's
+/// backend (reached as the route reaches it, TLS included).
+fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(Dest, String)> {
+    let (rest, tls, port) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, None, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        // Verified against the CA store, by the URL's host name.
+        let tls = TlsDest {
+            name: None,
+            insecure: false,
+        };
+        (rest, Some(tls), 443)
+    } else if url.starts_with('/') {
+        return Some((ctx.backend.clone()?, url.to_string()));
+    } else {
+        warn!(
+            "core {}: link '{url}' is not http://, https:// or a path",
+            shard.index
+        );
+        return None;
+    };
+    let (hostport, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    // A port follows the host (after the `]` of an IPv6 address).
+    let has_port = hostport
+        .rsplit_once(':')
+        .is_some_and(|(h, _)| !h.starts_with('[') || h.ends_with(']'));
+    let addr = if has_port {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{port}")
+    };
+    Some((Dest { addr, tls }, path))
 }
 
 pub enum Event {
@@ -482,6 +517,7 @@ async fn hold_stream(
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
         crate::codec::chunked::write_chunk(&mut out, &body);
     }
+    crate::conn::dropin::head(c, &mut out, 0);
     drop((base, body));
     let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
@@ -705,6 +741,7 @@ async fn hold_response(
                 heads::write_connection(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&body);
+                crate::conn::dropin::whole(c, &mut out, 0, true);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = e
                     .item
@@ -716,6 +753,7 @@ async fn hold_response(
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
+                crate::conn::dropin::whole(c, &mut out, 0, true);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
@@ -804,9 +842,9 @@ async fn fetch_link_inner(
     sub: &Sub,
     url: &str,
 ) -> Option<Result<Decision, String>> {
-    let (addr, path) = link_addr(shard, ctx, url)?;
+    let (to, path) = link_addr(shard, ctx, url)?;
     let mut req = Vec::with_capacity(256);
-    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let host = ctx.head.fields.get("host").unwrap_or(to.addr.as_bytes());
     let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
     heads::write_link_request(
         &mut req,
@@ -818,12 +856,12 @@ async fn fetch_link_inner(
     );
     let mut up = match shard
         .pool
-        .connect(&addr, shard.cfg.timeouts.upstream_connect)
+        .connect_to(&to, shard.cfg.timeouts.upstream_connect)
         .await
     {
         Ok(up) => up,
         Err(e) => {
-            warn!("core {}: next link {addr}: {e:?}", shard.index);
+            warn!("core {}: next link {}: {e:?}", shard.index, to.addr);
             return None;
         }
     };

@@ -35,6 +35,8 @@ pub struct Client {
     pub conn: Connection,
     pub peer: SocketAddr,
     pub state: Rc<ConnState>,
+    /// The current request's response rewriting (CORS, JSON-P), if any.
+    pub dropin: Option<Rc<crate::conn::dropin::Wrap>>,
 }
 
 /// How one exchange ended, for the access log and the keep-alive decision.
@@ -73,7 +75,7 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves one client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let conn = Connection::tcp(stream, shard.bufs.clone());
+    let conn = Connection::client(stream, shard.bufs.clone());
     serve_conn(shard, conn, peer).await
 }
 
@@ -88,6 +90,7 @@ pub async fn serve_conn(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         guard,
         conn,
         peer,
+        dropin: None,
     };
     loop {
         let head = match read_head(&shard, &mut c).await {
@@ -112,6 +115,7 @@ pub async fn serve_conn(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         };
         let started = shard.clock();
         let outcome = handle(&shard, &mut c, &head).await;
+        c.dropin = None;
         shard.access(&AccessEntry {
             core: shard.index,
             client: c.peer,
@@ -167,6 +171,7 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
 async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close: bool) -> u64 {
     let mut out = shard.bufs.take_out();
     http1::write_simple_response(&mut out, status, reason, close);
+    crate::conn::dropin::whole(c, &mut out, 0, false);
     let n = out.len() as u64;
     let _ = c.conn.write_all(&out).await;
     shard.bufs.give_out(out);
@@ -181,9 +186,17 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             .fields
             .get("upgrade")
             .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
-    let Some(route) = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls()) else {
+    let route = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls());
+    c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
+    let Some(route) = route else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
     };
+    if let Some(why) = crate::conn::dropin::refusal(c) {
+        return refuse(shard, c, head, 400, why, "-").await;
+    }
+    // A JSON-P request goes upstream rewritten.
+    let jsonp = crate::conn::dropin::upstream(c);
+    let head = jsonp.as_ref().and_then(|w| w.head()).unwrap_or(head);
     // Only corepin speaks WebSocket-over-HTTP to an over_http target: a
     // client's own events would reach the backend signed, as a session's
     // (Pushpin answers the same 403).
@@ -495,13 +508,16 @@ async fn proxy(
     if route.grip() && grip::is_grip(&resp.fields) {
         let ctx = HoldCtx {
             head,
-            backend: Some(backend.addr.clone()),
+            backend: Some(crate::upstream::Dest::of(&backend)),
             prefix: route.prefix.clone().unwrap_or_default(),
             target: backend.addr.clone(),
             sig,
             debug: route.debug,
         };
         return instructed(shard, c, &ctx, up, resp).await;
+    }
+    if crate::conn::dropin::wraps(c) {
+        return crate::conn::dropin::proxied(shard, c, head, up, resp, backend.addr).await;
     }
     let (framing, keep) = client_framing(head, &resp, shard.draining());
     // The rest of an unsent body is still on its way from the client.
@@ -514,6 +530,7 @@ async fn proxy(
     // A `no_grip` route relays GRIP fields as they are (a GRIP answer on
     // another route was held above, so it has none left to relay).
     write_proxied_response(&mut prefix, head, &resp, body, keep, Toward::ClientWithGrip);
+    crate::conn::dropin::head(c, &mut prefix, 0);
     let mut out = shard.bufs.take_out();
     c.conn
         .set_write_timeout(Some(shard.cfg.timeouts.client_write));
@@ -583,6 +600,7 @@ async fn instructed(
             let keep = ctx.head.keep_alive && !shard.draining();
             let mut out = Vec::with_capacity(256 + base.body.len());
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
+            crate::conn::dropin::whole(c, &mut out, 0, false);
             let ok = c.conn.write_all(&out).await.is_ok();
             HoldEnd::Done(Outcome {
                 status: base.status(),
