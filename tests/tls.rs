@@ -1121,3 +1121,47 @@ fn wss_to_corepin_passes_through_to_a_wss_backend() {
     assert_eq!(r["received"], serde_json::json!(["over wss twice"]), "{r}");
     assert_eq!(r["close"][0], 1000, "{r}");
 }
+
+/// `Connection::send_now` (a dropped WebSocket subscriber's close 1008)
+/// on a TLS connection: the bytes are encrypted after what was written
+/// before and reach the client, without waiting, before the connection
+/// is dropped.
+#[test]
+fn send_now_on_a_tls_connection_reaches_the_client_encrypted() {
+    use corepin::connection::Connection;
+    let certs = certs(true);
+    let config = server_config(&certs);
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let server = LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let l = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            addr_tx.send(l.local_addr().expect("addr")).expect("send");
+            let s = l.accept().await.expect("accept");
+            let bufs = std::rc::Rc::new(corepin::buf::BufPool::default());
+            let conn = Connection::tcp(s, bufs);
+            let mut conn = conn.start_tls(config, WAIT).await.expect("handshake");
+            assert!(conn.is_tls());
+            conn.write_all(b"first;").await.expect("write");
+            // A WebSocket close 1008 "too slow", as drop_client sends it.
+            conn.send_now(b"\x88\x0a\x03\xf0too slow");
+            // Dropped without a close_notify, as a dropped client is.
+            drop(conn);
+        })
+        .expect("executor");
+    let addr: SocketAddr = addr_rx.recv_timeout(WAIT).expect("listening");
+    let mut c = tls_client(addr.port(), &[&certs.ca]);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // The TCP close without close_notify ends it.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("read: {e} after {got:?}"),
+        }
+    }
+    server.join().expect("server");
+    assert_eq!(got, b"first;\x88\x0a\x03\xf0too slow");
+}

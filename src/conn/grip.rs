@@ -430,7 +430,7 @@ pub async fn deliver(
 
 /// Sends what the socket takes now, without waiting: the last words to a
 /// client being dropped for not reading (a WebSocket close frame).
-pub fn send_now(c: &Client, bytes: &[u8]) {
+pub fn send_now(c: &mut Client, bytes: &[u8]) {
     c.conn.send_now(bytes);
 }
 
