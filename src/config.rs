@@ -24,6 +24,7 @@ struct FileConfig {
     workers: Option<usize>,
     routes: Option<Vec<String>>,
     routes_file: Option<String>,
+    auto_cross_origin: Option<bool>,
     limits: FileLimits,
     timeouts: FileTimeouts,
     upstream: FileUpstream,
@@ -38,6 +39,17 @@ struct FileConfig {
     metrics: FileMetrics,
     // Cluster (issue 17).
     cluster: FileCluster,
+    // io_uring data path (issue 16).
+    data_path: Option<String>,
+    history: FileHistory,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileHistory {
+    messages: Option<usize>,
+    seconds: Option<u64>,
+    max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -418,6 +430,8 @@ pub struct Config {
     pub max_idle_per_target: usize,
     pub grip: Grip,
     pub publish: Publish,
+    /// What each channel's history keeps (`[history]`; off by default).
+    pub history: crate::history::HistoryLimits,
     pub log_level: Level,
     pub access_log: bool,
     pub forwarding: Forwarding,
@@ -439,6 +453,42 @@ pub struct Config {
     pub metrics_pushpin_prefix: String,
     /// The broker that joins this node to others; `None`: runs alone.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// Automatic cross-origin on every HTTP request, as if each route had
+    /// `aco` (Pushpin's `auto_cross_origin`).
+    pub auto_cross_origin: bool,
+    /// How client sockets are read and written (`data_path`).
+    pub data_path: DataPath,
+}
+
+/// How client connections' sockets are read and written (`data_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPath {
+    /// glommio's `TcpStream`: a readiness poll, then a `recv`/`send`.
+    #[default]
+    Glommio,
+    /// corepin's own per-core io_uring (`src/uring`): multishot receive
+    /// into provided buffers, sends batched per loop turn.
+    Uring,
+}
+
+impl DataPath {
+    pub fn parse(field: &str, v: &str) -> Result<DataPath, ConfigError> {
+        match v {
+            "glommio" => Ok(DataPath::Glommio),
+            "uring" => Ok(DataPath::Uring),
+            _ => Err(ConfigError(format!(
+                "{field}: '{}' is not a data path (glommio or uring)",
+                v.escape_debug()
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::Glommio => "glommio",
+            DataPath::Uring => "uring",
+        }
+    }
 }
 
 /// The encoding of the ZeroMQ stats socket.
@@ -601,6 +651,10 @@ pub struct Overrides {
     // Cluster (issue 17).
     pub cluster: Vec<String>,
     pub node: Option<String>,
+    /// `--history-messages N`.
+    pub history_messages: Option<usize>,
+    // io_uring data path (issue 16).
+    pub data_path: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -924,6 +978,25 @@ impl Config {
                 1 << 30,
             )?,
         };
+        let history = {
+            let h = &f.history;
+            let (messages, field) = match ov.history_messages {
+                Some(n) => (Some(n), "--history-messages"),
+                None => (h.messages, "history.messages"),
+            };
+            let seconds = h.seconds.unwrap_or(3600);
+            if seconds > 7 * 86400 {
+                return fail(
+                    "history.seconds",
+                    format!("{seconds} is more than 604800 (7 days)"),
+                );
+            }
+            crate::history::HistoryLimits {
+                messages: ranged(field, messages, 0, 0, 100_000)?,
+                max_age: (seconds > 0).then(|| Duration::from_secs(seconds)),
+                max_bytes: ranged("history.max_bytes", h.max_bytes, 1 << 20, 1024, 1 << 30)?,
+            }
+        };
         let p = f.publish;
         let auth = match p.auth.as_deref().unwrap_or("none") {
             "none" => PublishAuth::None,
@@ -1042,6 +1115,11 @@ impl Config {
             },
         })
         .map_err(ConfigError)?;
+        let data_path = match (&ov.data_path, f.data_path.as_deref()) {
+            (Some(v), _) => DataPath::parse("--data-path", v)?,
+            (None, Some(v)) => DataPath::parse("data_path", v)?,
+            (None, None) => DataPath::default(),
+        };
         Ok(Config {
             listen,
             control_http,
@@ -1055,6 +1133,7 @@ impl Config {
             max_idle_per_target,
             grip,
             publish,
+            history,
             log_level,
             access_log: f.log.access_log.unwrap_or(true),
             forwarding,
@@ -1069,6 +1148,8 @@ impl Config {
             zmq,
             metrics_pushpin_prefix,
             cluster,
+            auto_cross_origin: f.auto_cross_origin.unwrap_or(false),
+            data_path,
         })
     }
 }

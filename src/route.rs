@@ -133,6 +133,7 @@ impl Backend {
             peer_ip,
             forwarding,
             grip,
+            grip_last: &[],
         }
     }
 }
@@ -854,6 +855,27 @@ pub fn parse_line_in(line: &str, base: &Path) -> Result<Option<Route>, RouteErro
         default_method: props.value("jsonp_defmethod")?,
     };
     let jsonp = (jsonp_mode.is_some() || jsonp != Jsonp::default()).then_some(jsonp);
+    if let Some(j) = &jsonp {
+        if !aco {
+            return err(
+                "jsonp_* options need aco on the same route (Pushpin answers JSON-P only with automatic cross-origin)",
+            );
+        }
+        if let Some(cb) = &j.callback_param {
+            if cb
+                .bytes()
+                .any(|b| !b.is_ascii_graphic() || b"&=%#+".contains(&b))
+            {
+                return err(format!("jsonp_cb '{cb}' is not a query parameter name"));
+            }
+        }
+        if let Some(m) = &j.default_method {
+            let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if !m.bytes().all(tchar) {
+                return err(format!("jsonp_defmethod '{m}' is not an HTTP method"));
+            }
+        }
+    }
     let session = props.flag("session")?;
     let sockjs = props.value("sockjs")?;
     let sockjs_as_path = props.value("sockjs_as_path")?;
@@ -934,15 +956,21 @@ impl Route {
     /// when it can.
     pub fn unsupported(&self) -> Option<String> {
         let opt = "route option";
-        if self.aco {
-            return not_yet(
-                opt,
-                "aco",
-                "automatic cross-origin (CORS preflights and headers) is not built yet",
-            );
-        }
-        if self.jsonp.is_some() {
-            return not_yet(opt, "jsonp_*", "JSON-P wrapping is not built yet");
+        if let Some(j) = &self.jsonp {
+            if j.body_param.is_some() {
+                return not_yet(
+                    opt,
+                    "jsonp_body",
+                    "corepin does not send a request body taken from the query",
+                );
+            }
+            if j.default_callback.is_some() {
+                return not_yet(
+                    opt,
+                    "jsonp_defcb",
+                    "Pushpin uses it only with jsonp_body, which corepin does not support",
+                );
+            }
         }
         if self.session {
             return not_yet(
@@ -1497,7 +1525,10 @@ mod tests {
             ("*,\"prefix=a\tb\" a:1", "control character"),
             ("* a:1,host=bad/host", "not a host name"),
             ("*,log_level=loud a:1", "not a number"),
-            ("*,jsonp_mode=odd a:1", "basic or extended"),
+            ("*,aco,jsonp_mode=odd a:1", "basic or extended"),
+            ("*,jsonp_mode=basic a:1", "need aco"),
+            ("*,aco,jsonp_cb=a&b a:1", "not a query parameter name"),
+            ("*,aco,jsonp_defmethod=a(b a:1", "not an HTTP method"),
             ("*\ta:1", "tab"),
             ("*,path_beg=/\u{1}x a:1", "control character"),
             ("* a:1,one_event", "'one_event' needs 'over_http'"),
@@ -1513,9 +1544,8 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("*,aco a:1", "route option `aco`"),
-            ("*,jsonp_cb=cb a:1", "route option `jsonp_*`"),
-            ("*,jsonp_mode=basic a:1", "route option `jsonp_*`"),
+            ("*,aco,jsonp_body=b a:1", "route option `jsonp_body`"),
+            ("*,aco,jsonp_defcb=f a:1", "route option `jsonp_defcb`"),
             ("*,session a:1", "route option `session`"),
             ("*,sockjs=/sockjs a:1", "route option `sockjs`"),
             ("*,sockjs_as_path=/x a:1", "route option `sockjs`"),

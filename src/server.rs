@@ -178,6 +178,8 @@ struct Startup {
     publisher: Publisher,
     per_shard: Mutex<Vec<Option<ShardParts>>>,
     ready: Option<ReadyFile>,
+    /// Cores whose drain has not finished (`ShardStart::draining_cores`).
+    draining_cores: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// `--ready-file`: the bound addresses as one JSON object, written once
@@ -345,6 +347,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let limits = crate::bus::Limits {
         inflight: cfg.publish.max_inflight,
         backlog: cfg.publish.max_backlog,
+        history: cfg.history,
     };
     let (bus, inboxes) = Bus::new(wakers, limits);
     // In a cluster, this node's publishes go to the broker, and the bridge
@@ -419,6 +422,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     spawn_signal_thread(plane)?;
     info!("running on {workers} cores");
+    info!("data path: {}", startup_data_path(&cfg));
+    if cfg.data_path == crate::config::DataPath::Uring {
+        // A kernel or a sandbox that refuses the ring (or its provided
+        // buffers) is reported before any core starts.
+        crate::uring::Uring::new(crate::uring::Config::default()).map_err(|e| {
+            format!("data_path = \"uring\": cannot set up corepin's io_uring: {e} (use data_path = \"glommio\")")
+        })?;
+    }
 
     let startup = Arc::new(Startup {
         cfg,
@@ -429,6 +440,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         publisher,
         per_shard: Mutex::new(per_shard),
         ready,
+        draining_cores: Arc::new(std::sync::atomic::AtomicUsize::new(workers)),
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(workers, None))
@@ -445,6 +457,29 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 error!("shard {index} found no start-up state");
                 return;
             };
+            // The io_uring data path: this core's own ring, driven inside
+            // glommio; client connections read and write through it.
+            let driver = match startup.cfg.data_path {
+                crate::config::DataPath::Glommio => None,
+                crate::config::DataPath::Uring => {
+                    match crate::uring::Uring::new(crate::uring::Config::default()) {
+                        Ok(ring) => {
+                            if index == 0 {
+                                info!(
+                                    "data path: io_uring ({} ring)",
+                                    ring.mode().name()
+                                );
+                            }
+                            crate::uring::set_current(Some(ring.clone()));
+                            Some((ring.clone(), glommio::spawn_local(ring.drive())))
+                        }
+                        Err(e) => {
+                            error!("core {index}: cannot set up the io_uring data path: {e}");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            };
             let run = shard::run(ShardStart {
                 index,
                 cfg: Rc::new(startup.cfg.clone()),
@@ -459,6 +494,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 wake: parts.wake,
                 conn_limit: startup.conn_limit.clone(),
                 publisher: startup.publisher.clone(),
+                draining_cores: startup.draining_cores.clone(),
             });
             // shard::run spawns its accept loops before its first await.
             after_first_poll(run, || {
@@ -467,6 +503,16 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 }
             })
             .await;
+            if let Some((ring, task)) = driver {
+                crate::uring::set_current(None);
+                ring.stop();
+                let _ = task.await;
+                let st = ring.stats();
+                info!(
+                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps",
+                    st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps
+                );
+            }
         })
         .map_err(|e| format!("cannot start executors: {e}"))?;
     for r in handles.join_all() {
@@ -476,6 +522,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// How client sockets are driven, as the start-up log says it.
+fn startup_data_path(cfg: &Config) -> &'static str {
+    match cfg.data_path {
+        crate::config::DataPath::Glommio => "glommio",
+        crate::config::DataPath::Uring => "uring (corepin's own io_uring per core)",
+    }
 }
 
 /// Turns SIGTERM/SIGINT into a drain of every shard (a second SIGINT, a

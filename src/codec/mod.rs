@@ -6,10 +6,12 @@
 
 pub mod bodypatch;
 pub mod chunked;
+pub mod cors;
 pub mod filter;
 pub mod grip;
 pub mod heads;
 pub mod http1;
+pub mod jsonp;
 pub mod publish;
 pub mod response;
 pub mod tnetstring;
@@ -17,5 +19,6 @@ pub mod uri;
 pub mod ws;
 pub mod wscontrol;
 pub mod wsevents;
+pub mod wshandshake;
 pub mod wssession;
 pub mod zmqmsg;

@@ -11,7 +11,9 @@ use glommio::net::TcpStream;
 
 use crate::buf::BUF_SIZE;
 use crate::codec::grip;
-use crate::codec::heads::{self, write_proxied_response, ClientBody, Purpose, Toward};
+use crate::codec::heads::{
+    self, write_proxied_response, BackendRequest, ClientBody, Purpose, Toward,
+};
 use crate::codec::http1::{
     self, parse_request, BodyKind, HeadError, RequestHead, ResponseHead, Version,
 };
@@ -33,6 +35,8 @@ pub struct Client {
     pub conn: Connection,
     pub peer: SocketAddr,
     pub state: Rc<ConnState>,
+    /// The current request's response rewriting (CORS, JSON-P), if any.
+    pub dropin: Option<Rc<crate::conn::dropin::Wrap>>,
 }
 
 /// How one exchange ended, for the access log and the keep-alive decision.
@@ -71,7 +75,7 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves one client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let conn = Connection::tcp(stream, shard.bufs.clone());
+    let conn = Connection::client(stream, shard.bufs.clone());
     serve_conn(shard, conn, peer).await
 }
 
@@ -86,6 +90,7 @@ pub async fn serve_conn(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         guard,
         conn,
         peer,
+        dropin: None,
     };
     loop {
         let head = match read_head(&shard, &mut c).await {
@@ -110,6 +115,7 @@ pub async fn serve_conn(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         };
         let started = shard.clock();
         let outcome = handle(&shard, &mut c, &head).await;
+        c.dropin = None;
         shard.access(&AccessEntry {
             core: shard.index,
             client: c.peer,
@@ -165,6 +171,7 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
 async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close: bool) -> u64 {
     let mut out = shard.bufs.take_out();
     http1::write_simple_response(&mut out, status, reason, close);
+    crate::conn::dropin::whole(c, &mut out, 0, false);
     let n = out.len() as u64;
     let _ = c.conn.write_all(&out).await;
     shard.bufs.give_out(out);
@@ -179,9 +186,17 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             .fields
             .get("upgrade")
             .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
-    let Some(route) = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls()) else {
+    let route = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls());
+    c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
+    let Some(route) = route else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
     };
+    if let Some(why) = crate::conn::dropin::refusal(c) {
+        return refuse(shard, c, head, 400, why, "-").await;
+    }
+    // A JSON-P request goes upstream rewritten.
+    let jsonp = crate::conn::dropin::upstream(c);
+    let head = jsonp.as_ref().and_then(|w| w.head()).unwrap_or(head);
     // Only corepin speaks WebSocket-over-HTTP to an over_http target: a
     // client's own events would reach the backend signed, as a session's
     // (Pushpin answers the same 403).
@@ -212,20 +227,25 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
         // only the state of the path it takes, not the largest of them.
         return match Box::pin(crate::conn::ws::handle(shard, c, head, route)).await {
             HoldEnd::Done(o) => o,
-            HoldEnd::Retry => Outcome::closed(502, 0, "-".into()),
+            HoldEnd::Retry(_) => Outcome::closed(502, 0, "-".into()),
         };
     }
     // A hold may ask for the request to be made again (a `hint`, or a
-    // subscriber found out of sync); a few times at most.
+    // subscriber found out of sync); a few times at most, each retry
+    // saying in `Grip-Last` where the long-poll's channels were.
+    let mut last: Vec<(String, String)> = Vec::new();
     for _ in 0..3 {
         let r = match route.targets.first() {
             Some(Target::Test) => Box::pin(crate::testtarget::handle(shard, c, head, route)).await,
-            Some(Target::Backend(_)) => Box::pin(proxy(shard, c, head, route)).await,
+            Some(Target::Backend(_)) => Box::pin(proxy(shard, c, head, route, &last)).await,
             None => return refuse(shard, c, head, 404, "no route for this request", "-").await,
         };
         match r {
             HoldEnd::Done(o) => return o,
-            HoldEnd::Retry => debug!("core {}: re-requesting {}", shard.index, head.target()),
+            HoldEnd::Retry(l) => {
+                debug!("core {}: re-requesting {}", shard.index, head.target());
+                last = l;
+            }
         }
     }
     refuse(shard, c, head, 502, "backend kept asking for a retry", "-").await
@@ -388,6 +408,7 @@ async fn send_request(
     route: &Route,
     path: &str,
     grip: Option<Option<&str>>,
+    grip_last: &[(String, String)],
 ) -> Result<(Upstream, Backend, ResponseHead, bool), (Failure, String)> {
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
@@ -418,9 +439,11 @@ async fn send_request(
             .forwarding
             .policy(c.peer.ip())
             .over_tls(c.conn.is_tls());
-        backend
-            .request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
-            .write(&mut req_head);
+        BackendRequest {
+            grip_last,
+            ..backend.request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
+        }
+        .write(&mut req_head);
         let sent = Instant::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         if r.is_ok() {
@@ -448,7 +471,13 @@ async fn send_request(
 }
 
 /// Proxies one request to the route's backend and streams the answer back.
-async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Route) -> HoldEnd {
+async fn proxy(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+    grip_last: &[(String, String)],
+) -> HoldEnd {
     let path = route.rewrite(head.target());
     // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
     // is, its GRIP headers included (Pushpin's passthrough).
@@ -458,10 +487,13 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     // Until the response starts, a shutdown's grace period may end: the
     // client then gets a 503 rather than a bare close.
     let state = c.state.clone();
-    let sent = futures_lite::future::or(send_request(shard, c, head, route, &path, grip), async {
-        state.grace_over().await;
-        Err((Failure::Shutdown, "-".to_string()))
-    })
+    let sent = futures_lite::future::or(
+        send_request(shard, c, head, route, &path, grip, grip_last),
+        async {
+            state.grace_over().await;
+            Err((Failure::Shutdown, "-".to_string()))
+        },
+    )
     .await;
     let (mut up, backend, resp, body_sent) = match sent {
         Ok(x) => x,
@@ -480,8 +512,12 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
             prefix: route.prefix.clone().unwrap_or_default(),
             target: backend.addr.clone(),
             sig,
+            debug: route.debug,
         };
         return instructed(shard, c, &ctx, up, resp).await;
+    }
+    if crate::conn::dropin::wraps(c) {
+        return crate::conn::dropin::proxied(shard, c, head, up, resp, backend.addr).await;
     }
     let (framing, keep) = client_framing(head, &resp, shard.draining());
     // The rest of an unsent body is still on its way from the client.
@@ -494,6 +530,7 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     // A `no_grip` route relays GRIP fields as they are (a GRIP answer on
     // another route was held above, so it has none left to relay).
     write_proxied_response(&mut prefix, head, &resp, body, keep, Toward::ClientWithGrip);
+    crate::conn::dropin::head(c, &mut prefix, 0);
     let mut out = shard.bufs.take_out();
     c.conn
         .set_write_timeout(Some(shard.cfg.timeouts.client_write));
@@ -563,6 +600,7 @@ async fn instructed(
             let keep = ctx.head.keep_alive && !shard.draining();
             let mut out = Vec::with_capacity(256 + base.body.len());
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
+            crate::conn::dropin::whole(c, &mut out, 0, false);
             let ok = c.conn.write_all(&out).await.is_ok();
             HoldEnd::Done(Outcome {
                 status: base.status(),
