@@ -227,7 +227,7 @@ async fn bad_gateway(c: &mut Client, why: &str, target: &str) -> HoldEnd {
 /// Ends a WebSocket whose subscriber was dropped for not keeping up: a
 /// close 1008 if the socket takes it now (it is full, or nearly), then the
 /// connection ends without waiting for the client.
-fn drop_client(shard: &Shard, c: &Client) {
+fn drop_client(shard: &Shard, c: &mut Client) {
     dropped_warning(shard, c, "WebSocket");
     send_now(c, &close_frame(1008, "too slow", None));
 }
