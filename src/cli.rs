@@ -10,6 +10,7 @@ pub const USAGE: &str = "\
 usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
                [--control-http ADDR]
                [--control-socket PATH] [--route LINE]... [--workers N (0 = every core)]
+               [--history-messages N]
                [--log-level error|warn|info|debug]
                [--listen-tls ADDR]... [--tls-cert FILE --tls-key FILE]
                [--tls-certs-dir DIR] [--ready-file PATH]
@@ -195,6 +196,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
                 ov.workers = Some(n);
             }
             "--log-level" => ov.log_level = Some(val("--log-level")?),
+            "--history-messages" => {
+                let v = val("--history-messages")?;
+                let n = v.parse::<usize>().map_err(|_| {
+                    CliError(format!(
+                        "--history-messages: '{v}' is not a number of items (0 = off)"
+                    ))
+                })?;
+                ov.history_messages = Some(n);
+            }
             // TLS (issue 15).
             "--listen-tls" => ov.listen_tls.push(val("--listen-tls")?),
             "--tls-cert" => ov.tls_cert = Some(val("--tls-cert")?),

@@ -24,6 +24,7 @@ struct FileConfig {
     workers: Option<usize>,
     routes: Option<Vec<String>>,
     routes_file: Option<String>,
+    auto_cross_origin: Option<bool>,
     limits: FileLimits,
     timeouts: FileTimeouts,
     upstream: FileUpstream,
@@ -38,6 +39,15 @@ struct FileConfig {
     metrics: FileMetrics,
     // Cluster (issue 17).
     cluster: FileCluster,
+    history: FileHistory,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileHistory {
+    messages: Option<usize>,
+    seconds: Option<u64>,
+    max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -418,6 +428,8 @@ pub struct Config {
     pub max_idle_per_target: usize,
     pub grip: Grip,
     pub publish: Publish,
+    /// What each channel's history keeps (`[history]`; off by default).
+    pub history: crate::history::HistoryLimits,
     pub log_level: Level,
     pub access_log: bool,
     pub forwarding: Forwarding,
@@ -439,6 +451,9 @@ pub struct Config {
     pub metrics_pushpin_prefix: String,
     /// The broker that joins this node to others; `None`: runs alone.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// Automatic cross-origin on every HTTP request, as if each route had
+    /// `aco` (Pushpin's `auto_cross_origin`).
+    pub auto_cross_origin: bool,
 }
 
 /// The encoding of the ZeroMQ stats socket.
@@ -601,6 +616,8 @@ pub struct Overrides {
     // Cluster (issue 17).
     pub cluster: Vec<String>,
     pub node: Option<String>,
+    /// `--history-messages N`.
+    pub history_messages: Option<usize>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -706,30 +723,6 @@ pub fn load_routes(source: &RoutesSource) -> Result<Routes, ConfigError> {
     };
     if routes.is_empty() {
         return fail(&field, "no route is defined");
-    }
-    Ok(routes)
-}
-
-/// Reads a routes file for a reload of a running corepin: as at start-up,
-/// a TLS-to-backend (`ssl`) target is refused until TLS is wired into the
-/// connection layer (then this is `parse_routes_file` again).
-pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
-    refuse_unwired_ssl(parse_routes_file(path)?, path)
-}
-
-/// Refuses routes with a TLS-to-backend (`ssl`) target, for a reload of a
-/// running corepin, until TLS is wired into the connection layer.
-pub fn refuse_unwired_ssl(routes: Routes, path: &std::path::Path) -> Result<Routes, ConfigError> {
-    if let Some((r, b)) = routes.first_ssl_target() {
-        return fail(
-            "routes_file",
-            format!(
-                "{}: '{}': target {} 'ssl': TLS to backends is not wired yet",
-                path.display(),
-                r.line,
-                b.addr
-            ),
-        );
     }
     Ok(routes)
 }
@@ -948,6 +941,25 @@ impl Config {
                 1 << 30,
             )?,
         };
+        let history = {
+            let h = &f.history;
+            let (messages, field) = match ov.history_messages {
+                Some(n) => (Some(n), "--history-messages"),
+                None => (h.messages, "history.messages"),
+            };
+            let seconds = h.seconds.unwrap_or(3600);
+            if seconds > 7 * 86400 {
+                return fail(
+                    "history.seconds",
+                    format!("{seconds} is more than 604800 (7 days)"),
+                );
+            }
+            crate::history::HistoryLimits {
+                messages: ranged(field, messages, 0, 0, 100_000)?,
+                max_age: (seconds > 0).then(|| Duration::from_secs(seconds)),
+                max_bytes: ranged("history.max_bytes", h.max_bytes, 1 << 20, 1024, 1 << 30)?,
+            }
+        };
         let p = f.publish;
         let auth = match p.auth.as_deref().unwrap_or("none") {
             "none" => PublishAuth::None,
@@ -1079,6 +1091,7 @@ impl Config {
             max_idle_per_target,
             grip,
             publish,
+            history,
             log_level,
             access_log: f.log.access_log.unwrap_or(true),
             forwarding,
@@ -1093,6 +1106,7 @@ impl Config {
             zmq,
             metrics_pushpin_prefix,
             cluster,
+            auto_cross_origin: f.auto_cross_origin.unwrap_or(false),
         })
     }
 }
@@ -1530,27 +1544,5 @@ mod tests {
             let e = Config::default_with(&ov).expect_err(needle);
             assert!(e.0.contains(needle), "{ov:?} gave {e}");
         }
-    }
-
-    #[test]
-    fn a_reload_refuses_ssl_targets_until_tls_is_wired() {
-        let path = std::env::temp_dir().join(format!(
-            "corepin-routes-ssl-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::write(&path, "* a.example:443,ssl\n").expect("write");
-        let text = format!("routes_file = \"{}\"", path.display());
-        let loaded = Config::from_toml(&text, "t.toml", &Overrides::default());
-        let reloaded = read_routes_file(&path);
-        let _ = std::fs::remove_file(&path);
-        // corepin check parses them (corepin run refuses them in main).
-        assert!(loaded.expect("parses").routes.first_ssl_target().is_some());
-        let e = reloaded.expect_err("refused on reload").0;
-        assert!(
-            e.starts_with("routes_file: ")
-                && e.ends_with("'* a.example:443,ssl': target a.example:443 'ssl': TLS to backends is not wired yet"),
-            "{e}"
-        );
     }
 }

@@ -238,7 +238,6 @@ fn kind(key: &str) -> Option<Kind> {
         "runner/local_ports" => u(Some(""), "Unix-socket listeners are not supported"),
         "runner/logdir" => u(None, "corepin logs to stdout and stderr"),
         "runner/allow_compression" => u(Some("false"), "corepin does not compress"),
-        "proxy/auto_cross_origin" => u(Some("false"), "automatic CORS is not built yet"),
         "proxy/set_x_forwarded_protocol" => u(
             Some("proto-only"),
             "corepin always sends X-Forwarded-Proto (http or https)",
@@ -604,6 +603,11 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     let conn_stats = boolean("global/stats_connection_send")?.unwrap_or(true);
     let stats_on = text_of("handler/stats_spec").is_some_and(|s| !s.trim().is_empty());
 
+    mapped.push("proxy/auto_cross_origin");
+    if let Some(b) = boolean("proxy/auto_cross_origin")? {
+        t.insert("auto_cross_origin".into(), b.into());
+    }
+
     // The access log's optional fields.
     mapped.push("proxy/log_from");
     if let Some(b) = boolean("proxy/log_from")? {
@@ -795,7 +799,7 @@ a=second
         )
         .expect("inc");
         let text = format!(
-            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\nlog_from=false\nlog_user_agent=true\nprometheus_prefix=pp_\n[handler]\npush_in_http_port=5561\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\npush_in_spec=tcp://127.0.0.1:5560\npush_in_sub_specs=tcp://127.0.0.1:5562,ipc://x\npush_in_sub_connect=true\nstats_spec=ipc:///r/{{ipc_prefix}}stats\nstats_format=json\nstats_report_interval=0\nstats_subscription_ttl=30\nsubscription_linger=5\nprometheus_prefix=pp_\n",
+            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nauto_cross_origin=true\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\nlog_from=false\nlog_user_agent=true\nprometheus_prefix=pp_\n[handler]\npush_in_http_port=5561\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\npush_in_spec=tcp://127.0.0.1:5560\npush_in_sub_specs=tcp://127.0.0.1:5562,ipc://x\npush_in_sub_connect=true\nstats_spec=ipc:///r/{{ipc_prefix}}stats\nstats_format=json\nstats_report_interval=0\nstats_subscription_ttl=30\nsubscription_linger=5\nprometheus_prefix=pp_\n",
             d.display()
         );
         std::fs::write(d.join("pushpin.conf"), text).expect("conf");
@@ -843,6 +847,7 @@ a=second
         );
         assert!(!c.access_log_client && c.access_log_user_agent);
         assert_eq!(c.metrics_pushpin_prefix, "pp_");
+        assert!(c.auto_cross_origin);
         let w = p.warning.expect("a warning");
         assert!(!w.contains("client_maxconn"), "{w}");
         // Pushpin's conn stats are not sent, and the warning says so.

@@ -133,6 +133,7 @@ impl Backend {
             peer_ip,
             forwarding,
             grip,
+            grip_last: &[],
         }
     }
 }
@@ -934,13 +935,6 @@ impl Route {
     /// when it can.
     pub fn unsupported(&self) -> Option<String> {
         let opt = "route option";
-        if self.aco {
-            return not_yet(
-                opt,
-                "aco",
-                "automatic cross-origin (CORS preflights and headers) is not built yet",
-            );
-        }
         if self.jsonp.is_some() {
             return not_yet(opt, "jsonp_*", "JSON-P wrapping is not built yet");
         }
@@ -971,8 +965,7 @@ impl Route {
             match t {
                 Target::Test => {}
                 Target::Backend(b) => {
-                    // `ssl` and `insecure` are served by the TLS code, which
-                    // refuses them at `run` until it is wired (`tls`).
+                    // `ssl` and `insecure` are served (`upstream`, `tls`).
                     let tp = "target property";
                     if b.trust_connect_host {
                         return not_yet(
@@ -1271,8 +1264,7 @@ impl Routes {
         })
     }
 
-    /// The first TLS-to-backend target, if any route has one: what
-    /// `corepin run` refuses until TLS serving is wired.
+    /// The first TLS-to-backend (`ssl`) target, if any route has one.
     pub fn first_ssl_target(&self) -> Option<(&Route, &Backend)> {
         self.routes.iter().find_map(|r| {
             r.targets.iter().find_map(|t| match t {
@@ -1322,17 +1314,39 @@ pub fn decide<'a>(
     tls: bool,
     max_body: u64,
 ) -> Dispatch<'a> {
+    let ws = is_websocket(head);
+    decide_routed(
+        routes.select_tls(head.host(), head.path(), ws, tls),
+        head,
+        ws,
+        max_body,
+    )
+}
+
+/// A WebSocket upgrade request (`Connection: upgrade`, `Upgrade: websocket`).
+pub fn is_websocket(head: &RequestHead) -> bool {
+    head.is_upgrade()
+        && head
+            .fields
+            .get("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+}
+
+/// [`decide`] once the route is chosen (`route`, for a request that
+/// [`is_websocket`] or not): for a caller that also needs the route of a
+/// request it refuses.
+pub fn decide_routed<'a>(
+    route: Option<&'a Route>,
+    head: &RequestHead,
+    ws: bool,
+    max_body: u64,
+) -> Dispatch<'a> {
     use crate::codec::http1::{self, BodyKind};
     const NO_ROUTE: Dispatch<'static> = Dispatch::Refuse {
         status: 404,
         reason: "no route for this request",
     };
-    let ws = head.is_upgrade()
-        && head
-            .fields
-            .get("upgrade")
-            .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
-    let Some(route) = routes.select_tls(head.host(), head.path(), ws, tls) else {
+    let Some(route) = route else {
         return NO_ROUTE;
     };
     let over_http = |t: &Target| matches!(t, Target::Backend(b) if b.over_http);
@@ -1704,7 +1718,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("*,aco a:1", "route option `aco`"),
             ("*,jsonp_cb=cb a:1", "route option `jsonp_*`"),
             ("*,jsonp_mode=basic a:1", "route option `jsonp_*`"),
             ("*,session a:1", "route option `session`"),

@@ -11,7 +11,9 @@ use glommio::net::TcpStream;
 
 use crate::buf::BUF_SIZE;
 use crate::codec::grip;
-use crate::codec::heads::{self, write_proxied_response, ClientBody, Purpose, Toward};
+use crate::codec::heads::{
+    self, write_proxied_response, BackendRequest, ClientBody, Purpose, Toward,
+};
 use crate::codec::http1::{
     self, parse_request, BodyKind, HeadError, RequestHead, ResponseHead, Version,
 };
@@ -19,7 +21,7 @@ use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
 use crate::connection::{Connection, ReadError};
 use crate::log::AccessEntry;
-use crate::route::{decide, Backend, Dispatch, Route, Target};
+use crate::route::{decide_routed, Backend, Dispatch, Route, Target};
 use crate::shard::{ConnGuard, ConnState, Shard};
 use crate::upstream::{Reuse, Upstream};
 
@@ -33,6 +35,8 @@ pub struct Client {
     pub conn: Connection,
     pub peer: SocketAddr,
     pub state: Rc<ConnState>,
+    /// The current request's response rewriting (CORS, JSON-P), if any.
+    pub dropin: Option<Rc<crate::conn::dropin::Wrap>>,
 }
 
 /// How one exchange ended, for the access log and the keep-alive decision.
@@ -86,6 +90,7 @@ pub async fn serve_conn(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         guard,
         conn,
         peer,
+        dropin: None,
     };
     loop {
         let head = match read_head(&shard, &mut c).await {
@@ -110,6 +115,7 @@ pub async fn serve_conn(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         };
         let started = shard.clock();
         let outcome = handle(&shard, &mut c, &head).await;
+        c.dropin = None;
         shard.access(&AccessEntry {
             core: shard.index,
             client: c.peer,
@@ -165,6 +171,7 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
 async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close: bool) -> u64 {
     let mut out = shard.bufs.take_out();
     http1::write_simple_response(&mut out, status, reason, close);
+    crate::conn::dropin::head(c, &mut out, 0);
     let n = out.len() as u64;
     let _ = c.conn.write_all(&out).await;
     shard.bufs.give_out(out);
@@ -175,8 +182,11 @@ async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close:
 /// proxy.
 async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcome {
     let routes = shard.routes();
+    let ws = crate::route::is_websocket(head);
+    let route = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls());
+    c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
     let max_body = shard.cfg.limits.max_request_body;
-    let route = match decide(&routes, head, c.conn.is_tls(), max_body) {
+    let route = match decide_routed(route, head, ws, max_body) {
         Dispatch::Refuse { status, reason } => {
             return refuse(shard, c, head, status, reason, "-").await
         }
@@ -197,22 +207,27 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
         Dispatch::WebSocket(route, mode) => {
             return match Box::pin(crate::conn::ws::handle(shard, c, head, route, mode)).await {
                 HoldEnd::Done(o) => o,
-                HoldEnd::Retry => Outcome::closed(502, 0, "-".into()),
+                HoldEnd::Retry(_) => Outcome::closed(502, 0, "-".into()),
             };
         }
         Dispatch::Test(route) | Dispatch::Proxy(route) => route,
     };
     // A hold may ask for the request to be made again (a `hint`, or a
-    // subscriber found out of sync); a few times at most.
+    // subscriber found out of sync); a few times at most, each retry
+    // saying in `Grip-Last` where the long-poll's channels were.
+    let mut last: Vec<(String, String)> = Vec::new();
     for _ in 0..3 {
         let r = match route.targets.first() {
             Some(Target::Test) => Box::pin(crate::testtarget::handle(shard, c, head, route)).await,
-            Some(Target::Backend(_)) => Box::pin(proxy(shard, c, head, route)).await,
+            Some(Target::Backend(_)) => Box::pin(proxy(shard, c, head, route, &last)).await,
             None => return refuse(shard, c, head, 404, "no route for this request", "-").await,
         };
         match r {
             HoldEnd::Done(o) => return o,
-            HoldEnd::Retry => debug!("core {}: re-requesting {}", shard.index, head.target()),
+            HoldEnd::Retry(l) => {
+                debug!("core {}: re-requesting {}", shard.index, head.target());
+                last = l;
+            }
         }
     }
     refuse(shard, c, head, 502, "backend kept asking for a retry", "-").await
@@ -361,6 +376,7 @@ async fn send_request(
     route: &Route,
     path: &str,
     grip: Option<Option<&str>>,
+    grip_last: &[(String, String)],
 ) -> Result<(Upstream, Backend, ResponseHead, bool), (Failure, String)> {
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
@@ -391,9 +407,11 @@ async fn send_request(
             .forwarding
             .policy(c.peer.ip())
             .over_tls(c.conn.is_tls());
-        backend
-            .request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
-            .write(&mut req_head);
+        BackendRequest {
+            grip_last,
+            ..backend.request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
+        }
+        .write(&mut req_head);
         let sent = Instant::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         if r.is_ok() {
@@ -421,7 +439,13 @@ async fn send_request(
 }
 
 /// Proxies one request to the route's backend and streams the answer back.
-async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Route) -> HoldEnd {
+async fn proxy(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+    grip_last: &[(String, String)],
+) -> HoldEnd {
     let path = route.rewrite(head.target());
     // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
     // is, its GRIP headers included (Pushpin's passthrough).
@@ -431,10 +455,13 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     // Until the response starts, a shutdown's grace period may end: the
     // client then gets a 503 rather than a bare close.
     let state = c.state.clone();
-    let sent = futures_lite::future::or(send_request(shard, c, head, route, &path, grip), async {
-        state.grace_over().await;
-        Err((Failure::Shutdown, "-".to_string()))
-    })
+    let sent = futures_lite::future::or(
+        send_request(shard, c, head, route, &path, grip, grip_last),
+        async {
+            state.grace_over().await;
+            Err((Failure::Shutdown, "-".to_string()))
+        },
+    )
     .await;
     let (mut up, backend, resp, body_sent) = match sent {
         Ok(x) => x,
@@ -449,10 +476,11 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     if route.grip() && grip::is_grip(&resp.fields) {
         let ctx = HoldCtx {
             head,
-            backend: Some(backend.addr.clone()),
+            backend: Some(crate::upstream::Dest::of(&backend)),
             prefix: route.prefix.clone().unwrap_or_default(),
             target: backend.addr.clone(),
             sig,
+            debug: route.debug,
         };
         return instructed(shard, c, &ctx, up, resp).await;
     }
@@ -467,6 +495,7 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     // A `no_grip` route relays GRIP fields as they are (a GRIP answer on
     // another route was held above, so it has none left to relay).
     write_proxied_response(&mut prefix, head, &resp, body, keep, Toward::ClientWithGrip);
+    crate::conn::dropin::head(c, &mut prefix, 0);
     let mut out = shard.bufs.take_out();
     c.conn
         .set_write_timeout(Some(shard.cfg.timeouts.client_write));
@@ -536,6 +565,7 @@ async fn instructed(
             let keep = ctx.head.keep_alive && !shard.draining();
             let mut out = Vec::with_capacity(256 + base.body.len());
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
+            crate::conn::dropin::head(c, &mut out, 0);
             let ok = c.conn.write_all(&out).await.is_ok();
             HoldEnd::Done(Outcome {
                 status: base.status(),

@@ -26,6 +26,7 @@
 //!    never copying the shared bytes.
 
 pub mod body;
+pub mod dropin;
 pub mod grip;
 pub mod http;
 pub mod ws;

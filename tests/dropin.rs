@@ -1,0 +1,240 @@
+//! Pushpin's automatic cross-origin (`aco`, `auto_cross_origin`), black-box:
+//! curl and raw clients against corepin in front of real backends, on
+//! proxied, held (long-poll and stream), published and error responses.
+
+mod common;
+
+use std::process::Command;
+use std::thread;
+
+use common::*;
+
+/// Runs curl with `args` against `url`; returns the status and the
+/// response fields (names in lower case) and the body.
+fn curl(args: &[&str], url: &str) -> (u16, Vec<(String, String)>, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "20"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let fields = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, fields, body.to_string())
+}
+
+/// The Access-Control-* fields, in order.
+fn cors_of(fields: &[(String, String)]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .filter(|(n, _)| n.starts_with("access-control-"))
+        .cloned()
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+const METHODS: &str = "OPTIONS, HEAD, GET, POST, PUT, DELETE";
+
+#[test]
+fn proxied_responses_get_pushpins_cors_fields() {
+    let b = Backend::start(|req, _| {
+        let body = format!("{} {}", req.method, req.path);
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Custom: 1\r\nx-custom: 2\r\nCache-Control: no-cache\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let cp = Corepin::start(&[
+        "--route",
+        &format!("*,path_beg=/c,aco {}", b.addr),
+        "--route",
+        &format!("* {}", b.addr),
+    ]);
+    // A simple cross-origin GET: Origin echoed, X-Custom exposed once.
+    let (status, fields, body) = curl(&["-H", "Origin: http://page.example:8080"], &cp.url("/c/x"));
+    assert_eq!((status, body.as_str()), (200, "GET /c/x"));
+    assert_eq!(
+        cors_of(&fields),
+        pairs(&[
+            ("access-control-allow-methods", METHODS),
+            ("access-control-expose-headers", "X-Custom, Via"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-allow-origin", "http://page.example:8080"),
+            ("access-control-max-age", "3600"),
+        ])
+    );
+    // A preflight goes to the backend (Pushpin answers none itself); the
+    // asked method and headers are echoed.
+    let (status, fields, body) = curl(
+        &[
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Origin: http://o",
+            "-H",
+            "Access-Control-Request-Method: PUT",
+            "-H",
+            "Access-Control-Request-Headers: x-token, content-type",
+        ],
+        &cp.url("/c/put"),
+    );
+    assert_eq!((status, body.as_str()), (200, "OPTIONS /c/put"));
+    assert_eq!(b.last().method, "OPTIONS");
+    assert_eq!(
+        cors_of(&fields)[..2],
+        pairs(&[
+            ("access-control-allow-methods", "PUT"),
+            ("access-control-allow-headers", "x-token, content-type"),
+        ])[..]
+    );
+    // No Origin: `*`.
+    let (_, fields, _) = curl(&[], &cp.url("/c/y"));
+    assert!(fields.contains(&("access-control-allow-origin".into(), "*".into())));
+    // A route without aco gets nothing.
+    let (status, fields, _) = curl(&["-H", "Origin: http://o"], &cp.url("/other"));
+    assert_eq!(status, 200);
+    assert!(cors_of(&fields).is_empty(), "{fields:?}");
+}
+
+#[test]
+fn backend_fields_are_not_duplicated() {
+    let b = Backend::start(|_, _| {
+        Reply::Bytes(b"HTTP/1.1 204 No Content\r\naccess-control-allow-origin: https://mine\r\nAccess-Control-Max-Age: 10\r\n\r\n".to_vec())
+    });
+    let cp = Corepin::start(&["--route", &format!("*,aco {}", b.addr)]);
+    let (status, fields, _) = curl(&["-H", "Origin: http://o"], &cp.url("/"));
+    assert_eq!(status, 204);
+    assert_eq!(
+        cors_of(&fields),
+        pairs(&[
+            ("access-control-allow-origin", "https://mine"),
+            ("access-control-max-age", "10"),
+            ("access-control-allow-methods", METHODS),
+            // corepin's own Via is a field like any other.
+            ("access-control-expose-headers", "Via"),
+            ("access-control-allow-credentials", "true"),
+        ])
+    );
+}
+
+#[test]
+fn errors_on_an_aco_route_get_cors_fields() {
+    let cp = Corepin::start(&["--route", &format!("*,aco 127.0.0.1:{}", dead_port())]);
+    let (status, fields, _) = curl(&["-H", "Origin: http://o"], &cp.url("/x"));
+    assert_eq!(status, 502);
+    assert_eq!(
+        cors_of(&fields),
+        pairs(&[
+            ("access-control-allow-methods", METHODS),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-allow-origin", "http://o"),
+            ("access-control-max-age", "3600"),
+        ])
+    );
+}
+
+fn grip_backend(headers: &'static str, body: &'static str) -> Backend {
+    Backend::start(move |_, _| {
+        Reply::Bytes(format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes())
+    })
+}
+
+#[test]
+fn held_and_published_responses_get_cors_fields() {
+    let b = grip_backend(
+        "Grip-Hold: response\r\nGrip-Channel: c1\r\nGrip-Timeout: 1\r\nX-Held: 1\r\n",
+        "timed out\n",
+    );
+    let cp = Corepin::start_grip(&["--route", &format!("*,aco {}", b.addr), "--workers", "1"]);
+    let url = cp.url("/poll");
+    let client = thread::spawn(move || curl(&["-H", "Origin: http://page"], &url));
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    let r = cp.publish(r#"{"items":[{"channel":"c1","http-response":{"code":201,"headers":[["X-Pub","yes"],["Access-Control-Allow-Origin","https://pub"]],"body":"done\n"}}]}"#);
+    assert_eq!(r.status, 200);
+    let (status, fields, body) = client.join().expect("client");
+    assert_eq!((status, body.as_str()), (201, "done\n"));
+    assert_eq!(
+        cors_of(&fields),
+        pairs(&[
+            ("access-control-allow-origin", "https://pub"),
+            ("access-control-allow-methods", METHODS),
+            ("access-control-expose-headers", "X-Pub"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-max-age", "3600"),
+        ])
+    );
+    // The backend's own response at the hold's timeout.
+    let (status, fields, body) = curl(&["-H", "Origin: http://page"], &cp.url("/poll"));
+    assert_eq!((status, body.as_str()), (200, "timed out\n"));
+    assert!(fields.contains(&("access-control-allow-origin".into(), "http://page".into())));
+    assert!(fields.contains(&("access-control-expose-headers".into(), "X-Held".into())));
+}
+
+#[test]
+fn stream_hold_head_gets_cors_fields() {
+    let b = grip_backend("Grip-Hold: stream\r\nGrip-Channel: s1\r\n", "welcome\n");
+    let cp = Corepin::start_grip(&["--route", &format!("*,aco {}", b.addr)]);
+    let mut s = Stream::open_with(cp.addr(), "/feed", "Origin: http://page\r\n");
+    assert_eq!(
+        s.head.header("access-control-allow-origin"),
+        Some("http://page")
+    );
+    assert_eq!(
+        s.head.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(s.head.header("access-control-expose-headers"), None);
+    assert_eq!(s.read_text(8), "welcome\n");
+}
+
+#[test]
+fn auto_cross_origin_in_the_config_applies_to_every_route() {
+    let b = Backend::fixed("plain");
+    let cp = Corepin::start(&[
+        "--config",
+        &write_config("auto_cross_origin = true\n"),
+        "--route",
+        &b.route(),
+    ]);
+    let (status, fields, _) = curl(&["-H", "Origin: http://o"], &cp.url("/"));
+    assert_eq!(status, 200);
+    assert!(fields.contains(&("access-control-allow-origin".into(), "http://o".into())));
+}
+
+#[test]
+fn aco_with_a_value_is_refused_by_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_corepin"))
+        .args([
+            "check",
+            "--config",
+            &write_config("routes = [\"*,aco=yes 127.0.0.1:1\"]\n"),
+        ])
+        .output()
+        .expect("corepin check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("aco"), "{err}");
+}
