@@ -152,8 +152,9 @@ impl Encoded {
         self.seq.load(Ordering::Acquire)
     }
 
-    #[cfg(test)]
-    pub fn set_seq_for_test(&self, seq: u64) {
+    /// Sets `seq` (for tests and fuzzing of what consumes it; the bus
+    /// sets it when it routes the item).
+    pub(crate) fn set_seq(&self, seq: u64) {
         self.seq.store(seq, Ordering::Release);
     }
 }

@@ -247,6 +247,66 @@ pub fn parse_resume_id(raw: &[u8]) -> Result<&str, ResumeIdError> {
     Ok(s)
 }
 
+/// For the fuzz target: for any bytes, `parse_resume_id` never panics
+/// and accepts exactly non-empty UTF-8 of at most `MAX_RESUME_ID` bytes
+/// without control characters, returned unchanged; and a history fed
+/// items whose ids are cut from the bytes keeps its counts and bounds
+/// and replays, for any id, only items after it, in order.
+pub fn check_resume_invariants(data: &[u8]) {
+    match parse_resume_id(data) {
+        Ok(id) => {
+            assert_eq!(id.as_bytes(), data);
+            assert!(!data.is_empty() && data.len() <= MAX_RESUME_ID);
+            assert!(!id.chars().any(char::is_control));
+        }
+        Err(ResumeIdError::Empty) => assert!(data.is_empty()),
+        Err(ResumeIdError::TooLong(n)) => assert!(n == data.len() && n > MAX_RESUME_ID),
+        Err(ResumeIdError::Invalid) => {
+            assert!(std::str::from_utf8(data).map_or(true, |s| s.chars().any(char::is_control)))
+        }
+    }
+    let messages = 1 + usize::from(data.first().copied().unwrap_or(0) % 8);
+    let mut h = History::new(HistoryLimits {
+        messages,
+        max_age: None,
+        max_bytes: 4096,
+    });
+    let now = Instant::now();
+    let mut fed = Vec::new();
+    for (n, piece) in data.chunks(3).enumerate() {
+        let id = String::from_utf8_lossy(&piece[..piece.len().min(2)]).into_owned();
+        let e = Arc::new(Encoded::new(crate::codec::publish::Item {
+            channel: if piece.len() == 3 && piece[2] % 2 == 1 {
+                "b"
+            } else {
+                "a"
+            }
+            .into(),
+            id: Some(id),
+            ..Default::default()
+        }));
+        e.set_seq(n as u64 + 1);
+        h.record(&e, now);
+        fed.push(e);
+        let held: usize = h.channels.values().map(|r| r.items.len()).sum();
+        let bytes: usize = h.channels.values().map(|r| r.bytes).sum();
+        assert_eq!((held, bytes), (h.items(), h.bytes()));
+        assert!(h.channels.values().all(|r| r.items.len() <= messages));
+    }
+    for e in &fed {
+        let (ch, id) = (e.item.channel.as_str(), e.item.id.as_deref().unwrap_or(""));
+        if let Replay::Items(items) = h.since(ch, id, u64::MAX, None, now) {
+            let seqs: Vec<u64> = items.iter().map(|i| i.seq()).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
+            assert!(items.iter().all(|i| i.item.channel == ch));
+            assert!(
+                items.iter().all(|i| i.item.id.as_deref() != Some(id)),
+                "only what came after the id's last appearance"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +318,7 @@ mod tests {
             id: id.map(String::from),
             ..Item::default()
         }));
-        e.set_seq_for_test(seq);
+        e.set_seq(seq);
         e
     }
 
@@ -354,6 +414,21 @@ mod tests {
         assert!(ids(h.since("c", "old", 9, None, now + Duration::from_secs(11))).is_none());
         h.expire(now + Duration::from_secs(17));
         assert_eq!((h.items(), h.bytes(), h.channels()), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_fuzz_invariants_hold_for_every_prefix_of_samples() {
+        let samples: [&[u8]; 4] = [
+            b"a1b2c3a1\x01b2a1",
+            "\u{e9}\u{e9}x\u{e9}".as_bytes(),
+            b"\xff\xfe\r\n\0abcdefabcdefabcdef",
+            &[7u8; 300],
+        ];
+        for s in samples {
+            for end in 0..=s.len() {
+                check_resume_invariants(&s[..end]);
+            }
+        }
     }
 
     #[test]

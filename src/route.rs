@@ -545,20 +545,19 @@ fn parse_header(v: &str) -> Result<HeaderEdit, RouteError> {
 }
 
 /// Reads a signing key as Pushpin's `fromConfigString` does: `file:PATH`
-/// (relative to `base`) holds a hex-encoded secret (Pushpin 1.41; a PEM key
-/// there is refused: corepin signs with HS256 secrets only), `base64:TEXT`
-/// is decoded, anything else is the secret's bytes.
+/// (relative to `base`) holds a hex-encoded secret, or a PEM private key
+/// (EC P-256: ES256, RSA: RS256) when it starts `-----BEGIN` (Pushpin
+/// 1.41), `base64:TEXT` is decoded, anything else is the secret's bytes.
 pub fn key_from_config(text: &str, base: &Path) -> Result<Vec<u8>, String> {
     let Some(file) = text.strip_prefix("file:") else {
         return crate::jwt::key_bytes(text);
     };
     let path = base.join(file);
     let data = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if data.starts_with(b"-----BEGIN") {
-        return Err(format!(
-            "{} holds a PEM key (ES256/RS256 signing): not supported yet, corepin signs with HS256 secrets",
-            path.display()
-        ));
+    if crate::jwt::is_pem(&data) {
+        // An EC (P-256) key signs ES256, an RSA key RS256, as in Pushpin.
+        crate::jwt::check_signing_key(&data).map_err(|e| format!("{} {e}", path.display()))?;
+        return Ok(data);
     }
     let hex = std::str::from_utf8(&data).map(str::trim).unwrap_or("\u{0}");
     if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit())
@@ -855,6 +854,27 @@ pub fn parse_line_in(line: &str, base: &Path) -> Result<Option<Route>, RouteErro
         default_method: props.value("jsonp_defmethod")?,
     };
     let jsonp = (jsonp_mode.is_some() || jsonp != Jsonp::default()).then_some(jsonp);
+    if let Some(j) = &jsonp {
+        if !aco {
+            return err(
+                "jsonp_* options need aco on the same route (Pushpin answers JSON-P only with automatic cross-origin)",
+            );
+        }
+        if let Some(cb) = &j.callback_param {
+            if cb
+                .bytes()
+                .any(|b| !b.is_ascii_graphic() || b"&=%#+".contains(&b))
+            {
+                return err(format!("jsonp_cb '{cb}' is not a query parameter name"));
+            }
+        }
+        if let Some(m) = &j.default_method {
+            let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if !m.bytes().all(tchar) {
+                return err(format!("jsonp_defmethod '{m}' is not an HTTP method"));
+            }
+        }
+    }
     let session = props.flag("session")?;
     let sockjs = props.value("sockjs")?;
     let sockjs_as_path = props.value("sockjs_as_path")?;
@@ -935,8 +955,21 @@ impl Route {
     /// when it can.
     pub fn unsupported(&self) -> Option<String> {
         let opt = "route option";
-        if self.jsonp.is_some() {
-            return not_yet(opt, "jsonp_*", "JSON-P wrapping is not built yet");
+        if let Some(j) = &self.jsonp {
+            if j.body_param.is_some() {
+                return not_yet(
+                    opt,
+                    "jsonp_body",
+                    "corepin does not send a request body taken from the query",
+                );
+            }
+            if j.default_callback.is_some() {
+                return not_yet(
+                    opt,
+                    "jsonp_defcb",
+                    "Pushpin uses it only with jsonp_body, which corepin does not support",
+                );
+            }
         }
         if self.session {
             return not_yet(
@@ -1631,7 +1664,7 @@ mod tests {
             .expect("route");
         assert_eq!(r.sig_key.as_deref(), Some(&b"secret"[..]));
         for (file, needle) in [
-            ("k.pem", "PEM key"),
+            ("k.pem", "is not a PEM EC (P-256) or RSA private key"),
             ("k.bad", "not a hex-encoded secret"),
             ("missing", "cannot read"),
         ] {
@@ -1702,7 +1735,10 @@ mod tests {
             ("*,\"prefix=a\tb\" a:1", "control character"),
             ("* a:1,host=bad/host", "not a host name"),
             ("*,log_level=loud a:1", "not a number"),
-            ("*,jsonp_mode=odd a:1", "basic or extended"),
+            ("*,aco,jsonp_mode=odd a:1", "basic or extended"),
+            ("*,jsonp_mode=basic a:1", "need aco"),
+            ("*,aco,jsonp_cb=a&b a:1", "not a query parameter name"),
+            ("*,aco,jsonp_defmethod=a(b a:1", "not an HTTP method"),
             ("*\ta:1", "tab"),
             ("*,path_beg=/\u{1}x a:1", "control character"),
             ("* a:1,one_event", "'one_event' needs 'over_http'"),
@@ -1718,8 +1754,8 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("*,jsonp_cb=cb a:1", "route option `jsonp_*`"),
-            ("*,jsonp_mode=basic a:1", "route option `jsonp_*`"),
+            ("*,aco,jsonp_body=b a:1", "route option `jsonp_body`"),
+            ("*,aco,jsonp_defcb=f a:1", "route option `jsonp_defcb`"),
             ("*,session a:1", "route option `session`"),
             ("*,sockjs=/sockjs a:1", "route option `sockjs`"),
             ("*,sockjs_as_path=/x a:1", "route option `sockjs`"),

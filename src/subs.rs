@@ -184,26 +184,31 @@ fn ws_reason(why: &str) -> String {
 }
 
 /// One held connection.
+///
+/// Its state is private: channels change through `Registry::set_channels`
+/// (which keeps the index and the interest bits), timers through the
+/// registry's setters (which re-time the sweep's set), so no caller can
+/// leave one half-done.
 pub struct Sub {
-    pub id: u64,
-    pub kind: Kind,
+    id: u64,
+    kind: Kind,
     /// Stream bodies are chunked (HTTP/1.1) or raw (HTTP/1.0).
-    pub chunked: bool,
-    pub channels: RefCell<Vec<String>>,
+    chunked: bool,
+    channels: RefCell<Vec<String>>,
     /// Per channel (same order as `channels`): the bus's `joined` mark when
     /// the channel was added; only items routed after it are delivered.
     joined: RefCell<Vec<u64>>,
-    pub meta: RefCell<Vec<(String, String)>>,
+    meta: RefCell<Vec<(String, String)>>,
     /// The channels' filters and prev-ids; empty when no channel has a
     /// filter (deliveries then share every encoding).
-    pub chans: RefCell<Vec<ChanState>>,
+    chans: RefCell<Vec<ChanState>>,
     /// A long-poll's held response body (what `body-patch` patches).
-    pub held_body: RefCell<Bytes>,
+    held_body: RefCell<Bytes>,
     /// Last id delivered per channel (sent back as `Grip-Last`).
-    pub last_ids: RefCell<Vec<(String, String)>>,
+    last_ids: RefCell<Vec<(String, String)>>,
     /// On a `debug` route: a filter error ends the connection with its
     /// reason (Pushpin) rather than dropping the message quietly.
-    pub debug: Cell<bool>,
+    debug: Cell<bool>,
     queue: RefCell<VecDeque<Msg>>,
     /// Sum of the queued messages' `cost`.
     queued_bytes: Cell<usize>,
@@ -212,11 +217,11 @@ pub struct Sub {
     /// A write to the client is waiting for socket space.
     blocked: Cell<bool>,
     // Timing, checked by the core's sweep.
-    pub keep_alive: RefCell<Option<KeepAlive>>,
-    pub last_write: Cell<Instant>,
+    keep_alive: RefCell<Option<KeepAlive>>,
+    last_write: Cell<Instant>,
     last_keep_alive: Cell<Instant>,
-    pub deadline: Cell<Option<Instant>>,
-    pub link_at: Cell<Option<Instant>>,
+    deadline: Cell<Option<Instant>>,
+    link_at: Cell<Option<Instant>>,
     /// A WebSocket's `send-delayed` message (a framed message) and when
     /// it is due.
     delayed: RefCell<Option<(Bytes, Instant)>>,
@@ -326,6 +331,55 @@ impl Sub {
         self.dropped.get()
     }
 
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Stream bodies are chunked (HTTP/1.1), not raw (HTTP/1.0).
+    pub fn chunked(&self) -> bool {
+        self.chunked
+    }
+
+    /// The channels it is subscribed to (a copy).
+    pub fn channels(&self) -> Vec<String> {
+        self.channels.borrow().clone()
+    }
+
+    /// Its channels' filters and prev-ids (empty when none has either).
+    pub fn chans(&self) -> std::cell::Ref<'_, Vec<ChanState>> {
+        self.chans.borrow()
+    }
+
+    /// Replaces its meta (what filters read).
+    pub fn set_meta(&self, meta: Vec<(String, String)>) {
+        *self.meta.borrow_mut() = meta;
+    }
+
+    /// Changes its meta in place (`set-meta`).
+    pub fn edit_meta<R>(&self, f: impl FnOnce(&mut Vec<(String, String)>) -> R) -> R {
+        f(&mut self.meta.borrow_mut())
+    }
+
+    /// A long-poll's held body (what `body-patch` patches).
+    pub fn set_held_body(&self, body: Bytes) {
+        *self.held_body.borrow_mut() = body;
+    }
+
+    /// On a `debug` route: a filter error ends the connection with its
+    /// reason rather than dropping the message quietly.
+    pub fn set_debug(&self, on: bool) {
+        self.debug.set(on);
+    }
+
+    /// The last id delivered per channel (sent back as `Grip-Last`).
+    pub fn last_ids(&self) -> std::cell::Ref<'_, Vec<(String, String)>> {
+        self.last_ids.borrow()
+    }
+
     /// The bus's `joined` mark of `channel` (0, everything, for a channel
     /// it does not hold).
     fn joined_at(&self, channel: &str) -> u64 {
@@ -408,6 +462,9 @@ pub struct Registry {
     scratch: Cell<Vec<Rc<Sub>>>,
     /// The bus's `recover` count this core has acted on.
     recovered: Cell<u64>,
+    /// The newest `joined` mark given to a channel here: a drain whose
+    /// items were all routed after it needs no per-subscriber cut.
+    newest_join: Cell<u64>,
 }
 
 /// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
@@ -445,6 +502,7 @@ impl Registry {
             held: Default::default(),
             scratch: Cell::new(Vec::new()),
             recovered: Cell::new(0),
+            newest_join: Cell::new(0),
         }
     }
 
@@ -535,6 +593,7 @@ impl Registry {
         // Read after the channels are in the map and the interest bits
         // set (see `Bus::joined`); a channel kept keeps its mark.
         let now = self.bus.joined();
+        self.newest_join.set(self.newest_join.get().max(now));
         let joined = {
             let (old, marks) = (sub.channels.borrow(), sub.joined.borrow());
             channels
@@ -567,8 +626,20 @@ impl Registry {
         }
     }
 
+    /// Sets (or clears) a subscriber's keep-alive.
+    pub fn set_keep_alive(&self, sub: &Rc<Sub>, ka: Option<KeepAlive>) {
+        *sub.keep_alive.borrow_mut() = ka;
+        self.retime(sub);
+    }
+
+    /// Sets (or clears) when a stream fetches its next link.
+    pub fn set_link_at(&self, sub: &Rc<Sub>, at: Option<Instant>) {
+        sub.link_at.set(at);
+        self.retime(sub);
+    }
+
     /// Puts the subscriber in (or out of) the sweep's set.
-    pub fn retime(&self, sub: &Rc<Sub>) {
+    fn retime(&self, sub: &Rc<Sub>) {
         let timed = sub.keep_alive.borrow().is_some()
             || sub.delayed.borrow().is_some()
             || sub.deadline.get().is_some()
@@ -775,8 +846,11 @@ impl Registry {
         // A subscriber that joined after some of these items were routed
         // gets only the items routed after it (see `Bus::joined`).
         let first = list.iter().map(|e| e.seq()).min().unwrap_or(0);
-        let (late, subs_now): (Vec<_>, Vec<_>) =
-            subs.iter().partition(|s| s.joined_at(ch) >= first);
+        let (late, subs_now): (Vec<_>, Vec<_>) = if first > self.newest_join.get() {
+            (Vec::new(), subs.iter().collect())
+        } else {
+            subs.iter().partition(|s| s.joined_at(ch) >= first)
+        };
         let mut logged = false;
         for sub in late {
             let mark = sub.joined_at(ch);
@@ -1452,6 +1526,197 @@ mod tests {
         drain(&reg, &inbox);
         // Per channel in order (a drain delivers channel by channel).
         assert_eq!(received(&sub), "<c1><c2><d2>");
+    }
+
+    fn ws_item(ch: &str, content: &str) -> crate::codec::publish::Item {
+        crate::codec::publish::Item {
+            channel: ch.into(),
+            ws_message: Some(crate::codec::publish::WsMessage {
+                action: Action::Send,
+                kind: crate::codec::publish::WsKind::Text,
+                content: Bytes::from(content.to_string()),
+                code: None,
+                reason: String::new(),
+                content_filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn response_item(ch: &str, body: &str) -> crate::codec::publish::Item {
+        use crate::codec::response::{At, Head};
+        let none: [(At, &[u8], &[u8]); 0] = [];
+        crate::codec::publish::Item {
+            channel: ch.into(),
+            http_response: Some(crate::codec::publish::HttpResponse {
+                action: Action::Send,
+                head: Head::from_parts(None, None, none, body.as_bytes()).expect("head"),
+                body: Bytes::from(body.to_string()),
+                patch: None,
+                content_filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Every message queued for `sub`, as short labels.
+    fn messages(sub: &Sub) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(m) = sub.poll_msg(std::task::Waker::noop()) {
+            out.push(match m {
+                Msg::Data(b) => format!("data {}", b.escape_ascii()),
+                Msg::Close => "close".into(),
+                Msg::Response(e) => {
+                    format!("response {}", String::from_utf8_lossy(&e.response_body))
+                }
+                Msg::ResponseBody(_, b) => format!("response* {}", String::from_utf8_lossy(&b)),
+                Msg::Timeout => "timeout".into(),
+                Msg::Refetch => "refetch".into(),
+                Msg::WsClose(c, r) => format!("ws-close {c} {r}"),
+                Msg::Refresh => "refresh".into(),
+                Msg::Error(why) => format!("error {why}"),
+            });
+        }
+        out
+    }
+
+    fn kind_spec(kind: Kind, chunked: bool) -> SubSpec {
+        SubSpec {
+            kind,
+            chunked,
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn a_drain_becomes_one_message_per_subscriber_in_the_form_its_kind_needs() {
+        let (reg, inbox) = wired();
+        let raw = reg.subscribe(kind_spec(Kind::Stream, false));
+        let chunked = reg.subscribe(kind_spec(Kind::Stream, true));
+        let ws = reg.subscribe(kind_spec(Kind::Ws, false));
+        let poll = reg.subscribe(kind_spec(Kind::Response, false));
+        let mut both = stream_item("c", "a");
+        both.ws_message = ws_item("c", "A").ws_message;
+        let mut hint = stream_item("c", "");
+        hint.http_stream.as_mut().expect("stream").action = Action::Hint;
+        reg.bus.publish(
+            vec![
+                both,
+                stream_item("c", "b"),
+                response_item("c", "r1"),
+                response_item("c", "r2"),
+                hint,
+            ],
+            None,
+        );
+        drain(&reg, &inbox);
+        assert_eq!(
+            messages(&raw),
+            ["data ab", "refetch"],
+            "joined, then the hint"
+        );
+        assert_eq!(
+            messages(&chunked),
+            ["data 1\\r\\na\\r\\n1\\r\\nb\\r\\n", "refetch"]
+        );
+        assert_eq!(messages(&ws), ["data \\x81\\x01A"], "one text frame");
+        assert_eq!(
+            messages(&poll),
+            ["response r1"],
+            "a long-poll takes the first response"
+        );
+        assert_eq!(reg.stats.deliveries.get(), 2 + 2 + 1 + 1);
+        // A close ends the stream: nothing after it in the drain goes out.
+        let mut close = stream_item("c", "");
+        close.http_stream.as_mut().expect("stream").action = Action::Close;
+        reg.bus.publish(
+            vec![stream_item("c", "x"), close, stream_item("c", "y")],
+            None,
+        );
+        drain(&reg, &inbox);
+        assert_eq!(messages(&raw), ["data x", "close"]);
+    }
+
+    #[test]
+    fn filters_decide_per_subscriber_and_a_prev_id_gap_refetches() {
+        let (reg, inbox) = wired();
+        let alice = reg.subscribe(SubSpec {
+            meta: vec![("user".into(), "alice".into())],
+            ..spec()
+        });
+        let skip = Filters::from_names(vec![filter::Name::SkipSelf]);
+        let chan = |prev: Option<&str>, filters: Filters| ChanState {
+            channel: "c".into(),
+            name: "c".into(),
+            filters,
+            prev_id: prev.map(String::from),
+        };
+        reg.set_chans(&alice, vec![chan(None, skip.clone())]);
+        let bob = reg.subscribe(spec());
+        let mut own = stream_item("c", "mine");
+        own.meta = vec![("sender".into(), "alice".into())];
+        reg.bus.publish(vec![own, stream_item("c", "+")], None);
+        drain(&reg, &inbox);
+        assert_eq!(received(&alice), "+", "skip-self drops her own message");
+        assert_eq!(received(&bob), "mine+");
+        // No filter and no prev-id: the subscriber shares deliveries again.
+        reg.set_chans(&alice, vec![chan(None, Filters::default())]);
+        assert!(alice.chans().is_empty());
+        // A stream following ids from prev-id 1: 2 follows on, 4 does not.
+        let follower = reg.subscribe(spec());
+        reg.set_chans(&follower, vec![chan(Some("1"), Filters::default())]);
+        let with = |id: &str, prev: &str, text: &str| crate::codec::publish::Item {
+            id: Some(id.into()),
+            prev_id: Some(prev.into()),
+            no_seq: true,
+            ..stream_item("c", text)
+        };
+        reg.bus
+            .publish(vec![with("2", "1", "two"), with("4", "3", "four")], None);
+        drain(&reg, &inbox);
+        assert_eq!(messages(&follower), ["data two", "refetch"]);
+        assert_eq!(
+            follower.last_ids().as_slice(),
+            [("c".to_string(), "2".to_string())]
+        );
+    }
+
+    #[test]
+    fn the_sweep_sends_keep_alives_times_out_long_polls_and_fires_link_timers() {
+        let (reg, _inbox) = wired();
+        let now = Instant::now();
+        let stream = reg.subscribe(SubSpec {
+            keep_alive: Some(KeepAlive {
+                data: Bytes::from_static(b":\n"),
+                timeout: 10,
+                mode: KeepAliveMode::Idle,
+            }),
+            ..kind_spec(Kind::Stream, true)
+        });
+        let poll = reg.subscribe(SubSpec {
+            timeout: Some(Duration::from_secs(30)),
+            ..kind_spec(Kind::Response, false)
+        });
+        let linked = reg.subscribe(spec());
+        reg.set_link_at(&linked, Some(now + Duration::from_secs(5)));
+        let idle = reg.subscribe(spec());
+        assert_eq!(reg.timed.borrow().len(), 3, "the idle one is not swept");
+        reg.sweep(now + Duration::from_secs(6));
+        assert_eq!(messages(&linked), ["refetch"]);
+        assert!(messages(&stream).is_empty(), "written to 6 s ago");
+        assert_eq!(reg.timed.borrow().len(), 2, "the link timer fired once");
+        stream.wrote(now + Duration::from_secs(6));
+        reg.sweep(now + Duration::from_secs(15));
+        assert!(messages(&stream).is_empty(), "idle for 9 s only");
+        reg.sweep(now + Duration::from_secs(16));
+        assert_eq!(messages(&stream), ["data 2\\r\\n:\\n\\r\\n"]);
+        reg.sweep(now + Duration::from_secs(31));
+        assert_eq!(messages(&poll), ["timeout"]);
+        reg.sweep(now + Duration::from_secs(90));
+        assert!(messages(&poll).is_empty(), "a timeout is sent once");
+        assert!(messages(&idle).is_empty());
+        reg.set_keep_alive(&stream, None);
+        assert_eq!(reg.timed.borrow().len(), 0, "setters re-time on their own");
     }
 
     #[test]

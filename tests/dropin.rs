@@ -238,3 +238,166 @@ fn aco_with_a_value_is_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("aco"), "{err}");
 }
+
+/// A backend echoing what reached it as JSON, with a custom field.
+fn echo_backend() -> Backend {
+    Backend::start(|req, _| {
+        let body = serde_json::json!({
+            "method": req.method,
+            "path": req.path,
+            "headers": req.headers,
+        })
+        .to_string()
+            + "\n";
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-B: 1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    })
+}
+
+/// The script's argument, as JSON (`/**/CB(ARG);\n`).
+fn script_arg(body: &str, cb: &str) -> serde_json::Value {
+    let inner = body
+        .strip_prefix(&format!("/**/{cb}("))
+        .and_then(|b| b.strip_suffix(");\n"))
+        .unwrap_or_else(|| panic!("not a {cb} script: {body:?}"));
+    serde_json::from_str(inner).unwrap_or_else(|e| panic!("{inner:?}: {e}"))
+}
+
+#[test]
+fn jsonp_wraps_proxied_answers_and_rewrites_the_request() {
+    let b = echo_backend();
+    let cp = Corepin::start(&[
+        "--route",
+        &format!("*,path_beg=/j,aco {}", b.addr),
+        "--route",
+        &format!(
+            "*,path_beg=/basic,aco,jsonp_mode=basic,jsonp_cb=cb {}",
+            b.addr
+        ),
+    ]);
+    let headers = "%7B%22X-Token%22%3A%22t1%22%7D";
+    let (status, fields, body) = curl(
+        &["-H", "Origin: http://o"],
+        &cp.url(&format!(
+            "/j/x?a=1&callback=got.it&_method=DELETE&_headers={headers}"
+        )),
+    );
+    assert_eq!(status, 200);
+    assert!(fields.contains(&("content-type".into(), "application/javascript".into())));
+    // JSON-P answers carry no CORS fields (as in Pushpin).
+    assert!(cors_of(&fields).is_empty(), "{fields:?}");
+    let env = script_arg(&body, "got.it");
+    assert_eq!(env["code"], 200);
+    assert_eq!(env["reason"], "OK");
+    assert_eq!(env["headers"]["X-B"], "1");
+    let seen: serde_json::Value =
+        serde_json::from_str(env["body"].as_str().expect("body string")).expect("echo");
+    assert_eq!(seen["method"], "DELETE");
+    assert_eq!(seen["path"], "/j/x?a=1");
+    let names: Vec<&str> = seen["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter_map(|h| h[0].as_str())
+        .collect();
+    assert_eq!(&names[..3], &["X-Token", "Host", "Accept"], "{names:?}");
+    // Basic mode: the body itself, one newline trimmed; POST by default.
+    let (status, _, body) = curl(&[], &cp.url("/basic/y?cb=f"));
+    assert_eq!(status, 200);
+    let seen = script_arg(&body, "f");
+    assert_eq!(
+        (seen["method"].as_str(), seen["path"].as_str()),
+        (Some("POST"), Some("/basic/y"))
+    );
+    // Not a GET: proxied as it is, with CORS fields.
+    let (status, fields, body) = curl(&["-X", "POST"], &cp.url("/j/z?callback=f"));
+    assert_eq!(status, 200);
+    assert!(body.starts_with('{'), "{body}");
+    assert!(!cors_of(&fields).is_empty());
+}
+
+#[test]
+fn jsonp_refuses_bad_parameters_with_400() {
+    let b = echo_backend();
+    let cp = Corepin::start(&["--route", &format!("*,aco {}", b.addr)]);
+    for (q, why) in [
+        ("callback=alert(1)//", "Invalid callback parameter."),
+        ("callback=a%0D%0Ab", "Invalid callback parameter."),
+        ("callback=", "Invalid callback parameter."),
+        ("callback=f&_method=G%20T", "Invalid _method parameter."),
+        ("callback=f&_headers=%5B%5D", "Invalid _headers parameter."),
+        (
+            "callback=f&_body=x",
+            "The _body parameter is not supported.",
+        ),
+    ] {
+        let (status, fields, body) = curl(&["-H", "Origin: http://o"], &cp.url(&format!("/x?{q}")));
+        assert_eq!((status, body.trim_end()), (400, why), "{q}");
+        assert!(fields.contains(&("access-control-allow-origin".into(), "http://o".into())));
+    }
+    let long = "a".repeat(129);
+    let (status, _, _) = curl(&[], &cp.url(&format!("/x?callback={long}")));
+    assert_eq!(status, 400);
+    assert_eq!(b.requests(), 0, "nothing refused reached the backend");
+}
+
+#[test]
+fn jsonp_wraps_a_held_long_polls_published_answer() {
+    let b = grip_backend(
+        "Grip-Hold: response\r\nGrip-Channel: jp\r\nGrip-Timeout: 1\r\n",
+        "late\n",
+    );
+    let cp = Corepin::start_grip(&["--route", &format!("*,aco {}", b.addr), "--workers", "1"]);
+    let url = cp.url("/poll?callback=cb");
+    let client = thread::spawn(move || curl(&[], &url));
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    let r = cp.publish(r#"{"items":[{"channel":"jp","http-response":{"code":201,"reason":"Made","headers":[["X-Pub","a"],["x-pub","b"]],"body":"news\n"}}]}"#);
+    assert_eq!(r.status, 200);
+    let (status, fields, body) = client.join().expect("client");
+    assert_eq!(status, 200);
+    assert!(fields.contains(&("content-type".into(), "application/javascript".into())));
+    // Held answers are wrapped compact, keys sorted, names merged.
+    assert!(
+        body.starts_with("/**/cb({\"body\":\"news\\n\",\"code\":201,"),
+        "{body}"
+    );
+    let env = script_arg(&body, "cb");
+    assert_eq!(env["headers"]["X-Pub"], "a, b");
+    assert_eq!(env["reason"], "Made");
+    // The hold's timeout answer is wrapped too.
+    let (status, _, body) = curl(&[], &cp.url("/poll?callback=cb"));
+    assert_eq!(status, 200);
+    let env = script_arg(&body, "cb");
+    assert_eq!(
+        (env["code"].as_u64(), env["body"].as_str()),
+        (Some(200), Some("late\n"))
+    );
+}
+
+#[test]
+fn jsonp_options_are_checked_by_name() {
+    for (line, needle) in [
+        ("*,jsonp_mode=basic 127.0.0.1:1", "need aco"),
+        ("*,aco,jsonp_mode=odd 127.0.0.1:1", "basic or extended"),
+        ("*,aco,jsonp_body=b 127.0.0.1:1", "jsonp_body"),
+        ("*,aco,jsonp_defcb=f 127.0.0.1:1", "jsonp_defcb"),
+        ("*,aco,jsonp_defmethod=a(b 127.0.0.1:1", "jsonp_defmethod"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_corepin"))
+            .args([
+                "check",
+                "--config",
+                &write_config(&format!("routes = [\"{line}\"]\n")),
+            ])
+            .output()
+            .expect("corepin check");
+        assert!(!out.status.success(), "{line}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{line}: {err}");
+    }
+}

@@ -452,3 +452,73 @@ fn filter_errors_end_debug_routes_subscribers_with_the_reason() {
     cp.publish_stream("v", "marker\n");
     assert_eq!(quiet.read_text(7), "marker\n", "not the failed message");
 }
+
+/// `Grip-Sig` with PEM keys, as Pushpin signs with an EC or RSA key: keys
+/// made by openssl, corepin signing ES256 (P-256) and RS256 with the
+/// private key in `[grip] sig_key`, gripcontrol's `validate_sig` checking
+/// each backend request with the public key, as a backend does.
+#[test]
+fn pem_keys_sign_grip_sig_es256_and_rs256() {
+    let dir = TempDir::new("pem");
+    for (name, gen) in [
+        ("ec", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256"),
+        ("rsa", "-algorithm RSA -pkeyopt rsa_keygen_bits:2048"),
+    ] {
+        let key = dir.path().join(format!("{name}.pem"));
+        let public = dir.path().join(format!("{name}.pub"));
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let k = key.to_str().expect("path");
+        let mut args = vec!["genpkey"];
+        args.extend(gen.split(' '));
+        args.extend(["-out", k]);
+        run(&args);
+        run(&[
+            "pkey",
+            "-in",
+            k,
+            "-pubout",
+            "-out",
+            public.to_str().expect("path"),
+        ]);
+        let pem = std::fs::read_to_string(&key).expect("key");
+        let public = std::fs::read_to_string(&public).expect("public key");
+
+        let b = Backend::fixed("ok");
+        let config = write_config(&format!(
+            "routes = [\"{}\"]\n[grip]\nsig_key = \"\"\"\n{pem}\"\"\"\nsig_iss = \"corepin-pem\"\n",
+            b.route()
+        ));
+        let cp = Corepin::start_grip(&["--config", &config, "--workers", "1"]);
+        let r = Conn::open(cp.addr()).get("/x");
+        assert_eq!(r.text(), "ok");
+        let token = b.last().header("grip-sig").expect("Grip-Sig").to_string();
+        let out = std::process::Command::new(python())
+            .args([
+                "-c",
+                "import sys, jwt; from gripcontrol import validate_sig
+print(jwt.get_unverified_header(sys.argv[1])['alg'])
+sys.exit(0 if validate_sig(sys.argv[1], sys.argv[2], iss='corepin-pem') else 1)",
+                &token,
+                &public,
+            ])
+            .output()
+            .expect("python (run tests/run.sh)");
+        let alg = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success(),
+            "{name}: validate_sig refused {token} ({alg}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(alg, if name == "ec" { "ES256" } else { "RS256" });
+    }
+}

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod grip;
 pub mod heads;
 pub mod http1;
+pub mod jsonp;
 pub mod publish;
 pub mod response;
 pub mod tnetstring;

@@ -235,7 +235,7 @@ pub async fn hold(
     shard
         .subs
         .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
-    *sub.held_body.borrow_mut() = base.body.clone();
+    sub.set_held_body(base.body.clone());
     // Channel history (issue 18): replay what the client missed.
     match shard
         .subs
@@ -247,7 +247,7 @@ pub async fn hold(
         HoldResume::Note(None) => {}
         HoldResume::Refetch => return HoldEnd::Retry(grip_last(&instruct, max)),
     }
-    sub.debug.set(ctx.debug);
+    sub.set_debug(ctx.debug);
     c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
     // response cannot set or change it).
@@ -493,7 +493,7 @@ async fn hold_stream(
     mut instruct: Instruct,
     base: Base,
 ) -> HoldEnd {
-    let http10 = !sub.chunked;
+    let http10 = !sub.chunked();
     let status = instruct
         .status
         .clone()
@@ -582,15 +582,17 @@ async fn hold_stream(
                                 shard.subs.set_channels(sub, channels);
                                 // The next response's instruct replaces
                                 // the meta and the filters (Pushpin).
-                                *sub.meta.borrow_mut() = i.meta.clone();
+                                sub.set_meta(i.meta.clone());
                                 shard
                                     .subs
                                     .set_chans(sub, chan_states(&i, &ctx.prefix, usize::MAX));
-                                *sub.keep_alive.borrow_mut() = i.keep_alive.clone();
-                                sub.link_at.set(i.next.as_ref().map(|l| {
-                                    Instant::now() + Duration::from_secs(u64::from(l.timeout))
-                                }));
-                                shard.subs.retime(sub);
+                                shard.subs.set_keep_alive(sub, i.keep_alive.clone());
+                                shard.subs.set_link_at(
+                                    sub,
+                                    i.next.as_ref().map(|l| {
+                                        Instant::now() + Duration::from_secs(u64::from(l.timeout))
+                                    }),
+                                );
                                 instruct = *i;
                                 if let Some(why) = prev_id_without_link(&instruct) {
                                     return stream_failed(shard, c, ctx, code, bytes, &why).await;
@@ -602,10 +604,10 @@ async fn hold_stream(
                     }
                     Fetched::Failed => {
                         // The link failed: try again after its timeout.
-                        sub.link_at.set(Some(
-                            Instant::now() + Duration::from_secs(u64::from(link.timeout)),
-                        ));
-                        shard.subs.retime(sub);
+                        shard.subs.set_link_at(
+                            sub,
+                            Some(Instant::now() + Duration::from_secs(u64::from(link.timeout))),
+                        );
                     }
                 }
             }
@@ -741,7 +743,7 @@ async fn hold_response(
                 heads::write_connection(&mut out, keep, http10);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&body);
-                crate::conn::dropin::head(c, &mut out, 0);
+                crate::conn::dropin::whole(c, &mut out, 0, true);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = e
                     .item
@@ -753,7 +755,7 @@ async fn hold_response(
             Event::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
-                crate::conn::dropin::head(c, &mut out, 0);
+                crate::conn::dropin::whole(c, &mut out, 0, true);
                 let ok = held_response_written(shard, c, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
@@ -768,8 +770,7 @@ async fn hold_response(
             }
             Event::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => {
                 let last = sub
-                    .chans
-                    .borrow()
+                    .chans()
                     .iter()
                     .filter_map(|c| Some((c.name.clone(), c.prev_id.clone()?)))
                     .collect();
@@ -850,7 +851,7 @@ async fn fetch_link_inner(
         &mut req,
         &path,
         host,
-        &sub.last_ids.borrow(),
+        &sub.last_ids(),
         &ctx.prefix,
         token.as_deref(),
     );

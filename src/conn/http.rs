@@ -75,7 +75,7 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves one client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let conn = Connection::tcp(stream, shard.bufs.clone());
+    let conn = Connection::client(stream, shard.bufs.clone());
     serve_conn(shard, conn, peer).await
 }
 
@@ -171,7 +171,7 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
 async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close: bool) -> u64 {
     let mut out = shard.bufs.take_out();
     http1::write_simple_response(&mut out, status, reason, close);
-    crate::conn::dropin::head(c, &mut out, 0);
+    crate::conn::dropin::whole(c, &mut out, 0, false);
     let n = out.len() as u64;
     let _ = c.conn.write_all(&out).await;
     shard.bufs.give_out(out);
@@ -185,8 +185,17 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let ws = crate::route::is_websocket(head);
     let route = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls());
     c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
+    let Some(route) = route else {
+        return refuse(shard, c, head, 404, "no route for this request", "-").await;
+    };
+    if let Some(why) = crate::conn::dropin::refusal(c) {
+        return refuse(shard, c, head, 400, why, "-").await;
+    }
+    // A JSON-P request goes upstream rewritten.
+    let jsonp = crate::conn::dropin::upstream(c);
+    let head = jsonp.as_ref().and_then(|w| w.head()).unwrap_or(head);
     let max_body = shard.cfg.limits.max_request_body;
-    let route = match decide_routed(route, head, ws, max_body) {
+    let route = match decide_routed(Some(route), head, ws, max_body) {
         Dispatch::Refuse { status, reason } => {
             return refuse(shard, c, head, status, reason, "-").await
         }
@@ -484,6 +493,9 @@ async fn proxy(
         };
         return instructed(shard, c, &ctx, up, resp).await;
     }
+    if crate::conn::dropin::wraps(c) {
+        return crate::conn::dropin::proxied(shard, c, head, up, resp, backend.addr).await;
+    }
     let (framing, keep) = client_framing(head, &resp, shard.draining());
     // The rest of an unsent body is still on its way from the client.
     let keep = keep && body_sent;
@@ -565,7 +577,7 @@ async fn instructed(
             let keep = ctx.head.keep_alive && !shard.draining();
             let mut out = Vec::with_capacity(256 + base.body.len());
             base.write_full(&mut out, None, keep, ctx.head.version == Version::Http10);
-            crate::conn::dropin::head(c, &mut out, 0);
+            crate::conn::dropin::whole(c, &mut out, 0, false);
             let ok = c.conn.write_all(&out).await.is_ok();
             HoldEnd::Done(Outcome {
                 status: base.status(),

@@ -26,7 +26,7 @@ fn ws_chans(
     channels: &[String],
     set: Option<(&str, crate::codec::filter::Filters)>,
 ) -> Vec<crate::subs::ChanState> {
-    let old = sub.chans.borrow();
+    let old = sub.chans();
     channels
         .iter()
         .map(|ch| {
@@ -72,7 +72,7 @@ pub(super) fn control(
     match c {
         Control::Subscribe { channel, filters } => {
             let ch = format!("{prefix}{channel}");
-            let mut chans = sub.channels.borrow().clone();
+            let mut chans = sub.channels();
             if !chans.contains(&ch) {
                 if chans.len() >= shard.cfg.grip.max_channels {
                     warn!(
@@ -90,13 +90,8 @@ pub(super) fn control(
         }
         Control::Unsubscribe { channel } => {
             let ch = format!("{prefix}{channel}");
-            let chans: Vec<String> = sub
-                .channels
-                .borrow()
-                .iter()
-                .filter(|c| **c != ch)
-                .cloned()
-                .collect();
+            let mut chans = sub.channels();
+            chans.retain(|c| *c != ch);
             shard.subs.set_channels(sub, chans.clone());
             let states = ws_chans(sub, prefix, &chans, None);
             shard.subs.set_chans(sub, states);
@@ -107,24 +102,22 @@ pub(super) fn control(
             shard.index
         ),
         Control::SetMeta { name, value } => {
-            let mut meta = sub.meta.borrow_mut();
-            match value {
+            sub.edit_meta(|meta| match value {
                 Some(v) => {
-                    if let Err(e) = crate::codec::grip::set_meta(&mut meta, &name, &v, "set-meta") {
+                    if let Err(e) = crate::codec::grip::set_meta(meta, &name, &v, "set-meta") {
                         warn!("core {}: {e}", shard.index);
                     }
                 }
                 None => meta.retain(|(k, _)| *k != name),
-            }
+            })
         }
         Control::KeepAlive(ka) => {
-            *sub.keep_alive.borrow_mut() =
-                ka.map(|(m, timeout, mode)| crate::codec::grip::KeepAlive {
-                    data: m.frame(),
-                    timeout,
-                    mode,
-                });
-            shard.subs.retime(sub);
+            let ka = ka.map(|(m, timeout, mode)| crate::codec::grip::KeepAlive {
+                data: m.frame(),
+                timeout,
+                mode,
+            });
+            shard.subs.set_keep_alive(sub, ka);
         }
         Control::SendDelayed { message, timeout } => {
             shard
