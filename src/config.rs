@@ -714,30 +714,6 @@ pub fn load_routes(source: &RoutesSource) -> Result<Routes, ConfigError> {
     Ok(routes)
 }
 
-/// Reads a routes file for a reload of a running corepin: as at start-up,
-/// a TLS-to-backend (`ssl`) target is refused until TLS is wired into the
-/// connection layer (then this is `parse_routes_file` again).
-pub fn read_routes_file(path: &std::path::Path) -> Result<Routes, ConfigError> {
-    refuse_unwired_ssl(parse_routes_file(path)?, path)
-}
-
-/// Refuses routes with a TLS-to-backend (`ssl`) target, for a reload of a
-/// running corepin, until TLS is wired into the connection layer.
-pub fn refuse_unwired_ssl(routes: Routes, path: &std::path::Path) -> Result<Routes, ConfigError> {
-    if let Some((r, b)) = routes.first_ssl_target() {
-        return fail(
-            "routes_file",
-            format!(
-                "{}: '{}': target {} 'ssl': TLS to backends is not wired yet",
-                path.display(),
-                r.line,
-                b.addr
-            ),
-        );
-    }
-    Ok(routes)
-}
-
 /// The 1-based line of byte offset `at` in `text`.
 fn line_of(text: &str, at: usize) -> usize {
     text.as_bytes()[..at.min(text.len())]
@@ -1535,27 +1511,5 @@ mod tests {
             let e = Config::default_with(&ov).expect_err(needle);
             assert!(e.0.contains(needle), "{ov:?} gave {e}");
         }
-    }
-
-    #[test]
-    fn a_reload_refuses_ssl_targets_until_tls_is_wired() {
-        let path = std::env::temp_dir().join(format!(
-            "corepin-routes-ssl-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::write(&path, "* a.example:443,ssl\n").expect("write");
-        let text = format!("routes_file = \"{}\"", path.display());
-        let loaded = Config::from_toml(&text, "t.toml", &Overrides::default());
-        let reloaded = read_routes_file(&path);
-        let _ = std::fs::remove_file(&path);
-        // corepin check parses them (corepin run refuses them in main).
-        assert!(loaded.expect("parses").routes.first_ssl_target().is_some());
-        let e = reloaded.expect_err("refused on reload").0;
-        assert!(
-            e.starts_with("routes_file: ")
-                && e.ends_with("'* a.example:443,ssl': target a.example:443 'ssl': TLS to backends is not wired yet"),
-            "{e}"
-        );
     }
 }

@@ -103,9 +103,9 @@ impl ControlPlane {
     /// keeps the old routes. Returns the new route count.
     pub fn reload(&self) -> Result<usize, String> {
         // The same reading and validation as at start-up.
-        let mut routes = load_routes(&self.routes).map_err(|e| e.0)?;
-        if let RoutesSource::File(path) = &self.routes {
-            routes = crate::config::refuse_unwired_ssl(routes, path).map_err(|e| e.0)?;
+        let routes = load_routes(&self.routes).map_err(|e| e.0)?;
+        for w in crate::tls::backend_targets(&routes)? {
+            warn!("{w}");
         }
         let n = routes.iter().count();
         let routes = Arc::new(routes);

@@ -125,11 +125,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Some(e) = corepin::tls::not_served_yet(&cfg) {
-                eprintln!("corepin: {e}");
-                return ExitCode::from(2);
-            }
+            let tls_warnings = match corepin::tls::backend_targets(&cfg.routes) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("corepin: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             corepin::log::set_level(cfg.log_level);
+            for w in tls_warnings {
+                corepin::warn!("{w}");
+            }
             if let Some(w) = warning {
                 corepin::warn!("{w}");
             }

@@ -998,8 +998,7 @@ impl Route {
             match t {
                 Target::Test => {}
                 Target::Backend(b) => {
-                    // `ssl` and `insecure` are served by the TLS code, which
-                    // refuses them at `run` until it is wired (`tls`).
+                    // `ssl` and `insecure` are served (`upstream`, `tls`).
                     let tp = "target property";
                     if b.trust_connect_host {
                         return not_yet(
@@ -1298,8 +1297,7 @@ impl Routes {
         })
     }
 
-    /// The first TLS-to-backend target, if any route has one: what
-    /// `corepin run` refuses until TLS serving is wired.
+    /// The first TLS-to-backend (`ssl`) target, if any route has one.
     pub fn first_ssl_target(&self) -> Option<(&Route, &Backend)> {
         self.routes.iter().find_map(|r| {
             r.targets.iter().find_map(|t| match t {

@@ -178,6 +178,8 @@ struct Startup {
     publisher: Publisher,
     per_shard: Mutex<Vec<Option<ShardParts>>>,
     ready: Option<ReadyFile>,
+    /// Cores whose drain has not finished (`ShardStart::draining_cores`).
+    draining_cores: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// `--ready-file`: the bound addresses as one JSON object, written once
@@ -429,6 +431,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         publisher,
         per_shard: Mutex::new(per_shard),
         ready,
+        draining_cores: Arc::new(std::sync::atomic::AtomicUsize::new(workers)),
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(workers, None))
@@ -459,6 +462,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 wake: parts.wake,
                 conn_limit: startup.conn_limit.clone(),
                 publisher: startup.publisher.clone(),
+                draining_cores: startup.draining_cores.clone(),
             });
             // shard::run spawns its accept loops before its first await.
             after_first_poll(run, || {

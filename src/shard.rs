@@ -518,6 +518,9 @@ pub struct ShardStart {
     pub conn_limit: Arc<ConnLimit>,
     /// Where publishes accepted here go (a cluster's broker, or the bus).
     pub publisher: crate::cluster::Publisher,
+    /// Cores still draining, all shards together: a shard keeps its control
+    /// listener until it reaches 0 (see `run`).
+    pub draining_cores: Arc<AtomicUsize>,
 }
 
 /// How long, after the shutdown grace, the 503s to requests still waiting
@@ -604,6 +607,15 @@ pub async fn run(start: ShardStart) {
             shard.index,
             shard.open_connections()
         );
+    }
+    // Each core's control listener is one socket of a SO_REUSEPORT group,
+    // and closing it resets the connections the kernel already queued on it:
+    // a core that drained early keeps answering (/health: 503) until every
+    // core has drained, bounded by the time the others may take.
+    start.draining_cores.fetch_sub(1, Ordering::AcqRel);
+    let others = Instant::now() + shard.cfg.timeouts.shutdown_grace + 2 * GRACE_ANSWERS;
+    while start.draining_cores.load(Ordering::Acquire) > 0 && Instant::now() < others {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     stop.set(true);
     for t in control_tasks {

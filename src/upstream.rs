@@ -1,6 +1,11 @@
-//! The per-core backend client: connecting with a timeout, and a pool of
-//! idle keep-alive connections bounded per backend address. Owned by one
-//! core; nothing here is shared across threads.
+//! The per-core backend client: connecting with a timeout (and, for `ssl`
+//! targets and https:// links, a TLS handshake within the same timeout),
+//! and a pool of idle keep-alive connections bounded per backend. Owned by
+//! one core; nothing here is shared across threads.
+//!
+//! TLS connections pool apart from plain ones to the same address, and by
+//! the name they were verified against: a pooled connection is only reused
+//! for the same address, name and `insecure` setting.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,6 +20,62 @@ use crate::buf::{BufPool, BUF_SIZE};
 use crate::codec::http1::{parse_response, HeadError, HeadLimits, ResponseHead};
 use crate::connection::{Connection, ReadError};
 use crate::route::{Backend, Target};
+use crate::tls::client::{server_name, CoreClients};
+use crate::tls::HandshakeError;
+
+/// Where a connection goes: an address, and how TLS is spoken to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dest {
+    /// `host:port` (`[v6]:port`).
+    pub addr: String,
+    /// TLS to it (`ssl` targets, https:// links); `None`: plain TCP.
+    pub tls: Option<TlsDest>,
+}
+
+/// TLS settings of a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsDest {
+    /// The name to verify and send as SNI instead of the address's host
+    /// (a target's `host=`).
+    pub name: Option<String>,
+    /// Skip certificate verification (`insecure`).
+    pub insecure: bool,
+}
+
+impl Dest {
+    /// Plain TCP to `addr`.
+    pub fn plain(addr: &str) -> Dest {
+        Dest {
+            addr: addr.to_string(),
+            tls: None,
+        }
+    }
+
+    /// A route's backend target.
+    pub fn of(b: &Backend) -> Dest {
+        Dest {
+            addr: b.addr.clone(),
+            tls: b.ssl.then(|| TlsDest {
+                name: b.host.clone(),
+                insecure: b.insecure,
+            }),
+        }
+    }
+
+    /// The idle pool's key: the address for plain TCP; for TLS, the
+    /// address, the name and `insecure` (a space never occurs in either).
+    fn pool_key<'a>(addr: &'a str, tls: Option<&TlsDest>) -> std::borrow::Cow<'a, str> {
+        match tls {
+            None => addr.into(),
+            Some(t) => format!(
+                "{addr} tls {} {}",
+                t.name.as_deref().unwrap_or("-"),
+                if t.insecure { "insecure" } else { "verify" }
+            )
+            .into(),
+        }
+    }
+}
 
 /// Why a backend could not be reached.
 #[derive(Debug)]
@@ -23,6 +84,9 @@ pub enum ConnectError {
     Resolve(String),
     /// The connect did not finish within the timeout (504).
     Timeout,
+    /// The TLS handshake failed (a certificate not trusted, no common
+    /// protocol) or TLS could not be set up (502); why, for the log.
+    Tls(String),
     /// Refused, unreachable, or another socket error (502).
     Failed(io::Error),
     /// The route names no backend target.
@@ -36,6 +100,7 @@ impl ConnectError {
             ConnectError::Timeout => (504, "upstream connect timed out"),
             ConnectError::Resolve(_) => (502, "upstream name does not resolve"),
             ConnectError::Failed(_) => (502, "upstream unreachable"),
+            ConnectError::Tls(_) => (502, "upstream TLS handshake failed"),
             ConnectError::NoTarget => (502, "no backend target"),
         }
     }
@@ -103,6 +168,8 @@ pub struct Pool {
     resolved: RefCell<HashMap<Rc<str>, SocketAddr>>,
     max_idle: usize,
     bufs: Rc<BufPool>,
+    /// This core's TLS client configurations.
+    tls: CoreClients,
     /// The core, for log lines.
     core: usize,
 }
@@ -114,6 +181,7 @@ impl Pool {
             resolved: RefCell::new(HashMap::new()),
             max_idle,
             bufs,
+            tls: CoreClients::default(),
             core,
         }
     }
@@ -146,10 +214,14 @@ impl Pool {
     /// An idle pooled connection to `addr`, if one is there. With `check`,
     /// one that the backend has closed meanwhile is skipped (one extra
     /// syscall); without it, the caller must be able to retry the request.
-    pub fn take_idle(&self, addr: &str, check: bool) -> Option<Upstream> {
+    pub fn take_idle(&self, to: &Dest, check: bool) -> Option<Upstream> {
+        self.take_idle_key(&Dest::pool_key(&to.addr, to.tls.as_ref()), check)
+    }
+
+    fn take_idle_key(&self, pool_key: &str, check: bool) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let (key, list) = idle
-            .get_key_value(addr)
+            .get_key_value(pool_key)
             .map(|(k, _)| k.clone())
             .and_then(|k| {
                 let list = idle.get_mut(&k)?;
@@ -167,10 +239,36 @@ impl Pool {
         None
     }
 
-    /// A new connection to `addr`.
+    /// A new plain TCP connection to `addr`.
     pub async fn connect(&self, addr: &str, timeout: Duration) -> Result<Upstream, ConnectError> {
+        self.connect_tls(addr, None, timeout).await
+    }
+
+    /// A new connection to `to`: TCP, then for TLS the handshake, all
+    /// within `timeout`.
+    pub async fn connect_to(&self, to: &Dest, timeout: Duration) -> Result<Upstream, ConnectError> {
+        self.connect_tls(&to.addr, to.tls.as_ref(), timeout).await
+    }
+
+    async fn connect_tls(
+        &self,
+        addr: &str,
+        tls: Option<&TlsDest>,
+        timeout: Duration,
+    ) -> Result<Upstream, ConnectError> {
+        let started = std::time::Instant::now();
         let key = self.key(addr);
         let sa = self.resolve(&key)?;
+        // Settled before connecting: a name no certificate can carry, or
+        // no CA store, fails without touching the network.
+        let tls = match tls {
+            None => None,
+            Some(t) => {
+                let name = server_name(addr, t.name.as_deref()).map_err(ConnectError::Tls)?;
+                let config = self.tls.config(t.insecure).map_err(ConnectError::Tls)?;
+                Some((name, config, Rc::<str>::from(Dest::pool_key(addr, Some(t)))))
+            }
+        };
         let stream = match TcpStream::connect_timeout(sa, timeout).await {
             Ok(s) => s,
             Err(e) => {
@@ -182,13 +280,28 @@ impl Pool {
                 });
             }
         };
-        let conn = Connection::tcp(stream, self.bufs.clone());
-        conn.set_nodelay();
-        Ok(Upstream {
-            conn,
-            reused: false,
-            key,
-        })
+        let Some((name, config, tls_key)) = tls else {
+            let conn = Connection::tcp(stream, self.bufs.clone());
+            conn.set_nodelay();
+            return Ok(Upstream {
+                conn,
+                reused: false,
+                key,
+            });
+        };
+        let _ = stream.set_nodelay(true);
+        let mut conn = Connection::tls_client(stream, self.bufs.clone(), config, name)
+            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        let left = timeout.saturating_sub(started.elapsed());
+        match conn.handshake(left).await {
+            Ok(()) => Ok(Upstream {
+                conn,
+                reused: false,
+                key: tls_key,
+            }),
+            Err(HandshakeError::Timeout) => Err(ConnectError::Timeout),
+            Err(e) => Err(ConnectError::Tls(e.to_string())),
+        }
     }
 
     /// A connection to the first reachable backend of `targets[from..]`
@@ -205,12 +318,17 @@ impl Pool {
         let mut last = ConnectError::NoTarget;
         for (i, target) in targets.iter().enumerate().skip(from) {
             let Target::Backend(b) = target else { continue };
+            let tls = b.ssl.then(|| TlsDest {
+                name: b.host.clone(),
+                insecure: b.insecure,
+            });
             if let Reuse::Pooled { check } = reuse {
-                if let Some(up) = self.take_idle(&b.addr, check) {
+                if let Some(up) = self.take_idle_key(&Dest::pool_key(&b.addr, tls.as_ref()), check)
+                {
                     return Ok((i, up, b));
                 }
             }
-            match self.connect(&b.addr, timeout).await {
+            match self.connect_tls(&b.addr, tls.as_ref(), timeout).await {
                 Ok(up) => return Ok((i, up, b)),
                 Err(e) => {
                     match &e {
@@ -222,6 +340,9 @@ impl Pool {
                         }
                         ConnectError::Failed(e) => {
                             debug!("core {}: connect to {} failed: {e}", self.core, b.addr)
+                        }
+                        ConnectError::Tls(why) => {
+                            warn!("core {}: TLS to {} failed: {why}", self.core, b.addr)
                         }
                         ConnectError::NoTarget => {}
                     }

@@ -649,26 +649,26 @@ fn check_validates_certificates_one_line_each() {
 }
 
 #[test]
-fn run_refuses_ssl_targets_until_they_are_wired_and_check_accepts_them() {
+fn run_refuses_ssl_targets_without_a_ca_store_and_check_accepts_them() {
     let ca = Ca::new("run CA");
     let dir = TempDir::new();
     ca.leaf_into(&dir, "default", &["default.test"]);
     let d = dir.0.display().to_string();
-    let o = corepin(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--control-http",
-        "",
-        "--control-socket",
-        "",
-        "--route",
-        "* 127.0.0.1:9,ssl,insecure",
-    ]);
+    // An empty CA store: a verified target could never be reached.
+    let empty_dir = TempDir::new();
+    let empty = empty_dir.write("empty.pem", "");
+    let o = run(
+        Command::new(env!("CARGO_BIN_EXE_corepin"))
+            .args(["run", "--listen", "127.0.0.1:0", "--control-http", ""])
+            .args(["--control-socket", "", "--route", "* 127.0.0.1:9,ssl"])
+            .env("SSL_CERT_FILE", &empty)
+            .env_remove("SSL_CERT_DIR"),
+        b"",
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr)
-            .starts_with("corepin: routes: '* 127.0.0.1:9,ssl,insecure': target 127.0.0.1:9 'ssl': TLS to backends is not wired yet"),
+            .starts_with("corepin: routes: ssl targets: no CA certificates found"),
         "{}",
         text(&o)
     );
@@ -708,6 +708,11 @@ fn run_refuses_ssl_targets_until_they_are_wired_and_check_accepts_them() {
 /// corepin with a TLS listener serving `certs`' directory (and a plain
 /// listener and the control API); the TLS port.
 fn corepin_tls(certs: &Certs, args: &[&str]) -> (common::Corepin, u16) {
+    corepin_tls_env(certs, &[], args)
+}
+
+/// `corepin_tls` with `env` added to corepin's environment.
+fn corepin_tls_env(certs: &Certs, env: &[(&str, &str)], args: &[&str]) -> (common::Corepin, u16) {
     let d = certs.dir.0.display().to_string();
     let mut all = vec![
         "--control-http",
@@ -718,7 +723,7 @@ fn corepin_tls(certs: &Certs, args: &[&str]) -> (common::Corepin, u16) {
         &d,
     ];
     all.extend_from_slice(args);
-    let cp = common::Corepin::start(&all);
+    let cp = common::Corepin::start_env(env, &all);
     let line = cp.wait_stderr("(TLS clients)");
     let port = line
         .split("listening on ")
@@ -978,4 +983,141 @@ fn sighup_swaps_certificates_on_every_core_and_open_connections_go_on() {
     cp.wait_stderr("certificates not reloaded, keeping the old ones");
     let mut c = tls_client(port, &[&new]);
     assert!(get_on(&mut c, "kept").starts_with("HTTP/1.1 200"));
+}
+
+// ---- TLS to backends (the `ssl` target property)
+
+/// An HTTPS backend (tests/backends/tls_http.py) serving a leaf of `ca`
+/// for `names`; the backend and its port.
+fn tls_backend(ca: &Ca, names: &[&str]) -> (common::PyBackend, TempDir) {
+    let dir = TempDir::new();
+    ca.leaf_into(&dir, "backend", names);
+    let b = common::PyBackend::start(
+        "tls_http.py",
+        &[&dir.path("backend.crt"), &dir.path("backend.key")],
+    );
+    (b, dir)
+}
+
+/// A CA file holding `ca` alone, for corepin's `SSL_CERT_FILE`.
+fn ca_file(ca: &Ca) -> (TempDir, String) {
+    let dir = TempDir::new();
+    let f = dir.write("ca.pem", &ca.cert.pem()).display().to_string();
+    (dir, f)
+}
+
+#[test]
+fn proxied_requests_grip_streams_and_next_links_reach_a_tls_backend() {
+    let ca = Ca::new("backend CA");
+    let (backend, _bdir) = tls_backend(&ca, &["localhost"]);
+    let (_cdir, ca_pem) = ca_file(&ca);
+    // SNI and verification by host=; the address is an IP.
+    let route = format!("* 127.0.0.1:{},ssl,host=localhost", backend.port);
+    let cp = common::Corepin::start_env(
+        &[("SSL_CERT_FILE", &ca_pem)],
+        &["--control-http", "127.0.0.1:0", "--route", &route],
+    );
+    // Proxied, twice on one client connection (the second on a pooled
+    // TLS connection, if the backend kept it).
+    let mut c = common::Conn::open(cp.addr());
+    for path in ["/one", "/two"] {
+        let r = c.get(path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), format!("tls backend {path} proto=http"));
+    }
+    c.send(b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    let r = c.read().expect("answer");
+    assert_eq!(r.text(), "tls backend /post proto=httphello");
+    // A GRIP stream held by the TLS backend, then a publish.
+    let mut s = common::Stream::open(cp.addr(), "/hold");
+    assert_eq!(s.head.status, 200);
+    assert_eq!(s.read_text(12), "stream open\n");
+    common::wait_until("the stream subscribed", || {
+        common::subscriptions_at(cp.control_addr()) == 1
+    });
+    cp.publish_stream("tls", "published\n");
+    assert_eq!(s.read_text(10), "published\n");
+    // A relative next link is fetched from the same backend over TLS.
+    let mut l = common::Stream::open(cp.addr(), "/link");
+    assert_eq!(l.read_text(7), "linked\n");
+    assert_eq!(l.read_text(14), "next over tls\n");
+    assert_eq!(l.chunk(), None, "the link's answer ends the stream");
+}
+
+#[test]
+fn an_untrusted_or_misnamed_backend_is_502_and_insecure_skips_the_check() {
+    let trusted = Ca::new("trusted CA");
+    let stranger = Ca::new("stranger CA");
+    let (good, _gdir) = tls_backend(&trusted, &["localhost"]);
+    let (odd, _odir) = tls_backend(&stranger, &["localhost"]);
+    let (_cdir, ca_pem) = ca_file(&trusted);
+    let routes = [
+        format!(
+            "*,path_beg=/untrusted 127.0.0.1:{},ssl,host=localhost",
+            odd.port
+        ),
+        format!("*,path_beg=/insecure 127.0.0.1:{},ssl,insecure", odd.port),
+        format!(
+            "*,path_beg=/misnamed 127.0.0.1:{},ssl,host=other.test",
+            good.port
+        ),
+        format!("* 127.0.0.1:{},ssl,host=localhost", good.port),
+    ];
+    let mut args = vec!["--control-http", "127.0.0.1:0"];
+    for r in &routes {
+        args.extend(["--route", r.as_str()]);
+    }
+    let cp = common::Corepin::start_env(&[("SSL_CERT_FILE", &ca_pem)], &args);
+    cp.wait_stderr(&format!(
+        "warning: target 127.0.0.1:{} is reached over TLS without verifying its certificate (insecure)",
+        odd.port
+    ));
+    let mut c = common::Conn::open(cp.addr());
+    let r = c.get("/untrusted");
+    assert_eq!(r.status, 502, "{}", r.text());
+    cp.wait_stderr(&format!(
+        "TLS to 127.0.0.1:{} failed: bad TLS handshake: invalid peer certificate: UnknownIssuer",
+        odd.port
+    ));
+    let r = common::Conn::open(cp.addr()).get("/misnamed");
+    assert_eq!(r.status, 502, "{}", r.text());
+    cp.wait_stderr(&format!(
+        "TLS to 127.0.0.1:{} failed: bad TLS handshake: invalid peer certificate: certificate not valid for name \"other.test\"",
+        good.port
+    ));
+    let r = common::Conn::open(cp.addr()).get("/insecure");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "tls backend /insecure proto=http");
+    let r = common::Conn::open(cp.addr()).get("/fine");
+    assert_eq!(r.text(), "tls backend /fine proto=http");
+}
+
+#[test]
+fn wss_to_corepin_passes_through_to_a_wss_backend() {
+    let certs = certs(true);
+    let bdir = TempDir::new();
+    certs.ca.leaf_into(&bdir, "backend", &["localhost"]);
+    let backend = common::PyBackend::start(
+        "ws_echo.py",
+        &[&bdir.path("backend.crt"), &bdir.path("backend.key")],
+    );
+    let route = format!("* 127.0.0.1:{},ssl,host=localhost", backend.port);
+    let (_cp, port) = corepin_tls_env(
+        &certs,
+        &[("SSL_CERT_FILE", &certs.ca_file)],
+        &["--route", &route],
+    );
+    let out = Command::new(common::python())
+        .arg(common::root().join("tests/clients/ws_client.py"))
+        .arg(format!("wss://localhost:{port}/echo"))
+        .args(["--send", "over wss twice", "--recv", "1", "--close", "1000"])
+        .env("SSL_CERT_FILE", &certs.ca_file)
+        .output()
+        .expect("ws client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("client: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["status"], 101, "{r}");
+    assert_eq!(r["received"], serde_json::json!(["over wss twice"]), "{r}");
+    assert_eq!(r["close"][0], 1000, "{r}");
 }

@@ -23,7 +23,7 @@ use crate::conn::http::{Client, Outcome};
 use crate::connection::PartsProgress;
 use crate::shard::Shard;
 use crate::subs::{Kind, Msg, Sub, SubSpec};
-use crate::upstream::Upstream;
+use crate::upstream::{Dest, TlsDest, Upstream};
 
 /// Most queued bytes sent in one gathered write.
 const BATCH_MAX: usize = 64 * 1024;
@@ -126,8 +126,8 @@ pub enum HoldEnd {
 /// The route-level context a hold needs for next-link fetches.
 pub struct HoldCtx<'a> {
     pub head: &'a RequestHead,
-    /// Backend `host:port` for relative links; `None` for the test target.
-    pub backend: Option<String>,
+    /// The backend, for relative links; `None` for the test target.
+    pub backend: Option<Dest>,
     pub prefix: String,
     pub target: String,
     pub sig: Option<crate::jwt::SigKey>,
@@ -227,11 +227,11 @@ pub async fn hold(
 /// request to the backend. Best effort, in its own task so the client's
 /// connection does not wait: failures and a non-empty answer are logged.
 fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
-    let Some((addr, path)) = link_addr(shard, ctx, url) else {
+    let Some((to, path)) = link_addr(shard, ctx, url) else {
         return;
     };
     let mut req = Vec::with_capacity(256);
-    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let host = ctx.head.fields.get("host").unwrap_or(to.addr.as_bytes());
     let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
     heads::write_gone_request(&mut req, &path, host, token.as_deref());
     let shard = shard.clone();
@@ -239,7 +239,7 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     glommio::spawn_local(async move {
         let mut up = match shard
             .pool
-            .connect(&addr, shard.cfg.timeouts.upstream_connect)
+            .connect_to(&to, shard.cfg.timeouts.upstream_connect)
             .await
         {
             Ok(up) => up,
@@ -279,30 +279,42 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     .detach();
 }
 
-/// Where a link points: the backend address and the request target. A
-/// link is `http://host[:port]/path` or a path on the route's backend.
-fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(String, String)> {
-    match url.strip_prefix("http://") {
-        Some(rest) => {
-            let (hostport, path) = rest
-                .split_once('/')
-                .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-            let hostport = if hostport.contains(':') {
-                hostport.to_string()
-            } else {
-                format!("{hostport}:80")
-            };
-            Some((hostport, path))
-        }
-        None if url.starts_with('/') => Some((ctx.backend.clone()?, url.to_string())),
-        None => {
-            warn!(
-                "core {}: link '{url}' is not http:// or a path",
-                shard.index
-            );
-            None
-        }
-    }
+/// Where a link points: the backend and the request target. A link is
+/// `http://host[:port]/path`, `https://host[:port]/path` (TLS, verified
+/// against the CA store by the URL's host) or a path on the route's
+/// backend (reached as the route reaches it, TLS included).
+fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(Dest, String)> {
+    let (rest, tls, port) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, None, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        // Verified against the CA store, by the URL's host name.
+        let tls = TlsDest {
+            name: None,
+            insecure: false,
+        };
+        (rest, Some(tls), 443)
+    } else if url.starts_with('/') {
+        return Some((ctx.backend.clone()?, url.to_string()));
+    } else {
+        warn!(
+            "core {}: link '{url}' is not http://, https:// or a path",
+            shard.index
+        );
+        return None;
+    };
+    let (hostport, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    // A port follows the host (after the `]` of an IPv6 address).
+    let has_port = hostport
+        .rsplit_once(':')
+        .is_some_and(|(h, _)| !h.starts_with('[') || h.ends_with(']'));
+    let addr = if has_port {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{port}")
+    };
+    Some((Dest { addr, tls }, path))
 }
 
 pub enum Event {
@@ -668,9 +680,9 @@ async fn fetch_link(
     sub: &Sub,
     url: &str,
 ) -> Option<(Option<Box<Instruct>>, Bytes)> {
-    let (addr, path) = link_addr(shard, ctx, url)?;
+    let (to, path) = link_addr(shard, ctx, url)?;
     let mut req = Vec::with_capacity(256);
-    let host = ctx.head.fields.get("host").unwrap_or(addr.as_bytes());
+    let host = ctx.head.fields.get("host").unwrap_or(to.addr.as_bytes());
     let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
     heads::write_link_request(
         &mut req,
@@ -682,12 +694,12 @@ async fn fetch_link(
     );
     let mut up = match shard
         .pool
-        .connect(&addr, shard.cfg.timeouts.upstream_connect)
+        .connect_to(&to, shard.cfg.timeouts.upstream_connect)
         .await
     {
         Ok(up) => up,
         Err(e) => {
-            warn!("core {}: next link {addr}: {e:?}", shard.index);
+            warn!("core {}: next link {}: {e:?}", shard.index, to.addr);
             return None;
         }
     };

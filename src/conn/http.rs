@@ -489,7 +489,7 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     if route.grip() && grip::is_grip(&resp.fields) {
         let ctx = HoldCtx {
             head,
-            backend: Some(backend.addr.clone()),
+            backend: Some(crate::upstream::Dest::of(&backend)),
             prefix: route.prefix.clone().unwrap_or_default(),
             target: backend.addr.clone(),
             sig,

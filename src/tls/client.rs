@@ -22,6 +22,45 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use super::server::ALPN_HTTP11;
 
+/// The system CA store, read once per process on first use (start-up
+/// reads it when a route has a verified `ssl` target; a reload that adds
+/// one reads it then). Every core's client configuration shares it.
+pub fn shared_roots() -> Result<Arc<RootCertStore>, String> {
+    static ROOTS: std::sync::OnceLock<Result<Arc<RootCertStore>, String>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(system_roots).clone()
+}
+
+/// One core's client configurations for TLS to backends, verified and
+/// `insecure`, each made on first use (so a core keeps its own session
+/// cache and no lock is shared between cores).
+#[derive(Default)]
+pub struct CoreClients {
+    verified: std::cell::OnceCell<Arc<ClientConfig>>,
+    insecure: std::cell::OnceCell<Arc<ClientConfig>>,
+}
+
+impl CoreClients {
+    /// The configuration for a target, verifying its certificate or not.
+    pub fn config(&self, insecure: bool) -> Result<Arc<ClientConfig>, String> {
+        let cell = if insecure {
+            &self.insecure
+        } else {
+            &self.verified
+        };
+        if let Some(c) = cell.get() {
+            return Ok(c.clone());
+        }
+        let roots = if insecure {
+            Arc::new(RootCertStore::empty())
+        } else {
+            shared_roots()?
+        };
+        let c = client_config(roots, insecure)?;
+        Ok(cell.get_or_init(|| c).clone())
+    }
+}
+
 /// Reads the system CA store. `Err` names what is missing; certificates
 /// that fail to parse are skipped (a CA bundle always has a few odd ones),
 /// but an empty result is an error.

@@ -143,13 +143,34 @@ pub fn warn_insecure(addr: &str) -> String {
     )
 }
 
-/// Until TLS to backends is wired into the upstream pool, `corepin run`
-/// refuses `ssl` targets rather than ignore them: the one line to print,
-/// naming the setting.
-pub fn not_served_yet(cfg: &Config) -> Option<String> {
-    const WHY: &str =
-        "TLS to backends is not wired yet (corepin check validates it; the upstream pool takes it next)";
-    cfg.routes
-        .first_ssl_target()
-        .map(|(r, b)| format!("routes: '{}': target {} 'ssl': {WHY}", r.line, b.addr))
+/// What `corepin run` (and a routes reload) checks of the `ssl`
+/// targets before serving them: every target's name can be verified,
+/// and the CA store is there when a target is verified. `Ok`: the
+/// warnings to log, one per `insecure` target; `Err`: the one line why
+/// not.
+pub fn backend_targets(routes: &crate::route::Routes) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
+    let mut need_roots = false;
+    for route in routes.iter() {
+        for t in &route.targets {
+            let Target::Backend(b) = t else { continue };
+            if !b.ssl {
+                continue;
+            }
+            client::server_name(&b.addr, b.host.as_deref())
+                .map_err(|e| format!("routes: '{}': target {}: {e}", route.line, b.addr))?;
+            if b.insecure {
+                let w = warn_insecure(&b.addr);
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            } else {
+                need_roots = true;
+            }
+        }
+    }
+    if need_roots {
+        client::shared_roots().map_err(|e| format!("routes: ssl targets: {e}"))?;
+    }
+    Ok(warnings)
 }

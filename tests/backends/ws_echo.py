@@ -3,9 +3,10 @@
 Paths: /echo echoes every message; /grip answers with the `grip`
 extension, subscribes the connection to channel `g` with a control message
 and sends `m:welcome` (and drops messages without the prefix); /bye closes
-at once with 4001.
+at once with 4001. With CERT KEY arguments it serves wss (TLS).
 """
 import asyncio
+import ssl
 import sys
 
 from websockets.asyncio.server import serve
@@ -31,7 +32,11 @@ async def handler(ws):
 
 
 async def main():
-    async with serve(handler, "127.0.0.1", 0, process_response=add_grip, compression=None) as server:
+    tls = None
+    if len(sys.argv) == 3:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(sys.argv[1], sys.argv[2])
+    async with serve(handler, "127.0.0.1", 0, process_response=add_grip, compression=None, ssl=tls) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)
         await asyncio.Future()

@@ -70,6 +70,21 @@ impl Corepin {
     /// Starts corepin under a wrapper command that execs it (such as
     /// `prlimit --nofile=64:64`), so the child is still corepin.
     pub fn start_wrapped(wrapper: &[&str], args: &[&str], add_listen: bool) -> Corepin {
+        Self::start_full(wrapper, &[], args, add_listen)
+    }
+
+    /// Starts corepin (with `--listen 127.0.0.1:0`) with `env` added to
+    /// its environment (`SSL_CERT_FILE`, say).
+    pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Corepin {
+        Self::start_full(&[], env, args, true)
+    }
+
+    fn start_full(
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+        add_listen: bool,
+    ) -> Corepin {
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -92,6 +107,7 @@ impl Corepin {
         }
         let mut child = cmd
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
