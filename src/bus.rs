@@ -37,6 +37,7 @@ use once_cell::race::OnceBox;
 use crate::codec::chunked;
 use crate::codec::publish::{Action, Item, WsKind};
 use crate::codec::response;
+use crate::history::{History, HistoryLimits, Replay};
 
 /// How long a (channel, id) pair is remembered for dedup.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
@@ -61,6 +62,9 @@ pub struct Encoded {
     pub response_body: Bytes,
     /// What this item counts against the memory bounds.
     cost: usize,
+    /// Its place in the order of routed items (see [`Bus::joined`]); 0
+    /// until it is routed.
+    seq: AtomicU64,
     /// Made by the first core to need them; cores racing to make one each
     /// make it, the first stored wins, and none waits for another.
     stream_chunk: OnceBox<Bytes>,
@@ -85,6 +89,7 @@ impl Encoded {
             response_head,
             response_body,
             cost,
+            seq: AtomicU64::new(0),
             stream_chunk: OnceBox::new(),
             ws_frame: OnceBox::new(),
         }
@@ -139,6 +144,19 @@ impl Encoded {
     pub fn cost(&self) -> usize {
         self.cost
     }
+
+    /// Its place in the order of routed items: a subscriber that joined a
+    /// channel at [`Bus::joined`] `j` is given exactly the items with a
+    /// `seq` above `j`. 0 for an item never routed.
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// Sets `seq` (for tests and fuzzing of what consumes it; the bus
+    /// sets it when it routes the item).
+    pub(crate) fn set_seq(&self, seq: u64) {
+        self.seq.store(seq, Ordering::Release);
+    }
 }
 
 /// `content` as one chunk of a chunked body (for content a filter
@@ -190,6 +208,13 @@ pub struct BusStats {
     /// Estimated bytes of publishes being read and parsed (the in-flight
     /// budget in use).
     pub inflight: AtomicUsize,
+    /// Channel history: bytes and items kept, channels with any.
+    pub history_bytes: AtomicUsize,
+    pub history_items: AtomicUsize,
+    pub history_channels: AtomicUsize,
+    /// Resumes served from history, and those history could not serve.
+    pub history_replays: AtomicU64,
+    pub history_gaps: AtomicU64,
 }
 
 impl BusStats {
@@ -323,6 +348,9 @@ struct Sequencer {
     seen_order: VecDeque<(Instant, (String, String))>,
     last_id: HashMap<String, String>,
     held: HashMap<String, VecDeque<(Instant, Arc<Encoded>)>>,
+    /// Items kept for resuming subscribers (their order is the one the
+    /// sequencer hands out, under the same lock).
+    history: History,
 }
 
 impl Sequencer {
@@ -542,6 +570,8 @@ pub struct Limits {
     /// Estimated bytes of items queued for one core and not yet delivered;
     /// past it, publishes are refused until the core catches up.
     pub backlog: usize,
+    /// What each channel's history keeps (off by default).
+    pub history: HistoryLimits,
 }
 
 impl Default for Limits {
@@ -549,6 +579,7 @@ impl Default for Limits {
         Limits {
             inflight: 256 << 20,
             backlog: 64 << 20,
+            history: HistoryLimits::default(),
         }
     }
 }
@@ -636,6 +667,8 @@ pub struct Bus {
     /// Bumped by each `recover` command; every core's sweep acts on a
     /// change (a command, not a publish: no wake-up is needed).
     recover: AtomicU64,
+    /// The `seq` of the newest routed item.
+    routed: AtomicU64,
 }
 
 /// A change in how many subscribers of one kind a channel has on a core.
@@ -686,11 +719,15 @@ impl Bus {
         let bus = Arc::new(Bus {
             cores,
             interest: Interest::new(n),
-            seq: Mutex::new(Sequencer::default()),
+            seq: Mutex::new(Sequencer {
+                history: History::new(limits.history),
+                ..Sequencer::default()
+            }),
             limits,
             stats: BusStats::for_cores(n),
             watch: std::sync::OnceLock::new(),
             recover: AtomicU64::new(0),
+            routed: AtomicU64::new(0),
         });
         let inboxes = parts
             .into_iter()
@@ -708,10 +745,15 @@ impl Bus {
         // looks every 100 ms, and only takes the lock when items are held.
         let _ = std::thread::Builder::new()
             .name("corepin-sequencer".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_millis(100));
-                let Some(bus) = weak.upgrade() else { break };
-                bus.flush_expired();
+            .spawn(move || {
+                for tick in 0u64.. {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let Some(bus) = weak.upgrade() else { break };
+                    bus.flush_expired();
+                    if tick % 10 == 0 {
+                        bus.expire_history();
+                    }
+                }
             });
         (bus, inboxes)
     }
@@ -804,12 +846,14 @@ impl Bus {
         held.sort_by_key(|(t, _)| *t);
         let n = held.len();
         let mut touched = Touched::default();
+        let now = Instant::now();
         for (_, e) in held {
             if let Some(id) = &e.item.id {
                 seq.last_id.insert(e.item.channel.clone(), id.clone());
             }
-            self.route(e, &mut touched);
+            self.route_kept(&mut seq, e, now, &mut touched);
         }
+        self.history_gauges(&seq.history);
         drop(seq);
         self.wake(&touched, None);
         self.recover.fetch_add(1, Ordering::Release);
@@ -843,12 +887,69 @@ impl Bus {
             return;
         }
         let mut out = Vec::new();
-        seq.flush_expired(Instant::now(), &self.stats, &mut out);
+        let now = Instant::now();
+        seq.flush_expired(now, &self.stats, &mut out);
         let mut touched = Touched::default();
         for e in out {
-            self.route(e, &mut touched);
+            self.route_kept(&mut seq, e, now, &mut touched);
         }
+        self.history_gauges(&seq.history);
         self.wake(&touched, None);
+    }
+
+    /// Forgets history past its age.
+    fn expire_history(&self) {
+        let Ok(mut seq) = self.seq.lock() else { return };
+        if seq.history.items() == 0 {
+            return;
+        }
+        seq.history.expire(Instant::now());
+        self.history_gauges(&seq.history);
+    }
+
+    fn history_gauges(&self, h: &History) {
+        let s = &self.stats;
+        s.history_bytes.store(h.bytes(), Ordering::Relaxed);
+        s.history_items.store(h.items(), Ordering::Relaxed);
+        s.history_channels.store(h.channels(), Ordering::Relaxed);
+    }
+
+    /// Whether channels keep history.
+    pub fn history_on(&self) -> bool {
+        self.limits.history.messages > 0
+    }
+
+    /// What `channel` published after id `last` that a subscriber whose
+    /// `joined` mark is `mark` did not and will not get live (see
+    /// [`History::since`]). Counted as a replay or a gap.
+    pub fn replay(&self, channel: &str, last: &str, mark: u64) -> Replay {
+        let Ok(mut guard) = self.seq.lock() else {
+            return Replay::Off;
+        };
+        let seq = &mut *guard;
+        let newest = seq.last_id.get(channel).map(String::as_str);
+        let r = seq
+            .history
+            .since(channel, last, mark, newest, Instant::now());
+        drop(guard);
+        match &r {
+            Replay::Items(_) => self.stats.history_replays.fetch_add(1, Ordering::Relaxed),
+            Replay::Gap => self.stats.history_gaps.fetch_add(1, Ordering::Relaxed),
+            Replay::Off => 0,
+        };
+        r
+    }
+
+    /// Routes a sequenced item and keeps it in history.
+    fn route_kept(
+        &self,
+        seq: &mut Sequencer,
+        e: Arc<Encoded>,
+        now: Instant,
+        touched: &mut Touched,
+    ) {
+        self.route(e.clone(), touched);
+        seq.history.record(&e, now);
     }
 
     /// Counts one publish request (however many `publish` calls carry its
@@ -880,7 +981,10 @@ impl Bus {
             }
             n = out.len();
             for e in out {
-                self.route(e, &mut touched);
+                self.route_kept(&mut seq, e, now, &mut touched);
+            }
+            if seq.history.enabled() {
+                self.history_gauges(&seq.history);
             }
         } else {
             for item in items {
@@ -896,8 +1000,32 @@ impl Bus {
         }
     }
 
-    /// Queues `e` for every core with a subscriber on its channel.
+    /// Where the order of routed items stands: a subscriber that records
+    /// this after subscribing gets the items routed after it and none
+    /// routed before.
+    ///
+    /// Why this is needed: a core drains its inbox when it gets to it, so
+    /// an item routed to it before a subscription (because another
+    /// subscriber there, perhaps one already leaving, shares the channel
+    /// or its interest slot) may still be queued when the new subscriber
+    /// arrives. Without the cut the late drain would hand the newcomer a
+    /// publish that happened before it subscribed.
+    ///
+    /// Why it is exact: a publish that happens after the subscription
+    /// takes its `seq` with a `fetch_add` that happens after this load, so
+    /// by read-write coherence its `seq` is above the value read; a
+    /// publish that happened before the subscription took its `seq` with a
+    /// `fetch_add` this load sees (write-read coherence), so its `seq` is
+    /// at most the value read.
+    pub fn joined(&self) -> u64 {
+        self.routed.load(Ordering::Acquire)
+    }
+
+    /// Queues `e` for every core with a subscriber on its channel, after
+    /// giving it the next `seq`.
     fn route(&self, e: Arc<Encoded>, touched: &mut Touched) {
+        let seq = self.routed.fetch_add(1, Ordering::AcqRel) + 1;
+        e.seq.store(seq, Ordering::Release);
         let slot = Interest::slot(&e.item.channel);
         let mut now = None;
         self.interest.for_each(slot, |core| {
@@ -1216,6 +1344,7 @@ mod tests {
             Limits {
                 inflight: 1000,
                 backlog: 2 * ITEM_OVERHEAD,
+                ..Limits::default()
             },
         );
         let a = bus.reserve(600).expect("first");

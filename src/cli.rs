@@ -10,10 +10,12 @@ pub const USAGE: &str = "\
 usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
                [--control-http ADDR]
                [--control-socket PATH] [--route LINE]... [--workers N (0 = every core)]
+               [--history-messages N]
                [--log-level error|warn|info|debug]
                [--listen-tls ADDR]... [--tls-cert FILE --tls-key FILE]
                [--tls-certs-dir DIR] [--ready-file PATH]
                [--cluster nats://HOST:PORT | redis://HOST:PORT]... [--node NAME]
+               [--data-path glommio|uring]
        corepin check --config FILE | --pushpin-config FILE
        corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
                        [--id ID] [--prev-id ID] [--socket PATH | --http URL]
@@ -195,6 +197,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
                 ov.workers = Some(n);
             }
             "--log-level" => ov.log_level = Some(val("--log-level")?),
+            "--history-messages" => {
+                let v = val("--history-messages")?;
+                let n = v.parse::<usize>().map_err(|_| {
+                    CliError(format!(
+                        "--history-messages: '{v}' is not a number of items (0 = off)"
+                    ))
+                })?;
+                ov.history_messages = Some(n);
+            }
             // TLS (issue 15).
             "--listen-tls" => ov.listen_tls.push(val("--listen-tls")?),
             "--tls-cert" => ov.tls_cert = Some(val("--tls-cert")?),
@@ -204,6 +215,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
             // Cluster (issue 17).
             "--cluster" => ov.cluster.push(val("--cluster")?),
             "--node" => ov.node = Some(val("--node")?),
+            // io_uring data path (issue 16).
+            "--data-path" => ov.data_path = Some(val("--data-path")?),
             other if other.starts_with('-') => {
                 return Err(CliError(format!("{other}: unknown flag (see --help)")))
             }
@@ -284,6 +297,15 @@ mod tests {
             panic!("--workers 0 is every core")
         };
         assert_eq!(overrides.workers, Some(0));
+        let Ok(Command::Run { overrides, .. }) = p(&["--history-messages", "64"]) else {
+            panic!("--history-messages runs")
+        };
+        assert_eq!(overrides.history_messages, Some(64));
+        assert!(
+            p(&["--history-messages", "lots"]).is_err_and(
+                |e| e.0 == "--history-messages: 'lots' is not a number of items (0 = off)"
+            )
+        );
         let Ok(Command::Run { overrides, .. }) = p(&["--ready-file", "/run/x.json"]) else {
             panic!("--ready-file runs")
         };

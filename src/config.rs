@@ -39,6 +39,17 @@ struct FileConfig {
     metrics: FileMetrics,
     // Cluster (issue 17).
     cluster: FileCluster,
+    // io_uring data path (issue 16).
+    data_path: Option<String>,
+    history: FileHistory,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileHistory {
+    messages: Option<usize>,
+    seconds: Option<u64>,
+    max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -419,6 +430,8 @@ pub struct Config {
     pub max_idle_per_target: usize,
     pub grip: Grip,
     pub publish: Publish,
+    /// What each channel's history keeps (`[history]`; off by default).
+    pub history: crate::history::HistoryLimits,
     pub log_level: Level,
     pub access_log: bool,
     pub forwarding: Forwarding,
@@ -443,6 +456,39 @@ pub struct Config {
     /// Automatic cross-origin on every HTTP request, as if each route had
     /// `aco` (Pushpin's `auto_cross_origin`).
     pub auto_cross_origin: bool,
+    /// How client sockets are read and written (`data_path`).
+    pub data_path: DataPath,
+}
+
+/// How client connections' sockets are read and written (`data_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPath {
+    /// glommio's `TcpStream`: a readiness poll, then a `recv`/`send`.
+    #[default]
+    Glommio,
+    /// corepin's own per-core io_uring (`src/uring`): multishot receive
+    /// into provided buffers, sends batched per loop turn.
+    Uring,
+}
+
+impl DataPath {
+    pub fn parse(field: &str, v: &str) -> Result<DataPath, ConfigError> {
+        match v {
+            "glommio" => Ok(DataPath::Glommio),
+            "uring" => Ok(DataPath::Uring),
+            _ => Err(ConfigError(format!(
+                "{field}: '{}' is not a data path (glommio or uring)",
+                v.escape_debug()
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::Glommio => "glommio",
+            DataPath::Uring => "uring",
+        }
+    }
 }
 
 /// The encoding of the ZeroMQ stats socket.
@@ -605,6 +651,10 @@ pub struct Overrides {
     // Cluster (issue 17).
     pub cluster: Vec<String>,
     pub node: Option<String>,
+    /// `--history-messages N`.
+    pub history_messages: Option<usize>,
+    // io_uring data path (issue 16).
+    pub data_path: Option<String>,
 }
 
 /// A configuration error: one line naming the field or flag.
@@ -897,7 +947,9 @@ impl Config {
             );
         }
         let sig_key = if sign {
-            Some(crate::jwt::key_bytes(key_text).or_else(|e| fail("grip.sig_key", e))?)
+            let k = crate::jwt::key_bytes(key_text).or_else(|e| fail("grip.sig_key", e))?;
+            crate::jwt::check_signing_key(&k).or_else(|e| fail("grip.sig_key", e))?;
+            Some(k)
         } else {
             None
         };
@@ -928,6 +980,25 @@ impl Config {
                 1 << 30,
             )?,
         };
+        let history = {
+            let h = &f.history;
+            let (messages, field) = match ov.history_messages {
+                Some(n) => (Some(n), "--history-messages"),
+                None => (h.messages, "history.messages"),
+            };
+            let seconds = h.seconds.unwrap_or(3600);
+            if seconds > 7 * 86400 {
+                return fail(
+                    "history.seconds",
+                    format!("{seconds} is more than 604800 (7 days)"),
+                );
+            }
+            crate::history::HistoryLimits {
+                messages: ranged(field, messages, 0, 0, 100_000)?,
+                max_age: (seconds > 0).then(|| Duration::from_secs(seconds)),
+                max_bytes: ranged("history.max_bytes", h.max_bytes, 1 << 20, 1024, 1 << 30)?,
+            }
+        };
         let p = f.publish;
         let auth = match p.auth.as_deref().unwrap_or("none") {
             "none" => PublishAuth::None,
@@ -937,7 +1008,9 @@ impl Config {
                     return fail("publish.key", "auth = \"bearer\" needs a key");
                 }
                 PublishAuth::Bearer {
-                    key: crate::jwt::key_bytes(key).or_else(|e| fail("publish.key", e))?,
+                    key: crate::jwt::key_bytes(key)
+                        .and_then(|k| crate::jwt::check_verifying_key(&k).map(|()| k))
+                        .or_else(|e| fail("publish.key", e))?,
                     iss: p.iss.filter(|i| !i.is_empty()),
                 }
             }
@@ -1046,6 +1119,11 @@ impl Config {
             },
         })
         .map_err(ConfigError)?;
+        let data_path = match (&ov.data_path, f.data_path.as_deref()) {
+            (Some(v), _) => DataPath::parse("--data-path", v)?,
+            (None, Some(v)) => DataPath::parse("data_path", v)?,
+            (None, None) => DataPath::default(),
+        };
         Ok(Config {
             listen,
             control_http,
@@ -1059,6 +1137,7 @@ impl Config {
             max_idle_per_target,
             grip,
             publish,
+            history,
             log_level,
             access_log: f.log.access_log.unwrap_or(true),
             forwarding,
@@ -1074,6 +1153,7 @@ impl Config {
             metrics_pushpin_prefix,
             cluster,
             auto_cross_origin: f.auto_cross_origin.unwrap_or(false),
+            data_path,
         })
     }
 }
@@ -1342,6 +1422,61 @@ mod tests {
             f.xff_trusted.apply(vec![b"1.1.1.1"], peer),
             vec![&b"1.1.1.1"[..], peer]
         );
+    }
+
+    #[test]
+    fn history_settings_ranges_and_the_flag() {
+        let ok = |text: &str, ov: &Overrides| {
+            Config::from_toml(text, "t.toml", ov)
+                .expect("valid")
+                .history
+        };
+        let d = ok("", &Overrides::default());
+        assert_eq!(d, crate::history::HistoryLimits::default());
+        assert_eq!(d.messages, 0, "off by default");
+        let h = ok(
+            "[history]\nmessages = 50\nseconds = 0\nmax_bytes = 4096",
+            &Overrides::default(),
+        );
+        assert_eq!((h.messages, h.max_age, h.max_bytes), (50, None, 4096));
+        let flag = Overrides {
+            history_messages: Some(7),
+            ..Overrides::default()
+        };
+        assert_eq!(ok("[history]\nmessages = 50", &flag).messages, 7);
+        for (text, ov, want) in [
+            (
+                "[history]\nmessages = 100001",
+                Overrides::default(),
+                "history.messages: 100001 is outside 0..=100000",
+            ),
+            (
+                "",
+                Overrides {
+                    history_messages: Some(200_000),
+                    ..Overrides::default()
+                },
+                "--history-messages: 200000 is outside 0..=100000",
+            ),
+            (
+                "[history]\nseconds = 604801",
+                Overrides::default(),
+                "history.seconds: 604801 is more than 604800 (7 days)",
+            ),
+            (
+                "[history]\nmax_bytes = 10",
+                Overrides::default(),
+                "history.max_bytes: 10 is outside 1024..=1073741824",
+            ),
+            (
+                "[history]\nchannels = 3",
+                Overrides::default(),
+                "unknown field `channels`",
+            ),
+        ] {
+            let e = Config::from_toml(text, "t.toml", &ov).expect_err(text);
+            assert!(e.0.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

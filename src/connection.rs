@@ -26,15 +26,20 @@
 //!   one by one into rustls (which copies to encrypt anyway) and flushes;
 //!   timeouts stay on the inner `TcpStream`; a drain's `SHUT_RD` reads as
 //!   `UnexpectedEof`, which every reader already takes as the peer gone.
-//! - io_uring (issue 16): `Uring(UringStream)`. `poll_fill` maps to
-//!   `poll_recv_into` (into the input buffer) or, later, a borrowed
-//!   `RecvBuf` parsed in place; `poll_write_parts` maps to
-//!   `start_send_vectored(parts)` then `poll_flush` (the ring keeps the
-//!   `Bytes` alive until the kernel is done with them); `write_all` copies
-//!   into one `Bytes`. The ring has no per-operation timeouts: the
-//!   `set_*_timeout` arms become a glommio timer raced in `poll_fill` and
-//!   `poll_write_parts`.
+//! - io_uring (issue 16): `Uring(Box<UringIo>)`, made by
+//!   [`Connection::client`] when the core runs the ring data path
+//!   (`data_path = "uring"`). `poll_fill` waits on the ring's multishot
+//!   receive, then copies the provided buffer's bytes into the input buffer
+//!   (which gives the provided buffer back at once); writes hand shared
+//!   `Bytes` to the ring without waiting for the kernel (the sends of one
+//!   loop turn go in one submission), and wait only while more than
+//!   `URING_UNSENT_MAX` bytes are unsent, as a full socket buffer makes a
+//!   TCP write wait. The ring has no per-operation timeouts: the read and
+//!   write timeouts are glommio timers raced in `poll_fill` and in every
+//!   write that waits.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
@@ -46,12 +51,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use glommio::timer::Timer;
 
 use crate::buf::{BufPool, InBuf, BUF_SIZE};
 use crate::tls::{ClientTlsStream, HandshakeError, ServerTlsStream};
+use crate::uring::UringStream;
 
 /// Most iovecs handed to one gathered send.
 const MAX_IOVECS: usize = 64;
+
+/// On the io_uring data path, a write waits only while more than this many
+/// bytes handed to the ring are still unsent (the ring's stand-in for a
+/// full socket buffer); a flush returns once at most this many are left.
+const URING_UNSENT_MAX: usize = 64 * 1024;
 
 /// The byte stream under a connection.
 pub enum Transport {
@@ -62,20 +74,193 @@ pub enum Transport {
     Tls(Box<ServerTlsStream<TcpStream>>),
     /// TLS to an `ssl` target (`Connection::connect_tls`).
     TlsClient(Box<ClientTlsStream<TcpStream>>),
+    /// Plain TCP through the core's own io_uring (`data_path = "uring"`).
+    Uring(Box<UringIo>),
 }
 
 impl Transport {
-    /// The TCP stream under the transport (socket options, timeouts).
-    fn tcp(&self) -> &TcpStream {
+    /// The glommio TCP stream under the transport (socket options,
+    /// timeouts); `None` on the ring.
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Transport::Tcp(s) => s,
-            Transport::Tls(s) => s.get_ref(),
-            Transport::TlsClient(s) => s.get_ref(),
+            Transport::Tcp(s) => Some(s),
+            Transport::Tls(s) => Some(s.get_ref()),
+            Transport::TlsClient(s) => Some(s.get_ref()),
+            Transport::Uring(_) => None,
         }
     }
 
     fn is_tls(&self) -> bool {
-        !matches!(self, Transport::Tcp(_))
+        matches!(self, Transport::Tls(_) | Transport::TlsClient(_))
+    }
+}
+
+/// A socket on the io_uring data path, with the timeouts that glommio's
+/// sockets keep themselves (a ring operation has none).
+pub struct UringIo {
+    stream: UringStream,
+    /// Set through `&Connection` (as glommio's socket options are); a new
+    /// value also restarts a wait in progress (`*_reset`).
+    read_timeout: Cell<Option<Duration>>,
+    write_timeout: Cell<Option<Duration>>,
+    read_reset: Cell<bool>,
+    write_reset: Cell<bool>,
+    /// Runs while a read waits (made only then).
+    read_timer: Option<Timer>,
+    /// Runs while a write waits, with the unsent bytes when it was armed:
+    /// it fires as a timeout only if nothing was sent meanwhile.
+    write_timer: Option<(Timer, usize)>,
+}
+
+impl UringIo {
+    fn new(stream: UringStream) -> UringIo {
+        UringIo {
+            stream,
+            read_timeout: Cell::new(None),
+            write_timeout: Cell::new(None),
+            read_reset: Cell::new(false),
+            write_reset: Cell::new(false),
+            read_timer: None,
+            write_timer: None,
+        }
+    }
+
+    /// Ready when data, the end of the stream or an error can be read; a
+    /// wait longer than the read timeout is `TimedOut`.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.stream.poll_readable(cx).is_ready() {
+            self.read_timer = None;
+            return Poll::Ready(Ok(()));
+        }
+        if self.read_reset.replace(false) {
+            self.read_timer = None;
+        }
+        if let Some(t) = self.read_timeout.get() {
+            let timer = self.read_timer.get_or_insert_with(|| Timer::new(t));
+            if Pin::new(timer).poll(cx).is_ready() {
+                self.read_timer = None;
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Ready once at most `max` handed-over bytes are unsent (or a send
+    /// failed). While it waits, the write timeout applies from the last
+    /// progress: a timer that fires after some bytes went out is re-armed.
+    fn poll_unsent_at_most(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<()>> {
+        loop {
+            let unsent = self.stream.unsent();
+            if unsent <= max {
+                self.write_timer = None;
+                // An earlier send's failure is reported here (without a
+                // waker: the send's completion must not wake this task).
+                return match self.stream.send_error() {
+                    Some(e) => Poll::Ready(Err(e)),
+                    None => Poll::Ready(Ok(())),
+                };
+            }
+            match self.stream.poll_flush(cx) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => {
+                    self.write_timer = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {}
+            }
+            if self.write_reset.replace(false) {
+                self.write_timer = None;
+            }
+            let Some(t) = self.write_timeout.get() else {
+                return Poll::Pending;
+            };
+            let (timer, at) = self
+                .write_timer
+                .get_or_insert_with(|| (Timer::new(t), unsent));
+            if *at > unsent {
+                // Progress since the timer started: the wait starts again.
+                *timer = Timer::new(t);
+                *at = unsent;
+            }
+            if Pin::new(timer).poll(cx).is_ready() {
+                if self.stream.unsent() < *at {
+                    self.write_timer = None;
+                    continue;
+                }
+                self.write_timer = None;
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        if bytes.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        match self.poll_unsent_at_most(cx, URING_UNSENT_MAX) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        self.stream.start_send(Bytes::copy_from_slice(bytes))?;
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        match self.poll_unsent_at_most(cx, URING_UNSENT_MAX) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        let mut all = Vec::with_capacity(total);
+        for b in bufs {
+            all.extend_from_slice(b);
+        }
+        self.stream.start_send(Bytes::from(all))?;
+        Poll::Ready(Ok(total))
+    }
+
+    /// Hands every part not yet handed over to the ring (one `sendmsg` per
+    /// loop turn, the `Bytes` shared, not copied), then waits only if too
+    /// much is unsent.
+    fn poll_write_parts(
+        &mut self,
+        cx: &mut Context<'_>,
+        parts: &[Bytes],
+        progress: &mut PartsProgress,
+    ) -> Poll<io::Result<()>> {
+        if !progress.done(parts) {
+            let first = parts[progress.part].slice(progress.offset..);
+            let rest = &parts[progress.part + 1..];
+            let n = first.len() + rest.iter().map(Bytes::len).sum::<usize>();
+            if rest.is_empty() {
+                self.stream.start_send(first)?;
+            } else {
+                let mut all = Vec::with_capacity(rest.len() + 1);
+                all.push(first);
+                all.extend(rest.iter().cloned());
+                self.stream.start_send_vectored(&all)?;
+            }
+            progress.advance(parts, n);
+        }
+        self.poll_unsent_at_most(cx, URING_UNSENT_MAX)
+    }
+
+    /// Everything sent, then the write side shut down.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.poll_unsent_at_most(cx, 0) {
+            Poll::Ready(Ok(())) => Poll::Ready(self.stream.shutdown_write()),
+            other => other,
+        }
     }
 }
 
@@ -161,6 +346,36 @@ impl Connection {
         }
     }
 
+    /// A client connection over an accepted TCP stream: through the
+    /// core's io_uring when it runs that data path (`data_path = "uring"`),
+    /// else through glommio as `Connection::tcp`.
+    pub fn client(stream: TcpStream, bufs: Rc<BufPool>) -> Connection {
+        let Some(ring) = crate::uring::current() else {
+            return Connection::tcp(stream, bufs);
+        };
+        // glommio's stream gives no descriptor away: the ring takes a
+        // duplicate and glommio's own is closed with its stream.
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor the stream owns.
+        let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            // Out of descriptors: serve this one through glommio.
+            return Connection::tcp(stream, bufs);
+        }
+        drop(stream);
+        // SAFETY: a fresh descriptor owned by nothing else.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Connection {
+            io: Transport::Uring(Box::new(UringIo::new(ring.stream(fd)))),
+            input: InBuf::new(bufs),
+            read: 0,
+        }
+    }
+
+    /// True when the connection goes through the core's io_uring.
+    pub fn is_uring(&self) -> bool {
+        matches!(self.io, Transport::Uring(_))
+    }
+
     // ---- the transport's settings
 
     /// Turns a plain connection accepted on a TLS listener into a TLS
@@ -227,7 +442,10 @@ impl Connection {
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.io.tcp().as_raw_fd()
+        match &self.io {
+            Transport::Uring(u) => u.stream.as_raw_fd(),
+            io => io.tcp().map_or(-1, |t| t.as_raw_fd()),
+        }
     }
 
     /// The socket, borrowed, for socket options.
@@ -238,17 +456,45 @@ impl Connection {
     }
 
     pub fn set_nodelay(&self) {
-        let _ = self.io.tcp().set_nodelay(true);
+        match self.io.tcp() {
+            Some(t) => {
+                let _ = t.set_nodelay(true);
+            }
+            None => {
+                let _ = socket2::SockRef::from(&self.fd()).set_nodelay(true);
+            }
+        }
     }
 
     /// Each read waits at most this long (`None`: for ever).
     pub fn set_read_timeout(&self, t: Option<Duration>) {
-        let _ = self.io.tcp().set_read_timeout(t);
+        match &self.io {
+            Transport::Uring(u) => {
+                u.read_timeout.set(t);
+                // A wait in progress starts again with the new timeout.
+                u.read_reset.set(true);
+            }
+            io => {
+                if let Some(s) = io.tcp() {
+                    let _ = s.set_read_timeout(t);
+                }
+            }
+        }
     }
 
     /// Each write waits at most this long for the socket to take a byte.
     pub fn set_write_timeout(&self, t: Option<Duration>) {
-        let _ = self.io.tcp().set_write_timeout(t);
+        match &self.io {
+            Transport::Uring(u) => {
+                u.write_timeout.set(t);
+                u.write_reset.set(true);
+            }
+            io => {
+                if let Some(s) = io.tcp() {
+                    let _ = s.set_write_timeout(t);
+                }
+            }
+        }
     }
 
     /// Makes closing reset the connection: bytes the kernel still holds
@@ -263,6 +509,10 @@ impl Connection {
     pub fn looks_alive(&self) -> bool {
         if !self.input.is_empty() {
             return false;
+        }
+        if let Transport::Uring(u) = &self.io {
+            // The ring's receive takes what arrives: a peek sees nothing.
+            return u.stream.rx_idle();
         }
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
         match socket2::SockRef::from(&self.fd())
@@ -301,6 +551,12 @@ impl Connection {
             Transport::Tcp(s) => self.input.poll_fill(cx, s, max),
             Transport::Tls(s) => self.input.poll_fill(cx, s.as_mut(), max),
             Transport::TlsClient(s) => self.input.poll_fill(cx, s.as_mut(), max),
+            Transport::Uring(u) => match u.poll_readable(cx) {
+                // The input buffer is taken only once bytes are there.
+                Poll::Ready(Ok(())) => self.input.poll_fill(cx, &mut u.stream, max),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
         };
         if let Poll::Ready(Ok(n)) = r {
             self.read += n as u64;
@@ -380,6 +636,9 @@ impl Connection {
         progress.advance(parts, 0);
         if self.io.is_tls() {
             return self.poll_write_parts_tls(cx, parts, progress);
+        }
+        if let Transport::Uring(u) = &mut self.io {
+            return u.poll_write_parts(cx, parts, progress);
         }
         while !progress.done(parts) {
             if !progress.waiting && progress.part + 1 == parts.len() {
@@ -474,6 +733,12 @@ impl Connection {
             // gets no last words (its connection still ends).
             return;
         }
+        if let Transport::Uring(u) = &self.io {
+            if u.stream.unsent() > 0 {
+                // A direct send would cut into the ring's queued bytes.
+                return;
+            }
+        }
         let _ = socket2::SockRef::from(&self.fd())
             .send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
     }
@@ -515,6 +780,7 @@ impl AsyncWrite for Connection {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, bytes),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, bytes),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, bytes),
+            Transport::Uring(u) => u.poll_write(cx, bytes),
         }
     }
 
@@ -527,6 +793,7 @@ impl AsyncWrite for Connection {
             Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Uring(u) => u.poll_write_vectored(cx, bufs),
         }
     }
 
@@ -535,6 +802,7 @@ impl AsyncWrite for Connection {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Uring(u) => u.poll_unsent_at_most(cx, URING_UNSENT_MAX),
         }
     }
 
@@ -543,6 +811,7 @@ impl AsyncWrite for Connection {
             Transport::Tcp(s) => Pin::new(s).poll_close(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Transport::Uring(u) => u.poll_close(cx),
         }
     }
 }
@@ -550,6 +819,18 @@ impl AsyncWrite for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_connection_on_the_ring_is_small() {
+        // The per-connection budget in PERFORMANCE.md ("wired into client
+        // connections"): the transport in the connection, its boxed state.
+        let transport = std::mem::size_of::<Transport>();
+        let uring = std::mem::size_of::<UringIo>();
+        let tcp = std::mem::size_of::<TcpStream>();
+        let conn = std::mem::size_of::<Connection>();
+        println!("Connection {conn} B (Transport {transport} B); UringIo {uring} B boxed; glommio TcpStream {tcp} B");
+        assert!(uring <= 160, "UringIo {uring}");
+    }
 
     fn parts(lens: &[usize]) -> Vec<Bytes> {
         lens.iter().map(|&n| Bytes::from(vec![b'x'; n])).collect()

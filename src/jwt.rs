@@ -1,7 +1,10 @@
-//! HS256 JSON Web Tokens, as GRIP uses them: `Grip-Sig` on requests to
-//! backends (claims `iss` and `exp`) and `Authorization: Bearer` on the
-//! publish API. Only HS256 is accepted when verifying. A core signs
-//! through its [`Signer`], which keeps each token for a minute.
+//! JSON Web Tokens, as GRIP uses them: `Grip-Sig` on requests to backends
+//! (claims `iss` and `exp`) and `Authorization: Bearer` on the publish API.
+//! A key is an HMAC secret (HS256) or, as Pushpin reads a key file
+//! starting `-----BEGIN`, a PEM key: an EC P-256 key signs ES256, an RSA
+//! key RS256 (private keys sign, public keys verify; the token's `alg`
+//! must be the key's). A core signs through its [`Signer`], which keeps
+//! each token for a minute.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -87,16 +90,125 @@ fn mac(key: &[u8]) -> HmacSha256 {
     }
 }
 
-/// Signs `{"iss":iss,"exp":exp}`.
+/// True for a PEM key (Pushpin: a key file starting `-----BEGIN`).
+pub fn is_pem(key: &[u8]) -> bool {
+    key.starts_with(b"-----BEGIN")
+}
+
+/// A PEM private key and the algorithm it signs with.
+#[cfg(feature = "aws-lc")]
+fn pem_signing(key: &[u8]) -> Result<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm), String> {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    EncodingKey::from_ec_pem(key)
+        .map(|k| (k, Algorithm::ES256))
+        .or_else(|_| EncodingKey::from_rsa_pem(key).map(|k| (k, Algorithm::RS256)))
+        .map_err(|_| {
+            "is not a PEM EC (P-256) or RSA private key (PKCS#8, or PKCS#1 for RSA)".to_string()
+        })
+}
+
+/// A PEM public key and the algorithm it verifies.
+#[cfg(feature = "aws-lc")]
+fn pem_verifying(key: &[u8]) -> Option<(jsonwebtoken::DecodingKey, jsonwebtoken::Algorithm)> {
+    use jsonwebtoken::{Algorithm, DecodingKey};
+    DecodingKey::from_ec_pem(key)
+        .map(|k| (k, Algorithm::ES256))
+        .or_else(|_| DecodingKey::from_rsa_pem(key).map(|k| (k, Algorithm::RS256)))
+        .ok()
+}
+
+/// Checks a key that will sign `Grip-Sig`: a PEM key must be an EC P-256
+/// or RSA private key that signs (tried once, so a key that parses but
+/// cannot sign, such as a P-384 key, is refused at start-up).
+pub fn check_signing_key(key: &[u8]) -> Result<(), String> {
+    if !is_pem(key) {
+        return Ok(());
+    }
+    #[cfg(feature = "aws-lc")]
+    {
+        let (k, alg) = pem_signing(key)?;
+        jsonwebtoken::crypto::sign(b"check", &k, alg)
+            .map(|_| ())
+            .map_err(|e| format!("cannot sign with this PEM key ({e}): ES256 needs a P-256 key"))
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    Err("is a PEM key (ES256/RS256): this build has no aws-lc (feature aws-lc)".into())
+}
+
+/// Checks a key that will verify tokens: a PEM key must be an EC P-256 or
+/// RSA public key.
+pub fn check_verifying_key(key: &[u8]) -> Result<(), String> {
+    if !is_pem(key) {
+        return Ok(());
+    }
+    #[cfg(feature = "aws-lc")]
+    {
+        pem_verifying(key)
+            .map(|_| ())
+            .ok_or_else(|| "is not a PEM EC (P-256) or RSA public key".to_string())
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    Err("is a PEM key (ES256/RS256): this build has no aws-lc (feature aws-lc)".into())
+}
+
+/// Signs `{"iss":iss,"exp":exp}`: HS256 with a secret, ES256 or RS256 with
+/// a PEM key (checked by [`check_signing_key`] when configured; should it
+/// still fail, the token carries no signature, which no backend accepts,
+/// and the failure is logged).
 pub fn sign(key: &[u8], iss: &str, exp: u64) -> String {
+    if is_pem(key) {
+        return sign_pem(key, iss, exp);
+    }
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let iss = serde_json::Value::from(iss);
-    let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"iss":{iss},"exp":{exp}}}"#));
-    let signing_input = format!("{header}.{payload}");
+    let signing_input = format!("{header}.{}", claims(iss, exp));
     let mut m = mac(key);
     m.update(signing_input.as_bytes());
     let sig = URL_SAFE_NO_PAD.encode(m.finalize().into_bytes());
     format!("{signing_input}.{sig}")
+}
+
+fn claims(iss: &str, exp: u64) -> String {
+    let iss = serde_json::Value::from(iss);
+    URL_SAFE_NO_PAD.encode(format!(r#"{{"iss":{iss},"exp":{exp}}}"#))
+}
+
+#[cfg(feature = "aws-lc")]
+fn sign_pem(key: &[u8], iss: &str, exp: u64) -> String {
+    let (k, alg) = match pem_signing(key) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!("Grip-Sig: the signing key {e}; the token is unsigned");
+            return format!(
+                "{}.{}.",
+                URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+                claims(iss, exp)
+            );
+        }
+    };
+    let name = if alg == jsonwebtoken::Algorithm::ES256 {
+        "ES256"
+    } else {
+        "RS256"
+    };
+    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{name}","typ":"JWT"}}"#));
+    let input = format!("{header}.{}", claims(iss, exp));
+    match jsonwebtoken::crypto::sign(input.as_bytes(), &k, alg) {
+        Ok(sig) => format!("{input}.{sig}"),
+        Err(e) => {
+            warn!("Grip-Sig: signing with the PEM key failed ({e}); the token is unsigned");
+            format!("{input}.")
+        }
+    }
+}
+
+#[cfg(not(feature = "aws-lc"))]
+fn sign_pem(_key: &[u8], iss: &str, exp: u64) -> String {
+    warn!("Grip-Sig: PEM keys need the aws-lc feature; the token is unsigned");
+    format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+        claims(iss, exp)
+    )
 }
 
 /// Why a token was refused.
@@ -109,8 +221,9 @@ pub enum VerifyError {
     Issuer,
 }
 
-/// Verifies an HS256 token: signature, `exp` (if present) against `now`,
-/// and `iss` when `iss` is given.
+/// Verifies a token: its signature (HS256 with a secret; ES256 or RS256
+/// with a PEM public key, the token's `alg` matching the key's), `exp` (if
+/// present) against `now`, and `iss` when `iss` is given.
 pub fn verify(token: &str, key: &[u8], iss: Option<&str>, now: u64) -> Result<(), VerifyError> {
     let mut parts = token.trim().split('.');
     let (Some(h), Some(p), Some(s), None) =
@@ -123,17 +236,22 @@ pub fn verify(token: &str, key: &[u8], iss: Option<&str>, now: u64) -> Result<()
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(VerifyError::Malformed)?;
-    if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
-        return Err(VerifyError::Algorithm);
+    let alg = header.get("alg").and_then(|a| a.as_str());
+    if is_pem(key) {
+        verify_pem(key, alg, h, p, s)?;
+    } else {
+        if alg != Some("HS256") {
+            return Err(VerifyError::Algorithm);
+        }
+        let sig = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| VerifyError::Malformed)?;
+        let mut m = mac(key);
+        m.update(h.as_bytes());
+        m.update(b".");
+        m.update(p.as_bytes());
+        m.verify_slice(&sig).map_err(|_| VerifyError::Signature)?;
     }
-    let sig = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| VerifyError::Malformed)?;
-    let mut m = mac(key);
-    m.update(h.as_bytes());
-    m.update(b".");
-    m.update(p.as_bytes());
-    m.verify_slice(&sig).map_err(|_| VerifyError::Signature)?;
     let claims: serde_json::Value = URL_SAFE_NO_PAD
         .decode(p)
         .ok()
@@ -151,6 +269,30 @@ pub fn verify(token: &str, key: &[u8], iss: Option<&str>, now: u64) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "aws-lc")]
+fn verify_pem(key: &[u8], alg: Option<&str>, h: &str, p: &str, s: &str) -> Result<(), VerifyError> {
+    let (k, want) = pem_verifying(key).ok_or(VerifyError::Signature)?;
+    let name = if want == jsonwebtoken::Algorithm::ES256 {
+        "ES256"
+    } else {
+        "RS256"
+    };
+    if alg != Some(name) {
+        return Err(VerifyError::Algorithm);
+    }
+    let input = format!("{h}.{p}");
+    match jsonwebtoken::crypto::verify(s, input.as_bytes(), &k, want) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(VerifyError::Signature),
+        Err(_) => Err(VerifyError::Malformed),
+    }
+}
+
+#[cfg(not(feature = "aws-lc"))]
+fn verify_pem(_: &[u8], _: Option<&str>, _: &str, _: &str, _: &str) -> Result<(), VerifyError> {
+    Err(VerifyError::Algorithm)
 }
 
 /// Seconds since the Unix epoch.
@@ -223,5 +365,110 @@ mod tests {
         assert_eq!(key_bytes("base64:c2VjcmV0").unwrap(), b"secret");
         assert_eq!(key_bytes("plain").unwrap(), b"plain");
         assert!(key_bytes("base64:!!").is_err());
+    }
+
+    /// Keys made by openssl for this test: (private PEM, public PEM).
+    fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let key = dir.join(format!("{name}.pem"));
+        let public = dir.join(format!("{name}.pub"));
+        let run = |a: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(a)
+                .output()
+                .unwrap_or_else(|e| panic!("openssl (the tests need it): {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {a:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let k = key.to_str().expect("path");
+        let mut gen = vec!["genpkey"];
+        gen.extend_from_slice(args);
+        gen.extend_from_slice(&["-out", k]);
+        run(&gen);
+        run(&[
+            "pkey",
+            "-in",
+            k,
+            "-pubout",
+            "-out",
+            public.to_str().expect("path"),
+        ]);
+        (
+            std::fs::read(&key).expect("key"),
+            std::fs::read(&public).expect("public key"),
+        )
+    }
+
+    /// ES256 with an EC P-256 key and RS256 with an RSA key, made by
+    /// openssl: what one signs the other's public key verifies; the alg
+    /// must be the key's (an HS256 token "signed" with the public key's
+    /// bytes is refused); a P-384 key and a public key cannot sign.
+    #[test]
+    #[cfg(feature = "aws-lc")]
+    fn pem_keys_sign_es256_and_rs256() {
+        let dir = std::env::temp_dir().join(format!("corepin-jwt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (ec, ec_pub) = openssl_key(
+            &dir,
+            "ec",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let (rsa, rsa_pub) = openssl_key(
+            &dir,
+            "rsa",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        );
+        let (p384, _) = openssl_key(
+            &dir,
+            "p384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        );
+        for (key, public, alg, other) in [
+            (&ec, &ec_pub, "ES256", &rsa_pub),
+            (&rsa, &rsa_pub, "RS256", &ec_pub),
+        ] {
+            assert_eq!(check_signing_key(key), Ok(()));
+            assert_eq!(check_verifying_key(public), Ok(()));
+            let t = sign(key, "pushpin", 2000);
+            let header = URL_SAFE_NO_PAD
+                .decode(t.split('.').next().unwrap_or(""))
+                .expect("b64");
+            assert_eq!(
+                header,
+                format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes()
+            );
+            assert_eq!(verify(&t, public, Some("pushpin"), 1000), Ok(()), "{alg}");
+            assert_eq!(verify(&t, public, None, 2000), Err(VerifyError::Expired));
+            assert_eq!(verify(&t, other, None, 1000), Err(VerifyError::Algorithm));
+            let mut forged = t.clone();
+            forged.replace_range(forged.len() - 4.., "AAAA");
+            assert_eq!(
+                verify(&forged, public, None, 1000),
+                Err(VerifyError::Signature)
+            );
+            // The public key's bytes as an HMAC secret: alg confusion.
+            let hs = {
+                let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+                let input = format!("{header}.{}", claims("pushpin", 2000));
+                let mut m = mac(public);
+                m.update(input.as_bytes());
+                format!(
+                    "{input}.{}",
+                    URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+                )
+            };
+            assert_eq!(verify(&hs, public, None, 1000), Err(VerifyError::Algorithm));
+            assert!(
+                check_signing_key(public).is_err(),
+                "a public key cannot sign"
+            );
+        }
+        let e = check_signing_key(&p384).expect_err("P-384");
+        assert!(e.contains("P-256"), "{e}");
+        assert!(check_signing_key(b"-----BEGIN PRIVATE KEY-----\n").is_err());
+        assert!(check_verifying_key(b"-----BEGIN PUBLIC KEY-----\n").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

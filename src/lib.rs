@@ -10,7 +10,8 @@
 //!   counters, Prometheus text), `tls` (certificates, rustls configs, a
 //!   sans-IO TLS stream over any transport; not yet served).
 //! - Cross-core: `bus` (publishes fanned out to every core's inbox),
-//!   `subs` (a core's subscriptions and their bounded queues).
+//!   `subs` (a core's subscriptions and their bounded queues), `history`
+//!   (each channel's recent items, for resuming subscribers).
 //! - Runtime-facing (glommio types live only here): `buf` (pooled read
 //!   buffers), `connection` (the one type that touches a socket),
 //!   `upstream` (backend connections, failover, the idle pool), `conn`
@@ -37,6 +38,7 @@ pub mod conn;
 pub mod connection;
 pub mod control;
 pub mod control_socket;
+pub mod history;
 pub mod jwt;
 pub mod memtrim;
 pub mod metrics;

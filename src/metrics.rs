@@ -246,6 +246,43 @@ pub fn render(cores: &[Snapshot], bus: &BusStats, draining: bool, pushpin_prefix
         let _ = writeln!(o, "# TYPE {name} counter");
         let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
     }
+    for (name, help, v) in [
+        (
+            "corepin_history_replays_total",
+            "Resumes served from channel history (Last-Event-ID, a long-poll's prev-id).",
+            &bus.history_replays,
+        ),
+        (
+            "corepin_history_gaps_total",
+            "Resumes channel history could not serve (the id is no longer held).",
+            &bus.history_gaps,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} counter");
+        let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    for (name, help, v) in [
+        (
+            "corepin_history_bytes",
+            "Memory held by channel history (estimated bytes, as the publish bounds count items).",
+            &bus.history_bytes,
+        ),
+        (
+            "corepin_history_items",
+            "Items held by channel history.",
+            &bus.history_items,
+        ),
+        (
+            "corepin_history_channels",
+            "Channels with history.",
+            &bus.history_channels,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        let _ = writeln!(o, "{name} {}", v.load(Ordering::Relaxed));
+    }
     let _ = writeln!(
         o,
         "# HELP corepin_publishes_refused_total Publishes refused by a memory bound: busy (429, in-flight budget) or backlog (503, a core's queue)."

@@ -133,6 +133,7 @@ impl Backend {
             peer_ip,
             forwarding,
             grip,
+            grip_last: &[],
         }
     }
 }
@@ -544,20 +545,19 @@ fn parse_header(v: &str) -> Result<HeaderEdit, RouteError> {
 }
 
 /// Reads a signing key as Pushpin's `fromConfigString` does: `file:PATH`
-/// (relative to `base`) holds a hex-encoded secret (Pushpin 1.41; a PEM key
-/// there is refused: corepin signs with HS256 secrets only), `base64:TEXT`
-/// is decoded, anything else is the secret's bytes.
+/// (relative to `base`) holds a hex-encoded secret, or a PEM private key
+/// (EC P-256: ES256, RSA: RS256) when it starts `-----BEGIN` (Pushpin
+/// 1.41), `base64:TEXT` is decoded, anything else is the secret's bytes.
 pub fn key_from_config(text: &str, base: &Path) -> Result<Vec<u8>, String> {
     let Some(file) = text.strip_prefix("file:") else {
         return crate::jwt::key_bytes(text);
     };
     let path = base.join(file);
     let data = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if data.starts_with(b"-----BEGIN") {
-        return Err(format!(
-            "{} holds a PEM key (ES256/RS256 signing): not supported yet, corepin signs with HS256 secrets",
-            path.display()
-        ));
+    if crate::jwt::is_pem(&data) {
+        // An EC (P-256) key signs ES256, an RSA key RS256, as in Pushpin.
+        crate::jwt::check_signing_key(&data).map_err(|e| format!("{} {e}", path.display()))?;
+        return Ok(data);
     }
     let hex = std::str::from_utf8(&data).map(str::trim).unwrap_or("\u{0}");
     if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit())
@@ -1453,7 +1453,7 @@ mod tests {
             .expect("route");
         assert_eq!(r.sig_key.as_deref(), Some(&b"secret"[..]));
         for (file, needle) in [
-            ("k.pem", "PEM key"),
+            ("k.pem", "is not a PEM EC (P-256) or RSA private key"),
             ("k.bad", "not a hex-encoded secret"),
             ("missing", "cannot read"),
         ] {

@@ -347,6 +347,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let limits = crate::bus::Limits {
         inflight: cfg.publish.max_inflight,
         backlog: cfg.publish.max_backlog,
+        history: cfg.history,
     };
     let (bus, inboxes) = Bus::new(wakers, limits);
     // In a cluster, this node's publishes go to the broker, and the bridge
@@ -421,6 +422,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     spawn_signal_thread(plane)?;
     info!("running on {workers} cores");
+    info!("data path: {}", startup_data_path(&cfg));
+    if cfg.data_path == crate::config::DataPath::Uring {
+        // A kernel or a sandbox that refuses the ring (or its provided
+        // buffers) is reported before any core starts.
+        crate::uring::Uring::new(crate::uring::Config::default()).map_err(|e| {
+            format!("data_path = \"uring\": cannot set up corepin's io_uring: {e} (use data_path = \"glommio\")")
+        })?;
+    }
 
     let startup = Arc::new(Startup {
         cfg,
@@ -448,6 +457,29 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 error!("shard {index} found no start-up state");
                 return;
             };
+            // The io_uring data path: this core's own ring, driven inside
+            // glommio; client connections read and write through it.
+            let driver = match startup.cfg.data_path {
+                crate::config::DataPath::Glommio => None,
+                crate::config::DataPath::Uring => {
+                    match crate::uring::Uring::new(crate::uring::Config::default()) {
+                        Ok(ring) => {
+                            if index == 0 {
+                                info!(
+                                    "data path: io_uring ({} ring)",
+                                    ring.mode().name()
+                                );
+                            }
+                            crate::uring::set_current(Some(ring.clone()));
+                            Some((ring.clone(), glommio::spawn_local(ring.drive())))
+                        }
+                        Err(e) => {
+                            error!("core {index}: cannot set up the io_uring data path: {e}");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            };
             let run = shard::run(ShardStart {
                 index,
                 cfg: Rc::new(startup.cfg.clone()),
@@ -471,6 +503,16 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 }
             })
             .await;
+            if let Some((ring, task)) = driver {
+                crate::uring::set_current(None);
+                ring.stop();
+                let _ = task.await;
+                let st = ring.stats();
+                info!(
+                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps",
+                    st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps
+                );
+            }
         })
         .map_err(|e| format!("cannot start executors: {e}"))?;
     for r in handles.join_all() {
@@ -480,6 +522,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// How client sockets are driven, as the start-up log says it.
+fn startup_data_path(cfg: &Config) -> &'static str {
+    match cfg.data_path {
+        crate::config::DataPath::Glommio => "glommio",
+        crate::config::DataPath::Uring => "uring (corepin's own io_uring per core)",
+    }
 }
 
 /// Turns SIGTERM/SIGINT into a drain of every shard (a second SIGINT, a

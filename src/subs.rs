@@ -22,6 +22,38 @@ use crate::bus::{Bus, Interest, INTEREST_SLOTS};
 use crate::codec::filter::{self, Filters, Subscribed, Verdict};
 use crate::codec::grip::{KeepAlive, KeepAliveMode};
 use crate::codec::publish::Action;
+use crate::history::Replay;
+
+/// What a resume from history did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// This many items were replayed (0: nothing was missed).
+    Replayed(usize),
+    /// History no longer holds the id: what was missed cannot be told.
+    Gap,
+    /// History is off.
+    Off,
+}
+
+impl Resumed {
+    /// The `Corepin-Resume` value telling the client what happened.
+    pub fn header_value(self) -> Option<String> {
+        match self {
+            Resumed::Replayed(n) => Some(format!("replayed={n}")),
+            Resumed::Gap => Some("gap".into()),
+            Resumed::Off => None,
+        }
+    }
+}
+
+/// What a new hold does after [`Registry::resume_hold`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldResume {
+    /// Hold on, telling the client this `Corepin-Resume` value, if any.
+    Note(Option<String>),
+    /// History does not cover what the client missed: ask the backend.
+    Refetch,
+}
 
 /// What kind of hold a subscriber is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +116,9 @@ pub enum Msg {
     /// A published `refresh`: a WebSocket-over-HTTP session makes a
     /// request to its backend now.
     Refresh,
+    /// A filter failed on a `debug` route's HTTP subscriber: a stream
+    /// ends with this reason in its body, a long-poll answers 502 with it.
+    Error(String),
 }
 
 impl Msg {
@@ -93,7 +128,7 @@ impl Msg {
             Msg::Data(b) => b.len(),
             Msg::Response(e) => e.response_head.len() + e.response_body.len(),
             Msg::ResponseBody(e, b) => e.response_head.len() + b.len(),
-            Msg::WsClose(_, r) => r.len(),
+            Msg::WsClose(_, r) | Msg::Error(r) => r.len(),
             Msg::Close | Msg::Timeout | Msg::Refetch | Msg::Refresh => 0,
         }
     }
@@ -139,21 +174,41 @@ struct Piece<'a> {
 /// Most queued messages handed to one gathered write.
 pub const MAX_PARTS: usize = 64;
 
+/// A close reason fits a control frame (123 bytes), cut at a character.
+fn ws_reason(why: &str) -> String {
+    let mut end = why.len().min(123);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    why[..end].to_string()
+}
+
 /// One held connection.
+///
+/// Its state is private: channels change through `Registry::set_channels`
+/// (which keeps the index and the interest bits), timers through the
+/// registry's setters (which re-time the sweep's set), so no caller can
+/// leave one half-done.
 pub struct Sub {
-    pub id: u64,
-    pub kind: Kind,
+    id: u64,
+    kind: Kind,
     /// Stream bodies are chunked (HTTP/1.1) or raw (HTTP/1.0).
-    pub chunked: bool,
-    pub channels: RefCell<Vec<String>>,
-    pub meta: RefCell<Vec<(String, String)>>,
+    chunked: bool,
+    channels: RefCell<Vec<String>>,
+    /// Per channel (same order as `channels`): the bus's `joined` mark when
+    /// the channel was added; only items routed after it are delivered.
+    joined: RefCell<Vec<u64>>,
+    meta: RefCell<Vec<(String, String)>>,
     /// The channels' filters and prev-ids; empty when no channel has a
     /// filter (deliveries then share every encoding).
-    pub chans: RefCell<Vec<ChanState>>,
+    chans: RefCell<Vec<ChanState>>,
     /// A long-poll's held response body (what `body-patch` patches).
-    pub held_body: RefCell<Bytes>,
+    held_body: RefCell<Bytes>,
     /// Last id delivered per channel (sent back as `Grip-Last`).
-    pub last_ids: RefCell<Vec<(String, String)>>,
+    last_ids: RefCell<Vec<(String, String)>>,
+    /// On a `debug` route: a filter error ends the connection with its
+    /// reason (Pushpin) rather than dropping the message quietly.
+    debug: Cell<bool>,
     queue: RefCell<VecDeque<Msg>>,
     /// Sum of the queued messages' `cost`.
     queued_bytes: Cell<usize>,
@@ -162,11 +217,11 @@ pub struct Sub {
     /// A write to the client is waiting for socket space.
     blocked: Cell<bool>,
     // Timing, checked by the core's sweep.
-    pub keep_alive: RefCell<Option<KeepAlive>>,
-    pub last_write: Cell<Instant>,
+    keep_alive: RefCell<Option<KeepAlive>>,
+    last_write: Cell<Instant>,
     last_keep_alive: Cell<Instant>,
-    pub deadline: Cell<Option<Instant>>,
-    pub link_at: Cell<Option<Instant>>,
+    deadline: Cell<Option<Instant>>,
+    link_at: Cell<Option<Instant>>,
     /// A WebSocket's `send-delayed` message (a framed message) and when
     /// it is due.
     delayed: RefCell<Option<(Bytes, Instant)>>,
@@ -276,6 +331,66 @@ impl Sub {
         self.dropped.get()
     }
 
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Stream bodies are chunked (HTTP/1.1), not raw (HTTP/1.0).
+    pub fn chunked(&self) -> bool {
+        self.chunked
+    }
+
+    /// The channels it is subscribed to (a copy).
+    pub fn channels(&self) -> Vec<String> {
+        self.channels.borrow().clone()
+    }
+
+    /// Its channels' filters and prev-ids (empty when none has either).
+    pub fn chans(&self) -> std::cell::Ref<'_, Vec<ChanState>> {
+        self.chans.borrow()
+    }
+
+    /// Replaces its meta (what filters read).
+    pub fn set_meta(&self, meta: Vec<(String, String)>) {
+        *self.meta.borrow_mut() = meta;
+    }
+
+    /// Changes its meta in place (`set-meta`).
+    pub fn edit_meta<R>(&self, f: impl FnOnce(&mut Vec<(String, String)>) -> R) -> R {
+        f(&mut self.meta.borrow_mut())
+    }
+
+    /// A long-poll's held body (what `body-patch` patches).
+    pub fn set_held_body(&self, body: Bytes) {
+        *self.held_body.borrow_mut() = body;
+    }
+
+    /// On a `debug` route: a filter error ends the connection with its
+    /// reason rather than dropping the message quietly.
+    pub fn set_debug(&self, on: bool) {
+        self.debug.set(on);
+    }
+
+    /// The last id delivered per channel (sent back as `Grip-Last`).
+    pub fn last_ids(&self) -> std::cell::Ref<'_, Vec<(String, String)>> {
+        self.last_ids.borrow()
+    }
+
+    /// The bus's `joined` mark of `channel` (0, everything, for a channel
+    /// it does not hold).
+    fn joined_at(&self, channel: &str) -> u64 {
+        let channels = self.channels.borrow();
+        channels
+            .iter()
+            .position(|c| c == channel)
+            .and_then(|i| self.joined.borrow().get(i).copied())
+            .unwrap_or(0)
+    }
+
     pub fn wrote(&self, now: Instant) {
         self.last_write.set(now);
     }
@@ -347,6 +462,9 @@ pub struct Registry {
     scratch: Cell<Vec<Rc<Sub>>>,
     /// The bus's `recover` count this core has acted on.
     recovered: Cell<u64>,
+    /// The newest `joined` mark given to a channel here: a drain whose
+    /// items were all routed after it needs no per-subscriber cut.
+    newest_join: Cell<u64>,
 }
 
 /// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
@@ -384,6 +502,7 @@ impl Registry {
             held: Default::default(),
             scratch: Cell::new(Vec::new()),
             recovered: Cell::new(0),
+            newest_join: Cell::new(0),
         }
     }
 
@@ -403,10 +522,12 @@ impl Registry {
             kind: spec.kind,
             chunked: spec.chunked,
             channels: RefCell::new(Vec::new()),
+            joined: RefCell::new(Vec::new()),
             meta: RefCell::new(spec.meta),
             chans: RefCell::new(Vec::new()),
             held_body: RefCell::new(Bytes::new()),
             last_ids: RefCell::new(Vec::new()),
+            debug: Cell::new(false),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             waker: RefCell::new(None),
@@ -469,6 +590,21 @@ impl Registry {
                 }
             }
         }
+        // Read after the channels are in the map and the interest bits
+        // set (see `Bus::joined`); a channel kept keeps its mark.
+        let now = self.bus.joined();
+        self.newest_join.set(self.newest_join.get().max(now));
+        let joined = {
+            let (old, marks) = (sub.channels.borrow(), sub.joined.borrow());
+            channels
+                .iter()
+                .map(|ch| match old.iter().position(|o| o == ch) {
+                    Some(i) => marks.get(i).copied().unwrap_or(now),
+                    None => now,
+                })
+                .collect()
+        };
+        *sub.joined.borrow_mut() = joined;
         *sub.channels.borrow_mut() = channels;
     }
 
@@ -490,8 +626,20 @@ impl Registry {
         }
     }
 
+    /// Sets (or clears) a subscriber's keep-alive.
+    pub fn set_keep_alive(&self, sub: &Rc<Sub>, ka: Option<KeepAlive>) {
+        *sub.keep_alive.borrow_mut() = ka;
+        self.retime(sub);
+    }
+
+    /// Sets (or clears) when a stream fetches its next link.
+    pub fn set_link_at(&self, sub: &Rc<Sub>, at: Option<Instant>) {
+        sub.link_at.set(at);
+        self.retime(sub);
+    }
+
     /// Puts the subscriber in (or out of) the sweep's set.
-    pub fn retime(&self, sub: &Rc<Sub>) {
+    fn retime(&self, sub: &Rc<Sub>) {
         let timed = sub.keep_alive.borrow().is_some()
             || sub.delayed.borrow().is_some()
             || sub.deadline.get().is_some()
@@ -553,6 +701,81 @@ impl Registry {
     /// this core only hears of channels it has subscribers on).
     pub fn last_id(&self, channel: &str) -> Option<String> {
         self.bus.last_id(channel)
+    }
+
+    /// Whether channels keep history (so a hold may resume from it).
+    pub fn history_on(&self) -> bool {
+        self.bus.history_on()
+    }
+
+    /// Replays to `sub` what `channel` published after the item with id
+    /// `last` and before `sub` subscribed (what came after reaches it
+    /// live), through its filters as any delivery. Exactly once: history
+    /// gives the items routed up to the subscriber's `joined` mark, the
+    /// live path those after it.
+    pub fn resume(&self, sub: &Rc<Sub>, channel: &str, last: &str) -> Resumed {
+        match self.bus.replay(channel, last, sub.joined_at(channel)) {
+            Replay::Items(items) => {
+                let list: Vec<&Arc<Encoded>> = items.iter().collect();
+                if !list.is_empty() {
+                    self.hand_filtered(sub, channel, &list, &mut false);
+                }
+                Resumed::Replayed(items.len())
+            }
+            Replay::Gap => Resumed::Gap,
+            Replay::Off => Resumed::Off,
+        }
+    }
+
+    /// Resumes a new hold from history, before its head is written:
+    ///
+    /// - a stream on one channel whose client gave `last_event_id` (SSE's
+    ///   `Last-Event-ID`) is replayed what it missed; the answer is the
+    ///   `Corepin-Resume` value to tell the client (`replayed=N`, `gap`,
+    ///   or `invalid-id` for an id that is not one);
+    /// - a long-poll whose `prev-id`s are `behind` the channels' last ids
+    ///   is answered from history when history holds its next response;
+    ///   `Refetch` when it does not (the caller re-requests the backend,
+    ///   as Pushpin does).
+    pub fn resume_hold(
+        &self,
+        sub: &Rc<Sub>,
+        last_event_id: Option<&[u8]>,
+        behind: &[(String, String)],
+    ) -> HoldResume {
+        if !self.history_on() {
+            return if behind.is_empty() {
+                HoldResume::Note(None)
+            } else {
+                HoldResume::Refetch
+            };
+        }
+        match sub.kind {
+            Kind::Stream => {
+                let channels = sub.channels.borrow().clone();
+                let (Some(raw), [channel]) = (last_event_id, channels.as_slice()) else {
+                    return HoldResume::Note(None);
+                };
+                HoldResume::Note(match crate::history::parse_resume_id(raw) {
+                    Ok(id) => self.resume(sub, channel, id).header_value(),
+                    Err(_) => Some("invalid-id".into()),
+                })
+            }
+            Kind::Response => {
+                for (channel, prev) in behind {
+                    if self.resume(sub, channel, prev) == Resumed::Gap {
+                        return HoldResume::Refetch;
+                    }
+                }
+                // Replayed items with no response for it: the backend
+                // decides.
+                if !behind.is_empty() && sub.queue.borrow().is_empty() {
+                    return HoldResume::Refetch;
+                }
+                HoldResume::Note(None)
+            }
+            Kind::Ws => HoldResume::Note(None),
+        }
     }
 
     /// Asks one WebSocket subscriber's session to refresh (a request to its
@@ -620,9 +843,26 @@ impl Registry {
             Some(m) => subs.extend(m.values().cloned()),
             None => return self.scratch.set(subs),
         }
+        // A subscriber that joined after some of these items were routed
+        // gets only the items routed after it (see `Bus::joined`).
+        let first = list.iter().map(|e| e.seq()).min().unwrap_or(0);
+        let (late, subs_now): (Vec<_>, Vec<_>) = if first > self.newest_join.get() {
+            (Vec::new(), subs.iter().collect())
+        } else {
+            subs.iter().partition(|s| s.joined_at(ch) >= first)
+        };
+        let mut logged = false;
+        for sub in late {
+            let mark = sub.joined_at(ch);
+            let after: Vec<&Arc<Encoded>> =
+                list.iter().copied().filter(|e| e.seq() > mark).collect();
+            if !after.is_empty() {
+                self.hand_filtered(sub, ch, &after, &mut logged);
+            }
+        }
         let per_item = list.iter().any(|e| e.item.per_subscriber());
-        let (shared, own): (Vec<_>, Vec<_>) = subs
-            .iter()
+        let (shared, own): (Vec<_>, Vec<_>) = subs_now
+            .into_iter()
             .partition(|s| !per_item && s.chans.borrow().is_empty());
         if !shared.is_empty() {
             let shared: Vec<Rc<Sub>> = shared.into_iter().cloned().collect();
@@ -631,7 +871,6 @@ impl Registry {
                 self.hand(sub, ch, &plan);
             }
         }
-        let mut logged = false;
         for sub in own {
             self.hand_filtered(sub, ch, list, &mut logged);
         }
@@ -661,7 +900,12 @@ impl Registry {
                 let mut chans = sub.chans.borrow_mut();
                 if let Some(c) = chans.iter_mut().find(|c| c.channel == channel) {
                     if c.prev_id.is_some() && e.item.prev_id != c.prev_id {
-                        c.prev_id = None;
+                        // A long-poll keeps its prev-id for the retry's
+                        // `Grip-Last` (it ends here anyway); a stream
+                        // stops following until its next link answers.
+                        if sub.kind == Kind::Stream {
+                            c.prev_id = None;
+                        }
                         gap = true;
                         break;
                     }
@@ -671,6 +915,20 @@ impl Registry {
             match self.judge(sub, channel, e) {
                 Ok(Some(own)) => pieces.push(Piece { item: e, own }),
                 Ok(None) => {}
+                Err(err) if sub.debug.get() => {
+                    // A `debug` route's subscriber is told, and ends
+                    // (Pushpin's session error): nothing after it.
+                    let n = &self.stats.filter_errors;
+                    n.set(n.get() + 1);
+                    let why = format!("filter error: {err}");
+                    self.hand_pieces(sub, channel, &pieces, &list[..taken]);
+                    let msg = match sub.kind {
+                        Kind::Ws => Msg::WsClose(1011, ws_reason(&why)),
+                        _ => Msg::Error(why),
+                    };
+                    sub.push(msg, self.limits, &self.stats);
+                    return;
+                }
                 Err(err) => {
                     let n = &self.stats.filter_errors;
                     n.set(n.get() + 1);
@@ -1186,6 +1444,279 @@ mod tests {
             timeout: None,
             link_timeout: None,
         }
+    }
+
+    /// A one-core bus whose inbox the test drains by hand, so the order
+    /// of publish, subscribe and drain is the test's to choose.
+    fn wired() -> (Registry, crate::bus::CoreInbox) {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let (bus, mut inboxes) = Bus::new(vec![ours], crate::bus::Limits::default());
+        let inbox = inboxes.pop().expect("one inbox");
+        (Registry::new(QueueLimits::UNBOUNDED, bus, 0), inbox)
+    }
+
+    fn stream_item(ch: &str, content: &str) -> crate::codec::publish::Item {
+        crate::codec::publish::Item {
+            channel: ch.into(),
+            http_stream: Some(crate::codec::publish::HttpStream {
+                action: Action::Send,
+                content: Bytes::from(content.to_string()),
+                content_filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn drain(reg: &Registry, inbox: &crate::bus::CoreInbox) {
+        let mut items = Vec::new();
+        inbox.take(usize::MAX, &mut items);
+        reg.deliver(&items);
+    }
+
+    /// Everything queued for `sub`, data joined.
+    fn received(sub: &Sub) -> String {
+        let mut out = String::new();
+        while let Some(m) = sub.poll_msg(std::task::Waker::noop()) {
+            if let Msg::Data(b) = m {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_late_drain_gives_a_new_subscriber_only_what_was_published_after_it() {
+        // The race tests/publish.rs hunts: an item routed to this core
+        // (for a subscriber already here) is still queued when a new
+        // subscriber arrives; the drain comes after both.
+        let (reg, inbox) = wired();
+        let early = reg.subscribe(spec());
+        reg.bus.publish(vec![stream_item("c", "[1]")], None);
+        let mut chunked = spec();
+        chunked.chunked = true;
+        let late = reg.subscribe(chunked);
+        reg.bus.publish(vec![stream_item("c", "[2]")], None);
+        drain(&reg, &inbox);
+        assert_eq!(received(&early), "[1][2]");
+        assert_eq!(received(&late), "3\r\n[2]\r\n", "only the publish after it");
+        // Once past its mark, it shares the channel's deliveries again.
+        reg.bus
+            .publish(vec![stream_item("c", "[3]"), stream_item("c", "[4]")], None);
+        drain(&reg, &inbox);
+        assert_eq!(received(&early), "[3][4]");
+        assert_eq!(received(&late), "3\r\n[3]\r\n3\r\n[4]\r\n");
+    }
+
+    #[test]
+    fn a_channel_kept_across_a_change_keeps_its_mark_and_a_new_one_starts_now() {
+        let (reg, inbox) = wired();
+        let sub = reg.subscribe(spec());
+        reg.bus.publish(vec![stream_item("c", "<c1>")], None);
+        // A next link adds channel d while <c1> is still queued.
+        let _other = reg.subscribe(SubSpec {
+            channels: vec!["d".into()],
+            ..spec()
+        });
+        reg.bus.publish(vec![stream_item("d", "<d1>")], None);
+        reg.set_channels(&sub, vec!["c".into(), "d".into()]);
+        reg.bus.publish(
+            vec![stream_item("d", "<d2>"), stream_item("c", "<c2>")],
+            None,
+        );
+        drain(&reg, &inbox);
+        // Per channel in order (a drain delivers channel by channel).
+        assert_eq!(received(&sub), "<c1><c2><d2>");
+    }
+
+    fn ws_item(ch: &str, content: &str) -> crate::codec::publish::Item {
+        crate::codec::publish::Item {
+            channel: ch.into(),
+            ws_message: Some(crate::codec::publish::WsMessage {
+                action: Action::Send,
+                kind: crate::codec::publish::WsKind::Text,
+                content: Bytes::from(content.to_string()),
+                code: None,
+                reason: String::new(),
+                content_filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn response_item(ch: &str, body: &str) -> crate::codec::publish::Item {
+        use crate::codec::response::{At, Head};
+        let none: [(At, &[u8], &[u8]); 0] = [];
+        crate::codec::publish::Item {
+            channel: ch.into(),
+            http_response: Some(crate::codec::publish::HttpResponse {
+                action: Action::Send,
+                head: Head::from_parts(None, None, none, body.as_bytes()).expect("head"),
+                body: Bytes::from(body.to_string()),
+                patch: None,
+                content_filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Every message queued for `sub`, as short labels.
+    fn messages(sub: &Sub) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(m) = sub.poll_msg(std::task::Waker::noop()) {
+            out.push(match m {
+                Msg::Data(b) => format!("data {}", b.escape_ascii()),
+                Msg::Close => "close".into(),
+                Msg::Response(e) => {
+                    format!("response {}", String::from_utf8_lossy(&e.response_body))
+                }
+                Msg::ResponseBody(_, b) => format!("response* {}", String::from_utf8_lossy(&b)),
+                Msg::Timeout => "timeout".into(),
+                Msg::Refetch => "refetch".into(),
+                Msg::WsClose(c, r) => format!("ws-close {c} {r}"),
+                Msg::Refresh => "refresh".into(),
+                Msg::Error(why) => format!("error {why}"),
+            });
+        }
+        out
+    }
+
+    fn kind_spec(kind: Kind, chunked: bool) -> SubSpec {
+        SubSpec {
+            kind,
+            chunked,
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn a_drain_becomes_one_message_per_subscriber_in_the_form_its_kind_needs() {
+        let (reg, inbox) = wired();
+        let raw = reg.subscribe(kind_spec(Kind::Stream, false));
+        let chunked = reg.subscribe(kind_spec(Kind::Stream, true));
+        let ws = reg.subscribe(kind_spec(Kind::Ws, false));
+        let poll = reg.subscribe(kind_spec(Kind::Response, false));
+        let mut both = stream_item("c", "a");
+        both.ws_message = ws_item("c", "A").ws_message;
+        let mut hint = stream_item("c", "");
+        hint.http_stream.as_mut().expect("stream").action = Action::Hint;
+        reg.bus.publish(
+            vec![
+                both,
+                stream_item("c", "b"),
+                response_item("c", "r1"),
+                response_item("c", "r2"),
+                hint,
+            ],
+            None,
+        );
+        drain(&reg, &inbox);
+        assert_eq!(
+            messages(&raw),
+            ["data ab", "refetch"],
+            "joined, then the hint"
+        );
+        assert_eq!(
+            messages(&chunked),
+            ["data 1\\r\\na\\r\\n1\\r\\nb\\r\\n", "refetch"]
+        );
+        assert_eq!(messages(&ws), ["data \\x81\\x01A"], "one text frame");
+        assert_eq!(
+            messages(&poll),
+            ["response r1"],
+            "a long-poll takes the first response"
+        );
+        assert_eq!(reg.stats.deliveries.get(), 2 + 2 + 1 + 1);
+        // A close ends the stream: nothing after it in the drain goes out.
+        let mut close = stream_item("c", "");
+        close.http_stream.as_mut().expect("stream").action = Action::Close;
+        reg.bus.publish(
+            vec![stream_item("c", "x"), close, stream_item("c", "y")],
+            None,
+        );
+        drain(&reg, &inbox);
+        assert_eq!(messages(&raw), ["data x", "close"]);
+    }
+
+    #[test]
+    fn filters_decide_per_subscriber_and_a_prev_id_gap_refetches() {
+        let (reg, inbox) = wired();
+        let alice = reg.subscribe(SubSpec {
+            meta: vec![("user".into(), "alice".into())],
+            ..spec()
+        });
+        let skip = Filters::from_names(vec![filter::Name::SkipSelf]);
+        let chan = |prev: Option<&str>, filters: Filters| ChanState {
+            channel: "c".into(),
+            name: "c".into(),
+            filters,
+            prev_id: prev.map(String::from),
+        };
+        reg.set_chans(&alice, vec![chan(None, skip.clone())]);
+        let bob = reg.subscribe(spec());
+        let mut own = stream_item("c", "mine");
+        own.meta = vec![("sender".into(), "alice".into())];
+        reg.bus.publish(vec![own, stream_item("c", "+")], None);
+        drain(&reg, &inbox);
+        assert_eq!(received(&alice), "+", "skip-self drops her own message");
+        assert_eq!(received(&bob), "mine+");
+        // No filter and no prev-id: the subscriber shares deliveries again.
+        reg.set_chans(&alice, vec![chan(None, Filters::default())]);
+        assert!(alice.chans().is_empty());
+        // A stream following ids from prev-id 1: 2 follows on, 4 does not.
+        let follower = reg.subscribe(spec());
+        reg.set_chans(&follower, vec![chan(Some("1"), Filters::default())]);
+        let with = |id: &str, prev: &str, text: &str| crate::codec::publish::Item {
+            id: Some(id.into()),
+            prev_id: Some(prev.into()),
+            no_seq: true,
+            ..stream_item("c", text)
+        };
+        reg.bus
+            .publish(vec![with("2", "1", "two"), with("4", "3", "four")], None);
+        drain(&reg, &inbox);
+        assert_eq!(messages(&follower), ["data two", "refetch"]);
+        assert_eq!(
+            follower.last_ids().as_slice(),
+            [("c".to_string(), "2".to_string())]
+        );
+    }
+
+    #[test]
+    fn the_sweep_sends_keep_alives_times_out_long_polls_and_fires_link_timers() {
+        let (reg, _inbox) = wired();
+        let now = Instant::now();
+        let stream = reg.subscribe(SubSpec {
+            keep_alive: Some(KeepAlive {
+                data: Bytes::from_static(b":\n"),
+                timeout: 10,
+                mode: KeepAliveMode::Idle,
+            }),
+            ..kind_spec(Kind::Stream, true)
+        });
+        let poll = reg.subscribe(SubSpec {
+            timeout: Some(Duration::from_secs(30)),
+            ..kind_spec(Kind::Response, false)
+        });
+        let linked = reg.subscribe(spec());
+        reg.set_link_at(&linked, Some(now + Duration::from_secs(5)));
+        let idle = reg.subscribe(spec());
+        assert_eq!(reg.timed.borrow().len(), 3, "the idle one is not swept");
+        reg.sweep(now + Duration::from_secs(6));
+        assert_eq!(messages(&linked), ["refetch"]);
+        assert!(messages(&stream).is_empty(), "written to 6 s ago");
+        assert_eq!(reg.timed.borrow().len(), 2, "the link timer fired once");
+        stream.wrote(now + Duration::from_secs(6));
+        reg.sweep(now + Duration::from_secs(15));
+        assert!(messages(&stream).is_empty(), "idle for 9 s only");
+        reg.sweep(now + Duration::from_secs(16));
+        assert_eq!(messages(&stream), ["data 2\\r\\n:\\n\\r\\n"]);
+        reg.sweep(now + Duration::from_secs(31));
+        assert_eq!(messages(&poll), ["timeout"]);
+        reg.sweep(now + Duration::from_secs(90));
+        assert!(messages(&poll).is_empty(), "a timeout is sent once");
+        assert!(messages(&idle).is_empty());
+        reg.set_keep_alive(&stream, None);
+        assert_eq!(reg.timed.borrow().len(), 0, "setters re-time on their own");
     }
 
     #[test]

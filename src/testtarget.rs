@@ -113,6 +113,7 @@ pub async fn handle(
         prefix: route.prefix.clone().unwrap_or_default(),
         target: "test".into(),
         sig: None,
+        debug: route.debug,
     };
     hold(shard, c, &ctx, instruct, base).await
 }

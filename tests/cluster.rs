@@ -148,6 +148,12 @@ impl Broker {
                     "",
                     "--appendonly",
                     "yes",
+                    // Written and synced before the reply: with the default
+                    // (everysec) a busy disk makes Redis postpone the write
+                    // while it already answers, and a kill -9 then loses
+                    // publishes the nodes were told are stored.
+                    "--appendfsync",
+                    "always",
                     "--dir",
                     &store,
                 ]);

@@ -191,3 +191,334 @@ fn gone_links_are_posted_when_held_requests_end() {
     assert_eq!(poll.join().expect("poll").text(), "done\n");
     wait_until("gone POSTed", || gone("/gone/poll").is_some());
 }
+
+/// A test backend answering `path -> (head fields, body)`; the rest 404.
+fn answering(table: &'static [(&'static str, &'static str, &'static str)]) -> Backend {
+    Backend::start(move |req, _| {
+        let path = req.path.split('?').next().unwrap_or("");
+        match table.iter().find(|(p, _, _)| *p == path) {
+            Some((_, fields, body)) => Reply::Bytes(
+                format!(
+                    "HTTP/1.1 200 OK\r\n{fields}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            ),
+            None => Reply::Bytes(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        }
+    })
+}
+
+/// Reads a held stream to its end (the last chunk or a close).
+fn rest_of(s: &mut Stream) -> String {
+    let mut got = Vec::new();
+    while let Some(c) = s.chunk() {
+        got.extend_from_slice(&c);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `build-id` runs over response bodies too, as Pushpin's response-content
+/// filter: a stream hold's own body, a next link's body (with that
+/// response's meta), a no-hold response's body; there no channel prev-id
+/// is at hand, so `%(id)I` works and `%I` is an error: a no-hold response
+/// gets 502, a stream ends (with the reason on a `debug` route). A
+/// long-poll's timeout body is sent as given (Pushpin does not filter it).
+#[test]
+fn build_id_rewrites_hold_and_next_link_bodies() {
+    let b = answering(&[
+        (
+            "/s",
+            "Grip-Hold: stream\r\nGrip-Channel: c; filter=build-id\r\nGrip-Set-Meta: id_format=\"id-%%\"\r\nGrip-Link: </next>; rel=next; timeout=120\r\n",
+            "start %(abc)I 100%%\n",
+        ),
+        (
+            "/next",
+            "Grip-Hold: stream\r\nGrip-Channel: c; filter=skip-self; filter=build-id\r\nGrip-Set-Meta: id_format=x, id_encoding=hex\r\nGrip-Link: </next>; rel=next; timeout=120\r\n",
+            "next %(ab)I\n",
+        ),
+        (
+            "/plain",
+            "Grip-Channel: c; filter=build-id\r\nGrip-Set-Meta: id_format=x\r\n",
+            "plain %(z)I\n",
+        ),
+        (
+            "/plain-bad",
+            "Grip-Channel: c; filter=build-id\r\nGrip-Set-Meta: id_format=x\r\n",
+            "plain %I\n",
+        ),
+        (
+            "/poll",
+            "Grip-Hold: response\r\nGrip-Timeout: 5\r\nGrip-Channel: lp; filter=build-id\r\nGrip-Set-Meta: id_format=x\r\n",
+            "kept %(z)I\n",
+        ),
+        (
+            "/d/bad",
+            "Grip-Hold: stream\r\nGrip-Channel: c; filter=build-id\r\nGrip-Set-Meta: id_format=x\r\n",
+            "bad %I\n",
+        ),
+        (
+            "/quiet-bad",
+            "Grip-Hold: stream\r\nGrip-Channel: c; filter=build-id\r\nGrip-Set-Meta: id_format=x\r\n",
+            "bad %I\n",
+        ),
+        // Without build-id a body is left as it is.
+        ("/none", "Grip-Hold: stream\r\nGrip-Channel: n\r\n", "as is %I\n"),
+    ]);
+    let debug = format!("*,path_beg=/d/,debug {}", b.addr);
+    let cp = Corepin::start_grip(&["--route", &debug, "--route", &b.route(), "--workers", "1"]);
+    let mut s = Stream::open(cp.addr(), "/s");
+    assert_eq!(s.read_text(15), "start abc 100%\n", "the hold's own body");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    // A hint makes the stream fetch its next link, whose body goes through
+    // the next response's build-id with its own meta (hex). (The hint item
+    // itself passes the filters first, as in Pushpin: an `id_format` naming
+    // a channel without a prev-id would fail there and drop it.)
+    let r = cp.publish(r#"{"items":[{"channel":"c","http-stream":{"action":"hint"}}]}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(s.read_text(10), "next 6162\n", "the next link's body");
+    drop(s);
+
+    let r = Conn::open(cp.addr()).get("/plain");
+    assert_eq!((r.status, r.text().as_str()), (200, "plain z\n"));
+    let r = Conn::open(cp.addr()).get("/plain-bad");
+    assert_eq!(r.status, 502, "no ID for %I: {}", r.text());
+    cp.wait_stderr("filter error: build-id: no ID specified and no default ID in context");
+
+    let mut s = Stream::open(cp.addr(), "/d/bad");
+    assert_eq!(s.head.status, 200, "the head was out before the filter ran");
+    assert_eq!(
+        rest_of(&mut s),
+        "\n\nfilter error: build-id: no ID specified and no default ID in context at position 5\n",
+        "a debug route says why, then the stream ends"
+    );
+    let mut s = Stream::open(cp.addr(), "/quiet-bad");
+    assert_eq!(rest_of(&mut s), "", "elsewhere the stream just ends");
+    let mut s = Stream::open(cp.addr(), "/none");
+    assert_eq!(s.read_text(9), "as is %I\n");
+    drop(s);
+
+    let poll = Conn::open(cp.addr()).get("/poll");
+    assert_eq!(
+        poll.text(),
+        "kept %(z)I\n",
+        "a long-poll's timeout body as given"
+    );
+}
+
+/// A stream hold that follows a channel's ids (`prev-id`) but gives no
+/// next link to catch up through is an error, as in Pushpin: the client
+/// gets the initial response, then the stream ends (saying why on a
+/// `debug` route), and the log names the channel.
+#[test]
+fn a_stream_with_prev_id_and_no_next_link_ends() {
+    let b = answering(&[
+        ("/s", "Grip-Hold: stream\r\nGrip-Channel: a, c; prev-id=1\r\n", "hi\n"),
+        ("/d/s", "Grip-Hold: stream\r\nGrip-Channel: c; prev-id=1\r\n", "hi\n"),
+        // A next link's stream hold is held to the same rule.
+        (
+            "/d/linked",
+            "Grip-Hold: stream\r\nGrip-Channel: l\r\nGrip-Link: </d/unlinked>; rel=next; timeout=120\r\n",
+            "one\n",
+        ),
+        ("/d/unlinked", "Grip-Hold: stream\r\nGrip-Channel: l; prev-id=5\r\n", "two\n"),
+    ]);
+    let debug = format!("*,path_beg=/d/,debug {}", b.addr);
+    let cp = Corepin::start_grip(&["--route", &debug, "--route", &b.route(), "--workers", "1"]);
+    let mut s = Stream::open(cp.addr(), "/s");
+    assert_eq!(rest_of(&mut s), "hi\n");
+    cp.wait_stderr("channel 'c' specifies prev-id, but no next link found");
+    let mut s = Stream::open(cp.addr(), "/d/s");
+    assert_eq!(
+        rest_of(&mut s),
+        "hi\n\n\nchannel 'c' specifies prev-id, but no next link found\n"
+    );
+    let mut s = Stream::open(cp.addr(), "/d/linked");
+    assert_eq!(s.read_text(4), "one\n");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    cp.publish(r#"{"items":[{"channel":"l","http-stream":{"action":"hint"}}]}"#);
+    assert_eq!(
+        rest_of(&mut s),
+        "two\n\n\nchannel 'l' specifies prev-id, but no next link found\n"
+    );
+    wait_until("unsubscribed", || metric(&cp, "corepin_subscriptions") == 0);
+}
+
+/// A long-poll asked again (a `hint`, an item that skips ids, a hold
+/// already behind the channel) carries `Grip-Last: CHANNEL; last-id=ID`
+/// for each channel that had a prev-id, advanced by the items it saw
+/// (even one a filter dropped), as Pushpin's retries do; a client's own
+/// `Grip-Last` never reaches the backend.
+#[test]
+fn long_poll_retries_carry_grip_last() {
+    let b = Backend::start(|req, _| {
+        // GET /poll/CHANNEL
+        let ch = req.path.rsplit('/').next().unwrap_or("").to_string();
+        let (fields, body) = match req.header("grip-last") {
+            Some(last) => (String::new(), format!("again {last}\n")),
+            None => (
+                format!("Grip-Hold: response\r\nGrip-Channel: {ch}; prev-id=5; filter=skip-self, other\r\nGrip-Set-Meta: user=a\r\n"),
+                String::new(),
+            ),
+        };
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\n{fields}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let cp = Corepin::start_grip(&["--route", &b.route(), "--workers", "1"]);
+    let poll = |ch: &str, headers: &'static str| {
+        let addr = cp.addr();
+        let req = format!("GET /poll/{ch} HTTP/1.1\r\nHost: t\r\n{headers}\r\n");
+        std::thread::spawn(move || {
+            let mut c = Conn::open(addr);
+            c.send(req.as_bytes());
+            c.read().expect("answer").text()
+        })
+    };
+    let hint = |ch: &str| {
+        cp.publish(&format!(
+            r#"{{"items":[{{"channel":"{ch}","http-response":{{"action":"hint"}}}}]}}"#
+        ))
+    };
+    // A hint: the hold's prev-id.
+    let p = poll("a", "Grip-Last: forged; last-id=1\r\n");
+    wait_until("held (two channels)", || {
+        metric(&cp, "corepin_subscriptions") == 2
+    });
+    hint("a");
+    assert_eq!(p.join().expect("poll"), "again a; last-id=5\n");
+
+    // An item skip-self drops still moves the prev-id on.
+    let p = poll("b", "");
+    wait_until("held (two channels)", || {
+        metric(&cp, "corepin_subscriptions") == 2
+    });
+    cp.publish(r#"{"items":[{"channel":"b","id":"6","prev-id":"5","no-seq":true,"meta":{"sender":"a"},"http-response":{"body":"x"}}]}"#);
+    hint("b");
+    assert_eq!(p.join().expect("poll"), "again b; last-id=6\n");
+
+    // Channel b's last id is now 6: a hold at prev-id 5 is behind from the
+    // start and asked again before it is held.
+    assert_eq!(poll("b", "").join().expect("poll"), "again b; last-id=5\n");
+
+    // An item that skips ids: the poll missed one, asked again at once.
+    let p = poll("c", "");
+    wait_until("held (two channels)", || {
+        metric(&cp, "corepin_subscriptions") == 2
+    });
+    cp.publish(r#"{"items":[{"channel":"c","id":"9","prev-id":"8","no-seq":true,"http-response":{"body":"x"}}]}"#);
+    assert_eq!(p.join().expect("poll"), "again c; last-id=5\n");
+
+    let forged = b
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|r| r.header("grip-last").is_some_and(|v| v.contains("forged")));
+    assert!(!forged, "the client's Grip-Last was passed on");
+}
+
+/// A filter that fails on a published message (here var-subst's unknown
+/// variable) drops it for that subscriber; on a `debug` route Pushpin
+/// also ends the connection with the reason: a stream gets
+/// `\n\nfilter error: ...\n` and ends, a long-poll a 502 with it.
+#[test]
+fn filter_errors_end_debug_routes_subscribers_with_the_reason() {
+    let b = answering(&[
+        ("/s", "Grip-Hold: stream\r\nGrip-Channel: v; filter=var-subst\r\nGrip-Set-Meta: name=Ann\r\n", ""),
+        ("/d/s", "Grip-Hold: stream\r\nGrip-Channel: v; filter=var-subst\r\nGrip-Set-Meta: name=Ann\r\n", ""),
+        ("/d/poll", "Grip-Hold: response\r\nGrip-Channel: v; filter=var-subst\r\nGrip-Set-Meta: name=Ann\r\n", ""),
+    ]);
+    let debug = format!("*,path_beg=/d/,debug {}", b.addr);
+    let cp = Corepin::start_grip(&["--route", &debug, "--route", &b.route(), "--workers", "1"]);
+    let mut quiet = Stream::open(cp.addr(), "/s");
+    let mut loud = Stream::open(cp.addr(), "/d/s");
+    let addr = cp.addr();
+    let poll = std::thread::spawn(move || Conn::open(addr).get("/d/poll"));
+    wait_until("held", || metric(&cp, "corepin_subscriptions") == 3);
+    cp.publish_stream("v", "hello %(name)s\n");
+    assert_eq!(quiet.read_text(10), "hello Ann\n");
+    assert_eq!(loud.read_text(10), "hello Ann\n");
+    cp.publish(r#"{"items":[{"channel":"v","http-stream":{"content":"%(nope)s\n"},"http-response":{"body":"%(nope)s\n"}}]}"#);
+    let why = "filter error: var-subst: no such variable 'nope' at position 7";
+    assert_eq!(rest_of(&mut loud), format!("\n\n{why}\n"));
+    let r = poll.join().expect("poll");
+    assert_eq!((r.status, r.text()), (502, format!("{why}\n")));
+    // Elsewhere the message is dropped for that subscriber alone.
+    cp.publish_stream("v", "marker\n");
+    assert_eq!(quiet.read_text(7), "marker\n", "not the failed message");
+}
+
+/// `Grip-Sig` with PEM keys, as Pushpin signs with an EC or RSA key: keys
+/// made by openssl, corepin signing ES256 (P-256) and RS256 with the
+/// private key in `[grip] sig_key`, gripcontrol's `validate_sig` checking
+/// each backend request with the public key, as a backend does.
+#[test]
+fn pem_keys_sign_grip_sig_es256_and_rs256() {
+    let dir = TempDir::new("pem");
+    for (name, gen) in [
+        ("ec", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256"),
+        ("rsa", "-algorithm RSA -pkeyopt rsa_keygen_bits:2048"),
+    ] {
+        let key = dir.path().join(format!("{name}.pem"));
+        let public = dir.path().join(format!("{name}.pub"));
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let k = key.to_str().expect("path");
+        let mut args = vec!["genpkey"];
+        args.extend(gen.split(' '));
+        args.extend(["-out", k]);
+        run(&args);
+        run(&[
+            "pkey",
+            "-in",
+            k,
+            "-pubout",
+            "-out",
+            public.to_str().expect("path"),
+        ]);
+        let pem = std::fs::read_to_string(&key).expect("key");
+        let public = std::fs::read_to_string(&public).expect("public key");
+
+        let b = Backend::fixed("ok");
+        let config = write_config(&format!(
+            "routes = [\"{}\"]\n[grip]\nsig_key = \"\"\"\n{pem}\"\"\"\nsig_iss = \"corepin-pem\"\n",
+            b.route()
+        ));
+        let cp = Corepin::start_grip(&["--config", &config, "--workers", "1"]);
+        let r = Conn::open(cp.addr()).get("/x");
+        assert_eq!(r.text(), "ok");
+        let token = b.last().header("grip-sig").expect("Grip-Sig").to_string();
+        let out = std::process::Command::new(python())
+            .args([
+                "-c",
+                "import sys, jwt; from gripcontrol import validate_sig
+print(jwt.get_unverified_header(sys.argv[1])['alg'])
+sys.exit(0 if validate_sig(sys.argv[1], sys.argv[2], iss='corepin-pem') else 1)",
+                &token,
+                &public,
+            ])
+            .output()
+            .expect("python (run tests/run.sh)");
+        let alg = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success(),
+            "{name}: validate_sig refused {token} ({alg}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(alg, if name == "ec" { "ES256" } else { "RS256" });
+    }
+}

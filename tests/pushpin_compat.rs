@@ -75,6 +75,8 @@ message_rate=2500
 message_hwm=25000
 message_wait=5000
 id_cache_ttl=60
+# retry/recover sessions soon after the first subscription to a channel
+update_on_first_subscription=true
 connection_subscription_max=20
 subscription_linger=60
 stats_subscription_ttl=60
@@ -130,6 +132,7 @@ fn a_pushpin_conf_and_its_routes_run_unchanged() {
     for named in [
         "[handler] message_rate=2500",
         "[global] stats_connection_send=true",
+        "[handler] update_on_first_subscription=true (corepin does not re-request held subscribers after a channel's first subscription)",
     ] {
         assert!(warning.contains(named), "{named}: {warning}");
     }

@@ -34,7 +34,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 venv=target/pyenv
-if ! "$venv/bin/python" -c 'import gripcontrol, pubcontrol, websockets, zmq, tnetstring, django_grip' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import gripcontrol, pubcontrol, websockets, zmq, tnetstring, django_grip, cryptography' >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/clients/requirements.txt
 fi

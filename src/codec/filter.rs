@@ -476,6 +476,35 @@ impl IdRenderer {
     }
 }
 
+/// Pushpin's "response content" filters over a response body (a stream
+/// hold's own body, a no-hold response's, a next link's): `build-id`, run
+/// once when any of the response's channels lists it, with the response's
+/// meta and no channel prev-ids, so only `%(id)I` has an ID (`%I` is an
+/// error there, as in Pushpin). `Ok(None)`: the body is unchanged.
+/// Published messages go through [`run`] instead; a long-poll's timeout
+/// body is sent as the backend gave it (Pushpin does not filter it).
+pub fn response_body<'a>(
+    channels: impl IntoIterator<Item = &'a Filters>,
+    meta: &[(String, String)],
+    body: &[u8],
+) -> Result<Option<Vec<u8>>, FilterError> {
+    if !channels
+        .into_iter()
+        .any(|f| f.names().contains(&Name::BuildId))
+    {
+        return Ok(None);
+    }
+    let ctx = Context {
+        sub_meta: meta,
+        pub_meta: &[],
+        channels: None,
+    };
+    let mut r = IdRenderer::new(&ctx)?;
+    let mut out = r.update(body)?;
+    out.extend_from_slice(&r.finish()?);
+    Ok((out[..] != body[..]).then_some(out))
+}
+
 /// How much of `b` ends with complete directives: a trailing `%`, `%(...`
 /// or `%(...)` without its letter is left for the next piece.
 fn complete_prefix(b: &[u8]) -> usize {
@@ -1083,5 +1112,66 @@ mod tests {
         let mut r = IdRenderer::new(&ctx).expect("settings");
         assert_eq!(r.update(b"x %(").expect("held"), b"x ");
         assert!(r.finish().is_err(), "an unterminated directive at the end");
+    }
+
+    /// A response body goes through `build-id` alone, once, without
+    /// channel prev-ids: `%(id)I` works, `%I` is an error, as in Pushpin.
+    #[test]
+    fn response_bodies_take_build_id_without_prev_ids() {
+        let run = |lists: &[&[&str]], meta: &[(&str, &str)], body: &str| {
+            let f: Vec<Filters> = lists.iter().map(|l| filters(l)).collect();
+            match response_body(&f, &m(meta), body.as_bytes()) {
+                Ok(None) => "SAME".to_string(),
+                Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Err(e) => format!("ERR {e}"),
+            }
+        };
+        let fmt = [("id_format", "%(c)s")];
+        let hex = [("id_format", "x"), ("id_encoding", "hex")];
+        for (lists, meta, body, want) in [
+            (&[][..], &fmt[..], "%(7)I", "SAME"),
+            (
+                &[&["var-subst", "skip-self"][..]][..],
+                &fmt[..],
+                "%(7)I",
+                "SAME",
+            ),
+            (&[&["build-id"][..]][..], &fmt[..], "id=%(7)I\n", "id=7\n"),
+            (
+                &[&["skip-self"][..], &["build-id", "build-id"][..]][..],
+                &fmt[..],
+                "%(a)I%(b)I",
+                "ab",
+            ),
+            (&[&["build-id"][..]][..], &hex[..], "%(7)I", "37"),
+            (&[&["build-id"][..]][..], &fmt[..], "no directive", "SAME"),
+            (&[&["build-id"][..]][..], &fmt[..], "%%", "%"),
+            (
+                &[&["build-id"][..]][..],
+                &fmt[..],
+                "%I",
+                "ERR build-id: no ID specified and no default ID in context at position 1",
+            ),
+            (
+                &[&["build-id"][..]][..],
+                &[][..],
+                "x",
+                "ERR build-id: no sub meta 'id_format'",
+            ),
+            (
+                &[&["build-id"][..]][..],
+                &[("id_format", "a"), ("id_encoding", "b64")][..],
+                "x",
+                "ERR build-id: unsupported encoding: b64",
+            ),
+            (
+                &[&["build-id"][..]][..],
+                &fmt[..],
+                "%(x",
+                "ERR build-id: unterminated field starting at position 1",
+            ),
+        ] {
+            assert_eq!(run(lists, meta, body), want, "{lists:?} {body:?}");
+        }
     }
 }

@@ -523,6 +523,25 @@ pub fn from_headers(fields: &Fields) -> Result<Option<Instruct>, GripError> {
     }))
 }
 
+/// The channels' filters and the meta a response body is filtered with.
+pub type ResponseFilters = (Vec<Filters>, Vec<(String, String)>);
+
+/// A response without `Grip-Hold` may still name channels with filters
+/// and set meta: Pushpin runs the channels' response-content filters
+/// (`build-id`) over its body. The channels' filters and the meta, when
+/// some channel lists a filter; `None` otherwise.
+pub fn no_hold_filters(fields: &Fields) -> Result<Option<ResponseFilters>, GripError> {
+    let channels = channels(fields.get_all("grip-channel"))?;
+    if channels.iter().all(|c| c.filters.is_empty()) {
+        return Ok(None);
+    }
+    let meta = set_meta_headers(fields.get_all("grip-set-meta"))?;
+    Ok(Some((
+        channels.into_iter().map(|c| c.filters).collect(),
+        meta,
+    )))
+}
+
 /// Where a JSON instruction's response sits, for error messages.
 const JSON_RESPONSE: &str = "grip-instruct: response";
 

@@ -200,6 +200,10 @@ pub struct BackendRequest<'a> {
     /// `Grip-Sig` (when signing) and `Grip-Feature`, or nothing on a
     /// `no_grip` route.
     pub grip: Option<Option<&'a str>>,
+    /// `Grip-Last: CHANNEL; last-id=ID` per entry (written only with the
+    /// GRIP fields): a long-poll asked again says where its channels were,
+    /// as Pushpin's retries do.
+    pub grip_last: &'a [(String, String)],
 }
 
 impl BackendRequest<'_> {
@@ -328,6 +332,9 @@ impl BackendRequest<'_> {
         write_field(out, b"Via", &via);
         if let Some(sig) = self.grip {
             write_grip_fields(out, sig);
+            for (channel, id) in self.grip_last {
+                let _ = write!(out, "Grip-Last: {channel}; last-id={id}\r\n");
+            }
         }
         match self.purpose {
             Purpose::Proxy => write_framing(out, head.body),

@@ -19,5 +19,6 @@ pub mod uri;
 pub mod ws;
 pub mod wscontrol;
 pub mod wsevents;
+pub mod wshandshake;
 pub mod wssession;
 pub mod zmqmsg;

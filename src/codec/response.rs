@@ -291,6 +291,13 @@ impl Head {
         Ok(())
     }
 
+    /// Validates and adds one field corepin itself sets (a managed name
+    /// is left out, as from any source).
+    pub fn add(&mut self, name: &str, value: &[u8]) -> Result<(), Invalid> {
+        self.push(name.as_bytes(), value)
+            .map_err(|(part, p)| Invalid::new(field_label(At::Key, name.as_bytes(), part), p))
+    }
+
     /// Builds a head from a source's parts: `code` (`None` = 200), an
     /// optional reason, header fields as `(how listed, name, value)`, and
     /// the body the head will carry (checked against the status).

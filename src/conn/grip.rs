@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_lite::Future;
 
 use crate::buf::BUF_SIZE;
+use crate::codec::filter;
 use crate::codec::grip::{self, HoldMode, Instruct};
 use crate::codec::heads;
 use crate::codec::http1::{self, BodyKind, RequestHead, ResponseHead, Version};
@@ -22,7 +23,7 @@ use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
 use crate::connection::PartsProgress;
 use crate::shard::Shard;
-use crate::subs::{Kind, Msg, Sub, SubSpec};
+use crate::subs::{HoldResume, Kind, Msg, Sub, SubSpec};
 use crate::upstream::{Dest, TlsDest, Upstream};
 
 /// Most queued bytes sent in one gathered write.
@@ -103,6 +104,12 @@ pub fn decide(resp: &ResponseHead, body: Bytes) -> Result<Decision, grip::GripEr
         (instruct, base)
     } else {
         let instruct = grip::from_headers(&resp.fields)?;
+        let body = match (&instruct, grip::no_hold_filters(&resp.fields)?) {
+            (None, Some((filters, meta))) => filter::response_body(&filters, &meta, &body)
+                .map_err(|e| grip::GripError(format!("filter error: {e}")))?
+                .map_or(body, Bytes::from),
+            _ => body,
+        };
         (instruct, Base::from_head(resp, body)?)
     };
     Ok(match instruct {
@@ -119,8 +126,21 @@ pub enum HoldEnd {
     /// Done; keep the client connection if `true`.
     Done(Outcome),
     /// Re-request the original request from the backend (a `hint`, or the
-    /// subscriber was found out of sync through `prev-id`).
-    Retry,
+    /// subscriber was found out of sync through `prev-id`), with these
+    /// `Grip-Last` entries (channel as the backend named it, last id): each
+    /// channel that had a prev-id, advanced by the items it saw since.
+    Retry(Vec<(String, String)>),
+}
+
+/// The `Grip-Last` entries of a retry straight from the instruct: each
+/// channel (as the backend named it) with the prev-id it gave.
+fn grip_last(instruct: &Instruct, max: usize) -> Vec<(String, String)> {
+    instruct
+        .channels
+        .iter()
+        .take(max)
+        .filter_map(|c| Some((c.name.clone(), c.prev_id.clone()?)))
+        .collect()
 }
 
 /// The route-level context a hold needs for next-link fetches.
@@ -131,6 +151,9 @@ pub struct HoldCtx<'a> {
     pub prefix: String,
     pub target: String,
     pub sig: Option<crate::jwt::SigKey>,
+    /// The route's `debug`: a held stream that fails says why in its body
+    /// before it ends; a long-poll answers 502 with the reason.
+    pub debug: bool,
 }
 
 /// What the filters need of an instruct's channels (the first `max`).
@@ -169,17 +192,24 @@ pub async fn hold(
         .take(max)
         .map(|c| format!("{}{}", ctx.prefix, c.name))
         .collect();
-    if instruct.hold == HoldMode::Response {
-        // A client that says it has seen an older id than the channel's
-        // latest has missed something: ask the backend again at once.
-        let behind = instruct.channels.iter().take(max).any(|spec| {
+    // A long-poll that says it has seen an older id than the channel's
+    // latest has missed something: answered from history when it holds
+    // what was missed, else the backend is asked again at once.
+    let mut behind: Vec<(String, String)> = Vec::new();
+    if instruct.hold == HoldMode::Response && ctx.head.body == BodyKind::Empty {
+        for spec in instruct.channels.iter().take(max) {
             let name = format!("{}{}", ctx.prefix, spec.name);
-            matches!((&spec.prev_id, shard.subs.last_id(&name)), (Some(p), Some(last)) if *p != last)
-        });
-        if behind && ctx.head.body == BodyKind::Empty {
-            return HoldEnd::Retry;
+            if let (Some(p), Some(last)) = (&spec.prev_id, shard.subs.last_id(&name)) {
+                if *p != last {
+                    behind.push((name, p.clone()));
+                }
+            }
+        }
+        if !behind.is_empty() && !shard.subs.history_on() {
+            return HoldEnd::Retry(grip_last(&instruct, max));
         }
     }
+    let mut base = base;
     let http10 = ctx.head.version == Version::Http10;
     let sub = shard.subs.subscribe(SubSpec {
         kind: if instruct.hold == HoldMode::Stream {
@@ -205,7 +235,19 @@ pub async fn hold(
     shard
         .subs
         .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
-    *sub.held_body.borrow_mut() = base.body.clone();
+    sub.set_held_body(base.body.clone());
+    // Channel history (issue 18): replay what the client missed.
+    match shard
+        .subs
+        .resume_hold(&sub, ctx.head.fields.get("last-event-id"), &behind)
+    {
+        HoldResume::Note(Some(note)) => {
+            let _ = base.head.add("Corepin-Resume", note.as_bytes());
+        }
+        HoldResume::Note(None) => {}
+        HoldResume::Refetch => return HoldEnd::Retry(grip_last(&instruct, max)),
+    }
+    sub.set_debug(ctx.debug);
     c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
     // response cannot set or change it).
@@ -451,32 +493,41 @@ async fn hold_stream(
     mut instruct: Instruct,
     base: Base,
 ) -> HoldEnd {
-    let http10 = !sub.chunked;
+    let http10 = !sub.chunked();
     let status = instruct
         .status
         .clone()
         .unwrap_or_else(|| base.head.status().clone());
     let code = status.code();
-    let mut bytes = base.body.len() as u64;
+    // Pushpin's response-content filter (build-id) runs over the hold's own
+    // body; when it fails, the head still goes out and the stream ends.
+    let (body, failed) = match response_body(&instruct, &base.body) {
+        Ok(b) => (b.unwrap_or_else(|| base.body.clone()), None),
+        Err(why) => (Bytes::new(), Some(why)),
+    };
+    let mut bytes = body.len() as u64;
     // The head and initial body go out now; neither they nor the backend's
     // response stay alive for the rest of the hold.
-    let mut out = Vec::with_capacity(256 + base.body.len());
+    let mut out = Vec::with_capacity(256 + body.len());
     base.write_status_and_headers(&mut out, Some(&status));
     if http10 {
         out.extend_from_slice(b"Connection: close\r\n\r\n");
-        out.extend_from_slice(&base.body);
+        out.extend_from_slice(&body);
     } else {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
-        crate::codec::chunked::write_chunk(&mut out, &base.body);
+        crate::codec::chunked::write_chunk(&mut out, &body);
     }
     crate::conn::dropin::head(c, &mut out, 0);
-    drop(base);
+    drop((base, body));
     let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
     if !sent {
         return done(code, 0, ctx, false);
     }
     sub.wrote(Instant::now());
+    if let Some(why) = failed.or_else(|| prev_id_without_link(&instruct)) {
+        return stream_failed(shard, c, ctx, code, bytes, &why).await;
+    }
     loop {
         match next_event(c, sub).await {
             Event::Msg(Msg::Data(b)) => {
@@ -498,12 +549,18 @@ async fn hold_stream(
                 }
             }
             Event::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
+            Event::Msg(Msg::Error(why)) => {
+                return stream_failed(shard, c, ctx, code, bytes, &why).await
+            }
             Event::Msg(Msg::Refetch) => {
                 let Some(link) = instruct.next.clone() else {
                     continue;
                 };
                 match fetch_link(shard, ctx, sub, &link.url).await {
-                    Some((next, body)) => {
+                    Fetched::Error(why) => {
+                        return stream_failed(shard, c, ctx, code, bytes, &why).await
+                    }
+                    Fetched::Next(next, body) => {
                         let framed = if http10 {
                             body.to_vec()
                         } else {
@@ -525,27 +582,32 @@ async fn hold_stream(
                                 shard.subs.set_channels(sub, channels);
                                 // The next response's instruct replaces
                                 // the meta and the filters (Pushpin).
-                                *sub.meta.borrow_mut() = i.meta.clone();
+                                sub.set_meta(i.meta.clone());
                                 shard
                                     .subs
                                     .set_chans(sub, chan_states(&i, &ctx.prefix, usize::MAX));
-                                *sub.keep_alive.borrow_mut() = i.keep_alive.clone();
-                                sub.link_at.set(i.next.as_ref().map(|l| {
-                                    Instant::now() + Duration::from_secs(u64::from(l.timeout))
-                                }));
-                                shard.subs.retime(sub);
+                                shard.subs.set_keep_alive(sub, i.keep_alive.clone());
+                                shard.subs.set_link_at(
+                                    sub,
+                                    i.next.as_ref().map(|l| {
+                                        Instant::now() + Duration::from_secs(u64::from(l.timeout))
+                                    }),
+                                );
                                 instruct = *i;
+                                if let Some(why) = prev_id_without_link(&instruct) {
+                                    return stream_failed(shard, c, ctx, code, bytes, &why).await;
+                                }
                             }
                             // No further hold: the stream ends here.
                             _ => return end_stream(shard, c, ctx, code, bytes).await,
                         }
                     }
-                    None => {
+                    Fetched::Failed => {
                         // The link failed: try again after its timeout.
-                        sub.link_at.set(Some(
-                            Instant::now() + Duration::from_secs(u64::from(link.timeout)),
-                        ));
-                        shard.subs.retime(sub);
+                        shard.subs.set_link_at(
+                            sub,
+                            Some(Instant::now() + Duration::from_secs(u64::from(link.timeout))),
+                        );
                     }
                 }
             }
@@ -585,6 +647,66 @@ async fn end_stream(
         .is_ok();
     let keep = ctx.head.keep_alive && !shard.draining();
     done(code, bytes, ctx, ok && keep)
+}
+
+/// Pushpin's response-content filters (`build-id`) over a stream's own
+/// body or a next link's body, with that instruct's channels and meta:
+/// the new body (`None`: unchanged), or why it failed. An empty body is
+/// left alone, as in Pushpin.
+fn response_body(i: &Instruct, body: &[u8]) -> Result<Option<Bytes>, String> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    filter::response_body(i.channels.iter().map(|c| &c.filters), &i.meta, body)
+        .map(|b| b.map(Bytes::from))
+        .map_err(|e| format!("filter error: {e}"))
+}
+
+/// A held stream following a channel's ids (`prev-id`) needs a next link
+/// to catch up through: without one, Pushpin ends the stream with this
+/// error once its initial body is out.
+fn prev_id_without_link(i: &Instruct) -> Option<String> {
+    if i.hold != HoldMode::Stream || i.next.is_some() {
+        return None;
+    }
+    i.channels.iter().find(|c| c.prev_id.is_some()).map(|c| {
+        format!(
+            "channel '{}' specifies prev-id, but no next link found",
+            c.name
+        )
+    })
+}
+
+/// Ends a held stream that failed (a filter error, a next link that
+/// broke the rules, a prev-id without a next link), as Pushpin does: the
+/// reason is logged and, on a `debug` route, appended to the body
+/// (`\n\nREASON\n`); then the stream ends cleanly.
+async fn stream_failed(
+    shard: &Shard,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    code: u16,
+    mut bytes: u64,
+    why: &str,
+) -> HoldEnd {
+    warn!(
+        "core {}: stream from {} ended: {why}",
+        shard.index, ctx.target
+    );
+    if ctx.debug {
+        let text = format!("\n\n{why}\n");
+        let mut out = Vec::with_capacity(text.len() + 16);
+        if ctx.head.version == Version::Http10 {
+            out.extend_from_slice(text.as_bytes());
+        } else {
+            crate::codec::chunked::write_chunk(&mut out, text.as_bytes());
+        }
+        if c.conn.write_all(&out).await.is_err() {
+            return done(code, bytes, ctx, false);
+        }
+        bytes += text.len() as u64;
+    }
+    end_stream(shard, c, ctx, code, bytes).await
 }
 
 async fn hold_response(
@@ -638,7 +760,22 @@ async fn hold_response(
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
             }
-            Event::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => return HoldEnd::Retry,
+            Event::Msg(Msg::Error(why)) => {
+                // Only a `debug` route's subscribers are told (Pushpin:
+                // 502 with the reason as the body).
+                let mut out = Vec::new();
+                http1::write_simple_response(&mut out, 502, &why, !keep);
+                let ok = held_response_written(shard, c, sub, out).await;
+                return done(502, why.len() as u64 + 1, ctx, ok && keep);
+            }
+            Event::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => {
+                let last = sub
+                    .chans()
+                    .iter()
+                    .filter_map(|c| Some((c.name.clone(), c.prev_id.clone()?)))
+                    .collect();
+                return HoldEnd::Retry(last);
+            }
             Event::Msg(_) => {}
             Event::ClientGone | Event::Dropped => return done(499, 0, ctx, false),
         }
@@ -673,13 +810,39 @@ pub fn dropped_warning(shard: &Shard, c: &Client, kind: &str) {
     c.conn.reset_on_close();
 }
 
-/// Fetches a next link; returns its instruction (if any) and its body.
-async fn fetch_link(
+/// What fetching a next link gave.
+enum Fetched {
+    /// Its instruction (if any) and its body, build-id applied.
+    Next(Option<Box<Instruct>>, Bytes),
+    /// No usable answer (unreachable, not 2xx): try again later.
+    Failed,
+    /// An answer that ends the stream (Pushpin's session error): a bad
+    /// instruction, a long-poll hold, a filter error.
+    Error(String),
+}
+
+/// Fetches a next link.
+async fn fetch_link(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, sub: &Sub, url: &str) -> Fetched {
+    match fetch_link_inner(shard, ctx, sub, url).await {
+        None => Fetched::Failed,
+        Some(Err(why)) => Fetched::Error(why),
+        Some(Ok(Decision::Pass(base))) => Fetched::Next(None, base.body),
+        Some(Ok(Decision::Hold(i, _))) if i.hold != HoldMode::Stream => {
+            Fetched::Error("Next link returned non-stream hold.".into())
+        }
+        Some(Ok(Decision::Hold(i, base))) => match response_body(&i, &base.body) {
+            Ok(b) => Fetched::Next(Some(i), b.unwrap_or(base.body)),
+            Err(why) => Fetched::Error(why),
+        },
+    }
+}
+
+async fn fetch_link_inner(
     shard: &Rc<Shard>,
     ctx: &HoldCtx<'_>,
     sub: &Sub,
     url: &str,
-) -> Option<(Option<Box<Instruct>>, Bytes)> {
+) -> Option<Result<Decision, String>> {
     let (to, path) = link_addr(shard, ctx, url)?;
     let mut req = Vec::with_capacity(256);
     let host = ctx.head.fields.get("host").unwrap_or(to.addr.as_bytes());
@@ -688,7 +851,7 @@ async fn fetch_link(
         &mut req,
         &path,
         host,
-        &sub.last_ids.borrow(),
+        &sub.last_ids(),
         &ctx.prefix,
         token.as_deref(),
     );
@@ -724,12 +887,5 @@ async fn fetch_link(
         );
         return None;
     }
-    match decide(&resp, body) {
-        Ok(Decision::Hold(i, base)) => Some((Some(i), base.body)),
-        Ok(Decision::Pass(base)) => Some((None, base.body)),
-        Err(e) => {
-            warn!("core {}: next link {url}: {}", shard.index, e.0);
-            None
-        }
-    }
+    Some(decide(&resp, body).map_err(|e| format!("next link {url}: {}", e.0)))
 }

@@ -11,7 +11,9 @@ use glommio::net::TcpStream;
 
 use crate::buf::BUF_SIZE;
 use crate::codec::grip;
-use crate::codec::heads::{self, write_proxied_response, ClientBody, Purpose, Toward};
+use crate::codec::heads::{
+    self, write_proxied_response, BackendRequest, ClientBody, Purpose, Toward,
+};
 use crate::codec::http1::{
     self, parse_request, BodyKind, HeadError, RequestHead, ResponseHead, Version,
 };
@@ -73,7 +75,7 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves one client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let conn = Connection::tcp(stream, shard.bufs.clone());
+    let conn = Connection::client(stream, shard.bufs.clone());
     serve_conn(shard, conn, peer).await
 }
 
@@ -225,20 +227,25 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
         // only the state of the path it takes, not the largest of them.
         return match Box::pin(crate::conn::ws::handle(shard, c, head, route)).await {
             HoldEnd::Done(o) => o,
-            HoldEnd::Retry => Outcome::closed(502, 0, "-".into()),
+            HoldEnd::Retry(_) => Outcome::closed(502, 0, "-".into()),
         };
     }
     // A hold may ask for the request to be made again (a `hint`, or a
-    // subscriber found out of sync); a few times at most.
+    // subscriber found out of sync); a few times at most, each retry
+    // saying in `Grip-Last` where the long-poll's channels were.
+    let mut last: Vec<(String, String)> = Vec::new();
     for _ in 0..3 {
         let r = match route.targets.first() {
             Some(Target::Test) => Box::pin(crate::testtarget::handle(shard, c, head, route)).await,
-            Some(Target::Backend(_)) => Box::pin(proxy(shard, c, head, route)).await,
+            Some(Target::Backend(_)) => Box::pin(proxy(shard, c, head, route, &last)).await,
             None => return refuse(shard, c, head, 404, "no route for this request", "-").await,
         };
         match r {
             HoldEnd::Done(o) => return o,
-            HoldEnd::Retry => debug!("core {}: re-requesting {}", shard.index, head.target()),
+            HoldEnd::Retry(l) => {
+                debug!("core {}: re-requesting {}", shard.index, head.target());
+                last = l;
+            }
         }
     }
     refuse(shard, c, head, 502, "backend kept asking for a retry", "-").await
@@ -401,6 +408,7 @@ async fn send_request(
     route: &Route,
     path: &str,
     grip: Option<Option<&str>>,
+    grip_last: &[(String, String)],
 ) -> Result<(Upstream, Backend, ResponseHead, bool), (Failure, String)> {
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
@@ -431,9 +439,11 @@ async fn send_request(
             .forwarding
             .policy(c.peer.ip())
             .over_tls(c.conn.is_tls());
-        backend
-            .request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
-            .write(&mut req_head);
+        BackendRequest {
+            grip_last,
+            ..backend.request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
+        }
+        .write(&mut req_head);
         let sent = Instant::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         if r.is_ok() {
@@ -461,7 +471,13 @@ async fn send_request(
 }
 
 /// Proxies one request to the route's backend and streams the answer back.
-async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Route) -> HoldEnd {
+async fn proxy(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+    grip_last: &[(String, String)],
+) -> HoldEnd {
     let path = route.rewrite(head.target());
     // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
     // is, its GRIP headers included (Pushpin's passthrough).
@@ -471,10 +487,13 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
     // Until the response starts, a shutdown's grace period may end: the
     // client then gets a 503 rather than a bare close.
     let state = c.state.clone();
-    let sent = futures_lite::future::or(send_request(shard, c, head, route, &path, grip), async {
-        state.grace_over().await;
-        Err((Failure::Shutdown, "-".to_string()))
-    })
+    let sent = futures_lite::future::or(
+        send_request(shard, c, head, route, &path, grip, grip_last),
+        async {
+            state.grace_over().await;
+            Err((Failure::Shutdown, "-".to_string()))
+        },
+    )
     .await;
     let (mut up, backend, resp, body_sent) = match sent {
         Ok(x) => x,
@@ -493,6 +512,7 @@ async fn proxy(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead, route: &Ro
             prefix: route.prefix.clone().unwrap_or_default(),
             target: backend.addr.clone(),
             sig,
+            debug: route.debug,
         };
         return instructed(shard, c, &ctx, up, resp).await;
     }

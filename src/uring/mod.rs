@@ -139,6 +139,22 @@ pub struct Stats {
     pub accept_errors: u64,
 }
 
+thread_local! {
+    /// This core's ring when client connections use the io_uring data path
+    /// (`data_path = "uring"`); set once by the server as the core starts.
+    static CURRENT: RefCell<Option<Uring>> = const { RefCell::new(None) };
+}
+
+/// Makes `ring` this thread's data path (`None`: glommio's sockets).
+pub fn set_current(ring: Option<Uring>) {
+    CURRENT.with(|c| *c.borrow_mut() = ring);
+}
+
+/// This thread's ring, if client connections go through one.
+pub fn current() -> Option<Uring> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
 /// One core's ring. Cheap to clone (a shared handle); not `Send`.
 #[derive(Clone)]
 pub struct Uring {

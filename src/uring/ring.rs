@@ -545,6 +545,13 @@ impl Core {
         Some(self.bufs.bytes(s.rx_head, s.rx_off))
     }
 
+    /// Nothing received and unread, no end of stream, no error: an idle
+    /// socket whose peer has not closed (as far as completions tell).
+    pub(crate) fn rx_idle(&self, i: u32) -> bool {
+        let s = &self.socks[i as usize];
+        s.rx_held == 0 && s.st & RX_EOF == 0 && s.rx_err == 0
+    }
+
     /// End of stream (`Ok(true)`), an error, or neither, once no data is held.
     pub(crate) fn rx_end(&mut self, i: u32) -> io::Result<bool> {
         let s = &mut self.socks[i as usize];
@@ -738,6 +745,12 @@ impl Core {
         }
         set_waker(&mut s.tx_waker, cx);
         Ok(false)
+    }
+
+    /// The error that stopped this socket's sends, if one did.
+    pub(crate) fn tx_error(&self, i: u32) -> Option<io::Error> {
+        let e = self.socks[i as usize].tx_err;
+        (e != 0).then(|| errno_err(e))
     }
 
     pub(crate) fn unsent(&self, i: u32) -> usize {

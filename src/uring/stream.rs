@@ -134,6 +134,12 @@ impl UringStream {
         }
     }
 
+    /// True when nothing received is unread and the peer has not closed
+    /// nor the socket failed (as far as the completions handled so far tell).
+    pub fn rx_idle(&self) -> bool {
+        self.core.borrow().rx_idle(self.idx)
+    }
+
     /// Receive buffers this stream holds now (0 when idle).
     pub fn held_buffers(&self) -> usize {
         self.core.borrow().held(self.idx)
@@ -179,6 +185,12 @@ impl UringStream {
     pub async fn send_vectored(&self, data: &[Bytes]) -> io::Result<()> {
         self.start_send_vectored(data)?;
         self.flush().await
+    }
+
+    /// The error that stopped this stream's sends, if one did (registers
+    /// no waker, unlike `poll_flush`).
+    pub fn send_error(&self) -> Option<io::Error> {
+        self.core.borrow().tx_error(self.idx)
     }
 
     /// Bytes handed over and not yet confirmed sent (for slow-peer policy).

@@ -75,6 +75,12 @@ def main():
             msg = (b"T" if enc == "tnet-T" else b"") + tnetstring.dumps(data)
         s.send(msg)
         s.close(linger=TIMEOUT_MS)
+        # The send only queues the message for libzmq's I/O thread, which
+        # may not even have connected yet. pyzmq does not terminate the
+        # global context at interpreter exit, so without term() (which
+        # waits, up to the linger, until the queue is handed to the peer)
+        # a busy machine lets the process exit with the message unsent.
+        ctx.term()
         print("sent", flush=True)
     elif mode in ("xpub", "xpub-bind"):
         uri, channel, content = sys.argv[2:5]

@@ -105,6 +105,13 @@ impl Corepin {
         if !args.contains(&"--control-socket") {
             cmd.args(["--control-socket", ""]);
         }
+        // The whole suite runs again over the io_uring data path with
+        // COREPIN_TEST_DATA_PATH=uring (tests/run.sh --uring).
+        if let Ok(path) = std::env::var("COREPIN_TEST_DATA_PATH") {
+            if !args.contains(&"--data-path") {
+                cmd.args(["--data-path", &path]);
+            }
+        }
         let mut child = cmd
             .args(args)
             .envs(env.iter().copied())

@@ -38,6 +38,7 @@ fn to_backend<'a>(client: &'a RequestHead, purpose: Purpose<'a>) -> BackendReque
         peer_ip: "1.2.3.4",
         forwarding: NOBODY,
         grip: Some(None),
+        grip_last: &[],
     }
 }
 
@@ -329,4 +330,34 @@ fn a_tls_client_connection_is_forwarded_as_https_whatever_it_claims() {
     });
     assert!(tls.contains("X-Forwarded-Proto: https\r\n"), "{tls}");
     assert_eq!(tls.matches("X-Forwarded-Proto").count(), 1, "{tls}");
+}
+
+/// A long-poll asked again carries `Grip-Last` per channel after the GRIP
+/// fields, and the client's own `Grip-Last` never goes through; a
+/// `no_grip` route writes none.
+#[test]
+fn retries_carry_grip_last() {
+    let client = request("GET /poll HTTP/1.1\r\nHost: h\r\nGrip-Last: forged; last-id=9\r\n\r\n");
+    let last = [
+        ("a".to_string(), "3".to_string()),
+        ("b".to_string(), "x".to_string()),
+    ];
+    let r = BackendRequest {
+        grip_last: &last,
+        ..to_backend(&client, Purpose::Proxy)
+    };
+    let out = written(&r);
+    assert!(
+        out.ends_with(&format!(
+            "Grip-Feature: {GRIP_FEATURES}\r\nGrip-Last: a; last-id=3\r\nGrip-Last: b; last-id=x\r\n\r\n"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("forged"), "{out}");
+    let plain = written(&BackendRequest {
+        grip: None,
+        grip_last: &last,
+        ..to_backend(&client, Purpose::Proxy)
+    });
+    assert!(!plain.contains("Grip-Last"), "{plain}");
 }

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# corepin's two data paths side by side (issue 16): CPU per proxied request
+# and CPU per fan-out delivery, with nginx and the raw io_uring probe as
+# yardsticks for the proxy.
+#
+# proxy   backend: nginx, 1 worker, a 23-byte file. Proxies: nginx (2 workers,
+#         upstream keepalive), corepin --data-path glommio, corepin
+#         --data-path uring (both --workers 2, access log off), and the raw
+#         probe of ../shared/probes/uproxy when UPROXY=/path/to/its/build.
+#         wrk -t1, c=50 and c=200, WARM s warm-up, DUR s measured; CPU per
+#         request = run time of the proxy's threads (schedstat) / requests.
+# fanout  corepin (each data path, --workers 2): SUBS HTTP-stream
+#         subscribers on one channel, MSGS publishes of 64 bytes (corepin-load
+#         fanout, each publish waiting until every subscriber holds);
+#         corepin's CPU from the first publish to the last delivery /
+#         deliveries.
+# usage: bash benches/uring_corepin.sh [ROUNDS]
+# env: WARM=2 DUR=6 SUBS=4000 MSGS=20 UPROXY=... SECTIONS="proxy fanout"
+# Only processes this script starts are stopped, by PID; ports are free
+# ones picked at start. Lines: $OUT/lines.txt (default: a temp dir).
+set -u
+ROUNDS=${1:-3}
+cd "$(dirname "$0")/.."
+D=$(mktemp -d); chmod 755 "$D"
+OUT=${OUT:-$D}
+WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}
+SECTIONS=${SECTIONS:-"proxy fanout"}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
+command -v nginx >/dev/null || { echo "needs nginx"; exit 1; }
+cargo build --release --workspace --bins -q || { echo "build failed"; exit 1; }
+BIN=target/release/corepin; LOAD=target/release/corepin-load
+
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BEP=$(freeport); NPP=$(freeport); UPP=$(freeport)
+mkdir -p $D/www $D/logs $D/np/logs
+printf 'hello from the backend\n' > $D/www/index.html   # 23 bytes
+cat > $D/be.conf <<EOF
+daemon off; pid $D/be.pid; error_log $D/logs/error.log;
+worker_processes 1; worker_rlimit_nofile 19000;
+events { worker_connections 18000; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BEP backlog=4096; root $D/www; } }
+EOF
+cat > $D/np.conf <<EOF
+daemon off; pid $D/np.pid; error_log $D/np/logs/error.log;
+worker_processes 2; worker_rlimit_nofile 19000;
+events { worker_connections 18000; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  upstream backend { server 127.0.0.1:$BEP; keepalive 1024; }
+  server { listen 127.0.0.1:$NPP backlog=4096;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+
+STARTED=""
+cleanup() { for p in $STARTED; do kill $p 2>/dev/null; done; wait 2>/dev/null; }
+trap cleanup EXIT
+declare -A PORT PIDS CPORT
+
+start_corepin() { # name data_path
+  local port cport
+  port=$(freeport); cport=$(freeport)
+  cat > $D/$1.toml <<EOF
+listen = ["127.0.0.1:$port"]
+control_http = "127.0.0.1:$cport"
+control_socket = ""
+workers = 2
+data_path = "$2"
+routes = ["*,path_beg=/stream test", "* 127.0.0.1:$BEP"]
+[log]
+access_log = false
+level = "warn"
+[limits]
+max_connections = 19000
+EOF
+  "$BIN" --config $D/$1.toml >$D/$1.out 2>$D/$1.err & local p=$!
+  STARTED="$STARTED $p"; PIDS[$1]=$p; PORT[$1]=$port; CPORT[$1]=$cport
+  for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$cport/health && break; sleep 0.1; done
+}
+
+runns() { local p; for p in "$@"; do cat /proc/$p/task/*/schedstat 2>/dev/null; done | awk '{s+=$1} END {printf "%.0f\n", s}'; }
+busy() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+
+measure() { # round name conns
+  local r=$1 n=$2 c=$3 port=${PORT[$2]} pids=${PIDS[$2]} out n0 n1 reqs rps b0 b1 t0 t1
+  timeout 10 wrk -t1 -c$c -d$WARM http://127.0.0.1:$port/index.html >/dev/null 2>&1
+  n0=$(runns $pids); read b0 t0 < <(busy)
+  out=$(timeout 30 wrk -t1 -c$c -d$DUR http://127.0.0.1:$port/index.html 2>&1)
+  n1=$(runns $pids); read b1 t1 < <(busy)
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  local err=$(echo "$out" | awk '/Socket errors|Non-2xx/ {printf "%s;", $0}' | tr ' ' '_')
+  python3 - "$r" "$n" "$c" "$rps" "$reqs" "$n0" "$n1" "$b0" "$b1" "$t0" "$t1" "${err:-0}" "$(cut -d' ' -f1 /proc/loadavg)" <<'PY' | tee -a $OUT/lines.txt
+import sys
+r,n,c,rps,reqs,n0,n1,b0,b1,t0,t1,err,load=sys.argv[1:]
+q=int(reqs or 0) or 1
+us=(int(n1)-int(n0))/1e3/q
+mb=100*(int(b1)-int(b0))/max(1,int(t1)-int(t0))
+print(f"section=proxy round={r} name={n} c={c} rps={rps} reqs={q} cpu_us={us:.2f} machine_busy={mb:.0f}% load={load} err={err}")
+PY
+}
+
+fanout() { # round name
+  local r=$1 n=$2 out
+  out=$("$LOAD" fanout --to 127.0.0.1:${PORT[$n]} --publish-to 127.0.0.1:${CPORT[$n]} \
+      --lockstep 127.0.0.1:${CPORT[$n]} --kind stream --channels 1 --channel-prefix "f$r$n" \
+      --subscribers $SUBS --messages $MSGS --size 64 --rate 4000 --settle-ms 500 --grace-ms 1000 \
+      --timeout-s 60 --cpu-pids ${PIDS[$n]} 2>>$D/load.err)
+  python3 - "$r" "$n" "$(cut -d' ' -f1 /proc/loadavg)" "$out" <<'PY' | tee -a $OUT/lines.txt
+import json, sys
+r, n, load, text = sys.argv[1:]
+try:
+    d = json.loads(text)
+except Exception:
+    d = {}
+print(f"section=fanout round={r} name={n} subs={d.get('subscribers', d.get('held', '?'))} "
+      f"delivered={d.get('delivered')} lost={d.get('lost')} "
+      f"cpu_us={d.get('server_cpu_us_per_delivery', float('nan')):.3f} "
+      f"last_ms={d.get('first_publish_to_last_delivery_ms', float('nan')):.1f} load={load}")
+PY
+}
+
+echo "# $(date -Is) $(uname -r) nproc=$(nproc) $(nginx -v 2>&1)"
+echo "# uptime: $(uptime)"
+for r in $(seq $ROUNDS); do
+  echo "# round $r: $(uptime)"
+  for s in $SECTIONS; do
+    case $s in
+      proxy)
+        nginx -p $D -c $D/be.conf & BE=$!; STARTED="$STARTED $BE"
+        nginx -p $D/np -c $D/np.conf & NP=$!; STARTED="$STARTED $NP"
+        start_corepin glommio glommio
+        start_corepin uring uring
+        names="nginx glommio uring"
+        if [ -n "${UPROXY:-}" ]; then
+          "$UPROXY" 127.0.0.1:$UPP 127.0.0.1:$BEP 2 >$D/uproxy.err 2>&1 & UP=$!; STARTED="$STARTED $UP"
+          PIDS[uproxy]=$UP; PORT[uproxy]=$UPP; names="$names uproxy"
+        fi
+        sleep 1
+        PIDS[nginx]=$(pgrep -P $NP | tr '\n' ' '); PORT[nginx]=$NPP
+        for n in $names; do
+          a=$(curl -s --max-time 3 http://127.0.0.1:${PORT[$n]}/index.html)
+          [ "$a" = "hello from the backend" ] || echo "# WARNING: $n answered '$a'"
+        done
+        # Rotate the order each round (a loaded machine drifts).
+        set -- $names; k=$(( (r - 1) % $# )); order="${@:k+1} ${@:1:k}"
+        for c in 50 200; do for n in $order; do measure $r $n $c; done; done
+        cleanup; STARTED="" ;;
+      fanout)
+        for n in glommio uring; do
+          start_corepin $n $n
+          fanout $r $n
+          cleanup; STARTED=""
+        done ;;
+    esac
+  done
+done
+echo "# end: $(uptime)"
+python3 - $OUT/lines.txt <<'PY'
+import sys, statistics as st, collections
+rows = collections.defaultdict(list)
+for l in open(sys.argv[1]):
+    d = dict(kv.split("=", 1) for kv in l.split())
+    rows[(d["section"], d["name"], d.get("c", "-"))].append(d)
+def med(v, k):
+    xs = sorted(float(x[k]) for x in v if x.get(k) not in (None, "None", "nan"))
+    return (st.median(xs), xs[0], xs[-1]) if xs else (float("nan"),) * 3
+print(f"{'section':7} {'name':8} {'c':>4} {'n':>2} {'CPU us median [min-max]':>26} {'vs nginx':>8} {'req/s':>8}")
+for (s, n, c), v in sorted(rows.items()):
+    m, lo, hi = med(v, "cpu_us")
+    ratio = "-"
+    if s == "proxy" and n != "nginx":
+        ng = {x["round"]: float(x["cpu_us"]) for x in rows.get(("proxy", "nginx", c), [])}
+        rs = [float(x["cpu_us"]) / ng[x["round"]] for x in v if x["round"] in ng]
+        ratio = f"{st.median(rs):.2f}" if rs else "-"
+    rps = f"{med(v, 'rps')[0]:.0f}" if s == "proxy" else "-"
+    print(f"{s:7} {n:8} {c:>4} {len(v):>2} {m:>9.3f} [{lo:.3f}-{hi:.3f}] {ratio:>8} {rps:>8}")
+print("CPU: the process's threads' run time / requests (proxy) or / deliveries (fanout); vs nginx: median of per-round ratios")
+PY
+cleanup; trap - EXIT

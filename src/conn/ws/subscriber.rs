@@ -1,0 +1,211 @@
+//! A WebSocket whose peer is its subscription: the test target's
+//! `/ws?channel=X`, and an over-HTTP session after `detach`. Also the GRIP
+//! control messages (from a passthrough or over-HTTP backend) that change
+//! a WebSocket's subscription.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::{close_frame, drop_client, from_client, outcome, wait, ws_sub, Io, MAX_MESSAGE};
+use crate::codec::http1::{self, RequestHead};
+use crate::codec::ws::{Reader, Role};
+use crate::codec::wshandshake::switching;
+use crate::codec::wssession::{Pings, ServerSession};
+use crate::conn::grip::{deliver, HoldEnd, Written};
+use crate::conn::http::Client;
+use crate::route::Route;
+use crate::shard::Shard;
+use crate::subs::{Msg, Sub};
+
+/// The filter state of a WebSocket's channels after a change: every
+/// channel (named without the route's prefix, as the backend named it),
+/// with the filters it was subscribed with.
+fn ws_chans(
+    sub: &Sub,
+    prefix: &str,
+    channels: &[String],
+    set: Option<(&str, crate::codec::filter::Filters)>,
+) -> Vec<crate::subs::ChanState> {
+    let old = sub.chans();
+    channels
+        .iter()
+        .map(|ch| {
+            let filters = match &set {
+                Some((c, f)) if c == ch => f.clone(),
+                _ => old
+                    .iter()
+                    .find(|o| &o.channel == ch)
+                    .map(|o| o.filters.clone())
+                    .unwrap_or_default(),
+            };
+            crate::subs::ChanState {
+                channel: ch.clone(),
+                name: ch.strip_prefix(prefix).unwrap_or(ch).to_string(),
+                filters,
+                prev_id: None,
+            }
+        })
+        .collect()
+}
+
+/// Acts on a GRIP control message. One corepin cannot act on (invalid,
+/// unknown, a field it does not know) is logged with the reason and
+/// otherwise dropped, as Pushpin drops it (there, silently).
+pub(super) fn control(
+    shard: &Shard,
+    sub: &Rc<Sub>,
+    prefix: &str,
+    json: &[u8],
+    detached: &mut bool,
+) {
+    use crate::codec::wscontrol::{self, Control};
+    let c = match wscontrol::parse(json) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(
+                "core {}: a GRIP control message from the backend was not acted on: {e}",
+                shard.index
+            );
+            return;
+        }
+    };
+    match c {
+        Control::Subscribe { channel, filters } => {
+            let ch = format!("{prefix}{channel}");
+            let mut chans = sub.channels();
+            if !chans.contains(&ch) {
+                if chans.len() >= shard.cfg.grip.max_channels {
+                    warn!(
+                        "core {}: subscribe to {channel:?} refused: the connection has {} channels (grip.max_channels)",
+                        shard.index,
+                        chans.len()
+                    );
+                    return;
+                }
+                chans.push(ch.clone());
+                shard.subs.set_channels(sub, chans.clone());
+            }
+            let states = ws_chans(sub, prefix, &chans, Some((&ch, filters)));
+            shard.subs.set_chans(sub, states);
+        }
+        Control::Unsubscribe { channel } => {
+            let ch = format!("{prefix}{channel}");
+            let mut chans = sub.channels();
+            chans.retain(|c| *c != ch);
+            shard.subs.set_channels(sub, chans.clone());
+            let states = ws_chans(sub, prefix, &chans, None);
+            shard.subs.set_chans(sub, states);
+        }
+        Control::Detach => *detached = true,
+        Control::Session { .. } => warn!(
+            "core {}: control message session: not supported (it only keys Pushpin's optional state service, which corepin does not have)",
+            shard.index
+        ),
+        Control::SetMeta { name, value } => {
+            sub.edit_meta(|meta| match value {
+                Some(v) => {
+                    if let Err(e) = crate::codec::grip::set_meta(meta, &name, &v, "set-meta") {
+                        warn!("core {}: {e}", shard.index);
+                    }
+                }
+                None => meta.retain(|(k, _)| *k != name),
+            })
+        }
+        Control::KeepAlive(ka) => {
+            let ka = ka.map(|(m, timeout, mode)| crate::codec::grip::KeepAlive {
+                data: m.frame(),
+                timeout,
+                mode,
+            });
+            shard.subs.set_keep_alive(sub, ka);
+        }
+        Control::SendDelayed { message, timeout } => {
+            shard
+                .subs
+                .send_delayed(sub, message.frame(), Duration::from_secs(u64::from(timeout)));
+        }
+        Control::FlushDelayed => shard.subs.flush_delayed(sub),
+    }
+}
+
+/// `/ws?channel=X` on the test target: a WebSocket subscribed to X.
+pub(super) async fn test_target(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    route: &Route,
+) -> HoldEnd {
+    if head.path() != "/ws" && head.path() != "/ws/" {
+        let mut out = Vec::new();
+        http1::write_simple_response(
+            &mut out,
+            404,
+            "test target: WebSockets go to /ws?channel=NAME",
+            true,
+        );
+        let _ = c.conn.write_all(&out).await;
+        return outcome(404, 0, "test");
+    }
+    let channel = crate::testtarget::channel(head);
+    let prefix = route.prefix.clone().unwrap_or_default();
+    if c.conn
+        .write_all(&switching(head, None, None))
+        .await
+        .is_err()
+    {
+        return outcome(101, 0, "test");
+    }
+    let sub = ws_sub(shard, vec![format!("{prefix}{channel}")]);
+    let end = client_loop(shard, c, &sub, "test").await;
+    end
+}
+
+/// A session whose only peer is the subscription (test target, or an
+/// over-HTTP session after `detach`): publishes go out, pings are answered.
+pub(super) async fn client_loop(
+    shard: &Shard,
+    c: &mut Client,
+    sub: &Rc<Sub>,
+    target: &str,
+) -> HoldEnd {
+    let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
+    let mut session = ServerSession::new(Pings::Answer);
+    let mut bytes = 0u64;
+    let mut first = c.conn.has_input().then_some(Io::Client);
+    loop {
+        let io = match first.take() {
+            Some(io) => io,
+            None => wait(c, None, Some(sub), None).await,
+        };
+        match io {
+            Io::Client => {
+                from_client(c, &mut reader, &mut session).await;
+                if session.closed() {
+                    return outcome(101, bytes, target);
+                }
+            }
+            Io::Sub(Msg::Data(b)) => {
+                let (r, n) = deliver(shard, c, sub, b, <[u8]>::len).await;
+                bytes += n;
+                match r {
+                    Written::Done => {}
+                    Written::Gone => return outcome(101, bytes, target),
+                    Written::Dropped => {
+                        drop_client(shard, c);
+                        return outcome(101, bytes, target);
+                    }
+                }
+            }
+            Io::Sub(Msg::WsClose(code, reason)) => {
+                let _ = c.conn.write_all(&close_frame(code, &reason, None)).await;
+                return outcome(101, bytes, target);
+            }
+            Io::Sub(_) | Io::Timer | Io::Backend => {}
+            Io::Dropped => {
+                drop_client(shard, c);
+                return outcome(101, bytes, target);
+            }
+            Io::ClientGone | Io::BackendGone => return outcome(101, bytes, target),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Client connections over corepin's own io_uring (`data_path = "uring"`):
+//! the setting is refused by name when unknown, and a keep-alive proxy,
+//! a held stream fanned out to many subscribers, a long-poll and a
+//! WebSocket passthrough all work over the ring with real clients. (The
+//! whole suite runs over the ring with `COREPIN_TEST_DATA_PATH=uring`.)
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Instant;
+
+use common::*;
+
+/// Runs the binary to completion (bounded); returns (exit code, stderr).
+fn run_bin(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corepin"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run corepin");
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("corepin did not exit");
+        }
+        thread::sleep(POLL);
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    (status.code(), err)
+}
+
+#[test]
+fn an_unknown_data_path_is_refused_by_name() {
+    let file = write_config("data_path = \"epoll\"\n");
+    let (code, err) = run_bin(&["check", "--config", &file]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(": data_path: 'epoll' is not a data path (glommio or uring)"),
+        "{err}"
+    );
+    let (code, err) = run_bin(&["check", "--config", &file, "--data-path", "uring"]);
+    assert_eq!(code, Some(0), "the flag replaces the file's value: {err}");
+    let (code, err) = run_bin(&[
+        "check",
+        "--config",
+        "config/corepin.toml",
+        "--data-path",
+        "Uring\r\n",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "corepin: --data-path: 'Uring\\r\\n' is not a data path (glommio or uring)"
+    );
+    let file = write_config("data_path = \"uring\"\n");
+    let (code, err) = run_bin(&["check", "--config", &file]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn keep_alive_requests_are_proxied_over_the_ring() {
+    let b = Backend::fixed("through the ring");
+    let cp = Corepin::start(&["--route", &b.route(), "--data-path", "uring"]);
+    cp.wait_stderr("data path: uring");
+    let mut c = Conn::open(cp.addr());
+    for _ in 0..50 {
+        let r = c.get("/ka");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "through the ring");
+    }
+    // A large response (many provided buffers' worth) arrives whole.
+    let big: &'static str = Box::leak("x".repeat(300_000).into_boxed_str());
+    let b = Backend::fixed(big);
+    let cp = Corepin::start(&["--route", &b.route(), "--data-path", "uring"]);
+    assert_eq!(Conn::open(cp.addr()).get("/big").text().len(), 300_000);
+}
+
+#[test]
+fn a_publish_fans_out_to_many_streams_over_the_ring() {
+    let mut cp = Corepin::start_grip(&[
+        "--route",
+        "* test",
+        "--data-path",
+        "uring",
+        "--workers",
+        "1",
+    ]);
+    let n = 200;
+    let rounds = 10;
+    let mut streams: Vec<Stream> = (0..n)
+        .map(|_| Stream::open(cp.addr(), "/stream?channel=fan"))
+        .collect();
+    wait_until("every stream subscribed", || {
+        metric(&cp, "corepin_subscriptions") == n
+    });
+    // Each publish is read by every stream before the next, so each is a
+    // fan-out of its own (not coalesced with the next per connection).
+    for i in 0..rounds {
+        let msg = format!("message {i}\n");
+        cp.publish_stream("fan", &msg);
+        for s in streams.iter_mut() {
+            assert_eq!(s.read_text(msg.len()), msg);
+        }
+    }
+    drop(streams);
+    // The ring's own account at exit: a fan-out's sends go to the kernel
+    // together, so there are far fewer submissions than sends (without
+    // batching there would be at least one per send).
+    cp.signal(libc::SIGTERM);
+    assert_eq!(cp.wait_exit(TIMEOUT), Some(0));
+    let line = cp.wait_stderr("io_uring data path:");
+    let num = |after: &str| -> u64 {
+        line.split(after)
+            .next()
+            .and_then(|s| s.split_whitespace().last())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no count before {after:?} in {line}"))
+    };
+    let sends = num(" sends");
+    let enters = num(" enters");
+    eprintln!("{line}");
+    assert!(sends >= n * rounds, "{line}");
+    assert!(enters * 2 < sends, "{line}");
+}
+
+#[test]
+fn a_long_poll_is_answered_over_the_ring() {
+    let cp = Corepin::start_grip(&["--route", "* test", "--data-path", "uring"]);
+    let addr = cp.addr();
+    let held = thread::spawn(move || {
+        let mut c = Conn::open(addr);
+        c.get("/response?channel=lp")
+    });
+    wait_until("the long-poll subscribed", || {
+        metric(&cp, "corepin_subscriptions") == 1
+    });
+    let body = r#"{"items":[{"channel":"lp","formats":{"http-response":{"body":"answered\n"}}}]}"#;
+    assert_eq!(cp.publish(body).status, 200);
+    let r = held.join().expect("client");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "answered\n");
+}
+
+#[test]
+fn websocket_passthrough_echo_over_the_ring() {
+    let b = PyBackend::start("ws_echo.py", &[]);
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("* 127.0.0.1:{}", b.port),
+        "--data-path",
+        "uring",
+    ]);
+    let url = format!("ws://127.0.0.1:{}/echo", cp.port);
+    let out = Command::new(python())
+        .arg(root().join("tests/clients/ws_client.py"))
+        .arg(&url)
+        .args([
+            "--send", "hello", "--send", "wörld", "--recv", "2", "--close", "1000",
+        ])
+        .output()
+        .expect("ws client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("client output: {text}"));
+    assert_eq!(r["status"], 101);
+    assert_eq!(r["received"], serde_json::json!(["hello", "wörld"]));
+    assert_eq!(r["close"][0], 1000);
+}
