@@ -445,13 +445,18 @@ fn at_the_file_limit_health_stays_reachable_and_clients_are_refused_cleanly() {
         // descriptor happens to be free (a control request just ended).
         let answer = first_answer(cp.addr());
         assert_ne!(answer, "hang", "{reason}: a new client was left waiting");
-        let lines = cp
-            .stderr
-            .lock()
-            .expect("stderr")
-            .iter()
-            .filter(|l| l.contains("accept failed") || l.contains("max_connections ("))
-            .count() as u64;
+        // corepin's stderr reaches the test through a reader thread: the
+        // refusal's line may still be on its way.
+        let logged = || {
+            cp.stderr
+                .lock()
+                .expect("stderr")
+                .iter()
+                .filter(|l| l.contains("accept failed") || l.contains("max_connections ("))
+                .count() as u64
+        };
+        wait_until("the refusal in the log", || logged() >= 1);
+        let lines = logged();
         assert!(
             lines >= 1 && lines <= 1 + started.elapsed().as_secs() / 10,
             "{reason}: {lines} log lines in {:?}",
