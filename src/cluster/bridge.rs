@@ -62,6 +62,14 @@ pub(super) struct Waiting {
     pub at: Instant,
 }
 
+/// A publish on its way to the broker, its items kept aside
+/// (`Ctx::keep_items`).
+pub(super) struct Sending {
+    pub payload: bytes::Bytes,
+    pub done: oneshot::Sender<Result<(), Failure>>,
+    pub at: Instant,
+}
+
 /// What the adapters share on the bridge thread.
 pub(super) struct Ctx {
     pub cluster: Arc<Cluster>,
@@ -74,6 +82,21 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
+    /// Keeps a publish's parsed items until its message comes back from
+    /// the broker's stream (they go to the bus then, not parsed again);
+    /// returns what sending it needs.
+    pub fn keep_items(&self, o: Outgoing) -> Sending {
+        let Outgoing {
+            seq,
+            payload,
+            items,
+            done,
+            at,
+        } = o;
+        self.waiting.borrow_mut().insert(seq, Waiting { items, at });
+        Sending { payload, done, at }
+    }
+
     /// The first connection attempt has ended.
     pub fn attempted(&self) {
         if let Some(tx) = self.first.borrow_mut().take() {

@@ -22,7 +22,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_lite::StreamExt;
 use tokio::sync::mpsc;
 
-use super::bridge::{Ctx, Waiting};
+use super::bridge::{Ctx, Sending};
 use super::{backoff, Failure, Link, Outgoing, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
 
 /// Commands (publishes) the client library queues.
@@ -305,15 +305,7 @@ async fn send(ctx: &Rc<Ctx>, js: &jetstream::Context, subject: &str, o: Outgoing
             Failure::Unavailable("the broker connection was lost".into()),
         );
     }
-    let Outgoing {
-        seq,
-        payload,
-        items,
-        done,
-        at,
-    } = o;
-    // The items wait for the message to come back from the stream.
-    ctx.waiting.borrow_mut().insert(seq, Waiting { items, at });
+    let Sending { payload, done, at } = ctx.keep_items(o);
     match js.publish(subject.to_string(), payload).await {
         Ok(ack) => {
             let ctx = ctx.clone();

@@ -19,7 +19,7 @@ use std::time::Duration;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::bridge::{Ctx, Waiting};
+use super::bridge::{Ctx, Sending};
 use super::{backoff, Failure, Outgoing, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
 
 /// The stream's entries carry the publish in this field.
@@ -411,15 +411,7 @@ async fn read(
 /// Sends one `XADD` on its own task (replies come back in order on the
 /// multiplexed connection); the reply confirms it.
 fn publish(ctx: &Rc<Ctx>, conn: &redis::aio::MultiplexedConnection, key: &str, o: Outgoing) {
-    let Outgoing {
-        seq,
-        payload,
-        items,
-        done,
-        at,
-    } = o;
-    // The items wait for the entry to come back through the reader.
-    ctx.waiting.borrow_mut().insert(seq, Waiting { items, at });
+    let Sending { payload, done, at } = ctx.keep_items(o);
     let mut cmd = redis::cmd("XADD");
     cmd.arg(key)
         .arg("MAXLEN")
