@@ -1,5 +1,5 @@
 //! The control socket: a Unix stream socket taking newline-delimited JSON
-//! requests (`publish`, `stats`, `reload`, `conncheck`), one JSON line
+//! requests (`publish`, `stats`, `reload`, `conncheck`, `channels`), one JSON line
 //! answered per request. Served by plain threads (the control plane may
 //! block; executors never do), one per connection and at most
 //! `MAX_CONNECTIONS` of them: a connection over that is answered with an
@@ -254,8 +254,16 @@ impl ControlPlane {
                 }
                 None => fail("conncheck needs \"ids\": [..]".into()),
             },
+            Some("channels") => match channels_query(&v) {
+                Ok(q) => {
+                    let mut a = channels_json(&self.board, &q);
+                    a["ok"] = true.into();
+                    a
+                }
+                Err(e) => fail(e),
+            },
             Some(m) => fail(format!(
-                "unknown method '{m}' (publish, stats, reload, conncheck, recover)"
+                "unknown method '{m}' (publish, stats, reload, conncheck, recover, channels)"
             )),
             None => fail("missing \"method\"".into()),
         }
@@ -292,6 +300,43 @@ impl ControlPlane {
         self.bus.publish(items, None);
         Ok(n)
     }
+}
+
+/// The `channels` request's query: members `channel`, `prefix` (strings)
+/// and `top` (a number); any other member is refused by name.
+fn channels_query(v: &Value) -> Result<crate::codec::counts::Query, String> {
+    let Some(obj) = v.as_object() else {
+        return Err("a request is a JSON object".into());
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "method" | "channel" | "prefix" | "top"))
+    {
+        return Err(format!(
+            "channels: unknown member '{k}' (channel, prefix, top)"
+        ));
+    }
+    let text = |k: &str| match obj.get(k) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(format!("{k}: must be a string")),
+    };
+    let top = match obj.get("top") {
+        None => None,
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => return Err("top: must be a number".into()),
+    };
+    crate::codec::counts::Query::build(text("channel")?, text("prefix")?, top.as_deref())
+}
+
+/// Channel counts as JSON: `{"channels": [{"channel", "subscribers"}]}`.
+pub fn channels_json(board: &Board, q: &crate::codec::counts::Query) -> Value {
+    let list: Vec<Value> = board
+        .channel_counts(q)
+        .into_iter()
+        .map(|(c, n)| json!({"channel": c, "subscribers": n}))
+        .collect();
+    json!({ "channels": list })
 }
 
 /// Binds the control socket: a stale file is replaced; a socket some

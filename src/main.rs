@@ -91,6 +91,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Channels {
+            query,
+            http,
+            socket,
+        } => match client::channels(&query, http.as_deref(), &socket) {
+            Ok(list) => {
+                for (channel, n) in list {
+                    println!("{n}\t{channel}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("corepin: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Check { config, overrides } => match load(config.as_ref(), &overrides) {
             Ok((cfg, warning)) => {
                 let tls = corepin::tls::check(&cfg);

@@ -416,6 +416,9 @@ impl Shard {
     /// Copies this core's counters to the board (read by stats/metrics).
     pub fn publish_snapshot(&self) {
         self.board.store(self.snapshot());
+        if let Some(counts) = self.subs.channel_counts() {
+            self.board.store_channels(self.index, Arc::new(counts));
+        }
     }
 
     /// Runs commands from the control plane.
