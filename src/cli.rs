@@ -21,6 +21,8 @@ usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
                        [--id ID] [--prev-id ID] [--socket PATH | --http URL]
        corepin stats [--socket PATH]
        corepin channels [CHANNEL] [--prefix P] [--top N] [--socket PATH | --http URL]
+       corepin connection CONNECTION-ID (--message TEXT | --close [--code N])
+                          [--socket PATH]
        corepin --help | --version
 
 Without --config, corepin runs its embedded default (config/corepin.toml):
@@ -69,6 +71,12 @@ pub enum Command {
         query: crate::codec::counts::Query,
         /// `--http URL` (the control API's base); otherwise the socket.
         http: Option<String>,
+        socket: PathBuf,
+    },
+    /// Send to, or close, one connection by its Connection-Id.
+    Connection {
+        /// The control socket's `connection` request.
+        request: serde_json::Value,
         socket: PathBuf,
     },
     Help,
@@ -166,6 +174,44 @@ fn parse_channels(args: impl Iterator<Item = String>) -> Result<Command, CliErro
     })
 }
 
+fn parse_connection(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    let mut args = args.peekable();
+    let mut req = serde_json::json!({"method": "connection"});
+    let mut socket = PathBuf::from(DEFAULT_SOCKET);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--message" => {
+                req["ws-message"] = serde_json::json!({"content": value(&mut args, "--message")?})
+            }
+            "--close" => req["action"] = "close".into(),
+            "--code" => {
+                let c = value(&mut args, "--code")?;
+                let n: u16 = c
+                    .parse()
+                    .map_err(|_| CliError(format!("--code: '{c}' is not a close code")))?;
+                req["code"] = n.into();
+            }
+            "--socket" => socket = PathBuf::from(value(&mut args, "--socket")?),
+            f if f.starts_with("--") => {
+                return Err(CliError(format!(
+                    "{f}: unknown flag for connection (see --help)"
+                )))
+            }
+            _ if req.get("id").is_none() => req["id"] = a.into(),
+            _ => {
+                return Err(CliError(format!(
+                    "'{a}': unexpected argument for connection"
+                )))
+            }
+        }
+    }
+    crate::control_socket::connection_request(&req).map_err(CliError)?;
+    Ok(Command::Connection {
+        request: req,
+        socket,
+    })
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct CliError(pub String);
 
@@ -189,6 +235,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
         Some("channels") => {
             args.next();
             return parse_channels(args);
+        }
+        Some("connection") => {
+            args.next();
+            return parse_connection(args);
         }
         _ => {}
     }

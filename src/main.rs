@@ -107,6 +107,25 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Connection { request, socket } => {
+            match client::socket_request(&socket, &request) {
+                Ok(a) if a.get("ok").and_then(|o| o.as_bool()) == Some(true) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Ok(a) => {
+                    eprintln!(
+                        "corepin: {}",
+                        a.get("error").and_then(|e| e.as_str()).unwrap_or("?")
+                    );
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("corepin: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check { config, overrides } => match load(config.as_ref(), &overrides) {
             Ok((cfg, warning)) => {
                 let tls = corepin::tls::check(&cfg);

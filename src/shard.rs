@@ -452,6 +452,13 @@ impl Shard {
                     };
                     let _ = reply.send(n);
                 }
+                Command::Target(id, action, reply) => {
+                    let sub = self.ws_sessions.borrow().get(&id).cloned();
+                    if let Some(sub) = &sub {
+                        action.apply(sub, &self.subs);
+                    }
+                    let _ = reply.send(sub.is_some());
+                }
             }
         }
     }
