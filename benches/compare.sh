@@ -15,6 +15,13 @@
 #              from the publish to the last delivery, and p99 latency
 #   sustained  10k stream subscribers x 200 publishes: deliveries/s
 #   ws         WebSocket echo round trips/s (50 connections)
+#   tls        HTTPS through corepin's and nginx's TLS listeners to the same
+#              nginx static backend (one self-signed ECDSA P-256 certificate,
+#              TLS 1.3): keep-alive GETs (100 connections), a new resumed
+#              handshake per request and a new full handshake per request
+#              (50 connections each); req/s and p99. Pushpin is left out:
+#              the Debian Pushpin 1.36 here was not set up with https_ports
+#              (its TLS is condure's) in the time this row was added.
 #   memory     RSS per idle stream subscriber at 1k, 5k, 15k (the proxy's
 #              own processes; RSS after minus before, over N)
 #   publish    the publish path (corepin, Pushpin raised, nchan): publishes/s
@@ -28,7 +35,7 @@
 #              rate: publishes/s, p50/p99/p99.9 publish->delivery, lost,
 #              out of order
 #
-# Env: ROUNDS (3), SECTIONS ("proxy fanout sustained ws memory publish"),
+# Env: ROUNDS (3), SECTIONS ("proxy fanout sustained ws memory publish tls"),
 #      PUB_SECONDS (10, each publish-rate run), PUB_PEERS (the publish
 #      section's peers, "corepin pushpin nchan"),
 #      SIZES ("1000 5000 15000"), OPEN_RATE (subscribers opened per
@@ -38,7 +45,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-3}
-SECTIONS=${SECTIONS:-"proxy fanout sustained ws memory publish"}
+SECTIONS=${SECTIONS:-"proxy fanout sustained ws memory publish tls"}
 PUB_SECONDS=${PUB_SECONDS:-10}
 PUB_PEERS=${PUB_PEERS:-"corepin pushpin nchan"}
 SIZES=${SIZES:-"1000 5000 15000"}
@@ -57,6 +64,40 @@ record() {
   [ -n "$json" ] || json='{}'
   echo "{\"peer\":\"$1\",\"case\":\"$2\",\"result\":$json}" >> "$RAW"
   echo "$1 $2: $(echo "$json" | head -c 300)" >&2
+}
+
+# make_tls_cert: a self-signed ECDSA certificate for localhost (an end
+# entity, CA:FALSE, as rustls's verifier requires) in $TLS_DIR.
+make_tls_cert() {
+  TLS_DIR=$BENCH_DIR/tls
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$TLS_DIR/localhost.key" -out "$TLS_DIR/localhost.crt" 2>/dev/null
+}
+
+# start_nginx_tls: nginx terminating TLS on 18141 (tickets and a session
+# cache, as corepin resumes with tickets), proxying to the backend.
+start_nginx_tls() {
+  local d=$BENCH_DIR/nginx-tls
+  mkdir -p "$d/logs"
+  cat > "$d/nginx.conf" <<CONF
+daemon off; pid $d/nginx.pid; error_log $d/logs/error.log;
+worker_processes 2; worker_rlimit_nofile 19000;
+events { worker_connections 18000; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
+  ssl_session_tickets on;
+  upstream backend { server 127.0.0.1:18100; keepalive 64; }
+  server { listen 127.0.0.1:18141 ssl backlog=4096;
+    ssl_certificate $TLS_DIR/localhost.crt;
+    ssl_certificate_key $TLS_DIR/localhost.key;
+    location / { proxy_pass http://backend; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; } } }
+CONF
+  nginx -p "$d" -c "$d/nginx.conf" & PIDS+=($!)
+  wait_port 18141
 }
 
 # restart: stop every peer (and backend) so the next case starts fresh.
@@ -206,6 +247,26 @@ for round in $(seq 1 "$ROUNDS"); do
           IFS=: read -r peer port path <<< "$c"
           record "$peer" ws-echo "$("$LOAD" ws-echo --to "127.0.0.1:$port" --path "$path" \
               --conns 50 --seconds 5 2>>"$BENCH_DIR/load.err" || true)"
+        done
+        restart ;;
+      tls)
+        make_tls_cert
+        start_backend
+        start_nginx_tls
+        start_corepin --listen-tls 127.0.0.1:18140 --tls-cert "$TLS_DIR/localhost.crt" \
+          --tls-key "$TLS_DIR/localhost.key" --route "* 127.0.0.1:18100"
+        wait_port 18140
+        for p in corepin:18140 nginx:18141; do
+          curl -sf --cacert "$TLS_DIR/localhost.crt" --resolve "localhost:${p#*:}:127.0.0.1" \
+            "https://localhost:${p#*:}/index.html" > /dev/null \
+            || { echo "${p%%:*} does not answer over TLS" >&2; exit 1; }
+          for c in keepalive:100:0:yes resumed:50:1:yes full:50:1:no; do
+            IFS=: read -r name conns per resume <<< "$c"
+            record "${p%%:*}" "tls-$name" "$("$LOAD" proxy --to "127.0.0.1:${p#*:}" \
+                --path /index.html --tls "$TLS_DIR/localhost.crt" --sni localhost \
+                --conns "$conns" --threads 2 --seconds 5 --warmup-s 1 \
+                --per-conn "$per" --resume "$resume" 2>>"$BENCH_DIR/load.err" || true)"
+          done
         done
         restart ;;
       memory)

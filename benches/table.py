@@ -82,6 +82,9 @@ rps = lambda r: r["requests_per_sec"] if r["requests"] else None
 p99 = lambda r: r["latency_ms"]["p99"]
 row("proxy: keep-alive GETs, req/s", {k: (k, "proxy") for k in ("corepin", "pushpin", "nginx")}, rps, "{:,.0f}", True)
 row("proxy: p99 latency, ms", {k: (k, "proxy") for k in ("corepin", "pushpin", "nginx")}, p99, "{:.2f}", False)
+for case, what in (("tls-keepalive", "keep-alive GETs"), ("tls-resumed", "a resumed handshake per GET"), ("tls-full", "a full handshake per GET")):
+    row(f"TLS, {what}: req/s", {k: (k, case) for k in ("corepin", "nginx")}, rps, "{:,.0f}", True)
+    row(f"TLS, {what}: p99, ms", {k: (k, case) for k in ("corepin", "nginx")}, p99, "{:.2f}", False)
 
 pubsub = {"corepin": "corepin", "pushpin": "pushpin", "pushpin-shipped": "pushpin-shipped", "nginx": "nchan"}
 last = lambda r: r["first_publish_to_last_delivery_ms"] if r["delivered"] else None

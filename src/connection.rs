@@ -726,21 +726,23 @@ impl Connection {
 
     /// Sends what the socket takes now, without waiting: the last words to
     /// a peer being dropped for not reading (a WebSocket close frame).
-    pub fn send_now(&self, bytes: &[u8]) {
-        if self.io.is_tls() {
-            // Raw bytes would break the TLS record stream, and encrypting
-            // needs the stream mutably: a TLS peer dropped for not reading
-            // gets no last words (its connection still ends).
-            return;
-        }
+    /// On TLS the bytes are encrypted after any records rustls still
+    /// holds, and what the socket takes of those goes now.
+    pub fn send_now(&mut self, bytes: &[u8]) {
         if let Transport::Uring(u) = &self.io {
             if u.stream.unsent() > 0 {
                 // A direct send would cut into the ring's queued bytes.
                 return;
             }
         }
-        let _ = socket2::SockRef::from(&self.fd())
-            .send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+        let mut sink = SendNow(self.raw_fd());
+        match &mut self.io {
+            Transport::Tls(s) => s.send_now(bytes, &mut sink),
+            Transport::TlsClient(s) => s.send_now(bytes, &mut sink),
+            _ => {
+                let _ = io::Write::write(&mut sink, bytes);
+            }
+        }
     }
 
     // ---- the end
@@ -767,6 +769,26 @@ impl Connection {
                 _ => break,
             }
         }
+    }
+}
+
+/// A socket written without waiting (`MSG_DONTWAIT`): a full socket is
+/// `WouldBlock`.
+struct SendNow(RawFd);
+
+impl io::Write for SendNow {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.0 < 0 {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        // SAFETY: the descriptor belongs to the connection that made this
+        // writer and outlives it (`send_now` borrows the connection).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.0) };
+        socket2::SockRef::from(&fd).send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -124,15 +124,32 @@ pub fn check_signing_key(key: &[u8]) -> Result<(), String> {
     if !is_pem(key) {
         return Ok(());
     }
-    #[cfg(feature = "aws-lc")]
-    {
-        let (k, alg) = pem_signing(key)?;
-        jsonwebtoken::crypto::sign(b"check", &k, alg)
-            .map(|_| ())
-            .map_err(|e| format!("cannot sign with this PEM key ({e}): ES256 needs a P-256 key"))
-    }
-    #[cfg(not(feature = "aws-lc"))]
+    check_pem_signing(key)
+}
+
+#[cfg(feature = "aws-lc")]
+fn check_pem_signing(key: &[u8]) -> Result<(), String> {
+    let (k, alg) = pem_signing(key)?;
+    jsonwebtoken::crypto::sign(b"check", &k, alg)
+        .map(|_| ())
+        .map_err(|e| format!("cannot sign with this PEM key ({e}): ES256 needs a P-256 key"))
+}
+
+#[cfg(feature = "aws-lc")]
+fn check_pem_verifying(key: &[u8]) -> Result<(), String> {
+    pem_verifying(key)
+        .map(|_| ())
+        .ok_or_else(|| "is not a PEM EC (P-256) or RSA public key".to_string())
+}
+
+#[cfg(not(feature = "aws-lc"))]
+fn check_pem_signing(_: &[u8]) -> Result<(), String> {
     Err("is a PEM key (ES256/RS256): this build has no aws-lc (feature aws-lc)".into())
+}
+
+#[cfg(not(feature = "aws-lc"))]
+fn check_pem_verifying(_: &[u8]) -> Result<(), String> {
+    check_pem_signing(&[])
 }
 
 /// Checks a key that will verify tokens: a PEM key must be an EC P-256 or
@@ -141,14 +158,7 @@ pub fn check_verifying_key(key: &[u8]) -> Result<(), String> {
     if !is_pem(key) {
         return Ok(());
     }
-    #[cfg(feature = "aws-lc")]
-    {
-        pem_verifying(key)
-            .map(|_| ())
-            .ok_or_else(|| "is not a PEM EC (P-256) or RSA public key".to_string())
-    }
-    #[cfg(not(feature = "aws-lc"))]
-    Err("is a PEM key (ES256/RS256): this build has no aws-lc (feature aws-lc)".into())
+    check_pem_verifying(key)
 }
 
 /// Signs `{"iss":iss,"exp":exp}`: HS256 with a secret, ES256 or RS256 with

@@ -1308,6 +1308,118 @@ impl Routes {
     }
 }
 
+/// How a WebSocket client is served, by its route's first target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsMode {
+    /// The built-in test target: subscribed to `?channel=`.
+    Test,
+    /// Frames relayed to and from a WebSocket backend.
+    Passthrough,
+    /// WebSocket-over-HTTP: events POSTed to the backend.
+    OverHttp,
+}
+
+/// What to do with a request, decided from its head and the routes alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch<'a> {
+    /// Answer `status` with `reason` without reading the body.
+    Refuse { status: u16, reason: &'static str },
+    /// A WebSocket handshake that fails: answer and close (a 426 names
+    /// the version corepin speaks).
+    BadHandshake { status: u16, reason: &'static str },
+    /// A WebSocket client, served in `mode`.
+    WebSocket(&'a Route, WsMode),
+    /// An HTTP request for the built-in test target.
+    Test(&'a Route),
+    /// An HTTP request for a backend: proxied, or held if its answer
+    /// carries GRIP instructions.
+    Proxy(&'a Route),
+}
+
+/// Routes one request: the route chosen as Pushpin chooses it, then the
+/// checks every request passes before anything is sent anywhere, in this
+/// order — no route (404); a client's own WebSocket events to an
+/// `over_http` target (403, as Pushpin); a body over `max_body` (413, 0 is
+/// no limit); a WebSocket handshake corepin cannot accept.
+pub fn decide<'a>(
+    routes: &'a Routes,
+    head: &RequestHead,
+    tls: bool,
+    max_body: u64,
+) -> Dispatch<'a> {
+    let ws = is_websocket(head);
+    decide_routed(
+        routes.select_tls(head.host(), head.path(), ws, tls),
+        head,
+        ws,
+        max_body,
+    )
+}
+
+/// A WebSocket upgrade request (`Connection: upgrade`, `Upgrade: websocket`).
+pub fn is_websocket(head: &RequestHead) -> bool {
+    head.is_upgrade()
+        && head
+            .fields
+            .get("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+}
+
+/// [`decide`] once the route is chosen (`route`, for a request that
+/// [`is_websocket`] or not): for a caller that also needs the route of a
+/// request it refuses.
+pub fn decide_routed<'a>(
+    route: Option<&'a Route>,
+    head: &RequestHead,
+    ws: bool,
+    max_body: u64,
+) -> Dispatch<'a> {
+    use crate::codec::http1::{self, BodyKind};
+    const NO_ROUTE: Dispatch<'static> = Dispatch::Refuse {
+        status: 404,
+        reason: "no route for this request",
+    };
+    let Some(route) = route else {
+        return NO_ROUTE;
+    };
+    let over_http = |t: &Target| matches!(t, Target::Backend(b) if b.over_http);
+    // Only corepin speaks WebSocket-over-HTTP to an over_http target: a
+    // client's own events would reach the backend signed, as a session's
+    // (Pushpin answers the same 403).
+    let carries_events = head.fields.iter().any(|(name, value)| {
+        http1::cgi_name_is(name, "content-type")
+            && http1::trim(value.split(|&b| b == b';').next().unwrap_or(b""))
+                .eq_ignore_ascii_case(b"application/websocket-events")
+    });
+    if !ws && carries_events && route.targets.iter().any(over_http) {
+        return Dispatch::Refuse {
+            status: 403,
+            reason: "client not allowed to send WebSocket events directly",
+        };
+    }
+    if let BodyKind::Length(n) = head.body {
+        if max_body > 0 && n > max_body {
+            return Dispatch::Refuse {
+                status: 413,
+                reason: "request body too large",
+            };
+        }
+    }
+    if ws {
+        if let Err((status, reason)) = crate::codec::wshandshake::check_handshake(head) {
+            return Dispatch::BadHandshake { status, reason };
+        }
+    }
+    match (route.targets.first(), ws) {
+        (None, _) => NO_ROUTE,
+        (Some(Target::Test), true) => Dispatch::WebSocket(route, WsMode::Test),
+        (Some(t), true) if over_http(t) => Dispatch::WebSocket(route, WsMode::OverHttp),
+        (Some(_), true) => Dispatch::WebSocket(route, WsMode::Passthrough),
+        (Some(Target::Test), false) => Dispatch::Test(route),
+        (Some(Target::Backend(_)), false) => Dispatch::Proxy(route),
+    }
+}
+
 /// The directory `sig_key=file:` paths of a routes file are relative to.
 pub fn base_dir_of(file: &Path) -> PathBuf {
     match file.parent() {
@@ -1319,6 +1431,105 @@ pub fn base_dir_of(file: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decide_table() {
+        use crate::codec::http1::{parse_request, HeadLimits};
+        let routes = Routes::parse([
+            "api.example test",
+            "*,path_beg=/ws/ 127.0.0.1:9001",
+            "*,path_beg=/events/ 127.0.0.1:9002,over_http",
+            "*,path_beg=/mixed/ 127.0.0.1:9003 127.0.0.1:9004,over_http",
+            "*,path_beg=/app/ 127.0.0.1:9005",
+        ])
+        .unwrap();
+        let r = |i: usize| &routes.routes[i];
+        const UP: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let no_route = Dispatch::Refuse {
+            status: 404,
+            reason: "no route for this request",
+        };
+        let forbidden = Dispatch::Refuse {
+            status: 403,
+            reason: "client not allowed to send WebSocket events directly",
+        };
+        let cases: Vec<(String, Dispatch)> = vec![
+            ("GET / HTTP/1.1\r\nHost: api.example\r\n\r\n".into(), Dispatch::Test(r(0))),
+            ("GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n".into(), Dispatch::Proxy(r(4))),
+            ("GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n".into(), no_route),
+            (
+                format!("GET /ws?channel=c HTTP/1.1\r\nHost: api.example\r\n{UP}\r\n"),
+                Dispatch::WebSocket(r(0), WsMode::Test),
+            ),
+            (
+                format!("GET /ws/chat HTTP/1.1\r\nHost: a\r\n{UP}\r\n"),
+                Dispatch::WebSocket(r(1), WsMode::Passthrough),
+            ),
+            (
+                format!("GET /events/1 HTTP/1.1\r\nHost: a\r\n{UP}\r\n"),
+                Dispatch::WebSocket(r(2), WsMode::OverHttp),
+            ),
+            // The mode is the first target's.
+            (
+                format!("GET /mixed/1 HTTP/1.1\r\nHost: a\r\n{UP}\r\n"),
+                Dispatch::WebSocket(r(3), WsMode::Passthrough),
+            ),
+            // An Upgrade to something else is plain HTTP.
+            (
+                "GET /ws/chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".into(),
+                Dispatch::Proxy(r(1)),
+            ),
+            (
+                "POST /events/1 HTTP/1.1\r\nHost: a\r\nContent-Type: application/websocket-events\r\nContent-Length: 0\r\n\r\n".into(),
+                forbidden,
+            ),
+            (
+                "POST /mixed/1 HTTP/1.1\r\nHost: a\r\nContent-Type: Application/WebSocket-Events; x=1\r\nContent-Length: 0\r\n\r\n".into(),
+                forbidden,
+            ),
+            (
+                "POST /app/1 HTTP/1.1\r\nHost: a\r\nContent-Type: application/websocket-events\r\nContent-Length: 0\r\n\r\n".into(),
+                Dispatch::Proxy(r(4)),
+            ),
+            (
+                "POST /app/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n".into(),
+                Dispatch::Refuse {
+                    status: 413,
+                    reason: "request body too large",
+                },
+            ),
+            (
+                "POST /app/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n".into(),
+                Dispatch::Proxy(r(4)),
+            ),
+            (
+                "GET /ws/chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".into(),
+                Dispatch::BadHandshake {
+                    status: 426,
+                    reason: "unsupported WebSocket version (13 is)",
+                },
+            ),
+            (
+                "GET /ws/chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n".into(),
+                Dispatch::BadHandshake {
+                    status: 400,
+                    reason: "missing or invalid Sec-WebSocket-Key",
+                },
+            ),
+        ];
+        for (raw, want) in &cases {
+            let Ok(Some((_, head))) = parse_request(raw.as_bytes(), &HeadLimits::default()) else {
+                panic!("{raw:?} does not parse");
+            };
+            assert_eq!(decide(&routes, &head, false, 100), *want, "{raw:?}");
+        }
+        // 0: no body limit.
+        let raw = b"POST /app/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n";
+        let Ok(Some((_, head))) = parse_request(raw, &HeadLimits::default()) else {
+            panic!("does not parse");
+        };
+        assert_eq!(decide(&routes, &head, false, 0), Dispatch::Proxy(r(4)));
+    }
 
     fn one(line: &str) -> Route {
         parse_line(line).expect("valid").expect("a route")

@@ -946,6 +946,9 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let timeout = shard.cfg.timeouts.client_header;
     let started = Instant::now();
     let mut conn = crate::connection::Connection::tcp(stream, shard.bufs.clone());
+    // Before the handshake: its last writes (session tickets) and the
+    // first response must not wait on Nagle for the client's delayed ACK.
+    conn.set_nodelay();
     conn.set_read_timeout(Some(timeout));
     conn.set_write_timeout(Some(shard.cfg.timeouts.client_write));
     let first = conn

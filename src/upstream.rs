@@ -77,6 +77,44 @@ impl Dest {
     }
 }
 
+/// Where a next or gone link points: the destination and the request
+/// target. A link is `http://host[:port]/path`, `https://host[:port]/path`
+/// (TLS, verified against the CA store by the URL's host) or a path on
+/// `base`, the route's backend (reached as the route reaches it, TLS
+/// included). `None`: another scheme, no host, or a path with no backend
+/// (the test target).
+pub fn link_dest(url: &str, base: Option<&Dest>) -> Option<(Dest, String)> {
+    let (rest, tls, port) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, None, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        let tls = TlsDest {
+            name: None,
+            insecure: false,
+        };
+        (rest, Some(tls), 443)
+    } else if url.starts_with('/') {
+        return Some((base?.clone(), url.to_string()));
+    } else {
+        return None;
+    };
+    let (hostport, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    if hostport.is_empty() || hostport.starts_with(':') {
+        return None;
+    }
+    // A port follows the host (after the `]` of an IPv6 address).
+    let has_port = hostport
+        .rsplit_once(':')
+        .is_some_and(|(h, _)| !h.starts_with('[') || h.ends_with(']'));
+    let addr = if has_port {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{port}")
+    };
+    Some((Dest { addr, tls }, path))
+}
+
 /// Why a backend could not be reached.
 #[derive(Debug)]
 pub enum ConnectError {
@@ -369,5 +407,95 @@ impl Pool {
     /// Idle connections held, for stats.
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_as_a_table() {
+        let tls = |name: Option<&str>, insecure| {
+            Some(TlsDest {
+                name: name.map(String::from),
+                insecure,
+            })
+        };
+        let base = Dest {
+            addr: "10.0.0.1:8443".into(),
+            tls: tls(Some("api.internal"), false),
+        };
+        // url, and the address, TLS settings and path it resolves to
+        type Case = (
+            &'static str,
+            Option<(&'static str, Option<TlsDest>, &'static str)>,
+        );
+        let cases: &[Case] = &[
+            ("http://a.test/x?y", Some(("a.test:80", None, "/x?y"))),
+            ("http://a.test:8080", Some(("a.test:8080", None, "/"))),
+            (
+                "https://a.test/p",
+                Some(("a.test:443", tls(None, false), "/p")),
+            ),
+            (
+                "https://a.test:9443/p",
+                Some(("a.test:9443", tls(None, false), "/p")),
+            ),
+            (
+                "https://[::1]/p",
+                Some(("[::1]:443", tls(None, false), "/p")),
+            ),
+            (
+                "https://[::1]:8443/",
+                Some(("[::1]:8443", tls(None, false), "/")),
+            ),
+            // A relative link goes where the route goes, TLS settings and all.
+            (
+                "/next?x",
+                Some(("10.0.0.1:8443", tls(Some("api.internal"), false), "/next?x")),
+            ),
+            ("ftp://a.test/", None),
+            ("https:///p", None),
+            ("http://:80/p", None),
+            ("next", None),
+            ("", None),
+        ];
+        for (url, want) in cases {
+            let got = link_dest(url, Some(&base));
+            let want = want.as_ref().map(|(a, t, p)| {
+                (
+                    Dest {
+                        addr: a.to_string(),
+                        tls: t.clone(),
+                    },
+                    p.to_string(),
+                )
+            });
+            assert_eq!(got, want, "{url}");
+        }
+        assert_eq!(link_dest("/p", None), None, "no backend: the test target");
+    }
+
+    #[test]
+    fn tls_pools_apart_by_name_and_verification() {
+        let key = |addr, tls: Option<TlsDest>| Dest::pool_key(addr, tls.as_ref()).into_owned();
+        let t = |name: Option<&str>, insecure| TlsDest {
+            name: name.map(String::from),
+            insecure,
+        };
+        let keys = [
+            key("a:1", None),
+            key("a:1", Some(t(None, false))),
+            key("a:1", Some(t(None, true))),
+            key("a:1", Some(t(Some("x.test"), false))),
+            key("a:2", Some(t(None, false))),
+        ];
+        assert_eq!(keys[0], "a:1", "plain connections pool by address alone");
+        for (i, k) in keys.iter().enumerate() {
+            for other in &keys[i + 1..] {
+                assert_ne!(k, other);
+            }
+        }
     }
 }

@@ -290,3 +290,59 @@ fn one_event_sends_one_event_per_request() {
         ]
     );
 }
+
+/// A published `refresh` that arrives while a WebSocket-over-HTTP request
+/// is in flight is not lost: once the backend answers, the session sends
+/// another request (Pushpin: "another one follows right after it").
+#[test]
+fn a_refresh_during_a_request_is_sent_after_it() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let b = Backend::start(move |req, _| {
+        let mut body = Vec::new();
+        if req.body.starts_with(b"OPEN") {
+            let c = br#"c:{"type":"subscribe","channel":"room"}"#;
+            body.extend_from_slice(format!("OPEN\r\nTEXT {:x}\r\n", c.len()).as_bytes());
+            body.extend_from_slice(c);
+            body.extend_from_slice(b"\r\n");
+        } else if !req.body.is_empty() {
+            // The client's message: answered only when the test says.
+            g.wait();
+        }
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\nSec-WebSocket-Extensions: grip\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        Reply::Bytes(out)
+    });
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("{},over_http", b.route()),
+        "--workers",
+        "1",
+    ]);
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    // A masked TEXT "hi" from the client: its request waits at the gate.
+    s.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .expect("send");
+    let count = || b.seen.lock().map(|v| v.len()).unwrap_or(0);
+    wait_until("the message's request", || count() == 2);
+    let p = cp.publish(r#"{"items":[{"channel":"room","ws-message":{"action":"refresh"}}]}"#);
+    assert_eq!(p.status, 200);
+    // A message published after the refresh reaches the client while the
+    // request is still in flight: the session has taken the refresh too.
+    let p = cp.publish(r#"{"items":[{"channel":"room","ws-message":{"content":"marker"}}]}"#);
+    assert_eq!(p.status, 200);
+    assert_eq!(next_text(&mut r), "marker");
+    assert_eq!(count(), 2, "no request yet: the first is still in flight");
+    gate.open();
+    wait_until("the refresh's own request after the answer", || {
+        count() == 3
+    });
+    let seen = b.last();
+    assert_eq!(seen.method, "POST");
+    assert!(seen.body.is_empty(), "{:?}", seen.body);
+}

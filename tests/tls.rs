@@ -1121,3 +1121,188 @@ fn wss_to_corepin_passes_through_to_a_wss_backend() {
     assert_eq!(r["received"], serde_json::json!(["over wss twice"]), "{r}");
     assert_eq!(r["close"][0], 1000, "{r}");
 }
+
+/// `Connection::send_now` (a dropped WebSocket subscriber's close 1008)
+/// on a TLS connection: the bytes are encrypted after what was written
+/// before and reach the client, without waiting, before the connection
+/// is dropped.
+#[test]
+fn send_now_on_a_tls_connection_reaches_the_client_encrypted() {
+    use corepin::connection::Connection;
+    let certs = certs(true);
+    let config = server_config(&certs);
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let server = LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let l = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            addr_tx.send(l.local_addr().expect("addr")).expect("send");
+            let s = l.accept().await.expect("accept");
+            let bufs = std::rc::Rc::new(corepin::buf::BufPool::default());
+            let conn = Connection::tcp(s, bufs);
+            let mut conn = conn.start_tls(config, WAIT).await.expect("handshake");
+            assert!(conn.is_tls());
+            conn.write_all(b"first;").await.expect("write");
+            // A WebSocket close 1008 "too slow", as drop_client sends it.
+            conn.send_now(b"\x88\x0a\x03\xf0too slow");
+            // Dropped without a close_notify, as a dropped client is.
+            drop(conn);
+        })
+        .expect("executor");
+    let addr: SocketAddr = addr_rx.recv_timeout(WAIT).expect("listening");
+    let mut c = tls_client(addr.port(), &[&certs.ca]);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // The TCP close without close_notify ends it.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("read: {e} after {got:?}"),
+        }
+    }
+    server.join().expect("server");
+    assert_eq!(got, b"first;\x88\x0a\x03\xf0too slow");
+}
+
+/// One TLS connection trusting `cas` (a fresh full handshake), two
+/// keep-alive GETs answered `kept`; why not, if it failed.
+fn two_gets(port: u16, cas: &[&Ca]) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca.cert.der().clone())
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let sock = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    sock.set_read_timeout(Some(WAIT))
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    for _ in 0..2 {
+        s.write_all(b"GET /r HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"kept") {
+            match s.read(&mut buf) {
+                Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&got))),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        if !got.starts_with(b"HTTP/1.1 200") {
+            return Err(String::from_utf8_lossy(&got).into_owned());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn certificates_reload_under_load_with_no_failed_handshake_or_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let old = Arc::new(Ca::new("reload old CA"));
+    let new = Arc::new(Ca::new("reload new CA"));
+    let dir = TempDir::new();
+    old.leaf_into(&dir, "default", &["localhost"]);
+    let d = dir.0.display().to_string();
+    let backend = common::Backend::fixed("kept");
+    let cp = common::Corepin::start(&[
+        "--workers",
+        "2",
+        "--control-http",
+        "127.0.0.1:0",
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-certs-dir",
+        &d,
+        "--route",
+        &backend.route(),
+    ]);
+    let line = cp.wait_stderr("(TLS clients)");
+    let port: u16 = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|a| a.split(' ').next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("TLS port");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    // Clients that trust both CAs open connection after connection.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, old, new) = (stop.clone(), ok.clone(), old.clone(), new.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match two_gets(port, &[&old, &new]) {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.push(e),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let reloaded = |cp: &common::Corepin| {
+        cp.stderr
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.contains("certificates reloaded"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for i in 0..6 {
+        // Connections are being made when each reload lands.
+        let before = ok.load(Ordering::Relaxed);
+        common::wait_until("clients connecting", || {
+            ok.load(Ordering::Relaxed) >= before + 10
+        });
+        let ca = if i % 2 == 0 { &new } else { &old };
+        ca.leaf_into(&dir, "default", &["localhost"]);
+        cp.signal(libc::SIGHUP);
+        common::wait_until("both cores reloaded", || reloaded(&cp) >= 2 * (i + 1));
+    }
+    let before = ok.load(Ordering::Relaxed);
+    common::wait_until("clients connecting after the reloads", || {
+        ok.load(Ordering::Relaxed) >= before + 10
+    });
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        !cp.stderr
+            .lock()
+            .expect("stderr")
+            .iter()
+            .any(|l| l.contains("not reloaded")),
+        "every reload took"
+    );
+    for reason in corepin::tls::HandshakeError::REASONS {
+        assert_eq!(tls_failures(&cp, reason), 0, "{reason}");
+    }
+    eprintln!(
+        "{} connections, 2 requests each, over 6 reloads",
+        ok.load(Ordering::Relaxed)
+    );
+}

@@ -27,6 +27,43 @@ fn client(url: &str, args: &[&str]) -> serde_json::Value {
     })
 }
 
+/// A `ws_client.py` run in the background, its interpreter up.
+struct Running {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+/// Starts `ws_client.py` with `args` and returns once it says `ready`
+/// (its interpreter and imports are up, it is about to connect), so what
+/// the test then waits for is corepin's work, not a Python start on a
+/// loaded machine.
+fn spawn_client(url: &str, args: &[&str]) -> Running {
+    use std::io::BufRead;
+    let mut child = Command::new(python())
+        .arg(root().join("tests/clients/ws_client.py"))
+        .arg(url)
+        .arg("--ready")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ws client");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let _ = out.read_line(&mut line);
+    assert_eq!(line.trim(), "ready", "ws_client.py did not start");
+    Running { child, out }
+}
+
+impl Running {
+    /// Waits for the client to finish; its JSON output.
+    fn join(mut self) -> serde_json::Value {
+        let mut text = String::new();
+        let _ = self.out.read_to_string(&mut text);
+        let _ = self.child.wait();
+        serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("client output: {text}"))
+    }
+}
+
 /// Runs wscat; its stdin stays open until it exits (wscat quits at the
 /// end of its input, before a slow handshake completes).
 fn wscat(url: &str, args: &[&str]) -> String {
@@ -212,12 +249,9 @@ fn protocol_violations_get_close_codes() {
 fn ws_messages_reach_subscribers_on_all_cores() {
     let cp = Corepin::start_grip(&["--route", "* test", "--workers", "2"]);
     let url = format!("ws://127.0.0.1:{}/ws?channel=all", cp.port);
-    let clients: Vec<_> = (0..20)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || client(&url, &["--recv", "3"]))
-        })
-        .collect();
+    // Twenty connections from one Python process (twenty interpreters take
+    // longer to start than any wait here on a loaded machine).
+    let clients = spawn_client(&url, &["--clients", "20", "--recv", "3"]);
     // Every client has connected and subscribed before the first publish.
     wait_until("20 subscribers", || {
         metric(&cp, "corepin_subscriptions") == 20
@@ -230,8 +264,10 @@ fn ws_messages_reach_subscribers_on_all_cores() {
     ] {
         assert_eq!(cp.publish(body).status, 200);
     }
-    for c in clients {
-        let r = c.join().expect("client");
+    let all = clients.join();
+    let all = all.as_array().expect("a list of 20");
+    assert_eq!(all.len(), 20);
+    for r in all {
         assert_eq!(
             r["received"],
             serde_json::json!(["one", "bin:0001", "three"])
@@ -274,13 +310,9 @@ fn websocket_over_http_with_gripcontrol_backend() {
         .contains("Invalid authentication credentials"));
 
     // With it: echo, publish to the subscribed channel, server-side close.
-    let control = cp.control_addr();
-    let publisher = publish_when_subscribed(
-        control,
-        1,
-        r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
-    );
-    let r = client(
+    // The publisher waits for the subscription from the moment the client's
+    // interpreter is up.
+    let running = spawn_client(
         &url,
         &[
             "-H",
@@ -295,6 +327,12 @@ fn websocket_over_http_with_gripcontrol_backend() {
             "close me",
         ],
     );
+    let publisher = publish_when_subscribed(
+        cp.control_addr(),
+        1,
+        r#"{"items":[{"channel":"room","formats":{"ws-message":{"content":"to the room"}}}]}"#,
+    );
+    let r = running.join();
     assert_eq!(
         r["close"][0], 4002,
         "the backend's CLOSE event closes the client: {r}"

@@ -24,7 +24,7 @@ use crate::conn::http::{Client, Outcome};
 use crate::connection::PartsProgress;
 use crate::shard::Shard;
 use crate::subs::{HoldResume, Kind, Msg, Sub, SubSpec};
-use crate::upstream::{Dest, TlsDest, Upstream};
+use crate::upstream::{link_dest, Dest, Upstream};
 
 /// Most queued bytes sent in one gathered write.
 const BATCH_MAX: usize = 64 * 1024;
@@ -321,42 +321,16 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     .detach();
 }
 
-/// Where a link points: the backend and the request target. A link is
-/// `http://host[:port]/path`, `https://host[:port]/path` (TLS, verified
-/// against the CA store by the URL's host) or a path on the route's
-/// backend (reached as the route reaches it, TLS included).
+/// Where a link points (`upstream::link_dest`), or a warning naming it.
 fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(Dest, String)> {
-    let (rest, tls, port) = if let Some(rest) = url.strip_prefix("http://") {
-        (rest, None, 80)
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        // Verified against the CA store, by the URL's host name.
-        let tls = TlsDest {
-            name: None,
-            insecure: false,
-        };
-        (rest, Some(tls), 443)
-    } else if url.starts_with('/') {
-        return Some((ctx.backend.clone()?, url.to_string()));
-    } else {
+    let found = link_dest(url, ctx.backend.as_ref());
+    if found.is_none() && !url.starts_with('/') {
         warn!(
             "core {}: link '{url}' is not http://, https:// or a path",
             shard.index
         );
-        return None;
-    };
-    let (hostport, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    // A port follows the host (after the `]` of an IPv6 address).
-    let has_port = hostport
-        .rsplit_once(':')
-        .is_some_and(|(h, _)| !h.starts_with('[') || h.ends_with(']'));
-    let addr = if has_port {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:{port}")
-    };
-    Some((Dest { addr, tls }, path))
+    }
+    found
 }
 
 pub enum Event {
@@ -472,7 +446,7 @@ pub async fn deliver(
 
 /// Sends what the socket takes now, without waiting: the last words to a
 /// client being dropped for not reading (a WebSocket close frame).
-pub fn send_now(c: &Client, bytes: &[u8]) {
+pub fn send_now(c: &mut Client, bytes: &[u8]) {
     c.conn.send_now(bytes);
 }
 

@@ -21,7 +21,7 @@ use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::grip::{self as grip_conn, Decision, HoldCtx, HoldEnd};
 use crate::connection::{Connection, ReadError};
 use crate::log::AccessEntry;
-use crate::route::{Backend, Route, Target};
+use crate::route::{decide_routed, Backend, Dispatch, Route, Target};
 use crate::shard::{ConnGuard, ConnState, Shard};
 use crate::upstream::{Reuse, Upstream};
 
@@ -178,14 +178,11 @@ async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close:
     n
 }
 
-/// Handles one request: route, then answer locally or proxy.
+/// Handles one request: route (`route::decide`), then answer locally or
+/// proxy.
 async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcome {
     let routes = shard.routes();
-    let ws = head.is_upgrade()
-        && head
-            .fields
-            .get("upgrade")
-            .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
+    let ws = crate::route::is_websocket(head);
     let route = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls());
     c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
     let Some(route) = route else {
@@ -197,21 +194,12 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     // A JSON-P request goes upstream rewritten.
     let jsonp = crate::conn::dropin::upstream(c);
     let head = jsonp.as_ref().and_then(|w| w.head()).unwrap_or(head);
-    // Only corepin speaks WebSocket-over-HTTP to an over_http target: a
-    // client's own events would reach the backend signed, as a session's
-    // (Pushpin answers the same 403).
-    if !ws && carries_ws_events(head) && route.targets.iter().any(is_over_http) {
-        let why = "client not allowed to send WebSocket events directly";
-        return refuse(shard, c, head, 403, why, "-").await;
-    }
-    let limit = shard.cfg.limits.max_request_body;
-    if let BodyKind::Length(n) = head.body {
-        if limit > 0 && n > limit {
-            return refuse(shard, c, head, 413, "request body too large", "-").await;
+    let max_body = shard.cfg.limits.max_request_body;
+    let route = match decide_routed(Some(route), head, ws, max_body) {
+        Dispatch::Refuse { status, reason } => {
+            return refuse(shard, c, head, status, reason, "-").await
         }
-    }
-    if ws {
-        if let Err((status, reason)) = crate::conn::ws::check_handshake(head) {
+        Dispatch::BadHandshake { status, reason } => {
             let mut out = Vec::new();
             // A 426 names the version corepin speaks (RFC 6455 §4.4).
             let extra: &[u8] = if status == 426 {
@@ -225,11 +213,14 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
         }
         // Each path's future is boxed: a connection's task then carries
         // only the state of the path it takes, not the largest of them.
-        return match Box::pin(crate::conn::ws::handle(shard, c, head, route)).await {
-            HoldEnd::Done(o) => o,
-            HoldEnd::Retry(_) => Outcome::closed(502, 0, "-".into()),
-        };
-    }
+        Dispatch::WebSocket(route, mode) => {
+            return match Box::pin(crate::conn::ws::handle(shard, c, head, route, mode)).await {
+                HoldEnd::Done(o) => o,
+                HoldEnd::Retry(_) => Outcome::closed(502, 0, "-".into()),
+            };
+        }
+        Dispatch::Test(route) | Dispatch::Proxy(route) => route,
+    };
     // A hold may ask for the request to be made again (a `hint`, or a
     // subscriber found out of sync); a few times at most, each retry
     // saying in `Grip-Last` where the long-poll's channels were.
@@ -249,20 +240,6 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
         }
     }
     refuse(shard, c, head, 502, "backend kept asking for a retry", "-").await
-}
-
-/// True when a `Content-Type` field (under any CGI spelling) names
-/// `application/websocket-events`, whatever its parameters or case.
-fn carries_ws_events(head: &RequestHead) -> bool {
-    head.fields.iter().any(|(name, value)| {
-        http1::cgi_name_is(name, "content-type")
-            && http1::trim(value.split(|&b| b == b';').next().unwrap_or(b""))
-                .eq_ignore_ascii_case(b"application/websocket-events")
-    })
-}
-
-fn is_over_http(t: &Target) -> bool {
-    matches!(t, Target::Backend(b) if b.over_http)
 }
 
 /// Answers an error without reading the request body. The connection is

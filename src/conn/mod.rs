@@ -18,8 +18,10 @@
 //!    core, applies the item's filters, and queues the shared bytes on
 //!    each (`Sub::push`, bounded; a subscriber that cannot keep up is
 //!    dropped alone), waking its connection task.
-//! 6. The connection task (`grip::hold_stream`, or a WebSocket loop in
-//!    `ws`) wakes on the queued message.
+//! 6. The connection task wakes on the queued message: `grip::hold_stream`
+//!    for HTTP streams and long-polls, or the WebSocket loop of its mode
+//!    (`ws::subscriber::client_loop`, `ws::passthrough`'s relay,
+//!    `ws::over_http`'s session loop).
 //! 7. `grip::deliver` — the subscriber's last hop, the one path for every
 //!    kind of hold — takes that message and the data queued behind it.
 //! 8. `Connection::poll_write_parts` sends them in one gathered `sendmsg`,

@@ -255,6 +255,22 @@ where
         (self.io, self.conn)
     }
 
+    /// Encrypts `bytes` after whatever is already queued, then writes
+    /// queued records to `sink` until it takes no more (a non-blocking
+    /// writer: `WouldBlock` ends it); the rest stays queued. No waiting and
+    /// no waker: the last words to a peer being dropped.
+    pub fn send_now(&mut self, bytes: &[u8], sink: &mut impl Write) {
+        if self.failed.is_some() || self.conn.writer().write_all(bytes).is_err() {
+            return;
+        }
+        while self.conn.wants_write() {
+            match self.conn.write_tls(sink) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+
     /// Writes queued TLS records (one `writev` per call, as rustls hands
     /// them out) until none is left.
     fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1,10 +1,16 @@
 """A WebSocket client session with the real `websockets` library.
 
-Usage: ws_client.py URL [-H Name:Value]... ACTION...
+Usage: ws_client.py URL [-H Name:Value]... [--clients N] [--ready] ACTION...
 ACTION, run in order: --send MSG | --recv N | --close CODE
 With no --close, it waits for the server to close. Prints one JSON object:
 {"status": 101 or the refusing status, "body": refusal body, "received":
 [...], "close": [code, reason] or null}.
+
+--clients N runs N such sessions at once in this one process (one
+interpreter start, however many clients) and prints a JSON list of their
+objects. --ready prints a line `ready` once the interpreter and its imports
+are up, before connecting: a test times corepin from there, not the
+interpreter's start on a loaded machine.
 """
 import asyncio
 import json
@@ -18,13 +24,28 @@ async def main():
     args = sys.argv[1:]
     url = args.pop(0)
     headers, actions = [], []
+    clients, ready = None, False
     while args:
         a = args.pop(0)
         if a == "-H":
             k, v = args.pop(0).split(":", 1)
             headers.append((k, v.strip()))
+        elif a == "--clients":
+            clients = int(args.pop(0))
+        elif a == "--ready":
+            ready = True
         else:
             actions.append((a, args.pop(0)))
+    if ready:
+        print("ready", flush=True)
+    if clients is None:
+        print(json.dumps(await session(url, headers, actions)))
+    else:
+        outs = await asyncio.gather(*(session(url, headers, actions) for _ in range(clients)))
+        print(json.dumps(outs))
+
+
+async def session(url, headers, actions):
     out = {"status": 101, "body": None, "received": [], "close": None}
     try:
         async with connect(url, additional_headers=headers, compression=None, open_timeout=10) as ws:
@@ -51,7 +72,7 @@ async def main():
     except InvalidStatus as e:
         out["status"] = e.response.status_code
         out["body"] = e.response.body.decode("utf-8", "replace")
-    print(json.dumps(out))
+    return out
 
 
 asyncio.run(main())

@@ -29,7 +29,7 @@ use crate::codec::ws::{self, Event as WsFrameEvent, Reader, WsError};
 use crate::codec::wssession::{ServerSession, Step};
 use crate::conn::grip::{dropped_warning, send_now, HoldEnd};
 use crate::conn::http::{Client, Outcome};
-use crate::route::{Route, Target};
+use crate::route::{Route, WsMode};
 use crate::shard::Shard;
 use crate::subs::{Held, Kind, Msg, Sub, SubSpec};
 use crate::upstream::Upstream;
@@ -165,21 +165,20 @@ async fn from_client(
     steps
 }
 
-/// Entry point for an upgrade request that passed `check_handshake`.
+/// Entry point for an upgrade request that passed `check_handshake`,
+/// served in the `mode` routing chose.
 pub async fn handle(
     shard: &Rc<Shard>,
     c: &mut Client,
     head: &RequestHead,
     route: &Route,
+    mode: WsMode,
 ) -> HoldEnd {
     c.conn.set_read_timeout(None);
-    match route.targets.first() {
-        Some(Target::Test) => Box::pin(subscriber::test_target(shard, c, head, route)).await,
-        Some(Target::Backend(b)) if b.over_http => {
-            Box::pin(over_http::over_http(shard, c, head, route)).await
-        }
-        Some(Target::Backend(_)) => Box::pin(passthrough::passthrough(shard, c, head, route)).await,
-        None => outcome(404, 0, "-"),
+    match mode {
+        WsMode::Test => Box::pin(subscriber::test_target(shard, c, head, route)).await,
+        WsMode::OverHttp => Box::pin(over_http::over_http(shard, c, head, route)).await,
+        WsMode::Passthrough => Box::pin(passthrough::passthrough(shard, c, head, route)).await,
     }
 }
 
@@ -227,7 +226,7 @@ async fn bad_gateway(c: &mut Client, why: &str, target: &str) -> HoldEnd {
 /// Ends a WebSocket whose subscriber was dropped for not keeping up: a
 /// close 1008 if the socket takes it now (it is full, or nearly), then the
 /// connection ends without waiting for the client.
-fn drop_client(shard: &Shard, c: &Client) {
+fn drop_client(shard: &Shard, c: &mut Client) {
     dropped_warning(shard, c, "WebSocket");
     send_now(c, &close_frame(1008, "too slow", None));
 }

@@ -222,12 +222,15 @@ enum During {
 /// `deliver`): a slow backend must not hold back messages, or a published
 /// close, meant for the client. Returns the backend's reply, and the last
 /// event to report when the session ended meanwhile (its client closed).
+/// A refresh (a published `refresh`, `recover`) that arrives meanwhile
+/// sets `refresh`: another request follows this one (Pushpin).
 async fn post_delivering(
     s: &mut Session<'_>,
     c: &mut Client,
     sub: &Sub,
     events: &[WsEvent],
     listen: bool,
+    refresh: &mut bool,
 ) -> (Option<EventsReply>, Option<WsEvent>) {
     let s_shard = s.shard;
     let mut post = std::pin::pin!(s.post(c.peer, events));
@@ -264,6 +267,7 @@ async fn post_delivering(
                 c.conn.close().await;
                 ended = Some(WsEvent::Close(Some(code), reason.into_bytes()));
             }
+            During::Sub(Msg::Refresh | Msg::Refetch) => *refresh = true,
             During::Sub(_) => {}
             During::Dropped => {
                 drop_client(s_shard, c);
@@ -446,6 +450,9 @@ async fn session_loop(
             vec![pending]
         };
         let count = batches.len();
+        // A refresh that arrives while a request is in flight is kept
+        // and made once it is answered.
+        let mut refresh_after = false;
         for (i, batch) in batches.into_iter().enumerate() {
             let end_after = end_after && i + 1 == count;
             if end_after {
@@ -456,7 +463,8 @@ async fn session_loop(
                 // §7.1.1), and a slow backend must not keep it waiting.
                 c.conn.close().await;
             }
-            let (reply, ended) = post_delivering(s, c, sub, &batch, !end_after).await;
+            let (reply, ended) =
+                post_delivering(s, c, sub, &batch, !end_after, &mut refresh_after).await;
             if let Some(last) = ended {
                 // The session ended while the request was in flight (a
                 // published close, or the client failed): tell the backend.
@@ -484,6 +492,9 @@ async fn session_loop(
                     return outcome(101, 0, &target);
                 }
             }
+        }
+        if refresh_after {
+            first_io = Some(Io::Sub(Msg::Refresh));
         }
     }
 }

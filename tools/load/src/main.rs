@@ -34,6 +34,9 @@ corepin-load MODE [--flag value]...
       20000 publishes of one message to one room (fanout's flags override)
   proxy       keep-alive GET throughput and latency
       --to HOST:PORT --path P --conns C --threads T --seconds S --warmup-s S
+      --tls CA_FILE (HTTPS, trusting that CA) --sni NAME (default localhost)
+      --per-conn N (new connection, so a new handshake, every N requests)
+      --resume yes|no (TLS session resumption on reconnects; default yes)
   ws-echo     WebSocket echo round trips
       --to HOST:PORT --path P --conns C --seconds S --size BYTES
   echo-server [HOST:PORT]   WebSocket / WebSocket-over-HTTP echo backend

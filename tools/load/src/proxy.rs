@@ -1,12 +1,26 @@
 //! `corepin-load proxy`: keep-alive request throughput and latency for
-//! plain HTTP. C connections spread over T threads, each sending one GET,
-//! reading the whole response, and sending the next; a closed connection
-//! is reopened and counted.
+//! HTTP or HTTPS. C connections spread over T threads, each sending one
+//! GET, reading the whole response, and sending the next; a closed
+//! connection is reopened and counted.
+//!
+//! `--tls CA_FILE`: HTTPS, trusting the CA certificates in that PEM file,
+//! with `--sni NAME` (default `localhost`) as the name sent and verified;
+//! rustls with corepin's client configuration (TLS 1.3 or 1.2, ALPN
+//! http/1.1). `--per-conn N` closes each connection after N requests and
+//! opens a new one (with `--per-conn 1`, one handshake per request);
+//! `--resume no` turns session resumption off, so every handshake is a
+//! full one. Reconnects are then the point, and not counted as such;
+//! `handshakes` and `resumed` say how many of each were made.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use serde_json::json;
 
@@ -22,6 +36,10 @@ struct Opts {
     threads: usize,
     warmup: Duration,
     duration: Duration,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// Requests per connection before it is closed and reopened (0: no
+    /// limit).
+    per_conn: u64,
 }
 
 #[derive(Default)]
@@ -31,6 +49,8 @@ struct Tally {
     status: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
     reconnects: u64,
+    handshakes: u64,
+    resumed: u64,
     latency: Latency,
 }
 
@@ -43,6 +63,8 @@ impl Tally {
         self.requests += o.requests;
         self.bytes += o.bytes;
         self.reconnects += o.reconnects;
+        self.handshakes += o.handshakes;
+        self.resumed += o.resumed;
         for (k, v) in o.status {
             *self.status.entry(k).or_default() += v;
         }
@@ -55,8 +77,62 @@ impl Tally {
 
 struct Conn {
     s: Option<TcpStream>,
+    tls: Option<ClientConnection>,
+    /// The handshake was counted.
+    counted: bool,
+    served: u64,
     reader: ResponseReader,
     sent_at: u64,
+}
+
+/// The client configuration for `--tls CA_FILE`.
+fn tls_config(ca_file: &str, resume: bool) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .unwrap_or_else(|e| die(&format!("proxy: --tls {ca_file}: {e}")));
+    for c in certs {
+        let c = c.unwrap_or_else(|e| die(&format!("proxy: --tls {ca_file}: {e}")));
+        roots
+            .add(c)
+            .unwrap_or_else(|e| die(&format!("proxy: --tls {ca_file}: {e}")));
+    }
+    if roots.is_empty() {
+        die(&format!("proxy: --tls {ca_file}: no certificate in it"));
+    }
+    let config = corepin::tls::client::client_config(Arc::new(roots), false)
+        .unwrap_or_else(|e| die(&format!("proxy: TLS: {e}")));
+    if resume {
+        return config;
+    }
+    let mut c = (*config).clone();
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
+}
+
+/// Writes what rustls has queued (a handshake flight, a request),
+/// waiting for room as `net::write_all` does.
+fn flush_tls(tls: &mut ClientConnection, s: &mut TcpStream) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    let mut r = Ok(());
+    while tls.wants_write() {
+        if let Err(e) = tls.write_tls(s) {
+            r = Err(e);
+            break;
+        }
+    }
+    s.set_nonblocking(true)?;
+    r
+}
+
+/// Sends the request on a connection (through TLS when it has it).
+fn send(o: &Opts, s: &mut TcpStream, tls: Option<&mut ClientConnection>) -> std::io::Result<()> {
+    match tls {
+        None => net::write_all(s, &o.request),
+        Some(t) => {
+            t.writer().write_all(&o.request)?;
+            flush_tls(t, s)
+        }
+    }
 }
 
 pub fn run(args: &[String]) {
@@ -64,7 +140,8 @@ pub fn run(args: &[String]) {
         "proxy",
         args,
         &[
-            "to", "path", "host", "conns", "threads", "seconds", "warmup-s",
+            "to", "path", "host", "conns", "threads", "seconds", "warmup-s", "tls", "sni",
+            "per-conn", "resume",
         ],
     );
     let to: SocketAddr = a.get(
@@ -80,6 +157,18 @@ pub fn run(args: &[String]) {
         threads: a.get("threads", 2usize).max(1),
         warmup: Duration::from_secs_f64(a.get("warmup-s", 1.0f64)),
         duration: Duration::from_secs_f64(a.get("seconds", 5.0f64)),
+        tls: a.opt::<String>("tls").map(|ca| {
+            let resume = match a.string("resume", "yes").as_str() {
+                "yes" => true,
+                "no" => false,
+                v => die(&format!("proxy: --resume '{v}' is not yes or no")),
+            };
+            let sni = a.string("sni", "localhost");
+            let name = ServerName::try_from(sni.clone())
+                .unwrap_or_else(|_| die(&format!("proxy: --sni '{sni}' is not a host name")));
+            (tls_config(&ca, resume), name)
+        }),
+        per_conn: a.get("per-conn", 0u64),
     };
     if o.conns > 18_000 {
         die("proxy: --conns above 18000 passes this host's open-file limit");
@@ -127,6 +216,10 @@ pub fn run(args: &[String]) {
         json!({
             "mode": "proxy",
             "target": o.to.to_string(),
+            "tls": o.tls.is_some(),
+            "per_conn": o.per_conn,
+            "handshakes": total.handshakes,
+            "resumed": total.resumed,
             "connections": o.conns,
             "threads": o.threads,
             "seconds": secs,
@@ -145,13 +238,22 @@ pub fn run(args: &[String]) {
     }
 }
 
-fn connect(o: &Opts, i: usize, poller: &Poller, slot: usize) -> std::io::Result<TcpStream> {
+type Opened = (TcpStream, Option<ClientConnection>);
+
+fn connect(o: &Opts, i: usize, poller: &Poller, slot: usize) -> std::io::Result<Opened> {
     let mut s = net::connect_from(i, o.to)?;
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
-    net::write_all(&mut s, &o.request)?;
+    let mut tls = match &o.tls {
+        None => None,
+        Some((config, name)) => Some(
+            ClientConnection::new(config.clone(), name.clone()).map_err(std::io::Error::other)?,
+        ),
+    };
+    // On TLS the request waits in rustls until the handshake is done.
+    send(o, &mut s, tls.as_mut())?;
     poller.add(&s, slot);
-    Ok(s)
+    Ok((s, tls))
 }
 
 fn thread_loop(o: &Opts, t: usize, measure_from: Instant, end: Instant) -> Tally {
@@ -160,19 +262,23 @@ fn thread_loop(o: &Opts, t: usize, measure_from: Instant, end: Instant) -> Tally
     let mut tally = Tally::default();
     let mut conns: Vec<Conn> = Vec::with_capacity(mine.len());
     for (slot, &i) in mine.iter().enumerate() {
-        let s = match connect(o, i, &poller, slot) {
-            Ok(s) => Some(s),
+        let (s, tls) = match connect(o, i, &poller, slot) {
+            Ok((s, tls)) => (Some(s), tls),
             Err(e) => {
                 tally.error(format!("connect: {e}"));
-                None
+                (None, None)
             }
         };
         conns.push(Conn {
             s,
+            tls,
+            counted: false,
+            served: 0,
             reader: ResponseReader::new(),
             sent_at: now_ns(),
         });
     }
+    let mut plain = vec![0u8; 1 << 16];
     let mut ready = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     while Instant::now() < end {
@@ -183,20 +289,70 @@ fn thread_loop(o: &Opts, t: usize, measure_from: Instant, end: Instant) -> Tally
             let c = &mut conns[slot];
             let Some(s) = c.s.as_mut() else { continue };
             let (mut done, mut status, mut body, mut lost) = (0u32, 0u16, 0u64, false);
+            let reader = &mut c.reader;
+            let mut feed = |bytes: &[u8], tally: &mut Tally| {
+                let r = reader.feed(bytes, &mut |ev| match ev {
+                    Ev::Head(st) => status = st,
+                    Ev::Body(b) => body += b.len() as u64,
+                    Ev::End => done += 1,
+                });
+                r.map_err(|e| tally.error(e)).is_ok()
+            };
             loop {
-                match s.read(&mut buf) {
+                let got = match c.tls.as_mut() {
+                    None => s.read(&mut buf),
+                    Some(t) => t.read_tls(s),
+                };
+                match got {
                     Ok(0) => {
                         lost = true;
                         break;
                     }
                     Ok(n) => {
-                        let r = c.reader.feed(&buf[..n], &mut |ev| match ev {
-                            Ev::Head(st) => status = st,
-                            Ev::Body(b) => body += b.len() as u64,
-                            Ev::End => done += 1,
-                        });
-                        if let Err(e) = r {
-                            tally.error(e);
+                        let Some(t) = c.tls.as_mut() else {
+                            if !feed(&buf[..n], &mut tally) {
+                                lost = true;
+                                break;
+                            }
+                            continue;
+                        };
+                        if let Err(e) = t.process_new_packets() {
+                            tally.error(format!("TLS: {e}"));
+                            lost = true;
+                            break;
+                        }
+                        if !c.counted && !t.is_handshaking() {
+                            c.counted = true;
+                            if measuring {
+                                tally.handshakes += 1;
+                                if t.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                                    tally.resumed += 1;
+                                }
+                            }
+                        }
+                        loop {
+                            match t.reader().read(&mut plain) {
+                                Ok(0) => {
+                                    lost = true;
+                                    break;
+                                }
+                                Ok(m) => {
+                                    if !feed(&plain[..m], &mut tally) {
+                                        lost = true;
+                                        break;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                                Err(e) => {
+                                    tally.error(e.to_string());
+                                    lost = true;
+                                    break;
+                                }
+                            }
+                        }
+                        // The handshake's last flight and the request
+                        // rustls held until then.
+                        if lost || flush_tls(t, s).is_err() {
                             lost = true;
                             break;
                         }
@@ -216,25 +372,37 @@ fn thread_loop(o: &Opts, t: usize, measure_from: Instant, end: Instant) -> Tally
                     *tally.status.entry(status).or_default() += 1;
                     tally.latency.record(now_ns().saturating_sub(c.sent_at));
                 }
-                if !lost && c.reader.keep_alive() {
+                c.served += done as u64;
+                let renew = o.per_conn > 0 && c.served >= o.per_conn;
+                if !lost && !renew && c.reader.keep_alive() {
                     c.sent_at = now_ns();
-                    if net::write_all(s, &o.request).is_err() {
+                    if send(o, s, c.tls.as_mut()).is_err() {
                         lost = true;
                     }
                 } else {
                     lost = true;
+                    // A planned close is not a reconnect.
+                    if renew && c.reader.keep_alive() {
+                        c.served = u64::MAX;
+                    }
                 }
             }
             if lost {
                 poller.remove(s);
                 c.s = None;
-                if measuring {
+                if measuring && c.served != u64::MAX {
                     tally.reconnects += 1;
                 }
+                c.served = 0;
+                c.counted = false;
+                c.tls = None;
                 c.reader = ResponseReader::new();
                 c.sent_at = now_ns();
                 match connect(o, mine[slot], &poller, slot) {
-                    Ok(s) => c.s = Some(s),
+                    Ok((s, tls)) => {
+                        c.s = Some(s);
+                        c.tls = tls;
+                    }
                     Err(e) => tally.error(format!("connect: {e}")),
                 }
             }
