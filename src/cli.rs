@@ -20,6 +20,9 @@ usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
        corepin publish CHANNEL CONTENT [--http-response|--ws-message|--close]
                        [--id ID] [--prev-id ID] [--socket PATH | --http URL]
        corepin stats [--socket PATH]
+       corepin channels [CHANNEL] [--prefix P] [--top N] [--socket PATH | --http URL]
+       corepin connection CONNECTION-ID (--message TEXT | --close [--code N])
+                          [--socket PATH]
        corepin --help | --version
 
 Without --config, corepin runs its embedded default (config/corepin.toml):
@@ -61,6 +64,19 @@ pub enum Command {
         socket: PathBuf,
     },
     Stats {
+        socket: PathBuf,
+    },
+    /// Subscriber counts per channel.
+    Channels {
+        query: crate::codec::counts::Query,
+        /// `--http URL` (the control API's base); otherwise the socket.
+        http: Option<String>,
+        socket: PathBuf,
+    },
+    /// Send to, or close, one connection by its Connection-Id.
+    Connection {
+        /// The control socket's `connection` request.
+        request: serde_json::Value,
         socket: PathBuf,
     },
     Help,
@@ -129,6 +145,73 @@ fn parse_stats(args: impl Iterator<Item = String>) -> Result<Command, CliError> 
     Ok(Command::Stats { socket })
 }
 
+fn parse_channels(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    let mut args = args.peekable();
+    let (mut channel, mut prefix, mut top, mut http) = (None, None, None, None);
+    let mut socket = PathBuf::from(DEFAULT_SOCKET);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--prefix" => prefix = Some(value(&mut args, "--prefix")?),
+            "--top" => top = Some(value(&mut args, "--top")?),
+            "--socket" => socket = PathBuf::from(value(&mut args, "--socket")?),
+            "--http" => http = Some(value(&mut args, "--http")?),
+            f if f.starts_with("--") => {
+                return Err(CliError(format!(
+                    "{f}: unknown flag for channels (see --help)"
+                )))
+            }
+            _ if channel.is_none() => channel = Some(a),
+            _ => return Err(CliError(format!("'{a}': unexpected argument for channels"))),
+        }
+    }
+    let query =
+        crate::codec::counts::Query::build(channel.as_deref(), prefix.as_deref(), top.as_deref())
+            .map_err(|e| CliError(format!("channels: {e}")))?;
+    Ok(Command::Channels {
+        query,
+        http,
+        socket,
+    })
+}
+
+fn parse_connection(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    let mut args = args.peekable();
+    let mut req = serde_json::json!({"method": "connection"});
+    let mut socket = PathBuf::from(DEFAULT_SOCKET);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--message" => {
+                req["ws-message"] = serde_json::json!({"content": value(&mut args, "--message")?})
+            }
+            "--close" => req["action"] = "close".into(),
+            "--code" => {
+                let c = value(&mut args, "--code")?;
+                let n: u16 = c
+                    .parse()
+                    .map_err(|_| CliError(format!("--code: '{c}' is not a close code")))?;
+                req["code"] = n.into();
+            }
+            "--socket" => socket = PathBuf::from(value(&mut args, "--socket")?),
+            f if f.starts_with("--") => {
+                return Err(CliError(format!(
+                    "{f}: unknown flag for connection (see --help)"
+                )))
+            }
+            _ if req.get("id").is_none() => req["id"] = a.into(),
+            _ => {
+                return Err(CliError(format!(
+                    "'{a}': unexpected argument for connection"
+                )))
+            }
+        }
+    }
+    crate::control_socket::connection_request(&req).map_err(CliError)?;
+    Ok(Command::Connection {
+        request: req,
+        socket,
+    })
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct CliError(pub String);
 
@@ -148,6 +231,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, CliError
         Some("stats") => {
             args.next();
             return parse_stats(args);
+        }
+        Some("channels") => {
+            args.next();
+            return parse_channels(args);
+        }
+        Some("connection") => {
+            args.next();
+            return parse_connection(args);
         }
         _ => {}
     }
@@ -394,5 +485,33 @@ mod tests {
         assert_eq!(overrides.tls_cert.as_deref(), Some("a.crt"));
         assert_eq!(overrides.tls_key.as_deref(), Some("a.key"));
         assert_eq!(overrides.tls_certs_dir.as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn channels_subcommand() {
+        use crate::codec::counts::Query;
+        let Ok(Command::Channels { query, http, .. }) = p(&["channels", "a"]) else {
+            panic!()
+        };
+        assert_eq!((query, http), (Query::Channel("a".into()), None));
+        let Ok(Command::Channels { query, http, .. }) = p(&[
+            "channels",
+            "--prefix",
+            "r.",
+            "--top",
+            "3",
+            "--http",
+            "http://h:1",
+        ]) else {
+            panic!()
+        };
+        let top = Query::Top {
+            prefix: "r.".into(),
+            top: 3,
+        };
+        assert_eq!((query, http.as_deref()), (top, Some("http://h:1")));
+        assert!(p(&["channels", "a", "--top", "2"]).is_err());
+        assert!(p(&["channels", "--top"]).is_err());
+        assert!(p(&["channels", "--bogus"]).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! The command-line client: `corepin publish` and `corepin stats` talk to
+//! The command-line client: `corepin publish`, `stats` and `channels` talk to
 //! a running corepin over its control socket (or, for publish, its HTTP
 //! publish API). Plain blocking IO: this runs in the CLI process.
 
@@ -97,6 +97,98 @@ pub fn http_publish(url: &str, body: &Value) -> Result<(), String> {
             answer.lines().next().unwrap_or("no answer")
         ))
     }
+}
+
+/// Percent-encodes a query value (unreserved bytes as they are).
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Asks for channel counts on the control socket or, with `http` (the
+/// control API's `http://host:port`), with `GET /channels`; the answer's
+/// `channels` list.
+pub fn channels(
+    query: &crate::codec::counts::Query,
+    http: Option<&str>,
+    socket: &Path,
+) -> Result<Vec<(String, u64)>, String> {
+    use crate::codec::counts::Query;
+    let answer = match http {
+        None => {
+            let req = match query {
+                Query::Channel(c) => json!({"method": "channels", "channel": c}),
+                Query::Top { prefix, top } if prefix.is_empty() => {
+                    json!({"method": "channels", "top": top})
+                }
+                Query::Top { prefix, top } => {
+                    json!({"method": "channels", "prefix": prefix, "top": top})
+                }
+            };
+            let a = socket_request(socket, &req)?;
+            if a.get("ok").and_then(Value::as_bool) != Some(true) {
+                return Err(format!(
+                    "channels refused: {}",
+                    a.get("error").and_then(Value::as_str).unwrap_or("?")
+                ));
+            }
+            a
+        }
+        Some(url) => {
+            let hostport = url
+                .strip_prefix("http://")
+                .ok_or_else(|| format!("--http: '{url}' is not an http:// URL"))?
+                .trim_end_matches('/');
+            if hostport.contains('/') {
+                return Err(format!(
+                    "--http: '{url}' has a path (give http://host:port)"
+                ));
+            }
+            let q = match query {
+                Query::Channel(c) => format!("channel={}", url_encode(c)),
+                Query::Top { prefix, top } if prefix.is_empty() => format!("top={top}"),
+                Query::Top { prefix, top } => format!("prefix={}&top={top}", url_encode(prefix)),
+            };
+            let mut s = std::net::TcpStream::connect(hostport).map_err(|e| {
+                format!("corepin is not running (cannot connect to {hostport}: {e})")
+            })?;
+            let req = format!(
+                "GET /channels?{q} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes())
+                .map_err(|e| format!("{hostport}: {e}"))?;
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            if head.split(' ').nth(1) != Some("200") {
+                return Err(format!(
+                    "channels refused: {} {}",
+                    head.lines().next().unwrap_or("no answer"),
+                    body.trim()
+                ));
+            }
+            serde_json::from_str(body).map_err(|e| format!("{hostport}: bad answer: {e}"))?
+        }
+    };
+    Ok(answer
+        .get("channels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            Some((
+                c.get("channel")?.as_str()?.to_string(),
+                c.get("subscribers")?.as_u64()?,
+            ))
+        })
+        .collect())
 }
 
 /// Human-readable stats from the socket's `stats` answer.

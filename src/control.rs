@@ -1,5 +1,6 @@
 //! The control HTTP API on `control_http`: `POST /publish` (Pushpin's
-//! publish format), `GET /health`, `GET /metrics`. Served by every core on
+//! publish format), `GET /health`, `GET /metrics`, `GET /channels`
+//! (subscriber counts). Served by every core on
 //! its own SO_REUSEPORT socket; a publish is parsed here once and handed to
 //! the bus, which queues it for the cores that have subscribers on its
 //! channels.
@@ -231,7 +232,23 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
             r.content_type = "text/plain; version=0.0.4";
             return (r, no_body);
         }
-        "/health" | "/metrics" => {
+        // Subscriber counts per channel, summed over cores from the
+        // snapshots they copy 4 times a second (this core's made now).
+        "/channels" | "/channels/" if head.method() == "GET" => {
+            if let Err(r) = authorize(&shard.cfg.publish.auth, head) {
+                return (r, no_body);
+            }
+            let q = match crate::codec::counts::Query::from_url(head.query()) {
+                Ok(q) => q,
+                Err(e) => return (Reply::text(400, format!("{e}\n")), no_body),
+            };
+            shard.publish_snapshot();
+            let v = crate::control_socket::channels_json(shard.board(), &q);
+            let mut r = Reply::text(200, format!("{v}\n"));
+            r.content_type = "application/json";
+            return (r, no_body);
+        }
+        "/health" | "/metrics" | "/channels" | "/channels/" => {
             let mut r = Reply::text(405, "method not allowed\n");
             r.extra.push(("Allow", "GET".into()));
             return (r, no_body);

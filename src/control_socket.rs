@@ -1,5 +1,5 @@
 //! The control socket: a Unix stream socket taking newline-delimited JSON
-//! requests (`publish`, `stats`, `reload`, `conncheck`), one JSON line
+//! requests (`publish`, `stats`, `reload`, `conncheck`, `channels`), one JSON line
 //! answered per request. Served by plain threads (the control plane may
 //! block; executors never do), one per connection and at most
 //! `MAX_CONNECTIONS` of them: a connection over that is answered with an
@@ -39,6 +39,32 @@ pub enum Command {
     /// Make WebSocket-over-HTTP sessions send a request to their backend
     /// now (Pushpin's `refresh`); answers how many were found here.
     Refresh(Refresh, Sender<usize>),
+    /// Send to, or close, the session with this Connection-Id; answers
+    /// whether it is here.
+    Target(String, Target, Sender<bool>),
+}
+
+/// What the `connection` method does to one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A text message (a WebSocket frame).
+    Message(String),
+    /// Close with this code.
+    Close(u16),
+}
+
+impl Target {
+    /// Queues the action on `sub` (with the core's queue limits).
+    pub fn apply(&self, sub: &crate::subs::Sub, subs: &crate::subs::Registry) {
+        let msg = match self {
+            Target::Message(text) => crate::subs::Msg::Data(crate::bus::ws_frame_of(
+                crate::codec::publish::WsKind::Text,
+                text.as_bytes(),
+            )),
+            Target::Close(code) => crate::subs::Msg::WsClose(*code, String::new()),
+        };
+        sub.push(msg, subs.limits, &subs.stats);
+    }
 }
 
 /// Which sessions a `refresh` is for.
@@ -178,6 +204,24 @@ impl ControlPlane {
         found
     }
 
+    /// Applies `action` to the connection `id` on whichever core has it;
+    /// false when none does. Runs on a control-plane thread.
+    #[allow(clippy::disallowed_methods)]
+    pub fn target(&self, id: &str, action: &Target) -> bool {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.links
+            .send_all(|| Command::Target(id.to_string(), action.clone(), tx.clone()));
+        drop(tx);
+        let mut found = false;
+        for _ in 0..self.links.cores() {
+            match rx.recv_timeout(Duration::from_secs(2)) {
+                Ok(f) => found |= f,
+                Err(_) => break,
+            }
+        }
+        found
+    }
+
     pub fn stats(&self) -> Value {
         let cores = self.board.all();
         let sum = |f: &dyn Fn(&crate::stats::Snapshot) -> u64| cores.iter().map(f).sum::<u64>();
@@ -254,8 +298,28 @@ impl ControlPlane {
                 }
                 None => fail("conncheck needs \"ids\": [..]".into()),
             },
+            Some("channels") => match channels_query(&v) {
+                Ok(q) => {
+                    let mut a = channels_json(&self.board, &q);
+                    a["ok"] = true.into();
+                    a
+                }
+                Err(e) => fail(e),
+            },
+            Some("connection") => match connection_request(&v) {
+                Ok((id, action)) => {
+                    if self.target(&id, &action) {
+                        json!({"ok": true, "id": id})
+                    } else {
+                        json!({"ok": false, "id": id, "error": format!(
+                            "no connection with Connection-Id '{id}' (only WebSocket-over-HTTP sessions have one)"
+                        )})
+                    }
+                }
+                Err(e) => fail(e),
+            },
             Some(m) => fail(format!(
-                "unknown method '{m}' (publish, stats, reload, conncheck, recover)"
+                "unknown method '{m}' (publish, stats, reload, conncheck, recover, channels, connection)"
             )),
             None => fail("missing \"method\"".into()),
         }
@@ -292,6 +356,110 @@ impl ControlPlane {
         self.bus.publish(items, None);
         Ok(n)
     }
+}
+
+/// Longest text `connection` sends in one message.
+const MAX_TARGET_TEXT: usize = 1 << 20;
+
+/// The `connection` request: `id` (a Connection-Id) and either
+/// `"ws-message": {"content": TEXT}` or `"action": "close"` (with an
+/// optional `"code"`, 1000 by default); any other member refused by name.
+pub fn connection_request(v: &Value) -> Result<(String, Target), String> {
+    let Some(obj) = v.as_object() else {
+        return Err("a request is a JSON object".into());
+    };
+    if let Some(k) = obj.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "method" | "id" | "ws-message" | "action" | "code"
+        )
+    }) {
+        return Err(format!(
+            "connection: unknown member '{k}' (id, ws-message, action, code)"
+        ));
+    }
+    let id = match obj.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
+        _ => return Err("connection: \"id\" must be a Connection-Id (1 to 256 bytes)".into()),
+    };
+    let action = match (obj.get("ws-message"), obj.get("action")) {
+        (Some(m), None) => {
+            if obj.contains_key("code") {
+                return Err("connection: \"code\" goes with \"action\": \"close\"".into());
+            }
+            let Some(m) = m.as_object() else {
+                return Err("connection: \"ws-message\" must be an object".into());
+            };
+            if let Some(k) = m.keys().find(|k| k.as_str() != "content") {
+                return Err(format!(
+                    "connection: unknown ws-message member '{k}' (content)"
+                ));
+            }
+            match m.get("content") {
+                Some(Value::String(t)) if t.len() <= MAX_TARGET_TEXT => Target::Message(t.clone()),
+                Some(Value::String(_)) => {
+                    return Err(format!("connection: content over {MAX_TARGET_TEXT} bytes"))
+                }
+                _ => return Err("connection: ws-message needs \"content\": TEXT".into()),
+            }
+        }
+        (None, Some(a)) if a == "close" => match obj.get("code") {
+            None => Target::Close(1000),
+            Some(c) => match c.as_u64() {
+                Some(c @ (1000 | 1001 | 1008 | 1011 | 3000..=4999)) => Target::Close(c as u16),
+                _ => {
+                    return Err(format!(
+                        "connection: close code {c} not allowed (1000, 1001, 1008, 1011, 3000-4999)"
+                    ))
+                }
+            },
+        },
+        (None, Some(a)) => return Err(format!("connection: unknown action {a} (close)")),
+        (Some(_), Some(_)) => {
+            return Err("connection: give \"ws-message\" or \"action\", not both".into())
+        }
+        (None, None) => {
+            return Err("connection: needs \"ws-message\" or \"action\": \"close\"".into())
+        }
+    };
+    Ok((id, action))
+}
+
+/// The `channels` request's query: members `channel`, `prefix` (strings)
+/// and `top` (a number); any other member is refused by name.
+fn channels_query(v: &Value) -> Result<crate::codec::counts::Query, String> {
+    let Some(obj) = v.as_object() else {
+        return Err("a request is a JSON object".into());
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "method" | "channel" | "prefix" | "top"))
+    {
+        return Err(format!(
+            "channels: unknown member '{k}' (channel, prefix, top)"
+        ));
+    }
+    let text = |k: &str| match obj.get(k) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(format!("{k}: must be a string")),
+    };
+    let top = match obj.get("top") {
+        None => None,
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => return Err("top: must be a number".into()),
+    };
+    crate::codec::counts::Query::build(text("channel")?, text("prefix")?, top.as_deref())
+}
+
+/// Channel counts as JSON: `{"channels": [{"channel", "subscribers"}]}`.
+pub fn channels_json(board: &Board, q: &crate::codec::counts::Query) -> Value {
+    let list: Vec<Value> = board
+        .channel_counts(q)
+        .into_iter()
+        .map(|(c, n)| json!({"channel": c, "subscribers": n}))
+        .collect();
+    json!({ "channels": list })
 }
 
 /// Binds the control socket: a stale file is replaced; a socket some

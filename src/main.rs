@@ -91,6 +91,41 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Channels {
+            query,
+            http,
+            socket,
+        } => match client::channels(&query, http.as_deref(), &socket) {
+            Ok(list) => {
+                for (channel, n) in list {
+                    println!("{n}\t{channel}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("corepin: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Connection { request, socket } => {
+            match client::socket_request(&socket, &request) {
+                Ok(a) if a.get("ok").and_then(|o| o.as_bool()) == Some(true) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Ok(a) => {
+                    eprintln!(
+                        "corepin: {}",
+                        a.get("error").and_then(|e| e.as_str()).unwrap_or("?")
+                    );
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("corepin: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check { config, overrides } => match load(config.as_ref(), &overrides) {
             Ok((cfg, warning)) => {
                 let tls = corepin::tls::check(&cfg);

@@ -416,6 +416,9 @@ impl Shard {
     /// Copies this core's counters to the board (read by stats/metrics).
     pub fn publish_snapshot(&self) {
         self.board.store(self.snapshot());
+        if let Some(counts) = self.subs.channel_counts() {
+            self.board.store_channels(self.index, Arc::new(counts));
+        }
     }
 
     /// Runs commands from the control plane.
@@ -448,6 +451,13 @@ impl Shard {
                         Refresh::Channel(ch) => self.subs.refresh_channel(&ch),
                     };
                     let _ = reply.send(n);
+                }
+                Command::Target(id, action, reply) => {
+                    let sub = self.ws_sessions.borrow().get(&id).cloned();
+                    if let Some(sub) = &sub {
+                        action.apply(sub, &self.subs);
+                    }
+                    let _ = reply.send(sub.is_some());
                 }
             }
         }

@@ -4,7 +4,13 @@
 //! (and when it stops), and a scrape sums the slots.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use crate::codec::counts::Query;
+
+/// One core's subscriber count per channel, as last copied.
+pub type ChannelCounts = Arc<HashMap<String, u64>>;
 
 /// Upper bounds (ms) of the upstream latency histogram buckets.
 pub const LATENCY_BUCKETS_MS: [f64; 12] = [
@@ -108,6 +114,8 @@ pub struct Snapshot {
 #[derive(Default)]
 pub struct Board {
     slots: Vec<Mutex<Snapshot>>,
+    /// Each core's channel counts, replaced (not edited) when they change.
+    channels: Vec<Mutex<ChannelCounts>>,
 }
 
 impl Board {
@@ -121,7 +129,45 @@ impl Board {
                     })
                 })
                 .collect(),
+            channels: (0..cores).map(|_| Mutex::default()).collect(),
         })
+    }
+
+    /// Replaces core `core`'s channel counts.
+    pub fn store_channels(&self, core: usize, counts: ChannelCounts) {
+        if let Some(Ok(mut g)) = self.channels.get(core).map(Mutex::lock) {
+            *g = counts;
+        }
+    }
+
+    /// Subscriber counts summed over cores, as `query` asks: one channel
+    /// (listed even at 0), or the most subscribed channels under a prefix,
+    /// most first (ties by name). The cores' maps are only cloned (an
+    /// `Arc`) under their locks.
+    pub fn channel_counts(&self, query: &Query) -> Vec<(String, u64)> {
+        let maps: Vec<ChannelCounts> = self
+            .channels
+            .iter()
+            .filter_map(|m| m.lock().ok().map(|g| g.clone()))
+            .collect();
+        match query {
+            Query::Channel(c) => {
+                let n = maps.iter().filter_map(|m| m.get(c)).sum();
+                vec![(c.clone(), n)]
+            }
+            Query::Top { prefix, top } => {
+                let mut sum: HashMap<&str, u64> = HashMap::new();
+                for m in &maps {
+                    for (c, n) in m.iter().filter(|(c, _)| c.starts_with(prefix.as_str())) {
+                        *sum.entry(c.as_str()).or_default() += n;
+                    }
+                }
+                let mut all: Vec<(&str, u64)> = sum.into_iter().filter(|(_, n)| *n > 0).collect();
+                all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                all.truncate(*top);
+                all.into_iter().map(|(c, n)| (c.to_string(), n)).collect()
+            }
+        }
     }
 
     pub fn store(&self, s: Snapshot) {
@@ -155,5 +201,33 @@ mod tests {
         c.tls_failure("timeout");
         assert_eq!(c.tls_failures[8].get(), 1);
         assert_eq!(c.tls_failures[0].get(), 2);
+    }
+
+    #[test]
+    fn channel_counts_sum_over_cores() {
+        let b = Board::new(2);
+        let map =
+            |v: &[(&str, u64)]| Arc::new(v.iter().map(|(c, n)| (c.to_string(), *n)).collect());
+        b.store_channels(0, map(&[("a", 2), ("room.1", 1), ("room.2", 5)]));
+        b.store_channels(1, map(&[("a", 3), ("room.1", 4), ("b", 1)]));
+        b.store_channels(7, map(&[("a", 100)]));
+        assert_eq!(
+            b.channel_counts(&Query::Channel("a".into())),
+            [("a".into(), 5)]
+        );
+        assert_eq!(
+            b.channel_counts(&Query::Channel("z".into())),
+            [("z".into(), 0)]
+        );
+        let top = |p: &str, n| Query::Top {
+            prefix: p.into(),
+            top: n,
+        };
+        assert_eq!(
+            b.channel_counts(&top("room.", 10)),
+            [("room.1".to_string(), 5), ("room.2".to_string(), 5)]
+        );
+        assert_eq!(b.channel_counts(&top("", 1)), [("a".to_string(), 5)]);
+        assert_eq!(b.channel_counts(&top("", 10)).len(), 4);
     }
 }

@@ -465,6 +465,8 @@ pub struct Registry {
     /// The newest `joined` mark given to a channel here: a drain whose
     /// items were all routed after it needs no per-subscriber cut.
     newest_join: Cell<u64>,
+    /// Some channel's subscriber count changed since `channel_counts`.
+    counts_changed: Cell<bool>,
 }
 
 /// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
@@ -503,6 +505,7 @@ impl Registry {
             scratch: Cell::new(Vec::new()),
             recovered: Cell::new(0),
             newest_join: Cell::new(0),
+            counts_changed: Cell::new(false),
         }
     }
 
@@ -569,6 +572,7 @@ impl Registry {
                 }
             };
             if subs.insert(sub.id, sub.clone()).is_none() {
+                self.counts_changed.set(true);
                 if let Some(w) = watch {
                     w.send(sub_event(sub.kind, ch, 1));
                 }
@@ -580,6 +584,7 @@ impl Registry {
             }
             if let Some(m) = map.get_mut(ch) {
                 if m.remove(&sub.id).is_some() {
+                    self.counts_changed.set(true);
                     if let Some(w) = watch {
                         w.send(sub_event(sub.kind, ch, -1));
                     }
@@ -796,6 +801,20 @@ impl Registry {
             self.refetch(sub);
         }
         subs.len()
+    }
+
+    /// Subscribers per channel here, when they changed since the last
+    /// call (for the board's channel counts).
+    pub fn channel_counts(&self) -> Option<HashMap<String, u64>> {
+        if !self.counts_changed.replace(false) {
+            return None;
+        }
+        let map = self.channels.borrow();
+        Some(
+            map.iter()
+                .map(|(c, s)| (c.clone(), s.len() as u64))
+                .collect(),
+        )
     }
 
     /// Subscriber count (all channels of a subscriber count once each).

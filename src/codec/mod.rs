@@ -7,6 +7,7 @@
 pub mod bodypatch;
 pub mod chunked;
 pub mod cors;
+pub mod counts;
 pub mod filter;
 pub mod grip;
 pub mod heads;
