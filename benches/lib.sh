@@ -77,7 +77,8 @@ bench_init() {
   # NO_BUILD=1: measure the release binaries already built (a rebuild
   # under a shared machine's load can take longer than the run).
   [ "${NO_BUILD:-}" = 1 ] || (cd "$ROOT" && cargo build --release -q -p corepin -p corepin-load)
-  LOAD=$ROOT/target/release/corepin-load
+  # LOAD_BIN: another corepin-load build (the debug one, say).
+  LOAD=${LOAD_BIN:-$ROOT/target/release/corepin-load}
 }
 
 # descendants PID...: the PIDs and every process below them.
