@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::buf::BUF_SIZE;
+use crate::buf::{FillError, BUF_SIZE};
 use crate::codec::grip;
 use crate::codec::heads::{
     self, write_proxied_response, BackendRequest, ClientBody, Purpose, Toward,
@@ -271,7 +271,9 @@ enum Failure {
 
 fn relay_to_client_failure(e: RelayError) -> Failure {
     match e {
-        RelayError::Read(e) if is_timeout(&e) => Failure::Client(408, "request body timeout"),
+        RelayError::Read(FillError::Io(e)) if is_timeout(&e) => {
+            Failure::Client(408, "request body timeout")
+        }
         RelayError::Read(_) | RelayError::Truncated => Failure::ClientGone,
         RelayError::BadChunk(e) => Failure::Client(400, e.reason()),
         RelayError::TooLarge => Failure::Client(413, "request body too large"),
