@@ -14,9 +14,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::bus::{Bus, CoreInbox};
 use crate::cluster::{Cluster, Publisher};
 use crate::config::Config;
-use crate::control_socket::{self, Command, ControlPlane, CoreLinks, SocketFile};
+use crate::control_socket::{self, ControlPlane, SocketFile};
 use crate::shard::{self, ShardStart};
 use crate::stats::Board;
+use crate::wake::{Command, CoreLinks};
 use crossbeam_channel::Receiver;
 
 /// Listen backlog per socket.
@@ -495,6 +496,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 conn_limit: startup.conn_limit.clone(),
                 publisher: startup.publisher.clone(),
                 draining_cores: startup.draining_cores.clone(),
+                handlers: shard::Handlers {
+                    client: |shard, conn, peer| {
+                        Box::pin(crate::conn::http::serve(shard, conn, peer))
+                    },
+                    control: |shard, conn, peer| Box::pin(crate::control::serve(shard, conn, peer)),
+                },
             });
             // shard::run spawns its accept loops before its first await.
             after_first_poll(run, || {
@@ -560,7 +567,7 @@ fn spawn_signal_thread(plane: Arc<ControlPlane>) -> Result<(), String> {
                 }
                 draining = true;
                 info!("signal {sig}: draining");
-                plane.links.wake_all(shard::wake::DRAIN);
+                plane.links.wake_all(crate::wake::DRAIN);
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
