@@ -17,6 +17,7 @@ pub mod publish;
 pub mod response;
 pub mod tnetstring;
 pub mod uri;
+pub mod wildcard;
 pub mod ws;
 pub mod wscontrol;
 pub mod wsevents;
