@@ -899,6 +899,21 @@ pub fn parse_line_in(line: &str, base: &Path) -> Result<Option<Route>, RouteErro
     let session = props.flag("session")?;
     let sockjs = props.value("sockjs")?;
     let sockjs_as_path = props.value("sockjs_as_path")?;
+    for (name, v) in [("sockjs", &sockjs), ("sockjs_as_path", &sockjs_as_path)] {
+        if let Some(v) = v {
+            if !v.starts_with('/')
+                || v.bytes()
+                    .any(|b| !b.is_ascii_graphic() || b"?#".contains(&b))
+            {
+                return err(format!(
+                    "{name} '{v}' is not a path (it starts with / and has no space, control character, ? or #)"
+                ));
+            }
+        }
+    }
+    if sockjs_as_path.is_some() && sockjs.is_none() {
+        return err("sockjs_as_path needs sockjs on the same route (the SockJS prefix)");
+    }
     let mut headers = Vec::new();
     for v in props.take_all("header") {
         headers.push(parse_header(&v.unwrap_or_default())?);
@@ -982,9 +997,6 @@ impl Route {
                 "session",
                 "session detection needs Pushpin's inspect interface, which corepin has not",
             );
-        }
-        if self.sockjs.is_some() || self.sockjs_as_path.is_some() {
-            return not_yet(opt, "sockjs", "SockJS transports are not built yet");
         }
         if self.log_level.is_some() {
             return not_yet(
@@ -1766,8 +1778,6 @@ mod tests {
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
             ("*,session a:1", "route option `session`"),
-            ("*,sockjs=/sockjs a:1", "route option `sockjs`"),
-            ("*,sockjs_as_path=/x a:1", "route option `sockjs`"),
             ("*,log_level=2 a:1", "route option `log_level`"),
             ("* zhttp/tcp://127.0.0.1:5000", "target `zhttp/...`"),
             ("* zhttpreq/tcp://127.0.0.1:5000", "target `zhttpreq/...`"),

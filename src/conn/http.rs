@@ -188,6 +188,11 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let Some(route) = route else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
     };
+    // SockJS URLs skip cross-origin and JSON-P rewriting (as in Pushpin).
+    if let Some(path) = crate::conn::sockjs::sockjs_path(route, head) {
+        c.dropin = None;
+        return Box::pin(crate::conn::sockjs::handle(shard, c, head, route, path)).await;
+    }
     if let Some(why) = crate::conn::dropin::refusal(c) {
         return refuse(shard, c, head, 400, why, "-").await;
     }
