@@ -26,7 +26,7 @@ use crate::connection::Connection;
 use crate::log::{AccessEntry, AccessLog};
 use crate::route::Routes;
 use crate::stats::{Board, Counters, Snapshot};
-use crate::subs::{Kind, QueueLimits, Registry};
+use crate::subs::{HoldKind, QueueLimits, Registry};
 use crate::upstream::Pool;
 use crate::wake::{Command, Kick, Refresh};
 use crossbeam_channel::Receiver;
@@ -383,9 +383,9 @@ impl Shard {
         Snapshot {
             core: self.index,
             connections: self.open_connections() as u64,
-            streams: self.subs.held(Kind::Stream),
-            long_polls: self.subs.held(Kind::Response),
-            websockets: self.subs.held(Kind::Ws),
+            streams: self.subs.held(HoldKind::Stream),
+            long_polls: self.subs.held(HoldKind::Response),
+            websockets: self.subs.held(HoldKind::Ws),
             subscriptions: self.subs.subscriptions() as u64,
             accepted: c.accepted.get(),
             refused_max_connections: c.refused_max_connections.get(),

@@ -58,7 +58,7 @@ pub enum HoldResume {
 
 /// What kind of hold a subscriber is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum HoldKind {
     /// HTTP streaming: every `http-stream` content is appended.
     Stream,
     /// Long-poll: the first `http-response` completes it.
@@ -192,7 +192,7 @@ fn ws_reason(why: &str) -> String {
 /// leave one half-done.
 pub struct Sub {
     id: u64,
-    kind: Kind,
+    kind: HoldKind,
     /// Stream bodies are chunked (HTTP/1.1) or raw (HTTP/1.0).
     chunked: bool,
     channels: RefCell<Vec<String>>,
@@ -336,7 +336,7 @@ impl Sub {
         self.id
     }
 
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> HoldKind {
         self.kind
     }
 
@@ -412,7 +412,7 @@ pub struct SubStats {
 
 /// Registration settings for a new subscriber.
 pub struct SubSpec {
-    pub kind: Kind,
+    pub kind: HoldKind,
     pub chunked: bool,
     pub channels: Vec<String>,
     pub meta: Vec<(String, String)>,
@@ -476,23 +476,23 @@ pub struct Registry {
 }
 
 /// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
-fn sub_event(kind: Kind, channel: &str, delta: i32) -> crate::bus::SubEvent {
+fn sub_event(kind: HoldKind, channel: &str, delta: i32) -> crate::bus::SubEvent {
     crate::bus::SubEvent {
         mode: match kind {
-            Kind::Stream => "stream",
-            Kind::Response => "response",
-            Kind::Ws => "ws",
+            HoldKind::Stream => "stream",
+            HoldKind::Response => "response",
+            HoldKind::Ws => "ws",
         },
         channel: channel.to_string(),
         delta,
     }
 }
 
-fn kind_index(k: Kind) -> usize {
+fn kind_index(k: HoldKind) -> usize {
     match k {
-        Kind::Stream => 0,
-        Kind::Response => 1,
-        Kind::Ws => 2,
+        HoldKind::Stream => 0,
+        HoldKind::Response => 1,
+        HoldKind::Ws => 2,
     }
 }
 
@@ -518,7 +518,7 @@ impl Registry {
     }
 
     /// Held connections of `kind` on this core.
-    pub fn held(&self, kind: Kind) -> u64 {
+    pub fn held(&self, kind: HoldKind) -> u64 {
         self.held[kind_index(kind)].get()
     }
 
@@ -801,7 +801,7 @@ impl Registry {
             };
         }
         match sub.kind {
-            Kind::Stream => {
+            HoldKind::Stream => {
                 let channels = sub.channels.borrow().clone();
                 let (Some(raw), [channel]) = (last_event_id, channels.as_slice()) else {
                     return HoldResume::Note(None);
@@ -811,7 +811,7 @@ impl Registry {
                     Err(_) => Some("invalid-id".into()),
                 })
             }
-            Kind::Response => {
+            HoldKind::Response => {
                 for (channel, prev) in behind {
                     if self.resume(sub, channel, prev) == Resumed::Gap {
                         return HoldResume::Refetch;
@@ -824,7 +824,7 @@ impl Registry {
                 }
                 HoldResume::Note(None)
             }
-            Kind::Ws => HoldResume::Note(None),
+            HoldKind::Ws => HoldResume::Note(None),
         }
     }
 
@@ -839,7 +839,11 @@ impl Registry {
     /// returns how many were asked.
     pub fn refresh_channel(&self, channel: &str) -> usize {
         let subs: Vec<Rc<Sub>> = match self.channels.borrow().get(channel) {
-            Some(m) => m.values().filter(|s| s.kind == Kind::Ws).cloned().collect(),
+            Some(m) => m
+                .values()
+                .filter(|s| s.kind == HoldKind::Ws)
+                .cloned()
+                .collect(),
             None => return 0,
         };
         for sub in &subs {
@@ -1036,14 +1040,14 @@ impl Registry {
             // follows the channel's ids: an item that does not follow on
             // means it missed something, and it re-fetches from the
             // backend (a stream its next link, a long-poll its request).
-            if sub.kind != Kind::Ws {
+            if sub.kind != HoldKind::Ws {
                 let mut chans = sub.chans.borrow_mut();
                 if let Some(c) = chans.iter_mut().find(|c| c.channel == channel) {
                     if c.prev_id.is_some() && e.item.prev_id != c.prev_id {
                         // A long-poll keeps its prev-id for the retry's
                         // `Grip-Last` (it ends here anyway); a stream
                         // stops following until its next link answers.
-                        if sub.kind == Kind::Stream {
+                        if sub.kind == HoldKind::Stream {
                             c.prev_id = None;
                         }
                         gap = true;
@@ -1063,7 +1067,7 @@ impl Registry {
                     let why = format!("filter error: {err}");
                     self.hand_pieces(sub, channel, &pieces, &list[..taken]);
                     let msg = match sub.kind {
-                        Kind::Ws => Msg::WsClose(1011, ws_reason(&why)),
+                        HoldKind::Ws => Msg::WsClose(1011, ws_reason(&why)),
                         _ => Msg::Error(why),
                     };
                     sub.push(msg, self.limits, &self.stats);
@@ -1110,15 +1114,15 @@ impl Registry {
     ) -> Result<Option<Option<Bytes>>, filter::FilterError> {
         let it = &e.item;
         let (content, declared, patched) = match sub.kind {
-            Kind::Stream => match &it.http_stream {
+            HoldKind::Stream => match &it.http_stream {
                 Some(s) => (s.content.clone(), s.content_filters.as_deref(), false),
                 None => return Ok(None),
             },
-            Kind::Ws => match &it.ws_message {
+            HoldKind::Ws => match &it.ws_message {
                 Some(w) => (w.content.clone(), w.content_filters.as_deref(), false),
                 None => return Ok(None),
             },
-            Kind::Response => match &it.http_response {
+            HoldKind::Response => match &it.http_response {
                 Some(r) => match &r.patch {
                     Some(p) => (
                         p.apply(&sub.held_body.borrow()),
@@ -1161,7 +1165,7 @@ impl Registry {
         let max = self.limits;
         let mut delivered = 0u64;
         match sub.kind {
-            Kind::Stream => {
+            HoldKind::Stream => {
                 let mut data: Vec<Bytes> = Vec::new();
                 let (mut close, mut hint) = (false, false);
                 for p in pieces {
@@ -1197,7 +1201,7 @@ impl Registry {
                     sub.push(Msg::Refetch, max, &self.stats);
                 }
             }
-            Kind::Ws => {
+            HoldKind::Ws => {
                 let mut data: Vec<Bytes> = Vec::new();
                 let mut close = None;
                 let mut refresh = false;
@@ -1231,7 +1235,7 @@ impl Registry {
                     sub.push(Msg::WsClose(code, reason), max, &self.stats);
                 }
             }
-            Kind::Response => {
+            HoldKind::Response => {
                 for p in pieces {
                     let Some(r) = &p.item.item.http_response else {
                         continue;
@@ -1288,19 +1292,19 @@ impl Registry {
     pub fn set_chans(&self, sub: &Sub, chans: Vec<ChanState>) {
         let any = chans
             .iter()
-            .any(|c| !c.filters.is_empty() || (sub.kind != Kind::Ws && c.prev_id.is_some()));
+            .any(|c| !c.filters.is_empty() || (sub.kind != HoldKind::Ws && c.prev_id.is_some()));
         *sub.chans.borrow_mut() = if any { chans } else { Vec::new() };
     }
 
     fn hand(&self, sub: &Rc<Sub>, channel: &str, plan: &Plan) {
         let max = self.limits;
         let delivered = match sub.kind {
-            Kind::Stream => plan.stream_items,
-            Kind::Response => u64::from(plan.response.is_some()),
-            Kind::Ws => plan.ws_items,
+            HoldKind::Stream => plan.stream_items,
+            HoldKind::Response => u64::from(plan.response.is_some()),
+            HoldKind::Ws => plan.ws_items,
         };
         match sub.kind {
-            Kind::Stream => {
+            HoldKind::Stream => {
                 let data = if sub.chunked {
                     &plan.chunked
                 } else {
@@ -1315,7 +1319,7 @@ impl Registry {
                     sub.push(Msg::Refetch, max, &self.stats);
                 }
             }
-            Kind::Ws => {
+            HoldKind::Ws => {
                 if !plan.ws.is_empty() {
                     sub.push(Msg::Data(plan.ws.clone()), max, &self.stats);
                 }
@@ -1326,7 +1330,7 @@ impl Registry {
                     sub.push(Msg::WsClose(*code, reason.clone()), max, &self.stats);
                 }
             }
-            Kind::Response => {
+            HoldKind::Response => {
                 if let Some(r) = &plan.response {
                     sub.push(Msg::Response(r.clone()), max, &self.stats);
                 } else if plan.hint_response {
@@ -1357,9 +1361,9 @@ impl Registry {
     pub fn close_all(&self) {
         for sub in self.all_subs().into_values() {
             let msg = match sub.kind {
-                Kind::Stream => Msg::Close,
-                Kind::Response => Msg::Timeout,
-                Kind::Ws => Msg::WsClose(1001, "server shutting down".into()),
+                HoldKind::Stream => Msg::Close,
+                HoldKind::Response => Msg::Timeout,
+                HoldKind::Ws => Msg::WsClose(1001, "server shutting down".into()),
             };
             sub.push(msg, QueueLimits::UNBOUNDED, &self.stats);
         }
@@ -1374,7 +1378,7 @@ impl Registry {
             return;
         }
         for sub in self.all_subs().into_values() {
-            if sub.kind == Kind::Ws {
+            if sub.kind == HoldKind::Ws {
                 continue;
             }
             sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
@@ -1445,10 +1449,10 @@ impl Needs {
         let mut n = Needs::default();
         for s in subs {
             match s.kind {
-                Kind::Stream if s.chunked => n.chunked = true,
-                Kind::Stream => n.raw = true,
-                Kind::Ws => n.ws = true,
-                Kind::Response => {}
+                HoldKind::Stream if s.chunked => n.chunked = true,
+                HoldKind::Stream => n.raw = true,
+                HoldKind::Ws => n.ws = true,
+                HoldKind::Response => {}
             }
         }
         n
@@ -1577,7 +1581,7 @@ mod tests {
 
     fn spec() -> SubSpec {
         SubSpec {
-            kind: Kind::Stream,
+            kind: HoldKind::Stream,
             chunked: false,
             channels: vec!["c".into()],
             meta: Vec::new(),
@@ -1721,7 +1725,7 @@ mod tests {
         out
     }
 
-    fn kind_spec(kind: Kind, chunked: bool) -> SubSpec {
+    fn kind_spec(kind: HoldKind, chunked: bool) -> SubSpec {
         SubSpec {
             kind,
             chunked,
@@ -1732,10 +1736,10 @@ mod tests {
     #[test]
     fn a_drain_becomes_one_message_per_subscriber_in_the_form_its_kind_needs() {
         let (reg, inbox) = wired();
-        let raw = reg.subscribe(kind_spec(Kind::Stream, false));
-        let chunked = reg.subscribe(kind_spec(Kind::Stream, true));
-        let ws = reg.subscribe(kind_spec(Kind::Ws, false));
-        let poll = reg.subscribe(kind_spec(Kind::Response, false));
+        let raw = reg.subscribe(kind_spec(HoldKind::Stream, false));
+        let chunked = reg.subscribe(kind_spec(HoldKind::Stream, true));
+        let ws = reg.subscribe(kind_spec(HoldKind::Ws, false));
+        let poll = reg.subscribe(kind_spec(HoldKind::Response, false));
         let mut both = stream_item("c", "a");
         both.ws_message = ws_item("c", "A").ws_message;
         let mut hint = stream_item("c", "");
@@ -1913,11 +1917,11 @@ mod tests {
                 timeout: 10,
                 mode: KeepAliveMode::Idle,
             }),
-            ..kind_spec(Kind::Stream, true)
+            ..kind_spec(HoldKind::Stream, true)
         });
         let poll = reg.subscribe(SubSpec {
             timeout: Some(Duration::from_secs(30)),
-            ..kind_spec(Kind::Response, false)
+            ..kind_spec(HoldKind::Response, false)
         });
         let linked = reg.subscribe(spec());
         reg.set_link_at(&linked, Some(now + Duration::from_secs(5)));

@@ -23,7 +23,7 @@ use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
 use crate::connection::PartsProgress;
 use crate::shard::Shard;
-use crate::subs::{HoldResume, Kind, Msg, Sub, SubSpec};
+use crate::subs::{HoldKind, HoldResume, Msg, Sub, SubSpec};
 use crate::upstream::{link_dest, Dest, Upstream};
 
 /// Most queued bytes sent in one gathered write.
@@ -213,9 +213,9 @@ pub async fn hold(
     let http10 = ctx.head.version == Version::Http10;
     let sub = shard.subs.subscribe(SubSpec {
         kind: if instruct.hold == HoldMode::Stream {
-            Kind::Stream
+            HoldKind::Stream
         } else {
-            Kind::Response
+            HoldKind::Response
         },
         chunked: !http10,
         channels,
@@ -348,26 +348,29 @@ fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(Dest, Strin
     found
 }
 
-pub enum Event {
+/// What a held connection wakes up for.
+pub enum HoldEvent {
     Msg(Msg),
     ClientGone,
     Dropped,
 }
 
 /// Waits for the next message for `sub`, or the client going away.
-pub async fn next_event(c: &mut Client, sub: &Sub) -> Event {
+pub async fn next_event(c: &mut Client, sub: &Sub) -> HoldEvent {
     futures_lite::future::poll_fn(|cx| {
         if sub.dropped() {
-            return Poll::Ready(Event::Dropped);
+            return Poll::Ready(HoldEvent::Dropped);
         }
         if let Some(m) = sub.poll_msg(cx.waker()) {
-            return Poll::Ready(Event::Msg(m));
+            return Poll::Ready(HoldEvent::Msg(m));
         }
         // Watch the client side for a close; bytes it sends (a pipelined
         // request) are kept for after the hold, up to one buffer.
         while c.conn.input_len() < BUF_SIZE {
             match c.conn.poll_fill(cx, BUF_SIZE) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::ClientGone),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(HoldEvent::ClientGone)
+                }
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => break,
             }
@@ -526,7 +529,7 @@ async fn hold_stream(
     }
     loop {
         match next_event(c, sub).await {
-            Event::Msg(Msg::Data(b)) => {
+            HoldEvent::Msg(Msg::Data(b)) => {
                 // The access log counts body bytes, not chunk framing.
                 let payload = if http10 {
                     <[u8]>::len
@@ -544,11 +547,11 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
-            Event::Msg(Msg::Error(why)) => {
+            HoldEvent::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
+            HoldEvent::Msg(Msg::Error(why)) => {
                 return stream_failed(shard, c, ctx, code, bytes, &why).await
             }
-            Event::Msg(Msg::Refetch) => {
+            HoldEvent::Msg(Msg::Refetch) => {
                 let Some(link) = instruct.next.clone() else {
                     continue;
                 };
@@ -607,15 +610,15 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(
+            HoldEvent::Msg(
                 Msg::Response(_)
                 | Msg::ResponseBody(..)
                 | Msg::Timeout
                 | Msg::WsClose(..)
                 | Msg::Refresh,
             ) => {}
-            Event::ClientGone => return done(code, bytes, ctx, false),
-            Event::Dropped => {
+            HoldEvent::ClientGone => return done(code, bytes, ctx, false),
+            HoldEvent::Dropped => {
                 dropped_warning(shard, c, "stream");
                 return done(code, bytes, ctx, false);
             }
@@ -717,7 +720,7 @@ async fn hold_response(
     let keep = ctx.head.keep_alive && !shard.draining();
     loop {
         match next_event(c, sub).await {
-            Event::Msg(m @ (Msg::Response(_) | Msg::ResponseBody(..))) => {
+            HoldEvent::Msg(m @ (Msg::Response(_) | Msg::ResponseBody(..))) => {
                 let (e, head, body) = match m {
                     Msg::ResponseBody(e, body) => {
                         let head = Bytes::from(e.response_head_for(body.len()));
@@ -748,7 +751,7 @@ async fn hold_response(
                     .map_or(200, |r| r.head.status().code());
                 return done(code, body.len() as u64, ctx, ok && keep);
             }
-            Event::Msg(Msg::Timeout) => {
+            HoldEvent::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
                 crate::conn::dropin::whole(c, &mut out, 0, true);
@@ -756,7 +759,7 @@ async fn hold_response(
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
             }
-            Event::Msg(Msg::Error(why)) => {
+            HoldEvent::Msg(Msg::Error(why)) => {
                 // Only a `debug` route's subscribers are told (Pushpin:
                 // 502 with the reason as the body).
                 let mut out = Vec::new();
@@ -764,7 +767,7 @@ async fn hold_response(
                 let ok = held_response_written(shard, c, ctx, sub, out).await;
                 return done(502, why.len() as u64 + 1, ctx, ok && keep);
             }
-            Event::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => {
+            HoldEvent::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => {
                 let last = sub
                     .chans()
                     .iter()
@@ -772,8 +775,8 @@ async fn hold_response(
                     .collect();
                 return HoldEnd::Retry(last);
             }
-            Event::Msg(_) => {}
-            Event::ClientGone | Event::Dropped => return done(499, 0, ctx, false),
+            HoldEvent::Msg(_) => {}
+            HoldEvent::ClientGone | HoldEvent::Dropped => return done(499, 0, ctx, false),
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::buf::BUF_SIZE;
 use crate::codec::heads;
 use crate::codec::http1::{self, BodyKind, HeadLimits, RequestHead, ResponseHead};
 use crate::codec::sockjs::{self as codec, Frame, Transport, Url};
-use crate::codec::ws::{self, Event, Opcode, Reader, Role};
+use crate::codec::ws::{self, Opcode, Reader, Received, Role};
 use crate::conn::body::{OutFraming, Relay};
 use crate::conn::http::{Client, Outcome};
 use crate::connection::Connection;
@@ -567,7 +567,7 @@ async fn opened(shard: &Shard, ours: &mut Connection) -> Result<ResponseHead, An
 }
 
 /// Frames the backend side sent, read from `ours`.
-fn frames(ours: &mut Connection, reader: &mut Reader) -> Result<Vec<Event>, ()> {
+fn frames(ours: &mut Connection, reader: &mut Reader) -> Result<Vec<Received>, ()> {
     let mut out = Vec::new();
     loop {
         let (n, ev) = reader.read(ours.input()).map_err(|_| ())?;
@@ -687,14 +687,14 @@ async fn session_task(shard: Rc<Shard>, id: String, open: Open, s: SessionRef) {
                     Ok(evs) => {
                         for ev in evs {
                             match ev {
-                                Event::Message(_, d) => st
+                                Received::Message(_, d) => st
                                     .inbound
                                     .push_back(String::from_utf8_lossy(&d).into_owned()),
-                                Event::Ping(p) => {
+                                Received::Ping(p) => {
                                     ws::write_frame(&mut out, true, Opcode::Pong, &p, Some(mask()))
                                 }
-                                Event::Pong(_) => {}
-                                Event::Close(code, reason) => {
+                                Received::Pong(_) => {}
+                                Received::Close(code, reason) => {
                                     ws::write_close(&mut out, code, "", Some(mask()));
                                     let code = if code == 1005 { 0 } else { code };
                                     let reason = if reason.is_empty() {
@@ -1227,7 +1227,7 @@ async fn websocket(
                 }
                 for ev in evs {
                     match ev {
-                        Event::Message(_, d) => match codec::ws_messages(&d) {
+                        Received::Message(_, d) => match codec::ws_messages(&d) {
                             Ok(msgs) => {
                                 for m in msgs {
                                     ws::write_frame(
@@ -1246,11 +1246,11 @@ async fn websocket(
                                 break;
                             }
                         },
-                        Event::Ping(p) => {
+                        Received::Ping(p) => {
                             ws::write_frame(&mut to_client, true, Opcode::Pong, &p, None)
                         }
-                        Event::Pong(_) => {}
-                        Event::Close(code, reason) => {
+                        Received::Pong(_) => {}
+                        Received::Close(code, reason) => {
                             let code = if code == 1005 { 1000 } else { code };
                             ws::write_close(&mut to_backend, code, &reason, Some(mask()));
                             ws::write_close(&mut to_client, code, "", None);
@@ -1264,21 +1264,21 @@ async fn websocket(
                 Ok(evs) => {
                     for ev in evs {
                         match ev {
-                            Event::Message(_, d) => {
+                            Received::Message(_, d) => {
                                 let m = [String::from_utf8_lossy(&d).into_owned()];
                                 let mut f = Vec::new();
                                 codec::encode(&mut f, &Frame::Messages(&m));
                                 ws::write_frame(&mut to_client, true, Opcode::Text, &f, None);
                             }
-                            Event::Ping(p) => ws::write_frame(
+                            Received::Ping(p) => ws::write_frame(
                                 &mut to_backend,
                                 true,
                                 Opcode::Pong,
                                 &p,
                                 Some(mask()),
                             ),
-                            Event::Pong(_) => {}
-                            Event::Close(code, reason) => {
+                            Received::Pong(_) => {}
+                            Received::Close(code, reason) => {
                                 let code = if code == 1005 { 1000 } else { code };
                                 ws::write_close(&mut to_client, code, &reason, None);
                                 ws::write_close(&mut to_backend, code, "", Some(mask()));

@@ -25,13 +25,13 @@ use std::time::Instant;
 use crate::buf::BUF_SIZE;
 use crate::codec::heads;
 use crate::codec::http1::{self, RequestHead, ResponseHead};
-use crate::codec::ws::{self, Event as WsFrameEvent, Reader, WsError};
+use crate::codec::ws::{self, Reader, Received as WsFrameEvent, WsError};
 use crate::codec::wssession::{ServerSession, Step};
 use crate::conn::grip::{dropped_warning, send_now, HoldEnd};
 use crate::conn::http::{Client, Outcome};
 use crate::route::{Route, WsMode};
 use crate::shard::Shard;
-use crate::subs::{Held, Kind, Msg, Sub, SubSpec};
+use crate::subs::{Held, HoldKind, Msg, Sub, SubSpec};
 use crate::upstream::Upstream;
 
 pub use crate::codec::wshandshake::check_handshake;
@@ -187,7 +187,7 @@ pub async fn handle(
 /// it there); elsewhere the message is dropped for this client alone.
 fn ws_sub<'a>(shard: &'a Shard, route: &Route, channels: Vec<String>) -> Held<'a> {
     let sub = shard.subs.subscribe(SubSpec {
-        kind: Kind::Ws,
+        kind: HoldKind::Ws,
         chunked: false,
         channels,
         meta: Vec::new(),

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::codec::heads::Purpose;
 use crate::codec::http1::{self, RequestHead, ResponseHead};
-use crate::codec::ws::{self, Kind as WsKind, Opcode, Reader, Role};
+use crate::codec::ws::{self, MessageKind as WsKind, Opcode, Reader, Role};
 use crate::codec::wsevents::{self, WsEvent};
 use crate::codec::wshandshake::{classify, grip_extension, switching, FromBackend, GripExt};
 use crate::codec::wssession::{Pings, ServerSession, Step};
