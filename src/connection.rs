@@ -373,6 +373,16 @@ impl Connection {
         }
     }
 
+    /// A connection over a stream already on the core's ring (a backend
+    /// connected through it).
+    pub fn ring(stream: UringStream, bufs: Rc<BufPool>) -> Connection {
+        Connection {
+            io: Transport::Uring(Box::new(UringIo::new(stream))),
+            input: InBuf::new(bufs),
+            read: 0,
+        }
+    }
+
     /// True when the connection goes through the core's io_uring.
     pub fn is_uring(&self) -> bool {
         matches!(self.io, Transport::Uring(_))

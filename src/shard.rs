@@ -741,6 +741,9 @@ impl<F: Future<Output = ()>, P: FnOnce()> Future for Contained<F, P> {
     }
 }
 
+/// The largest connection task size logged so far.
+static TASK_SIZE_LOGGED: AtomicUsize = AtomicUsize::new(0);
+
 /// `contained` for a client or control connection: the panic is counted
 /// (`corepin_connection_panics_total`) and logged with the peer. `slot`,
 /// a client connection's place under `max_connections`, is held for as
@@ -751,6 +754,13 @@ fn connection_task(
     slot: Option<Slot>,
     task: impl Future<Output = ()>,
 ) -> impl Future<Output = ()> {
+    // Every held connection's task is allocated at this size (its largest
+    // await point): the first part of an idle connection's byte budget
+    // (PERFORMANCE.md). Logged for each larger kind of task seen.
+    let size = std::mem::size_of_val(&task);
+    if TASK_SIZE_LOGGED.fetch_max(size, Ordering::Relaxed) < size {
+        debug!("connection task: {size} bytes");
+    }
     let shard = shard.clone();
     // Kept in the panic handler, which lives exactly as long as the task:
     // no second copy of the task's state is made to hold it.

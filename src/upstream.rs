@@ -307,6 +307,18 @@ impl Pool {
                 Some((name, config, Rc::<str>::from(Dest::pool_key(addr, Some(t)))))
             }
         };
+        if tls.is_none() {
+            if let Some(ring) = crate::uring::current() {
+                // The io_uring data path: the backend socket is the ring's
+                // from its connect on (no descriptor handed over).
+                let conn = connect_ring(&ring, sa, timeout).await?;
+                return Ok(Upstream {
+                    conn: Connection::ring(conn, self.bufs.clone()),
+                    reused: false,
+                    key,
+                });
+            }
+        }
         let stream = match TcpStream::connect_timeout(sa, timeout).await {
             Ok(s) => s,
             Err(e) => {
@@ -408,6 +420,21 @@ impl Pool {
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().values().map(Vec::len).sum()
     }
+}
+
+/// Connects through the core's ring (`TCP_NODELAY` set), racing `timeout`
+/// (a ring connect has none; dropping it cancels it).
+async fn connect_ring(
+    ring: &crate::uring::Uring,
+    sa: SocketAddr,
+    timeout: Duration,
+) -> Result<crate::uring::UringStream, ConnectError> {
+    let connect = async { ring.connect(sa).await.map_err(ConnectError::Failed) };
+    let expire = async {
+        glommio::timer::sleep(timeout).await;
+        Err(ConnectError::Timeout)
+    };
+    futures_lite::future::or(connect, expire).await
 }
 
 #[cfg(test)]
