@@ -283,6 +283,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut bound = serde_json::json!({
         "pid": std::process::id(),
         "listen": [],
+        "listen_tls": [],
         "control_http": [],
         "control_socket": cfg.control_socket.as_ref().map(|p| p.to_string_lossy().into_owned()),
     });
@@ -315,6 +316,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for addr in &cfg.listen_tls {
         let (sockets, actual) = bind_group(*addr, workers)?;
         info!("listening on {actual} (TLS clients)");
+        if let Some(l) = bound["listen_tls"].as_array_mut() {
+            l.push(actual.to_string().into());
+        }
         for (i, s) in sockets.into_iter().enumerate() {
             tls_listeners[i].push(s.into_raw_fd());
         }

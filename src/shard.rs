@@ -589,6 +589,8 @@ pub async fn run(start: ShardStart) {
     }
     let log_task = glommio::spawn_local(flush_access_log(shard.clone(), stop.clone()));
     let sweep_task = glommio::spawn_local(sweep(shard.clone(), stop.clone()));
+    // SockJS HTTP sessions this core owns (`conn::sockjs`).
+    glommio::spawn_local(crate::conn::sockjs::serve(shard.clone())).detach();
 
     // SAFETY: the fd is this shard's end of a socketpair, owned by it alone.
     let wake = unsafe { UnixStream::from_raw_fd(start.wake) };

@@ -180,6 +180,11 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let Some(route) = route else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
     };
+    // SockJS URLs skip cross-origin and JSON-P rewriting (as in Pushpin).
+    if let Some(path) = crate::conn::sockjs::sockjs_path(route, head) {
+        c.dropin = None;
+        return Box::pin(crate::conn::sockjs::handle(shard, c, head, route, path)).await;
+    }
     if let Some(why) = crate::conn::dropin::refusal(c) {
         return refuse(shard, c, head, 400, why, "-").await;
     }
@@ -310,7 +315,17 @@ async fn exchange(
     let t = &shard.cfg.timeouts;
     up.conn.set_read_timeout(Some(t.upstream_read));
     up.conn.set_write_timeout(Some(t.upstream_read));
-    if head.body == BodyKind::Empty {
+    // A JSON-P request's body comes from its query, not the client.
+    let query_body = crate::conn::dropin::body(c);
+    if head.body == BodyKind::Empty || query_body.is_some() {
+        let whole;
+        let req_head = match query_body {
+            Some(b) => {
+                whole = [req_head, b].concat();
+                &whole[..]
+            }
+            None => req_head,
+        };
         if up.conn.write_all(req_head).await.is_err() {
             return Err(if up.reused {
                 Failure::Stale
