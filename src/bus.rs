@@ -665,9 +665,6 @@ struct CoreLink {
     pending: Arc<AtomicBool>,
 }
 
-/// The wake byte that means "publishes are waiting".
-pub const WAKE_PUBLISH: u8 = b'P';
-
 /// The memory bounds of the publish path.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -1166,7 +1163,7 @@ impl Bus {
                 local = true;
             } else {
                 self.stats.wakes[i].fetch_add(1, Ordering::Relaxed);
-                let _ = (&core.wake).write_all(&[WAKE_PUBLISH]);
+                let _ = (&core.wake).write_all(&[crate::wake::PUBLISH]);
             }
         }
         local

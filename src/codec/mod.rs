@@ -15,6 +15,7 @@ pub mod http1;
 pub mod jsonp;
 pub mod publish;
 pub mod response;
+pub mod sockjs;
 pub mod tnetstring;
 pub mod uri;
 pub mod wildcard;
