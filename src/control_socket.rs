@@ -226,9 +226,7 @@ impl ControlPlane {
                     if self.target(&id, &action) {
                         json!({"ok": true, "id": id})
                     } else {
-                        json!({"ok": false, "id": id, "error": format!(
-                            "no connection with Connection-Id '{id}' (only WebSocket-over-HTTP sessions have one)"
-                        )})
+                        json!({"ok": false, "id": id, "error": no_connection(&id)})
                     }
                 }
                 Err(e) => fail(e),
@@ -271,6 +269,14 @@ impl ControlPlane {
         self.bus.publish(items, None);
         Ok(n)
     }
+}
+
+/// What the `connection` method answers for an id no core has.
+pub fn no_connection(id: &str) -> String {
+    format!(
+        "no connection with Connection-Id '{}' (only WebSocket-over-HTTP sessions have one)",
+        id.escape_debug()
+    )
 }
 
 /// Longest text `connection` sends in one message.

@@ -181,6 +181,7 @@ struct Startup {
     ready: Option<ReadyFile>,
     /// Cores whose drain has not finished (`ShardStart::draining_cores`).
     draining_cores: Arc<std::sync::atomic::AtomicUsize>,
+    plane: Arc<ControlPlane>,
 }
 
 /// `--ready-file`: the bound addresses as one JSON object, written once
@@ -425,7 +426,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if let Some(r) = ready.as_mut() {
         r.json = format!("{bound}\n");
     }
-    spawn_signal_thread(plane)?;
+    spawn_signal_thread(plane.clone())?;
     info!("running on {workers} cores");
     info!("data path: {}", startup_data_path(&cfg));
     if cfg.data_path == crate::config::DataPath::Uring {
@@ -446,6 +447,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         per_shard: Mutex::new(per_shard),
         ready,
         draining_cores: Arc::new(std::sync::atomic::AtomicUsize::new(workers)),
+        plane,
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(workers, None))
@@ -500,6 +502,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 conn_limit: startup.conn_limit.clone(),
                 publisher: startup.publisher.clone(),
                 draining_cores: startup.draining_cores.clone(),
+                plane: startup.plane.clone(),
                 handlers: shard::Handlers {
                     client: |shard, conn, peer| {
                         Box::pin(crate::conn::http::serve(shard, conn, peer))

@@ -249,6 +249,9 @@ pub struct Shard {
     /// The TLS listeners' configuration in force (swapped by a reload;
     /// a connection keeps the one it started with).
     tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
+    /// The control plane, for the control HTTP API's commands to every
+    /// core (set at start-up; `None` in unit tests).
+    pub plane: RefCell<Option<Arc<crate::control_socket::ControlPlane>>>,
 }
 
 impl Shard {
@@ -298,6 +301,7 @@ impl Shard {
             refuse_log: RateLog::default(),
             lingering_refusals: Cell::new(0),
             tls: RefCell::new(None),
+            plane: RefCell::new(None),
             cfg,
         })
     }
@@ -525,6 +529,8 @@ pub struct ShardStart {
     /// Cores still draining, all shards together: a shard keeps its control
     /// listener until it reaches 0 (see `run`).
     pub draining_cores: Arc<AtomicUsize>,
+    /// The control plane (the control HTTP API reaches other cores by it).
+    pub plane: Arc<crate::control_socket::ControlPlane>,
     /// What serves the connections accepted.
     pub handlers: Handlers,
 }
@@ -558,6 +564,7 @@ pub async fn run(start: ShardStart) {
         start.publisher,
     );
     *shard.tls.borrow_mut() = start.tls;
+    *shard.plane.borrow_mut() = Some(start.plane);
     shard
         .control_queue
         .set(Some(glommio::executor().create_task_queue(

@@ -779,8 +779,10 @@ impl Registry {
 
     /// Resumes a new hold from history, before its head is written:
     ///
-    /// - a stream on one channel whose client gave `last_event_id` (SSE's
-    ///   `Last-Event-ID`) is replayed what it missed; the answer is the
+    /// - a stream or WebSocket on one channel whose client gave
+    ///   `last_event_id` (SSE's `Last-Event-ID`; for a WebSocket the same
+    ///   header on its upgrade request, or `?last-event-id=`) is replayed
+    ///   what it missed; the answer is the
     ///   `Corepin-Resume` value to tell the client (`replayed=N`, `gap`,
     ///   or `invalid-id` for an id that is not one);
     /// - a long-poll whose `prev-id`s are `behind` the channels' last ids
@@ -801,7 +803,7 @@ impl Registry {
             };
         }
         match sub.kind {
-            HoldKind::Stream => {
+            HoldKind::Stream | HoldKind::Ws => {
                 let channels = sub.channels.borrow().clone();
                 let (Some(raw), [channel]) = (last_event_id, channels.as_slice()) else {
                     return HoldResume::Note(None);
@@ -824,7 +826,6 @@ impl Registry {
                 }
                 HoldResume::Note(None)
             }
-            HoldKind::Ws => HoldResume::Note(None),
         }
     }
 
