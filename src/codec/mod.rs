@@ -18,6 +18,7 @@ pub mod response;
 pub mod sockjs;
 pub mod tnetstring;
 pub mod uri;
+pub mod wildcard;
 pub mod ws;
 pub mod wscontrol;
 pub mod wsevents;

@@ -279,21 +279,9 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     let shard = shard.clone();
     let url = url.to_string();
     glommio::spawn_local(async move {
-        let mut up = match shard
-            .pool
-            .connect_to(&to, shard.cfg.timeouts.upstream_connect)
-            .await
-        {
-            Ok(up) => up,
-            Err(e) => {
-                warn!("core {}: gone link {url}: {e:?}", shard.index);
-                return;
-            }
-        };
-        if up.conn.write_all(&req).await.is_err() {
-            warn!("core {}: gone link {url}: the request failed", shard.index);
+        let Some(mut up) = send_link_request(&shard, &to, &req, "gone link", &url).await else {
             return;
-        }
+        };
         let Some(resp) = up
             .read_head(
                 &shard.cfg.limits.head,
@@ -319,6 +307,33 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
         }
     })
     .detach();
+}
+
+/// Connects to a link's backend and sends `req` (a `gone` or `next`
+/// link's request); a failure is logged as `what` with the `url`.
+async fn send_link_request(
+    shard: &Shard,
+    to: &Dest,
+    req: &[u8],
+    what: &str,
+    url: &str,
+) -> Option<Upstream> {
+    let mut up = match shard
+        .pool
+        .connect_to(to, shard.cfg.timeouts.upstream_connect)
+        .await
+    {
+        Ok(up) => up,
+        Err(e) => {
+            warn!("core {}: {what} {url}: {e:?}", shard.index);
+            return None;
+        }
+    };
+    if up.conn.write_all(req).await.is_err() {
+        warn!("core {}: {what} {url}: the request failed", shard.index);
+        return None;
+    }
+    Some(up)
 }
 
 /// Where a link points (`upstream::link_dest`), or a warning naming it.
@@ -492,11 +507,18 @@ async fn hold_stream(
         crate::codec::chunked::write_chunk(&mut out, &body);
     }
     crate::conn::dropin::head(c, &mut out, 0);
+    // A HEAD is answered with the head alone (RFC 9110 §9.3.2): no body,
+    // so nothing to stream; the connection ends after it.
+    let head_only = ctx.head.method() == "HEAD";
+    if head_only {
+        cut_after_head(&mut out);
+        bytes = 0;
+    }
     drop((base, body));
     let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
-    if !sent {
-        return done(code, 0, ctx, false);
+    if !sent || head_only {
+        return done(code, bytes, ctx, false);
     }
     sub.wrote(Instant::now());
     if let Some(why) = failed.or_else(|| prev_id_without_link(&instruct)) {
@@ -718,7 +740,7 @@ async fn hold_response(
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&body);
                 crate::conn::dropin::whole(c, &mut out, 0, true);
-                let ok = held_response_written(shard, c, sub, out).await;
+                let ok = held_response_written(shard, c, ctx, sub, out).await;
                 let code = e
                     .item
                     .http_response
@@ -730,7 +752,7 @@ async fn hold_response(
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
                 crate::conn::dropin::whole(c, &mut out, 0, true);
-                let ok = held_response_written(shard, c, sub, out).await;
+                let ok = held_response_written(shard, c, ctx, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
             }
@@ -739,7 +761,7 @@ async fn hold_response(
                 // 502 with the reason as the body).
                 let mut out = Vec::new();
                 http1::write_simple_response(&mut out, 502, &why, !keep);
-                let ok = held_response_written(shard, c, sub, out).await;
+                let ok = held_response_written(shard, c, ctx, sub, out).await;
                 return done(502, why.len() as u64 + 1, ctx, ok && keep);
             }
             Event::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => {
@@ -756,8 +778,26 @@ async fn hold_response(
     }
 }
 
-/// Writes a long-poll's answer; true when it went out whole.
-async fn held_response_written(shard: &Shard, c: &mut Client, sub: &Sub, out: Vec<u8>) -> bool {
+/// Cuts `out` after its head (the first empty line).
+fn cut_after_head(out: &mut Vec<u8>) {
+    if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+        out.truncate(end + 4);
+    }
+}
+
+/// Writes a long-poll's answer (its head alone to a HEAD, RFC 9110
+/// §9.3.2: `Content-Length` still says what a GET would get); true when it
+/// went out whole.
+async fn held_response_written(
+    shard: &Shard,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    sub: &Sub,
+    mut out: Vec<u8>,
+) -> bool {
+    if ctx.head.method() == "HEAD" {
+        cut_after_head(&mut out);
+    }
     match deliver(shard, c, sub, Bytes::from(out), <[u8]>::len)
         .await
         .0
@@ -829,20 +869,7 @@ async fn fetch_link_inner(
         &ctx.prefix,
         token.as_deref(),
     );
-    let mut up = match shard
-        .pool
-        .connect_to(&to, shard.cfg.timeouts.upstream_connect)
-        .await
-    {
-        Ok(up) => up,
-        Err(e) => {
-            warn!("core {}: next link {}: {e:?}", shard.index, to.addr);
-            return None;
-        }
-    };
-    if up.conn.write_all(&req).await.is_err() {
-        return None;
-    }
+    let mut up = send_link_request(shard, &to, &req, "next link", url).await?;
     let resp = up
         .read_head(
             &shard.cfg.limits.head,

@@ -182,8 +182,11 @@ pub async fn handle(
     }
 }
 
-fn ws_sub(shard: &Shard, channels: Vec<String>) -> Held<'_> {
-    shard.subs.subscribe(SubSpec {
+/// A WebSocket's subscription. On a `debug` route a filter error closes
+/// the connection 1011 with its reason (as streams and long-polls report
+/// it there); elsewhere the message is dropped for this client alone.
+fn ws_sub<'a>(shard: &'a Shard, route: &Route, channels: Vec<String>) -> Held<'a> {
+    let sub = shard.subs.subscribe(SubSpec {
         kind: Kind::Ws,
         chunked: false,
         channels,
@@ -191,8 +194,11 @@ fn ws_sub(shard: &Shard, channels: Vec<String>) -> Held<'_> {
         keep_alive: None,
         timeout: None,
         link_timeout: None,
-    })
+    });
+    sub.set_debug(route.debug);
+    sub
 }
+
 async fn read_response_head(
     shard: &Shard,
     up: &mut Upstream,

@@ -113,7 +113,7 @@ pub(super) async fn passthrough(
     }
     up.conn.set_read_timeout(None);
     let prefix = route.prefix.clone().unwrap_or_default();
-    let sub = ws_sub(shard, route.implicit_channels(&backend.addr));
+    let sub = ws_sub(shard, route, route.implicit_channels(&backend.addr));
     let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
     end
 }
