@@ -71,6 +71,7 @@ struct FileZmq {
     stats_report_interval: Option<u64>,
     stats_subscription_ttl: Option<u64>,
     subscription_linger: Option<u64>,
+    ipc_file_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -524,6 +525,9 @@ pub struct Zmq {
     /// Seconds a channel's long-poll subscription outlives its last
     /// long-poll (so clients polling again keep it).
     pub subscription_linger: u64,
+    /// Permissions given to the socket files of bound `ipc://` endpoints
+    /// (Pushpin's `ipc_file_mode`); `None`: as ZeroMQ makes them.
+    pub ipc_file_mode: Option<u32>,
 }
 
 impl Default for Zmq {
@@ -538,6 +542,7 @@ impl Default for Zmq {
             stats_report_interval: 10,
             stats_subscription_ttl: 60,
             subscription_linger: 60,
+            ipc_file_mode: None,
         }
     }
 }
@@ -622,7 +627,20 @@ fn validate_zmq(z: FileZmq) -> Result<Zmq, ConfigError> {
             format!("{linger} is more than 86400"),
         );
     }
+    let ipc_file_mode = match z.ipc_file_mode.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(m) => match u32::from_str_radix(m, 8) {
+            Ok(mode) if mode <= 0o777 => Some(mode),
+            _ => {
+                return fail(
+                    "zmq.ipc_file_mode",
+                    format!("'{m}' is not an octal file mode (such as 660)"),
+                )
+            }
+        },
+    };
     Ok(Zmq {
+        ipc_file_mode,
         push_in_spec: one("zmq.push_in_spec", z.push_in_spec)?,
         push_in_sub_specs: z
             .push_in_sub_specs

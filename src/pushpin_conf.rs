@@ -207,7 +207,6 @@ fn kind(key: &str) -> Option<Unmapped> {
         "runner/m2sh_bin",
         "runner/zurl_bin",
         "proxy/ipc_file_mode",
-        "handler/ipc_file_mode",
         "proxy/updates_check",
         "proxy/organization_name",
     ];
@@ -611,6 +610,13 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     let conn_stats = boolean("global/stats_connection_send")?.unwrap_or(true);
     let stats_on = text_of("handler/stats_spec").is_some_and(|s| !s.trim().is_empty());
 
+    // The handler's mode is the one its public ZeroMQ sockets get (the
+    // proxy's applies to Pushpin's internal sockets only).
+    mapped.push("handler/ipc_file_mode");
+    if let Some(m) = text_of("handler/ipc_file_mode") {
+        zmq.insert("ipc_file_mode".into(), m.trim().to_string().into());
+    }
+
     mapped.push("proxy/sockjs_url");
     if let Some(u) = text_of("proxy/sockjs_url") {
         t.insert("sockjs_url".into(), u.trim().to_string().into());
@@ -812,7 +818,7 @@ a=second
         )
         .expect("inc");
         let text = format!(
-            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nauto_cross_origin=true\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\nlog_from=false\nlog_user_agent=true\nprometheus_prefix=pp_\n[handler]\npush_in_http_port=5561\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\npush_in_spec=tcp://127.0.0.1:5560\npush_in_sub_specs=tcp://127.0.0.1:5562,ipc://x\npush_in_sub_connect=true\nstats_spec=ipc:///r/{{ipc_prefix}}stats\nstats_format=json\nstats_report_interval=0\nstats_subscription_ttl=30\nsubscription_linger=5\nprometheus_prefix=pp_\n",
+            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nauto_cross_origin=true\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\nlog_from=false\nlog_user_agent=true\nprometheus_prefix=pp_\n[handler]\npush_in_http_port=5561\nipc_file_mode=770\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\npush_in_spec=tcp://127.0.0.1:5560\npush_in_sub_specs=tcp://127.0.0.1:5562,ipc://x\npush_in_sub_connect=true\nstats_spec=ipc:///r/{{ipc_prefix}}stats\nstats_format=json\nstats_report_interval=0\nstats_subscription_ttl=30\nsubscription_linger=5\nprometheus_prefix=pp_\n",
             d.display()
         );
         std::fs::write(d.join("pushpin.conf"), text).expect("conf");
@@ -861,6 +867,7 @@ a=second
         assert!(!c.access_log_client && c.access_log_user_agent);
         assert_eq!(c.metrics_pushpin_prefix, "pp_");
         assert!(c.auto_cross_origin);
+        assert_eq!(c.zmq.ipc_file_mode, Some(0o770));
         let w = p.warning.expect("a warning");
         assert!(!w.contains("client_maxconn"), "{w}");
         // Pushpin's conn stats are not sent, and the warning says so.
