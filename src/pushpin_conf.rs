@@ -208,7 +208,6 @@ fn kind(key: &str) -> Option<Kind> {
         "runner/zurl_bin",
         "proxy/ipc_file_mode",
         "handler/ipc_file_mode",
-        "proxy/sockjs_url",
         "proxy/updates_check",
         "proxy/organization_name",
     ];
@@ -610,6 +609,11 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     mapped.push("global/stats_connection_send");
     let conn_stats = boolean("global/stats_connection_send")?.unwrap_or(true);
     let stats_on = text_of("handler/stats_spec").is_some_and(|s| !s.trim().is_empty());
+
+    mapped.push("proxy/sockjs_url");
+    if let Some(u) = text_of("proxy/sockjs_url") {
+        t.insert("sockjs_url".into(), u.trim().to_string().into());
+    }
 
     mapped.push("proxy/auto_cross_origin");
     if let Some(b) = boolean("proxy/auto_cross_origin")? {

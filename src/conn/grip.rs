@@ -279,21 +279,9 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     let shard = shard.clone();
     let url = url.to_string();
     glommio::spawn_local(async move {
-        let mut up = match shard
-            .pool
-            .connect_to(&to, shard.cfg.timeouts.upstream_connect)
-            .await
-        {
-            Ok(up) => up,
-            Err(e) => {
-                warn!("core {}: gone link {url}: {e:?}", shard.index);
-                return;
-            }
-        };
-        if up.conn.write_all(&req).await.is_err() {
-            warn!("core {}: gone link {url}: the request failed", shard.index);
+        let Some(mut up) = send_link_request(&shard, &to, &req, "gone link", &url).await else {
             return;
-        }
+        };
         let Some(resp) = up
             .read_head(
                 &shard.cfg.limits.head,
@@ -319,6 +307,33 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
         }
     })
     .detach();
+}
+
+/// Connects to a link's backend and sends `req` (a `gone` or `next`
+/// link's request); a failure is logged as `what` with the `url`.
+async fn send_link_request(
+    shard: &Shard,
+    to: &Dest,
+    req: &[u8],
+    what: &str,
+    url: &str,
+) -> Option<Upstream> {
+    let mut up = match shard
+        .pool
+        .connect_to(to, shard.cfg.timeouts.upstream_connect)
+        .await
+    {
+        Ok(up) => up,
+        Err(e) => {
+            warn!("core {}: {what} {url}: {e:?}", shard.index);
+            return None;
+        }
+    };
+    if up.conn.write_all(req).await.is_err() {
+        warn!("core {}: {what} {url}: the request failed", shard.index);
+        return None;
+    }
+    Some(up)
 }
 
 /// Where a link points (`upstream::link_dest`), or a warning naming it.
@@ -854,20 +869,7 @@ async fn fetch_link_inner(
         &ctx.prefix,
         token.as_deref(),
     );
-    let mut up = match shard
-        .pool
-        .connect_to(&to, shard.cfg.timeouts.upstream_connect)
-        .await
-    {
-        Ok(up) => up,
-        Err(e) => {
-            warn!("core {}: next link {}: {e:?}", shard.index, to.addr);
-            return None;
-        }
-    };
-    if up.conn.write_all(&req).await.is_err() {
-        return None;
-    }
+    let mut up = send_link_request(shard, &to, &req, "next link", url).await?;
     let resp = up
         .read_head(
             &shard.cfg.limits.head,

@@ -31,4 +31,5 @@ pub mod body;
 pub mod dropin;
 pub mod grip;
 pub mod http;
+pub mod sockjs;
 pub mod ws;
