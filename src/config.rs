@@ -109,6 +109,7 @@ struct FileGrip {
     max_channels: Option<usize>,
     subscriber_queue: Option<usize>,
     subscriber_queue_bytes: Option<usize>,
+    update_on_first_subscription: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -240,6 +241,11 @@ pub struct Grip {
     pub subscriber_queue: usize,
     /// Bytes queued for a subscriber whose socket is full.
     pub subscriber_queue_bytes: usize,
+    /// Pushpin's `update_on_first_subscription`: a second after a channel
+    /// gets its first subscriber on a core, that core's held HTTP
+    /// subscribers on it re-fetch (long-polls ask again, streams fetch
+    /// their next link).
+    pub update_on_first_subscription: bool,
 }
 
 /// How the publish API authenticates.
@@ -1005,6 +1011,7 @@ impl Config {
                 1024,
                 1 << 30,
             )?,
+            update_on_first_subscription: g.update_on_first_subscription.unwrap_or(false),
         };
         let history = {
             let h = &f.history;

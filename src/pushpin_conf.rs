@@ -265,16 +265,6 @@ fn kind(key: &str) -> Option<Unmapped> {
         "handler/message_block_size" => u(Some(""), "corepin does not count blocks"),
         "handler/message_wait" => u(Some("5000"), "corepin waits 5000 ms for out-of-order items"),
         "handler/id_cache_ttl" => u(Some("60"), "corepin remembers item ids for 60 s"),
-        // Pushpin's default (true, and in its shipped pushpin.conf): about a
-        // second after a channel's first subscription, every held HTTP
-        // subscriber on it is updated (a long-poll asked again, a stream's
-        // next link fetched), covering publishes lost while a ZeroMQ SUB
-        // subscription travels. corepin does not, so only `false` (what
-        // corepin does) is quiet; `true` is named.
-        "handler/update_on_first_subscription" => u(
-            Some("false"),
-            "corepin does not re-request held subscribers after a channel's first subscription",
-        ),
         "handler/share_all" => u(Some("false"), "not supported"),
         _ => None,
     }
@@ -498,6 +488,15 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     }
     mapped.push("proxy/debug");
     boolean("proxy/debug")?;
+
+    // Pushpin's default is on (handlerapp.cpp), as in its shipped file.
+    mapped.push("handler/update_on_first_subscription");
+    grip.insert(
+        "update_on_first_subscription".into(),
+        boolean("handler/update_on_first_subscription")?
+            .unwrap_or(true)
+            .into(),
+    );
 
     // Signing requests to backends.
     mapped.push("proxy/sig_iss");

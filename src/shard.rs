@@ -279,14 +279,18 @@ impl Shard {
                 ))
             }),
             stats: Counters::default(),
-            subs: Registry::new(
-                QueueLimits {
-                    messages: cfg.grip.subscriber_queue,
-                    bytes: cfg.grip.subscriber_queue_bytes,
-                },
-                bus.clone(),
-                index,
-            ),
+            subs: {
+                let r = Registry::new(
+                    QueueLimits {
+                        messages: cfg.grip.subscriber_queue,
+                        bytes: cfg.grip.subscriber_queue_bytes,
+                    },
+                    bus.clone(),
+                    index,
+                );
+                r.set_update_on_first_subscription(cfg.grip.update_on_first_subscription);
+                r
+            },
             board,
             ws_sessions: RefCell::new(HashMap::new()),
             bus,

@@ -473,7 +473,24 @@ pub struct Registry {
     newest_join: Cell<u64>,
     /// Some channel's subscriber count changed since `channel_counts`.
     counts_changed: Cell<bool>,
+    /// Pushpin's `update_on_first_subscription` (see `first_subscriber`).
+    update_on_first: Cell<bool>,
+    /// Channels that got their first subscriber here, and when their held
+    /// HTTP subscribers re-fetch.
+    firsts: RefCell<Vec<(Instant, String)>>,
+    /// Channels whose last subscriber, a long-poll, left: until when a new
+    /// subscriber is not a first one (Pushpin lingers a response-mode
+    /// subscription 60 s, as a client long-polls again).
+    lingering: RefCell<HashMap<String, Instant>>,
 }
+
+/// How long after a channel's first subscription its held HTTP subscribers
+/// re-fetch (Pushpin's `SUBSCRIBED_DELAY`).
+const FIRST_SUBSCRIPTION_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a channel whose last subscriber was a long-poll still counts
+/// as subscribed (Pushpin's `subscription_linger`).
+const LONG_POLL_LINGER: Duration = Duration::from_secs(60);
 
 /// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
 fn sub_event(kind: HoldKind, channel: &str, delta: i32) -> crate::bus::SubEvent {
@@ -514,7 +531,55 @@ impl Registry {
             recovered: Cell::new(0),
             newest_join: Cell::new(0),
             counts_changed: Cell::new(false),
+            update_on_first: Cell::new(false),
+            firsts: RefCell::new(Vec::new()),
+            lingering: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Turns Pushpin's `update_on_first_subscription` on or off.
+    pub fn set_update_on_first_subscription(&self, on: bool) {
+        self.update_on_first.set(on);
+    }
+
+    /// `channel` has its first subscriber here (any kind): unless a long-poll
+    /// left it within the linger time, its held HTTP subscribers re-fetch
+    /// a second from now (Pushpin's `update_on_first_subscription`, which
+    /// covers publishes lost while a subscription travels to publishers).
+    fn first_subscriber(&self, channel: &str, now: Instant) {
+        if !self.update_on_first.get() {
+            return;
+        }
+        if let Some(until) = self.lingering.borrow_mut().remove(channel) {
+            if until > now {
+                return;
+            }
+        }
+        self.firsts
+            .borrow_mut()
+            .push((now + FIRST_SUBSCRIPTION_DELAY, channel.to_string()));
+    }
+
+    /// The re-fetches `first_subscriber` scheduled that are due.
+    fn update_first_subscriptions(&self, now: Instant) {
+        let due: Vec<String> = {
+            let mut firsts = self.firsts.borrow_mut();
+            if firsts.first().is_none_or(|(at, _)| *at > now) {
+                return;
+            }
+            let n = firsts.iter().take_while(|(at, _)| *at <= now).count();
+            firsts.drain(..n).map(|(_, c)| c).collect()
+        };
+        for channel in due {
+            let subs: Vec<Rc<Sub>> = match self.channels.borrow().get(&channel) {
+                Some(m) => m.values().filter(|s| s.kind != Kind::Ws).cloned().collect(),
+                None => continue,
+            };
+            for sub in subs {
+                sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
+            }
+        }
+        self.lingering.borrow_mut().retain(|_, until| *until > now);
     }
 
     /// Held connections of `kind` on this core.
@@ -583,6 +648,10 @@ impl Registry {
                 Some(m) => m,
                 None => {
                     self.channel_appeared(ch);
+                    if name.len() == ch.len() {
+                        // A channel, not a prefix (Pushpin has none).
+                        self.first_subscriber(ch, Instant::now());
+                    }
                     map.entry(name.to_string()).or_default()
                 }
             };
@@ -611,6 +680,14 @@ impl Registry {
                 if m.is_empty() {
                     map.remove(name);
                     self.channel_gone(ch);
+                    if sub.kind == Kind::Response
+                        && name.len() == ch.len()
+                        && self.update_on_first.get()
+                    {
+                        self.lingering
+                            .borrow_mut()
+                            .insert(ch.clone(), Instant::now() + LONG_POLL_LINGER);
+                    }
                 }
             }
         }
@@ -1390,6 +1467,7 @@ impl Registry {
     /// a `recover` command.
     pub fn sweep(&self, now: Instant) {
         self.recover();
+        self.update_first_subscriptions(now);
         let subs: Vec<Rc<Sub>> = self.timed.borrow().values().cloned().collect();
         for sub in subs {
             if let Some(d) = sub.deadline.get() {

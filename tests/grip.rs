@@ -636,3 +636,40 @@ fn head_requests_on_holds_get_the_head_alone() {
     c.r.read_to_end(&mut rest).expect("the connection ends");
     assert_eq!(String::from_utf8_lossy(&rest), "");
 }
+
+/// The JSON instruct's `channels[].filters` and `hold.meta` feed the
+/// skip-users and require-sub filters on HTTP streams, with Pushpin's
+/// meaning: skip-users drops an item whose `skip_users` meta lists the
+/// subscriber's `user`; require-sub drops one whose `require_sub` names a
+/// channel the subscriber is not also on.
+#[test]
+fn json_instruct_filters_and_meta_drive_skip_users_and_require_sub() {
+    let b = Backend::start(|req, _| {
+        let (user, extra) = if req.path == "/bob" {
+            ("bob", r#",{"name":"vip"}"#)
+        } else {
+            ("carl", "")
+        };
+        let body = format!(
+            r#"{{"hold":{{"mode":"stream","channels":[{{"name":"s","filters":["skip-users","require-sub"]}}{extra}],"meta":{{"user":"{user}"}}}},"response":{{"body":"hi\n"}}}}"#
+        );
+        Reply::Bytes(format!("HTTP/1.1 200 OK\r\nContent-Type: application/grip-instruct\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes())
+    });
+    let cp = Corepin::start_grip(&["--route", &b.route()]);
+    let mut bob = Stream::open(cp.addr(), "/bob");
+    let mut carl = Stream::open(cp.addr(), "/carl");
+    assert_eq!(bob.read_text(3), "hi\n");
+    assert_eq!(carl.read_text(3), "hi\n");
+    wait_until("both subscribed", || {
+        metric(&cp, "corepin_subscriptions") == 3
+    });
+    for item in [
+        r#"{"channel":"s","meta":{"skip_users":"al, bob"},"http-stream":{"content":"one\n"}}"#,
+        r#"{"channel":"s","meta":{"require_sub":"vip"},"http-stream":{"content":"two\n"}}"#,
+        r#"{"channel":"s","http-stream":{"content":"three\n"}}"#,
+    ] {
+        assert_eq!(cp.publish(&format!(r#"{{"items":[{item}]}}"#)).status, 200);
+    }
+    assert_eq!(bob.read_text(10), "two\nthree\n");
+    assert_eq!(carl.read_text(10), "one\nthree\n");
+}
