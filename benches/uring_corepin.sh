@@ -14,8 +14,16 @@
 #         fanout, each publish waiting until every subscriber holds);
 #         corepin's CPU from the first publish to the last delivery /
 #         deliveries.
+# ws      WebSocket passthrough echo: corepin-load ws-echo (50 connections,
+#         DUR s, 16-byte messages) through nginx (2 workers) and each corepin
+#         to corepin-load's echo server; round trips/s and the proxy's CPU
+#         per round trip.
+# memory  each corepin: RSS of the process after IDLE HTTP-stream
+#         subscribers are held, minus before, over IDLE (KiB per idle
+#         subscriber, userspace and the kernel's page tables as RSS sees it).
 # usage: bash benches/uring_corepin.sh [ROUNDS]
-# env: WARM=2 DUR=6 SUBS=4000 MSGS=20 UPROXY=... SECTIONS="proxy fanout"
+# env: WARM=2 DUR=6 SUBS=4000 MSGS=20 IDLE=10000 UPROXY=...
+#      SECTIONS="proxy ws fanout memory"
 # Only processes this script starts are stopped, by PID; ports are free
 # ones picked at start. Lines: $OUT/lines.txt (default: a temp dir).
 set -u
@@ -23,15 +31,15 @@ ROUNDS=${1:-3}
 cd "$(dirname "$0")/.."
 D=$(mktemp -d); chmod 755 "$D"
 OUT=${OUT:-$D}
-WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}
-SECTIONS=${SECTIONS:-"proxy fanout"}
+WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}; IDLE=${IDLE:-10000}
+SECTIONS=${SECTIONS:-"proxy ws fanout memory"}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v nginx >/dev/null || { echo "needs nginx"; exit 1; }
 cargo build --release --workspace --bins -q || { echo "build failed"; exit 1; }
 BIN=target/release/corepin; LOAD=target/release/corepin-load
 
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BEP=$(freeport); NPP=$(freeport); UPP=$(freeport)
+BEP=$(freeport); NPP=$(freeport); UPP=$(freeport); EP=$(freeport)
 mkdir -p $D/www $D/logs $D/np/logs
 printf 'hello from the backend\n' > $D/www/index.html   # 23 bytes
 cat > $D/be.conf <<EOF
@@ -48,7 +56,9 @@ events { worker_connections 18000; }
 http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   upstream backend { server 127.0.0.1:$BEP; keepalive 1024; }
   server { listen 127.0.0.1:$NPP backlog=4096;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /echo { proxy_pass http://127.0.0.1:$EP; proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection "upgrade"; } } }
 EOF
 
 STARTED=""
@@ -65,7 +75,7 @@ control_http = "127.0.0.1:$cport"
 control_socket = ""
 workers = 2
 data_path = "$2"
-routes = ["*,path_beg=/stream test", "* 127.0.0.1:$BEP"]
+routes = ["*,path_beg=/stream test", "*,path_beg=/echo 127.0.0.1:$EP", "* 127.0.0.1:$BEP"]
 [log]
 access_log = false
 level = "warn"
@@ -118,6 +128,43 @@ print(f"section=fanout round={r} name={n} subs={d.get('subscribers', d.get('held
 PY
 }
 
+wsecho() { # round name
+  local r=$1 n=$2 port=${PORT[$2]} pids=${PIDS[$2]} out n0 n1
+  timeout 10 "$LOAD" ws-echo --to 127.0.0.1:$port --path /echo --conns 50 --seconds $WARM >/dev/null 2>&1
+  n0=$(runns $pids)
+  out=$(timeout 60 "$LOAD" ws-echo --to 127.0.0.1:$port --path /echo --conns 50 --seconds $DUR --size 16 2>>$D/load.err)
+  n1=$(runns $pids)
+  python3 - "$r" "$n" "$n0" "$n1" "$(cut -d' ' -f1 /proc/loadavg)" "$out" <<'PY' | tee -a $OUT/lines.txt
+import json, sys
+r, n, n0, n1, load, text = sys.argv[1:]
+try:
+    d = json.loads(text)
+except Exception:
+    d = {}
+trips = d.get("round_trips") or 0
+us = (int(n1) - int(n0)) / 1e3 / trips if trips else float("nan")
+print(f"section=ws round={r} name={n} c=50 rps={d.get('round_trips_per_sec', float('nan')):.0f} "
+      f"trips={trips} cpu_us={us:.2f} failed={d.get('handshake_failures')} closed={d.get('closed')} load={load}")
+PY
+}
+
+idlemem() { # round name
+  local r=$1 n=$2 pid=${PIDS[$2]} before after ready=$D/ready.$1.$2
+  sleep 0.5
+  before=$(awk '/^VmRSS:/ {print $2}' /proc/$pid/status)
+  "$LOAD" subscribe --to 127.0.0.1:${PORT[$n]} --kind stream --channel-prefix idle --subscribers $IDLE \
+    --rate 4000 --hold-s 3 --ready-file $ready >$D/hold.json 2>>$D/load.err & local h=$!
+  for _ in $(seq 600); do [ -f $ready ] && break; sleep 0.1; done
+  sleep 1
+  after=$(awk '/^VmRSS:/ {print $2}' /proc/$pid/status)
+  wait $h
+  python3 - "$r" "$n" "$before" "$after" "$IDLE" "$(cut -d' ' -f1 /proc/loadavg)" <<'PY' | tee -a $OUT/lines.txt
+import sys
+r, n, b, a, k, load = sys.argv[1:]
+print(f"section=memory round={r} name={n} c={k} kib={(int(a)-int(b))/int(k):.3f} rss_before={b} rss_after={a} load={load}")
+PY
+}
+
 echo "# $(date -Is) $(uname -r) nproc=$(nproc) $(nginx -v 2>&1)"
 echo "# uptime: $(uptime)"
 for r in $(seq $ROUNDS); do
@@ -144,6 +191,23 @@ for r in $(seq $ROUNDS); do
         set -- $names; k=$(( (r - 1) % $# )); order="${@:k+1} ${@:1:k}"
         for c in 50 200; do for n in $order; do measure $r $n $c; done; done
         cleanup; STARTED="" ;;
+      ws)
+        "$LOAD" echo-server 127.0.0.1:$EP >/dev/null 2>&1 & ES=$!; STARTED="$STARTED $ES"
+        nginx -p $D -c $D/be.conf & BE=$!; STARTED="$STARTED $BE"
+        nginx -p $D/np -c $D/np.conf & NP=$!; STARTED="$STARTED $NP"
+        start_corepin glommio glommio
+        start_corepin uring uring
+        sleep 1
+        PIDS[nginx]=$(pgrep -P $NP | tr '\n' ' '); PORT[nginx]=$NPP
+        set -- nginx glommio uring; k=$(( (r - 1) % 3 )); order="${@:k+1} ${@:1:k}"
+        for n in $order; do wsecho $r $n; done
+        cleanup; STARTED="" ;;
+      memory)
+        for n in glommio uring; do
+          start_corepin $n $n
+          idlemem $r $n
+          cleanup; STARTED=""
+        done ;;
       fanout)
         for n in glommio uring; do
           start_corepin $n $n
@@ -165,14 +229,15 @@ def med(v, k):
     return (st.median(xs), xs[0], xs[-1]) if xs else (float("nan"),) * 3
 print(f"{'section':7} {'name':8} {'c':>4} {'n':>2} {'CPU us median [min-max]':>26} {'vs nginx':>8} {'req/s':>8}")
 for (s, n, c), v in sorted(rows.items()):
-    m, lo, hi = med(v, "cpu_us")
+    m, lo, hi = med(v, "kib" if s == "memory" else "cpu_us")
     ratio = "-"
-    if s == "proxy" and n != "nginx":
-        ng = {x["round"]: float(x["cpu_us"]) for x in rows.get(("proxy", "nginx", c), [])}
+    if s in ("proxy", "ws") and n != "nginx":
+        ng = {x["round"]: float(x["cpu_us"]) for x in rows.get((s, "nginx", c), [])}
         rs = [float(x["cpu_us"]) / ng[x["round"]] for x in v if x["round"] in ng]
         ratio = f"{st.median(rs):.2f}" if rs else "-"
-    rps = f"{med(v, 'rps')[0]:.0f}" if s == "proxy" else "-"
+    rps = f"{med(v, 'rps')[0]:.0f}" if s in ("proxy", "ws") else "-"
     print(f"{s:7} {n:8} {c:>4} {len(v):>2} {m:>9.3f} [{lo:.3f}-{hi:.3f}] {ratio:>8} {rps:>8}")
-print("CPU: the process's threads' run time / requests (proxy) or / deliveries (fanout); vs nginx: median of per-round ratios")
+print("CPU: the process's threads' run time / requests (proxy), / round trips (ws) or / deliveries (fanout);")
+print("memory: KiB RSS per idle stream subscriber (c = subscribers); vs nginx: median of per-round CPU ratios")
 PY
 cleanup; trap - EXIT

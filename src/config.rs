@@ -25,6 +25,7 @@ struct FileConfig {
     routes: Option<Vec<String>>,
     routes_file: Option<String>,
     auto_cross_origin: Option<bool>,
+    sockjs_url: Option<String>,
     limits: FileLimits,
     timeouts: FileTimeouts,
     upstream: FileUpstream,
@@ -70,6 +71,7 @@ struct FileZmq {
     stats_report_interval: Option<u64>,
     stats_subscription_ttl: Option<u64>,
     subscription_linger: Option<u64>,
+    ipc_file_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -107,6 +109,7 @@ struct FileGrip {
     max_channels: Option<usize>,
     subscriber_queue: Option<usize>,
     subscriber_queue_bytes: Option<usize>,
+    update_on_first_subscription: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -238,6 +241,11 @@ pub struct Grip {
     pub subscriber_queue: usize,
     /// Bytes queued for a subscriber whose socket is full.
     pub subscriber_queue_bytes: usize,
+    /// Pushpin's `update_on_first_subscription`: a second after a channel
+    /// gets its first subscriber on a core, that core's held HTTP
+    /// subscribers on it re-fetch (long-polls ask again, streams fetch
+    /// their next link).
+    pub update_on_first_subscription: bool,
 }
 
 /// How the publish API authenticates.
@@ -413,6 +421,11 @@ pub const KTLS_REFUSAL: &str =
 have no TLS ULP (CONFIG_TLS), and glommio's socket reads cannot take the TLS control records \
 a kTLS socket hands up; rustls encrypts in userspace. Remove the key (or set it to false)";
 
+/// The default `sockjs_url`: the sockjs-client release the iframe page
+/// bootstraps (it must match the version the pages load).
+pub const DEFAULT_SOCKJS_URL: &str =
+    "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js";
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -456,6 +469,8 @@ pub struct Config {
     /// Automatic cross-origin on every HTTP request, as if each route had
     /// `aco` (Pushpin's `auto_cross_origin`).
     pub auto_cross_origin: bool,
+    /// The script the SockJS iframe page loads (Pushpin's `sockjs_url`).
+    pub sockjs_url: String,
     /// How client sockets are read and written (`data_path`).
     pub data_path: DataPath,
 }
@@ -516,6 +531,9 @@ pub struct Zmq {
     /// Seconds a channel's long-poll subscription outlives its last
     /// long-poll (so clients polling again keep it).
     pub subscription_linger: u64,
+    /// Permissions given to the socket files of bound `ipc://` endpoints
+    /// (Pushpin's `ipc_file_mode`); `None`: as ZeroMQ makes them.
+    pub ipc_file_mode: Option<u32>,
 }
 
 impl Default for Zmq {
@@ -530,6 +548,7 @@ impl Default for Zmq {
             stats_report_interval: 10,
             stats_subscription_ttl: 60,
             subscription_linger: 60,
+            ipc_file_mode: None,
         }
     }
 }
@@ -614,7 +633,20 @@ fn validate_zmq(z: FileZmq) -> Result<Zmq, ConfigError> {
             format!("{linger} is more than 86400"),
         );
     }
+    let ipc_file_mode = match z.ipc_file_mode.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(m) => match u32::from_str_radix(m, 8) {
+            Ok(mode) if mode <= 0o777 => Some(mode),
+            _ => {
+                return fail(
+                    "zmq.ipc_file_mode",
+                    format!("'{m}' is not an octal file mode (such as 660)"),
+                )
+            }
+        },
+    };
     Ok(Zmq {
+        ipc_file_mode,
         push_in_spec: one("zmq.push_in_spec", z.push_in_spec)?,
         push_in_sub_specs: z
             .push_in_sub_specs
@@ -979,6 +1011,7 @@ impl Config {
                 1024,
                 1 << 30,
             )?,
+            update_on_first_subscription: g.update_on_first_subscription.unwrap_or(false),
         };
         let history = {
             let h = &f.history;
@@ -1119,6 +1152,15 @@ impl Config {
             },
         })
         .map_err(ConfigError)?;
+        let sockjs_url = f
+            .sockjs_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SOCKJS_URL.to_string());
+        if crate::codec::sockjs::iframe_page(&sockjs_url).is_none() || sockjs_url.is_empty() {
+            return Err(ConfigError(format!(
+                "sockjs_url {sockjs_url:?} cannot go into the iframe page (no quotes, <, >, backslashes or control characters)"
+            )));
+        }
         let data_path = match (&ov.data_path, f.data_path.as_deref()) {
             (Some(v), _) => DataPath::parse("--data-path", v)?,
             (None, Some(v)) => DataPath::parse("data_path", v)?,
@@ -1153,6 +1195,7 @@ impl Config {
             metrics_pushpin_prefix,
             cluster,
             auto_cross_origin: f.auto_cross_origin.unwrap_or(false),
+            sockjs_url,
             data_path,
         })
     }

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use base64::Engine;
-use glommio::net::TcpStream;
 
 use crate::buf::BUF_SIZE;
 use crate::bus::{Refused, Reservation, ITEM_OVERHEAD};
@@ -133,9 +132,8 @@ impl Conn {
 }
 
 /// Serves one control connection (keep-alive, requests in order).
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
     let t = &shard.cfg.timeouts;
-    let conn = Connection::tcp(stream, shard.bufs.clone());
     conn.set_nodelay();
     conn.set_write_timeout(Some(t.client_write));
     let mut c = Conn {
@@ -275,6 +273,19 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
             }
             return (r, no_body);
         }
+        // One connection by its Connection-Id: the control socket's
+        // `connection` method over HTTP, with the same JSON body.
+        "/connection" | "/connection/" if head.method() == "POST" => {
+            if let Err(r) = authorize(&shard.cfg.publish.auth, head) {
+                return (r, no_body);
+            }
+            return connection(shard, c, head).await;
+        }
+        "/connection" | "/connection/" => {
+            let mut r = Reply::text(405, "method not allowed\n");
+            r.extra.push(("Allow", "POST".into()));
+            return (r, no_body);
+        }
         "/recover" | "/recover/" => {
             let mut r = Reply::text(405, "method not allowed\n");
             r.extra.push(("Allow", "POST".into()));
@@ -361,6 +372,89 @@ async fn handle(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, 
         c.body = body;
     }
     answer
+}
+
+/// Largest body `POST /connection` takes (its text is at most
+/// `control_socket::MAX_TARGET_TEXT`, JSON-escaped).
+const CONNECTION_BODY: usize = 64 * 1024;
+
+/// `POST /connection`: `{"id":ID,"ws-message":{"content":TEXT}}` or
+/// `{"id":ID,"action":"close"}` (see `control_socket::connection_request`).
+/// 200 when the connection was found (on any core), 404 naming the id when
+/// none has it, 400 for a bad body.
+async fn connection(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Reply, bool) {
+    let json = |status: u16, v: serde_json::Value| {
+        let mut r = Reply::text(status, format!("{v}\n"));
+        r.content_type = "application/json";
+        r
+    };
+    let body = match head.body {
+        BodyKind::Length(n) if n as usize > CONNECTION_BODY => {
+            return (Reply::text(413, "connection body too large\n"), false)
+        }
+        BodyKind::Length(n) => {
+            let n = n as usize;
+            if head.expect_continue
+                && n > c.conn.input_len()
+                && c.conn.write_all(heads::CONTINUE).await.is_err()
+            {
+                return (Reply::text(400, "connection lost\n"), false);
+            }
+            c.conn
+                .set_read_timeout(Some(shard.cfg.timeouts.client_body));
+            while c.conn.input_len() < n {
+                match c.conn.fill(CONNECTION_BODY).await {
+                    Ok(0) | Err(_) => return (Reply::text(400, "incomplete body\n"), false),
+                    Ok(_) => {}
+                }
+            }
+            let body = c.conn.input()[..n].to_vec();
+            c.conn.consume(n);
+            body
+        }
+        BodyKind::Empty => Vec::new(),
+        _ => return (Reply::text(411, "length required\n"), false),
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                Reply::text(400, format!("connection: invalid JSON: {e}\n")),
+                true,
+            )
+        }
+    };
+    let (id, action) = match crate::control_socket::connection_request(&v) {
+        Ok(x) => x,
+        Err(e) => {
+            return (
+                json(400, serde_json::json!({"ok": false, "error": e})),
+                true,
+            )
+        }
+    };
+    let Some(plane) = shard.plane.borrow().clone() else {
+        return (Reply::text(503, "no control plane\n"), true);
+    };
+    // Asking every core waits for their answers: off the executor.
+    let found = {
+        let id = id.clone();
+        glommio::executor()
+            .spawn_blocking(move || plane.target(&id, &action))
+            .await
+    };
+    if found {
+        (json(200, serde_json::json!({"ok": true, "id": id})), true)
+    } else {
+        let error = crate::control_socket::no_connection(&id);
+        (
+            json(
+                404,
+                serde_json::json!({"ok": false, "id": id, "error": error}),
+            ),
+            true,
+        )
+    }
 }
 
 /// Checks the backlog bound and reserves the body's share of the budget.

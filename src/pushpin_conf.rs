@@ -178,7 +178,7 @@ fn read(path: &Path, what: &str) -> Result<String, ConfigError> {
 }
 
 /// How corepin treats a pushpin.conf key it does not map.
-enum Kind {
+enum Unmapped {
     /// Wiring between Pushpin's own processes (ZeroMQ specs, binaries,
     /// ipc modes): nothing to do in a single process.
     Internal,
@@ -193,7 +193,7 @@ enum Kind {
 const STATS: &str = "corepin sends no conn or conn-max stats messages";
 
 /// Keys corepin knows but does not map to a setting.
-fn kind(key: &str) -> Option<Kind> {
+fn kind(key: &str) -> Option<Unmapped> {
     let internal = [
         "global/include",
         "global/libdir",
@@ -207,13 +207,11 @@ fn kind(key: &str) -> Option<Kind> {
         "runner/m2sh_bin",
         "runner/zurl_bin",
         "proxy/ipc_file_mode",
-        "handler/ipc_file_mode",
-        "proxy/sockjs_url",
         "proxy/updates_check",
         "proxy/organization_name",
     ];
     if internal.contains(&key) {
-        return Some(Kind::Internal);
+        return Some(Unmapped::Internal);
     }
     // Pushpin's process-to-process specs (`*_spec`, `*_specs`) other than
     // the public ZeroMQ interfaces listed below.
@@ -225,13 +223,13 @@ fn kind(key: &str) -> Option<Kind> {
         "handler/stats_spec",
     ];
     if (key.ends_with("_spec") || key.ends_with("_specs")) && !public_zmq.contains(&key) {
-        return Some(Kind::Internal);
+        return Some(Unmapped::Internal);
     }
-    let u = |default, why| Some(Kind::Unsupported { default, why });
+    let u = |default, why| Some(Unmapped::Unsupported { default, why });
     match key {
         // The proxy's report interval only paces its reports to the
         // handler, inside Pushpin.
-        "proxy/stats_report_interval" => Some(Kind::Internal),
+        "proxy/stats_report_interval" => Some(Unmapped::Internal),
         "global/stats_connection_ttl" => u(Some("120"), STATS),
         "proxy/stats_connections_max_ttl" => u(Some("60"), STATS),
         "runner/https_ports" => u(Some(""), "TLS listeners are not built yet"),
@@ -267,16 +265,6 @@ fn kind(key: &str) -> Option<Kind> {
         "handler/message_block_size" => u(Some(""), "corepin does not count blocks"),
         "handler/message_wait" => u(Some("5000"), "corepin waits 5000 ms for out-of-order items"),
         "handler/id_cache_ttl" => u(Some("60"), "corepin remembers item ids for 60 s"),
-        // Pushpin's default (true, and in its shipped pushpin.conf): about a
-        // second after a channel's first subscription, every held HTTP
-        // subscriber on it is updated (a long-poll asked again, a stream's
-        // next link fetched), covering publishes lost while a ZeroMQ SUB
-        // subscription travels. corepin does not, so only `false` (what
-        // corepin does) is quiet; `true` is named.
-        "handler/update_on_first_subscription" => u(
-            Some("false"),
-            "corepin does not re-request held subscribers after a channel's first subscription",
-        ),
         "handler/share_all" => u(Some("false"), "not supported"),
         _ => None,
     }
@@ -501,6 +489,15 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     mapped.push("proxy/debug");
     boolean("proxy/debug")?;
 
+    // Pushpin's default is on (handlerapp.cpp), as in its shipped file.
+    mapped.push("handler/update_on_first_subscription");
+    grip.insert(
+        "update_on_first_subscription".into(),
+        boolean("handler/update_on_first_subscription")?
+            .unwrap_or(true)
+            .into(),
+    );
+
     // Signing requests to backends.
     mapped.push("proxy/sig_iss");
     let iss = text_of("proxy/sig_iss").filter(|i| !i.is_empty());
@@ -612,6 +609,18 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     let conn_stats = boolean("global/stats_connection_send")?.unwrap_or(true);
     let stats_on = text_of("handler/stats_spec").is_some_and(|s| !s.trim().is_empty());
 
+    // The handler's mode is the one its public ZeroMQ sockets get (the
+    // proxy's applies to Pushpin's internal sockets only).
+    mapped.push("handler/ipc_file_mode");
+    if let Some(m) = text_of("handler/ipc_file_mode") {
+        zmq.insert("ipc_file_mode".into(), m.trim().to_string().into());
+    }
+
+    mapped.push("proxy/sockjs_url");
+    if let Some(u) = text_of("proxy/sockjs_url") {
+        t.insert("sockjs_url".into(), u.trim().to_string().into());
+    }
+
     mapped.push("proxy/auto_cross_origin");
     if let Some(b) = boolean("proxy/auto_cross_origin")? {
         t.insert("auto_cross_origin".into(), b.into());
@@ -706,8 +715,8 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
             None => v.text(),
         };
         match kind(key) {
-            Some(Kind::Internal) => {}
-            Some(Kind::Unsupported { default, why }) => {
+            Some(Unmapped::Internal) => {}
+            Some(Unmapped::Unsupported { default, why }) => {
                 if default.is_none_or(|d| !d.eq_ignore_ascii_case(value.trim())) {
                     unsupported.push(format!("{shown}={value} ({why})"));
                 }
@@ -808,7 +817,7 @@ a=second
         )
         .expect("inc");
         let text = format!(
-            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nauto_cross_origin=true\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\nlog_from=false\nlog_user_agent=true\nprometheus_prefix=pp_\n[handler]\npush_in_http_port=5561\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\npush_in_spec=tcp://127.0.0.1:5560\npush_in_sub_specs=tcp://127.0.0.1:5562,ipc://x\npush_in_sub_connect=true\nstats_spec=ipc:///r/{{ipc_prefix}}stats\nstats_format=json\nstats_report_interval=0\nstats_subscription_ttl=30\nsubscription_linger=5\nprometheus_prefix=pp_\n",
+            "[global]\ninclude=inc.conf\nrundir={}/run\nport_offset=10\n[runner]\nhttp_port=7999, 127.0.0.1:8000\nlog_level=3\nclient_buffer_size=4096\nclient_maxconn=123\n[proxy]\nroutesfile=routes\nauto_cross_origin=true\nsig_key=file:k\nx_forwarded_for=truncate:0,append\naccept_x_forwarded_protocol=true\nlog_from=false\nlog_user_agent=true\nprometheus_prefix=pp_\n[handler]\npush_in_http_port=5561\nipc_file_mode=770\nconnection_subscription_max=7\npush_in_http_max_body_size=2048\ncommand_spec=tcp://127.0.0.1:5563\npush_in_spec=tcp://127.0.0.1:5560\npush_in_sub_specs=tcp://127.0.0.1:5562,ipc://x\npush_in_sub_connect=true\nstats_spec=ipc:///r/{{ipc_prefix}}stats\nstats_format=json\nstats_report_interval=0\nstats_subscription_ttl=30\nsubscription_linger=5\nprometheus_prefix=pp_\n",
             d.display()
         );
         std::fs::write(d.join("pushpin.conf"), text).expect("conf");
@@ -857,6 +866,7 @@ a=second
         assert!(!c.access_log_client && c.access_log_user_agent);
         assert_eq!(c.metrics_pushpin_prefix, "pp_");
         assert!(c.auto_cross_origin);
+        assert_eq!(c.zmq.ipc_file_mode, Some(0o770));
         let w = p.warning.expect("a warning");
         assert!(!w.contains("client_maxconn"), "{w}");
         // Pushpin's conn stats are not sent, and the warning says so.

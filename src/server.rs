@@ -14,9 +14,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::bus::{Bus, CoreInbox};
 use crate::cluster::{Cluster, Publisher};
 use crate::config::Config;
-use crate::control_socket::{self, Command, ControlPlane, CoreLinks, SocketFile};
+use crate::control_socket::{self, ControlPlane, SocketFile};
 use crate::shard::{self, ShardStart};
 use crate::stats::Board;
+use crate::wake::{Command, CoreLinks};
 use crossbeam_channel::Receiver;
 
 /// Listen backlog per socket.
@@ -180,6 +181,7 @@ struct Startup {
     ready: Option<ReadyFile>,
     /// Cores whose drain has not finished (`ShardStart::draining_cores`).
     draining_cores: Arc<std::sync::atomic::AtomicUsize>,
+    plane: Arc<ControlPlane>,
 }
 
 /// `--ready-file`: the bound addresses as one JSON object, written once
@@ -424,7 +426,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if let Some(r) = ready.as_mut() {
         r.json = format!("{bound}\n");
     }
-    spawn_signal_thread(plane)?;
+    spawn_signal_thread(plane.clone())?;
     info!("running on {workers} cores");
     info!("data path: {}", startup_data_path(&cfg));
     if cfg.data_path == crate::config::DataPath::Uring {
@@ -445,6 +447,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         per_shard: Mutex::new(per_shard),
         ready,
         draining_cores: Arc::new(std::sync::atomic::AtomicUsize::new(workers)),
+        plane,
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(workers, None))
@@ -499,6 +502,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 conn_limit: startup.conn_limit.clone(),
                 publisher: startup.publisher.clone(),
                 draining_cores: startup.draining_cores.clone(),
+                plane: startup.plane.clone(),
+                handlers: shard::Handlers {
+                    client: |shard, conn, peer| {
+                        Box::pin(crate::conn::http::serve(shard, conn, peer))
+                    },
+                    control: |shard, conn, peer| Box::pin(crate::control::serve(shard, conn, peer)),
+                },
             });
             // shard::run spawns its accept loops before its first await.
             after_first_poll(run, || {
@@ -513,8 +523,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 let _ = task.await;
                 let st = ring.stats();
                 info!(
-                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps",
-                    st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps
+                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} backend connects",
+                    st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps, st.connects
                 );
             }
         })
@@ -564,7 +574,7 @@ fn spawn_signal_thread(plane: Arc<ControlPlane>) -> Result<(), String> {
                 }
                 draining = true;
                 info!("signal {sig}: draining");
-                plane.links.wake_all(shard::wake::DRAIN);
+                plane.links.wake_all(crate::wake::DRAIN);
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;

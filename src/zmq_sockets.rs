@@ -86,9 +86,16 @@ fn socket(ctx: &zmq::Context, kind: zmq::SocketType, field: &str) -> Result<zmq:
 
 /// Binds `spec`; returns the endpoint bound (`tcp://127.0.0.1:*` picks
 /// a free port, and the answer names it).
-fn bind(s: &zmq::Socket, field: &str, spec: &str) -> Result<String, String> {
+/// A bound `ipc://` endpoint's socket file gets `mode` (Pushpin's
+/// `ipc_file_mode`).
+fn bind(s: &zmq::Socket, field: &str, spec: &str, mode: Option<u32>) -> Result<String, String> {
     s.bind(spec)
         .map_err(|e| format!("{field}: cannot bind {spec}: {e}"))?;
+    if let (Some(mode), Some(path)) = (mode, spec.strip_prefix("ipc://")) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("zmq.ipc_file_mode: cannot set {mode:o} on {path}: {e}"))?;
+    }
     Ok(match s.get_last_endpoint() {
         Ok(Ok(actual)) => actual,
         _ => spec.to_string(),
@@ -104,7 +111,7 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
     let pull = match &cfg.push_in_spec {
         Some(spec) => {
             let s = socket(&ctx, zmq::PULL, "zmq.push_in_spec")?;
-            let at = bind(&s, "zmq.push_in_spec", spec)?;
+            let at = bind(&s, "zmq.push_in_spec", spec, cfg.ipc_file_mode)?;
             info!("listening on {at} (ZeroMQ PULL: publishes)");
             uris.push(("publish-pull", at));
             Some(s)
@@ -127,7 +134,7 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
                     .map_err(|e| format!("zmq.push_in_sub_specs: cannot connect to {spec}: {e}"))?;
                 info!("connecting to {spec} (ZeroMQ SUB: publishes)");
             } else {
-                let at = bind(&s, "zmq.push_in_sub_specs", spec)?;
+                let at = bind(&s, "zmq.push_in_sub_specs", spec, cfg.ipc_file_mode)?;
                 info!("listening on {at} (ZeroMQ SUB: publishes)");
                 sub_at.push(at);
             }
@@ -137,7 +144,7 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
     let router = match &cfg.command_spec {
         Some(spec) => {
             let s = socket(&ctx, zmq::ROUTER, "zmq.command_spec")?;
-            let at = bind(&s, "zmq.command_spec", spec)?;
+            let at = bind(&s, "zmq.command_spec", spec, cfg.ipc_file_mode)?;
             info!("listening on {at} (ZeroMQ commands)");
             uris.push(("command", at));
             Some(s)
@@ -147,7 +154,7 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
     let stats = match &cfg.stats_spec {
         Some(spec) => {
             let s = socket(&ctx, zmq::PUB, "zmq.stats_spec")?;
-            let at = bind(&s, "zmq.stats_spec", spec)?;
+            let at = bind(&s, "zmq.stats_spec", spec, cfg.ipc_file_mode)?;
             info!("listening on {at} (ZeroMQ stats)");
             Some(s)
         }

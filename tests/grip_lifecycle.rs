@@ -522,3 +522,73 @@ sys.exit(0 if validate_sig(sys.argv[1], sys.argv[2], iss='corepin-pem') else 1)"
         assert_eq!(alg, if name == "ec" { "ES256" } else { "RS256" });
     }
 }
+
+/// `update_on_first_subscription` (Pushpin 1.41, on by default there): a
+/// second after a channel gets its first subscriber, its held long-polls
+/// ask the backend again (its gone link is posted) and its streams fetch their
+/// next link. The long-poll's own return does not count as a first
+/// subscription again (a long-poll's channel lingers 60 s), so the backend
+/// sees exactly one retry, and the client is answered by a later publish.
+#[test]
+fn a_channels_first_subscription_re_fetches_its_held_requests() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let polls = std::sync::Arc::new(AtomicUsize::new(0));
+    let p = polls.clone();
+    let b = Backend::start(move |req, _| {
+        let hold = |headers: &str, body: &str| {
+            Reply::Bytes(
+                format!(
+                    "HTTP/1.1 200 OK\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            )
+        };
+        match req.path.as_str() {
+            "/s" => hold(
+                "Grip-Hold: stream\r\nGrip-Channel: s\r\nGrip-Link: </next>; rel=next; timeout=120\r\n",
+                "start\n",
+            ),
+            "/next" => hold(
+                "Grip-Hold: stream\r\nGrip-Channel: s\r\nGrip-Link: </next>; rel=next; timeout=120\r\n",
+                "updated\n",
+            ),
+            "/gone" => hold("", ""),
+            _ => {
+                p.fetch_add(1, Ordering::SeqCst);
+                hold(
+                    "Grip-Hold: response\r\nGrip-Channel: lp\r\nGrip-Link: </gone>; rel=gone\r\n",
+                    "timeout\n",
+                )
+            }
+        }
+    });
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &b.route(),
+        "--workers",
+        "1",
+        "--config",
+        &write_config("[grip]\nupdate_on_first_subscription = true\n"),
+    ]);
+    let mut s = Stream::open(cp.addr(), "/s");
+    assert_eq!(s.read_text(6), "start\n");
+    // A second after its channel's first subscription, the stream fetches
+    // its next link.
+    assert_eq!(s.read_text(8), "updated\n");
+    let addr = cp.addr();
+    let poll = std::thread::spawn(move || Conn::open(addr).get("/lp"));
+    wait_until("the long-poll asked again", || {
+        polls.load(Ordering::SeqCst) == 2
+    });
+    wait_until("held again", || metric(&cp, "corepin_subscriptions") == 2);
+    // The first hold's end (the retry) posts its gone link.
+    wait_until("the gone link", || {
+        seen_paths(&b).contains(&"/gone".to_string())
+    });
+    let r = cp.publish(r#"{"items":[{"channel":"lp","http-response":{"body":"news\n"}}]}"#);
+    assert_eq!(r.status, 200);
+    let r = poll.join().expect("poll");
+    assert_eq!(r.text(), "news\n");
+    assert_eq!(polls.load(Ordering::SeqCst), 2, "one retry only");
+}

@@ -198,3 +198,84 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
         );
     }
 }
+
+/// `curl` POSTing `body` to the control API's `/connection`: (status, body).
+fn curl_connection(cp: &Corepin, body: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("http://{}/connection", cp.control_addr()))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.parse().expect("status"), body.to_string())
+}
+
+/// The same targets over the control HTTP API: `POST /connection` on
+/// whichever core answers reaches a session on either core; an unknown id
+/// is a 404 naming it; a bad body a 400 naming the member.
+#[test]
+fn the_http_api_publishes_to_and_closes_one_connection() {
+    let log =
+        std::env::temp_dir().join(format!("corepin-targets-http-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let backend = PyBackend::start("wsoh_backend.py", &[&log.display().to_string()]);
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("* 127.0.0.1:{},over_http", backend.port),
+        "--workers",
+        "2",
+    ]);
+    let (mut a, id_a) = open_ws(&cp, &log, 0);
+    let (mut b, id_b) = open_ws(&cp, &log, 1);
+    // Several requests, so both cores' control listeners answer some.
+    for i in 0..4 {
+        let (status, body) = curl_connection(
+            &cp,
+            &format!(r#"{{"id":"{id_a}","ws-message":{{"content":"to a {i}"}}}}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            (v["ok"].clone(), v["id"].clone()),
+            (true.into(), id_a.clone().into())
+        );
+        assert_eq!(frame(&mut a), (1, format!("to a {i}").into_bytes()));
+        let (status, body) = curl_connection(
+            &cp,
+            &format!(r#"{{"id":"{id_b}","ws-message":{{"content":"to b {i}"}}}}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(frame(&mut b), (1, format!("to b {i}").into_bytes()));
+    }
+    let (status, body) = curl_connection(&cp, &format!(r#"{{"id":"{id_a}","action":"close"}}"#));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(frame(&mut a).0, 8, "a close frame");
+    let (status, body) = curl_connection(&cp, r#"{"id":"gone-1","action":"close"}"#);
+    assert_eq!(status, 404, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["id"], "gone-1");
+    assert!(v["error"]
+        .as_str()
+        .expect("error")
+        .contains("no connection with Connection-Id 'gone-1'"));
+    for (bad, why) in [
+        (r#"{"id":"x","colour":"red"}"#, "unknown member 'colour'"),
+        (r#"{"id":"x"}"#, "connection: needs"),
+        ("not json", "invalid JSON"),
+    ] {
+        let (status, body) = curl_connection(&cp, bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains(why), "{bad}: {body}");
+    }
+    let r = cp.control("GET /connection HTTP/1.1\r\nHost: c\r\n\r\n");
+    assert_eq!(r.status, 405);
+}

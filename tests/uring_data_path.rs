@@ -69,7 +69,14 @@ fn an_unknown_data_path_is_refused_by_name() {
 #[test]
 fn keep_alive_requests_are_proxied_over_the_ring() {
     let b = Backend::fixed("through the ring");
-    let cp = Corepin::start(&["--route", &b.route(), "--data-path", "uring"]);
+    let cp = Corepin::start(&[
+        "--route",
+        &b.route(),
+        "--data-path",
+        "uring",
+        "--workers",
+        "1",
+    ]);
     cp.wait_stderr("data path: uring");
     let mut c = Conn::open(cp.addr());
     for _ in 0..50 {
@@ -77,11 +84,53 @@ fn keep_alive_requests_are_proxied_over_the_ring() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "through the ring");
     }
+    // The backend side is on the ring too: connected through it, kept
+    // alive and reused (one backend connection for the 50 requests).
+    assert_eq!(b.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(c);
+    let mut cp = cp;
+    cp.signal(libc::SIGTERM);
+    assert_eq!(cp.wait_exit(TIMEOUT), Some(0));
+    let line = cp.wait_stderr("io_uring data path:");
+    assert!(line.contains(" 1 backend connects"), "{line}");
     // A large response (many provided buffers' worth) arrives whole.
     let big: &'static str = Box::leak("x".repeat(300_000).into_boxed_str());
     let b = Backend::fixed(big);
     let cp = Corepin::start(&["--route", &b.route(), "--data-path", "uring"]);
     assert_eq!(Conn::open(cp.addr()).get("/big").text().len(), 300_000);
+}
+
+#[test]
+fn backend_faults_over_the_ring_are_answered() {
+    // A backend that resets the connection on /reset (SO_LINGER 0, then
+    // close: an RST, not a FIN) and answers everything else.
+    let b = Backend::start(|req, w| {
+        if req.path == "/reset" {
+            let _ = socket2::SockRef::from(&*w).set_linger(Some(std::time::Duration::ZERO));
+            return Reply::Done;
+        }
+        Reply::Bytes(ok_response("fine"))
+    });
+    let cp = Corepin::start(&["--route", &b.route(), "--data-path", "uring"]);
+    let mut c = Conn::open(cp.addr());
+    assert_eq!(c.get("/ok").text(), "fine");
+    let r = c.get("/reset");
+    assert_eq!(r.status, 502, "{}", r.text());
+    // The client connection and the core are fine: the next request gets a
+    // fresh backend connection.
+    assert_eq!(c.get("/ok").text(), "fine");
+    // A backend nobody listens on: refused through the ring's connect.
+    let dead = dead_port();
+    let cp = Corepin::start(&[
+        "--route",
+        &format!("* 127.0.0.1:{dead}"),
+        "--data-path",
+        "uring",
+    ]);
+    let mut c = Conn::open(cp.addr());
+    let r = c.get("/");
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("unreachable"), "{}", r.text());
 }
 
 #[test]

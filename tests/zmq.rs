@@ -489,6 +489,11 @@ fn tcp_endpoints_and_bad_specs() {
         ),
         ("colour = \"red\"", "unknown field `colour`", 2),
         (
+            "ipc_file_mode = \"rw\"",
+            "zmq.ipc_file_mode: 'rw' is not an octal file mode",
+            2,
+        ),
+        (
             &format!("command_spec = \"{endpoint}\""),
             "zmq.command_spec: cannot bind",
             1,
@@ -504,4 +509,19 @@ fn tcp_endpoints_and_bad_specs() {
         assert_eq!(out.status.code(), Some(code), "{zmq}: {err}");
         assert!(err.contains(needle), "{zmq}: {err}");
     }
+}
+
+#[test]
+fn ipc_file_mode_sets_the_socket_files_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = ipc_dir();
+    let _cp = start(&dir, "ipc_file_mode = \"600\"", &[]);
+    for name in ["pull", "sub", "cmd", "stats"] {
+        let mode = std::fs::metadata(dir.join(name))
+            .expect("socket file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

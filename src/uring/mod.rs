@@ -134,13 +134,15 @@ pub struct Stats {
     /// Sends that completed short and were resubmitted for the rest.
     pub short_sends: u64,
     pub sent_bytes: u64,
+    /// Connects submitted (backend sockets made on the ring).
+    pub connects: u64,
     pub accept_arms: u64,
     pub accepted: u64,
     pub accept_errors: u64,
 }
 
 thread_local! {
-    /// This core's ring when client connections use the io_uring data path
+    /// This core's ring when client and backend connections use the io_uring data path
     /// (`data_path = "uring"`); set once by the server as the core starts.
     static CURRENT: RefCell<Option<Uring>> = const { RefCell::new(None) };
 }
@@ -150,7 +152,7 @@ pub fn set_current(ring: Option<Uring>) {
     CURRENT.with(|c| *c.borrow_mut() = ring);
 }
 
-/// This thread's ring, if client connections go through one.
+/// This thread's ring, if client and plain backend connections go through one.
 pub fn current() -> Option<Uring> {
     CURRENT.with(|c| c.borrow().clone())
 }

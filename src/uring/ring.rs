@@ -771,6 +771,7 @@ impl Core {
         let s = &mut self.socks[i as usize];
         s.tx = Some(tx);
         s.st |= CONNECTING;
+        self.stats.connects += 1;
         self.push(e);
         i
     }

@@ -148,14 +148,25 @@ pub(super) async fn test_target(
     }
     let channel = crate::testtarget::channel(head);
     let prefix = route.prefix.clone().unwrap_or_default();
-    if c.conn
-        .write_all(&switching(head, None, None))
-        .await
-        .is_err()
-    {
+    let sub = ws_sub(shard, route, vec![format!("{prefix}{channel}")]);
+    // Resume (issue 18): what the client missed after the id it names is
+    // queued from history before anything live, exactly once.
+    let query_id = crate::testtarget::query_param(head.query(), "last-event-id");
+    let last = head
+        .fields
+        .get("last-event-id")
+        .or(query_id.as_deref().map(str::as_bytes));
+    let mut answer = switching(head, None, None);
+    if let crate::subs::HoldResume::Note(Some(v)) = shard.subs.resume_hold(&sub, last, &[]) {
+        // Before the head's final blank line.
+        if answer.ends_with(b"\r\n\r\n") {
+            answer.truncate(answer.len() - 2);
+            answer.extend_from_slice(format!("Corepin-Resume: {v}\r\n\r\n").as_bytes());
+        }
+    }
+    if c.conn.write_all(&answer).await.is_err() {
         return outcome(101, 0, "test");
     }
-    let sub = ws_sub(shard, vec![format!("{prefix}{channel}")]);
     let end = client_loop(shard, c, &sub, "test").await;
     end
 }

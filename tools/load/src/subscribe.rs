@@ -17,7 +17,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corepin::codec::ws::{self, Event, Opcode, Role};
+use corepin::codec::ws::{self, Opcode, Received, Role};
 use serde_json::{json, Map, Value};
 
 use crate::args::{die, Args, Ticker};
@@ -324,12 +324,12 @@ impl SubState {
         let mut closed = false;
         let r = ws_events(reader, &mut self.ws_pending, data, &mut |ev| {
             match ev {
-                Event::Message(_, m) => count_records(tail, track, &m, stats, recs),
-                Event::Ping(p) => {
+                Received::Message(_, m) => count_records(tail, track, &m, stats, recs),
+                Received::Ping(p) => {
                     ws::write_frame(reply, true, Opcode::Pong, &p, Some([1, 2, 3, 4]))
                 }
-                Event::Close(..) => closed = true,
-                Event::Pong(_) => {}
+                Received::Close(..) => closed = true,
+                Received::Pong(_) => {}
             }
             !closed
         });

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use corepin::codec::ws::{self, Event, Opcode, Reader, Role};
+use corepin::codec::ws::{self, Opcode, Reader, Received, Role};
 use serde_json::json;
 
 use crate::args::{die, Args};
@@ -137,7 +137,7 @@ pub fn run(args: &[String]) {
                 let (tail, s, failed) = (&mut c.tail, &mut c.s, &mut c.failed);
                 let r = ws_events(reader, &mut c.pending, data, &mut |ev| {
                     match ev {
-                        Event::Message(_, m) => {
+                        Received::Message(_, m) => {
                             recs.clear();
                             scan(tail, &m, &mut recs);
                             let now = now_ns();
@@ -150,7 +150,7 @@ pub fn run(args: &[String]) {
                                 }
                             }
                         }
-                        Event::Close(..) => *failed = true,
+                        Received::Close(..) => *failed = true,
                         _ => {}
                     }
                     !*failed
