@@ -572,7 +572,11 @@ impl Registry {
         };
         for channel in due {
             let subs: Vec<Rc<Sub>> = match self.channels.borrow().get(&channel) {
-                Some(m) => m.values().filter(|s| s.kind != Kind::Ws).cloned().collect(),
+                Some(m) => m
+                    .values()
+                    .filter(|s| s.kind != HoldKind::Ws)
+                    .cloned()
+                    .collect(),
                 None => continue,
             };
             for sub in subs {
@@ -680,7 +684,7 @@ impl Registry {
                 if m.is_empty() {
                     map.remove(name);
                     self.channel_gone(ch);
-                    if sub.kind == Kind::Response
+                    if sub.kind == HoldKind::Response
                         && name.len() == ch.len()
                         && self.update_on_first.get()
                     {
