@@ -15,13 +15,17 @@
 #              from the publish to the last delivery, and p99 latency
 #   sustained  10k stream subscribers x 200 publishes: deliveries/s
 #   ws         WebSocket echo round trips/s (50 connections)
-#   tls        HTTPS through corepin's and nginx's TLS listeners to the same
-#              nginx static backend (one self-signed ECDSA P-256 certificate,
-#              TLS 1.3): keep-alive GETs (100 connections), a new resumed
-#              handshake per request and a new full handshake per request
-#              (50 connections each); req/s and p99. Pushpin is left out:
-#              the Debian Pushpin 1.36 here was not set up with https_ports
-#              (its TLS is condure's) in the time this row was added.
+#   tls        HTTPS through corepin's, Pushpin's (https_ports, condure's
+#              TLS) and nginx's TLS listeners to the same nginx static
+#              backend (one self-signed ECDSA P-256 certificate, TLS 1.3):
+#              keep-alive GETs (50 connections), a new resumed handshake
+#              per request and a new full handshake per request (50
+#              connections each), WebSocket echo over wss (50 connections);
+#              req/s, p99 and the server's CPU time (utime + stime of its
+#              processes, from /proc) per request or round trip. Then RSS
+#              per idle TLS stream subscriber (TLS_SIZES, default 2000) for
+#              corepin, Pushpin and nchan, with corepin's plaintext figure
+#              at the same count beside it.
 #   memory     RSS per idle stream subscriber at 1k, 5k, 15k (the proxy's
 #              own processes; RSS after minus before, over N)
 #   publish    the publish path (corepin, Pushpin raised, nchan): publishes/s
@@ -44,6 +48,8 @@
 #      and then stalls, which would measure the burst, not the fan-out).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+TLS_SIZES=${TLS_SIZES:-2000}
+TLS_SECONDS=${TLS_SECONDS:-5}
 ROUNDS=${ROUNDS:-3}
 SECTIONS=${SECTIONS:-"proxy fanout sustained ws memory publish tls"}
 PUB_SECONDS=${PUB_SECONDS:-10}
@@ -77,8 +83,9 @@ make_tls_cert() {
     -keyout "$TLS_DIR/localhost.key" -out "$TLS_DIR/localhost.crt" 2>/dev/null
 }
 
-# start_nginx_tls: nginx terminating TLS on 18141 (tickets and a session
-# cache, as corepin resumes with tickets), proxying to the backend.
+# start_nginx_tls: nginx terminating TLS on NGINX_TLS_PORT (tickets and a
+# session cache, as corepin resumes with tickets), proxying to the backend,
+# /echo to the WebSocket echo server.
 start_nginx_tls() {
   local d=$BENCH_DIR/nginx-tls
   mkdir -p "$d/logs"
@@ -89,15 +96,19 @@ events { worker_connections 18000; }
 http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
   ssl_session_tickets on;
-  upstream backend { server 127.0.0.1:18100; keepalive 64; }
-  server { listen 127.0.0.1:18141 ssl backlog=4096;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$NGINX_TLS_PORT ssl backlog=4096;
     ssl_certificate $TLS_DIR/localhost.crt;
     ssl_certificate_key $TLS_DIR/localhost.key;
     location / { proxy_pass http://backend; proxy_http_version 1.1;
-                 proxy_set_header Connection ""; } } }
+                 proxy_set_header Connection ""; }
+    location /echo { proxy_pass http://127.0.0.1:$ECHO_PORT; proxy_http_version 1.1;
+                     proxy_set_header Upgrade \$http_upgrade;
+                     proxy_set_header Connection "upgrade"; } } }
 CONF
   nginx -p "$d" -c "$d/nginx.conf" & PIDS+=($!)
-  wait_port 18141
+  NGINX_TLS_PID=$!
+  wait_port "$NGINX_TLS_PORT"
 }
 
 # restart: stop every peer (and backend) so the next case starts fresh.
@@ -109,13 +120,13 @@ start_pubsub() {
   PATHARGS=()
   case $1 in
     corepin) start_corepin --route "* test"
-      SUB=127.0.0.1:18110; PUBARGS=(--publish-to 127.0.0.1:18111) ;;
+      SUB=127.0.0.1:$COREPIN_PORT; PUBARGS=(--publish-to 127.0.0.1:$COREPIN_CONTROL_PORT) ;;
     pushpin) PUSHPIN_LIMITS=raised start_pushpin "* test"
-      SUB=127.0.0.1:18102; PUBARGS=(--publish-to 127.0.0.1:5601) ;;
+      SUB=127.0.0.1:$PUSHPIN_PORT; PUBARGS=(--publish-to 127.0.0.1:$PUSHPIN_PUBLISH_PORT) ;;
     pushpin-shipped) PUSHPIN_LIMITS=default start_pushpin "* test"
-      SUB=127.0.0.1:18102; PUBARGS=(--publish-to 127.0.0.1:5601) ;;
+      SUB=127.0.0.1:$PUSHPIN_PORT; PUBARGS=(--publish-to 127.0.0.1:$PUSHPIN_PUBLISH_PORT) ;;
     nchan) start_nchan
-      SUB=127.0.0.1:18120; PUBARGS=(--publish-to 127.0.0.1:18120 --via nchan)
+      SUB=127.0.0.1:$NCHAN_PORT; PUBARGS=(--publish-to 127.0.0.1:$NCHAN_PORT --via nchan)
       PATHARGS=(--path "/sub?channel={channel}") ;;
   esac
   sleep 1
@@ -125,7 +136,7 @@ start_pubsub() {
 pubsub_pids() {
   case $1 in
     corepin) echo "$COREPIN_PID" ;;
-    pushpin*) pids_of "$BENCH_DIR/pushpin" ;;
+    pushpin*) descendants "$PUSHPIN_PID" | tr '\n' ' ' ;;
     nchan) nginx_workers "$BENCH_DIR/nchan" ;;
   esac
 }
@@ -134,9 +145,9 @@ pubsub_pids() {
 # and the URL and kind benches/publish.lua uses (sets WRKURL, WRKKIND).
 publish_to() {
   case $1 in
-    corepin) PUBTO=(--to 127.0.0.1:18111); WRKURL=http://127.0.0.1:18111/publish/; WRKKIND=grip ;;
-    pushpin*) PUBTO=(--to 127.0.0.1:5601); WRKURL=http://127.0.0.1:5601/publish/; WRKKIND=grip ;;
-    nchan) PUBTO=(--to 127.0.0.1:18120 --via nchan); WRKURL=http://127.0.0.1:18120/pub; WRKKIND=nchan ;;
+    corepin) PUBTO=(--to 127.0.0.1:$COREPIN_CONTROL_PORT); WRKURL=http://127.0.0.1:$COREPIN_CONTROL_PORT/publish/; WRKKIND=grip ;;
+    pushpin*) PUBTO=(--to 127.0.0.1:$PUSHPIN_PUBLISH_PORT); WRKURL=http://127.0.0.1:$PUSHPIN_PUBLISH_PORT/publish/; WRKKIND=grip ;;
+    nchan) PUBTO=(--to 127.0.0.1:$NCHAN_PORT --via nchan); WRKURL=http://127.0.0.1:$NCHAN_PORT/pub; WRKKIND=nchan ;;
   esac
 }
 
@@ -175,6 +186,66 @@ print(json.dumps({"requests": n, "published": ok, "seconds": float(m.group(2)) i
   "server_cpu_us_per_publish": (after - before) * 1e6 / ok if ok else None,
   "client_cpu_us_per_request": client * 1e6 / n if client is not None and n else None}))
 ' "$before" "$after"
+}
+
+# with_cpu JSON BEFORE AFTER COUNT_FIELD: JSON plus the server's CPU
+# seconds over the run and per unit (COUNT_FIELD of the result).
+with_cpu() {
+  local json=${1:-}
+  [ -n "$json" ] || json='{}'
+  printf '%s' "$json" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+cpu = float(sys.argv[2]) - float(sys.argv[1])
+n = r.get(sys.argv[3]) or 0
+r["server_cpu_seconds"] = round(cpu, 3)
+r["server_cpu_us_per_unit"] = cpu * 1e6 / n if n else None
+print(json.dumps(r))' "$2" "$3" "$4"
+}
+
+# tls_case PEER CASE PORT "PIDS" MODE ARGS...: one corepin-load run
+# against a TLS listener, with the server's CPU time around it.
+tls_case() {
+  local peer=$1 case=$2 port=$3 pids=$4 mode=$5 before after out field=requests
+  shift 5
+  [ "$mode" = ws-echo ] && field=round_trips
+  before=$(cpu_seconds $pids)
+  out=$("$LOAD" "$mode" --to "127.0.0.1:$port" --tls "$TLS_DIR/localhost.crt" --sni localhost \
+      --seconds "$TLS_SECONDS" "$@" 2>>"$BENCH_DIR/load.err" || true)
+  after=$(cpu_seconds $pids)
+  record "$peer" "$case" "$(with_cpu "$out" "$before" "$after" "$field")"
+}
+
+# tls_memory PEER SUBSCRIBERS: RSS per idle stream subscriber held over
+# TLS (PEER's pub/sub setup with a TLS listener).
+tls_memory() {
+  local sub pids before after ready=$BENCH_DIR/ready out path=()
+  case $1 in
+    corepin) start_corepin --route "* test" --listen-tls "127.0.0.1:$COREPIN_TLS_PORT" \
+        --tls-cert "$TLS_DIR/localhost.crt" --tls-key "$TLS_DIR/localhost.key"
+      wait_port "$COREPIN_TLS_PORT"; sub=$COREPIN_TLS_PORT ;;
+    pushpin) PUSHPIN_LIMITS=raised start_pushpin "* test"; sub=$PUSHPIN_TLS_PORT ;;
+    nchan) start_nchan; wait_port "$NCHAN_TLS_PORT"; sub=$NCHAN_TLS_PORT
+      path=(--path "/sub?channel={channel}") ;;
+  esac
+  sleep 1
+  pids=$(pubsub_pids "$1")
+  before=$(rss_kib $pids)
+  rm -f "$ready"
+  "$LOAD" subscribe --to "127.0.0.1:$sub" --tls "$TLS_DIR/localhost.crt" "${path[@]}" \
+    --channel-prefix idle --subscribers "$2" --rate "$OPEN_RATE" --hold-s 4 \
+    --ready-file "$ready" > "$BENCH_DIR/hold.json" 2>>"$BENCH_DIR/load.err" &
+  local holder=$!
+  for _ in $(seq 1 600); do [ -f "$ready" ] && break; sleep 0.1; done
+  sleep 1
+  after=$(rss_kib $pids)
+  wait "$holder" || true
+  out=$(cat "$BENCH_DIR/hold.json" 2>/dev/null || true)
+  [ -n "$out" ] || out='{}'
+  local kib
+  kib=$(awk -v a="$after" -v b="$before" -v n="$2" 'BEGIN {printf "%.3f", (a - b) / n}')
+  record "$1" "tls-idle-$2" "{\"kib_per_subscriber\":$kib,\"rss_before_kib\":$before,\"rss_after_kib\":$after,\"hold\":$out}"
+  restart
 }
 
 RUN=0
@@ -219,9 +290,9 @@ for round in $(seq 1 "$ROUNDS"); do
       proxy)
         start_backend
         start_nginx_proxy
-        start_pushpin "* 127.0.0.1:18100"
-        start_corepin --route "* 127.0.0.1:18100"
-        for p in corepin:18110 nginx:18101 pushpin:18102 direct:18100; do
+        start_pushpin "* 127.0.0.1:$BACKEND_PORT"
+        start_corepin --route "* 127.0.0.1:$BACKEND_PORT"
+        for p in corepin:$COREPIN_PORT nginx:$NGINX_PORT pushpin:$PUSHPIN_PORT direct:$BACKEND_PORT; do
           curl -sf "http://127.0.0.1:${p#*:}/index.html" > /dev/null || { echo "${p%%:*} does not answer" >&2; exit 1; }
           record "${p%%:*}" proxy "$("$LOAD" proxy --to "127.0.0.1:${p#*:}" --path /index.html \
               --conns 100 --threads 2 --seconds 5 --warmup-s 1 2>>"$BENCH_DIR/load.err" || true)"
@@ -236,14 +307,14 @@ for round in $(seq 1 "$ROUNDS"); do
           fanout "$peer" sustained-10k 10000 200 90
         done ;;
       ws)
-        "$LOAD" echo-server 127.0.0.1:18130 > /dev/null & PIDS+=($!)
-        wait_port 18130
-        start_corepin --route "*,path_beg=/oh 127.0.0.1:18130,over_http" --route "* 127.0.0.1:18130"
-        PUSHPIN_LIMITS=raised start_pushpin "*,path_beg=/oh 127.0.0.1:18130,over_http\n* 127.0.0.1:18130"
+        "$LOAD" echo-server 127.0.0.1:$ECHO_PORT > /dev/null & PIDS+=($!)
+        wait_port $ECHO_PORT
+        start_corepin --route "*,path_beg=/oh 127.0.0.1:$ECHO_PORT,over_http" --route "* 127.0.0.1:$ECHO_PORT"
+        PUSHPIN_LIMITS=raised start_pushpin "*,path_beg=/oh 127.0.0.1:$ECHO_PORT,over_http\n* 127.0.0.1:$ECHO_PORT"
         start_backend
         start_nginx_proxy
-        for c in direct:18130:/echo corepin:18110:/echo corepin-over-http:18110:/oh/echo \
-                 pushpin:18102:/echo pushpin-over-http:18102:/oh/echo nginx:18101:/echo; do
+        for c in direct:$ECHO_PORT:/echo corepin:$COREPIN_PORT:/echo corepin-over-http:$COREPIN_PORT:/oh/echo \
+                 pushpin:$PUSHPIN_PORT:/echo pushpin-over-http:$PUSHPIN_PORT:/oh/echo nginx:$NGINX_PORT:/echo; do
           IFS=: read -r peer port path <<< "$c"
           record "$peer" ws-echo "$("$LOAD" ws-echo --to "127.0.0.1:$port" --path "$path" \
               --conns 50 --seconds 5 2>>"$BENCH_DIR/load.err" || true)"
@@ -251,24 +322,39 @@ for round in $(seq 1 "$ROUNDS"); do
         restart ;;
       tls)
         make_tls_cert
+        "$LOAD" echo-server "127.0.0.1:$ECHO_PORT" > /dev/null & PIDS+=($!)
+        wait_port "$ECHO_PORT"
         start_backend
         start_nginx_tls
-        start_corepin --listen-tls 127.0.0.1:18140 --tls-cert "$TLS_DIR/localhost.crt" \
-          --tls-key "$TLS_DIR/localhost.key" --route "* 127.0.0.1:18100"
-        wait_port 18140
-        for p in corepin:18140 nginx:18141; do
-          curl -sf --cacert "$TLS_DIR/localhost.crt" --resolve "localhost:${p#*:}:127.0.0.1" \
-            "https://localhost:${p#*:}/index.html" > /dev/null \
-            || { echo "${p%%:*} does not answer over TLS" >&2; exit 1; }
-          for c in keepalive:100:0:yes resumed:50:1:yes full:50:1:no; do
-            IFS=: read -r name conns per resume <<< "$c"
-            record "${p%%:*}" "tls-$name" "$("$LOAD" proxy --to "127.0.0.1:${p#*:}" \
-                --path /index.html --tls "$TLS_DIR/localhost.crt" --sni localhost \
-                --conns "$conns" --threads 2 --seconds 5 --warmup-s 1 \
-                --per-conn "$per" --resume "$resume" 2>>"$BENCH_DIR/load.err" || true)"
+        start_corepin --listen-tls "127.0.0.1:$COREPIN_TLS_PORT" --tls-cert "$TLS_DIR/localhost.crt" \
+          --tls-key "$TLS_DIR/localhost.key" --route "*,path_beg=/echo 127.0.0.1:$ECHO_PORT" \
+          --route "* 127.0.0.1:$BACKEND_PORT"
+        wait_port "$COREPIN_TLS_PORT"
+        WITH_TLS=1 start_pushpin "*,path_beg=/echo 127.0.0.1:$ECHO_PORT\n* 127.0.0.1:$BACKEND_PORT"
+        for p in corepin:$COREPIN_TLS_PORT nginx:$NGINX_TLS_PORT pushpin:$PUSHPIN_TLS_PORT; do
+          peer=${p%%:*} port=${p#*:}
+          curl -sf --cacert "$TLS_DIR/localhost.crt" --resolve "localhost:$port:127.0.0.1" \
+            "https://localhost:$port/index.html" > /dev/null \
+            || { echo "$peer does not answer over TLS" >&2; exit 1; }
+          case $peer in
+            corepin) pids=$COREPIN_PID ;;
+            nginx) pids=$(descendants "$NGINX_TLS_PID" | tr '\n' ' ') ;;
+            # Pushpin's runner, condure, proxy, handler, and its zurl
+            # (which makes its backend requests).
+            pushpin) pids="$(descendants "$PUSHPIN_PID" | tr '\n' ' ') $ZURL_PID" ;;
+          esac
+          for c in keepalive:0:yes resumed:1:yes full:1:no; do
+            IFS=: read -r name per resume <<< "$c"
+            tls_case "$peer" "tls-$name" "$port" "$pids" proxy --path /index.html \
+              --conns 50 --threads 2 --warmup-s 0 --per-conn "$per" --resume "$resume"
           done
+          tls_case "$peer" tls-ws-echo "$port" "$pids" ws-echo --path /echo --conns 50
         done
-        restart ;;
+        restart
+        for n in $TLS_SIZES; do
+          for peer in corepin pushpin nchan; do WITH_TLS=1 tls_memory "$peer" "$n"; done
+          memory corepin "$n"
+        done ;;
       memory)
         for peer in corepin pushpin nchan; do
           for n in $SIZES; do memory "$peer" "$n"; done

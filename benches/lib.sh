@@ -2,17 +2,68 @@
 # this machine. Source it; every peer runs under $BENCH_DIR and is stopped
 # by stop_all (installed as an EXIT trap by bench_init).
 #
-# Ports: backend 18100, nginx proxy 18101, Pushpin 18102 (publish 5601),
-# corepin 18110 (control 18111), nchan 18120, WebSocket echo server 18130.
+# Other engineers run servers on this machine at the same time, so nothing
+# here uses a fixed port or path, or stops a process it did not start:
+# bench_init picks free ports (pick_ports) and a fresh mktemp -d folder,
+# and stop_all signals only the PIDs started here and their descendants.
+# The ports, set by pick_ports: BACKEND_PORT (nginx static backend),
+# NGINX_PORT (nginx proxy), NGINX_TLS_PORT, PUSHPIN_PORT, PUSHPIN_TLS_PORT,
+# PUSHPIN_PUBLISH_PORT (5561 + PUSHPIN_OFFSET, Pushpin's port_offset),
+# COREPIN_PORT, COREPIN_CONTROL_PORT, COREPIN_TLS_PORT, NCHAN_PORT,
+# NCHAN_TLS_PORT, ECHO_PORT (corepin-load's WebSocket echo server).
 
-BENCH_DIR=${BENCH_DIR:-/tmp/corepin-bench}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PIDS=()
 
+# free_ports N: N distinct loopback ports nothing listens on, all bound at
+# once (so they differ) and released for the peers to take.
+free_ports() {
+  python3 -c '
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+' "$1"
+}
+
+# port_free PORT: nothing is bound to 127.0.0.1:PORT (or 0.0.0.0:PORT).
+port_free() {
+  python3 -c '
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+' "$1"
+}
+
+pick_ports() {
+  read -r BACKEND_PORT NGINX_PORT NGINX_TLS_PORT PUSHPIN_PORT PUSHPIN_TLS_PORT \
+    COREPIN_PORT COREPIN_CONTROL_PORT COREPIN_TLS_PORT NCHAN_PORT NCHAN_TLS_PORT \
+    ECHO_PORT <<< "$(free_ports 11)"
+  # Pushpin's port_offset moves its fixed ZeroMQ and publish ports
+  # (5560-5563): find an offset where all four are free, below the
+  # ephemeral range that port-0 binds draw from.
+  local off p ok
+  for _ in $(seq 1 200); do
+    off=$((1000 + RANDOM % 20000)); ok=1
+    for p in 5560 5561 5562 5563; do port_free $((p + off)) || { ok=0; break; }; done
+    [ "$ok" = 1 ] && break
+  done
+  PUSHPIN_OFFSET=$off
+  PUSHPIN_PUBLISH_PORT=$((5561 + off))
+}
+
 bench_init() {
-  rm -rf "$BENCH_DIR"
-  mkdir -p "$BENCH_DIR"
+  BENCH_DIR=$(mktemp -d /tmp/corepin-bench.XXXXXX)
+  # nginx's workers (not root) read the backend's files in it.
+  chmod 755 "$BENCH_DIR"
   trap stop_all EXIT
+  pick_ports
   local missing=()
   for bin in nginx pushpin zurl curl python3 wrk; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
@@ -27,27 +78,36 @@ bench_init() {
   LOAD=$ROOT/target/release/corepin-load
 }
 
-stop_all() {
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
+# descendants PID...: the PIDs and every process below them.
+descendants() {
+  local pid
+  for pid in "$@"; do
+    echo "$pid"
+    descendants $(pgrep -P "$pid" 2>/dev/null)
   done
-  pkill -f "$BENCH_DIR" 2>/dev/null || true
+}
+
+# stop_all: stops what this script started (the PIDs in PIDS and their
+# children: nginx workers, Pushpin's condure/proxy/handler), nothing else.
+stop_all() {
+  local all pid
+  [ ${#PIDS[@]} -gt 0 ] || return 0
+  all=$(descendants "${PIDS[@]}")
+  for pid in $all; do kill "$pid" 2>/dev/null || true; done
   # Wait until they are gone: corepin binds with SO_REUSEPORT, so a new
   # instance could otherwise share its port with a dying one.
   for _ in $(seq 1 100); do
-    local alive=0 pid
-    for pid in "${PIDS[@]}"; do
-      kill -0 "$pid" 2>/dev/null && alive=1
-    done
-    pgrep -f "$BENCH_DIR" >/dev/null && alive=1
+    local alive=0
+    for pid in $all; do kill -0 "$pid" 2>/dev/null && alive=1; done
     [ "$alive" = 0 ] && break
     sleep 0.1
   done
+  for pid in $all; do kill -9 "$pid" 2>/dev/null || true; done
 }
 
 # wait_port PORT: until something accepts on 127.0.0.1:PORT.
 wait_port() {
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
     sleep 0.1
   done
@@ -65,14 +125,14 @@ daemon off; pid $d/nginx.pid; error_log $d/logs/error.log;
 worker_processes 1; worker_rlimit_nofile 19000;
 events { worker_connections 18000; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18100 backlog=4096; root $d/www; } }
+  server { listen 127.0.0.1:$BACKEND_PORT backlog=4096; root $d/www; } }
 CONF
   nginx -p "$d" -c "$d/nginx.conf" & PIDS+=($!)
-  wait_port 18100
+  wait_port "$BACKEND_PORT"
 }
 
 # nginx as a reverse proxy: 2 workers, upstream keepalive; /echo is
-# proxied as a WebSocket to corepin-load's echo server on 18130.
+# proxied as a WebSocket to corepin-load's echo server on ECHO_PORT.
 start_nginx_proxy() {
   local d=$BENCH_DIR/nginx-proxy
   mkdir -p "$d/logs"
@@ -81,24 +141,37 @@ daemon off; pid $d/nginx.pid; error_log $d/logs/error.log;
 worker_processes 2; worker_rlimit_nofile 19000;
 events { worker_connections 18000; }
 http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
-  upstream backend { server 127.0.0.1:18100; keepalive 64; }
-  server { listen 127.0.0.1:18101 backlog=4096;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$NGINX_PORT backlog=4096;
     location / { proxy_pass http://backend; proxy_http_version 1.1;
                  proxy_set_header Connection ""; }
-    location /echo { proxy_pass http://127.0.0.1:18130; proxy_http_version 1.1;
+    location /echo { proxy_pass http://127.0.0.1:$ECHO_PORT; proxy_http_version 1.1;
                      proxy_set_header Upgrade \$http_upgrade;
                      proxy_set_header Connection "upgrade"; } } }
 CONF
   nginx -p "$d" -c "$d/nginx.conf" & PIDS+=($!)
-  wait_port 18101
+  wait_port "$NGINX_PORT"
 }
 
-# Pushpin 1.36 from Debian with its own zurl (allowing loopback), on 18102.
-# The argument is the routes file text (lines separated by \n).
-# PUSHPIN_LIMITS=raised lifts the handler's delivery rate limit.
+# Pushpin 1.36 from Debian with its own zurl (allowing loopback), on
+# PUSHPIN_PORT. The argument is the routes file text (lines separated by
+# \n). PUSHPIN_LIMITS=raised lifts the handler's delivery rate limit.
+# With WITH_TLS=1 (and TLS_DIR holding a localhost.crt/.key pair), Pushpin also serves
+# HTTPS on PUSHPIN_TLS_PORT (its https_ports; condure terminates TLS with
+# the pair as runner/certs/localhost.crt beside pushpin.conf).
 start_pushpin() {
-  local d=$BENCH_DIR/pushpin route=${1:-"* 127.0.0.1:18100"}
+  local d=$BENCH_DIR/pushpin route=${1:-"* 127.0.0.1:$BACKEND_PORT"}
   mkdir -p "$d/run" "$d/log"
+  local https=()
+  if [ "${WITH_TLS:-}" = 1 ]; then
+    mkdir -p "$d/runner/certs"
+    # condure answers an SNI name with no file of its own name with an
+    # unrecognized_name alert, default.crt or not.
+    cp "$TLS_DIR/localhost.crt" "$TLS_DIR/localhost.key" "$d/runner/certs/"
+    cp "$TLS_DIR/localhost.crt" "$d/runner/certs/default.crt"
+    cp "$TLS_DIR/localhost.key" "$d/runner/certs/default.key"
+    https=(-e "s|^#*https_ports=.*|https_ports=127.0.0.1:$PUSHPIN_TLS_PORT|")
+  fi
   cat > "$d/zurl.conf" <<CONF
 [General]
 in_spec=ipc://$d/run/zurl-in
@@ -108,12 +181,15 @@ defpolicy=allow
 deny=
 CONF
   zurl --config="$d/zurl.conf" > "$d/log/zurl.out" 2>&1 & PIDS+=($!)
+  ZURL_PID=$!
   printf '%b\n' "$route" > "$d/routes"
   local rate=2500 hwm=25000
   if [ "${PUSHPIN_LIMITS:-default}" = raised ]; then rate=10000000; hwm=10000000; fi
   sed -e "s|^rundir=.*|rundir=$d/run|" \
       -e "s|^logdir=.*|logdir=$d/log|" \
-      -e "s|^port_offset=.*|port_offset=40|" \
+      -e "s|^port_offset=.*|port_offset=$PUSHPIN_OFFSET|" \
+      -e "s|^http_port=.*|http_port=127.0.0.1:$PUSHPIN_PORT|" \
+      "${https[@]}" \
       -e "s|^routesfile=.*|routesfile=$d/routes|" \
       -e "s|^client_maxconn=.*|client_maxconn=60000|" \
       -e "s|^message_rate=.*|message_rate=$rate|" \
@@ -122,42 +198,53 @@ CONF
       -e "s|^\[proxy\]|[proxy]\nzurl_out_specs=ipc://$d/run/zurl-in\nzurl_out_stream_specs=ipc://$d/run/zurl-in-stream\nzurl_in_specs=ipc://$d/run/zurl-out|" \
       /etc/pushpin/pushpin.conf > "$d/pushpin.conf"
   sed -i "s|{libdir}|/usr/lib/pushpin|" "$d/pushpin.conf"
-  pushpin --config "$d/pushpin.conf" --port 127.0.0.1:18102 > "$d/log/pushpin.out" 2>&1 & PIDS+=($!)
-  wait_port 18102
+  # The ports are in the file: --port would replace https_ports too.
+  pushpin --config "$d/pushpin.conf" > "$d/log/pushpin.out" 2>&1 & PIDS+=($!)
+  PUSHPIN_PID=$!
+  wait_port "$PUSHPIN_PORT"
   # The port opens before Pushpin's handler is ready: wait for a real answer.
   for _ in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -m 1 http://127.0.0.1:18102/stream?channel=warmup)" = 200 ] && break
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -m 1 "http://127.0.0.1:$PUSHPIN_PORT/stream?channel=warmup")" = 200 ] && break
     sleep 0.2
   done
-  PUSHPIN_PUBLISH=http://127.0.0.1:$((5561 + 40))/publish/
+  [ "${WITH_TLS:-}" != 1 ] || wait_port "$PUSHPIN_TLS_PORT"
+  PUSHPIN_PUBLISH=http://127.0.0.1:$PUSHPIN_PUBLISH_PORT/publish/
 }
 
-# corepin (release build) on 18110, control HTTP on 18111; extra args follow.
+# corepin (release build) on COREPIN_PORT, control HTTP on
+# COREPIN_CONTROL_PORT; extra args follow.
 start_corepin() {
-  "$ROOT/target/release/corepin" --listen 127.0.0.1:18110 --control-http 127.0.0.1:18111 \
+  "$ROOT/target/release/corepin" --listen "127.0.0.1:$COREPIN_PORT" \
+    --control-http "127.0.0.1:$COREPIN_CONTROL_PORT" \
     --control-socket "$BENCH_DIR/corepin.sock" --log-level warn "$@" \
     > "$BENCH_DIR/corepin.out" 2> "$BENCH_DIR/corepin.err" & PIDS+=($!)
   COREPIN_PID=$!
-  wait_port 18110
+  wait_port "$COREPIN_PORT"
 }
 
-# nchan (nginx pub/sub module) on 18120: /sub?channel=X, /pub?channel=X.
+# nchan (nginx pub/sub module) on NCHAN_PORT: /sub?channel=X,
+# /pub?channel=X; with WITH_TLS=1 (TLS_DIR as for Pushpin), /sub over TLS on NCHAN_TLS_PORT too.
 start_nchan() {
-  local d=$BENCH_DIR/nchan
+  local d=$BENCH_DIR/nchan tls=""
   mkdir -p "$d/logs"
+  if [ "${WITH_TLS:-}" = 1 ]; then
+    tls="listen 127.0.0.1:$NCHAN_TLS_PORT ssl backlog=4096;
+    ssl_certificate $TLS_DIR/localhost.crt; ssl_certificate_key $TLS_DIR/localhost.key;"
+  fi
   cat > "$d/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
 daemon off; pid $d/nginx.pid; error_log $d/logs/error.log;
 worker_processes 2; worker_rlimit_nofile 19000;
 events { worker_connections 18000; }
 http { access_log off; nchan_shared_memory_size 256M;
-  server { listen 127.0.0.1:18120 backlog=4096;
+  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
+  server { listen 127.0.0.1:$NCHAN_PORT backlog=4096; $tls
     location = /sub { nchan_subscriber http-raw-stream; nchan_channel_id \$arg_channel; }
     location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;
                       nchan_message_buffer_length 2000; nchan_message_timeout 5m; } } }
 CONF
   nginx -p "$d" -c "$d/nginx.conf" & PIDS+=($!)
-  wait_port 18120
+  wait_port "$NCHAN_PORT"
 }
 
 # nginx_workers DIR: the worker pids of the nginx instance started in DIR.

@@ -82,9 +82,15 @@ rps = lambda r: r["requests_per_sec"] if r["requests"] else None
 p99 = lambda r: r["latency_ms"]["p99"]
 row("proxy: keep-alive GETs, req/s", {k: (k, "proxy") for k in ("corepin", "pushpin", "nginx")}, rps, "{:,.0f}", True)
 row("proxy: p99 latency, ms", {k: (k, "proxy") for k in ("corepin", "pushpin", "nginx")}, p99, "{:.2f}", False)
+cpu_unit = lambda r: r.get("server_cpu_us_per_unit")
+tls_peers = ("corepin", "pushpin", "nginx")
 for case, what in (("tls-keepalive", "keep-alive GETs"), ("tls-resumed", "a resumed handshake per GET"), ("tls-full", "a full handshake per GET")):
-    row(f"TLS, {what}: req/s", {k: (k, case) for k in ("corepin", "nginx")}, rps, "{:,.0f}", True)
-    row(f"TLS, {what}: p99, ms", {k: (k, case) for k in ("corepin", "nginx")}, p99, "{:.2f}", False)
+    row(f"TLS, {what}: req/s", {k: (k, case) for k in tls_peers}, rps, "{:,.0f}", True)
+    row(f"TLS, {what}: server CPU per request, µs", {k: (k, case) for k in tls_peers}, cpu_unit, "{:,.1f}", False)
+    row(f"TLS, {what}: p99, ms", {k: (k, case) for k in tls_peers}, p99, "{:.2f}", False)
+tls_trips = lambda r: r["round_trips_per_sec"] if r["round_trips"] else None
+row("TLS, WebSocket echo over wss: round trips/s", {k: (k, "tls-ws-echo") for k in tls_peers}, tls_trips, "{:,.0f}", True)
+row("TLS, WebSocket echo over wss: server CPU per round trip, µs", {k: (k, "tls-ws-echo") for k in tls_peers}, cpu_unit, "{:,.1f}", False)
 
 pubsub = {"corepin": "corepin", "pushpin": "pushpin", "pushpin-shipped": "pushpin-shipped", "nginx": "nchan"}
 last = lambda r: r["first_publish_to_last_delivery_ms"] if r["delivered"] else None
@@ -104,6 +110,12 @@ kib = lambda r: r["kib_per_subscriber"] if r["hold"].get("subscribed") else None
 mem = {"corepin": "corepin", "pushpin": "pushpin", "nginx": "nchan"}
 for n in sizes:
     row(f"RSS per idle stream subscriber at {int(n):,}, KiB", {k: (v, f"idle-{n}") for k, v in mem.items()}, kib, "{:.2f}", False)
+tls_sizes = sorted({r["case"][len("tls-idle-"):] for r in rows if r["case"].startswith("tls-idle-")}, key=int)
+for n in tls_sizes:
+    row(f"RSS per idle TLS stream subscriber at {int(n):,}, KiB", {k: (v, f"tls-idle-{n}") for k, v in mem.items()}, kib, "{:.2f}", False)
+    t, p = med("corepin", f"tls-idle-{n}", kib), med("corepin", f"idle-{n}", kib)
+    if t and p:
+        lines.append(f"| corepin at {int(n):,}: TLS ÷ plaintext RSS per idle subscriber | {t / p:.2f}× | | | | | | |")
 
 pubpeers = {"corepin": ("corepin",), "pushpin": ("pushpin",), "nginx": ("nchan",)}
 

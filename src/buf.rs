@@ -131,17 +131,17 @@ impl InBuf {
     }
 
     /// Polls one read from `src` into the buffer, holding at most `max`
-    /// unconsumed bytes. `Ok(0)` is end of stream; a full buffer is an
-    /// `OutOfMemory` error. While pending with nothing buffered, the buffer is
+    /// unconsumed bytes. `Ok(0)` is end of stream; a full buffer is
+    /// `FillError::Full`. While pending with nothing buffered, the buffer is
     /// back in the pool.
     pub fn poll_fill<S: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut S,
         max: usize,
-    ) -> Poll<io::Result<usize>> {
+    ) -> Poll<Result<usize, FillError>> {
         if !self.make_room(max) {
-            return Poll::Ready(Err(io::ErrorKind::OutOfMemory.into()));
+            return Poll::Ready(Err(FillError::Full));
         }
         match Pin::new(src).poll_read(cx, &mut self.buf[self.end..]) {
             Poll::Ready(Ok(n)) => {
@@ -155,7 +155,7 @@ impl InBuf {
                 if self.is_empty() {
                     self.release();
                 }
-                Poll::Ready(Err(e))
+                Poll::Ready(Err(FillError::Io(e)))
             }
             Poll::Pending => {
                 if self.is_empty() {
@@ -171,10 +171,37 @@ impl InBuf {
         &mut self,
         src: &mut S,
         max: usize,
-    ) -> io::Result<usize> {
+    ) -> Result<usize, FillError> {
         futures_lite::future::poll_fn(|cx| self.poll_fill(cx, src, max)).await
     }
 }
+
+/// Why a read into an `InBuf` brought no bytes.
+#[derive(Debug)]
+pub enum FillError {
+    /// The buffer already holds its limit of unconsumed bytes: they must be
+    /// consumed (or the input refused as too large) before reading more.
+    Full,
+    /// The read failed (a timeout is `TimedOut` or `WouldBlock`).
+    Io(io::Error),
+}
+
+impl From<io::Error> for FillError {
+    fn from(e: io::Error) -> FillError {
+        FillError::Io(e)
+    }
+}
+
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillError::Full => f.write_str("input buffer full"),
+            FillError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for FillError {}
 
 impl Drop for InBuf {
     fn drop(&mut self) {
@@ -208,7 +235,7 @@ mod tests {
         }
     }
 
-    fn poll_once(b: &mut InBuf, src: &mut Chunks, max: usize) -> Poll<io::Result<usize>> {
+    fn poll_once(b: &mut InBuf, src: &mut Chunks, max: usize) -> Poll<Result<usize, FillError>> {
         let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
             Poll::Ready(cx.waker().clone())
         }));
@@ -244,7 +271,7 @@ mod tests {
             match poll_once(&mut b, &mut src, max) {
                 Poll::Ready(Ok(n)) => total += n,
                 Poll::Ready(Err(e)) => {
-                    assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
+                    assert!(matches!(e, FillError::Full), "{e}");
                     break;
                 }
                 Poll::Pending => panic!("data was available"),

@@ -37,6 +37,7 @@ use once_cell::race::OnceBox;
 use crate::codec::chunked;
 use crate::codec::publish::{Action, Item, WsKind};
 use crate::codec::response;
+use crate::codec::wildcard;
 use crate::history::{History, HistoryLimits, Replay};
 
 /// How long a (channel, id) pair is remembered for dedup.
@@ -271,12 +272,68 @@ impl Interest {
 
     /// The slot of a channel: FNV-1a, folded to the table size.
     pub fn slot(channel: &str) -> usize {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in channel.as_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        Interest::fold(wildcard::fnv(channel.as_bytes()))
+    }
+
+    /// The slot of a subscription key: a channel's own, a prefix
+    /// subscription's the slot of its prefix (see [`Prefixes`]).
+    pub fn key_slot(key: &str) -> usize {
+        Interest::slot(wildcard::as_prefix(key).unwrap_or(key))
+    }
+
+    fn fold(h: u64) -> usize {
         ((h ^ (h >> 32)) as usize) & (INTEREST_SLOTS - 1)
+    }
+
+    /// Calls `f` with the slot of `channel` and, when any core holds a
+    /// prefix subscription, the slot of each prefix of it whose length
+    /// some prefix subscription has: one pass over the name.
+    fn slots(&self, channel: &str, prefixes: &Prefixes, mut f: impl FnMut(usize)) {
+        if !prefixes.any() {
+            return f(Interest::slot(channel));
+        }
+        let n = channel.len();
+        wildcard::each_prefix(channel, |len, h| {
+            if len == n || prefixes.has_len(len) {
+                f(Interest::fold(h));
+            }
+        });
+    }
+
+    /// Whether any core holds a subscriber `channel` reaches.
+    fn wanted(&self, channel: &str, prefixes: &Prefixes) -> bool {
+        let mut any = false;
+        self.slots(channel, prefixes, |slot| any = any || self.any(slot));
+        any
+    }
+
+    /// Calls `f` once with each core holding a subscriber `channel`
+    /// reaches, by its own name or a prefix.
+    fn each_core(&self, channel: &str, prefixes: &Prefixes, mut f: impl FnMut(usize)) {
+        if !prefixes.any() {
+            return self.for_each(Interest::slot(channel), f);
+        }
+        let mut small = [0u64; 4];
+        let mut big = Vec::new();
+        let mask: &mut [u64] = if self.words <= small.len() {
+            &mut small[..self.words]
+        } else {
+            big.resize(self.words, 0);
+            &mut big
+        };
+        self.slots(channel, prefixes, |slot| {
+            for (i, m) in mask.iter_mut().enumerate() {
+                *m |= self.bits[slot * self.words + i].load(Ordering::Acquire);
+            }
+        });
+        for (i, &w) in mask.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                let b = w.trailing_zeros() as usize;
+                w &= w - 1;
+                f(i * 64 + b);
+            }
+        }
     }
 
     fn word(&self, slot: usize, core: usize) -> (&AtomicU64, u64) {
@@ -313,6 +370,55 @@ impl Interest {
                 f(i * 64 + b);
             }
         }
+    }
+}
+
+/// Which lengths prefix subscriptions have, over every core, so a publish
+/// looks up only those prefixes of its channel (and none at all while no
+/// core holds one).
+///
+/// A core counts a prefix here (`add`) before it sets the prefix's
+/// interest bit and uncounts it after clearing the bit, so the argument
+/// of [`Interest`] carries over: a publisher that must see the bit sees
+/// the count, which was written before it.
+pub struct Prefixes {
+    /// Prefixes held, over all cores (each core counts each of its
+    /// distinct prefixes once).
+    total: AtomicU64,
+    /// Prefixes held by length, modulo the table's size: two lengths
+    /// sharing an entry only cost a needless slot look-up.
+    by_len: [AtomicU64; PREFIX_LENS],
+}
+
+/// Entries of [`Prefixes::by_len`].
+const PREFIX_LENS: usize = 64;
+
+impl Prefixes {
+    fn new() -> Prefixes {
+        Prefixes {
+            total: AtomicU64::new(0),
+            by_len: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// A core holds a new prefix of `len` bytes.
+    pub fn add(&self, len: usize) {
+        self.by_len[len % PREFIX_LENS].fetch_add(1, Ordering::AcqRel);
+        self.total.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A core no longer holds a prefix of `len` bytes.
+    pub fn remove(&self, len: usize) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        self.by_len[len % PREFIX_LENS].fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn any(&self) -> bool {
+        self.total.load(Ordering::Acquire) != 0
+    }
+
+    fn has_len(&self, len: usize) -> bool {
+        self.by_len[len % PREFIX_LENS].load(Ordering::Acquire) != 0
     }
 }
 
@@ -559,9 +665,6 @@ struct CoreLink {
     pending: Arc<AtomicBool>,
 }
 
-/// The wake byte that means "publishes are waiting".
-pub const WAKE_PUBLISH: u8 = b'P';
-
 /// The memory bounds of the publish path.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -658,6 +761,7 @@ pub struct Sent {
 pub struct Bus {
     cores: Vec<CoreLink>,
     interest: Interest,
+    prefixes: Prefixes,
     seq: Mutex<Sequencer>,
     limits: Limits,
     pub stats: BusStats,
@@ -719,6 +823,7 @@ impl Bus {
         let bus = Arc::new(Bus {
             cores,
             interest: Interest::new(n),
+            prefixes: Prefixes::new(),
             seq: Mutex::new(Sequencer {
                 history: History::new(limits.history),
                 ..Sequencer::default()
@@ -760,6 +865,11 @@ impl Bus {
 
     pub fn interest(&self) -> &Interest {
         &self.interest
+    }
+
+    /// The lengths of prefix subscriptions (kept by the cores).
+    pub fn prefixes(&self) -> &Prefixes {
+        &self.prefixes
     }
 
     pub fn limits(&self) -> Limits {
@@ -989,7 +1099,7 @@ impl Bus {
         } else {
             for item in items {
                 // An item no core listens to is not even encoded.
-                if self.interest.any(Interest::slot(&item.channel)) {
+                if self.interest.wanted(&item.channel, &self.prefixes) {
                     self.route(Arc::new(Encoded::new(item)), &mut touched);
                 }
             }
@@ -1026,19 +1136,19 @@ impl Bus {
     fn route(&self, e: Arc<Encoded>, touched: &mut Touched) {
         let seq = self.routed.fetch_add(1, Ordering::AcqRel) + 1;
         e.seq.store(seq, Ordering::Release);
-        let slot = Interest::slot(&e.item.channel);
         let mut now = None;
-        self.interest.for_each(slot, |core| {
-            if let Some(link) = self.cores.get(core) {
-                self.stats.backlog[core].fetch_add(e.cost, Ordering::Relaxed);
-                let at = *now.get_or_insert_with(Instant::now);
-                if link.tx.send((e.clone(), at)).is_ok() {
-                    touched.add(core);
-                } else {
-                    self.stats.backlog[core].fetch_sub(e.cost, Ordering::Relaxed);
+        self.interest
+            .each_core(&e.item.channel, &self.prefixes, |core| {
+                if let Some(link) = self.cores.get(core) {
+                    self.stats.backlog[core].fetch_add(e.cost, Ordering::Relaxed);
+                    let at = *now.get_or_insert_with(Instant::now);
+                    if link.tx.send((e.clone(), at)).is_ok() {
+                        touched.add(core);
+                    } else {
+                        self.stats.backlog[core].fetch_sub(e.cost, Ordering::Relaxed);
+                    }
                 }
-            }
-        });
+            });
     }
 
     /// Wakes each touched core not already due to look; returns whether
@@ -1053,7 +1163,7 @@ impl Bus {
                 local = true;
             } else {
                 self.stats.wakes[i].fetch_add(1, Ordering::Relaxed);
-                let _ = (&core.wake).write_all(&[WAKE_PUBLISH]);
+                let _ = (&core.wake).write_all(&[crate::wake::PUBLISH]);
             }
         }
         local
@@ -1316,6 +1426,44 @@ mod tests {
         let before = (inboxes[0].rx.len(), inboxes[2].rx.len());
         bus.publish(vec![plain("a")], None);
         assert_eq!((inboxes[0].rx.len(), inboxes[2].rx.len()), before);
+    }
+
+    #[test]
+    fn a_prefix_reaches_the_cores_holding_it_once_each() {
+        let (bus, inboxes, _w) = bus(3);
+        // Core 1 holds the prefix `a.` and the channel `a.b`; core 2 the
+        // prefix `a.b.`: a publish to `a.b.c` reaches both, core 1 once.
+        bus.prefixes().add(2);
+        bus.interest()
+            .set(Interest::key_slot(&wildcard::key("a.")), 1);
+        bus.interest().set(Interest::slot("a.b"), 1);
+        bus.prefixes().add(4);
+        bus.interest()
+            .set(Interest::key_slot(&wildcard::key("a.b.")), 2);
+        for ch in ["a.b.c", "a.b", "x"] {
+            bus.publish(vec![plain(ch)], None);
+        }
+        let got = |core: usize| {
+            let mut out = Vec::new();
+            inboxes[core].take(usize::MAX, &mut out);
+            out.iter()
+                .map(|e| e.item.channel.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(got(0).is_empty());
+        assert_eq!(got(1), ["a.b.c", "a.b"]);
+        assert_eq!(got(2), ["a.b.c"]);
+        // Many cores: the union of the slots' words, each core once.
+        let i = Interest::new(130);
+        let p = Prefixes::new();
+        p.add(1);
+        i.set(Interest::key_slot(&wildcard::key("a")), 129);
+        i.set(Interest::key_slot(&wildcard::key("a")), 3);
+        i.set(Interest::slot("ab"), 129);
+        let mut cores = Vec::new();
+        i.each_core("ab", &p, |c| cores.push(c));
+        assert_eq!(cores, [3, 129]);
+        assert!(i.wanted("ab", &p) && i.wanted("ax", &p) && !i.wanted("b", &p));
     }
 
     #[test]

@@ -25,6 +25,7 @@ struct FileConfig {
     routes: Option<Vec<String>>,
     routes_file: Option<String>,
     auto_cross_origin: Option<bool>,
+    sockjs_url: Option<String>,
     limits: FileLimits,
     timeouts: FileTimeouts,
     upstream: FileUpstream,
@@ -413,6 +414,11 @@ pub const KTLS_REFUSAL: &str =
 have no TLS ULP (CONFIG_TLS), and glommio's socket reads cannot take the TLS control records \
 a kTLS socket hands up; rustls encrypts in userspace. Remove the key (or set it to false)";
 
+/// The default `sockjs_url`: the sockjs-client release the iframe page
+/// bootstraps (it must match the version the pages load).
+pub const DEFAULT_SOCKJS_URL: &str =
+    "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js";
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -456,6 +462,8 @@ pub struct Config {
     /// Automatic cross-origin on every HTTP request, as if each route had
     /// `aco` (Pushpin's `auto_cross_origin`).
     pub auto_cross_origin: bool,
+    /// The script the SockJS iframe page loads (Pushpin's `sockjs_url`).
+    pub sockjs_url: String,
     /// How client sockets are read and written (`data_path`).
     pub data_path: DataPath,
 }
@@ -1119,6 +1127,15 @@ impl Config {
             },
         })
         .map_err(ConfigError)?;
+        let sockjs_url = f
+            .sockjs_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SOCKJS_URL.to_string());
+        if crate::codec::sockjs::iframe_page(&sockjs_url).is_none() || sockjs_url.is_empty() {
+            return Err(ConfigError(format!(
+                "sockjs_url {sockjs_url:?} cannot go into the iframe page (no quotes, <, >, backslashes or control characters)"
+            )));
+        }
         let data_path = match (&ov.data_path, f.data_path.as_deref()) {
             (Some(v), _) => DataPath::parse("--data-path", v)?,
             (None, Some(v)) => DataPath::parse("data_path", v)?,
@@ -1153,6 +1170,7 @@ impl Config {
             metrics_pushpin_prefix,
             cluster,
             auto_cross_origin: f.auto_cross_origin.unwrap_or(false),
+            sockjs_url,
             data_path,
         })
     }

@@ -53,7 +53,7 @@ use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
-use crate::buf::{BufPool, InBuf, BUF_SIZE};
+use crate::buf::{BufPool, FillError, InBuf, BUF_SIZE};
 use crate::tls::{ClientTlsStream, HandshakeError, ServerTlsStream};
 use crate::uring::UringStream;
 
@@ -281,11 +281,13 @@ pub enum ReadError<E> {
 }
 
 /// How a read ended when it brought no bytes.
-fn read_error<E>(e: io::Error) -> ReadError<E> {
-    match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ReadError::TimedOut,
-        io::ErrorKind::OutOfMemory => ReadError::TooLarge,
-        _ => ReadError::Failed(e),
+fn read_error<E>(e: FillError) -> ReadError<E> {
+    match e {
+        FillError::Full => ReadError::TooLarge,
+        FillError::Io(e) => match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ReadError::TimedOut,
+            _ => ReadError::Failed(e),
+        },
     }
 }
 
@@ -478,32 +480,28 @@ impl Connection {
 
     /// Each read waits at most this long (`None`: for ever).
     pub fn set_read_timeout(&self, t: Option<Duration>) {
-        match &self.io {
-            Transport::Uring(u) => {
-                u.read_timeout.set(t);
-                // A wait in progress starts again with the new timeout.
-                u.read_reset.set(true);
-            }
-            io => {
-                if let Some(s) = io.tcp() {
-                    let _ = s.set_read_timeout(t);
-                }
-            }
-        }
+        self.set_timeout(t, true);
     }
 
     /// Each write waits at most this long for the socket to take a byte.
     pub fn set_write_timeout(&self, t: Option<Duration>) {
-        match &self.io {
-            Transport::Uring(u) => {
-                u.write_timeout.set(t);
-                u.write_reset.set(true);
-            }
-            io => {
-                if let Some(s) = io.tcp() {
-                    let _ = s.set_write_timeout(t);
-                }
-            }
+        self.set_timeout(t, false);
+    }
+
+    fn set_timeout(&self, t: Option<Duration>, read: bool) {
+        if let Transport::Uring(u) = &self.io {
+            let (timeout, reset) = match read {
+                true => (&u.read_timeout, &u.read_reset),
+                false => (&u.write_timeout, &u.write_reset),
+            };
+            timeout.set(t);
+            // A wait in progress starts again with the new timeout.
+            reset.set(true);
+        } else if let Some(s) = self.io.tcp() {
+            let _ = match read {
+                true => s.set_read_timeout(t),
+                false => s.set_write_timeout(t),
+            };
         }
     }
 
@@ -555,8 +553,12 @@ impl Connection {
 
     /// Polls one read into the input buffer, holding at most `max`
     /// unconsumed bytes. `Ok(0)` is the end of the stream; a full buffer is
-    /// an `OutOfMemory` error (see `ReadError::TooLarge`).
-    pub fn poll_fill(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
+    /// `FillError::Full` (see `ReadError::TooLarge`).
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<usize, FillError>> {
         let r = match &mut self.io {
             Transport::Tcp(s) => self.input.poll_fill(cx, s, max),
             Transport::Tls(s) => self.input.poll_fill(cx, s.as_mut(), max),
@@ -564,7 +566,7 @@ impl Connection {
             Transport::Uring(u) => match u.poll_readable(cx) {
                 // The input buffer is taken only once bytes are there.
                 Poll::Ready(Ok(())) => self.input.poll_fill(cx, &mut u.stream, max),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(FillError::Io(e))),
                 Poll::Pending => Poll::Pending,
             },
         };
@@ -581,7 +583,7 @@ impl Connection {
     }
 
     /// Reads once more (see `poll_fill`).
-    pub async fn fill(&mut self, max: usize) -> io::Result<usize> {
+    pub async fn fill(&mut self, max: usize) -> Result<usize, FillError> {
         futures_lite::future::poll_fn(|cx| self.poll_fill(cx, max)).await
     }
 

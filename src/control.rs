@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use base64::Engine;
-use glommio::net::TcpStream;
 
 use crate::buf::BUF_SIZE;
 use crate::bus::{Refused, Reservation, ITEM_OVERHEAD};
@@ -133,9 +132,8 @@ impl Conn {
 }
 
 /// Serves one control connection (keep-alive, requests in order).
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
     let t = &shard.cfg.timeouts;
-    let conn = Connection::tcp(stream, shard.bufs.clone());
     conn.set_nodelay();
     conn.set_write_timeout(Some(t.client_write));
     let mut c = Conn {

@@ -3,8 +3,8 @@
 //! answered per request. Served by plain threads (the control plane may
 //! block; executors never do), one per connection and at most
 //! `MAX_CONNECTIONS` of them: a connection over that is answered with an
-//! error line and closed. Also home of the core links used to reach every
-//! core from outside: route reloads, connection checks, drains.
+//! error line and closed. What only a core can do is sent to the cores
+//! as `wake::Command`s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -14,12 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::bus::Bus;
 use crate::config::{load_routes, RoutesSource};
-use crate::route::Routes;
 use crate::stats::Board;
 
 /// Longest request line accepted (a publish body plus framing).
@@ -27,90 +25,7 @@ const MAX_LINE: usize = 2 << 20;
 /// Control socket connections served at once (one thread each).
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Something only a core can do, sent to it by the control plane.
-pub enum Command {
-    /// Use these routes for new requests from now on.
-    Routes(Arc<Routes>),
-    /// Use this TLS configuration (reloaded certificates) for new
-    /// connections from now on.
-    Tls(Arc<rustls::ServerConfig>),
-    /// Which of these Connection-Ids are connected here?
-    Conncheck(Vec<String>, Sender<Vec<String>>),
-    /// Make WebSocket-over-HTTP sessions send a request to their backend
-    /// now (Pushpin's `refresh`); answers how many were found here.
-    Refresh(Refresh, Sender<usize>),
-    /// Send to, or close, the session with this Connection-Id; answers
-    /// whether it is here.
-    Target(String, Target, Sender<bool>),
-}
-
-/// What the `connection` method does to one connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A text message (a WebSocket frame).
-    Message(String),
-    /// Close with this code.
-    Close(u16),
-}
-
-impl Target {
-    /// Queues the action on `sub` (with the core's queue limits).
-    pub fn apply(&self, sub: &crate::subs::Sub, subs: &crate::subs::Registry) {
-        let msg = match self {
-            Target::Message(text) => crate::subs::Msg::Data(crate::bus::ws_frame_of(
-                crate::codec::publish::WsKind::Text,
-                text.as_bytes(),
-            )),
-            Target::Close(code) => crate::subs::Msg::WsClose(*code, String::new()),
-        };
-        sub.push(msg, subs.limits, &subs.stats);
-    }
-}
-
-/// Which sessions a `refresh` is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refresh {
-    /// The session with this Connection-Id.
-    Cid(String),
-    /// Every WebSocket subscribed to this channel.
-    Channel(String),
-}
-
-/// The wake byte that means "commands are waiting".
-pub const WAKE_COMMAND: u8 = b'C';
-
-/// Ways to reach every core from a control thread.
-pub struct CoreLinks {
-    wakes: Vec<UnixStream>,
-    commands: Vec<Sender<Command>>,
-}
-
-impl CoreLinks {
-    /// Links over `wakes` (clones of the cores' wake sockets); returns the
-    /// per-core command receivers in the same order.
-    pub fn new(wakes: Vec<UnixStream>) -> (CoreLinks, Vec<Receiver<Command>>) {
-        let (commands, receivers) = wakes.iter().map(|_| crossbeam_channel::unbounded()).unzip();
-        (CoreLinks { wakes, commands }, receivers)
-    }
-
-    /// Writes a wake byte to every core.
-    pub fn wake_all(&self, byte: u8) {
-        for mut w in &self.wakes {
-            let _ = w.write_all(&[byte]);
-        }
-    }
-
-    fn send_all(&self, make: impl Fn() -> Command) {
-        for c in &self.commands {
-            let _ = c.send(make());
-        }
-        self.wake_all(WAKE_COMMAND);
-    }
-
-    pub fn cores(&self) -> usize {
-        self.commands.len()
-    }
-}
+pub use crate::wake::{Command, CoreLinks, Refresh, Target};
 
 /// Everything the control plane works with.
 pub struct ControlPlane {

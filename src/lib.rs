@@ -8,18 +8,21 @@
 //!   `cli` (arguments), `pushpin_conf` (reading a `pushpin.conf`), `jwt`
 //!   (Grip-Sig and publish tokens), `log`, `stats` and `metrics` (per-core
 //!   counters, Prometheus text), `tls` (certificates, rustls configs, a
-//!   sans-IO TLS stream over any transport; not yet served).
+//!   sans-IO TLS stream over any transport).
 //! - Cross-core: `bus` (publishes fanned out to every core's inbox),
+//!   `cluster` (publishes shared between nodes through a broker),
 //!   `subs` (a core's subscriptions and their bounded queues), `history`
 //!   (each channel's recent items, for resuming subscribers).
 //! - Runtime-facing (glommio types live only here): `buf` (pooled read
-//!   buffers), `connection` (the one type that touches a socket),
+//!   buffers), `wake` (how a core hears from outside: wake bytes,
+//!   `Command`s, the links to every core), `connection` (the one type that touches a socket),
 //!   `upstream` (backend connections, failover, the idle pool), `conn`
 //!   (per-connection drivers: HTTP, GRIP holds, WebSocket), `control`
 //!   (the publish HTTP API), `testtarget`, `shard` (one core's accept
-//!   loops, connections and wake-ups), `server` (executors and signals),
-//!   `uring` (corepin's own per-core io_uring driver; not yet serving
-//!   connections).
+//!   loops, connections and drains; it is handed the connection handlers
+//!   by `server`, and knows nothing of HTTP), `server` (executors and
+//!   signals), `uring` (corepin's own per-core io_uring data path, the
+//!   `data_path = "uring"` option).
 //! - Plain threads: `control_socket` (the Unix control socket), `watch`
 //!   (routes-file reloads), `memtrim` (giving memory back after a peak),
 //!   `client` (the `corepin publish`/`stats` commands), `zmq_sockets`
@@ -52,6 +55,7 @@ pub mod testtarget;
 pub mod tls;
 pub mod upstream;
 pub mod uring;
+pub mod wake;
 pub mod watch;
 #[cfg(feature = "zmq")]
 pub mod zmq_sockets;

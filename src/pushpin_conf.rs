@@ -178,7 +178,7 @@ fn read(path: &Path, what: &str) -> Result<String, ConfigError> {
 }
 
 /// How corepin treats a pushpin.conf key it does not map.
-enum Kind {
+enum Unmapped {
     /// Wiring between Pushpin's own processes (ZeroMQ specs, binaries,
     /// ipc modes): nothing to do in a single process.
     Internal,
@@ -193,7 +193,7 @@ enum Kind {
 const STATS: &str = "corepin sends no conn or conn-max stats messages";
 
 /// Keys corepin knows but does not map to a setting.
-fn kind(key: &str) -> Option<Kind> {
+fn kind(key: &str) -> Option<Unmapped> {
     let internal = [
         "global/include",
         "global/libdir",
@@ -208,12 +208,11 @@ fn kind(key: &str) -> Option<Kind> {
         "runner/zurl_bin",
         "proxy/ipc_file_mode",
         "handler/ipc_file_mode",
-        "proxy/sockjs_url",
         "proxy/updates_check",
         "proxy/organization_name",
     ];
     if internal.contains(&key) {
-        return Some(Kind::Internal);
+        return Some(Unmapped::Internal);
     }
     // Pushpin's process-to-process specs (`*_spec`, `*_specs`) other than
     // the public ZeroMQ interfaces listed below.
@@ -225,13 +224,13 @@ fn kind(key: &str) -> Option<Kind> {
         "handler/stats_spec",
     ];
     if (key.ends_with("_spec") || key.ends_with("_specs")) && !public_zmq.contains(&key) {
-        return Some(Kind::Internal);
+        return Some(Unmapped::Internal);
     }
-    let u = |default, why| Some(Kind::Unsupported { default, why });
+    let u = |default, why| Some(Unmapped::Unsupported { default, why });
     match key {
         // The proxy's report interval only paces its reports to the
         // handler, inside Pushpin.
-        "proxy/stats_report_interval" => Some(Kind::Internal),
+        "proxy/stats_report_interval" => Some(Unmapped::Internal),
         "global/stats_connection_ttl" => u(Some("120"), STATS),
         "proxy/stats_connections_max_ttl" => u(Some("60"), STATS),
         "runner/https_ports" => u(Some(""), "TLS listeners are not built yet"),
@@ -612,6 +611,11 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     let conn_stats = boolean("global/stats_connection_send")?.unwrap_or(true);
     let stats_on = text_of("handler/stats_spec").is_some_and(|s| !s.trim().is_empty());
 
+    mapped.push("proxy/sockjs_url");
+    if let Some(u) = text_of("proxy/sockjs_url") {
+        t.insert("sockjs_url".into(), u.trim().to_string().into());
+    }
+
     mapped.push("proxy/auto_cross_origin");
     if let Some(b) = boolean("proxy/auto_cross_origin")? {
         t.insert("auto_cross_origin".into(), b.into());
@@ -706,8 +710,8 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
             None => v.text(),
         };
         match kind(key) {
-            Some(Kind::Internal) => {}
-            Some(Kind::Unsupported { default, why }) => {
+            Some(Unmapped::Internal) => {}
+            Some(Unmapped::Unsupported { default, why }) => {
                 if default.is_none_or(|d| !d.eq_ignore_ascii_case(value.trim())) {
                     unsupported.push(format!("{shown}={value} ({why})"));
                 }

@@ -868,6 +868,27 @@ pub fn parse_line_in(line: &str, base: &Path) -> Result<Option<Route>, RouteErro
                 return err(format!("jsonp_cb '{cb}' is not a query parameter name"));
             }
         }
+        if let Some(b) = &j.body_param {
+            if b.is_empty()
+                || b.bytes()
+                    .any(|b| !b.is_ascii_graphic() || b"&=%#+".contains(&b))
+            {
+                return err(format!("jsonp_body '{b}' is not a query parameter name"));
+            }
+        }
+        if let Some(cb) = &j.default_callback {
+            if !crate::codec::jsonp::valid_callback(cb.as_bytes()) {
+                return err(format!(
+                    "jsonp_defcb '{cb}' is not a JavaScript name (identifiers joined by dots, at most {} bytes)",
+                    crate::codec::jsonp::MAX_CALLBACK
+                ));
+            }
+            if j.body_param.is_none() {
+                return err(
+                    "jsonp_defcb needs jsonp_body on the same route (Pushpin uses the default callback only for requests carrying the body parameter)",
+                );
+            }
+        }
         if let Some(m) = &j.default_method {
             let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
             if !m.bytes().all(tchar) {
@@ -878,6 +899,21 @@ pub fn parse_line_in(line: &str, base: &Path) -> Result<Option<Route>, RouteErro
     let session = props.flag("session")?;
     let sockjs = props.value("sockjs")?;
     let sockjs_as_path = props.value("sockjs_as_path")?;
+    for (name, v) in [("sockjs", &sockjs), ("sockjs_as_path", &sockjs_as_path)] {
+        if let Some(v) = v {
+            if !v.starts_with('/')
+                || v.bytes()
+                    .any(|b| !b.is_ascii_graphic() || b"?#".contains(&b))
+            {
+                return err(format!(
+                    "{name} '{v}' is not a path (it starts with / and has no space, control character, ? or #)"
+                ));
+            }
+        }
+    }
+    if sockjs_as_path.is_some() && sockjs.is_none() {
+        return err("sockjs_as_path needs sockjs on the same route (the SockJS prefix)");
+    }
     let mut headers = Vec::new();
     for v in props.take_all("header") {
         headers.push(parse_header(&v.unwrap_or_default())?);
@@ -955,31 +991,12 @@ impl Route {
     /// when it can.
     pub fn unsupported(&self) -> Option<String> {
         let opt = "route option";
-        if let Some(j) = &self.jsonp {
-            if j.body_param.is_some() {
-                return not_yet(
-                    opt,
-                    "jsonp_body",
-                    "corepin does not send a request body taken from the query",
-                );
-            }
-            if j.default_callback.is_some() {
-                return not_yet(
-                    opt,
-                    "jsonp_defcb",
-                    "Pushpin uses it only with jsonp_body, which corepin does not support",
-                );
-            }
-        }
         if self.session {
             return not_yet(
                 opt,
                 "session",
                 "session detection needs Pushpin's inspect interface, which corepin has not",
             );
-        }
-        if self.sockjs.is_some() || self.sockjs_as_path.is_some() {
-            return not_yet(opt, "sockjs", "SockJS transports are not built yet");
         }
         if self.log_level.is_some() {
             return not_yet(
@@ -1739,6 +1756,12 @@ mod tests {
             ("*,jsonp_mode=basic a:1", "need aco"),
             ("*,aco,jsonp_cb=a&b a:1", "not a query parameter name"),
             ("*,aco,jsonp_defmethod=a(b a:1", "not an HTTP method"),
+            ("*,aco,jsonp_defcb=f a:1", "needs jsonp_body"),
+            (
+                "*,aco,jsonp_body=b,jsonp_defcb=a(1) a:1",
+                "not a JavaScript name",
+            ),
+            ("*,aco,jsonp_body=a&b a:1", "not a query parameter name"),
             ("*\ta:1", "tab"),
             ("*,path_beg=/\u{1}x a:1", "control character"),
             ("* a:1,one_event", "'one_event' needs 'over_http'"),
@@ -1754,11 +1777,7 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("*,aco,jsonp_body=b a:1", "route option `jsonp_body`"),
-            ("*,aco,jsonp_defcb=f a:1", "route option `jsonp_defcb`"),
             ("*,session a:1", "route option `session`"),
-            ("*,sockjs=/sockjs a:1", "route option `sockjs`"),
-            ("*,sockjs_as_path=/x a:1", "route option `sockjs`"),
             ("*,log_level=2 a:1", "route option `log_level`"),
             ("* zhttp/tcp://127.0.0.1:5000", "target `zhttp/...`"),
             ("* zhttpreq/tcp://127.0.0.1:5000", "target `zhttpreq/...`"),

@@ -14,9 +14,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::bus::{Bus, CoreInbox};
 use crate::cluster::{Cluster, Publisher};
 use crate::config::Config;
-use crate::control_socket::{self, Command, ControlPlane, CoreLinks, SocketFile};
+use crate::control_socket::{self, ControlPlane, SocketFile};
 use crate::shard::{self, ShardStart};
 use crate::stats::Board;
+use crate::wake::{Command, CoreLinks};
 use crossbeam_channel::Receiver;
 
 /// Listen backlog per socket.
@@ -282,6 +283,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut bound = serde_json::json!({
         "pid": std::process::id(),
         "listen": [],
+        "listen_tls": [],
         "control_http": [],
         "control_socket": cfg.control_socket.as_ref().map(|p| p.to_string_lossy().into_owned()),
     });
@@ -314,6 +316,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for addr in &cfg.listen_tls {
         let (sockets, actual) = bind_group(*addr, workers)?;
         info!("listening on {actual} (TLS clients)");
+        if let Some(l) = bound["listen_tls"].as_array_mut() {
+            l.push(actual.to_string().into());
+        }
         for (i, s) in sockets.into_iter().enumerate() {
             tls_listeners[i].push(s.into_raw_fd());
         }
@@ -495,6 +500,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 conn_limit: startup.conn_limit.clone(),
                 publisher: startup.publisher.clone(),
                 draining_cores: startup.draining_cores.clone(),
+                handlers: shard::Handlers {
+                    client: |shard, conn, peer| {
+                        Box::pin(crate::conn::http::serve(shard, conn, peer))
+                    },
+                    control: |shard, conn, peer| Box::pin(crate::control::serve(shard, conn, peer)),
+                },
             });
             // shard::run spawns its accept loops before its first await.
             after_first_poll(run, || {
@@ -560,7 +571,7 @@ fn spawn_signal_thread(plane: Arc<ControlPlane>) -> Result<(), String> {
                 }
                 draining = true;
                 info!("signal {sig}: draining");
-                plane.links.wake_all(shard::wake::DRAIN);
+                plane.links.wake_all(crate::wake::DRAIN);
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;

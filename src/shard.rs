@@ -16,30 +16,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream, UnixStream};
 use glommio::{Latency, Shares};
 
 use crate::buf::BufPool;
-use crate::bus::{Bus, CoreInbox, WAKE_PUBLISH};
+use crate::bus::{Bus, CoreInbox};
 use crate::config::{Config, Level};
-use crate::control_socket::{Command, Refresh, WAKE_COMMAND};
+use crate::connection::Connection;
 use crate::log::{AccessEntry, AccessLog};
 use crate::route::Routes;
 use crate::stats::{Board, Counters, Snapshot};
-use crate::subs::{Kind, QueueLimits, Registry};
+use crate::subs::{HoldKind, QueueLimits, Registry};
 use crate::upstream::Pool;
+use crate::wake::{Command, Kick, Refresh};
 use crossbeam_channel::Receiver;
 
 /// Items delivered per slice of a drain; other tasks may run between
 /// slices. Items of one channel within a slice go out joined.
 const DRAIN_SLICE: usize = 1024;
-
-/// A byte sent on a shard's wake socket.
-pub mod wake {
-    /// Stop accepting and drain.
-    pub const DRAIN: u8 = b'T';
-}
 
 /// What the shard knows of one open connection, shared with its task.
 #[derive(Default)]
@@ -389,9 +383,9 @@ impl Shard {
         Snapshot {
             core: self.index,
             connections: self.open_connections() as u64,
-            streams: self.subs.held(Kind::Stream),
-            long_polls: self.subs.held(Kind::Response),
-            websockets: self.subs.held(Kind::Ws),
+            streams: self.subs.held(HoldKind::Stream),
+            long_polls: self.subs.held(HoldKind::Response),
+            websockets: self.subs.held(HoldKind::Ws),
             subscriptions: self.subs.subscriptions() as u64,
             accepted: c.accepted.get(),
             refused_max_connections: c.refused_max_connections.get(),
@@ -531,6 +525,22 @@ pub struct ShardStart {
     /// Cores still draining, all shards together: a shard keeps its control
     /// listener until it reaches 0 (see `run`).
     pub draining_cores: Arc<AtomicUsize>,
+    /// What serves the connections accepted.
+    pub handlers: Handlers,
+}
+
+/// A connection's task: serves `Connection` (from `peer`) until it ends.
+pub type Handler = fn(Rc<Shard>, Connection, SocketAddr) -> Pin<Box<dyn Future<Output = ()>>>;
+
+/// What serves the connections a shard accepts, given from above (the
+/// server): the shard accepts, counts, limits and drains connections but
+/// knows nothing of HTTP, GRIP or the control API.
+#[derive(Clone, Copy)]
+pub struct Handlers {
+    /// A client connection (a TLS one after its handshake).
+    pub client: Handler,
+    /// A connection to the control HTTP API.
+    pub control: Handler,
 }
 
 /// How long, after the shutdown grace, the 503s to requests still waiting
@@ -570,7 +580,7 @@ pub async fn run(start: ShardStart) {
         // SAFETY: the fd is a bound, listening TCP socket created for this
         // shard alone; ownership moves into the listener here.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        let task = accept_loop(shard.clone(), listener, kind);
+        let task = accept_loop(shard.clone(), listener, kind, start.handlers);
         if kind == Listener::Control {
             control_tasks.push(spawn_control(&shard, task));
         } else {
@@ -579,6 +589,8 @@ pub async fn run(start: ShardStart) {
     }
     let log_task = glommio::spawn_local(flush_access_log(shard.clone(), stop.clone()));
     let sweep_task = glommio::spawn_local(sweep(shard.clone(), stop.clone()));
+    // SockJS HTTP sessions this core owns (`conn::sockjs`).
+    glommio::spawn_local(crate::conn::sockjs::serve(shard.clone())).detach();
 
     // SAFETY: the fd is this shard's end of a socketpair, owned by it alone.
     let wake = unsafe { UnixStream::from_raw_fd(start.wake) };
@@ -654,34 +666,28 @@ fn spawn_control<T: 'static>(
     }
 }
 
-/// Reads the wake socket: kicks the delivery task for publishes, runs
-/// commands, reports a drain request once; runs until cancelled.
+/// Reads the wake socket (see `wake`): kicks the delivery task for
+/// publishes, runs commands, reports a drain request once; runs until
+/// cancelled.
 async fn wake_loop(
     shard: Rc<Shard>,
-    mut wake: UnixStream,
+    wake: UnixStream,
     commands: Receiver<Command>,
     drain: glommio::channels::local_channel::LocalSender<()>,
 ) {
-    let mut byte = [0u8; 64];
-    loop {
-        match wake.read(&mut byte).await {
-            Ok(0) | Err(_) => {
-                let _ = drain.try_send(());
-                return;
-            }
-            Ok(n) => {
-                if byte[..n].contains(&WAKE_PUBLISH) {
-                    shard.kick.kick();
-                }
-                if byte[..n].contains(&WAKE_COMMAND) {
-                    shard.run_commands(&commands);
-                }
-                if byte[..n].contains(&wake::DRAIN) {
-                    let _ = drain.try_send(());
-                }
-            }
+    crate::wake::listen(wake, |w| {
+        if w.publish {
+            shard.kick.kick();
         }
-    }
+        if w.command {
+            shard.run_commands(&commands);
+        }
+        if w.drain {
+            let _ = drain.try_send(());
+        }
+    })
+    .await;
+    let _ = drain.try_send(());
 }
 
 /// Delivers publishes whenever kicked (by the wake socket, or by a publish
@@ -690,35 +696,6 @@ async fn deliver_loop(shard: Rc<Shard>, inbox: CoreInbox) {
     loop {
         shard.kick.wait().await;
         shard.drain_inbox(&inbox).await;
-    }
-}
-
-/// A wake-up for one task on this core: `kick` before or while the task
-/// waits makes its next `wait` return at once; many kicks make one wake.
-#[derive(Default)]
-struct Kick {
-    due: Cell<bool>,
-    waker: RefCell<Option<std::task::Waker>>,
-}
-
-impl Kick {
-    fn kick(&self) {
-        self.due.set(true);
-        let waiting = self.waker.borrow_mut().take();
-        if let Some(w) = waiting {
-            w.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        futures_lite::future::poll_fn(|cx| {
-            if self.due.replace(false) {
-                return Poll::Ready(());
-            }
-            *self.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
     }
 }
 
@@ -840,7 +817,7 @@ fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
     }
     let mut out = Vec::with_capacity(160);
     crate::codec::http1::write_simple_response(&mut out, 503, body, true);
-    let mut conn = crate::connection::Connection::tcp(stream, shard.bufs.clone());
+    let mut conn = Connection::tcp(stream, shard.bufs.clone());
     conn.send_now(&out);
     let lingering = shard.lingering_refusals.get();
     if matches!(why, Refusal::FileLimit) || lingering >= shard.conn_limit.lingering {
@@ -867,7 +844,7 @@ enum Listener {
     Control,
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener, handlers: Handlers) {
     let control = kind == Listener::Control;
     let spare = if control {
         &shard.spare_control
@@ -923,7 +900,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener) {
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         if control {
-            let task = crate::control::serve(shard.clone(), stream, peer);
+            let conn = Connection::tcp(stream, shard.bufs.clone());
+            let task = (handlers.control)(shard.clone(), conn, peer);
             spawn_control(&shard, connection_task(&shard, peer, None, task)).detach();
             continue;
         }
@@ -932,11 +910,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener) {
             continue;
         };
         if kind == Listener::Tls {
-            let task = serve_tls(shard.clone(), stream, peer);
+            let task = serve_tls(shard.clone(), stream, peer, handlers.client);
             glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
             continue;
         }
-        let task = crate::conn::http::serve(shard.clone(), stream, peer);
+        let conn = Connection::client(stream, shard.bufs.clone());
+        let task = (handlers.client)(shard.clone(), conn, peer);
         glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
     }
 }
@@ -947,7 +926,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener) {
 /// header timeout (`timeouts.client_header`, counted from the accept),
 /// then the connection is served as any other. Failures are counted by
 /// reason (`corepin_tls_handshake_failures_total`).
-async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, client: Handler) {
     use crate::connection::ReadError;
     use crate::tls::sniff::{self, Sniff};
     let Some(config) = shard.tls.borrow().clone() else {
@@ -955,7 +934,7 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     };
     let timeout = shard.cfg.timeouts.client_header;
     let started = Instant::now();
-    let mut conn = crate::connection::Connection::tcp(stream, shard.bufs.clone());
+    let mut conn = Connection::tcp(stream, shard.bufs.clone());
     // Before the handshake: its last writes (session tickets) and the
     // first response must not wait on Nagle for the client's delayed ACK.
     conn.set_nodelay();
@@ -985,7 +964,7 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     }
     let left = timeout.saturating_sub(started.elapsed());
     match conn.start_tls(config, left).await {
-        Ok(conn) => crate::conn::http::serve_conn(shard, conn, peer).await,
+        Ok(conn) => client(shard, conn, peer).await,
         Err(e) => failed(e.reason()),
     }
 }

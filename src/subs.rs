@@ -22,6 +22,7 @@ use crate::bus::{Bus, Interest, INTEREST_SLOTS};
 use crate::codec::filter::{self, Filters, Subscribed, Verdict};
 use crate::codec::grip::{KeepAlive, KeepAliveMode};
 use crate::codec::publish::Action;
+use crate::codec::wildcard;
 use crate::history::Replay;
 
 /// What a resume from history did.
@@ -57,7 +58,7 @@ pub enum HoldResume {
 
 /// What kind of hold a subscriber is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum HoldKind {
     /// HTTP streaming: every `http-stream` content is appended.
     Stream,
     /// Long-poll: the first `http-response` completes it.
@@ -191,7 +192,7 @@ fn ws_reason(why: &str) -> String {
 /// leave one half-done.
 pub struct Sub {
     id: u64,
-    kind: Kind,
+    kind: HoldKind,
     /// Stream bodies are chunked (HTTP/1.1) or raw (HTTP/1.0).
     chunked: bool,
     channels: RefCell<Vec<String>>,
@@ -335,7 +336,7 @@ impl Sub {
         self.id
     }
 
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> HoldKind {
         self.kind
     }
 
@@ -411,7 +412,7 @@ pub struct SubStats {
 
 /// Registration settings for a new subscriber.
 pub struct SubSpec {
-    pub kind: Kind,
+    pub kind: HoldKind,
     pub chunked: bool,
     pub channels: Vec<String>,
     pub meta: Vec<(String, String)>,
@@ -446,6 +447,11 @@ impl Drop for Held<'_> {
 pub struct Registry {
     next: Cell<u64>,
     channels: RefCell<HashMap<String, HashMap<u64, Rc<Sub>>>>,
+    /// Prefix subscriptions (see `codec::wildcard`), by their prefix.
+    prefixes: RefCell<HashMap<String, HashMap<u64, Rc<Sub>>>>,
+    /// How many of `prefixes` have each length, so a publish looks up only
+    /// prefixes of its channel that some subscription has.
+    prefix_lens: RefCell<std::collections::BTreeMap<usize, usize>>,
     timed: RefCell<HashMap<u64, Rc<Sub>>>,
     /// The bus, whose interest table this core keeps current, and this
     /// core's index in it.
@@ -470,23 +476,23 @@ pub struct Registry {
 }
 
 /// A subscription change as the ZeroMQ stats name it (Pushpin's modes).
-fn sub_event(kind: Kind, channel: &str, delta: i32) -> crate::bus::SubEvent {
+fn sub_event(kind: HoldKind, channel: &str, delta: i32) -> crate::bus::SubEvent {
     crate::bus::SubEvent {
         mode: match kind {
-            Kind::Stream => "stream",
-            Kind::Response => "response",
-            Kind::Ws => "ws",
+            HoldKind::Stream => "stream",
+            HoldKind::Response => "response",
+            HoldKind::Ws => "ws",
         },
         channel: channel.to_string(),
         delta,
     }
 }
 
-fn kind_index(k: Kind) -> usize {
+fn kind_index(k: HoldKind) -> usize {
     match k {
-        Kind::Stream => 0,
-        Kind::Response => 1,
-        Kind::Ws => 2,
+        HoldKind::Stream => 0,
+        HoldKind::Response => 1,
+        HoldKind::Ws => 2,
     }
 }
 
@@ -495,6 +501,8 @@ impl Registry {
         Registry {
             next: Cell::new(1),
             channels: RefCell::new(HashMap::new()),
+            prefixes: RefCell::new(HashMap::new()),
+            prefix_lens: RefCell::new(std::collections::BTreeMap::new()),
             timed: RefCell::new(HashMap::new()),
             bus,
             core,
@@ -510,7 +518,7 @@ impl Registry {
     }
 
     /// Held connections of `kind` on this core.
-    pub fn held(&self, kind: Kind) -> u64 {
+    pub fn held(&self, kind: HoldKind) -> u64 {
         self.held[kind_index(kind)].get()
     }
 
@@ -561,14 +569,21 @@ impl Registry {
     /// are removed, so a channel kept across the change never loses its bit
     /// in between.
     pub fn set_channels(&self, sub: &Rc<Sub>, channels: Vec<String>) {
-        let mut map = self.channels.borrow_mut();
+        let mut exact = self.channels.borrow_mut();
+        let mut prefixed = self.prefixes.borrow_mut();
         let watch = self.bus.watch();
         for ch in &channels {
-            let subs = match map.get_mut(ch) {
+            // A prefix subscription is indexed by its prefix, and is no
+            // channel of Pushpin's stats.
+            let (map, name, watch) = match wildcard::as_prefix(ch) {
+                Some(p) => (&mut *prefixed, p, None),
+                None => (&mut *exact, ch.as_str(), watch),
+            };
+            let subs = match map.get_mut(name) {
                 Some(m) => m,
                 None => {
                     self.channel_appeared(ch);
-                    map.entry(ch.clone()).or_default()
+                    map.entry(name.to_string()).or_default()
                 }
             };
             if subs.insert(sub.id, sub.clone()).is_none() {
@@ -582,7 +597,11 @@ impl Registry {
             if channels.contains(ch) {
                 continue;
             }
-            if let Some(m) = map.get_mut(ch) {
+            let (map, name, watch) = match wildcard::as_prefix(ch) {
+                Some(p) => (&mut *prefixed, p, None),
+                None => (&mut *exact, ch.as_str(), watch),
+            };
+            if let Some(m) = map.get_mut(name) {
                 if m.remove(&sub.id).is_some() {
                     self.counts_changed.set(true);
                     if let Some(w) = watch {
@@ -590,11 +609,12 @@ impl Registry {
                     }
                 }
                 if m.is_empty() {
-                    map.remove(ch);
+                    map.remove(name);
                     self.channel_gone(ch);
                 }
             }
         }
+        drop((exact, prefixed));
         // Read after the channels are in the map and the interest bits
         // set (see `Bus::joined`); a channel kept keeps its mark.
         let now = self.bus.joined();
@@ -613,8 +633,14 @@ impl Registry {
         *sub.channels.borrow_mut() = channels;
     }
 
+    /// The first subscriber on channel key `ch` here: its prefix length is
+    /// counted (for prefix keys), then its interest bit set.
     fn channel_appeared(&self, ch: &str) {
-        let slot = Interest::slot(ch);
+        if let Some(p) = wildcard::as_prefix(ch) {
+            *self.prefix_lens.borrow_mut().entry(p.len()).or_default() += 1;
+            self.bus.prefixes().add(p.len());
+        }
+        let slot = Interest::key_slot(ch);
         let mut counts = self.slot_channels.borrow_mut();
         counts[slot] += 1;
         if counts[slot] == 1 {
@@ -622,12 +648,26 @@ impl Registry {
         }
     }
 
+    /// The last subscriber on channel key `ch` here is gone: the interest
+    /// bit is cleared, then a prefix's length uncounted.
     fn channel_gone(&self, ch: &str) {
-        let slot = Interest::slot(ch);
-        let mut counts = self.slot_channels.borrow_mut();
-        counts[slot] = counts[slot].saturating_sub(1);
-        if counts[slot] == 0 {
-            self.bus.interest().clear(slot, self.core);
+        let slot = Interest::key_slot(ch);
+        {
+            let mut counts = self.slot_channels.borrow_mut();
+            counts[slot] = counts[slot].saturating_sub(1);
+            if counts[slot] == 0 {
+                self.bus.interest().clear(slot, self.core);
+            }
+        }
+        if let Some(p) = wildcard::as_prefix(ch) {
+            let mut lens = self.prefix_lens.borrow_mut();
+            if let Some(n) = lens.get_mut(&p.len()) {
+                *n -= 1;
+                if *n == 0 {
+                    lens.remove(&p.len());
+                }
+            }
+            self.bus.prefixes().remove(p.len());
         }
     }
 
@@ -719,6 +759,11 @@ impl Registry {
     /// gives the items routed up to the subscriber's `joined` mark, the
     /// live path those after it.
     pub fn resume(&self, sub: &Rc<Sub>, channel: &str, last: &str) -> Resumed {
+        // History is kept per channel: a prefix subscription has no one
+        // sequence of ids to resume after.
+        if wildcard::as_prefix(channel).is_some() {
+            return Resumed::Gap;
+        }
         match self.bus.replay(channel, last, sub.joined_at(channel)) {
             Replay::Items(items) => {
                 let list: Vec<&Arc<Encoded>> = items.iter().collect();
@@ -756,7 +801,7 @@ impl Registry {
             };
         }
         match sub.kind {
-            Kind::Stream => {
+            HoldKind::Stream => {
                 let channels = sub.channels.borrow().clone();
                 let (Some(raw), [channel]) = (last_event_id, channels.as_slice()) else {
                     return HoldResume::Note(None);
@@ -766,7 +811,7 @@ impl Registry {
                     Err(_) => Some("invalid-id".into()),
                 })
             }
-            Kind::Response => {
+            HoldKind::Response => {
                 for (channel, prev) in behind {
                     if self.resume(sub, channel, prev) == Resumed::Gap {
                         return HoldResume::Refetch;
@@ -779,7 +824,7 @@ impl Registry {
                 }
                 HoldResume::Note(None)
             }
-            Kind::Ws => HoldResume::Note(None),
+            HoldKind::Ws => HoldResume::Note(None),
         }
     }
 
@@ -794,7 +839,11 @@ impl Registry {
     /// returns how many were asked.
     pub fn refresh_channel(&self, channel: &str) -> usize {
         let subs: Vec<Rc<Sub>> = match self.channels.borrow().get(channel) {
-            Some(m) => m.values().filter(|s| s.kind == Kind::Ws).cloned().collect(),
+            Some(m) => m
+                .values()
+                .filter(|s| s.kind == HoldKind::Ws)
+                .cloned()
+                .collect(),
             None => return 0,
         };
         for sub in &subs {
@@ -817,14 +866,37 @@ impl Registry {
         )
     }
 
-    /// Subscriber count (all channels of a subscriber count once each).
+    /// Subscriber count (all channels and prefixes of a subscriber count
+    /// once each).
     pub fn subscriptions(&self) -> usize {
-        self.channels.borrow().values().map(HashMap::len).sum()
+        let n: usize = self.channels.borrow().values().map(HashMap::len).sum();
+        n + self
+            .prefixes
+            .borrow()
+            .values()
+            .map(HashMap::len)
+            .sum::<usize>()
+    }
+
+    /// Every subscriber here, once (on however many channels).
+    fn all_subs(&self) -> HashMap<u64, Rc<Sub>> {
+        let mut subs: HashMap<u64, Rc<Sub>> = HashMap::new();
+        for map in [&self.channels, &self.prefixes] {
+            for m in map.borrow().values() {
+                for s in m.values() {
+                    subs.entry(s.id).or_insert_with(|| s.clone());
+                }
+            }
+        }
+        subs
     }
 
     /// Delivers drained publishes, in order. For each channel, the stream
     /// content of all its items in this drain is joined once and shared by
-    /// every stream subscriber (one write each).
+    /// every stream subscriber (one write each). While prefix
+    /// subscriptions are held here, a subscriber may hear several
+    /// channels, so items are taken in runs of one channel in the order
+    /// they came rather than grouped by channel.
     pub fn deliver(&self, items: &[Arc<Encoded>]) {
         let Some(first) = items.first() else { return };
         let ch = first.item.channel.as_str();
@@ -834,6 +906,13 @@ impl Registry {
         if items.iter().all(|e| e.item.channel == ch) {
             let list: Vec<&Arc<Encoded>> = items.iter().collect();
             return self.deliver_channel(ch, &list);
+        }
+        if !self.prefix_lens.borrow().is_empty() {
+            for run in items.chunk_by(|a, b| a.item.channel == b.item.channel) {
+                let list: Vec<&Arc<Encoded>> = run.iter().collect();
+                self.deliver_channel(run[0].item.channel.as_str(), &list);
+            }
+            return;
         }
         let mut order: Vec<&str> = Vec::new();
         let mut by_channel: HashMap<&str, Vec<&Arc<Encoded>>> = HashMap::new();
@@ -852,16 +931,62 @@ impl Registry {
         }
     }
 
-    /// Delivers `list` (items of `ch`, in order) to the channel's
-    /// subscribers here.
+    /// Delivers `list` (items of `ch`, in order) to the subscribers here
+    /// that `ch` reaches: its own, then those of each prefix of it held
+    /// here, longest first. A subscriber reached more than one way gets the
+    /// items once, through the first (its filters and join mark are that
+    /// subscription's). The prefixes looked up are those of the lengths
+    /// held here: at most one look-up per byte of the name.
     fn deliver_channel(&self, ch: &str, list: &[&Arc<Encoded>]) {
+        let keys: Vec<String> = {
+            let lens = self.prefix_lens.borrow();
+            if lens.is_empty() {
+                return self.deliver_key(ch, list, None);
+            }
+            let prefixes = self.prefixes.borrow();
+            lens.range(..=ch.len())
+                .rev()
+                .map(|(&len, _)| len)
+                .filter(|&len| ch.is_char_boundary(len) && prefixes.contains_key(&ch[..len]))
+                .map(|len| wildcard::key(&ch[..len]))
+                .collect()
+        };
+        if keys.is_empty() {
+            return self.deliver_key(ch, list, None);
+        }
+        let mut seen = std::collections::HashSet::new();
+        self.deliver_key(ch, list, Some(&mut seen));
+        for key in &keys {
+            self.deliver_key(key, list, Some(&mut seen));
+        }
+    }
+
+    /// Delivers `list` to the subscribers of one key (a channel, or a
+    /// prefix's key) not already in `seen`.
+    fn deliver_key(
+        &self,
+        key: &str,
+        list: &[&Arc<Encoded>],
+        mut seen: Option<&mut std::collections::HashSet<u64>>,
+    ) {
         // The subscribers are copied out (into a reused list) so that
         // handing them messages may touch the registry.
         let mut subs = self.scratch.take();
-        match self.channels.borrow().get(ch) {
-            Some(m) => subs.extend(m.values().cloned()),
-            None => return self.scratch.set(subs),
+        {
+            let (map, name) = match wildcard::as_prefix(key) {
+                Some(p) => (self.prefixes.borrow(), p),
+                None => (self.channels.borrow(), key),
+            };
+            match map.get(name) {
+                Some(m) => subs.extend(
+                    m.values()
+                        .filter(|s| seen.as_mut().is_none_or(|seen| seen.insert(s.id)))
+                        .cloned(),
+                ),
+                None => return self.scratch.set(subs),
+            }
         }
+        let ch = key;
         // A subscriber that joined after some of these items were routed
         // gets only the items routed after it (see `Bus::joined`).
         let first = list.iter().map(|e| e.seq()).min().unwrap_or(0);
@@ -915,14 +1040,14 @@ impl Registry {
             // follows the channel's ids: an item that does not follow on
             // means it missed something, and it re-fetches from the
             // backend (a stream its next link, a long-poll its request).
-            if sub.kind != Kind::Ws {
+            if sub.kind != HoldKind::Ws {
                 let mut chans = sub.chans.borrow_mut();
                 if let Some(c) = chans.iter_mut().find(|c| c.channel == channel) {
                     if c.prev_id.is_some() && e.item.prev_id != c.prev_id {
                         // A long-poll keeps its prev-id for the retry's
                         // `Grip-Last` (it ends here anyway); a stream
                         // stops following until its next link answers.
-                        if sub.kind == Kind::Stream {
+                        if sub.kind == HoldKind::Stream {
                             c.prev_id = None;
                         }
                         gap = true;
@@ -942,7 +1067,7 @@ impl Registry {
                     let why = format!("filter error: {err}");
                     self.hand_pieces(sub, channel, &pieces, &list[..taken]);
                     let msg = match sub.kind {
-                        Kind::Ws => Msg::WsClose(1011, ws_reason(&why)),
+                        HoldKind::Ws => Msg::WsClose(1011, ws_reason(&why)),
                         _ => Msg::Error(why),
                     };
                     sub.push(msg, self.limits, &self.stats);
@@ -955,7 +1080,7 @@ impl Registry {
                         *logged = true;
                         crate::warn!(
                             "channel {}: a message was not delivered to a subscriber: {err}",
-                            channel.escape_debug()
+                            wildcard::display(channel).escape_debug()
                         );
                     }
                 }
@@ -989,15 +1114,15 @@ impl Registry {
     ) -> Result<Option<Option<Bytes>>, filter::FilterError> {
         let it = &e.item;
         let (content, declared, patched) = match sub.kind {
-            Kind::Stream => match &it.http_stream {
+            HoldKind::Stream => match &it.http_stream {
                 Some(s) => (s.content.clone(), s.content_filters.as_deref(), false),
                 None => return Ok(None),
             },
-            Kind::Ws => match &it.ws_message {
+            HoldKind::Ws => match &it.ws_message {
                 Some(w) => (w.content.clone(), w.content_filters.as_deref(), false),
                 None => return Ok(None),
             },
-            Kind::Response => match &it.http_response {
+            HoldKind::Response => match &it.http_response {
                 Some(r) => match &r.patch {
                     Some(p) => (
                         p.apply(&sub.held_body.borrow()),
@@ -1040,7 +1165,7 @@ impl Registry {
         let max = self.limits;
         let mut delivered = 0u64;
         match sub.kind {
-            Kind::Stream => {
+            HoldKind::Stream => {
                 let mut data: Vec<Bytes> = Vec::new();
                 let (mut close, mut hint) = (false, false);
                 for p in pieces {
@@ -1076,7 +1201,7 @@ impl Registry {
                     sub.push(Msg::Refetch, max, &self.stats);
                 }
             }
-            Kind::Ws => {
+            HoldKind::Ws => {
                 let mut data: Vec<Bytes> = Vec::new();
                 let mut close = None;
                 let mut refresh = false;
@@ -1110,7 +1235,7 @@ impl Registry {
                     sub.push(Msg::WsClose(code, reason), max, &self.stats);
                 }
             }
-            Kind::Response => {
+            HoldKind::Response => {
                 for p in pieces {
                     let Some(r) = &p.item.item.http_response else {
                         continue;
@@ -1144,7 +1269,15 @@ impl Registry {
                 .deliveries
                 .set(self.stats.deliveries.get() + delivered);
         }
-        if let Some(id) = all.iter().rev().find_map(|e| e.item.id.clone()) {
+        // `Grip-Last` names the channels a hold named; a prefix's items
+        // have no one sequence of ids.
+        let exact = wildcard::as_prefix(channel).is_none();
+        if let Some(id) = all
+            .iter()
+            .rev()
+            .find_map(|e| e.item.id.clone())
+            .filter(|_| exact)
+        {
             let mut ids = sub.last_ids.borrow_mut();
             match ids.iter_mut().find(|(c, _)| c == channel) {
                 Some(slot) => slot.1 = id,
@@ -1159,19 +1292,19 @@ impl Registry {
     pub fn set_chans(&self, sub: &Sub, chans: Vec<ChanState>) {
         let any = chans
             .iter()
-            .any(|c| !c.filters.is_empty() || (sub.kind != Kind::Ws && c.prev_id.is_some()));
+            .any(|c| !c.filters.is_empty() || (sub.kind != HoldKind::Ws && c.prev_id.is_some()));
         *sub.chans.borrow_mut() = if any { chans } else { Vec::new() };
     }
 
     fn hand(&self, sub: &Rc<Sub>, channel: &str, plan: &Plan) {
         let max = self.limits;
         let delivered = match sub.kind {
-            Kind::Stream => plan.stream_items,
-            Kind::Response => u64::from(plan.response.is_some()),
-            Kind::Ws => plan.ws_items,
+            HoldKind::Stream => plan.stream_items,
+            HoldKind::Response => u64::from(plan.response.is_some()),
+            HoldKind::Ws => plan.ws_items,
         };
         match sub.kind {
-            Kind::Stream => {
+            HoldKind::Stream => {
                 let data = if sub.chunked {
                     &plan.chunked
                 } else {
@@ -1186,7 +1319,7 @@ impl Registry {
                     sub.push(Msg::Refetch, max, &self.stats);
                 }
             }
-            Kind::Ws => {
+            HoldKind::Ws => {
                 if !plan.ws.is_empty() {
                     sub.push(Msg::Data(plan.ws.clone()), max, &self.stats);
                 }
@@ -1197,7 +1330,7 @@ impl Registry {
                     sub.push(Msg::WsClose(*code, reason.clone()), max, &self.stats);
                 }
             }
-            Kind::Response => {
+            HoldKind::Response => {
                 if let Some(r) = &plan.response {
                     sub.push(Msg::Response(r.clone()), max, &self.stats);
                 } else if plan.hint_response {
@@ -1210,7 +1343,11 @@ impl Registry {
                 .deliveries
                 .set(self.stats.deliveries.get() + delivered);
         }
-        if let Some(id) = &plan.last_id {
+        if let Some(id) = plan
+            .last_id
+            .as_ref()
+            .filter(|_| wildcard::as_prefix(channel).is_none())
+        {
             let mut ids = sub.last_ids.borrow_mut();
             match ids.iter_mut().find(|(c, _)| c == channel) {
                 Some(slot) => slot.1 = id.clone(),
@@ -1222,17 +1359,11 @@ impl Registry {
     /// Ends every held stream (at shutdown); long-polls get their timeout
     /// response.
     pub fn close_all(&self) {
-        let subs: Vec<Rc<Sub>> = self
-            .channels
-            .borrow()
-            .values()
-            .flat_map(|m| m.values().cloned())
-            .collect();
-        for sub in subs {
+        for sub in self.all_subs().into_values() {
             let msg = match sub.kind {
-                Kind::Stream => Msg::Close,
-                Kind::Response => Msg::Timeout,
-                Kind::Ws => Msg::WsClose(1001, "server shutting down".into()),
+                HoldKind::Stream => Msg::Close,
+                HoldKind::Response => Msg::Timeout,
+                HoldKind::Ws => Msg::WsClose(1001, "server shutting down".into()),
             };
             sub.push(msg, QueueLimits::UNBOUNDED, &self.stats);
         }
@@ -1246,15 +1377,10 @@ impl Registry {
         if n == self.recovered.replace(n) {
             return;
         }
-        let mut subs: HashMap<u64, Rc<Sub>> = HashMap::new();
-        for m in self.channels.borrow().values() {
-            for s in m.values() {
-                if s.kind != Kind::Ws {
-                    subs.entry(s.id).or_insert_with(|| s.clone());
-                }
+        for sub in self.all_subs().into_values() {
+            if sub.kind == HoldKind::Ws {
+                continue;
             }
-        }
-        for sub in subs.into_values() {
             sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
         }
     }
@@ -1323,10 +1449,10 @@ impl Needs {
         let mut n = Needs::default();
         for s in subs {
             match s.kind {
-                Kind::Stream if s.chunked => n.chunked = true,
-                Kind::Stream => n.raw = true,
-                Kind::Ws => n.ws = true,
-                Kind::Response => {}
+                HoldKind::Stream if s.chunked => n.chunked = true,
+                HoldKind::Stream => n.raw = true,
+                HoldKind::Ws => n.ws = true,
+                HoldKind::Response => {}
             }
         }
         n
@@ -1455,7 +1581,7 @@ mod tests {
 
     fn spec() -> SubSpec {
         SubSpec {
-            kind: Kind::Stream,
+            kind: HoldKind::Stream,
             chunked: false,
             channels: vec!["c".into()],
             meta: Vec::new(),
@@ -1599,7 +1725,7 @@ mod tests {
         out
     }
 
-    fn kind_spec(kind: Kind, chunked: bool) -> SubSpec {
+    fn kind_spec(kind: HoldKind, chunked: bool) -> SubSpec {
         SubSpec {
             kind,
             chunked,
@@ -1610,10 +1736,10 @@ mod tests {
     #[test]
     fn a_drain_becomes_one_message_per_subscriber_in_the_form_its_kind_needs() {
         let (reg, inbox) = wired();
-        let raw = reg.subscribe(kind_spec(Kind::Stream, false));
-        let chunked = reg.subscribe(kind_spec(Kind::Stream, true));
-        let ws = reg.subscribe(kind_spec(Kind::Ws, false));
-        let poll = reg.subscribe(kind_spec(Kind::Response, false));
+        let raw = reg.subscribe(kind_spec(HoldKind::Stream, false));
+        let chunked = reg.subscribe(kind_spec(HoldKind::Stream, true));
+        let ws = reg.subscribe(kind_spec(HoldKind::Ws, false));
+        let poll = reg.subscribe(kind_spec(HoldKind::Response, false));
         let mut both = stream_item("c", "a");
         both.ws_message = ws_item("c", "A").ws_message;
         let mut hint = stream_item("c", "");
@@ -1701,6 +1827,87 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_subscription_hears_every_channel_under_it_once_and_in_order() {
+        use crate::codec::wildcard::key;
+        let (reg, inbox) = wired();
+        let on = |chs: &[&str]| SubSpec {
+            channels: chs.iter().map(|c| c.to_string()).collect(),
+            ..spec()
+        };
+        let all = reg.subscribe(on(&[&key("news.")]));
+        // On a channel and on a prefix over it (two ways, and two
+        // overlapping prefixes): each item once.
+        let both = reg.subscribe(on(&["news.a", &key("news."), &key("news.a")]));
+        let exact = reg.subscribe(on(&["news.a"]));
+        let other = reg.subscribe(on(&[&key("sport.")]));
+        reg.bus.publish(
+            vec![
+                stream_item("news.a", "1"),
+                stream_item("news.b", "2"),
+                stream_item("newsx", "-"),
+                stream_item("news.a", "3"),
+                stream_item("news.", "4"),
+                stream_item("news", "-"),
+            ],
+            None,
+        );
+        drain(&reg, &inbox);
+        assert_eq!(received(&all), "1234", "in the order published");
+        assert_eq!(received(&both), "1234");
+        assert_eq!(received(&exact), "13");
+        assert_eq!(received(&other), "");
+        // Items on a prefix key name no channel in `Grip-Last`.
+        assert!(all.last_ids().is_empty());
+        assert_eq!(reg.subscriptions(), 6);
+        // Counts are per channel; a prefix is none.
+        let counts = reg.channel_counts().expect("changed");
+        assert_eq!(counts.get("news.a"), Some(&2));
+        assert_eq!(counts.len(), 1);
+        // Gone: the prefix's length is uncounted, the bus no longer routes.
+        drop((all, both, other));
+        assert!(reg.prefix_lens.borrow().is_empty());
+        reg.bus.publish(vec![stream_item("news.b", "x")], None);
+        let mut items = Vec::new();
+        inbox.take(usize::MAX, &mut items);
+        assert!(items.is_empty(), "no core listens to news.b");
+    }
+
+    #[test]
+    fn a_prefix_subscription_keeps_its_filters_and_its_join_mark() {
+        use crate::codec::wildcard::key;
+        let (reg, inbox) = wired();
+        let alice = reg.subscribe(SubSpec {
+            channels: vec![key("room.")],
+            meta: vec![("user".into(), "alice".into())],
+            ..spec()
+        });
+        reg.set_chans(
+            &alice,
+            vec![ChanState {
+                channel: key("room."),
+                name: key("room."),
+                filters: Filters::from_names(vec![filter::Name::SkipSelf]),
+                prev_id: None,
+            }],
+        );
+        let mut own = stream_item("room.1", "mine");
+        own.meta = vec![("sender".into(), "alice".into())];
+        reg.bus.publish(vec![own, stream_item("room.2", "+")], None);
+        // One who subscribes to the prefix while those are queued gets
+        // only what is published after it.
+        let late = reg.subscribe(SubSpec {
+            channels: vec![key("room.")],
+            ..spec()
+        });
+        reg.bus.publish(vec![stream_item("room.3", "!")], None);
+        drain(&reg, &inbox);
+        assert_eq!(received(&alice), "+!", "skip-self drops her own message");
+        assert_eq!(received(&late), "!");
+        // A prefix has no history to resume from.
+        assert_eq!(reg.resume(&late, &key("room."), "1"), Resumed::Gap);
+    }
+
+    #[test]
     fn the_sweep_sends_keep_alives_times_out_long_polls_and_fires_link_timers() {
         let (reg, _inbox) = wired();
         let now = Instant::now();
@@ -1710,11 +1917,11 @@ mod tests {
                 timeout: 10,
                 mode: KeepAliveMode::Idle,
             }),
-            ..kind_spec(Kind::Stream, true)
+            ..kind_spec(HoldKind::Stream, true)
         });
         let poll = reg.subscribe(SubSpec {
             timeout: Some(Duration::from_secs(30)),
-            ..kind_spec(Kind::Response, false)
+            ..kind_spec(HoldKind::Response, false)
         });
         let linked = reg.subscribe(spec());
         reg.set_link_at(&linked, Some(now + Duration::from_secs(5)));

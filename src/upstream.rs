@@ -81,36 +81,40 @@ impl Dest {
 /// target. A link is `http://host[:port]/path`, `https://host[:port]/path`
 /// (TLS, verified against the CA store by the URL's host) or a path on
 /// `base`, the route's backend (reached as the route reaches it, TLS
-/// included). `None`: another scheme, no host, or a path with no backend
-/// (the test target).
+/// included). `None`: not a URL (`http::Uri`), another scheme, no host,
+/// user information (corepin would not send it), or a path with no
+/// backend (the test target).
 pub fn link_dest(url: &str, base: Option<&Dest>) -> Option<(Dest, String)> {
-    let (rest, tls, port) = if let Some(rest) = url.strip_prefix("http://") {
-        (rest, None, 80)
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        let tls = TlsDest {
-            name: None,
-            insecure: false,
-        };
-        (rest, Some(tls), 443)
-    } else if url.starts_with('/') {
+    if url.starts_with('/') {
         return Some((base?.clone(), url.to_string()));
-    } else {
-        return None;
+    }
+    let uri: http::Uri = url.parse().ok()?;
+    let (tls, default_port) = match uri.scheme_str()? {
+        "http" => (None, 80),
+        "https" => (
+            Some(TlsDest {
+                name: None,
+                insecure: false,
+            }),
+            443,
+        ),
+        _ => return None,
     };
-    let (hostport, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    if hostport.is_empty() || hostport.starts_with(':') {
+    let authority = uri.authority()?;
+    if authority.host().is_empty() || authority.as_str().contains('@') {
         return None;
     }
-    // A port follows the host (after the `]` of an IPv6 address).
-    let has_port = hostport
-        .rsplit_once(':')
-        .is_some_and(|(h, _)| !h.starts_with('[') || h.ends_with(']'));
-    let addr = if has_port {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:{port}")
+    let port = match authority.port_u16() {
+        Some(port) => port,
+        // Something follows the host that is not a port.
+        None if authority.as_str() != authority.host() => return None,
+        None => default_port,
+    };
+    let addr = format!("{}:{port}", authority.host());
+    let path = match uri.path_and_query().map(|p| p.as_str()) {
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => format!("/{p}"),
+        None => "/".to_string(),
     };
     Some((Dest { addr, tls }, path))
 }
@@ -482,8 +486,12 @@ mod tests {
                 "/next?x",
                 Some(("10.0.0.1:8443", tls(Some("api.internal"), false), "/next?x")),
             ),
+            ("http://a.test?q", Some(("a.test:80", None, "/?q"))),
             ("ftp://a.test/", None),
             ("https:///p", None),
+            ("http://user@a.test/p", None),
+            ("http://a.test:x/p", None),
+            ("http://a test/p", None),
             ("http://:80/p", None),
             ("next", None),
             ("", None),

@@ -331,9 +331,10 @@ fn jsonp_refuses_bad_parameters_with_400() {
         ("callback=", "Invalid callback parameter."),
         ("callback=f&_method=G%20T", "Invalid _method parameter."),
         ("callback=f&_headers=%5B%5D", "Invalid _headers parameter."),
+        ("callback=f&_body=", "Invalid _body parameter."),
         (
-            "callback=f&_body=x",
-            "The _body parameter is not supported.",
+            "callback=f&_headers=%7B%22Content-Length%22%3A%229%22%7D",
+            "Invalid _headers parameter.",
         ),
     ] {
         let (status, fields, body) = curl(&["-H", "Origin: http://o"], &cp.url(&format!("/x?{q}")));
@@ -379,13 +380,110 @@ fn jsonp_wraps_a_held_long_polls_published_answer() {
     );
 }
 
+/// A backend echoing what reached it, body included, as JSON.
+fn body_echo_backend() -> Backend {
+    Backend::start(|req, _| {
+        let body = serde_json::json!({
+            "method": req.method,
+            "path": req.path,
+            "headers": req.headers,
+            "body": String::from_utf8_lossy(&req.body),
+        })
+        .to_string()
+            + "\n";
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    })
+}
+
+#[test]
+fn jsonp_body_and_default_callback_send_the_query_as_the_body() {
+    let b = body_echo_backend();
+    let cp = Corepin::start(&[
+        "--route",
+        &format!(
+            "*,path_beg=/b,aco,jsonp_mode=basic,jsonp_body=bparam,jsonp_defcb=jpcb {}",
+            b.addr
+        ),
+        "--route",
+        &format!("*,path_beg=/u,aco {}", b.addr),
+    ]);
+    // Pushpin's own case: `?bparam={}` alone, the default callback, POST.
+    let (status, fields, body) = curl(&[], &cp.url("/b/x?bparam=%7B%22k%22%3A%5B1%5D%7D&z=1"));
+    assert_eq!(status, 200, "{body}");
+    assert!(fields.contains(&("content-type".into(), "application/javascript".into())));
+    let seen = script_arg(&body, "jpcb");
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/b/x?z=1");
+    assert_eq!(seen["body"], r#"{"k":[1]}"#);
+    let fields: Vec<(String, String)> = seen["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap_or("").to_ascii_lowercase(),
+                h[1].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        fields.contains(&("content-type".into(), "application/json".into())),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&("content-length".into(), "9".into())),
+        "{fields:?}"
+    );
+    // A callback in the query wins; no body parameter, no callback: not
+    // JSON-P; an empty body parameter is refused.
+    let (_, _, body) = curl(&[], &cp.url("/b/x?callback=mine&bparam=1"));
+    assert_eq!(script_arg(&body, "mine")["body"], "1");
+    let (status, fields, body) = curl(&[], &cp.url("/b/x?q=1"));
+    assert_eq!(status, 200);
+    assert!(
+        fields.contains(&("content-type".into(), "application/json".into())),
+        "{body}"
+    );
+    let (status, _, body) = curl(&[], &cp.url("/b/x?bparam="));
+    assert_eq!((status, body.trim_end()), (400, "Invalid body parameter."));
+    // Without jsonp_body, `_body` is the body (no Content-Type added).
+    let (status, _, body) = curl(&[], &cp.url("/u/y?callback=cb&_method=PUT&_body=a%20b"));
+    assert_eq!(status, 200);
+    let env = script_arg(&body, "cb");
+    let seen: serde_json::Value =
+        serde_json::from_str(env["body"].as_str().expect("body")).expect("echo");
+    assert_eq!(
+        (seen["method"].as_str(), seen["body"].as_str()),
+        (Some("PUT"), Some("a b"))
+    );
+    assert_eq!(seen["path"], "/u/y");
+    assert_eq!(
+        b.requests(),
+        4,
+        "the refused request never reached the backend"
+    );
+}
+
 #[test]
 fn jsonp_options_are_checked_by_name() {
     for (line, needle) in [
         ("*,jsonp_mode=basic 127.0.0.1:1", "need aco"),
         ("*,aco,jsonp_mode=odd 127.0.0.1:1", "basic or extended"),
-        ("*,aco,jsonp_body=b 127.0.0.1:1", "jsonp_body"),
-        ("*,aco,jsonp_defcb=f 127.0.0.1:1", "jsonp_defcb"),
+        ("*,aco,jsonp_body=a=b 127.0.0.1:1", "jsonp_body"),
+        (
+            "*,aco,jsonp_defcb=f 127.0.0.1:1",
+            "jsonp_defcb needs jsonp_body",
+        ),
+        (
+            "*,aco,jsonp_body=b,jsonp_defcb=x%28 127.0.0.1:1",
+            "jsonp_defcb",
+        ),
         ("*,aco,jsonp_defmethod=a(b 127.0.0.1:1", "jsonp_defmethod"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_corepin"))

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -602,4 +602,37 @@ fn a_subscriber_that_does_not_read_is_dropped_alone() {
     wait_until("the stuck subscriber dropped", || {
         metric(&cp, "corepin_subscriber_drops_total") == 1
     });
+}
+
+/// A HEAD request a backend holds gets the head alone (RFC 9110 §9.3.2): a
+/// long-poll its published answer's head (`Content-Length` as a GET would
+/// get), a stream its head, then the end of the connection — neither the
+/// initial body nor published content. The long-poll's connection then
+/// answers the next request, so no body bytes were left in between.
+#[test]
+fn head_requests_on_holds_get_the_head_alone() {
+    let b = Backend::start(|req, _| {
+        let hold = if req.path == "/feed" {
+            "stream"
+        } else {
+            "response"
+        };
+        Reply::Bytes(format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: {hold}\r\nGrip-Channel: h\r\nContent-Length: 8\r\n\r\nwelcome\n").into_bytes())
+    });
+    let cp = Corepin::start_grip(&["--route", &b.route(), "--workers", "1"]);
+    let mut c = Conn::open(cp.addr());
+    c.send(b"HEAD /poll HTTP/1.1\r\nHost: a\r\n\r\n");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    let p = cp.publish(r#"{"items":[{"channel":"h","http-response":{"body":"hello\n"}}]}"#);
+    assert_eq!(p.status, 200);
+    let r = read_head_only(&mut c.r).expect("the long-poll's answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("6"));
+    c.send(b"HEAD /feed HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = read_head_only(&mut c.r).expect("the stream's head, right after");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    let mut rest = Vec::new();
+    c.r.read_to_end(&mut rest).expect("the connection ends");
+    assert_eq!(String::from_utf8_lossy(&rest), "");
 }

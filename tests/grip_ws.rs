@@ -346,3 +346,165 @@ fn a_refresh_during_a_request_is_sent_after_it() {
     assert_eq!(seen.method, "POST");
     assert!(seen.body.is_empty(), "{:?}", seen.body);
 }
+
+/// The next close frame's code and reason (other frames are skipped).
+fn close_of(r: &mut BufReader<TcpStream>) -> (u16, String) {
+    loop {
+        let mut h = [0u8; 2];
+        r.read_exact(&mut h).expect("frame header");
+        let mut p = vec![0u8; usize::from(h[1] & 0x7f)];
+        r.read_exact(&mut p).expect("payload");
+        if h[0] & 0x0f == 8 {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            return (code, String::from_utf8_lossy(&p[2..]).into_owned());
+        }
+    }
+}
+
+/// An events answer: `events` with extra header lines.
+fn events_answer(events: &[u8], extra: &str) -> Reply {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\n{extra}Content-Length: {}\r\n\r\n",
+        events.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(events);
+    Reply::Bytes(out)
+}
+
+/// `Content-Bytes-Accepted` (Pushpin 1.41): the backend takes only the
+/// first N bytes of what a request offered; the rest is not lost but
+/// offered again, ahead of newer messages, by the next request, which says
+/// so with `Content-Bytes-Replayed`. Accepting more than was offered is a
+/// broken session: the client gets a close 1011. The GRIP route's requests
+/// also offer `Sec-WebSocket-Extensions: grip`, as Pushpin's do.
+#[test]
+fn content_bytes_accepted_keeps_back_the_rest() {
+    let b = Backend::start(|req, _| match &req.body[..] {
+        b"OPEN\r\n" => events_answer(b"OPEN\r\n", ""),
+        b"TEXT 5\r\nhello\r\n" => events_answer(b"", "Content-Bytes-Accepted: 2\r\n"),
+        b"TEXT 3\r\nllo\r\nTEXT 5\r\nworld\r\n" => events_answer(b"TEXT 2\r\nok\r\n", ""),
+        b"TEXT 1\r\nx\r\n" => events_answer(b"TEXT 3\r\nall\r\n", "Content-Bytes-Accepted: 1\r\n"),
+        b"TEXT 4\r\nmore\r\n" => events_answer(b"", "Content-Bytes-Accepted: 5\r\n"),
+        _ => events_answer(b"", ""),
+    });
+    let cp = Corepin::start_grip(&["--route", &format!("{},over_http", b.route())]);
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws");
+    let count = || b.seen.lock().map(|v| v.len()).unwrap_or(0);
+    send_text(&mut s, "hello");
+    wait_until("the first message's request", || count() == 2);
+    assert_eq!(b.last().header("content-bytes-replayed"), None);
+    // "llo" was kept back: it goes first in the next request.
+    send_text(&mut s, "world");
+    assert_eq!(next_text(&mut r), "ok");
+    let seen = b.last();
+    assert_eq!(
+        String::from_utf8_lossy(&seen.body),
+        "TEXT 3\r\nllo\r\nTEXT 5\r\nworld\r\n"
+    );
+    assert_eq!(seen.header("content-bytes-replayed"), Some("3"));
+    assert_eq!(seen.header("sec-websocket-extensions"), Some("grip"));
+    // Everything accepted: nothing replayed.
+    send_text(&mut s, "x");
+    assert_eq!(next_text(&mut r), "all");
+    assert_eq!(b.last().header("content-bytes-replayed"), None);
+    send_text(&mut s, "more");
+    assert_eq!(close_of(&mut r).0, 1011);
+    cp.wait_stderr("Content-Bytes-Accepted 5 is more than the 4 bytes offered");
+}
+
+/// What a backend kept back goes out at its keep-alive interval even when
+/// the client sends nothing more (no new message to carry it). The
+/// minimum interval is lowered to 2 s (`timeouts.ws_keep_alive_min`).
+#[test]
+fn content_kept_back_is_offered_again_at_the_keep_alive() {
+    let b = Backend::start(|req, _| match &req.body[..] {
+        b"OPEN\r\n" => events_answer(b"OPEN\r\n", "Keep-Alive-Interval: 2\r\n"),
+        b"TEXT 5\r\nhello\r\n" => events_answer(b"", "Content-Bytes-Accepted: 4\r\n"),
+        b"TEXT 1\r\no\r\n" => events_answer(b"TEXT 3\r\ngot\r\n", ""),
+        _ => events_answer(b"", ""),
+    });
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("{},over_http", b.route()),
+        "--config",
+        &write_config("[timeouts]\nws_keep_alive_min = 2\n"),
+    ]);
+    let (mut s, mut r) = raw_ws(cp.addr(), "/ws");
+    send_text(&mut s, "hello");
+    assert_eq!(next_text(&mut r), "got");
+    let seen = b.seen.lock().expect("lock").clone();
+    let bodies: Vec<String> = seen
+        .iter()
+        .map(|q| String::from_utf8_lossy(&q.body).into_owned())
+        .filter(|b| !b.is_empty())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["OPEN\r\n", "TEXT 5\r\nhello\r\n", "TEXT 1\r\no\r\n"]
+    );
+    let last = seen.last().expect("a request");
+    assert_eq!(last.header("content-bytes-replayed"), Some("1"));
+}
+
+/// A GRIP route offers a WebSocket backend the `grip` extension (the
+/// client's own extensions never go); a `no_grip` route does not.
+#[test]
+fn websocket_backends_are_offered_the_grip_extension() {
+    let b = Backend::start(|_, _| {
+        Reply::Close(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_vec())
+    });
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("*,path_beg=/plain,no_grip {}", b.addr),
+        "--route",
+        &b.route(),
+    ]);
+    for (path, want) in [("/ws", Some("grip")), ("/plain", None)] {
+        let mut s = TcpStream::connect(cp.addr()).expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n").as_bytes()).expect("write");
+        let mut r = BufReader::new(s);
+        assert_eq!(read_head_only(&mut r).expect("answer").status, 403);
+        let seen = b.last();
+        assert_eq!(seen.path, path);
+        assert_eq!(seen.header("sec-websocket-extensions"), want, "{path}");
+    }
+}
+
+/// A filter that fails on a message (var-subst, an unknown variable): on
+/// a `debug` route the WebSocket is closed 1011 with the reason, as
+/// streams and long-polls report it there; elsewhere only that message is
+/// dropped for that client and the connection goes on.
+#[test]
+fn websocket_filter_errors_close_1011_on_debug_routes() {
+    let b = PyBackend::start("wsoh_control.py", &[]);
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("*,path_beg=/ws/d/,debug 127.0.0.1:{},over_http", b.port),
+        "--route",
+        &format!("* 127.0.0.1:{},over_http", b.port),
+    ]);
+    let (mut d, mut dr) = raw_ws(cp.addr(), "/ws/d/dave");
+    let (mut p, mut pr) = raw_ws(cp.addr(), "/ws/paula");
+    for (s, r) in [(&mut d, &mut dr), (&mut p, &mut pr)] {
+        send_text(s, "sync");
+        assert_eq!(next_text(r), "echo: sync");
+    }
+    wait_until("both subscribed", || {
+        metric(&cp, "corepin_subscriptions") == 2
+    });
+    let r = cp.publish(r#"{"items":[{"channel":"room","ws-message":{"content":"%(nope)s"}}]}"#);
+    assert_eq!(r.status, 200);
+    let r =
+        cp.publish(r#"{"items":[{"channel":"room","ws-message":{"content":"after, %(name)s"}}]}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        close_of(&mut dr),
+        (
+            1011,
+            "filter error: var-subst: no such variable 'nope' at position 7".to_string()
+        )
+    );
+    assert_eq!(next_text(&mut pr), "after, Paula");
+}

@@ -3,7 +3,8 @@
 # the tests need when it is missing (curl; nginx with its Lua module for the
 # stand-in API gateway; nats-server, redis-server and haproxy for the
 # cluster tests; a Python venv with gripcontrol, pyzmq, tnetstring3,
-# pubcontrol, websockets and django-grip; the npm clients @fanoutio/grip and wscat),
+# pubcontrol, websockets and django-grip; the npm clients @fanoutio/grip, wscat
+# and sockjs-client; Chromium for the SockJS browser test),
 # then `cargo test`. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 # The stand-in API gateway (tests/gateway) runs Lua in nginx, as Kong does.
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need_apt+=(libnginx-mod-http-lua)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The SockJS browser test (tests/sockjs.rs) runs sockjs-client in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The cluster tests (tests/cluster.rs) run real brokers and a real balancer.
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
@@ -39,7 +42,7 @@ if ! "$venv/bin/python" -c 'import gripcontrol, pubcontrol, websockets, zmq, tne
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/clients/requirements.txt
 fi
-if [ ! -d tests/clients/node_modules/@fanoutio/grip ] || [ ! -d tests/clients/node_modules/wscat ]; then
+if [ ! -d tests/clients/node_modules/@fanoutio/grip ] || [ ! -d tests/clients/node_modules/wscat ] || [ ! -d tests/clients/node_modules/sockjs-client ]; then
   (cd tests/clients && npm install --no-audit --no-fund -q >/dev/null)
 fi
 export COREPIN_PYTHON="$PWD/$venv/bin/python"

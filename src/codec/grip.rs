@@ -303,15 +303,18 @@ fn channels<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ChannelSpe
             }
             let mut prev_id = None;
             let mut filters = Vec::new();
+            let mut prefix = false;
             for (k, v) in rest {
                 match (k.as_str(), v) {
                     // Pushpin compares `filter` exactly and `prev-id`
                     // ignoring case.
                     ("filter", Some(f)) => filters.push(f.as_str()),
                     (k, Some(p)) if k.eq_ignore_ascii_case("prev-id") => prev_id = Some(p.clone()),
+                    // corepin's own: every channel under this prefix.
+                    ("prefix", None) => prefix = true,
                     (k, _) => {
                         return bad(format!(
-                            "Grip-Channel: channel '{}': unknown parameter '{}' (prev-id, filter)",
+                            "Grip-Channel: channel '{}': unknown parameter '{}' (prev-id, filter, prefix)",
                             name.escape_debug(),
                             k.escape_debug()
                         ))
@@ -324,8 +327,9 @@ fn channels<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ChannelSpe
             if let Some(p) = &prev_id {
                 check_channel_text(p, "Grip-Channel: prev-id")?;
             }
+            let name = channel_key(name, prefix, prev_id.is_some(), "Grip-Channel")?;
             out.push(ChannelSpec {
-                name: name.clone(),
+                name,
                 prev_id,
                 filters,
             });
@@ -627,6 +631,22 @@ fn json_response(r: Option<&Value>) -> Result<JsonResponse, GripError> {
     Ok(JsonResponse { head, body })
 }
 
+/// A hold's channel name, or with `prefix` the key of every channel under
+/// it (see `codec::wildcard`). A prefix has no one sequence of ids to
+/// follow, so `prev-id` beside it is refused.
+fn channel_key(name: &str, prefix: bool, prev_id: bool, at: &str) -> Result<String, GripError> {
+    if !prefix {
+        return Ok(name.to_string());
+    }
+    if prev_id {
+        return bad(format!(
+            "{at}: channel '{}': prev-id does not apply to a prefix subscription",
+            name.escape_debug()
+        ));
+    }
+    Ok(crate::codec::wildcard::key(name))
+}
+
 /// Refuses channel names and ids that could not sit in a header line
 /// (they are sent back to backends in `Grip-Last`).
 fn check_channel_text(v: &str, path: &str) -> Result<(), GripError> {
@@ -703,7 +723,7 @@ fn json_instruct(
         if !c.is_object() {
             return bad(format!("grip-instruct: {at}: must be an object"));
         }
-        only_keys(c, &["name", "prev-id", "filters"], &at)?;
+        only_keys(c, &["name", "prev-id", "filters", "prefix"], &at)?;
         let Some(name) = c.get("name").and_then(Value::as_str) else {
             return bad(format!("grip-instruct: {at}.name: missing or not a string"));
         };
@@ -737,8 +757,19 @@ fn json_instruct(
         if let Some(p) = prev_id {
             check_channel_text(p, &format!("grip-instruct: {at}.prev-id"))?;
         }
+        let prefix = match c.get("prefix") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return bad(format!("grip-instruct: {at}.prefix: must be true or false")),
+        };
+        let name = channel_key(
+            name,
+            prefix,
+            prev_id.is_some(),
+            &format!("grip-instruct: {at}"),
+        )?;
         chans.push(ChannelSpec {
-            name: name.to_string(),
+            name,
             prev_id: prev_id.map(String::from),
             filters,
         });
@@ -1130,6 +1161,38 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_subscription_is_the_prefix_key() {
+        use crate::codec::wildcard::key;
+        let f = fields(
+            "Grip-Hold: stream\r\nGrip-Channel: news.; prefix; filter=skip-self, news.x\r\n",
+        );
+        let i = from_headers(&f).expect("valid").expect("hold");
+        let names: Vec<&str> = i.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [key("news.").as_str(), "news.x"]);
+        assert_eq!(i.channels[0].filters.names().len(), 1);
+        let (i, _) = from_json(
+            br#"{"hold":{"mode":"stream","channels":[{"name":"a.","prefix":true},{"name":"b","prefix":false}]}}"#,
+        )
+        .expect("valid");
+        let i = i.expect("hold");
+        assert_eq!(i.channels[0].name, key("a."));
+        assert_eq!(i.channels[1].name, "b");
+        for (body, needle) in [
+            (
+                r#"{"hold":{"channels":[{"name":"a.","prefix":1}]}}"#,
+                "hold.channels[0].prefix: must be true or false",
+            ),
+            (
+                r#"{"hold":{"channels":[{"name":"a.","prefix":true,"prev-id":"1"}]}}"#,
+                "hold.channels[0]: channel 'a.': prev-id does not apply to a prefix subscription",
+            ),
+        ] {
+            let e = from_json(body.as_bytes()).expect_err(body).0;
+            assert!(e.contains(needle), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn channel_filters_meta_and_links() {
         use crate::codec::filter::Name;
         let f = fields(concat!(
@@ -1170,7 +1233,9 @@ mod tests {
                 "Grip-Channel: a; filter=skip-self; filter=skip-self; filter=skip-self; filter=skip-self; filter=skip-self; filter=skip-self\r\n",
                 "too many filters for channel 'a' (at most 5)",
             ),
-            ("Grip-Channel: a; colour=red\r\n", "unknown parameter 'colour' (prev-id, filter)"),
+            ("Grip-Channel: a; colour=red\r\n", "unknown parameter 'colour' (prev-id, filter, prefix)"),
+            ("Grip-Channel: a; prefix=yes\r\n", "unknown parameter 'prefix' (prev-id, filter, prefix)"),
+            ("Grip-Channel: a.; prefix; prev-id=1\r\n", "channel 'a.': prev-id does not apply to a prefix subscription"),
             ("Grip-Channel: a; Filter=skip-self\r\n", "unknown parameter 'Filter'"),
             ("Grip-Channel: a; prev-id=\"1\r\n", "unterminated quoted string"),
             ("Grip-Channel: a\r\nGrip-Set-Meta: a=1, , b=2\r\n", "Grip-Set-Meta: an element is empty"),

@@ -148,11 +148,17 @@ pub enum Purpose<'a> {
     /// backend (extensions are negotiated by corepin).
     WsUpgrade,
     /// One WebSocket-over-HTTP request: a POST of `content_length` bytes
-    /// of events for session `connection_id`, with the session's `Meta-*`.
+    /// of events for session `connection_id`, with the session's `Meta-*`,
+    /// `Content-Bytes-Replayed: replayed` when the request offers again
+    /// content the backend kept back (`Content-Bytes-Accepted`), and
+    /// `Sec-WebSocket-Extensions: grip` when `grip_ext` (a GRIP route, as
+    /// Pushpin offers it).
     WsEvents {
         connection_id: &'a str,
         content_length: usize,
         meta: &'a [(String, Vec<u8>)],
+        replayed: usize,
+        grip_ext: bool,
     },
 }
 
@@ -164,6 +170,7 @@ const EVENTS_OWN: &[&str] = &[
     "sec-websocket-extensions",
     "content-type",
     "accept",
+    "content-bytes-replayed",
 ];
 
 impl Purpose<'_> {
@@ -340,17 +347,30 @@ impl BackendRequest<'_> {
             Purpose::Proxy => write_framing(out, head.body),
             Purpose::WsUpgrade => {
                 out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+                // As Pushpin, a GRIP route offers the backend the `grip`
+                // extension (the client's own extensions never go).
+                if self.grip.is_some() {
+                    out.extend_from_slice(b"Sec-WebSocket-Extensions: grip\r\n");
+                }
                 write_framing(out, head.body);
             }
             Purpose::WsEvents {
                 connection_id,
                 content_length,
                 meta,
+                replayed,
+                grip_ext,
             } => {
                 let _ = write!(
                     out,
                     "Content-Type: application/websocket-events\r\nAccept: application/websocket-events\r\nConnection-Id: {connection_id}\r\nContent-Length: {content_length}\r\n",
                 );
+                if replayed > 0 {
+                    let _ = write!(out, "Content-Bytes-Replayed: {replayed}\r\n");
+                }
+                if grip_ext {
+                    out.extend_from_slice(b"Sec-WebSocket-Extensions: grip\r\n");
+                }
                 for (k, v) in meta {
                     out.extend_from_slice(b"Meta-");
                     write_field(out, k.as_bytes(), v);

@@ -25,6 +25,12 @@ pub struct Settings<'a> {
     pub callback_param: &'a str,
     /// `jsonp_defmethod`.
     pub default_method: Option<&'a str>,
+    /// `jsonp_body`: the query parameter holding the request body (sent
+    /// as `application/json`); without it, `_body` is read instead.
+    pub body_param: Option<&'a str>,
+    /// `jsonp_defcb`: the callback when the query names none, used only
+    /// for a request carrying the `jsonp_body` parameter (as in Pushpin).
+    pub default_callback: Option<&'a str>,
 }
 
 impl Default for Settings<'_> {
@@ -33,6 +39,8 @@ impl Default for Settings<'_> {
             basic: false,
             callback_param: "callback",
             default_method: None,
+            body_param: None,
+            default_callback: None,
         }
     }
 }
@@ -49,6 +57,8 @@ pub struct Plan {
     /// The query left once the JSON-P parameters are removed (`None`: no
     /// `?` at all).
     pub query: Option<String>,
+    /// The request body taken from the query (`jsonp_body` or `_body`).
+    pub body: Option<Vec<u8>>,
 }
 
 /// Why a JSON-P request is refused (400, Pushpin's messages).
@@ -57,9 +67,10 @@ pub enum Refusal {
     Callback,
     Method,
     Headers,
-    /// `_body` (and the `jsonp_body` option): corepin does not send a body
-    /// taken from the query.
+    /// The `jsonp_body` parameter is empty or badly encoded.
     Body,
+    /// The `_body` parameter is empty or badly encoded.
+    UnderscoreBody,
 }
 
 impl Refusal {
@@ -68,7 +79,8 @@ impl Refusal {
             Refusal::Callback => "Invalid callback parameter.",
             Refusal::Method => "Invalid _method parameter.",
             Refusal::Headers => "Invalid _headers parameter.",
-            Refusal::Body => "The _body parameter is not supported.",
+            Refusal::Body => "Invalid body parameter.",
+            Refusal::UnderscoreBody => "Invalid _body parameter.",
         }
     }
 }
@@ -135,12 +147,14 @@ pub fn plan(s: &Settings<'_>, method: &str, query: Option<&str>) -> Result<Optio
         .map(|p| p.split_once('=').unwrap_or((p, "")))
         .collect();
     let first = |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-    // (Pushpin's `jsonp_defcb` applies only with a `jsonp_body`
-    // parameter, which corepin does not take: the callback is asked for.)
-    let Some(raw) = first(s.callback_param) else {
-        return Ok(None);
+    // Pushpin: a callback in the query, or else `jsonp_defcb` for a
+    // request that carries the `jsonp_body` parameter.
+    let raw_body = s.body_param.and_then(first);
+    let callback = match (first(s.callback_param), s.default_callback) {
+        (Some(raw), _) => percent_decode(raw).ok_or(Refusal::Callback)?,
+        (None, Some(def)) if raw_body.is_some() => def.as_bytes().to_vec(),
+        (None, _) => return Ok(None),
     };
-    let callback = percent_decode(raw).ok_or(Refusal::Callback)?;
     if !valid_callback(&callback) {
         return Err(Refusal::Callback);
     }
@@ -168,16 +182,37 @@ pub fn plan(s: &Settings<'_>, method: &str, query: Option<&str>) -> Result<Optio
             if name.is_empty() || !name.bytes().all(is_tchar) || !clean_value(value) {
                 return Err(Refusal::Headers);
             }
+            // corepin frames the request itself: a body's length in
+            // `_headers` would have the backend wait for bytes never sent.
+            if FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+                return Err(Refusal::Headers);
+            }
             if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("accept") {
                 continue;
             }
             headers.push((name.clone(), value.trim().to_string()));
         }
     }
-    if first("_body").is_some() {
-        return Err(Refusal::Body);
-    }
-    let removed = [s.callback_param, "_method", "_headers"];
+    // The body: `jsonp_body`'s parameter (then `Content-Type:
+    // application/json` replaces one from `_headers`), or else `_body`.
+    let body_name = s.body_param.unwrap_or("_body");
+    let body = match (s.body_param, raw_body, first("_body")) {
+        (Some(_), Some(raw), _) => {
+            let b = percent_decode(raw)
+                .filter(|b| !b.is_empty())
+                .ok_or(Refusal::Body)?;
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+            headers.push(("Content-Type".into(), "application/json".into()));
+            Some(b)
+        }
+        (None, _, Some(raw)) => Some(
+            percent_decode(raw)
+                .filter(|b| !b.is_empty())
+                .ok_or(Refusal::UnderscoreBody)?,
+        ),
+        _ => None,
+    };
+    let removed = [s.callback_param, "_method", "_headers", body_name];
     let rest: Vec<&str> = query
         .unwrap_or("")
         .split('&')
@@ -193,8 +228,13 @@ pub fn plan(s: &Settings<'_>, method: &str, query: Option<&str>) -> Result<Optio
         method,
         headers,
         query: (!rest.is_empty()).then(|| rest.join("&")),
+        body,
     }))
 }
+
+/// Request fields that frame a body: corepin writes them, `_headers`
+/// may not.
+const FRAMING: &[&str] = &["content-length", "transfer-encoding"];
 
 /// The request sent upstream for a JSON-P request `head` (a GET on
 /// `path`): Pushpin's order of fields, `_headers` first, then `Host`,
@@ -224,12 +264,16 @@ pub fn upstream_head(p: &Plan, head: &RequestHead, path: &str) -> Option<Request
     for (n, v) in &p.headers {
         field(n.as_bytes(), v.as_bytes());
     }
+    if let Some(b) = &p.body {
+        field(b"Content-Length", b.len().to_string().as_bytes());
+    }
     if let Some(h) = head.fields.get("host") {
         field(b"Host", h);
     }
     field(b"Accept", b"*/*");
     for (n, v) in head.fields.iter() {
-        if !n.eq_ignore_ascii_case(b"host") && !n.eq_ignore_ascii_case(b"accept") {
+        let framing = FRAMING.iter().any(|f| n.eq_ignore_ascii_case(f.as_bytes()));
+        if !n.eq_ignore_ascii_case(b"host") && !n.eq_ignore_ascii_case(b"accept") && !framing {
             field(n, v);
         }
     }
@@ -399,6 +443,8 @@ pub fn check_invariants(data: &[u8]) {
     for basic in [false, true] {
         let s = Settings {
             basic,
+            body_param: basic.then_some("b"),
+            default_callback: basic.then_some("dcb"),
             ..Settings::default()
         };
         let Ok(Some(p)) = plan(&s, "GET", Some(query)) else {
@@ -409,7 +455,9 @@ pub fn check_invariants(data: &[u8]) {
         for (n, v) in &p.headers {
             assert!(n.bytes().all(is_tchar));
             assert!(!v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0));
+            assert!(!FRAMING.iter().any(|f| n.eq_ignore_ascii_case(f)));
         }
+        assert!(p.body.as_ref().is_none_or(|b| !b.is_empty()));
         if let Some(out) = wrap_response(&p, basic, resp.as_bytes()) {
             let prefix = format!("/**/{}(", p.callback);
             let split = out.windows(4).position(|w| w == b"\r\n\r\n");
@@ -473,6 +521,98 @@ mod tests {
     }
 
     #[test]
+    fn bodies_from_the_query() {
+        let b = Settings {
+            basic: true,
+            body_param: Some("bp"),
+            default_callback: Some("jpcb"),
+            ..s()
+        };
+        // `jsonp_body` without a callback: `jsonp_defcb`, the body as JSON
+        // (replacing a `_headers` Content-Type), the parameter removed.
+        let p = plan(
+            &b,
+            "GET",
+            Some("x=1&bp=%7B%22a%22%3A1%7D&_headers=%7B%22content-type%22%3A%22text%2Fplain%22%7D"),
+        )
+        .expect("ok")
+        .expect("jsonp");
+        assert_eq!(p.callback, "jpcb");
+        assert_eq!(p.body.as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(
+            p.headers,
+            vec![("Content-Type".to_string(), "application/json".to_string())]
+        );
+        assert_eq!(p.query.as_deref(), Some("x=1"));
+        // A query callback wins over the default.
+        let p = plan(&b, "GET", Some("callback=f&bp=1"))
+            .expect("ok")
+            .expect("jsonp");
+        assert_eq!(p.callback, "f");
+        // Neither a callback nor the body parameter: not JSON-P.
+        assert_eq!(plan(&b, "GET", Some("x=1")), Ok(None));
+        // With jsonp_body set, `_body` is an ordinary parameter.
+        let p = plan(&b, "GET", Some("callback=f&_body=z"))
+            .expect("ok")
+            .expect("jsonp");
+        assert_eq!((p.body, p.query.as_deref()), (None, Some("_body=z")));
+        for q in ["bp=", "bp=%zz", "callback=f&bp="] {
+            assert_eq!(plan(&b, "GET", Some(q)), Err(Refusal::Body), "{q}");
+        }
+        // Without jsonp_body, `_body` is the body, no Content-Type added;
+        // `jsonp_defcb` alone does nothing.
+        let d = Settings {
+            default_callback: Some("jpcb"),
+            ..s()
+        };
+        assert_eq!(plan(&d, "GET", Some("_body=x")), Ok(None));
+        let p = plan(&d, "GET", Some("callback=f&_body=a%20b"))
+            .expect("ok")
+            .expect("jsonp");
+        assert_eq!((p.body.as_deref(), p.headers.len()), (Some(&b"a b"[..]), 0));
+        assert_eq!(p.query, None);
+    }
+
+    #[test]
+    fn upstream_head_carries_the_body_length() {
+        let limits = HeadLimits {
+            max_head_bytes: 4096,
+            max_headers: 32,
+            max_uri_bytes: 1024,
+        };
+        let raw = b"GET /j?bp=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nX-C: 1\r\n\r\n";
+        let (_, head) = parse_request(raw, &limits).expect("ok").expect("head");
+        let p = Plan {
+            body: Some(b"[1,2]".to_vec()),
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            ..p(false)
+        };
+        let up = upstream_head(&p, &head, "/j").expect("head");
+        let names: Vec<String> = up
+            .fields
+            .iter()
+            .map(|(n, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Content-Type=application/json",
+                "Content-Length=5",
+                "Host=h",
+                "Accept=*/*",
+                "X-C=1"
+            ]
+        );
+        assert_eq!(up.body, super::super::http1::BodyKind::Length(5));
+    }
+
+    #[test]
     fn refusals() {
         for (q, r) in [
             ("callback=", Refusal::Callback),
@@ -497,7 +637,16 @@ mod tests {
                 "callback=f&_headers=%7B%22a%20b%22%3A%22x%22%7D",
                 Refusal::Headers,
             ),
-            ("callback=f&_body=x", Refusal::Body),
+            ("callback=f&_body=", Refusal::UnderscoreBody),
+            ("callback=f&_body=%4", Refusal::UnderscoreBody),
+            (
+                "callback=f&_headers=%7B%22Content-Length%22%3A%225%22%7D",
+                Refusal::Headers,
+            ),
+            (
+                "callback=f&_headers=%7B%22transfer-encoding%22%3A%22chunked%22%7D",
+                Refusal::Headers,
+            ),
         ] {
             assert_eq!(plan(&s(), "GET", Some(q)), Err(r), "{q}");
         }
@@ -515,6 +664,7 @@ mod tests {
             method: "GET".into(),
             headers: Vec::new(),
             query: None,
+            body: None,
         }
     }
 

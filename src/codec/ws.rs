@@ -280,17 +280,18 @@ pub fn check_close_reason(reason: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Kind of a data message.
+/// What a data message carries: text or binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum MessageKind {
     Text,
     Binary,
 }
 
-/// What the assembler found.
+/// What the assembler found: a whole data message, or a control
+/// frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Message(Kind, Vec<u8>),
+pub enum Received {
+    Message(MessageKind, Vec<u8>),
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     /// A close frame: code (1005 when none was given) and reason.
@@ -305,7 +306,7 @@ pub struct Reader {
     /// The frame being read: header and payload bytes still expected.
     frame: Option<(FrameHeader, u64, usize)>,
     /// The message in progress (kind) and its bytes so far.
-    message: Option<Kind>,
+    message: Option<MessageKind>,
     data: Vec<u8>,
     control: Vec<u8>,
     /// Bytes of `data` known to be valid UTF-8.
@@ -332,7 +333,7 @@ impl Reader {
 
     /// Consumes input; returns bytes consumed and, when one completed, an
     /// event. Call again with the rest while it consumes something.
-    pub fn read(&mut self, buf: &[u8]) -> Result<(usize, Option<Event>), WsError> {
+    pub fn read(&mut self, buf: &[u8]) -> Result<(usize, Option<Received>), WsError> {
         let mut used = 0;
         loop {
             let Some((h, left, payload_off)) = self.frame else {
@@ -358,7 +359,7 @@ impl Reader {
             }
             used += take;
             let left = left - take as u64;
-            if !h.opcode.is_control() && self.message == Some(Kind::Text) {
+            if !h.opcode.is_control() && self.message == Some(MessageKind::Text) {
                 self.check_utf8(false)?;
             }
             if left > 0 {
@@ -386,9 +387,9 @@ impl Reader {
             Opcode::Text | Opcode::Binary | Opcode::Continuation => {
                 if self.message.is_none() {
                     self.message = Some(if h.opcode == Opcode::Text {
-                        Kind::Text
+                        MessageKind::Text
                     } else {
-                        Kind::Binary
+                        MessageKind::Binary
                     });
                     self.valid_upto = 0;
                 }
@@ -419,14 +420,14 @@ impl Reader {
         Ok(())
     }
 
-    fn finish_frame(&mut self, h: &FrameHeader) -> Result<Option<Event>, WsError> {
+    fn finish_frame(&mut self, h: &FrameHeader) -> Result<Option<Received>, WsError> {
         Ok(match h.opcode {
-            Opcode::Ping => Some(Event::Ping(std::mem::take(&mut self.control))),
-            Opcode::Pong => Some(Event::Pong(std::mem::take(&mut self.control))),
+            Opcode::Ping => Some(Received::Ping(std::mem::take(&mut self.control))),
+            Opcode::Pong => Some(Received::Pong(std::mem::take(&mut self.control))),
             Opcode::Close => {
                 let p = std::mem::take(&mut self.control);
                 match p.len() {
-                    0 => Some(Event::Close(1005, String::new())),
+                    0 => Some(Received::Close(1005, String::new())),
                     1 => return Err(err(PROTOCOL_ERROR, "close payload of one byte")),
                     _ => {
                         let code = u16::from_be_bytes([p[0], p[1]]);
@@ -435,18 +436,18 @@ impl Reader {
                         }
                         let reason = String::from_utf8(p[2..].to_vec())
                             .map_err(|_| err(INVALID_DATA, "invalid UTF-8 in close reason"))?;
-                        Some(Event::Close(code, reason))
+                        Some(Received::Close(code, reason))
                     }
                 }
             }
             _ if !h.fin => None,
             _ => {
-                let kind = self.message.take().unwrap_or(Kind::Binary);
-                if kind == Kind::Text {
+                let kind = self.message.take().unwrap_or(MessageKind::Binary);
+                if kind == MessageKind::Text {
                     self.check_utf8(true)?;
                 }
                 let data = std::mem::take(&mut self.data);
-                Some(Event::Message(kind, data))
+                Some(Received::Message(kind, data))
             }
         })
     }
@@ -455,7 +456,12 @@ impl Reader {
 /// Reads `input` fed in two pieces split at `cut`: the events, or the
 /// first error. Test and fuzz helper.
 #[doc(hidden)]
-pub fn read_split(role: Role, input: &[u8], cut: usize, max: usize) -> Result<Vec<Event>, WsError> {
+pub fn read_split(
+    role: Role,
+    input: &[u8],
+    cut: usize,
+    max: usize,
+) -> Result<Vec<Received>, WsError> {
     let cut = cut.min(input.len());
     let mut r = Reader::new(role, max);
     let mut out = Vec::new();
@@ -510,11 +516,16 @@ mod tests {
         assert!(!valid_key(b"c2hvcnQ="));
     }
 
-    fn read_all(role: Role, input: &[u8], cut: usize, max: usize) -> Result<Vec<Event>, WsError> {
+    fn read_all(
+        role: Role,
+        input: &[u8],
+        cut: usize,
+        max: usize,
+    ) -> Result<Vec<Received>, WsError> {
         read_split(role, input, cut, max)
     }
 
-    fn check(role: Role, input: &[u8], max: usize, want: Result<Vec<Event>, WsError>) {
+    fn check(role: Role, input: &[u8], max: usize, want: Result<Vec<Received>, WsError>) {
         for cut in 0..=input.len() {
             assert_eq!(read_all(role, input, cut, max), want, "cut at {cut}");
         }
@@ -523,7 +534,7 @@ mod tests {
     #[test]
     fn rfc_examples() {
         // RFC 6455 §5.7: unmasked "Hello", masked "Hello", fragmented, ping.
-        let hello = Event::Message(Kind::Text, b"Hello".to_vec());
+        let hello = Received::Message(MessageKind::Text, b"Hello".to_vec());
         check(
             Role::Client,
             &[0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f],
@@ -548,7 +559,7 @@ mod tests {
             Role::Client,
             &[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f],
             1 << 20,
-            Ok(vec![Event::Ping(b"Hello".to_vec())]),
+            Ok(vec![Received::Ping(b"Hello".to_vec())]),
         );
         // 256 bytes binary (16-bit length) and 64 KiB (64-bit length).
         let mut f = vec![0x82, 0x7e, 0x01, 0x00];
@@ -557,13 +568,16 @@ mod tests {
             Role::Client,
             &f,
             1 << 20,
-            Ok(vec![Event::Message(Kind::Binary, vec![7u8; 256])]),
+            Ok(vec![Received::Message(MessageKind::Binary, vec![7u8; 256])]),
         );
         let mut big = Vec::new();
         write_frame(&mut big, true, Opcode::Binary, &vec![9u8; 65536], None);
         assert_eq!(&big[..10], &[0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0]);
         let r = read_all(Role::Client, &big, 5, 1 << 20).expect("valid");
-        assert_eq!(r, vec![Event::Message(Kind::Binary, vec![9u8; 65536])]);
+        assert_eq!(
+            r,
+            vec![Received::Message(MessageKind::Binary, vec![9u8; 65536])]
+        );
     }
 
     #[test]
@@ -592,9 +606,9 @@ mod tests {
             &f,
             1 << 20,
             Ok(vec![
-                Event::Ping(b"p".to_vec()),
-                Event::Message(Kind::Text, "a€z".as_bytes().to_vec()),
-                Event::Close(1000, "bye".into()),
+                Received::Ping(b"p".to_vec()),
+                Received::Message(MessageKind::Text, "a€z".as_bytes().to_vec()),
+                Received::Close(1000, "bye".into()),
             ]),
         );
     }

@@ -103,11 +103,22 @@ fn string<'a>(o: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, S
     }
 }
 
+/// The channel of a `subscribe` or `unsubscribe`; with `"prefix": true`,
+/// the key of every channel under it (see `codec::wildcard`).
 fn channel(o: &Map<String, Value>) -> Result<String, String> {
+    let prefix = match o.get("prefix") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return err("prefix: must be true or false"),
+    };
     match string(o, "channel")? {
         Some(c) if !c.is_empty() => {
             response::check_value(c.as_bytes()).map_err(|p| format!("channel: {p}"))?;
-            Ok(c.to_string())
+            Ok(if prefix {
+                crate::codec::wildcard::key(c)
+            } else {
+                c.to_string()
+            })
         }
         _ => err("channel: missing or empty"),
     }
@@ -185,7 +196,7 @@ pub fn parse(json: &[u8]) -> Result<Control, String> {
     let k = kind.as_str();
     match k {
         "subscribe" => {
-            only(&o, &["type", "channel", "filters"], k)?;
+            only(&o, &["type", "channel", "prefix", "filters"], k)?;
             let channel = channel(&o)?;
             let names = match o.get("filters") {
                 None | Some(Value::Null) => Vec::new(),
@@ -199,7 +210,7 @@ pub fn parse(json: &[u8]) -> Result<Control, String> {
             Ok(Control::Subscribe { channel, filters })
         }
         "unsubscribe" => {
-            only(&o, &["type", "channel"], k)?;
+            only(&o, &["type", "channel", "prefix"], k)?;
             Ok(Control::Unsubscribe {
                 channel: channel(&o)?,
             })
@@ -306,6 +317,26 @@ mod tests {
                 channel: "room".into()
             }
         );
+        // A prefix subscription is the prefix's key (codec::wildcard).
+        assert_eq!(
+            ok(r#"{"type":"subscribe","channel":"news.","prefix":true}"#),
+            Control::Subscribe {
+                channel: crate::codec::wildcard::key("news."),
+                filters: Filters::default()
+            }
+        );
+        assert_eq!(
+            ok(r#"{"type":"unsubscribe","channel":"news.","prefix":true}"#),
+            Control::Unsubscribe {
+                channel: crate::codec::wildcard::key("news.")
+            }
+        );
+        assert_eq!(
+            ok(r#"{"type":"unsubscribe","channel":"news.","prefix":false}"#),
+            Control::Unsubscribe {
+                channel: "news.".into()
+            }
+        );
         assert_eq!(ok(r#"{"type":"detach"}"#), Control::Detach);
         assert_eq!(
             ok(r#"{"type":"session","id":"s1"}"#),
@@ -380,6 +411,10 @@ mod tests {
             (r#"{"type":5}"#, "type: must be a string"),
             (r#"{"type":"grab"}"#, "type: unknown type 'grab'"),
             (r#"{"type":"subscribe"}"#, "channel: missing or empty"),
+            (
+                r#"{"type":"subscribe","channel":"a.","prefix":"yes"}"#,
+                "prefix: must be true or false",
+            ),
             (
                 r#"{"type":"subscribe","channel":""}"#,
                 "channel: missing or empty",

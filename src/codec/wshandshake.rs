@@ -7,7 +7,7 @@
 
 use crate::codec::heads;
 use crate::codec::http1::{self, RequestHead};
-use crate::codec::ws::{self, Kind};
+use crate::codec::ws::{self, MessageKind};
 
 /// Checks a client's upgrade request; `Err((status, reason))` refuses it.
 pub fn check_handshake(head: &RequestHead) -> Result<(), (u16, &'static str)> {
@@ -81,11 +81,11 @@ pub enum FromBackend<'a> {
 
 /// Sorts a backend's message; without the extension, every message is
 /// for the client unchanged. Only a text message can be control.
-pub fn classify<'a>(ext: &Option<GripExt>, kind: Kind, data: &'a [u8]) -> FromBackend<'a> {
+pub fn classify<'a>(ext: &Option<GripExt>, kind: MessageKind, data: &'a [u8]) -> FromBackend<'a> {
     let Some(g) = ext else {
         return FromBackend::Client(data);
     };
-    if kind == Kind::Text {
+    if kind == MessageKind::Text {
         if let Some(c) = data.strip_prefix(b"c:") {
             return FromBackend::Control(c);
         }
@@ -117,10 +117,12 @@ pub fn check_handshake_invariants(data: &[u8]) {
             prefix: String::new(),
         }),
     ] {
-        for kind in [Kind::Text, Kind::Binary] {
+        for kind in [MessageKind::Text, MessageKind::Binary] {
             match classify(&ext, kind, data) {
                 FromBackend::Control(c) => {
-                    assert!(kind == Kind::Text && data.ends_with(c) && c.len() + 2 == data.len())
+                    assert!(
+                        kind == MessageKind::Text && data.ends_with(c) && c.len() + 2 == data.len()
+                    )
                 }
                 FromBackend::Client(c) => assert!(data.ends_with(c)),
                 FromBackend::Drop => assert!(ext.is_some()),
@@ -241,23 +243,28 @@ mod tests {
     #[test]
     fn classify_table() {
         use FromBackend::{Client, Control, Drop};
-        let cases: &[(Option<GripExt>, Kind, &[u8], FromBackend)] = &[
-            (None, Kind::Text, b"c:{}", Client(b"c:{}")),
-            (None, Kind::Binary, b"hi", Client(b"hi")),
+        let cases: &[(Option<GripExt>, MessageKind, &[u8], FromBackend)] = &[
+            (None, MessageKind::Text, b"c:{}", Client(b"c:{}")),
+            (None, MessageKind::Binary, b"hi", Client(b"hi")),
             (
                 grip("m:"),
-                Kind::Text,
+                MessageKind::Text,
                 b"c:{\"type\":\"detach\"}",
                 Control(b"{\"type\":\"detach\"}"),
             ),
-            (grip("m:"), Kind::Binary, b"c:{}", Drop),
-            (grip("m:"), Kind::Text, b"m:hello", Client(b"hello")),
-            (grip("m:"), Kind::Binary, b"m:\x00\x01", Client(b"\x00\x01")),
-            (grip("m:"), Kind::Text, b"hello", Drop),
-            (grip("m:"), Kind::Text, b"", Drop),
-            (grip(""), Kind::Text, b"hello", Client(b"hello")),
-            (grip(""), Kind::Text, b"c:x", Control(b"x")),
-            (grip("x:"), Kind::Text, b"m:hello", Drop),
+            (grip("m:"), MessageKind::Binary, b"c:{}", Drop),
+            (grip("m:"), MessageKind::Text, b"m:hello", Client(b"hello")),
+            (
+                grip("m:"),
+                MessageKind::Binary,
+                b"m:\x00\x01",
+                Client(b"\x00\x01"),
+            ),
+            (grip("m:"), MessageKind::Text, b"hello", Drop),
+            (grip("m:"), MessageKind::Text, b"", Drop),
+            (grip(""), MessageKind::Text, b"hello", Client(b"hello")),
+            (grip(""), MessageKind::Text, b"c:x", Control(b"x")),
+            (grip("x:"), MessageKind::Text, b"m:hello", Drop),
         ];
         for (ext, kind, data, want) in cases {
             assert_eq!(

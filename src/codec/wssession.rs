@@ -6,7 +6,7 @@
 //! the client must be sent to a caller-owned buffer; the caller writes it
 //! and acts on the returned [`Step`]s.
 
-use super::ws::{self, Event, Kind, Opcode, WsError};
+use super::ws::{self, MessageKind, Opcode, Received, WsError};
 
 /// The status carried by a close that answers one with `code`: a close
 /// without a status (reported as 1005, which never goes on the wire,
@@ -31,7 +31,7 @@ pub enum Pings {
 /// What the mode acts on after the session took a client's event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    Message(Kind, Vec<u8>),
+    Message(MessageKind, Vec<u8>),
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     /// The client closed (its close is echoed): its status (`None` when it
@@ -66,7 +66,7 @@ impl ServerSession {
     /// Takes the client's events (or the error that ended reading them),
     /// appending to `out` what the client must be sent, in order; returns
     /// the steps for the mode, ending at a close or failure.
-    pub fn take(&mut self, events: Result<Vec<Event>, WsError>, out: &mut Vec<u8>) -> Vec<Step> {
+    pub fn take(&mut self, events: Result<Vec<Received>, WsError>, out: &mut Vec<u8>) -> Vec<Step> {
         let (events, error) = match events {
             Ok(evs) => (evs, None),
             Err(e) => (Vec::new(), Some(e)),
@@ -85,17 +85,17 @@ impl ServerSession {
         steps
     }
 
-    fn event(&mut self, ev: Event, out: &mut Vec<u8>) -> Step {
+    fn event(&mut self, ev: Received, out: &mut Vec<u8>) -> Step {
         match ev {
-            Event::Message(k, d) => Step::Message(k, d),
-            Event::Ping(p) => {
+            Received::Message(k, d) => Step::Message(k, d),
+            Received::Ping(p) => {
                 if self.pings == Pings::Answer {
                     ws::write_frame(out, true, Opcode::Pong, &p, None);
                 }
                 Step::Ping(p)
             }
-            Event::Pong(p) => Step::Pong(p),
-            Event::Close(code, reason) => {
+            Received::Pong(p) => Step::Pong(p),
+            Received::Close(code, reason) => {
                 self.close(echo_code(code), "", out);
                 Step::Closed((code != 1005).then_some(code), reason)
             }
@@ -116,7 +116,7 @@ impl ServerSession {
 mod tests {
     use super::*;
 
-    fn frames(out: &[u8]) -> Vec<Event> {
+    fn frames(out: &[u8]) -> Vec<Received> {
         let mut r = ws::Reader::new(ws::Role::Client, 1 << 20);
         let mut evs = Vec::new();
         let mut at = 0;
@@ -130,22 +130,27 @@ mod tests {
 
     #[test]
     fn client_events_as_a_table() {
-        let ping = || Event::Ping(b"p".to_vec());
-        let text = || Event::Message(Kind::Text, b"t".to_vec());
+        let ping = || Received::Ping(b"p".to_vec());
+        let text = || Received::Message(MessageKind::Text, b"t".to_vec());
         let bad = WsError {
             code: 1002,
             reason: "bad",
         };
         // pings, events in, (sent to the client), steps out
-        type Case = (Pings, Result<Vec<Event>, WsError>, Vec<Event>, Vec<Step>);
+        type Case = (
+            Pings,
+            Result<Vec<Received>, WsError>,
+            Vec<Received>,
+            Vec<Step>,
+        );
         let cases: Vec<Case> = vec![
             (
                 Pings::Answer,
                 Ok(vec![ping(), text()]),
-                vec![Event::Pong(b"p".to_vec())],
+                vec![Received::Pong(b"p".to_vec())],
                 vec![
                     Step::Ping(b"p".to_vec()),
-                    Step::Message(Kind::Text, b"t".to_vec()),
+                    Step::Message(MessageKind::Text, b"t".to_vec()),
                 ],
             ),
             (
@@ -157,20 +162,20 @@ mod tests {
             // A close without a status is answered 1000 and reported as none.
             (
                 Pings::Answer,
-                Ok(vec![Event::Close(1005, String::new()), text()]),
-                vec![Event::Close(1000, String::new())],
+                Ok(vec![Received::Close(1005, String::new()), text()]),
+                vec![Received::Close(1000, String::new())],
                 vec![Step::Closed(None, String::new())],
             ),
             (
                 Pings::Forward,
-                Ok(vec![Event::Close(4001, "bye".into())]),
-                vec![Event::Close(4001, String::new())],
+                Ok(vec![Received::Close(4001, "bye".into())]),
+                vec![Received::Close(4001, String::new())],
                 vec![Step::Closed(Some(4001), "bye".into())],
             ),
             (
                 Pings::Answer,
                 Err(bad.clone()),
-                vec![Event::Close(1002, "bad".into())],
+                vec![Received::Close(1002, "bad".into())],
                 vec![Step::Failed(bad)],
             ),
         ];
@@ -188,9 +193,9 @@ mod tests {
         let mut out = Vec::new();
         s.close(1008, "too slow", &mut out);
         s.close(1000, "", &mut out);
-        let steps = s.take(Ok(vec![Event::Ping(b"x".to_vec())]), &mut out);
+        let steps = s.take(Ok(vec![Received::Ping(b"x".to_vec())]), &mut out);
         assert!(steps.is_empty());
-        assert_eq!(frames(&out), vec![Event::Close(1008, "too slow".into())]);
+        assert_eq!(frames(&out), vec![Received::Close(1008, "too slow".into())]);
     }
 
     #[test]

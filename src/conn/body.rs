@@ -6,7 +6,7 @@ use std::io;
 
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 
-use crate::buf::BUF_SIZE;
+use crate::buf::{FillError, BUF_SIZE};
 use crate::codec::chunked::{self, ChunkError, ChunkedDecoder};
 use crate::codec::http1::BodyKind;
 use crate::connection::Connection;
@@ -18,7 +18,7 @@ const COALESCE_MAX: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum RelayError {
     /// Reading the source failed (timeouts included).
-    Read(io::Error),
+    Read(FillError),
     /// The source ended before the body was complete.
     Truncated,
     /// The source's chunked framing was invalid.

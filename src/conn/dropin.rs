@@ -54,6 +54,8 @@ pub fn start(
                 .and_then(|j| j.callback_param.as_deref())
                 .unwrap_or("callback"),
             default_method: j.and_then(|j| j.default_method.as_deref()),
+            body_param: j.and_then(|j| j.body_param.as_deref()),
+            default_callback: j.and_then(|j| j.default_callback.as_deref()),
         };
         match jsonp::plan(&settings, head.method(), head.query()) {
             Ok(Some(plan)) => match jsonp::upstream_head(&plan, head, head.path()) {
@@ -83,6 +85,15 @@ impl Wrap {
     pub fn head(&self) -> Option<&RequestHead> {
         self.jsonp.as_ref().map(|(_, h)| h)
     }
+}
+
+/// The body a JSON-P request sends upstream in place of the client's
+/// (none), taken from its query (`jsonp_body`, `_body`).
+pub fn body(c: &Client) -> Option<&[u8]> {
+    c.dropin
+        .as_ref()
+        .and_then(|w| w.jsonp.as_ref())
+        .and_then(|(p, _)| p.body.as_deref())
 }
 
 /// Adds what the current request's responses get to the response head

@@ -23,7 +23,7 @@ use crate::conn::body::{OutFraming, Relay, RelayError};
 use crate::conn::http::{Client, Outcome};
 use crate::connection::PartsProgress;
 use crate::shard::Shard;
-use crate::subs::{HoldResume, Kind, Msg, Sub, SubSpec};
+use crate::subs::{HoldKind, HoldResume, Msg, Sub, SubSpec};
 use crate::upstream::{link_dest, Dest, Upstream};
 
 /// Most queued bytes sent in one gathered write.
@@ -213,9 +213,9 @@ pub async fn hold(
     let http10 = ctx.head.version == Version::Http10;
     let sub = shard.subs.subscribe(SubSpec {
         kind: if instruct.hold == HoldMode::Stream {
-            Kind::Stream
+            HoldKind::Stream
         } else {
-            Kind::Response
+            HoldKind::Response
         },
         chunked: !http10,
         channels,
@@ -279,21 +279,9 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     let shard = shard.clone();
     let url = url.to_string();
     glommio::spawn_local(async move {
-        let mut up = match shard
-            .pool
-            .connect_to(&to, shard.cfg.timeouts.upstream_connect)
-            .await
-        {
-            Ok(up) => up,
-            Err(e) => {
-                warn!("core {}: gone link {url}: {e:?}", shard.index);
-                return;
-            }
-        };
-        if up.conn.write_all(&req).await.is_err() {
-            warn!("core {}: gone link {url}: the request failed", shard.index);
+        let Some(mut up) = send_link_request(&shard, &to, &req, "gone link", &url).await else {
             return;
-        }
+        };
         let Some(resp) = up
             .read_head(
                 &shard.cfg.limits.head,
@@ -321,6 +309,33 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     .detach();
 }
 
+/// Connects to a link's backend and sends `req` (a `gone` or `next`
+/// link's request); a failure is logged as `what` with the `url`.
+async fn send_link_request(
+    shard: &Shard,
+    to: &Dest,
+    req: &[u8],
+    what: &str,
+    url: &str,
+) -> Option<Upstream> {
+    let mut up = match shard
+        .pool
+        .connect_to(to, shard.cfg.timeouts.upstream_connect)
+        .await
+    {
+        Ok(up) => up,
+        Err(e) => {
+            warn!("core {}: {what} {url}: {e:?}", shard.index);
+            return None;
+        }
+    };
+    if up.conn.write_all(req).await.is_err() {
+        warn!("core {}: {what} {url}: the request failed", shard.index);
+        return None;
+    }
+    Some(up)
+}
+
 /// Where a link points (`upstream::link_dest`), or a warning naming it.
 fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(Dest, String)> {
     let found = link_dest(url, ctx.backend.as_ref());
@@ -333,26 +348,29 @@ fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(Dest, Strin
     found
 }
 
-pub enum Event {
+/// What a held connection wakes up for.
+pub enum HoldEvent {
     Msg(Msg),
     ClientGone,
     Dropped,
 }
 
 /// Waits for the next message for `sub`, or the client going away.
-pub async fn next_event(c: &mut Client, sub: &Sub) -> Event {
+pub async fn next_event(c: &mut Client, sub: &Sub) -> HoldEvent {
     futures_lite::future::poll_fn(|cx| {
         if sub.dropped() {
-            return Poll::Ready(Event::Dropped);
+            return Poll::Ready(HoldEvent::Dropped);
         }
         if let Some(m) = sub.poll_msg(cx.waker()) {
-            return Poll::Ready(Event::Msg(m));
+            return Poll::Ready(HoldEvent::Msg(m));
         }
         // Watch the client side for a close; bytes it sends (a pipelined
         // request) are kept for after the hold, up to one buffer.
         while c.conn.input_len() < BUF_SIZE {
             match c.conn.poll_fill(cx, BUF_SIZE) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::ClientGone),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(HoldEvent::ClientGone)
+                }
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => break,
             }
@@ -492,11 +510,18 @@ async fn hold_stream(
         crate::codec::chunked::write_chunk(&mut out, &body);
     }
     crate::conn::dropin::head(c, &mut out, 0);
+    // A HEAD is answered with the head alone (RFC 9110 §9.3.2): no body,
+    // so nothing to stream; the connection ends after it.
+    let head_only = ctx.head.method() == "HEAD";
+    if head_only {
+        cut_after_head(&mut out);
+        bytes = 0;
+    }
     drop((base, body));
     let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
-    if !sent {
-        return done(code, 0, ctx, false);
+    if !sent || head_only {
+        return done(code, bytes, ctx, false);
     }
     sub.wrote(Instant::now());
     if let Some(why) = failed.or_else(|| prev_id_without_link(&instruct)) {
@@ -504,7 +529,7 @@ async fn hold_stream(
     }
     loop {
         match next_event(c, sub).await {
-            Event::Msg(Msg::Data(b)) => {
+            HoldEvent::Msg(Msg::Data(b)) => {
                 // The access log counts body bytes, not chunk framing.
                 let payload = if http10 {
                     <[u8]>::len
@@ -522,11 +547,11 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
-            Event::Msg(Msg::Error(why)) => {
+            HoldEvent::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
+            HoldEvent::Msg(Msg::Error(why)) => {
                 return stream_failed(shard, c, ctx, code, bytes, &why).await
             }
-            Event::Msg(Msg::Refetch) => {
+            HoldEvent::Msg(Msg::Refetch) => {
                 let Some(link) = instruct.next.clone() else {
                     continue;
                 };
@@ -585,15 +610,15 @@ async fn hold_stream(
                     }
                 }
             }
-            Event::Msg(
+            HoldEvent::Msg(
                 Msg::Response(_)
                 | Msg::ResponseBody(..)
                 | Msg::Timeout
                 | Msg::WsClose(..)
                 | Msg::Refresh,
             ) => {}
-            Event::ClientGone => return done(code, bytes, ctx, false),
-            Event::Dropped => {
+            HoldEvent::ClientGone => return done(code, bytes, ctx, false),
+            HoldEvent::Dropped => {
                 dropped_warning(shard, c, "stream");
                 return done(code, bytes, ctx, false);
             }
@@ -695,7 +720,7 @@ async fn hold_response(
     let keep = ctx.head.keep_alive && !shard.draining();
     loop {
         match next_event(c, sub).await {
-            Event::Msg(m @ (Msg::Response(_) | Msg::ResponseBody(..))) => {
+            HoldEvent::Msg(m @ (Msg::Response(_) | Msg::ResponseBody(..))) => {
                 let (e, head, body) = match m {
                     Msg::ResponseBody(e, body) => {
                         let head = Bytes::from(e.response_head_for(body.len()));
@@ -718,7 +743,7 @@ async fn hold_response(
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&body);
                 crate::conn::dropin::whole(c, &mut out, 0, true);
-                let ok = held_response_written(shard, c, sub, out).await;
+                let ok = held_response_written(shard, c, ctx, sub, out).await;
                 let code = e
                     .item
                     .http_response
@@ -726,23 +751,23 @@ async fn hold_response(
                     .map_or(200, |r| r.head.status().code());
                 return done(code, body.len() as u64, ctx, ok && keep);
             }
-            Event::Msg(Msg::Timeout) => {
+            HoldEvent::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
                 base.write_full(&mut out, instruct.status.as_ref(), keep, http10);
                 crate::conn::dropin::whole(c, &mut out, 0, true);
-                let ok = held_response_written(shard, c, sub, out).await;
+                let ok = held_response_written(shard, c, ctx, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
                 return done(code, base.body.len() as u64, ctx, ok && keep);
             }
-            Event::Msg(Msg::Error(why)) => {
+            HoldEvent::Msg(Msg::Error(why)) => {
                 // Only a `debug` route's subscribers are told (Pushpin:
                 // 502 with the reason as the body).
                 let mut out = Vec::new();
                 http1::write_simple_response(&mut out, 502, &why, !keep);
-                let ok = held_response_written(shard, c, sub, out).await;
+                let ok = held_response_written(shard, c, ctx, sub, out).await;
                 return done(502, why.len() as u64 + 1, ctx, ok && keep);
             }
-            Event::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => {
+            HoldEvent::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => {
                 let last = sub
                     .chans()
                     .iter()
@@ -750,14 +775,32 @@ async fn hold_response(
                     .collect();
                 return HoldEnd::Retry(last);
             }
-            Event::Msg(_) => {}
-            Event::ClientGone | Event::Dropped => return done(499, 0, ctx, false),
+            HoldEvent::Msg(_) => {}
+            HoldEvent::ClientGone | HoldEvent::Dropped => return done(499, 0, ctx, false),
         }
     }
 }
 
-/// Writes a long-poll's answer; true when it went out whole.
-async fn held_response_written(shard: &Shard, c: &mut Client, sub: &Sub, out: Vec<u8>) -> bool {
+/// Cuts `out` after its head (the first empty line).
+fn cut_after_head(out: &mut Vec<u8>) {
+    if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+        out.truncate(end + 4);
+    }
+}
+
+/// Writes a long-poll's answer (its head alone to a HEAD, RFC 9110
+/// §9.3.2: `Content-Length` still says what a GET would get); true when it
+/// went out whole.
+async fn held_response_written(
+    shard: &Shard,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    sub: &Sub,
+    mut out: Vec<u8>,
+) -> bool {
+    if ctx.head.method() == "HEAD" {
+        cut_after_head(&mut out);
+    }
     match deliver(shard, c, sub, Bytes::from(out), <[u8]>::len)
         .await
         .0
@@ -829,20 +872,7 @@ async fn fetch_link_inner(
         &ctx.prefix,
         token.as_deref(),
     );
-    let mut up = match shard
-        .pool
-        .connect_to(&to, shard.cfg.timeouts.upstream_connect)
-        .await
-    {
-        Ok(up) => up,
-        Err(e) => {
-            warn!("core {}: next link {}: {e:?}", shard.index, to.addr);
-            return None;
-        }
-    };
-    if up.conn.write_all(&req).await.is_err() {
-        return None;
-    }
+    let mut up = send_link_request(shard, &to, &req, "next link", url).await?;
     let resp = up
         .read_head(
             &shard.cfg.limits.head,

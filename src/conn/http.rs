@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use glommio::net::TcpStream;
-
-use crate::buf::BUF_SIZE;
+use crate::buf::{FillError, BUF_SIZE};
 use crate::codec::grip;
 use crate::codec::heads::{
     self, write_proxied_response, BackendRequest, ClientBody, Purpose, Toward,
@@ -73,15 +71,9 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Serves one client connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let conn = Connection::client(stream, shard.bufs.clone());
-    serve_conn(shard, conn, peer).await
-}
-
-/// Serves a client connection already set up (a TLS one after its
-/// handshake) until it closes.
-pub async fn serve_conn(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
+/// Serves one client connection (a TLS one after its handshake) until
+/// it closes.
+pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
     conn.set_nodelay();
     conn.set_write_timeout(Some(shard.cfg.timeouts.client_write));
     let guard = shard.register(conn.raw_fd());
@@ -188,6 +180,11 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let Some(route) = route else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
     };
+    // SockJS URLs skip cross-origin and JSON-P rewriting (as in Pushpin).
+    if let Some(path) = crate::conn::sockjs::sockjs_path(route, head) {
+        c.dropin = None;
+        return Box::pin(crate::conn::sockjs::handle(shard, c, head, route, path)).await;
+    }
     if let Some(why) = crate::conn::dropin::refusal(c) {
         return refuse(shard, c, head, 400, why, "-").await;
     }
@@ -279,7 +276,9 @@ enum Failure {
 
 fn relay_to_client_failure(e: RelayError) -> Failure {
     match e {
-        RelayError::Read(e) if is_timeout(&e) => Failure::Client(408, "request body timeout"),
+        RelayError::Read(FillError::Io(e)) if is_timeout(&e) => {
+            Failure::Client(408, "request body timeout")
+        }
         RelayError::Read(_) | RelayError::Truncated => Failure::ClientGone,
         RelayError::BadChunk(e) => Failure::Client(400, e.reason()),
         RelayError::TooLarge => Failure::Client(413, "request body too large"),
@@ -316,7 +315,17 @@ async fn exchange(
     let t = &shard.cfg.timeouts;
     up.conn.set_read_timeout(Some(t.upstream_read));
     up.conn.set_write_timeout(Some(t.upstream_read));
-    if head.body == BodyKind::Empty {
+    // A JSON-P request's body comes from its query, not the client.
+    let query_body = crate::conn::dropin::body(c);
+    if head.body == BodyKind::Empty || query_body.is_some() {
+        let whole;
+        let req_head = match query_body {
+            Some(b) => {
+                whole = [req_head, b].concat();
+                &whole[..]
+            }
+            None => req_head,
+        };
         if up.conn.write_all(req_head).await.is_err() {
             return Err(if up.reused {
                 Failure::Stale

@@ -46,6 +46,8 @@ class Handler(BaseHTTPRequestHandler):
                 "events": [e.type for e in events],
                 "contents": [(e.content or b"").decode("latin-1") for e in events],
                 "connection_id": self.headers.get("Connection-Id"),
+                "path": self.path,
+                "origin": self.headers.get("Origin"),
                 "meta": meta,
                 "auth_key": self.headers.get("Auth-Key"),
                 "grip_sig": self.headers.get("Grip-Sig"),

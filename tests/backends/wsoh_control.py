@@ -9,6 +9,8 @@ skip-self and var-subst. Each TEXT message from the client is a command:
   flush         flush-delayed
   ka-ping       keep-alive: a ping "ka" every second (interval mode)
   name NAME     set-meta name=NAME
+  psub P        subscribe to every channel under the prefix P ("prefix": true)
+  punsub P      unsubscribe from that prefix
 anything else is echoed back as "echo: <text>".
 """
 import sys
@@ -56,6 +58,12 @@ class Handler(BaseHTTPRequestHandler):
             elif m == "ka-ping":
                 ctx.send_control(websocket_control_message(
                     "keep-alive", {"content": "ka", "message-type": "ping", "timeout": 1, "mode": "interval"}))
+            elif m.startswith("psub "):
+                ctx.send_control(websocket_control_message(
+                    "subscribe", {"channel": m[5:], "prefix": True}))
+            elif m.startswith("punsub "):
+                ctx.send_control(websocket_control_message(
+                    "unsubscribe", {"channel": m[7:], "prefix": True}))
             elif m.startswith("name "):
                 ctx.send_control(websocket_control_message("set-meta", {"name": "name", "value": m[5:]}))
             else:

@@ -100,7 +100,17 @@ fn requests_to_backends() {
         connection_id: "c1",
         content_length: 12,
         meta: &meta,
+        replayed: 0,
+        grip_ext: false,
     };
+    let replaying = Purpose::WsEvents {
+        connection_id: "c1",
+        content_length: 3,
+        meta: &[],
+        replayed: 7,
+        grip_ext: true,
+    };
+    let forged_replay = request("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nContent-Bytes-Replayed: 99\r\nSec-WebSocket-Extensions: grip\r\n\r\n");
     let over_http = BackendRequest {
         over_http: true,
         ..to_backend(&upgrade, events)
@@ -138,6 +148,20 @@ fn requests_to_backends() {
                 ..to_backend(&upgrade, Purpose::WsUpgrade)
             },
             "GET /ws HTTP/1.1\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\nConnection-Id: forged\r\nMeta-User: forged\r\nHost: internal\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ),
+        (
+            BackendRequest {
+                grip: Some(Some("tok")),
+                ..to_backend(&forged_replay, Purpose::WsUpgrade)
+            },
+            "GET /ws HTTP/1.1\r\nHost: h\r\nContent-Bytes-Replayed: 99\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nGrip-Sig: tok\r\nGrip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Extensions: grip\r\n\r\n",
+        ),
+        (
+            BackendRequest {
+                over_http: true,
+                ..to_backend(&forged_replay, replaying)
+            },
+            "POST /ws HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nGrip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst\r\nContent-Type: application/websocket-events\r\nAccept: application/websocket-events\r\nConnection-Id: c1\r\nContent-Length: 3\r\nContent-Bytes-Replayed: 7\r\nSec-WebSocket-Extensions: grip\r\n\r\n",
         ),
         (
             over_http,

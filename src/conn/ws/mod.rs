@@ -25,13 +25,13 @@ use std::time::Instant;
 use crate::buf::BUF_SIZE;
 use crate::codec::heads;
 use crate::codec::http1::{self, RequestHead, ResponseHead};
-use crate::codec::ws::{self, Event as WsFrameEvent, Reader, WsError};
+use crate::codec::ws::{self, Reader, Received as WsFrameEvent, WsError};
 use crate::codec::wssession::{ServerSession, Step};
 use crate::conn::grip::{dropped_warning, send_now, HoldEnd};
 use crate::conn::http::{Client, Outcome};
 use crate::route::{Route, WsMode};
 use crate::shard::Shard;
-use crate::subs::{Held, Kind, Msg, Sub, SubSpec};
+use crate::subs::{Held, HoldKind, Msg, Sub, SubSpec};
 use crate::upstream::Upstream;
 
 pub use crate::codec::wshandshake::check_handshake;
@@ -182,17 +182,23 @@ pub async fn handle(
     }
 }
 
-fn ws_sub(shard: &Shard, channels: Vec<String>) -> Held<'_> {
-    shard.subs.subscribe(SubSpec {
-        kind: Kind::Ws,
+/// A WebSocket's subscription. On a `debug` route a filter error closes
+/// the connection 1011 with its reason (as streams and long-polls report
+/// it there); elsewhere the message is dropped for this client alone.
+fn ws_sub<'a>(shard: &'a Shard, route: &Route, channels: Vec<String>) -> Held<'a> {
+    let sub = shard.subs.subscribe(SubSpec {
+        kind: HoldKind::Ws,
         chunked: false,
         channels,
         meta: Vec::new(),
         keep_alive: None,
         timeout: None,
         link_timeout: None,
-    })
+    });
+    sub.set_debug(route.debug);
+    sub
 }
+
 async fn read_response_head(
     shard: &Shard,
     up: &mut Upstream,

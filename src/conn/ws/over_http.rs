@@ -16,7 +16,7 @@ use super::{
 };
 use crate::codec::heads::Purpose;
 use crate::codec::http1::{self, RequestHead, ResponseHead};
-use crate::codec::ws::{self, Kind as WsKind, Opcode, Reader, Role};
+use crate::codec::ws::{self, MessageKind as WsKind, Opcode, Reader, Role};
 use crate::codec::wsevents::{self, WsEvent};
 use crate::codec::wshandshake::{classify, grip_extension, switching, FromBackend, GripExt};
 use crate::codec::wssession::{Pings, ServerSession, Step};
@@ -44,6 +44,9 @@ struct Session<'a> {
     target: String,
     /// The client connection is TLS.
     tls: bool,
+    /// The route is a GRIP route: requests offer `Sec-WebSocket-Extensions:
+    /// grip`, as Pushpin's do.
+    grip_ext: bool,
 }
 
 /// An answer to one events request.
@@ -54,8 +57,14 @@ struct EventsReply {
 
 impl Session<'_> {
     /// POSTs `events` to the backend (retrying on connection failures);
-    /// `None` when the backend cannot be reached.
-    async fn post(&mut self, peer: SocketAddr, events: &[WsEvent]) -> Option<EventsReply> {
+    /// `None` when the backend cannot be reached. `replayed`: bytes of
+    /// content the backend kept back before, offered again.
+    async fn post(
+        &mut self,
+        peer: SocketAddr,
+        events: &[WsEvent],
+        replayed: usize,
+    ) -> Option<EventsReply> {
         let mut body = Vec::new();
         for e in events {
             wsevents::encode(&mut body, e);
@@ -89,6 +98,8 @@ impl Session<'_> {
                     connection_id: &self.connection_id,
                     content_length: body.len(),
                     meta: &self.meta,
+                    replayed,
+                    grip_ext: self.grip_ext,
                 };
                 let fwd = self
                     .shard
@@ -147,6 +158,14 @@ impl Session<'_> {
             self.grip = grip_extension(resp.fields.get("sec-websocket-extensions")).0;
         }
     }
+}
+
+/// The backend's `Content-Bytes-Accepted` (`None`: absent, everything).
+fn bytes_accepted(resp: &ResponseHead) -> Result<Option<usize>, String> {
+    resp.fields
+        .get("content-bytes-accepted")
+        .map(wsevents::parse_bytes_accepted)
+        .transpose()
 }
 
 fn is_events(resp: &ResponseHead) -> bool {
@@ -229,11 +248,12 @@ async fn post_delivering(
     c: &mut Client,
     sub: &Sub,
     events: &[WsEvent],
+    replayed: usize,
     listen: bool,
     refresh: &mut bool,
 ) -> (Option<EventsReply>, Option<WsEvent>) {
     let s_shard = s.shard;
-    let mut post = std::pin::pin!(s.post(c.peer, events));
+    let mut post = std::pin::pin!(s.post(c.peer, events, replayed));
     let mut ended: Option<WsEvent> = None;
     loop {
         let listen = listen && ended.is_none();
@@ -297,8 +317,9 @@ pub(super) async fn over_http(
         last_request: Instant::now(),
         target: "-".into(),
         tls: c.conn.is_tls(),
+        grip_ext: route.grip(),
     };
-    let Some(open) = s.post(c.peer, &[WsEvent::Open]).await else {
+    let Some(open) = s.post(c.peer, &[WsEvent::Open], 0).await else {
         return bad_gateway(c, "upstream unreachable", "-").await;
     };
     if !is_events(&open.resp) {
@@ -306,6 +327,16 @@ pub(super) async fn over_http(
         // handshake fails with that answer, unchanged.
         let n = relay_refusal(c, &open.resp, &open.body).await;
         return outcome(open.resp.status, n, &s.target);
+    }
+    // Nothing was offered: only 0 may be accepted (Pushpin).
+    if let Err(e) =
+        bytes_accepted(&open.resp).and_then(|n| wsevents::take_accepted(Vec::new(), n, false))
+    {
+        warn!(
+            "core {}: bad answer to OPEN from {}: {e}",
+            shard.index, s.target
+        );
+        return bad_gateway(c, "invalid events from upstream", &s.target.clone()).await;
     }
     s.absorb(&open.resp);
     let events = match wsevents::decode(&open.body) {
@@ -330,7 +361,7 @@ pub(super) async fn over_http(
     {
         return outcome(101, 0, &s.target);
     }
-    let sub = ws_sub(shard, route.implicit_channels(&s.target));
+    let sub = ws_sub(shard, route, route.implicit_channels(&s.target));
     let _live = LiveSession::mark(shard, s.connection_id.clone(), &sub);
     session_loop(&mut s, c, &sub, events).await
 }
@@ -358,6 +389,33 @@ impl Drop for LiveSession<'_> {
     }
 }
 
+/// Waits for the subscription or the deadline without reading the client:
+/// the backend holds back as much of its data as corepin keeps for it
+/// (`Content-Bytes-Accepted`), so the client waits, as with Pushpin.
+async fn wait_for_backend(sub: &Sub, deadline: Option<Instant>) -> Io {
+    let mut timer =
+        deadline.map(|d| glommio::timer::Timer::new(d.saturating_duration_since(Instant::now())));
+    futures_lite::future::poll_fn(|cx| {
+        if sub.dropped() {
+            return Poll::Ready(Io::Dropped);
+        }
+        if let Some(m) = sub.poll_msg(cx.waker()) {
+            return Poll::Ready(Io::Sub(m));
+        }
+        if let Some(t) = timer.as_mut() {
+            if std::pin::Pin::new(t).poll(cx).is_ready() {
+                return Poll::Ready(Io::Timer);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Most bytes of client messages kept for a backend that has not accepted
+/// them (`Content-Bytes-Accepted`) before corepin stops reading the client.
+const MAX_KEPT: usize = MAX_MESSAGE;
+
 async fn session_loop(
     s: &mut Session<'_>,
     c: &mut Client,
@@ -372,6 +430,20 @@ async fn session_loop(
     let mut reader = Reader::new(Role::Server, MAX_MESSAGE);
     let mut session = ServerSession::new(Pings::Answer);
     let mut first_io = c.conn.has_input().then_some(Io::Client);
+    // Client messages not yet accepted by the backend, oldest first; the
+    // first `offered` of them were offered and kept back
+    // (`Content-Bytes-Accepted`): the next request offers them again,
+    // ahead of newer ones, with `Content-Bytes-Replayed`.
+    let mut queue: Vec<WsEvent> = Vec::new();
+    let mut offered = 0;
+    // `one_event` targets get one event per request (Pushpin 1.28's
+    // intent; 1.41 batches empty messages in front of one with content);
+    // otherwise every pending event goes in one request.
+    let one_event = s
+        .route
+        .targets
+        .iter()
+        .any(|t| matches!(t, Target::Backend(b) if b.one_event));
     loop {
         if detached {
             return client_loop(s.shard, c, sub, &target).await;
@@ -381,8 +453,10 @@ async fn session_loop(
         let mut end_after = false;
         // A `refresh` command: an empty request now, as for a keep-alive.
         let mut refresh = false;
+        let kept: usize = queue.iter().map(wsevents::content_len).sum();
         let io = match first_io.take() {
             Some(io) => io,
+            None if kept >= MAX_KEPT => wait_for_backend(sub, deadline).await,
             None => wait(c, None, Some(sub), deadline).await,
         };
         match io {
@@ -422,7 +496,7 @@ async fn session_loop(
                 pending.push(WsEvent::Close(Some(code), reason.into_bytes()));
                 end_after = true;
             }
-            Io::Timer => {} // keep-alive: an empty request
+            Io::Timer => {} // keep-alive: a request, with any kept-back data
             // A published refresh: a request now, empty if nothing waits.
             Io::Sub(Msg::Refresh) => refresh = true,
             Io::Dropped => {
@@ -436,26 +510,36 @@ async fn session_loop(
         if pending.is_empty() && !refresh && !matches!(deadline, Some(d) if Instant::now() >= d) {
             continue;
         }
-        // `one_event` targets get one event per request (Pushpin 1.28's
-        // intent; 1.41 batches empty messages in front of one with
-        // content); otherwise every pending event goes in one request.
-        let one_event = s
-            .route
-            .targets
-            .iter()
-            .any(|t| matches!(t, Target::Backend(b) if b.one_event));
-        let batches: Vec<Vec<WsEvent>> = if one_event && pending.len() > 1 {
-            pending.into_iter().map(|e| vec![e]).collect()
-        } else {
-            vec![pending]
-        };
-        let count = batches.len();
+        // The session's last event (the client's close or its leaving)
+        // goes after its messages.
+        let mut last: Option<WsEvent> = None;
+        for e in pending {
+            match e {
+                WsEvent::Close(..) | WsEvent::Disconnect => {
+                    last = Some(e);
+                    break;
+                }
+                data => queue.push(data),
+            }
+        }
         // A refresh that arrives while a request is in flight is kept
         // and made once it is answered.
         let mut refresh_after = false;
-        for (i, batch) in batches.into_iter().enumerate() {
-            let end_after = end_after && i + 1 == count;
-            if end_after {
+        loop {
+            let take = if one_event {
+                queue.len().min(1)
+            } else {
+                queue.len()
+            };
+            let maxed = take < queue.len();
+            let with_last = last.is_some() && !maxed && !(one_event && take > 0);
+            let mut req: Vec<WsEvent> = queue[..take].to_vec();
+            if with_last {
+                req.extend(last.clone());
+            }
+            let replayed: usize = queue[..offered].iter().map(wsevents::content_len).sum();
+            let end = with_last && end_after;
+            if end {
                 // The client's part is over (its close frame is sent): end
                 // the connection now rather than after the backend has
                 // answered the last event. A client waits for the server
@@ -464,32 +548,89 @@ async fn session_loop(
                 c.conn.close().await;
             }
             let (reply, ended) =
-                post_delivering(s, c, sub, &batch, !end_after, &mut refresh_after).await;
-            if let Some(last) = ended {
+                post_delivering(s, c, sub, &req, replayed, !end, &mut refresh_after).await;
+            if let Some(ev) = ended {
                 // The session ended while the request was in flight (a
                 // published close, or the client failed): tell the backend.
-                let _ = s.post(c.peer, &[last]).await;
+                let _ = s.post(c.peer, &[ev], 0).await;
                 return outcome(101, 0, &target);
             }
-            match reply {
-                Some(reply) if is_events(&reply.resp) => {
-                    s.absorb(&reply.resp);
-                    let evs = wsevents::decode(&reply.body).unwrap_or_default();
-                    if end_after {
-                        return outcome(101, 0, &target);
-                    }
-                    if let After::Close = apply(s, c, sub, evs, &mut detached).await {
-                        return outcome(101, 0, &target);
-                    }
-                }
+            let reply = match reply {
+                Some(r) if is_events(&r.resp) => r,
                 _ => {
-                    if !end_after {
+                    if !end {
                         let _ = c
                             .conn
                             .write_all(&close_frame(1011, "upstream went away", None))
                             .await;
                     }
                     return outcome(101, 0, &target);
+                }
+            };
+            if with_last && matches!(last, Some(WsEvent::Disconnect)) {
+                return outcome(101, 0, &target);
+            }
+            let before: usize = req.iter().map(wsevents::content_len).sum();
+            let kept = match bytes_accepted(&reply.resp)
+                .and_then(|n| wsevents::take_accepted(req, n, maxed))
+            {
+                Ok(k) => k,
+                Err(e) => {
+                    warn!(
+                        "core {}: bad events answer from {}: {e}",
+                        s.shard.index, s.target
+                    );
+                    if !end {
+                        let _ = c
+                            .conn
+                            .write_all(&close_frame(1011, "bad answer from upstream", None))
+                            .await;
+                    }
+                    return outcome(101, 0, &target);
+                }
+            };
+            let after: usize = kept.events.iter().map(wsevents::content_len).sum::<usize>()
+                + kept.close.as_ref().map_or(0, wsevents::content_len);
+            let progress = after < before || kept.removed > 0;
+            let rest = queue.split_off(take);
+            queue = kept.events;
+            offered = queue.len();
+            queue.extend(rest);
+            if with_last {
+                last = kept.close;
+            }
+            s.absorb(&reply.resp);
+            let evs = wsevents::decode(&reply.body).unwrap_or_default();
+            if end && last.is_none() {
+                return outcome(101, 0, &target);
+            }
+            if !end_after {
+                if let After::Close = apply(s, c, sub, evs, &mut detached).await {
+                    return outcome(101, 0, &target);
+                }
+            }
+            if queue.len() > offered {
+                continue; // `one_event`: messages not offered yet
+            }
+            match last {
+                None => break,
+                Some(WsEvent::Disconnect) => {
+                    // The client is gone: what the backend kept back is
+                    // dropped with it.
+                    queue.clear();
+                    offered = 0;
+                }
+                Some(_) if queue.is_empty() => {} // the close, now
+                Some(_) => {
+                    // The backend kept back data before the client's close:
+                    // it is offered again (with the close) at the
+                    // keep-alive interval while the backend takes some.
+                    // Without one, as in Pushpin, the backend had its one
+                    // chance.
+                    match s.keep_alive {
+                        Some(k) if progress => glommio::timer::sleep(k).await,
+                        _ => return outcome(101, 0, &target),
+                    }
                 }
             }
         }

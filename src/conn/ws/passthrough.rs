@@ -12,7 +12,9 @@ use super::{
 };
 use crate::codec::heads::Purpose;
 use crate::codec::http1::RequestHead;
-use crate::codec::ws::{self, Event as WsFrameEvent, Kind as WsKind, Opcode, Reader, Role};
+use crate::codec::ws::{
+    self, MessageKind as WsKind, Opcode, Reader, Received as WsFrameEvent, Role,
+};
 use crate::codec::wshandshake::{classify, grip_extension, switching, FromBackend, GripExt};
 use crate::codec::wssession::{echo_code, Pings, ServerSession, Step};
 use crate::conn::grip::{deliver, read_body, HoldEnd, Written};
@@ -113,7 +115,7 @@ pub(super) async fn passthrough(
     }
     up.conn.set_read_timeout(None);
     let prefix = route.prefix.clone().unwrap_or_default();
-    let sub = ws_sub(shard, route.implicit_channels(&backend.addr));
+    let sub = ws_sub(shard, route, route.implicit_channels(&backend.addr));
     let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
     end
 }

@@ -155,7 +155,7 @@ pub(super) async fn test_target(
     {
         return outcome(101, 0, "test");
     }
-    let sub = ws_sub(shard, vec![format!("{prefix}{channel}")]);
+    let sub = ws_sub(shard, route, vec![format!("{prefix}{channel}")]);
     let end = client_loop(shard, c, &sub, "test").await;
     end
 }

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use corepin::codec::http1::{parse_request, BodyKind, HeadLimits};
-use corepin::codec::ws::{self, Event, Kind, Opcode, Reader, Role};
+use corepin::codec::ws::{self, MessageKind, Opcode, Reader, Received, Role};
 use corepin::codec::wsevents::{self, WsEvent};
 
 use crate::net::Poller;
@@ -85,20 +85,20 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>) -> bool {
                 };
                 c.buf.drain(..n);
                 match ev {
-                    Some(Event::Message(k, d)) => {
-                        let op = if k == Kind::Text {
+                    Some(Received::Message(k, d)) => {
+                        let op = if k == MessageKind::Text {
                             Opcode::Text
                         } else {
                             Opcode::Binary
                         };
                         ws::write_frame(out, true, op, &d, None);
                     }
-                    Some(Event::Ping(p)) => ws::write_frame(out, true, Opcode::Pong, &p, None),
-                    Some(Event::Close(code, _)) => {
+                    Some(Received::Ping(p)) => ws::write_frame(out, true, Opcode::Pong, &p, None),
+                    Some(Received::Close(code, _)) => {
                         ws::write_close(out, if code == 1005 { 1000 } else { code }, "", None);
                         return false;
                     }
-                    Some(Event::Pong(_)) => {}
+                    Some(Received::Pong(_)) => {}
                     None => return true,
                 }
             }

@@ -29,7 +29,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 
 use corepin::codec::http1::{parse_request, BodyKind, HeadLimits, RequestHead};
-use corepin::codec::ws::{self, Event, Opcode, Reader, Role};
+use corepin::codec::ws::{self, Opcode, Reader, Received, Role};
 use corepin::codec::wsevents::{self, WsEvent};
 
 use crate::args::{die, Args};
@@ -176,8 +176,8 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32, holds: &mut Hol
                 };
                 c.buf.drain(..n);
                 match ev {
-                    Some(Event::Ping(p)) => ws::write_frame(out, true, Opcode::Pong, &p, None),
-                    Some(Event::Close(code, _)) => {
+                    Some(Received::Ping(p)) => ws::write_frame(out, true, Opcode::Pong, &p, None),
+                    Some(Received::Close(code, _)) => {
                         ws::write_close(out, if code == 1005 { 1000 } else { code }, "", None);
                         return false;
                     }
@@ -354,11 +354,11 @@ mod tests {
         assert_eq!(
             (first, second),
             (
-                Some(Event::Message(
-                    ws::Kind::Text,
+                Some(Received::Message(
+                    ws::MessageKind::Text,
                     br#"c:{"type":"subscribe","channel":"c1"}"#.to_vec()
                 )),
-                Some(Event::Message(ws::Kind::Text, b"m:W".to_vec())),
+                Some(Received::Message(ws::MessageKind::Text, b"m:W".to_vec())),
             )
         );
     }

@@ -5,7 +5,7 @@
 
 use corepin::codec::chunked::ChunkedDecoder;
 use corepin::codec::http1::{parse_response, BodyKind, HeadLimits};
-use corepin::codec::ws::{Event, Reader, WsError};
+use corepin::codec::ws::{Reader, Received, WsError};
 
 /// Feeds `data` to a WebSocket reader, after what `pending` kept of an
 /// unfinished frame header, and calls `f` for each event until it returns
@@ -15,7 +15,7 @@ pub fn ws_events(
     reader: &mut Reader,
     pending: &mut Vec<u8>,
     data: &[u8],
-    f: &mut dyn FnMut(Event) -> bool,
+    f: &mut dyn FnMut(Received) -> bool,
 ) -> Result<(), WsError> {
     let joined;
     let input: &[u8] = if pending.is_empty() {
@@ -250,7 +250,7 @@ pub fn check_split_invariant(input: &[u8], cut: usize) {
 /// The WebSocket events a client-role reader finds in `input` fed through
 /// [`ws_events`] in the pieces that the offsets in `cuts` mark, up to the
 /// first error; and whether there was one.
-pub fn ws_events_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<Event>, bool) {
+pub fn ws_events_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<Received>, bool) {
     let mut reader = Reader::new(corepin::codec::ws::Role::Client, 1 << 20);
     let (mut pending, mut got) = (Vec::new(), Vec::new());
     for piece in pieces(input, cuts) {
@@ -279,7 +279,7 @@ pub fn check_ws_split_invariant(input: &[u8], cut: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corepin::codec::ws::{write_frame, Kind, Opcode};
+    use corepin::codec::ws::{write_frame, MessageKind, Opcode};
     use OwnedEv::{Body as B, End as E, Head as H};
 
     fn b(s: &[u8]) -> OwnedEv {
@@ -342,8 +342,11 @@ mod tests {
             let (got, failed) = ws_events_in_pieces(&input, &[cut]);
             assert!(!failed, "cut {cut}");
             assert_eq!(got.len(), 3, "cut {cut}");
-            assert_eq!(got[0], Event::Message(Kind::Text, b"M0,1;".to_vec()));
-            assert_eq!(got[2], Event::Message(Kind::Binary, vec![9; 300]));
+            assert_eq!(
+                got[0],
+                Received::Message(MessageKind::Text, b"M0,1;".to_vec())
+            );
+            assert_eq!(got[2], Received::Message(MessageKind::Binary, vec![9; 300]));
             check_ws_split_invariant(&input, cut);
         }
         let mut reader = Reader::new(corepin::codec::ws::Role::Client, 1 << 20);

@@ -16,4 +16,5 @@ pub mod record;
 pub mod soak;
 pub mod soak_worker;
 pub mod subscribe;
+pub mod tls;
 pub mod ws_echo;

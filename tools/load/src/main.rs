@@ -17,6 +17,8 @@ corepin-load MODE [--flag value]...
       is replaced; defaults /stream, /response, /ws ?channel={channel})
       --channels K  --channel-prefix P  --rate OPENS_PER_S  --workers W
       --hold-s S  --ready-file FILE  --timeout-s S
+      --tls CA_FILE (https and wss, trusting that CA; see proxy for --sni,
+      --resume)
   publish     publish timestamped messages
       --to HOST:PORT | --socket PATH   --via http|socket|nchan
       --publish-path P  --messages M  --seconds S  --rate PER_S  --size BYTES
@@ -29,7 +31,8 @@ corepin-load MODE [--flag value]...
       --settle-ms MS --grace-ms MS --timeout-s S, --lockstep HOST:PORT
       (corepin's control address: publish each message once its /metrics
       shows every subscriber held, long-polls included), and --cpu-group
-      NAME=PID,... (repeatable: CPU time per delivery of each group)
+      NAME=PID,... (repeatable: CPU time per delivery of each group);
+      --tls CA_FILE: subscribers over TLS (publishes stay plain HTTP)
   rooms       fanout shaped as chat rooms: 200 channels x 10 subscribers,
       20000 publishes of one message to one room (fanout's flags override)
   proxy       keep-alive GET throughput and latency
@@ -39,6 +42,7 @@ corepin-load MODE [--flag value]...
       --resume yes|no (TLS session resumption on reconnects; default yes)
   ws-echo     WebSocket echo round trips
       --to HOST:PORT --path P --conns C --seconds S --size BYTES
+      --tls CA_FILE --sni NAME --resume yes|no (wss, as in proxy)
   echo-server [HOST:PORT]   WebSocket / WebSocket-over-HTTP echo backend
   soak        the long mixed run (benches/soak.sh): churning subscribers of
       every kind, steady publishes plus bursts, loss/duplicates/order per

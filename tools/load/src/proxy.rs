@@ -18,9 +18,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 use serde_json::json;
 
@@ -28,6 +27,7 @@ use crate::args::{die, Args};
 use crate::http::{Ev, ResponseReader};
 use crate::net::{self, now_ns, Poller};
 use crate::record::Latency;
+use crate::tls::{flush as flush_tls, Tls};
 
 struct Opts {
     to: SocketAddr,
@@ -85,45 +85,6 @@ struct Conn {
     sent_at: u64,
 }
 
-/// The client configuration for `--tls CA_FILE`.
-fn tls_config(ca_file: &str, resume: bool) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .unwrap_or_else(|e| die(&format!("proxy: --tls {ca_file}: {e}")));
-    for c in certs {
-        let c = c.unwrap_or_else(|e| die(&format!("proxy: --tls {ca_file}: {e}")));
-        roots
-            .add(c)
-            .unwrap_or_else(|e| die(&format!("proxy: --tls {ca_file}: {e}")));
-    }
-    if roots.is_empty() {
-        die(&format!("proxy: --tls {ca_file}: no certificate in it"));
-    }
-    let config = corepin::tls::client::client_config(Arc::new(roots), false)
-        .unwrap_or_else(|e| die(&format!("proxy: TLS: {e}")));
-    if resume {
-        return config;
-    }
-    let mut c = (*config).clone();
-    c.resumption = rustls::client::Resumption::disabled();
-    Arc::new(c)
-}
-
-/// Writes what rustls has queued (a handshake flight, a request),
-/// waiting for room as `net::write_all` does.
-fn flush_tls(tls: &mut ClientConnection, s: &mut TcpStream) -> std::io::Result<()> {
-    s.set_nonblocking(false)?;
-    let mut r = Ok(());
-    while tls.wants_write() {
-        if let Err(e) = tls.write_tls(s) {
-            r = Err(e);
-            break;
-        }
-    }
-    s.set_nonblocking(true)?;
-    r
-}
-
 /// Sends the request on a connection (through TLS when it has it).
 fn send(o: &Opts, s: &mut TcpStream, tls: Option<&mut ClientConnection>) -> std::io::Result<()> {
     match tls {
@@ -157,17 +118,7 @@ pub fn run(args: &[String]) {
         threads: a.get("threads", 2usize).max(1),
         warmup: Duration::from_secs_f64(a.get("warmup-s", 1.0f64)),
         duration: Duration::from_secs_f64(a.get("seconds", 5.0f64)),
-        tls: a.opt::<String>("tls").map(|ca| {
-            let resume = match a.string("resume", "yes").as_str() {
-                "yes" => true,
-                "no" => false,
-                v => die(&format!("proxy: --resume '{v}' is not yes or no")),
-            };
-            let sni = a.string("sni", "localhost");
-            let name = ServerName::try_from(sni.clone())
-                .unwrap_or_else(|_| die(&format!("proxy: --sni '{sni}' is not a host name")));
-            (tls_config(&ca, resume), name)
-        }),
+        tls: Tls::from_args("proxy", &a).map(|t| (t.config, t.name)),
         per_conn: a.get("per-conn", 0u64),
     };
     if o.conns > 18_000 {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corepin::codec::ws::{self, Event, Opcode, Role};
+use corepin::codec::ws::{self, Opcode, Received, Role};
 use serde_json::{json, Value};
 
 use crate::args::{die, Args};
@@ -492,12 +492,12 @@ impl Session {
         let reply = &mut self.reply;
         let r = ws_events(reader, &mut self.ws_pending, data, &mut |ev| {
             match ev {
-                Event::Message(_, m) => msgs.push(m),
-                Event::Ping(p) => {
+                Received::Message(_, m) => msgs.push(m),
+                Received::Ping(p) => {
                     ws::write_frame(reply, true, Opcode::Pong, &p, Some([7, 7, 7, 7]))
                 }
-                Event::Close(code, _) => close = Some(code),
-                Event::Pong(_) => {}
+                Received::Close(code, _) => close = Some(code),
+                Received::Pong(_) => {}
             }
             close.is_none()
         });

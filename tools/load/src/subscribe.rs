@@ -9,21 +9,22 @@
 //! its stdin; the parent sums them.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corepin::codec::ws::{self, Event, Opcode, Role};
+use corepin::codec::ws::{self, Opcode, Received, Role};
 use serde_json::{json, Map, Value};
 
 use crate::args::{die, Args, Ticker};
 use crate::http::{ws_events, Ev, ResponseReader};
-use crate::net::{self, now_ns, Poller};
+use crate::net::{now_ns, Poller};
 use crate::record::{per_channel, scan, Latency, Track};
+use crate::tls::{Stream, Tls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -70,6 +71,9 @@ pub const SUB_FLAGS: &[&str] = &[
     "subscribers",
     "rate",
     "workers",
+    "tls",
+    "sni",
+    "resume",
 ];
 
 #[derive(Debug, Clone)]
@@ -88,6 +92,8 @@ pub struct SubOpts {
     /// Messages the publisher will send (round-robin over the channels),
     /// for counting what each subscriber should receive; 0 in `subscribe`.
     pub messages: usize,
+    /// `--tls CA_FILE`: subscribers connect over TLS (https, wss).
+    pub tls: Option<Tls>,
 }
 
 /// Most subscribers one worker holds: well under the 20,000 open files a
@@ -122,6 +128,7 @@ impl SubOpts {
             rate: a.get("rate", 0.0f64),
             workers: a.get("workers", auto).max(1),
             messages: a.get("messages", 0usize),
+            tls: Tls::from_args("subscribe", a),
         };
         if o.subscribers.div_ceil(o.workers) > PER_WORKER + 2000 {
             die(&format!(
@@ -150,6 +157,7 @@ impl SubOpts {
             ("index", index.to_string()),
         ]
         .into_iter()
+        .chain(self.tls.iter().flat_map(Tls::flags))
         .flat_map(|(k, v)| [format!("--{k}"), v])
         .collect::<Vec<_>>();
         v.insert(0, "worker".into());
@@ -214,6 +222,9 @@ struct Stats {
     fail_reasons: BTreeMap<String, u64>,
     closed: u64,
     delivered: u64,
+    /// TLS handshakes finished, and how many of them resumed a session.
+    handshakes: u64,
+    resumed: u64,
     first_ns: u64,
     last_ns: u64,
     latency: Latency,
@@ -254,7 +265,9 @@ struct SubState {
 }
 
 struct Sub {
-    conn: Option<(TcpStream, ResponseReader)>,
+    conn: Option<(Stream, ResponseReader)>,
+    /// This connection's TLS handshake was counted.
+    handshake_counted: bool,
     st: SubState,
 }
 
@@ -311,12 +324,12 @@ impl SubState {
         let mut closed = false;
         let r = ws_events(reader, &mut self.ws_pending, data, &mut |ev| {
             match ev {
-                Event::Message(_, m) => count_records(tail, track, &m, stats, recs),
-                Event::Ping(p) => {
+                Received::Message(_, m) => count_records(tail, track, &m, stats, recs),
+                Received::Ping(p) => {
                     ws::write_frame(reply, true, Opcode::Pong, &p, Some([1, 2, 3, 4]))
                 }
-                Event::Close(..) => closed = true,
-                Event::Pong(_) => {}
+                Received::Close(..) => closed = true,
+                Received::Pong(_) => {}
             }
             !closed
         });
@@ -426,12 +439,20 @@ fn open(o: &SubOpts, i: usize, slot: usize, poller: &Poller, stats: &mut Stats) 
                 // counts as subscribed once its request is sent.
                 stats.subscribed += 1;
             }
-            Sub { conn: Some(c), st }
+            Sub {
+                conn: Some(c),
+                handshake_counted: false,
+                st,
+            }
         }
         Err(e) => {
             stats.fail(format!("connect: {e}"));
             st.finished = true;
-            Sub { conn: None, st }
+            Sub {
+                conn: None,
+                handshake_counted: false,
+                st,
+            }
         }
     }
 }
@@ -441,11 +462,9 @@ fn connect(
     i: usize,
     slot: usize,
     poller: &Poller,
-) -> std::io::Result<(TcpStream, ResponseReader)> {
-    let mut s = net::connect_from(i, o.to)?;
-    s.set_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    net::write_all(&mut s, o.request(i).as_bytes())?;
+) -> std::io::Result<(Stream, ResponseReader)> {
+    let mut s = Stream::connect(i, o.to, o.tls.as_ref())?;
+    s.write_all(o.request(i).as_bytes())?;
     poller.add(&s, slot);
     Ok((s, ResponseReader::new()))
 }
@@ -480,15 +499,31 @@ fn read_ready(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // A TLS failure: the certificate refused, an alert. A
+                // long-poll counted as subscribed when its request went
+                // out (into rustls, waiting for the handshake).
+                if sub.st.kind == Kind::LongPoll && !sub.handshake_counted {
+                    stats.subscribed = stats.subscribed.saturating_sub(1);
+                }
+                stats.fail(e.to_string());
+                sub.st.finished = true;
+                break;
+            }
             Err(_) => {
                 gone = true;
                 break;
             }
         }
     }
+    if !sub.handshake_counted && stream.tls.is_some() && stream.handshaken() {
+        sub.handshake_counted = true;
+        stats.handshakes += 1;
+        stats.resumed += u64::from(stream.resumed());
+    }
     let st = &mut sub.st;
     if !st.reply.is_empty() {
-        let _ = net::write_all(stream, &st.reply);
+        let _ = stream.write_all(&st.reply);
         st.reply.clear();
     }
     if st.repoll && !st.finished {
@@ -497,10 +532,11 @@ fn read_ready(
         st.repoll = false;
         let again = !gone
             && reader.keep_alive()
-            && net::write_all(stream, o.request(st.index).as_bytes()).is_ok();
+            && stream.write_all(o.request(st.index).as_bytes()).is_ok();
         if !again {
             poller.remove(stream);
             sub.conn = None;
+            sub.handshake_counted = false;
             match connect(o, st.index, token, poller) {
                 Ok(c) => sub.conn = Some(c),
                 Err(e) => {
@@ -522,7 +558,8 @@ fn read_ready(
 
 fn progress_json(s: &Stats) -> Value {
     json!({"t": "progress", "opened": s.opened, "subscribed": s.subscribed,
-           "failed": s.failed, "closed": s.closed, "delivered": s.delivered})
+           "failed": s.failed, "closed": s.closed, "delivered": s.delivered,
+           "handshakes": s.handshakes, "resumed": s.resumed})
 }
 
 fn result_json(o: &SubOpts, subs: &[Sub], s: &Stats) -> Value {
@@ -555,6 +592,8 @@ fn result_json(o: &SubOpts, subs: &[Sub], s: &Stats) -> Value {
         "fail_reasons": s.fail_reasons,
         "closed": s.closed,
         "delivered": s.delivered,
+        "handshakes": s.handshakes,
+        "resumed": s.resumed,
         "duplicated": subs.iter().map(|x| x.st.track.duplicated).sum::<u64>(),
         "out_of_order": subs.iter().map(|x| x.st.track.out_of_order).sum::<u64>(),
         "complete_subscribers": complete,
@@ -812,6 +851,9 @@ pub fn run(args: &[String]) {
             "opens_per_sec": m.get("opened") as f64 / open_s.max(1e-9),
             "held_seconds": held_from.elapsed().as_secs_f64(),
             "delivered": m.get("delivered"),
+            "tls": o.tls.is_some(),
+            "handshakes": m.get("handshakes"),
+            "resumed": m.get("resumed"),
             "by_kind": m.field("by_kind"),
             "latency_ms": m.latency.summary_ms(),
             "missing_workers": m.missing_workers,

@@ -1,21 +1,22 @@
 //! `corepin-load ws-echo`: WebSocket round trips. Each connection sends a
 //! timestamped text message, waits for its echo and sends the next;
-//! reports round trips per second and their latency.
+//! reports round trips per second and their latency. `--tls CA_FILE`
+//! (with `--sni`, `--resume`, as in `proxy`) makes it wss.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use corepin::codec::ws::{self, Event, Opcode, Reader, Role};
+use corepin::codec::ws::{self, Opcode, Reader, Received, Role};
 use serde_json::json;
 
 use crate::args::{die, Args};
 use crate::http::{ws_events, Ev, ResponseReader};
-use crate::net::{self, now_ns, Poller};
+use crate::net::{now_ns, Poller};
 use crate::record::{message, scan, Latency};
+use crate::tls::{Stream, Tls, TLS_FLAGS};
 
 struct Conn {
-    s: TcpStream,
+    s: Stream,
     http: ResponseReader,
     ws: Option<Reader>,
     pending: Vec<u8>,
@@ -23,15 +24,18 @@ struct Conn {
     failed: bool,
 }
 
-fn send(s: &mut TcpStream, seq: u64, size: usize) -> bool {
+fn send(s: &mut Stream, seq: u64, size: usize) -> bool {
     let mut f = Vec::with_capacity(size + 16);
     let m = message(seq, now_ns(), size);
     ws::write_frame(&mut f, true, Opcode::Text, m.as_bytes(), Some([7, 7, 7, 7]));
-    net::write_all(s, &f).is_ok()
+    s.write_all(&f).is_ok()
 }
 
 pub fn run(args: &[String]) {
-    let a = Args::parse("ws-echo", args, &["to", "path", "conns", "seconds", "size"]);
+    let mut spec = vec!["to", "path", "conns", "seconds", "size"];
+    spec.extend(TLS_FLAGS);
+    let a = Args::parse("ws-echo", args, &spec);
+    let tls = Tls::from_args("ws-echo", &a);
     let to: SocketAddr = a.get(
         "to",
         "127.0.0.1:7999".parse().unwrap_or_else(|_| die("address")),
@@ -44,11 +48,9 @@ pub fn run(args: &[String]) {
     let hs = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
     let mut cs = Vec::with_capacity(conns);
     for i in 0..conns {
-        let mut s = net::connect_from(i, to)
+        let mut s = Stream::connect(i, to, tls.as_ref())
             .unwrap_or_else(|e| die(&format!("ws-echo: connect {to}: {e}")));
-        let _ = s.set_nodelay(true);
-        let _ = s.set_nonblocking(true);
-        if let Err(e) = net::write_all(&mut s, hs.as_bytes()) {
+        if let Err(e) = s.write_all(hs.as_bytes()) {
             die(&format!("ws-echo: {e}"));
         }
         poller.add(&s, i);
@@ -62,6 +64,7 @@ pub fn run(args: &[String]) {
         });
     }
     let mut latency = Latency::new();
+    let mut tls_errors = std::collections::BTreeMap::new();
     let mut ready = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut recs = Vec::new();
@@ -101,7 +104,11 @@ pub fn run(args: &[String]) {
                     }
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            // A TLS failure, said once per kind.
+                            *tls_errors.entry(e.to_string()).or_insert(0u64) += 1;
+                        }
                         c.failed = true;
                         break;
                     }
@@ -130,7 +137,7 @@ pub fn run(args: &[String]) {
                 let (tail, s, failed) = (&mut c.tail, &mut c.s, &mut c.failed);
                 let r = ws_events(reader, &mut c.pending, data, &mut |ev| {
                     match ev {
-                        Event::Message(_, m) => {
+                        Received::Message(_, m) => {
                             recs.clear();
                             scan(tail, &m, &mut recs);
                             let now = now_ns();
@@ -143,7 +150,7 @@ pub fn run(args: &[String]) {
                                 }
                             }
                         }
-                        Event::Close(..) => *failed = true,
+                        Received::Close(..) => *failed = true,
                         _ => {}
                     }
                     !*failed
@@ -166,6 +173,7 @@ pub fn run(args: &[String]) {
             "connections": conns, "handshake_failures": failed,
             "closed": cs.iter().filter(|c| c.failed && c.ws.is_some()).count(),
             "round_trips": trips, "round_trips_per_sec": trips as f64 / secs,
+            "tls": tls.is_some(), "errors": tls_errors,
             "latency_ms": latency.summary_ms(),
         })
     );

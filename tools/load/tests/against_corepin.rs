@@ -22,6 +22,9 @@ struct Corepin {
     addr: SocketAddr,
     control: SocketAddr,
     socket: PathBuf,
+    /// With `start_tls`: the TLS client address and the certificate to
+    /// trust (self-signed, made at start).
+    tls: Option<(SocketAddr, PathBuf)>,
 }
 
 fn corepin_bin() -> PathBuf {
@@ -36,6 +39,16 @@ fn corepin_bin() -> PathBuf {
 
 impl Corepin {
     fn start(routes: &[&str]) -> Corepin {
+        Corepin::launch(routes, false)
+    }
+
+    /// With a TLS listener too, its certificate made by openssl as the
+    /// README's quick start makes it (self-signed, CA:FALSE).
+    fn start_tls(routes: &[&str]) -> Corepin {
+        Corepin::launch(routes, true)
+    }
+
+    fn launch(routes: &[&str], tls: bool) -> Corepin {
         let dir = std::env::temp_dir().join(format!(
             "corepin-load-test-{}-{}",
             std::process::id(),
@@ -53,6 +66,26 @@ impl Corepin {
             .arg(&ready_file);
         for r in routes {
             cmd.args(["--route", r]);
+        }
+        let cert = dir.join("localhost.crt");
+        if tls {
+            let key = dir.join("localhost.key");
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+                .args(["-subj", "/CN=localhost", "-addext"])
+                .args(["subjectAltName=DNS:localhost", "-addext"])
+                .args(["basicConstraints=critical,CA:FALSE", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl: {out:?}");
+            cmd.args(["--listen-tls", "127.0.0.1:0", "--tls-cert"])
+                .arg(&cert)
+                .arg("--tls-key")
+                .arg(&key);
         }
         let mut child = Reaped(
             cmd.stdin(Stdio::null())
@@ -76,6 +109,7 @@ impl Corepin {
                 .unwrap_or_else(|| panic!("{key} in {ready}"))
         };
         Corepin {
+            tls: tls.then(|| (first("listen_tls"), cert)),
             addr: first("listen"),
             control: first("control_http"),
             _child: child,
@@ -149,8 +183,18 @@ fn load_line(c: &Corepin, line: &str) -> (i32, Value, String) {
         &line
             .replace("{to}", &c.addr.to_string())
             .replace("{control}", &c.control.to_string())
-            .replace("{socket}", &c.socket.to_string_lossy()),
+            .replace("{socket}", &c.socket.to_string_lossy())
+            .replace("{tls_to}", &tls_of(c).0.to_string())
+            .replace("{ca}", &tls_of(c).1.to_string_lossy()),
     )
+}
+
+/// The TLS address and certificate of a corepin from `start_tls`
+/// (placeholders for one without).
+fn tls_of(c: &Corepin) -> (SocketAddr, PathBuf) {
+    c.tls
+        .clone()
+        .unwrap_or_else(|| (c.addr, PathBuf::from("no-tls-listener")))
 }
 
 fn n(v: &Value, path: &str) -> u64 {
@@ -436,4 +480,127 @@ fn fanout_publishes_to_every_endpoint_listed_and_reports_cpu_by_group() {
         assert_eq!(code, 2, "{args}");
         assert!(err.contains(says), "{args}: {err}");
     }
+}
+
+#[test]
+fn subscribe_over_tls_holds_streams_long_polls_and_wss() {
+    let c = Corepin::start_tls(&["* test"]);
+    let (code, v, err) = load_line(
+        &c,
+        "subscribe --to {tls_to} --tls {ca} --subscribers 60 --kind mix --workers 2 --rate 600 --hold-s 0.3",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["tls"], true, "{v}");
+    assert_eq!(n(&v, "subscribed"), 60, "{v}");
+    assert_eq!(n(&v, "failed"), 0, "{v}");
+    assert_eq!(n(&v, "held_at_end"), 60, "{v}");
+    assert_eq!(n(&v, "handshakes"), 60, "{v}");
+    // How many resume depends on whether a ticket had come back before
+    // the next subscriber opened (not asserted: timing); never the first
+    // of each worker.
+    assert!(n(&v, "resumed") <= 58, "{v}");
+    let (code, v, err) = load_line(
+        &c,
+        "subscribe --to {tls_to} --tls {ca} --resume no --subscribers 20 --kind stream --hold-s 0",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(n(&v, "handshakes"), 20, "{v}");
+    assert_eq!(n(&v, "resumed"), 0, "{v}");
+    // The plaintext port is not a TLS server: every subscriber fails,
+    // with the reason.
+    let (code, v, _) = load_line(
+        &c,
+        "subscribe --to {to} --tls {ca} --subscribers 3 --kind stream --timeout-s 10",
+    );
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(n(&v, "failed"), 3, "{v}");
+    let reasons = v["fail_reasons"].to_string();
+    assert!(reasons.contains("TLS: "), "{v}");
+}
+
+#[test]
+fn fanout_over_tls_counts_every_delivery_once_and_in_order() {
+    let c = Corepin::start_tls(&["* test"]);
+    let (code, v, err) = load_line(&c, "fanout --to {tls_to} --tls {ca} --publish-to {control} --lockstep {control} --subscribers 90 --kind mix --workers 2 --messages 12 --channels 3 --size 300 --settle-ms 0");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["tls"], true, "{v}");
+    // 12 messages over 3 channels: each subscriber expects 4.
+    assert_eq!(n(&v, "expected"), 360, "{v}");
+    assert_eq!(n(&v, "delivered"), 360, "{v}");
+    assert_eq!(n(&v, "lost"), 0, "{v}");
+    assert_eq!(n(&v, "duplicated"), 0, "{v}");
+    assert_eq!(n(&v, "out_of_order"), 0, "{v}");
+    assert_eq!(n(&v, "complete_subscribers"), 90, "{v}");
+    for kind in ["stream", "longpoll", "ws"] {
+        assert_eq!(n(&v, &format!("by_kind.{kind}.delivered")), 120, "{v}");
+    }
+    // Long-polls whose connection closed after an answer handshake again.
+    assert!(n(&v, "handshakes") >= 90, "{v}");
+}
+
+#[test]
+fn ws_echo_over_wss_through_passthrough_and_websocket_over_http() {
+    let (_echo, port) = echo_server();
+    let c = Corepin::start_tls(&[
+        &format!("*,path_beg=/oh 127.0.0.1:{port},over_http"),
+        &format!("* 127.0.0.1:{port}"),
+    ]);
+    for path in ["/echo", "/oh/echo"] {
+        let (code, v, err) = load_line(
+            &c,
+            &format!("ws-echo --to {{tls_to}} --tls {{ca}} --path {path} --conns 5 --seconds 1 --size 200"),
+        );
+        assert_eq!(code, 0, "{path}: {err}");
+        assert_eq!(v["tls"], true, "{v}");
+        assert_eq!(n(&v, "handshake_failures"), 0, "{path}: {v}");
+        assert!(n(&v, "round_trips") > 0, "{path}: {v}");
+    }
+    // Trusting the wrong certificate: no WebSocket opens, and the reason
+    // is given.
+    let other = Corepin::start_tls(&["* test"]);
+    let wrong = tls_of(&other).1;
+    let (code, v, _) = load_line(
+        &c,
+        &format!(
+            "ws-echo --to {{tls_to}} --tls {} --path /echo --conns 2 --seconds 0.2",
+            wrong.display()
+        ),
+    );
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(n(&v, "handshake_failures"), 2, "{v}");
+    assert!(
+        v["errors"].to_string().contains("invalid peer certificate"),
+        "{v}"
+    );
+}
+
+#[test]
+fn proxy_over_tls_counts_full_and_resumed_handshakes() {
+    let (_echo, port) = echo_server();
+    let c = Corepin::start_tls(&[&format!("* 127.0.0.1:{port}")]);
+    let (code, v, err) = load_line(
+        &c,
+        "proxy --to {tls_to} --tls {ca} --conns 4 --threads 1 --seconds 2 --warmup-s 0 --per-conn 1",
+    );
+    assert_eq!(code, 0, "{err}");
+    let requests = n(&v, "requests");
+    assert!(requests > 0, "{v}");
+    assert_eq!(n(&v, "status.200"), requests, "{v}");
+    assert!(n(&v, "resumed") > 0, "{v}");
+    let (code, v, err) = load_line(
+        &c,
+        "proxy --to {tls_to} --tls {ca} --conns 4 --threads 1 --seconds 2 --warmup-s 0 --per-conn 1 --resume no",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(n(&v, "handshakes") > 0, "{v}");
+    assert_eq!(n(&v, "resumed"), 0, "{v}");
+    let (code, _, err) = load_str("subscribe --tls /nonexistent/ca.pem");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("subscribe: --tls /nonexistent/ca.pem: "),
+        "{err}"
+    );
+    let (code, _, err) = load_str("ws-echo --tls /dev/null --resume maybe");
+    assert_eq!(code, 2);
+    assert!(err.contains("--resume 'maybe' is not yes or no"), "{err}");
 }
