@@ -212,8 +212,7 @@ fn parse_connection(args: impl Iterator<Item = String>) -> Result<Command, CliEr
     })
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct CliError(pub String);
+pub use crate::codec::Invalid as CliError;
 
 fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, CliError> {
     args.next()

@@ -690,14 +690,7 @@ pub struct Overrides {
 }
 
 /// A configuration error: one line naming the field or flag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::codec::Invalid as ConfigError;
 
 fn fail<T>(field: &str, msg: impl std::fmt::Display) -> Result<T, ConfigError> {
     Err(ConfigError(format!("{field}: {msg}")))

@@ -11,7 +11,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -195,14 +194,7 @@ pub struct Route {
 }
 
 /// A routes-line error: what was wrong, and in which token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteError(pub String);
-
-impl fmt::Display for RouteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::codec::Invalid as RouteError;
 
 fn err<T>(msg: impl Into<String>) -> Result<T, RouteError> {
     Err(RouteError(msg.into()))

@@ -187,14 +187,7 @@ pub fn meta<'a>(list: &'a [(String, String)], key: &str) -> Option<&'a str> {
 
 /// A filter that could not run (a missing meta, a bad directive): the
 /// message is not delivered to this subscriber.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilterError(pub String);
-
-impl std::fmt::Display for FilterError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use super::Invalid as FilterError;
 
 /// What the filters decided for one subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]

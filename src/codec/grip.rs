@@ -85,8 +85,7 @@ pub struct JsonResponse {
 }
 
 /// Instructions the backend got wrong (answered 502 to the client).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GripError(pub String);
+pub use super::Invalid as GripError;
 
 fn bad<T>(msg: impl Into<String>) -> Result<T, GripError> {
     Err(GripError(msg.into()))

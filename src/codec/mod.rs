@@ -25,3 +25,20 @@ pub mod wsevents;
 pub mod wshandshake;
 pub mod wssession;
 pub mod zmqmsg;
+
+/// Input refused, with the one line a user is shown for it (a 400 or 502
+/// reason, a close reason, a startup error). Every parser in corepin —
+/// these codecs, and the config, routes, CLI and certificate readers —
+/// answers with this one type; each module names it for what it reads
+/// (`publish::PublishError`, `config::ConfigError`, ...) so a signature
+/// still says which input was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}

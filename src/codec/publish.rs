@@ -141,14 +141,7 @@ impl Item {
 }
 
 /// A publish body that cannot be accepted; the text is the 400 reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishError(pub String);
-
-impl std::fmt::Display for PublishError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use super::Invalid as PublishError;
 
 fn bad<T>(path: &str, msg: &str) -> Result<T, PublishError> {
     Err(PublishError(format!("{path}: {msg}")))

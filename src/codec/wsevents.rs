@@ -46,8 +46,7 @@ pub fn encode(out: &mut Vec<u8>, ev: &WsEvent) {
 }
 
 /// Why an events body could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventsError(pub String);
+pub use super::Invalid as EventsError;
 
 /// Decodes a whole events body.
 pub fn decode(mut body: &[u8]) -> Result<Vec<WsEvent>, EventsError> {

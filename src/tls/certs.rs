@@ -32,14 +32,7 @@ pub use crate::config::TlsCerts as CertSource;
 use super::names::{lookup_keys, parse_stem, CertName};
 
 /// One problem with a certificate or key file: a line naming the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertProblem(pub String);
-
-impl fmt::Display for CertProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::codec::Invalid as CertProblem;
 
 fn problem(path: &Path, what: impl fmt::Display) -> CertProblem {
     CertProblem(format!("{}: {what}", path.display()).replace(['\n', '\r'], " "))

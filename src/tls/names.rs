@@ -35,14 +35,7 @@ impl fmt::Display for CertName {
 }
 
 /// Why a file stem is not a certificate name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NameError(pub String);
-
-impl fmt::Display for NameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::codec::Invalid as NameError;
 
 /// Longest DNS name (RFC 1035 §2.3.4, without the root dot).
 const MAX_NAME: usize = 253;
