@@ -793,12 +793,48 @@ pub struct SubWatch {
     pub tx: Sender<SubEvent>,
     pub pending: Arc<AtomicBool>,
     pub wake: UnixStream,
+    /// Where routed items are announced (for the `message` stats), when a
+    /// stats socket wants them; `None` costs the publish path one branch.
+    pub published: Option<Sender<Published>>,
+}
+
+/// An item routed to the cores, as the `message` stats describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub channel: String,
+    pub id: Option<String>,
+    /// Which formats the item carries: `http-response`, `http-stream`,
+    /// `ws-message` (Pushpin's transport names), in that order.
+    pub formats: [bool; 3],
 }
 
 impl SubWatch {
     pub fn send(&self, e: SubEvent) {
-        if self.tx.send(e).is_ok() && !self.pending.swap(true, Ordering::AcqRel) {
+        if self.tx.send(e).is_ok() {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
             let _ = (&self.wake).write_all(b"s");
+        }
+    }
+
+    /// Announces a routed item (nothing when no one asked).
+    fn published(&self, item: &Item) {
+        let Some(tx) = &self.published else { return };
+        let p = Published {
+            channel: item.channel.clone(),
+            id: item.id.clone(),
+            formats: [
+                item.http_response.is_some(),
+                item.http_stream.is_some(),
+                item.ws_message.is_some(),
+            ],
+        };
+        if tx.send(p).is_ok() {
+            self.wake();
         }
     }
 }
@@ -1136,6 +1172,9 @@ impl Bus {
     fn route(&self, e: Arc<Encoded>, touched: &mut Touched) {
         let seq = self.routed.fetch_add(1, Ordering::AcqRel) + 1;
         e.seq.store(seq, Ordering::Release);
+        if let Some(w) = self.watch.get() {
+            w.published(&e.item);
+        }
         let mut now = None;
         self.interest
             .each_core(&e.item.channel, &self.prefixes, |core| {
@@ -1344,6 +1383,7 @@ mod tests {
             tx,
             pending: pending.clone(),
             wake: theirs,
+            published: None,
         })
         .expect("first watch");
         let ev = |delta| SubEvent {
@@ -1364,6 +1404,7 @@ mod tests {
             tx: crossbeam_channel::unbounded().0,
             pending,
             wake: other,
+            published: None,
         };
         assert!(bus.set_watch(again).is_err());
     }
