@@ -790,12 +790,24 @@ pub struct SubEvent {
 /// draining), so a core pays one queue push per change and at most one
 /// write per batch.
 pub struct SubWatch {
-    pub tx: Sender<SubEvent>,
+    /// Subscription changes and routed items share one queue, so the
+    /// receiver sees them in the order they happened (an item routed after
+    /// a subscription comes after it, an unsubscription caused by the
+    /// item's delivery after the item).
+    pub tx: Sender<Watched>,
     pub pending: Arc<AtomicBool>,
     pub wake: UnixStream,
-    /// Where routed items are announced (for the `message` stats), when a
-    /// stats socket wants them; `None` costs the publish path one branch.
-    pub published: Option<Sender<Published>>,
+    /// Whether routed items are announced (for the `message` stats, when
+    /// a stats socket wants them); without, the publish path pays one
+    /// branch.
+    pub published: bool,
+}
+
+/// What a `SubWatch` hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    Sub(SubEvent),
+    Item(Published),
 }
 
 /// An item routed to the cores, as the `message` stats describe it.
@@ -810,7 +822,7 @@ pub struct Published {
 
 impl SubWatch {
     pub fn send(&self, e: SubEvent) {
-        if self.tx.send(e).is_ok() {
+        if self.tx.send(Watched::Sub(e)).is_ok() {
             self.wake();
         }
     }
@@ -823,7 +835,9 @@ impl SubWatch {
 
     /// Announces a routed item (nothing when no one asked).
     fn published(&self, item: &Item) {
-        let Some(tx) = &self.published else { return };
+        if !self.published {
+            return;
+        }
         let p = Published {
             channel: item.channel.clone(),
             id: item.id.clone(),
@@ -833,7 +847,7 @@ impl SubWatch {
                 item.ws_message.is_some(),
             ],
         };
-        if tx.send(p).is_ok() {
+        if self.tx.send(Watched::Item(p)).is_ok() {
             self.wake();
         }
     }
@@ -1383,7 +1397,7 @@ mod tests {
             tx,
             pending: pending.clone(),
             wake: theirs,
-            published: None,
+            published: false,
         })
         .expect("first watch");
         let ev = |delta| SubEvent {
@@ -1395,7 +1409,10 @@ mod tests {
         w.send(ev(1));
         w.send(ev(-1));
         assert_eq!(wake_bytes(&ours), 1);
-        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![ev(1), ev(-1)]);
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            vec![Watched::Sub(ev(1)), Watched::Sub(ev(-1))]
+        );
         pending.store(false, Ordering::Release);
         w.send(ev(1));
         assert_eq!(wake_bytes(&ours), 1);
@@ -1404,7 +1421,7 @@ mod tests {
             tx: crossbeam_channel::unbounded().0,
             pending,
             wake: other,
-            published: None,
+            published: false,
         };
         assert!(bus.set_watch(again).is_err());
     }

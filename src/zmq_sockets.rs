@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::bus::{Published, SubEvent, SubWatch};
+use crate::bus::{Published, SubEvent, SubWatch, Watched};
 use crate::codec::publish::Item;
 use crate::codec::tnetstring::Value;
 use crate::codec::zmqmsg::{self, StatsFormat};
@@ -174,21 +174,14 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
         let pending = Arc::new(AtomicBool::new(false));
         // Routed items are announced only when there is a stats socket:
         // without one the publish path pays a single branch.
-        let (published, items) = if stats.is_some() {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
         plane.bus.set_watch(SubWatch {
             tx,
             pending: pending.clone(),
             wake: theirs,
-            published,
+            published: stats.is_some(),
         })?;
         Some(Events {
             rx,
-            items,
             pending,
             wake: ours,
         })
@@ -229,9 +222,9 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
 
 /// This thread's end of the subscription events.
 struct Events {
-    rx: Receiver<SubEvent>,
-    /// Routed items (with a stats socket only).
-    items: Option<Receiver<Published>>,
+    /// Subscription changes, and routed items (with a stats socket only),
+    /// in the order they happened.
+    rx: Receiver<Watched>,
     pending: Arc<AtomicBool>,
     wake: UnixStream,
 }
@@ -575,19 +568,13 @@ impl Thread {
         // Cleared before draining: a change queued after this point wakes
         // the thread again.
         ev.pending.store(false, Ordering::Release);
-        let changes: Vec<SubEvent> = ev.rx.try_iter().collect();
-        // Taken after the changes: an item routed after a subscription is
-        // counted with it.
-        let items: Vec<Published> = match &ev.items {
-            Some(rx) => rx.try_iter().collect(),
-            None => Vec::new(),
-        };
+        let changes: Vec<Watched> = ev.rx.try_iter().collect();
         let now = Instant::now();
         for e in changes {
-            self.change(e, now);
-        }
-        for p in items {
-            self.message(p);
+            match e {
+                Watched::Sub(e) => self.change(e, now),
+                Watched::Item(p) => self.message(p),
+            }
         }
     }
 
