@@ -790,15 +790,65 @@ pub struct SubEvent {
 /// draining), so a core pays one queue push per change and at most one
 /// write per batch.
 pub struct SubWatch {
-    pub tx: Sender<SubEvent>,
+    /// Subscription changes and routed items share one queue, so the
+    /// receiver sees them in the order they happened (an item routed after
+    /// a subscription comes after it, an unsubscription caused by the
+    /// item's delivery after the item).
+    pub tx: Sender<Watched>,
     pub pending: Arc<AtomicBool>,
     pub wake: UnixStream,
+    /// Whether routed items are announced (for the `message` stats, when
+    /// a stats socket wants them); without, the publish path pays one
+    /// branch.
+    pub published: bool,
+}
+
+/// What a `SubWatch` hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    Sub(SubEvent),
+    Item(Published),
+}
+
+/// An item routed to the cores, as the `message` stats describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub channel: String,
+    pub id: Option<String>,
+    /// Which formats the item carries: `http-response`, `http-stream`,
+    /// `ws-message` (Pushpin's transport names), in that order.
+    pub formats: [bool; 3],
 }
 
 impl SubWatch {
     pub fn send(&self, e: SubEvent) {
-        if self.tx.send(e).is_ok() && !self.pending.swap(true, Ordering::AcqRel) {
+        if self.tx.send(Watched::Sub(e)).is_ok() {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
             let _ = (&self.wake).write_all(b"s");
+        }
+    }
+
+    /// Announces a routed item (nothing when no one asked).
+    fn published(&self, item: &Item) {
+        if !self.published {
+            return;
+        }
+        let p = Published {
+            channel: item.channel.clone(),
+            id: item.id.clone(),
+            formats: [
+                item.http_response.is_some(),
+                item.http_stream.is_some(),
+                item.ws_message.is_some(),
+            ],
+        };
+        if self.tx.send(Watched::Item(p)).is_ok() {
+            self.wake();
         }
     }
 }
@@ -1136,6 +1186,9 @@ impl Bus {
     fn route(&self, e: Arc<Encoded>, touched: &mut Touched) {
         let seq = self.routed.fetch_add(1, Ordering::AcqRel) + 1;
         e.seq.store(seq, Ordering::Release);
+        if let Some(w) = self.watch.get() {
+            w.published(&e.item);
+        }
         let mut now = None;
         self.interest
             .each_core(&e.item.channel, &self.prefixes, |core| {
@@ -1344,6 +1397,7 @@ mod tests {
             tx,
             pending: pending.clone(),
             wake: theirs,
+            published: false,
         })
         .expect("first watch");
         let ev = |delta| SubEvent {
@@ -1355,7 +1409,10 @@ mod tests {
         w.send(ev(1));
         w.send(ev(-1));
         assert_eq!(wake_bytes(&ours), 1);
-        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![ev(1), ev(-1)]);
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            vec![Watched::Sub(ev(1)), Watched::Sub(ev(-1))]
+        );
         pending.store(false, Ordering::Release);
         w.send(ev(1));
         assert_eq!(wake_bytes(&ours), 1);
@@ -1364,6 +1421,7 @@ mod tests {
             tx: crossbeam_channel::unbounded().0,
             pending,
             wake: other,
+            published: false,
         };
         assert!(bus.set_watch(again).is_err());
     }

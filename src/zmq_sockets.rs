@@ -12,8 +12,9 @@
 //!   `refresh`, `publish`; any other method is `method-not-found`.
 //! - `stats_spec`: a PUB socket (bound) writing `sub` messages as channels
 //!   gain and lose subscribers (and again every 3/4 of their ttl),
-//!   `activity` and `counts` as requests arrive, and a `report` every
-//!   `stats_report_interval`.
+//!   `message` for each published item that has subscribers here (one per
+//!   transport), `activity` and `counts` as requests arrive, and a
+//!   `report` and a `conn-max` every `stats_report_interval`.
 //!
 //! Subscriptions reach this thread as events from the cores' registries
 //! (`bus::SubWatch`); the message codecs are in `codec::zmqmsg`.
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::bus::{SubEvent, SubWatch};
+use crate::bus::{Published, SubEvent, SubWatch, Watched};
 use crate::codec::publish::Item;
 use crate::codec::tnetstring::Value;
 use crate::codec::zmqmsg::{self, StatsFormat};
@@ -171,10 +172,13 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
             .map_err(|e| format!("cannot configure a wake socket: {e}"))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let pending = Arc::new(AtomicBool::new(false));
+        // Routed items are announced only when there is a stats socket:
+        // without one the publish path pays a single branch.
         plane.bus.set_watch(SubWatch {
             tx,
             pending: pending.clone(),
             wake: theirs,
+            published: stats.is_some(),
         })?;
         Some(Events {
             rx,
@@ -218,7 +222,9 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
 
 /// This thread's end of the subscription events.
 struct Events {
-    rx: Receiver<SubEvent>,
+    /// Subscription changes, and routed items (with a stats socket only),
+    /// in the order they happened.
+    rx: Receiver<Watched>,
     pending: Arc<AtomicBool>,
     wake: UnixStream,
 }
@@ -240,6 +246,13 @@ struct Counters {
     deliveries: u64,
     /// Highest connection count seen since the last report.
     connections_max: u64,
+    /// Connection-milliseconds since the last report (connections seen at
+    /// each tick times the time since the one before).
+    connection_ms: u128,
+    last_tick: Option<Instant>,
+    /// Long-poll responses written by publishes since the last report
+    /// (the `message` counts of transport `http-response`).
+    http_response_sent: u64,
     last_report: Option<Instant>,
 }
 
@@ -555,10 +568,45 @@ impl Thread {
         // Cleared before draining: a change queued after this point wakes
         // the thread again.
         ev.pending.store(false, Ordering::Release);
-        let changes: Vec<SubEvent> = ev.rx.try_iter().collect();
+        let changes: Vec<Watched> = ev.rx.try_iter().collect();
         let now = Instant::now();
         for e in changes {
-            self.change(e, now);
+            match e {
+                Watched::Sub(e) => self.change(e, now),
+                Watched::Item(p) => self.message(p),
+            }
+        }
+    }
+
+    /// `message` stats for a routed item: one per transport it carries
+    /// that has subscribers to its channel, with their count.
+    fn message(&mut self, p: Published) {
+        const TRANSPORTS: [(&str, &str); 3] = [
+            ("response", "http-response"),
+            ("stream", "http-stream"),
+            ("ws", "ws-message"),
+        ];
+        // One key, its mode changed per transport.
+        let mut key: (&'static str, String) = ("", p.channel);
+        for ((mode, transport), carried) in TRANSPORTS.into_iter().zip(p.formats) {
+            if !carried {
+                continue;
+            }
+            key.0 = mode;
+            let count = self.subs.get(&key).map_or(0, |s| s.subscribers.max(0));
+            if count == 0 {
+                continue;
+            }
+            if mode == "response" {
+                self.counters.http_response_sent += count.unsigned_abs();
+            }
+            let mut fields = vec![("channel", Value::str(&key.1))];
+            if let Some(id) = &p.id {
+                fields.push(("item-id", Value::str(id)));
+            }
+            fields.push(("count", Value::Int(count)));
+            fields.push(("transport", Value::str(transport)));
+            self.stat("message", fields);
         }
     }
 
@@ -692,6 +740,10 @@ impl Thread {
         let items = self.plane.bus.stats.items.load(Ordering::Relaxed);
         let c = &mut self.counters;
         c.connections_max = c.connections_max.max(connections);
+        if let Some(prev) = c.last_tick {
+            c.connection_ms += u128::from(connections) * now.duration_since(prev).as_millis();
+        }
+        c.last_tick = Some(now);
         let new_requests = requests.saturating_sub(c.requests);
         c.requests = requests;
         if new_requests > 0 {
@@ -705,10 +757,16 @@ impl Thread {
             return;
         }
         let int = |v: u64| Value::Int(i64::try_from(v).unwrap_or(i64::MAX));
+        // Whole connection-minutes; the rest counts toward the next report.
+        let minutes = c.connection_ms / 60_000;
+        c.connection_ms %= 60_000;
+        let max = c.connections_max;
         let fields = vec![
-            ("connections", int(c.connections_max)),
+            ("connections", int(max)),
+            ("minutes", int(u64::try_from(minutes).unwrap_or(u64::MAX))),
             ("received", int(items.saturating_sub(c.items))),
             ("sent", int(deliveries.saturating_sub(c.deliveries))),
+            ("http-response-sent", int(c.http_response_sent)),
             (
                 "duration",
                 int(u64::try_from(now.duration_since(last).as_millis()).unwrap_or(u64::MAX)),
@@ -717,8 +775,13 @@ impl Thread {
         c.items = items;
         c.deliveries = deliveries;
         c.connections_max = connections;
+        c.http_response_sent = 0;
         c.last_report = Some(now);
         self.stat("report", fields);
+        // The highest connection count of the period, valid until the
+        // next one is due (with room for one late report).
+        let ttl = (self.report_every.as_secs() * 3 / 2).max(60);
+        self.stat("conn-max", vec![("max", int(max)), ("ttl", int(ttl))]);
     }
 }
 

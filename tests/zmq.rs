@@ -427,6 +427,99 @@ fn stats_in_json() {
     assert_eq!(v["fields"]["mode"], "stream");
 }
 
+/// `message`, `conn-max` and the whole `report` in one encoding, with
+/// Pushpin's field names.
+fn message_and_report_stats(extra: &str, enc: &str) {
+    let dir = ipc_dir();
+    let cp = start(
+        &dir,
+        &format!("{extra}stats_report_interval = 1\nsubscription_linger = 1\n"),
+        &[],
+    );
+    let stats = Live::start(&["stats", &uri(&dir, "stats")]);
+    let reports = Live::start(&["stats", &uri(&dir, "stats")]);
+    assert_eq!(stats.line(), "ready");
+    assert_eq!(reports.line(), "ready");
+    let r = stats.stat("a report", |v| v["type"] == "report");
+    reports.stat("a report", |v| v["type"] == "report");
+    assert_eq!(r["enc"], enc);
+    for field in [
+        "from",
+        "connections",
+        "minutes",
+        "received",
+        "sent",
+        "http-response-sent",
+        "duration",
+    ] {
+        assert!(r["fields"].get(field).is_some(), "{field} missing: {r}");
+    }
+    let m = stats.stat("conn-max", |v| v["type"] == "conn-max");
+    assert_eq!(m["enc"], enc);
+    assert!(m["fields"]["max"].as_i64() >= Some(0), "{m}");
+    assert!(m["fields"]["ttl"].as_i64() >= Some(60), "{m}");
+    // Two streams on one channel: one `message` with a count of 2.
+    let mut a = subscribed_stream(&cp, "zm");
+    let mut b = subscribed_stream(&cp, "zm");
+    stats.stat("sub stream 2", |v| {
+        v["type"] == "sub" && v["fields"]["channel"] == "zm" && v["fields"]["subscribers"] == 2
+    });
+    cp.publish(
+        r#"{"items":[{"channel":"zm","id":"m1","formats":{"http-stream":{"content":"one\n"}}}]}"#,
+    );
+    assert_eq!(a.read_text(4), "one\n");
+    assert_eq!(b.read_text(4), "one\n");
+    let v = stats.stat("message", |v| v["type"] == "message");
+    assert_eq!(v["enc"], enc);
+    let f = &v["fields"];
+    assert_eq!(f["channel"], "zm", "{v}");
+    assert_eq!(f["item-id"], "m1", "{v}");
+    assert_eq!(f["count"], 2, "{v}");
+    assert_eq!(f["transport"], "http-stream", "{v}");
+    assert!(f.get("blocks").is_none(), "{v}");
+    // A long-poll answered by a publish: transport `http-response`, and
+    // the reports count it in `http-response-sent`.
+    let addr = cp.addr();
+    let poll = thread::spawn(move || Conn::open(addr).get("/response?channel=zr"));
+    stats.stat("sub response", |v| {
+        v["type"] == "sub" && v["fields"]["channel"] == "zr" && v["fields"]["subscribers"] == 1
+    });
+    cp.publish(r#"{"items":[{"channel":"zr","formats":{"http-response":{"body":"done\n"}}}]}"#);
+    assert_eq!(poll.join().expect("poll").text(), "done\n");
+    let v = stats.stat("message", |v| {
+        v["type"] == "message" && v["fields"]["channel"] == "zr"
+    });
+    assert_eq!(v["fields"]["transport"], "http-response", "{v}");
+    assert_eq!(v["fields"]["count"], 1, "{v}");
+    assert!(v["fields"].get("item-id").is_none(), "{v}");
+    let mut http_response_sent = 0;
+    while http_response_sent < 1 {
+        let r = reports.stat("a report", |v| v["type"] == "report");
+        http_response_sent += r["fields"]["http-response-sent"]
+            .as_i64()
+            .expect("http-response-sent");
+    }
+    assert_eq!(http_response_sent, 1);
+    // A channel nobody here listens to gets no `message`.
+    cp.publish(r#"{"items":[{"channel":"nobody","formats":{"http-stream":{"content":"x"}}}]}"#);
+    cp.publish(
+        r#"{"items":[{"channel":"zm","id":"m2","formats":{"http-stream":{"content":"two\n"}}}]}"#,
+    );
+    assert_eq!(a.read_text(4), "two\n");
+    let v = stats.stat("message", |v| v["type"] == "message");
+    assert_eq!(v["fields"]["item-id"], "m2", "{v}");
+}
+
+#[test]
+fn message_and_report_stats_in_tnetstring() {
+    message_and_report_stats("", "tnetstring");
+}
+
+#[test]
+fn message_and_report_stats_in_json() {
+    message_and_report_stats("stats_format = \"json\"\n", "json");
+}
+
 #[test]
 fn pubcontrol_and_gripcontrol_publish_over_zeromq() {
     let dir = ipc_dir();
