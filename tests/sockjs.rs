@@ -145,13 +145,13 @@ fn info_options_iframe_and_unknown_urls() {
         "",
     );
     assert_eq!((r.status, r.body.len()), (304, 0));
-    // Not SockJS URLs, or transports Pushpin does not serve: 404, and the
+    // Not SockJS URLs, wrong methods, or transports not served: 404, and the
     // client falls back to the next transport.
     for (m, p) in [
         ("GET", "/sj"),
         ("GET", "/sj/"),
-        ("POST", "/sj/000/abc/xhr_streaming"),
-        ("GET", "/sj/000/abc/eventsource"),
+        ("GET", "/sj/000/abc/xhr_streaming"),
+        ("POST", "/sj/000/abc/eventsource"),
         ("GET", "/sj/000/abc/htmlfile?c=x"),
         ("POST", "/sj//abc/xhr"),
         ("POST", "/sj/000/a.b/xhr"),
@@ -216,6 +216,183 @@ fn xhr_polling_is_a_websocket_session_toward_the_backend() {
     assert_eq!(text(&r), "c[4002,\"Connection closed\"]\n");
     let evs = b.events();
     assert!(evs.contains(&("TEXT".into(), "hi".into())), "{evs:?}");
+}
+
+/// Opens a streaming SockJS request (chunked response) on a new
+/// connection.
+fn open_stream(addr: SocketAddr, method: &str, path: &str, fields: &str) -> Stream {
+    let mut conn = Conn::open(addr);
+    conn.send(
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{fields}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
+    );
+    let head = read_head_only(&mut conn.r).expect("stream head");
+    Stream { conn, head }
+}
+
+/// Reads the stream's chunks into `got` until it ends with `tail`;
+/// false when the response ends first.
+fn read_until(s: &mut Stream, got: &mut String, tail: &str) -> bool {
+    while !got.ends_with(tail) {
+        match s.chunk() {
+            Some(c) => got.push_str(&String::from_utf8_lossy(&c)),
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The rest of the stream, to its last chunk.
+fn read_to_end(s: &mut Stream) -> String {
+    let mut got = String::new();
+    while let Some(c) = s.chunk() {
+        got.push_str(&String::from_utf8_lossy(&c));
+    }
+    got
+}
+
+#[test]
+fn xhr_streaming_sends_frames_on_one_response_until_the_limit() {
+    let b = Wsoh::start();
+    let cp = corepin(&wsoh_route(&b, ""));
+    let a = cp.addr();
+    let origin = "Origin: http://page.example\r\n";
+    let mut s = open_stream(a, "POST", "/sj/000/x1/xhr_streaming?t=1", origin);
+    assert_eq!(s.head.status, 200);
+    assert!(s
+        .head
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/javascript")));
+    assert_eq!(
+        s.head.header("access-control-allow-origin"),
+        Some("http://page.example")
+    );
+    assert_eq!(s.head.header("transfer-encoding"), Some("chunked"));
+    // The prelude (2048 `h` and a newline), then the open frame.
+    let mut got = String::new();
+    assert!(read_until(&mut s, &mut got, "o\n"), "{got}");
+    assert_eq!(got, format!("{}\no\n", "h".repeat(2048)));
+    assert_eq!(b.lines()[0]["path"], "/sj?t=1");
+    // A second receiving request while the stream is open: the 2010 close
+    // frame, for a stream and a poll alike; the stream is unharmed.
+    let mut other = open_stream(a, "POST", "/sj/000/x1/xhr_streaming", "");
+    assert_eq!(
+        read_to_end(&mut other),
+        format!(
+            "{}\nc[2010,\"Another connection still open\"]\n",
+            "h".repeat(2048)
+        )
+    );
+    assert_eq!(
+        text(&post(a, "/sj/000/x1/xhr", "")),
+        "c[2010,\"Another connection still open\"]\n"
+    );
+    // Messages both ways, and a publish, each a line on the same response.
+    assert_eq!(text(&post(a, "/sj/000/x1/xhr_send", "[\"hi\"]")), "ok");
+    got.clear();
+    assert!(read_until(&mut s, &mut got, "a[\"echo: hi\"]\n"), "{got}");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    let r = cp.publish(r#"{"items":[{"channel":"room","ws-message":{"content":"news"}}]}"#);
+    assert_eq!(r.status, 200);
+    got.clear();
+    assert!(read_until(&mut s, &mut got, "a[\"news\"]\n"), "{got}");
+    // Past 128 KiB the response ends (the last chunk) and the client
+    // reconnects to the same session, which kept what came meanwhile.
+    let big = "x".repeat(45_000);
+    let mut ended = false;
+    for i in 0..3 {
+        let msg = format!("{i}{big}");
+        let r = post(a, "/sj/000/x1/xhr_send", &format!("[\"{msg}\"]"));
+        assert_eq!(text(&r), "ok");
+        got.clear();
+        let line = format!("a[\"echo: {msg}\"]\n");
+        assert!(read_until(&mut s, &mut got, &line), "frame {i}");
+        if i == 2 {
+            ended = s.chunk().is_none();
+        }
+    }
+    assert!(ended, "the response ended past the limit");
+    assert_eq!(text(&post(a, "/sj/000/x1/xhr_send", "[\"after\"]")), "ok");
+    let mut s = open_stream(a, "POST", "/sj/000/x1/xhr_streaming", "");
+    got.clear();
+    assert!(
+        read_until(&mut s, &mut got, "a[\"echo: after\"]\n"),
+        "{got}"
+    );
+    assert!(!got.contains("o\n"), "no second open frame: {got}");
+    // The backend closes: the close frame ends the response.
+    assert_eq!(
+        text(&post(a, "/sj/000/x1/xhr_send", "[\"close me\"]")),
+        "ok"
+    );
+    assert_eq!(read_to_end(&mut s), "c[4002,\"Connection closed\"]\n");
+    let opens = b
+        .lines()
+        .iter()
+        .filter(|l| l["events"][0] == "OPEN")
+        .count();
+    assert_eq!(opens, 1, "one session toward the backend");
+}
+
+#[test]
+fn eventsource_sends_frames_as_events() {
+    let b = Wsoh::start();
+    let cp = corepin(&wsoh_route(&b, ""));
+    let a = cp.addr();
+    let mut s = open_stream(a, "GET", "/sj/000/e1/eventsource", "Origin: http://p\r\n");
+    assert_eq!(s.head.status, 200);
+    assert!(s
+        .head
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream")));
+    assert_eq!(
+        s.head.header("access-control-allow-origin"),
+        Some("http://p")
+    );
+    let mut got = String::new();
+    assert!(read_until(&mut s, &mut got, "\r\n\r\n"), "{got}");
+    assert_eq!(got, "\r\ndata: o\r\n\r\n");
+    // A message with a newline in it stays one event (JSON escapes it);
+    // `%` is percent-encoded (the client decodes each event).
+    let r = post(a, "/sj/000/e1/xhr_send", r#"["two\nlines %41"]"#);
+    assert_eq!(text(&r), "ok");
+    got.clear();
+    assert!(read_until(&mut s, &mut got, "\r\n\r\n"), "{got}");
+    assert_eq!(got, "data: a[\"echo: two\\nlines %2541\"]\r\n\r\n");
+    assert_eq!(
+        text(&post(a, "/sj/000/e1/xhr", "")),
+        "c[2010,\"Another connection still open\"]\n"
+    );
+    assert_eq!(
+        text(&post(a, "/sj/000/e1/xhr_send", "[\"close me\"]")),
+        "ok"
+    );
+    assert_eq!(
+        read_to_end(&mut s),
+        "data: c[4002,\"Connection closed\"]\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_stream_whose_client_leaves_ends_the_session() {
+    let b = Wsoh::start();
+    let cp = corepin(&wsoh_route(&b, ""));
+    let a = cp.addr();
+    let mut s = open_stream(a, "GET", "/sj/000/g1/eventsource", "");
+    let mut got = String::new();
+    assert!(read_until(&mut s, &mut got, "data: o\r\n\r\n"), "{got}");
+    drop(s);
+    // The backend sees its client go (a close, as for an abandoned poll),
+    // and late requests get the close frame.
+    wait_until("CLOSE or DISCONNECT", || {
+        b.events()
+            .iter()
+            .any(|(e, _)| e == "CLOSE" || e == "DISCONNECT")
+    });
+    assert_eq!(
+        text(&post(a, "/sj/000/g1/xhr", "")),
+        "c[3000,\"Client already closed connection\"]\n"
+    );
 }
 
 #[test]
@@ -407,7 +584,8 @@ fn sockjs_options_are_checked() {
 }
 
 /// sockjs-client 1.6.1 (npm) in headless Chromium, from a page on another
-/// origin, over each transport corepin serves: it must open on the
+/// origin, over each transport corepin serves (websocket, xhr-polling,
+/// jsonp-polling, xhr-streaming, eventsource): it must open on the
 /// transport asked for, get its message echoed unchanged by the
 /// WebSocket-over-HTTP backend, and see the backend's close code.
 #[test]
@@ -483,7 +661,7 @@ fn sockjs_client_in_headless_chromium() {
     });
     let results: serde_json::Value = serde_json::from_str(&text).expect("report JSON");
     let results = results.as_array().expect("one result per transport");
-    assert_eq!(results.len(), 3, "{text}");
+    assert_eq!(results.len(), 5, "{text}");
     for r in results {
         assert_eq!(r["transport"], r["asked"], "{r}");
         assert_eq!(r["echoed"], true, "{r}");
@@ -498,17 +676,21 @@ fn sockjs_client_in_headless_chromium() {
         .into_iter()
         .filter(|l| l["events"][0] == "OPEN")
         .collect();
-    assert_eq!(opens.len(), 3, "{opens:?}");
+    assert_eq!(opens.len(), 5, "{opens:?}");
     let path = |i: usize| opens[i]["path"].as_str().unwrap_or("").to_string();
     assert_eq!(path(0), "/sj/websocket");
     assert!(path(1).starts_with("/sj?t="), "{}", path(1));
     assert!(path(2).starts_with("/sj?c=_jp."), "{}", path(2));
     assert_eq!(opens[0]["origin"], page_origin.as_str());
     assert_eq!(opens[1]["origin"], page_origin.as_str());
+    for i in [3, 4] {
+        assert!(path(i).starts_with("/sj"), "{}", path(i));
+        assert_eq!(opens[i]["origin"], page_origin.as_str());
+    }
     let sent = b
         .events()
         .into_iter()
         .filter(|(e, c)| e == "TEXT" && c.starts_with('h'))
         .count();
-    assert_eq!(sent, 3);
+    assert_eq!(sent, 5);
 }
