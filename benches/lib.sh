@@ -74,8 +74,11 @@ bench_init() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan pushpin curl python3 wrk >/dev/null
   fi
-  (cd "$ROOT" && cargo build --release -q -p corepin -p corepin-load)
-  LOAD=$ROOT/target/release/corepin-load
+  # NO_BUILD=1: measure the release binaries already built (a rebuild
+  # under a shared machine's load can take longer than the run).
+  [ "${NO_BUILD:-}" = 1 ] || (cd "$ROOT" && cargo build --release -q -p corepin -p corepin-load)
+  # LOAD_BIN: another corepin-load build (the debug one, say).
+  LOAD=${LOAD_BIN:-$ROOT/target/release/corepin-load}
 }
 
 # descendants PID...: the PIDs and every process below them.

@@ -22,7 +22,8 @@
 #         subscribers are held, minus before, over IDLE (KiB per idle
 #         subscriber, userspace and the kernel's page tables as RSS sees it).
 # usage: bash benches/uring_corepin.sh [ROUNDS]
-# env: WARM=2 DUR=6 SUBS=4000 MSGS=20 IDLE=10000 UPROXY=...
+# env: WARM=2 DUR=6 SUBS=4000 MSGS=20 IDLE=10000 UPROXY=... LOAD=(a
+#      corepin-load build; default target/release/corepin-load, built)
 #      SECTIONS="proxy ws fanout memory"
 # Only processes this script starts are stopped, by PID; ports are free
 # ones picked at start. Lines: $OUT/lines.txt (default: a temp dir).
@@ -35,8 +36,9 @@ WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}; IDLE=${IDL
 SECTIONS=${SECTIONS:-"proxy ws fanout memory"}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v nginx >/dev/null || { echo "needs nginx"; exit 1; }
-cargo build --release --workspace --bins -q || { echo "build failed"; exit 1; }
-BIN=target/release/corepin; LOAD=target/release/corepin-load
+BIN=target/release/corepin; LOAD=${LOAD:-target/release/corepin-load}
+cargo build --release --bin corepin -q || { echo "build failed"; exit 1; }
+[ -x "$LOAD" ] || cargo build --release -p corepin-load -q || { echo "build failed"; exit 1; }
 
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BEP=$(freeport); NPP=$(freeport); UPP=$(freeport); EP=$(freeport)

@@ -21,6 +21,8 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # The SockJS browser test (tests/sockjs.rs) runs sockjs-client in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# The EventSource browser test (tests/eventsource_browser.rs) cuts a stream with `ss -K`.
+command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The cluster tests (tests/cluster.rs) run real brokers and a real balancer.
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)

@@ -985,6 +985,138 @@ fn sighup_swaps_certificates_on_every_core_and_open_connections_go_on() {
     assert!(get_on(&mut c, "kept").starts_with("HTTP/1.1 200"));
 }
 
+#[test]
+fn a_stalled_handshake_on_corepin_is_cut_counted_as_timeout_and_others_are_served() {
+    let certs = certs(true);
+    let dir = TempDir::new();
+    let cfg = write_config(&dir, "[timeouts]\nclient_header = 0.5\n");
+    let backend = common::Backend::fixed("served");
+    let (cp, port) = corepin_tls(&certs, &["--config", &cfg, "--route", &backend.route()]);
+    // The first bytes of a ClientHello, then nothing.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("write");
+    // Another client is served while that one waits.
+    let o = curl_to(port, &certs.ca_file, "localhost", "/", &[]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "served", "{}", text(&o));
+    stalled.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut rest = Vec::new();
+    // EOF or a reset: corepin let go.
+    let _ = stalled.read_to_end(&mut rest);
+    let metrics = || {
+        cp.control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n")
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("corepin_tls_handshake_failures_total{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    common::wait_until("a handshake failure counted", || {
+        metrics().lines().any(|l| !l.ends_with(" 0"))
+    });
+    assert_eq!(tls_failures(&cp, "timeout"), 1, "{}", metrics());
+}
+
+#[test]
+fn control_socket_reload_swaps_certificates_and_refuses_a_bad_file_with_the_reason() {
+    let old = Ca::new("old CA");
+    let new = Ca::new("new CA");
+    let dir = TempDir::new();
+    old.leaf_into(&dir, "default", &["localhost"]);
+    let d = dir.0.display().to_string();
+    let sock = dir.path("control.sock");
+    let backend = common::Backend::fixed("kept");
+    let cp = common::Corepin::start(&[
+        "--workers",
+        "2",
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-certs-dir",
+        &d,
+        "--control-socket",
+        &sock,
+        "--route",
+        &backend.route(),
+    ]);
+    let line = cp.wait_stderr("(TLS clients)");
+    let port: u16 = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|a| a.split(' ').next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("TLS port");
+    let reload = || -> serde_json::Value {
+        use std::io::BufRead;
+        let mut u = std::os::unix::net::UnixStream::connect(&sock).expect("control socket");
+        u.set_read_timeout(Some(WAIT)).expect("timeout");
+        u.write_all(b"{\"method\":\"reload\"}\n").expect("write");
+        let mut answer = String::new();
+        std::io::BufReader::new(u)
+            .read_line(&mut answer)
+            .expect("answer");
+        serde_json::from_str(&answer).expect("JSON answer")
+    };
+    let mut held = tls_client(port, &[&old]);
+    assert!(get_on(&mut held, "kept").starts_with("HTTP/1.1 200"));
+    new.leaf_into(&dir, "default", &["localhost"]);
+    let a = reload();
+    assert_eq!(a["ok"], true, "{a}");
+    cp.wait_stderr("core 0: certificates reloaded");
+    cp.wait_stderr("core 1: certificates reloaded");
+    for _ in 0..4 {
+        let mut c = tls_client(port, &[&new]);
+        assert!(get_on(&mut c, "kept").starts_with("HTTP/1.1 200"));
+    }
+    // The connection made before the reload goes on.
+    assert!(get_on(&mut held, "kept").starts_with("HTTP/1.1 200"));
+    // A bad file: the answer says why, and the certificates stay.
+    dir.write(
+        "default.crt",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
+    let a = reload();
+    assert_eq!(a["ok"], false, "{a}");
+    let why = a["error"].as_str().unwrap_or("");
+    assert!(why.contains("default.crt"), "{a}");
+    let mut c = tls_client(port, &[&new]);
+    assert!(get_on(&mut c, "kept").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn websocket_upgrades_and_websocket_over_http_over_tls_tell_the_backend_https() {
+    let certs = certs(true);
+    let passthrough = common::Backend::fixed("not a websocket");
+    let over_http = common::Backend::fixed("not websocket events");
+    let (_cp, port) = corepin_tls(
+        &certs,
+        &[
+            "--route",
+            &format!("*,path_beg=/oh {},over_http", over_http.addr),
+            "--route",
+            &format!("* {}", passthrough.addr),
+        ],
+    );
+    for (path, backend) in [("/ws", &passthrough), ("/oh/ws", &over_http)] {
+        let mut c = tls_client(port, &[&certs.ca]);
+        c.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+        // Whatever corepin answers (neither backend accepts), the request
+        // reached the backend first.
+        let mut buf = [0u8; 512];
+        let _ = c.read(&mut buf);
+        common::wait_until("the backend saw the request", || backend.requests() > 0);
+        let seen = backend.last();
+        assert_eq!(seen.header("x-forwarded-proto"), Some("https"), "{path}");
+    }
+}
+
 // ---- TLS to backends (the `ssl` target property)
 
 /// An HTTPS backend (tests/backends/tls_http.py) serving a leaf of `ca`

@@ -46,7 +46,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn closed(status: u16, bytes: u64, target: String) -> Self {
+    pub(crate) fn closed(status: u16, bytes: u64, target: String) -> Self {
         Outcome {
             status,
             bytes,

@@ -40,6 +40,7 @@ use crate::codec::sockjs::{self as codec, Frame, Transport, Url};
 use crate::codec::ws::{self, Opcode, Reader, Received, Role};
 use crate::conn::body::{OutFraming, Relay};
 use crate::conn::http::{Client, Outcome};
+use crate::conn::ws::{wait_for, Io};
 use crate::connection::Connection;
 use crate::route::{decide_routed, Dispatch, Route, WsMode};
 use crate::shard::Shard;
@@ -977,24 +978,10 @@ async fn http_transport(
     let mut body = Vec::new();
     if head.body != BodyKind::Empty {
         if matches!(head.body, BodyKind::Length(n) if n > codec::MAX_BODY as u64) {
-            let a = Answer::text(400, "Request too large.");
-            let mut out = Vec::new();
-            write_answer(&mut out, head, &a, false, false);
-            let _ = c.conn.write_all(&out).await;
-            return Outcome {
-                status: 400,
-                bytes: 0,
-                target: "-".into(),
-                keep_alive: false,
-            };
+            return too_large(c, head).await;
         }
         if head.expect_continue && c.conn.write_all(heads::CONTINUE).await.is_err() {
-            return Outcome {
-                status: 400,
-                bytes: 0,
-                target: "-".into(),
-                keep_alive: false,
-            };
+            return closed(400);
         }
         let (mut prefix_buf, mut out) = (Vec::new(), Vec::new());
         c.conn
@@ -1007,16 +994,7 @@ async fn http_transport(
         .run(&mut c.conn, &mut body, head.body, OutFraming::Raw)
         .await;
         if r.is_err() {
-            let a = Answer::text(400, "Request too large.");
-            let mut out = Vec::new();
-            write_answer(&mut out, head, &a, false, false);
-            let _ = c.conn.write_all(&out).await;
-            return Outcome {
-                status: 400,
-                bytes: 0,
-                target: "-".into(),
-                keep_alive: false,
-            };
+            return too_large(c, head).await;
         }
     }
     // The JSON-P callback: `c` (sockjs-client) or `callback`, checked.
@@ -1114,12 +1092,7 @@ async fn http_transport(
                     },
                 );
             }
-            Outcome {
-                status: 499,
-                bytes: 0,
-                target: "-".into(),
-                keep_alive: false,
-            }
+            closed(499)
         }
     }
 }
@@ -1292,46 +1265,18 @@ async fn wait_answer(slot: &Slot, c: &mut Client) -> Option<Answer> {
 
 // ---- WebSocket transports, on the socket's core
 
-/// What woke a WebSocket session.
-enum WsIo {
-    Client,
-    ClientGone,
-    Backend,
-    BackendGone,
-    Heartbeat,
+/// An exchange that ends the connection, with nothing relayed.
+fn closed(status: u16) -> Outcome {
+    Outcome::closed(status, 0, "-".into())
 }
 
-async fn wait_ws(c: &mut Client, ours: &mut Connection, deadline: Option<Instant>) -> WsIo {
-    let mut timer =
-        deadline.map(|d| glommio::timer::Timer::new(d.saturating_duration_since(Instant::now())));
-    futures_lite::future::poll_fn(|cx| {
-        match c.conn.poll_fill(cx, MAX_FRAME + BUF_SIZE) {
-            Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(WsIo::Client),
-            Poll::Ready(_) => return Poll::Ready(WsIo::ClientGone),
-            Poll::Pending => {}
-        }
-        match ours.poll_fill(cx, MAX_FRAME + BUF_SIZE) {
-            Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(WsIo::Backend),
-            Poll::Ready(_) => return Poll::Ready(WsIo::BackendGone),
-            Poll::Pending => {}
-        }
-        if let Some(t) = timer.as_mut() {
-            if std::pin::Pin::new(t).poll(cx).is_ready() {
-                return Poll::Ready(WsIo::Heartbeat);
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-fn closed_ws(status: u16) -> Outcome {
-    Outcome {
-        status,
-        bytes: 0,
-        target: "-".into(),
-        keep_alive: false,
-    }
+/// Refuses a request body over `codec::MAX_BODY` and ends the connection.
+async fn too_large(c: &mut Client, head: &RequestHead) -> Outcome {
+    let a = Answer::text(400, "Request too large.");
+    let mut out = Vec::new();
+    write_answer(&mut out, head, &a, false, false);
+    let _ = c.conn.write_all(&out).await;
+    closed(400)
 }
 
 /// A `websocket` transport: the raw one (`framed` false) is the route's
@@ -1345,7 +1290,7 @@ async fn websocket(
     framed: bool,
 ) -> Outcome {
     let Some(inner) = parse_head(raw) else {
-        return closed_ws(400);
+        return closed(400);
     };
     let max = shard.cfg.limits.max_request_body;
     let mode = match decide_routed(Some(route), &inner, true, max) {
@@ -1354,19 +1299,19 @@ async fn websocket(
             let mut out = Vec::new();
             http1::write_simple_response(&mut out, status, reason, true);
             let _ = c.conn.write_all(&out).await;
-            return closed_ws(status);
+            return closed(status);
         }
-        _ => return closed_ws(502),
+        _ => return closed(502),
     };
     c.conn.set_read_timeout(None);
     if !framed {
         return match Box::pin(crate::conn::ws::handle(shard, c, &inner, route, mode)).await {
             crate::conn::grip::HoldEnd::Done(o) => o,
-            crate::conn::grip::HoldEnd::Retry(_) => closed_ws(502),
+            crate::conn::grip::HoldEnd::Retry(_) => closed(502),
         };
     }
     let Some(mut ours) = bridge(shard, inner, route.clone(), mode, c.peer) else {
-        return closed_ws(502);
+        return closed(502);
     };
     let resp = match opened(shard, &mut ours).await {
         Ok(r) => r,
@@ -1374,7 +1319,7 @@ async fn websocket(
             let mut out = Vec::new();
             write_answer(&mut out, head, &a, false, false);
             let _ = c.conn.write_all(&out).await;
-            return closed_ws(a.status);
+            return closed(a.status);
         }
     };
     let protocol = resp
@@ -1384,21 +1329,22 @@ async fn websocket(
     let mut out = crate::codec::wshandshake::switching(head, protocol.as_deref(), None);
     ws::write_frame(&mut out, true, Opcode::Text, b"o", None);
     if c.conn.write_all(&out).await.is_err() {
-        return closed_ws(101);
+        return closed(101);
     }
     let mut from_client = Reader::new(Role::Server, MAX_FRAME);
     let mut from_backend = Reader::new(Role::Client, MAX_FRAME);
     let mut beat = Instant::now() + HEARTBEAT;
     loop {
         let io = if c.conn.has_input() {
-            WsIo::Client
+            Io::Client
         } else {
-            wait_ws(c, &mut ours, Some(beat)).await
+            let up = Some(&mut ours);
+            wait_for(c, up, None, Some(beat), MAX_FRAME + BUF_SIZE).await
         };
         let (mut to_client, mut to_backend) = (Vec::new(), Vec::new());
         let mut end = false;
         match io {
-            WsIo::Client => {
+            Io::Client => {
                 let mut evs = Vec::new();
                 loop {
                     match from_client.read(c.conn.input()) {
@@ -1451,7 +1397,7 @@ async fn websocket(
                     }
                 }
             }
-            WsIo::Backend => match frames(&mut ours, &mut from_backend) {
+            Io::Backend => match frames(&mut ours, &mut from_backend) {
                 Ok(evs) => {
                     for ev in evs {
                         match ev {
@@ -1484,15 +1430,17 @@ async fn websocket(
                     end = true;
                 }
             },
-            WsIo::ClientGone => end = true,
-            WsIo::BackendGone => {
+            Io::ClientGone => end = true,
+            Io::BackendGone => {
                 ws::write_close(&mut to_client, 1011, "upstream went away", None);
                 end = true;
             }
-            WsIo::Heartbeat => {
+            Io::Timer => {
                 ws::write_frame(&mut to_client, true, Opcode::Text, b"h", None);
                 beat = Instant::now() + HEARTBEAT;
             }
+            // No subscription is waited on here.
+            Io::Sub(_) | Io::Dropped => {}
         }
         if !to_backend.is_empty() && ours.write_all(&to_backend).await.is_err() {
             if !end {
@@ -1509,5 +1457,5 @@ async fn websocket(
     }
     ours.close().await;
     c.conn.close().await;
-    closed_ws(101)
+    closed(101)
 }

@@ -100,6 +100,10 @@ impl HandshakeError {
 
     fn from_io(e: io::Error) -> HandshakeError {
         match e.kind() {
+            // The socket's own read or write timeout (corepin sets the
+            // header timeout on it at accept) can fire before the
+            // handshake's deadline does: the same cause, the same reason.
+            io::ErrorKind::TimedOut => HandshakeError::Timeout,
             io::ErrorKind::UnexpectedEof
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted

@@ -29,6 +29,7 @@ use crate::codec::ws::{self, Reader, Received as WsFrameEvent, WsError};
 use crate::codec::wssession::{ServerSession, Step};
 use crate::conn::grip::{dropped_warning, send_now, HoldEnd};
 use crate::conn::http::{Client, Outcome};
+use crate::connection::Connection;
 use crate::route::{Route, WsMode};
 use crate::shard::Shard;
 use crate::subs::{Held, HoldKind, Msg, Sub, SubSpec};
@@ -82,7 +83,7 @@ fn outcome(status: u16, bytes: u64, target: &str) -> HoldEnd {
 }
 
 /// One thing that happened to a session.
-enum Io {
+pub(crate) enum Io {
     /// New bytes from the client are buffered.
     Client,
     ClientGone,
@@ -98,9 +99,22 @@ enum Io {
 /// a deadline, whichever comes first.
 async fn wait(
     c: &mut Client,
-    mut up: Option<&mut Upstream>,
+    up: Option<&mut Upstream>,
     sub: Option<&Sub>,
     deadline: Option<Instant>,
+) -> Io {
+    let up = up.map(|u| &mut u.conn);
+    wait_for(c, up, sub, deadline, MAX_MESSAGE + BUF_SIZE).await
+}
+
+/// `wait` with the backend's bare connection, each side buffering at most
+/// `max` bytes (SockJS sessions use it too).
+pub(crate) async fn wait_for(
+    c: &mut Client,
+    mut up: Option<&mut Connection>,
+    sub: Option<&Sub>,
+    deadline: Option<Instant>,
+    max: usize,
 ) -> Io {
     let mut timer =
         deadline.map(|d| glommio::timer::Timer::new(d.saturating_duration_since(Instant::now())));
@@ -113,13 +127,13 @@ async fn wait(
                 return Poll::Ready(Io::Sub(m));
             }
         }
-        match c.conn.poll_fill(cx, MAX_MESSAGE + BUF_SIZE) {
+        match c.conn.poll_fill(cx, max) {
             Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Io::Client),
             Poll::Ready(_) => return Poll::Ready(Io::ClientGone),
             Poll::Pending => {}
         }
         if let Some(up) = up.as_deref_mut() {
-            match up.conn.poll_fill(cx, MAX_MESSAGE + BUF_SIZE) {
+            match up.poll_fill(cx, max) {
                 Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Io::Backend),
                 Poll::Ready(_) => return Poll::Ready(Io::BackendGone),
                 Poll::Pending => {}

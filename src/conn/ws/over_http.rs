@@ -392,6 +392,12 @@ impl Drop for LiveSession<'_> {
 /// Waits for the subscription or the deadline without reading the client:
 /// the backend holds back as much of its data as corepin keeps for it
 /// (`Content-Bytes-Accepted`), so the client waits, as with Pushpin.
+/// Closes the client's session with 1011 (internal error) for a backend
+/// that failed it.
+async fn upstream_failed(c: &mut Client, reason: &str) {
+    let _ = c.conn.write_all(&close_frame(1011, reason, None)).await;
+}
+
 async fn wait_for_backend(sub: &Sub, deadline: Option<Instant>) -> Io {
     let mut timer =
         deadline.map(|d| glommio::timer::Timer::new(d.saturating_duration_since(Instant::now())));
@@ -559,10 +565,7 @@ async fn session_loop(
                 Some(r) if is_events(&r.resp) => r,
                 _ => {
                     if !end {
-                        let _ = c
-                            .conn
-                            .write_all(&close_frame(1011, "upstream went away", None))
-                            .await;
+                        upstream_failed(c, "upstream went away").await;
                     }
                     return outcome(101, 0, &target);
                 }
@@ -581,10 +584,7 @@ async fn session_loop(
                         s.shard.index, s.target
                     );
                     if !end {
-                        let _ = c
-                            .conn
-                            .write_all(&close_frame(1011, "bad answer from upstream", None))
-                            .await;
+                        upstream_failed(c, "bad answer from upstream").await;
                     }
                     return outcome(101, 0, &target);
                 }
