@@ -513,6 +513,18 @@ pub fn check_invariants(data: &[u8]) {
         let script = jsonp_body("_jp.a1", &out);
         assert_eq!(script.iter().filter(|&&b| b == b'\n').count(), 1);
         assert!(script.ends_with(b");\n"));
+        // A streamed frame is one line, one event: no CR/LF inside.
+        for t in [Transport::XhrStreaming, Transport::EventSource] {
+            let mut line = Vec::new();
+            stream_chunk(&mut line, t, &out);
+            let end: &[u8] = if t == Transport::EventSource {
+                b"\r\n\r\n"
+            } else {
+                b"\n"
+            };
+            let inner = &line[..line.len() - end.len()];
+            assert!(line.ends_with(end) && !inner.iter().any(|&b| b == b'\r' || b == b'\n'));
+        }
     }
     let _ = ws_messages(data);
     let _ = form_value(data, "d");
