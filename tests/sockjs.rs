@@ -590,7 +590,6 @@ fn sockjs_options_are_checked() {
 /// WebSocket-over-HTTP backend, and see the backend's close code.
 #[test]
 fn sockjs_client_in_headless_chromium() {
-    use std::os::unix::process::CommandExt;
     let version = Command::new("chromium").arg("--version").output();
     assert!(
         version.as_ref().is_ok_and(|o| o.status.success()),
@@ -612,53 +611,7 @@ fn sockjs_client_in_headless_chromium() {
         page.port,
         cp.addr().port()
     );
-    let log = std::fs::File::create(dir.path().join("chromium.log")).expect("log");
-    let mut browser = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
-        .arg(&url)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("start chromium");
-    // The page reports once every transport has run (each ends on the
-    // backend's close); the deadline only turns a hang into a failure.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let text = loop {
-        if let Ok(t) = std::fs::read_to_string(&report) {
-            break Some(t);
-        }
-        if std::time::Instant::now() > deadline || browser.try_wait().ok().flatten().is_some() {
-            break None;
-        }
-        thread::sleep(POLL);
-    };
-    // SAFETY: kill(2) on the process group this test started (chromium
-    // and its helpers), nothing else.
-    unsafe {
-        libc::kill(-(browser.id() as i32), libc::SIGKILL);
-    }
-    let _ = browser.wait();
-    let text = text.unwrap_or_else(|| {
-        panic!(
-            "no report from the page; chromium said:\n{}",
-            std::fs::read_to_string(dir.path().join("chromium.log")).unwrap_or_default()
-        )
-    });
+    let text = chromium_report(&url, &dir, &report);
     let results: serde_json::Value = serde_json::from_str(&text).expect("report JSON");
     let results = results.as_array().expect("one result per transport");
     assert_eq!(results.len(), 5, "{text}");
@@ -693,4 +646,94 @@ fn sockjs_client_in_headless_chromium() {
         .filter(|(e, c)| e == "TEXT" && c.starts_with('h'))
         .count();
     assert_eq!(sent, 5);
+}
+
+/// Opens `url` in headless Chromium and waits for the page to write its
+/// report (the file `report` in `dir`); returns the report.
+fn chromium_report(url: &str, dir: &TempDir, report: &std::path::Path) -> String {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.path().join("chromium.log")).expect("log");
+    let mut browser = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("start chromium");
+    // The page reports once it has run everything; the deadline only
+    // turns a hang into a failure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(report) {
+            break Some(t);
+        }
+        if std::time::Instant::now() > deadline || browser.try_wait().ok().flatten().is_some() {
+            break None;
+        }
+        thread::sleep(POLL);
+    };
+    // SAFETY: kill(2) on the process group this test started (chromium
+    // and its helpers), nothing else.
+    unsafe {
+        libc::kill(-(browser.id() as i32), libc::SIGKILL);
+    }
+    let _ = browser.wait();
+    text.unwrap_or_else(|| {
+        panic!(
+            "no report from the page; chromium said:\n{}",
+            std::fs::read_to_string(dir.path().join("chromium.log")).unwrap_or_default()
+        )
+    })
+}
+
+/// Automatic cross-origin (`aco`) as a real browser judges it: a page on
+/// another origin reads corepin's answers to a simple fetch, a
+/// credentialed XMLHttpRequest and a preflighted PUT with a custom header
+/// (the browser sends its OPTIONS preflight first and goes on only when
+/// the answer allows the method and header).
+#[test]
+fn aco_satisfies_a_real_browser() {
+    let b = Backend::start(|req, _| {
+        let body = format!("{} {}", req.method, req.path);
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Custom: 1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let cp = Corepin::start(&["--route", &format!("*,path_beg=/c,aco {}", b.addr)]);
+    let dir = TempDir::new("browser");
+    let report = dir.path().join("report.json");
+    let page = PyBackend::start("sockjs_page.py", &[&report.display().to_string()]);
+    let url = format!(
+        "http://127.0.0.1:{}/cors.html?server=http://127.0.0.1:{}",
+        page.port,
+        cp.addr().port()
+    );
+    let text = chromium_report(&url, &dir, &report);
+    let r: serde_json::Value = serde_json::from_str(&text).expect("report JSON");
+    assert_eq!(r["simple"]["status"], 200, "{text}");
+    assert_eq!(r["simple"]["body"], "GET /c/simple", "{text}");
+    // The backend's own field is exposed to the page.
+    assert_eq!(r["simple"]["custom"], "1", "{text}");
+    assert_eq!(r["xhr"]["body"], "GET /c/xhr", "{text}");
+    assert_eq!(r["preflighted"]["status"], 200, "{text}");
+    assert_eq!(r["preflighted"]["body"], "PUT /c/put", "{text}");
 }
