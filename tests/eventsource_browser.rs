@@ -103,7 +103,8 @@ fn chromium_eventsource_resumes_after_server_side_cuts_without_loss_or_repeats()
     });
     publish_events(&cp, 1..=5);
     // Cut 1: a published close action ends the stream (after 1..5, in
-    // order); 6..10 go out while the browser waits its retry delay, and
+    // order); 6..10 go out at once (while the browser waits its one
+    // second retry delay, unless this thread is slower than that), and
     // 11..15 once it has asked again.
     let r = cp.publish(r#"{"items":[{"channel":"feed","http-stream":{"action":"close"}}]}"#);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -129,6 +130,12 @@ fn chromium_eventsource_resumes_after_server_side_cuts_without_loss_or_repeats()
         out.status.success(),
         "ss -K (needs root and CONFIG_INET_DIAG_DESTROY): {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // It listed what it closed: a header, then at least the stream.
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listed.lines().count() >= 2,
+        "ss -K closed nothing: {listed}"
     );
     publish_events(&cp, 16..=20);
     wait_until("the browser to reconnect after the reset", || {
