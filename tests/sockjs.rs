@@ -145,13 +145,13 @@ fn info_options_iframe_and_unknown_urls() {
         "",
     );
     assert_eq!((r.status, r.body.len()), (304, 0));
-    // Not SockJS URLs, or transports Pushpin does not serve: 404, and the
+    // Not SockJS URLs, wrong methods, or transports not served: 404, and the
     // client falls back to the next transport.
     for (m, p) in [
         ("GET", "/sj"),
         ("GET", "/sj/"),
-        ("POST", "/sj/000/abc/xhr_streaming"),
-        ("GET", "/sj/000/abc/eventsource"),
+        ("GET", "/sj/000/abc/xhr_streaming"),
+        ("POST", "/sj/000/abc/eventsource"),
         ("GET", "/sj/000/abc/htmlfile?c=x"),
         ("POST", "/sj//abc/xhr"),
         ("POST", "/sj/000/a.b/xhr"),
@@ -216,6 +216,183 @@ fn xhr_polling_is_a_websocket_session_toward_the_backend() {
     assert_eq!(text(&r), "c[4002,\"Connection closed\"]\n");
     let evs = b.events();
     assert!(evs.contains(&("TEXT".into(), "hi".into())), "{evs:?}");
+}
+
+/// Opens a streaming SockJS request (chunked response) on a new
+/// connection.
+fn open_stream(addr: SocketAddr, method: &str, path: &str, fields: &str) -> Stream {
+    let mut conn = Conn::open(addr);
+    conn.send(
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{fields}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
+    );
+    let head = read_head_only(&mut conn.r).expect("stream head");
+    Stream { conn, head }
+}
+
+/// Reads the stream's chunks into `got` until it ends with `tail`;
+/// false when the response ends first.
+fn read_until(s: &mut Stream, got: &mut String, tail: &str) -> bool {
+    while !got.ends_with(tail) {
+        match s.chunk() {
+            Some(c) => got.push_str(&String::from_utf8_lossy(&c)),
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The rest of the stream, to its last chunk.
+fn read_to_end(s: &mut Stream) -> String {
+    let mut got = String::new();
+    while let Some(c) = s.chunk() {
+        got.push_str(&String::from_utf8_lossy(&c));
+    }
+    got
+}
+
+#[test]
+fn xhr_streaming_sends_frames_on_one_response_until_the_limit() {
+    let b = Wsoh::start();
+    let cp = corepin(&wsoh_route(&b, ""));
+    let a = cp.addr();
+    let origin = "Origin: http://page.example\r\n";
+    let mut s = open_stream(a, "POST", "/sj/000/x1/xhr_streaming?t=1", origin);
+    assert_eq!(s.head.status, 200);
+    assert!(s
+        .head
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/javascript")));
+    assert_eq!(
+        s.head.header("access-control-allow-origin"),
+        Some("http://page.example")
+    );
+    assert_eq!(s.head.header("transfer-encoding"), Some("chunked"));
+    // The prelude (2048 `h` and a newline), then the open frame.
+    let mut got = String::new();
+    assert!(read_until(&mut s, &mut got, "o\n"), "{got}");
+    assert_eq!(got, format!("{}\no\n", "h".repeat(2048)));
+    assert_eq!(b.lines()[0]["path"], "/sj?t=1");
+    // A second receiving request while the stream is open: the 2010 close
+    // frame, for a stream and a poll alike; the stream is unharmed.
+    let mut other = open_stream(a, "POST", "/sj/000/x1/xhr_streaming", "");
+    assert_eq!(
+        read_to_end(&mut other),
+        format!(
+            "{}\nc[2010,\"Another connection still open\"]\n",
+            "h".repeat(2048)
+        )
+    );
+    assert_eq!(
+        text(&post(a, "/sj/000/x1/xhr", "")),
+        "c[2010,\"Another connection still open\"]\n"
+    );
+    // Messages both ways, and a publish, each a line on the same response.
+    assert_eq!(text(&post(a, "/sj/000/x1/xhr_send", "[\"hi\"]")), "ok");
+    got.clear();
+    assert!(read_until(&mut s, &mut got, "a[\"echo: hi\"]\n"), "{got}");
+    wait_until("subscribed", || metric(&cp, "corepin_subscriptions") == 1);
+    let r = cp.publish(r#"{"items":[{"channel":"room","ws-message":{"content":"news"}}]}"#);
+    assert_eq!(r.status, 200);
+    got.clear();
+    assert!(read_until(&mut s, &mut got, "a[\"news\"]\n"), "{got}");
+    // Past 128 KiB the response ends (the last chunk) and the client
+    // reconnects to the same session, which kept what came meanwhile.
+    let big = "x".repeat(45_000);
+    let mut ended = false;
+    for i in 0..3 {
+        let msg = format!("{i}{big}");
+        let r = post(a, "/sj/000/x1/xhr_send", &format!("[\"{msg}\"]"));
+        assert_eq!(text(&r), "ok");
+        got.clear();
+        let line = format!("a[\"echo: {msg}\"]\n");
+        assert!(read_until(&mut s, &mut got, &line), "frame {i}");
+        if i == 2 {
+            ended = s.chunk().is_none();
+        }
+    }
+    assert!(ended, "the response ended past the limit");
+    assert_eq!(text(&post(a, "/sj/000/x1/xhr_send", "[\"after\"]")), "ok");
+    let mut s = open_stream(a, "POST", "/sj/000/x1/xhr_streaming", "");
+    got.clear();
+    assert!(
+        read_until(&mut s, &mut got, "a[\"echo: after\"]\n"),
+        "{got}"
+    );
+    assert!(!got.contains("o\n"), "no second open frame: {got}");
+    // The backend closes: the close frame ends the response.
+    assert_eq!(
+        text(&post(a, "/sj/000/x1/xhr_send", "[\"close me\"]")),
+        "ok"
+    );
+    assert_eq!(read_to_end(&mut s), "c[4002,\"Connection closed\"]\n");
+    let opens = b
+        .lines()
+        .iter()
+        .filter(|l| l["events"][0] == "OPEN")
+        .count();
+    assert_eq!(opens, 1, "one session toward the backend");
+}
+
+#[test]
+fn eventsource_sends_frames_as_events() {
+    let b = Wsoh::start();
+    let cp = corepin(&wsoh_route(&b, ""));
+    let a = cp.addr();
+    let mut s = open_stream(a, "GET", "/sj/000/e1/eventsource", "Origin: http://p\r\n");
+    assert_eq!(s.head.status, 200);
+    assert!(s
+        .head
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream")));
+    assert_eq!(
+        s.head.header("access-control-allow-origin"),
+        Some("http://p")
+    );
+    let mut got = String::new();
+    assert!(read_until(&mut s, &mut got, "\r\n\r\n"), "{got}");
+    assert_eq!(got, "\r\ndata: o\r\n\r\n");
+    // A message with a newline in it stays one event (JSON escapes it);
+    // `%` is percent-encoded (the client decodes each event).
+    let r = post(a, "/sj/000/e1/xhr_send", r#"["two\nlines %41"]"#);
+    assert_eq!(text(&r), "ok");
+    got.clear();
+    assert!(read_until(&mut s, &mut got, "\r\n\r\n"), "{got}");
+    assert_eq!(got, "data: a[\"echo: two\\nlines %2541\"]\r\n\r\n");
+    assert_eq!(
+        text(&post(a, "/sj/000/e1/xhr", "")),
+        "c[2010,\"Another connection still open\"]\n"
+    );
+    assert_eq!(
+        text(&post(a, "/sj/000/e1/xhr_send", "[\"close me\"]")),
+        "ok"
+    );
+    assert_eq!(
+        read_to_end(&mut s),
+        "data: c[4002,\"Connection closed\"]\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_stream_whose_client_leaves_ends_the_session() {
+    let b = Wsoh::start();
+    let cp = corepin(&wsoh_route(&b, ""));
+    let a = cp.addr();
+    let mut s = open_stream(a, "GET", "/sj/000/g1/eventsource", "");
+    let mut got = String::new();
+    assert!(read_until(&mut s, &mut got, "data: o\r\n\r\n"), "{got}");
+    drop(s);
+    // The backend sees its client go (a close, as for an abandoned poll),
+    // and late requests get the close frame.
+    wait_until("CLOSE or DISCONNECT", || {
+        b.events()
+            .iter()
+            .any(|(e, _)| e == "CLOSE" || e == "DISCONNECT")
+    });
+    assert_eq!(
+        text(&post(a, "/sj/000/g1/xhr", "")),
+        "c[3000,\"Client already closed connection\"]\n"
+    );
 }
 
 #[test]
@@ -407,12 +584,12 @@ fn sockjs_options_are_checked() {
 }
 
 /// sockjs-client 1.6.1 (npm) in headless Chromium, from a page on another
-/// origin, over each transport corepin serves: it must open on the
+/// origin, over each transport corepin serves (websocket, xhr-polling,
+/// jsonp-polling, xhr-streaming, eventsource): it must open on the
 /// transport asked for, get its message echoed unchanged by the
 /// WebSocket-over-HTTP backend, and see the backend's close code.
 #[test]
 fn sockjs_client_in_headless_chromium() {
-    use std::os::unix::process::CommandExt;
     let version = Command::new("chromium").arg("--version").output();
     assert!(
         version.as_ref().is_ok_and(|o| o.status.success()),
@@ -434,6 +611,47 @@ fn sockjs_client_in_headless_chromium() {
         page.port,
         cp.addr().port()
     );
+    let text = chromium_report(&url, &dir, &report);
+    let results: serde_json::Value = serde_json::from_str(&text).expect("report JSON");
+    let results = results.as_array().expect("one result per transport");
+    assert_eq!(results.len(), 5, "{text}");
+    for r in results {
+        assert_eq!(r["transport"], r["asked"], "{r}");
+        assert_eq!(r["echoed"], true, "{r}");
+        assert_eq!(r["code"], 4002, "{r}");
+    }
+    // The backend saw each session open with the first request's fields:
+    // the page's origin for the WebSocket and the XHR (a JSON-P script
+    // load carries no Origin), on the paths Pushpin gives.
+    let page_origin = format!("http://127.0.0.1:{}", page.port);
+    let opens: Vec<serde_json::Value> = b
+        .lines()
+        .into_iter()
+        .filter(|l| l["events"][0] == "OPEN")
+        .collect();
+    assert_eq!(opens.len(), 5, "{opens:?}");
+    let path = |i: usize| opens[i]["path"].as_str().unwrap_or("").to_string();
+    assert_eq!(path(0), "/sj/websocket");
+    assert!(path(1).starts_with("/sj?t="), "{}", path(1));
+    assert!(path(2).starts_with("/sj?c=_jp."), "{}", path(2));
+    assert_eq!(opens[0]["origin"], page_origin.as_str());
+    assert_eq!(opens[1]["origin"], page_origin.as_str());
+    for i in [3, 4] {
+        assert!(path(i).starts_with("/sj"), "{}", path(i));
+        assert_eq!(opens[i]["origin"], page_origin.as_str());
+    }
+    let sent = b
+        .events()
+        .into_iter()
+        .filter(|(e, c)| e == "TEXT" && c.starts_with('h'))
+        .count();
+    assert_eq!(sent, 5);
+}
+
+/// Opens `url` in headless Chromium and waits for the page to write its
+/// report (the file `report` in `dir`); returns the report.
+fn chromium_report(url: &str, dir: &TempDir, report: &std::path::Path) -> String {
+    use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(dir.path().join("chromium.log")).expect("log");
     let mut browser = Command::new("chromium")
         .args([
@@ -451,17 +669,17 @@ fn sockjs_client_in_headless_chromium() {
             "--user-data-dir={}",
             dir.path().join("profile").display()
         ))
-        .arg(&url)
+        .arg(url)
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .process_group(0)
         .spawn()
         .expect("start chromium");
-    // The page reports once every transport has run (each ends on the
-    // backend's close); the deadline only turns a hang into a failure.
+    // The page reports once it has run everything; the deadline only
+    // turns a hang into a failure.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let text = loop {
-        if let Ok(t) = std::fs::read_to_string(&report) {
+        if let Ok(t) = std::fs::read_to_string(report) {
             break Some(t);
         }
         if std::time::Instant::now() > deadline || browser.try_wait().ok().flatten().is_some() {
@@ -475,40 +693,47 @@ fn sockjs_client_in_headless_chromium() {
         libc::kill(-(browser.id() as i32), libc::SIGKILL);
     }
     let _ = browser.wait();
-    let text = text.unwrap_or_else(|| {
+    text.unwrap_or_else(|| {
         panic!(
             "no report from the page; chromium said:\n{}",
             std::fs::read_to_string(dir.path().join("chromium.log")).unwrap_or_default()
         )
+    })
+}
+
+/// Automatic cross-origin (`aco`) as a real browser judges it: a page on
+/// another origin reads corepin's answers to a simple fetch, a
+/// credentialed XMLHttpRequest and a preflighted PUT with a custom header
+/// (the browser sends its OPTIONS preflight first and goes on only when
+/// the answer allows the method and header).
+#[test]
+fn aco_satisfies_a_real_browser() {
+    let b = Backend::start(|req, _| {
+        let body = format!("{} {}", req.method, req.path);
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Custom: 1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
     });
-    let results: serde_json::Value = serde_json::from_str(&text).expect("report JSON");
-    let results = results.as_array().expect("one result per transport");
-    assert_eq!(results.len(), 3, "{text}");
-    for r in results {
-        assert_eq!(r["transport"], r["asked"], "{r}");
-        assert_eq!(r["echoed"], true, "{r}");
-        assert_eq!(r["code"], 4002, "{r}");
-    }
-    // The backend saw each session open with the first request's fields:
-    // the page's origin for the WebSocket and the XHR (a JSON-P script
-    // load carries no Origin), on the paths Pushpin gives.
-    let page_origin = format!("http://127.0.0.1:{}", page.port);
-    let opens: Vec<serde_json::Value> = b
-        .lines()
-        .into_iter()
-        .filter(|l| l["events"][0] == "OPEN")
-        .collect();
-    assert_eq!(opens.len(), 3, "{opens:?}");
-    let path = |i: usize| opens[i]["path"].as_str().unwrap_or("").to_string();
-    assert_eq!(path(0), "/sj/websocket");
-    assert!(path(1).starts_with("/sj?t="), "{}", path(1));
-    assert!(path(2).starts_with("/sj?c=_jp."), "{}", path(2));
-    assert_eq!(opens[0]["origin"], page_origin.as_str());
-    assert_eq!(opens[1]["origin"], page_origin.as_str());
-    let sent = b
-        .events()
-        .into_iter()
-        .filter(|(e, c)| e == "TEXT" && c.starts_with('h'))
-        .count();
-    assert_eq!(sent, 3);
+    let cp = Corepin::start(&["--route", &format!("*,path_beg=/c,aco {}", b.addr)]);
+    let dir = TempDir::new("browser");
+    let report = dir.path().join("report.json");
+    let page = PyBackend::start("sockjs_page.py", &[&report.display().to_string()]);
+    let url = format!(
+        "http://127.0.0.1:{}/cors.html?server=http://127.0.0.1:{}",
+        page.port,
+        cp.addr().port()
+    );
+    let text = chromium_report(&url, &dir, &report);
+    let r: serde_json::Value = serde_json::from_str(&text).expect("report JSON");
+    assert_eq!(r["simple"]["status"], 200, "{text}");
+    assert_eq!(r["simple"]["body"], "GET /c/simple", "{text}");
+    // The backend's own field is exposed to the page.
+    assert_eq!(r["simple"]["custom"], "1", "{text}");
+    assert_eq!(r["xhr"]["body"], "GET /c/xhr", "{text}");
+    assert_eq!(r["preflighted"]["status"], 200, "{text}");
+    assert_eq!(r["preflighted"]["body"], "PUT /c/put", "{text}");
 }

@@ -38,6 +38,12 @@ pub enum Transport {
     Jsonp,
     /// `jsonp_send`: messages from the client, form-encoded or raw.
     JsonpSend,
+    /// `xhr_streaming`: a prelude, then frames each on its line, until
+    /// [`STREAM_LIMIT`] bytes.
+    XhrStreaming,
+    /// `eventsource`: frames as server-sent events, until
+    /// [`STREAM_LIMIT`] bytes.
+    EventSource,
 }
 
 impl Transport {
@@ -46,6 +52,53 @@ impl Transport {
     }
     pub fn is_send(self) -> bool {
         matches!(self, Transport::XhrSend | Transport::JsonpSend)
+    }
+    /// A receiving request held open for many frames.
+    pub fn is_streaming(self) -> bool {
+        matches!(self, Transport::XhrStreaming | Transport::EventSource)
+    }
+}
+
+/// Body bytes after which a streaming response ends, so the client opens
+/// a new one (the protocol's `response_limit`, 128 KiB).
+pub const STREAM_LIMIT: usize = 128 * 1024;
+
+/// What a streaming response of `t` begins with: for `xhr_streaming`
+/// 2048 `h` and a newline (so browsers that buffer the first 2 KiB of a
+/// response hand frames over at once), for `eventsource` an empty line.
+pub fn stream_prelude(t: Transport) -> Vec<u8> {
+    match t {
+        Transport::XhrStreaming => {
+            let mut v = vec![b'h'; 2048];
+            v.push(b'\n');
+            v
+        }
+        Transport::EventSource => b"\r\n".to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// The encoded `frame` (no newline) as it goes on a streaming response of
+/// `t`: a line for `xhr_streaming`, a `data:` event for `eventsource`.
+/// Encoded frames are JSON, so they never hold a CR or LF themselves; in
+/// an event `%`, CR, LF and NUL are percent-encoded all the same, as the
+/// protocol asks (the client `decodeURI`s each event).
+pub fn stream_chunk(out: &mut Vec<u8>, t: Transport, frame: &[u8]) {
+    if t == Transport::EventSource {
+        out.extend_from_slice(b"data: ");
+        for &b in frame {
+            match b {
+                b'%' => out.extend_from_slice(b"%25"),
+                b'\r' => out.extend_from_slice(b"%0D"),
+                b'\n' => out.extend_from_slice(b"%0A"),
+                0 => out.extend_from_slice(b"%00"),
+                _ => out.push(b),
+            }
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+    } else {
+        out.extend_from_slice(frame);
+        out.push(b'\n');
     }
 }
 
@@ -68,8 +121,7 @@ pub enum Url<'a> {
     Framed { session: &'a str },
     /// `/websocket` upgraded: a plain WebSocket, no framing.
     Raw,
-    /// Anything else, including the transports Pushpin does not serve
-    /// (`xhr_streaming`, `eventsource`, `htmlfile`): `404`.
+    /// Anything else, including `htmlfile` (not served): `404`.
     NotFound,
 }
 
@@ -118,6 +170,8 @@ pub fn classify<'a>(method: &str, path: &'a str, upgrade: bool) -> Url<'a> {
         ("POST", "xhr_send") => Transport::XhrSend,
         ("GET", "jsonp") => Transport::Jsonp,
         ("POST", "jsonp_send") => Transport::JsonpSend,
+        ("POST", "xhr_streaming") => Transport::XhrStreaming,
+        ("GET", "eventsource") => Transport::EventSource,
         _ => return Url::NotFound,
     };
     Url::Session { session, transport }
@@ -459,6 +513,18 @@ pub fn check_invariants(data: &[u8]) {
         let script = jsonp_body("_jp.a1", &out);
         assert_eq!(script.iter().filter(|&&b| b == b'\n').count(), 1);
         assert!(script.ends_with(b");\n"));
+        // A streamed frame is one line, one event: no CR/LF inside.
+        for t in [Transport::XhrStreaming, Transport::EventSource] {
+            let mut line = Vec::new();
+            stream_chunk(&mut line, t, &out);
+            let end: &[u8] = if t == Transport::EventSource {
+                b"\r\n\r\n"
+            } else {
+                b"\n"
+            };
+            let inner = &line[..line.len() - end.len()];
+            assert!(line.ends_with(end) && !inner.iter().any(|&b| b == b'\r' || b == b'\n'));
+        }
     }
     let _ = ws_messages(data);
     let _ = form_value(data, "d");
@@ -467,6 +533,23 @@ pub fn check_invariants(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streaming_framing() {
+        let p = stream_prelude(Transport::XhrStreaming);
+        assert_eq!(p.len(), 2049);
+        assert!(p[..2048].iter().all(|&b| b == b'h'));
+        assert_eq!(p[2048], b'\n');
+        assert_eq!(stream_prelude(Transport::EventSource), b"\r\n");
+        let mut out = Vec::new();
+        stream_chunk(&mut out, Transport::XhrStreaming, b"o");
+        stream_chunk(&mut out, Transport::EventSource, b"a[\"x\\ny%41\"]");
+        assert_eq!(out, b"o\ndata: a[\"x\\ny%2541\"]\r\n\r\n");
+        out.clear();
+        stream_chunk(&mut out, Transport::EventSource, b"\r\n\0");
+        assert_eq!(out, b"data: %0D%0A%00\r\n\r\n");
+        assert!(Transport::EventSource.is_streaming() && !Transport::Xhr.is_streaming());
+    }
 
     #[test]
     fn urls() {
@@ -486,9 +569,16 @@ mod tests {
             ("GET", "/000/abc/jsonp", false, s("abc", Jsonp)),
             ("POST", "/000/abc/jsonp_send", false, s("abc", JsonpSend)),
             ("GET", "/000/abc/xhr", false, Url::NotFound),
-            // Not served, as in Pushpin: the client falls back.
-            ("POST", "/000/abc/xhr_streaming", false, Url::NotFound),
-            ("GET", "/000/abc/eventsource", false, Url::NotFound),
+            (
+                "POST",
+                "/000/abc/xhr_streaming",
+                false,
+                s("abc", XhrStreaming),
+            ),
+            ("GET", "/000/abc/eventsource", false, s("abc", EventSource)),
+            ("GET", "/000/abc/xhr_streaming", false, Url::NotFound),
+            ("POST", "/000/abc/eventsource", false, Url::NotFound),
+            // Not served: the client falls back.
             ("GET", "/000/abc/htmlfile", false, Url::NotFound),
             ("GET", "/000/abc/websocket", false, Url::NotFound),
             // Bad ids (the protocol's 404s; Pushpin takes them).

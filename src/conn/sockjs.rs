@@ -1,6 +1,13 @@
 //! SockJS on routes with `sockjs=PREFIX` (Pushpin's transports: `info`,
 //! the iframe page, `websocket` framed and raw, `xhr` + `xhr_send`,
-//! `jsonp` + `jsonp_send`).
+//! `jsonp` + `jsonp_send`) and the streaming ones Pushpin lacks
+//! (`xhr_streaming`, `eventsource`).
+//!
+//! A streaming request is a run of polls on one connection: each answered
+//! frame is written as the next piece of the open response, and the
+//! request polls again (`JobKind::More`) until the response reaches
+//! `codec::STREAM_LIMIT`. The session remembers the stream's token, so a
+//! second receiving request meanwhile gets the 2010 close frame.
 //!
 //! Every SockJS session becomes one WebSocket toward the backend, served
 //! by the ordinary WebSocket code (`conn::ws`, so WebSocket-over-HTTP,
@@ -132,15 +139,7 @@ fn write_answer(out: &mut Vec<u8>, req: &RequestHead, a: &Answer, keep: bool, ca
             b"Cache-Control: no-store, no-cache, no-transform, must-revalidate, max-age=0\r\n",
         );
     }
-    let origin = req
-        .fields
-        .get("origin")
-        .map(http1::trim)
-        .filter(|o| !o.is_empty())
-        .unwrap_or(b"*");
-    out.extend_from_slice(b"Access-Control-Allow-Origin: ");
-    out.extend_from_slice(origin);
-    out.extend_from_slice(b"\r\nAccess-Control-Allow-Credentials: true\r\n");
+    cors_fields(out, req);
     if a.status != 204 && a.status != 304 {
         out.extend_from_slice(format!("Content-Length: {}\r\n", a.body.len()).as_bytes());
     }
@@ -151,6 +150,19 @@ fn write_answer(out: &mut Vec<u8>, req: &RequestHead, a: &Answer, keep: bool, ca
     if a.status != 204 && a.status != 304 && !req.is_head() {
         out.extend_from_slice(&a.body);
     }
+}
+
+/// The credentialed cross-origin fields for the request's `Origin`.
+fn cors_fields(out: &mut Vec<u8>, req: &RequestHead) {
+    let origin = req
+        .fields
+        .get("origin")
+        .map(http1::trim)
+        .filter(|o| !o.is_empty())
+        .unwrap_or(b"*");
+    out.extend_from_slice(b"Access-Control-Allow-Origin: ");
+    out.extend_from_slice(origin);
+    out.extend_from_slice(b"\r\nAccess-Control-Allow-Credentials: true\r\n");
 }
 
 // ---- the way between cores
@@ -188,8 +200,13 @@ enum JobKind {
     Poll(Open),
     /// `xhr_send` / `jsonp_send`: messages for the backend.
     Send(Vec<String>),
-    /// The client of the held poll answered through `slot` went away.
+    /// The client of the held poll answered through `slot` (or of the
+    /// stream `Job::stream`) went away.
     Abort,
+    /// The stream `Job::stream` polls again for its next frame.
+    More,
+    /// The stream `Job::stream` ended its response (the client reconnects).
+    EndStream,
 }
 
 /// How a new HTTP session reaches its backend.
@@ -206,6 +223,8 @@ struct Open {
 struct Job {
     session: String,
     callback: Option<String>,
+    /// The token of the streaming request this job comes from.
+    stream: Option<u64>,
     kind: JobKind,
     slot: Slot,
 }
@@ -311,6 +330,9 @@ struct Session {
     send: Option<(Slot, Option<String>)>,
     /// The client abandoned a held poll.
     aborted: bool,
+    /// The token of the streaming request receiving for this session, held
+    /// between its polls.
+    stream: Option<u64>,
     /// When the last poll was answered (a session without a poll for
     /// `LINGER` ends).
     answered: Instant,
@@ -396,6 +418,7 @@ fn on_job(shard: &Rc<Shard>, job: Job) {
                     outbound: Vec::new(),
                     send: None,
                     aborted: false,
+                    stream: job.stream,
                     answered: Instant::now(),
                     waker: None,
                     nudge: false,
@@ -403,26 +426,36 @@ fn on_job(shard: &Rc<Shard>, job: Job) {
                 SESSIONS.with(|m| m.borrow_mut().insert(job.session.clone(), s.clone()));
                 glommio::spawn_local(session_task(shard.clone(), job.session, open, s)).detach();
             }
-            JobKind::Send(_) => {
+            JobKind::Send(_) | JobKind::More => {
                 let _ = fulfil(&job.slot, Answer::text(404, "Not Found"));
             }
-            JobKind::Abort => {}
+            JobKind::Abort | JobKind::EndStream => {}
         }
         return;
     };
     let mut s = sref.borrow_mut();
     if let Phase::Closed(code, reason, _) = &s.phase {
-        if !matches!(job.kind, JobKind::Abort) {
+        if !matches!(job.kind, JobKind::Abort | JobKind::EndStream) {
             let _ = fulfil(&job.slot, close_frame_answer(cb, *code, reason));
         }
         return;
     }
     match job.kind {
-        JobKind::Poll(_) => {
-            if matches!(s.phase, Phase::Opening) || s.poll.is_some() {
+        JobKind::Poll(_) | JobKind::More => {
+            let mine =
+                matches!(job.kind, JobKind::More) && job.stream.is_some() && s.stream == job.stream;
+            let busy = if mine {
+                s.poll.is_some()
+            } else {
+                matches!(s.phase, Phase::Opening) || s.poll.is_some() || s.stream.is_some()
+            };
+            if busy {
                 let a = close_frame_answer(cb, 2010, "Another connection still open");
                 let _ = fulfil(&job.slot, a);
                 return;
+            }
+            if job.stream.is_some() {
+                s.stream = job.stream;
             }
             s.poll = Some(Held {
                 slot: job.slot,
@@ -452,12 +485,24 @@ fn on_job(shard: &Rc<Shard>, job: Job) {
             }
         }
         JobKind::Abort => {
-            if s.poll
+            let held = s
+                .poll
                 .as_ref()
-                .is_some_and(|h| Arc::ptr_eq(&h.slot, &job.slot))
-            {
-                s.poll = None;
+                .is_some_and(|h| Arc::ptr_eq(&h.slot, &job.slot));
+            let streaming = job.stream.is_some() && s.stream == job.stream;
+            if held || streaming {
+                if held {
+                    s.poll = None;
+                }
+                s.stream = None;
                 s.aborted = true;
+                wake(&mut s);
+            }
+        }
+        JobKind::EndStream => {
+            if job.stream.is_some() && s.stream == job.stream {
+                s.stream = None;
+                s.answered = Instant::now();
                 wake(&mut s);
             }
         }
@@ -1002,9 +1047,11 @@ async fn http_transport(
     let is_poll = matches!(kind, JobKind::Poll(_));
     let slot: Slot = Arc::new(Mutex::new(SlotState::default()));
     let owner = codec::owner(session, shard.bus.cores());
+    let stream = transport.is_streaming().then(new_stream_token);
     let job = Job {
         session: session.to_string(),
         callback: callback.clone(),
+        stream,
         kind,
         slot: slot.clone(),
     };
@@ -1018,6 +1065,15 @@ async fn http_transport(
         )
         .await;
     }
+    if let Some(token) = stream {
+        let st = Stream {
+            transport,
+            session,
+            owner,
+            token,
+        };
+        return streaming(shard, c, head, &st, slot).await;
+    }
     match wait_answer(&slot, c).await {
         Some(a) => respond(shard, c, head, &a, false).await,
         None => {
@@ -1030,6 +1086,7 @@ async fn http_transport(
                     Job {
                         session: session.to_string(),
                         callback: None,
+                        stream: None,
                         kind: JobKind::Abort,
                         slot,
                     },
@@ -1038,6 +1095,140 @@ async fn http_transport(
             closed(499)
         }
     }
+}
+
+/// A token naming one streaming request to its session.
+fn new_stream_token() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One streaming request (`xhr_streaming` or `eventsource`).
+struct Stream<'a> {
+    transport: Transport,
+    session: &'a str,
+    owner: usize,
+    token: u64,
+}
+
+impl Stream<'_> {
+    fn job(&self, kind: JobKind, slot: Slot) -> Job {
+        Job {
+            session: self.session.to_string(),
+            callback: None,
+            stream: Some(self.token),
+            kind,
+            slot,
+        }
+    }
+}
+
+/// Serves a streaming request whose first poll waits in `slot`: each
+/// frame the session answers goes out as the next piece of one response,
+/// until a close frame or `codec::STREAM_LIMIT` bytes.
+async fn streaming(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+    st: &Stream<'_>,
+    mut slot: Slot,
+) -> Outcome {
+    // HTTP/1.1 gets a chunked body (the connection can be kept);
+    // HTTP/1.0 a body ended by closing.
+    let chunked = head.version == http1::Version::Http11;
+    let keep = chunked && keep(shard, head);
+    let mut sent: usize = 0;
+    let mut started = false;
+    let outcome = |sent: usize, keep_alive: bool| Outcome {
+        status: 200,
+        bytes: sent as u64,
+        target: "-".into(),
+        keep_alive,
+    };
+    loop {
+        let Some(a) = wait_answer(&slot, c).await else {
+            let _ = send_job(shard, st.owner, st.job(JobKind::Abort, slot));
+            return Outcome {
+                status: if started { 200 } else { 499 },
+                ..outcome(sent, false)
+            };
+        };
+        let frame = match a.body.strip_suffix(b"\n") {
+            Some(f) if a.status == 200 && a.content_type == JS => f,
+            // Not a frame (the session could not open): the answer as is.
+            _ if !started => {
+                let _ = send_job(shard, st.owner, st.job(JobKind::EndStream, slot));
+                return respond(shard, c, head, &a, false).await;
+            }
+            _ => b"c[1011,\"Server error\"]".as_slice(),
+        };
+        let mut body = Vec::new();
+        if !started {
+            body = codec::stream_prelude(st.transport);
+        }
+        codec::stream_chunk(&mut body, st.transport, frame);
+        sent += body.len();
+        let last = frame.starts_with(b"c") || sent >= codec::STREAM_LIMIT;
+        let mut out = Vec::with_capacity(body.len() + 512);
+        if !started {
+            started = true;
+            write_stream_head(&mut out, head, st.transport, chunked, keep);
+        }
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+            out.extend_from_slice(&body);
+            out.extend_from_slice(b"\r\n");
+            if last {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+        } else {
+            out.extend_from_slice(&body);
+        }
+        if last && !frame.starts_with(b"c") {
+            // The limit: the session waits for the client's next request.
+            let _ = send_job(shard, st.owner, st.job(JobKind::EndStream, slot.clone()));
+        }
+        if c.conn.write_all(&out).await.is_err() {
+            let _ = send_job(shard, st.owner, st.job(JobKind::Abort, slot));
+            return outcome(sent, false);
+        }
+        if last {
+            return outcome(sent, keep);
+        }
+        slot = Arc::new(Mutex::new(SlotState::default()));
+        if !send_job(shard, st.owner, st.job(JobKind::More, slot.clone())) {
+            return outcome(sent, false);
+        }
+    }
+}
+
+/// The head of a streaming response: its content type, no caching, the
+/// same cross-origin fields as every SockJS answer.
+fn write_stream_head(
+    out: &mut Vec<u8>,
+    req: &RequestHead,
+    t: Transport,
+    chunked: bool,
+    keep: bool,
+) {
+    let ct = if t == Transport::EventSource {
+        "text/event-stream; charset=UTF-8"
+    } else {
+        JS
+    };
+    out.extend_from_slice(format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n").as_bytes());
+    out.extend_from_slice(
+        b"Cache-Control: no-store, no-cache, no-transform, must-revalidate, max-age=0\r\n",
+    );
+    cors_fields(out, req);
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Waits for the owner's answer in `slot`; `None` when the client closes

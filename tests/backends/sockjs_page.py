@@ -1,6 +1,7 @@
 """The SockJS browser test's page server (a different origin from corepin).
 
 Prints its port, then serves /page.html (tests/browser/sockjs.html),
+/cors.html (tests/browser/cors.html),
 /sockjs.min.js (sockjs-client's browser bundle from tests/clients'
 node_modules) and takes POST /report, whose body it writes to the file
 named by argv[1] (written beside it, then renamed, so it appears whole).
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = {
     "/page.html": (os.path.join(ROOT, "browser", "sockjs.html"), "text/html; charset=utf-8"),
+    "/cors.html": (os.path.join(ROOT, "browser", "cors.html"), "text/html; charset=utf-8"),
     "/sockjs.min.js": (
         os.path.join(ROOT, "clients", "node_modules", "sockjs-client", "dist", "sockjs.min.js"),
         "application/javascript",
