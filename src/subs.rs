@@ -641,6 +641,10 @@ impl Registry {
         let mut exact = self.channels.borrow_mut();
         let mut prefixed = self.prefixes.borrow_mut();
         let watch = self.bus.watch();
+        // Stats hear of a subscription only once its join mark is set
+        // (below): a publisher told of the subscription by the stats socket
+        // and publishing at once must reach it.
+        let mut heard = Vec::new();
         for ch in &channels {
             // A prefix subscription is indexed by its prefix, and is no
             // channel of Pushpin's stats.
@@ -661,8 +665,8 @@ impl Registry {
             };
             if subs.insert(sub.id, sub.clone()).is_none() {
                 self.counts_changed.set(true);
-                if let Some(w) = watch {
-                    w.send(sub_event(sub.kind, ch, 1));
+                if watch.is_some() {
+                    heard.push(sub_event(sub.kind, ch, 1));
                 }
             }
         }
@@ -677,8 +681,8 @@ impl Registry {
             if let Some(m) = map.get_mut(name) {
                 if m.remove(&sub.id).is_some() {
                     self.counts_changed.set(true);
-                    if let Some(w) = watch {
-                        w.send(sub_event(sub.kind, ch, -1));
+                    if watch.is_some() {
+                        heard.push(sub_event(sub.kind, ch, -1));
                     }
                 }
                 if m.is_empty() {
@@ -712,6 +716,11 @@ impl Registry {
         };
         *sub.joined.borrow_mut() = joined;
         *sub.channels.borrow_mut() = channels;
+        if let Some(w) = watch {
+            for e in heard {
+                w.send(e);
+            }
+        }
     }
 
     /// The first subscriber on channel key `ch` here: its prefix length is
