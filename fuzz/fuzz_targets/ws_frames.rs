@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 .cloned(),
         );
         let offered: usize = sent.iter().map(wsevents::content_len).sum();
-        let accepted = (cut != 0).then_some(usize::from(cut) - 1);
+        let accepted = (cut != 0).then(|| usize::from(cut) - 1);
         if let Ok(k) = wsevents::take_accepted(sent, accepted, cut % 2 == 0) {
             let kept: usize = k.events.iter().map(wsevents::content_len).sum::<usize>()
                 + k.close.as_ref().map_or(0, wsevents::content_len);
