@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -72,29 +71,7 @@ fn chromium_eventsource_resumes_after_server_side_cuts_without_loss_or_repeats()
         "1000",
     ]);
     let url = cp.url(&format!("/page.html?total={TOTAL}"));
-    let chromium_log = std::fs::File::create(dir.path().join("chromium.log")).expect("log");
-    let mut browser = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
-        .arg(&url)
-        .stdout(Stdio::null())
-        .stderr(chromium_log)
-        .process_group(0)
-        .spawn()
-        .expect("start chromium");
+    let mut browser = start_chromium(&url, dir.path());
     let chromium_said =
         || std::fs::read_to_string(dir.path().join("chromium.log")).unwrap_or_default();
 
@@ -155,12 +132,7 @@ fn chromium_eventsource_resumes_after_server_side_cuts_without_loss_or_repeats()
         }
         thread::sleep(POLL);
     };
-    // SAFETY: kill(2) on the process group this test started (chromium
-    // and its helpers), nothing else.
-    unsafe {
-        libc::kill(-(browser.id() as i32), libc::SIGKILL);
-    }
-    let _ = browser.wait();
+    kill_browser(&mut browser);
     let text = text.unwrap_or_else(|| {
         panic!(
             "no report from the page; chromium said:\n{}",

@@ -651,30 +651,7 @@ fn sockjs_client_in_headless_chromium() {
 /// Opens `url` in headless Chromium and waits for the page to write its
 /// report (the file `report` in `dir`); returns the report.
 fn chromium_report(url: &str, dir: &TempDir, report: &std::path::Path) -> String {
-    use std::os::unix::process::CommandExt;
-    let log = std::fs::File::create(dir.path().join("chromium.log")).expect("log");
-    let mut browser = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
-        .arg(url)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("start chromium");
+    let mut browser = start_chromium(url, dir.path());
     // The page reports once it has run everything; the deadline only
     // turns a hang into a failure.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -687,12 +664,7 @@ fn chromium_report(url: &str, dir: &TempDir, report: &std::path::Path) -> String
         }
         thread::sleep(POLL);
     };
-    // SAFETY: kill(2) on the process group this test started (chromium
-    // and its helpers), nothing else.
-    unsafe {
-        libc::kill(-(browser.id() as i32), libc::SIGKILL);
-    }
-    let _ = browser.wait();
+    kill_browser(&mut browser);
     text.unwrap_or_else(|| {
         panic!(
             "no report from the page; chromium said:\n{}",

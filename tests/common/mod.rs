@@ -7,6 +7,7 @@
 //! - `client`: raw client connections (keep-alive requests, held
 //!   streams) and the publish API.
 //! - `http`: HTTP/1.1 as the test side reads and writes it.
+//! - `browser`: headless Chromium for the tests a real browser judges.
 //! - `metrics`: what corepin's /metrics says, and publishing once a
 //!   subscriber has subscribed.
 //!
@@ -17,12 +18,14 @@
 #![allow(dead_code, unused_imports)]
 
 mod backend;
+mod browser;
 mod client;
 mod http;
 mod metrics;
 mod process;
 
 pub use backend::*;
+pub use browser::*;
 pub use client::*;
 pub use http::*;
 pub use metrics::*;
