@@ -5,30 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use common::*;
-
-fn sock_path(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("corepin-{tag}-{}.sock", std::process::id()))
-}
-
-/// Sends one line on the control socket; returns the answer.
-fn ask(path: &std::path::Path, line: &str) -> serde_json::Value {
-    let s = UnixStream::connect(path).expect("connect control socket");
-    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    let mut w = s.try_clone().expect("clone");
-    w.write_all(format!("{line}\n").as_bytes()).expect("write");
-    let mut a = String::new();
-    BufReader::new(s).read_line(&mut a).expect("answer");
-    serde_json::from_str(&a).expect("JSON answer")
-}
 
 /// `curl` on the control API: (status, body).
 fn curl(cp: &Corepin, path_query: &str) -> (u16, String) {
@@ -73,7 +55,7 @@ fn cli(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn counts_over_http_socket_and_cli_sum_both_cores() {
-    let path = sock_path("chan");
+    let path = control_socket_path("chan");
     let sock = path.to_str().expect("path").to_string();
     let cp = Corepin::start_grip(&[
         "--route",
@@ -115,11 +97,11 @@ fn counts_over_http_socket_and_cli_sum_both_cores() {
     assert_eq!(listed(&body).len(), 3);
 
     // The control socket.
-    let a = ask(&path, r#"{"method":"channels","prefix":"room.","top":1}"#);
+    let a = ask_control(&path, r#"{"method":"channels","prefix":"room.","top":1}"#);
     assert_eq!(a["ok"], true, "{a}");
     assert_eq!(a["channels"][0]["channel"], "room.a");
     assert_eq!(a["channels"][0]["subscribers"], 6);
-    let a = ask(&path, r#"{"method":"channels","channel":"room.b"}"#);
+    let a = ask_control(&path, r#"{"method":"channels","channel":"room.b"}"#);
     assert_eq!(a["channels"][0]["subscribers"], 3, "{a}");
 
     // The CLI, over the socket and over HTTP.
@@ -146,7 +128,7 @@ fn counts_over_http_socket_and_cli_sum_both_cores() {
 
 #[test]
 fn bad_count_parameters_are_refused_with_a_reason() {
-    let path = sock_path("chanbad");
+    let path = control_socket_path("chanbad");
     let sock = path.to_str().expect("path").to_string();
     let cp = Corepin::start_grip(&["--route", "* test", "--control-socket", &sock]);
     for (q, why) in [
@@ -197,7 +179,7 @@ fn bad_count_parameters_are_refused_with_a_reason() {
             "cannot be combined",
         ),
     ] {
-        let a = ask(&path, line);
+        let a = ask_control(&path, line);
         assert_eq!(a["ok"], false, "{line}: {a}");
         assert!(
             a["error"].as_str().expect("error").contains(why),

@@ -5,27 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-
-fn sock_path(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("corepin-{tag}-{}.sock", std::process::id()))
-}
-
-fn ask(path: &std::path::Path, line: &str) -> serde_json::Value {
-    let s = UnixStream::connect(path).expect("connect control socket");
-    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    let mut w = s.try_clone().expect("clone");
-    w.write_all(format!("{line}\n").as_bytes()).expect("write");
-    let mut a = String::new();
-    BufReader::new(s).read_line(&mut a).expect("answer");
-    serde_json::from_str(&a).expect("JSON answer")
-}
 
 /// Reads one unmasked server frame: (opcode, payload).
 fn frame(r: &mut impl Read) -> (u8, Vec<u8>) {
@@ -81,7 +65,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
     let log = std::env::temp_dir().join(format!("corepin-targets-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let backend = PyBackend::start("wsoh_backend.py", &[&log.display().to_string()]);
-    let path = sock_path("targets");
+    let path = control_socket_path("targets");
     let sock = path.to_str().expect("path").to_string();
     let cp = Corepin::start_grip(&[
         "--route",
@@ -96,7 +80,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
     assert_ne!(id_a, id_b);
 
     // A message to A only.
-    let r = ask(
+    let r = ask_control(
         &path,
         &format!(
             r#"{{"method":"connection","id":"{id_a}","ws-message":{{"content":"just you"}}}}"#
@@ -136,7 +120,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
     let (op, payload) = frame(&mut a);
     assert_eq!(op, 8);
     assert_eq!(&payload[..2], &4000u16.to_be_bytes());
-    let r = ask(
+    let r = ask_control(
         &path,
         &format!(
             r#"{{"method":"connection","id":"{id_b}","ws-message":{{"content":"still here"}}}}"#
@@ -146,7 +130,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
     assert_eq!(frame(&mut b), (1, b"still here".to_vec()));
 
     // Unknown ids are answered with the id.
-    let r = ask(
+    let r = ask_control(
         &path,
         r#"{"method":"connection","id":"nope","action":"close"}"#,
     );
@@ -190,7 +174,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
             "unknown ws-message member 'type'",
         ),
     ] {
-        let r = ask(&path, line);
+        let r = ask_control(&path, line);
         assert_eq!(r["ok"], false, "{line}: {r}");
         assert!(
             r["error"].as_str().expect("error").contains(why),

@@ -142,3 +142,19 @@ impl Corepin {
         assert_eq!(r.status, 200, "{}", r.text());
     }
 }
+
+/// A control-socket path for one test, unique to this test process.
+pub fn control_socket_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("corepin-{tag}-{}.sock", std::process::id()))
+}
+
+/// Sends one line on the control socket at `path`; returns the answer.
+pub fn ask_control(path: &std::path::Path, line: &str) -> serde_json::Value {
+    let s = std::os::unix::net::UnixStream::connect(path).expect("connect control socket");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    w.write_all(format!("{line}\n").as_bytes()).expect("write");
+    let mut a = String::new();
+    BufReader::new(s).read_line(&mut a).expect("answer");
+    serde_json::from_str(&a).expect("JSON answer")
+}
