@@ -564,6 +564,7 @@ fn bridge(
         conn: inner,
         peer,
         dropin: None,
+        log_level: None,
     };
     let s = shard.clone();
     glommio::spawn_local(async move {
