@@ -133,6 +133,7 @@ impl Backend {
             forwarding,
             grip,
             grip_last: &[],
+            connection_id: None,
         }
     }
 }
