@@ -102,8 +102,7 @@ fn client_sent_websocket_events_are_refused_on_over_http_routes() {
         // backend learns the connection's id), never the client's.
         assert!(
             !n.starts_with("meta-")
-                && (n != "connection-id"
-                    || (name == "Connection-Id" && !value.starts_with('v'))),
+                && (n != "connection-id" || (name == "Connection-Id" && !value.starts_with('v'))),
             "{name}: {value} reached the over_http backend"
         );
     }
