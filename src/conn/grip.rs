@@ -340,7 +340,7 @@ async fn send_link_request(
     {
         Ok(up) => up,
         Err(e) => {
-            warn!("core {}: {what} {url}: {e:?}", shard.index);
+            warn!("core {}: {what} {url}: {e}", shard.index);
             return None;
         }
     };

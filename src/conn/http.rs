@@ -35,6 +35,8 @@ pub struct Client {
     pub state: Rc<ConnState>,
     /// The current request's response rewriting (CORS, JSON-P), if any.
     pub dropin: Option<Rc<crate::conn::dropin::Wrap>>,
+    /// The current request's route's `log_level`, if it has one.
+    pub log_level: Option<u32>,
 }
 
 /// How one exchange ended, for the access log and the keep-alive decision.
@@ -83,6 +85,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         conn,
         peer,
         dropin: None,
+        log_level: None,
     };
     loop {
         let head = match read_head(&shard, &mut c).await {
@@ -91,34 +94,40 @@ pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
             HeadRead::Refuse(status, reason) => {
                 let started = shard.clock();
                 let bytes = answer(&shard, &mut c, status, reason, true).await;
-                shard.access(&AccessEntry {
-                    core: shard.index,
-                    client: c.peer,
-                    method: "-",
-                    path: "-",
-                    status,
-                    bytes,
-                    target: "-",
-                    duration: started.map(|s| s.elapsed()).unwrap_or_default(),
-                    user_agent: None,
-                });
+                shard.access(
+                    &AccessEntry {
+                        core: shard.index,
+                        client: c.peer,
+                        method: "-",
+                        path: "-",
+                        status,
+                        bytes,
+                        target: "-",
+                        duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+                        user_agent: None,
+                    },
+                    None,
+                );
                 break;
             }
         };
         let started = shard.clock();
         let outcome = handle(&shard, &mut c, &head).await;
         c.dropin = None;
-        shard.access(&AccessEntry {
-            core: shard.index,
-            client: c.peer,
-            method: head.method(),
-            path: head.target(),
-            status: outcome.status,
-            bytes: outcome.bytes,
-            target: &outcome.target,
-            duration: started.map(|s| s.elapsed()).unwrap_or_default(),
-            user_agent: head.fields.get("user-agent"),
-        });
+        shard.access(
+            &AccessEntry {
+                core: shard.index,
+                client: c.peer,
+                method: head.method(),
+                path: head.target(),
+                status: outcome.status,
+                bytes: outcome.bytes,
+                target: &outcome.target,
+                duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+                user_agent: head.fields.get("user-agent"),
+            },
+            c.log_level.take(),
+        );
         if !outcome.keep_alive || shard.draining() {
             break;
         }
@@ -176,6 +185,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let routes = shard.routes();
     let ws = crate::route::is_websocket(head);
     let route = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls());
+    c.log_level = route.and_then(|r| r.log_level);
     c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
     let Some(route) = route else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
