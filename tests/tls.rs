@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod common;
@@ -214,8 +214,16 @@ async fn serve_one(mut s: GTcpStream, config: Arc<ServerConfig>, timeout: Durati
             "plain_http".into()
         }
         Ok(Sniff::Tls) => {
-            // 2. The handshake, with the bytes already read.
-            let mut tls = match ServerTlsStream::accept(s, config, &first[..n]) {
+            // 2. The handshake, with the bytes already read. The
+            // unbuffered connection does not tell the SNI name, so this
+            // connection's resolver notes the one it was asked for.
+            let sni = Arc::new(Mutex::new(None));
+            let mut config = (*config).clone();
+            config.cert_resolver = Arc::new(NoteSni {
+                inner: config.cert_resolver.clone(),
+                seen: sni.clone(),
+            });
+            let mut tls = match ServerTlsStream::accept(s, Arc::new(config), &first[..n]) {
                 Ok(t) => t,
                 Err(e) => return e.reason().into(),
             };
@@ -233,9 +241,10 @@ async fn serve_one(mut s: GTcpStream, config: Arc<ServerConfig>, timeout: Durati
             }
             let c = tls.conn();
             let line = String::from_utf8_lossy(&req);
+            let sni = sni.lock().ok().and_then(|s| s.clone());
             let body = format!(
                 "sni={} alpn={} version={} resumed={} request={}\n",
-                c.server_name().unwrap_or("-"),
+                sni.as_deref().unwrap_or("-"),
                 c.alpn_protocol()
                     .map_or("-".into(), |a| String::from_utf8_lossy(a).into_owned()),
                 c.protocol_version()
@@ -253,6 +262,25 @@ async fn serve_one(mut s: GTcpStream, config: Arc<ServerConfig>, timeout: Durati
             let _ = tls.close().await;
             "served".into()
         }
+    }
+}
+
+/// A certificate resolver that notes the SNI name it was asked for.
+#[derive(Debug)]
+struct NoteSni {
+    inner: Arc<dyn rustls::server::ResolvesServerCert>,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl rustls::server::ResolvesServerCert for NoteSni {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = hello.server_name().map(String::from);
+        }
+        self.inner.resolve(hello)
     }
 }
 
