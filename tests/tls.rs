@@ -1205,6 +1205,55 @@ fn proxied_requests_grip_streams_and_next_links_reach_a_tls_backend() {
 }
 
 #[test]
+fn sequential_requests_to_a_tls_backend_reuse_one_tls_connection() {
+    let ca = Ca::new("backend CA");
+    let (backend, _bdir) = tls_backend(&ca, &["localhost"]);
+    let (_cdir, ca_pem) = ca_file(&ca);
+    let route = format!("* 127.0.0.1:{},ssl,host=localhost", backend.port);
+    let cp = common::Corepin::start_env(
+        &[("SSL_CERT_FILE", &ca_pem)],
+        &["--control-http", "127.0.0.1:0", "--route", &route],
+    );
+    // One client connection (so one core and its pool): each answer is
+    // relayed whole and the upstream connection pooled before the next
+    // request is read, so the second request and the count find it.
+    let mut c = common::Conn::open(cp.addr());
+    for path in ["/one", "/two"] {
+        let r = c.get(path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), format!("tls backend {path} proto=http"));
+    }
+    let r = c.get("/conns");
+    assert_eq!(
+        r.text(),
+        "connections=1",
+        "three requests, one TLS connection (one handshake) at the backend"
+    );
+}
+
+#[test]
+fn a_next_link_stream_is_held_and_followed_for_an_https_client() {
+    let certs = certs(true);
+    let (backend, _bdir) = tls_backend(&certs.ca, &["localhost"]);
+    let (_cdir, ca_pem) = ca_file(&certs.ca);
+    let route = format!("* 127.0.0.1:{},ssl,host=localhost", backend.port);
+    let (cp, port) = corepin_tls_env(&certs, &[("SSL_CERT_FILE", &ca_pem)], &["--route", &route]);
+    // curl over https: the backend's hold with its first chunk, then, one
+    // second later (the link's timeout), the next link's answer fetched
+    // from the backend, which ends the stream.
+    let o = curl_to(port, &certs.ca_file, "a.example.com", "/link", &["-N"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "linked\nnext over tls\n",
+        "{}",
+        text(&o)
+    );
+    assert_eq!(tls_failures(&cp, "timeout"), 0);
+    assert_eq!(tls_failures(&cp, "alert"), 0);
+}
+
+#[test]
 fn an_untrusted_or_misnamed_backend_is_502_and_insecure_skips_the_check() {
     let trusted = Ca::new("trusted CA");
     let stranger = Ca::new("stranger CA");
