@@ -70,6 +70,7 @@ fn world(case: Case, channel: &str) -> World {
             pending: Arc::new(AtomicBool::new(true)),
             wake: a,
             published: case == Case::WatchAnnouncing,
+            conns: false,
         })
         .expect("watch");
         watch_rx = Some(rx);
