@@ -1031,17 +1031,16 @@ impl Bus {
             seq.held.drain().flat_map(|(_, q)| q).collect();
         held.sort_by_key(|(t, _)| *t);
         let n = held.len();
-        let mut touched = Touched::default();
-        let now = Instant::now();
-        for (_, e) in held {
-            if let Some(id) = &e.item.id {
-                seq.last_id.insert(e.item.channel.clone(), id.clone());
-            }
-            self.route_kept(&mut seq, e, now, &mut touched);
-        }
-        self.history_gauges(&seq.history);
-        drop(seq);
-        self.wake(&touched, None);
+        let released: Vec<Arc<Encoded>> = held
+            .into_iter()
+            .map(|(_, e)| {
+                if let Some(id) = &e.item.id {
+                    seq.last_id.insert(e.item.channel.clone(), id.clone());
+                }
+                e
+            })
+            .collect();
+        self.route(released, Some(seq), None);
         self.recover.fetch_add(1, Ordering::Release);
         n
     }
@@ -1073,14 +1072,8 @@ impl Bus {
             return;
         }
         let mut out = Vec::new();
-        let now = Instant::now();
-        seq.flush_expired(now, &self.stats, &mut out);
-        let mut touched = Touched::default();
-        for e in out {
-            self.route_kept(&mut seq, e, now, &mut touched);
-        }
-        self.history_gauges(&seq.history);
-        self.wake(&touched, None);
+        seq.flush_expired(Instant::now(), &self.stats, &mut out);
+        self.route(out, Some(seq), None);
     }
 
     /// Forgets history past its age.
@@ -1126,63 +1119,53 @@ impl Bus {
         r
     }
 
-    /// Routes a sequenced item and keeps it in history.
-    fn route_kept(
-        &self,
-        seq: &mut Sequencer,
-        e: Arc<Encoded>,
-        now: Instant,
-        touched: &mut Touched,
-    ) {
-        self.route(e.clone(), touched);
-        seq.history.record(&e, now);
-    }
-
     /// Counts one publish request (however many `publish` calls carry its
     /// items).
     pub fn count_publish(&self) {
         self.stats.publishes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Hands out items (already validated), in order. `from` is the calling
+    /// Hands out items (already validated), in order: each is encoded (on
+    /// demand, once per wire form) and handed to `route`. An item with an
+    /// id or a `prev-id` goes through the sequencer first (`sequenced`:
+    /// deduplication, reordering, history); the others skip it, and one
+    /// that no core listens to is not even encoded. `from` is the calling
     /// core, if the caller is one: that core is not sent a wake byte, and
     /// `Sent::local` tells the caller to kick its own delivery instead.
     pub fn publish(&self, items: Vec<Item>, from: Option<usize>) -> Sent {
         self.stats
             .items
             .fetch_add(items.len() as u64, Ordering::Relaxed);
-        let mut touched = Touched::default();
-        let mut n = items.len();
         if items.iter().any(needs_sequencing) {
-            let now = Instant::now();
-            // Sequencing and sending happen under one lock, so every core
-            // sees sequenced items in the same order.
-            let Ok(mut seq) = self.seq.lock() else {
-                return Sent::default();
-            };
-            seq.expire_seen(now);
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                seq.accept(Arc::new(Encoded::new(item)), now, &self.stats, &mut out);
-            }
-            n = out.len();
-            for e in out {
-                self.route_kept(&mut seq, e, now, &mut touched);
-            }
-            if seq.history.enabled() {
-                self.history_gauges(&seq.history);
-            }
-        } else {
-            for item in items {
-                // An item no core listens to is not even encoded.
-                if self.interest.wanted(&item.channel, &self.prefixes) {
-                    self.route(Arc::new(Encoded::new(item)), &mut touched);
-                }
-            }
+            return self.sequenced(items, from);
         }
+        let n = items.len();
+        let wanted = items
+            .into_iter()
+            .filter(|item| self.interest.wanted(&item.channel, &self.prefixes))
+            .map(|item| Arc::new(Encoded::new(item)));
         Sent {
             items: n,
-            local: self.wake(&touched, from),
+            local: self.route(wanted, None, from),
+        }
+    }
+
+    /// `publish` for items the sequencer must see. Sequencing and routing
+    /// happen under one lock, so every core sees sequenced items in the
+    /// same order.
+    fn sequenced(&self, items: Vec<Item>, from: Option<usize>) -> Sent {
+        let Ok(mut seq) = self.seq.lock() else {
+            return Sent::default();
+        };
+        let now = Instant::now();
+        seq.expire_seen(now);
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            seq.accept(Arc::new(Encoded::new(item)), now, &self.stats, &mut out);
+        }
+        Sent {
+            items: out.len(),
+            local: self.route(out, Some(seq), from),
         }
     }
 
@@ -1207,32 +1190,49 @@ impl Bus {
         self.routed.load(Ordering::Acquire)
     }
 
-    /// Queues `e` for every core with a subscriber on its channel, after
-    /// giving it the next `seq`.
-    fn route(&self, e: Arc<Encoded>, touched: &mut Touched) {
-        let seq = self.routed.fetch_add(1, Ordering::AcqRel) + 1;
-        e.seq.store(seq, Ordering::Release);
-        if let Some(w) = self.watch.get() {
-            w.published(&e.item);
-        }
-        let mut now = None;
-        self.interest
-            .each_core(&e.item.channel, &self.prefixes, |core| {
-                if let Some(link) = self.cores.get(core) {
-                    self.stats.backlog[core].fetch_add(e.cost, Ordering::Relaxed);
-                    let at = *now.get_or_insert_with(Instant::now);
-                    if link.tx.send((e.clone(), at)).is_ok() {
-                        touched.add(core);
-                    } else {
-                        self.stats.backlog[core].fetch_sub(e.cost, Ordering::Relaxed);
+    /// Queues each item of `batch` for every core with a subscriber on its
+    /// channel (`Interest::each_core`: the channel's slot, and the slots of
+    /// its prefixes held anywhere), after giving it the next `seq` and
+    /// telling the stats socket; with the sequencer's lock (`kept`), each is
+    /// also kept in history. Then, the lock released, wakes each core given
+    /// items and not already due to look. Returns whether `from` itself
+    /// needs a (local) kick rather than a wake byte.
+    fn route(
+        &self,
+        batch: impl IntoIterator<Item = Arc<Encoded>>,
+        mut kept: Option<std::sync::MutexGuard<'_, Sequencer>>,
+        from: Option<usize>,
+    ) -> bool {
+        let mut touched = Touched::default();
+        let kept_at = kept.as_ref().map(|_| Instant::now());
+        for e in batch {
+            let seq = self.routed.fetch_add(1, Ordering::AcqRel) + 1;
+            e.seq.store(seq, Ordering::Release);
+            if let Some(w) = self.watch.get() {
+                w.published(&e.item);
+            }
+            let mut now = None;
+            self.interest
+                .each_core(&e.item.channel, &self.prefixes, |core| {
+                    if let Some(link) = self.cores.get(core) {
+                        self.stats.backlog[core].fetch_add(e.cost, Ordering::Relaxed);
+                        let at = *now.get_or_insert_with(Instant::now);
+                        if link.tx.send((e.clone(), at)).is_ok() {
+                            touched.add(core);
+                        } else {
+                            self.stats.backlog[core].fetch_sub(e.cost, Ordering::Relaxed);
+                        }
                     }
-                }
-            });
-    }
-
-    /// Wakes each touched core not already due to look; returns whether
-    /// `from` itself needs a (local) kick.
-    fn wake(&self, touched: &Touched, from: Option<usize>) -> bool {
+                });
+            if let (Some(seq), Some(at)) = (kept.as_mut(), kept_at) {
+                seq.history.record(&e, at);
+            }
+        }
+        if let Some(seq) = kept {
+            if seq.history.enabled() {
+                self.history_gauges(&seq.history);
+            }
+        }
         let mut local = false;
         for (i, core) in self.cores.iter().enumerate() {
             if !touched.has(i) || core.pending.swap(true, Ordering::AcqRel) {

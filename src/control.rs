@@ -501,8 +501,15 @@ async fn publish(shard: &Shard, body: &[u8], mut budget: Reservation<'_>, ok: Re
         };
     }
     shard.bus.count_publish();
+    // The bus queues the items on every core with a subscriber and wakes
+    // those cores; this core, if it is one, is kicked here instead.
+    let hand = |items| {
+        if shard.bus.publish(items, Some(shard.index)).local {
+            shard.kick_delivery();
+        }
+    };
     if n <= SLICE {
-        shard.publish(items);
+        hand(items);
     } else {
         let mut rest = items.into_iter();
         loop {
@@ -510,7 +517,7 @@ async fn publish(shard: &Shard, body: &[u8], mut budget: Reservation<'_>, ok: Re
             if slice.is_empty() {
                 break;
             }
-            shard.publish(slice);
+            hand(slice);
             glommio::yield_if_needed().await;
         }
     }

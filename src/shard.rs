@@ -31,10 +31,6 @@ use crate::upstream::Pool;
 use crate::wake::{Command, Kick, Refresh};
 use crossbeam_channel::Receiver;
 
-/// Items delivered per slice of a drain; other tasks may run between
-/// slices. Items of one channel within a slice go out joined.
-const DRAIN_SLICE: usize = 1024;
-
 /// What the shard knows of one open connection, shared with its task.
 #[derive(Default)]
 pub struct ConnState {
@@ -330,34 +326,11 @@ impl Shard {
         format!("{:x}-{}-{:x}", t, self.index, n)
     }
 
-    /// Hands items published on this core to the bus; when some are for
-    /// this core itself, its delivery task is kicked directly.
-    pub fn publish(&self, items: Vec<crate::codec::publish::Item>) -> usize {
-        let sent = self.bus.publish(items, Some(self.index));
-        if sent.local {
-            self.kick.kick();
-        }
-        sent.items
-    }
-
-    /// Delivers everything waiting in this core's inbox, in slices of at
-    /// most `DRAIN_SLICE` items, letting other tasks run between slices when
-    /// they are due, so a huge publish cannot stall this core's clients.
-    async fn drain_inbox(&self, inbox: &CoreInbox) {
-        inbox.rearm();
-        let mut items = Vec::new();
-        loop {
-            let n = inbox.take(DRAIN_SLICE, &mut items);
-            if n == 0 {
-                return;
-            }
-            self.subs.deliver(&items);
-            items.clear();
-            if n < DRAIN_SLICE {
-                return;
-            }
-            glommio::yield_if_needed().await;
-        }
+    /// Makes this core's delivery task look at its inbox: for a publish
+    /// made on this core that queued items for it (`Sent::local`; no wake
+    /// byte, no syscall).
+    pub fn kick_delivery(&self) {
+        self.kick.kick();
     }
 
     /// The current routing table (a cheap snapshot).
@@ -635,7 +608,23 @@ pub async fn run(start: ShardStart) {
         &shard,
         wake_loop(shard.clone(), wake, start.commands, drain_tx),
     );
-    let deliver_task = spawn_control(&shard, deliver_loop(shard.clone(), start.inbox));
+    // The delivery task: whenever kicked (by `wake_loop` for a publish
+    // from another core, or by a publish made here), it hands the inbox
+    // to the registry a slice at a time, letting other tasks run between
+    // slices when they are due, so a huge publish cannot stall this
+    // core's clients.
+    let deliver_task = spawn_control(&shard, {
+        let (shard, inbox) = (shard.clone(), start.inbox);
+        async move {
+            loop {
+                shard.kick.wait().await;
+                inbox.rearm();
+                while shard.subs.deliver(&inbox) {
+                    glommio::yield_if_needed().await;
+                }
+            }
+        }
+    });
     let _ = drain_rx.recv().await;
 
     shard.start_drain();
@@ -722,15 +711,6 @@ async fn wake_loop(
     })
     .await;
     let _ = drain.try_send(());
-}
-
-/// Delivers publishes whenever kicked (by the wake socket, or by a publish
-/// made on this core), until cancelled.
-async fn deliver_loop(shard: Rc<Shard>, inbox: CoreInbox) {
-    loop {
-        shard.kick.wait().await;
-        shard.drain_inbox(&inbox).await;
-    }
 }
 
 pin_project_lite::pin_project! {

@@ -9,7 +9,7 @@
 //! not slow, and is not dropped for it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::bus::Encoded;
 use crate::bus::{Bus, Interest, INTEREST_SLOTS};
+use crate::bus::{CoreInbox, Encoded};
 use crate::codec::filter::{self, Filters, Subscribed, Verdict};
 use crate::codec::grip::{KeepAlive, KeepAliveMode};
 use crate::codec::publish::Action;
@@ -997,135 +997,127 @@ impl Registry {
         subs
     }
 
-    /// Delivers drained publishes, in order. For each channel, the stream
-    /// content of all its items in this drain is joined once and shared by
-    /// every stream subscriber (one write each). While prefix
-    /// subscriptions are held here, a subscriber may hear several
-    /// channels, so items are taken in runs of one channel in the order
-    /// they came rather than grouped by channel.
-    pub fn deliver(&self, items: &[Arc<Encoded>]) {
-        let Some(first) = items.first() else { return };
-        let ch = first.item.channel.as_str();
-        if items.len() == 1 {
-            return self.deliver_channel(ch, &[first]);
-        }
-        if items.iter().all(|e| e.item.channel == ch) {
-            let list: Vec<&Arc<Encoded>> = items.iter().collect();
-            return self.deliver_channel(ch, &list);
-        }
-        if !self.prefix_lens.borrow().is_empty() {
-            for run in items.chunk_by(|a, b| a.item.channel == b.item.channel) {
-                let list: Vec<&Arc<Encoded>> = run.iter().collect();
-                self.deliver_channel(run[0].item.channel.as_str(), &list);
-            }
-            return;
-        }
-        let mut order: Vec<&str> = Vec::new();
-        let mut by_channel: HashMap<&str, Vec<&Arc<Encoded>>> = HashMap::new();
-        for e in items {
-            let ch = e.item.channel.as_str();
-            by_channel
-                .entry(ch)
-                .or_insert_with(|| {
-                    order.push(ch);
-                    Vec::new()
-                })
-                .push(e);
-        }
-        for ch in order {
-            self.deliver_channel(ch, &by_channel[ch]);
-        }
-    }
-
-    /// Delivers `list` (items of `ch`, in order) to the subscribers here
-    /// that `ch` reaches: its own, then those of each prefix of it held
-    /// here, longest first. A subscriber reached more than one way gets the
-    /// items once, through the first (its filters and join mark are that
-    /// subscription's). The prefixes looked up are those of the lengths
-    /// held here: at most one look-up per byte of the name.
-    fn deliver_channel(&self, ch: &str, list: &[&Arc<Encoded>]) {
-        let keys: Vec<String> = {
-            let lens = self.prefix_lens.borrow();
-            if lens.is_empty() {
-                return self.deliver_key(ch, list, None);
-            }
-            let prefixes = self.prefixes.borrow();
-            lens.range(..=ch.len())
-                .rev()
-                .map(|(&len, _)| len)
-                .filter(|&len| ch.is_char_boundary(len) && prefixes.contains_key(&ch[..len]))
-                .map(|len| wildcard::key(&ch[..len]))
-                .collect()
-        };
-        if keys.is_empty() {
-            return self.deliver_key(ch, list, None);
-        }
-        let mut seen = std::collections::HashSet::new();
-        self.deliver_key(ch, list, Some(&mut seen));
-        for key in &keys {
-            self.deliver_key(key, list, Some(&mut seen));
-        }
-    }
-
-    /// Delivers `list` to the subscribers of one key (a channel, or a
-    /// prefix's key) not already in `seen`.
-    fn deliver_key(
-        &self,
-        key: &str,
-        list: &[&Arc<Encoded>],
-        mut seen: Option<&mut std::collections::HashSet<u64>>,
-    ) {
+    /// Delivers the next slice of this core's inbox (at most
+    /// `DRAIN_SLICE` items), in order; returns whether the slice was full
+    /// (more may wait: the delivery task lets other tasks run, then calls
+    /// again).
+    ///
+    /// The items are taken in runs of one channel (`channel_runs`). A run
+    /// reaches the subscribers of its channel, then those of each prefix
+    /// of it held here, longest first (`prefix_keys`); a subscriber reached
+    /// more than one way gets the items once, through the first (its
+    /// filters and join mark are that subscription's). Subscribers that
+    /// decide per item (filters, late joiners: `hand_apart`) are served
+    /// apart; the others share one `Plan`: the run's content joined once
+    /// per wire form, the same `Bytes` queued on every one of them.
+    pub fn deliver(&self, inbox: &CoreInbox) -> bool {
+        let mut items = Vec::new();
+        let n = inbox.take(DRAIN_SLICE, &mut items);
         // The subscribers are copied out (into a reused list) so that
         // handing them messages may touch the registry.
         let mut subs = self.scratch.take();
-        {
-            let (map, name) = match wildcard::as_prefix(key) {
-                Some(p) => (self.prefixes.borrow(), p),
-                None => (self.channels.borrow(), key),
-            };
-            match map.get(name) {
-                Some(m) => subs.extend(
-                    m.values()
-                        .filter(|s| seen.as_mut().is_none_or(|seen| seen.insert(s.id)))
-                        .cloned(),
-                ),
-                None => return self.scratch.set(subs),
+        let prefixes_held = !self.prefix_lens.borrow().is_empty();
+        for run in channel_runs(&items, prefixes_held) {
+            let ch = run[0].item.channel.as_str();
+            let prefixes = self.prefix_keys(ch);
+            let mut seen = (!prefixes.is_empty()).then(HashSet::new);
+            for key in std::iter::once(ch).chain(prefixes.iter().map(String::as_str)) {
+                self.subscribers(key, seen.as_mut(), &mut subs);
+                self.hand_apart(key, &run, &mut subs);
+                if !subs.is_empty() {
+                    let plan = Plan::new(&run, Needs::of(&subs));
+                    for sub in &subs {
+                        for msg in plan.messages(sub) {
+                            sub.push(msg, self.limits, &self.stats);
+                        }
+                        self.delivered(sub, key, plan.delivered(sub), plan.last_id.as_deref());
+                    }
+                }
+                subs.clear();
             }
         }
-        let ch = key;
-        // A subscriber that joined after some of these items were routed
-        // gets only the items routed after it (see `Bus::joined`).
-        let first = list.iter().map(|e| e.seq()).min().unwrap_or(0);
-        let (late, subs_now): (Vec<_>, Vec<_>) = if first > self.newest_join.get() {
-            (Vec::new(), subs.iter().collect())
-        } else {
-            subs.iter().partition(|s| s.joined_at(ch) >= first)
-        };
-        let mut logged = false;
-        for sub in late {
-            let mark = sub.joined_at(ch);
-            let after: Vec<&Arc<Encoded>> =
-                list.iter().copied().filter(|e| e.seq() > mark).collect();
-            if !after.is_empty() {
-                self.hand_filtered(sub, ch, &after, &mut logged);
-            }
-        }
-        let per_item = list.iter().any(|e| e.item.per_subscriber());
-        let (shared, own): (Vec<_>, Vec<_>) = subs_now
-            .into_iter()
-            .partition(|s| !per_item && s.chans.borrow().is_empty());
-        if !shared.is_empty() {
-            let shared: Vec<Rc<Sub>> = shared.into_iter().cloned().collect();
-            let plan = Plan::new(list, Needs::of(&shared));
-            for sub in &shared {
-                self.hand(sub, ch, &plan);
-            }
-        }
-        for sub in own {
-            self.hand_filtered(sub, ch, list, &mut logged);
-        }
-        subs.clear();
         self.scratch.set(subs);
+        n == DRAIN_SLICE
+    }
+
+    /// The keys of the prefix subscriptions held here that `ch` falls
+    /// under, longest first: at most one look-up per prefix length held.
+    fn prefix_keys(&self, ch: &str) -> Vec<String> {
+        let lens = self.prefix_lens.borrow();
+        if lens.is_empty() {
+            return Vec::new();
+        }
+        let prefixes = self.prefixes.borrow();
+        lens.range(..=ch.len())
+            .rev()
+            .map(|(&len, _)| len)
+            .filter(|&len| ch.is_char_boundary(len) && prefixes.contains_key(&ch[..len]))
+            .map(|len| wildcard::key(&ch[..len]))
+            .collect()
+    }
+
+    /// Adds to `out` the subscribers of one key (a channel, or a prefix's
+    /// key) not already in `seen`.
+    fn subscribers(&self, key: &str, seen: Option<&mut HashSet<u64>>, out: &mut Vec<Rc<Sub>>) {
+        let (map, name) = match wildcard::as_prefix(key) {
+            Some(p) => (self.prefixes.borrow(), p),
+            None => (self.channels.borrow(), key),
+        };
+        let Some(m) = map.get(name) else { return };
+        match seen {
+            None => out.extend(m.values().cloned()),
+            Some(seen) => out.extend(m.values().filter(|s| seen.insert(s.id)).cloned()),
+        }
+    }
+
+    /// Serves, and takes out of `subs`, the subscribers of `key` that
+    /// cannot share the run's plan: one that joined after some of the
+    /// items were routed gets only those routed after it (see
+    /// `Bus::joined`); one with filters or prev-ids, or any subscriber
+    /// when an item decides per subscriber (`content-filters`,
+    /// `body-patch`), is handed its items one by one.
+    fn hand_apart(&self, key: &str, run: &[&Arc<Encoded>], subs: &mut Vec<Rc<Sub>>) {
+        let first = run.iter().map(|e| e.seq()).min().unwrap_or(0);
+        let none_late = first > self.newest_join.get();
+        let per_item = run.iter().any(|e| e.item.per_subscriber());
+        if none_late && !per_item && subs.iter().all(|s| s.chans.borrow().is_empty()) {
+            return;
+        }
+        let mut logged = false;
+        subs.retain(|sub| {
+            let mark = sub.joined_at(key);
+            if !none_late && mark >= first {
+                let after: Vec<&Arc<Encoded>> =
+                    run.iter().copied().filter(|e| e.seq() > mark).collect();
+                if !after.is_empty() {
+                    self.hand_filtered(sub, key, &after, &mut logged);
+                }
+                return false;
+            }
+            if per_item || !sub.chans.borrow().is_empty() {
+                self.hand_filtered(sub, key, run, &mut logged);
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Counts `n` deliveries to `sub` (unless it was dropped) and notes
+    /// `last_id` as the last id it got on `channel` (its `Grip-Last`; a
+    /// prefix's items have no one sequence of ids).
+    fn delivered(&self, sub: &Sub, channel: &str, n: u64, last_id: Option<&str>) {
+        if !sub.dropped() {
+            let d = &self.stats.deliveries;
+            d.set(d.get() + n);
+        }
+        let Some(id) = last_id.filter(|_| wildcard::as_prefix(channel).is_none()) else {
+            return;
+        };
+        let mut ids = sub.last_ids.borrow_mut();
+        match ids.iter_mut().find(|(c, _)| c == channel) {
+            Some(slot) => id.clone_into(&mut slot.1),
+            None => ids.push((channel.to_string(), id.to_string())),
+        }
     }
 
     /// Delivers `list` to one subscriber whose filters (or the items'
@@ -1370,26 +1362,8 @@ impl Registry {
                 }
             }
         }
-        if !sub.dropped() {
-            self.stats
-                .deliveries
-                .set(self.stats.deliveries.get() + delivered);
-        }
-        // `Grip-Last` names the channels a hold named; a prefix's items
-        // have no one sequence of ids.
-        let exact = wildcard::as_prefix(channel).is_none();
-        if let Some(id) = all
-            .iter()
-            .rev()
-            .find_map(|e| e.item.id.clone())
-            .filter(|_| exact)
-        {
-            let mut ids = sub.last_ids.borrow_mut();
-            match ids.iter_mut().find(|(c, _)| c == channel) {
-                Some(slot) => slot.1 = id,
-                None => ids.push((channel.to_string(), id)),
-            }
-        }
+        let last_id = all.iter().rev().find_map(|e| e.item.id.as_deref());
+        self.delivered(sub, channel, delivered, last_id);
     }
 
     /// Sets a subscriber's per-channel filters and prev-ids (kept empty
@@ -1400,66 +1374,6 @@ impl Registry {
             .iter()
             .any(|c| !c.filters.is_empty() || (sub.kind != HoldKind::Ws && c.prev_id.is_some()));
         *sub.chans.borrow_mut() = if any { chans } else { Vec::new() };
-    }
-
-    fn hand(&self, sub: &Rc<Sub>, channel: &str, plan: &Plan) {
-        let max = self.limits;
-        let delivered = match sub.kind {
-            HoldKind::Stream => plan.stream_items,
-            HoldKind::Response => u64::from(plan.response.is_some()),
-            HoldKind::Ws => plan.ws_items,
-        };
-        match sub.kind {
-            HoldKind::Stream => {
-                let data = if sub.chunked {
-                    &plan.chunked
-                } else {
-                    &plan.raw
-                };
-                if !data.is_empty() {
-                    sub.push(Msg::Data(data.clone()), max, &self.stats);
-                }
-                if plan.close {
-                    sub.push(Msg::Close, max, &self.stats);
-                } else if plan.hint {
-                    sub.push(Msg::Refetch, max, &self.stats);
-                }
-            }
-            HoldKind::Ws => {
-                if !plan.ws.is_empty() {
-                    sub.push(Msg::Data(plan.ws.clone()), max, &self.stats);
-                }
-                if plan.ws_refresh {
-                    sub.push(Msg::Refresh, max, &self.stats);
-                }
-                if let Some((code, reason)) = &plan.ws_close {
-                    sub.push(Msg::WsClose(*code, reason.clone()), max, &self.stats);
-                }
-            }
-            HoldKind::Response => {
-                if let Some(r) = &plan.response {
-                    sub.push(Msg::Response(r.clone()), max, &self.stats);
-                } else if plan.hint_response {
-                    sub.push(Msg::Refetch, max, &self.stats);
-                }
-            }
-        }
-        if !sub.dropped() {
-            self.stats
-                .deliveries
-                .set(self.stats.deliveries.get() + delivered);
-        }
-        if let Some(id) = plan
-            .last_id
-            .as_ref()
-            .filter(|_| wildcard::as_prefix(channel).is_none())
-        {
-            let mut ids = sub.last_ids.borrow_mut();
-            match ids.iter_mut().find(|(c, _)| c == channel) {
-                Some(slot) => slot.1 = id.clone(),
-                None => ids.push((channel.to_string(), id.clone())),
-            }
-        }
     }
 
     /// Ends every held stream (at shutdown); long-polls get their timeout
@@ -1585,6 +1499,43 @@ struct Plan {
     last_id: Option<String>,
 }
 
+/// Items delivered per call of `Registry::deliver`; other tasks may run
+/// between slices. Items of one channel within a slice go out joined.
+pub const DRAIN_SLICE: usize = 1024;
+
+/// `items` in runs of one channel, each in publish order. Without prefix
+/// subscriptions (`keep_order` false) each channel's items form one run,
+/// the runs in the order the channels first appear; with them a
+/// subscriber may hear several channels, so runs are consecutive items
+/// of one channel, in the order they came.
+fn channel_runs(items: &[Arc<Encoded>], keep_order: bool) -> Vec<Vec<&Arc<Encoded>>> {
+    let Some(first) = items.first() else {
+        return Vec::new();
+    };
+    let ch = first.item.channel.as_str();
+    if items.iter().all(|e| e.item.channel == ch) {
+        return vec![items.iter().collect()];
+    }
+    if keep_order {
+        return items
+            .chunk_by(|a, b| a.item.channel == b.item.channel)
+            .map(|run| run.iter().collect())
+            .collect();
+    }
+    let mut runs: Vec<Vec<&Arc<Encoded>>> = Vec::new();
+    let mut by_channel: HashMap<&str, usize> = HashMap::new();
+    for e in items {
+        let at = *by_channel
+            .entry(e.item.channel.as_str())
+            .or_insert_with(|| {
+                runs.push(Vec::new());
+                runs.len() - 1
+            });
+        runs[at].push(e);
+    }
+    runs
+}
+
 fn join(parts: &[Bytes]) -> Bytes {
     match parts {
         [] => Bytes::new(),
@@ -1600,6 +1551,53 @@ fn join(parts: &[Bytes]) -> Bytes {
 }
 
 impl Plan {
+    /// The messages this plan queues on `sub`, in order: its kind's
+    /// joined data (shared `Bytes`), then what ends or refreshes it.
+    fn messages(&self, sub: &Sub) -> impl Iterator<Item = Msg> {
+        let data = |b: &Bytes| (!b.is_empty()).then(|| Msg::Data(b.clone()));
+        let msgs: [Option<Msg>; 3] = match sub.kind {
+            HoldKind::Stream => [
+                data(if sub.chunked {
+                    &self.chunked
+                } else {
+                    &self.raw
+                }),
+                if self.close {
+                    Some(Msg::Close)
+                } else {
+                    self.hint.then_some(Msg::Refetch)
+                },
+                None,
+            ],
+            HoldKind::Ws => [
+                data(&self.ws),
+                self.ws_refresh.then_some(Msg::Refresh),
+                self.ws_close
+                    .as_ref()
+                    .map(|(code, reason)| Msg::WsClose(*code, reason.clone())),
+            ],
+            HoldKind::Response => [
+                match &self.response {
+                    Some(r) => Some(Msg::Response(r.clone())),
+                    None => self.hint_response.then_some(Msg::Refetch),
+                },
+                None,
+                None,
+            ],
+        };
+        msgs.into_iter().flatten()
+    }
+
+    /// The published messages this plan gives `sub` (for the deliveries
+    /// counter).
+    fn delivered(&self, sub: &Sub) -> u64 {
+        match sub.kind {
+            HoldKind::Stream => self.stream_items,
+            HoldKind::Response => u64::from(self.response.is_some()),
+            HoldKind::Ws => self.ws_items,
+        }
+    }
+
     fn new(items: &[&Arc<Encoded>], needs: Needs) -> Plan {
         let (mut chunked, mut raw) = (Vec::new(), Vec::new());
         let (mut close, mut hint, mut hint_response) = (false, false, false);
@@ -1720,9 +1718,8 @@ mod tests {
     }
 
     fn drain(reg: &Registry, inbox: &crate::bus::CoreInbox) {
-        let mut items = Vec::new();
-        inbox.take(usize::MAX, &mut items);
-        reg.deliver(&items);
+        inbox.rearm();
+        while reg.deliver(inbox) {}
     }
 
     /// Everything queued for `sub`, data joined.
@@ -1931,6 +1928,38 @@ mod tests {
             follower.last_ids().as_slice(),
             [("c".to_string(), "2".to_string())]
         );
+    }
+
+    #[test]
+    fn a_slice_is_taken_in_runs_of_one_channel() {
+        // (channels in publish order, keep_order, runs as channel:content)
+        let table: &[(&[&str], bool, &[&str])] = &[
+            (&[], false, &[]),
+            (&["a"], false, &["a:0"]),
+            (&["a", "a", "a"], true, &["a:012"]),
+            (&["a", "b", "a", "c"], false, &["a:02", "b:1", "c:3"]),
+            (&["a", "b", "a", "c"], true, &["a:0", "b:1", "a:2", "c:3"]),
+            (&["b", "b", "a", "b"], true, &["b:01", "a:2", "b:3"]),
+        ];
+        for &(channels, keep_order, want) in table {
+            let items: Vec<Arc<Encoded>> = channels
+                .iter()
+                .enumerate()
+                .map(|(i, ch)| Arc::new(Encoded::new(stream_item(ch, &i.to_string()))))
+                .collect();
+            let runs: Vec<String> = channel_runs(&items, keep_order)
+                .iter()
+                .map(|run| {
+                    let content: String = run
+                        .iter()
+                        .map(|e| e.stream_raw())
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .collect();
+                    format!("{}:{content}", run[0].item.channel)
+                })
+                .collect();
+            assert_eq!(runs, want, "{channels:?} keep_order={keep_order}");
+        }
     }
 
     #[test]
