@@ -322,13 +322,9 @@ fn a_stream_behind_is_replayed_from_history_or_fetches_its_next_link() {
         next,
         Some(("/next?ch=d".to_string(), Some("d; last-id=1".to_string())))
     );
-    // The stream goes on live. (Item 5 carries no prev-id: the client
-    // sees "caught up" a moment before corepin takes the next link's
-    // prev-id 4, and a chained item in between would be a gap again.)
-    let r = cp.publish(
-        r#"{"items":[{"channel":"d","id":"5","formats":{"http-stream":{"content":"m5\n"}}}]}"#,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    // The stream goes on live from the next link's prev-id 4 (in place
+    // before its body reached the client).
+    publish_chained(&cp, "d", 5);
     assert_eq!(s.read_text(3), "m5\n");
     assert_eq!(metric(&cp, "corepin_history_gaps_total"), 1);
 }
