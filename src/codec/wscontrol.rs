@@ -47,10 +47,13 @@ impl Message {
 /// What a control message asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
-    /// Subscribe to `channel` (as the backend names it) with `filters`.
+    /// Subscribe to `channel` (as the backend names it) with `filters`;
+    /// `last_id` (corepin's `last-id`): the id of the last item the client
+    /// saw, to resume after from channel history.
     Subscribe {
         channel: String,
         filters: Filters,
+        last_id: Option<String>,
     },
     Unsubscribe {
         channel: String,
@@ -196,8 +199,22 @@ pub fn parse(json: &[u8]) -> Result<Control, String> {
     let k = kind.as_str();
     match k {
         "subscribe" => {
-            only(&o, &["type", "channel", "prefix", "filters"], k)?;
+            only(&o, &["type", "channel", "prefix", "filters", "last-id"], k)?;
             let channel = channel(&o)?;
+            // As a `Last-Event-ID` (history::parse_resume_id): ids are
+            // compared byte for byte with the published ones.
+            let last_id = match string(&o, "last-id")? {
+                None => None,
+                Some("") => return err("last-id: empty"),
+                Some(id) if id.len() > 256 => return err("last-id: over 256 bytes"),
+                Some(id) if id.chars().any(char::is_control) => {
+                    return err("last-id: contains a control character")
+                }
+                Some(_) if o.get("prefix") == Some(&Value::Bool(true)) => {
+                    return err("last-id: not with prefix (history is kept per channel)")
+                }
+                Some(id) => Some(id.to_string()),
+            };
             let names = match o.get("filters") {
                 None | Some(Value::Null) => Vec::new(),
                 Some(Value::Array(l)) => l
@@ -207,7 +224,11 @@ pub fn parse(json: &[u8]) -> Result<Control, String> {
                 Some(_) => return err("filters: must be a list of strings"),
             };
             let filters = Filters::parse(names, &channel).map_err(|e| format!("filters: {e}"))?;
-            Ok(Control::Subscribe { channel, filters })
+            Ok(Control::Subscribe {
+                channel,
+                filters,
+                last_id,
+            })
         }
         "unsubscribe" => {
             only(&o, &["type", "channel", "prefix"], k)?;
@@ -308,7 +329,16 @@ mod tests {
             ok(r#"{"type":"subscribe","channel":"room","filters":["skip-self","var-subst"]}"#),
             Control::Subscribe {
                 channel: "room".into(),
-                filters: Filters::from_names(vec![Name::SkipSelf, Name::VarSubst])
+                filters: Filters::from_names(vec![Name::SkipSelf, Name::VarSubst]),
+                last_id: None,
+            }
+        );
+        assert_eq!(
+            ok(r#"{"type":"subscribe","channel":"room","last-id":"41"}"#),
+            Control::Subscribe {
+                channel: "room".into(),
+                filters: Filters::default(),
+                last_id: Some("41".into()),
             }
         );
         assert_eq!(
@@ -322,7 +352,8 @@ mod tests {
             ok(r#"{"type":"subscribe","channel":"news.","prefix":true}"#),
             Control::Subscribe {
                 channel: crate::codec::wildcard::key("news."),
-                filters: Filters::default()
+                filters: Filters::default(),
+                last_id: None,
             }
         );
         assert_eq!(
@@ -432,6 +463,22 @@ mod tests {
                 "filter 'http-check' is not supported",
             ),
             (six, "filters: too many filters for channel 'c'"),
+            (
+                r#"{"type":"subscribe","channel":"c","last-id":""}"#,
+                "last-id: empty",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","last-id":"a\r\nb"}"#,
+                "last-id: contains a control character",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","last-id":3}"#,
+                "last-id: must be a string",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c.","prefix":true,"last-id":"3"}"#,
+                "last-id: not with prefix",
+            ),
             (
                 r#"{"type":"subscribe","channel":"c","filters":"skip-self"}"#,
                 "filters: must be a list",
