@@ -14,9 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::bus::Bus;
+use crate::codec::json::{self, Check, Checked, NumText, Obj, Str};
 use crate::config::{load_routes, RoutesSource};
 use crate::stats::Board;
 
@@ -286,56 +289,36 @@ const MAX_TARGET_TEXT: usize = 1 << 20;
 /// `"ws-message": {"content": TEXT}` or `"action": "close"` (with an
 /// optional `"code"`, 1000 by default); any other member refused by name.
 pub fn connection_request(v: &Value) -> Result<(String, Target), String> {
-    let Some(obj) = v.as_object() else {
+    if !v.is_object() {
         return Err("a request is a JSON object".into());
-    };
-    if let Some(k) = obj.keys().find(|k| {
-        !matches!(
-            k.as_str(),
-            "method" | "id" | "ws-message" | "action" | "code"
-        )
-    }) {
-        return Err(format!(
-            "connection: unknown member '{k}' (id, ws-message, action, code)"
-        ));
     }
-    let id = match obj.get("id") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
+    let r: ConnectionRequest = json::from_value(v).map_err(|e| match e.unknown_field() {
+        Some(("ws-message", k)) => format!("connection: unknown ws-message member '{k}' (content)"),
+        Some((_, k)) => format!("connection: unknown member '{k}' (id, ws-message, action, code)"),
+        None => format!("connection: {}", e.explain("", "", "")),
+    })?;
+    let id = match r.id {
+        Some(s) if !s.0.is_empty() && s.0.len() <= 256 => s.into_string(),
         _ => return Err("connection: \"id\" must be a Connection-Id (1 to 256 bytes)".into()),
     };
-    let action = match (obj.get("ws-message"), obj.get("action")) {
-        (Some(m), None) => {
-            if obj.contains_key("code") {
+    let action = match (r.ws_message, r.action) {
+        (Some(Obj(m)), None) => {
+            if r.code.is_some() {
                 return Err("connection: \"code\" goes with \"action\": \"close\"".into());
             }
-            let Some(m) = m.as_object() else {
-                return Err("connection: \"ws-message\" must be an object".into());
-            };
-            if let Some(k) = m.keys().find(|k| k.as_str() != "content") {
-                return Err(format!(
-                    "connection: unknown ws-message member '{k}' (content)"
-                ));
-            }
-            match m.get("content") {
-                Some(Value::String(t)) if t.len() <= MAX_TARGET_TEXT => Target::Message(t.clone()),
-                Some(Value::String(_)) => {
-                    return Err(format!("connection: content over {MAX_TARGET_TEXT} bytes"))
-                }
-                _ => return Err("connection: ws-message needs \"content\": TEXT".into()),
+            match m.content {
+                Some(t) if t.0.len() <= MAX_TARGET_TEXT => Target::Message(t.into_string()),
+                Some(_) => return Err(format!("connection: content over {MAX_TARGET_TEXT} bytes")),
+                None => return Err("connection: ws-message needs \"content\": TEXT".into()),
             }
         }
-        (None, Some(a)) if a == "close" => match obj.get("code") {
-            None => Target::Close(1000),
-            Some(c) => match c.as_u64() {
-                Some(c @ (1000 | 1001 | 1008 | 1011 | 3000..=4999)) => Target::Close(c as u16),
-                _ => {
-                    return Err(format!(
-                        "connection: close code {c} not allowed (1000, 1001, 1008, 1011, 3000-4999)"
-                    ))
-                }
-            },
-        },
-        (None, Some(a)) => return Err(format!("connection: unknown action {a} (close)")),
+        (None, Some(a)) if a.0 == "close" => Target::Close(r.code.map_or(1000, |c| c.0)),
+        (None, Some(a)) => {
+            return Err(format!(
+                "connection: unknown action '{}' (close)",
+                a.0.escape_debug()
+            ))
+        }
         (Some(_), Some(_)) => {
             return Err("connection: give \"ws-message\" or \"action\", not both".into())
         }
@@ -346,31 +329,73 @@ pub fn connection_request(v: &Value) -> Result<(String, Target), String> {
     Ok((id, action))
 }
 
+/// The `connection` request's members (`method` is the control socket's).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionRequest<'a> {
+    #[serde(default, rename = "method")]
+    _method: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    id: Option<Str<'a>>,
+    #[serde(default, borrow, rename = "ws-message")]
+    ws_message: Option<Obj<TargetMessage<'a>>>,
+    #[serde(default, borrow)]
+    action: Option<Str<'a>>,
+    #[serde(default)]
+    code: Option<Checked<u16, TargetCloseCode>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct TargetMessage<'a> {
+    #[serde(default, borrow)]
+    content: Option<Str<'a>>,
+}
+
+/// The close codes `connection` may send.
+enum TargetCloseCode {}
+
+impl Check for TargetCloseCode {
+    type Out = u16;
+    fn check(n: Result<u64, String>) -> Result<u16, String> {
+        match n {
+            Ok(c @ (1000 | 1001 | 1008 | 1011 | 3000..=4999)) => Ok(c as u16),
+            Ok(c) => Err(c.to_string()),
+            Err(text) => Err(text),
+        }
+        .map_err(|c| format!("close code {c} not allowed (1000, 1001, 1008, 1011, 3000-4999)"))
+    }
+}
+
 /// The `channels` request's query: members `channel`, `prefix` (strings)
 /// and `top` (a number); any other member is refused by name.
 fn channels_query(v: &Value) -> Result<crate::codec::counts::Query, String> {
-    let Some(obj) = v.as_object() else {
+    if !v.is_object() {
         return Err("a request is a JSON object".into());
-    };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "method" | "channel" | "prefix" | "top"))
-    {
-        return Err(format!(
-            "channels: unknown member '{k}' (channel, prefix, top)"
-        ));
     }
-    let text = |k: &str| match obj.get(k) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(format!("{k}: must be a string")),
-    };
-    let top = match obj.get("top") {
-        None => None,
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err("top: must be a number".into()),
-    };
-    crate::codec::counts::Query::build(text("channel")?, text("prefix")?, top.as_deref())
+    let q: ChannelsRequest = json::from_value(v).map_err(|e| match e.unknown_field() {
+        Some((_, k)) => format!("channels: unknown member '{k}' (channel, prefix, top)"),
+        None => e.explain("", "", ""),
+    })?;
+    crate::codec::counts::Query::build(
+        q.channel.as_ref().map(|c| c.0.as_ref()),
+        q.prefix.as_ref().map(|p| p.0.as_ref()),
+        q.top.as_ref().map(|t| t.0.as_str()),
+    )
+}
+
+/// The `channels` request's members (`method` is the control socket's).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsRequest<'a> {
+    #[serde(default, rename = "method")]
+    _method: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    channel: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    prefix: Option<Str<'a>>,
+    #[serde(default)]
+    top: Option<NumText>,
 }
 
 /// Channel counts as JSON: `{"channels": [{"channel", "subscribers"}]}`.

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::response;
@@ -40,8 +40,27 @@ impl Refusal {
 
     /// True for a data error about an unknown field of the root object.
     pub fn unknown_at_root(&self) -> bool {
-        matches!(self, Refusal::Data { path, msg }
-            if msg.starts_with("unknown field ") && !path.contains(['.', '[']))
+        self.unknown_field()
+            .is_some_and(|(parent, _)| parent.is_empty())
+    }
+
+    /// For a data error about an unknown field: the path of the object
+    /// holding it (empty for the root) and the field's name.
+    pub fn unknown_field(&self) -> Option<(&str, &str)> {
+        let Refusal::Data { path, msg } = self else {
+            return None;
+        };
+        let name = msg.strip_prefix("unknown field `")?.split('`').next()?;
+        // The path may or may not end at the unknown key already.
+        let parent = match path.as_str() {
+            "." => "",
+            p if p == name => "",
+            p => p
+                .strip_suffix(name)
+                .and_then(|p| p.strip_suffix('.'))
+                .unwrap_or(p),
+        };
+        Some((parent, name))
     }
 }
 
@@ -71,7 +90,7 @@ pub fn from_slice<'de, T: Deserialize<'de>>(json: &'de [u8]) -> Result<T, Refusa
 /// Reads a JSON tree already parsed into `T`, the path kept for errors
 /// (for requests whose tree is needed anyway, such as a control socket's
 /// line, whose `method` picks the type).
-pub fn from_value<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, Refusal> {
+pub fn from_value<'de, T: Deserialize<'de>>(v: &'de serde_json::Value) -> Result<T, Refusal> {
     serde_path_to_error::deserialize::<_, T>(v).map_err(|pe| Refusal::Data {
         path: pe.path().to_string(),
         msg: pe.into_inner().to_string(),
@@ -453,5 +472,119 @@ impl Check for Seconds {
     type Out = u64;
     fn check(n: Result<u64, String>) -> Result<u64, String> {
         n.map_err(|text| format!("{text} is not a whole number of seconds"))
+    }
+}
+
+/// A number, kept as its JSON text (for checks that read it as text and
+/// say what was wrong with it, such as a `top` of `-3`).
+pub struct NumText(pub String);
+
+impl<'de> Deserialize<'de> for NumText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NumText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumText, E> {
+                Ok(NumText(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumText, E> {
+                Ok(NumText(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumText, E> {
+                Ok(NumText(
+                    serde_json::Number::from_f64(v)
+                        .map_or_else(|| v.to_string(), |n| n.to_string()),
+                ))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, expecting = "an object")]
+    #[allow(dead_code)]
+    struct Inner {
+        name: String,
+        #[serde(default)]
+        on: Option<Flag>,
+        #[serde(default)]
+        tags: Option<StrList>,
+        #[serde(default)]
+        wait: Option<Checked<u64, Seconds>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, expecting = "a JSON object")]
+    #[allow(dead_code)]
+    struct Outer {
+        #[serde(default)]
+        list: Option<List<Obj<Inner>>>,
+    }
+
+    #[test]
+    fn refusals_name_the_field_in_one_line() {
+        for (json, line) in [
+            (r#"[]"#, "must be a JSON object, not sequence"),
+            (r#"{"list":{}}"#, "list: must be a list, not map"),
+            (
+                r#"{"list":[[]]}"#,
+                "list[0]: must be an object, not sequence",
+            ),
+            (r#"{"list":[{}]}"#, "list[0].name: missing"),
+            (
+                r#"{"list":[{"name":"a","on":"yes"}]}"#,
+                "list[0].on: must be true or false, not string \"yes\"",
+            ),
+            (
+                r#"{"list":[{"name":"a","tags":["x",1]}]}"#,
+                "list[0].tags: must be a list of strings",
+            ),
+            (
+                r#"{"list":[{"name":"a","wait":-1}]}"#,
+                "list[0].wait: -1 is not a whole number of seconds",
+            ),
+            (
+                r#"{"list":[{"name":"a","colour":1}]}"#,
+                "list[0].colour: unknown field (expected name, on, tags, wait)",
+            ),
+            (r#"{"extra":1}"#, "extra: unknown field (expected list)"),
+        ] {
+            let e = from_slice::<Obj<Outer>>(json.as_bytes()).err().expect(json);
+            assert_eq!(e.explain("", "", ""), line, "{json}");
+        }
+        let e = from_slice::<Obj<Outer>>(br#"{"extra":1}"#)
+            .err()
+            .expect("unknown");
+        assert!(e.unknown_at_root());
+        assert_eq!(e.unknown_field(), Some(("", "extra")));
+        assert_eq!(
+            e.explain("", "body", " here"),
+            "body.extra: unknown field here (expected list)"
+        );
+        let e = from_slice::<Obj<Outer>>(br#"{"list":[{"name":"a","x":1}]}"#)
+            .err()
+            .expect("unknown");
+        assert_eq!(e.unknown_field(), Some(("list[0]", "x")));
+        assert!(!e.unknown_at_root());
+        let e = from_slice::<Obj<Outer>>(b"{").err().expect("syntax");
+        assert!(matches!(e, Refusal::Syntax(_)));
+        assert!(e
+            .explain("invalid JSON: ", "", "")
+            .starts_with("invalid JSON: EOF"));
+        // A tree already parsed reads the same way.
+        let v: serde_json::Value = serde_json::from_str(r#"{"list":[{"name":5}]}"#).expect("json");
+        let e = from_value::<Obj<Outer>>(&v).err().expect("type");
+        assert_eq!(
+            e.explain("", "", ""),
+            "list[0].name: must be a string, not integer `5`"
+        );
     }
 }
