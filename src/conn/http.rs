@@ -112,7 +112,10 @@ pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
             }
         };
         let started = shard.clock();
+        let stats_conn =
+            crate::conn::dropin::StatsConn::open(&shard, &head, c.peer, c.conn.is_tls());
         let outcome = handle(&shard, &mut c, &head).await;
+        drop(stats_conn);
         c.dropin = None;
         shard.access(
             &AccessEntry {
