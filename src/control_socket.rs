@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::bus::Bus;
-use crate::codec::json::{self, Check, Checked, NumText, Obj, Str};
+use crate::codec::json::{self, NumText, Str};
 use crate::config::{load_routes, RoutesSource};
 use crate::stats::Board;
 
@@ -28,7 +28,7 @@ const MAX_LINE: usize = 2 << 20;
 /// Control socket connections served at once (one thread each).
 pub const MAX_CONNECTIONS: usize = 64;
 
-pub use crate::wake::{Command, CoreLinks, Refresh, Target};
+pub use crate::wake::{Applied, Command, CoreLinks, Refresh, Target};
 
 /// Everything the control plane works with.
 pub struct ControlPlane {
@@ -122,22 +122,30 @@ impl ControlPlane {
         found
     }
 
-    /// Applies `action` to the connection `id` on whichever core has it;
-    /// false when none does. Runs on a control-plane thread.
+    /// Applies `action` to the connection `id` on the core that made the
+    /// id (ids name their core); `NotHere` when it has no such connection,
+    /// or the id is not one of corepin's. Runs on a control-plane thread.
     #[allow(clippy::disallowed_methods)]
-    pub fn target(&self, id: &str, action: &Target) -> bool {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    pub fn target(&self, id: &str, action: &Target) -> Applied {
+        let Some(core) = crate::targets::owner(id, self.links.cores()) else {
+            return Applied::NotHere;
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
         self.links
-            .send_all(|| Command::Target(id.to_string(), action.clone(), tx.clone()));
-        drop(tx);
-        let mut found = false;
-        for _ in 0..self.links.cores() {
-            match rx.recv_timeout(Duration::from_secs(2)) {
-                Ok(f) => found |= f,
-                Err(_) => break,
-            }
+            .send_to(core, Command::Target(id.to_string(), action.clone(), tx));
+        rx.recv_timeout(Duration::from_secs(2))
+            .unwrap_or(Applied::NotHere)
+    }
+
+    /// The control socket's answer to a `connection` request.
+    pub fn connection(&self, v: &Value) -> Value {
+        match connection_request(v) {
+            Ok((id, action)) => match self.target(&id, &action) {
+                Applied::Done => json!({"ok": true, "id": id}),
+                a => json!({"ok": false, "id": id, "error": target_error(&id, &a)}),
+            },
+            Err(e) => json!({"ok": false, "error": e}),
         }
-        found
     }
 
     pub fn stats(&self) -> Value {
@@ -224,16 +232,7 @@ impl ControlPlane {
                 }
                 Err(e) => fail(e),
             },
-            Some("connection") => match connection_request(&v) {
-                Ok((id, action)) => {
-                    if self.target(&id, &action) {
-                        json!({"ok": true, "id": id})
-                    } else {
-                        json!({"ok": false, "id": id, "error": no_connection(&id)})
-                    }
-                }
-                Err(e) => fail(e),
-            },
+            Some("connection") => self.connection(&v),
             Some(m) => fail(format!(
                 "unknown method '{m}' (publish, stats, reload, conncheck, recover, channels, connection)"
             )),
@@ -274,96 +273,16 @@ impl ControlPlane {
     }
 }
 
-/// What the `connection` method answers for an id no core has.
-pub fn no_connection(id: &str) -> String {
-    format!(
-        "no connection with Connection-Id '{}' (only WebSocket-over-HTTP sessions have one)",
-        id.escape_debug()
-    )
-}
+pub use crate::targets::{no_connection, request as connection_request};
 
-/// Longest text `connection` sends in one message.
-const MAX_TARGET_TEXT: usize = 1 << 20;
-
-/// The `connection` request: `id` (a Connection-Id) and either
-/// `"ws-message": {"content": TEXT}` or `"action": "close"` (with an
-/// optional `"code"`, 1000 by default); any other member refused by name.
-pub fn connection_request(v: &Value) -> Result<(String, Target), String> {
-    if !v.is_object() {
-        return Err("a request is a JSON object".into());
-    }
-    let r: ConnectionRequest = json::from_value(v).map_err(|e| match e.unknown_field() {
-        Some(("ws-message", k)) => format!("connection: unknown ws-message member '{k}' (content)"),
-        Some((_, k)) => format!("connection: unknown member '{k}' (id, ws-message, action, code)"),
-        None => format!("connection: {}", e.explain("", "", "")),
-    })?;
-    let id = match r.id {
-        Some(s) if !s.0.is_empty() && s.0.len() <= 256 => s.into_string(),
-        _ => return Err("connection: \"id\" must be a Connection-Id (1 to 256 bytes)".into()),
-    };
-    let action = match (r.ws_message, r.action) {
-        (Some(Obj(m)), None) => {
-            if r.code.is_some() {
-                return Err("connection: \"code\" goes with \"action\": \"close\"".into());
-            }
-            match m.content {
-                Some(t) if t.0.len() <= MAX_TARGET_TEXT => Target::Message(t.into_string()),
-                Some(_) => return Err(format!("connection: content over {MAX_TARGET_TEXT} bytes")),
-                None => return Err("connection: ws-message needs \"content\": TEXT".into()),
-            }
-        }
-        (None, Some(a)) if a.0 == "close" => Target::Close(r.code.map_or(1000, |c| c.0)),
-        (None, Some(a)) => {
-            return Err(format!(
-                "connection: unknown action '{}' (close)",
-                a.0.escape_debug()
-            ))
-        }
-        (Some(_), Some(_)) => {
-            return Err("connection: give \"ws-message\" or \"action\", not both".into())
-        }
-        (None, None) => {
-            return Err("connection: needs \"ws-message\" or \"action\": \"close\"".into())
-        }
-    };
-    Ok((id, action))
-}
-
-/// The `connection` request's members (`method` is the control socket's).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConnectionRequest<'a> {
-    #[serde(default, rename = "method")]
-    _method: Option<IgnoredAny>,
-    #[serde(default, borrow)]
-    id: Option<Str<'a>>,
-    #[serde(default, borrow, rename = "ws-message")]
-    ws_message: Option<Obj<TargetMessage<'a>>>,
-    #[serde(default, borrow)]
-    action: Option<Str<'a>>,
-    #[serde(default)]
-    code: Option<Checked<u16, TargetCloseCode>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "an object")]
-struct TargetMessage<'a> {
-    #[serde(default, borrow)]
-    content: Option<Str<'a>>,
-}
-
-/// The close codes `connection` may send.
-enum TargetCloseCode {}
-
-impl Check for TargetCloseCode {
-    type Out = u16;
-    fn check(n: Result<u64, String>) -> Result<u16, String> {
-        match n {
-            Ok(c @ (1000 | 1001 | 1008 | 1011 | 3000..=4999)) => Ok(c as u16),
-            Ok(c) => Err(c.to_string()),
-            Err(text) => Err(text),
-        }
-        .map_err(|c| format!("close code {c} not allowed (1000, 1001, 1008, 1011, 3000-4999)"))
+/// Why a `connection` request was not applied.
+pub fn target_error(id: &str, a: &Applied) -> String {
+    match a {
+        Applied::NoFormat(kind, format) => format!(
+            "connection '{}' is {kind}: the request has no {format}",
+            id.escape_debug()
+        ),
+        _ => no_connection(id),
     }
 }
 
