@@ -293,7 +293,10 @@ fn channels_query(v: &Value) -> Result<crate::codec::counts::Query, String> {
         return Err("a request is a JSON object".into());
     }
     let q: ChannelsRequest = json::from_value(v).map_err(|e| match e.unknown_field() {
-        Some((_, k)) => format!("channels: unknown member '{k}' (channel, prefix, top)"),
+        Some((_, k)) => format!(
+            "channels: unknown member '{}' (channel, prefix, top)",
+            k.escape_debug()
+        ),
         None => e.explain("", "", ""),
     })?;
     crate::codec::counts::Query::build(

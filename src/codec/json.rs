@@ -50,7 +50,7 @@ impl Refusal {
         let Refusal::Data { path, msg } = self else {
             return None;
         };
-        let name = msg.strip_prefix("unknown field `")?.split('`').next()?;
+        let (name, _) = unknown_name(msg)?;
         // The path may or may not end at the unknown key already.
         let parent = match path.as_str() {
             "." => "",
@@ -62,6 +62,16 @@ impl Refusal {
         };
         Some((parent, name))
     }
+}
+
+/// The name and the expected list in serde's `unknown field` message
+/// (the name as the input spelled it: it may hold any character).
+fn unknown_name(msg: &str) -> Option<(&str, &str)> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    if let Some((name, expected)) = rest.rsplit_once("`, expected ") {
+        return Some((name, expected));
+    }
+    Some((rest.strip_suffix("`, there are no fields")?, ""))
 }
 
 /// Parses `json` into `T`. The common case (valid input) runs serde
@@ -105,12 +115,14 @@ pub fn from_value<'de, T: Deserialize<'de>>(v: &'de serde_json::Value) -> Result
 pub fn explain(base: &str, path: &str, msg: &str, whose: &str) -> String {
     // serde_json appends the position; the path says more.
     let msg = msg.rsplit_once(" at line ").map_or(msg, |(m, _)| m);
+    // Keys in the path (and an unknown field's name) are the input's own:
+    // escaped, so the refusal stays one line.
     let mut at = base.to_string();
     if path != "." {
         if !at.is_empty() && !path.starts_with('[') {
             at.push('.');
         }
-        at.push_str(path);
+        at.extend(path.escape_debug());
     }
     let under = |at: &str, name: &str| match at.is_empty() {
         true => name.to_string(),
@@ -120,18 +132,19 @@ pub fn explain(base: &str, path: &str, msg: &str, whose: &str) -> String {
         true => rest.to_string(),
         false => format!("{at}: {rest}"),
     };
-    let quoted = |s: &str| s.split('`').nth(1).map(str::to_string);
     if let Some(rest) = msg.strip_prefix("missing field ") {
-        return format!("{}: missing", under(&at, &quoted(rest).unwrap_or_default()));
+        let name = rest.split('`').nth(1).unwrap_or_default();
+        return format!("{}: missing", under(&at, name));
     }
-    if let Some(rest) = msg.strip_prefix("unknown field ") {
-        let name = quoted(rest).unwrap_or_default();
-        let expected = rest
-            .split_once(", expected ")
-            .map_or(String::new(), |(_, e)| {
+    if let Some((name, expected)) = unknown_name(msg) {
+        let name = name.escape_debug().to_string();
+        let expected = match expected {
+            "" => String::new(),
+            e => {
                 let e = e.strip_prefix("one of ").unwrap_or(e);
                 format!(" (expected {})", e.replace('`', ""))
-            });
+            }
+        };
         // The path already ends at the unknown key.
         if at != name && !at.ends_with(&format!(".{name}")) {
             at = under(&at, &name);
@@ -574,6 +587,14 @@ mod tests {
             .expect("unknown");
         assert_eq!(e.unknown_field(), Some(("list[0]", "x")));
         assert!(!e.unknown_at_root());
+        let e = from_slice::<Obj<Outer>>(br#"{"list":[{"name":"a","x`\ny":1}]}"#)
+            .err()
+            .expect("unknown");
+        assert_eq!(e.unknown_field(), Some(("list[0]", "x`\ny")));
+        assert_eq!(
+            e.explain("", "", ""),
+            "list[0].x`\\ny: unknown field (expected name, on, tags, wait)"
+        );
         let e = from_slice::<Obj<Outer>>(b"{").err().expect("syntax");
         assert!(matches!(e, Refusal::Syntax(_)));
         assert!(e

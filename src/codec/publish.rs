@@ -564,7 +564,8 @@ impl<'de> Deserialize<'de> for Action {
                     "hint" => Ok(Action::Hint),
                     "refresh" => Ok(Action::Refresh),
                     other => Err(E::custom(format!(
-                        "unknown action '{other}' (send, close, hint, refresh)"
+                        "unknown action '{}' (send, close, hint, refresh)",
+                        other.escape_debug()
                     ))),
                 }
             }

@@ -243,6 +243,42 @@ pub fn parse(json: &[u8]) -> Result<Control, String> {
     }
 }
 
+/// Fuzz invariant: parsing never panics; a refusal is one non-empty line;
+/// an accepted channel or session id can sit in a header line (it is
+/// echoed to backends), and an accepted message is valid for its frame
+/// type (text is UTF-8, a ping or pong fits a control frame).
+#[doc(hidden)]
+pub fn check_parse_invariant(json: &[u8]) {
+    let check_message = |m: &Message| {
+        if m.kind == WsKind::Text {
+            assert!(std::str::from_utf8(&m.content).is_ok(), "text not UTF-8");
+        }
+        if matches!(m.kind, WsKind::Ping | WsKind::Pong) {
+            assert!(m.content.len() <= ws::MAX_CONTROL_PAYLOAD);
+        }
+    };
+    match parse(json) {
+        Err(e) => assert!(!e.is_empty() && !e.contains(['\r', '\n']), "{e:?}"),
+        Ok(Control::Subscribe { channel, .. } | Control::Unsubscribe { channel }) => {
+            let name = crate::codec::wildcard::as_prefix(&channel).unwrap_or(&channel);
+            assert!(!name.is_empty());
+            assert!(response::check_value(name.as_bytes()).is_ok());
+        }
+        Ok(Control::Session { id: Some(id) }) => {
+            assert!(!id.is_empty() && response::check_value(id.as_bytes()).is_ok());
+        }
+        Ok(Control::KeepAlive(Some((m, timeout, _)))) => {
+            check_message(&m);
+            assert!(timeout > 0);
+        }
+        Ok(Control::SendDelayed { message, timeout }) => {
+            check_message(&message);
+            assert!(timeout > 0);
+        }
+        Ok(_) => {}
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Each message type's fields, for serde. `type` is read first on its own
 // (`Tagged`, which lets every other field through); each type's struct then
@@ -565,6 +601,10 @@ mod tests {
                 r#"{"type":"flush-delayed","now":true}"#,
                 "now: unknown field for type flush-delayed",
             ),
+            (
+                r#"{"type":"detach","a\nb":1}"#,
+                "a\\nb: unknown field for type detach (expected type)",
+            ),
         ] {
             let json = json.replace("PING", &"x".repeat(126));
             let needle = needle.replace(
@@ -574,6 +614,7 @@ mod tests {
             let e = parse(json.as_bytes()).expect_err(&json);
             assert!(e.contains(&needle), "{json}: {e}");
             assert!(!e.contains('\n'), "one line: {e:?}");
+            check_parse_invariant(json.as_bytes());
         }
     }
 }
