@@ -147,6 +147,7 @@ impl Backend {
             forwarding,
             grip,
             grip_last: &[],
+            connection_id: None,
         }
     }
 }

@@ -231,6 +231,9 @@ pub struct Shard {
     /// WebSocket-over-HTTP sessions open here, by Connection-Id, with
     /// their subscriber (for `conncheck` and `refresh`).
     pub ws_sessions: RefCell<HashMap<String, Rc<crate::subs::Sub>>>,
+    /// Other held connections (streams, long-polls, WebSockets) by
+    /// Connection-Id, for per-connection targets (`crate::targets`).
+    pub held: RefCell<HashMap<String, Rc<crate::subs::Sub>>>,
     pub bus: Arc<Bus>,
     /// Where publishes accepted here go: the bus, or a cluster's broker.
     pub publisher: crate::cluster::Publisher,
@@ -300,6 +303,7 @@ impl Shard {
             },
             board,
             ws_sessions: RefCell::new(HashMap::new()),
+            held: RefCell::new(HashMap::new()),
             bus,
             publisher,
             kick: Kick::default(),
@@ -463,10 +467,12 @@ impl Shard {
                 }
                 Command::Target(id, action, reply) => {
                     let sub = self.ws_sessions.borrow().get(&id).cloned();
-                    if let Some(sub) = &sub {
-                        action.apply(sub, &self.subs);
-                    }
-                    let _ = reply.send(sub.is_some());
+                    let sub = sub.or_else(|| self.held.borrow().get(&id).cloned());
+                    let applied = match &sub {
+                        Some(sub) => action.apply(sub, &self.subs),
+                        None => crate::targets::Applied::NotHere,
+                    };
+                    let _ = reply.send(applied);
                 }
             }
         }
