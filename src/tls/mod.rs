@@ -1,7 +1,9 @@
 //! TLS at the edge and to backends, with rustls: certificates by SNI
 //! (`certs`, `names`), the server and client configurations (`server`,
-//! `client`), a sans-IO stream adapter for any `AsyncRead + AsyncWrite`
-//! (`stream`), and the first-bytes classifier that answers plaintext HTTP
+//! `client`), sans-IO stream adapters for any `AsyncRead + AsyncWrite`
+//! (`server_stream` for a TLS listener's connections, over rustls's
+//! unbuffered API so an idle one holds no buffer; `stream`, buffered, for
+//! TLS to backends), and the first-bytes classifier that answers plaintext HTTP
 //! on a TLS port (`sniff`). No glommio types here: the connection layer
 //! hands in its socket and a timer future.
 //!
@@ -38,6 +40,7 @@ pub mod certs;
 pub mod client;
 pub mod names;
 pub mod server;
+pub mod server_stream;
 pub mod sniff;
 pub mod stream;
 #[cfg(test)]
@@ -53,7 +56,8 @@ use crate::route::Target;
 
 pub use certs::{CertProblem, CertStore};
 pub use server::{Reloadable, ServerTls};
-pub use stream::{ClientTlsStream, HandshakeError, ServerTlsStream, TlsStream};
+pub use server_stream::ServerTlsStream;
+pub use stream::{ClientTlsStream, HandshakeError, TlsStream};
 
 // The crypto provider, by cargo feature (Cargo.toml): aws-lc normally,
 // ring only in builds that leave aws-lc out (the fuzz targets).
