@@ -543,15 +543,27 @@ pub fn worker(args: &[String]) {
 struct Http {
     to: SocketAddr,
     conn: Option<(TcpStream, ResponseReader)>,
+    last_used: Instant,
 }
 
 impl Http {
     fn new(to: SocketAddr) -> Http {
-        Http { to, conn: None }
+        Http {
+            to,
+            conn: None,
+            last_used: Instant::now(),
+        }
     }
 
     /// Sends a request; the status and body, or why it failed.
     fn request(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>), String> {
+        // A connection left idle (while thousands of subscribers open) may
+        // have been closed by the server: a publish is not retried, so
+        // it goes out on a fresh one.
+        if self.last_used.elapsed() > Duration::from_secs(2) {
+            self.conn = None;
+        }
+        self.last_used = Instant::now();
         if self.conn.is_none() {
             let s = TcpStream::connect(self.to).map_err(|e| format!("{}: {e}", self.to))?;
             let _ = s.set_nodelay(true);
