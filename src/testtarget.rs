@@ -114,6 +114,7 @@ pub async fn handle(
         target: "test".into(),
         sig: None,
         debug: route.debug,
+        connection_id: None,
     };
     hold(shard, c, &ctx, instruct, base).await
 }

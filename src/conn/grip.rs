@@ -154,6 +154,9 @@ pub struct HoldCtx<'a> {
     /// The route's `debug`: a held stream that fails says why in its body
     /// before it ends; a long-poll answers 502 with the reason.
     pub debug: bool,
+    /// The Connection-Id the backend was told: while held, the connection
+    /// is a target by it (`crate::targets`).
+    pub connection_id: Option<String>,
 }
 
 /// What the filters need of an instruct's channels (the first `max`).
@@ -248,6 +251,10 @@ pub async fn hold(
         HoldResume::Refetch => return HoldEnd::Retry(grip_last(&instruct, max)),
     }
     sub.set_debug(ctx.debug);
+    let _target = ctx
+        .connection_id
+        .clone()
+        .map(|id| crate::targets::Registered::new(&shard.held, id, &sub));
     c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
     // response cannot set or change it).
@@ -325,7 +332,7 @@ async fn send_link_request(
     {
         Ok(up) => up,
         Err(e) => {
-            warn!("core {}: {what} {url}: {e:?}", shard.index);
+            warn!("core {}: {what} {url}: {e}", shard.index);
             return None;
         }
     };

@@ -109,6 +109,7 @@ pub fn check(cfg: &Config) -> CheckReport {
             Err(problems) => report.problems.extend(problems.into_iter().map(|p| p.0)),
         }
     }
+    report.info.extend(cfg.routes.warnings());
     let mut need_roots = false;
     for route in cfg.routes.iter() {
         for t in &route.targets {
@@ -116,7 +117,7 @@ pub fn check(cfg: &Config) -> CheckReport {
             if !b.ssl {
                 continue;
             }
-            if let Err(e) = client::server_name(&b.addr, b.host.as_deref()) {
+            if let Err(e) = client::server_name(&b.addr, b.tls_name()) {
                 report
                     .problems
                     .push(format!("routes: '{}': target {}: {e}", route.line, b.addr));
@@ -150,10 +151,11 @@ pub fn warn_insecure(addr: &str) -> String {
 /// What `corepin run` (and a routes reload) checks of the `ssl`
 /// targets before serving them: every target's name can be verified,
 /// and the CA store is there when a target is verified. `Ok`: the
-/// warnings to log, one per `insecure` target; `Err`: the one line why
+/// warnings to log, one per `insecure` target and the routes' own
+/// ([`crate::route::Routes::warnings`]); `Err`: the one line why
 /// not.
 pub fn backend_targets(routes: &crate::route::Routes) -> Result<Vec<String>, String> {
-    let mut warnings = Vec::new();
+    let mut warnings = routes.warnings();
     let mut need_roots = false;
     for route in routes.iter() {
         for t in &route.targets {
@@ -161,7 +163,7 @@ pub fn backend_targets(routes: &crate::route::Routes) -> Result<Vec<String>, Str
             if !b.ssl {
                 continue;
             }
-            client::server_name(&b.addr, b.host.as_deref())
+            client::server_name(&b.addr, b.tls_name())
                 .map_err(|e| format!("routes: '{}': target {}: {e}", route.line, b.addr))?;
             if b.insecure {
                 let w = warn_insecure(&b.addr);
