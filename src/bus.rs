@@ -801,6 +801,8 @@ pub struct SubWatch {
     /// a stats socket wants them); without, the publish path pays one
     /// branch.
     pub published: bool,
+    /// Whether requests and WebSockets are announced (`conn` stats).
+    pub conns: bool,
 }
 
 /// What a `SubWatch` hears.
@@ -808,6 +810,22 @@ pub struct SubWatch {
 pub enum Watched {
     Sub(SubEvent),
     Item(Published),
+    Conn(ConnEvent),
+}
+
+/// A request or WebSocket starting (`open`) or ending, as the `conn`
+/// stats describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub id: String,
+    pub open: Option<ConnOpen>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnOpen {
+    pub ws: bool,
+    pub peer: std::net::IpAddr,
+    pub ssl: bool,
 }
 
 /// An item routed to the cores, as the `message` stats describe it.
@@ -823,6 +841,14 @@ pub struct Published {
 impl SubWatch {
     pub fn send(&self, e: SubEvent) {
         if self.tx.send(Watched::Sub(e)).is_ok() {
+            self.wake();
+        }
+    }
+
+    /// Announces a request or WebSocket starting or ending (callers check
+    /// `conns` first).
+    pub fn conn(&self, e: ConnEvent) {
+        if self.tx.send(Watched::Conn(e)).is_ok() {
             self.wake();
         }
     }
@@ -1398,6 +1424,7 @@ mod tests {
             pending: pending.clone(),
             wake: theirs,
             published: false,
+            conns: false,
         })
         .expect("first watch");
         let ev = |delta| SubEvent {
@@ -1422,6 +1449,7 @@ mod tests {
             pending,
             wake: other,
             published: false,
+            conns: false,
         };
         assert!(bus.set_watch(again).is_err());
     }

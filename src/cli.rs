@@ -180,8 +180,14 @@ fn parse_connection(args: impl Iterator<Item = String>) -> Result<Command, CliEr
     let mut socket = PathBuf::from(DEFAULT_SOCKET);
     while let Some(a) = args.next() {
         match a.as_str() {
+            // Whatever the connection's kind, it takes TEXT: a WebSocket as
+            // a text message, a stream and a long-poll with a newline added
+            // (as `corepin publish` sends them).
             "--message" => {
-                req["ws-message"] = serde_json::json!({"content": value(&mut args, "--message")?})
+                let text = value(&mut args, "--message")?;
+                req["ws-message"] = serde_json::json!({ "content": text });
+                req["http-stream"] = serde_json::json!({ "content": format!("{text}\n") });
+                req["http-response"] = serde_json::json!({ "body": format!("{text}\n") });
             }
             "--close" => req["action"] = "close".into(),
             "--code" => {

@@ -70,6 +70,8 @@ struct FileZmq {
     stats_format: Option<String>,
     stats_report_interval: Option<u64>,
     stats_subscription_ttl: Option<u64>,
+    stats_connection_send: Option<bool>,
+    stats_connection_ttl: Option<u64>,
     subscription_linger: Option<u64>,
     ipc_file_mode: Option<String>,
 }
@@ -528,6 +530,11 @@ pub struct Zmq {
     pub stats_report_interval: u64,
     /// The `ttl` of `sub` messages, which are sent again every 3/4 of it.
     pub stats_subscription_ttl: u64,
+    /// `conn` messages for every request and WebSocket (Pushpin's
+    /// `stats_connection_send`, on by default).
+    pub stats_connection_send: bool,
+    /// The `ttl` of `conn` messages, which are sent again every 3/4 of it.
+    pub stats_connection_ttl: u64,
     /// Seconds a channel's long-poll subscription outlives its last
     /// long-poll (so clients polling again keep it).
     pub subscription_linger: u64,
@@ -547,6 +554,8 @@ impl Default for Zmq {
             stats_format: StatsFormat::TnetString,
             stats_report_interval: 10,
             stats_subscription_ttl: 60,
+            stats_connection_send: true,
+            stats_connection_ttl: 120,
             subscription_linger: 60,
             ipc_file_mode: None,
         }
@@ -619,6 +628,13 @@ fn validate_zmq(z: FileZmq) -> Result<Zmq, ConfigError> {
             format!("{ttl} is not 1-86400"),
         );
     }
+    let conn_ttl = z.stats_connection_ttl.unwrap_or(d.stats_connection_ttl);
+    if !(1..=86_400).contains(&conn_ttl) {
+        return fail(
+            "zmq.stats_connection_ttl",
+            format!("{conn_ttl} is not 1-86400"),
+        );
+    }
     let report = z.stats_report_interval.unwrap_or(d.stats_report_interval);
     if report > 86_400 {
         return fail(
@@ -661,6 +677,8 @@ fn validate_zmq(z: FileZmq) -> Result<Zmq, ConfigError> {
         stats_format,
         stats_report_interval: report,
         stats_subscription_ttl: ttl,
+        stats_connection_send: z.stats_connection_send.unwrap_or(d.stats_connection_send),
+        stats_connection_ttl: conn_ttl,
         subscription_linger: linger,
     })
 }

@@ -436,25 +436,28 @@ async fn connection(shard: &Rc<Shard>, c: &mut Conn, head: &RequestHead) -> (Rep
     let Some(plane) = shard.plane.borrow().clone() else {
         return (Reply::text(503, "no control plane\n"), true);
     };
-    // Asking every core waits for their answers: off the executor.
-    let found = {
+    // Asking the core that owns the id waits for its answer: off the
+    // executor.
+    let applied = {
         let id = id.clone();
         glommio::executor()
             .spawn_blocking(move || plane.target(&id, &action))
             .await
     };
-    if found {
-        (json(200, serde_json::json!({"ok": true, "id": id})), true)
-    } else {
-        let error = crate::control_socket::no_connection(&id);
-        (
-            json(
-                404,
-                serde_json::json!({"ok": false, "id": id, "error": error}),
-            ),
-            true,
-        )
-    }
+    use crate::control_socket::Applied;
+    let status = match applied {
+        Applied::Done => return (json(200, serde_json::json!({"ok": true, "id": id})), true),
+        Applied::NotHere => 404,
+        Applied::NoFormat(..) => 409,
+    };
+    let error = crate::control_socket::target_error(&id, &applied);
+    (
+        json(
+            status,
+            serde_json::json!({"ok": false, "id": id, "error": error}),
+        ),
+        true,
+    )
 }
 
 /// Checks the backlog bound and reserves the body's share of the budget.

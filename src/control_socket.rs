@@ -25,7 +25,7 @@ const MAX_LINE: usize = 2 << 20;
 /// Control socket connections served at once (one thread each).
 pub const MAX_CONNECTIONS: usize = 64;
 
-pub use crate::wake::{Command, CoreLinks, Refresh, Target};
+pub use crate::wake::{Applied, Command, CoreLinks, Refresh, Target};
 
 /// Everything the control plane works with.
 pub struct ControlPlane {
@@ -119,22 +119,30 @@ impl ControlPlane {
         found
     }
 
-    /// Applies `action` to the connection `id` on whichever core has it;
-    /// false when none does. Runs on a control-plane thread.
+    /// Applies `action` to the connection `id` on the core that made the
+    /// id (ids name their core); `NotHere` when it has no such connection,
+    /// or the id is not one of corepin's. Runs on a control-plane thread.
     #[allow(clippy::disallowed_methods)]
-    pub fn target(&self, id: &str, action: &Target) -> bool {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    pub fn target(&self, id: &str, action: &Target) -> Applied {
+        let Some(core) = crate::targets::owner(id, self.links.cores()) else {
+            return Applied::NotHere;
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
         self.links
-            .send_all(|| Command::Target(id.to_string(), action.clone(), tx.clone()));
-        drop(tx);
-        let mut found = false;
-        for _ in 0..self.links.cores() {
-            match rx.recv_timeout(Duration::from_secs(2)) {
-                Ok(f) => found |= f,
-                Err(_) => break,
-            }
+            .send_to(core, Command::Target(id.to_string(), action.clone(), tx));
+        rx.recv_timeout(Duration::from_secs(2))
+            .unwrap_or(Applied::NotHere)
+    }
+
+    /// The control socket's answer to a `connection` request.
+    pub fn connection(&self, v: &Value) -> Value {
+        match connection_request(v) {
+            Ok((id, action)) => match self.target(&id, &action) {
+                Applied::Done => json!({"ok": true, "id": id}),
+                a => json!({"ok": false, "id": id, "error": target_error(&id, &a)}),
+            },
+            Err(e) => json!({"ok": false, "error": e}),
         }
-        found
     }
 
     pub fn stats(&self) -> Value {
@@ -221,16 +229,7 @@ impl ControlPlane {
                 }
                 Err(e) => fail(e),
             },
-            Some("connection") => match connection_request(&v) {
-                Ok((id, action)) => {
-                    if self.target(&id, &action) {
-                        json!({"ok": true, "id": id})
-                    } else {
-                        json!({"ok": false, "id": id, "error": no_connection(&id)})
-                    }
-                }
-                Err(e) => fail(e),
-            },
+            Some("connection") => self.connection(&v),
             Some(m) => fail(format!(
                 "unknown method '{m}' (publish, stats, reload, conncheck, recover, channels, connection)"
             )),
@@ -271,79 +270,17 @@ impl ControlPlane {
     }
 }
 
-/// What the `connection` method answers for an id no core has.
-pub fn no_connection(id: &str) -> String {
-    format!(
-        "no connection with Connection-Id '{}' (only WebSocket-over-HTTP sessions have one)",
-        id.escape_debug()
-    )
-}
+pub use crate::targets::{no_connection, request as connection_request};
 
-/// Longest text `connection` sends in one message.
-const MAX_TARGET_TEXT: usize = 1 << 20;
-
-/// The `connection` request: `id` (a Connection-Id) and either
-/// `"ws-message": {"content": TEXT}` or `"action": "close"` (with an
-/// optional `"code"`, 1000 by default); any other member refused by name.
-pub fn connection_request(v: &Value) -> Result<(String, Target), String> {
-    let Some(obj) = v.as_object() else {
-        return Err("a request is a JSON object".into());
-    };
-    if let Some(k) = obj.keys().find(|k| {
-        !matches!(
-            k.as_str(),
-            "method" | "id" | "ws-message" | "action" | "code"
-        )
-    }) {
-        return Err(format!(
-            "connection: unknown member '{k}' (id, ws-message, action, code)"
-        ));
+/// Why a `connection` request was not applied.
+pub fn target_error(id: &str, a: &Applied) -> String {
+    match a {
+        Applied::NoFormat(kind, format) => format!(
+            "connection '{}' is {kind}: the request has no {format}",
+            id.escape_debug()
+        ),
+        _ => no_connection(id),
     }
-    let id = match obj.get("id") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
-        _ => return Err("connection: \"id\" must be a Connection-Id (1 to 256 bytes)".into()),
-    };
-    let action = match (obj.get("ws-message"), obj.get("action")) {
-        (Some(m), None) => {
-            if obj.contains_key("code") {
-                return Err("connection: \"code\" goes with \"action\": \"close\"".into());
-            }
-            let Some(m) = m.as_object() else {
-                return Err("connection: \"ws-message\" must be an object".into());
-            };
-            if let Some(k) = m.keys().find(|k| k.as_str() != "content") {
-                return Err(format!(
-                    "connection: unknown ws-message member '{k}' (content)"
-                ));
-            }
-            match m.get("content") {
-                Some(Value::String(t)) if t.len() <= MAX_TARGET_TEXT => Target::Message(t.clone()),
-                Some(Value::String(_)) => {
-                    return Err(format!("connection: content over {MAX_TARGET_TEXT} bytes"))
-                }
-                _ => return Err("connection: ws-message needs \"content\": TEXT".into()),
-            }
-        }
-        (None, Some(a)) if a == "close" => match obj.get("code") {
-            None => Target::Close(1000),
-            Some(c) => match c.as_u64() {
-                Some(c @ (1000 | 1001 | 1008 | 1011 | 3000..=4999)) => Target::Close(c as u16),
-                _ => {
-                    return Err(format!(
-                        "connection: close code {c} not allowed (1000, 1001, 1008, 1011, 3000-4999)"
-                    ))
-                }
-            },
-        },
-        (None, Some(a)) => return Err(format!("connection: unknown action {a} (close)")),
-        (Some(_), Some(_)) => {
-            return Err("connection: give \"ws-message\" or \"action\", not both".into())
-        }
-        (None, None) => {
-            return Err("connection: needs \"ws-message\" or \"action\": \"close\"".into())
-        }
-    };
-    Ok((id, action))
 }
 
 /// The `channels` request's query: members `channel`, `prefix` (strings)

@@ -51,6 +51,7 @@ pub mod server;
 pub mod shard;
 pub mod stats;
 pub mod subs;
+pub mod targets;
 pub mod testtarget;
 pub mod tls;
 pub mod upstream;

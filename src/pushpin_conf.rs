@@ -190,7 +190,8 @@ enum Unmapped {
     },
 }
 
-const STATS: &str = "corepin sends no conn or conn-max stats messages";
+const STATS: &str =
+    "corepin's conn-max messages carry a ttl of 3/2 of the report interval (at least 60 s)";
 
 /// Keys corepin knows but does not map to a setting.
 fn kind(key: &str) -> Option<Unmapped> {
@@ -230,7 +231,6 @@ fn kind(key: &str) -> Option<Unmapped> {
         // The proxy's report interval only paces its reports to the
         // handler, inside Pushpin.
         "proxy/stats_report_interval" => Some(Unmapped::Internal),
-        "global/stats_connection_ttl" => u(Some("120"), STATS),
         "proxy/stats_connections_max_ttl" => u(Some("60"), STATS),
         "runner/https_ports" => u(Some(""), "TLS listeners are not built yet"),
         "runner/local_ports" => u(Some(""), "Unix-socket listeners are not supported"),
@@ -604,10 +604,20 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
             zmq.insert(field.into(), i64::try_from(n).unwrap_or(i64::MAX).into());
         }
     }
-    // Pushpin sends conn messages by default; corepin does not.
+    // `conn` messages, on by default as in Pushpin.
     mapped.push("global/stats_connection_send");
-    let conn_stats = boolean("global/stats_connection_send")?.unwrap_or(true);
-    let stats_on = text_of("handler/stats_spec").is_some_and(|s| !s.trim().is_empty());
+    if let Some(b) = boolean("global/stats_connection_send")? {
+        zmq.insert("stats_connection_send".into(), b.into());
+    }
+    mapped.push("global/stats_connection_ttl");
+    if let Some(n) = number("global/stats_connection_ttl")? {
+        let n = u64::try_from(n)
+            .map_err(|_| bad("global/stats_connection_ttl", format!("{n} is negative")))?;
+        zmq.insert(
+            "stats_connection_ttl".into(),
+            i64::try_from(n).unwrap_or(i64::MAX).into(),
+        );
+    }
 
     // The handler's mode is the one its public ZeroMQ sockets get (the
     // proxy's applies to Pushpin's internal sockets only).
@@ -723,12 +733,6 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
             }
             None => unsupported.push(format!("{shown}={value} (unknown to corepin)")),
         }
-    }
-    if stats_on && conn_stats {
-        unsupported.push(
-            "[global] stats_connection_send=true (corepin's stats socket sends sub, activity, counts and report messages, not conn or message)"
-                .to_string(),
-        );
     }
     let origin_routes = format!("{origin} (as corepin settings)");
     let mut config = Config::from_table(t, &origin_routes, ov)?;
@@ -869,8 +873,9 @@ a=second
         assert_eq!(c.zmq.ipc_file_mode, Some(0o770));
         let w = p.warning.expect("a warning");
         assert!(!w.contains("client_maxconn"), "{w}");
-        // Pushpin's conn stats are not sent, and the warning says so.
-        assert!(w.contains("[global] stats_connection_send=true"), "{w}");
+        // Pushpin's conn stats are sent, as Pushpin's defaults ask.
+        assert!(!w.contains("stats_connection"), "{w}");
+        assert!(c.zmq.stats_connection_send && c.zmq.stats_connection_ttl == 120);
         assert!(
             !w.contains("zurl_out_specs")
                 && !w.contains("sig_key")

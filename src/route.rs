@@ -88,10 +88,13 @@ pub struct Backend {
     /// `insecure`: with `ssl`, the certificate is not verified.
     pub insecure: bool,
     /// `trust_connect_host`: with `ssl`, the certificate is checked
-    /// against the address connected to instead of the Host.
+    /// against (and SNI names) the host of `addr`, the address connected
+    /// to, instead of `host=` (Pushpin: instead of the request's Host).
     pub trust_connect_host: bool,
-    /// `untrusted`: Pushpin's outbound policy (no internal addresses)
-    /// applies to this target.
+    /// `untrusted`: the outbound address policy applies to this target
+    /// and to the links its responses point to: no connection to a
+    /// loopback, private or link-local address (`upstream::denied`), as
+    /// Pushpin's connection manager refuses them for untrusted targets.
     pub untrusted: bool,
     /// `one_event`: WebSocket-over-HTTP requests carry one event each.
     pub one_event: bool,
@@ -102,6 +105,17 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The name a TLS connection to this target is verified against (and
+    /// sends as SNI) instead of the host of `addr`: `host=`, unless
+    /// `trust_connect_host` asks for the address's own host.
+    pub fn tls_name(&self) -> Option<&str> {
+        if self.trust_connect_host {
+            None
+        } else {
+            self.host.as_deref()
+        }
+    }
+
     /// The Host to send upstream instead of the client's, if any: the
     /// target's `host=`, else the route's `as_host=`.
     pub fn send_host(&self) -> Option<&str> {
@@ -133,6 +147,7 @@ impl Backend {
             forwarding,
             grip,
             grip_last: &[],
+            connection_id: None,
         }
     }
 }
@@ -175,13 +190,17 @@ pub struct Route {
     /// `aco`: automatic cross-origin (CORS) and JSON-P.
     pub aco: bool,
     pub jsonp: Option<Jsonp>,
-    /// `session`: session detection via the inspect interface.
+    /// `session`: in Pushpin, session detection and storage through its
+    /// optional inspect and state services; corepin has neither, so it
+    /// changes nothing and start-up says so ([`Routes::warnings`]).
     pub session: bool,
     /// `sockjs=PATH` and `sockjs_as_path=PATH`.
     pub sockjs: Option<String>,
     pub sockjs_as_path: Option<String>,
-    /// `log_level=N` (Pushpin 1.41): the level of this route's
-    /// "too many subscriptions" message.
+    /// `log_level=N`: the most verbose level logged for requests on this
+    /// route, in place of the process's level (Pushpin's numbers: 0
+    /// error, 1 warn, 2 info, 3 and up debug). corepin applies it to the
+    /// access-log line (an info line): logged when N >= 2.
     pub log_level: Option<u32>,
     /// What the request upstream looks like (shared with the targets).
     pub edits: Arc<RequestEdits>,
@@ -982,21 +1001,6 @@ impl Route {
     /// Why corepin cannot serve this line yet, naming the option; `None`
     /// when it can.
     pub fn unsupported(&self) -> Option<String> {
-        let opt = "route option";
-        if self.session {
-            return not_yet(
-                opt,
-                "session",
-                "session detection needs Pushpin's inspect interface, which corepin has not",
-            );
-        }
-        if self.log_level.is_some() {
-            return not_yet(
-                opt,
-                "log_level",
-                "corepin logs a capped subscription list at warn level on every route",
-            );
-        }
         if let Some(z) = self.zhttp.first() {
             let name = if z.req { "zhttpreq/..." } else { "zhttp/..." };
             return Some(format!(
@@ -1007,22 +1011,8 @@ impl Route {
             match t {
                 Target::Test => {}
                 Target::Backend(b) => {
-                    // `ssl` and `insecure` are served (`upstream`, `tls`).
-                    let tp = "target property";
-                    if b.trust_connect_host {
-                        return not_yet(
-                            tp,
-                            "trust_connect_host",
-                            "corepin checks a backend's certificate against host= or the target's address",
-                        );
-                    }
-                    if b.untrusted {
-                        return not_yet(
-                            tp,
-                            "untrusted",
-                            "corepin has no outbound address policy (Pushpin then refuses internal addresses for this target); corepin would connect anyway",
-                        );
-                    }
+                    // `ssl`, `insecure`, `trust_connect_host` and
+                    // `untrusted` are served (`upstream`, `tls`).
                     if b.ipc_file_mode.is_some() {
                         return Some(
                             "target property `ipc_file_mode` applies only to zhttp targets".into(),
@@ -1246,6 +1236,26 @@ impl Routes {
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
+    }
+
+    /// What start-up (and a routes reload) warns about: options Pushpin
+    /// accepts that do nothing here, each named with why. `session`: in
+    /// Pushpin 1.41 it only asks the optional inspect service
+    /// (`proxy/inspect_spec`) for a session and stores the backend's
+    /// `Grip-Session-*` rules in the optional state service
+    /// (`handler/state_spec`); without them (Pushpin's default) it does
+    /// nothing there either, and corepin has neither service.
+    pub fn warnings(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|r| r.session)
+            .map(|r| {
+                format!(
+                    "warning: route '{}': option `session` has no effect: Pushpin uses it only with its inspect and state services (inspect_spec, state_spec), which corepin does not have",
+                    r.line
+                )
+            })
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1767,17 +1777,32 @@ mod tests {
     }
 
     #[test]
+    fn pushpin_trust_and_logging_options_are_served() {
+        let r = parse_line("*,log_level=1,session a:1,untrusted b:2,ssl,host=h.test,trust_connect_host c:3,ssl,host=h.test")
+            .expect("served")
+            .expect("a route");
+        assert_eq!(r.log_level, Some(1));
+        assert!(r.session);
+        let b = |i: usize| match &r.targets[i] {
+            Target::Backend(b) => b.clone(),
+            t => panic!("{t:?}"),
+        };
+        assert!(b(0).untrusted && !b(1).untrusted);
+        assert_eq!(b(1).tls_name(), None, "trust_connect_host: the address");
+        assert_eq!(b(2).tls_name(), Some("h.test"), "else host=");
+        let routes = Routes::parse(["*,session a:1", "*,path_beg=/x a:1"]).expect("valid");
+        let w = routes.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("'*,session a:1'") && w[0].contains("`session` has no effect"));
+        let e = parse_line("*,log_level=-1 a:1").expect_err("negative").0;
+        assert!(e.contains("log_level '-1'"), "{e}");
+    }
+
+    #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("*,session a:1", "route option `session`"),
-            ("*,log_level=2 a:1", "route option `log_level`"),
             ("* zhttp/tcp://127.0.0.1:5000", "target `zhttp/...`"),
             ("* zhttpreq/tcp://127.0.0.1:5000", "target `zhttpreq/...`"),
-            (
-                "* a:1,ssl,trust_connect_host",
-                "target property `trust_connect_host`",
-            ),
-            ("* a:1,untrusted", "target property `untrusted`"),
             ("* a:1,ipc_file_mode=777", "`ipc_file_mode` applies only"),
             ("*,no_grip a:1,over_http", "`no_grip`"),
         ] {

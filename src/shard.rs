@@ -222,12 +222,18 @@ pub struct Shard {
     pub conns: Conns,
     draining: Cell<bool>,
     access_log: Option<RefCell<AccessLog>>,
+    /// Access lines are written for requests on routes without a
+    /// `log_level` (the process's level is info or more verbose).
+    access_default: bool,
     pub stats: Counters,
     pub subs: Registry,
     board: Arc<Board>,
     /// WebSocket-over-HTTP sessions open here, by Connection-Id, with
     /// their subscriber (for `conncheck` and `refresh`).
     pub ws_sessions: RefCell<HashMap<String, Rc<crate::subs::Sub>>>,
+    /// Other held connections (streams, long-polls, WebSockets) by
+    /// Connection-Id, for per-connection targets (`crate::targets`).
+    pub held: RefCell<HashMap<String, Rc<crate::subs::Sub>>>,
     pub bus: Arc<Bus>,
     /// Where publishes accepted here go: the bus, or a cluster's broker.
     pub publisher: crate::cluster::Publisher,
@@ -264,7 +270,10 @@ impl Shard {
         publisher: crate::cluster::Publisher,
     ) -> Rc<Shard> {
         let bufs = Rc::new(BufPool::default());
-        let access = cfg.access_log && crate::log::enabled(Level::Info);
+        // The log exists whenever access_log is on: a route's `log_level`
+        // can ask for its lines below the process's level.
+        let access = cfg.access_log;
+        let access_default = crate::log::enabled(Level::Info);
         Rc::new(Shard {
             index,
             routes: RefCell::new(Rc::new(cfg.routes.clone())),
@@ -272,6 +281,7 @@ impl Shard {
             bufs,
             conns: Conns::default(),
             draining: Cell::new(false),
+            access_default,
             access_log: access.then(|| {
                 RefCell::new(AccessLog::new(
                     cfg.access_log_client,
@@ -293,6 +303,7 @@ impl Shard {
             },
             board,
             ws_sessions: RefCell::new(HashMap::new()),
+            held: RefCell::new(HashMap::new()),
             bus,
             publisher,
             kick: Kick::default(),
@@ -456,17 +467,29 @@ impl Shard {
                 }
                 Command::Target(id, action, reply) => {
                     let sub = self.ws_sessions.borrow().get(&id).cloned();
-                    if let Some(sub) = &sub {
-                        action.apply(sub, &self.subs);
-                    }
-                    let _ = reply.send(sub.is_some());
+                    let sub = sub.or_else(|| self.held.borrow().get(&id).cloned());
+                    let applied = match &sub {
+                        Some(sub) => action.apply(sub, &self.subs),
+                        None => crate::targets::Applied::NotHere,
+                    };
+                    let _ = reply.send(applied);
                 }
             }
         }
     }
 
-    pub fn access(&self, entry: &AccessEntry<'_>) {
+    /// Counts a finished request and writes its access line when the
+    /// level allows: the route's `log_level` (Pushpin's numbers; the
+    /// line is an info line, 2) when it has one, else the process's.
+    pub fn access(&self, entry: &AccessEntry<'_>, route_log_level: Option<u32>) {
         self.stats.request(entry.status);
+        let wanted = match route_log_level {
+            Some(n) => n >= 2,
+            None => self.access_default,
+        };
+        if !wanted {
+            return;
+        }
         if let Some(log) = &self.access_log {
             log.borrow_mut().record(entry);
         }

@@ -878,7 +878,10 @@ impl Registry {
     /// - a long-poll whose `prev-id`s are `behind` the channels' last ids
     ///   is answered from history when history holds its next response;
     ///   `Refetch` when it does not (the caller re-requests the backend,
-    ///   as Pushpin does).
+    ///   as Pushpin does);
+    /// - a stream whose `prev-id`s are `behind` is replayed what it missed
+    ///   (`replayed=N`); `Refetch` when history does not hold a prev-id
+    ///   (the caller has the stream fetch its next link).
     pub fn resume_hold(
         &self,
         sub: &Rc<Sub>,
@@ -893,6 +896,18 @@ impl Registry {
             };
         }
         match sub.kind {
+            // A stream whose `prev-id`s are behind: what it missed is
+            // replayed in order; a gap is the backend's (its next link).
+            HoldKind::Stream if !behind.is_empty() => {
+                let mut n = 0;
+                for (channel, prev) in behind {
+                    match self.resume(sub, channel, prev) {
+                        Resumed::Replayed(k) => n += k,
+                        _ => return HoldResume::Refetch,
+                    }
+                }
+                HoldResume::Note(Some(format!("replayed={n}")))
+            }
             HoldKind::Stream | HoldKind::Ws => {
                 let channels = sub.channels.borrow().clone();
                 let (Some(raw), [channel]) = (last_event_id, channels.as_slice()) else {

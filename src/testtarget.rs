@@ -58,6 +58,43 @@ pub fn channel(head: &RequestHead) -> String {
         .unwrap_or_else(|| "test".into())
 }
 
+/// The held response's `Content-Type`: `text/event-stream` for a stream
+/// whose request accepts it by name (a browser's EventSource sends
+/// `Accept: text/event-stream`, and refuses a stream of any other type),
+/// else `text/plain`, as Pushpin's test target answers (so curl and
+/// Pushpin-era clients see what they saw). `*/*` and `text/*` do not
+/// count: published content is SSE only if its publisher made it so.
+fn content_type(head: &RequestHead, mode: HoldMode) -> &'static [u8] {
+    let sse = mode == HoldMode::Stream
+        && head
+            .fields
+            .get_all("accept")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .any(|range| {
+                let mut parts = range.split(|&b| b == b';');
+                let media = parts.next().unwrap_or(b"");
+                // `q=0` says "not this one" (RFC 9110 12.4.2).
+                let refused = parts.any(|p| {
+                    let p = p.trim_ascii();
+                    p.len() > 2
+                        && p[..2].eq_ignore_ascii_case(b"q=")
+                        && std::str::from_utf8(&p[2..])
+                            .ok()
+                            .and_then(|q| q.parse::<f32>().ok())
+                            == Some(0.0)
+                });
+                !refused
+                    && media
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(b"text/event-stream")
+            });
+    if sse {
+        b"text/event-stream"
+    } else {
+        b"text/plain"
+    }
+}
+
 /// Answers a request routed to `test`.
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -101,7 +138,7 @@ pub async fn handle(
         meta: Vec::new(),
         expose: Vec::new(),
     };
-    let fields = [(At::Key, &b"Content-Type"[..], &b"text/plain"[..])];
+    let fields = [(At::Key, &b"Content-Type"[..], content_type(head, mode))];
     let base = Base {
         // A constant, valid head: the fallback is never taken.
         head: Head::from_parts(None, None, fields, b"").unwrap_or_else(|_| Head::new(Status::OK)),
@@ -114,6 +151,7 @@ pub async fn handle(
         target: "test".into(),
         sig: None,
         debug: route.debug,
+        connection_id: None,
     };
     hold(shard, c, &ctx, instruct, base).await
 }
@@ -121,6 +159,44 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_is_sse_only_for_a_client_that_asks_for_it() {
+        use crate::codec::http1::{parse_request, HeadLimits};
+        let ctype = |accept: &str, mode: HoldMode| {
+            let req = format!("GET /stream HTTP/1.1\r\nHost: x\r\n{accept}\r\n");
+            let (_, head) = parse_request(req.as_bytes(), &HeadLimits::default())
+                .unwrap()
+                .unwrap();
+            String::from_utf8(content_type(&head, mode).to_vec()).unwrap()
+        };
+        for (accept, want) in [
+            ("", "text/plain"),
+            ("Accept: */*\r\n", "text/plain"),
+            ("Accept: text/*\r\n", "text/plain"),
+            ("Accept: text/event-stream\r\n", "text/event-stream"),
+            ("Accept: TEXT/Event-Stream ; q=1\r\n", "text/event-stream"),
+            (
+                "Accept: text/html, text/event-stream;q=0.5\r\n",
+                "text/event-stream",
+            ),
+            (
+                "Accept: text/html\r\nAccept: text/event-stream\r\n",
+                "text/event-stream",
+            ),
+            ("Accept: text/event-streamx\r\n", "text/plain"),
+            ("Accept: text/event-stream;q=0\r\n", "text/plain"),
+            ("Accept: text/event-stream; Q=0.000\r\n", "text/plain"),
+            ("Accept: application/json\r\n", "text/plain"),
+        ] {
+            assert_eq!(ctype(accept, HoldMode::Stream), want, "{accept:?}");
+        }
+        // A long-poll's answer is whatever is published: never SSE.
+        assert_eq!(
+            ctype("Accept: text/event-stream\r\n", HoldMode::Response),
+            "text/plain"
+        );
+    }
 
     #[test]
     fn query_values() {

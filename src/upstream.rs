@@ -6,11 +6,19 @@
 //! TLS connections pool apart from plain ones to the same address, and by
 //! the name they were verified against: a pooled connection is only reused
 //! for the same address, name and `insecure` setting.
+//!
+//! Outbound policy (the target property `untrusted`): a connection for an
+//! untrusted target, or for a link one of its responses points to, is only
+//! made to an address outside the loopback, private and link-local ranges
+//! ([`denied`]); Pushpin's connection manager refuses the same ranges for
+//! untrusted targets (and only for them: trusted targets, the default,
+//! ignore its policies). Such connections pool apart, so a connection a
+//! trusted target opened is never lent to an untrusted one.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -30,6 +38,9 @@ pub struct Dest {
     pub addr: String,
     /// TLS to it (`ssl` targets, https:// links); `None`: plain TCP.
     pub tls: Option<TlsDest>,
+    /// The outbound policy applies (`untrusted`): internal addresses are
+    /// refused.
+    pub untrusted: bool,
 }
 
 /// TLS settings of a destination.
@@ -48,6 +59,7 @@ impl Dest {
         Dest {
             addr: addr.to_string(),
             tls: None,
+            untrusted: false,
         }
     }
 
@@ -56,23 +68,63 @@ impl Dest {
         Dest {
             addr: b.addr.clone(),
             tls: b.ssl.then(|| TlsDest {
-                name: b.host.clone(),
+                name: b.tls_name().map(String::from),
                 insecure: b.insecure,
             }),
+            untrusted: b.untrusted,
         }
     }
 
     /// The idle pool's key: the address for plain TCP; for TLS, the
-    /// address, the name and `insecure` (a space never occurs in either).
-    fn pool_key<'a>(addr: &'a str, tls: Option<&TlsDest>) -> std::borrow::Cow<'a, str> {
-        match tls {
-            None => addr.into(),
+    /// address, the name and `insecure` (a space never occurs in either);
+    /// ` untrusted` after either for the outbound policy's connections.
+    fn pool_key(&self) -> String {
+        let mut key = match &self.tls {
+            None => self.addr.clone(),
             Some(t) => format!(
-                "{addr} tls {} {}",
+                "{} tls {} {}",
+                self.addr,
                 t.name.as_deref().unwrap_or("-"),
                 if t.insecure { "insecure" } else { "verify" }
-            )
-            .into(),
+            ),
+        };
+        if self.untrusted {
+            key.push_str(" untrusted");
+        }
+        key
+    }
+}
+
+/// The outbound policy's refused ranges: Pushpin's `--deny-out-internal`
+/// list (loopback 127.0.0.0/8 and ::1, private 10.0.0.0/8, 172.16.0.0/12,
+/// 192.168.0.0/16 and fc00::/7, link-local 169.254.0.0/16 and fe80::/10),
+/// and, beyond Pushpin's list, the unspecified addresses 0.0.0.0/8 and ::
+/// (a connect to them reaches this host) and IPv4 addresses written as
+/// IPv4-mapped IPv6 (`::ffff:127.0.0.1` is 127.0.0.1).
+pub fn denied(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            a == 127
+                || a == 10
+                || a == 0
+                || (a == 172 && (16..32).contains(&b))
+                || (a == 192 && b == 168)
+                || (a == 169 && b == 254)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
         }
     }
 }
@@ -83,7 +135,8 @@ impl Dest {
 /// `base`, the route's backend (reached as the route reaches it, TLS
 /// included). `None`: not a URL (`http::Uri`), another scheme, no host,
 /// user information (corepin would not send it), or a path with no
-/// backend (the test target).
+/// backend (the test target). A link from an `untrusted` target's
+/// response is untrusted too, wherever it points (as in Pushpin).
 pub fn link_dest(url: &str, base: Option<&Dest>) -> Option<(Dest, String)> {
     if url.starts_with('/') {
         return Some((base?.clone(), url.to_string()));
@@ -111,12 +164,20 @@ pub fn link_dest(url: &str, base: Option<&Dest>) -> Option<(Dest, String)> {
         None => default_port,
     };
     let addr = format!("{}:{port}", authority.host());
+    let untrusted = base.is_some_and(|b| b.untrusted);
     let path = match uri.path_and_query().map(|p| p.as_str()) {
         Some(p) if p.starts_with('/') => p.to_string(),
         Some(p) => format!("/{p}"),
         None => "/".to_string(),
     };
-    Some((Dest { addr, tls }, path))
+    Some((
+        Dest {
+            addr,
+            tls,
+            untrusted,
+        },
+        path,
+    ))
 }
 
 /// Why a backend could not be reached.
@@ -133,6 +194,25 @@ pub enum ConnectError {
     Failed(io::Error),
     /// The route names no backend target.
     NoTarget,
+    /// Every address of an `untrusted` target is one the outbound policy
+    /// refuses (502); the address, for the log.
+    Policy(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Resolve(name) => write!(f, "cannot resolve {name}"),
+            ConnectError::Timeout => f.write_str("connect timed out"),
+            ConnectError::Tls(why) => write!(f, "TLS failed: {why}"),
+            ConnectError::Failed(e) => write!(f, "connect failed: {e}"),
+            ConnectError::NoTarget => f.write_str("no backend target"),
+            ConnectError::Policy(at) => write!(
+                f,
+                "refused: untrusted target, and {at} is an internal address (loopback, private or link-local)"
+            ),
+        }
+    }
 }
 
 impl ConnectError {
@@ -144,6 +224,10 @@ impl ConnectError {
             ConnectError::Failed(_) => (502, "upstream unreachable"),
             ConnectError::Tls(_) => (502, "upstream TLS handshake failed"),
             ConnectError::NoTarget => (502, "no backend target"),
+            ConnectError::Policy(_) => (
+                502,
+                "upstream address refused: the target is untrusted and the address is internal",
+            ),
         }
     }
 }
@@ -207,7 +291,7 @@ impl Upstream {
 /// The core's idle connections and resolved addresses.
 pub struct Pool {
     idle: RefCell<HashMap<Rc<str>, Vec<Connection>>>,
-    resolved: RefCell<HashMap<Rc<str>, SocketAddr>>,
+    resolved: RefCell<HashMap<Rc<str>, Vec<SocketAddr>>>,
     max_idle: usize,
     bufs: Rc<BufPool>,
     /// This core's TLS client configurations.
@@ -235,29 +319,48 @@ impl Pool {
         Rc::from(addr)
     }
 
-    fn resolve(&self, key: &Rc<str>) -> Result<SocketAddr, ConnectError> {
-        if let Some(a) = self.resolved.borrow().get(key) {
-            return Ok(*a);
+    /// The address to connect to: the first one `key` resolves to, or
+    /// (`untrusted`) the first the outbound policy allows; when it allows
+    /// none, `Policy` naming the first refused.
+    fn resolve(&self, key: &Rc<str>, untrusted: bool) -> Result<SocketAddr, ConnectError> {
+        if !self.resolved.borrow().contains_key(key) {
+            let addrs: Vec<SocketAddr> = match key.parse::<SocketAddr>() {
+                Ok(a) => vec![a],
+                // Names are resolved once per core and cached: a blocking
+                // lookup happens at most once per backend name.
+                Err(_) => key
+                    .to_socket_addrs()
+                    .map(|it| it.collect())
+                    .unwrap_or_default(),
+            };
+            if addrs.is_empty() {
+                return Err(ConnectError::Resolve(key.to_string()));
+            }
+            self.resolved.borrow_mut().insert(key.clone(), addrs);
         }
-        let addr = match key.parse::<SocketAddr>() {
-            Ok(a) => a,
-            // Names are resolved once per core and cached: a blocking lookup
-            // happens at most once per backend name.
-            Err(_) => key
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut it| it.next())
-                .ok_or_else(|| ConnectError::Resolve(key.to_string()))?,
-        };
-        self.resolved.borrow_mut().insert(key.clone(), addr);
-        Ok(addr)
+        let resolved = self.resolved.borrow();
+        let addrs = resolved
+            .get(key)
+            .ok_or_else(|| ConnectError::Resolve(key.to_string()))?;
+        if !untrusted {
+            return addrs
+                .first()
+                .copied()
+                .ok_or_else(|| ConnectError::Resolve(key.to_string()));
+        }
+        match addrs.iter().find(|a| !denied(a.ip())) {
+            Some(a) => Ok(*a),
+            None => Err(ConnectError::Policy(
+                addrs.first().map(|a| a.to_string()).unwrap_or_default(),
+            )),
+        }
     }
 
     /// An idle pooled connection to `addr`, if one is there. With `check`,
     /// one that the backend has closed meanwhile is skipped (one extra
     /// syscall); without it, the caller must be able to retry the request.
     pub fn take_idle(&self, to: &Dest, check: bool) -> Option<Upstream> {
-        self.take_idle_key(&Dest::pool_key(&to.addr, to.tls.as_ref()), check)
+        self.take_idle_key(&to.pool_key(), check)
     }
 
     fn take_idle_key(&self, pool_key: &str, check: bool) -> Option<Upstream> {
@@ -283,32 +386,31 @@ impl Pool {
 
     /// A new plain TCP connection to `addr`.
     pub async fn connect(&self, addr: &str, timeout: Duration) -> Result<Upstream, ConnectError> {
-        self.connect_tls(addr, None, timeout).await
+        self.connect_to(&Dest::plain(addr), timeout).await
     }
 
     /// A new connection to `to`: TCP, then for TLS the handshake, all
-    /// within `timeout`.
+    /// within `timeout`. An `untrusted` destination whose addresses are
+    /// all internal is refused (`Policy`) without a connect.
     pub async fn connect_to(&self, to: &Dest, timeout: Duration) -> Result<Upstream, ConnectError> {
-        self.connect_tls(&to.addr, to.tls.as_ref(), timeout).await
-    }
-
-    async fn connect_tls(
-        &self,
-        addr: &str,
-        tls: Option<&TlsDest>,
-        timeout: Duration,
-    ) -> Result<Upstream, ConnectError> {
         let started = std::time::Instant::now();
+        let addr = to.addr.as_str();
         let key = self.key(addr);
-        let sa = self.resolve(&key)?;
+        let sa = self.resolve(&key, to.untrusted)?;
+        // Plain connections pool by address (policy connections apart).
+        let plain_key = if to.untrusted {
+            Rc::<str>::from(to.pool_key())
+        } else {
+            key
+        };
         // Settled before connecting: a name no certificate can carry, or
         // no CA store, fails without touching the network.
-        let tls = match tls {
+        let tls = match &to.tls {
             None => None,
             Some(t) => {
                 let name = server_name(addr, t.name.as_deref()).map_err(ConnectError::Tls)?;
                 let config = self.tls.config(t.insecure).map_err(ConnectError::Tls)?;
-                Some((name, config, Rc::<str>::from(Dest::pool_key(addr, Some(t)))))
+                Some((name, config, Rc::<str>::from(to.pool_key())))
             }
         };
         if tls.is_none() {
@@ -319,7 +421,7 @@ impl Pool {
                 return Ok(Upstream {
                     conn: Connection::ring(conn, self.bufs.clone()),
                     reused: false,
-                    key,
+                    key: plain_key,
                 });
             }
         }
@@ -340,7 +442,7 @@ impl Pool {
             return Ok(Upstream {
                 conn,
                 reused: false,
-                key,
+                key: plain_key,
             });
         };
         let _ = stream.set_nodelay(true);
@@ -372,17 +474,13 @@ impl Pool {
         let mut last = ConnectError::NoTarget;
         for (i, target) in targets.iter().enumerate().skip(from) {
             let Target::Backend(b) = target else { continue };
-            let tls = b.ssl.then(|| TlsDest {
-                name: b.host.clone(),
-                insecure: b.insecure,
-            });
+            let to = Dest::of(b);
             if let Reuse::Pooled { check } = reuse {
-                if let Some(up) = self.take_idle_key(&Dest::pool_key(&b.addr, tls.as_ref()), check)
-                {
+                if let Some(up) = self.take_idle(&to, check) {
                     return Ok((i, up, b));
                 }
             }
-            match self.connect_tls(&b.addr, tls.as_ref(), timeout).await {
+            match self.connect_to(&to, timeout).await {
                 Ok(up) => return Ok((i, up, b)),
                 Err(e) => {
                     match &e {
@@ -398,6 +496,10 @@ impl Pool {
                         ConnectError::Tls(why) => {
                             warn!("core {}: TLS to {} failed: {why}", self.core, b.addr)
                         }
+                        ConnectError::Policy(at) => warn!(
+                            "core {}: connect to {} refused: untrusted target, and {at} is an internal address (loopback, private or link-local)",
+                            self.core, b.addr
+                        ),
                         ConnectError::NoTarget => {}
                     }
                     last = e;
@@ -456,6 +558,7 @@ mod tests {
         let base = Dest {
             addr: "10.0.0.1:8443".into(),
             tls: tls(Some("api.internal"), false),
+            untrusted: false,
         };
         // url, and the address, TLS settings and path it resolves to
         type Case = (
@@ -503,6 +606,7 @@ mod tests {
                     Dest {
                         addr: a.to_string(),
                         tls: t.clone(),
+                        untrusted: false,
                     },
                     p.to_string(),
                 )
@@ -510,11 +614,66 @@ mod tests {
             assert_eq!(got, want, "{url}");
         }
         assert_eq!(link_dest("/p", None), None, "no backend: the test target");
+        // An untrusted target's links, wherever they point, are untrusted.
+        let base = Dest {
+            untrusted: true,
+            ..base
+        };
+        for url in ["/next", "http://a.test/x", "https://b.test/y"] {
+            let (d, _) = link_dest(url, Some(&base)).expect(url);
+            assert!(d.untrusted, "{url}");
+        }
+    }
+
+    #[test]
+    fn outbound_policy_ranges() {
+        let refused = [
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "febf::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ];
+        let allowed = [
+            "8.8.8.8",
+            "172.15.255.255",
+            "172.32.0.1",
+            "192.169.0.1",
+            "169.253.0.1",
+            "11.0.0.1",
+            "2001:db8::1",
+            "fec0::1",
+            "::ffff:8.8.8.8",
+        ];
+        for a in refused {
+            assert!(denied(a.parse().expect(a)), "{a} must be refused");
+        }
+        for a in allowed {
+            assert!(!denied(a.parse().expect(a)), "{a} must be allowed");
+        }
     }
 
     #[test]
     fn tls_pools_apart_by_name_and_verification() {
-        let key = |addr, tls: Option<TlsDest>| Dest::pool_key(addr, tls.as_ref()).into_owned();
+        let key = |addr: &str, tls: Option<TlsDest>| {
+            Dest {
+                addr: addr.into(),
+                tls,
+                untrusted: false,
+            }
+            .pool_key()
+        };
         let t = |name: Option<&str>, insecure| TlsDest {
             name: name.map(String::from),
             insecure,
@@ -525,6 +684,11 @@ mod tests {
             key("a:1", Some(t(None, true))),
             key("a:1", Some(t(Some("x.test"), false))),
             key("a:2", Some(t(None, false))),
+            Dest {
+                untrusted: true,
+                ..Dest::plain("a:1")
+            }
+            .pool_key(),
         ];
         assert_eq!(keys[0], "a:1", "plain connections pool by address alone");
         for (i, k) in keys.iter().enumerate() {

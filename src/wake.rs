@@ -76,33 +76,12 @@ pub enum Command {
     /// Make WebSocket-over-HTTP sessions send a request to their backend
     /// now (Pushpin's `refresh`); answers how many were found here.
     Refresh(Refresh, Sender<usize>),
-    /// Send to, or close, the session with this Connection-Id; answers
-    /// whether it is here.
-    Target(String, Target, Sender<bool>),
+    /// Send to, or close, the held connection with this Connection-Id;
+    /// answers how that went (`NotHere` when it is not on this core).
+    Target(String, Target, Sender<Applied>),
 }
 
-/// What the `connection` method does to one connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A text message (a WebSocket frame).
-    Message(String),
-    /// Close with this code.
-    Close(u16),
-}
-
-impl Target {
-    /// Queues the action on `sub` (with the core's queue limits).
-    pub fn apply(&self, sub: &crate::subs::Sub, subs: &crate::subs::Registry) {
-        let msg = match self {
-            Target::Message(text) => crate::subs::Msg::Data(crate::bus::ws_frame_of(
-                crate::codec::publish::WsKind::Text,
-                text.as_bytes(),
-            )),
-            Target::Close(code) => crate::subs::Msg::WsClose(*code, String::new()),
-        };
-        sub.push(msg, subs.limits, &subs.stats);
-    }
-}
+pub use crate::targets::{Applied, Target};
 
 /// Which sessions a `refresh` is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +119,14 @@ impl CoreLinks {
             let _ = c.send(make());
         }
         self.wake_all(COMMAND);
+    }
+
+    /// Sends core `core` the command and wakes it.
+    pub fn send_to(&self, core: usize, command: Command) {
+        if let (Some(c), Some(mut w)) = (self.commands.get(core), self.wakes.get(core)) {
+            let _ = c.send(command);
+            let _ = w.write_all(&[COMMAND]);
+        }
     }
 
     pub fn cores(&self) -> usize {

@@ -13,7 +13,9 @@
 //! - `stats_spec`: a PUB socket (bound) writing `sub` messages as channels
 //!   gain and lose subscribers (and again every 3/4 of their ttl),
 //!   `message` for each published item that has subscribers here (one per
-//!   transport), `activity` and `counts` as requests arrive, and a
+//!   transport), `conn` as each request or WebSocket starts (again every
+//!   3/4 of `stats_connection_ttl` while it lasts) and ends,
+//!   `activity` and `counts` as requests arrive, and a
 //!   `report` and a `conn-max` every `stats_report_interval`.
 //!
 //! Subscriptions reach this thread as events from the cores' registries
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::bus::{Published, SubEvent, SubWatch, Watched};
+use crate::bus::{ConnEvent, ConnOpen, Published, SubEvent, SubWatch, Watched};
 use crate::codec::publish::Item;
 use crate::codec::tnetstring::Value;
 use crate::codec::zmqmsg::{self, StatsFormat};
@@ -179,6 +181,7 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
             pending: pending.clone(),
             wake: theirs,
             published: stats.is_some(),
+            conns: stats.is_some() && cfg.stats_connection_send,
         })?;
         Some(Events {
             rx,
@@ -204,6 +207,8 @@ pub fn start(cfg: &Zmq, plane: Arc<ControlPlane>) -> Result<(), String> {
         from: format!("corepin_{}", std::process::id()),
         uris,
         ttl: cfg.stats_subscription_ttl,
+        conn_ttl: cfg.stats_connection_ttl,
+        conns: HashMap::new(),
         linger: Duration::from_secs(cfg.subscription_linger),
         report_every: Duration::from_secs(cfg.stats_report_interval),
         subs: HashMap::new(),
@@ -268,6 +273,11 @@ struct Thread {
     /// `get-zmq-uris`' answer.
     uris: Vec<(&'static str, String)>,
     ttl: u64,
+    /// The `ttl` of `conn` messages.
+    conn_ttl: u64,
+    /// Open requests and WebSockets, by id, with when their `conn`
+    /// message is due again.
+    conns: HashMap<String, (ConnOpen, Instant)>,
     linger: Duration,
     report_every: Duration,
     subs: HashMap<(&'static str, String), SubState>,
@@ -574,6 +584,7 @@ impl Thread {
             match e {
                 Watched::Sub(e) => self.change(e, now),
                 Watched::Item(p) => self.message(p),
+                Watched::Conn(c) => self.conn(c, now),
             }
         }
     }
@@ -652,6 +663,46 @@ impl Thread {
         }
     }
 
+    /// A request or WebSocket started (`conn` message) or ended (`conn`
+    /// with `unavailable`), as Pushpin's stats tell them.
+    fn conn(&mut self, e: ConnEvent, now: Instant) {
+        match e.open {
+            Some(open) => {
+                self.send_conn(&e.id, &open);
+                let next = now + Duration::from_millis(self.conn_ttl * 750);
+                self.conns.insert(e.id, (open, next));
+            }
+            None => {
+                if self.conns.remove(&e.id).is_some() {
+                    self.stat(
+                        "conn",
+                        vec![
+                            ("id", Value::str(&e.id)),
+                            ("unavailable", Value::Bool(true)),
+                        ],
+                    );
+                }
+            }
+        }
+    }
+
+    fn send_conn(&self, id: &str, open: &ConnOpen) {
+        let peer = open.peer.to_string();
+        let mut fields = vec![
+            ("id", Value::str(id)),
+            ("type", Value::str(if open.ws { "ws" } else { "http" })),
+            ("peer-address", Value::str(&peer)),
+        ];
+        if open.ssl {
+            fields.push(("ssl", Value::Bool(true)));
+        }
+        fields.push((
+            "ttl",
+            Value::Int(i64::try_from(self.conn_ttl).unwrap_or(i64::MAX)),
+        ));
+        self.stat("conn", fields);
+    }
+
     fn remove(&mut self, key: &(&'static str, String)) {
         if self.subs.remove(key).is_none() {
             return;
@@ -726,6 +777,23 @@ impl Thread {
             .collect();
         for k in due {
             self.send_sub(&k, now);
+        }
+        // Open requests and WebSockets are announced again every 3/4 of
+        // their ttl, as Pushpin refreshes them.
+        let again = now + Duration::from_millis(self.conn_ttl * 750);
+        let due: Vec<String> = self
+            .conns
+            .iter_mut()
+            .filter(|(_, (_, next))| now >= *next)
+            .map(|(id, (_, next))| {
+                *next = again;
+                id.clone()
+            })
+            .collect();
+        for id in due {
+            if let Some((open, _)) = self.conns.get(&id) {
+                self.send_conn(&id, open);
+            }
         }
         if self.stats.is_none() {
             return;

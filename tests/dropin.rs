@@ -499,3 +499,181 @@ fn jsonp_options_are_checked_by_name() {
         assert!(err.contains(needle), "{line}: {err}");
     }
 }
+
+// ---- Pushpin's trust and logging route options
+
+/// The target property `untrusted`: Pushpin's connection manager refuses
+/// internal addresses for such a target (trusted ones, the default, skip
+/// its policies); corepin answers 502 without connecting and logs why. A
+/// failover target without the property is still reached.
+#[test]
+fn untrusted_targets_are_refused_internal_addresses() {
+    let b = Backend::fixed("reached");
+    let port = b.addr.port();
+    let cp = Corepin::start(&[
+        "--route",
+        &format!("*,path_beg=/u {},untrusted", b.addr),
+        "--route",
+        &format!("*,path_beg=/name localhost:{port},untrusted"),
+        "--route",
+        &format!("*,path_beg=/f {},untrusted {}", b.addr, b.addr),
+        "--route",
+        &format!("* {}", b.addr),
+    ]);
+    let mut c = Conn::open(cp.addr());
+    let r = c.get("/u/x");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("the target is untrusted and the address is internal"),
+        "{}",
+        r.text()
+    );
+    cp.wait_stderr(&format!(
+        "connect to {} refused: untrusted target, and {} is an internal address",
+        b.addr, b.addr
+    ));
+    // A name is refused when every address it resolves to is internal.
+    let r = Conn::open(cp.addr()).get("/name");
+    assert_eq!(r.status, 502, "{}", r.text());
+    cp.wait_stderr(&format!(
+        "connect to localhost:{port} refused: untrusted target"
+    ));
+    assert_eq!(b.requests(), 0, "no request reached the backend");
+    // The trusted failover target is reached; so is a trusted route.
+    let r = Conn::open(cp.addr()).get("/f");
+    assert_eq!((r.status, r.text().as_str()), (200, "reached"));
+    let r = Conn::open(cp.addr()).get("/t");
+    assert_eq!((r.status, r.text().as_str()), (200, "reached"));
+    assert_eq!(b.requests(), 2);
+}
+
+/// A WebSocket to an untrusted internal target is refused the same way.
+#[test]
+fn untrusted_websocket_targets_are_refused_too() {
+    let b = Backend::fixed("reached");
+    let cp = Corepin::start(&["--route", &format!("* {},untrusted", b.addr)]);
+    let mut c = Conn::open(cp.addr());
+    c.send(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    let r = c.read().expect("an answer");
+    assert_eq!(r.status, 502, "{}", r.text());
+    cp.wait_stderr("refused: untrusted target");
+    assert_eq!(b.requests(), 0);
+}
+
+/// A CA and a leaf it signs for `names`, written into `dir` as
+/// `ca.pem`, `leaf.crt` and `leaf.key`.
+fn ca_and_leaf(dir: &TempDir, names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "dropin test CA");
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("leaf");
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("leaf.crt", leaf.pem()),
+        write("leaf.key", key.serialize_pem()),
+    )
+}
+
+/// `trust_connect_host`: the backend's certificate is checked against the
+/// address connected to (here 127.0.0.1, the certificate's only name)
+/// instead of `host=`, which is still the Host sent.
+#[test]
+fn trust_connect_host_verifies_the_address_not_host() {
+    let dir = TempDir::new("trust-connect-host");
+    let (ca, crt, key) = ca_and_leaf(&dir, &["127.0.0.1"]);
+    let backend = PyBackend::start("tls_http.py", &[&crt, &key]);
+    let p = backend.port;
+    let cp = Corepin::start_env(
+        &[("SSL_CERT_FILE", &ca)],
+        &[
+            "--route",
+            &format!("*,path_beg=/connect 127.0.0.1:{p},ssl,host=api.example,trust_connect_host"),
+            "--route",
+            &format!("* 127.0.0.1:{p},ssl,host=api.example"),
+        ],
+    );
+    let r = Conn::open(cp.addr()).get("/connect");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "tls backend /connect proto=http");
+    // Without it the name checked is host=, which the certificate lacks.
+    let r = Conn::open(cp.addr()).get("/named");
+    assert_eq!(r.status, 502, "{}", r.text());
+    cp.wait_stderr(&format!(
+        "TLS to 127.0.0.1:{p} failed: bad TLS handshake: invalid peer certificate: certificate not valid for name \"api.example\""
+    ));
+}
+
+/// `log_level=N` is the most verbose level logged for requests on that
+/// route (Pushpin's numbers: 0 error, 1 warn, 2 info, 3 debug); the
+/// access line is an info line. One connection, so one core's log keeps
+/// the requests' order: once the last line is out, the others are too.
+#[test]
+fn log_level_decides_a_routes_access_lines() {
+    let b = Backend::fixed("ok");
+    let routes = [
+        format!("*,path_beg=/quiet,log_level=1 {}", b.addr),
+        format!("*,path_beg=/loud,log_level=2 {}", b.addr),
+        format!("* {}", b.addr),
+    ];
+    let mut args = vec![];
+    for r in &routes {
+        args.extend(["--route", r.as_str()]);
+    }
+    // At the default level (info): the quiet route's lines are dropped.
+    let cp = Corepin::start(&args);
+    let mut c = Conn::open(cp.addr());
+    for path in ["/quiet/1", "/plain/1", "/loud/1", "/plain/2"] {
+        assert_eq!(c.get(path).status, 200, "{path}");
+    }
+    cp.wait_stdout("\"GET /plain/2\"");
+    let out = cp.stdout.lock().expect("stdout").join("\n");
+    assert!(
+        out.contains("\"GET /plain/1\"") && out.contains("\"GET /loud/1\""),
+        "{out}"
+    );
+    assert!(!out.contains("/quiet/"), "{out}");
+    drop(cp);
+    // At warn: only the route asking for info lines has them.
+    let mut args = args.clone();
+    args.extend(["--log-level", "warn"]);
+    let cp = Corepin::start(&args);
+    let mut c = Conn::open(cp.addr());
+    for path in ["/plain/1", "/quiet/1", "/loud/1"] {
+        assert_eq!(c.get(path).status, 200, "{path}");
+    }
+    cp.wait_stdout("\"GET /loud/1\"");
+    let out = cp.stdout.lock().expect("stdout").join("\n");
+    assert!(
+        !out.contains("/plain/") && !out.contains("/quiet/"),
+        "{out}"
+    );
+}
+
+/// `session` does nothing in Pushpin without its inspect and state
+/// services; corepin has neither, serves the route, and says so at start.
+#[test]
+fn session_is_served_with_a_warning_naming_it() {
+    let b = Backend::fixed("ok");
+    let route = format!("*,session {}", b.addr);
+    let cp = Corepin::start(&["--route", &route]);
+    cp.wait_stderr(&format!(
+        "warning: route '{route}': option `session` has no effect: Pushpin uses it only with its inspect and state services"
+    ));
+    assert_eq!(Conn::open(cp.addr()).get("/").status, 200);
+}

@@ -210,10 +210,10 @@ fn the_routes_file_is_reloaded_when_it_changes() {
     cp.wait_stderr("changed: routes reloaded (1 routes)");
 
     // A bad file keeps the old routes, and the log says why.
-    std::fs::write(&routes, "*,session 127.0.0.1:1\n").expect("routes");
+    std::fs::write(&routes, "* zhttp/tcp://127.0.0.1:1\n").expect("routes");
     // (Wait for this refusal itself: an in-place write read half-way can
     // be refused too, and is then healed by the write's next event.)
-    let line = cp.wait_stderr("route option `session` is not supported yet");
+    let line = cp.wait_stderr("target `zhttp/...` is not supported");
     assert!(
         line.contains("reload refused, keeping the old routes"),
         "{line}"

@@ -152,7 +152,7 @@ fn info_options_iframe_and_unknown_urls() {
         ("GET", "/sj/"),
         ("GET", "/sj/000/abc/xhr_streaming"),
         ("POST", "/sj/000/abc/eventsource"),
-        ("GET", "/sj/000/abc/htmlfile?c=x"),
+        ("POST", "/sj/000/abc/htmlfile?c=x"),
         ("POST", "/sj//abc/xhr"),
         ("POST", "/sj/000/a.b/xhr"),
         ("GET", "/sj/000/abc/websocket"),
@@ -370,6 +370,58 @@ fn eventsource_sends_frames_as_events() {
     assert_eq!(
         read_to_end(&mut s),
         "data: c[4002,\"Connection closed\"]\r\n\r\n"
+    );
+}
+
+/// `htmlfile` (sockjs-node serves it; Pushpin 1.41 does not): a page for
+/// the client's hidden iframe naming its callback, padded past 1 KiB,
+/// then each frame as a script calling `p` with the frame as a JS string
+/// in which `<`, `>` and `&` are escaped (a message cannot end the script).
+#[test]
+fn htmlfile_sends_frames_as_scripts() {
+    let b = Wsoh::start();
+    let cp = corepin(&wsoh_route(&b, ""));
+    let a = cp.addr();
+    // The callback is required, and checked.
+    let r = req(a, "GET", "/sj/000/h0/htmlfile", "", "");
+    assert_eq!(
+        (r.status, text(&r).as_str()),
+        (400, "\"callback\" parameter required\n")
+    );
+    let r = req(a, "GET", "/sj/000/h0/htmlfile?c=a%3Cb", "", "");
+    assert_eq!(
+        (r.status, text(&r).as_str()),
+        (400, "invalid \"callback\" parameter\n")
+    );
+    let mut s = open_stream(a, "GET", "/sj/000/h1/htmlfile?c=_jp.cb1", "");
+    assert_eq!(s.head.status, 200);
+    assert_eq!(
+        s.head.header("content-type"),
+        Some("text/html; charset=UTF-8")
+    );
+    let mut got = String::new();
+    assert!(read_until(&mut s, &mut got, "</script>\r\n"), "{got}");
+    let (page, first) = got.split_once("\r\n\r\n").expect("page, then frames");
+    assert!(page.len() >= 1024, "padded: {}", page.len());
+    assert!(page.contains("var c = parent._jp.cb1;"), "{page}");
+    let page_script = page.split("<script>").nth(1).expect("the page's script");
+    assert!(page_script.contains("c.start();") && page_script.contains("c.message(d)"));
+    assert_eq!(first, "<script>\np(\"o\");\n</script>\r\n");
+    let r = post(a, "/sj/000/h1/xhr_send", r#"["</script><b>&"]"#);
+    assert_eq!(text(&r), "ok");
+    got.clear();
+    assert!(read_until(&mut s, &mut got, "</script>\r\n"), "{got}");
+    assert_eq!(
+        got,
+        "<script>\np(\"a[\\\"echo: \\u003c/script\\u003e\\u003cb\\u003e\\u0026\\\"]\");\n</script>\r\n"
+    );
+    assert_eq!(
+        text(&post(a, "/sj/000/h1/xhr_send", "[\"close me\"]")),
+        "ok"
+    );
+    assert_eq!(
+        read_to_end(&mut s),
+        "<script>\np(\"c[4002,\\\"Connection closed\\\"]\");\n</script>\r\n"
     );
 }
 

@@ -1,7 +1,10 @@
-//! Per-connection targets (issue 18 item 4), black-box: a WebSocket client
-//! through a WebSocket-over-HTTP route (gripcontrol backend), reached by
-//! its Connection-Id with the control socket's `connection` method and
-//! the `corepin connection` CLI.
+//! Per-connection targets (issue 18 item 4), black-box: held connections
+//! of every kind — WebSocket-over-HTTP sessions (gripcontrol backend),
+//! HTTP streams and long-polls held by a GRIP backend, and WebSockets
+//! passed through to a GRIP WebSocket backend — reached by the
+//! Connection-Id their backend was told, over the control socket's
+//! `connection` method, the control API's `POST /connection` and the
+//! `corepin connection` CLI.
 
 mod common;
 
@@ -149,10 +152,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
 
     // Bad requests are refused by name.
     for (line, why) in [
-        (
-            r#"{"method":"connection","id":"x"}"#,
-            "needs \"ws-message\"",
-        ),
+        (r#"{"method":"connection","id":"x"}"#, "needs a format"),
         (
             r#"{"method":"connection","action":"close"}"#,
             "\"id\" must be",
@@ -170,8 +170,12 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
             "unknown member 'channel'",
         ),
         (
-            r#"{"method":"connection","id":"x","ws-message":{"content":"a","type":"b"}}"#,
-            "unknown ws-message member 'type'",
+            r#"{"method":"connection","id":"x","ws-message":{"content":"a","colour":"b"}}"#,
+            "connection: ws-message.colour: unknown field",
+        ),
+        (
+            r#"{"method":"connection","id":"x","http-response":{"reason":"a\r\nb"}}"#,
+            "connection: http-response.reason: contains CR or LF",
         ),
     ] {
         let r = ask_control(&path, line);
@@ -262,4 +266,227 @@ fn the_http_api_publishes_to_and_closes_one_connection() {
     }
     let r = cp.control("GET /connection HTTP/1.1\r\nHost: c\r\n\r\n");
     assert_eq!(r.status, 405);
+}
+
+/// A GRIP backend: `/stream...` is held as a stream on channel `s` (body
+/// `start`), anything else as a long-poll on `p` (answered `timed out` at
+/// its timeout). Each request's Connection-Id is in `seen`.
+fn grip_backend() -> Backend {
+    Backend::start(|req, _| {
+        let (hold, channel, body) = if req.path.starts_with("/stream") {
+            ("stream", "s", "start\n")
+        } else {
+            ("response", "p", "timed out\n")
+        };
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: {hold}\r\nGrip-Channel: {channel}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    })
+}
+
+/// The Connection-Id corepin sent with the request for `path`.
+fn cid_of(b: &Backend, path: &str) -> String {
+    let find = || {
+        b.seen.lock().ok().and_then(|s| {
+            s.iter()
+                .find(|r| r.path == path)
+                .and_then(|r| r.header("connection-id").map(String::from))
+        })
+    };
+    wait_until(
+        &format!("the backend saw {path} with a Connection-Id"),
+        || find().is_some(),
+    );
+    find().unwrap_or_default()
+}
+
+/// `curl_connection`, parsed: (status, JSON answer).
+fn target(cp: &Corepin, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let (status, text) = curl_connection(cp, &body.to_string());
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+/// Opens a WebSocket to `path` (passed through to the GRIP WebSocket
+/// backend); returns the client, after the 101.
+fn open_passthrough(cp: &Corepin, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(cp.addr()).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).expect("101");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Streams, long-polls and passed-through WebSockets held by GRIP
+/// backends are targets too: each is sent its own message in its own
+/// format, closed alone, and a request without its kind's format is
+/// answered 409 naming the kind; the ids go to the core that holds them
+/// (two cores), and once a hold ends its id is unknown (404).
+#[test]
+fn streams_long_polls_and_websockets_held_by_backends_are_targets() {
+    let http = grip_backend();
+    let ws = PyBackend::start("ws_echo.py", &[]);
+    let path = control_socket_path("targets-kinds");
+    let sock = path.to_str().expect("path").to_string();
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("*,path_beg=/gripcid 127.0.0.1:{}", ws.port),
+        "--route",
+        &format!("* {}", http.addr),
+        "--workers",
+        "2",
+        "--control-socket",
+        &sock,
+    ]);
+
+    // Two streams: one message each, in the http-stream format.
+    let mut s1 = Stream::open(cp.addr(), "/stream/1");
+    let mut s2 = Stream::open(cp.addr(), "/stream/2");
+    assert_eq!(s1.read_text(6), "start\n");
+    assert_eq!(s2.read_text(6), "start\n");
+    let (id1, id2) = (cid_of(&http, "/stream/1"), cid_of(&http, "/stream/2"));
+    assert_ne!(id1, id2);
+    let r = ask_control(
+        &path,
+        &serde_json::json!({"method": "connection", "id": id1,
+            "http-stream": {"content": "to one\n"}})
+        .to_string(),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(s1.read_text(7), "to one\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_corepin"))
+        .args(["connection", &id2, "--message", "to two", "--socket", &sock])
+        .output()
+        .expect("cli");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(s2.read_text(7), "to two\n");
+    // A stream takes http-stream only: a ws-message alone is refused.
+    let (status, v) = target(
+        &cp,
+        serde_json::json!({"id": id1, "ws-message": {"content": "x"}}),
+    );
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is an HTTP stream: the request has no http-stream")),
+        "{v}"
+    );
+    // Close stream 1 alone: its body ends; stream 2 still gets publishes.
+    let (status, v) = target(&cp, serde_json::json!({"id": id1, "action": "close"}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(s1.chunk(), None, "stream 1 ended");
+    cp.publish_stream("s", "all\n");
+    assert_eq!(s2.read_text(4), "all\n");
+    // Its id is gone with it.
+    let (status, v) = target(&cp, serde_json::json!({"id": id1, "action": "close"}));
+    assert_eq!(status, 404, "{v}");
+
+    // Two long-polls: one answered with its own response, one closed
+    // (answered as at its timeout).
+    let mut p1 = Conn::open(cp.addr());
+    p1.send(b"GET /poll/1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut p2 = Conn::open(cp.addr());
+    p2.send(b"GET /poll/2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (pid1, pid2) = (cid_of(&http, "/poll/1"), cid_of(&http, "/poll/2"));
+    // The backend has answered; the hold starts when corepin has read it.
+    let to_p1 = serde_json::json!({"id": pid1,
+        "http-response": {"code": 201, "headers": {"X-For": "p1"}, "body": "for p1\n"}});
+    wait_until("long-poll 1 is a target", || {
+        target(&cp, to_p1.clone()).0 == 200
+    });
+    let r = p1.read().expect("p1 answered");
+    assert_eq!(
+        (r.status, r.header("x-for"), r.text().as_str()),
+        (201, Some("p1"), "for p1\n")
+    );
+    wait_until("long-poll 2 is a target", || {
+        let (status, v) = target(
+            &cp,
+            serde_json::json!({"id": pid2, "http-stream": {"content": "x"}}),
+        );
+        status == 409
+            && v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("is a long-poll: the request has no http-response"))
+    });
+    let r = ask_control(
+        &path,
+        &serde_json::json!({"method": "connection", "id": pid2, "action": "close"}).to_string(),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = p2.read().expect("p2 answered");
+    assert_eq!((r.status, r.text().as_str()), (200, "timed out\n"));
+    let (status, v) = target(&cp, serde_json::json!({"id": pid1, "action": "close"}));
+    assert_eq!(status, 404, "an answered long-poll is no target: {v}");
+
+    // Two WebSockets passed through to a GRIP WebSocket backend, which
+    // was told each one's Connection-Id with the handshake.
+    let mut w1 = open_passthrough(&cp, "/gripcid/1");
+    let mut w2 = open_passthrough(&cp, "/gripcid/2");
+    let cid = |w: &mut TcpStream| {
+        let (op, p) = frame(w);
+        assert_eq!(op, 1);
+        let text = String::from_utf8(p).expect("text");
+        assert_eq!(frame(w), (1, b"welcome".to_vec()));
+        text.strip_prefix("cid=").expect("cid=").to_string()
+    };
+    let (wid1, wid2) = (cid(&mut w1), cid(&mut w2));
+    assert!(!wid1.is_empty() && wid1 != wid2, "{wid1} {wid2}");
+    let (status, v) = target(
+        &cp,
+        serde_json::json!({"id": wid1, "ws-message": {"content": "just you"},
+            "http-stream": {"content": "not this"}}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(frame(&mut w1), (1, b"just you".to_vec()));
+    let out = Command::new(env!("CARGO_BIN_EXE_corepin"))
+        .args([
+            "connection",
+            &wid2,
+            "--close",
+            "--code",
+            "4000",
+            "--socket",
+            &sock,
+        ])
+        .output()
+        .expect("cli");
+    assert!(out.status.success(), "{out:?}");
+    let (op, payload) = frame(&mut w2);
+    assert_eq!(op, 8);
+    assert_eq!(&payload[..2], &4000u16.to_be_bytes());
+    // WebSocket 1 is still subscribed: a publish to `g` reaches it.
+    let r =
+        cp.publish(r#"{"items":[{"channel":"g","formats":{"ws-message":{"content":"to g"}}}]}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(frame(&mut w1), (1, b"to g".to_vec()));
+
+    // Ids that are not corepin's, or of no held connection, are 404s
+    // naming the id.
+    for id in ["nope", "18a-0-1", "18a-7-1"] {
+        let (status, v) = target(&cp, serde_json::json!({"id": id, "action": "close"}));
+        assert_eq!(status, 404, "{id}: {v}");
+        assert_eq!(v["id"], id);
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("no connection with Connection-Id '{id}'"))),
+            "{v}"
+        );
+    }
 }

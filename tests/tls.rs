@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod common;
@@ -214,8 +214,16 @@ async fn serve_one(mut s: GTcpStream, config: Arc<ServerConfig>, timeout: Durati
             "plain_http".into()
         }
         Ok(Sniff::Tls) => {
-            // 2. The handshake, with the bytes already read.
-            let mut tls = match ServerTlsStream::accept(s, config, &first[..n]) {
+            // 2. The handshake, with the bytes already read. The
+            // unbuffered connection does not tell the SNI name, so this
+            // connection's resolver notes the one it was asked for.
+            let sni = Arc::new(Mutex::new(None));
+            let mut config = (*config).clone();
+            config.cert_resolver = Arc::new(NoteSni {
+                inner: config.cert_resolver.clone(),
+                seen: sni.clone(),
+            });
+            let mut tls = match ServerTlsStream::accept(s, Arc::new(config), &first[..n]) {
                 Ok(t) => t,
                 Err(e) => return e.reason().into(),
             };
@@ -233,9 +241,10 @@ async fn serve_one(mut s: GTcpStream, config: Arc<ServerConfig>, timeout: Durati
             }
             let c = tls.conn();
             let line = String::from_utf8_lossy(&req);
+            let sni = sni.lock().ok().and_then(|s| s.clone());
             let body = format!(
                 "sni={} alpn={} version={} resumed={} request={}\n",
-                c.server_name().unwrap_or("-"),
+                sni.as_deref().unwrap_or("-"),
                 c.alpn_protocol()
                     .map_or("-".into(), |a| String::from_utf8_lossy(a).into_owned()),
                 c.protocol_version()
@@ -253,6 +262,25 @@ async fn serve_one(mut s: GTcpStream, config: Arc<ServerConfig>, timeout: Durati
             let _ = tls.close().await;
             "served".into()
         }
+    }
+}
+
+/// A certificate resolver that notes the SNI name it was asked for.
+#[derive(Debug)]
+struct NoteSni {
+    inner: Arc<dyn rustls::server::ResolvesServerCert>,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl rustls::server::ResolvesServerCert for NoteSni {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = hello.server_name().map(String::from);
+        }
+        self.inner.resolve(hello)
     }
 }
 
@@ -1174,6 +1202,55 @@ fn proxied_requests_grip_streams_and_next_links_reach_a_tls_backend() {
     assert_eq!(l.read_text(7), "linked\n");
     assert_eq!(l.read_text(14), "next over tls\n");
     assert_eq!(l.chunk(), None, "the link's answer ends the stream");
+}
+
+#[test]
+fn sequential_requests_to_a_tls_backend_reuse_one_tls_connection() {
+    let ca = Ca::new("backend CA");
+    let (backend, _bdir) = tls_backend(&ca, &["localhost"]);
+    let (_cdir, ca_pem) = ca_file(&ca);
+    let route = format!("* 127.0.0.1:{},ssl,host=localhost", backend.port);
+    let cp = common::Corepin::start_env(
+        &[("SSL_CERT_FILE", &ca_pem)],
+        &["--control-http", "127.0.0.1:0", "--route", &route],
+    );
+    // One client connection (so one core and its pool): each answer is
+    // relayed whole and the upstream connection pooled before the next
+    // request is read, so the second request and the count find it.
+    let mut c = common::Conn::open(cp.addr());
+    for path in ["/one", "/two"] {
+        let r = c.get(path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), format!("tls backend {path} proto=http"));
+    }
+    let r = c.get("/conns");
+    assert_eq!(
+        r.text(),
+        "connections=1",
+        "three requests, one TLS connection (one handshake) at the backend"
+    );
+}
+
+#[test]
+fn a_next_link_stream_is_held_and_followed_for_an_https_client() {
+    let certs = certs(true);
+    let (backend, _bdir) = tls_backend(&certs.ca, &["localhost"]);
+    let (_cdir, ca_pem) = ca_file(&certs.ca);
+    let route = format!("* 127.0.0.1:{},ssl,host=localhost", backend.port);
+    let (cp, port) = corepin_tls_env(&certs, &[("SSL_CERT_FILE", &ca_pem)], &["--route", &route]);
+    // curl over https: the backend's hold with its first chunk, then, one
+    // second later (the link's timeout), the next link's answer fetched
+    // from the backend, which ends the stream.
+    let o = curl_to(port, &certs.ca_file, "a.example.com", "/link", &["-N"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "linked\nnext over tls\n",
+        "{}",
+        text(&o)
+    );
+    assert_eq!(tls_failures(&cp, "timeout"), 0);
+    assert_eq!(tls_failures(&cp, "alert"), 0);
 }
 
 #[test]

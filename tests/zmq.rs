@@ -618,3 +618,78 @@ fn ipc_file_mode_sets_the_socket_files_permissions() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `conn` messages, as Pushpin's stats send them (`stats_connection_send`,
+/// on by default): one when a request or WebSocket starts (`id`, `type`,
+/// `peer-address`, `ttl`), the same again every 3/4 of the ttl while it
+/// lasts, and one with `unavailable` when it ends.
+#[test]
+fn conn_stats_follow_requests_and_websockets() {
+    let dir = ipc_dir();
+    let cp = start(
+        &dir,
+        "stats_report_interval = 1\nstats_connection_ttl = 2\n",
+        &[],
+    );
+    let stats = Live::start(&["stats", &uri(&dir, "stats")]);
+    assert_eq!(stats.line(), "ready");
+    stats.stat("a report", |v| v["type"] == "report");
+    // A held stream: announced, refreshed after 1.5 s, gone when closed.
+    let s = subscribed_stream(&cp, "zc");
+    let open = stats.stat("conn http", |v| {
+        v["type"] == "conn" && v["fields"]["type"] == "http"
+    });
+    let f = &open["fields"];
+    let id = f["id"].as_str().expect("an id").to_string();
+    assert_eq!(f["peer-address"], "127.0.0.1");
+    assert_eq!(f["ttl"], 2);
+    assert!(
+        f.get("ssl").is_none() && f.get("unavailable").is_none(),
+        "{open}"
+    );
+    assert!(f["from"].as_str().unwrap_or("").starts_with("corepin_"));
+    let again = stats.stat("conn refreshed", |v| {
+        v["type"] == "conn" && v["fields"]["id"] == id.as_str()
+    });
+    assert_eq!(again["fields"]["type"], "http", "{again}");
+    drop(s);
+    let gone = stats.stat("conn gone", |v| {
+        v["type"] == "conn"
+            && v["fields"]["id"] == id.as_str()
+            && v["fields"]["unavailable"] == true
+    });
+    assert!(gone["fields"].get("type").is_none(), "{gone}");
+    // A WebSocket handshake is a `ws` connection.
+    let mut c = Conn::open(cp.addr());
+    c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    let ws = stats.stat("conn ws", |v| {
+        v["type"] == "conn" && v["fields"]["type"] == "ws"
+    });
+    let ws_id = ws["fields"]["id"].as_str().expect("an id").to_string();
+    assert_ne!(ws_id, id);
+    drop(c);
+    stats.stat("ws conn gone", |v| {
+        v["type"] == "conn"
+            && v["fields"]["id"] == ws_id.as_str()
+            && v["fields"]["unavailable"] == true
+    });
+}
+
+/// `stats_connection_send = false` sends none.
+#[test]
+fn conn_stats_can_be_turned_off() {
+    let dir = ipc_dir();
+    let cp = start(
+        &dir,
+        "stats_report_interval = 1\nstats_connection_send = false\n",
+        &[],
+    );
+    let stats = Live::start(&["stats", &uri(&dir, "stats")]);
+    assert_eq!(stats.line(), "ready");
+    stats.stat("a report", |v| v["type"] == "report");
+    let _s = subscribed_stream(&cp, "zoff");
+    // The stream's `sub` comes after its request started: had a `conn`
+    // been sent, it would come first.
+    let first = stats.stat("conn or sub", |v| v["type"] == "conn" || v["type"] == "sub");
+    assert_eq!(first["type"], "sub", "{first}");
+}

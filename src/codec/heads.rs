@@ -211,9 +211,22 @@ pub struct BackendRequest<'a> {
     /// GRIP fields): a long-poll asked again says where its channels were,
     /// as Pushpin's retries do.
     pub grip_last: &'a [(String, String)],
+    /// The client connection's Connection-Id (written with the GRIP fields
+    /// on a proxied request or a WebSocket handshake, so a backend that
+    /// holds the connection can target it; a client's own is dropped).
+    pub connection_id: Option<&'a str>,
 }
 
 impl BackendRequest<'_> {
+    /// The `Connection-Id` corepin writes (with the GRIP fields, on a
+    /// proxied request or a WebSocket handshake), if any.
+    fn own_connection_id(&self) -> Option<&str> {
+        match self.purpose {
+            Purpose::Proxy | Purpose::WsUpgrade if self.grip.is_some() => self.connection_id,
+            _ => None,
+        }
+    }
+
     /// Appends the head: the client's fields minus what [`forwardable`]
     /// drops toward a backend, the forwarding fields the policy does not
     /// take from this peer, session fields toward an `over_http` target,
@@ -248,6 +261,7 @@ impl BackendRequest<'_> {
             }
             if !forwardable(&head.fields, name, Toward::Backend)
                 || (self.over_http && is_session_field(name))
+                || (self.own_connection_id().is_some() && cgi_name_is(name, "connection-id"))
                 || edited(name)
                 || marked(name)
                 || self.purpose.own(name)
@@ -342,6 +356,9 @@ impl BackendRequest<'_> {
             for (channel, id) in self.grip_last {
                 let _ = write!(out, "Grip-Last: {channel}; last-id={id}\r\n");
             }
+        }
+        if let Some(id) = self.own_connection_id() {
+            write_field(out, b"Connection-Id", id.as_bytes());
         }
         match self.purpose {
             Purpose::Proxy => write_framing(out, head.body),

@@ -44,6 +44,10 @@ pub enum Transport {
     /// `eventsource`: frames as server-sent events, until
     /// [`STREAM_LIMIT`] bytes.
     EventSource,
+    /// `htmlfile`: an HTML page for a hidden iframe ([`htmlfile_page`]),
+    /// then each frame as a `<script>` calling the page's `p`, until
+    /// [`STREAM_LIMIT`] bytes.
+    HtmlFile,
 }
 
 impl Transport {
@@ -55,7 +59,10 @@ impl Transport {
     }
     /// A receiving request held open for many frames.
     pub fn is_streaming(self) -> bool {
-        matches!(self, Transport::XhrStreaming | Transport::EventSource)
+        matches!(
+            self,
+            Transport::XhrStreaming | Transport::EventSource | Transport::HtmlFile
+        )
     }
 }
 
@@ -78,12 +85,65 @@ pub fn stream_prelude(t: Transport) -> Vec<u8> {
     }
 }
 
+/// The start of an `htmlfile` response: a page for the iframe the client
+/// opens, which tells `parent.CALLBACK` the stream started, hands each
+/// frame to it as the scripts that follow call `p`, and tells it the
+/// stream stopped when the page ends; padded with spaces past 1 KiB (so
+/// browsers that buffer the start of a page run it at once). `callback`
+/// is a [`valid_callback`] (letters, digits, `_`, `.`, `-`: nothing HTML
+/// or a script could read otherwise).
+pub fn htmlfile_page(callback: &str) -> Vec<u8> {
+    let mut page = format!(
+        "<!doctype html>\n<html><head>\n<meta http-equiv=\"X-UA-Compatible\" content=\"IE=edge\" />\n<meta http-equiv=\"Content-Type\" content=\"text/html; charset=UTF-8\" />\n</head><body><h2>SockJS htmlfile stream</h2>\n<script>\ndocument.domain = document.domain;\nvar c = parent.{callback};\nc.start();\nfunction p(d) {{ c.message(d); }}\nwindow.onload = function() {{ c.stop(); }};\n</script>\n"
+    )
+    .into_bytes();
+    let pad = 1024usize.saturating_sub(page.len());
+    page.resize(page.len() + pad, b' ');
+    page.extend_from_slice(b"\r\n\r\n");
+    page
+}
+
 /// The encoded `frame` (no newline) as it goes on a streaming response of
-/// `t`: a line for `xhr_streaming`, a `data:` event for `eventsource`.
+/// `t`: a line for `xhr_streaming`, a `data:` event for `eventsource`, a
+/// script for `htmlfile` passing the frame as a JS string in which `<`,
+/// `>` and `&` are escaped too (a message holding `</script>` cannot end
+/// the script), as are U+2028 and U+2029.
 /// Encoded frames are JSON, so they never hold a CR or LF themselves; in
 /// an event `%`, CR, LF and NUL are percent-encoded all the same, as the
 /// protocol asks (the client `decodeURI`s each event).
 pub fn stream_chunk(out: &mut Vec<u8>, t: Transport, frame: &[u8]) {
+    if t == Transport::HtmlFile {
+        out.extend_from_slice(b"<script>\np(\"");
+        let mut i = 0;
+        while i < frame.len() {
+            let b = frame[i];
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'<' => out.extend_from_slice(b"\\u003c"),
+                b'>' => out.extend_from_slice(b"\\u003e"),
+                b'&' => out.extend_from_slice(b"\\u0026"),
+                0xe2 if frame.get(i + 1) == Some(&0x80)
+                    && matches!(frame.get(i + 2), Some(0xa8 | 0xa9)) =>
+                {
+                    out.extend_from_slice(if frame[i + 2] == 0xa8 {
+                        b"\\u2028"
+                    } else {
+                        b"\\u2029"
+                    });
+                    i += 3;
+                    continue;
+                }
+                0..=0x1f | 0x7f => {
+                    out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                }
+                _ => out.push(b),
+            }
+            i += 1;
+        }
+        out.extend_from_slice(b"\");\n</script>\r\n");
+        return;
+    }
     if t == Transport::EventSource {
         out.extend_from_slice(b"data: ");
         for &b in frame {
@@ -121,7 +181,7 @@ pub enum Url<'a> {
     Framed { session: &'a str },
     /// `/websocket` upgraded: a plain WebSocket, no framing.
     Raw,
-    /// Anything else, including `htmlfile` (not served): `404`.
+    /// Anything else: `404`.
     NotFound,
 }
 
@@ -172,6 +232,7 @@ pub fn classify<'a>(method: &str, path: &'a str, upgrade: bool) -> Url<'a> {
         ("POST", "jsonp_send") => Transport::JsonpSend,
         ("POST", "xhr_streaming") => Transport::XhrStreaming,
         ("GET", "eventsource") => Transport::EventSource,
+        ("GET", "htmlfile") => Transport::HtmlFile,
         _ => return Url::NotFound,
     };
     Url::Session { session, transport }
@@ -541,6 +602,21 @@ mod tests {
         assert!(p[..2048].iter().all(|&b| b == b'h'));
         assert_eq!(p[2048], b'\n');
         assert_eq!(stream_prelude(Transport::EventSource), b"\r\n");
+        // htmlfile: a page naming the callback, past 1 KiB, then scripts.
+        let page = htmlfile_page("_jp.a1");
+        assert!(page.len() > 1024 && page.ends_with(b" \r\n\r\n"));
+        assert!(String::from_utf8_lossy(&page).contains("var c = parent._jp.a1;"));
+        let mut out = Vec::new();
+        stream_chunk(
+            &mut out,
+            Transport::HtmlFile,
+            "a[\"</script>&\\\"\u{2028}\"]".as_bytes(),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "<script>\np(\"a[\\\"\\u003c/script\\u003e\\u0026\\\\\\\"\\u2028\\\"]\");\n</script>\r\n"
+        );
+        assert!(Transport::HtmlFile.is_streaming());
         let mut out = Vec::new();
         stream_chunk(&mut out, Transport::XhrStreaming, b"o");
         stream_chunk(&mut out, Transport::EventSource, b"a[\"x\\ny%41\"]");
@@ -579,7 +655,8 @@ mod tests {
             ("GET", "/000/abc/xhr_streaming", false, Url::NotFound),
             ("POST", "/000/abc/eventsource", false, Url::NotFound),
             // Not served: the client falls back.
-            ("GET", "/000/abc/htmlfile", false, Url::NotFound),
+            ("GET", "/000/abc/htmlfile", false, s("abc", HtmlFile)),
+            ("POST", "/000/abc/htmlfile", false, Url::NotFound),
             ("GET", "/000/abc/websocket", false, Url::NotFound),
             // Bad ids (the protocol's 404s; Pushpin takes them).
             ("POST", "//abc/xhr", false, Url::NotFound),

@@ -185,3 +185,48 @@ pub async fn proxied(
         keep_alive: ok && keep,
     })
 }
+
+/// One request or WebSocket as the stats socket's `conn` messages tell
+/// it (Pushpin's `stats_connection_send`): announced when made, and as
+/// ended when dropped, however the request ends. Nothing when no stats
+/// socket asked for them.
+pub struct StatsConn<'a> {
+    watch: &'a crate::bus::SubWatch,
+    id: String,
+}
+
+impl<'a> StatsConn<'a> {
+    pub fn open(
+        shard: &'a Shard,
+        head: &RequestHead,
+        peer: std::net::SocketAddr,
+        ssl: bool,
+    ) -> Option<StatsConn<'a>> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let watch = shard.bus.watch().filter(|w| w.conns)?;
+        let id = format!(
+            "corepin-{}:{}",
+            shard.index,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        watch.conn(crate::bus::ConnEvent {
+            id: id.clone(),
+            open: Some(crate::bus::ConnOpen {
+                ws: crate::route::is_websocket(head),
+                peer: peer.ip(),
+                ssl,
+            }),
+        });
+        Some(StatsConn { watch, id })
+    }
+}
+
+impl Drop for StatsConn<'_> {
+    fn drop(&mut self) {
+        self.watch.conn(crate::bus::ConnEvent {
+            id: std::mem::take(&mut self.id),
+            open: None,
+        });
+    }
+}

@@ -154,6 +154,9 @@ pub struct HoldCtx<'a> {
     /// The route's `debug`: a held stream that fails says why in its body
     /// before it ends; a long-poll answers 502 with the reason.
     pub debug: bool,
+    /// The Connection-Id the backend was told: while held, the connection
+    /// is a target by it (`crate::targets`).
+    pub connection_id: Option<String>,
 }
 
 /// What the filters need of an instruct's channels (the first `max`).
@@ -195,8 +198,12 @@ pub async fn hold(
     // A long-poll that says it has seen an older id than the channel's
     // latest has missed something: answered from history when it holds
     // what was missed, else the backend is asked again at once.
+    // So does a stream (it has a next link, or it ends): replayed from
+    // history when history covers the gap, else it fetches its next link.
     let mut behind: Vec<(String, String)> = Vec::new();
-    if instruct.hold == HoldMode::Response && ctx.head.body == BodyKind::Empty {
+    let stream_resumes =
+        instruct.hold == HoldMode::Stream && instruct.next.is_some() && shard.subs.history_on();
+    if stream_resumes || (instruct.hold == HoldMode::Response && ctx.head.body == BodyKind::Empty) {
         for spec in instruct.channels.iter().take(max) {
             let name = format!("{}{}", ctx.prefix, spec.name);
             if let (Some(p), Some(last)) = (&spec.prev_id, shard.subs.last_id(&name)) {
@@ -245,9 +252,17 @@ pub async fn hold(
             let _ = base.head.add("Corepin-Resume", note.as_bytes());
         }
         HoldResume::Note(None) => {}
+        // The stream fetches its next link once its head is out.
+        HoldResume::Refetch if instruct.hold == HoldMode::Stream => {
+            shard.subs.refetch(&sub);
+        }
         HoldResume::Refetch => return HoldEnd::Retry(grip_last(&instruct, max)),
     }
     sub.set_debug(ctx.debug);
+    let _target = ctx
+        .connection_id
+        .clone()
+        .map(|id| crate::targets::Registered::new(&shard.held, id, &sub));
     c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
     // response cannot set or change it).
@@ -325,7 +340,7 @@ async fn send_link_request(
     {
         Ok(up) => up,
         Err(e) => {
-            warn!("core {}: {what} {url}: {e:?}", shard.index);
+            warn!("core {}: {what} {url}: {e}", shard.index);
             return None;
         }
     };
@@ -864,14 +879,19 @@ async fn fetch_link_inner(
     let mut req = Vec::with_capacity(256);
     let host = ctx.head.fields.get("host").unwrap_or(to.addr.as_bytes());
     let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
-    heads::write_link_request(
-        &mut req,
-        &path,
-        host,
-        &sub.last_ids(),
-        &ctx.prefix,
-        token.as_deref(),
-    );
+    // Where each channel is: a channel that follows ids (`prev-id`) says
+    // its current one (the hold's, then each item's, as Pushpin's
+    // prevIds), any other the last id it delivered.
+    let mut last: Vec<(String, String)> = sub.last_ids().clone();
+    for c in sub.chans().iter() {
+        if let Some(id) = &c.prev_id {
+            match last.iter_mut().find(|(ch, _)| *ch == c.channel) {
+                Some(slot) => slot.1 = id.clone(),
+                None => last.push((c.channel.clone(), id.clone())),
+            }
+        }
+    }
+    heads::write_link_request(&mut req, &path, host, &last, &ctx.prefix, token.as_deref());
     let mut up = send_link_request(shard, &to, &req, "next link", url).await?;
     let resp = up
         .read_head(

@@ -35,6 +35,8 @@ pub struct Client {
     pub state: Rc<ConnState>,
     /// The current request's response rewriting (CORS, JSON-P), if any.
     pub dropin: Option<Rc<crate::conn::dropin::Wrap>>,
+    /// The current request's route's `log_level`, if it has one.
+    pub log_level: Option<u32>,
 }
 
 /// How one exchange ended, for the access log and the keep-alive decision.
@@ -83,6 +85,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         conn,
         peer,
         dropin: None,
+        log_level: None,
     };
     loop {
         let head = match read_head(&shard, &mut c).await {
@@ -91,34 +94,43 @@ pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
             HeadRead::Refuse(status, reason) => {
                 let started = shard.clock();
                 let bytes = answer(&shard, &mut c, status, reason, true).await;
-                shard.access(&AccessEntry {
-                    core: shard.index,
-                    client: c.peer,
-                    method: "-",
-                    path: "-",
-                    status,
-                    bytes,
-                    target: "-",
-                    duration: started.map(|s| s.elapsed()).unwrap_or_default(),
-                    user_agent: None,
-                });
+                shard.access(
+                    &AccessEntry {
+                        core: shard.index,
+                        client: c.peer,
+                        method: "-",
+                        path: "-",
+                        status,
+                        bytes,
+                        target: "-",
+                        duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+                        user_agent: None,
+                    },
+                    None,
+                );
                 break;
             }
         };
         let started = shard.clock();
+        let stats_conn =
+            crate::conn::dropin::StatsConn::open(&shard, &head, c.peer, c.conn.is_tls());
         let outcome = handle(&shard, &mut c, &head).await;
+        drop(stats_conn);
         c.dropin = None;
-        shard.access(&AccessEntry {
-            core: shard.index,
-            client: c.peer,
-            method: head.method(),
-            path: head.target(),
-            status: outcome.status,
-            bytes: outcome.bytes,
-            target: &outcome.target,
-            duration: started.map(|s| s.elapsed()).unwrap_or_default(),
-            user_agent: head.fields.get("user-agent"),
-        });
+        shard.access(
+            &AccessEntry {
+                core: shard.index,
+                client: c.peer,
+                method: head.method(),
+                path: head.target(),
+                status: outcome.status,
+                bytes: outcome.bytes,
+                target: &outcome.target,
+                duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+                user_agent: head.fields.get("user-agent"),
+            },
+            c.log_level.take(),
+        );
         if !outcome.keep_alive || shard.draining() {
             break;
         }
@@ -176,6 +188,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let routes = shard.routes();
     let ws = crate::route::is_websocket(head);
     let route = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls());
+    c.log_level = route.and_then(|r| r.log_level);
     c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
     let Some(route) = route else {
         return refuse(shard, c, head, 404, "no route for this request", "-").await;
@@ -222,10 +235,17 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     // subscriber found out of sync); a few times at most, each retry
     // saying in `Grip-Last` where the long-poll's channels were.
     let mut last: Vec<(String, String)> = Vec::new();
+    // The Connection-Id a GRIP backend is told, by which a publisher can
+    // target the connection it holds (`crate::targets`); the same for the
+    // retries of one request.
+    let cid = (route.grip() && matches!(route.targets.first(), Some(Target::Backend(_))))
+        .then(|| shard.next_connection_id());
     for _ in 0..3 {
         let r = match route.targets.first() {
             Some(Target::Test) => Box::pin(crate::testtarget::handle(shard, c, head, route)).await,
-            Some(Target::Backend(_)) => Box::pin(proxy(shard, c, head, route, &last)).await,
+            Some(Target::Backend(_)) => {
+                Box::pin(proxy(shard, c, head, route, &last, cid.as_deref())).await
+            }
             None => return refuse(shard, c, head, 404, "no route for this request", "-").await,
         };
         match r {
@@ -387,6 +407,7 @@ async fn exchange(
 /// request and reads the response head. Also returns whether the whole
 /// request body was sent (see `exchange`). A failure comes with the
 /// target it concerns.
+#[allow(clippy::too_many_arguments)]
 async fn send_request(
     shard: &Shard,
     c: &mut Client,
@@ -395,6 +416,7 @@ async fn send_request(
     path: &str,
     grip: Option<Option<&str>>,
     grip_last: &[(String, String)],
+    cid: Option<&str>,
 ) -> Result<(Upstream, Backend, ResponseHead, bool), (Failure, String)> {
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
@@ -427,6 +449,7 @@ async fn send_request(
             .over_tls(c.conn.is_tls());
         BackendRequest {
             grip_last,
+            connection_id: cid,
             ..backend.request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
         }
         .write(&mut req_head);
@@ -463,6 +486,7 @@ async fn proxy(
     head: &RequestHead,
     route: &Route,
     grip_last: &[(String, String)],
+    cid: Option<&str>,
 ) -> HoldEnd {
     let path = route.rewrite(head.target());
     // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
@@ -474,7 +498,7 @@ async fn proxy(
     // client then gets a 503 rather than a bare close.
     let state = c.state.clone();
     let sent = futures_lite::future::or(
-        send_request(shard, c, head, route, &path, grip, grip_last),
+        send_request(shard, c, head, route, &path, grip, grip_last, cid),
         async {
             state.grace_over().await;
             Err((Failure::Shutdown, "-".to_string()))
@@ -499,6 +523,7 @@ async fn proxy(
             target: backend.addr.clone(),
             sig,
             debug: route.debug,
+            connection_id: cid.map(str::to_string),
         };
         return instructed(shard, c, &ctx, up, resp).await;
     }

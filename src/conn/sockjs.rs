@@ -1,7 +1,7 @@
 //! SockJS on routes with `sockjs=PREFIX` (Pushpin's transports: `info`,
 //! the iframe page, `websocket` framed and raw, `xhr` + `xhr_send`,
 //! `jsonp` + `jsonp_send`) and the streaming ones Pushpin lacks
-//! (`xhr_streaming`, `eventsource`).
+//! (`xhr_streaming`, `eventsource`, `htmlfile`).
 //!
 //! A streaming request is a run of polls on one connection: each answered
 //! frame is written as the next piece of the open response, and the
@@ -564,6 +564,7 @@ fn bridge(
         conn: inner,
         peer,
         dropin: None,
+        log_level: None,
     };
     let s = shard.clone();
     glommio::spawn_local(async move {
@@ -1011,7 +1012,7 @@ async fn http_transport(
                 )
                 .await
             }
-            None if transport == Transport::Jsonp => {
+            None if transport == Transport::Jsonp || transport == Transport::HtmlFile => {
                 return respond(
                     shard,
                     c,
@@ -1023,6 +1024,10 @@ async fn http_transport(
             }
             None => None,
         };
+    // htmlfile's callback names the page's parent, not a JSON-P wrapper.
+    let page_callback = callback
+        .clone()
+        .filter(|_| transport == Transport::HtmlFile);
     let callback = callback.filter(|_| transport.is_jsonp());
     let kind = if transport.is_send() {
         let payload = if transport == Transport::JsonpSend {
@@ -1071,6 +1076,7 @@ async fn http_transport(
             session,
             owner,
             token,
+            page_callback: page_callback.as_deref(),
         };
         return streaming(shard, c, head, &st, slot).await;
     }
@@ -1104,12 +1110,14 @@ fn new_stream_token() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// One streaming request (`xhr_streaming` or `eventsource`).
+/// One streaming request (`xhr_streaming`, `eventsource` or `htmlfile`).
 struct Stream<'a> {
     transport: Transport,
     session: &'a str,
     owner: usize,
     token: u64,
+    /// `htmlfile`: the callback its page calls.
+    page_callback: Option<&'a str>,
 }
 
 impl Stream<'_> {
@@ -1165,7 +1173,10 @@ async fn streaming(
         };
         let mut body = Vec::new();
         if !started {
-            body = codec::stream_prelude(st.transport);
+            body = match st.page_callback {
+                Some(cb) => codec::htmlfile_page(cb),
+                None => codec::stream_prelude(st.transport),
+            };
         }
         codec::stream_chunk(&mut body, st.transport, frame);
         sent += body.len();
@@ -1212,10 +1223,10 @@ fn write_stream_head(
     chunked: bool,
     keep: bool,
 ) {
-    let ct = if t == Transport::EventSource {
-        "text/event-stream; charset=UTF-8"
-    } else {
-        JS
+    let ct = match t {
+        Transport::EventSource => "text/event-stream; charset=UTF-8",
+        Transport::HtmlFile => "text/html; charset=UTF-8",
+        _ => JS,
     };
     out.extend_from_slice(format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n").as_bytes());
     out.extend_from_slice(

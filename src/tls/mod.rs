@@ -1,7 +1,9 @@
 //! TLS at the edge and to backends, with rustls: certificates by SNI
 //! (`certs`, `names`), the server and client configurations (`server`,
-//! `client`), a sans-IO stream adapter for any `AsyncRead + AsyncWrite`
-//! (`stream`), and the first-bytes classifier that answers plaintext HTTP
+//! `client`), sans-IO stream adapters for any `AsyncRead + AsyncWrite`
+//! (`server_stream` for a TLS listener's connections, over rustls's
+//! unbuffered API so an idle one holds no buffer; `stream`, buffered, for
+//! TLS to backends), and the first-bytes classifier that answers plaintext HTTP
 //! on a TLS port (`sniff`). No glommio types here: the connection layer
 //! hands in its socket and a timer future.
 //!
@@ -38,6 +40,7 @@ pub mod certs;
 pub mod client;
 pub mod names;
 pub mod server;
+pub mod server_stream;
 pub mod sniff;
 pub mod stream;
 #[cfg(test)]
@@ -53,7 +56,8 @@ use crate::route::Target;
 
 pub use certs::{CertProblem, CertStore};
 pub use server::{Reloadable, ServerTls};
-pub use stream::{ClientTlsStream, HandshakeError, ServerTlsStream, TlsStream};
+pub use server_stream::ServerTlsStream;
+pub use stream::{ClientTlsStream, HandshakeError, TlsStream};
 
 // The crypto provider, by cargo feature (Cargo.toml): aws-lc normally,
 // ring only in builds that leave aws-lc out (the fuzz targets).
@@ -105,6 +109,7 @@ pub fn check(cfg: &Config) -> CheckReport {
             Err(problems) => report.problems.extend(problems.into_iter().map(|p| p.0)),
         }
     }
+    report.info.extend(cfg.routes.warnings());
     let mut need_roots = false;
     for route in cfg.routes.iter() {
         for t in &route.targets {
@@ -112,7 +117,7 @@ pub fn check(cfg: &Config) -> CheckReport {
             if !b.ssl {
                 continue;
             }
-            if let Err(e) = client::server_name(&b.addr, b.host.as_deref()) {
+            if let Err(e) = client::server_name(&b.addr, b.tls_name()) {
                 report
                     .problems
                     .push(format!("routes: '{}': target {}: {e}", route.line, b.addr));
@@ -146,10 +151,11 @@ pub fn warn_insecure(addr: &str) -> String {
 /// What `corepin run` (and a routes reload) checks of the `ssl`
 /// targets before serving them: every target's name can be verified,
 /// and the CA store is there when a target is verified. `Ok`: the
-/// warnings to log, one per `insecure` target; `Err`: the one line why
+/// warnings to log, one per `insecure` target and the routes' own
+/// ([`crate::route::Routes::warnings`]); `Err`: the one line why
 /// not.
 pub fn backend_targets(routes: &crate::route::Routes) -> Result<Vec<String>, String> {
-    let mut warnings = Vec::new();
+    let mut warnings = routes.warnings();
     let mut need_roots = false;
     for route in routes.iter() {
         for t in &route.targets {
@@ -157,7 +163,7 @@ pub fn backend_targets(routes: &crate::route::Routes) -> Result<Vec<String>, Str
             if !b.ssl {
                 continue;
             }
-            client::server_name(&b.addr, b.host.as_deref())
+            client::server_name(&b.addr, b.tls_name())
                 .map_err(|e| format!("routes: '{}': target {}: {e}", route.line, b.addr))?;
             if b.insecure {
                 let w = warn_insecure(&b.addr);

@@ -29,10 +29,7 @@ use std::task::{ready, Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use rustls::pki_types::ServerName;
-use rustls::{
-    AlertDescription, ClientConfig, ClientConnection, ConnectionCommon, ServerConfig,
-    ServerConnection, SideData,
-};
+use rustls::{AlertDescription, ClientConfig, ClientConnection, ConnectionCommon, SideData};
 
 /// Why a handshake failed; `reason()` is the metrics label.
 #[derive(Debug)]
@@ -98,7 +95,7 @@ impl HandshakeError {
         }
     }
 
-    fn from_io(e: io::Error) -> HandshakeError {
+    pub(super) fn from_io(e: io::Error) -> HandshakeError {
         match e.kind() {
             // The socket's own read or write timeout (corepin sets the
             // header timeout on it at accept) can fire before the
@@ -134,7 +131,8 @@ impl std::fmt::Display for HandshakeError {
 
 impl std::error::Error for HandshakeError {}
 
-/// A TLS stream: rustls's connection `C` over the byte stream `IO`.
+/// A TLS stream: rustls's buffered connection `C` over the byte stream
+/// `IO`.
 pub struct TlsStream<IO, C> {
     io: IO,
     conn: C,
@@ -145,37 +143,9 @@ pub struct TlsStream<IO, C> {
     closing: bool,
 }
 
-/// The server side: what a TLS listener's connections use.
-pub type ServerTlsStream<IO> = TlsStream<IO, ServerConnection>;
-/// The client side: TLS to backends.
+/// The client side: TLS to backends. (A TLS listener's connections use
+/// `server_stream::ServerTlsStream`, over rustls's unbuffered API.)
 pub type ClientTlsStream<IO> = TlsStream<IO, ClientConnection>;
-
-impl<IO> TlsStream<IO, ServerConnection> {
-    /// Starts a server handshake on `io`. `prefix`: bytes already read
-    /// from `io` (the ones `sniff::classify` looked at); rustls takes them
-    /// first. Drive the handshake with `handshake` or `poll_handshake`.
-    pub fn accept(
-        io: IO,
-        config: Arc<ServerConfig>,
-        prefix: &[u8],
-    ) -> Result<Self, HandshakeError> {
-        let conn = ServerConnection::new(config).map_err(HandshakeError::Protocol)?;
-        let mut s = TlsStream {
-            io,
-            conn,
-            failed: None,
-            closing: false,
-        };
-        let mut rest = prefix;
-        while !rest.is_empty() && s.failed.is_none() {
-            s.conn.read_tls(&mut rest).map_err(HandshakeError::Io)?;
-            if let Err(e) = s.conn.process_new_packets() {
-                s.failed = Some(e);
-            }
-        }
-        Ok(s)
-    }
-}
 
 impl<IO> TlsStream<IO, ClientConnection> {
     /// Starts a client handshake to `name` on `io`.

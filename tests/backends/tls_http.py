@@ -5,17 +5,30 @@ Paths: /hold answers with GRIP instructions, holding the client as a
 stream on channel `tls` (body `stream open\n`); /link holds a stream on
 `tls` whose next link is the relative /next; /next answers
 `next over tls\n` and closes the stream (a GRIP hold on `tls` ending with
-keep-alive off); anything else answers 200 with `tls backend PATH
+keep-alive off); /conns answers `connections=N`, the TLS connections
+accepted so far (handshakes done; each connection is one handler, however
+many requests it carries); anything else answers 200 with `tls backend PATH
 proto=X-Forwarded-Proto` and the request body after it. Keep-alive, so a
 pooled connection is reused.
 """
 import ssl
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+CONNECTIONS = 0
+LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        global CONNECTIONS
+        with LOCK:
+            CONNECTIONS += 1
+        super().setup()
 
     def log_message(self, *args):
         pass
@@ -48,6 +61,10 @@ class Handler(BaseHTTPRequestHandler):
             )
         elif path.startswith("/next"):
             self.answer("next over tls\n")
+        elif path.startswith("/conns"):
+            with LOCK:
+                n = CONNECTIONS
+            self.answer(f"connections={n}")
         else:
             proto = self.headers.get("X-Forwarded-Proto")
             self.answer(f"tls backend {path} proto={proto}" + body.decode())

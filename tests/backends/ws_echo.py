@@ -2,7 +2,9 @@
 
 Paths: /echo echoes every message; /grip answers with the `grip`
 extension, subscribes the connection to channel `g` with a control message
-and sends `m:welcome` (and drops messages without the prefix); /bye closes
+and sends `m:welcome` (and drops messages without the prefix); /gripcid
+does the same after first sending `m:cid=` and the Connection-Id corepin
+sent with the handshake; /bye closes
 at once with 4001. With CERT KEY arguments it serves wss (TLS).
 """
 import asyncio
@@ -23,6 +25,8 @@ async def handler(ws):
     if path.startswith("/bye"):
         await ws.close(4001, "backend says bye")
         return
+    if path.startswith("/gripcid"):
+        await ws.send("m:cid=" + ws.request.headers.get("Connection-Id", ""))
     if path.startswith("/grip"):
         await ws.send('c:{"type":"subscribe","channel":"g"}')
         await ws.send("m:welcome")

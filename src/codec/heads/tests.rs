@@ -39,6 +39,7 @@ fn to_backend<'a>(client: &'a RequestHead, purpose: Purpose<'a>) -> BackendReque
         forwarding: NOBODY,
         grip: Some(None),
         grip_last: &[],
+        connection_id: None,
     }
 }
 
@@ -162,6 +163,31 @@ fn requests_to_backends() {
                 ..to_backend(&forged_replay, replaying)
             },
             "POST /ws HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nGrip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst\r\nContent-Type: application/websocket-events\r\nAccept: application/websocket-events\r\nConnection-Id: c1\r\nContent-Length: 3\r\nContent-Bytes-Replayed: 7\r\nSec-WebSocket-Extensions: grip\r\n\r\n",
+        ),
+        (
+            // A GRIP route's request names the connection; the client's
+            // own Connection-Id never goes.
+            BackendRequest {
+                connection_id: Some("18a-0-1"),
+                ..to_backend(&upgrade, Purpose::WsUpgrade)
+            },
+            "GET /ws HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\nMeta-User: forged\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nGrip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst\r\nConnection-Id: 18a-0-1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Extensions: grip\r\n\r\n",
+        ),
+        (
+            BackendRequest {
+                connection_id: Some("18a-0-2"),
+                ..to_backend(&get, Purpose::Proxy)
+            },
+            "GET /a?b HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.com\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.0 edge, 1.1 corepin\r\nGrip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst\r\nConnection-Id: 18a-0-2\r\n\r\n",
+        ),
+        (
+            // `no_grip`: nothing of corepin's, the client's fields as they are.
+            BackendRequest {
+                grip: None,
+                connection_id: Some("18a-0-3"),
+                ..to_backend(&upgrade, Purpose::WsUpgrade)
+            },
+            "GET /ws HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\nConnection-Id: forged\r\nMeta-User: forged\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\nVia: 1.1 corepin\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         ),
         (
             over_http,

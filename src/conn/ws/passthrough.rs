@@ -30,10 +30,11 @@ fn upgrade_request(
     head: &RequestHead,
     path: &str,
     b: &Backend,
-    peer: &std::net::SocketAddr,
-    tls: bool,
+    c: &Client,
     route: &Route,
+    cid: &str,
 ) -> Vec<u8> {
+    let (peer, tls) = (&c.peer, c.conn.is_tls());
     let token = route
         .grip()
         .then(|| grip_key(shard, route))
@@ -43,8 +44,11 @@ fn upgrade_request(
     let peer_ip = peer.ip().to_string();
     let fwd = shard.cfg.forwarding.policy(peer.ip()).over_tls(tls);
     let grip = route.grip().then_some(token.as_deref());
-    b.request(head, Purpose::WsUpgrade, path, &peer_ip, fwd, grip)
-        .write(&mut out);
+    crate::codec::heads::BackendRequest {
+        connection_id: Some(cid),
+        ..b.request(head, Purpose::WsUpgrade, path, &peer_ip, fwd, grip)
+    }
+    .write(&mut out);
     out
 }
 
@@ -72,14 +76,17 @@ pub(super) async fn passthrough(
         return bad_gateway(c, "upstream unreachable", "-").await;
     };
     let target = backend.addr.clone();
+    // On a GRIP route the backend learns the connection's Connection-Id,
+    // by which a publisher can target it (`crate::targets`).
+    let cid = shard.next_connection_id();
     let req = upgrade_request(
         shard,
         head,
         &route.rewrite(head.target()),
         backend,
-        &c.peer,
-        c.conn.is_tls(),
+        c,
         route,
+        &cid,
     );
     if up.conn.write_all(&req).await.is_err() {
         return bad_gateway(c, "upstream closed the connection", &target).await;
@@ -116,6 +123,9 @@ pub(super) async fn passthrough(
     up.conn.set_read_timeout(None);
     let prefix = route.prefix.clone().unwrap_or_default();
     let sub = ws_sub(shard, route, route.implicit_channels(&backend.addr));
+    let _target = route
+        .grip()
+        .then(|| crate::targets::Registered::new(&shard.held, cid, &sub));
     let end = relay(shard, c, &mut up, &sub, &grip, &prefix, &target).await;
     end
 }

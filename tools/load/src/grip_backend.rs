@@ -1,5 +1,7 @@
 //! `corepin-load grip-backend`: a GRIP backend for the soak run, one
-//! epoll thread, that holds every kind of subscriber a proxy can hold:
+//! thread polling its sockets (epoll, through the `polling` crate as the
+//! rest of the load tool does), that holds every kind of subscriber a
+//! proxy can hold:
 //!
 //! - `GET /stream?channel=X`: `Grip-Hold: stream` on X (an SSE stream:
 //!   `text/event-stream`, a comment line as its first body).
@@ -26,16 +28,20 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 
 use corepin::codec::http1::{parse_request, BodyKind, HeadLimits, RequestHead};
 use corepin::codec::ws::{self, Opcode, Reader, Received, Role};
 use corepin::codec::wsevents::{self, WsEvent};
 
 use crate::args::{die, Args};
+use crate::net::Poller;
 
 /// The message a subscriber reads once it is subscribed.
 pub const WELCOME: &[u8] = b"W";
+
+/// The listener's token (connections count up from 0; `polling` keeps
+/// `usize::MAX` for itself).
+const LISTENER: usize = usize::MAX - 1;
 
 enum State {
     Http,
@@ -189,15 +195,6 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32, holds: &mut Hol
     }
 }
 
-fn add(ep: i32, fd: i32, token: u64) {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: registering a valid fd with a valid epoll instance.
-    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-}
-
 pub fn run(args: &[String]) {
     let (listen, rest) = match args.first() {
         Some(a) if !a.starts_with("--") => (a.as_str(), &args[1..]),
@@ -217,26 +214,20 @@ pub fn run(args: &[String]) {
     let _ = l.set_nonblocking(true);
     println!("{}", l.local_addr().map(|a| a.port()).unwrap_or(0));
     let _ = std::io::stdout().flush();
-    // SAFETY: epoll_create1 returns a new descriptor or -1.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        die("grip-backend: epoll_create1 failed");
-    }
-    add(ep, l.as_raw_fd(), u64::MAX);
-    let mut conns: HashMap<u64, Conn> = HashMap::new();
-    let mut next = 0u64;
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
+    let mut poller = Poller::new();
+    poller.add(&l, LISTENER);
+    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    let mut next = 0usize;
+    let mut ready = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        // SAFETY: events has room for its length.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
-        for ev in events.iter().take(n.max(0) as usize) {
-            let token = ev.u64;
-            if token == u64::MAX {
+        poller.wait(1000, &mut ready);
+        for &token in &ready {
+            if token == LISTENER {
                 while let Ok((s, _)) = l.accept() {
                     let _ = s.set_nonblocking(true);
                     let _ = s.set_nodelay(true);
-                    add(ep, s.as_raw_fd(), next);
+                    poller.add(&s, next);
                     conns.insert(
                         next,
                         Conn {
@@ -278,6 +269,7 @@ pub fn run(args: &[String]) {
                 let _ = c.s.set_nonblocking(true);
             }
             if !keep {
+                poller.remove(&c.s);
                 conns.remove(&token);
             }
         }

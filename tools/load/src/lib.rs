@@ -15,6 +15,8 @@ pub mod publish;
 pub mod record;
 pub mod soak;
 pub mod soak_worker;
+pub mod storm;
+pub mod storm_backend;
 pub mod subscribe;
 pub mod tls;
 pub mod ws_echo;

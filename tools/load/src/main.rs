@@ -5,7 +5,8 @@
 //! stderr while it runs and one JSON object on stdout at the end.
 
 use corepin_load::{
-    echo, fanout, grip_backend, proxy, publish, soak, soak_worker, subscribe, ws_echo,
+    echo, fanout, grip_backend, proxy, publish, soak, soak_worker, storm, storm_backend, subscribe,
+    ws_echo,
 };
 
 const USAGE: &str = "\
@@ -65,10 +66,13 @@ fn main() {
         Some("soak") => soak::run(rest),
         Some("soak-worker") => soak_worker::run(rest),
         Some("grip-backend") => grip_backend::run(rest),
+        Some("storm") => storm::run(rest),
+        Some("storm-worker") => storm::worker(rest),
+        Some("storm-backend") => storm_backend::run(rest),
         Some("echo-server") => echo::run(args.get(1).map_or("127.0.0.1:0", String::as_str)),
-        Some("-h" | "--help" | "help") => print!("{USAGE}"),
+        Some("-h" | "--help" | "help") => print!("{USAGE}{}", storm::USAGE),
         _ => {
-            eprint!("{USAGE}");
+            eprint!("{USAGE}{}", storm::USAGE);
             std::process::exit(2)
         }
     }

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The reconnect storm (issue 18, item 7; not part of CI). SUBS SSE
+# subscribers hold one channel while items are published at RATE per
+# second; then every connection is reset at once (TCP RST) and each
+# subscriber comes straight back with Last-Event-ID, as EventSource does.
+# `corepin-load storm` measures items lost, duplicated and out of order
+# per subscriber, the time until all are connected again and caught up,
+# and the requests the storm cost the backend (`corepin-load
+# storm-backend`, which keeps the channel's items as the application's
+# store and counts what the proxy asks of it).
+#
+# The runs, one after another in this one invocation:
+#   corepin-history   corepin with [history] on, in front of the backend
+#                     in `hold` mode: the backend only says Grip-Hold;
+#                     corepin replays what each client missed.
+#   corepin-test      corepin with history, the built-in test target
+#                     (/stream?channel=X): no backend at all.
+#   corepin-nohistory corepin without history, the backend in `replay`
+#                     mode: what a Pushpin user's backend does (the items
+#                     after Last-Event-ID in the body, Grip-Channel
+#                     prev-id, a next link corepin fetches on a gap).
+#   pushpin           Pushpin 1.36 (Debian), the same `replay` backend,
+#                     rate limits raised (PUSHPIN_LIMITS, default raised:
+#                     as shipped, 2,500 deliveries/s drops items at 10k
+#                     subscribers).
+#
+# usage: bash benches/storm.sh
+# env:   SUBS=10000 RATE=10 BEFORE=5 AFTER=3 WORKERS=4 RUNS="corepin-history
+#        corepin-test corepin-nohistory pushpin" NO_BUILD=1 LOAD_BIN=...
+#        OUT=<dir> (storm.jsonl and storm.md there; default benches/results)
+# Ports are chosen at run time; only processes started here are stopped.
+set -u
+. "$(dirname "$0")/lib.sh"
+SUBS=${SUBS:-10000}
+RATE=${RATE:-10}
+BEFORE=${BEFORE:-5}
+AFTER=${AFTER:-3}
+WORKERS=${WORKERS:-4}
+RUNS=${RUNS:-corepin-history corepin-test corepin-nohistory pushpin}
+OUT=${OUT:-$ROOT/benches/results}
+bench_init
+mkdir -p "$OUT"
+JSONL=$OUT/storm.jsonl
+: > "$JSONL.new"
+
+# stop_these PID...: stops those processes and their children (only).
+stop_these() {
+  local all pid
+  all=$(descendants "$@")
+  for pid in $all; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    local alive=0
+    for pid in $all; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in $all; do kill -9 "$pid" 2>/dev/null || true; done
+}
+
+# start_storm_backend MODE: the counting backend; sets STORM_BACKEND_PORT.
+start_storm_backend() {
+  local f=$BENCH_DIR/backend.port
+  : > "$f"
+  "$LOAD" storm-backend --mode "$1" > "$f" 2> "$BENCH_DIR/backend.err" & PIDS+=($!)
+  STORM_BACKEND_PID=$!
+  for _ in $(seq 1 100); do [ -s "$f" ] && break; sleep 0.1; done
+  STORM_BACKEND_PORT=$(head -n1 "$f")
+  wait_port "$STORM_BACKEND_PORT"
+}
+
+for run in $RUNS; do
+  echo "== $run: $SUBS subscribers, $RATE items/s" >&2
+  backend_args=()
+  path='/stream?channel={channel}'
+  case $run in
+    corepin-history)
+      start_storm_backend hold
+      start_corepin --route "* 127.0.0.1:$STORM_BACKEND_PORT" --history-messages 10000
+      proxy=$COREPIN_PID; to=$COREPIN_PORT; pub=$COREPIN_CONTROL_PORT
+      backend_args=(--backend "127.0.0.1:$STORM_BACKEND_PORT") ;;
+    corepin-test)
+      STORM_BACKEND_PID=
+      start_corepin --route "* test" --history-messages 10000
+      proxy=$COREPIN_PID; to=$COREPIN_PORT; pub=$COREPIN_CONTROL_PORT ;;
+    corepin-nohistory)
+      start_storm_backend replay
+      start_corepin --route "* 127.0.0.1:$STORM_BACKEND_PORT"
+      proxy=$COREPIN_PID; to=$COREPIN_PORT; pub=$COREPIN_CONTROL_PORT
+      backend_args=(--backend "127.0.0.1:$STORM_BACKEND_PORT") ;;
+    pushpin)
+      start_storm_backend replay
+      PUSHPIN_LIMITS=${PUSHPIN_LIMITS:-raised} start_pushpin "* 127.0.0.1:$STORM_BACKEND_PORT"
+      proxy="$PUSHPIN_PID $ZURL_PID"; to=$PUSHPIN_PORT; pub=$PUSHPIN_PUBLISH_PORT
+      backend_args=(--backend "127.0.0.1:$STORM_BACKEND_PORT") ;;
+    *) echo "unknown run '$run'" >&2; exit 2 ;;
+  esac
+  # The warm-up request start_pushpin makes happens before the storm's
+  # first item, so it is not in the storm's counts.
+  "$LOAD" storm --label "$run" --to "127.0.0.1:$to" --path "$path" \
+    --publish-to "127.0.0.1:$pub" "${backend_args[@]}" --subscribers "$SUBS" \
+    --workers "$WORKERS" --rate "$RATE" --before-s "$BEFORE" --after-s "$AFTER" \
+    > "$BENCH_DIR/$run.json"
+  if [ -s "$BENCH_DIR/$run.json" ]; then
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["limits"]=sys.argv[2]; print(json.dumps(d))' \
+      "$BENCH_DIR/$run.json" "${PUSHPIN_LIMITS:-raised}" >> "$JSONL.new"
+    cat "$BENCH_DIR/$run.json" >&2
+  else
+    echo "$run: no result" >&2
+  fi
+  # shellcheck disable=SC2086
+  stop_these $proxy $STORM_BACKEND_PID
+done
+mv "$JSONL.new" "$JSONL"
+
+python3 - "$JSONL" > "$OUT/storm.md" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| run | subscribers held | lost (subs) | duplicated (subs) | out of order | all back | all caught up | caught up p50 / p99 | backend requests in storm (resumes / next links) | items sent by backend |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+def s(v):
+    return "-" if v is None else f"{v:.2f} s"
+for r in rows:
+    b = r.get("backend_storm") or {}
+    c = r.get("caught_up_ms") or {}
+    p = lambda k: "-" if c.get(k) is None else f"{c[k]:.0f}"
+    req = "0 (no backend)" if not b else f"{b.get('requests', 0)} ({b.get('resumes', 0)} / {b.get('next_links', 0)})"
+    print(f"| {r['label']} | {r['subscribed_before']}/{r['subscribers']} | {r['lost']} ({r['subscribers_with_loss']}) "
+          f"| {r['duplicated']} ({r['subscribers_with_duplicates']}) | {r['out_of_order']} | {s(r.get('all_back_s'))} "
+          f"| {s(r.get('all_caught_up_s'))} | {p('p50')} / {p('p99')} ms | {req} | {b.get('items_sent', 0) if b else 0} |")
+PY
+cat "$OUT/storm.md"
