@@ -6,7 +6,9 @@
 #           and the ring's counters per request (from the exit log)
 #   perf    `perf record` (cpu-clock) of corepin, then the top symbols
 #   strace  `strace -c -f` of corepin: syscalls per request
-# usage: bash benches/uring_profile.sh [uring|glommio] [cpu|perf|strace] [CONNS]
+# usage: bash benches/uring_profile.sh [uring|glommio|nginx|uproxy] [cpu|perf|strace] [CONNS]
+#   nginx: nginx as the proxy (2 workers, upstream keepalive), the reference;
+#   uproxy: the raw io_uring probe (UPROXY=its build), the floor.
 # env: DUR=6 WARM=2 WORKERS=2 BIN=target/release/corepin UPROXY=(a build of
 #      ../shared/probes/uproxy: profiled instead of corepin when NAME=uproxy)
 # Only processes this script starts are stopped, by PID; ports are free ones.
@@ -44,22 +46,35 @@ trap cleanup EXIT
 nginx -p $D -c $D/be.conf & STARTED="$STARTED $!"
 if [ "$PATH_KIND" = uproxy ]; then
   "$UPROXY" 127.0.0.1:$PORT 127.0.0.1:$BEP $WORKERS >$D/c.err 2>&1 & P=$!
+elif [ "$PATH_KIND" = nginx ]; then
+  mkdir -p $D/np/logs
+  cat > $D/np.conf <<EOF
+daemon off; pid $D/np.pid; error_log $D/np/logs/error.log;
+worker_processes $WORKERS; worker_rlimit_nofile 19000;
+events { worker_connections 18000; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  upstream backend { server 127.0.0.1:$BEP; keepalive 1024; }
+  server { listen 127.0.0.1:$PORT backlog=4096;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+  nginx -p $D/np -c $D/np.conf & P=$!
 else
   "$BIN" --config $D/c.toml >$D/c.out 2>$D/c.err & P=$!
 fi
 STARTED="$STARTED $P"
 sleep 1
 curl -s --max-time 3 http://127.0.0.1:$PORT/index.html >/dev/null || { echo "no answer"; cat $D/c.err; exit 1; }
-runns() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{s+=$1} END {printf "%.0f\n", s}'; }
+PIDS=$P; [ "$PATH_KIND" = nginx ] && PIDS="$P $(pgrep -P $P | tr '\n' ' ')"
+runns() { local p; for p in $PIDS; do cat /proc/$p/task/*/schedstat 2>/dev/null; done | awk '{s+=$1} END {printf "%.0f\n", s}'; }
 timeout 10 wrk -t1 -c$C -d$WARM http://127.0.0.1:$PORT/index.html >/dev/null 2>&1
-n0=$(runns $P)
+n0=$(runns)
 case $MODE in
   perf) perf record -F 2000 -g -p $P -o $D/perf.data -- sleep $DUR >/dev/null 2>&1 & X=$! ;;
   strace) strace -c -f -p $P -o $D/strace.txt & X=$! ;;
   *) X="" ;;
 esac
 out=$(timeout 30 wrk -t1 -c$C -d$DUR http://127.0.0.1:$PORT/index.html 2>&1)
-n1=$(runns $P)
+n1=$(runns)
 [ -n "$X" ] && { [ $MODE = strace ] && kill -INT $X; wait $X; }
 reqs=$(echo "$out" | awk '/requests in/ {print $1}')
 rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
