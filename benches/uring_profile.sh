@@ -85,6 +85,7 @@ case $MODE in
   strace) echo "# syscalls per request (during the measured run):"
           awk -v q="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 {printf "%-20s %8.3f\n", $NF, $4/q}' $D/strace.txt | sort -k2 -rn | head -15 ;;
 esac
-kill -INT $P; wait $P 2>/dev/null
+# corepin logs its ring's counters on SIGINT; the probe exits on SIGTERM only.
+if [ "$PATH_KIND" = uproxy ]; then kill $P; else kill -INT $P; fi; wait $P 2>/dev/null
 grep -h "io_uring data path:" $D/c.err $D/c.out 2>/dev/null | sed 's/^.*core/core/'
 echo "(requests measured: $reqs; the counters above cover the whole run incl. warm-up)"
