@@ -3,7 +3,7 @@
 //! turned into one typed `Instruct`.
 
 use bytes::Bytes;
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::Deserializer;
 use serde::Deserialize;
 
 use super::filter::Filters;
@@ -799,21 +799,11 @@ struct RawKeepAlive<'a> {
 
 impl<'de> Deserialize<'de> for HoldMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HoldMode;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<HoldMode, E> {
-                match v {
-                    "response" => Ok(HoldMode::Response),
-                    "stream" => Ok(HoldMode::Stream),
-                    other => Err(E::custom(format!("unknown hold mode {other:?}"))),
-                }
-            }
-        }
-        d.deserialize_str(V)
+        json::str_with(d, "a string", |v| match v {
+            "response" => Ok(HoldMode::Response),
+            "stream" => Ok(HoldMode::Stream),
+            other => Err(format!("unknown hold mode {other:?}")),
+        })
     }
 }
 
@@ -821,24 +811,14 @@ impl<'de> Deserialize<'de> for HoldMode {
 /// message's).
 impl<'de> Deserialize<'de> for KeepAliveMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = KeepAliveMode;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("\"idle\" or \"interval\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeepAliveMode, E> {
-                match v {
-                    "idle" => Ok(KeepAliveMode::Idle),
-                    "interval" => Ok(KeepAliveMode::Interval),
-                    other => Err(E::custom(format!(
-                        "unknown mode '{}' (idle, interval)",
-                        other.escape_debug()
-                    ))),
-                }
-            }
-        }
-        d.deserialize_str(V)
+        json::str_with(d, "\"idle\" or \"interval\"", |v| match v {
+            "idle" => Ok(KeepAliveMode::Idle),
+            "interval" => Ok(KeepAliveMode::Interval),
+            other => Err(format!(
+                "unknown mode '{}' (idle, interval)",
+                other.escape_debug()
+            )),
+        })
     }
 }
 

@@ -200,26 +200,42 @@ impl Str<'_> {
     }
 }
 
+/// Deserializes a JSON string through `parse`, whose refusal is the error
+/// (`expecting` names what was wanted when the value is not a string): the
+/// one visitor behind the codecs' string-valued enums and checked strings.
+pub fn str_with<'de, D, T>(
+    d: D,
+    expecting: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct V<T, F>(&'static str, F, std::marker::PhantomData<T>);
+    impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for V<T, F> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.1)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V(expecting, parse, std::marker::PhantomData))
+}
+
 /// Base64 (`body-bin`, `content-bin`), decoded.
 pub struct B64(pub Bytes);
 
 impl<'de> Deserialize<'de> for B64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = B64;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a base64 string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<B64, E> {
-                use base64::Engine;
-                base64::engine::general_purpose::STANDARD
-                    .decode(v.trim())
-                    .map(|b| B64(Bytes::from(b)))
-                    .map_err(|_| E::custom("is not valid base64"))
-            }
-        }
-        d.deserialize_str(V)
+        str_with(d, "a base64 string", |v| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .map(|b| B64(Bytes::from(b)))
+                .map_err(|_| "is not valid base64".to_string())
+        })
     }
 }
 

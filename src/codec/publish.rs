@@ -27,7 +27,7 @@ use serde::Deserialize;
 // points marked `VALIDATE:`.
 use super::bodypatch::BodyPatch;
 use super::filter::Name as FilterName;
-use super::json::{Check, Checked, Headers, Meta, Obj, StatusCode, Str, B64};
+use super::json::{self, Check, Checked, Headers, Meta, Obj, StatusCode, Str, B64};
 use super::response::{self, Head};
 use super::ws;
 
@@ -551,51 +551,31 @@ impl<'de> Deserialize<'de> for Id {
 
 impl<'de> Deserialize<'de> for Action {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Action;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Action, E> {
-                match v {
-                    "send" => Ok(Action::Send),
-                    "close" => Ok(Action::Close),
-                    "hint" => Ok(Action::Hint),
-                    "refresh" => Ok(Action::Refresh),
-                    other => Err(E::custom(format!(
-                        "unknown action '{}' (send, close, hint, refresh)",
-                        other.escape_debug()
-                    ))),
-                }
-            }
-        }
-        d.deserialize_str(V)
+        json::str_with(d, "a string", |v| match v {
+            "send" => Ok(Action::Send),
+            "close" => Ok(Action::Close),
+            "hint" => Ok(Action::Hint),
+            "refresh" => Ok(Action::Refresh),
+            other => Err(format!(
+                "unknown action '{}' (send, close, hint, refresh)",
+                other.escape_debug()
+            )),
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for WsKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = WsKind;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<WsKind, E> {
-                match v {
-                    "text" => Ok(WsKind::Text),
-                    "binary" => Ok(WsKind::Binary),
-                    "ping" => Ok(WsKind::Ping),
-                    "pong" => Ok(WsKind::Pong),
-                    other => Err(E::custom(format!(
-                        "unknown type '{}' (text, binary, ping, pong)",
-                        other.escape_debug()
-                    ))),
-                }
-            }
-        }
-        d.deserialize_str(V)
+        json::str_with(d, "a string", |v| match v {
+            "text" => Ok(WsKind::Text),
+            "binary" => Ok(WsKind::Binary),
+            "ping" => Ok(WsKind::Ping),
+            "pong" => Ok(WsKind::Pong),
+            other => Err(format!(
+                "unknown type '{}' (text, binary, ping, pong)",
+                other.escape_debug()
+            )),
+        })
     }
 }
 
@@ -604,24 +584,14 @@ struct ContentFilter(FilterName);
 
 impl<'de> Deserialize<'de> for ContentFilter {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ContentFilter;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ContentFilter, E> {
-                match FilterName::parse(v) {
-                    Ok(n) if n.rewrites() => Ok(ContentFilter(n)),
-                    Ok(n) => Err(E::custom(format!(
-                        "'{}' does not change content (build-id, var-subst do)",
-                        n.as_str()
-                    ))),
-                    Err(e) => Err(E::custom(e)),
-                }
-            }
-        }
-        d.deserialize_str(V)
+        json::str_with(d, "a string", |v| match FilterName::parse(v) {
+            Ok(n) if n.rewrites() => Ok(ContentFilter(n)),
+            Ok(n) => Err(format!(
+                "'{}' does not change content (build-id, var-subst do)",
+                n.as_str()
+            )),
+            Err(e) => Err(e),
+        })
     }
 }
 
