@@ -25,9 +25,10 @@
 #                     subscribers).
 #
 # usage: bash benches/storm.sh
-# env:   SUBS=10000 RATE=10 BEFORE=5 AFTER=3 WORKERS=4 RUNS="corepin-history
+# env:   SUBS=10000 RATE=10 BEFORE=5 AFTER=3 WORKERS=4 TIMEOUT=300 RUNS="corepin-history
 #        corepin-test corepin-nohistory pushpin" NO_BUILD=1 LOAD_BIN=...
 #        OUT=<dir> (storm.jsonl and storm.md there; default benches/results)
+#        COREPIN_BIN=<corepin binary> (default target/release/corepin)
 # Ports are chosen at run time; only processes started here are stopped.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -36,9 +37,11 @@ RATE=${RATE:-10}
 BEFORE=${BEFORE:-5}
 AFTER=${AFTER:-3}
 WORKERS=${WORKERS:-4}
+TIMEOUT=${TIMEOUT:-300}
 RUNS=${RUNS:-corepin-history corepin-test corepin-nohistory pushpin}
 OUT=${OUT:-$ROOT/benches/results}
 bench_init
+COREPIN_BIN=${COREPIN_BIN:-$ROOT/target/release/corepin}
 mkdir -p "$OUT"
 JSONL=$OUT/storm.jsonl
 : > "$JSONL.new"
@@ -55,6 +58,16 @@ stop_these() {
     sleep 0.1
   done
   for pid in $all; do kill -9 "$pid" 2>/dev/null || true; done
+}
+
+# start_storm_corepin ARGS...: lib.sh's start_corepin with COREPIN_BIN.
+start_storm_corepin() {
+  "$COREPIN_BIN" --listen "127.0.0.1:$COREPIN_PORT" \
+    --control-http "127.0.0.1:$COREPIN_CONTROL_PORT" \
+    --control-socket "$BENCH_DIR/corepin.sock" --log-level warn "$@" \
+    > "$BENCH_DIR/corepin.out" 2>> "$BENCH_DIR/corepin.err" & PIDS+=($!)
+  COREPIN_PID=$!
+  wait_port "$COREPIN_PORT"
 }
 
 # start_storm_backend MODE: the counting backend; sets STORM_BACKEND_PORT.
@@ -75,16 +88,16 @@ for run in $RUNS; do
   case $run in
     corepin-history)
       start_storm_backend hold
-      start_corepin --route "* 127.0.0.1:$STORM_BACKEND_PORT" --history-messages 10000
+      start_storm_corepin --route "* 127.0.0.1:$STORM_BACKEND_PORT" --history-messages 10000
       proxy=$COREPIN_PID; to=$COREPIN_PORT; pub=$COREPIN_CONTROL_PORT
       backend_args=(--backend "127.0.0.1:$STORM_BACKEND_PORT") ;;
     corepin-test)
       STORM_BACKEND_PID=
-      start_corepin --route "* test" --history-messages 10000
+      start_storm_corepin --route "* test" --history-messages 10000
       proxy=$COREPIN_PID; to=$COREPIN_PORT; pub=$COREPIN_CONTROL_PORT ;;
     corepin-nohistory)
       start_storm_backend replay
-      start_corepin --route "* 127.0.0.1:$STORM_BACKEND_PORT"
+      start_storm_corepin --route "* 127.0.0.1:$STORM_BACKEND_PORT"
       proxy=$COREPIN_PID; to=$COREPIN_PORT; pub=$COREPIN_CONTROL_PORT
       backend_args=(--backend "127.0.0.1:$STORM_BACKEND_PORT") ;;
     pushpin)
@@ -98,7 +111,7 @@ for run in $RUNS; do
   # first item, so it is not in the storm's counts.
   "$LOAD" storm --label "$run" --to "127.0.0.1:$to" --path "$path" \
     --publish-to "127.0.0.1:$pub" "${backend_args[@]}" --subscribers "$SUBS" \
-    --workers "$WORKERS" --rate "$RATE" --before-s "$BEFORE" --after-s "$AFTER" \
+    --workers "$WORKERS" --rate "$RATE" --before-s "$BEFORE" --after-s "$AFTER" --timeout-s "$TIMEOUT" \
     > "$BENCH_DIR/$run.json"
   if [ -s "$BENCH_DIR/$run.json" ]; then
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["limits"]=sys.argv[2]; print(json.dumps(d))' \

@@ -22,7 +22,7 @@ usage: corepin [run] [--config FILE | --pushpin-config FILE] [--listen ADDR]...
        corepin stats [--socket PATH]
        corepin channels [CHANNEL] [--prefix P] [--top N] [--socket PATH | --http URL]
        corepin connection CONNECTION-ID (--message TEXT | --close [--code N])
-                          [--socket PATH]
+                          [--socket PATH | --http URL]
        corepin --help | --version
 
 Without --config, corepin runs its embedded default (config/corepin.toml):
@@ -77,6 +77,8 @@ pub enum Command {
     Connection {
         /// The control socket's `connection` request.
         request: serde_json::Value,
+        /// The control API's `http://host:port`, instead of the socket.
+        http: Option<String>,
         socket: PathBuf,
     },
     Help,
@@ -178,6 +180,7 @@ fn parse_connection(args: impl Iterator<Item = String>) -> Result<Command, CliEr
     let mut args = args.peekable();
     let mut req = serde_json::json!({"method": "connection"});
     let mut socket = PathBuf::from(DEFAULT_SOCKET);
+    let mut http = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             // Whatever the connection's kind, it takes TEXT: a WebSocket as
@@ -198,6 +201,7 @@ fn parse_connection(args: impl Iterator<Item = String>) -> Result<Command, CliEr
                 req["code"] = n.into();
             }
             "--socket" => socket = PathBuf::from(value(&mut args, "--socket")?),
+            "--http" => http = Some(value(&mut args, "--http")?),
             f if f.starts_with("--") => {
                 return Err(CliError(format!(
                     "{f}: unknown flag for connection (see --help)"
@@ -214,6 +218,7 @@ fn parse_connection(args: impl Iterator<Item = String>) -> Result<Command, CliEr
     crate::control_socket::connection_request(&req).map_err(CliError)?;
     Ok(Command::Connection {
         request: req,
+        http,
         socket,
     })
 }

@@ -191,6 +191,44 @@ pub fn channels(
         .collect())
 }
 
+/// Sends a `connection` request (without `method`) to the control API's
+/// `POST /connection` at `url` (`http://host:port`); the JSON answer, or
+/// why there is none.
+pub fn http_connection(url: &str, request: &Value) -> Result<Value, String> {
+    let hostport = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--http: '{url}' is not an http:// URL"))?
+        .trim_end_matches('/');
+    if hostport.contains('/') {
+        return Err(format!(
+            "--http: '{url}' has a path (give http://host:port)"
+        ));
+    }
+    let mut body = request.clone();
+    if let Some(o) = body.as_object_mut() {
+        o.remove("method");
+    }
+    let body = body.to_string();
+    let mut s = std::net::TcpStream::connect(hostport)
+        .map_err(|e| format!("corepin is not running (cannot connect to {hostport}: {e})"))?;
+    let req = format!(
+        "POST /connection HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("{hostport}: {e}"))?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let (head, answer) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    serde_json::from_str(answer).map_err(|_| {
+        format!(
+            "connection refused: {} {}",
+            head.lines().next().unwrap_or("no answer"),
+            answer.trim()
+        )
+    })
+}
+
 /// Human-readable stats from the socket's `stats` answer.
 pub fn format_stats(v: &Value) -> String {
     let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);

@@ -34,9 +34,10 @@
 //!   `Bytes` to the ring without waiting for the kernel (the sends of one
 //!   loop turn go in one submission), and wait only while more than
 //!   `URING_UNSENT_MAX` bytes are unsent, as a full socket buffer makes a
-//!   TCP write wait. The ring has no per-operation timeouts: the read and
-//!   write timeouts are glommio timers raced in `poll_fill` and in every
-//!   write that waits.
+//!   TCP write wait. The ring has no per-operation timeouts: a read that
+//!   waits sets a deadline in the core's deadline queue (a clock read, not
+//!   a timer; the driver wakes the reader when it passes), and a write
+//!   that waits races a glommio timer.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -116,8 +117,9 @@ pub struct UringIo {
     write_timeout: Cell<Option<Duration>>,
     read_reset: Cell<bool>,
     write_reset: Cell<bool>,
-    /// Runs while a read waits (made only then).
-    read_timer: Option<Timer>,
+    /// A read waits with its deadline set in the ring (a queue slot, not
+    /// a timer: see `UringStream::set_read_deadline`).
+    read_waiting: bool,
     /// Runs while a write waits, with the unsent bytes when it was armed:
     /// it fires as a timeout only if nothing was sent meanwhile.
     write_timer: Option<(Timer, usize)>,
@@ -131,7 +133,7 @@ impl UringIo {
             write_timeout: Cell::new(None),
             read_reset: Cell::new(false),
             write_reset: Cell::new(false),
-            read_timer: None,
+            read_waiting: false,
             write_timer: None,
         }
     }
@@ -140,18 +142,21 @@ impl UringIo {
     /// wait longer than the read timeout is `TimedOut`.
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.stream.poll_readable(cx).is_ready() {
-            self.read_timer = None;
+            if std::mem::take(&mut self.read_waiting) {
+                self.stream.set_read_deadline(None);
+            }
             return Poll::Ready(Ok(()));
         }
         if self.read_reset.replace(false) {
-            self.read_timer = None;
+            // A new timeout: the wait starts again.
+            self.read_waiting = false;
         }
-        if let Some(t) = self.read_timeout.get() {
-            let timer = self.read_timer.get_or_insert_with(|| Timer::new(t));
-            if Pin::new(timer).poll(cx).is_ready() {
-                self.read_timer = None;
-                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-            }
+        if !self.read_waiting {
+            self.read_waiting = true;
+            self.stream.set_read_deadline(self.read_timeout.get());
+        } else if self.stream.take_read_timeout() {
+            self.read_waiting = false;
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
         }
         Poll::Pending
     }

@@ -14,9 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::bus::Bus;
+use crate::codec::json::{self, NumText, Str};
 use crate::config::{load_routes, RoutesSource};
 use crate::stats::Board;
 
@@ -286,28 +289,35 @@ pub fn target_error(id: &str, a: &Applied) -> String {
 /// The `channels` request's query: members `channel`, `prefix` (strings)
 /// and `top` (a number); any other member is refused by name.
 fn channels_query(v: &Value) -> Result<crate::codec::counts::Query, String> {
-    let Some(obj) = v.as_object() else {
+    if !v.is_object() {
         return Err("a request is a JSON object".into());
-    };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "method" | "channel" | "prefix" | "top"))
-    {
-        return Err(format!(
-            "channels: unknown member '{k}' (channel, prefix, top)"
-        ));
     }
-    let text = |k: &str| match obj.get(k) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(format!("{k}: must be a string")),
-    };
-    let top = match obj.get("top") {
-        None => None,
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err("top: must be a number".into()),
-    };
-    crate::codec::counts::Query::build(text("channel")?, text("prefix")?, top.as_deref())
+    let q: ChannelsRequest = json::from_value(v).map_err(|e| match e.unknown_field() {
+        Some((_, k)) => format!(
+            "channels: unknown member '{}' (channel, prefix, top)",
+            k.escape_debug()
+        ),
+        None => e.explain("", "", ""),
+    })?;
+    crate::codec::counts::Query::build(
+        q.channel.as_ref().map(|c| c.0.as_ref()),
+        q.prefix.as_ref().map(|p| p.0.as_ref()),
+        q.top.as_ref().map(|t| t.0.as_str()),
+    )
+}
+
+/// The `channels` request's members (`method` is the control socket's).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsRequest<'a> {
+    #[serde(default, rename = "method")]
+    _method: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    channel: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    prefix: Option<Str<'a>>,
+    #[serde(default)]
+    top: Option<NumText>,
 }
 
 /// Channel counts as JSON: `{"channels": [{"channel", "subscribers"}]}`.

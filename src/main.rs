@@ -107,8 +107,16 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Connection { request, socket } => {
-            match client::socket_request(&socket, &request) {
+        Command::Connection {
+            request,
+            http,
+            socket,
+        } => {
+            let answer = match &http {
+                Some(url) => client::http_connection(url, &request),
+                None => client::socket_request(&socket, &request),
+            };
+            match answer {
                 Ok(a) if a.get("ok").and_then(|o| o.as_bool()) == Some(true) => {
                     println!("ok");
                     ExitCode::SUCCESS

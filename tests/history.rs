@@ -322,13 +322,131 @@ fn a_stream_behind_is_replayed_from_history_or_fetches_its_next_link() {
         next,
         Some(("/next?ch=d".to_string(), Some("d; last-id=1".to_string())))
     );
-    // The stream goes on live. (Item 5 carries no prev-id: the client
-    // sees "caught up" a moment before corepin takes the next link's
-    // prev-id 4, and a chained item in between would be a gap again.)
-    let r = cp.publish(
-        r#"{"items":[{"channel":"d","id":"5","formats":{"http-stream":{"content":"m5\n"}}}]}"#,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    // The stream goes on live from the next link's prev-id 4 (in place
+    // before its body reached the client).
+    publish_chained(&cp, "d", 5);
     assert_eq!(s.read_text(3), "m5\n");
     assert_eq!(metric(&cp, "corepin_history_gaps_total"), 1);
+}
+
+/// A raw WebSocket client: connects, sends the upgrade for `path` with
+/// `headers`, reads the 101.
+fn ws_open(cp: &Corepin, path: &str, headers: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(cp.addr()).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n").as_bytes()).expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).expect("101");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// The next text message from the server (pings and pongs skipped).
+fn ws_text(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    loop {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).expect("frame head");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).expect("len");
+                usize::from(u16::from_be_bytes(l))
+            }
+            n => usize::from(n),
+        };
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).expect("payload");
+        match h[0] & 0x0f {
+            1 => return String::from_utf8(p).expect("text"),
+            9 | 10 => continue,
+            op => panic!("opcode {op}: {}", String::from_utf8_lossy(&p)),
+        }
+    }
+}
+
+fn ws_send(s: &mut std::net::TcpStream, text: &str) {
+    use std::io::Write;
+    let mut f = Vec::new();
+    corepin::codec::ws::write_frame(
+        &mut f,
+        true,
+        corepin::codec::ws::Opcode::Text,
+        text.as_bytes(),
+        Some([1, 2, 3, 4]),
+    );
+    s.write_all(&f).expect("send");
+}
+
+/// A ws-message item `m<n>` with id `n` on `channel`.
+fn publish_ws(cp: &Corepin, channel: &str, n: u64) {
+    let body = serde_json::json!({"items":[{"channel": channel, "id": n.to_string(),
+        "formats": {"ws-message": {"content": format!("m{n}")}}}]});
+    let r = cp.publish(&body.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// WebSockets held by backends resume too: a `subscribe` control message
+/// with `last-id` (sent by a WebSocket-over-HTTP backend through
+/// gripcontrol, or by a WebSocket backend that passes on the client's
+/// Last-Event-ID) is given what the channel published after that id from
+/// history, in order, before live messages; an id history no longer
+/// holds replays nothing (a gap, counted) but still subscribes.
+#[test]
+fn websockets_held_by_backends_resume_with_last_id() {
+    let wsoh = PyBackend::start("wsoh_control.py", &[]);
+    let echo = PyBackend::start("ws_echo.py", &[]);
+    let cp = Corepin::start_grip(&[
+        "--route",
+        &format!("*,path_beg=/gripresume 127.0.0.1:{}", echo.port),
+        "--route",
+        &format!("* 127.0.0.1:{},over_http", wsoh.port),
+        "--workers",
+        "2",
+        "--history-messages",
+        "3",
+    ]);
+    for n in 1..=5 {
+        publish_ws(&cp, "r", n);
+    }
+    // WebSocket-over-HTTP: the client tells its backend where it was.
+    let mut a = ws_open(&cp, "/ws/alice", "");
+    ws_send(&mut a, "resume r 3");
+    assert_eq!(ws_text(&mut a), "m4");
+    assert_eq!(ws_text(&mut a), "m5");
+    publish_ws(&cp, "r", 6);
+    assert_eq!(ws_text(&mut a), "m6");
+    assert_eq!(metric(&cp, "corepin_history_replays_total"), 1);
+
+    // Passed through: the backend reads the client's Last-Event-ID.
+    // (The backend's own message after its subscribe and the replayed
+    // m6 may come in either order.)
+    let mut b = ws_open(&cp, "/gripresume", "Last-Event-ID: 5\r\n");
+    let mut first = [ws_text(&mut b), ws_text(&mut b)];
+    first.sort();
+    assert_eq!(first, ["m6", "subscribed"]);
+    publish_ws(&cp, "r", 7);
+    assert_eq!(ws_text(&mut b), "m7");
+    assert_eq!(ws_text(&mut a), "m7");
+
+    // History holds 5..7: after 2 is a gap. Nothing is replayed; the
+    // subscription is live (the echo after it comes back first, then m8).
+    let mut c = ws_open(&cp, "/ws/carol", "");
+    ws_send(&mut c, "resume r 2");
+    wait_until("the gap is counted", || {
+        metric(&cp, "corepin_history_gaps_total") == 1
+    });
+    ws_send(&mut c, "hello");
+    assert_eq!(ws_text(&mut c), "echo: hello");
+    publish_ws(&cp, "r", 8);
+    assert_eq!(ws_text(&mut c), "m8");
 }

@@ -700,6 +700,41 @@ fn sockjs_client_in_headless_chromium() {
     assert_eq!(sent, 5);
 }
 
+/// sockjs-client's `iframe-htmlfile` transport in headless Chromium: the
+/// client loads corepin's iframe page (which loads sockjs-client from
+/// `sockjs_url`, here the page server's copy), and that page streams over
+/// `htmlfile`: it must open, get its message echoed and see the close.
+#[test]
+fn sockjs_client_over_htmlfile_in_headless_chromium() {
+    assert!(
+        root()
+            .join("tests/clients/node_modules/sockjs-client/dist/sockjs.min.js")
+            .exists(),
+        "sockjs-client is missing: tests/run.sh installs it (npm, tests/clients)"
+    );
+    let b = Wsoh::start();
+    let dir = TempDir::new("browser-htmlfile");
+    let report = dir.path().join("report.json");
+    let page = PyBackend::start("sockjs_page.py", &[&report.display().to_string()]);
+    let config = write_config(&format!(
+        "sockjs_url = \"http://127.0.0.1:{}/sockjs.min.js\"\nroutes = [\"{}\"]\n",
+        page.port,
+        wsoh_route(&b, "")
+    ));
+    let cp = Corepin::start_grip(&["--workers", "2", "--config", &config]);
+    let url = format!(
+        "http://127.0.0.1:{}/page.html?transports=iframe-htmlfile&server=http://127.0.0.1:{}/sj",
+        page.port,
+        cp.addr().port()
+    );
+    let text = chromium_report(&url, &dir, &report);
+    let results: serde_json::Value = serde_json::from_str(&text).expect("report JSON");
+    let r = &results[0];
+    assert_eq!(r["transport"], "iframe-htmlfile", "{text}");
+    assert_eq!(r["echoed"], true, "{text}");
+    assert_eq!(r["code"], 4002, "{text}");
+}
+
 /// Opens `url` in headless Chromium and waits for the page to write its
 /// report (the file `report` in `dir`); returns the report.
 fn chromium_report(url: &str, dir: &TempDir, report: &std::path::Path) -> String {

@@ -461,8 +461,8 @@ fn streams_long_polls_and_websockets_held_by_backends_are_targets() {
             "--close",
             "--code",
             "4000",
-            "--socket",
-            &sock,
+            "--http",
+            &format!("http://{}", cp.control_addr()),
         ])
         .output()
         .expect("cli");
@@ -478,6 +478,13 @@ fn streams_long_polls_and_websockets_held_by_backends_are_targets() {
 
     // Ids that are not corepin's, or of no held connection, are 404s
     // naming the id.
+    let out = Command::new(env!("CARGO_BIN_EXE_corepin"))
+        .args(["connection", "18a-1-1", "--message", "x", "--http"])
+        .arg(format!("http://{}", cp.control_addr()))
+        .output()
+        .expect("cli");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'18a-1-1'"));
     for id in ["nope", "18a-0-1", "18a-7-1"] {
         let (status, v) = target(&cp, serde_json::json!({"id": id, "action": "close"}));
         assert_eq!(status, 404, "{id}: {v}");

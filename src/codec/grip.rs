@@ -3,10 +3,14 @@
 //! turned into one typed `Instruct`.
 
 use bytes::Bytes;
-use serde_json::Value;
+use serde::de::Deserializer;
+use serde::Deserialize;
 
 use super::filter::Filters;
 use super::http1::{trim, Fields};
+use super::json::{
+    self, Checked, Flag, Headers, List, Meta, Obj, Seconds, StatusCode, Str, StrList, B64,
+};
 use super::response::{self, At, Head, Status};
 
 /// The capabilities announced to backends in `Grip-Feature`.
@@ -550,82 +554,31 @@ const JSON_RESPONSE: &str = "grip-instruct: response";
 
 /// The `response` object of a JSON instruction, validated through
 /// `codec::response` like every other source of a client response.
-fn json_response(r: Option<&Value>) -> Result<JsonResponse, GripError> {
-    use base64::Engine;
+fn json_response(r: Option<RawResponse>) -> Result<JsonResponse, GripError> {
     let p = JSON_RESPONSE;
-    let Some(r) = r.filter(|r| !r.is_null()) else {
+    let Some(r) = r else {
         return Ok(JsonResponse {
             head: Head::new(Status::OK),
             body: Bytes::new(),
         });
     };
-    let Some(r) = r.as_object() else {
-        return bad(format!("{p}: must be an object"));
-    };
-    let code = match r.get("code") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(c) => Some(c),
-            None => {
-                return bad(format!(
-                    "{p}.code: {n} is not a final status code ({}-{})",
-                    response::MIN_STATUS,
-                    response::MAX_STATUS
-                ))
-            }
-        },
-        Some(_) => return bad(format!("{p}.code: must be a number")),
-    };
-    let reason = match r.get("reason") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => return bad(format!("{p}.reason: must be a string")),
-    };
-    let mut fields: Vec<(At, &[u8], &[u8])> = Vec::new();
-    match r.get("headers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Value::String(s) = v else {
-                    return bad(format!(
-                        "{p}.headers.{}: must be a string",
-                        k.escape_debug()
-                    ));
-                };
-                fields.push((At::Key, k.as_bytes(), s.as_bytes()));
-            }
-        }
-        Some(Value::Array(list)) => {
-            for (i, pair) in list.iter().enumerate() {
-                match pair.as_array().map(Vec::as_slice) {
-                    Some([Value::String(k), Value::String(s)]) => {
-                        fields.push((At::Index(i), k.as_bytes(), s.as_bytes()))
-                    }
-                    _ => {
-                        return bad(format!(
-                            "{p}.headers[{i}]: must be a [name, value] pair of strings"
-                        ))
-                    }
-                }
-            }
-        }
-        Some(_) => {
-            return bad(format!(
-                "{p}.headers: must be an object or a list of [name, value] pairs"
-            ))
-        }
-    }
-    let body = match (r.get("body"), r.get("body-bin")) {
+    let fields: Vec<(At, &[u8], &[u8])> = r
+        .headers
+        .as_ref()
+        .map(|h| {
+            h.0.iter()
+                .map(|(at, k, v)| (*at, k.0.as_bytes(), v.0.as_bytes()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = match (r.body, r.body_bin) {
         (Some(_), Some(_)) => return bad(format!("{p}: give either body or body-bin, not both")),
-        (Some(Value::String(b)), None) => Bytes::from(b.clone()),
-        (Some(_), None) => return bad(format!("{p}.body: must be a string")),
-        (None, Some(Value::String(b))) => base64::engine::general_purpose::STANDARD
-            .decode(b.trim())
-            .map(Bytes::from)
-            .or_else(|_| bad(format!("{p}.body-bin: is not valid base64")))?,
-        (None, Some(_)) => return bad(format!("{p}.body-bin: must be a base64 string")),
+        (Some(b), None) => b.into_bytes(),
+        (None, Some(b)) => b.0,
         (None, None) => Bytes::new(),
     };
+    let code = r.code.map(|c| c.0);
+    let reason = r.reason.as_ref().map(|r| r.0.as_ref());
     let head = Head::from_parts(code, reason, fields, &body).map_err(|e| GripError(e.at(p)))?;
     Ok(JsonResponse { head, body })
 }
@@ -652,20 +605,6 @@ fn check_channel_text(v: &str, path: &str) -> Result<(), GripError> {
     response::check_value(v.as_bytes()).map_err(|p| GripError(format!("{path}: {p}")))
 }
 
-/// Refuses keys of a JSON object other than `known`.
-fn only_keys(v: &Value, known: &[&str], path: &str) -> Result<(), GripError> {
-    if let Some(o) = v.as_object() {
-        if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
-            return bad(format!(
-                "grip-instruct: {path}.{}: unknown field (expected {})",
-                k.escape_debug(),
-                known.join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Parses the JSON instruction form. The hold is optional (`None`: just
 /// send the enclosed response).
 pub fn from_json(body: &[u8]) -> Result<(Option<Instruct>, JsonResponse), GripError> {
@@ -686,81 +625,41 @@ fn json_instruct(
     fields: Option<&Fields>,
     body: &[u8],
 ) -> Result<(Option<Instruct>, JsonResponse), GripError> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| GripError(format!("grip-instruct: {e}")))?;
-    if !v.is_object() {
-        return bad("grip-instruct: must be a JSON object");
-    }
-    let resp = json_response(v.get("response"))?;
-    only_keys(&v, &["hold", "response"], "body")?;
-    let Some(h) = v.get("hold").filter(|h| !h.is_null()) else {
+    let raw = match json::from_slice::<Obj<RawInstruct>>(body) {
+        Ok(raw) => raw.0,
+        Err(e) => {
+            // An unknown member of the root is named as `body.NAME`.
+            let base = if e.unknown_at_root() { "body" } else { "" };
+            return bad(format!("grip-instruct: {}", e.explain("", base, "")));
+        }
+    };
+    let resp = json_response(raw.response.map(|r| r.0))?;
+    let Some(Obj(h)) = raw.hold else {
         return Ok((None, resp));
     };
-    if !h.is_object() {
-        return bad("grip-instruct: hold: must be an object");
-    }
-    only_keys(
-        h,
-        &["mode", "channels", "timeout", "keep-alive", "meta"],
-        "hold",
-    )?;
-    let hold = match h.get("mode") {
-        None | Some(Value::Null) => HoldMode::Response,
-        Some(Value::String(m)) if m == "response" => HoldMode::Response,
-        Some(Value::String(m)) if m == "stream" => HoldMode::Stream,
-        Some(Value::String(m)) => return bad(format!("grip-instruct: unknown hold mode {m:?}")),
-        Some(_) => return bad("grip-instruct: hold.mode: must be a string"),
-    };
-    let list = match h.get("channels") {
-        Some(Value::Array(l)) => l.as_slice(),
-        None | Some(Value::Null) => &[],
-        Some(_) => return bad("grip-instruct: hold.channels: must be a list"),
-    };
+    let hold = h.mode.unwrap_or(HoldMode::Response);
     let mut chans = Vec::new();
-    for (i, c) in list.iter().enumerate() {
+    for (i, Obj(c)) in h
+        .channels
+        .map(|l| l.0)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let at = format!("hold.channels[{i}]");
-        if !c.is_object() {
-            return bad(format!("grip-instruct: {at}: must be an object"));
-        }
-        only_keys(c, &["name", "prev-id", "filters", "prefix"], &at)?;
-        let Some(name) = c.get("name").and_then(Value::as_str) else {
-            return bad(format!("grip-instruct: {at}.name: missing or not a string"));
-        };
-        let prev_id = match c.get("prev-id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(p)) => Some(p.as_str()),
-            Some(_) => return bad(format!("grip-instruct: {at}.prev-id: must be a string")),
-        };
-        let mut names = Vec::new();
-        match c.get("filters") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(l)) => {
-                for f in l {
-                    let Some(f) = f.as_str() else {
-                        return bad(format!(
-                            "grip-instruct: {at}.filters: must be a list of strings"
-                        ));
-                    };
-                    names.push(f);
-                }
-            }
-            Some(_) => {
-                return bad(format!(
-                    "grip-instruct: {at}.filters: must be a list of strings"
-                ))
-            }
-        }
+        let name = c.name.0.as_ref();
+        let prev_id = c.prev_id.as_ref().map(|p| p.0.as_ref());
+        let names: Vec<&str> = c
+            .filters
+            .as_ref()
+            .map_or(Vec::new(), |f| f.0.iter().map(String::as_str).collect());
         let filters = Filters::parse(names, name)
             .map_err(|e| GripError(format!("grip-instruct: {at}.filters: {e}")))?;
         check_channel_text(name, &format!("grip-instruct: {at}.name"))?;
         if let Some(p) = prev_id {
             check_channel_text(p, &format!("grip-instruct: {at}.prev-id"))?;
         }
-        let prefix = match c.get("prefix") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return bad(format!("grip-instruct: {at}.prefix: must be true or false")),
-        };
+        let prefix = c.prefix.is_some_and(|f| f.0);
         let name = channel_key(
             name,
             prefix,
@@ -776,52 +675,22 @@ fn json_instruct(
     if chans.is_empty() {
         return bad("grip-instruct: hold without channels");
     }
-    let timeout = match h.get("timeout") {
-        None | Some(Value::Null) => DEFAULT_TIMEOUT,
-        Some(t) => match t.as_u64() {
-            Some(t) => u32::try_from(t).unwrap_or(u32::MAX).max(MIN_TIMEOUT),
-            None => {
-                return bad(format!(
-                    "grip-instruct: hold.timeout: {t} is not a whole number of seconds"
-                ))
-            }
-        },
-    };
-    let keep_alive = match h.get("keep-alive") {
-        Some(k) => {
-            only_keys(
-                k,
-                &["content", "content-bin", "timeout", "mode"],
-                "hold.keep-alive",
-            )?;
-            let data = match (
-                k.get("content").and_then(Value::as_str),
-                k.get("content-bin").and_then(Value::as_str),
-            ) {
-                (Some(s), _) => Bytes::from(s.to_string()),
-                (None, Some(b)) => decode_keep_alive(b, "base64")?,
-                _ => Bytes::new(),
+    let timeout = h.timeout.map_or(DEFAULT_TIMEOUT, |t| {
+        u32::try_from(t.0).unwrap_or(u32::MAX).max(MIN_TIMEOUT)
+    });
+    let keep_alive = match h.keep_alive {
+        Some(Obj(k)) => {
+            let data = match (k.content, k.content_bin) {
+                (Some(s), _) => s.into_bytes(),
+                (None, Some(b)) => decode_keep_alive(&b.0, "base64")?,
+                (None, None) => Bytes::new(),
             };
-            let mode = match k.get("mode") {
-                None | Some(Value::Null) => KeepAliveMode::Idle,
-                Some(Value::String(m)) if m == "idle" => KeepAliveMode::Idle,
-                Some(Value::String(m)) if m == "interval" => KeepAliveMode::Interval,
-                Some(m) => {
-                    return bad(format!(
-                        "grip-instruct: hold.keep-alive.mode: {m} is not \"idle\" or \"interval\""
-                    ))
-                }
-            };
-            let timeout = k
-                .get("timeout")
-                .and_then(Value::as_u64)
-                .map_or(DEFAULT_KEEP_ALIVE, |t| {
-                    t.clamp(1, u64::from(u32::MAX)) as u32
-                });
             Some(KeepAlive {
                 data,
-                timeout,
-                mode,
+                timeout: k.timeout.map_or(DEFAULT_KEEP_ALIVE, |t| {
+                    t.0.clamp(1, u64::from(u32::MAX)) as u32
+                }),
+                mode: k.mode.unwrap_or(KeepAliveMode::Idle),
             })
         }
         None => None,
@@ -830,20 +699,13 @@ fn json_instruct(
         Some(f) => set_meta_headers(f.get_all("grip-set-meta"))?,
         None => Vec::new(),
     };
-    match h.get("meta") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Some(v) = v.as_str() else {
-                    return bad(format!(
-                        "grip-instruct: hold.meta.{}: must be a string",
-                        k.escape_debug()
-                    ));
-                };
-                set_meta(&mut meta, k, v, "grip-instruct: hold.meta").map_err(GripError)?;
-            }
+    if let Some(Meta(mut entries)) = h.meta {
+        // In key order, as a JSON object's members always were taken
+        // (a key given twice: the last one, as before).
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in &entries {
+            set_meta(&mut meta, k, v, "grip-instruct: hold.meta").map_err(GripError)?;
         }
-        Some(_) => return bad("grip-instruct: hold.meta: must be an object of strings"),
     }
     let (next, gone) = match fields {
         Some(f) => links(f.get_all("grip-link"))?,
@@ -863,6 +725,101 @@ fn json_instruct(
         }),
         resp,
     ))
+}
+
+// ---------------------------------------------------------------------------
+// The JSON instruction's shape, for serde. Unknown members are refused by
+// name everywhere but inside `response` (whose unknown members were always
+// let through).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct RawInstruct<'a> {
+    #[serde(default, borrow)]
+    hold: Option<Obj<RawHold<'a>>>,
+    #[serde(default, borrow)]
+    response: Option<Obj<RawResponse<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "an object")]
+struct RawResponse<'a> {
+    #[serde(default)]
+    code: Option<Checked<u64, StatusCode>>,
+    #[serde(default, borrow)]
+    reason: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    headers: Option<Headers<'a>>,
+    #[serde(default, borrow)]
+    body: Option<Str<'a>>,
+    #[serde(default, rename = "body-bin")]
+    body_bin: Option<B64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawHold<'a> {
+    #[serde(default)]
+    mode: Option<HoldMode>,
+    #[serde(default, borrow)]
+    channels: Option<List<Obj<RawChannel<'a>>>>,
+    #[serde(default)]
+    timeout: Option<Checked<u64, Seconds>>,
+    #[serde(default, borrow, rename = "keep-alive")]
+    keep_alive: Option<Obj<RawKeepAlive<'a>>>,
+    #[serde(default)]
+    meta: Option<Meta>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawChannel<'a> {
+    #[serde(borrow)]
+    name: Str<'a>,
+    #[serde(default, borrow, rename = "prev-id")]
+    prev_id: Option<Str<'a>>,
+    #[serde(default)]
+    filters: Option<StrList>,
+    #[serde(default)]
+    prefix: Option<Flag>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawKeepAlive<'a> {
+    #[serde(default, borrow)]
+    content: Option<Str<'a>>,
+    #[serde(default, borrow, rename = "content-bin")]
+    content_bin: Option<Str<'a>>,
+    #[serde(default)]
+    timeout: Option<Checked<u64, Seconds>>,
+    #[serde(default)]
+    mode: Option<KeepAliveMode>,
+}
+
+impl<'de> Deserialize<'de> for HoldMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        json::str_with(d, "a string", |v| match v {
+            "response" => Ok(HoldMode::Response),
+            "stream" => Ok(HoldMode::Stream),
+            other => Err(format!("unknown hold mode {other:?}")),
+        })
+    }
+}
+
+/// A keep-alive `mode` (the JSON instruction's and a WebSocket control
+/// message's).
+impl<'de> Deserialize<'de> for KeepAliveMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        json::str_with(d, "\"idle\" or \"interval\"", |v| match v {
+            "idle" => Ok(KeepAliveMode::Idle),
+            "interval" => Ok(KeepAliveMode::Interval),
+            other => Err(format!(
+                "unknown mode '{}' (idle, interval)",
+                other.escape_debug()
+            )),
+        })
+    }
 }
 
 /// Checks an instruction against the response it came with: the status

@@ -12,6 +12,7 @@ pub mod filter;
 pub mod grip;
 pub mod heads;
 pub mod http1;
+pub mod json;
 pub mod jsonp;
 pub mod publish;
 pub mod response;

@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::Deserialize;
 
 // Validation of what reaches clients lives in codec::response (response
@@ -27,6 +27,7 @@ use serde::Deserialize;
 // points marked `VALIDATE:`.
 use super::bodypatch::BodyPatch;
 use super::filter::Name as FilterName;
+use super::json::{self, Check, Checked, Headers, Meta, Obj, StatusCode, Str, B64};
 use super::response::{self, Head};
 use super::ws;
 
@@ -507,96 +508,14 @@ pub fn check_parse_invariant(body: &[u8]) {
 // One item: serde into borrowed raw types, then checks across fields.
 
 fn parse_item(span: &[u8], index: usize) -> Result<Item, Failure> {
-    match serde_json::from_slice::<Obj<RawItem>>(span) {
+    match super::json::from_slice::<Obj<RawItem>>(span) {
         Ok(raw) => Ok(raw.0.into_item(index)?),
-        Err(e) if e.is_syntax() || e.is_eof() => Err(Failure::Syntax("invalid item", 0)),
-        Err(e) => {
-            // Parse again, tracking the path, to name the field.
-            let mut de = serde_json::Deserializer::from_slice(span);
-            let (path, msg) = match serde_path_to_error::deserialize::<_, Obj<RawItem>>(&mut de) {
-                Err(pe) => (pe.path().to_string(), pe.into_inner().to_string()),
-                Ok(_) => (".".to_string(), e.to_string()),
-            };
-            Err(Failure::Invalid(PublishError(explain(index, &path, &msg))))
-        }
-    }
-}
-
-/// Turns a serde data error at `path` inside item `index` into a reason
-/// that names the field: `items[0].channel: must be a string, not ...`.
-fn explain(index: usize, path: &str, msg: &str) -> String {
-    // serde_json appends the position; the path says more.
-    let msg = msg.rsplit_once(" at line ").map_or(msg, |(m, _)| m);
-    let mut at = format!("items[{index}]");
-    if path != "." {
-        if !path.starts_with('[') {
-            at.push('.');
-        }
-        at.push_str(path);
-    }
-    let quoted = |s: &str| s.split('`').nth(1).map(str::to_string);
-    if let Some(rest) = msg.strip_prefix("missing field ") {
-        return format!("{at}.{}: missing", quoted(rest).unwrap_or_default());
-    }
-    if let Some(rest) = msg.strip_prefix("unknown field ") {
-        let name = quoted(rest).unwrap_or_default();
-        let expected = rest
-            .split_once(", expected ")
-            .map_or(String::new(), |(_, e)| {
-                format!(" (expected {})", e.replace('`', ""))
-            });
-        // The path already ends at the unknown key.
-        if !at.ends_with(&format!(".{name}")) {
-            at = format!("{at}.{name}");
-        }
-        return format!("{at}: unknown field{expected}");
-    }
-    for prefix in ["invalid type: ", "invalid value: "] {
-        if let Some((got, want)) = msg
-            .strip_prefix(prefix)
-            .and_then(|r| r.split_once(", expected "))
-        {
-            return format!("{at}: must be {want}, not {got}");
-        }
-    }
-    format!("{at}: {msg}")
-}
-
-/// A string borrowed from the body when it has no escapes.
-struct Str<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl Str<'_> {
-    fn into_string(self) -> String {
-        self.0.into_owned()
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self.0 {
-            Cow::Borrowed(s) => Bytes::copy_from_slice(s.as_bytes()),
-            Cow::Owned(s) => Bytes::from(s.into_bytes()),
-        }
+        Err(super::json::Refusal::Syntax(_)) => Err(Failure::Syntax("invalid item", 0)),
+        Err(e) => Err(Failure::Invalid(PublishError(e.explain(
+            "",
+            &format!("items[{index}]"),
+            "",
+        )))),
     }
 }
 
@@ -630,74 +549,33 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
-/// Base64 (`body-bin`, `content-bin`), decoded.
-struct B64(Bytes);
-
-impl<'de> Deserialize<'de> for B64 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = B64;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a base64 string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<B64, E> {
-                use base64::Engine;
-                base64::engine::general_purpose::STANDARD
-                    .decode(v.trim())
-                    .map(|b| B64(Bytes::from(b)))
-                    .map_err(|_| E::custom("is not valid base64"))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 impl<'de> Deserialize<'de> for Action {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Action;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Action, E> {
-                match v {
-                    "send" => Ok(Action::Send),
-                    "close" => Ok(Action::Close),
-                    "hint" => Ok(Action::Hint),
-                    "refresh" => Ok(Action::Refresh),
-                    other => Err(E::custom(format!(
-                        "unknown action '{other}' (send, close, hint, refresh)"
-                    ))),
-                }
-            }
-        }
-        d.deserialize_str(V)
+        json::str_with(d, "a string", |v| match v {
+            "send" => Ok(Action::Send),
+            "close" => Ok(Action::Close),
+            "hint" => Ok(Action::Hint),
+            "refresh" => Ok(Action::Refresh),
+            other => Err(format!(
+                "unknown action '{}' (send, close, hint, refresh)",
+                other.escape_debug()
+            )),
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for WsKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = WsKind;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<WsKind, E> {
-                match v {
-                    "text" => Ok(WsKind::Text),
-                    "binary" => Ok(WsKind::Binary),
-                    "ping" => Ok(WsKind::Ping),
-                    "pong" => Ok(WsKind::Pong),
-                    other => Err(E::custom(format!(
-                        "unknown type '{other}' (text, binary, ping, pong)"
-                    ))),
-                }
-            }
-        }
-        d.deserialize_str(V)
+        json::str_with(d, "a string", |v| match v {
+            "text" => Ok(WsKind::Text),
+            "binary" => Ok(WsKind::Binary),
+            "ping" => Ok(WsKind::Ping),
+            "pong" => Ok(WsKind::Pong),
+            other => Err(format!(
+                "unknown type '{}' (text, binary, ping, pong)",
+                other.escape_debug()
+            )),
+        })
     }
 }
 
@@ -706,82 +584,13 @@ struct ContentFilter(FilterName);
 
 impl<'de> Deserialize<'de> for ContentFilter {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ContentFilter;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ContentFilter, E> {
-                match FilterName::parse(v) {
-                    Ok(n) if n.rewrites() => Ok(ContentFilter(n)),
-                    Ok(n) => Err(E::custom(format!(
-                        "'{}' does not change content (build-id, var-subst do)",
-                        n.as_str()
-                    ))),
-                    Err(e) => Err(E::custom(e)),
-                }
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// A number checked by `check`, which is given the number as an integer
-/// (`Ok`) or, when it is not a non-negative integer, as its text (`Err`):
-/// status codes and close codes, whose range checks live with the wire
-/// formats (codec::response, codec::ws).
-struct Checked<T, F>(T, std::marker::PhantomData<F>);
-
-/// How a `Checked` number is judged.
-trait Check {
-    type Out;
-    fn check(n: Result<u64, String>) -> Result<Self::Out, String>;
-}
-
-impl<'de, F: Check> Deserialize<'de> for Checked<F::Out, F> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<F>(std::marker::PhantomData<F>);
-        impl<F: Check> Visitor<'_> for V<F> {
-            type Value = Checked<F::Out, F>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                F::check(Ok(v))
-                    .map(|c| Checked(c, std::marker::PhantomData))
-                    .map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                match u64::try_from(v) {
-                    Ok(u) => self.visit_u64(u),
-                    Err(_) => Err(E::custom(
-                        F::check(Err(v.to_string())).err().unwrap_or_default(),
-                    )),
-                }
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                let text = serde_json::Number::from_f64(v)
-                    .map_or_else(|| v.to_string(), |n| n.to_string());
-                Err(E::custom(F::check(Err(text)).err().unwrap_or_default()))
-            }
-        }
-        d.deserialize_any(V::<F>(std::marker::PhantomData))
-    }
-}
-
-/// `http-response.code`: kept as given, checked with the rest of the head.
-enum StatusCode {}
-
-impl Check for StatusCode {
-    type Out = u64;
-    fn check(n: Result<u64, String>) -> Result<u64, String> {
-        n.map_err(|text| {
-            format!(
-                "{text} is not a final status code ({}-{})",
-                response::MIN_STATUS,
-                response::MAX_STATUS
-            )
+        json::str_with(d, "a string", |v| match FilterName::parse(v) {
+            Ok(n) if n.rewrites() => Ok(ContentFilter(n)),
+            Ok(n) => Err(format!(
+                "'{}' does not change content (build-id, var-subst do)",
+                n.as_str()
+            )),
+            Err(e) => Err(e),
         })
     }
 }
@@ -797,122 +606,6 @@ impl Check for CloseCode {
             Ok(c) => ws::check_close_code(c),
             Err(text) => Err(format!("{text} is not a close code")),
         }
-    }
-}
-
-/// `meta`: an object of strings, kept in order.
-struct Meta(Vec<(String, String)>);
-
-impl<'de> Deserialize<'de> for Meta {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Meta;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object of strings")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Meta, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<Str, Str>()? {
-                    out.push((k.into_string(), v.into_string()));
-                }
-                Ok(Meta(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// Headers as an object or a list of `[name, value]` pairs, with how each
-/// was listed (for naming it in an error). Shape only: names and values
-/// are checked by `codec::response`.
-struct Headers<'a>(Vec<(response::At, Str<'a>, Str<'a>)>);
-
-/// One `[name, value]` pair of a header list.
-struct Pair<'a>(Str<'a>, Str<'a>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Pair<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Pair<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a [name, value] pair of strings")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Pair<'de>, A::Error> {
-                let pair = || de::Error::custom("must be a [name, value] pair of strings");
-                let name = s.next_element::<Str>()?.ok_or_else(pair)?;
-                let value = s.next_element::<Str>()?.ok_or_else(pair)?;
-                if s.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(pair());
-                }
-                Ok(Pair(name, value))
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Headers<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object or a list of [name, value] pairs")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Headers<'de>, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<Str, Str>()? {
-                    out.push((response::At::Key, k, v));
-                }
-                Ok(Headers(out))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Headers<'de>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(Pair(k, v)) = s.next_element::<Pair>()? {
-                    out.push((response::At::Index(out.len()), k, v));
-                }
-                Ok(Headers(out))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A struct that must be written as a JSON object (serde's derived
-/// structs also take a list of field values, which no publisher means).
-struct Obj<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        T::deserialize(MapOnly(d)).map(Obj)
-    }
-}
-
-/// A deserializer that reads a struct only from a map.
-struct MapOnly<D>(D);
-
-impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapOnly<D> {
-    type Error = D::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
-        self.0.deserialize_any(v)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _fields: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_map(v)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map enum identifier ignored_any
     }
 }
 

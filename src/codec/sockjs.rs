@@ -586,6 +586,17 @@ pub fn check_invariants(data: &[u8]) {
             let inner = &line[..line.len() - end.len()];
             assert!(line.ends_with(end) && !inner.iter().any(|&b| b == b'\r' || b == b'\n'));
         }
+        // htmlfile: one script whose string (a JSON string too) is the
+        // frame, with no `<` that could end the script early.
+        let mut script = Vec::new();
+        stream_chunk(&mut script, Transport::HtmlFile, &out);
+        let inner = script
+            .strip_prefix(b"<script>\np(".as_slice())
+            .and_then(|r| r.strip_suffix(b");\n</script>\r\n".as_slice()))
+            .expect("one script");
+        assert!(!inner.iter().any(|&b| b == b'<' || b == b'\r' || b == b'\n'));
+        let back: String = serde_json::from_slice(inner).expect("a JS string");
+        assert_eq!(back.as_bytes(), &out[..]);
     }
     let _ = ws_messages(data);
     let _ = form_value(data, "d");

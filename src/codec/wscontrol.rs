@@ -7,12 +7,13 @@
 //! field, for the connection to log. corepin also refuses unknown fields
 //! and an unknown keep-alive `mode` (Pushpin reads it as idle).
 
-use base64::Engine;
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 use super::filter::Filters;
 use super::grip::{self, KeepAliveMode};
+use super::json::{self, Checked, Flag, Obj, Seconds, Str, StrList, B64};
 use super::publish::WsKind;
 use super::response;
 use super::ws;
@@ -47,10 +48,13 @@ impl Message {
 /// What a control message asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
-    /// Subscribe to `channel` (as the backend names it) with `filters`.
+    /// Subscribe to `channel` (as the backend names it) with `filters`;
+    /// `last_id` (corepin's `last-id`): the id of the last item the client
+    /// saw, to resume after from channel history.
     Subscribe {
         channel: String,
         filters: Filters,
+        last_id: Option<String>,
     },
     Unsubscribe {
         channel: String,
@@ -84,54 +88,26 @@ fn err<T>(msg: impl Into<String>) -> Result<T, String> {
     Err(msg.into())
 }
 
-fn only(o: &Map<String, Value>, known: &[&str], kind: &str) -> Result<(), String> {
-    match o.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => err(format!(
-            "{}: unknown field for type {kind} (expected {})",
-            k.escape_debug(),
-            known.join(", ")
-        )),
-        None => Ok(()),
-    }
-}
-
-fn string<'a>(o: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => err(format!("{key}: must be a string")),
-    }
-}
-
 /// The channel of a `subscribe` or `unsubscribe`; with `"prefix": true`,
 /// the key of every channel under it (see `codec::wildcard`).
-fn channel(o: &Map<String, Value>) -> Result<String, String> {
-    let prefix = match o.get("prefix") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return err("prefix: must be true or false"),
-    };
-    match string(o, "channel")? {
-        Some(c) if !c.is_empty() => {
-            response::check_value(c.as_bytes()).map_err(|p| format!("channel: {p}"))?;
-            Ok(if prefix {
-                crate::codec::wildcard::key(c)
-            } else {
-                c.to_string()
+fn channel(channel: Option<Str>, prefix: Option<Flag>) -> Result<String, String> {
+    match channel {
+        Some(c) if !c.0.is_empty() => {
+            response::check_value(c.0.as_bytes()).map_err(|p| format!("channel: {p}"))?;
+            Ok(match prefix.is_some_and(|p| p.0) {
+                true => crate::codec::wildcard::key(&c.0),
+                false => c.into_string(),
             })
         }
         _ => err("channel: missing or empty"),
     }
 }
 
-fn seconds(o: &Map<String, Value>, default: u32) -> Result<u32, String> {
-    match o.get("timeout") {
-        None | Some(Value::Null) => Ok(default),
-        Some(t) => match t.as_u64() {
-            Some(0) => Ok(default),
-            Some(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
-            None => err(format!("timeout: {t} is not a whole number of seconds")),
-        },
+/// `timeout` in seconds: none or 0 is `default`.
+fn seconds(t: Option<Checked<u64, Seconds>>, default: u32) -> u32 {
+    match t.map(|t| t.0) {
+        None | Some(0) => default,
+        Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
     }
 }
 
@@ -139,34 +115,16 @@ fn seconds(o: &Map<String, Value>, default: u32) -> Result<u32, String> {
 /// `content-bin` (base64), sent as `message-type` (text, binary, ping,
 /// pong). Without `message-type`, `content-bin` is sent binary (Pushpin
 /// 1.41 sends it as text; publishes make it binary, and so does corepin).
-fn message(o: &Map<String, Value>) -> Result<Option<Message>, String> {
-    let content = match (string(o, "content")?, string(o, "content-bin")?) {
+fn message(
+    content: Option<Str>,
+    content_bin: Option<B64>,
+    kind: Option<WsKind>,
+) -> Result<Option<Message>, String> {
+    let (content, bin) = match (content, content_bin) {
         (Some(_), Some(_)) => return err("give either content or content-bin, not both"),
-        (Some(t), None) => Some((Bytes::copy_from_slice(t.as_bytes()), false)),
-        (None, Some(b)) => Some((
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .map(Bytes::from)
-                .map_err(|_| "content-bin: is not valid base64".to_string())?,
-            true,
-        )),
-        (None, None) => None,
-    };
-    let kind = match string(o, "message-type")? {
-        None => None,
-        Some("text") => Some(WsKind::Text),
-        Some("binary") => Some(WsKind::Binary),
-        Some("ping") => Some(WsKind::Ping),
-        Some("pong") => Some(WsKind::Pong),
-        Some(other) => {
-            return err(format!(
-                "message-type: unknown type '{}' (text, binary, ping, pong)",
-                other.escape_debug()
-            ))
-        }
-    };
-    let Some((content, bin)) = content else {
-        return Ok(None);
+        (Some(t), None) => (t.into_bytes(), false),
+        (None, Some(b)) => (b.0, true),
+        (None, None) => return Ok(None),
     };
     let kind = kind.unwrap_or(if bin { WsKind::Binary } else { WsKind::Text });
     if kind == WsKind::Text && std::str::from_utf8(&content).is_err() {
@@ -182,60 +140,75 @@ fn message(o: &Map<String, Value>) -> Result<Option<Message>, String> {
     Ok(Some(Message { kind, content }))
 }
 
-/// Parses one control message (the bytes after `c:`).
+/// Reads `json` as `T`, the refusal naming the field; `kind` names the
+/// message type in an unknown field's refusal.
+fn fields<'a, T: Deserialize<'a>>(json: &'a [u8], kind: &str) -> Result<T, String> {
+    json::from_slice::<Obj<T>>(json)
+        .map(|o| o.0)
+        .map_err(|e| e.explain("invalid JSON: ", "", &format!(" for type {kind}")))
+}
+
+/// Parses one control message (the bytes after `c:`): its `type` first,
+/// then the fields that type has (any other is refused by name).
 pub fn parse(json: &[u8]) -> Result<Control, String> {
-    let v: Value = serde_json::from_slice(json).map_err(|e| format!("invalid JSON: {e}"))?;
-    let Value::Object(o) = v else {
-        return err("must be a JSON object");
+    let Tagged { kind } = fields(json, "")?;
+    let Some(kind) = kind else {
+        return err("type: missing");
     };
-    let kind = match o.get("type") {
-        Some(Value::String(t)) => t.clone(),
-        Some(_) => return err("type: must be a string"),
-        None => return err("type: missing"),
-    };
-    let k = kind.as_str();
+    let k = kind.0.as_ref();
     match k {
         "subscribe" => {
-            only(&o, &["type", "channel", "prefix", "filters"], k)?;
-            let channel = channel(&o)?;
-            let names = match o.get("filters") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Array(l)) => l
-                    .iter()
-                    .map(|f| f.as_str().ok_or("filters: must be a list of strings"))
-                    .collect::<Result<Vec<_>, _>>()?,
-                Some(_) => return err("filters: must be a list of strings"),
+            let f: Subscribe = fields(json, k)?;
+            // As a `Last-Event-ID` (history::parse_resume_id): ids are
+            // compared byte for byte with the published ones.
+            let last_id = match f.last_id.as_ref().map(|s| s.0.as_ref()) {
+                None => None,
+                Some("") => return err("last-id: empty"),
+                Some(id) if id.len() > 256 => return err("last-id: over 256 bytes"),
+                Some(id) if id.chars().any(char::is_control) => {
+                    return err("last-id: contains a control character")
+                }
+                Some(_) if f.prefix.as_ref().is_some_and(|p| p.0) => {
+                    return err("last-id: not with prefix (history is kept per channel)")
+                }
+                Some(id) => Some(id.to_string()),
             };
+            let channel = channel(f.channel, f.prefix)?;
+            let names: Vec<&str> = f.filters.as_ref().map_or(Vec::new(), |l| {
+                l.0.iter().map(String::as_str).collect()
+            });
             let filters = Filters::parse(names, &channel).map_err(|e| format!("filters: {e}"))?;
-            Ok(Control::Subscribe { channel, filters })
+            Ok(Control::Subscribe {
+                channel,
+                filters,
+                last_id,
+            })
         }
         "unsubscribe" => {
-            only(&o, &["type", "channel", "prefix"], k)?;
+            let f: Unsubscribe = fields(json, k)?;
             Ok(Control::Unsubscribe {
-                channel: channel(&o)?,
+                channel: channel(f.channel, f.prefix)?,
             })
         }
         "detach" => {
-            only(&o, &["type"], k)?;
+            let _: Bare = fields(json, k)?;
             Ok(Control::Detach)
         }
         "session" => {
-            only(&o, &["type", "id"], k)?;
-            let id = string(&o, "id")?.filter(|s| !s.is_empty());
-            if let Some(id) = id {
+            let f: Session = fields(json, k)?;
+            let id = f.id.map(Str::into_string).filter(|s| !s.is_empty());
+            if let Some(id) = &id {
                 response::check_value(id.as_bytes()).map_err(|p| format!("id: {p}"))?;
             }
-            Ok(Control::Session {
-                id: id.map(String::from),
-            })
+            Ok(Control::Session { id })
         }
         "set-meta" => {
-            only(&o, &["type", "name", "value"], k)?;
-            let name = match string(&o, "name")? {
-                Some(n) if !n.is_empty() => n.to_string(),
+            let f: SetMeta = fields(json, k)?;
+            let name = match f.name {
+                Some(n) if !n.0.is_empty() => n.into_string(),
                 _ => return err("name: missing or empty"),
             };
-            let value = string(&o, "value")?.map(String::from);
+            let value = f.value.map(Str::into_string);
             if let Some(v) = &value {
                 // The same checks as Grip-Set-Meta (var-subst puts meta
                 // in clients' bytes).
@@ -244,39 +217,23 @@ pub fn parse(json: &[u8]) -> Result<Control, String> {
             Ok(Control::SetMeta { name, value })
         }
         "keep-alive" => {
-            only(
-                &o,
-                &["type", "content", "content-bin", "message-type", "timeout", "mode"],
-                k,
-            )?;
-            let mode = match string(&o, "mode")? {
-                None | Some("idle") => KeepAliveMode::Idle,
-                Some("interval") => KeepAliveMode::Interval,
-                Some(m) => {
-                    return err(format!(
-                        "mode: unknown mode '{}' (idle, interval)",
-                        m.escape_debug()
-                    ))
-                }
-            };
-            let timeout = seconds(&o, DEFAULT_KEEP_ALIVE)?;
-            Ok(Control::KeepAlive(message(&o)?.map(|m| (m, timeout, mode))))
+            let f: KeepAlive = fields(json, k)?;
+            let mode = f.mode.unwrap_or(KeepAliveMode::Idle);
+            let timeout = seconds(f.timeout, DEFAULT_KEEP_ALIVE);
+            let message = message(f.content, f.content_bin, f.message_type)?;
+            Ok(Control::KeepAlive(message.map(|m| (m, timeout, mode))))
         }
         "send-delayed" => {
-            only(
-                &o,
-                &["type", "content", "content-bin", "message-type", "timeout"],
-                k,
-            )?;
-            let timeout = seconds(&o, DEFAULT_DELAY)?;
-            let message = message(&o)?.unwrap_or(Message {
+            let f: SendDelayed = fields(json, k)?;
+            let timeout = seconds(f.timeout, DEFAULT_DELAY);
+            let message = message(f.content, f.content_bin, f.message_type)?.unwrap_or(Message {
                 kind: WsKind::Text,
                 content: Bytes::new(),
             });
             Ok(Control::SendDelayed { message, timeout })
         }
         "flush-delayed" => {
-            only(&o, &["type"], k)?;
+            let _: Bare = fields(json, k)?;
             Ok(Control::FlushDelayed)
         }
         other => err(format!(
@@ -284,6 +241,140 @@ pub fn parse(json: &[u8]) -> Result<Control, String> {
             other.escape_debug()
         )),
     }
+}
+
+/// Fuzz invariant: parsing never panics; a refusal is one non-empty line;
+/// an accepted channel or session id can sit in a header line (it is
+/// echoed to backends), and an accepted message is valid for its frame
+/// type (text is UTF-8, a ping or pong fits a control frame).
+#[doc(hidden)]
+pub fn check_parse_invariant(json: &[u8]) {
+    let check_message = |m: &Message| {
+        if m.kind == WsKind::Text {
+            assert!(std::str::from_utf8(&m.content).is_ok(), "text not UTF-8");
+        }
+        if matches!(m.kind, WsKind::Ping | WsKind::Pong) {
+            assert!(m.content.len() <= ws::MAX_CONTROL_PAYLOAD);
+        }
+    };
+    match parse(json) {
+        Err(e) => assert!(!e.is_empty() && !e.contains(['\r', '\n']), "{e:?}"),
+        Ok(Control::Subscribe { channel, .. } | Control::Unsubscribe { channel }) => {
+            let name = crate::codec::wildcard::as_prefix(&channel).unwrap_or(&channel);
+            assert!(!name.is_empty());
+            assert!(response::check_value(name.as_bytes()).is_ok());
+        }
+        Ok(Control::Session { id: Some(id) }) => {
+            assert!(!id.is_empty() && response::check_value(id.as_bytes()).is_ok());
+        }
+        Ok(Control::KeepAlive(Some((m, timeout, _)))) => {
+            check_message(&m);
+            assert!(timeout > 0);
+        }
+        Ok(Control::SendDelayed { message, timeout }) => {
+            check_message(&message);
+            assert!(timeout > 0);
+        }
+        Ok(_) => {}
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Each message type's fields, for serde. `type` is read first on its own
+// (`Tagged`, which lets every other field through); each type's struct then
+// refuses any field that type does not have.
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+struct Tagged<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct Subscribe<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default, borrow)]
+    channel: Option<Str<'a>>,
+    #[serde(default)]
+    prefix: Option<Flag>,
+    #[serde(default)]
+    filters: Option<StrList>,
+    #[serde(default, borrow, rename = "last-id")]
+    last_id: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct Unsubscribe<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default, borrow)]
+    channel: Option<Str<'a>>,
+    #[serde(default)]
+    prefix: Option<Flag>,
+}
+
+/// `detach` and `flush-delayed`: no fields but `type`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct Bare {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct Session<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default, borrow)]
+    id: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct SetMeta<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default, borrow)]
+    name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    value: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct KeepAlive<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default, borrow)]
+    content: Option<Str<'a>>,
+    #[serde(default, rename = "content-bin")]
+    content_bin: Option<B64>,
+    #[serde(default, rename = "message-type")]
+    message_type: Option<WsKind>,
+    #[serde(default)]
+    timeout: Option<Checked<u64, Seconds>>,
+    #[serde(default)]
+    mode: Option<KeepAliveMode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct SendDelayed<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default, borrow)]
+    content: Option<Str<'a>>,
+    #[serde(default, rename = "content-bin")]
+    content_bin: Option<B64>,
+    #[serde(default, rename = "message-type")]
+    message_type: Option<WsKind>,
+    #[serde(default)]
+    timeout: Option<Checked<u64, Seconds>>,
 }
 
 #[cfg(test)]
@@ -308,7 +399,16 @@ mod tests {
             ok(r#"{"type":"subscribe","channel":"room","filters":["skip-self","var-subst"]}"#),
             Control::Subscribe {
                 channel: "room".into(),
-                filters: Filters::from_names(vec![Name::SkipSelf, Name::VarSubst])
+                filters: Filters::from_names(vec![Name::SkipSelf, Name::VarSubst]),
+                last_id: None,
+            }
+        );
+        assert_eq!(
+            ok(r#"{"type":"subscribe","channel":"room","last-id":"41"}"#),
+            Control::Subscribe {
+                channel: "room".into(),
+                filters: Filters::default(),
+                last_id: Some("41".into()),
             }
         );
         assert_eq!(
@@ -322,7 +422,8 @@ mod tests {
             ok(r#"{"type":"subscribe","channel":"news.","prefix":true}"#),
             Control::Subscribe {
                 channel: crate::codec::wildcard::key("news."),
-                filters: Filters::default()
+                filters: Filters::default(),
+                last_id: None,
             }
         );
         assert_eq!(
@@ -433,6 +534,22 @@ mod tests {
             ),
             (six, "filters: too many filters for channel 'c'"),
             (
+                r#"{"type":"subscribe","channel":"c","last-id":""}"#,
+                "last-id: empty",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","last-id":"a\r\nb"}"#,
+                "last-id: contains a control character",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","last-id":3}"#,
+                "last-id: must be a string",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c.","prefix":true,"last-id":"3"}"#,
+                "last-id: not with prefix",
+            ),
+            (
                 r#"{"type":"subscribe","channel":"c","filters":"skip-self"}"#,
                 "filters: must be a list",
             ),
@@ -484,6 +601,10 @@ mod tests {
                 r#"{"type":"flush-delayed","now":true}"#,
                 "now: unknown field for type flush-delayed",
             ),
+            (
+                r#"{"type":"detach","a\nb":1}"#,
+                "a\\nb: unknown field for type detach (expected type)",
+            ),
         ] {
             let json = json.replace("PING", &"x".repeat(126));
             let needle = needle.replace(
@@ -493,6 +614,7 @@ mod tests {
             let e = parse(json.as_bytes()).expect_err(&json);
             assert!(e.contains(&needle), "{json}: {e}");
             assert!(!e.contains('\n'), "one line: {e:?}");
+            check_parse_invariant(json.as_bytes());
         }
     }
 }

@@ -582,11 +582,11 @@ async fn hold_stream(
                             crate::codec::chunked::write_chunk(&mut v, &body);
                             v
                         };
-                        if !framed.is_empty() && c.conn.write_all(&framed).await.is_err() {
-                            return done(code, bytes, ctx, false);
-                        }
-                        bytes += body.len() as u64;
-                        match next {
+                        // A next hold takes effect before its body goes
+                        // out: a client that has seen the body is already
+                        // followed from the new instruct's prev-ids, and
+                        // what is published meanwhile follows the body.
+                        let holds = match next {
                             Some(i) if i.hold == HoldMode::Stream => {
                                 let channels = i
                                     .channels
@@ -608,12 +608,20 @@ async fn hold_stream(
                                     }),
                                 );
                                 instruct = *i;
-                                if let Some(why) = prev_id_without_link(&instruct) {
-                                    return stream_failed(shard, c, ctx, code, bytes, &why).await;
-                                }
+                                true
                             }
-                            // No further hold: the stream ends here.
-                            _ => return end_stream(shard, c, ctx, code, bytes).await,
+                            // No further hold: the stream ends after it.
+                            _ => false,
+                        };
+                        if !framed.is_empty() && c.conn.write_all(&framed).await.is_err() {
+                            return done(code, bytes, ctx, false);
+                        }
+                        bytes += body.len() as u64;
+                        if !holds {
+                            return end_stream(shard, c, ctx, code, bytes).await;
+                        }
+                        if let Some(why) = prev_id_without_link(&instruct) {
+                            return stream_failed(shard, c, ctx, code, bytes, &why).await;
                         }
                     }
                     Fetched::Failed => {

@@ -397,3 +397,180 @@ fn handshake_outcomes_in_memory() {
     assert_eq!(reason(&[b"h2"], "a.test"), "alpn_mismatch");
     assert_eq!(reason(&[b"http/1.1"], "b.test"), "no_certificate");
 }
+
+/// An in-memory byte stream for a `ServerTlsStream`: reads take at most
+/// `step` bytes of what the client wrote (none there is `Pending`, as an
+/// empty socket); writes go to `tx` whole.
+struct Mem {
+    rx: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
+    tx: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
+    step: usize,
+}
+
+impl futures_lite::AsyncRead for Mem {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut rx = self.rx.borrow_mut();
+        if rx.is_empty() {
+            return std::task::Poll::Pending;
+        }
+        let n = rx.len().min(buf.len()).min(self.step);
+        buf[..n].copy_from_slice(&rx[..n]);
+        rx.drain(..n);
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+impl futures_lite::AsyncWrite for Mem {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.tx.borrow_mut().extend_from_slice(b);
+        std::task::Poll::Ready(Ok(b.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// What the server wrote, into the client.
+fn to_client(c: &mut ClientConnection, tx: &std::cell::RefCell<Vec<u8>>) {
+    let mut t = tx.borrow_mut();
+    let mut rd = &t[..];
+    while !rd.is_empty() {
+        c.read_tls(&mut rd).expect("client read");
+        c.process_new_packets().expect("client process");
+    }
+    t.clear();
+}
+
+#[test]
+fn server_stream_handles_records_split_at_any_size() {
+    use futures_lite::{AsyncRead, AsyncWrite};
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    let ca = ca();
+    let dir = TempDir::new();
+    pair(&dir, "a.test", &leaf(&ca, &["a.test"]));
+    let (config, _) = ServerTls::new(CertSource::Dir(dir.0.clone()))
+        .expect("tls")
+        .build()
+        .expect("build");
+    // Three records' worth each way, so records and reads never line up.
+    let upload: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let answer: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    for step in [1, 2, 3, 5, 7, 64, 1000, 5000, 17_000, 1 << 20] {
+        let rx = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let tx = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let io = Mem {
+            rx: rx.clone(),
+            tx: tx.clone(),
+            step,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let name = ServerName::try_from("a.test").expect("name");
+        let mut c = ClientConnection::new(client(&ca, &[b"http/1.1"]), name).expect("client");
+        // The ClientHello's first bytes as the sniffed prefix.
+        while c.wants_write() {
+            c.write_tls(&mut *rx.borrow_mut()).expect("client write");
+        }
+        let prefix: Vec<u8> = rx.borrow_mut().drain(..5).collect();
+        let mut s = super::ServerTlsStream::accept(io, config.clone(), &prefix).expect("accept");
+        let mut done = false;
+        for _ in 0..200_000 {
+            while c.wants_write() {
+                c.write_tls(&mut *rx.borrow_mut()).expect("client write");
+            }
+            match s.poll_handshake(&mut cx) {
+                Poll::Ready(r) => {
+                    r.expect("handshake");
+                    done = true;
+                }
+                Poll::Pending => {}
+            }
+            to_client(&mut c, &tx);
+            if done && !c.is_handshaking() {
+                break;
+            }
+        }
+        assert!(done && !c.is_handshaking(), "step {step}: handshake");
+        assert_eq!(s.conn().alpn_protocol(), Some(&b"http/1.1"[..]));
+        // The upload, then close_notify: read in small pieces until the
+        // end of the stream.
+        c.writer().write_all(&upload).expect("upload");
+        c.send_close_notify();
+        while c.wants_write() {
+            c.write_tls(&mut *rx.borrow_mut()).expect("client write");
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1000];
+        let mut ended = false;
+        for _ in 0..200_000 {
+            match Pin::new(&mut s).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(0)) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Ready(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Poll::Ready(Err(e)) => panic!("step {step}: read: {e}"),
+                Poll::Pending => panic!("step {step}: pending with bytes to read"),
+            }
+        }
+        assert!(ended, "step {step}: no end of stream");
+        assert!(got == upload, "step {step}: upload differs");
+        // The answer in three slices of one vectored write, then close.
+        let parts = [&answer[..10], &answer[10..30_000], &answer[30_000..]];
+        let mut sent = 0;
+        while sent < answer.len() {
+            let mut from = sent;
+            let mut slices = Vec::new();
+            for p in parts {
+                if from >= p.len() {
+                    from -= p.len();
+                    continue;
+                }
+                slices.push(std::io::IoSlice::new(&p[from..]));
+                from = 0;
+            }
+            match Pin::new(&mut s).poll_write_vectored(&mut cx, &slices) {
+                Poll::Ready(Ok(n)) => sent += n,
+                other => panic!("step {step}: write: {other:?}"),
+            }
+        }
+        assert!(Pin::new(&mut s).poll_close(&mut cx).is_ready());
+        // Fed to the client a piece at a time, its plaintext taken as it
+        // comes (rustls holds only so much unread).
+        let mut back = Vec::new();
+        let wire = std::mem::take(&mut *tx.borrow_mut());
+        let mut rd = &wire[..];
+        let mut closed = false;
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).expect("client read");
+            c.process_new_packets().expect("client process");
+            match c.reader().read_to_end(&mut back) {
+                Ok(_) => closed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("step {step}: the client read {e}"),
+            }
+        }
+        assert!(closed, "step {step}: no close_notify");
+        assert!(back == answer, "step {step}: answer differs");
+    }
+}

@@ -254,13 +254,26 @@ impl Uring {
         let file = Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(efd.into_raw_fd()) });
         type Read = Pin<Box<dyn Future<Output = glommio::Result<glommio::io::ReadResult, ()>>>>;
         let mut read: Option<Read> = None;
+        // One glommio timer for the earliest read deadline, armed only
+        // while the driver sleeps (a busy driver checks the clock per turn).
+        let mut timer: Option<(u64, glommio::timer::Timer)> = None;
         let busy_turns = self.core.borrow().cfg.busy_turns;
         let mut busy = 0u32;
         loop {
             if self.core.borrow().parking.stop {
                 return Ok(());
             }
-            let n = self.core.borrow_mut().turn(false)?;
+            let n = {
+                let mut c = self.core.borrow_mut();
+                let mut n = 0;
+                if let Some(at) = c.next_deadline() {
+                    let now = c.now_ms();
+                    if at <= now {
+                        n += c.expire(now);
+                    }
+                }
+                n + c.turn(false)?
+            };
             if n > 0 {
                 busy += 1;
                 if busy <= busy_turns {
@@ -286,6 +299,24 @@ impl Uring {
                     c.parking.sleeping = true;
                     c.parking.kicked = false;
                     c.stats.sleeps += 1;
+                    match c.next_deadline() {
+                        Some(at) => {
+                            let d = std::time::Duration::from_millis(at.saturating_sub(c.now_ms()));
+                            match &mut timer {
+                                Some((t_at, _)) if *t_at == at => {}
+                                Some((t_at, t)) => {
+                                    *t_at = at;
+                                    t.reset(d);
+                                }
+                                None => timer = Some((at, glommio::timer::Timer::new(d))),
+                            }
+                            c.parking.timer_at = at;
+                        }
+                        None => {
+                            timer = None;
+                            c.parking.timer_at = u64::MAX;
+                        }
+                    }
                 }
                 raced
             };
@@ -300,6 +331,12 @@ impl Uring {
                         return Poll::Ready(());
                     }
                     ring::set_waker(&mut c.parking.waker, cx);
+                }
+                if let Some((_, t)) = timer.as_mut() {
+                    if Pin::new(t).poll(cx).is_ready() {
+                        timer = None;
+                        return Poll::Ready(());
+                    }
                 }
                 let f = read.get_or_insert_with(|| {
                     let file = file.clone();
@@ -319,6 +356,7 @@ impl Uring {
             .await;
             let mut c = self.core.borrow_mut();
             c.parking.sleeping = false;
+            c.parking.timer_at = u64::MAX;
             c.set_eventfd(false);
         }
     }

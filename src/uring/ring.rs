@@ -4,10 +4,12 @@
 //! `Rc<RefCell<_>>`; completions update socket state and wake the tasks that
 //! wait on it.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -39,6 +41,7 @@ const CONNECTING: u16 = 1 << 5; // a connect is in flight
 const DROPPED: u16 = 1 << 6; // the owning stream is gone; close once nothing is in flight
 const CLOSING: u16 = 1 << 7; // the close is in flight
 const LIVE: u16 = 1 << 8; // slot in use
+const RX_TIMEDOUT: u16 = 1 << 9; // the read deadline passed while the reader waited
 
 /// The most iovecs one sendmsg carries (the kernel's UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
@@ -59,6 +62,11 @@ pub(crate) struct Sock {
     /// errno of a receive or connect failure (0: none).
     rx_err: i32,
     tx_err: i32,
+    /// When a waiting read times out (ms since `Core::epoch`; 0: never).
+    rx_deadline: u64,
+    /// The deadline this socket's live entry in `Core::deadlines` is for
+    /// (0: none); any other entry for the socket is stale.
+    rx_queued: u64,
     /// Sends in flight and queued; `None` when nothing is being sent.
     tx: Option<Box<Tx>>,
     rx_waker: Option<Waker>,
@@ -76,6 +84,8 @@ impl Sock {
             rx_off: 0,
             rx_err: 0,
             tx_err: 0,
+            rx_deadline: 0,
+            rx_queued: 0,
             tx: None,
             rx_waker: None,
             tx_waker: None,
@@ -134,6 +144,9 @@ struct Lsn {
 #[derive(Default)]
 pub(crate) struct Parking {
     pub(crate) sleeping: bool,
+    /// The deadline the sleeping driver's timer is set for (`u64::MAX`:
+    /// none); an earlier one must wake it to re-arm.
+    pub(crate) timer_at: u64,
     pub(crate) kicked: bool,
     pub(crate) stop: bool,
     pub(crate) waker: Option<Waker>,
@@ -155,6 +168,12 @@ pub(crate) struct Core {
     /// must not move, and reusing the box saves its allocation).
     #[allow(clippy::vec_box)]
     tx_pool: Vec<Box<Tx>>,
+    /// Read deadlines, earliest first: (ms since `epoch`, socket). At most
+    /// one live entry per socket (its `rx_queued`): a later deadline reuses
+    /// the queued entry (re-queued when it comes due), so a wait costs a
+    /// clock read, not a timer.
+    deadlines: BinaryHeap<Reverse<(u64, u32)>>,
+    epoch: Instant,
     pub(crate) parking: Parking,
     pub(crate) stats: Stats,
     pub(crate) mode: RingMode,
@@ -254,7 +273,12 @@ impl Core {
             starved: Vec::new(),
             inflight: 0,
             tx_pool: Vec::new(),
-            parking: Parking::default(),
+            deadlines: BinaryHeap::new(),
+            epoch: Instant::now(),
+            parking: Parking {
+                timer_at: u64::MAX,
+                ..Parking::default()
+            },
             stats: Stats::default(),
             mode,
             cfg,
@@ -552,6 +576,82 @@ impl Core {
         s.rx_held == 0 && s.st & RX_EOF == 0 && s.rx_err == 0
     }
 
+    // ---------------------------------------------------------------- read deadlines
+
+    /// Milliseconds since the core started (the deadlines' clock).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A read of socket `i` that waits from now on ends as timed out after
+    /// `timeout` (rounded up to the millisecond); `None` clears the deadline
+    /// (and a timeout not yet reported).
+    pub(crate) fn set_rx_deadline(&mut self, i: u32, timeout: Option<Duration>) {
+        let at = timeout.map(|t| {
+            let ns = (self.epoch.elapsed() + t).as_nanos();
+            (ns.div_ceil(1_000_000) as u64).max(1)
+        });
+        let s = &mut self.socks[i as usize];
+        s.st &= !RX_TIMEDOUT;
+        let Some(at) = at else {
+            s.rx_deadline = 0;
+            return;
+        };
+        s.rx_deadline = at;
+        if s.rx_queued == 0 || s.rx_queued > at {
+            s.rx_queued = at;
+            self.deadlines.push(Reverse((at, i)));
+            if self.parking.sleeping && at < self.parking.timer_at {
+                // The sleeping driver's timer is set for later.
+                self.kick();
+            }
+        }
+    }
+
+    /// True (once) when the read deadline passed while the reader waited.
+    pub(crate) fn take_rx_timeout(&mut self, i: u32) -> bool {
+        let s = &mut self.socks[i as usize];
+        let t = s.st & RX_TIMEDOUT != 0;
+        s.st &= !RX_TIMEDOUT;
+        t
+    }
+
+    /// The earliest queued deadline (ms since the core started), if any.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Times out the reads whose deadline is at or before `now` (waking
+    /// their readers); entries of deadlines moved later are re-queued.
+    /// Returns the reads timed out.
+    pub(crate) fn expire(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        while let Some(&Reverse((at, i))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let s = &mut self.socks[i as usize];
+            if s.rx_queued != at {
+                continue; // stale: superseded by an earlier entry
+            }
+            s.rx_queued = 0;
+            if s.rx_deadline == 0 {
+                continue;
+            }
+            if s.rx_deadline > now {
+                s.rx_queued = s.rx_deadline;
+                self.deadlines.push(Reverse((s.rx_deadline, i)));
+                continue;
+            }
+            s.rx_deadline = 0;
+            s.st |= RX_TIMEDOUT;
+            wake(&mut s.rx_waker);
+            n += 1;
+        }
+        n
+    }
+
     /// End of stream (`Ok(true)`), an error, or neither, once no data is held.
     pub(crate) fn rx_end(&mut self, i: u32) -> io::Result<bool> {
         let s = &mut self.socks[i as usize];
@@ -821,6 +921,7 @@ impl Core {
     pub(crate) fn drop_sock(&mut self, i: u32) {
         let s = &mut self.socks[i as usize];
         s.st |= DROPPED;
+        s.rx_deadline = 0;
         s.rx_waker = None;
         s.tx_waker = None;
         let mut bid = s.rx_head;

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -132,6 +133,19 @@ impl UringStream {
             Ok(false) => Poll::Pending,
             Err(e) => Poll::Ready(Err(e)),
         }
+    }
+
+    /// A read that waits from now on ends after `timeout` (then
+    /// [`UringStream::take_read_timeout`] says so and the reader is woken);
+    /// `None`, or data arriving first, clears it. A deadline is a slot in
+    /// the core's queue, not a timer: setting one per wait is cheap.
+    pub fn set_read_deadline(&self, timeout: Option<Duration>) {
+        self.core.borrow_mut().set_rx_deadline(self.idx, timeout);
+    }
+
+    /// True once when the read deadline passed while the reader waited.
+    pub fn take_read_timeout(&self) -> bool {
+        self.core.borrow_mut().take_rx_timeout(self.idx)
     }
 
     /// True when nothing received is unread and the peer has not closed

@@ -4,10 +4,13 @@ Paths: /echo echoes every message; /grip answers with the `grip`
 extension, subscribes the connection to channel `g` with a control message
 and sends `m:welcome` (and drops messages without the prefix); /gripcid
 does the same after first sending `m:cid=` and the Connection-Id corepin
-sent with the handshake; /bye closes
+sent with the handshake; /gripresume subscribes to `r` with `last-id` set
+to the client's Last-Event-ID header (when it sent one) and sends
+`m:subscribed`; /bye closes
 at once with 4001. With CERT KEY arguments it serves wss (TLS).
 """
 import asyncio
+import json
 import ssl
 import sys
 
@@ -27,7 +30,13 @@ async def handler(ws):
         return
     if path.startswith("/gripcid"):
         await ws.send("m:cid=" + ws.request.headers.get("Connection-Id", ""))
-    if path.startswith("/grip"):
+    if path.startswith("/gripresume"):
+        sub = {"type": "subscribe", "channel": "r"}
+        if ws.request.headers.get("Last-Event-ID"):
+            sub["last-id"] = ws.request.headers["Last-Event-ID"]
+        await ws.send("c:" + json.dumps(sub))
+        await ws.send("m:subscribed")
+    elif path.startswith("/grip"):
         await ws.send('c:{"type":"subscribe","channel":"g"}')
         await ws.send("m:welcome")
         await ws.send("not for the client")

@@ -11,6 +11,8 @@ skip-self and var-subst. Each TEXT message from the client is a command:
   name NAME     set-meta name=NAME
   psub P        subscribe to every channel under the prefix P ("prefix": true)
   punsub P      unsubscribe from that prefix
+  resume C ID   subscribe to C with "last-id": ID (corepin resumes the
+                client after ID from channel history)
 anything else is echoed back as "echo: <text>".
 """
 import sys
@@ -64,6 +66,10 @@ class Handler(BaseHTTPRequestHandler):
             elif m.startswith("punsub "):
                 ctx.send_control(websocket_control_message(
                     "unsubscribe", {"channel": m[7:], "prefix": True}))
+            elif m.startswith("resume "):
+                _, channel, last = m.split(" ", 2)
+                ctx.send_control(websocket_control_message(
+                    "subscribe", {"channel": channel, "last-id": last}))
             elif m.startswith("name "):
                 ctx.send_control(websocket_control_message("set-meta", {"name": "name", "value": m[5:]}))
             else:

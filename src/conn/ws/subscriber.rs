@@ -70,10 +70,15 @@ pub(super) fn control(
         }
     };
     match c {
-        Control::Subscribe { channel, filters } => {
+        Control::Subscribe {
+            channel,
+            filters,
+            last_id,
+        } => {
             let ch = format!("{prefix}{channel}");
             let mut chans = sub.channels();
-            if !chans.contains(&ch) {
+            let new = !chans.contains(&ch);
+            if new {
                 if chans.len() >= shard.cfg.grip.max_channels {
                     warn!(
                         "core {}: subscribe to {channel:?} refused: the connection has {} channels (grip.max_channels)",
@@ -87,6 +92,9 @@ pub(super) fn control(
             }
             let states = ws_chans(sub, prefix, &chans, Some((&ch, filters)));
             shard.subs.set_chans(sub, states);
+            if let Some(id) = last_id {
+                resume(shard, sub, &ch, &id, new);
+            }
         }
         Control::Unsubscribe { channel } => {
             let ch = format!("{prefix}{channel}");
@@ -125,6 +133,36 @@ pub(super) fn control(
                 .send_delayed(sub, message.frame(), Duration::from_secs(u64::from(timeout)));
         }
         Control::FlushDelayed => shard.subs.flush_delayed(sub),
+    }
+}
+
+/// A `subscribe` with `last-id` (issue 18): what the channel published
+/// after that id is queued from history ahead of anything live, exactly
+/// once (the subscription's join mark divides history from live). Only a
+/// new subscription resumes; history that no longer holds the id (a gap)
+/// or is off replays nothing, and the log says so.
+fn resume(shard: &Shard, sub: &Rc<Sub>, channel: &str, id: &str, new: bool) {
+    use crate::subs::Resumed;
+    if !new {
+        warn!(
+            "core {}: subscribe to {channel:?} with last-id {id:?}: already subscribed, nothing replayed",
+            shard.index
+        );
+        return;
+    }
+    match shard.subs.resume(sub, channel, id) {
+        Resumed::Replayed(n) => debug!(
+            "core {}: WebSocket resumed {channel:?} after {id:?}: {n} replayed",
+            shard.index
+        ),
+        Resumed::Gap => info!(
+            "core {}: WebSocket resuming {channel:?} after {id:?}: history no longer holds it (gap), nothing replayed",
+            shard.index
+        ),
+        Resumed::Off => warn!(
+            "core {}: subscribe to {channel:?} with last-id: channel history is off ([history] messages), nothing replayed",
+            shard.index
+        ),
     }
 }
 

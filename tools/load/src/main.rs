@@ -47,7 +47,9 @@ corepin-load MODE [--flag value]...
   echo-server [HOST:PORT]   WebSocket / WebSocket-over-HTTP echo backend
   soak        the long mixed run (benches/soak.sh): churning subscribers of
       every kind, steady publishes plus bursts, loss/duplicates/order per
-      subscriber; flags and their meaning in tools/load/src/soak.rs
+      subscriber; flags and their meaning in tools/load/src/soak.rs;
+      --tls CA_FILE --sni NAME --resume yes|no: subscribers over TLS
+      (publishes stay plain HTTP)
   grip-backend [HOST:PORT]  GRIP backend for the soak (stream, long-poll,
       WebSocket, WebSocket-over-HTTP holds)
 ";

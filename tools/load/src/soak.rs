@@ -20,6 +20,10 @@
 //!   such a message was answered `--grace-s` before the timeout;
 //! - duplicates and out-of-order arrivals are counted for every session.
 //!
+//! `--tls CA_FILE` (with `--sni NAME`, `--resume yes|no`, as in the other
+//! modes) puts every subscriber on TLS (https, wss) to a TLS listener,
+//! trusting that CA; the publisher stays on plain HTTP to the publish API.
+//!
 //! These counts cover healthy subscribers; slow and never-reading ones
 //! are reported apart (what they received must still have no gaps; the
 //! proxy may drop them). The proxy's /metrics counters (drops by reason,

@@ -14,7 +14,7 @@
 //! (counts and errors by kind) go to stdout as JSON lines.
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +26,9 @@ use serde_json::{json, Value};
 
 use crate::args::{die, Args};
 use crate::http::{ws_events, Ev, ResponseReader};
-use crate::net::{self, now_ns, Poller};
+use crate::net::{now_ns, Poller};
 use crate::record::{scan, Latency, Track};
+use crate::tls::{Stream, Tls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SKind {
@@ -97,6 +98,9 @@ pub const WORKER_FLAGS: &[&str] = &[
     "small-rcvbuf",
     "ramp-s",
     "discard-every",
+    "tls",
+    "sni",
+    "resume",
 ];
 
 #[derive(Debug, Clone)]
@@ -125,6 +129,9 @@ pub struct WorkerOpts {
     /// For checking the accounting only: healthy subscribers ignore every
     /// N-th message they receive, as if it had been lost (0: none).
     pub discard_every: u64,
+    /// `--tls CA_FILE` (with `--sni`, `--resume`): subscribers connect over
+    /// TLS (https, wss), as in `subscribe`.
+    pub tls: Option<Tls>,
 }
 
 fn range_flag(a: &Args, name: &str, default: (f64, f64)) -> (f64, f64) {
@@ -159,6 +166,7 @@ impl WorkerOpts {
             small_rcvbuf: a.get("small-rcvbuf", 4096usize),
             ramp: a.get("ramp-s", 10.0f64).max(0.0),
             discard_every: a.get("discard-every", 0u64),
+            tls: Tls::from_args("soak", a),
         };
         if o.hot > o.channels {
             die("--hot-channels: more than --channels");
@@ -189,6 +197,7 @@ impl WorkerOpts {
             ("discard-every", self.discard_every.to_string()),
         ]
         .into_iter()
+        .chain(self.tls.iter().flat_map(Tls::flags))
         .flat_map(|(k, v)| [format!("--{k}"), v])
         .collect()
     }
@@ -343,7 +352,7 @@ struct Slot {
     kind: SKind,
     class: Class,
     idle_until: Instant,
-    conn: Option<TcpStream>,
+    conn: Option<Stream>,
     sess: Option<Session>,
     next_read: Instant,
     /// Connections opened by this slot (for the source address).
@@ -664,7 +673,7 @@ impl Worker<'_> {
             }
         }
         if !sess.reply.is_empty() {
-            let _ = net::write_all(conn, &sess.reply);
+            let _ = conn.write_all(&sess.reply);
             sess.reply.clear();
         }
         if sess.repoll && sess.end.is_empty() {
@@ -675,7 +684,7 @@ impl Worker<'_> {
             sess.req_ns = now_ns();
             let again = gone.is_none()
                 && sess.reader.keep_alive()
-                && net::write_all(conn, req.as_bytes()).is_ok();
+                && conn.write_all(req.as_bytes()).is_ok();
             if !again {
                 // A fresh connection for the next request.
                 self.poller.remove(conn);
@@ -744,7 +753,7 @@ impl Worker<'_> {
         if sess.class == Class::Never {
             // Did the server give up on it? Drain what is there and look
             // for the end of the connection.
-            let _ = conn.set_nonblocking(true);
+            let _ = conn.s.set_nonblocking(true);
             let mut left = 64 << 20;
             loop {
                 match conn.read(&mut self.buf) {
@@ -765,7 +774,7 @@ impl Worker<'_> {
         if sess.kind.is_ws() && sess.ws.is_some() && sess.class == Class::Healthy && !sess.dropped {
             let mut f = Vec::new();
             ws::write_close(&mut f, 1000, "bye", Some([1, 2, 3, 4]));
-            if net::write_all(conn, &f).is_ok() {
+            if conn.write_all(&f).is_ok() {
                 sess.closing = Some(Instant::now());
                 return;
             }
@@ -780,17 +789,17 @@ fn connect(
     opened: &mut u64,
     class: Class,
     req: &str,
-) -> std::io::Result<TcpStream> {
+) -> std::io::Result<Stream> {
     *opened += 1;
     // Source addresses spread over 127.0.0.2-254 per slot and connection.
     let n = id.wrapping_mul(7919).wrapping_add(*opened as usize);
-    let mut s = net::connect_from(n, o.to)?;
-    s.set_nodelay(true)?;
+    // Non-blocking, TCP_NODELAY; over TLS the request goes once the
+    // handshake (driven by the reads) is done.
+    let mut s = Stream::connect(n, o.to, o.tls.as_ref())?;
     if class != Class::Healthy {
-        set_rcvbuf(&s, o.small_rcvbuf);
+        set_rcvbuf(&s.s, o.small_rcvbuf);
     }
-    net::write_all(&mut s, req.as_bytes())?;
-    s.set_nonblocking(true)?;
+    s.write_all(req.as_bytes())?;
     Ok(s)
 }
 

@@ -46,9 +46,11 @@ const PER_WORKER: usize = 2500;
 /// while thousands reconnect.
 const CONNECT_BATCH: usize = 256;
 
-/// After a refused or failed connect, a subscriber tries again this much
-/// later (a client's backoff; EventSource waits longer).
-const RETRY: Duration = Duration::from_millis(100);
+/// After a failed connect, an error status or a stream the server ended,
+/// a subscriber tries again this much later, as EventSource does (its
+/// default is about 3 s; shorter here so the run ends sooner). Only the
+/// storm itself, the reset, is answered by coming back at once.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// A subscriber closed by the server this often gives up.
 const MAX_RECONNECTS: u32 = 50;
@@ -83,6 +85,9 @@ struct Sub {
     conn: Option<Conn>,
     tail: Vec<u8>,
     track: Track,
+    /// Every item number received (a bit each), for counting exactly
+    /// which of 1..=final are missing.
+    seen: Vec<u64>,
     max_seq: u64,
     /// The current connection's head said 200.
     head: bool,
@@ -106,6 +111,29 @@ struct WStats {
     final_seq: Option<u64>,
     back: Latency,
     caught: Latency,
+}
+
+/// Records item `seq` in a bit set (items are numbered densely from 1;
+/// a number past a million is not a storm item and is not kept).
+fn mark(seen: &mut Vec<u64>, seq: u64) {
+    if seq >= 1 << 20 {
+        return;
+    }
+    let (word, bit) = ((seq / 64) as usize, seq % 64);
+    if seen.len() <= word {
+        seen.resize(word + 1, 0);
+    }
+    seen[word] |= 1 << bit;
+}
+
+/// How many of items 1..=last are not in the set.
+fn missing(seen: &[u64], last: u64) -> u64 {
+    (1..=last)
+        .filter(|&q| {
+            seen.get((q / 64) as usize)
+                .is_none_or(|w| w & (1 << (q % 64)) == 0)
+        })
+        .count() as u64
 }
 
 fn start_connect(i: usize, to: SocketAddr) -> std::io::Result<TcpStream> {
@@ -189,8 +217,7 @@ impl Worker {
         }
     }
 
-    /// The connection failed or ended: try again (soon after a failure
-    /// before any answer, at once after the server ended a stream).
+    /// The connection failed or ended: try again after `RETRY`.
     fn lost(&mut self, slot: usize, answered: bool) {
         self.close(slot, false);
         let sub = &mut self.subs[slot];
@@ -201,11 +228,10 @@ impl Worker {
                 sub.gave_up = true;
                 return;
             }
-            self.queue.push_back(slot);
         } else {
             self.st.connect_errors += 1;
-            sub.retry_at = Some(Instant::now() + RETRY);
         }
+        sub.retry_at = Some(Instant::now() + RETRY);
     }
 
     fn writable(&mut self, slot: usize) {
@@ -260,9 +286,10 @@ impl Worker {
                         break;
                     }
                 };
-                let (tail, track, head, max) = (
+                let (tail, track, seen, head, max) = (
                     &mut sub.tail,
                     &mut sub.track,
+                    &mut sub.seen,
                     &mut sub.head,
                     &mut sub.max_seq,
                 );
@@ -277,6 +304,7 @@ impl Worker {
                         for &(seq, _) in recs.iter() {
                             if track.record(seq) {
                                 *max = (*max).max(seq);
+                                mark(seen, seq);
                             }
                         }
                     }
@@ -340,6 +368,7 @@ impl Worker {
         let count = |p: &dyn Fn(&Sub) -> bool| self.subs.iter().filter(|s| p(s)).count();
         json!({"t": "progress", "subs": self.subs.len(),
             "live": count(&|s| s.head),
+            "have_item": count(&|s| s.max_seq > 0),
             "back": count(&|s| s.back_ns > 0),
             "caught": count(&|s| s.caught_ns > 0),
             "done": count(&|s| s.max_seq >= f),
@@ -350,11 +379,7 @@ impl Worker {
 
     fn result(&self) -> Value {
         let f = self.st.final_seq.unwrap_or(0);
-        let lost: Vec<u64> = self
-            .subs
-            .iter()
-            .map(|s| f.saturating_sub(s.track.got))
-            .collect();
+        let lost: Vec<u64> = self.subs.iter().map(|s| missing(&s.seen, f)).collect();
         json!({"t": "result", "subs": self.subs.len(),
             "lost": lost.iter().sum::<u64>(),
             "subs_with_loss": lost.iter().filter(|l| **l > 0).count(),
@@ -399,7 +424,7 @@ pub fn worker(args: &[String]) {
     let a = Args::parse(
         "storm-worker",
         args,
-        &["to", "path", "subscribers", "workers", "index"],
+        &["to", "path", "subscribers", "workers", "index", "open-rate"],
     );
     let to: SocketAddr = a.get(
         "to",
@@ -432,6 +457,7 @@ pub fn worker(args: &[String]) {
                 conn: None,
                 tail: Vec::new(),
                 track: Track::default(),
+                seen: Vec::new(),
                 max_seq: 0,
                 head: false,
                 back_ns: 0,
@@ -445,6 +471,10 @@ pub fn worker(args: &[String]) {
         st: WStats::default(),
     };
     w.queue.extend(0..w.subs.len());
+    // The first connections are opened at this rate (per worker): setting
+    // up is not the storm.
+    let open_rate: f64 = a.get("open-rate", 0.0);
+    let (started, mut opened) = (Instant::now(), 0usize);
     let mut events = Events::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut recs = Vec::new();
@@ -457,10 +487,16 @@ pub fn worker(args: &[String]) {
             Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => break,
             Err(mpsc::TryRecvError::Empty) => {}
         }
-        for _ in 0..CONNECT_BATCH {
+        let mut batch = CONNECT_BATCH;
+        if w.st.dropped.is_none() && open_rate > 0.0 {
+            let due = (started.elapsed().as_secs_f64() * open_rate) as usize + 1;
+            batch = batch.min(due.saturating_sub(opened));
+        }
+        for _ in 0..batch {
             let Some(slot) = w.queue.pop_front() else {
                 break;
             };
+            opened += 1;
             w.connect(slot);
         }
         let now = Instant::now();
@@ -471,7 +507,11 @@ pub fn worker(args: &[String]) {
             }
         }
         events.clear();
-        let wait = if w.queue.is_empty() { 20 } else { 0 };
+        let wait = if w.queue.is_empty() || batch == 0 {
+            5
+        } else {
+            0
+        };
         let _ = w
             .poller
             .wait(&mut events, Some(Duration::from_millis(wait)));
@@ -503,19 +543,33 @@ pub fn worker(args: &[String]) {
 struct Http {
     to: SocketAddr,
     conn: Option<(TcpStream, ResponseReader)>,
+    last_used: Instant,
 }
 
 impl Http {
     fn new(to: SocketAddr) -> Http {
-        Http { to, conn: None }
+        Http {
+            to,
+            conn: None,
+            last_used: Instant::now(),
+        }
     }
 
     /// Sends a request; the status and body, or why it failed.
     fn request(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>), String> {
+        // A connection left idle (while thousands of subscribers open) may
+        // have been closed by the server: a publish is not retried, so
+        // it goes out on a fresh one.
+        if self.last_used.elapsed() > Duration::from_secs(2) {
+            self.conn = None;
+        }
+        self.last_used = Instant::now();
         if self.conn.is_none() {
             let s = TcpStream::connect(self.to).map_err(|e| format!("{}: {e}", self.to))?;
             let _ = s.set_nodelay(true);
-            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            // Long: a proxy busy with a storm may answer a publish late,
+            // and the run reports how late (`slowest_publish_ms`).
+            let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
             self.conn = Some((s, ResponseReader::new()));
         }
         let Some((s, reader)) = self.conn.as_mut() else {
@@ -612,7 +666,7 @@ struct Kids {
 }
 
 impl Kids {
-    fn spawn(to: SocketAddr, path: &str, n: usize, workers: usize) -> Kids {
+    fn spawn(to: SocketAddr, path: &str, n: usize, workers: usize, open_rate: f64) -> Kids {
         let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("own path: {e}")));
         let (tx, rx) = mpsc::channel();
         let mut kids = Vec::new();
@@ -626,6 +680,7 @@ impl Kids {
                     &workers.to_string(),
                 ])
                 .args(["--index", &w.to_string()])
+                .args(["--open-rate", &(open_rate / workers as f64).to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -742,7 +797,8 @@ pub const USAGE: &str = "\
       HOST:PORT (a storm-backend) if given; after --before-s S every
       connection is reset and comes back with Last-Event-ID; publishing
       goes on --after-s S after all caught up. --workers W, --size BYTES,
-      --timeout-s S, --label NAME
+      --timeout-s S, --label NAME, --open-rate PER_S (first connections,
+      default 1000/s; 0: at once)
   storm-backend [HOST:PORT] --mode hold|replay --link-timeout S
       the storm's counting GRIP backend (tools/load/src/storm_backend.rs)
 ";
@@ -766,6 +822,7 @@ pub fn run(args: &[String]) {
             "after-s",
             "timeout-s",
             "label",
+            "open-rate",
         ],
     );
     let addr = |flag: &str, default: &str| -> SocketAddr {
@@ -812,7 +869,7 @@ pub fn run(args: &[String]) {
         die(&format!("storm: first publish: {e}"));
     }
 
-    let mut kids = Kids::spawn(to, &path, n, workers);
+    let mut kids = Kids::spawn(to, &path, n, workers, a.get("open-rate", 1000.0));
     let t0 = Instant::now();
     let mut tick = Ticker::default();
     loop {
@@ -841,6 +898,7 @@ pub fn run(args: &[String]) {
         std::thread::spawn(move || {
             let start = Instant::now();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut slowest = Duration::ZERO;
             let mut seq = 1u64;
             while !stop.load(Ordering::Relaxed) {
                 let due = start + Duration::from_secs_f64((seq - 1) as f64 / rate);
@@ -848,7 +906,10 @@ pub fn run(args: &[String]) {
                     std::thread::sleep(wait.min(Duration::from_millis(50)));
                     continue;
                 }
-                match publisher.item(seq) {
+                let asked = Instant::now();
+                let r = publisher.item(seq);
+                slowest = slowest.max(asked.elapsed());
+                match r {
                     Ok(()) => {
                         published.store(seq, Ordering::SeqCst);
                         seq += 1;
@@ -861,9 +922,17 @@ pub fn run(args: &[String]) {
                     }
                 }
             }
-            errors
+            (errors, slowest)
         })
     };
+    // Every subscriber has an id to come back with before the clock for
+    // the steady part starts (one with none would come back as a new
+    // subscriber, as EventSource does, and rightly miss the past).
+    let t_first = Instant::now();
+    while kids.sum("have_item") < live_before && !kids.dead() && t_first.elapsed() < timeout {
+        kids.pump(Duration::from_millis(100));
+    }
+    let first_item_s = t_first.elapsed().as_secs_f64();
     let steady0 = backend_stats(backend);
     let t_steady = Instant::now();
     while t_steady.elapsed() < before {
@@ -901,7 +970,7 @@ pub fn run(args: &[String]) {
         kids.pump(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
-    let pub_errors = pub_thread.join().unwrap_or_default();
+    let (pub_errors, pub_slowest) = pub_thread.join().unwrap_or_default();
     let final_seq = published.load(Ordering::SeqCst);
     kids.tell(&format!("final {final_seq}\n"));
     let t_final = Instant::now();
@@ -947,8 +1016,10 @@ pub fn run(args: &[String]) {
         "open_seconds": open_s,
         "rate": rate,
         "seq_at_drop": seq_at_drop,
+        "first_item_everywhere_s": first_item_s,
         "final_seq": final_seq,
         "publish_errors": pub_errors,
+        "slowest_publish_ms": pub_slowest.as_secs_f64() * 1e3,
         "lost": total("lost"),
         "subscribers_with_loss": total("subs_with_loss"),
         "max_lost_per_subscriber": max("max_lost"),
@@ -1001,6 +1072,20 @@ mod tests {
         );
         let first: Value = serde_json::from_str(&publish_body("c", 0, "x")).unwrap();
         assert!(first["items"][0].get("prev-id").is_none());
+    }
+
+    #[test]
+    fn missing_items_are_counted_exactly() {
+        let mut seen = Vec::new();
+        for q in [1, 2, 4, 64, 65, 130, 5_000_000] {
+            mark(&mut seen, q);
+        }
+        assert_eq!(missing(&seen, 0), 0);
+        assert_eq!(missing(&seen, 2), 0);
+        assert_eq!(missing(&seen, 4), 1);
+        // 3, 5..=63, 66..=129: 1 + 59 + 64; 131 and 132 were never seen.
+        assert_eq!(missing(&seen, 132), 1 + 59 + 64 + 2);
+        assert_eq!(missing(&[], 3), 3);
     }
 
     #[test]

@@ -240,6 +240,25 @@ fn serve(b: &mut Backend, c: &mut Conn, out: &mut Vec<u8>) -> bool {
     }
 }
 
+/// A listener with a backlog of 4096 (std's is 128): a storm opens
+/// thousands of connections to the backend at once, and a full accept
+/// queue would add the kernel's SYN retry delays (1 s, 3 s, ...) to the
+/// figures; the other servers in benches/ listen with 4096 too.
+fn listener(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| std::io::Error::other("not HOST:PORT"))?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
 pub fn run(args: &[String]) {
     let (listen, rest) = match args.first() {
         Some(a) if !a.starts_with("--") => (a.as_str(), &args[1..]),
@@ -255,7 +274,7 @@ pub fn run(args: &[String]) {
     };
     let mut b = Backend::new(mode, a.get("link-timeout", 600u32));
     b.trace = a.get("trace", false);
-    let l = TcpListener::bind(listen)
+    let l = listener(listen)
         .unwrap_or_else(|e| die(&format!("storm-backend: cannot listen on {listen}: {e}")));
     let _ = l.set_nonblocking(true);
     println!("{}", l.local_addr().map(|a| a.port()).unwrap_or(0));
