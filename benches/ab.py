@@ -17,7 +17,13 @@ that a shared, loaded machine disturbs the figures as little as it can:
   stream    RSS per idle stream subscriber (5,000 held; RSS after minus
             before, over N)
   ws        RSS per idle WebSocket subscriber (the same, on /ws)
-Prints every run as a JSON line, then the medians per binary.
+  publish   corepin-load publish, 8 keep-alive publishers over 2,000
+            channels with no subscribers, 5 s; CPU time per publish
+  closed    one closed-loop publisher to 2,000 channels x 1 stream
+            subscriber, 10,000 publishes; CPU time per publish (each one
+            routed, delivered and written: the whole publish path)
+Prints every run as a JSON line, then the medians per binary. CASES (env,
+space-separated) picks cases; the default is every one.
 """
 import json
 import os
@@ -95,17 +101,28 @@ def proxy(load, binary, tmp):
             "us_per_request": round((c1 - c0) * 1e6 / max(n, 1), 3)}
 
 
-def fanout(load, binary, tmp):
+def fanout(load, binary, tmp, channels=1, messages=200):
+    """2,000 stream subscribers over CHANNELS channels, MESSAGES publishes."""
     p, port, cport = start(binary, "* test", tmp)
     r = run_json([load, "fanout", "--to", f"127.0.0.1:{port}", "--publish-to", f"127.0.0.1:{cport}",
-                  "--subscribers", "2000", "--channels", "1", "--messages", "200", "--rate", "4000",
-                  "--settle-ms", "500", "--grace-ms", "1000", "--timeout-s", "60",
+                  "--subscribers", "2000", "--channels", str(channels), "--messages", str(messages),
+                  "--rate", "4000", "--settle-ms", "500", "--grace-ms", "1000", "--timeout-s", "120",
                   "--cpu-pids", str(p.pid)])
     stop(p)
     d = r.get("delivered") or 0
     cpu = r.get("server_cpu_seconds") or 0
     return {"delivered": d, "lost": r.get("lost"), "cpu_s": round(cpu, 3),
-            "us_per_delivery": round(cpu * 1e6 / max(d, 1), 4)}
+            "us_per_delivery": round(cpu * 1e6 / max(d, 1), 4),
+            "us_per_publish": round(r.get("server_cpu_us_per_publish") or 0, 3)}
+
+
+def publish(load, binary, tmp):
+    p, _, cport = start(binary, "* test", tmp)
+    r = run_json([load, "publish", "--to", f"127.0.0.1:{cport}", "--conns", "8", "--channels", "2000",
+                  "--seconds", "5", "--cpu-pids", str(p.pid)])
+    stop(p)
+    return {"published": r.get("published"), "cpu_s": r.get("server_cpu_seconds"),
+            "us_per_publish": round(r.get("server_cpu_us_per_publish") or 0, 3)}
 
 
 def idle(load, binary, tmp, kind):
@@ -134,29 +151,33 @@ def idle(load, binary, tmp, kind):
 def main():
     load, rounds = sys.argv[1], int(sys.argv[2])
     bins = [a.split("=", 1) for a in sys.argv[3:]]
-    results = {name: {"proxy": [], "fanout": [], "stream": [], "ws": []} for name, _ in bins}
+    cases = {"proxy": (lambda b, t: proxy(load, b, t), "us_per_request", "CPU µs per proxied request"),
+             "fanout": (lambda b, t: fanout(load, b, t), "us_per_delivery", "CPU µs per delivery"),
+             "stream": (lambda b, t: idle(load, b, t, "stream"), "kib_per_subscriber", "KiB per idle stream"),
+             "ws": (lambda b, t: idle(load, b, t, "ws"), "kib_per_subscriber", "KiB per idle WebSocket"),
+             "publish": (lambda b, t: publish(load, b, t), "us_per_publish", "CPU µs per publish, no subscribers"),
+             "closed": (lambda b, t: fanout(load, b, t, channels=2000, messages=10000), "us_per_publish", "CPU µs per publish, 2,000 × 1")}
+    chosen = os.environ.get("CASES", " ".join(cases)).split()
+    results = {name: {c: [] for c in chosen} for name, _ in bins}
     tmp = tempfile.mkdtemp(prefix="corepin-ab-")
     for rnd in range(rounds):
-        for name, binary in bins:
-            for case, f in [("proxy", lambda: proxy(load, binary, tmp)),
-                            ("fanout", lambda: fanout(load, binary, tmp)),
-                            ("stream", lambda: idle(load, binary, tmp, "stream")),
-                            ("ws", lambda: idle(load, binary, tmp, "ws"))]:
-                r = f()
+        # Alternate which binary goes first, so neither always meets the
+        # same moment of the machine's load.
+        order = bins if rnd % 2 == 0 else bins[::-1]
+        for case in chosen:
+            for name, binary in order:
+                r = cases[case][0](binary, tmp)
                 r.update({"round": rnd, "binary": name, "case": case,
                           "load": os.getloadavg()[0]})
                 print(json.dumps(r), flush=True)
                 results[name][case].append(r)
-    key = {"proxy": "us_per_request", "fanout": "us_per_delivery",
-           "stream": "kib_per_subscriber", "ws": "kib_per_subscriber"}
-    print("\n| binary | CPU µs per proxied request | CPU µs per delivery | KiB per idle stream | KiB per idle WebSocket | load avg |")
-    print("|---|---|---|---|---|---|")
+    print("\n| binary | " + " | ".join(cases[c][2] for c in chosen) + " | load avg |")
+    print("|---|" + "---|" * (len(chosen) + 1))
     for name, _ in bins:
-        med = {c: statistics.median(r[key[c]] for r in results[name][c]) for c in key}
-        loads = [r["load"] for c in key for r in results[name][c]]
-        print(f"| {name} | {med['proxy']:.2f} | {med['fanout']:.3f} | {med['stream']:.2f} | "
-              f"{med['ws']:.2f} | {statistics.median(loads):.1f} |")
-
+        med = [statistics.median(r[cases[c][1]] for r in results[name][c]) for c in chosen]
+        loads = [r["load"] for c in chosen for r in results[name][c]]
+        print(f"| {name} | " + " | ".join(f"{m:.3f}" for m in med)
+              + f" | {statistics.median(loads):.1f} |")
 
 if __name__ == "__main__":
     main()

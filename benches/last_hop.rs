@@ -17,15 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::thread_cpu;
 
 fn pair() -> (TcpStream, std::thread::JoinHandle<u64>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");

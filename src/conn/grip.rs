@@ -493,7 +493,7 @@ fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> HoldEnd {
 }
 
 async fn hold_stream(
-    shard: &Rc<Shard>,
+    shard: &Shard,
     c: &mut Client,
     ctx: &HoldCtx<'_>,
     sub: &Rc<Sub>,
@@ -732,7 +732,7 @@ async fn stream_failed(
 }
 
 async fn hold_response(
-    shard: &Rc<Shard>,
+    shard: &Shard,
     c: &mut Client,
     ctx: &HoldCtx<'_>,
     sub: &Rc<Sub>,
@@ -862,7 +862,7 @@ enum Fetched {
 }
 
 /// Fetches a next link.
-async fn fetch_link(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, sub: &Sub, url: &str) -> Fetched {
+async fn fetch_link(shard: &Shard, ctx: &HoldCtx<'_>, sub: &Sub, url: &str) -> Fetched {
     match fetch_link_inner(shard, ctx, sub, url).await {
         None => Fetched::Failed,
         Some(Err(why)) => Fetched::Error(why),
@@ -878,7 +878,7 @@ async fn fetch_link(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, sub: &Sub, url: &str) 
 }
 
 async fn fetch_link_inner(
-    shard: &Rc<Shard>,
+    shard: &Shard,
     ctx: &HoldCtx<'_>,
     sub: &Sub,
     url: &str,

@@ -491,7 +491,10 @@ async fn proxy(
     let path = route.rewrite(head.target());
     // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
     // is, its GRIP headers included (Pushpin's passthrough).
-    let sig = route.grip().then(|| grip_key(shard, route)).flatten();
+    let sig = route
+        .grip()
+        .then(|| grip_key(&shard.signer, route))
+        .flatten();
     let token = sig.as_ref().map(|k| shard.signer.token(k));
     let grip = route.grip().then_some(token.as_deref());
     // Until the response starts, a shutdown's grace period may end: the
@@ -660,8 +663,6 @@ async fn fail(
 }
 
 /// The key requests on `route` are signed with, if any.
-pub fn grip_key(shard: &Shard, route: &Route) -> Option<crate::jwt::SigKey> {
-    shard
-        .signer
-        .key_for(route.sig_key.as_deref(), route.sig_iss.as_deref())
+pub fn grip_key(signer: &crate::jwt::Signer, route: &Route) -> Option<crate::jwt::SigKey> {
+    signer.key_for(route.sig_key.as_deref(), route.sig_iss.as_deref())
 }

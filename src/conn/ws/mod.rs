@@ -32,7 +32,7 @@ use crate::conn::http::{Client, Outcome};
 use crate::connection::Connection;
 use crate::route::{Route, WsMode};
 use crate::shard::Shard;
-use crate::subs::{Held, HoldKind, Msg, Sub, SubSpec};
+use crate::subs::{Held, HoldKind, Msg, Registry, Sub, SubSpec};
 use crate::upstream::Upstream;
 
 pub use crate::codec::wshandshake::check_handshake;
@@ -199,8 +199,8 @@ pub async fn handle(
 /// A WebSocket's subscription. On a `debug` route a filter error closes
 /// the connection 1011 with its reason (as streams and long-polls report
 /// it there); elsewhere the message is dropped for this client alone.
-fn ws_sub<'a>(shard: &'a Shard, route: &Route, channels: Vec<String>) -> Held<'a> {
-    let sub = shard.subs.subscribe(SubSpec {
+fn ws_sub<'a>(subs: &'a Registry, route: &Route, channels: Vec<String>) -> Held<'a> {
+    let sub = subs.subscribe(SubSpec {
         kind: HoldKind::Ws,
         chunked: false,
         channels,

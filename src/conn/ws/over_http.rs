@@ -70,7 +70,7 @@ impl Session<'_> {
             wsevents::encode(&mut body, e);
         }
         // Events requests are signed whatever the route's `no_grip`.
-        let token = grip_key(self.shard, self.route).map(|k| self.shard.signer.token(&k));
+        let token = grip_key(&self.shard.signer, self.route).map(|k| self.shard.signer.token(&k));
         let peer_ip = peer.ip().to_string();
         let mut delay = Duration::from_millis(100);
         for attempt in 0..POST_ATTEMPTS {
@@ -361,7 +361,7 @@ pub(super) async fn over_http(
     {
         return outcome(101, 0, &s.target);
     }
-    let sub = ws_sub(shard, route, route.implicit_channels(&s.target));
+    let sub = ws_sub(&shard.subs, route, route.implicit_channels(&s.target));
     let _live = LiveSession::mark(shard, s.connection_id.clone(), &sub);
     session_loop(&mut s, c, &sub, events).await
 }

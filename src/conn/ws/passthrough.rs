@@ -37,7 +37,7 @@ fn upgrade_request(
     let (peer, tls) = (&c.peer, c.conn.is_tls());
     let token = route
         .grip()
-        .then(|| grip_key(shard, route))
+        .then(|| grip_key(&shard.signer, route))
         .flatten()
         .map(|k| shard.signer.token(&k));
     let mut out = Vec::with_capacity(512);
@@ -122,7 +122,7 @@ pub(super) async fn passthrough(
     }
     up.conn.set_read_timeout(None);
     let prefix = route.prefix.clone().unwrap_or_default();
-    let sub = ws_sub(shard, route, route.implicit_channels(&backend.addr));
+    let sub = ws_sub(&shard.subs, route, route.implicit_channels(&backend.addr));
     let _target = route
         .grip()
         .then(|| crate::targets::Registered::new(&shard.held, cid, &sub));

@@ -186,7 +186,7 @@ pub(super) async fn test_target(
     }
     let channel = crate::testtarget::channel(head);
     let prefix = route.prefix.clone().unwrap_or_default();
-    let sub = ws_sub(shard, route, vec![format!("{prefix}{channel}")]);
+    let sub = ws_sub(&shard.subs, route, vec![format!("{prefix}{channel}")]);
     // Resume (issue 18): what the client missed after the id it names is
     // queued from history before anything live, exactly once.
     let query_id = crate::testtarget::query_param(head.query(), "last-event-id");
