@@ -663,6 +663,11 @@ fn a_prev_id_gap_refetches_from_the_last_id_delivered_and_repeats_nothing() {
     }
     watch_until(8);
     call("POST", "/release");
+    // The answer (2..=8, prev-id 8) before 9 is stored, so that it
+    // follows on rather than being the answer's.
+    let through8: String = (1..=8).map(|i| format!("{i}\n")).collect();
+    seen.push_str(&s.read_text(through8.len() - seen.len()));
+    assert_eq!(seen, through8, "the link's answer fills the gap");
     assert_eq!(add(true), 9);
     let expect: String = (1..=9).map(|i| format!("{i}\n")).collect();
     seen.push_str(&s.read_text(expect.len() - seen.len()));
