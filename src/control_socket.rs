@@ -214,15 +214,9 @@ impl ControlPlane {
                     }
                 }
             }
-            Some("conncheck") => match v.get("ids").and_then(Value::as_array) {
-                Some(ids) => {
-                    let ids = ids
-                        .iter()
-                        .filter_map(|i| i.as_str().map(String::from))
-                        .collect();
-                    json!({"ok": true, "ids": self.conncheck(ids)})
-                }
-                None => fail("conncheck needs \"ids\": [..]".into()),
+            Some("conncheck") => match conncheck_ids(&v) {
+                Ok(ids) => json!({"ok": true, "ids": self.conncheck(ids)}),
+                Err(e) => fail(e),
             },
             Some("channels") => match channels_query(&v) {
                 Ok(q) => {
@@ -234,7 +228,8 @@ impl ControlPlane {
             },
             Some("connection") => self.connection(&v),
             Some(m) => fail(format!(
-                "unknown method '{m}' (publish, stats, reload, conncheck, recover, channels, connection)"
+                "unknown method '{}' (publish, stats, reload, conncheck, recover, channels, connection)",
+                m.escape_debug()
             )),
             None => fail("missing \"method\"".into()),
         }
@@ -283,6 +278,23 @@ pub fn target_error(id: &str, a: &Applied) -> String {
             id.escape_debug()
         ),
         _ => no_connection(id),
+    }
+}
+
+/// The `conncheck` request's `ids`: a list of Connection-Ids (strings);
+/// anything else in it is refused rather than skipped.
+fn conncheck_ids(v: &Value) -> Result<Vec<String>, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Conncheck {
+        #[serde(rename = "method")]
+        _method: IgnoredAny,
+        ids: Option<json::StrList>,
+    }
+    match json::from_value::<Conncheck>(v) {
+        Ok(Conncheck { ids: Some(l), .. }) => Ok(l.0),
+        Ok(_) => Err("conncheck needs \"ids\": [..]".into()),
+        Err(e) => Err(format!("conncheck: {}", e.explain("", "", ""))),
     }
 }
 

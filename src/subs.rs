@@ -148,6 +148,23 @@ pub struct ChanState {
     pub prev_id: Option<String>,
 }
 
+/// At most this many items wait per channel while a stream's next link
+/// is fetched (Pushpin's publish queue limit); more are dropped, and the
+/// gap they leave is re-fetched in turn.
+const REFETCH_HELD_MAX: usize = 100;
+
+/// Holds back `list` when `sub` is re-fetching `channel` through its next
+/// link (see `Sub::refetching`); true when it did.
+fn hold_back(sub: &Sub, channel: &str, list: &[&Arc<Encoded>]) -> bool {
+    let mut r = sub.refetching.borrow_mut();
+    let Some((_, held)) = r.iter_mut().find(|(c, _)| c == channel) else {
+        return false;
+    };
+    let room = REFETCH_HELD_MAX.saturating_sub(held.len());
+    held.extend(list.iter().take(room).map(|e| Arc::clone(e)));
+    true
+}
+
 /// A subscriber's channels as the filters see them.
 struct Chans<'a>(&'a [ChanState]);
 
@@ -207,6 +224,11 @@ pub struct Sub {
     held_body: RefCell<Bytes>,
     /// Last id delivered per channel (sent back as `Grip-Last`).
     last_ids: RefCell<Vec<(String, String)>>,
+    /// A stream's channels whose next link is being fetched, each with
+    /// the items published to it meanwhile (at most `REFETCH_HELD_MAX`):
+    /// none goes out before the link's answer, which then drops those
+    /// that do not follow its prev-id (Pushpin's queue while updating).
+    refetching: RefCell<Vec<(String, Vec<Arc<Encoded>>)>>,
     /// On a `debug` route: a filter error ends the connection with its
     /// reason (Pushpin) rather than dropping the message quietly.
     debug: Cell<bool>,
@@ -607,6 +629,7 @@ impl Registry {
             chans: RefCell::new(Vec::new()),
             held_body: RefCell::new(Bytes::new()),
             last_ids: RefCell::new(Vec::new()),
+            refetching: RefCell::new(Vec::new()),
             debug: Cell::new(false),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -1130,6 +1153,9 @@ impl Registry {
         list: &[&Arc<Encoded>],
         logged: &mut bool,
     ) {
+        if sub.kind == HoldKind::Stream && hold_back(sub, channel, list) {
+            return;
+        }
         let mut pieces: Vec<Piece> = Vec::with_capacity(list.len());
         let mut gap = false;
         let mut taken = 0;
@@ -1142,12 +1168,10 @@ impl Registry {
                 let mut chans = sub.chans.borrow_mut();
                 if let Some(c) = chans.iter_mut().find(|c| c.channel == channel) {
                     if c.prev_id.is_some() && e.item.prev_id != c.prev_id {
-                        // A long-poll keeps its prev-id for the retry's
-                        // `Grip-Last` (it ends here anyway); a stream
-                        // stops following until its next link answers.
-                        if sub.kind == HoldKind::Stream {
-                            c.prev_id = None;
-                        }
+                        // The prev-id stays the last id that followed on:
+                        // it is the retry's or the next link's
+                        // `Grip-Last` (Pushpin). A stream holds back this
+                        // item and what follows until the link answers.
                         gap = true;
                         break;
                     }
@@ -1198,7 +1222,30 @@ impl Registry {
         }
         self.hand_pieces(sub, channel, &pieces, &list[..taken]);
         if gap {
+            if sub.kind == HoldKind::Stream {
+                let held = list[taken..].iter().take(REFETCH_HELD_MAX);
+                let held = held.map(|e| Arc::clone(e)).collect();
+                sub.refetching
+                    .borrow_mut()
+                    .push((channel.to_string(), held));
+            }
             sub.push(Msg::Refetch, self.limits, &self.stats);
+        }
+    }
+
+    /// Marks a stream's channels that follow ids (`prev-id`) as being
+    /// re-fetched through its next link (a gap, a timer, a `recover`):
+    /// what is published to them meanwhile waits for the link's answer
+    /// (`set_chans`), as in Pushpin, since the answer may repeat it.
+    pub fn refetching(&self, sub: &Sub) {
+        if sub.kind != HoldKind::Stream {
+            return;
+        }
+        let mut r = sub.refetching.borrow_mut();
+        for c in sub.chans.borrow().iter() {
+            if c.prev_id.is_some() && !r.iter().any(|(ch, _)| *ch == c.channel) {
+                r.push((c.channel.clone(), Vec::new()));
+            }
         }
     }
 
@@ -1369,11 +1416,37 @@ impl Registry {
     /// Sets a subscriber's per-channel filters and prev-ids (kept empty
     /// when no channel has a filter or, on an HTTP subscriber, a prev-id,
     /// so its deliveries stay shared).
-    pub fn set_chans(&self, sub: &Sub, chans: Vec<ChanState>) {
+    pub fn set_chans(&self, sub: &Rc<Sub>, chans: Vec<ChanState>) {
         let any = chans
             .iter()
             .any(|c| !c.filters.is_empty() || (sub.kind != HoldKind::Ws && c.prev_id.is_some()));
         *sub.chans.borrow_mut() = if any { chans } else { Vec::new() };
+        // A next link answered: what was published while it was fetched
+        // goes out now, less the items at the front that do not follow
+        // the new prev-id (the answer carried them: Pushpin drops them).
+        let held = std::mem::take(&mut *sub.refetching.borrow_mut());
+        for (channel, items) in held {
+            if !sub.channels.borrow().contains(&channel) {
+                continue;
+            }
+            let prev = sub
+                .chans
+                .borrow()
+                .iter()
+                .find(|c| c.channel == channel)
+                .and_then(|c| c.prev_id.clone());
+            let start = match &prev {
+                Some(p) => items
+                    .iter()
+                    .position(|e| e.item.prev_id.as_ref() == Some(p))
+                    .unwrap_or(items.len()),
+                None => 0,
+            };
+            let rest: Vec<&Arc<Encoded>> = items[start..].iter().collect();
+            if !rest.is_empty() {
+                self.hand_filtered(sub, &channel, &rest, &mut false);
+            }
+        }
     }
 
     /// Ends every held stream (at shutdown); long-polls get their timeout
@@ -1928,6 +2001,32 @@ mod tests {
             follower.last_ids().as_slice(),
             [("c".to_string(), "2".to_string())]
         );
+        // The prev-id stays the last that followed on (the `Grip-Last`),
+        // and what is published before the link answers waits for it.
+        assert_eq!(follower.chans()[0].prev_id.as_deref(), Some("2"));
+        reg.bus
+            .publish(vec![with("5", "4", "five"), with("6", "5", "six")], None);
+        drain(&reg, &inbox);
+        assert!(messages(&follower).is_empty(), "held while re-fetching");
+        assert_eq!(follower.chans()[0].prev_id.as_deref(), Some("2"));
+        // The link answered up to 4 (3 and 4 in its body): of what
+        // waited, "four" is dropped, "five" and "six" follow on.
+        reg.set_chans(&follower, vec![chan(Some("4"), Filters::default())]);
+        assert_eq!(messages(&follower), ["data fivesix"]);
+        reg.bus.publish(vec![with("7", "6", "seven")], None);
+        drain(&reg, &inbox);
+        assert_eq!(messages(&follower), ["data seven"]);
+        // An answer with nothing new (prev-id 7): nothing that waited
+        // follows on, so it is dropped, and the next item is a gap again.
+        reg.bus
+            .publish(vec![with("9", "8", "nine"), with("10", "9", "ten")], None);
+        drain(&reg, &inbox);
+        assert_eq!(messages(&follower), ["refetch"]);
+        reg.set_chans(&follower, vec![chan(Some("7"), Filters::default())]);
+        assert!(messages(&follower).is_empty());
+        reg.bus.publish(vec![with("11", "10", "eleven")], None);
+        drain(&reg, &inbox);
+        assert_eq!(messages(&follower), ["refetch"]);
     }
 
     #[test]

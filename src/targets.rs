@@ -18,9 +18,12 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::bus::Encoded;
+use crate::codec::json::{self, Check, Checked, Str};
 use crate::codec::publish::Action;
 use crate::subs::{HoldKind, Msg, Registry, Sub};
 
@@ -119,63 +122,54 @@ fn msgs_for(sub: &Sub, e: &Arc<Encoded>) -> Option<Vec<Msg>> {
     })
 }
 
-/// The formats a request may carry, as a publish item names them.
-const FORMATS: [&str; 3] = ["ws-message", "http-stream", "http-response"];
-
 /// The `connection` request: `id` (a Connection-Id) and either one or
 /// more formats (`ws-message`, `http-stream`, `http-response`, as in a
 /// publish item) or `"action": "close"` (with an optional `"code"`, 1000
 /// by default); any other member refused by name.
 pub fn request(v: &Value) -> Result<(String, Target), String> {
-    let Some(obj) = v.as_object() else {
+    if !v.is_object() {
         return Err("a request is a JSON object".into());
-    };
-    if let Some(k) = obj.keys().find(|k| {
-        !matches!(k.as_str(), "method" | "id" | "action" | "code") && !FORMATS.contains(&k.as_str())
-    }) {
-        return Err(format!(
-            "connection: unknown member '{k}' (id, ws-message, http-stream, http-response, action, code)"
-        ));
     }
-    let id = match obj.get("id") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID => s.clone(),
-        _ => {
-            return Err(format!(
-                "connection: \"id\" must be a Connection-Id (1 to {MAX_ID} bytes)"
-            ))
-        }
+    let bad_id = || format!("connection: \"id\" must be a Connection-Id (1 to {MAX_ID} bytes)");
+    let r: Request = json::from_value(v).map_err(|e| match e.unknown_field() {
+        Some(("", k)) => format!(
+            "connection: unknown member '{}' (id, ws-message, http-stream, http-response, action, code)",
+            k.escape_debug()
+        ),
+        _ if matches!(&e, json::Refusal::Data { path, .. } if path == "id") => bad_id(),
+        _ => format!("connection: {}", e.explain("", "", "")),
+    })?;
+    let id = match r.id {
+        Some(s) if !s.0.is_empty() && s.0.len() <= MAX_ID => s.into_string(),
+        _ => return Err(bad_id()),
     };
-    let formats: Vec<&str> = FORMATS
-        .iter()
-        .copied()
-        .filter(|f| obj.contains_key(*f))
-        .collect();
-    let target = match (formats.is_empty(), obj.get("action")) {
-        (false, None) => {
-            if obj.contains_key("code") {
+    let formats = [
+        ("ws-message", r.ws_message),
+        ("http-stream", r.http_stream),
+        ("http-response", r.http_response),
+    ];
+    let given = formats.iter().any(|(_, f)| f.is_some());
+    let target = match (given, r.action) {
+        (true, None) => {
+            if r.code.is_some() {
                 return Err("connection: \"code\" goes with \"action\": \"close\"".into());
             }
-            Target::Item(Arc::new(Encoded::new(item(obj, &formats)?)))
+            Target::Item(Arc::new(Encoded::new(item(&formats)?)))
         }
-        (true, Some(a)) if a == "close" => match obj.get("code") {
-            None => Target::Close(1000),
-            Some(c) => match c.as_u64() {
-                Some(c @ (1000 | 1001 | 1008 | 1011 | 3000..=4999)) => Target::Close(c as u16),
-                _ => {
-                    return Err(format!(
-                        "connection: close code {c} not allowed (1000, 1001, 1008, 1011, 3000-4999)"
-                    ))
-                }
-            },
-        },
-        (true, Some(a)) => return Err(format!("connection: unknown action {a} (close)")),
-        (false, Some(_)) => {
+        (false, Some(a)) if a.0 == "close" => Target::Close(r.code.map_or(1000, |c| c.0)),
+        (false, Some(a)) => {
+            return Err(format!(
+                "connection: unknown action \"{}\" (close)",
+                a.0.escape_debug()
+            ))
+        }
+        (true, Some(_)) => {
             return Err(
                 "connection: give formats (ws-message, http-stream, http-response) or \"action\", not both"
                     .into(),
             )
         }
-        (true, None) => {
+        (false, None) => {
             return Err(
                 "connection: needs a format (ws-message, http-stream, http-response) or \"action\": \"close\""
                     .into(),
@@ -185,17 +179,50 @@ pub fn request(v: &Value) -> Result<(String, Target), String> {
     Ok((id, target))
 }
 
+/// A `connection` request's members (`method` is the control socket's);
+/// the formats stay JSON for the publish parser (`item`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct Request<'a> {
+    #[serde(default, rename = "method")]
+    _method: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    action: Option<Str<'a>>,
+    #[serde(default)]
+    code: Option<Checked<u16, CloseCode>>,
+    #[serde(default, rename = "ws-message")]
+    ws_message: Option<Value>,
+    #[serde(default, rename = "http-stream")]
+    http_stream: Option<Value>,
+    #[serde(default, rename = "http-response")]
+    http_response: Option<Value>,
+}
+
+/// The close codes a `connection` close may send.
+enum CloseCode {}
+
+impl Check for CloseCode {
+    type Out = u16;
+    fn check(n: Result<u64, String>) -> Result<u16, String> {
+        match n {
+            Ok(c @ (1000 | 1001 | 1008 | 1011 | 3000..=4999)) => Ok(c as u16),
+            Ok(c) => Err(c.to_string()),
+            Err(text) => Err(text),
+        }
+        .map_err(|c| format!("close code {c} not allowed (1000, 1001, 1008, 1011, 3000-4999)"))
+    }
+}
+
 /// The formats parsed as one publish item's (every check a published
 /// item gets), errors named from `connection` rather than `items[0]`.
-fn item(
-    obj: &serde_json::Map<String, Value>,
-    formats: &[&str],
-) -> Result<crate::codec::publish::Item, String> {
+fn item(formats: &[(&str, Option<Value>)]) -> Result<crate::codec::publish::Item, String> {
     let mut one = serde_json::Map::new();
     one.insert("channel".into(), Value::from("-"));
-    for f in formats {
-        if let Some(v) = obj.get(*f) {
-            one.insert((*f).to_string(), v.clone());
+    for (name, v) in formats {
+        if let Some(v) = v {
+            one.insert((*name).to_string(), v.clone());
         }
     }
     let body = serde_json::json!({ "items": [one] }).to_string();

@@ -65,6 +65,7 @@ fn control_socket_answers_and_survives_bad_lines() {
             r#"{"method":"publish","items":[{"channel":"sock","formats":{"http-stream":{"content":"via socket\n"}}}]}"#,
             r#"{"method":"conncheck","ids":["nope"]}"#,
             r#"{"method":"stats"}"#,
+            r#"{"method":"conncheck","ids":["a",7]}"#,
         ],
     );
     assert_eq!(answers[0]["ok"], false);
@@ -83,6 +84,12 @@ fn control_socket_answers_and_survives_bad_lines() {
     assert_eq!(answers[3], serde_json::json!({"ok": true, "published": 1}));
     assert_eq!(answers[4], serde_json::json!({"ok": true, "ids": []}));
     assert_eq!(answers[5]["ok"], true);
+    // An id that is not a string is refused, not skipped.
+    assert_eq!(answers[6]["ok"], false);
+    assert!(answers[6]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("conncheck: ids: must be a list of strings"));
     assert_eq!(s.read_text(11), "via socket\n");
     wait_until("stats see the stream", || {
         ask(&path, &[r#"{"method":"stats"}"#])[0]["streams"] == 1

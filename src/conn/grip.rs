@@ -570,6 +570,9 @@ async fn hold_stream(
                 let Some(link) = instruct.next.clone() else {
                     continue;
                 };
+                // What is published while the link is fetched waits for
+                // its answer (Pushpin), which may repeat it.
+                shard.subs.refetching(sub);
                 match fetch_link(shard, ctx, sub, &link.url).await {
                     Fetched::Error(why) => {
                         return stream_failed(shard, c, ctx, code, bytes, &why).await
