@@ -26,7 +26,7 @@
 //! same port after a restart).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 
 use corepin::codec::http1::{parse_request, BodyKind, HeadLimits, RequestHead};
@@ -243,21 +243,7 @@ pub fn run(args: &[String]) {
             let Some(c) = conns.get_mut(&token) else {
                 continue;
             };
-            let mut keep = true;
-            loop {
-                match c.s.read(&mut buf) {
-                    Ok(0) => {
-                        keep = false;
-                        break;
-                    }
-                    Ok(k) => c.buf.extend_from_slice(&buf[..k]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        keep = false;
-                        break;
-                    }
-                }
-            }
+            let mut keep = crate::net::read_available(&mut c.s, &mut buf, &mut c.buf);
             let mut out = Vec::new();
             if keep {
                 keep = serve(c, &mut out, longpoll_timeout, &mut holds);

@@ -2,7 +2,7 @@
 //! host, connects spread over loopback source addresses, and readiness
 //! polling for many sockets.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd};
@@ -48,6 +48,19 @@ pub fn connect_from(i: usize, to: SocketAddr) -> std::io::Result<TcpStream> {
     s.bind(&SocketAddr::from((source_addr(i), 0)).into())?;
     s.connect(&to.into())?;
     Ok(s.into())
+}
+
+/// Reads what a non-blocking socket has now into `into` (through
+/// `scratch`); false when the peer closed or the read failed.
+pub fn read_available(s: &mut TcpStream, scratch: &mut [u8], into: &mut Vec<u8>) -> bool {
+    loop {
+        match s.read(scratch) {
+            Ok(0) => return false,
+            Ok(k) => into.extend_from_slice(&scratch[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Writes all of `bytes` to a socket that is otherwise used non-blocking.

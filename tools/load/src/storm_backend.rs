@@ -23,7 +23,7 @@
 //! One thread, level-triggered epoll. The port is printed on stdout.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 
 use corepin::codec::http1::{parse_request, BodyKind, HeadLimits, RequestHead};
@@ -302,21 +302,7 @@ pub fn run(args: &[String]) {
             let Some(c) = conns.get_mut(&token) else {
                 continue;
             };
-            let mut keep = true;
-            loop {
-                match c.s.read(&mut buf) {
-                    Ok(0) => {
-                        keep = false;
-                        break;
-                    }
-                    Ok(k) => c.buf.extend_from_slice(&buf[..k]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        keep = false;
-                        break;
-                    }
-                }
-            }
+            let mut keep = crate::net::read_available(&mut c.s, &mut buf, &mut c.buf);
             let mut out = Vec::new();
             let serve_keep = serve(&mut b, c, &mut out);
             if !out.is_empty() && crate::net::write_all(&mut c.s, &out).is_err() {
