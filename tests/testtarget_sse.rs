@@ -10,8 +10,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -92,8 +91,6 @@ fn chromium_eventsource_on_the_test_target_resumes_after_a_reset() {
         "/page.html?total={total}&src=%2Fstream%3Fchannel%3Dfeed"
     ));
     let mut browser = start_chromium(&url, dir.path());
-    let chromium_said =
-        || std::fs::read_to_string(dir.path().join("chromium.log")).unwrap_or_default();
     wait_until("the page's stream to be held", || {
         subscriptions_at(cp.control_addr()) == 1
     });
@@ -117,35 +114,8 @@ fn chromium_eventsource_on_the_test_target_resumes_after_a_reset() {
         metric(&cp, "corepin_history_replays_total") == 1
     });
     publish_events(&cp, 9..=total);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let text = loop {
-        if let Ok(t) = std::fs::read_to_string(&report) {
-            break Some(t);
-        }
-        if Instant::now() > deadline || browser.try_wait().ok().flatten().is_some() {
-            break None;
-        }
-        thread::sleep(POLL);
-    };
-    kill_browser(&mut browser);
-    let text = text.unwrap_or_else(|| {
-        panic!(
-            "no report from the page; chromium said:\n{}",
-            chromium_said()
-        )
-    });
-    let r: serde_json::Value = serde_json::from_str(&text).expect("report JSON");
-    let seen: Vec<(String, String)> = r["seen"]
-        .as_array()
-        .expect("seen")
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap_or("").to_string(),
-                e["data"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let r = page_report(&mut browser, &report, dir.path(), Duration::from_secs(120));
+    let seen = seen_events(&r);
     let want: Vec<(String, String)> = (1..=total)
         .map(|n| (n.to_string(), format!("m{n}")))
         .collect();

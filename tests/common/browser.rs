@@ -3,6 +3,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Starts headless Chromium on `url`, with its profile under `dir` and its
 /// log in `dir/chromium.log`, in a process group of its own so that
@@ -38,4 +39,48 @@ pub fn kill_browser(browser: &mut Child) {
         libc::kill(-(browser.id() as i32), libc::SIGKILL);
     }
     let _ = browser.wait();
+}
+
+/// Waits for the report a test page writes to `report` (within `limit`,
+/// which only turns a hang into a failure), then kills the browser; with
+/// no report, panics with what Chromium logged under `dir`.
+pub fn page_report(
+    browser: &mut Child,
+    report: &Path,
+    dir: &Path,
+    limit: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(report) {
+            break Some(t);
+        }
+        if Instant::now() > deadline || browser.try_wait().ok().flatten().is_some() {
+            break None;
+        }
+        std::thread::sleep(super::POLL);
+    };
+    kill_browser(browser);
+    let text = text.unwrap_or_else(|| {
+        panic!(
+            "no report from the page; chromium said:\n{}",
+            std::fs::read_to_string(dir.join("chromium.log")).unwrap_or_default()
+        )
+    });
+    serde_json::from_str(&text).expect("report JSON")
+}
+
+/// An EventSource page's report's `seen` list: (id, data) per event.
+pub fn seen_events(r: &serde_json::Value) -> Vec<(String, String)> {
+    r["seen"]
+        .as_array()
+        .expect("seen")
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap_or("").to_string(),
+                e["data"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
 }
