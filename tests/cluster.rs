@@ -284,6 +284,9 @@ impl Drop for Broker {
 struct Haproxy {
     port: u16,
     child: Child,
+    /// HAProxy's stderr: in the foreground it reports there every server
+    /// it marks up or down, and why.
+    log: PathBuf,
 }
 
 impl Haproxy {
@@ -303,21 +306,27 @@ impl Haproxy {
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let log = dir.join("haproxy.log");
         let child = Command::new(program("haproxy"))
             .args(["-db", "-f"])
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("haproxy.log"))
             .spawn()
             .expect("start haproxy (tests/run.sh installs it)");
-        let h = Haproxy { port, child };
+        let h = Haproxy { port, child, log };
         wait_until("haproxy to listen", || accepts(port));
         h
     }
 
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// What HAProxy has said so far (server state changes included).
+    fn said(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -715,7 +724,9 @@ fn suite(kind: Kind) {
     while nodes[1].subscriptions() == 0 || subs.len() < 3 {
         assert!(
             Instant::now() < deadline,
-            "no subscriber reached the restarted node"
+            "no subscriber reached the restarted node; subscriptions per node {:?}; haproxy said:\n{}",
+            nodes.iter().map(Node::subscriptions).collect::<Vec<_>>(),
+            lb.said()
         );
         subs.push(Sub::open(lb.addr()));
         wait_until("the new subscriber to register", || {
