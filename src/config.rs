@@ -415,6 +415,10 @@ pub enum TlsCerts {
     Pair { cert: PathBuf, key: PathBuf },
     /// `certs_dir`: Pushpin's layout, chosen by SNI (see `tls::names`).
     Dir(PathBuf),
+    /// A directory as `Dir` whose default certificate is the file pair
+    /// `DEFAULT.crt` + `DEFAULT.key`: Pushpin's runner names a TLS port's
+    /// default `default_PORT` (`pushpin_conf`).
+    DirWithDefault { dir: PathBuf, default: String },
 }
 
 /// Why `ktls = true` is refused (see `tls`'s module doc for the findings).
@@ -883,7 +887,11 @@ impl Config {
                 .map(|a| parse_addr("--listen", a))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        if listen.is_empty() {
+        // A TLS listener alone is enough (Pushpin's https_ports without an
+        // http_port).
+        let tls_listens =
+            !ov.listen_tls.is_empty() || f.listen_tls.as_ref().is_some_and(|l| !l.is_empty());
+        if listen.is_empty() && !tls_listens {
             return fail("listen", "at least one address is needed");
         }
         let control_http = match &ov.control_http {
@@ -1645,6 +1653,19 @@ mod tests {
             Config::from_toml("[tls]\ncert = \"a\"\nkey = \"b\"", "t.toml", &flags).expect("valid");
         assert_eq!(c.listen_tls.len(), 2);
         assert_eq!(c.tls, Some(TlsCerts::Dir("d".into())));
+        // TLS listeners alone are enough; no listener at all is not.
+        let c = Config::from_toml(
+            "listen = []\nlisten_tls = [\"127.0.0.1:0\"]\n[tls]\ncerts_dir = \"c\"",
+            "t.toml",
+            &ov,
+        )
+        .expect("TLS only");
+        assert!(c.listen.is_empty() && c.listen_tls.len() == 1);
+        let e = Config::from_toml("listen = []", "t.toml", &ov).expect_err("none");
+        assert!(
+            e.0.contains("listen: at least one address is needed"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! Pushpin reads it (Qt's INI format; `[global] include`; `{libdir}`,
 //! `{rundir}` and `{ipc_prefix}` in values; `port_offset` added to the
 //! publish port and to `tcp://` specs; `routesfile` and `sig_key=file:`
-//! relative to the file's folder), turned into corepin's settings. What
+//! relative to the file's folder), turned into corepin's settings
+//! (`https_ports` served with the certificates of `runner/certs` beside
+//! the file, as Pushpin's runner hands them to its connection manager;
+//! see `pushpin_certs`). What
 //! corepin cannot do yet is collected and reported in one warning line;
 //! the settings that only wire Pushpin's own processes together are
 //! recognised and need nothing.
@@ -232,7 +235,6 @@ fn kind(key: &str) -> Option<Unmapped> {
         // handler, inside Pushpin.
         "proxy/stats_report_interval" => Some(Unmapped::Internal),
         "proxy/stats_connections_max_ttl" => u(Some("60"), STATS),
-        "runner/https_ports" => u(Some(""), "TLS listeners are not built yet"),
         "runner/local_ports" => u(Some(""), "Unix-socket listeners are not supported"),
         "runner/logdir" => u(None, "corepin logs to stdout and stderr"),
         "runner/allow_compression" => u(Some("false"), "corepin does not compress"),
@@ -309,6 +311,84 @@ fn listen_addr(s: &str) -> Result<String, String> {
     } else {
         format!("{host}:{p}")
     })
+}
+
+/// The certificates Pushpin's runner serves on `https_ports`: the
+/// directory `runner/certs` beside pushpin.conf, holding `HOST.crt` +
+/// `HOST.key` (`_.DOMAIN` for a wildcard), chosen by the client's SNI
+/// name, and for each port `default_PORT.crt` + `.key` for clients whose
+/// name matches none (the port as written; without one the handshake
+/// fails, as in Pushpin). corepin serves one default on every TLS port:
+/// several ports' defaults must be the same files' contents. Notes for
+/// the start-up warning go to `notes`. `Ok`: the directory and the stem
+/// of its default pair, if any.
+fn pushpin_certs(
+    conf_dir: &Path,
+    listen_tls: &[String],
+    notes: &mut Vec<String>,
+) -> Result<(PathBuf, Option<String>), String> {
+    let rel = conf_dir.join("runner").join("certs");
+    let dir = std::path::absolute(&rel).unwrap_or(rel);
+    if let Err(e) = std::fs::read_dir(&dir) {
+        return Err(format!(
+            "the certificates directory {} (Pushpin's runner/certs beside pushpin.conf) cannot be read: {e}",
+            dir.display()
+        ));
+    }
+    let mut ports: Vec<u16> = Vec::new();
+    for a in listen_tls {
+        let port = a
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let stems: Vec<String> = ports.iter().map(|p| format!("default_{p}")).collect();
+    let present: Vec<&String> = stems
+        .iter()
+        .filter(|s| dir.join(format!("{s}.crt")).exists())
+        .collect();
+    let Some(first) = present.first() else {
+        if dir.join("default.crt").exists() {
+            notes.push(format!(
+                "{}/default.crt is served as the default certificate (corepin's name for it; Pushpin's is default_PORT.crt, and it would send default.crt only to clients asking for the name 'default')",
+                dir.display()
+            ));
+        }
+        return Ok((dir, None));
+    };
+    let contents = |stem: &str| -> Result<(Vec<u8>, Vec<u8>), String> {
+        let read = |ext: &str| {
+            let p = dir.join(format!("{stem}.{ext}"));
+            std::fs::read(&p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
+        };
+        Ok((read("crt")?, read("key")?))
+    };
+    if present.len() > 1 {
+        let want = contents(first)?;
+        for other in &present[1..] {
+            if contents(other)? != want {
+                return Err(format!(
+                    "{first}.crt and {other}.crt (with their keys) differ: corepin serves one default certificate on every TLS port"
+                ));
+            }
+        }
+    }
+    if present.len() < stems.len() {
+        let missing: Vec<&str> = stems
+            .iter()
+            .filter(|s| !present.contains(s))
+            .map(|s| s.as_str())
+            .collect();
+        notes.push(format!(
+            "{first}.crt is the default certificate on every TLS port, also where Pushpin would have none ({} missing)",
+            missing.join(", ")
+        ));
+    }
+    let default = first.to_string();
+    Ok((dir, Some(default)))
 }
 
 /// Adds `offset` to the port of every `tcp://HOST:PORT` in `s`, as
@@ -434,13 +514,48 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
         .iter()
         .map(|p| listen_addr(p).map_err(|e| bad("runner/http_port", e)))
         .collect::<Result<Vec<_>, _>>()?;
-    if listen.is_empty() && ov.listen.is_empty() {
+    // TLS clients, as Pushpin's runner serves `https_ports`.
+    mapped.push("runner/https_ports");
+    let https = get("runner/https_ports")
+        .map(|v| v.list())
+        .unwrap_or_default();
+    let listen_tls = https
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| listen_addr(p).map_err(|e| bad("runner/https_ports", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if listen.is_empty()
+        && ov.listen.is_empty()
+        && listen_tls.is_empty()
+        && ov.listen_tls.is_empty()
+    {
         return Err(bad(
             "runner/http_port",
-            "no port to listen on (https_ports and local_ports are not supported)".into(),
+            "no port to listen on (neither http_port nor https_ports is set; local_ports is not supported)".into(),
         ));
     }
     t.insert("listen".into(), listen.into());
+    // Pushpin's certificates live in `runner/certs` beside pushpin.conf
+    // (no setting names it); certificate flags on the command line win.
+    let mut notes: Vec<String> = Vec::new();
+    let cert_flags = ov.tls_cert.is_some() || ov.tls_key.is_some() || ov.tls_certs_dir.is_some();
+    let pushpin_certs = if listen_tls.is_empty() || cert_flags {
+        None
+    } else {
+        let (certs_dir, default) = pushpin_certs(&dir, &listen_tls, &mut notes)
+            .map_err(|e| bad("runner/https_ports", e))?;
+        let mut tls = toml::Table::new();
+        tls.insert("certs_dir".into(), certs_dir.display().to_string().into());
+        t.insert("tls".into(), toml::Value::Table(tls));
+        Some(match default {
+            Some(default) => crate::config::TlsCerts::DirWithDefault {
+                dir: certs_dir,
+                default,
+            },
+            None => crate::config::TlsCerts::Dir(certs_dir),
+        })
+    };
+    t.insert("listen_tls".into(), listen_tls.into());
     mapped.push("runner/client_buffer_size");
     if let Some(n) = number("runner/client_buffer_size")? {
         limits.insert("max_head_bytes".into(), n.into());
@@ -736,16 +851,22 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     }
     let origin_routes = format!("{origin} (as corepin settings)");
     let mut config = Config::from_table(t, &origin_routes, ov)?;
+    if pushpin_certs.is_some() {
+        config.tls = pushpin_certs;
+    }
     if let Some(k) = sig_key {
         config.grip.public_default_key = k == crate::config::DEFAULT_SIG_KEY.as_bytes();
         config.grip.sig_key = Some(k);
     }
-    let warning = (!unsupported.is_empty()).then(|| {
-        format!(
-            "{origin}: settings corepin does not support yet, ignored: {}",
+    let mut parts = Vec::new();
+    if !unsupported.is_empty() {
+        parts.push(format!(
+            "settings corepin does not support yet, ignored: {}",
             unsupported.join("; ")
-        )
-    });
+        ));
+    }
+    parts.extend(notes);
+    let warning = (!parts.is_empty()).then(|| format!("{origin}: {}", parts.join("; ")));
     Ok(PushpinConf { config, warning })
 }
 
@@ -953,6 +1074,118 @@ a=second
             let e = load(&d.join("p.conf"), &Overrides::default()).expect_err(body);
             assert!(e.0.contains(needle), "{body:?}: {e}");
             assert!(!e.0.contains('\n'), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A pushpin.conf with `runner` lines and a routes file in `d`.
+    fn conf_with(d: &Path, runner: &str) -> PathBuf {
+        std::fs::write(d.join("routes"), "* test\n").expect("routes");
+        let p = d.join("pushpin.conf");
+        std::fs::write(
+            &p,
+            format!("[runner]\n{runner}\n[proxy]\nroutesfile=routes\n"),
+        )
+        .expect("conf");
+        p
+    }
+
+    /// `runner/certs` beside the conf, with `stem.crt` + `stem.key` for
+    /// each stem (contents as given: `load` only looks at the layout; the
+    /// certificates themselves are checked by `tls`).
+    fn certs_dir(d: &Path, pairs: &[(&str, &str)]) -> PathBuf {
+        let c = d.join("runner/certs");
+        std::fs::create_dir_all(&c).expect("certs dir");
+        for (stem, content) in pairs {
+            std::fs::write(c.join(format!("{stem}.crt")), content).expect("crt");
+            std::fs::write(c.join(format!("{stem}.key")), content).expect("key");
+        }
+        std::path::absolute(&c).expect("absolute")
+    }
+
+    #[test]
+    fn https_ports_serve_runner_certs_with_the_ports_default() {
+        use crate::config::TlsCerts;
+        let d = dir("https");
+        let certs = certs_dir(&d, &[("default_443", "a"), ("api.example.com", "b")]);
+        std::fs::write(certs.join("README"), "Empty directory.\n").expect("readme");
+        let conf = conf_with(&d, "http_port=7999\nhttps_ports=443, 127.0.0.1:8443");
+        let p = load(&conf, &Overrides::default()).expect("loads");
+        let addrs: Vec<String> = p.config.listen_tls.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, vec!["0.0.0.0:443", "127.0.0.1:8443"]);
+        assert_eq!(
+            p.config.tls,
+            Some(TlsCerts::DirWithDefault {
+                dir: certs.clone(),
+                default: "default_443".into()
+            })
+        );
+        // 8443 has no default of its own: corepin serves 443's there too,
+        // and says so.
+        let w = p.warning.expect("a note");
+        assert!(
+            w.contains("default_443.crt is the default certificate on every TLS port, also where Pushpin would have none (default_8443 missing)"),
+            "{w}"
+        );
+        assert!(!w.contains("https_ports="), "https_ports is served: {w}");
+        // The same default on both ports: nothing to say.
+        certs_dir(&d, &[("default_8443", "a")]);
+        let p = load(&conf, &Overrides::default()).expect("loads");
+        assert_eq!(p.warning, None);
+        // Different defaults cannot both be served.
+        certs_dir(&d, &[("default_8443", "c")]);
+        let e = load(&conf, &Overrides::default()).expect_err("two defaults");
+        assert!(
+            e.0.contains("[runner] https_ports: default_443.crt and default_8443.crt (with their keys) differ: corepin serves one default certificate on every TLS port"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn https_ports_without_a_default_or_certs_dir() {
+        use crate::config::TlsCerts;
+        let d = dir("https-nodefault");
+        let conf = conf_with(&d, "https_ports=127.0.0.1:0");
+        // No runner/certs: refused, naming where it was looked for.
+        let e = load(&conf, &Overrides::default()).expect_err("no certs dir");
+        let want = format!(
+            "[runner] https_ports: the certificates directory {}/runner/certs (Pushpin's runner/certs beside pushpin.conf) cannot be read: No such file or directory",
+            std::path::absolute(&d).expect("abs").display()
+        );
+        assert!(e.0.contains(&want), "{e}");
+        assert!(!e.0.contains('\n'), "{e}");
+        // Host certificates only: served by SNI, no default (as Pushpin).
+        let certs = certs_dir(&d, &[("api.example.com", "b")]);
+        let p = load(&conf, &Overrides::default()).expect("https only");
+        assert!(p.config.listen.is_empty());
+        assert_eq!(p.config.listen_tls.len(), 1);
+        assert_eq!(p.config.tls, Some(TlsCerts::Dir(certs.clone())));
+        assert_eq!(p.warning, None);
+        // corepin's own default.crt is served as the default, with a note.
+        certs_dir(&d, &[("default", "x")]);
+        let p = load(&conf, &Overrides::default()).expect("loads");
+        let w = p.warning.expect("note");
+        assert!(
+            w.contains("/default.crt is served as the default certificate"),
+            "{w}"
+        );
+        // Certificate flags win over runner/certs.
+        let ov = Overrides {
+            tls_certs_dir: Some("/elsewhere".into()),
+            ..Overrides::default()
+        };
+        let p = load(&conf, &ov).expect("flags");
+        assert_eq!(p.config.tls, Some(TlsCerts::Dir("/elsewhere".into())));
+        // Bad ports are refused by name; no port at all too.
+        for (runner, needle) in [
+            ("https_ports=x", "[runner] https_ports: 'x' is not a port"),
+            ("https_ports=1.2.3.4:99999", "[runner] https_ports: '1.2.3.4:99999' has no valid port"),
+            ("https_ports=", "[runner] http_port: no port to listen on (neither http_port nor https_ports is set"),
+        ] {
+            let conf = conf_with(&d, runner);
+            let e = load(&conf, &Overrides::default()).expect_err(runner);
+            assert!(e.0.contains(needle), "{runner}: {e}");
         }
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -66,8 +66,12 @@ impl CertStore {
                 }
                 Err(p) => problems.extend(p),
             },
-            CertSource::Dir(dir) => {
-                for entry in dir_pairs(dir, &mut problems) {
+            CertSource::Dir(dir) | CertSource::DirWithDefault { dir, .. } => {
+                let default = match source {
+                    CertSource::DirWithDefault { default, .. } => Some(default.as_str()),
+                    _ => None,
+                };
+                for entry in dir_pairs(dir, default, &mut problems) {
                     match load_pair(&entry.cert, &entry.key, provider, now) {
                         Ok(ck) => store.insert(entry.name, entry.cert, Arc::new(ck)),
                         Err(p) => problems.extend(p),
@@ -133,11 +137,16 @@ struct DirEntry {
     key: PathBuf,
 }
 
-/// The `HOST.crt` + `HOST.key` pairs of `dir`, in file-name order;
-/// layout problems go to `problems`. Files with other extensions (a
+/// The `HOST.crt` + `HOST.key` pairs of `dir`, in file-name order
+/// (`default_stem`'s pair, when given, is the default); layout problems
+/// go to `problems`. Files with other extensions (a
 /// README, `.srl`, ...) and subdirectories are not certificates and are
 /// left alone; `.pem` files are reported, since they look meant to serve.
-fn dir_pairs(dir: &Path, problems: &mut Vec<CertProblem>) -> Vec<DirEntry> {
+fn dir_pairs(
+    dir: &Path,
+    default_stem: Option<&str>,
+    problems: &mut Vec<CertProblem>,
+) -> Vec<DirEntry> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -165,7 +174,12 @@ fn dir_pairs(dir: &Path, problems: &mut Vec<CertProblem>) -> Vec<DirEntry> {
     for f in &files {
         let path = dir.join(f);
         if let Some(stem) = f.strip_suffix(".crt") {
-            let name = match parse_stem(stem) {
+            let parsed = if default_stem == Some(stem) {
+                Ok(CertName::Default)
+            } else {
+                parse_stem(stem)
+            };
+            let name = match parsed {
                 Ok(n) => n,
                 Err(e) => {
                     problems.push(problem(&path, e));
