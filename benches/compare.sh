@@ -7,6 +7,9 @@
 #   bash benches/compare.sh
 #     -> benches/results/compare.md     (the table PERFORMANCE.md quotes)
 #        benches/results/compare.jsonl  (every run's full JSON result)
+#        benches/results/compare-*.svg  (the table's rows as charts:
+#                                        benches/charts.py, redrawn from
+#                                        the .jsonl by every run)
 #
 # Matrix (each row for every peer that does it):
 #   proxy      keep-alive GETs through each proxy to one nginx static
@@ -401,3 +404,5 @@ echo "== done in $(( $(date +%s) - STARTED )) s" >&2
 
 python3 "$ROOT/benches/table.py" "$RAW" "$OUT" "$ROUNDS" "$SIZES"
 cat "$OUT"
+# The same rows as SVG charts (PERFORMANCE.md embeds them).
+bash "$ROOT/benches/charts.sh" compare "$RAW" "$RES" || echo "(no charts drawn: see benches/charts.sh)" >&2
