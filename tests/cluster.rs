@@ -281,6 +281,13 @@ impl Drop for Broker {
 /// HAProxy in TCP mode, round-robin over the nodes, each checked with
 /// `GET /health` on its control port (a node cut off from the broker
 /// answers 503 there and gets no new clients).
+///
+/// `timeout check 5s`: without it HAProxy gives a check only `inter`
+/// (200 ms) to be answered, and on a loaded machine a debug build's
+/// `/health` can take longer; with `fall 1` every node was then marked
+/// down at once ("Layer7 timeout, check duration: 240ms" in its log) and
+/// the balancer closed new connections. A refused connection or a 503
+/// still takes a node out at the next check.
 struct Haproxy {
     port: u16,
     child: Child,
@@ -300,7 +307,7 @@ impl Haproxy {
             ));
         }
         let cfg = format!(
-            "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 120s\n  timeout server 120s\n\
+            "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 120s\n  timeout server 120s\n  timeout check 5s\n\
              frontend subscribers\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
              backend nodes\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri /health\n{servers}"
         );
