@@ -458,6 +458,10 @@ pub struct Config {
     pub listen_tls: Vec<SocketAddr>,
     /// Their certificates; `Some` exactly when `listen_tls` is not empty.
     pub tls: Option<TlsCerts>,
+    /// Reload the certificates when their directory changes, as Pushpin
+    /// does with `runner/certs` (set by `--pushpin-config`; otherwise
+    /// SIGHUP and the control socket's `reload` do it).
+    pub tls_watch: bool,
     /// `--ready-file`: where to report the bound addresses once every core
     /// accepts (`server::run`).
     pub ready_file: Option<PathBuf>,
@@ -1204,6 +1208,7 @@ impl Config {
             forwarding,
             listen_tls,
             tls,
+            tls_watch: false,
             ready_file: match ov.ready_file.as_deref() {
                 Some("") => return fail("--ready-file", "a file path is needed"),
                 p => p.map(PathBuf::from),

@@ -853,6 +853,8 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<PushpinConf, ConfigError> {
     let mut config = Config::from_table(t, &origin_routes, ov)?;
     if pushpin_certs.is_some() {
         config.tls = pushpin_certs;
+        // Pushpin reads a certificate again when its file changes.
+        config.tls_watch = true;
     }
     if let Some(k) = sig_key {
         config.grip.public_default_key = k == crate::config::DEFAULT_SIG_KEY.as_bytes();
@@ -1120,6 +1122,8 @@ a=second
                 default: "default_443".into()
             })
         );
+        // Changed files are picked up without a signal, as in Pushpin.
+        assert!(p.config.tls_watch);
         // 8443 has no default of its own: corepin serves 443's there too,
         // and says so.
         let w = p.warning.expect("a note");
@@ -1177,6 +1181,10 @@ a=second
         };
         let p = load(&conf, &ov).expect("flags");
         assert_eq!(p.config.tls, Some(TlsCerts::Dir("/elsewhere".into())));
+        assert!(
+            !p.config.tls_watch,
+            "a flag's directory reloads as corepin's do"
+        );
         // Bad ports are refused by name; no port at all too.
         for (runner, needle) in [
             ("https_ports=x", "[runner] https_ports: 'x' is not a port"),

@@ -13,7 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::bus::{Bus, CoreInbox};
 use crate::cluster::{Cluster, Publisher};
-use crate::config::Config;
+use crate::config::{Config, TlsCerts};
 use crate::control_socket::{self, ControlPlane, SocketFile};
 use crate::shard::{self, ShardStart};
 use crate::stats::Board;
@@ -421,6 +421,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
         match crate::watch::spawn(path.clone(), plane.clone()) {
             Ok(()) => info!("watching {} for changes", path.display()),
             Err(e) => warn!("{e}: the routes reload on SIGHUP only"),
+        }
+    }
+    // So are the certificates from a pushpin.conf's runner/certs.
+    if let (true, Some(TlsCerts::Dir(dir) | TlsCerts::DirWithDefault { dir, .. })) =
+        (cfg.tls_watch, &cfg.tls)
+    {
+        match crate::watch::spawn_certs(dir.clone(), plane.clone()) {
+            Ok(()) => info!("watching {} for changes", dir.display()),
+            Err(e) => warn!("{e}: the certificates reload on SIGHUP only"),
         }
     }
     if let Some(r) = ready.as_mut() {

@@ -4,6 +4,12 @@
 //! of events settle, and when the file's bytes differ from the last ones
 //! seen, runs the same reload as SIGHUP. A file that does not load keeps
 //! the old routes, and the log says why.
+//!
+//! Under `--pushpin-config` the certificates directory (`runner/certs`)
+//! is watched the same way, since Pushpin picks up a changed certificate
+//! file without a signal: when its `.crt`/`.key` files' bytes change, the
+//! certificates are reloaded as SIGHUP reloads them (a bad file keeps the
+//! old ones).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -108,5 +114,62 @@ pub fn spawn(file: PathBuf, plane: Arc<ControlPlane>) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the routes watcher: {e}"))?;
+    Ok(())
+}
+
+/// The `.crt` and `.key` files of `dir` and their bytes, by name (what
+/// a certificate reload reads).
+fn certs_state(dir: &Path) -> Vec<(std::ffi::OsString, Option<Vec<u8>>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .filter(|n| {
+                    let b = n.as_bytes();
+                    b.ends_with(b".crt") || b.ends_with(b".key")
+                })
+                .map(|n| {
+                    let bytes = std::fs::read(dir.join(&n)).ok();
+                    (n, bytes)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Starts the watcher thread for the certificates directory `dir`: a
+/// change to its certificate or key files reloads the certificates on
+/// every core. Fails when inotify cannot watch it (the caller logs it;
+/// SIGHUP still reloads).
+pub fn spawn_certs(dir: PathBuf, plane: Arc<ControlPlane>) -> Result<(), String> {
+    let ino = Inotify::watch(&dir)
+        .map_err(|e| format!("cannot watch {} for changes: {e}", dir.display()))?;
+    let mut last = certs_state(&dir);
+    std::thread::Builder::new()
+        .name("corepin-certs-watch".into())
+        .spawn(move || loop {
+            if !ino.wait(None) {
+                continue;
+            }
+            let burst = Instant::now();
+            while burst.elapsed() < SETTLE_MAX && ino.wait(Some(SETTLE)) {}
+            let now = certs_state(&dir);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match plane.reload_tls() {
+                Some(Ok(())) => info!(
+                    "certificates in {} changed: certificates reloaded",
+                    dir.display()
+                ),
+                Some(Err(e)) => error!("certificates in {} changed: {e}", dir.display()),
+                None => {}
+            }
+        })
+        .map_err(|e| format!("cannot start the certificates watcher: {e}"))?;
     Ok(())
 }

@@ -378,3 +378,45 @@ fn a_missing_or_bad_certificates_directory_is_named() {
         );
     }
 }
+
+#[test]
+fn a_changed_certificate_file_is_served_without_a_signal() {
+    let backend = Backend::fixed("ok");
+    let d = deployment(
+        "http_port=127.0.0.1:0\nhttps_ports=127.0.0.1:0",
+        &format!("* {}\n", backend.addr),
+    );
+    d.ca.leaf(&d.certs, "default_0", &["first.test"], |_| {});
+    let cp = Corepin::start_in(&["--pushpin-config", &d.conf], false);
+    cp.wait_stderr(&format!("watching {} for changes", d.certs.display()));
+    let port = tls_port(&cp);
+    assert_eq!(served_cn(port, None).as_deref(), Some("first.test"));
+    // A renewed certificate, moved into place as a deployment tool would.
+    let staging = d.dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    d.ca.leaf(&staging, "default_0", &["second.test"], |_| {});
+    for ext in ["key", "crt"] {
+        std::fs::rename(
+            staging.join(format!("default_0.{ext}")),
+            d.certs.join(format!("default_0.{ext}")),
+        )
+        .expect("rename");
+    }
+    cp.wait_stderr("certificates reloaded");
+    wait_until("the renewed certificate", || {
+        served_cn(port, None).as_deref() == Some("second.test")
+    });
+    assert_eq!(curl_https(&d, "second.test", port).as_deref(), Ok("ok"));
+    // A bad file keeps the certificates in force, and the log says why.
+    std::fs::write(d.certs.join("bad.example.com.crt"), "not PEM\n").expect("bad");
+    std::fs::write(d.certs.join("bad.example.com.key"), "not PEM\n").expect("bad");
+    let line = cp.wait_stderr("bad.example.com.crt");
+    assert!(
+        line.contains(&format!(
+            "certificates in {} changed: certificates not reloaded, keeping the old ones:",
+            d.certs.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(served_cn(port, None).as_deref(), Some("second.test"));
+}
