@@ -18,13 +18,22 @@
 #         DUR s, 16-byte messages) through nginx (2 workers) and each corepin
 #         to corepin-load's echo server; round trips/s and the proxy's CPU
 #         per round trip.
+# churn   connection churn, a new connection per request (corepin-load proxy
+#         --per-conn 1, CHURN_CONNS connections, 1 thread, DUR s) through
+#         nginx (2 workers) and each corepin to the nginx backend: requests/s,
+#         CPU per request (= per accepted connection) and latency p50/p99/
+#         p99.9. With B_ENV="VAR=value" a third corepin on the uring path
+#         runs with that variable set ("uring-b"): an A/B of one binary.
 # memory  each corepin: RSS of the process after IDLE HTTP-stream
 #         subscribers are held, minus before, over IDLE (KiB per idle
 #         subscriber, userspace and the kernel's page tables as RSS sees it).
 # usage: bash benches/uring_corepin.sh [ROUNDS]
 # env: WARM=2 DUR=6 SUBS=4000 MSGS=20 IDLE=10000 UPROXY=... LOAD=(a
 #      corepin-load build; default target/release/corepin-load, built)
-#      SECTIONS="proxy ws fanout memory"
+#      SECTIONS="proxy ws fanout memory" (churn on request) CHURN_CONNS=50
+#      B_ENV= NO_BUILD=1 (use target/release as it is)
+# Charts: benches/charts.py draws $OUT/lines.txt as SVGs into CHARTS (default
+# $OUT; benches/results for the committed ones).
 # Only processes this script starts are stopped, by PID; ports are free
 # ones picked at start. Lines: $OUT/lines.txt (default: a temp dir).
 set -u
@@ -33,11 +42,12 @@ cd "$(dirname "$0")/.."
 D=$(mktemp -d); chmod 755 "$D"
 OUT=${OUT:-$D}
 WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}; IDLE=${IDLE:-10000}
+CHURN_CONNS=${CHURN_CONNS:-50}; B_ENV=${B_ENV:-}
 SECTIONS=${SECTIONS:-"proxy ws fanout memory"}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v nginx >/dev/null || { echo "needs nginx"; exit 1; }
 BIN=target/release/corepin; LOAD=${LOAD:-target/release/corepin-load}
-cargo build --release --bin corepin -q || { echo "build failed"; exit 1; }
+[ -n "${NO_BUILD:-}" ] || cargo build --release --bin corepin -q || { echo "build failed"; exit 1; }
 [ -x "$LOAD" ] || cargo build --release -p corepin-load -q || { echo "build failed"; exit 1; }
 
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -68,7 +78,7 @@ cleanup() { for p in $STARTED; do kill $p 2>/dev/null; done; wait 2>/dev/null; }
 trap cleanup EXIT
 declare -A PORT PIDS CPORT
 
-start_corepin() { # name data_path
+start_corepin() { # name data_path [VAR=value]
   local port cport
   port=$(freeport); cport=$(freeport)
   cat > $D/$1.toml <<EOF
@@ -84,7 +94,7 @@ level = "warn"
 [limits]
 max_connections = 19000
 EOF
-  "$BIN" --config $D/$1.toml >$D/$1.out 2>$D/$1.err & local p=$!
+  env ${3:-} "$BIN" --config $D/$1.toml >$D/$1.out 2>$D/$1.err & local p=$!
   STARTED="$STARTED $p"; PIDS[$1]=$p; PORT[$1]=$port; CPORT[$1]=$cport
   for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$cport/health && break; sleep 0.1; done
 }
@@ -150,6 +160,31 @@ print(f"section=ws round={r} name={n} c=50 rps={d.get('round_trips_per_sec', flo
 PY
 }
 
+churn() { # round name: a new connection per request
+  local r=$1 n=$2 port=${PORT[$2]} pids=${PIDS[$2]} out n0 n1
+  timeout 20 "$LOAD" proxy --to 127.0.0.1:$port --path /index.html --conns $CHURN_CONNS --threads 1 \
+    --per-conn 1 --warmup-s 0 --seconds $WARM >/dev/null 2>>$D/load.err
+  n0=$(runns $pids)
+  out=$(timeout 60 "$LOAD" proxy --to 127.0.0.1:$port --path /index.html --conns $CHURN_CONNS --threads 1 \
+    --per-conn 1 --warmup-s 0 --seconds $DUR 2>>$D/load.err)
+  n1=$(runns $pids)
+  python3 - "$r" "$n" "$n0" "$n1" "$(cut -d' ' -f1 /proc/loadavg)" "$out" <<'PY' | tee -a $OUT/lines.txt
+import json, sys
+r, n, n0, n1, load, text = sys.argv[1:]
+try:
+    d = json.loads(text)
+except Exception:
+    d = {}
+q = d.get("requests") or 0
+lat = d.get("latency_ms") or {}
+us = (int(n1) - int(n0)) / 1e3 / q if q else float("nan")
+ok = d.get("ok_responses")
+print(f"section=churn round={r} name={n} c={d.get('connections')} rps={d.get('requests_per_sec', float('nan')):.0f} "
+      f"reqs={q} ok={ok} cpu_us={us:.2f} p50={lat.get('p50')} p99={lat.get('p99')} p999={lat.get('p999')} "
+      f"max={lat.get('max')} errors={sum((d.get('errors') or {}).values())} load={load}")
+PY
+}
+
 idlemem() { # round name
   local r=$1 n=$2 pid=${PIDS[$2]} before after ready=$D/ready.$1.$2
   sleep 0.5
@@ -204,6 +239,18 @@ for r in $(seq $ROUNDS); do
         set -- nginx glommio uring; k=$(( (r - 1) % 3 )); order="${@:k+1} ${@:1:k}"
         for n in $order; do wsecho $r $n; done
         cleanup; STARTED="" ;;
+      churn)
+        nginx -p $D -c $D/be.conf & BE=$!; STARTED="$STARTED $BE"
+        nginx -p $D/np -c $D/np.conf & NP=$!; STARTED="$STARTED $NP"
+        start_corepin glommio glommio
+        start_corepin uring uring
+        names="nginx glommio uring"
+        if [ -n "$B_ENV" ]; then start_corepin uring-b uring "$B_ENV"; names="$names uring-b"; fi
+        sleep 1
+        PIDS[nginx]=$(pgrep -P $NP | tr '\n' ' '); PORT[nginx]=$NPP
+        set -- $names; k=$(( (r - 1) % $# )); order="${@:k+1} ${@:1:k}"
+        for n in $order; do churn $r $n; done
+        cleanup; STARTED="" ;;
       memory)
         for n in glommio uring; do
           start_corepin $n $n
@@ -230,16 +277,18 @@ def med(v, k):
     xs = sorted(float(x[k]) for x in v if x.get(k) not in (None, "None", "nan"))
     return (st.median(xs), xs[0], xs[-1]) if xs else (float("nan"),) * 3
 print(f"{'section':7} {'name':8} {'c':>4} {'n':>2} {'CPU us median [min-max]':>26} {'vs nginx':>8} {'req/s':>8}")
+RATE = ("proxy", "ws", "churn")
 for (s, n, c), v in sorted(rows.items()):
     m, lo, hi = med(v, "kib" if s == "memory" else "cpu_us")
     ratio = "-"
-    if s in ("proxy", "ws") and n != "nginx":
+    if s in RATE and n != "nginx":
         ng = {x["round"]: float(x["cpu_us"]) for x in rows.get((s, "nginx", c), [])}
         rs = [float(x["cpu_us"]) / ng[x["round"]] for x in v if x["round"] in ng]
         ratio = f"{st.median(rs):.2f}" if rs else "-"
-    rps = f"{med(v, 'rps')[0]:.0f}" if s in ("proxy", "ws") else "-"
+    rps = f"{med(v, 'rps')[0]:.0f}" if s in RATE else "-"
     print(f"{s:7} {n:8} {c:>4} {len(v):>2} {m:>9.3f} [{lo:.3f}-{hi:.3f}] {ratio:>8} {rps:>8}")
-print("CPU: the process's threads' run time / requests (proxy), / round trips (ws) or / deliveries (fanout);")
+print("CPU: the process's threads' run time / requests (proxy; churn: one connection each), / round trips (ws) or / deliveries (fanout);")
 print("memory: KiB RSS per idle stream subscriber (c = subscribers); vs nginx: median of per-round CPU ratios")
 PY
+bash benches/charts.sh uring "$OUT/lines.txt" "${CHARTS:-$OUT}" || echo "# (no charts drawn)"
 cleanup; trap - EXIT

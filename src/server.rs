@@ -67,6 +67,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    // Accepted sockets inherit it: small writes go out at once without a
+    // setsockopt per connection.
+    s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
@@ -532,8 +535,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 let _ = task.await;
                 let st = ring.stats();
                 info!(
-                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} backend connects",
-                    st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps, st.connects
+                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} backend connects, {} accepted ({} accepts armed, {} accept errors)",
+                    st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps, st.connects,
+                    st.accepted, st.accept_arms, st.accept_errors
                 );
             }
         })

@@ -7,6 +7,7 @@
 mod common;
 
 use std::io::Read;
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Instant;
@@ -223,4 +224,130 @@ fn websocket_passthrough_echo_over_the_ring() {
     assert_eq!(r["status"], 101);
     assert_eq!(r["received"], serde_json::json!(["hello", "wörld"]));
     assert_eq!(r["close"][0], 1000);
+}
+
+/// The count just before `after` in the ring's exit line.
+fn count_before(line: &str, after: &str) -> u64 {
+    line.split(after)
+        .next()
+        .and_then(|s| s.split_whitespace().last())
+        .and_then(|s| s.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no count before {after:?} in {line}"))
+}
+
+/// On the ring, client connections are accepted by the core's multishot
+/// accept (no accept submission and no descriptor duplication per
+/// connection): a new connection per request is served every time, each
+/// is counted by the ring, and one armed accept serves them all.
+#[test]
+fn client_connections_are_accepted_through_the_ring() {
+    let b = Backend::fixed("accepted by the ring");
+    let mut cp = Corepin::start(&[
+        "--route",
+        &b.route(),
+        "--data-path",
+        "uring",
+        "--workers",
+        "1",
+    ]);
+    let n = 200;
+    for _ in 0..n {
+        let r = Conn::open(cp.addr()).get("/");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "accepted by the ring");
+    }
+    cp.signal(libc::SIGTERM);
+    assert_eq!(cp.wait_exit(TIMEOUT), Some(0));
+    let line = cp.wait_stderr("io_uring data path:");
+    eprintln!("{line}");
+    assert!(count_before(&line, " accepted") >= n, "{line}");
+    assert!(count_before(&line, " accepts armed") < n / 4, "{line}");
+    assert_eq!(count_before(&line, " accept errors"), 0, "{line}");
+}
+
+/// The ring's accept at the process's file limit (`prlimit --nofile=64:64`
+/// on the child): EMFILE is logged once (per 10 s, with a count), the
+/// clients it has no descriptor for are refused with a 503 or a close
+/// (never left hanging), /health stays reachable, and once descriptors
+/// are free again new clients are served.
+#[test]
+fn at_the_file_limit_the_ring_accept_refuses_cleanly_and_recovers() {
+    let started = Instant::now();
+    let config = write_config("[limits]\nmax_connections = 100000\n");
+    let mut cp = Corepin::start_wrapped(
+        &["prlimit", "--nofile=64:64"],
+        &[
+            "--control-http",
+            "127.0.0.1:0",
+            "--route",
+            "* test",
+            "--data-path",
+            "uring",
+            "--workers",
+            "1",
+            "--config",
+            &config,
+        ],
+        true,
+    );
+    let refused = |cp: &Corepin| -> u64 {
+        let r = cp.control("GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n");
+        metric_sum(
+            &r.text(),
+            "corepin_connections_refused_total{reason=\"file_limit\"",
+        )
+    };
+    // More idle connections than descriptors.
+    let held: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(cp.addr()).expect("connect"))
+        .collect();
+    wait_until("refusals", || refused(&cp) >= 10);
+    let health = cp.control("GET /health HTTP/1.1\r\nHost: c\r\n\r\n");
+    assert_eq!(health.status, 200);
+    // The refused clients heard so: a 503 or the end of the stream.
+    let mut answered = 0;
+    for s in &held {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 12];
+        match (&*s).read(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"HTTP/1.1 503") => answered += 1,
+            Ok(0) => answered += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => answered += 1,
+            _ => {}
+        }
+    }
+    assert!(answered >= 10, "{answered} refused clients heard so");
+    let logged = || {
+        cp.stderr
+            .lock()
+            .expect("stderr")
+            .iter()
+            .filter(|l| l.contains("accept failed"))
+            .count() as u64
+    };
+    wait_until("the file limit in the log", || logged() >= 1);
+    let line = cp.wait_stderr("accept failed");
+    assert!(line.contains("Too many open files"), "{line}");
+    let lines = logged();
+    assert!(
+        lines <= 1 + started.elapsed().as_secs() / 10,
+        "{lines} log lines in {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    // Descriptors free again: a new client is served (a 404 from the
+    // test route for an unknown path), through the ring's accept.
+    wait_until("clients served again", || {
+        raw(
+            cp.addr(),
+            b"GET /nothing-here HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .starts_with("HTTP/1.1 404")
+    });
+    cp.signal(libc::SIGTERM);
+    assert_eq!(cp.wait_exit(TIMEOUT), Some(0));
+    let line = cp.wait_stderr("io_uring data path:");
+    eprintln!("{line}");
+    assert!(count_before(&line, " accept errors") >= 1, "{line}");
+    assert!(count_before(&line, " accepted") >= 80, "{line}");
 }

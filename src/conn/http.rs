@@ -76,7 +76,7 @@ fn is_timeout(e: &io::Error) -> bool {
 /// Serves one client connection (a TLS one after its handshake) until
 /// it closes.
 pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
-    conn.set_nodelay();
+    // TCP_NODELAY is inherited from the listening socket (`server::bind`).
     conn.set_write_timeout(Some(shard.cfg.timeouts.client_write));
     let guard = shard.register(conn.raw_fd());
     let mut c = Client {

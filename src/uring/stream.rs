@@ -355,10 +355,9 @@ impl UringListener {
         futures_lite::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
+    /// An accepted socket inherits the listener's socket options (set
+    /// `TCP_NODELAY` on the listener rather than a syscall per connection).
     fn adopt(&self, fd: OwnedFd) -> UringStream {
-        let s = socket2::SockRef::from(&fd);
-        // Small writes go out at once, as corepin's other sockets do.
-        let _ = s.set_nodelay(true);
         let idx = self.core.borrow_mut().add_sock(fd, true);
         UringStream::new(self.core.clone(), idx)
     }
