@@ -77,7 +77,7 @@ runns() { local p; for p in $PIDS; do cat /proc/$p/task/*/schedstat 2>/dev/null;
 timeout 10 wrk -t1 -c$C -d$WARM http://127.0.0.1:$PORT/index.html >/dev/null 2>&1
 n0=$(runns)
 case $MODE in
-  perf) perf record -F 2000 -p $P -o $D/perf.data -- sleep $DUR >/dev/null 2>&1 & X=$! ;;
+  perf) perf record -F 2000 -p $(echo $PIDS | tr " " ",") -o $D/perf.data -- sleep $DUR >/dev/null 2>&1 & X=$! ;;
   callers) perf record -F 500 --call-graph dwarf,8192 -p $P -o $D/perf.data -- sleep 3 >/dev/null 2>&1 & X=$! ;;
   strace) strace -c -f -p $P -o $D/strace.txt & X=$! ;;
   *) X="" ;;
