@@ -14,6 +14,12 @@
 #         fanout, each publish waiting until every subscriber holds);
 #         corepin's CPU from the first publish to the last delivery /
 #         deliveries.
+# one15k  one publish to BIG (15,000) HTTP-stream subscribers of one
+#         channel: time from the publish to the last delivery (corepin-load
+#         fanout, --messages 1, subscribers opened at OPEN_RATE/s over
+#         127.0.0.2-254 by the load tool) for nchan (PEERS.md's config, 2
+#         workers) and each corepin (--workers 2); also the server's CPU per
+#         delivery.
 # ws      WebSocket passthrough echo: corepin-load ws-echo (50 connections,
 #         DUR s, 16-byte messages) through nginx (2 workers) and each corepin
 #         to corepin-load's echo server; round trips/s and the proxy's CPU
@@ -28,10 +34,10 @@
 #         subscribers are held, minus before, over IDLE (KiB per idle
 #         subscriber, userspace and the kernel's page tables as RSS sees it).
 # usage: bash benches/uring_corepin.sh [ROUNDS]
-# env: WARM=2 DUR=6 SUBS=4000 MSGS=20 IDLE=10000 UPROXY=... LOAD=(a
+# env: BIN=(a corepin build; default: target/release/corepin, built) WARM=2 DUR=6 SUBS=4000 MSGS=20 IDLE=10000 UPROXY=... LOAD=(a
 #      corepin-load build; default target/release/corepin-load, built)
-#      SECTIONS="proxy ws fanout memory" (churn on request) CHURN_CONNS=50
-#      B_ENV= NO_BUILD=1 (use target/release as it is)
+#      SECTIONS="proxy ws fanout memory one15k" (churn on request) BIG=15000
+#      OPEN_RATE=4000 CHURN_CONNS=50 B_ENV= NO_BUILD=1 (use target/release as it is)
 # Charts: benches/charts.py draws $OUT/lines.txt as SVGs into CHARTS (default
 # $OUT; benches/results for the committed ones).
 # Only processes this script starts are stopped, by PID; ports are free
@@ -43,11 +49,15 @@ D=$(mktemp -d); chmod 755 "$D"
 OUT=${OUT:-$D}
 WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}; IDLE=${IDLE:-10000}
 CHURN_CONNS=${CHURN_CONNS:-50}; B_ENV=${B_ENV:-}
-SECTIONS=${SECTIONS:-"proxy ws fanout memory"}
+SECTIONS=${SECTIONS:-"proxy ws fanout memory one15k"}
+BIG=${BIG:-15000}; OPEN_RATE=${OPEN_RATE:-4000}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v nginx >/dev/null || { echo "needs nginx"; exit 1; }
-BIN=target/release/corepin; LOAD=${LOAD:-target/release/corepin-load}
-[ -n "${NO_BUILD:-}" ] || cargo build --release --bin corepin -q || { echo "build failed"; exit 1; }
+LOAD=${LOAD:-target/release/corepin-load}
+if [ -z "${BIN:-}" ]; then
+  BIN=target/release/corepin
+  [ -n "${NO_BUILD:-}" ] || cargo build --release --bin corepin -q || { echo "build failed"; exit 1; }
+fi
 [ -x "$LOAD" ] || cargo build --release -p corepin-load -q || { echo "build failed"; exit 1; }
 
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -93,6 +103,10 @@ access_log = false
 level = "warn"
 [limits]
 max_connections = 19000
+# As nginx's "keepalive 1024": at c=200 the default 64 idle connections
+# per target and core would close and reopen backend connections.
+[upstream]
+max_idle_per_target = ${POOL:-1024}
 EOF
   env ${3:-} "$BIN" --config $D/$1.toml >$D/$1.out 2>$D/$1.err & local p=$!
   STARTED="$STARTED $p"; PIDS[$1]=$p; PORT[$1]=$port; CPORT[$1]=$cport
@@ -185,6 +199,50 @@ print(f"section=churn round={r} name={n} c={d.get('connections')} rps={d.get('re
 PY
 }
 
+start_nchan() { # sets PORT[nchan], PIDS[nchan]
+  local port d=$D/nchan; port=$(freeport); mkdir -p $d/logs
+  cat > $d/nginx.conf <<EOF
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+daemon off; pid $d/nginx.pid; error_log $d/logs/error.log;
+worker_processes 2; worker_rlimit_nofile 19000;
+events { worker_connections 18000; }
+http { access_log off; nchan_shared_memory_size 256M;
+  server { listen 127.0.0.1:$port backlog=4096;
+    location = /sub { nchan_subscriber http-raw-stream; nchan_channel_id \$arg_channel; }
+    location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;
+                      nchan_message_buffer_length 2000; nchan_message_timeout 5m; } } }
+EOF
+  nginx -p $d -c $d/nginx.conf & local m=$!; STARTED="$STARTED $m"
+  for _ in $(seq 50); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/pub?channel=x" && break; sleep 0.1; done
+  PORT[nchan]=$port; PIDS[nchan]=$(pgrep -P $m | tr '\n' ' ')
+}
+
+one15k() { # round name
+  local r=$1 n=$2 out args pids
+  if [ $n = nchan ]; then
+    args=(--publish-to 127.0.0.1:${PORT[nchan]} --via nchan --path "/sub?channel={channel}")
+  else
+    args=(--publish-to 127.0.0.1:${CPORT[$n]})
+  fi
+  pids=$(echo ${PIDS[$n]} | tr ' ' ',')
+  out=$("$LOAD" fanout --to 127.0.0.1:${PORT[$n]} "${args[@]}" --kind stream --channels 1 \
+      --channel-prefix "b$r$n" --subscribers $BIG --workers 2 --messages 1 --size 64 \
+      --rate $OPEN_RATE --settle-ms 1000 --grace-ms 3000 --timeout-s 90 \
+      --cpu-pids $pids 2>>$D/load.err)
+  python3 - "$r" "$n" "$(cut -d' ' -f1 /proc/loadavg)" "$out" <<'PY' | tee -a $OUT/lines.txt
+import json, sys
+r, n, load, text = sys.argv[1:]
+try:
+    d = json.loads(text)
+except Exception:
+    d = {}
+print(f"section=one15k round={r} name={n} subs={d.get('subscribers', d.get('held', '?'))} "
+      f"delivered={d.get('delivered')} lost={d.get('lost')} "
+      f"cpu_us={d.get('server_cpu_us_per_delivery', float('nan')):.3f} "
+      f"last_ms={d.get('first_publish_to_last_delivery_ms', float('nan')):.1f} load={load}")
+PY
+}
+
 idlemem() { # round name
   local r=$1 n=$2 pid=${PIDS[$2]} before after ready=$D/ready.$1.$2
   sleep 0.5
@@ -257,6 +315,13 @@ for r in $(seq $ROUNDS); do
           idlemem $r $n
           cleanup; STARTED=""
         done ;;
+      one15k)
+        set -- nchan glommio uring; k=$(( (r - 1) % 3 )); order="${@:k+1} ${@:1:k}"
+        for n in $order; do
+          if [ $n = nchan ]; then start_nchan; else start_corepin $n $n; fi
+          one15k $r $n
+          cleanup; STARTED=""
+        done ;;
       fanout)
         for n in glommio uring; do
           start_corepin $n $n
@@ -280,6 +345,12 @@ print(f"{'section':7} {'name':8} {'c':>4} {'n':>2} {'CPU us median [min-max]':>2
 RATE = ("proxy", "ws", "churn")
 for (s, n, c), v in sorted(rows.items()):
     m, lo, hi = med(v, "kib" if s == "memory" else "cpu_us")
+    if s in ("one15k", "fanout"):
+        lm = med(v, "last_ms")
+        ng = {x["round"]: float(x["last_ms"]) for x in rows.get((s, "nchan", c), [])}
+        rs = [ng[x["round"]] / float(x["last_ms"]) for x in v if x["round"] in ng and float(x["last_ms"]) > 0]
+        print(f"{s:7} {n:8} last delivery ms median {lm[0]:.1f} [{lm[1]:.1f}-{lm[2]:.1f}]"
+              + (f", nchan's time / this one's (median per round) {st.median(rs):.2f}" if rs and n != "nchan" else ""))
     ratio = "-"
     if s in RATE and n != "nginx":
         ng = {x["round"]: float(x["cpu_us"]) for x in rows.get((s, "nginx", c), [])}

@@ -4,7 +4,11 @@
 # during the measured run one of:
 #   cpu     CPU µs per request (run time of corepin's threads / requests)
 #           and the ring's counters per request (from the exit log)
-#   perf    `perf record` (cpu-clock) of corepin, then the top symbols
+#   perf    `perf record` (cpu-clock) of corepin, then the top symbols and
+#           the samples grouped: kernel, glommio, the ring driver, the
+#           allocator, libc copies, corepin's codec, the rest of corepin
+#           (as a share of the samples and as CPU µs per request)
+#   callers `perf record --call-graph dwarf` (3 s): who calls malloc/free
 #   strace  `strace -c -f` of corepin: syscalls per request
 # usage: bash benches/uring_profile.sh [uring|glommio|nginx|uproxy] [cpu|perf|strace] [CONNS]
 #   nginx: nginx as the proxy (2 workers, upstream keepalive), the reference;
@@ -39,6 +43,10 @@ routes = ["* 127.0.0.1:$BEP"]
 [log]
 access_log = false
 level = "info"
+# As nginx's "keepalive 1024": at c=200 the default 64 idle connections
+# per target and core would close and reopen backend connections.
+[upstream]
+max_idle_per_target = ${POOL:-1024}
 EOF
 STARTED=""
 cleanup() { for p in $STARTED; do kill $p 2>/dev/null; done; wait 2>/dev/null; }
@@ -69,7 +77,8 @@ runns() { local p; for p in $PIDS; do cat /proc/$p/task/*/schedstat 2>/dev/null;
 timeout 10 wrk -t1 -c$C -d$WARM http://127.0.0.1:$PORT/index.html >/dev/null 2>&1
 n0=$(runns)
 case $MODE in
-  perf) perf record -F 2000 -g -p $P -o $D/perf.data -- sleep $DUR >/dev/null 2>&1 & X=$! ;;
+  perf) perf record -F 2000 -p $(echo $PIDS | tr " " ",") -o $D/perf.data -- sleep $DUR >/dev/null 2>&1 & X=$! ;;
+  callers) perf record -F 500 --call-graph dwarf,8192 -p $P -o $D/perf.data -- sleep 3 >/dev/null 2>&1 & X=$! ;;
   strace) strace -c -f -p $P -o $D/strace.txt & X=$! ;;
   *) X="" ;;
 esac
@@ -81,7 +90,12 @@ rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
 echo "$PATH_KIND c=$C reqs=$reqs rps=$rps cpu_us=$(python3 -c "print(f'{($n1-$n0)/1e3/max(1,$reqs):.2f}')") load=$(cut -d' ' -f1 /proc/loadavg)"
 case $MODE in
   perf) perf report -i $D/perf.data --no-children --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -${TOP:-45}
-        echo "# kernel/user split:"; perf report -i $D/perf.data --no-children --sort dso --stdio 2>/dev/null | grep '%' | head -8 ;;
+        cpu=$(python3 -c "print(($n1-$n0)/1e3/max(1,$reqs))")
+        echo "# samples grouped (share, and CPU us per request at $cpu us):"
+        perf report -i $D/perf.data --no-children --sort dso,symbol --stdio 2>/dev/null | grep '%' | grep -v '^#' \
+          | python3 benches/perf_groups.py "$cpu" ;;
+  callers) perf report -i $D/perf.data --no-children --stdio -G -S malloc,_int_malloc,cfree,_int_free,realloc 2>/dev/null \
+        | grep -v '^$' | grep -v '^#' | head -${TOP:-150} ;;
   strace) echo "# syscalls per request (during the measured run):"
           awk -v q="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 {printf "%-20s %8.3f\n", $NF, $4/q}' $D/strace.txt | sort -k2 -rn | head -15 ;;
 esac

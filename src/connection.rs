@@ -219,7 +219,7 @@ impl UringIo {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        self.stream.start_send(Bytes::copy_from_slice(bytes))?;
+        self.stream.start_send_copy(&[bytes])?;
         Poll::Ready(Ok(bytes.len()))
     }
 
@@ -237,12 +237,18 @@ impl UringIo {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        let mut all = Vec::with_capacity(total);
+        let mut parts = [&[][..]; 16];
+        let mut k = 0;
         for b in bufs {
-            all.extend_from_slice(b);
+            if k == parts.len() {
+                break;
+            }
+            parts[k] = b;
+            k += 1;
         }
-        self.stream.start_send(Bytes::from(all))?;
-        Poll::Ready(Ok(total))
+        let taken: usize = parts[..k].iter().map(|p| p.len()).sum();
+        self.stream.start_send_copy(&parts[..k])?;
+        Poll::Ready(Ok(taken))
     }
 
     /// Hands every part not yet handed over to the ring (one `sendmsg` per

@@ -45,6 +45,8 @@ const RX_TIMEDOUT: u16 = 1 << 9; // the read deadline passed while the reader wa
 
 /// The most iovecs one sendmsg carries (the kernel's UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
+/// A pooled send state keeps a copy arena up to this size.
+const ARENA_KEEP: usize = 16 * 1024;
 /// Accepted sockets queued before the multishot accept is paused.
 const ACCEPT_QUEUE: usize = 256;
 
@@ -107,6 +109,10 @@ pub(crate) struct Tx {
     unsent: usize,
     /// A connect's address, alive until its completion.
     addr: Option<socket2::SockAddr>,
+    /// Bytes copied from a borrowed slice (`Core::queue_copy`) while nothing
+    /// else was queued or in flight: `bufs` then points into this, so a
+    /// copied write costs no allocation (the `Tx` and its arena are pooled).
+    arena: Vec<u8>,
 }
 
 impl Tx {
@@ -119,11 +125,17 @@ impl Tx {
             queued: Vec::new(),
             unsent: 0,
             addr: None,
+            arena: Vec::new(),
         })
     }
 
     fn is_idle(&self) -> bool {
         self.bufs.is_empty() && self.queued.is_empty() && self.addr.is_none()
+    }
+
+    /// Nothing queued or in flight: nothing points into `arena`.
+    fn arena_free(&self) -> bool {
+        self.bufs.is_empty() && self.queued.is_empty()
     }
 }
 
@@ -732,6 +744,52 @@ impl Core {
         Ok(())
     }
 
+    /// Hands a copy of `parts` (`total` bytes) to the socket, as
+    /// `queue_send` does with shared `Bytes`. When nothing else of the
+    /// socket's is queued or in flight (a response, a request), the copy goes
+    /// into the pooled send state's own arena: no allocation; otherwise into
+    /// a fresh `Bytes` queued behind the rest.
+    pub(crate) fn queue_copy(&mut self, i: u32, parts: &[&[u8]], total: usize) -> io::Result<()> {
+        if total == 0 {
+            return Ok(());
+        }
+        let s = &mut self.socks[i as usize];
+        if s.tx_err != 0 {
+            return Err(errno_err(s.tx_err));
+        }
+        if s.st & CONNECTING != 0 {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        let busy = s.st & TX_BUSY != 0;
+        let tx =
+            s.tx.get_or_insert_with(|| self.tx_pool.pop().unwrap_or_else(Tx::new));
+        let b = if !busy && tx.arena_free() {
+            tx.arena.clear();
+            for p in parts {
+                tx.arena.extend_from_slice(p);
+            }
+            // SAFETY: the arena is written only here, when no `Bytes` points
+            // into it (nothing queued, nothing in flight); this `Bytes` lives
+            // in `bufs`/`queued` only, never leaves the core, and is dropped
+            // (a no-op for a static `Bytes`) before the arena is written or
+            // freed again: `release_tx` clears `bufs` and `queued` first.
+            let all: &'static [u8] = unsafe { std::mem::transmute::<&[u8], _>(&tx.arena[..]) };
+            Bytes::from_static(all)
+        } else {
+            let mut v = Vec::with_capacity(total);
+            for p in parts {
+                v.extend_from_slice(p);
+            }
+            Bytes::from(v)
+        };
+        tx.unsent += b.len();
+        tx.queued.push(b);
+        if !busy {
+            self.start_tx(i);
+        }
+        Ok(())
+    }
+
     fn start_tx(&mut self, i: u32) {
         let s = &mut self.socks[i as usize];
         let Some(tx) = s.tx.as_mut() else { return };
@@ -780,6 +838,9 @@ impl Core {
             tx.iov.clear();
             tx.unsent = 0;
             tx.addr = None;
+            if tx.arena.capacity() > ARENA_KEEP {
+                tx.arena = Vec::new();
+            }
             if self.tx_pool.len() < 1024 {
                 self.tx_pool.push(tx);
             }

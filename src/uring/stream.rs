@@ -176,6 +176,15 @@ impl UringStream {
             .queue_send(self.idx, &mut data.iter().cloned())
     }
 
+    /// Hands a copy of `parts` (in order) to the socket without waiting,
+    /// for callers that hold borrowed bytes: when nothing else is queued or
+    /// in flight the copy goes into the socket's pooled send arena (no
+    /// allocation), otherwise into one new `Bytes`.
+    pub fn start_send_copy(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let total = parts.iter().map(|p| p.len()).sum();
+        self.core.borrow_mut().queue_copy(self.idx, parts, total)
+    }
+
     /// Ready when everything handed over has been sent (or failed).
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.core.borrow_mut().poll_flushed(self.idx, cx) {
@@ -253,9 +262,9 @@ impl AsyncRead for UringStream {
     }
 }
 
-/// Copies each write into a `Bytes` (the native `start_send` takes shared
-/// `Bytes` without a copy); waits only when `WRITE_HIGH_WATER` bytes are
-/// still unsent.
+/// Copies each write (`start_send_copy`; the native `start_send` takes
+/// shared `Bytes` without a copy); waits only when `WRITE_HIGH_WATER` bytes
+/// are still unsent.
 impl AsyncWrite for UringStream {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -269,7 +278,7 @@ impl AsyncWrite for UringStream {
                 other => return other.map(|r| r.map(|()| 0)),
             }
         }
-        this.start_send(Bytes::copy_from_slice(buf))?;
+        this.start_send_copy(&[buf])?;
         Poll::Ready(Ok(buf.len()))
     }
 
