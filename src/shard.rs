@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -28,7 +28,6 @@ use crate::route::Routes;
 use crate::stats::{Board, Counters, Snapshot};
 use crate::subs::{HoldKind, QueueLimits, Registry};
 use crate::upstream::Pool;
-use crate::uring::{UringListener, UringStream};
 use crate::wake::{Command, Kick, Refresh};
 use crossbeam_channel::Receiver;
 
@@ -578,7 +577,6 @@ pub async fn run(start: ShardStart) {
     // (`/health` says 503) until the core stops.
     let mut accept_tasks = Vec::new();
     let mut control_tasks = Vec::new();
-    let ring = crate::uring::current();
     for (fd, kind) in start
         .listeners
         .into_iter()
@@ -586,13 +584,9 @@ pub async fn run(start: ShardStart) {
         .chain(start.tls_listeners.into_iter().map(|f| (f, Listener::Tls)))
         .chain(start.control.into_iter().map(|f| (f, Listener::Control)))
     {
-        // Plain client listeners accept through the core's ring on the
-        // io_uring data path; TLS and control ones through glommio (their
-        // connections are glommio sockets).
-        let ring = ring.as_ref().filter(|_| kind == Listener::Client);
         // SAFETY: the fd is a bound, listening TCP socket created for this
         // shard alone; ownership moves into the listener here.
-        let listener = unsafe { Acceptor::from_raw_fd(fd, ring) };
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
         let task = accept_loop(shard.clone(), listener, kind, start.handlers);
         if kind == Listener::Control {
             control_tasks.push(spawn_control(&shard, task));
@@ -795,8 +789,12 @@ fn connection_task(
 }
 
 /// True for accept errors that mean "no descriptor is free".
-fn out_of_files(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+fn out_of_files(e: &glommio::GlommioError<()>) -> bool {
+    let code = match e {
+        glommio::GlommioError::IoError(e) => e.raw_os_error(),
+        _ => None,
+    };
+    matches!(code, Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Why a client connection is refused right after accept.
@@ -811,7 +809,7 @@ enum Refusal {
 /// to spare) the socket lingers briefly, reading what the client still
 /// sends, so the 503 is not destroyed by a reset; at the file limit it is
 /// closed at once, giving its descriptor back to the reserve.
-fn refuse(shard: &Rc<Shard>, mut conn: Connection, why: Refusal) {
+fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
     let (counter, body) = match why {
         Refusal::MaxConnections => (
             &shard.stats.refused_max_connections,
@@ -833,6 +831,7 @@ fn refuse(shard: &Rc<Shard>, mut conn: Connection, why: Refusal) {
     }
     let mut out = Vec::with_capacity(160);
     crate::codec::http1::write_simple_response(&mut out, 503, body, true);
+    let mut conn = Connection::tcp(stream, shard.bufs.clone());
     conn.send_now(&out);
     let lingering = shard.lingering_refusals.get();
     if matches!(why, Refusal::FileLimit) || lingering >= shard.conn_limit.lingering {
@@ -859,73 +858,7 @@ enum Listener {
     Control,
 }
 
-/// How a listening socket accepts: through glommio, or, for plain client
-/// listeners on the io_uring data path, through the core's own ring (one
-/// multishot accept: no submission and no descriptor duplication per
-/// connection; see PERFORMANCE.md "io_uring data path: accept").
-enum Acceptor {
-    Glommio(TcpListener),
-    Ring(UringListener),
-}
-
-/// A socket just accepted, not yet a `Connection`.
-enum Accepted {
-    Glommio(TcpStream),
-    Ring(UringStream),
-}
-
-impl Acceptor {
-    /// The listener for `fd` (a bound, listening TCP socket owned by the
-    /// caller): the ring's when `ring` is given.
-    ///
-    /// SAFETY: `fd` is a listening socket owned by nothing else; ownership
-    /// moves into the acceptor.
-    unsafe fn from_raw_fd(fd: RawFd, ring: Option<&crate::uring::Uring>) -> Acceptor {
-        match ring {
-            // SAFETY: as the caller promises.
-            Some(ring) => Acceptor::Ring(ring.listener(unsafe { OwnedFd::from_raw_fd(fd) })),
-            // SAFETY: as the caller promises.
-            None => Acceptor::Glommio(unsafe { TcpListener::from_raw_fd(fd) }),
-        }
-    }
-
-    async fn accept(&mut self) -> std::io::Result<Accepted> {
-        match self {
-            Acceptor::Glommio(l) => match l.accept().await {
-                Ok(s) => Ok(Accepted::Glommio(s)),
-                Err(glommio::GlommioError::IoError(e)) => Err(e),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            },
-            Acceptor::Ring(l) => l.accept().await.map(Accepted::Ring),
-        }
-    }
-}
-
-impl Accepted {
-    fn peer_addr(&self) -> SocketAddr {
-        let peer = match self {
-            Accepted::Glommio(s) => s.peer_addr().ok(),
-            Accepted::Ring(s) => socket2::SockRef::from(s)
-                .peer_addr()
-                .ok()
-                .and_then(|a| a.as_socket()),
-        };
-        peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
-    }
-
-    /// The connection over the socket: a ring socket stays on the ring; a
-    /// glommio one moves to the ring for a client connection on the
-    /// io_uring data path (`Connection::client`), else stays with glommio.
-    fn into_conn(self, shard: &Shard, client: bool) -> Connection {
-        match self {
-            Accepted::Ring(s) => Connection::ring(s, shard.bufs.clone()),
-            Accepted::Glommio(s) if client => Connection::client(s, shard.bufs.clone()),
-            Accepted::Glommio(s) => Connection::tcp(s, shard.bufs.clone()),
-        }
-    }
-}
-
-async fn accept_loop(shard: Rc<Shard>, mut listener: Acceptor, kind: Listener, handlers: Handlers) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener, handlers: Handlers) {
     let control = kind == Listener::Control;
     let spare = if control {
         &shard.spare_control
@@ -933,7 +866,7 @@ async fn accept_loop(shard: Rc<Shard>, mut listener: Acceptor, kind: Listener, h
         &shard.spare_client
     };
     loop {
-        let accepted = match listener.accept().await {
+        let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) if out_of_files(&e) => {
                 if let Some(n) = shard.accept_log.note(Instant::now()) {
@@ -944,8 +877,7 @@ async fn accept_loop(shard: Rc<Shard>, mut listener: Acceptor, kind: Listener, h
                 }
                 // Free the reserved descriptor for one more accept: a
                 // client connection is refused with it, a control one
-                // served. Without a reserve, wait rather than spin (the
-                // connection waits in the listen backlog meanwhile).
+                // served. Without a reserve, wait rather than spin.
                 if !spare.release() {
                     glommio::timer::sleep(Duration::from_millis(50)).await;
                     spare.refill();
@@ -956,8 +888,7 @@ async fn accept_loop(shard: Rc<Shard>, mut listener: Acceptor, kind: Listener, h
                     // Descriptors were freed meanwhile: serve it.
                     Ok(s) if spare.refill() => s,
                     Ok(s) => {
-                        let conn = s.into_conn(&shard, false);
-                        refuse(&shard, conn, Refusal::FileLimit);
+                        refuse(&shard, s, Refusal::FileLimit);
                         spare.refill();
                         continue;
                     }
@@ -979,28 +910,25 @@ async fn accept_loop(shard: Rc<Shard>, mut listener: Acceptor, kind: Listener, h
             }
         };
         shard.stats.accepted.set(shard.stats.accepted.get() + 1);
-        let peer = accepted.peer_addr();
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         if control {
-            let conn = accepted.into_conn(&shard, false);
+            let conn = Connection::tcp(stream, shard.bufs.clone());
             let task = (handlers.control)(shard.clone(), conn, peer);
             spawn_control(&shard, connection_task(&shard, peer, None, task)).detach();
             continue;
         }
         let Some(slot) = shard.conn_limit.take() else {
-            refuse(
-                &shard,
-                accepted.into_conn(&shard, false),
-                Refusal::MaxConnections,
-            );
+            refuse(&shard, stream, Refusal::MaxConnections);
             continue;
         };
         if kind == Listener::Tls {
-            let conn = accepted.into_conn(&shard, false);
-            let task = serve_tls(shard.clone(), conn, peer, handlers.client);
+            let task = serve_tls(shard.clone(), stream, peer, handlers.client);
             glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
             continue;
         }
-        let conn = accepted.into_conn(&shard, true);
+        let conn = Connection::client(stream, shard.bufs.clone());
         let task = (handlers.client)(shard.clone(), conn, peer);
         glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
     }
@@ -1012,7 +940,7 @@ async fn accept_loop(shard: Rc<Shard>, mut listener: Acceptor, kind: Listener, h
 /// header timeout (`timeouts.client_header`, counted from the accept),
 /// then the connection is served as any other. Failures are counted by
 /// reason (`corepin_tls_handshake_failures_total`).
-async fn serve_tls(shard: Rc<Shard>, mut conn: Connection, peer: SocketAddr, client: Handler) {
+async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, client: Handler) {
     use crate::connection::ReadError;
     use crate::tls::sniff::{self, Sniff};
     let Some(config) = shard.tls.borrow().clone() else {
@@ -1020,6 +948,7 @@ async fn serve_tls(shard: Rc<Shard>, mut conn: Connection, peer: SocketAddr, cli
     };
     let timeout = shard.cfg.timeouts.client_header;
     let started = Instant::now();
+    let mut conn = Connection::tcp(stream, shard.bufs.clone());
     // Before the handshake: its last writes (session tickets) and the
     // first response must not wait on Nagle for the client's delayed ACK.
     conn.set_nodelay();
