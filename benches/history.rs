@@ -224,7 +224,7 @@ fn publish_loop(w: &mut World, stop: &AtomicBool, until: Option<Duration>, from:
         w.bus.publish(vec![item(i, &payload)], None);
         lat.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
         i += 1;
-        if i % 256 == 0 {
+        if i.is_multiple_of(256) {
             drain(w, &mut out);
         }
     }
