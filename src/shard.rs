@@ -573,6 +573,19 @@ pub async fn run(start: ShardStart) {
             "corepin-control",
         )));
     let stop = Rc::new(Cell::new(false));
+    // Client connections are served in the queue `run` started in; their
+    // listeners are accepted from in a queue of their own that preempts
+    // it. A core busy with thousands of runnable connection tasks (a
+    // reconnect storm's resets) would otherwise leave its listen queue
+    // full long enough for the kernel to drop handshakes, and each
+    // dropped client waits out TCP's backoff (1, 3, 7... s) before it is
+    // even accepted (PERFORMANCE.md, "Reconnect storm").
+    let conn_queue = glommio::executor().current_task_queue();
+    let accept_queue = glommio::executor().create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(Duration::from_millis(1)),
+        "corepin-accept",
+    );
     // Client listeners stop at the drain; control listeners keep answering
     // (`/health` says 503) until the core stops.
     let mut accept_tasks = Vec::new();
@@ -587,11 +600,14 @@ pub async fn run(start: ShardStart) {
         // SAFETY: the fd is a bound, listening TCP socket created for this
         // shard alone; ownership moves into the listener here.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        let task = accept_loop(shard.clone(), listener, kind, start.handlers);
+        let task = accept_loop(shard.clone(), listener, kind, start.handlers, conn_queue);
         if kind == Listener::Control {
             control_tasks.push(spawn_control(&shard, task));
         } else {
-            accept_tasks.push(glommio::spawn_local(task));
+            accept_tasks.push(match glommio::spawn_local_into(task, accept_queue) {
+                Ok(t) => t,
+                Err(_) => unreachable!("the accept queue lives as long as the shard"),
+            });
         }
     }
     let log_task = glommio::spawn_local(flush_access_log(shard.clone(), stop.clone()));
@@ -858,7 +874,16 @@ enum Listener {
     Control,
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener, handlers: Handlers) {
+/// Accepts from `listener` until cancelled; client connections are
+/// served in `conns` (the accept loop itself runs in a queue that
+/// preempts it), yielding between accepts when another queue is due.
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    kind: Listener,
+    handlers: Handlers,
+    conns: glommio::TaskQueueHandle,
+) {
     let control = kind == Listener::Control;
     let spare = if control {
         &shard.spare_control
@@ -925,12 +950,28 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener, ha
         };
         if kind == Listener::Tls {
             let task = serve_tls(shard.clone(), stream, peer, handlers.client);
-            glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
-            continue;
+            spawn_into(connection_task(&shard, peer, Some(slot), task), conns);
+        } else {
+            let conn = Connection::client(stream, shard.bufs.clone());
+            let task = (handlers.client)(shard.clone(), conn, peer);
+            spawn_into(connection_task(&shard, peer, Some(slot), task), conns);
         }
-        let conn = Connection::client(stream, shard.bufs.clone());
-        let task = (handlers.client)(shard.clone(), conn, peer);
-        glommio::spawn_local(connection_task(&shard, peer, Some(slot), task)).detach();
+        // glommio accepts without waiting while connections are queued: a
+        // burst would be taken in one go, the core's publishes waiting.
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Spawns a detached task into `queue` (one of this executor's).
+fn spawn_into(
+    fut: impl std::future::Future<Output = ()> + 'static,
+    queue: glommio::TaskQueueHandle,
+) {
+    match glommio::spawn_local_into(fut, queue) {
+        Ok(t) => {
+            t.detach();
+        }
+        Err(_) => unreachable!("the queue was made by this executor and lives as long as it"),
     }
 }
 
