@@ -238,6 +238,64 @@ fn vectored_and_queued_sends_arrive_in_order() {
 }
 
 #[test]
+fn copied_writes_arrive_in_order_and_do_not_borrow_the_callers_buffer() {
+    let (l, addr) = listener();
+    // Rounds of: a copy handed over alone (it goes into the socket's send
+    // arena), a gathered copy and a shared send queued behind it while the
+    // first is in flight (their own Bytes). One round's copy is far larger
+    // than the socket buffers (it may complete short; the arena is then
+    // too large to be pooled).
+    let rounds: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = (0..40)
+        .map(|k| {
+            let n = if k == 20 {
+                8 << 20
+            } else {
+                1 + (k * 53) % 3000
+            };
+            (
+                pattern(n, k as u8),
+                pattern(1 + (k * 17) % 500, (k + 100) as u8),
+                pattern(1 + (k * 29) % 700, (k + 200) as u8),
+            )
+        })
+        .collect();
+    let mut expect = Vec::new();
+    for (a, b, c) in &rounds {
+        expect.extend_from_slice(a);
+        expect.extend_from_slice(b);
+        expect.extend_from_slice(c);
+    }
+    let total = expect.len();
+    let peer = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        let mut got = vec![0u8; total];
+        c.read_exact(&mut got).expect("read");
+        assert!(got == expect, "bytes out of order or corrupted");
+    });
+    with_ring(Config::default(), move |ring| async move {
+        let s = accept_std(&ring, &l);
+        let mut scratch: Vec<u8> = Vec::new();
+        for (a, b, c) in rounds {
+            scratch.clear();
+            scratch.extend_from_slice(&a);
+            s.start_send_copy(&[&scratch]).expect("copy");
+            // The caller reuses its buffer at once: what was handed over
+            // must not change.
+            scratch.fill(0xAA);
+            scratch.clear();
+            scratch.extend_from_slice(&b[..b.len() / 2]);
+            s.start_send_copy(&[&scratch, &b[b.len() / 2..]])
+                .expect("copy");
+            scratch.fill(0x55);
+            s.start_send(Bytes::from(c)).expect("shared");
+            s.flush().await.expect("flush");
+            assert_eq!(s.unsent(), 0);
+        }
+    });
+    peer.join().expect("peer");
+}
+
+#[test]
 fn short_sends_are_continued_by_the_driver() {
     let (l, addr) = listener();
     const N: usize = 16 << 20;
