@@ -29,24 +29,35 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+/// The same live allocations in glibc malloc's chunk sizes (size plus
+/// its 8-byte header, rounded up to 16, at least 32), so they compare
+/// with `mallinfo2`'s in-use figure.
+static CHUNKS: AtomicIsize = AtomicIsize::new(0);
+
+fn chunk(size: usize) -> isize {
+    (size + 8).div_ceil(16).max(2) as isize * 16
+}
 
 // SAFETY: every call is passed to the system allocator unchanged; the
 // counter is only arithmetic on the sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        CHUNKS.fetch_add(chunk(l.size()), Ordering::Relaxed);
         // SAFETY: the caller's contract for `alloc` is passed on.
         unsafe { System.alloc(l) }
     }
 
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        CHUNKS.fetch_sub(chunk(l.size()), Ordering::Relaxed);
         // SAFETY: the caller's contract for `dealloc` is passed on.
         unsafe { System.dealloc(p, l) }
     }
 
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        CHUNKS.fetch_add(chunk(new) - chunk(l.size()), Ordering::Relaxed);
         // SAFETY: the caller's contract for `realloc` is passed on.
         unsafe { System.realloc(p, l, new) }
     }
@@ -57,6 +68,17 @@ static ALLOC: Counting = Counting;
 
 fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// glibc malloc's own figures: bytes in chunks in use (every allocation,
+/// Rust's and aws-lc's C ones, with malloc's headers) and bytes taken
+/// from the system for the main arena. Exact only with the per-thread
+/// cache off (its parked chunks count as in use): `main` re-runs the
+/// bench with `GLIBC_TUNABLES=glibc.malloc.tcache_count=0`.
+fn malloc_in_use() -> (isize, isize) {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks as isize, m.arena as isize)
 }
 
 /// A reader with nothing to give yet, as an idle socket.
@@ -222,7 +244,106 @@ fn unbuffered(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>) {
     );
 }
 
+/// `n` connections through `ServerTlsStream`, each with a handshake and
+/// one request/response, all kept (idle) at the end: what each costs in
+/// all of malloc's memory, Rust's and aws-lc's alike.
+fn many(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usize) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut sbuf = [0u8; 256];
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut kept = Vec::with_capacity(n);
+    // One warm-up connection first: the provider's and the configs'
+    // lazily made state is not a connection's.
+    for i in 0..=n {
+        if i == 1 {
+            kept.clear();
+        }
+        let rx = Rc::new(RefCell::new(Vec::with_capacity(16 << 10)));
+        let tx = Rc::new(RefCell::new(Vec::with_capacity(16 << 10)));
+        let io = Mem {
+            rx: rx.clone(),
+            tx: tx.clone(),
+        };
+        let mut s = ServerTlsStream::accept(io, server.clone(), &[]).expect("server");
+        {
+            let name = ServerName::try_from("mem.test").expect("name");
+            let mut c = ClientConnection::new(client.clone(), name).expect("client");
+            exchange(&mut c, &rx, &tx, || {
+                let _ = s.poll_handshake(&mut cx);
+            });
+            c.writer()
+                .write_all(b"GET / HTTP/1.1\r\nHost: mem.test\r\n\r\n")
+                .expect("write");
+            exchange(&mut c, &rx, &tx, || {
+                let _ = Pin::new(&mut s).poll_read(&mut cx, &mut sbuf);
+            });
+            let mut wrote = false;
+            exchange(&mut c, &rx, &tx, || {
+                if !wrote {
+                    let _ = Pin::new(&mut s).poll_write(&mut cx, resp);
+                    wrote = true;
+                }
+                let _ = Pin::new(&mut s).poll_flush(&mut cx);
+            });
+        }
+        assert!(Pin::new(&mut s).poll_read(&mut cx, &mut sbuf).is_pending());
+        // The in-memory stream's own vectors are not the connection's.
+        *rx.borrow_mut() = Vec::new();
+        *tx.borrow_mut() = Vec::new();
+        kept.push(Box::new(s));
+        if i == 0 {
+            // Counting starts after the warm-up.
+            START.with(|st| {
+                *st.borrow_mut() = (live(), CHUNKS.load(Ordering::Relaxed), malloc_in_use())
+            });
+        }
+    }
+    let (a_live, a_chunks, (a_used, a_arena)) =
+        (live(), CHUNKS.load(Ordering::Relaxed), malloc_in_use());
+    let (s_live, s_chunks, (s_used, s_arena)) = START.with(|st| *st.borrow());
+    let per = |x: isize| x as f64 / n as f64;
+    println!();
+    println!(
+        "| {n} idle connections through ServerTlsStream (boxed), TLS 1.3, ECDSA P-256, per connection | bytes |"
+    );
+    println!("|---|---:|");
+    println!("| Rust heap, as asked for | {:.0} |", per(a_live - s_live));
+    println!(
+        "| Rust heap, in malloc's chunk sizes (with headers) | {:.0} |",
+        per(a_chunks - s_chunks)
+    );
+    println!(
+        "| all of malloc in use (Rust and aws-lc's C allocations) | {:.0} |",
+        per(a_used - s_used)
+    );
+    println!(
+        "| so aws-lc's own (C) allocations | {:.0} |",
+        per((a_used - s_used) - (a_chunks - s_chunks))
+    );
+    println!(
+        "| main arena's growth (in use plus holes left by handshakes) | {:.0} |",
+        per(a_arena - s_arena)
+    );
+    drop(kept);
+}
+
+thread_local! {
+    static START: RefCell<(isize, isize, (isize, isize))> = const { RefCell::new((0, 0, (0, 0))) };
+}
+
 fn main() {
+    // The malloc figures need malloc's per-thread cache off (see
+    // `malloc_in_use`): run again with it off, once.
+    const TUNABLE: &str = "glibc.malloc.tcache_count=0";
+    if !std::env::var("GLIBC_TUNABLES").is_ok_and(|v| v.contains(TUNABLE)) {
+        let exe = std::env::current_exe().expect("exe");
+        let status = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("GLIBC_TUNABLES", TUNABLE)
+            .status()
+            .expect("re-run");
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let dir = std::env::temp_dir().join(format!("corepin-tls-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let ca_key = rcgen::KeyPair::generate().expect("key");
@@ -293,4 +414,9 @@ fn main() {
         idle - elsewhere
     );
     unbuffered(&server, &client);
+    // Full handshakes each (no client ticket cache), as a crowd of new
+    // subscribers makes.
+    let mut fresh_client = (*client).clone();
+    fresh_client.resumption = rustls::client::Resumption::disabled();
+    many(&server, &Arc::new(fresh_client), 200);
 }

@@ -982,11 +982,23 @@ fn spawn_into(
 /// then the connection is served as any other. Failures are counted by
 /// reason (`corepin_tls_handshake_failures_total`).
 async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, client: Handler) {
+    // The sniff and the handshake run in a future of their own on the
+    // heap, freed when the handshake ends: inline, their state (the TLS
+    // stream before it is boxed, the read and timer futures; 2.5 KiB)
+    // would size this task, and so every TLS connection, for its whole
+    // life (PERFORMANCE.md, "TLS memory per connection").
+    let started = Box::pin(start_tls(&shard, stream, peer)).await;
+    if let Some(conn) = started {
+        client(shard, conn, peer).await
+    }
+}
+
+/// `serve_tls`'s first part: the sniff and the handshake; the connection
+/// when it is to be served.
+async fn start_tls(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr) -> Option<Connection> {
     use crate::connection::ReadError;
     use crate::tls::sniff::{self, Sniff};
-    let Some(config) = shard.tls.borrow().clone() else {
-        return;
-    };
+    let config = shard.tls.borrow().clone()?;
     let timeout = shard.cfg.timeouts.client_header;
     let started = Instant::now();
     let mut conn = Connection::tcp(stream, shard.bufs.clone());
@@ -1004,24 +1016,27 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, client
         shard.stats.tls_failure(reason);
         debug!("core {}: TLS from {peer}: {reason}", shard.index);
     };
-    match first {
-        Ok(Sniff::Tls) => {}
+    let reason = match first {
+        Ok(Sniff::Tls) => {
+            let left = timeout.saturating_sub(started.elapsed());
+            match conn.start_tls(config, left).await {
+                Ok(conn) => return Some(conn),
+                Err(e) => e.reason(),
+            }
+        }
         Ok(Sniff::PlainHttp) => {
             failed("plain_http");
             let _ = conn.write_all(sniff::PLAINTEXT_RESPONSE).await;
             conn.linger_close().await;
-            return;
+            return None;
         }
-        Ok(Sniff::Other) => return failed("not_tls"),
-        Err(ReadError::TimedOut) => return failed("timeout"),
-        Err(ReadError::Closed) => return failed("closed"),
-        Err(_) => return failed("io"),
-    }
-    let left = timeout.saturating_sub(started.elapsed());
-    match conn.start_tls(config, left).await {
-        Ok(conn) => client(shard, conn, peer).await,
-        Err(e) => failed(e.reason()),
-    }
+        Ok(Sniff::Other) => "not_tls",
+        Err(ReadError::TimedOut) => "timeout",
+        Err(ReadError::Closed) => "closed",
+        Err(_) => "io",
+    };
+    failed(reason);
+    None
 }
 
 /// Keep-alives, long-poll timeouts and link timers, checked 4 times a second.

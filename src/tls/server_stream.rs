@@ -14,8 +14,12 @@
 //!   (rustls decrypts records in it); taken from a per-thread spare list
 //!   for a read and given back as soon as it is empty, so a connection
 //!   waiting for its peer holds none (as corepin's own read buffer);
-//! - `plain`: decrypted bytes the caller's buffer had no room for;
-//! - `out`: encrypted records not yet written to the socket.
+//! - `plain`: decrypted bytes the caller's buffer had no room for (a
+//!   record is decrypted by rustls and copied once, straight into the
+//!   caller's buffer when it fits);
+//! - `out`: encrypted records not yet written to the socket; like
+//!   `incoming`, given back to a per-thread spare list once written, so a
+//!   response costs no allocation of ours.
 //!
 //! Writing: `poll_write` encrypts into `out` and pushes as much as the
 //! socket takes; the rest goes out on the next write or on `poll_flush`
@@ -29,7 +33,6 @@
 //! peer that drops the TCP connection without one reads as
 //! `UnexpectedEof` (a truncation).
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, Write};
@@ -59,8 +62,36 @@ const WRITE_MAX: usize = 1 << 16;
 /// Spare `incoming` buffers kept per thread (one core's connections).
 const SPARE_MAX: usize = 64;
 
+/// Spare `out` buffers kept per thread, and the largest kept: a write
+/// usually leaves at once, so a core needs few.
+const SPARE_OUT_MAX: usize = 16;
+const SPARE_OUT_ROOM: usize = RECORD_ROOM;
+
+/// Most capacity the per-thread gathering buffer keeps between writes.
+const GATHER_KEEP: usize = RECORD_ROOM;
+
 thread_local! {
     static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SPARE_OUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty `out` buffer, with room from an earlier write when a spare is
+/// at hand (no allocation per response).
+fn take_out() -> Vec<u8> {
+    SPARE_OUT.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+}
+
+fn give_out(mut b: Vec<u8>) {
+    if b.capacity() > 0 && b.capacity() <= SPARE_OUT_ROOM {
+        b.clear();
+        SPARE_OUT.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_OUT_MAX {
+                s.push(b);
+            }
+        });
+    }
 }
 
 fn take_buf() -> Vec<u8> {
@@ -148,7 +179,7 @@ impl<IO> ServerTlsStream<IO> {
             s.incoming = take_buf();
             s.incoming[..prefix.len()].copy_from_slice(prefix);
             s.filled = prefix.len();
-            if let Err(e) = s.process(None, false) {
+            if let Err(e) = s.process(None, false, &mut [], &mut 0) {
                 s.fail(e);
             }
             s.settle();
@@ -180,26 +211,31 @@ impl<IO> ServerTlsStream<IO> {
             self.plain_at = 0;
         }
         if self.sent >= self.out.len() && self.out.capacity() > 0 {
-            self.out = Vec::new();
+            give_out(std::mem::take(&mut self.out));
             self.sent = 0;
         }
     }
 
     /// Runs rustls over the records held until it needs more bytes or may
     /// send application data: handshake records and alerts it produces
-    /// go to `out`, application data to `plain`. Once it may send,
-    /// `send` is encrypted into `out`, and with `close_notify` so is a
+    /// go to `out`, application data to `dst` (the caller's read buffer,
+    /// `*got` bytes of it filled here) while it has room and nothing is
+    /// waiting in `plain`, the rest to `plain`. Once it may send, `send`
+    /// is encrypted into `out`, and with `close_notify` so is a
     /// close_notify alert.
     fn process(
         &mut self,
         send: Option<&[u8]>,
         close_notify: bool,
+        dst: &mut [u8],
+        got: &mut usize,
     ) -> Result<Reached, rustls::Error> {
         let ServerTlsStream {
             conn,
             incoming,
             filled,
             plain,
+            plain_at,
             out,
             peer_closed,
             ..
@@ -215,7 +251,21 @@ impl<IO> ServerTlsStream<IO> {
                         match rec {
                             Ok(rec) => {
                                 discard += rec.discard;
-                                plain.extend_from_slice(rec.payload);
+                                let p = rec.payload;
+                                // Straight into the caller's buffer (no
+                                // copy of ours in between) unless bytes
+                                // read earlier are still waiting.
+                                let n = if *plain_at >= plain.len() {
+                                    let n = p.len().min(dst.len() - *got);
+                                    dst[*got..*got + n].copy_from_slice(&p[..n]);
+                                    *got += n;
+                                    n
+                                } else {
+                                    0
+                                };
+                                if n < p.len() {
+                                    plain.extend_from_slice(&p[n..]);
+                                }
                             }
                             Err(e) => {
                                 reached = Some(Err(e));
@@ -227,6 +277,9 @@ impl<IO> ServerTlsStream<IO> {
                 Ok(ConnectionState::PeerClosed) => *peer_closed = true,
                 Ok(ConnectionState::Closed) => reached = Some(Ok(Reached::Closed)),
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    if out.capacity() == 0 {
+                        *out = take_out();
+                    }
                     let at = out.len();
                     let mut room = 512;
                     loop {
@@ -251,12 +304,16 @@ impl<IO> ServerTlsStream<IO> {
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
                     let mut r = Ok(Reached::Traffic);
                     if let Some(data) = send.filter(|d| !d.is_empty()) {
-                        if let Err(e) = append(out, |buf| w.encrypt(data, buf)) {
+                        // Room for the records: the data, and per record
+                        // at most 64 bytes of header, type, padding and tag
+                        // (TLS 1.3: 22; TLS 1.2 GCM: 29).
+                        let room = data.len() + 64 * (data.len() / (1 << 14) + 1);
+                        if let Err(e) = append(out, room, |buf| w.encrypt(data, buf)) {
                             r = Err(e);
                         }
                     }
                     if close_notify && r.is_ok() {
-                        if let Err(e) = append(out, |buf| w.queue_close_notify(buf)) {
+                        if let Err(e) = append(out, 64, |buf| w.queue_close_notify(buf)) {
                             r = Err(e);
                         }
                     }
@@ -294,7 +351,7 @@ impl<IO> ServerTlsStream<IO> {
             let status = conn.process_tls_records(&mut []);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    let _ = append(out, |buf| {
+                    let _ = append(out, 512, |buf| {
                         e.encode(buf).map_err(|e| match e {
                             EncodeError::InsufficientSize(s) => EncryptError::InsufficientSize(s),
                             EncodeError::AlreadyEncoded => EncryptError::EncryptExhausted,
@@ -311,14 +368,17 @@ impl<IO> ServerTlsStream<IO> {
     }
 }
 
-/// Appends what `f` writes into a buffer to `out`, growing the room to
-/// what `f` says it needs.
+/// Appends what `f` writes into a buffer to `out` (`room` bytes at
+/// first), growing the room to what `f` says it needs.
 fn append(
     out: &mut Vec<u8>,
+    mut room: usize,
     mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> Result<(), rustls::Error> {
+    if out.capacity() == 0 {
+        *out = take_out();
+    }
     let at = out.len();
-    let mut room = 1024;
     loop {
         out.resize(at + room, 0);
         match f(&mut out[at..]) {
@@ -390,7 +450,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTlsStream<IO> {
             if !self.conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            match self.process(None, false) {
+            match self.process(None, false, &mut [], &mut 0) {
                 Err(e) => {
                     // Loop once more to send the alert.
                     self.fail(e);
@@ -435,7 +495,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTlsStream<IO> {
         if self.failed.is_some() || self.closing || self.conn.is_handshaking() {
             return;
         }
-        match self.process(Some(bytes), false) {
+        match self.process(Some(bytes), false, &mut [], &mut 0) {
             Ok(Reached::Traffic) => {}
             Ok(_) => return,
             Err(e) => return self.fail(e),
@@ -479,8 +539,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTlsStream<IO> {
             if this.peer_closed {
                 return Poll::Ready(Ok(0));
             }
-            match this.process(None, false) {
-                Ok(Reached::Closed) => return Poll::Ready(Ok(0)),
+            let mut got = 0;
+            match this.process(None, false, buf, &mut got) {
+                Ok(Reached::Closed) => return Poll::Ready(Ok(got)),
                 Ok(_) => {}
                 Err(e) => {
                     this.fail(e.clone());
@@ -498,6 +559,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTlsStream<IO> {
                 }
             }
             this.settle();
+            if got > 0 {
+                return Poll::Ready(Ok(got));
+            }
             if this.plain_at < this.plain.len() || this.peer_closed {
                 continue;
             }
@@ -543,18 +607,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTlsStream<IO> {
         if total == 0 {
             return Poll::Ready(Ok(0));
         }
-        let data: Cow<'_, [u8]> = match bufs.iter().find(|b| !b.is_empty()) {
-            Some(b) if b.len() >= total => Cow::Borrowed(&b[..total]),
-            _ => {
-                let mut v = Vec::with_capacity(total);
+        let r = match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) if b.len() >= total => this.process(Some(&b[..total]), false, &mut [], &mut 0),
+            _ => GATHER.with(|g| {
+                // One gathering buffer per thread, kept between writes.
+                let mut v = std::mem::take(&mut *g.borrow_mut());
                 for b in bufs {
                     let take = (total - v.len()).min(b.len());
                     v.extend_from_slice(&b[..take]);
                 }
-                Cow::Owned(v)
-            }
+                let r = this.process(Some(&v), false, &mut [], &mut 0);
+                v.clear();
+                if v.capacity() <= GATHER_KEEP {
+                    *g.borrow_mut() = v;
+                }
+                r
+            }),
         };
-        match this.process(Some(&data), false) {
+        match r {
             Ok(Reached::Traffic) => {}
             Ok(_) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
             Err(e) => {
@@ -582,7 +652,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTlsStream<IO> {
         if !this.closing {
             this.closing = true;
             if this.failed.is_none() && !this.conn.is_handshaking() {
-                if let Err(e) = this.process(None, true) {
+                if let Err(e) = this.process(None, true, &mut [], &mut 0) {
                     this.fail(e);
                 }
             }
