@@ -153,7 +153,7 @@ pub async fn handle(
         debug: route.debug,
         connection_id: None,
     };
-    hold(shard, c, &ctx, instruct, base).await
+    hold(shard, c, &ctx, Box::new(instruct), Box::new(base)).await
 }
 
 #[cfg(test)]

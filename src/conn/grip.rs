@@ -174,12 +174,16 @@ fn chan_states(i: &Instruct, prefix: &str, max: usize) -> Vec<crate::subs::ChanS
 }
 
 /// Holds the client connection as instructed.
+///
+/// The instruct and the response come boxed: an async fn keeps its
+/// arguments in its future for its whole life, so a held connection
+/// would otherwise carry them (twice) for as long as it is held.
 pub async fn hold(
     shard: &Rc<Shard>,
     c: &mut Client,
     ctx: &HoldCtx<'_>,
-    instruct: Instruct,
-    base: Base,
+    instruct: Box<Instruct>,
+    base: Box<Base>,
 ) -> HoldEnd {
     let max = shard.cfg.grip.max_channels;
     if instruct.channels.len() > max {
@@ -258,6 +262,7 @@ pub async fn hold(
         }
         HoldResume::Refetch => return HoldEnd::Retry(grip_last(&instruct, max)),
     }
+    drop(behind);
     sub.set_debug(ctx.debug);
     let _target = ctx
         .connection_id
@@ -269,8 +274,11 @@ pub async fn hold(
     let gone = instruct.gone.clone();
     // Boxed: a held connection carries only its own kind's state.
     let end = match instruct.hold {
-        HoldMode::Stream => Box::pin(hold_stream(shard, c, ctx, &sub, instruct, base)).await,
-        HoldMode::Response => Box::pin(hold_response(shard, c, ctx, &sub, &instruct, base)).await,
+        HoldMode::Stream => {
+            let start = stream_start(c, ctx, &sub, instruct, base);
+            Box::pin(hold_stream(shard, c, ctx, &sub, start)).await
+        }
+        HoldMode::Response => Box::pin(hold_response(shard, c, ctx, &sub, &instruct, *base)).await,
     };
     if let Some(url) = gone {
         send_gone(shard, ctx, &url);
@@ -492,14 +500,30 @@ fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> HoldEnd {
     })
 }
 
-async fn hold_stream(
-    shard: &Shard,
+/// What a held stream keeps of its instruct and its response once the
+/// head is made: the head and initial body to write (then dropped), and
+/// the instruct itself only when it has a next link (a `Refetch` needs
+/// it). Made before the stream's task waits, so that neither the backend's
+/// response nor the instruct stays in an idle stream's future.
+struct StreamStart {
+    out: Vec<u8>,
+    code: u16,
+    bytes: u64,
+    http10: bool,
+    head_only: bool,
+    failed: Option<String>,
+    links: Option<Box<Instruct>>,
+}
+
+/// Takes the boxes themselves: the instruct's is kept (when it has a next
+/// link) and the response's freed here, not when the hold ends.
+fn stream_start(
     c: &mut Client,
     ctx: &HoldCtx<'_>,
-    sub: &Rc<Sub>,
-    mut instruct: Instruct,
-    base: Base,
-) -> HoldEnd {
+    sub: &Sub,
+    instruct: Box<Instruct>,
+    base: Box<Base>,
+) -> StreamStart {
     let http10 = !sub.chunked();
     let status = instruct
         .status
@@ -532,15 +556,45 @@ async fn hold_stream(
         cut_after_head(&mut out);
         bytes = 0;
     }
-    drop((base, body));
+    let failed = failed.or_else(|| prev_id_without_link(&instruct));
+    StreamStart {
+        out,
+        code,
+        bytes,
+        http10,
+        head_only,
+        failed,
+        links: instruct.next.is_some().then_some(instruct),
+    }
+}
+
+/// A held stream: its head, then each message as it comes. The rare
+/// steps (a next link's fetch, the stream's end) are boxed, so that the
+/// future every idle stream keeps is sized for waiting and delivering.
+async fn hold_stream(
+    shard: &Shard,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    sub: &Rc<Sub>,
+    start: StreamStart,
+) -> HoldEnd {
+    let StreamStart {
+        out,
+        code,
+        mut bytes,
+        http10,
+        head_only,
+        failed,
+        mut links,
+    } = start;
     let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
     if !sent || head_only {
         return done(code, bytes, ctx, false);
     }
     sub.wrote(Instant::now());
-    if let Some(why) = failed.or_else(|| prev_id_without_link(&instruct)) {
-        return stream_failed(shard, c, ctx, code, bytes, &why).await;
+    if let Some(why) = failed {
+        return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await;
     }
     loop {
         match next_event(c, sub).await {
@@ -562,20 +616,22 @@ async fn hold_stream(
                     }
                 }
             }
-            HoldEvent::Msg(Msg::Close) => return end_stream(shard, c, ctx, code, bytes).await,
+            HoldEvent::Msg(Msg::Close) => {
+                return Box::pin(end_stream(shard, c, ctx, code, bytes)).await
+            }
             HoldEvent::Msg(Msg::Error(why)) => {
-                return stream_failed(shard, c, ctx, code, bytes, &why).await
+                return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await
             }
             HoldEvent::Msg(Msg::Refetch) => {
-                let Some(link) = instruct.next.clone() else {
+                let Some(link) = links.as_ref().and_then(|i| i.next.clone()) else {
                     continue;
                 };
                 // What is published while the link is fetched waits for
                 // its answer (Pushpin), which may repeat it.
                 shard.subs.refetching(sub);
-                match fetch_link(shard, ctx, sub, &link.url).await {
+                match Box::pin(fetch_link(shard, ctx, sub, &link.url)).await {
                     Fetched::Error(why) => {
-                        return stream_failed(shard, c, ctx, code, bytes, &why).await
+                        return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await
                     }
                     Fetched::Next(next, body) => {
                         let framed = if http10 {
@@ -610,7 +666,7 @@ async fn hold_stream(
                                         Instant::now() + Duration::from_secs(u64::from(l.timeout))
                                     }),
                                 );
-                                instruct = *i;
+                                links = Some(i);
                                 true
                             }
                             // No further hold: the stream ends after it.
@@ -621,10 +677,10 @@ async fn hold_stream(
                         }
                         bytes += body.len() as u64;
                         if !holds {
-                            return end_stream(shard, c, ctx, code, bytes).await;
+                            return Box::pin(end_stream(shard, c, ctx, code, bytes)).await;
                         }
-                        if let Some(why) = prev_id_without_link(&instruct) {
-                            return stream_failed(shard, c, ctx, code, bytes, &why).await;
+                        if let Some(why) = links.as_deref().and_then(prev_id_without_link) {
+                            return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await;
                         }
                     }
                     Fetched::Failed => {

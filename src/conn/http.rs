@@ -2,6 +2,7 @@
 //! to a backend (or answer it locally), stream the response back, and loop
 //! for keep-alive and pipelined requests, answering them in order.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -75,11 +76,17 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves one client connection (a TLS one after its handshake) until
 /// it closes.
-pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
+///
+/// Not an `async fn`: an async fn keeps its arguments in its future for
+/// its whole life, beside the locals they are moved into, so the
+/// `Connection` was held three times over in every connection's task
+/// (PERFORMANCE.md, "Per-connection byte budget"). The client is built
+/// here and the future holds it once.
+pub fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) -> impl Future<Output = ()> {
     // TCP_NODELAY is inherited from the listening socket (`server::bind`).
     conn.set_write_timeout(Some(shard.cfg.timeouts.client_write));
     let guard = shard.register(conn.raw_fd());
-    let mut c = Client {
+    let c = Client {
         state: guard.state(),
         guard,
         conn,
@@ -87,55 +94,61 @@ pub async fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) {
         dropin: None,
         log_level: None,
     };
-    loop {
-        let head = match read_head(&shard, &mut c).await {
-            HeadRead::Head(h) => h,
-            HeadRead::Closed => break,
-            HeadRead::Refuse(status, reason) => {
-                let started = shard.clock();
-                let bytes = answer(&shard, &mut c, status, reason, true).await;
-                shard.access(
-                    &AccessEntry {
-                        core: shard.index,
-                        client: c.peer,
-                        method: "-",
-                        path: "-",
-                        status,
-                        bytes,
-                        target: "-",
-                        duration: started.map(|s| s.elapsed()).unwrap_or_default(),
-                        user_agent: None,
-                    },
-                    None,
-                );
+    serve_client(shard, c)
+}
+
+fn serve_client(shard: Rc<Shard>, mut c: Client) -> impl Future<Output = ()> {
+    async move {
+        loop {
+            let head = match read_head(&shard, &mut c).await {
+                HeadRead::Head(h) => h,
+                HeadRead::Closed => break,
+                HeadRead::Refuse(status, reason) => {
+                    let started = shard.clock();
+                    let bytes = answer(&shard, &mut c, status, reason, true).await;
+                    shard.access(
+                        &AccessEntry {
+                            core: shard.index,
+                            client: c.peer,
+                            method: "-",
+                            path: "-",
+                            status,
+                            bytes,
+                            target: "-",
+                            duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+                            user_agent: None,
+                        },
+                        None,
+                    );
+                    break;
+                }
+            };
+            let started = shard.clock();
+            let stats_conn =
+                crate::conn::dropin::StatsConn::open(&shard, &head, c.peer, c.conn.is_tls());
+            let outcome = handle(&shard, &mut c, &head).await;
+            drop(stats_conn);
+            c.dropin = None;
+            shard.access(
+                &AccessEntry {
+                    core: shard.index,
+                    client: c.peer,
+                    method: head.method(),
+                    path: head.target(),
+                    status: outcome.status,
+                    bytes: outcome.bytes,
+                    target: &outcome.target,
+                    duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+                    user_agent: head.fields.get("user-agent"),
+                },
+                c.log_level.take(),
+            );
+            if !outcome.keep_alive || shard.draining() {
                 break;
             }
-        };
-        let started = shard.clock();
-        let stats_conn =
-            crate::conn::dropin::StatsConn::open(&shard, &head, c.peer, c.conn.is_tls());
-        let outcome = handle(&shard, &mut c, &head).await;
-        drop(stats_conn);
-        c.dropin = None;
-        shard.access(
-            &AccessEntry {
-                core: shard.index,
-                client: c.peer,
-                method: head.method(),
-                path: head.target(),
-                status: outcome.status,
-                bytes: outcome.bytes,
-                target: &outcome.target,
-                duration: started.map(|s| s.elapsed()).unwrap_or_default(),
-                user_agent: head.fields.get("user-agent"),
-            },
-            c.log_level.take(),
-        );
-        if !outcome.keep_alive || shard.draining() {
-            break;
         }
+        c.conn.linger_close().await;
     }
-    c.conn.linger_close().await;
 }
 
 /// Waits (idle timeout) for a request to start, then reads its head within
@@ -191,7 +204,15 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     c.log_level = route.and_then(|r| r.log_level);
     c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
     let Some(route) = route else {
-        return refuse(shard, c, head, 404, "no route for this request", "-").await;
+        return Box::pin(refuse(
+            shard,
+            c,
+            head,
+            404,
+            "no route for this request",
+            "-",
+        ))
+        .await;
     };
     // SockJS URLs skip cross-origin and JSON-P rewriting (as in Pushpin).
     if let Some(path) = crate::conn::sockjs::sockjs_path(route, head) {
@@ -199,7 +220,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
         return Box::pin(crate::conn::sockjs::handle(shard, c, head, route, path)).await;
     }
     if let Some(why) = crate::conn::dropin::refusal(c) {
-        return refuse(shard, c, head, 400, why, "-").await;
+        return Box::pin(refuse(shard, c, head, 400, why, "-")).await;
     }
     // A JSON-P request goes upstream rewritten.
     let jsonp = crate::conn::dropin::upstream(c);
@@ -207,7 +228,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let max_body = shard.cfg.limits.max_request_body;
     let route = match decide_routed(Some(route), head, ws, max_body) {
         Dispatch::Refuse { status, reason } => {
-            return refuse(shard, c, head, status, reason, "-").await
+            return Box::pin(refuse(shard, c, head, status, reason, "-")).await
         }
         Dispatch::BadHandshake { status, reason } => {
             let mut out = Vec::new();
@@ -218,7 +239,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
                 b""
             };
             http1::write_simple_response_with(&mut out, status, reason, true, extra);
-            let _ = c.conn.write_all(&out).await;
+            let _ = Box::pin(c.conn.write_all(&out)).await;
             return Outcome::closed(status, 0, "-".into());
         }
         // Each path's future is boxed: a connection's task then carries
@@ -246,7 +267,17 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             Some(Target::Backend(_)) => {
                 Box::pin(proxy(shard, c, head, route, &last, cid.as_deref())).await
             }
-            None => return refuse(shard, c, head, 404, "no route for this request", "-").await,
+            None => {
+                return Box::pin(refuse(
+                    shard,
+                    c,
+                    head,
+                    404,
+                    "no route for this request",
+                    "-",
+                ))
+                .await
+            }
         };
         match r {
             HoldEnd::Done(o) => return o,
@@ -256,7 +287,15 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             }
         }
     }
-    refuse(shard, c, head, 502, "backend kept asking for a retry", "-").await
+    Box::pin(refuse(
+        shard,
+        c,
+        head,
+        502,
+        "backend kept asking for a retry",
+        "-",
+    ))
+    .await
 }
 
 /// Answers an error without reading the request body. The connection is
@@ -609,7 +648,9 @@ async fn instructed(
         shard.pool.put_idle(up);
     }
     match grip_conn::decide(&resp, body) {
-        Ok(Decision::Hold(instruct, base)) => grip_conn::hold(shard, c, ctx, *instruct, base).await,
+        Ok(Decision::Hold(instruct, base)) => {
+            grip_conn::hold(shard, c, ctx, instruct, Box::new(base)).await
+        }
         Ok(Decision::Pass(base)) => {
             let keep = ctx.head.keep_alive && !shard.draining();
             let mut out = Vec::with_capacity(256 + base.body.len());
