@@ -176,7 +176,7 @@ impl Corepin {
 /// The lines of /proc/net/tcp for connections on local port `port` (both
 /// ends, as the kernel sees them: state, send and receive queues), so a
 /// request that got no answer shows whether corepin ever read it.
-fn tcp_lines(port: u16) -> String {
+pub fn tcp_lines(port: u16) -> String {
     let hex = format!(":{port:04X} ");
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let mut out: Vec<&str> = table.lines().take(1).collect();
@@ -187,7 +187,7 @@ fn tcp_lines(port: u16) -> String {
 /// Each thread of process `pid`: name, state, where it sleeps in the
 /// kernel (wchan) and its CPU time in ticks, so a stall shows whether a
 /// core's thread was runnable (starved), asleep in io_uring, or blocked.
-fn threads(pid: u32) -> String {
+pub fn threads(pid: u32) -> String {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return "(gone)".into();
     };
