@@ -83,9 +83,17 @@ fn resume_raw(cp: &Corepin, last: Option<u64>) -> (BufReader<TcpStream>, Option<
 }
 
 /// The id of the next text frame `m<id>`.
-fn next_id(r: &mut BufReader<TcpStream>) -> u64 {
+fn next_id(cp: &Corepin, r: &mut BufReader<TcpStream>) -> u64 {
     let mut h = [0u8; 2];
-    r.read_exact(&mut h).expect("frame header");
+    if let Err(e) = r.read_exact(&mut h) {
+        // A stall (no frame for the timeout) says where things stood.
+        let port = r.get_ref().local_addr().map_or(0, |a| a.port());
+        panic!(
+            "frame header: {e}\nits socket (/proc/net/tcp):\n{}\ncorepin's threads:\n{}",
+            tcp_lines(port),
+            threads(cp.child.id())
+        );
+    }
     assert_eq!(h[0] & 0x0f, 1, "a text frame");
     let mut p = vec![0u8; usize::from(h[1] & 0x7f)];
     r.read_exact(&mut p).expect("payload");
@@ -128,7 +136,7 @@ fn resuming_again_and_again_while_publishes_race_loses_and_repeats_nothing() {
         // A few messages, then drop the connection and resume from the
         // last id seen (on whichever core the new connection lands).
         for _ in 0..7 {
-            seen.push(next_id(&mut r));
+            seen.push(next_id(&cp, &mut r));
             if seen.last() == Some(&LAST) {
                 break;
             }

@@ -128,11 +128,41 @@ impl Corepin {
         ))
     }
 
-    /// Sends a raw request to the control API and reads the response.
+    /// Sends a raw request to the control API and reads the response. An
+    /// answer that does not come says how it failed (the read timed out,
+    /// the connection was closed or reset, and after how long), with the
+    /// end of corepin's log: an unanswered publish is a bug to find.
     pub fn control(&self, raw_request: &str) -> Response {
         let mut c = Conn::open(self.control_addr());
+        let local = c.w.local_addr().ok();
         c.send(raw_request.as_bytes());
-        c.read().expect("control response")
+        let started = Instant::now();
+        let first = match c.r.fill_buf() {
+            Ok([]) => Some("closed by corepin (EOF) before any answer".to_string()),
+            Ok(_) => None,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Some(format!("no answer: the read timed out ({e})"))
+            }
+            Err(e) => Some(format!("no answer: {:?} ({e})", e.kind())),
+        };
+        let failed = |what: &str| -> ! {
+            let elapsed = started.elapsed().as_secs_f64();
+            let log = self.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(40)..];
+            panic!(
+                "control request from {local:?}: {what} after {elapsed:.3} s\nrequest: {:?}\nits socket (/proc/net/tcp):\n{}\ncorepin's threads:\n{}\ncorepin's log (last {} lines):\n{}",
+                raw_request.lines().next().unwrap_or(""),
+                tcp_lines(local.map_or(0, |a| a.port())),
+                threads(self.child.id()),
+                tail.len(),
+                tail.join("\n")
+            )
+        };
+        if let Some(what) = first {
+            failed(&what);
+        }
+        c.read()
+            .unwrap_or_else(|| failed("the answer was cut short (closed, reset or timed out)"))
     }
 
     /// Publishes `content` on `channel` as http-stream.
@@ -141,6 +171,48 @@ impl Corepin {
         let r = self.publish(&body.to_string());
         assert_eq!(r.status, 200, "{}", r.text());
     }
+}
+
+/// The lines of /proc/net/tcp for connections on local port `port` (both
+/// ends, as the kernel sees them: state, send and receive queues), so a
+/// request that got no answer shows whether corepin ever read it.
+pub fn tcp_lines(port: u16) -> String {
+    let hex = format!(":{port:04X} ");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let mut out: Vec<&str> = table.lines().take(1).collect();
+    out.extend(table.lines().filter(|l| l.contains(&hex)));
+    out.join("\n")
+}
+
+/// Each thread of process `pid`: name, state, where it sleeps in the
+/// kernel (wchan) and its CPU time in ticks, so a stall shows whether a
+/// core's thread was runnable (starved), asleep in io_uring, or blocked.
+pub fn threads(pid: u32) -> String {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    let mut out = Vec::new();
+    for t in dir.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        // After the ")" that ends the name: state, then fields 4.., of
+        // which utime and stime are the 14th and 15th.
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, r)| r.split_whitespace().collect());
+        out.push(format!(
+            "{} {:<20} state {} wchan {} utime {} stime {}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            rest.first().unwrap_or(&"?"),
+            read("wchan").trim(),
+            rest.get(11).unwrap_or(&"?"),
+            rest.get(12).unwrap_or(&"?"),
+        ));
+    }
+    out.sort();
+    out.join("\n")
 }
 
 /// A control-socket path for one test, unique to this test process.
