@@ -517,6 +517,7 @@ struct StreamStart {
 
 /// Takes the boxes themselves: the instruct's is kept (when it has a next
 /// link) and the response's freed here, not when the hold ends.
+#[allow(clippy::boxed_local)]
 fn stream_start(
     c: &mut Client,
     ctx: &HoldCtx<'_>,

@@ -97,6 +97,9 @@ pub fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) -> impl Futur
     serve_client(shard, c)
 }
 
+// Not `async fn` on purpose: its argument would stay in the future beside
+// the local it is moved into (see `serve`).
+#[allow(clippy::manual_async_fn)]
 fn serve_client(shard: Rc<Shard>, mut c: Client) -> impl Future<Output = ()> {
     async move {
         loop {
