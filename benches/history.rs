@@ -97,6 +97,10 @@ fn world(design: Design, cores: usize, subscribed: usize, keep: usize) -> World 
     let mut wakes = Vec::new();
     for _ in 0..cores {
         let (a, b) = UnixStream::pair().expect("socketpair");
+        // Non-blocking, as corepin's own wake sockets are: nothing reads
+        // `b` here, and a blocking `a` stalled the publisher once its
+        // buffer filled (the 1,000-missed storm case hung).
+        a.set_nonblocking(true).expect("non-blocking wake socket");
         wakes.push(a);
         hold.push(b);
     }
