@@ -207,15 +207,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     c.log_level = route.and_then(|r| r.log_level);
     c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
     let Some(route) = route else {
-        return Box::pin(refuse(
-            shard,
-            c,
-            head,
-            404,
-            "no route for this request",
-            "-",
-        ))
-        .await;
+        return no_route(shard, c, head).await;
     };
     // SockJS URLs skip cross-origin and JSON-P rewriting (as in Pushpin).
     if let Some(path) = crate::conn::sockjs::sockjs_path(route, head) {
@@ -270,17 +262,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             Some(Target::Backend(_)) => {
                 Box::pin(proxy(shard, c, head, route, &last, cid.as_deref())).await
             }
-            None => {
-                return Box::pin(refuse(
-                    shard,
-                    c,
-                    head,
-                    404,
-                    "no route for this request",
-                    "-",
-                ))
-                .await
-            }
+            None => return no_route(shard, c, head).await,
         };
         match r {
             HoldEnd::Done(o) => return o,
@@ -303,6 +285,20 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
 
 /// Answers an error without reading the request body. The connection is
 /// kept only when there is no body left unread.
+/// The 404 for a request no route takes, boxed as `refuse` is everywhere
+/// in `handle` (a connection's task carries only the path it takes).
+async fn no_route(shard: &Shard, c: &mut Client, head: &RequestHead) -> Outcome {
+    Box::pin(refuse(
+        shard,
+        c,
+        head,
+        404,
+        "no route for this request",
+        "-",
+    ))
+    .await
+}
+
 async fn refuse(
     shard: &Shard,
     c: &mut Client,
