@@ -10,13 +10,14 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod common;
 
+use common::Ca;
 use corepin::config::TlsCerts;
 use corepin::tls::sniff::{classify, Sniff, PLAINTEXT_RESPONSE};
 use corepin::tls::{client, ClientTlsStream, Reloadable, ServerTlsStream};
@@ -58,51 +59,15 @@ impl TempDir {
     }
 }
 
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new(cn: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        let cert = p.self_signed(&key).expect("CA");
-        Ca { cert, key }
-    }
-
-    /// A leaf for `names` written as `dir/stem.crt` + `dir/stem.key`.
-    fn leaf_into(&self, dir: &TempDir, stem: &str, names: &[&str]) {
-        self.leaf_with(dir, stem, names, |_| {})
-    }
-
-    fn leaf_with(
-        &self,
-        dir: &TempDir,
-        stem: &str,
-        names: &[&str],
-        f: impl FnOnce(&mut rcgen::CertificateParams),
-    ) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            names.first().copied().unwrap_or("x"),
-        );
-        f(&mut p);
-        let cert = p.signed_by(&key, &self.cert, &self.key).expect("leaf");
-        dir.write(&format!("{stem}.crt"), &cert.pem());
-        dir.write(&format!("{stem}.key"), &key.serialize_pem());
     }
 }
 
