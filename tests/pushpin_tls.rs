@@ -101,14 +101,6 @@ fn served_cn(port: u16, sni: Option<&str>) -> Option<String> {
         .map(|s| s.rsplit("CN = ").next().unwrap_or(s).trim().to_string())
 }
 
-fn tls_port(cp: &Corepin) -> u16 {
-    cp.ready["listen_tls"][0]
-        .as_str()
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .map(|a| a.port())
-        .unwrap_or_else(|| panic!("no TLS address in {}", cp.ready))
-}
-
 fn corepin(args: &[&str]) -> Output {
     output(
         Command::new("timeout")
@@ -146,7 +138,7 @@ fn https_ports_serve_runner_certs_by_sni_beside_http_port() {
     assert!(!out.contains("warning"), "{out}");
 
     let cp = Corepin::start_in(&["--pushpin-config", &d.conf], false);
-    let port = tls_port(&cp);
+    let port = cp.tls_port();
     // The plain port, as before.
     let o = output(
         Command::new("curl")
@@ -209,7 +201,7 @@ fn the_port_written_in_https_ports_names_the_default() {
         &["--pushpin-config", &d.conf, "--listen-tls", "127.0.0.1:0"],
         false,
     );
-    let port = tls_port(&cp);
+    let port = cp.tls_port();
     assert_eq!(served_cn(port, None).as_deref(), Some("default.test"));
     assert_eq!(curl_https(&d, "default.test", port).as_deref(), Ok("ok"));
     assert_eq!(curl_https(&d, "api.example.com", port).as_deref(), Ok("ok"));
@@ -351,7 +343,7 @@ fn a_changed_certificate_file_is_served_without_a_signal() {
     d.ca.leaf_with(&d.certs, "default_0", &["first.test"], |_| {});
     let cp = Corepin::start_in(&["--pushpin-config", &d.conf], false);
     cp.wait_stderr(&format!("watching {} for changes", d.certs.display()));
-    let port = tls_port(&cp);
+    let port = cp.tls_port();
     assert_eq!(served_cn(port, None).as_deref(), Some("first.test"));
     // A renewed certificate, moved into place as a deployment tool would.
     let staging = d.dir.path().join("staging");

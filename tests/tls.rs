@@ -717,14 +717,7 @@ fn corepin_tls_env(certs: &Certs, env: &[(&str, &str)], args: &[&str]) -> (commo
     ];
     all.extend_from_slice(args);
     let cp = common::Corepin::start_env(env, &all);
-    let line = cp.wait_stderr("(TLS clients)");
-    let port = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split(' ').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no TLS port in {line:?}"));
+    let port = cp.tls_port();
     (cp, port)
 }
 
@@ -935,14 +928,7 @@ fn sighup_swaps_certificates_on_every_core_and_open_connections_go_on() {
         "--route",
         &backend.route(),
     ]);
-    let line = cp.wait_stderr("(TLS clients)");
-    let port: u16 = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split(' ').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("TLS port");
+    let port = cp.tls_port();
     // Connections on the old certificate, several so both cores hold some.
     let mut open: Vec<_> = (0..4).map(|_| tls_client(port, &[&old])).collect();
     for c in &mut open {
@@ -1032,14 +1018,7 @@ fn control_socket_reload_swaps_certificates_and_refuses_a_bad_file_with_the_reas
         "--route",
         &backend.route(),
     ]);
-    let line = cp.wait_stderr("(TLS clients)");
-    let port: u16 = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split(' ').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("TLS port");
+    let port = cp.tls_port();
     let reload = || -> serde_json::Value {
         use std::io::BufRead;
         let mut u = std::os::unix::net::UnixStream::connect(&sock).expect("control socket");
@@ -1401,14 +1380,7 @@ fn certificates_reload_under_load_with_no_failed_handshake_or_request() {
         "--route",
         &backend.route(),
     ]);
-    let line = cp.wait_stderr("(TLS clients)");
-    let port: u16 = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split(' ').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("TLS port");
+    let port = cp.tls_port();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     // Clients that trust both CAs open connection after connection.

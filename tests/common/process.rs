@@ -165,6 +165,12 @@ impl Corepin {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The port of the first TLS listener, from the ready file.
+    pub fn tls_port(&self) -> u16 {
+        first_port(&self.ready, "listen_tls")
+            .unwrap_or_else(|| panic!("no TLS address in {}", self.ready))
+    }
+
     pub fn control_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.control_port.expect("control port")))
     }
