@@ -1097,13 +1097,19 @@ impl Route {
     /// Where Pushpin's cut leaves no leading `/` (it then answers 502),
     /// corepin adds one.
     pub fn rewrite(&self, target: &str) -> String {
+        self.rewritten(target).into_owned()
+    }
+
+    /// [`Route::rewrite`], borrowing `target` when the route changes
+    /// nothing (no allocation per proxied request on such routes).
+    pub fn rewritten<'t>(&self, target: &'t str) -> Cow<'t, str> {
         let (path, query) = target.split_at(target.find('?').unwrap_or(target.len()));
         let (remove, prepend) = match &self.replace_beg {
             Some(rep) => (self.path_beg.as_ref().map_or(0, String::len), rep.as_str()),
             None => (self.path_rem, ""),
         };
         if remove == 0 && prepend.is_empty() {
-            return target.to_string();
+            return Cow::Borrowed(target);
         }
         let mut cut = remove.min(path.len());
         while !path.is_char_boundary(cut) {
@@ -1116,10 +1122,10 @@ impl Route {
         if !out.starts_with('/') {
             out.insert(0, '/');
         }
-        match normalize_path(out.as_bytes()) {
+        Cow::Owned(match normalize_path(out.as_bytes()) {
             Ok(Cow::Owned(p)) => format!("{}{query}", String::from_utf8_lossy(&p)),
             _ => format!("{out}{query}"),
-        }
+        })
     }
 }
 

@@ -288,9 +288,16 @@ impl Upstream {
     }
 }
 
+/// The idle connections of one pool key, with the key itself: a look-up
+/// by a borrowed `&str` reaches the `Rc` to hand to the `Upstream`.
+struct Idle {
+    key: Rc<str>,
+    conns: Vec<Connection>,
+}
+
 /// The core's idle connections and resolved addresses.
 pub struct Pool {
-    idle: RefCell<HashMap<Rc<str>, Vec<Connection>>>,
+    idle: RefCell<HashMap<Rc<str>, Idle>>,
     resolved: RefCell<HashMap<Rc<str>, Vec<SocketAddr>>>,
     max_idle: usize,
     bufs: Rc<BufPool>,
@@ -365,19 +372,13 @@ impl Pool {
 
     fn take_idle_key(&self, pool_key: &str, check: bool) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
-        let (key, list) = idle
-            .get_key_value(pool_key)
-            .map(|(k, _)| k.clone())
-            .and_then(|k| {
-                let list = idle.get_mut(&k)?;
-                Some((k, list))
-            })?;
-        while let Some(conn) = list.pop() {
+        let list = idle.get_mut(pool_key)?;
+        while let Some(conn) = list.conns.pop() {
             if !check || conn.looks_alive() {
                 return Some(Upstream {
                     conn,
                     reused: true,
-                    key,
+                    key: list.key.clone(),
                 });
             }
         }
@@ -474,13 +475,20 @@ impl Pool {
         let mut last = ConnectError::NoTarget;
         for (i, target) in targets.iter().enumerate().skip(from) {
             let Target::Backend(b) = target else { continue };
-            let to = Dest::of(b);
             if let Reuse::Pooled { check } = reuse {
-                if let Some(up) = self.take_idle(&to, check) {
+                // A plain, trusted target pools by its address as written:
+                // looked up borrowed, with no `Dest` or key built per
+                // request (the common keep-alive case).
+                let up = if !b.ssl && !b.untrusted {
+                    self.take_idle_key(&b.addr, check)
+                } else {
+                    self.take_idle(&Dest::of(b), check)
+                };
+                if let Some(up) = up {
                     return Ok((i, up, b));
                 }
             }
-            match self.connect_to(&to, timeout).await {
+            match self.connect_to(&Dest::of(b), timeout).await {
                 Ok(up) => return Ok((i, up, b)),
                 Err(e) => {
                     match &e {
@@ -516,15 +524,18 @@ impl Pool {
         }
         up.conn.set_read_timeout(None);
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(up.key.clone()).or_default();
-        if list.len() < self.max_idle {
-            list.push(up.conn);
+        let list = idle.entry(up.key.clone()).or_insert_with(|| Idle {
+            key: up.key.clone(),
+            conns: Vec::new(),
+        });
+        if list.conns.len() < self.max_idle {
+            list.conns.push(up.conn);
         }
     }
 
     /// Idle connections held, for stats.
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
+        self.idle.borrow().values().map(|l| l.conns.len()).sum()
     }
 }
 

@@ -17,8 +17,8 @@ use std::io::Write;
 
 use super::grip::GRIP_FEATURES;
 use super::http1::{
-    cgi_name_is, cgi_name_starts, is_hop_by_hop, reason_phrase, trim, write_field, write_framing,
-    BodyKind, Fields, RequestHead, ResponseHead, Version,
+    cgi_name_is, cgi_name_starts, reason_phrase, trim, write_field, write_framing, BodyKind,
+    Fields, HopByHop, RequestHead, ResponseHead, Version,
 };
 
 /// The `Via` token corepin adds.
@@ -48,7 +48,13 @@ pub enum Toward {
 /// `toward` the other side: the one filter every forwarded head goes
 /// through.
 pub fn forwardable(fields: &Fields, name: &[u8], toward: Toward) -> bool {
-    if is_hop_by_hop(fields, name) {
+    forwardable_by(&HopByHop::of(fields), name, toward)
+}
+
+/// [`forwardable`] with the message's `Connection` fields looked at once
+/// (`HopByHop::of`), for a loop over all of a head's fields.
+fn forwardable_by(hop: &HopByHop<'_>, name: &[u8], toward: Toward) -> bool {
+    if hop.drops(name) {
         return false;
     }
     match toward {
@@ -56,6 +62,15 @@ pub fn forwardable(fields: &Fields, name: &[u8], toward: Toward) -> bool {
         Toward::Client => !is_grip_name(name),
         Toward::ClientWithGrip => true,
     }
+}
+
+/// `Via`: the values received (`earlier`, each followed by `, `), then
+/// corepin's own, with no buffer between.
+fn write_via(out: &mut Vec<u8>, earlier: &[u8]) {
+    out.extend_from_slice(b"Via: ");
+    out.extend_from_slice(earlier);
+    out.extend_from_slice(VIA.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `Grip-*` as spelled (what a backend's answer carries to corepin).
@@ -75,14 +90,21 @@ pub struct XffRule {
 impl XffRule {
     /// The entries to forward: the client's (as this rule keeps them), then
     /// the peer's address when the rule appends.
-    pub fn apply<'a>(&self, mut client: Vec<&'a [u8]>, peer: &'a [u8]) -> Vec<&'a [u8]> {
-        if let Some(n) = self.truncate {
-            client.drain(..client.len().saturating_sub(n));
-        }
+    pub fn apply<'a>(&self, client: Vec<&'a [u8]>, peer: &'a [u8]) -> Vec<&'a [u8]> {
+        let mut out = self.kept(&client).to_vec();
         if self.append {
-            client.push(peer);
+            out.push(peer);
         }
-        client
+        out
+    }
+
+    /// The client's entries this rule keeps (the peer's address, when it
+    /// appends, goes after them).
+    pub fn kept<'s, 'a>(&self, client: &'s [&'a [u8]]) -> &'s [&'a [u8]] {
+        match self.truncate {
+            Some(n) => &client[client.len().saturating_sub(n)..],
+            None => client,
+        }
     }
 }
 
@@ -242,8 +264,11 @@ impl BackendRequest<'_> {
         };
         let _ = write!(out, "{method} {} HTTP/1.1\r\n", self.path);
         let fwd = &self.forwarding;
+        // Both stay empty, and allocate nothing, unless the client sent
+        // `X-Forwarded-For` or `Via` (the common request sends neither).
         let mut xff: Vec<&[u8]> = Vec::new();
         let mut via: Vec<u8> = Vec::new();
+        let hop = HopByHop::of(&head.fields);
         let mut https = fwd.tls;
         let mut real_ip = None;
         let mut forwarded_host = None;
@@ -259,7 +284,7 @@ impl BackendRequest<'_> {
                 }
                 write_field(&mut orig, name, value);
             }
-            if !forwardable(&head.fields, name, Toward::Backend)
+            if !forwardable_by(&hop, name, Toward::Backend)
                 || (self.over_http && is_session_field(name))
                 || (self.own_connection_id().is_some() && cgi_name_is(name, "connection-id"))
                 || edited(name)
@@ -328,14 +353,21 @@ impl BackendRequest<'_> {
             }
         }
         out.extend_from_slice(&orig);
-        let entries = fwd.xff.apply(xff, self.peer_ip.as_bytes());
-        if !entries.is_empty() {
+        // `XffRule::apply`'s entries, written straight into the head.
+        let kept = fwd.xff.kept(&xff);
+        if !kept.is_empty() || fwd.xff.append {
             out.extend_from_slice(b"X-Forwarded-For: ");
-            for (i, e) in entries.iter().enumerate() {
+            for (i, e) in kept.iter().enumerate() {
                 if i > 0 {
                     out.extend_from_slice(b", ");
                 }
                 out.extend_from_slice(e);
+            }
+            if fwd.xff.append {
+                if !kept.is_empty() {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(self.peer_ip.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
         }
@@ -349,8 +381,7 @@ impl BackendRequest<'_> {
             b"X-Real-IP",
             real_ip.unwrap_or(self.peer_ip.as_bytes()),
         );
-        via.extend_from_slice(VIA.as_bytes());
-        write_field(out, b"Via", &via);
+        write_via(out, &via);
         if let Some(sig) = self.grip {
             write_grip_fields(out, sig);
             for (channel, id) in self.grip_last {
@@ -477,8 +508,9 @@ pub fn write_proxied_response(
 ) {
     relayed_status_line(out, resp);
     let mut via: Vec<u8> = Vec::new();
+    let hop = HopByHop::of(&resp.fields);
     for (name, value) in resp.fields.iter() {
-        if !forwardable(&resp.fields, name, toward) {
+        if !forwardable_by(&hop, name, toward) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"via") {
@@ -488,8 +520,7 @@ pub fn write_proxied_response(
         }
         write_field(out, name, value);
     }
-    via.extend_from_slice(VIA.as_bytes());
-    write_field(out, b"Via", &via);
+    write_via(out, &via);
     match resp.body {
         BodyKind::Empty => {
             // HEAD and 304 keep the length the backend declared; other

@@ -586,15 +586,41 @@ const NOT_HOP_BY_HOP: &[&str] = &["host"];
 /// or listed in the message's own `Connection` header (unless it is one of
 /// `NOT_HOP_BY_HOP`).
 pub fn is_hop_by_hop(fields: &Fields, name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
-        || (fields
+    HopByHop::of(fields).drops(name)
+}
+
+/// [`is_hop_by_hop`] for one message, its `Connection` fields looked at
+/// once: a loop over a head's fields then scans them again only when they
+/// list something beyond `keep-alive` (itself always hop-by-hop), instead
+/// of once per field.
+pub struct HopByHop<'a> {
+    fields: &'a Fields,
+    /// A `Connection` field lists a token other than `keep-alive`.
+    listed: bool,
+}
+
+impl<'a> HopByHop<'a> {
+    pub fn of(fields: &'a Fields) -> Self {
+        let listed = fields
             .tokens("connection")
-            .any(|t| t.eq_ignore_ascii_case(name))
-            && !NOT_HOP_BY_HOP
-                .iter()
-                .any(|h| h.as_bytes().eq_ignore_ascii_case(name)))
+            .any(|t| !t.eq_ignore_ascii_case(b"keep-alive"));
+        HopByHop { fields, listed }
+    }
+
+    /// True when the field `name` must not be forwarded.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+            || (self.listed
+                && self
+                    .fields
+                    .tokens("connection")
+                    .any(|t| t.eq_ignore_ascii_case(name))
+                && !NOT_HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_bytes().eq_ignore_ascii_case(name)))
+    }
 }
 
 /// `name` compared as CGI/WSGI servers see it: ASCII case ignored, and `_`

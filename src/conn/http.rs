@@ -446,16 +446,16 @@ async fn exchange(
 /// request body was sent (see `exchange`). A failure comes with the
 /// target it concerns.
 #[allow(clippy::too_many_arguments)]
-async fn send_request(
+async fn send_request<'r>(
     shard: &Shard,
     c: &mut Client,
     head: &RequestHead,
-    route: &Route,
+    route: &'r Route,
     path: &str,
     grip: Option<Option<&str>>,
     grip_last: &[(String, String)],
     cid: Option<&str>,
-) -> Result<(Upstream, Backend, ResponseHead, bool), (Failure, String)> {
+) -> Result<(Upstream, &'r Backend, ResponseHead, bool), (Failure, String)> {
     let replayable = head.body == BodyKind::Empty && head.is_idempotent();
     let mut fresh = false;
     loop {
@@ -472,14 +472,15 @@ async fn send_request(
             .connect_first(&route.targets, 0, reuse, timeout)
             .await
         {
-            Ok((_, up, b)) => (up, b.clone()),
+            Ok((_, up, b)) => (up, b),
             Err(e) => {
                 let (status, reason) = e.answer();
                 return Err((Failure::Upstream(status, reason), "-".to_string()));
             }
         };
         let mut req_head = shard.bufs.take_out();
-        let peer_ip = c.peer.ip().to_string();
+        let mut ip_buf = [0u8; IP_TEXT_MAX];
+        let peer_ip = ip_text(c.peer.ip(), &mut ip_buf);
         let fwd = shard
             .cfg
             .forwarding
@@ -488,7 +489,7 @@ async fn send_request(
         BackendRequest {
             grip_last,
             connection_id: cid,
-            ..backend.request(head, Purpose::Proxy, path, &peer_ip, fwd, grip)
+            ..backend.request(head, Purpose::Proxy, path, peer_ip, fwd, grip)
         }
         .write(&mut req_head);
         let sent = Instant::now();
@@ -510,11 +511,51 @@ async fn send_request(
             }
             Err(Failure::Stale) => {
                 let f = Failure::Upstream(502, "upstream closed the connection");
-                return Err((f, backend.addr));
+                return Err((f, backend.addr.clone()));
             }
-            Err(f) => return Err((f, backend.addr)),
+            Err(f) => return Err((f, backend.addr.clone())),
         }
     }
+}
+
+/// The longest text form of an IP address (IPv6 with an embedded IPv4).
+const IP_TEXT_MAX: usize = 45;
+
+/// `ip` as text in `buf`, without an allocation per request (the client's
+/// address goes into `X-Forwarded-For` and `X-Real-IP`). IPv4, what nearly
+/// every client is, is written by hand; IPv6 through its `Display`.
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &str {
+    let n = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            n
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut w = &mut buf[..];
+            // 45 bytes hold any IPv6 address's text; a failure would
+            // leave the text cut, never a panic.
+            let _ = write!(w, "{v6}");
+            IP_TEXT_MAX - w.len()
+        }
+    };
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
 /// Proxies one request to the route's backend and streams the answer back.
@@ -526,7 +567,7 @@ async fn proxy(
     grip_last: &[(String, String)],
     cid: Option<&str>,
 ) -> HoldEnd {
-    let path = route.rewrite(head.target());
+    let path = route.rewritten(head.target());
     // `no_grip`: nothing GRIP goes upstream and the answer is relayed as
     // is, its GRIP headers included (Pushpin's passthrough).
     let sig = route
@@ -559,7 +600,7 @@ async fn proxy(
     if route.grip() && grip::is_grip(&resp.fields) {
         let ctx = HoldCtx {
             head,
-            backend: Some(crate::upstream::Dest::of(&backend)),
+            backend: Some(crate::upstream::Dest::of(backend)),
             prefix: route.prefix.clone().unwrap_or_default(),
             target: backend.addr.clone(),
             sig,
@@ -569,7 +610,7 @@ async fn proxy(
         return instructed(shard, c, &ctx, up, resp).await;
     }
     if crate::conn::dropin::wraps(c) {
-        return crate::conn::dropin::proxied(shard, c, head, up, resp, backend.addr).await;
+        return crate::conn::dropin::proxied(shard, c, head, up, resp, backend.addr.clone()).await;
     }
     let (framing, keep) = client_framing(head, &resp, shard.draining());
     // The rest of an unsent body is still on its way from the client.
@@ -603,7 +644,7 @@ async fn proxy(
             HoldEnd::Done(Outcome {
                 status: resp.status,
                 bytes,
-                target: backend.addr,
+                target: backend.addr.clone(),
                 keep_alive: keep,
             })
         }
@@ -618,7 +659,7 @@ async fn proxy(
                     shard.index, backend.addr
                 ),
             }
-            HoldEnd::Done(Outcome::closed(resp.status, 0, backend.addr))
+            HoldEnd::Done(Outcome::closed(resp.status, 0, backend.addr.clone()))
         }
     }
 }
@@ -705,4 +746,32 @@ async fn fail(
 /// The key requests on `route` are signed with, if any.
 pub fn grip_key(signer: &crate::jwt::Signer, route: &Route) -> Option<crate::jwt::SigKey> {
     signer.key_for(route.sig_key.as_deref(), route.sig_iss.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::",
+            "::1",
+            "fe80::1:2:3:4",
+            "2001:db8:85a3::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "1:2:3:4:5:6:77.77.88.88",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("a valid address");
+            let mut buf = [0u8; IP_TEXT_MAX];
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string());
+        }
+    }
 }
