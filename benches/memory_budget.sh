@@ -10,6 +10,10 @@
 #
 # usage: benches/memory_budget.sh [N] [stream|ws] [COREPIN_BIN]
 #   DATA_PATH=uring  runs corepin with data_path = "uring"
+#   KEEP=DIR         copies heaptrack's data file there (for heaptrack_print)
+#   TLS=1            holds the subscribers on a TLS listener (self-signed
+#                    ECDSA P-256 certificate made here); aws-lc's own C
+#                    allocations (its AEAD key contexts) are listed too
 # Ports are picked by the system (port 0); temporary files under mktemp -d.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,14 +30,25 @@ trap 'rm -rf "$T"' EXIT
   [ -n "${DATA_PATH:-}" ] && echo "data_path = \"$DATA_PATH\""
   printf '[log]\naccess_log = false\n[limits]\nmax_connections = %d\n' $((N + 1000))
 } >"$T/c.toml"
-heaptrack -o "$T/heap" "$BIN" --listen 127.0.0.1:0 --control-http 127.0.0.1:0 \
+TLSARGS=()
+LOADTLS=()
+LISTENER=clients
+if [ -n "${TLS:-}" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -addext basicConstraints=critical,CA:FALSE -keyout "$T/k.pem" -out "$T/c.pem" 2>/dev/null
+  TLSARGS=(--listen-tls 127.0.0.1:0 --tls-cert "$T/c.pem" --tls-key "$T/k.pem")
+  LOADTLS=(--tls "$T/c.pem")
+  LISTENER="TLS clients"
+fi
+heaptrack -o "$T/heap" "$BIN" --listen 127.0.0.1:0 "${TLSARGS[@]}" --control-http 127.0.0.1:0 \
   --control-socket "" --workers 2 --route "* test" --config "$T/c.toml" 2>"$T/err" >/dev/null &
 HP=$!
 for _ in $(seq 600); do grep -q "running on" "$T/err" && break; sleep 0.1; done
-PORT=$(grep -oP 'listening on 127.0.0.1:\K\d+(?= \(clients)' "$T/err")
-CP=$(pgrep -n -f "^$BIN --listen 127.0.0.1:0 --control-http 127.0.0.1:0 --control-socket  --workers 2 --route \* test --config $T/c.toml" || echo "$HP")
+PORT=$(grep -oP "listening on 127.0.0.1:\\K\\d+(?= \\($LISTENER\\))" "$T/err")
+CP=$(pgrep -n -f "^$BIN --listen 127.0.0.1:0 .*--config $T/c.toml" || echo "$HP")
 BEFORE=$(awk '/VmRSS/{print $2}' "/proc/$CP/status")
-"$LOAD" subscribe --to "127.0.0.1:$PORT" --subscribers "$N" --kind "$KIND" --rate 5000 \
+"$LOAD" subscribe --to "127.0.0.1:$PORT" "${LOADTLS[@]}" --subscribers "$N" --kind "$KIND" --rate 5000 \
   --hold-s 4 --ready-file "$T/ready" --timeout-s 60 >/dev/null 2>&1 &
 LP=$!
 for _ in $(seq 600); do [ -e "$T/ready" ] && break; sleep 0.1; done
@@ -43,6 +58,7 @@ echo "RSS under heaptrack: $BEFORE KiB before, $AFTER KiB with $N idle $KIND sub
 kill -TERM "$CP"
 wait "$LP" || true
 wait "$HP" || true
+[ -n "${KEEP:-}" ] && cp "$T"/heap*.zst "$KEEP"/
 heaptrack_print -f "$T"/heap*.zst --print-peaks 1 --print-allocators 0 \
-  --print-temporary 0 --print-leaks 0 --peak-limit 25 --sub-peak-limit 1 2>/dev/null \
+  --print-temporary 0 --print-leaks 0 --peak-limit ${PEAKS:-25} --sub-peak-limit 1 2>/dev/null \
   | awk '/peak memory consumed over/ {print; getline; print "   " $0}'

@@ -34,6 +34,16 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 /// with `mallinfo2`'s in-use figure.
 static CHUNKS: AtomicIsize = AtomicIsize::new(0);
 
+/// Live allocations by requested size (sizes below `SIZES`; the rest in
+/// the last slot), so the kept connections' allocations can be itemised:
+/// a size with N (or 2N) live allocations more is one per connection.
+const SIZES: usize = 4097;
+static BY_SIZE: [AtomicIsize; SIZES] = [const { AtomicIsize::new(0) }; SIZES];
+
+fn by_size(size: usize, d: isize) {
+    BY_SIZE[size.min(SIZES - 1)].fetch_add(d, Ordering::Relaxed);
+}
+
 fn chunk(size: usize) -> isize {
     (size + 8).div_ceil(16).max(2) as isize * 16
 }
@@ -44,6 +54,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
         CHUNKS.fetch_add(chunk(l.size()), Ordering::Relaxed);
+        by_size(l.size(), 1);
         // SAFETY: the caller's contract for `alloc` is passed on.
         unsafe { System.alloc(l) }
     }
@@ -51,6 +62,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
         CHUNKS.fetch_sub(chunk(l.size()), Ordering::Relaxed);
+        by_size(l.size(), -1);
         // SAFETY: the caller's contract for `dealloc` is passed on.
         unsafe { System.dealloc(p, l) }
     }
@@ -58,6 +70,8 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
         CHUNKS.fetch_add(chunk(new) - chunk(l.size()), Ordering::Relaxed);
+        by_size(l.size(), -1);
+        by_size(new, 1);
         // SAFETY: the caller's contract for `realloc` is passed on.
         unsafe { System.realloc(p, l, new) }
     }
@@ -247,7 +261,7 @@ fn unbuffered(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>) {
 /// `n` connections through `ServerTlsStream`, each with a handshake and
 /// one request/response, all kept (idle) at the end: what each costs in
 /// all of malloc's memory, Rust's and aws-lc's alike.
-fn many(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usize) {
+fn many(what: &str, server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usize) {
     let mut cx = Context::from_waker(Waker::noop());
     let mut sbuf = [0u8; 256];
     let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -296,6 +310,12 @@ fn many(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usize
             START.with(|st| {
                 *st.borrow_mut() = (live(), CHUNKS.load(Ordering::Relaxed), malloc_in_use())
             });
+            SIZES_AT_START.with(|st| {
+                let mut st = st.borrow_mut();
+                for (i, c) in BY_SIZE.iter().enumerate() {
+                    st[i] = c.load(Ordering::Relaxed);
+                }
+            });
         }
     }
     let (a_live, a_chunks, (a_used, a_arena)) =
@@ -304,7 +324,7 @@ fn many(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usize
     let per = |x: isize| x as f64 / n as f64;
     println!();
     println!(
-        "| {n} idle connections through ServerTlsStream (boxed), TLS 1.3, ECDSA P-256, per connection | bytes |"
+        "| {n} idle connections through ServerTlsStream (boxed), TLS 1.3, ECDSA P-256, {what}, per connection | bytes |"
     );
     println!("|---|---:|");
     println!("| Rust heap, as asked for | {:.0} |", per(a_live - s_live));
@@ -324,10 +344,31 @@ fn many(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usize
         "| main arena's growth (in use plus holes left by handshakes) | {:.0} |",
         per(a_arena - s_arena)
     );
+    println!();
+    println!(
+        "| Rust allocations each connection keeps, by size (bytes asked for) | per connection |"
+    );
+    println!("|---|---:|");
+    SIZES_AT_START.with(|st| {
+        let st = st.borrow();
+        for (i, c) in BY_SIZE.iter().enumerate() {
+            let more = c.load(Ordering::Relaxed) - st[i];
+            // Half of the connections or more: a per-connection allocation.
+            if more * 2 >= n as isize {
+                let size = if i == SIZES - 1 {
+                    ">4096".to_string()
+                } else {
+                    i.to_string()
+                };
+                println!("| {size} | {:.2} |", per(more));
+            }
+        }
+    });
     drop(kept);
 }
 
 thread_local! {
+    static SIZES_AT_START: RefCell<Vec<isize>> = RefCell::new(vec![0; SIZES]);
     static START: RefCell<(isize, isize, (isize, isize))> = const { RefCell::new((0, 0, (0, 0))) };
 }
 
@@ -418,5 +459,78 @@ fn main() {
     // subscribers makes.
     let mut fresh_client = (*client).clone();
     fresh_client.resumption = rustls::client::Resumption::disabled();
-    many(&server, &Arc::new(fresh_client), 200);
+    let fresh_client = Arc::new(fresh_client);
+    many(
+        "corepin's configuration (aws-lc-rs, ring's AEAD)",
+        &server,
+        &fresh_client,
+        200,
+    );
+    // The same with one provider for everything: where the AEAD keys
+    // live (aws-lc-rs keeps each in a C allocation of its own, ring inline
+    // in rustls's boxes), and whether a ChaCha20-Poly1305 key is smaller
+    // than an AES-GCM one (not in ring: one enum holds either).
+    use rustls::crypto::{aws_lc_rs, ring};
+    let der = (vec![leaf.der().clone()], key.serialize_der());
+    let with = |p: rustls::crypto::CryptoProvider, chacha_first: bool| {
+        let ticketer = corepin::tls::ticketer().expect("ticketer");
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(p))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                der.0.clone(),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(der.1.clone().into()),
+            )
+            .expect("cert");
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c.ticketer = ticketer;
+        c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        c.ignore_client_order = chacha_first;
+        Arc::new(c)
+    };
+    let chacha_first = || {
+        let mut p = ring::default_provider();
+        p.cipher_suites.sort_by_key(|s| {
+            !matches!(
+                s.suite(),
+                rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+                    | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            )
+        });
+        p
+    };
+    many(
+        "aws-lc-rs alone, AES-256-GCM",
+        &with(aws_lc_rs::default_provider(), false),
+        &fresh_client,
+        200,
+    );
+    many(
+        "ring alone, AES-256-GCM",
+        &with(ring::default_provider(), false),
+        &fresh_client,
+        200,
+    );
+    many(
+        "ring alone, ChaCha20-Poly1305 (server's order)",
+        &with(chacha_first(), true),
+        &fresh_client,
+        200,
+    );
+    println!();
+    println!("| inline sizes | bytes |");
+    println!("|---|---:|");
+    println!(
+        "| rustls UnbufferedServerConnection | {} |",
+        std::mem::size_of::<rustls::server::UnbufferedServerConnection>()
+    );
+    println!(
+        "| glommio TcpStream | {} |",
+        std::mem::size_of::<glommio::net::TcpStream>()
+    );
+    println!(
+        "| rustls::Error | {} |",
+        std::mem::size_of::<rustls::Error>()
+    );
 }

@@ -11,7 +11,8 @@
 //! RSA 2048 certificates, X25519 key exchange, both providers; plus
 //! aws-lc-rs with the X25519MLKEM768 hybrid that current browsers and
 //! OpenSSL 3.5 offer), resumed handshakes (tickets), and bulk
-//! encrypt+decrypt throughput for 1 KiB and 16 KiB writes. "server %" is
+//! encrypt+decrypt throughput for 1 KiB and 16 KiB writes. A third
+//! column is what corepin ships: aws-lc-rs with ring's AEAD. "server %" is
 //! the share of the CPU time spent inside the server connection's calls
 //! (thread CPU clock around them): what a corepin core pays.
 
@@ -77,6 +78,9 @@ fn certs(kind: Key) -> Certs {
 enum Provider {
     AwsLc,
     Ring,
+    /// What corepin ships (`corepin::tls::provider`): aws-lc-rs with
+    /// ring's AEAD for the records.
+    Corepin,
 }
 
 impl Provider {
@@ -84,6 +88,7 @@ impl Provider {
         match self {
             Provider::AwsLc => "aws-lc-rs",
             Provider::Ring => "ring",
+            Provider::Corepin => "aws-lc-rs + ring AEAD (corepin)",
         }
     }
 
@@ -91,6 +96,7 @@ impl Provider {
         let mut p = match self {
             Provider::AwsLc => rustls::crypto::aws_lc_rs::default_provider(),
             Provider::Ring => rustls::crypto::ring::default_provider(),
+            Provider::Corepin => (*corepin::tls::provider()).clone(),
         };
         p.kx_groups = vec![kx];
         Arc::new(p)
@@ -98,14 +104,14 @@ impl Provider {
 
     fn x25519(self) -> &'static dyn SupportedKxGroup {
         match self {
-            Provider::AwsLc => rustls::crypto::aws_lc_rs::kx_group::X25519,
+            Provider::AwsLc | Provider::Corepin => rustls::crypto::aws_lc_rs::kx_group::X25519,
             Provider::Ring => rustls::crypto::ring::kx_group::X25519,
         }
     }
 
     fn ticketer(self) -> Arc<dyn rustls::server::ProducesTickets> {
         match self {
-            Provider::AwsLc => rustls::crypto::aws_lc_rs::Ticketer::new(),
+            Provider::AwsLc | Provider::Corepin => rustls::crypto::aws_lc_rs::Ticketer::new(),
             Provider::Ring => rustls::crypto::ring::Ticketer::new(),
         }
         .expect("ticketer")
@@ -323,7 +329,7 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let ecdsa = certs(Key::Ecdsa);
     let rsa = certs(Key::Rsa);
-    let providers = [Provider::AwsLc, Provider::Ring];
+    let providers = [Provider::AwsLc, Provider::Ring, Provider::Corepin];
     if quick {
         println!("smoke run (one of each, not a measurement): cargo bench --bench tls_provider");
     }

@@ -20,7 +20,9 @@
 //!    was used, `flush` after each response or batch, `close` at the end.
 //!
 //! Crypto provider: aws-lc-rs, chosen by measurement (PERFORMANCE.md,
-//! "TLS provider"; `benches/tls_provider.rs`).
+//! "TLS provider"; `benches/tls_provider.rs`), with ring's AEAD for the
+//! records, chosen by measurement too (`provider`; an idle connection's
+//! keys are 190 bytes smaller).
 //!
 //! Kernel TLS (kTLS), investigated: not available, and `tls.ktls = true`
 //! is refused. The kernels here are built without `CONFIG_TLS` (and
@@ -59,8 +61,9 @@ pub use server::{Reloadable, ServerTls};
 pub use server_stream::ServerTlsStream;
 pub use stream::{ClientTlsStream, HandshakeError, TlsStream};
 
-// The crypto provider, by cargo feature (Cargo.toml): aws-lc normally,
-// ring only in builds that leave aws-lc out (the fuzz targets).
+// The crypto provider, by cargo feature (Cargo.toml): aws-lc normally
+// (with ring's AEAD when both are on, the default: `provider`), ring only
+// in builds that leave aws-lc out (the fuzz targets).
 #[cfg(feature = "aws-lc")]
 use rustls::crypto::aws_lc_rs as crypto;
 #[cfg(all(feature = "ring", not(feature = "aws-lc")))]
@@ -69,8 +72,65 @@ use rustls::crypto::ring as crypto;
 compile_error!("corepin needs a crypto provider: feature `aws-lc` (the default) or `ring`");
 
 /// The crypto provider every TLS configuration of corepin uses.
+///
+/// With aws-lc: aws-lc-rs for everything (key exchange with the
+/// X25519MLKEM768 hybrid, signatures, hashes and the key schedule,
+/// tickets) except the record layer's AEAD, which is ring's (the same
+/// cipher suites, in aws-lc-rs's order). Why, measured (PERFORMANCE.md,
+/// "TLS memory per connection"): aws-lc-rs keeps each AES-GCM key in a
+/// C allocation of its own (about 600 bytes, two per connection, 1,229
+/// bytes with their boxes), ring inline in rustls's box (560 bytes
+/// each): 190 bytes less for every TLS connection, idle ones included,
+/// at the same bulk cost ("TLS provider": bulk a wash).
 pub fn provider() -> Arc<CryptoProvider> {
+    #[cfg(all(feature = "aws-lc", feature = "ring"))]
+    return Arc::new(CryptoProvider {
+        cipher_suites: ring_aead_suites().clone(),
+        ..crypto::default_provider()
+    });
+    #[cfg(not(all(feature = "aws-lc", feature = "ring")))]
     Arc::new(crypto::default_provider())
+}
+
+/// aws-lc-rs's cipher suites with ring's AEAD for the records: each
+/// suite made once per process (rustls wants them `'static`).
+#[cfg(all(feature = "aws-lc", feature = "ring"))]
+fn ring_aead_suites() -> &'static Vec<rustls::SupportedCipherSuite> {
+    use rustls::SupportedCipherSuite as S;
+    static SUITES: std::sync::OnceLock<Vec<S>> = std::sync::OnceLock::new();
+    let common = |c: &rustls::CipherSuiteCommon| rustls::CipherSuiteCommon {
+        suite: c.suite,
+        hash_provider: c.hash_provider,
+        confidentiality_limit: c.confidentiality_limit,
+    };
+    SUITES.get_or_init(|| {
+        let ring = rustls::crypto::ring::ALL_CIPHER_SUITES;
+        crypto::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| {
+                let twin = ring.iter().find(|r| r.suite() == s.suite());
+                match (s, twin) {
+                    (S::Tls13(a), Some(S::Tls13(r))) => {
+                        S::Tls13(Box::leak(Box::new(rustls::Tls13CipherSuite {
+                            common: common(&a.common),
+                            aead_alg: r.aead_alg,
+                            ..**a
+                        })))
+                    }
+                    (S::Tls12(a), Some(S::Tls12(r))) => {
+                        S::Tls12(Box::leak(Box::new(rustls::Tls12CipherSuite {
+                            common: common(&a.common),
+                            aead_alg: r.aead_alg,
+                            ..**a
+                        })))
+                    }
+                    // A suite ring does not have stays aws-lc-rs's.
+                    _ => *s,
+                }
+            })
+            .collect()
+    })
 }
 
 /// A session-ticket key (rotated by rustls), made once per process.

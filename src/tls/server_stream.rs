@@ -139,7 +139,9 @@ pub struct ServerTlsStream<IO> {
     out: Vec<u8>,
     sent: usize,
     /// A protocol error, its alert queued in `out`; reported once.
-    failed: Option<rustls::Error>,
+    /// Boxed: a `rustls::Error` is 64 bytes, every connection would carry
+    /// them for the rare one that fails.
+    failed: Option<Box<rustls::Error>>,
     /// close_notify queued.
     closing: bool,
     /// The peer's close_notify arrived.
@@ -344,7 +346,7 @@ impl<IO> ServerTlsStream<IO> {
 
     /// Keeps `e` and queues the alert rustls made for it.
     fn fail(&mut self, e: rustls::Error) {
-        self.failed = Some(e);
+        self.failed = Some(Box::new(e));
         self.filled = 0;
         let ServerTlsStream { conn, out, .. } = self;
         for _ in 0..4 {
@@ -440,12 +442,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTlsStream<IO> {
         loop {
             if let Err(e) = ready!(self.poll_flush_out(cx)) {
                 return Poll::Ready(Err(match self.failed.take() {
-                    Some(f) => HandshakeError::from_rustls(f),
+                    Some(f) => HandshakeError::from_rustls(*f),
                     None => HandshakeError::from_io(e),
                 }));
             }
             if let Some(e) = self.failed.take() {
-                return Poll::Ready(Err(HandshakeError::from_rustls(e)));
+                return Poll::Ready(Err(HandshakeError::from_rustls(*e)));
             }
             if !self.conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
@@ -527,7 +529,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTlsStream<IO> {
                 return Poll::Ready(Ok(n));
             }
             if let Some(e) = &this.failed {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e.clone())));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    (**e).clone(),
+                )));
             }
             if this.conn.is_handshaking() {
                 // Reading before the handshake is done: finish it first.
@@ -601,7 +606,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTlsStream<IO> {
             }
         }
         if let Some(e) = &this.failed {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e.clone())));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                (**e).clone(),
+            )));
         }
         let total = bufs.iter().map(|b| b.len()).sum::<usize>().min(WRITE_MAX);
         if total == 0 {
