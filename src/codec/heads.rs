@@ -17,8 +17,8 @@ use std::io::Write;
 
 use super::grip::GRIP_FEATURES;
 use super::http1::{
-    cgi_name_is, cgi_name_starts, reason_phrase, trim, write_field, write_framing, BodyKind,
-    Fields, HopByHop, RequestHead, ResponseHead, Version,
+    cgi_name_is, cgi_name_starts, reason_phrase, trim, write_decimal, write_field, write_framing,
+    BodyKind, Fields, HopByHop, RequestHead, ResponseHead, Version,
 };
 
 /// The `Via` token corepin adds.
@@ -262,7 +262,10 @@ impl BackendRequest<'_> {
             Purpose::WsEvents { .. } => "POST",
             _ => head.method(),
         };
-        let _ = write!(out, "{method} {} HTTP/1.1\r\n", self.path);
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
         let fwd = &self.forwarding;
         // Both stay empty, and allocate nothing, unless the client sent
         // `X-Forwarded-For` or `Via` (the common request sends neither).
@@ -481,7 +484,11 @@ fn relayed_status_line(out: &mut Vec<u8>, resp: &ResponseHead) {
     } else {
         resp.reason()
     };
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_decimal(out, u64::from(resp.status));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How a proxied response's body reaches the client.

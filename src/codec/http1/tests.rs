@@ -484,3 +484,24 @@ fn cgi_names() {
     assert!(cgi_name_starts(b"Meta_user", "meta-"));
     assert!(cgi_name_is(b"Connection_Id", "connection-id"));
 }
+
+#[test]
+fn decimals_as_display() {
+    for n in [
+        0u64,
+        7,
+        10,
+        99,
+        100,
+        204,
+        999,
+        1000,
+        65535,
+        1 << 40,
+        u64::MAX,
+    ] {
+        let mut out = b"x".to_vec();
+        write_decimal(&mut out, n);
+        assert_eq!(out, format!("x{n}").into_bytes());
+    }
+}
