@@ -21,7 +21,7 @@ use crate::wake::{Command, CoreLinks};
 use crossbeam_channel::Receiver;
 
 /// Listen backlog per socket.
-const BACKLOG: i32 = 4096;
+pub(crate) const BACKLOG: i32 = 4096;
 /// io_uring registered-buffer memory per executor: small, so that the
 /// locked-memory limit of an ordinary user is enough.
 pub(crate) const IO_MEMORY: usize = 1 << 20;
@@ -535,9 +535,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 let _ = task.await;
                 let st = ring.stats();
                 info!(
-                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} backend connects, {} accepted ({} accepts armed, {} accept errors)",
+                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} backend connects, {} accepted ({} accepts armed, {} of them one-shot, {} accept errors)",
                     st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps, st.connects,
-                    st.accepted, st.accept_arms, st.accept_errors
+                    st.accepted, st.accept_arms, st.accept_oneshots, st.accept_errors
                 );
             }
         })

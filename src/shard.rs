@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -113,6 +113,10 @@ pub struct ConnLimit {
     /// Refused connections each core may keep lingering (see `refuse`):
     /// a share of the descriptors the cap leaves free, at most 64.
     lingering: usize,
+    /// Headroom under the cap below which a ring listener accepts one
+    /// connection at a time: one multishot accept can take a whole listen
+    /// backlog in one go, every core's at once.
+    roomy: usize,
 }
 
 impl ConnLimit {
@@ -122,7 +126,14 @@ impl ConnLimit {
             max,
             open: AtomicUsize::new(0),
             lingering: (files.saturating_sub(max) / 8 / cores.max(1)).min(64),
+            roomy: crate::server::BACKLOG as usize * cores.max(1),
         })
+    }
+
+    /// True while every core's listen backlog, accepted in one go, stays
+    /// under the cap (a multishot accept may then be armed).
+    fn roomy(&self) -> bool {
+        self.max.saturating_sub(self.open.load(Ordering::Relaxed)) >= self.roomy
     }
 
     /// A slot for one more client connection, if under the cap.
@@ -166,6 +177,11 @@ impl Spare {
         // SAFETY: `fd` was opened by `refill` and is owned by this Spare alone.
         unsafe { libc::close(fd) };
         true
+    }
+
+    /// True while the reserve is held.
+    fn held(&self) -> bool {
+        self.0.get() >= 0
     }
 
     /// Takes the reserve back; false while no descriptor is free.
@@ -590,6 +606,7 @@ pub async fn run(start: ShardStart) {
     // (`/health` says 503) until the core stops.
     let mut accept_tasks = Vec::new();
     let mut control_tasks = Vec::new();
+    let ring = crate::uring::current();
     for (fd, kind) in start
         .listeners
         .into_iter()
@@ -597,9 +614,13 @@ pub async fn run(start: ShardStart) {
         .chain(start.tls_listeners.into_iter().map(|f| (f, Listener::Tls)))
         .chain(start.control.into_iter().map(|f| (f, Listener::Control)))
     {
+        // Plain client listeners accept through the core's ring on the
+        // io_uring data path; TLS and control ones through glommio (their
+        // connections are glommio sockets).
+        let ring = ring.as_ref().filter(|_| kind == Listener::Client);
         // SAFETY: the fd is a bound, listening TCP socket created for this
         // shard alone; ownership moves into the listener here.
-        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        let listener = unsafe { Acceptor::from_raw_fd(fd, ring) };
         let task = accept_loop(shard.clone(), listener, kind, start.handlers, conn_queue);
         if kind == Listener::Control {
             control_tasks.push(spawn_control(&shard, task));
@@ -805,12 +826,8 @@ fn connection_task(
 }
 
 /// True for accept errors that mean "no descriptor is free".
-fn out_of_files(e: &glommio::GlommioError<()>) -> bool {
-    let code = match e {
-        glommio::GlommioError::IoError(e) => e.raw_os_error(),
-        _ => None,
-    };
-    matches!(code, Some(libc::EMFILE | libc::ENFILE))
+fn out_of_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Why a client connection is refused right after accept.
@@ -825,7 +842,7 @@ enum Refusal {
 /// to spare) the socket lingers briefly, reading what the client still
 /// sends, so the 503 is not destroyed by a reset; at the file limit it is
 /// closed at once, giving its descriptor back to the reserve.
-fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
+fn refuse(shard: &Rc<Shard>, accepted: Accepted, why: Refusal) {
     let (counter, body) = match why {
         Refusal::MaxConnections => (
             &shard.stats.refused_max_connections,
@@ -847,12 +864,45 @@ fn refuse(shard: &Rc<Shard>, stream: TcpStream, why: Refusal) {
     }
     let mut out = Vec::with_capacity(160);
     crate::codec::http1::write_simple_response(&mut out, 503, body, true);
-    let mut conn = Connection::tcp(stream, shard.bufs.clone());
-    conn.send_now(&out);
     let lingering = shard.lingering_refusals.get();
-    if matches!(why, Refusal::FileLimit) || lingering >= shard.conn_limit.lingering {
+    let at_once = matches!(why, Refusal::FileLimit) || lingering >= shard.conn_limit.lingering;
+    let stream = match accepted {
+        Accepted::Glommio(s) => s,
+        Accepted::Ring(fd) if at_once => {
+            // Closed here and now, not through the ring: at the file limit
+            // the descriptor goes back to the reserve before the next accept.
+            // SAFETY: send(2) of our buffer on a socket `fd` owns.
+            unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    out.as_ptr().cast(),
+                    out.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            return;
+        }
+        Accepted::Ring(fd) => {
+            let conn = match crate::uring::current() {
+                Some(ring) => Connection::ring(ring.stream(fd), shard.bufs.clone()),
+                None => return,
+            };
+            linger_refused(shard, conn, &out, lingering);
+            return;
+        }
+    };
+    let mut conn = Connection::tcp(stream, shard.bufs.clone());
+    if at_once {
+        conn.send_now(&out);
         return;
     }
+    linger_refused(shard, conn, &out, lingering);
+}
+
+/// A refused connection's 503, then a brief linger reading what the client
+/// still sends (so the answer is not destroyed by a reset).
+fn linger_refused(shard: &Rc<Shard>, mut conn: Connection, out: &[u8], lingering: usize) {
+    conn.send_now(out);
     shard.lingering_refusals.set(lingering + 1);
     let shard = shard.clone();
     glommio::spawn_local(async move {
@@ -874,12 +924,110 @@ enum Listener {
     Control,
 }
 
+/// How a listening socket accepts: through glommio, or, for plain client
+/// listeners on the io_uring data path, through the core's own ring (one
+/// multishot accept: no submission and no descriptor duplication per
+/// connection; PERFORMANCE.md "io_uring data path: accept through the
+/// ring"). Out of descriptors, the ring's listener accepts one connection
+/// at a time until they are free again (`UringListener::set_multishot`).
+enum Acceptor {
+    Glommio(TcpListener),
+    Ring(crate::uring::UringListener),
+}
+
+/// A socket just accepted, not yet a `Connection`: a ring-accepted one is a
+/// plain descriptor until it is served (a refusal closes it at once).
+enum Accepted {
+    Glommio(TcpStream),
+    Ring(OwnedFd),
+}
+
+/// How long after the last EMFILE/ENFILE a ring listener keeps accepting
+/// one at a time before its multishot is armed again.
+const SCARCE_FOR: Duration = Duration::from_secs(1);
+
+impl Acceptor {
+    /// The listener for `fd` (a bound, listening TCP socket): the ring's
+    /// when `ring` is given.
+    ///
+    /// SAFETY: `fd` is a listening socket owned by nothing else; ownership
+    /// moves into the acceptor.
+    unsafe fn from_raw_fd(fd: RawFd, ring: Option<&crate::uring::Uring>) -> Acceptor {
+        match ring {
+            // SAFETY: as the caller promises.
+            Some(ring) => Acceptor::Ring(ring.listener(unsafe { OwnedFd::from_raw_fd(fd) })),
+            // SAFETY: as the caller promises.
+            None => Acceptor::Glommio(unsafe { TcpListener::from_raw_fd(fd) }),
+        }
+    }
+
+    async fn accept(&mut self) -> std::io::Result<Accepted> {
+        match self {
+            Acceptor::Glommio(l) => match l.accept().await {
+                Ok(s) => Ok(Accepted::Glommio(s)),
+                Err(glommio::GlommioError::IoError(e)) => Err(e),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            },
+            Acceptor::Ring(l) => l.accept_fd().await.map(Accepted::Ring),
+        }
+    }
+
+    /// Before an accept: a ring listener keeps its multishot only while
+    /// a burst cannot reach the limits, i.e. while `max_connections`
+    /// leaves room for every core's backlog, the file-limit reserve is
+    /// held and no accept found the descriptors gone for `SCARCE_FOR`;
+    /// otherwise it accepts one connection at a time, as glommio does
+    /// (an armed multishot takes connections ahead of the cap's check
+    /// and every descriptor freed while armed, the reserve's included).
+    fn settle(&mut self, limit: &ConnLimit, spare: &Spare, scarce: Option<Instant>) {
+        if let Acceptor::Ring(l) = self {
+            let roomy =
+                limit.roomy() && spare.held() && scarce.is_none_or(|t| t.elapsed() >= SCARCE_FOR);
+            if l.multishot() != roomy {
+                l.set_multishot(roomy);
+            }
+        }
+    }
+}
+
+impl Accepted {
+    fn peer_addr(&self) -> SocketAddr {
+        let peer = match self {
+            Accepted::Glommio(s) => s.peer_addr().ok(),
+            Accepted::Ring(fd) => socket2::SockRef::from(fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket()),
+        };
+        peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The glommio stream, for a listener that is never the ring's.
+    fn into_tcp(self) -> Option<TcpStream> {
+        match self {
+            Accepted::Glommio(s) => Some(s),
+            Accepted::Ring(_) => None,
+        }
+    }
+
+    /// A client connection: a ring socket goes onto the ring; a glommio
+    /// one moves to the ring on the io_uring data path
+    /// (`Connection::client`), else stays with glommio.
+    fn into_client(self, shard: &Shard) -> Option<Connection> {
+        match self {
+            Accepted::Glommio(s) => Some(Connection::client(s, shard.bufs.clone())),
+            Accepted::Ring(fd) => crate::uring::current()
+                .map(|ring| Connection::ring(ring.stream(fd), shard.bufs.clone())),
+        }
+    }
+}
+
 /// Accepts from `listener` until cancelled; client connections are
 /// served in `conns` (the accept loop itself runs in a queue that
 /// preempts it), yielding between accepts when another queue is due.
 async fn accept_loop(
     shard: Rc<Shard>,
-    listener: TcpListener,
+    mut listener: Acceptor,
     kind: Listener,
     handlers: Handlers,
     conns: glommio::TaskQueueHandle,
@@ -890,10 +1038,14 @@ async fn accept_loop(
     } else {
         &shard.spare_client
     };
+    // When accept last found no descriptor free.
+    let mut scarce: Option<Instant> = None;
     loop {
+        listener.settle(&shard.conn_limit, spare, scarce);
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) if out_of_files(&e) => {
+                scarce = Some(Instant::now());
                 if let Some(n) = shard.accept_log.note(Instant::now()) {
                     warn!(
                         "core {}: accept failed: {e}; refusing new client connections until descriptors are free ({n} since the last report; raise LimitNOFILE / ulimit -n, or lower limits.max_connections)",
@@ -935,10 +1087,11 @@ async fn accept_loop(
             }
         };
         shard.stats.accepted.set(shard.stats.accepted.get() + 1);
-        let peer = stream
-            .peer_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = stream.peer_addr();
         if control {
+            let Some(stream) = stream.into_tcp() else {
+                continue;
+            };
             let conn = Connection::tcp(stream, shard.bufs.clone());
             let task = (handlers.control)(shard.clone(), conn, peer);
             spawn_control(&shard, connection_task(&shard, peer, None, task)).detach();
@@ -949,10 +1102,15 @@ async fn accept_loop(
             continue;
         };
         if kind == Listener::Tls {
+            let Some(stream) = stream.into_tcp() else {
+                continue;
+            };
             let task = serve_tls(shard.clone(), stream, peer, handlers.client);
             spawn_into(connection_task(&shard, peer, Some(slot), task), conns);
         } else {
-            let conn = Connection::client(stream, shard.bufs.clone());
+            let Some(conn) = stream.into_client(&shard) else {
+                continue;
+            };
             let task = (handlers.client)(shard.clone(), conn, peer);
             spawn_into(connection_task(&shard, peer, Some(slot), task), conns);
         }

@@ -566,27 +566,13 @@ fn untrusted_websocket_targets_are_refused_too() {
 /// A CA and a leaf it signs for `names`, written into `dir` as
 /// `ca.pem`, `leaf.crt` and `leaf.key`.
 fn ca_and_leaf(dir: &TempDir, names: &[&str]) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "dropin test CA");
-    let ca = p.self_signed(&ca_key).expect("CA");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let leaf =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("params")
-            .signed_by(&key, &ca, &ca_key)
-            .expect("leaf");
-    let write = |name: &str, text: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path.display().to_string()
-    };
+    let ca = Ca::new("dropin test CA");
+    ca.leaf_into(dir, "leaf", names);
+    let path = |name: &str| dir.path().join(name).display().to_string();
     (
-        write("ca.pem", ca.pem()),
-        write("leaf.crt", leaf.pem()),
-        write("leaf.key", key.serialize_pem()),
+        ca.write_pem(dir, "ca.pem").display().to_string(),
+        path("leaf.crt"),
+        path("leaf.key"),
     )
 }
 

@@ -20,25 +20,10 @@ fn raw_ws(addr: std::net::SocketAddr, path: &str) -> (TcpStream, BufReader<TcpSt
     (s, r)
 }
 
+/// One frame as (opcode, text).
 fn next_frame(r: &mut BufReader<TcpStream>) -> (u8, String) {
-    let mut h = [0u8; 2];
-    r.read_exact(&mut h).expect("frame header");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            r.read_exact(&mut b).expect("len");
-            u16::from_be_bytes(b) as usize
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            r.read_exact(&mut b).expect("len");
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
-    };
-    let mut p = vec![0u8; len];
-    r.read_exact(&mut p).expect("payload");
-    (h[0] & 0x0f, String::from_utf8_lossy(&p).into_owned())
+    let (op, p) = read_frame(r);
+    (op, String::from_utf8_lossy(&p).into_owned())
 }
 
 /// The next text frame (pings are skipped).

@@ -219,18 +219,7 @@ fn slow_websocket_subscribers_are_dropped_and_memory_stays_bounded() {
     let reader = thread::spawn(move || {
         let mut text = String::new();
         for _ in 0..total {
-            let mut hd = [0u8; 2];
-            healthy.read_exact(&mut hd).expect("frame header");
-            let len = match hd[1] & 0x7f {
-                126 => {
-                    let mut b = [0u8; 2];
-                    healthy.read_exact(&mut b).expect("len");
-                    u16::from_be_bytes(b) as usize
-                }
-                n => n as usize,
-            };
-            let mut p = vec![0u8; len];
-            healthy.read_exact(&mut p).expect("payload");
+            let (_, p) = read_frame(&mut healthy);
             text.push_str(&String::from_utf8_lossy(&p));
         }
         text

@@ -352,21 +352,9 @@ fn ws_open(cp: &Corepin, path: &str, headers: &str) -> std::net::TcpStream {
 
 /// The next text message from the server (pings and pongs skipped).
 fn ws_text(s: &mut std::net::TcpStream) -> String {
-    use std::io::Read;
     loop {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).expect("frame head");
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut l = [0u8; 2];
-                s.read_exact(&mut l).expect("len");
-                usize::from(u16::from_be_bytes(l))
-            }
-            n => usize::from(n),
-        };
-        let mut p = vec![0u8; len];
-        s.read_exact(&mut p).expect("payload");
-        match h[0] & 0x0f {
+        let (op, p) = read_frame(s);
+        match op {
             1 => return String::from_utf8(p).expect("text"),
             9 | 10 => continue,
             op => panic!("opcode {op}: {}", String::from_utf8_lossy(&p)),

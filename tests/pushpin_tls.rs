@@ -9,49 +9,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use common::*;
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "pushpin tls test CA");
-        let cert = p.self_signed(&key).expect("CA");
-        Ca { cert, key }
-    }
-
-    /// A leaf for `names` (the first is its CN) as `dir/stem.crt` +
-    /// `dir/stem.key`; `f` may change it (an expired one, say).
-    fn leaf(
-        &self,
-        dir: &Path,
-        stem: &str,
-        names: &[&str],
-        f: impl FnOnce(&mut rcgen::CertificateParams),
-    ) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        f(&mut p);
-        let cert = p.signed_by(&key, &self.cert, &self.key).expect("leaf");
-        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("crt");
-        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("key");
-    }
-}
 
 /// A Pushpin deployment in a folder of its own: pushpin.conf with the
 /// given `[runner]` lines, its routes file, `runner/certs`, and the CA
@@ -80,7 +42,7 @@ fn deployment(runner: &str, routes: &str) -> Deployment {
     std::fs::create_dir_all(&certs).expect("certs dir");
     // What Pushpin's package ships there.
     std::fs::write(certs.join("README"), "Empty directory.\n").expect("README");
-    let ca = Ca::new();
+    let ca = Ca::new("pushpin tls test CA");
     let ca_file = d.join("ca.pem");
     std::fs::write(&ca_file, ca.cert.pem()).expect("ca");
     Deployment {
@@ -139,14 +101,6 @@ fn served_cn(port: u16, sni: Option<&str>) -> Option<String> {
         .map(|s| s.rsplit("CN = ").next().unwrap_or(s).trim().to_string())
 }
 
-fn tls_port(cp: &Corepin) -> u16 {
-    cp.ready["listen_tls"][0]
-        .as_str()
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .map(|a| a.port())
-        .unwrap_or_else(|| panic!("no TLS address in {}", cp.ready))
-}
-
 fn corepin(args: &[&str]) -> Output {
     output(
         Command::new("timeout")
@@ -165,9 +119,9 @@ fn https_ports_serve_runner_certs_by_sni_beside_http_port() {
         "http_port=127.0.0.1:0\nhttps_ports=127.0.0.1:0",
         &format!("* {}\n", backend.addr),
     );
-    d.ca.leaf(&d.certs, "default_0", &["localhost"], |_| {});
-    d.ca.leaf(&d.certs, "api.example.com", &["api.example.com"], |_| {});
-    d.ca.leaf(&d.certs, "_.example.org", &["*.example.org"], |_| {});
+    d.ca.leaf_with(&d.certs, "default_0", &["localhost"], |_| {});
+    d.ca.leaf_with(&d.certs, "api.example.com", &["api.example.com"], |_| {});
+    d.ca.leaf_with(&d.certs, "_.example.org", &["*.example.org"], |_| {});
 
     // check lists what would be served, one line each.
     let o = corepin(&["check", "--pushpin-config", &d.conf]);
@@ -184,7 +138,7 @@ fn https_ports_serve_runner_certs_by_sni_beside_http_port() {
     assert!(!out.contains("warning"), "{out}");
 
     let cp = Corepin::start_in(&["--pushpin-config", &d.conf], false);
-    let port = tls_port(&cp);
+    let port = cp.tls_port();
     // The plain port, as before.
     let o = output(
         Command::new("curl")
@@ -229,8 +183,8 @@ fn the_port_written_in_https_ports_names_the_default() {
         "http_port=127.0.0.1:0\nhttps_ports=8443",
         &format!("* {}\n", backend.addr),
     );
-    d.ca.leaf(&d.certs, "default_8443", &["default.test"], |_| {});
-    d.ca.leaf(&d.certs, "api.example.com", &["api.example.com"], |_| {});
+    d.ca.leaf_with(&d.certs, "default_8443", &["default.test"], |_| {});
+    d.ca.leaf_with(&d.certs, "api.example.com", &["api.example.com"], |_| {});
     let o = corepin(&["check", "--pushpin-config", &d.conf]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
@@ -247,7 +201,7 @@ fn the_port_written_in_https_ports_names_the_default() {
         &["--pushpin-config", &d.conf, "--listen-tls", "127.0.0.1:0"],
         false,
     );
-    let port = tls_port(&cp);
+    let port = cp.tls_port();
     assert_eq!(served_cn(port, None).as_deref(), Some("default.test"));
     assert_eq!(curl_https(&d, "default.test", port).as_deref(), Ok("ok"));
     assert_eq!(curl_https(&d, "api.example.com", port).as_deref(), Ok("ok"));
@@ -257,7 +211,7 @@ fn the_port_written_in_https_ports_names_the_default() {
 fn https_ports_alone_serve_without_a_default_as_pushpin() {
     let backend = Backend::fixed("tls only");
     let d = deployment("https_ports=127.0.0.1:0", &format!("* {}\n", backend.addr));
-    d.ca.leaf(&d.certs, "api.example.com", &["api.example.com"], |_| {});
+    d.ca.leaf_with(&d.certs, "api.example.com", &["api.example.com"], |_| {});
     let o = corepin(&["check", "--pushpin-config", &d.conf]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
@@ -344,12 +298,12 @@ fn a_missing_or_bad_certificates_directory_is_named() {
         );
     }
     // Bad files: one line each, naming the file.
-    d.ca.leaf(&d.certs, "default_443", &["default.test"], |_| {});
-    d.ca.leaf(&d.certs, "old.example.com", &["old.example.com"], |p| {
+    d.ca.leaf_with(&d.certs, "default_443", &["default.test"], |_| {});
+    d.ca.leaf_with(&d.certs, "old.example.com", &["old.example.com"], |p| {
         p.not_before = rcgen::date_time_ymd(2001, 1, 1);
         p.not_after = rcgen::date_time_ymd(2002, 1, 1);
     });
-    d.ca.leaf(&d.certs, "api.example.com", &["api.example.com"], |_| {});
+    d.ca.leaf_with(&d.certs, "api.example.com", &["api.example.com"], |_| {});
     let other_key = std::fs::read(d.certs.join("default_443.key")).expect("key");
     std::fs::write(d.certs.join("api.example.com.key"), other_key).expect("swap key");
     for args in [&["check", "--pushpin-config", &d.conf][..], &run_args[..]] {
@@ -386,15 +340,15 @@ fn a_changed_certificate_file_is_served_without_a_signal() {
         "http_port=127.0.0.1:0\nhttps_ports=127.0.0.1:0",
         &format!("* {}\n", backend.addr),
     );
-    d.ca.leaf(&d.certs, "default_0", &["first.test"], |_| {});
+    d.ca.leaf_with(&d.certs, "default_0", &["first.test"], |_| {});
     let cp = Corepin::start_in(&["--pushpin-config", &d.conf], false);
     cp.wait_stderr(&format!("watching {} for changes", d.certs.display()));
-    let port = tls_port(&cp);
+    let port = cp.tls_port();
     assert_eq!(served_cn(port, None).as_deref(), Some("first.test"));
     // A renewed certificate, moved into place as a deployment tool would.
     let staging = d.dir.path().join("staging");
     std::fs::create_dir_all(&staging).expect("staging");
-    d.ca.leaf(&staging, "default_0", &["second.test"], |_| {});
+    d.ca.leaf_with(&staging, "default_0", &["second.test"], |_| {});
     for ext in ["key", "crt"] {
         std::fs::rename(
             staging.join(format!("default_0.{ext}")),

@@ -14,23 +14,6 @@ use std::process::Command;
 
 use common::*;
 
-/// Reads one unmasked server frame: (opcode, payload).
-fn frame(r: &mut impl Read) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    r.read_exact(&mut h).expect("frame head");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            r.read_exact(&mut l).expect("len");
-            usize::from(u16::from_be_bytes(l))
-        }
-        n => usize::from(n),
-    };
-    let mut p = vec![0u8; len];
-    r.read_exact(&mut p).expect("payload");
-    (h[0] & 0x0f, p)
-}
-
 /// Opens a WebSocket through the over_http route; returns the client and
 /// the Connection-Id the backend saw.
 fn open_ws(cp: &Corepin, log: &std::path::Path, nth: usize) -> (TcpStream, String) {
@@ -90,7 +73,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
         ),
     );
     assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(frame(&mut a), (1, b"just you".to_vec()));
+    assert_eq!(read_frame(&mut a), (1, b"just you".to_vec()));
     // Then one to B with the CLI: B's first frame is its own.
     let out = Command::new(env!("CARGO_BIN_EXE_corepin"))
         .args([
@@ -104,7 +87,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
         .output()
         .expect("cli");
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(frame(&mut b), (1, b"only b".to_vec()));
+    assert_eq!(read_frame(&mut b), (1, b"only b".to_vec()));
 
     // Close A with the CLI: a close frame with code 4000, B still open.
     let out = Command::new(env!("CARGO_BIN_EXE_corepin"))
@@ -120,7 +103,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
         .output()
         .expect("cli");
     assert!(out.status.success(), "{out:?}");
-    let (op, payload) = frame(&mut a);
+    let (op, payload) = read_frame(&mut a);
     assert_eq!(op, 8);
     assert_eq!(&payload[..2], &4000u16.to_be_bytes());
     let r = ask_control(
@@ -130,7 +113,7 @@ fn publish_to_and_close_one_websocket_by_connection_id() {
         ),
     );
     assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(frame(&mut b), (1, b"still here".to_vec()));
+    assert_eq!(read_frame(&mut b), (1, b"still here".to_vec()));
 
     // Unknown ids are answered with the id.
     let r = ask_control(
@@ -236,17 +219,17 @@ fn the_http_api_publishes_to_and_closes_one_connection() {
             (v["ok"].clone(), v["id"].clone()),
             (true.into(), id_a.clone().into())
         );
-        assert_eq!(frame(&mut a), (1, format!("to a {i}").into_bytes()));
+        assert_eq!(read_frame(&mut a), (1, format!("to a {i}").into_bytes()));
         let (status, body) = curl_connection(
             &cp,
             &format!(r#"{{"id":"{id_b}","ws-message":{{"content":"to b {i}"}}}}"#),
         );
         assert_eq!(status, 200, "{body}");
-        assert_eq!(frame(&mut b), (1, format!("to b {i}").into_bytes()));
+        assert_eq!(read_frame(&mut b), (1, format!("to b {i}").into_bytes()));
     }
     let (status, body) = curl_connection(&cp, &format!(r#"{{"id":"{id_a}","action":"close"}}"#));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(frame(&mut a).0, 8, "a close frame");
+    assert_eq!(read_frame(&mut a).0, 8, "a close frame");
     let (status, body) = curl_connection(&cp, r#"{"id":"gone-1","action":"close"}"#);
     assert_eq!(status, 404, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -439,10 +422,10 @@ fn streams_long_polls_and_websockets_held_by_backends_are_targets() {
     let mut w1 = open_passthrough(&cp, "/gripcid/1");
     let mut w2 = open_passthrough(&cp, "/gripcid/2");
     let cid = |w: &mut TcpStream| {
-        let (op, p) = frame(w);
+        let (op, p) = read_frame(w);
         assert_eq!(op, 1);
         let text = String::from_utf8(p).expect("text");
-        assert_eq!(frame(w), (1, b"welcome".to_vec()));
+        assert_eq!(read_frame(w), (1, b"welcome".to_vec()));
         text.strip_prefix("cid=").expect("cid=").to_string()
     };
     let (wid1, wid2) = (cid(&mut w1), cid(&mut w2));
@@ -453,7 +436,7 @@ fn streams_long_polls_and_websockets_held_by_backends_are_targets() {
             "http-stream": {"content": "not this"}}),
     );
     assert_eq!(status, 200, "{v}");
-    assert_eq!(frame(&mut w1), (1, b"just you".to_vec()));
+    assert_eq!(read_frame(&mut w1), (1, b"just you".to_vec()));
     let out = Command::new(env!("CARGO_BIN_EXE_corepin"))
         .args([
             "connection",
@@ -467,14 +450,14 @@ fn streams_long_polls_and_websockets_held_by_backends_are_targets() {
         .output()
         .expect("cli");
     assert!(out.status.success(), "{out:?}");
-    let (op, payload) = frame(&mut w2);
+    let (op, payload) = read_frame(&mut w2);
     assert_eq!(op, 8);
     assert_eq!(&payload[..2], &4000u16.to_be_bytes());
     // WebSocket 1 is still subscribed: a publish to `g` reaches it.
     let r =
         cp.publish(r#"{"items":[{"channel":"g","formats":{"ws-message":{"content":"to g"}}}]}"#);
     assert_eq!(r.status, 200);
-    assert_eq!(frame(&mut w1), (1, b"to g".to_vec()));
+    assert_eq!(read_frame(&mut w1), (1, b"to g".to_vec()));
 
     // Ids that are not corepin's, or of no held connection, are 404s
     // naming the id.

@@ -10,13 +10,14 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod common;
 
+use common::Ca;
 use corepin::config::TlsCerts;
 use corepin::tls::sniff::{classify, Sniff, PLAINTEXT_RESPONSE};
 use corepin::tls::{client, ClientTlsStream, Reloadable, ServerTlsStream};
@@ -58,51 +59,15 @@ impl TempDir {
     }
 }
 
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new(cn: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        let cert = p.self_signed(&key).expect("CA");
-        Ca { cert, key }
-    }
-
-    /// A leaf for `names` written as `dir/stem.crt` + `dir/stem.key`.
-    fn leaf_into(&self, dir: &TempDir, stem: &str, names: &[&str]) {
-        self.leaf_with(dir, stem, names, |_| {})
-    }
-
-    fn leaf_with(
-        &self,
-        dir: &TempDir,
-        stem: &str,
-        names: &[&str],
-        f: impl FnOnce(&mut rcgen::CertificateParams),
-    ) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            names.first().copied().unwrap_or("x"),
-        );
-        f(&mut p);
-        let cert = p.signed_by(&key, &self.cert, &self.key).expect("leaf");
-        dir.write(&format!("{stem}.crt"), &cert.pem());
-        dir.write(&format!("{stem}.key"), &key.serialize_pem());
     }
 }
 
@@ -752,14 +717,7 @@ fn corepin_tls_env(certs: &Certs, env: &[(&str, &str)], args: &[&str]) -> (commo
     ];
     all.extend_from_slice(args);
     let cp = common::Corepin::start_env(env, &all);
-    let line = cp.wait_stderr("(TLS clients)");
-    let port = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split(' ').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no TLS port in {line:?}"));
+    let port = cp.tls_port();
     (cp, port)
 }
 
@@ -970,14 +928,7 @@ fn sighup_swaps_certificates_on_every_core_and_open_connections_go_on() {
         "--route",
         &backend.route(),
     ]);
-    let line = cp.wait_stderr("(TLS clients)");
-    let port: u16 = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split(' ').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("TLS port");
+    let port = cp.tls_port();
     // Connections on the old certificate, several so both cores hold some.
     let mut open: Vec<_> = (0..4).map(|_| tls_client(port, &[&old])).collect();
     for c in &mut open {
@@ -1067,14 +1018,7 @@ fn control_socket_reload_swaps_certificates_and_refuses_a_bad_file_with_the_reas
         "--route",
         &backend.route(),
     ]);
-    let line = cp.wait_stderr("(TLS clients)");
-    let port: u16 = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split(' ').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("TLS port");
+    let port = cp.tls_port();
     let reload = || -> serde_json::Value {
         use std::io::BufRead;
         let mut u = std::os::unix::net::UnixStream::connect(&sock).expect("control socket");
@@ -1436,14 +1380,7 @@ fn certificates_reload_under_load_with_no_failed_handshake_or_request() {
         "--route",
         &backend.route(),
     ]);
-    let line = cp.wait_stderr("(TLS clients)");
-    let port: u16 = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split(' ').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("TLS port");
+    let port = cp.tls_port();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     // Clients that trust both CAs open connection after connection.

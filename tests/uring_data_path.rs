@@ -226,17 +226,58 @@ fn websocket_passthrough_echo_over_the_ring() {
     assert_eq!(r["close"][0], 1000);
 }
 
-/// The ring data path at the process's file limit (`prlimit --nofile=64:64`
+/// The count just before `after` in the ring's exit line.
+fn count_before(line: &str, after: &str) -> u64 {
+    line.split(after)
+        .next()
+        .and_then(|s| s.split_whitespace().last())
+        .and_then(|s| s.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no count before {after:?} in {line}"))
+}
+
+/// On the ring, client connections are accepted by the core's multishot
+/// accept (no accept submission and no descriptor duplication per
+/// connection): a new connection per request is served every time, each
+/// is counted by the ring, and one armed accept serves them all.
+#[test]
+fn client_connections_are_accepted_through_the_ring() {
+    let b = Backend::fixed("accepted by the ring");
+    let mut cp = Corepin::start(&[
+        "--route",
+        &b.route(),
+        "--data-path",
+        "uring",
+        "--workers",
+        "1",
+    ]);
+    let n = 200;
+    for _ in 0..n {
+        let r = Conn::open(cp.addr()).get("/");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "accepted by the ring");
+    }
+    cp.signal(libc::SIGTERM);
+    assert_eq!(cp.wait_exit(TIMEOUT), Some(0));
+    let line = cp.wait_stderr("io_uring data path:");
+    eprintln!("{line}");
+    assert!(count_before(&line, " accepted") >= n, "{line}");
+    assert!(count_before(&line, " accepts armed") < n / 4, "{line}");
+    assert_eq!(count_before(&line, " of them one-shot"), 0, "{line}");
+    assert_eq!(count_before(&line, " accept errors"), 0, "{line}");
+}
+
+/// The ring's accept at the process's file limit (`prlimit --nofile=64:64`
 /// on the child): EMFILE is logged once (per 10 s, with a count), the
 /// clients it has no descriptor for are refused with a 503 or a close
 /// (never left hanging), /health stays reachable, and once descriptors
-/// are free again new clients are served. (Accepts go through glommio on
-/// both data paths: see PERFORMANCE.md "accept through the ring".)
+/// are free again new clients are served. Out of descriptors the ring
+/// accepts one connection at a time (an armed multishot would take the
+/// descriptor the accept loop frees from its reserve to refuse a client).
 #[test]
-fn at_the_file_limit_the_ring_path_refuses_cleanly_and_recovers() {
+fn at_the_file_limit_the_ring_accept_refuses_cleanly_and_recovers() {
     let started = Instant::now();
     let config = write_config("[limits]\nmax_connections = 100000\n");
-    let cp = Corepin::start_wrapped(
+    let mut cp = Corepin::start_wrapped(
         &["prlimit", "--nofile=64:64"],
         &[
             "--control-http",
@@ -306,4 +347,11 @@ fn at_the_file_limit_the_ring_path_refuses_cleanly_and_recovers() {
         )
         .starts_with("HTTP/1.1 404")
     });
+    cp.signal(libc::SIGTERM);
+    assert_eq!(cp.wait_exit(TIMEOUT), Some(0));
+    let line = cp.wait_stderr("io_uring data path:");
+    eprintln!("{line}");
+    assert!(count_before(&line, " accept errors") >= 1, "{line}");
+    assert!(count_before(&line, " of them one-shot") >= 1, "{line}");
+    assert!(count_before(&line, " accepted") >= 80, "{line}");
 }

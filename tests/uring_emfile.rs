@@ -82,6 +82,42 @@ fn accept_at_the_file_limit_reports_emfile_then_recovers() {
             client.read_exact(&mut back).expect("read");
             assert_eq!(&back, b"pong");
             drop(s);
+            // Out of descriptors the listener took to one accept at a time:
+            // an armed multishot would take every descriptor freed while
+            // armed. Now one connection per accept asked for, however many
+            // wait in the backlog...
+            assert!(!lst.multishot());
+            let waiting: Vec<TcpStream> = (0..3)
+                .map(|_| TcpStream::connect(addr).expect("connect"))
+                .collect();
+            let before = ring.stats();
+            let one = lst.accept().await.expect("one-shot accept");
+            ring.turn(false).expect("turn");
+            ring.turn(false).expect("turn");
+            let after = ring.stats();
+            assert_eq!(after.accepted, before.accepted + 1);
+            assert_eq!(after.accept_oneshots, before.accept_oneshots + 1);
+            // ... until the acceptor switches the multishot back on.
+            lst.set_multishot(true);
+            let two = lst.accept().await.expect("multishot accept");
+            let three = lst.accept().await.expect("multishot accept");
+            let st = ring.stats();
+            assert_eq!(st.accept_oneshots, after.accept_oneshots);
+            assert!(st.accept_arms > after.accept_arms);
+            // The backlog's third connection was taken by the same arm.
+            assert_eq!(st.accepted, after.accepted + 3);
+            let queued = lst.accept().await.expect("queued by the multishot");
+            // Switched off while armed (the cap's headroom ran low): the
+            // multishot is cancelled and the waiting acceptor gets the next
+            // connection through a one-shot accept.
+            let armed = ring.stats().accept_arms;
+            lst.set_multishot(false);
+            let late = TcpStream::connect(addr).expect("connect");
+            let four = lst.accept().await.expect("one-shot after the switch");
+            let st = ring.stats();
+            assert!(st.accept_arms > armed);
+            assert!(st.accept_oneshots > after.accept_oneshots);
+            drop((one, two, three, queued, four, waiting, late));
             drop(lst);
             ring.stop();
             driver.await.expect("driver");

@@ -106,24 +106,8 @@ fn raw_ws(addr: std::net::SocketAddr, path: &str) -> (TcpStream, BufReader<TcpSt
 /// Reads frames until a close frame; returns its code.
 fn close_code(r: &mut BufReader<TcpStream>) -> u16 {
     loop {
-        let mut h = [0u8; 2];
-        r.read_exact(&mut h).expect("frame header");
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                r.read_exact(&mut b).expect("len");
-                u16::from_be_bytes(b) as usize
-            }
-            127 => {
-                let mut b = [0u8; 8];
-                r.read_exact(&mut b).expect("len");
-                u64::from_be_bytes(b) as usize
-            }
-            n => n as usize,
-        };
-        let mut p = vec![0u8; len];
-        r.read_exact(&mut p).expect("payload");
-        if h[0] & 0x0f == 8 {
+        let (op, p) = read_frame(r);
+        if op == 8 {
             return u16::from_be_bytes([p[0], p[1]]);
         }
     }
@@ -540,28 +524,6 @@ fn published_close_reaches_every_over_http_client_while_the_backend_is_slow() {
     }
 }
 
-/// Reads one frame: (opcode, payload).
-fn next_frame(r: &mut BufReader<TcpStream>) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    r.read_exact(&mut h).expect("frame header");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            r.read_exact(&mut b).expect("len");
-            u16::from_be_bytes(b) as usize
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            r.read_exact(&mut b).expect("len");
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
-    };
-    let mut p = vec![0u8; len];
-    r.read_exact(&mut p).expect("payload");
-    (h[0] & 0x0f, p)
-}
-
 /// While a session's request is in flight to a slow backend, publishes
 /// still reach the client, and a published close ends the connection at
 /// once; the backend hears of the close once it has answered.
@@ -600,8 +562,8 @@ fn publishes_and_close_reach_an_over_http_client_while_its_request_is_in_flight(
     ] {
         assert_eq!(cp.publish(body).status, 200);
     }
-    assert_eq!(next_frame(&mut r), (1, b"meanwhile".to_vec()));
-    let (op, payload) = next_frame(&mut r);
+    assert_eq!(read_frame(&mut r), (1, b"meanwhile".to_vec()));
+    let (op, payload) = read_frame(&mut r);
     assert_eq!((op, &payload[..2]), (8, &4000u16.to_be_bytes()[..]));
     let mut rest = Vec::new();
     assert_eq!(

@@ -137,6 +137,8 @@ pub struct Stats {
     /// Connects submitted (backend sockets made on the ring).
     pub connects: u64,
     pub accept_arms: u64,
+    /// Of those, one-shot accepts (a listener out of descriptors).
+    pub accept_oneshots: u64,
     pub accepted: u64,
     pub accept_errors: u64,
 }

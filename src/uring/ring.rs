@@ -142,6 +142,10 @@ impl Tx {
 struct Lsn {
     fd: RawFd,
     armed: bool,
+    /// Accept with one multishot (true) or one connection per accept
+    /// asked for (false: after EMFILE/ENFILE, until the acceptor says
+    /// descriptors are free again; see `Core::set_multishot`).
+    multishot: bool,
     cancel: bool,
     dropped: bool,
     closing: bool,
@@ -1037,6 +1041,7 @@ impl Core {
             self.lsns.push(Lsn {
                 fd: -1,
                 armed: false,
+                multishot: true,
                 cancel: false,
                 dropped: false,
                 closing: false,
@@ -1051,6 +1056,7 @@ impl Core {
         l.fd = fd.into_raw_fd();
         (l.armed, l.cancel, l.dropped, l.closing, l.live, l.err) =
             (false, false, false, false, true, 0);
+        l.multishot = true;
         l.queue.clear();
         idx
     }
@@ -1061,12 +1067,45 @@ impl Core {
             return;
         }
         l.armed = true;
-        let e = opcode::AcceptMulti::new(types::Fd(l.fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ud(K_ACCEPT, i));
+        let e = if l.multishot {
+            opcode::AcceptMulti::new(types::Fd(l.fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        } else {
+            self.stats.accept_oneshots += 1;
+            opcode::Accept::new(types::Fd(l.fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        }
+        .user_data(ud(K_ACCEPT, i));
         self.stats.accept_arms += 1;
         self.push(e);
+    }
+
+    /// Switches a listener between one multishot accept and one accept per
+    /// connection asked for. A multishot armed in the kernel takes every
+    /// descriptor freed while it is armed, a reserve the acceptor frees to
+    /// refuse a client cleanly included; so after EMFILE/ENFILE (which ends
+    /// the multishot) the listener accepts one at a time, like glommio,
+    /// until the acceptor switches it back. Switching off cancels an armed
+    /// multishot.
+    pub(crate) fn set_multishot(&mut self, i: u32, on: bool) {
+        let l = &mut self.lsns[i as usize];
+        if l.multishot == on {
+            return;
+        }
+        l.multishot = on;
+        if !on && l.armed && !l.cancel && !l.dropped {
+            l.cancel = true;
+            let c = opcode::AsyncCancel::new(ud(K_ACCEPT, i))
+                .build()
+                .user_data(ud(K_CANCEL, i));
+            self.push(c);
+        }
+    }
+
+    pub(crate) fn multishot(&self, i: u32) -> bool {
+        self.lsns[i as usize].multishot
     }
 
     fn on_accept(&mut self, i: u32, res: i32, more: bool) {
@@ -1091,15 +1130,32 @@ impl Core {
                     self.push(c);
                 }
             }
-        } else if -res != libc::ECANCELED && !l.dropped {
+        } else if -res == libc::ECANCELED {
+            // Cancelled to switch modes (`set_multishot`): a waiting
+            // acceptor arms the accept of the new mode.
+            if !more && !l.dropped {
+                wake(&mut l.waker);
+            }
+        } else if !l.dropped {
             // EMFILE, ENFILE, ENOMEM...: reported to the acceptor, which
             // decides when to try again (the connection waits in the backlog).
+            // The multishot has ended; out of descriptors, the listener
+            // accepts one at a time from now on (`set_multishot`).
             self.stats.accept_errors += 1;
             l.err = -res;
+            if matches!(-res, libc::EMFILE | libc::ENFILE) {
+                l.multishot = false;
+            }
             wake(&mut l.waker);
         }
         let l = &mut self.lsns[i as usize];
-        if !l.dropped && !l.armed && l.err == 0 && l.queue.len() < ACCEPT_QUEUE && !more && res >= 0
+        if l.multishot
+            && !l.dropped
+            && !l.armed
+            && l.err == 0
+            && l.queue.len() < ACCEPT_QUEUE
+            && !more
+            && res >= 0
         {
             // The multishot ended for a reason of the kernel's own.
             self.arm_accept(i);
@@ -1113,7 +1169,7 @@ impl Core {
         if let Some(fd) = l.queue.pop_front() {
             // SAFETY: an fd the kernel made for us, owned by nobody else.
             let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            if !l.armed && l.err == 0 && l.queue.len() < ACCEPT_QUEUE / 2 {
+            if l.multishot && !l.armed && l.err == 0 && l.queue.len() < ACCEPT_QUEUE / 2 {
                 self.arm_accept(i);
             }
             return Some(Ok(fd));

@@ -364,6 +364,33 @@ impl UringListener {
         futures_lite::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
+    /// The next accepted socket as a plain descriptor, not yet on the ring
+    /// (an acceptor that may refuse it closes it at once; make it a stream
+    /// with [`super::Uring::stream`]). Errors as [`UringListener::poll_accept`].
+    pub async fn accept_fd(&mut self) -> io::Result<OwnedFd> {
+        futures_lite::future::poll_fn(|cx| {
+            let mut c = self.core.borrow_mut();
+            match c.poll_accept(self.idx, cx) {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Accept with one multishot (the default) or one connection per
+    /// accept asked for. After EMFILE or ENFILE the listener switches to
+    /// one at a time by itself (an armed multishot would take every
+    /// descriptor freed while armed, the acceptor's reserve included); the
+    /// acceptor switches it back once descriptors are free again.
+    pub fn set_multishot(&mut self, on: bool) {
+        self.core.borrow_mut().set_multishot(self.idx, on);
+    }
+
+    pub fn multishot(&self) -> bool {
+        self.core.borrow().multishot(self.idx)
+    }
+
     /// An accepted socket inherits the listener's socket options (set
     /// `TCP_NODELAY` on the listener rather than a syscall per connection).
     fn adopt(&self, fd: OwnedFd) -> UringStream {

@@ -173,3 +173,27 @@ fn parse_head(head: &[u8]) -> Option<Response> {
         body: Vec::new(),
     })
 }
+
+/// Reads one unmasked WebSocket frame, as a server sends it: (opcode,
+/// payload). A test's socket has a read timeout, so a frame that never
+/// comes fails the test.
+pub fn read_frame(r: &mut impl Read) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).expect("frame header");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).expect("len");
+            usize::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b).expect("len");
+            usize::try_from(u64::from_be_bytes(b)).expect("a length that fits")
+        }
+        n => usize::from(n),
+    };
+    let mut p = vec![0u8; len];
+    r.read_exact(&mut p).expect("payload");
+    (h[0] & 0x0f, p)
+}

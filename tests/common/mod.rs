@@ -8,6 +8,7 @@
 //!   streams) and the publish API.
 //! - `http`: HTTP/1.1 as the test side reads and writes it.
 //! - `browser`: headless Chromium for the tests a real browser judges.
+//! - `certs`: a CA and the certificates it signs, made at test time.
 //! - `metrics`: what corepin's /metrics says, and publishing once a
 //!   subscriber has subscribed.
 //!
@@ -19,6 +20,7 @@
 
 mod backend;
 mod browser;
+mod certs;
 mod client;
 mod http;
 mod metrics;
@@ -26,6 +28,7 @@ mod process;
 
 pub use backend::*;
 pub use browser::*;
+pub use certs::*;
 pub use client::*;
 pub use http::*;
 pub use metrics::*;

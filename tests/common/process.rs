@@ -165,6 +165,12 @@ impl Corepin {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The port of the first TLS listener, from the ready file.
+    pub fn tls_port(&self) -> u16 {
+        first_port(&self.ready, "listen_tls")
+            .unwrap_or_else(|| panic!("no TLS address in {}", self.ready))
+    }
+
     pub fn control_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.control_port.expect("control port")))
     }
@@ -253,6 +259,12 @@ impl TempDir {
     }
 
     pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
         &self.0
     }
 }

@@ -25,33 +25,21 @@
 //! stdout; the address may be given (`127.0.0.1:PORT` to come back on the
 //! same port after a restart).
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 
 use corepin::codec::http1::{parse_request, BodyKind, HeadLimits, RequestHead};
 use corepin::codec::ws::{self, Opcode, Reader, Received, Role};
 use corepin::codec::wsevents::{self, WsEvent};
 
 use crate::args::{die, Args};
-use crate::net::Poller;
 
 /// The message a subscriber reads once it is subscribed.
 pub const WELCOME: &[u8] = b"W";
 
-/// The listener's token (connections count up from 0; `polling` keeps
-/// `usize::MAX` for itself).
-const LISTENER: usize = usize::MAX - 1;
-
 enum State {
     Http,
     Ws(Box<Reader>),
-}
-
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-    state: State,
 }
 
 /// Where long-poll holds are logged, if anywhere.
@@ -96,11 +84,17 @@ fn respond(out: &mut Vec<u8>, status: &str, headers: &str, body: &[u8]) {
 }
 
 /// Handles the buffered input; false means close the connection.
-fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32, holds: &mut Holds) -> bool {
+fn serve(
+    state: &mut State,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    longpoll_timeout: u32,
+    holds: &mut Holds,
+) -> bool {
     loop {
-        match &mut c.state {
+        match &mut *state {
             State::Http => {
-                let Ok(parsed) = parse_request(&c.buf, &HeadLimits::default()) else {
+                let Ok(parsed) = parse_request(buf, &HeadLimits::default()) else {
                     return false;
                 };
                 let Some((n, head)) = parsed else { return true };
@@ -109,11 +103,11 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32, holds: &mut Hol
                     BodyKind::Empty => 0,
                     _ => return false,
                 };
-                if c.buf.len() < n + len {
+                if buf.len() < n + len {
                     return true;
                 }
-                let body = c.buf[n..n + len].to_vec();
-                c.buf.drain(..n + len);
+                let body = buf[n..n + len].to_vec();
+                buf.drain(..n + len);
                 let channel = channel_of(&head);
                 match (head.method(), head.path(), channel) {
                     ("GET", "/wsp", Some(ch)) if head.is_upgrade() => {
@@ -127,7 +121,7 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32, holds: &mut Hol
                         let mut welcome = b"m:".to_vec();
                         welcome.extend_from_slice(WELCOME);
                         ws::write_frame(out, true, Opcode::Text, &welcome, None);
-                        c.state = State::Ws(Box::new(Reader::new(Role::Server, 1 << 20)));
+                        *state = State::Ws(Box::new(Reader::new(Role::Server, 1 << 20)));
                         continue;
                     }
                     ("GET", "/stream", Some(ch)) => respond(
@@ -177,10 +171,10 @@ fn serve(c: &mut Conn, out: &mut Vec<u8>, longpoll_timeout: u32, holds: &mut Hol
                 }
             }
             State::Ws(reader) => {
-                let Ok((n, ev)) = reader.read(&c.buf) else {
+                let Ok((n, ev)) = reader.read(buf) else {
                     return false;
                 };
-                c.buf.drain(..n);
+                buf.drain(..n);
                 match ev {
                     Some(Received::Ping(p)) => ws::write_frame(out, true, Opcode::Pong, &p, None),
                     Some(Received::Close(code, _)) => {
@@ -211,55 +205,13 @@ pub fn run(args: &[String]) {
     }));
     let l = TcpListener::bind(listen)
         .unwrap_or_else(|e| die(&format!("grip-backend: cannot listen on {listen}: {e}")));
-    let _ = l.set_nonblocking(true);
     println!("{}", l.local_addr().map(|a| a.port()).unwrap_or(0));
     let _ = std::io::stdout().flush();
-    let mut poller = Poller::new();
-    poller.add(&l, LISTENER);
-    let mut conns: HashMap<usize, Conn> = HashMap::new();
-    let mut next = 0usize;
-    let mut ready = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        poller.wait(1000, &mut ready);
-        for &token in &ready {
-            if token == LISTENER {
-                while let Ok((s, _)) = l.accept() {
-                    let _ = s.set_nonblocking(true);
-                    let _ = s.set_nodelay(true);
-                    poller.add(&s, next);
-                    conns.insert(
-                        next,
-                        Conn {
-                            s,
-                            buf: Vec::new(),
-                            state: State::Http,
-                        },
-                    );
-                    next += 1;
-                }
-                continue;
-            }
-            let Some(c) = conns.get_mut(&token) else {
-                continue;
-            };
-            let mut keep = crate::net::read_available(&mut c.s, &mut buf, &mut c.buf);
-            let mut out = Vec::new();
-            if keep {
-                keep = serve(c, &mut out, longpoll_timeout, &mut holds);
-            }
-            if !out.is_empty() {
-                // Answers are small; the proxy reads them at once.
-                let _ = c.s.set_nonblocking(false);
-                let _ = c.s.write_all(&out);
-                let _ = c.s.set_nonblocking(true);
-            }
-            if !keep {
-                poller.remove(&c.s);
-                conns.remove(&token);
-            }
-        }
-    }
+    crate::net::serve_connections(
+        &l,
+        || State::Http,
+        |state, buf, out| serve(state, buf, out, longpoll_timeout, &mut holds),
+    )
 }
 
 #[cfg(test)]
@@ -267,15 +219,14 @@ mod tests {
     use super::*;
 
     fn serve_bytes(input: &[u8]) -> (Vec<u8>, bool) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let mut c = Conn {
-            s,
-            buf: input.to_vec(),
-            state: State::Http,
-        };
         let mut out = Vec::new();
-        let keep = serve(&mut c, &mut out, 20, &mut Holds(None));
+        let keep = serve(
+            &mut State::Http,
+            &mut input.to_vec(),
+            &mut out,
+            20,
+            &mut Holds(None),
+        );
         (out, keep)
     }
 
@@ -344,16 +295,16 @@ mod tests {
     #[test]
     fn long_poll_holds_are_logged_by_request_id() {
         let path = std::env::temp_dir().join(format!("grip-backend-holds-{}", std::process::id()));
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let mut c = Conn {
-            s,
-            buf: b"GET /response?channel=a&r=12.3 HTTP/1.1\r\nHost: x\r\n\r\nGET /response?channel=a&r=x%0a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-            state: State::Http,
-        };
+        let mut input = b"GET /response?channel=a&r=12.3 HTTP/1.1\r\nHost: x\r\n\r\nGET /response?channel=a&r=x%0a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
         let mut holds = Holds(Some(std::fs::File::create(&path).unwrap()));
         let before = crate::net::now_ns();
-        assert!(serve(&mut c, &mut Vec::new(), 20, &mut holds));
+        assert!(serve(
+            &mut State::Http,
+            &mut input,
+            &mut Vec::new(),
+            20,
+            &mut holds
+        ));
         let text = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         let lines: Vec<&str> = text.lines().collect();

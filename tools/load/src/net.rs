@@ -2,8 +2,9 @@
 //! host, connects spread over loopback source addresses, and readiness
 //! polling for many sockets.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
@@ -126,6 +127,69 @@ impl Poller {
             .poller
             .wait(&mut self.events, Some(Duration::from_millis(timeout_ms)));
         ready.extend(self.events.iter().map(|e| e.key));
+    }
+}
+
+/// The loop of the load tool's backends: one thread, level-triggered
+/// readiness. Accepts on `l` (set non-blocking here), keeps each
+/// connection's unread bytes and a state made by `new_state`, and after
+/// each read calls `serve(state, unread, out)`, which consumes what it
+/// answers from `unread` and returns false to close the connection. What
+/// it put in `out` is written before that; a failed write closes too.
+pub fn serve_connections<S>(
+    l: &TcpListener,
+    mut new_state: impl FnMut() -> S,
+    mut serve: impl FnMut(&mut S, &mut Vec<u8>, &mut Vec<u8>) -> bool,
+) -> ! {
+    /// The listener's token; connections count up from 0 and wrap below
+    /// it (`polling` keeps `usize::MAX` for itself).
+    const LISTENER: usize = usize::MAX - 1;
+    struct Conn<S> {
+        s: TcpStream,
+        unread: Vec<u8>,
+        state: S,
+    }
+    let _ = l.set_nonblocking(true);
+    let mut poller = Poller::new();
+    poller.add(l, LISTENER);
+    let mut conns: HashMap<usize, Conn<S>> = HashMap::new();
+    let mut next = 0usize;
+    let mut ready = Vec::new();
+    let mut scratch = vec![0u8; 1 << 16];
+    let mut out = Vec::new();
+    loop {
+        poller.wait(1000, &mut ready);
+        for &token in &ready {
+            if token == LISTENER {
+                while let Ok((s, _)) = l.accept() {
+                    let _ = s.set_nonblocking(true);
+                    let _ = s.set_nodelay(true);
+                    poller.add(&s, next);
+                    let state = new_state();
+                    conns.insert(
+                        next,
+                        Conn {
+                            s,
+                            unread: Vec::new(),
+                            state,
+                        },
+                    );
+                    next = (next + 1) % LISTENER;
+                }
+                continue;
+            }
+            let Some(c) = conns.get_mut(&token) else {
+                continue;
+            };
+            let open = read_available(&mut c.s, &mut scratch, &mut c.unread);
+            out.clear();
+            let keep = serve(&mut c.state, &mut c.unread, &mut out);
+            let written = out.is_empty() || write_all(&mut c.s, &out).is_ok();
+            if !(open && keep && written) {
+                poller.remove(&c.s);
+                conns.remove(&token);
+            }
+        }
     }
 }
 

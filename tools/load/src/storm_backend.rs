@@ -24,13 +24,12 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 
 use corepin::codec::http1::{parse_request, BodyKind, HeadLimits, RequestHead};
 use serde_json::json;
 
 use crate::args::{die, Args};
-use crate::net::Poller;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -211,15 +210,10 @@ impl Backend {
     }
 }
 
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// Answers the complete requests in `c.buf`; false: close the connection.
-fn serve(b: &mut Backend, c: &mut Conn, out: &mut Vec<u8>) -> bool {
+/// Answers the complete requests in `buf`; false: close the connection.
+fn serve(b: &mut Backend, buf: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
     loop {
-        let Ok(parsed) = parse_request(&c.buf, &HeadLimits::default()) else {
+        let Ok(parsed) = parse_request(buf, &HeadLimits::default()) else {
             return false;
         };
         let Some((n, head)) = parsed else { return true };
@@ -228,12 +222,12 @@ fn serve(b: &mut Backend, c: &mut Conn, out: &mut Vec<u8>) -> bool {
             BodyKind::Empty => 0,
             _ => return false,
         };
-        if c.buf.len() < n + len {
+        if buf.len() < n + len {
             return true;
         }
-        b.answer(&head, &c.buf[n..n + len], out);
+        b.answer(&head, &buf[n..n + len], out);
         let keep = head.keep_alive;
-        c.buf.drain(..n + len);
+        buf.drain(..n + len);
         if !keep {
             return false;
         }
@@ -276,44 +270,9 @@ pub fn run(args: &[String]) {
     b.trace = a.get("trace", false);
     let l = listener(listen)
         .unwrap_or_else(|e| die(&format!("storm-backend: cannot listen on {listen}: {e}")));
-    let _ = l.set_nonblocking(true);
     println!("{}", l.local_addr().map(|a| a.port()).unwrap_or(0));
     let _ = std::io::stdout().flush();
-    let mut poller = Poller::new();
-    const LISTENER: usize = usize::MAX - 1;
-    poller.add(&l, LISTENER);
-    let mut conns: HashMap<usize, Conn> = HashMap::new();
-    let mut next = 0usize;
-    let mut ready = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        poller.wait(1000, &mut ready);
-        for &token in &ready {
-            if token == LISTENER {
-                while let Ok((s, _)) = l.accept() {
-                    let _ = s.set_nonblocking(true);
-                    let _ = s.set_nodelay(true);
-                    poller.add(&s, next);
-                    conns.insert(next, Conn { s, buf: Vec::new() });
-                    next = (next + 1) % LISTENER;
-                }
-                continue;
-            }
-            let Some(c) = conns.get_mut(&token) else {
-                continue;
-            };
-            let mut keep = crate::net::read_available(&mut c.s, &mut buf, &mut c.buf);
-            let mut out = Vec::new();
-            let serve_keep = serve(&mut b, c, &mut out);
-            if !out.is_empty() && crate::net::write_all(&mut c.s, &out).is_err() {
-                keep = false;
-            }
-            if !(keep && serve_keep) {
-                poller.remove(&c.s);
-                conns.remove(&token);
-            }
-        }
-    }
+    crate::net::serve_connections(&l, || (), |_, buf, out| serve(&mut b, buf, out))
 }
 
 #[cfg(test)]
