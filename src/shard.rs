@@ -1284,4 +1284,62 @@ mod tests {
         });
         assert_eq!((caught, others), (1, 3));
     }
+
+    /// The executor must not park while a task queue is runnable (the
+    /// patched glommio, vendor/README.md). With a 1 ns `Latency::Matters`
+    /// queue the preemption timer has always fired by the time the
+    /// executor checks it, which made the published glommio 0.9.0 park
+    /// with the woken echo task unrun: not one round trip came back.
+    #[test]
+    fn a_pending_preemption_never_parks_a_core_with_work() {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        use std::io::{Read, Write};
+        use std::os::fd::IntoRawFd;
+
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let fd = theirs.into_raw_fd();
+        // Not joined if it fails: a parked executor would never return.
+        std::thread::spawn(move || {
+            let ex = LocalExecutorBuilder::default()
+                .io_memory(crate::server::IO_MEMORY)
+                .make()
+                .expect("executor");
+            ex.run(async move {
+                let q = glommio::executor().create_task_queue(
+                    Shares::Static(1000),
+                    Latency::Matters(Duration::from_nanos(1)),
+                    "echo",
+                );
+                // SAFETY: a connected Unix stream socket, given up above.
+                let mut s = unsafe { UnixStream::from_raw_fd(fd) };
+                let echo = glommio::spawn_local_into(
+                    async move {
+                        let mut b = [0u8; 16];
+                        while let Ok(n @ 1..) = s.read(&mut b).await {
+                            if s.write_all(&b[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    },
+                    q,
+                );
+                if let Ok(echo) = echo {
+                    echo.await;
+                }
+            });
+        });
+        // The limit only ends a failing run: no round trip waits on a
+        // timer, each needs the core to run its woken task once.
+        ours.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        for i in 0..200u32 {
+            let sent = [i as u8];
+            ours.write_all(&sent).expect("send");
+            match ours.read(&mut b) {
+                Ok(1) => assert_eq!(b, sent),
+                other => panic!("round trip {i}: no echo from a core with work to do ({other:?})"),
+            }
+        }
+    }
 }
