@@ -13,7 +13,8 @@
 //!   short send's remainder is resubmitted by the driver itself. The `Bytes`
 //!   live until the kernel's completion;
 //! - **batching**: operations queue in the submission ring and everything
-//!   produced in one loop turn goes to the kernel in one `io_uring_enter`;
+//!   produced in one loop turn goes to the kernel in one `io_uring_enter`,
+//!   or every `Config::submit_batch` entries when a turn produces more;
 //! - **sleeping inside glommio**: the ring signals an eventfd
 //!   (`IORING_REGISTER_EVENTFD`) that the driver task reads through
 //!   glommio's own ring, so an idle core sleeps in glommio as before.
