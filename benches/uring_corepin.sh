@@ -29,7 +29,10 @@
 #         nginx (2 workers) and each corepin to the nginx backend: requests/s,
 #         CPU per request (= per accepted connection) and latency p50/p99/
 #         p99.9. With B_ENV="VAR=value" a third corepin on the uring path
-#         runs with that variable set ("uring-b"): an A/B of one binary.
+#         runs with that variable set ("uring-b"): an A/B of one binary; with
+#         B_BIN=path, "uring-b" runs that build instead (an A/B of two)
+#         (also in the one15k and fanout sections; ONE15K_PEERS picks
+#         one15k's peers, default "nchan glommio uring").
 # memory  each corepin: RSS of the process after IDLE HTTP-stream
 #         subscribers are held, minus before, over IDLE (KiB per idle
 #         subscriber, userspace and the kernel's page tables as RSS sees it).
@@ -48,7 +51,7 @@ cd "$(dirname "$0")/.."
 D=$(mktemp -d); chmod 755 "$D"
 OUT=${OUT:-$D}
 WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}; IDLE=${IDLE:-10000}
-CHURN_CONNS=${CHURN_CONNS:-50}; B_ENV=${B_ENV:-}
+CHURN_CONNS=${CHURN_CONNS:-50}; B_ENV=${B_ENV:-}; B_BIN=${B_BIN:-}
 SECTIONS=${SECTIONS:-"proxy ws fanout memory one15k"}
 BIG=${BIG:-15000}; OPEN_RATE=${OPEN_RATE:-4000}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
@@ -108,7 +111,8 @@ max_connections = 19000
 [upstream]
 max_idle_per_target = ${POOL:-1024}
 EOF
-  env ${3:-} "$BIN" --config $D/$1.toml >$D/$1.out 2>$D/$1.err & local p=$!
+  local bin=$BIN; [ "$1" = uring-b ] && bin=${B_BIN:-$BIN}
+  env ${3:-} "$bin" --config $D/$1.toml >$D/$1.out 2>$D/$1.err & local p=$!
   STARTED="$STARTED $p"; PIDS[$1]=$p; PORT[$1]=$port; CPORT[$1]=$cport
   for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$cport/health && break; sleep 0.1; done
 }
@@ -150,6 +154,7 @@ except Exception:
 print(f"section=fanout round={r} name={n} subs={d.get('subscribers', d.get('held', '?'))} "
       f"delivered={d.get('delivered')} lost={d.get('lost')} "
       f"cpu_us={d.get('server_cpu_us_per_delivery', float('nan')):.3f} "
+      f"first_ms={d.get('first_publish_to_first_delivery_ms', float('nan')):.1f} "
       f"last_ms={d.get('first_publish_to_last_delivery_ms', float('nan')):.1f} load={load}")
 PY
 }
@@ -236,9 +241,12 @@ try:
     d = json.loads(text)
 except Exception:
     d = {}
+lat = d.get("latency_ms") or {}
 print(f"section=one15k round={r} name={n} subs={d.get('subscribers', d.get('held', '?'))} "
       f"delivered={d.get('delivered')} lost={d.get('lost')} "
       f"cpu_us={d.get('server_cpu_us_per_delivery', float('nan')):.3f} "
+      f"first_ms={d.get('first_publish_to_first_delivery_ms', float('nan')):.1f} "
+      f"p50_ms={lat.get('p50')} "
       f"last_ms={d.get('first_publish_to_last_delivery_ms', float('nan')):.1f} load={load}")
 PY
 }
@@ -303,7 +311,7 @@ for r in $(seq $ROUNDS); do
         start_corepin glommio glommio
         start_corepin uring uring
         names="nginx glommio uring"
-        if [ -n "$B_ENV" ]; then start_corepin uring-b uring "$B_ENV"; names="$names uring-b"; fi
+        if [ -n "$B_ENV$B_BIN" ]; then start_corepin uring-b uring "$B_ENV"; names="$names uring-b"; fi
         sleep 1
         PIDS[nginx]=$(pgrep -P $NP | tr '\n' ' '); PORT[nginx]=$NPP
         set -- $names; k=$(( (r - 1) % $# )); order="${@:k+1} ${@:1:k}"
@@ -316,15 +324,22 @@ for r in $(seq $ROUNDS); do
           cleanup; STARTED=""
         done ;;
       one15k)
-        set -- nchan glommio uring; k=$(( (r - 1) % 3 )); order="${@:k+1} ${@:1:k}"
+        names="${ONE15K_PEERS:-nchan glommio uring}"
+        [ -n "$B_ENV$B_BIN" ] && names="$names uring-b"
+        set -- $names; k=$(( (r - 1) % $# )); order="${@:k+1} ${@:1:k}"
         for n in $order; do
-          if [ $n = nchan ]; then start_nchan; else start_corepin $n $n; fi
+          case $n in
+            nchan) start_nchan ;;
+            uring-b) start_corepin uring-b uring "$B_ENV" ;;
+            *) start_corepin $n $n ;;
+          esac
           one15k $r $n
           cleanup; STARTED=""
         done ;;
       fanout)
-        for n in glommio uring; do
-          start_corepin $n $n
+        names="glommio uring"; [ -n "$B_ENV$B_BIN" ] && names="$names uring-b"
+        for n in $names; do
+          if [ $n = uring-b ]; then start_corepin uring-b uring "$B_ENV"; else start_corepin $n $n; fi
           fanout $r $n
           cleanup; STARTED=""
         done ;;

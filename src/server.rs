@@ -535,8 +535,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 let _ = task.await;
                 let st = ring.stats();
                 info!(
-                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} backend connects, {} accepted ({} accepts armed, {} of them one-shot, {} accept errors)",
-                    st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps, st.connects,
+                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} early submits, {} backend connects, {} accepted ({} accepts armed, {} of them one-shot, {} accept errors)",
+                    st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps, st.early_submits, st.connects,
                     st.accepted, st.accept_arms, st.accept_oneshots, st.accept_errors
                 );
             }

@@ -13,7 +13,8 @@
 //!   short send's remainder is resubmitted by the driver itself. The `Bytes`
 //!   live until the kernel's completion;
 //! - **batching**: operations queue in the submission ring and everything
-//!   produced in one loop turn goes to the kernel in one `io_uring_enter`;
+//!   produced in one loop turn goes to the kernel in one `io_uring_enter`,
+//!   or every `Config::submit_batch` entries when a turn produces more;
 //! - **sleeping inside glommio**: the ring signals an eventfd
 //!   (`IORING_REGISTER_EVENTFD`) that the driver task reads through
 //!   glommio's own ring, so an idle core sleeps in glommio as before.
@@ -91,6 +92,13 @@ pub struct Config {
     /// Consecutive busy turns the driver runs before it lets glommio poll
     /// its own rings and timers (0: after every turn that found work).
     pub busy_turns: u32,
+    /// Submit as soon as this many entries are queued, not only at the
+    /// driver's turn (0: only at the turn). A publish wakes every
+    /// subscriber task on the core before the driver's next turn; without
+    /// this their sends all waited for the last task, and a turn's
+    /// thousands of completions overflowed the completion queue
+    /// (PERFORMANCE.md, "fan-out on the ring: submitted as it is made").
+    pub submit_batch: u32,
 }
 
 impl Default for Config {
@@ -102,6 +110,7 @@ impl Default for Config {
             hold_per_socket: 8,
             mode: RingMode::Defer,
             busy_turns: 16,
+            submit_batch: 64,
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct Stats {
     pub sleeps: u64,
     /// Times a new submission woke a sleeping driver.
     pub kicks: u64,
+    /// `io_uring_enter`s made before the turn (`Config::submit_batch`).
+    pub early_submits: u64,
     /// Multishot receives armed (first arm and re-arms).
     pub recv_arms: u64,
     /// Receives paused because their reader held `hold_per_socket` buffers.

@@ -327,6 +327,10 @@ impl Core {
             // core (buffer ring, `Tx`) and outlive the operation: they are
             // released only on its last completion.
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                let batch = self.cfg.submit_batch as usize;
+                if batch > 0 && self.ring.submission().len() >= batch {
+                    self.submit_early();
+                }
                 break;
             }
             self.stats.enters += 1;
@@ -339,6 +343,27 @@ impl Core {
             }
         }
         self.kick();
+    }
+
+    /// Hands the queued entries to the kernel now, without waiting for the
+    /// driver's turn: in a large fan-out the first sends leave while the
+    /// rest of the core's subscribers are still being served, rather than
+    /// all of them after the last one (`Config::submit_batch`).
+    /// Completions are left for the turn to reap.
+    fn submit_early(&mut self) {
+        let n = self.ring.submission().len();
+        self.stats.enters += 1;
+        self.stats.early_submits += 1;
+        match self.ring.submit() {
+            Ok(_) => self.stats.submitted += n as u64,
+            // EBUSY (completions to reap first) or EINTR: the turn submits.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) => {}
+            Err(e) => error!("uring: submit: {e}"),
+        }
     }
 
     /// Brings a sleeping driver back for a turn.

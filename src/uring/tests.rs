@@ -745,3 +745,43 @@ fn read_deadlines_time_out_only_reads_that_wait_past_them() {
         drop(peers);
     });
 }
+
+/// A fan-out's sends leave in batches of `submit_batch` as they are handed
+/// over, not all after the last one at the driver's next turn.
+#[test]
+fn a_fan_out_is_submitted_as_it_is_handed_over() {
+    let (l, addr) = listener();
+    let n = 100;
+    let peers = std::thread::spawn(move || {
+        let conns: Vec<TcpStream> = (0..n)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        for mut c in conns {
+            let mut got = [0u8; 5];
+            c.read_exact(&mut got).expect("read");
+            assert_eq!(&got, b"hello");
+        }
+    });
+    let cfg = Config {
+        submit_batch: 16,
+        ..Config::default()
+    };
+    with_ring(cfg, move |ring| async move {
+        let streams: Vec<UringStream> = (0..n).map(|_| accept_std(&ring, &l)).collect();
+        // The receives armed above are in the kernel once the driver turns.
+        until("receives submitted", || ring.stats().submitted >= n as u64).await;
+        let before = ring.stats();
+        let msg = Bytes::from_static(b"hello");
+        for s in &streams {
+            s.start_send(msg.clone()).expect("queue");
+        }
+        // No await since: only the batches can have gone in.
+        let st = ring.stats();
+        assert!(st.early_submits > before.early_submits, "{st:?}");
+        assert!(st.submitted >= before.submitted + 96, "{st:?}");
+        for s in &streams {
+            s.flush().await.expect("flush");
+        }
+    });
+    peers.join().expect("peers");
+}
