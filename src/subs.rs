@@ -156,8 +156,11 @@ const REFETCH_HELD_MAX: usize = 100;
 /// Holds back `list` when `sub` is re-fetching `channel` through its next
 /// link (see `Sub::refetching`); true when it did.
 fn hold_back(sub: &Sub, channel: &str, list: &[&Arc<Encoded>]) -> bool {
-    let mut r = sub.refetching.borrow_mut();
-    let Some((_, held)) = r.iter_mut().find(|(c, _)| c == channel) else {
+    let mut rare = sub.rare.borrow_mut();
+    let Some(r) = rare.as_mut() else {
+        return false;
+    };
+    let Some((_, held)) = r.refetching.iter_mut().find(|(c, _)| c == channel) else {
         return false;
     };
     let room = REFETCH_HELD_MAX.saturating_sub(held.len());
@@ -212,42 +215,55 @@ pub struct Sub {
     kind: HoldKind,
     /// Stream bodies are chunked (HTTP/1.1) or raw (HTTP/1.0).
     chunked: bool,
+    /// On a `debug` route: a filter error ends the connection with its
+    /// reason (Pushpin) rather than dropping the message quietly.
+    debug: Cell<bool>,
+    dropped: Cell<bool>,
+    /// A write to the client is waiting for socket space.
+    blocked: Cell<bool>,
     channels: RefCell<Vec<String>>,
     /// Per channel (same order as `channels`): the bus's `joined` mark when
     /// the channel was added; only items routed after it are delivered.
     joined: RefCell<Vec<u64>>,
-    meta: RefCell<Vec<(String, String)>>,
-    /// The channels' filters and prev-ids; empty when no channel has a
-    /// filter (deliveries then share every encoding).
-    chans: RefCell<Vec<ChanState>>,
-    /// A long-poll's held response body (what `body-patch` patches).
-    held_body: RefCell<Bytes>,
-    /// Last id delivered per channel (sent back as `Grip-Last`).
-    last_ids: RefCell<Vec<(String, String)>>,
-    /// A stream's channels whose next link is being fetched, each with
-    /// the items published to it meanwhile (at most `REFETCH_HELD_MAX`):
-    /// none goes out before the link's answer, which then drops those
-    /// that do not follow its prev-id (Pushpin's queue while updating).
-    refetching: RefCell<Vec<(String, Vec<Arc<Encoded>>)>>,
-    /// On a `debug` route: a filter error ends the connection with its
-    /// reason (Pushpin) rather than dropping the message quietly.
-    debug: Cell<bool>,
     queue: RefCell<VecDeque<Msg>>,
     /// Sum of the queued messages' `cost`.
     queued_bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
-    dropped: Cell<bool>,
-    /// A write to the client is waiting for socket space.
-    blocked: Cell<bool>,
     // Timing, checked by the core's sweep.
-    keep_alive: RefCell<Option<KeepAlive>>,
     last_write: Cell<Instant>,
-    last_keep_alive: Cell<Instant>,
+    /// A long-poll's timeout.
     deadline: Cell<Option<Instant>>,
-    link_at: Cell<Option<Instant>>,
+    /// What few subscribers use, boxed the first time one does: an idle
+    /// stream without filters, ids, keep-alive or links carries 16 bytes
+    /// of it rather than ~290 (PERFORMANCE.md, "Per-connection byte
+    /// budget").
+    rare: RefCell<Option<Box<Rare>>>,
+}
+
+/// A subscriber's rarely used state (see `Sub::rare`).
+#[derive(Default)]
+struct Rare {
+    meta: Vec<(String, String)>,
+    /// The channels' filters and prev-ids; empty when no channel has a
+    /// filter (deliveries then share every encoding).
+    chans: Vec<ChanState>,
+    /// A long-poll's held response body (what `body-patch` patches).
+    held_body: Bytes,
+    /// Last id delivered per channel (sent back as `Grip-Last`).
+    last_ids: Vec<(String, String)>,
+    /// A stream's channels whose next link is being fetched, each with
+    /// the items published to it meanwhile (at most `REFETCH_HELD_MAX`):
+    /// none goes out before the link's answer, which then drops those
+    /// that do not follow its prev-id (Pushpin's queue while updating).
+    refetching: Vec<(String, Vec<Arc<Encoded>>)>,
+    keep_alive: Option<KeepAlive>,
+    /// The last keep-alive sent (at first: when the keep-alive was set).
+    last_keep_alive: Option<Instant>,
+    /// When a stream fetches its next link.
+    link_at: Option<Instant>,
     /// A WebSocket's `send-delayed` message (a framed message) and when
     /// it is due.
-    delayed: RefCell<Option<(Bytes, Instant)>>,
+    delayed: Option<(Bytes, Instant)>,
 }
 
 impl Sub {
@@ -372,24 +388,45 @@ impl Sub {
         self.channels.borrow().clone()
     }
 
+    /// Its rare state, boxed now if it has none yet.
+    fn rare_mut(&self) -> std::cell::RefMut<'_, Rare> {
+        std::cell::RefMut::map(self.rare.borrow_mut(), |r| &mut **r.get_or_insert_default())
+    }
+
+    /// Its rare state, if it has any.
+    fn rare(&self) -> std::cell::Ref<'_, Option<Box<Rare>>> {
+        self.rare.borrow()
+    }
+
+    /// Whether some channel has a filter or a prev-id.
+    fn has_chans(&self) -> bool {
+        self.rare().as_ref().is_some_and(|r| !r.chans.is_empty())
+    }
+
     /// Its channels' filters and prev-ids (empty when none has either).
-    pub fn chans(&self) -> std::cell::Ref<'_, Vec<ChanState>> {
-        self.chans.borrow()
+    pub fn chans(&self) -> std::cell::Ref<'_, [ChanState]> {
+        std::cell::Ref::map(self.rare(), |r| {
+            r.as_ref().map_or(&[][..], |r| &r.chans[..])
+        })
     }
 
     /// Replaces its meta (what filters read).
     pub fn set_meta(&self, meta: Vec<(String, String)>) {
-        *self.meta.borrow_mut() = meta;
+        if !meta.is_empty() || self.rare().is_some() {
+            self.rare_mut().meta = meta;
+        }
     }
 
     /// Changes its meta in place (`set-meta`).
     pub fn edit_meta<R>(&self, f: impl FnOnce(&mut Vec<(String, String)>) -> R) -> R {
-        f(&mut self.meta.borrow_mut())
+        f(&mut self.rare_mut().meta)
     }
 
     /// A long-poll's held body (what `body-patch` patches).
     pub fn set_held_body(&self, body: Bytes) {
-        *self.held_body.borrow_mut() = body;
+        if !body.is_empty() || self.rare().is_some() {
+            self.rare_mut().held_body = body;
+        }
     }
 
     /// On a `debug` route: a filter error ends the connection with its
@@ -399,8 +436,10 @@ impl Sub {
     }
 
     /// The last id delivered per channel (sent back as `Grip-Last`).
-    pub fn last_ids(&self) -> std::cell::Ref<'_, Vec<(String, String)>> {
-        self.last_ids.borrow()
+    pub fn last_ids(&self) -> std::cell::Ref<'_, [(String, String)]> {
+        std::cell::Ref::map(self.rare(), |r| {
+            r.as_ref().map_or(&[][..], |r| &r.last_ids[..])
+        })
     }
 
     /// The bus's `joined` mark of `channel` (0, everything, for a channel
@@ -623,26 +662,25 @@ impl Registry {
             id,
             kind: spec.kind,
             chunked: spec.chunked,
+            debug: Cell::new(false),
+            dropped: Cell::new(false),
+            blocked: Cell::new(false),
             channels: RefCell::new(Vec::new()),
             joined: RefCell::new(Vec::new()),
-            meta: RefCell::new(spec.meta),
-            chans: RefCell::new(Vec::new()),
-            held_body: RefCell::new(Bytes::new()),
-            last_ids: RefCell::new(Vec::new()),
-            refetching: RefCell::new(Vec::new()),
-            debug: Cell::new(false),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             waker: RefCell::new(None),
-            dropped: Cell::new(false),
-            blocked: Cell::new(false),
-            keep_alive: RefCell::new(spec.keep_alive),
             last_write: Cell::new(now),
-            last_keep_alive: Cell::new(now),
             deadline: Cell::new(spec.timeout.map(|t| now + t)),
-            link_at: Cell::new(spec.link_timeout.map(|t| now + t)),
-            delayed: RefCell::new(None),
+            rare: RefCell::new(None),
         });
+        sub.set_meta(spec.meta);
+        if spec.keep_alive.is_some() || spec.link_timeout.is_some() {
+            let mut r = sub.rare_mut();
+            r.last_keep_alive = spec.keep_alive.is_some().then_some(now);
+            r.keep_alive = spec.keep_alive;
+            r.link_at = spec.link_timeout.map(|t| now + t);
+        }
         self.set_channels(&sub, spec.channels);
         self.retime(&sub);
         let h = &self.held[kind_index(sub.kind)];
@@ -786,22 +824,30 @@ impl Registry {
 
     /// Sets (or clears) a subscriber's keep-alive.
     pub fn set_keep_alive(&self, sub: &Rc<Sub>, ka: Option<KeepAlive>) {
-        *sub.keep_alive.borrow_mut() = ka;
+        if ka.is_some() || sub.rare().is_some() {
+            let mut r = sub.rare_mut();
+            if ka.is_some() && r.last_keep_alive.is_none() {
+                r.last_keep_alive = Some(Instant::now());
+            }
+            r.keep_alive = ka;
+        }
         self.retime(sub);
     }
 
     /// Sets (or clears) when a stream fetches its next link.
     pub fn set_link_at(&self, sub: &Rc<Sub>, at: Option<Instant>) {
-        sub.link_at.set(at);
+        if at.is_some() || sub.rare().is_some() {
+            sub.rare_mut().link_at = at;
+        }
         self.retime(sub);
     }
 
     /// Puts the subscriber in (or out of) the sweep's set.
     fn retime(&self, sub: &Rc<Sub>) {
-        let timed = sub.keep_alive.borrow().is_some()
-            || sub.delayed.borrow().is_some()
-            || sub.deadline.get().is_some()
-            || sub.link_at.get().is_some();
+        let timed = sub.deadline.get().is_some()
+            || sub.rare().as_ref().is_some_and(|r| {
+                r.keep_alive.is_some() || r.delayed.is_some() || r.link_at.is_some()
+            });
         let mut t = self.timed.borrow_mut();
         if timed {
             t.insert(sub.id, sub.clone());
@@ -814,13 +860,17 @@ impl Registry {
     /// still pending is sent first (Pushpin keeps one delayed message).
     pub fn send_delayed(&self, sub: &Rc<Sub>, frame: Bytes, after: Duration) {
         self.flush_delayed(sub);
-        *sub.delayed.borrow_mut() = Some((frame, Instant::now() + after));
+        sub.rare_mut().delayed = Some((frame, Instant::now() + after));
         self.retime(sub);
     }
 
     /// `flush-delayed`: the pending delayed message goes now.
     pub fn flush_delayed(&self, sub: &Rc<Sub>) {
-        let pending = sub.delayed.borrow_mut().take();
+        let pending = sub
+            .rare
+            .borrow_mut()
+            .as_mut()
+            .and_then(|r| r.delayed.take());
         if let Some((frame, _)) = pending {
             // Like any message corepin must get through: not dropped for
             // a full queue (Pushpin queues it, acknowledged).
@@ -1103,7 +1153,7 @@ impl Registry {
         let first = run.iter().map(|e| e.seq()).min().unwrap_or(0);
         let none_late = first > self.newest_join.get();
         let per_item = run.iter().any(|e| e.item.per_subscriber());
-        if none_late && !per_item && subs.iter().all(|s| s.chans.borrow().is_empty()) {
+        if none_late && !per_item && subs.iter().all(|s| !s.has_chans()) {
             return;
         }
         let mut logged = false;
@@ -1117,7 +1167,7 @@ impl Registry {
                 }
                 return false;
             }
-            if per_item || !sub.chans.borrow().is_empty() {
+            if per_item || sub.has_chans() {
                 self.hand_filtered(sub, key, run, &mut logged);
                 return false;
             }
@@ -1136,7 +1186,8 @@ impl Registry {
         let Some(id) = last_id.filter(|_| wildcard::as_prefix(channel).is_none()) else {
             return;
         };
-        let mut ids = sub.last_ids.borrow_mut();
+        let mut rare = sub.rare_mut();
+        let ids = &mut rare.last_ids;
         match ids.iter_mut().find(|(c, _)| c == channel) {
             Some(slot) => id.clone_into(&mut slot.1),
             None => ids.push((channel.to_string(), id.to_string())),
@@ -1165,8 +1216,9 @@ impl Registry {
             // means it missed something, and it re-fetches from the
             // backend (a stream its next link, a long-poll its request).
             if sub.kind != HoldKind::Ws {
-                let mut chans = sub.chans.borrow_mut();
-                if let Some(c) = chans.iter_mut().find(|c| c.channel == channel) {
+                let rare = sub.rare();
+                let chans = rare.as_ref().map_or(&[][..], |r| &r.chans[..]);
+                if let Some(c) = chans.iter().find(|c| c.channel == channel) {
                     if c.prev_id.is_some() && e.item.prev_id != c.prev_id {
                         // The prev-id stays the last id that followed on:
                         // it is the retry's or the next link's
@@ -1210,13 +1262,10 @@ impl Registry {
             // The channel's prev-id follows every item, delivered or not
             // (Pushpin's processItem).
             if let Some(id) = &e.item.id {
-                if let Some(c) = sub
-                    .chans
-                    .borrow_mut()
-                    .iter_mut()
-                    .find(|c| c.channel == channel)
-                {
-                    c.prev_id = Some(id.clone());
+                if let Some(r) = sub.rare.borrow_mut().as_mut() {
+                    if let Some(c) = r.chans.iter_mut().find(|c| c.channel == channel) {
+                        c.prev_id = Some(id.clone());
+                    }
                 }
             }
         }
@@ -1225,9 +1274,7 @@ impl Registry {
             if sub.kind == HoldKind::Stream {
                 let held = list[taken..].iter().take(REFETCH_HELD_MAX);
                 let held = held.map(|e| Arc::clone(e)).collect();
-                sub.refetching
-                    .borrow_mut()
-                    .push((channel.to_string(), held));
+                sub.rare_mut().refetching.push((channel.to_string(), held));
             }
             sub.push(Msg::Refetch, self.limits, &self.stats);
         }
@@ -1241,10 +1288,14 @@ impl Registry {
         if sub.kind != HoldKind::Stream {
             return;
         }
-        let mut r = sub.refetching.borrow_mut();
-        for c in sub.chans.borrow().iter() {
-            if c.prev_id.is_some() && !r.iter().any(|(ch, _)| *ch == c.channel) {
-                r.push((c.channel.clone(), Vec::new()));
+        let mut rare = sub.rare.borrow_mut();
+        let Some(r) = rare.as_mut() else { return };
+        let Rare {
+            chans, refetching, ..
+        } = &mut **r;
+        for c in chans.iter() {
+            if c.prev_id.is_some() && !refetching.iter().any(|(ch, _)| *ch == c.channel) {
+                refetching.push((c.channel.clone(), Vec::new()));
             }
         }
     }
@@ -1270,7 +1321,7 @@ impl Registry {
             HoldKind::Response => match &it.http_response {
                 Some(r) => match &r.patch {
                     Some(p) => (
-                        p.apply(&sub.held_body.borrow()),
+                        p.apply(sub.rare().as_ref().map_or(&[][..], |r| &r.held_body[..])),
                         r.content_filters.as_deref(),
                         true,
                     ),
@@ -1279,7 +1330,8 @@ impl Registry {
                 None => return Ok(None),
             },
         };
-        let chans = sub.chans.borrow();
+        let rare = sub.rare();
+        let chans = rare.as_ref().map_or(&[][..], |r| &r.chans[..]);
         let filters = chans
             .iter()
             .find(|c| c.channel == channel)
@@ -1292,11 +1344,11 @@ impl Registry {
         if filters.is_empty() {
             return Ok(Some(patched.then_some(content)));
         }
-        let meta = sub.meta.borrow();
+        let meta = rare.as_ref().map_or(&[][..], |r| &r.meta[..]);
         let ctx = filter::Context {
-            sub_meta: &meta,
+            sub_meta: meta,
             pub_meta: &it.meta,
-            channels: Some(&Chans(&chans)),
+            channels: Some(&Chans(chans)),
         };
         Ok(match filter::run(filters, &ctx, &content)? {
             Verdict::Drop => None,
@@ -1420,18 +1472,22 @@ impl Registry {
         let any = chans
             .iter()
             .any(|c| !c.filters.is_empty() || (sub.kind != HoldKind::Ws && c.prev_id.is_some()));
-        *sub.chans.borrow_mut() = if any { chans } else { Vec::new() };
+        if any || sub.rare().is_some() {
+            sub.rare_mut().chans = if any { chans } else { Vec::new() };
+        }
         // A next link answered: what was published while it was fetched
         // goes out now, less the items at the front that do not follow
         // the new prev-id (the answer carried them: Pushpin drops them).
-        let held = std::mem::take(&mut *sub.refetching.borrow_mut());
+        let held = match sub.rare.borrow_mut().as_mut() {
+            Some(r) => std::mem::take(&mut r.refetching),
+            None => Vec::new(),
+        };
         for (channel, items) in held {
             if !sub.channels.borrow().contains(&channel) {
                 continue;
             }
             let prev = sub
-                .chans
-                .borrow()
+                .chans()
                 .iter()
                 .find(|c| c.channel == channel)
                 .and_then(|c| c.prev_id.clone());
@@ -1492,28 +1548,35 @@ impl Registry {
                 }
             }
             let due = sub
-                .delayed
-                .borrow()
+                .rare()
                 .as_ref()
+                .and_then(|r| r.delayed.as_ref())
                 .is_some_and(|(_, at)| now >= *at);
             if due {
                 self.flush_delayed(&sub);
             }
-            if let Some(d) = sub.link_at.get() {
-                if now >= d {
-                    sub.link_at.set(None);
-                    sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
+            let link_due = match sub.rare.borrow_mut().as_mut() {
+                Some(r) if r.link_at.is_some_and(|d| now >= d) => {
+                    r.link_at = None;
+                    true
                 }
+                _ => false,
+            };
+            if link_due {
+                sub.push(Msg::Refetch, QueueLimits::UNBOUNDED, &self.stats);
             }
-            let ka = sub.keep_alive.borrow().clone();
-            if let Some(ka) = ka {
+            let ka = sub.rare().as_ref().and_then(|r| {
+                let ka = r.keep_alive.clone()?;
+                Some((ka, r.last_keep_alive.unwrap_or(now)))
+            });
+            if let Some((ka, last_keep_alive)) = ka {
                 let every = Duration::from_secs(u64::from(ka.timeout));
                 let since = match ka.mode {
-                    KeepAliveMode::Idle => sub.last_write.get().max(sub.last_keep_alive.get()),
-                    KeepAliveMode::Interval => sub.last_keep_alive.get(),
+                    KeepAliveMode::Idle => sub.last_write.get().max(last_keep_alive),
+                    KeepAliveMode::Interval => last_keep_alive,
                 };
                 if now.duration_since(since) >= every && !ka.data.is_empty() {
-                    sub.last_keep_alive.set(now);
+                    sub.rare_mut().last_keep_alive = Some(now);
                     let framed = if sub.chunked {
                         let mut out = Vec::with_capacity(ka.data.len() + 8);
                         crate::codec::chunked::write_chunk(&mut out, &ka.data);
@@ -1997,10 +2060,7 @@ mod tests {
             .publish(vec![with("2", "1", "two"), with("4", "3", "four")], None);
         drain(&reg, &inbox);
         assert_eq!(messages(&follower), ["data two", "refetch"]);
-        assert_eq!(
-            follower.last_ids().as_slice(),
-            [("c".to_string(), "2".to_string())]
-        );
+        assert_eq!(&*follower.last_ids(), [("c".to_string(), "2".to_string())]);
         // The prev-id stays the last that followed on (the `Grip-Last`),
         // and what is published before the link answers waits for it.
         assert_eq!(follower.chans()[0].prev_id.as_deref(), Some("2"));

@@ -147,8 +147,8 @@ pub async fn handle(
     let ctx = HoldCtx {
         head,
         backend: None,
-        prefix: route.prefix.clone().unwrap_or_default(),
-        target: "test".into(),
+        prefix: route.prefix.as_deref().unwrap_or(""),
+        target: "test",
         sig: None,
         debug: route.debug,
         connection_id: None,

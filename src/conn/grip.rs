@@ -143,20 +143,23 @@ fn grip_last(instruct: &Instruct, max: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The route-level context a hold needs for next-link fetches.
+/// The route-level context a hold needs for next-link fetches. All
+/// borrowed: a held connection's future keeps references, not copies of
+/// the route's and the backend's strings (PERFORMANCE.md, "Per-connection
+/// byte budget").
 pub struct HoldCtx<'a> {
     pub head: &'a RequestHead,
     /// The backend, for relative links; `None` for the test target.
-    pub backend: Option<Dest>,
-    pub prefix: String,
-    pub target: String,
-    pub sig: Option<crate::jwt::SigKey>,
+    pub backend: Option<&'a Dest>,
+    pub prefix: &'a str,
+    pub target: &'a str,
+    pub sig: Option<&'a crate::jwt::SigKey>,
     /// The route's `debug`: a held stream that fails says why in its body
     /// before it ends; a long-poll answers 502 with the reason.
     pub debug: bool,
     /// The Connection-Id the backend was told: while held, the connection
     /// is a target by it (`crate::targets`).
-    pub connection_id: Option<String>,
+    pub connection_id: Option<&'a str>,
 }
 
 /// What the filters need of an instruct's channels (the first `max`).
@@ -245,7 +248,7 @@ pub async fn hold(
     });
     shard
         .subs
-        .set_chans(&sub, chan_states(&instruct, &ctx.prefix, max));
+        .set_chans(&sub, chan_states(&instruct, ctx.prefix, max));
     sub.set_held_body(base.body.clone());
     // Channel history (issue 18): replay what the client missed.
     match shard
@@ -266,8 +269,7 @@ pub async fn hold(
     sub.set_debug(ctx.debug);
     let _target = ctx
         .connection_id
-        .clone()
-        .map(|id| crate::targets::Registered::new(&shard.held, id, &sub));
+        .map(|id| crate::targets::Registered::new(&shard.held, id.to_string(), &sub));
     c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
     // response cannot set or change it).
@@ -297,7 +299,7 @@ fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     };
     let mut req = Vec::with_capacity(256);
     let host = ctx.head.fields.get("host").unwrap_or(to.addr.as_bytes());
-    let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
+    let token = ctx.sig.map(|k| shard.signer.token(k));
     heads::write_gone_request(&mut req, &path, host, token.as_deref());
     let shard = shard.clone();
     let url = url.to_string();
@@ -361,7 +363,7 @@ async fn send_link_request(
 
 /// Where a link points (`upstream::link_dest`), or a warning naming it.
 fn link_addr(shard: &Shard, ctx: &HoldCtx<'_>, url: &str) -> Option<(Dest, String)> {
-    let found = link_dest(url, ctx.backend.as_ref());
+    let found = link_dest(url, ctx.backend);
     if found.is_none() && !url.starts_with('/') {
         warn!(
             "core {}: link '{url}' is not http://, https:// or a path",
@@ -495,7 +497,7 @@ fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> HoldEnd {
     HoldEnd::Done(Outcome {
         status,
         bytes,
-        target: ctx.target.clone(),
+        target: ctx.target.to_string(),
         keep_alive: keep,
     })
 }
@@ -624,73 +626,10 @@ async fn hold_stream(
                 return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await
             }
             HoldEvent::Msg(Msg::Refetch) => {
-                let Some(link) = links.as_ref().and_then(|i| i.next.clone()) else {
-                    continue;
-                };
-                // What is published while the link is fetched waits for
-                // its answer (Pushpin), which may repeat it.
-                shard.subs.refetching(sub);
-                match Box::pin(fetch_link(shard, ctx, sub, &link.url)).await {
-                    Fetched::Error(why) => {
-                        return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await
-                    }
-                    Fetched::Next(next, body) => {
-                        let framed = if http10 {
-                            body.to_vec()
-                        } else {
-                            let mut v = Vec::new();
-                            crate::codec::chunked::write_chunk(&mut v, &body);
-                            v
-                        };
-                        // A next hold takes effect before its body goes
-                        // out: a client that has seen the body is already
-                        // followed from the new instruct's prev-ids, and
-                        // what is published meanwhile follows the body.
-                        let holds = match next {
-                            Some(i) if i.hold == HoldMode::Stream => {
-                                let channels = i
-                                    .channels
-                                    .iter()
-                                    .map(|s| format!("{}{}", ctx.prefix, s.name))
-                                    .collect();
-                                shard.subs.set_channels(sub, channels);
-                                // The next response's instruct replaces
-                                // the meta and the filters (Pushpin).
-                                sub.set_meta(i.meta.clone());
-                                shard
-                                    .subs
-                                    .set_chans(sub, chan_states(&i, &ctx.prefix, usize::MAX));
-                                shard.subs.set_keep_alive(sub, i.keep_alive.clone());
-                                shard.subs.set_link_at(
-                                    sub,
-                                    i.next.as_ref().map(|l| {
-                                        Instant::now() + Duration::from_secs(u64::from(l.timeout))
-                                    }),
-                                );
-                                links = Some(i);
-                                true
-                            }
-                            // No further hold: the stream ends after it.
-                            _ => false,
-                        };
-                        if !framed.is_empty() && c.conn.write_all(&framed).await.is_err() {
-                            return done(code, bytes, ctx, false);
-                        }
-                        bytes += body.len() as u64;
-                        if !holds {
-                            return Box::pin(end_stream(shard, c, ctx, code, bytes)).await;
-                        }
-                        if let Some(why) = links.as_deref().and_then(prev_id_without_link) {
-                            return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await;
-                        }
-                    }
-                    Fetched::Failed => {
-                        // The link failed: try again after its timeout.
-                        shard.subs.set_link_at(
-                            sub,
-                            Some(Instant::now() + Duration::from_secs(u64::from(link.timeout))),
-                        );
-                    }
+                // Boxed: an idle stream's future does not carry a fetch.
+                let step = refetch(shard, c, ctx, sub, &mut links, http10, code, &mut bytes);
+                if let Some(end) = Box::pin(step).await {
+                    return end;
                 }
             }
             HoldEvent::Msg(
@@ -707,6 +646,86 @@ async fn hold_stream(
             }
         }
     }
+}
+
+/// A stream's next-link fetch (`Msg::Refetch`): `None` when the stream
+/// goes on, else how it ended.
+#[allow(clippy::too_many_arguments)]
+async fn refetch(
+    shard: &Shard,
+    c: &mut Client,
+    ctx: &HoldCtx<'_>,
+    sub: &Rc<Sub>,
+    links: &mut Option<Box<Instruct>>,
+    http10: bool,
+    code: u16,
+    bytes: &mut u64,
+) -> Option<HoldEnd> {
+    let link = links.as_ref().and_then(|i| i.next.clone())?;
+    // What is published while the link is fetched waits for
+    // its answer (Pushpin), which may repeat it.
+    shard.subs.refetching(sub);
+    match fetch_link(shard, ctx, sub, &link.url).await {
+        Fetched::Error(why) => return Some(stream_failed(shard, c, ctx, code, *bytes, &why).await),
+        Fetched::Next(next, body) => {
+            let framed = if http10 {
+                body.to_vec()
+            } else {
+                let mut v = Vec::new();
+                crate::codec::chunked::write_chunk(&mut v, &body);
+                v
+            };
+            // A next hold takes effect before its body goes
+            // out: a client that has seen the body is already
+            // followed from the new instruct's prev-ids, and
+            // what is published meanwhile follows the body.
+            let holds = match next {
+                Some(i) if i.hold == HoldMode::Stream => {
+                    let channels = i
+                        .channels
+                        .iter()
+                        .map(|s| format!("{}{}", ctx.prefix, s.name))
+                        .collect();
+                    shard.subs.set_channels(sub, channels);
+                    // The next response's instruct replaces
+                    // the meta and the filters (Pushpin).
+                    sub.set_meta(i.meta.clone());
+                    shard
+                        .subs
+                        .set_chans(sub, chan_states(&i, ctx.prefix, usize::MAX));
+                    shard.subs.set_keep_alive(sub, i.keep_alive.clone());
+                    shard.subs.set_link_at(
+                        sub,
+                        i.next
+                            .as_ref()
+                            .map(|l| Instant::now() + Duration::from_secs(u64::from(l.timeout))),
+                    );
+                    *links = Some(i);
+                    true
+                }
+                // No further hold: the stream ends after it.
+                _ => false,
+            };
+            if !framed.is_empty() && c.conn.write_all(&framed).await.is_err() {
+                return Some(done(code, *bytes, ctx, false));
+            }
+            *bytes += body.len() as u64;
+            if !holds {
+                return Some(end_stream(shard, c, ctx, code, *bytes).await);
+            }
+            if let Some(why) = links.as_deref().and_then(prev_id_without_link) {
+                return Some(stream_failed(shard, c, ctx, code, *bytes, &why).await);
+            }
+        }
+        Fetched::Failed => {
+            // The link failed: try again after its timeout.
+            shard.subs.set_link_at(
+                sub,
+                Some(Instant::now() + Duration::from_secs(u64::from(link.timeout))),
+            );
+        }
+    }
+    None
 }
 
 /// Ends a held stream cleanly: the last chunk, and the connection kept
@@ -946,11 +965,11 @@ async fn fetch_link_inner(
     let (to, path) = link_addr(shard, ctx, url)?;
     let mut req = Vec::with_capacity(256);
     let host = ctx.head.fields.get("host").unwrap_or(to.addr.as_bytes());
-    let token = ctx.sig.as_ref().map(|k| shard.signer.token(k));
+    let token = ctx.sig.map(|k| shard.signer.token(k));
     // Where each channel is: a channel that follows ids (`prev-id`) says
     // its current one (the hold's, then each item's, as Pushpin's
     // prevIds), any other the last id it delivered.
-    let mut last: Vec<(String, String)> = sub.last_ids().clone();
+    let mut last: Vec<(String, String)> = sub.last_ids().to_vec();
     for c in sub.chans().iter() {
         if let Some(id) = &c.prev_id {
             match last.iter_mut().find(|(ch, _)| *ch == c.channel) {
@@ -959,7 +978,7 @@ async fn fetch_link_inner(
             }
         }
     }
-    heads::write_link_request(&mut req, &path, host, &last, &ctx.prefix, token.as_deref());
+    heads::write_link_request(&mut req, &path, host, &last, ctx.prefix, token.as_deref());
     let mut up = send_link_request(shard, &to, &req, "next link", url).await?;
     let resp = up
         .read_head(

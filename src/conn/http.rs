@@ -598,14 +598,15 @@ async fn proxy(
         return HoldEnd::Done(fail(shard, c, head, f, &backend.addr).await);
     }
     if route.grip() && grip::is_grip(&resp.fields) {
+        let dest = crate::upstream::Dest::of(backend);
         let ctx = HoldCtx {
             head,
-            backend: Some(crate::upstream::Dest::of(backend)),
-            prefix: route.prefix.clone().unwrap_or_default(),
-            target: backend.addr.clone(),
-            sig,
+            backend: Some(&dest),
+            prefix: route.prefix.as_deref().unwrap_or(""),
+            target: &backend.addr,
+            sig: sig.as_ref(),
             debug: route.debug,
-            connection_id: cid.map(str::to_string),
+            connection_id: cid,
         };
         return instructed(shard, c, &ctx, up, resp).await;
     }
@@ -681,7 +682,7 @@ async fn instructed(
                 shard.index, ctx.target
             );
             let f = Failure::Upstream(502, "invalid response from upstream");
-            return HoldEnd::Done(fail(shard, c, ctx.head, f, &ctx.target).await);
+            return HoldEnd::Done(fail(shard, c, ctx.head, f, ctx.target).await);
         }
     };
     if resp.keep_alive {
@@ -700,7 +701,7 @@ async fn instructed(
             HoldEnd::Done(Outcome {
                 status: base.status(),
                 bytes: base.body.len() as u64,
-                target: ctx.target.clone(),
+                target: ctx.target.to_string(),
                 keep_alive: ok && keep,
             })
         }
@@ -710,7 +711,7 @@ async fn instructed(
                 shard.index, ctx.target, e.0
             );
             let f = Failure::Upstream(502, "invalid GRIP instruction from upstream");
-            HoldEnd::Done(fail(shard, c, ctx.head, f, &ctx.target).await)
+            HoldEnd::Done(fail(shard, c, ctx.head, f, ctx.target).await)
         }
     }
 }
