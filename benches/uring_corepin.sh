@@ -165,18 +165,7 @@ wsecho() { # round name
   n0=$(runns $pids)
   out=$(timeout 60 "$LOAD" ws-echo --to 127.0.0.1:$port --path /echo --conns 50 --seconds $DUR --size 16 2>>$D/load.err)
   n1=$(runns $pids)
-  python3 - "$r" "$n" "$n0" "$n1" "$(cut -d' ' -f1 /proc/loadavg)" "$out" <<'PY' | tee -a $OUT/lines.txt
-import json, sys
-r, n, n0, n1, load, text = sys.argv[1:]
-try:
-    d = json.loads(text)
-except Exception:
-    d = {}
-trips = d.get("round_trips") or 0
-us = (int(n1) - int(n0)) / 1e3 / trips if trips else float("nan")
-print(f"section=ws round={r} name={n} c=50 rps={d.get('round_trips_per_sec', float('nan')):.0f} "
-      f"trips={trips} cpu_us={us:.2f} failed={d.get('handshake_failures')} closed={d.get('closed')} load={load}")
-PY
+  python3 "$(dirname "$0")/ws_echo_line.py" section=ws "$r" "$n" "$n0" "$n1" "$(cut -d' ' -f1 /proc/loadavg)" "$out" | tee -a $OUT/lines.txt
 }
 
 churn() { # round name: a new connection per request

@@ -55,18 +55,7 @@ for r in $(seq 1 "$ROUNDS"); do
     out=$(timeout 60 "$LOAD" ws-echo --to 127.0.0.1:${PORT[$n]} --path /echo --conns 50 \
       --seconds $DUR --size 16 2>>"$BENCH_DIR/load.err")
     n1=$(runns "${TREE[$n]}")
-    python3 - "$r" "$n" "$n0" "$n1" "$(cut -d' ' -f1 /proc/loadavg)" "$out" <<'PY' | tee -a $OUT
-import json, sys
-r, n, n0, n1, load, text = sys.argv[1:]
-try:
-    d = json.loads(text)
-except Exception:
-    d = {}
-trips = d.get("round_trips") or 0
-us = (int(n1) - int(n0)) / 1e3 / trips if trips else float("nan")
-print(f"round={r} name={n} rps={d.get('round_trips_per_sec', float('nan')):.0f} "
-      f"trips={trips} cpu_us={us:.2f} failed={d.get('handshake_failures')} load={load}")
-PY
+    python3 "$(dirname "$0")/ws_echo_line.py" "" "$r" "$n" "$n0" "$n1" "$(cut -d' ' -f1 /proc/loadavg)" "$out" | tee -a $OUT
   done
 done
 python3 - "$OUT" <<'PY'

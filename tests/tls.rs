@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -59,12 +59,6 @@ impl TempDir {
     }
 }
 
-impl AsRef<Path> for TempDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -83,10 +77,10 @@ struct Certs {
 fn certs(default: bool) -> Certs {
     let ca = Ca::new("corepin test CA");
     let dir = TempDir::new();
-    ca.leaf_into(&dir, "a.example.com", &["a.example.com"]);
-    ca.leaf_into(&dir, "_.example.com", &["*.example.com"]);
+    ca.leaf_into(&dir.0, "a.example.com", &["a.example.com"]);
+    ca.leaf_into(&dir.0, "_.example.com", &["*.example.com"]);
     if default {
-        ca.leaf_into(&dir, "default", &["default.test", "localhost"]);
+        ca.leaf_into(&dir.0, "default", &["default.test", "localhost"]);
     }
     let ca_dir = TempDir::new();
     let ca_file = ca_dir.write("ca.pem", &ca.cert.pem());
@@ -568,8 +562,8 @@ fn write_config(dir: &TempDir, body: &str) -> String {
 fn check_validates_certificates_one_line_each() {
     let ca = Ca::new("check CA");
     let dir = TempDir::new();
-    ca.leaf_into(&dir, "good.test", &["good.test"]);
-    ca.leaf_into(&dir, "default", &["default.test"]);
+    ca.leaf_into(&dir.0, "good.test", &["good.test"]);
+    ca.leaf_into(&dir.0, "default", &["default.test"]);
     let cfg_dir = TempDir::new();
     let cfg = write_config(
         &cfg_dir,
@@ -589,19 +583,19 @@ fn check_validates_certificates_one_line_each() {
         "{out}"
     );
     // Break it four ways.
-    ca.leaf_with(&dir, "expired.test", &["expired.test"], |p| {
+    ca.leaf_with(&dir.0, "expired.test", &["expired.test"], |p| {
         p.not_before = rcgen::date_time_ymd(2001, 1, 1);
         p.not_after = rcgen::date_time_ymd(2002, 1, 1);
     });
     let good_key = std::fs::read_to_string(dir.0.join("good.test.key")).expect("key");
-    ca.leaf_into(&dir, "mismatch.test", &["mismatch.test"]);
+    ca.leaf_into(&dir.0, "mismatch.test", &["mismatch.test"]);
     dir.write("mismatch.test.key", &good_key);
     dir.write(
         "bad.test.crt",
         "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
     );
     dir.write("bad.test.key", &good_key);
-    ca.leaf_into(&dir, "gone.test", &["gone.test"]);
+    ca.leaf_into(&dir.0, "gone.test", &["gone.test"]);
     std::fs::remove_file(dir.0.join("gone.test.key")).expect("rm");
     std::os::unix::fs::symlink(dir.0.join("nowhere"), dir.0.join("gone.test.key")).expect("ln");
     let o = corepin(&["check", "--config", &cfg]);
@@ -645,7 +639,7 @@ fn check_validates_certificates_one_line_each() {
 fn run_refuses_ssl_targets_without_a_ca_store_and_check_accepts_them() {
     let ca = Ca::new("run CA");
     let dir = TempDir::new();
-    ca.leaf_into(&dir, "default", &["default.test"]);
+    ca.leaf_into(&dir.0, "default", &["default.test"]);
     let d = dir.0.display().to_string();
     // An empty CA store: a verified target could never be reached.
     let empty_dir = TempDir::new();
@@ -915,7 +909,7 @@ fn sighup_swaps_certificates_on_every_core_and_open_connections_go_on() {
     let old = Ca::new("old CA");
     let new = Ca::new("new CA");
     let dir = TempDir::new();
-    old.leaf_into(&dir, "default", &["localhost"]);
+    old.leaf_into(&dir.0, "default", &["localhost"]);
     let d = dir.0.display().to_string();
     let backend = common::Backend::fixed("kept");
     let cp = common::Corepin::start(&[
@@ -934,7 +928,7 @@ fn sighup_swaps_certificates_on_every_core_and_open_connections_go_on() {
     for c in &mut open {
         assert!(get_on(c, "kept").starts_with("HTTP/1.1 200"));
     }
-    new.leaf_into(&dir, "default", &["localhost"]);
+    new.leaf_into(&dir.0, "default", &["localhost"]);
     cp.signal(libc::SIGHUP);
     cp.wait_stderr("core 0: certificates reloaded");
     cp.wait_stderr("core 1: certificates reloaded");
@@ -1002,7 +996,7 @@ fn control_socket_reload_swaps_certificates_and_refuses_a_bad_file_with_the_reas
     let old = Ca::new("old CA");
     let new = Ca::new("new CA");
     let dir = TempDir::new();
-    old.leaf_into(&dir, "default", &["localhost"]);
+    old.leaf_into(&dir.0, "default", &["localhost"]);
     let d = dir.0.display().to_string();
     let sock = dir.path("control.sock");
     let backend = common::Backend::fixed("kept");
@@ -1032,7 +1026,7 @@ fn control_socket_reload_swaps_certificates_and_refuses_a_bad_file_with_the_reas
     };
     let mut held = tls_client(port, &[&old]);
     assert!(get_on(&mut held, "kept").starts_with("HTTP/1.1 200"));
-    new.leaf_into(&dir, "default", &["localhost"]);
+    new.leaf_into(&dir.0, "default", &["localhost"]);
     let a = reload();
     assert_eq!(a["ok"], true, "{a}");
     cp.wait_stderr("core 0: certificates reloaded");
@@ -1095,7 +1089,7 @@ fn websocket_upgrades_and_websocket_over_http_over_tls_tell_the_backend_https() 
 /// for `names`; the backend and its port.
 fn tls_backend(ca: &Ca, names: &[&str]) -> (common::PyBackend, TempDir) {
     let dir = TempDir::new();
-    ca.leaf_into(&dir, "backend", names);
+    ca.leaf_into(&dir.0, "backend", names);
     let b = common::PyBackend::start(
         "tls_http.py",
         &[&dir.path("backend.crt"), &dir.path("backend.key")],
@@ -1249,7 +1243,7 @@ fn an_untrusted_or_misnamed_backend_is_502_and_insecure_skips_the_check() {
 fn wss_to_corepin_passes_through_to_a_wss_backend() {
     let certs = certs(true);
     let bdir = TempDir::new();
-    certs.ca.leaf_into(&bdir, "backend", &["localhost"]);
+    certs.ca.leaf_into(&bdir.0, "backend", &["localhost"]);
     let backend = common::PyBackend::start(
         "ws_echo.py",
         &[&bdir.path("backend.crt"), &bdir.path("backend.key")],
@@ -1365,7 +1359,7 @@ fn certificates_reload_under_load_with_no_failed_handshake_or_request() {
     let old = Arc::new(Ca::new("reload old CA"));
     let new = Arc::new(Ca::new("reload new CA"));
     let dir = TempDir::new();
-    old.leaf_into(&dir, "default", &["localhost"]);
+    old.leaf_into(&dir.0, "default", &["localhost"]);
     let d = dir.0.display().to_string();
     let backend = common::Backend::fixed("kept");
     let cp = common::Corepin::start(&[
@@ -1418,7 +1412,7 @@ fn certificates_reload_under_load_with_no_failed_handshake_or_request() {
             ok.load(Ordering::Relaxed) >= before + 10
         });
         let ca = if i % 2 == 0 { &new } else { &old };
-        ca.leaf_into(&dir, "default", &["localhost"]);
+        ca.leaf_into(&dir.0, "default", &["localhost"]);
         cp.signal(libc::SIGHUP);
         common::wait_until("both cores reloaded", || reloaded(&cp) >= 2 * (i + 1));
     }

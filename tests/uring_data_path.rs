@@ -67,17 +67,22 @@ fn an_unknown_data_path_is_refused_by_name() {
     assert_eq!(code, Some(0), "{err}");
 }
 
-#[test]
-fn keep_alive_requests_are_proxied_over_the_ring() {
-    let b = Backend::fixed("through the ring");
-    let cp = Corepin::start(&[
+/// corepin on one core over the ring, routing everything to `b`.
+fn on_one_ring_core(b: &Backend) -> Corepin {
+    Corepin::start(&[
         "--route",
         &b.route(),
         "--data-path",
         "uring",
         "--workers",
         "1",
-    ]);
+    ])
+}
+
+#[test]
+fn keep_alive_requests_are_proxied_over_the_ring() {
+    let b = Backend::fixed("through the ring");
+    let cp = on_one_ring_core(&b);
     cp.wait_stderr("data path: uring");
     let mut c = Conn::open(cp.addr());
     for _ in 0..50 {
@@ -242,14 +247,7 @@ fn count_before(line: &str, after: &str) -> u64 {
 #[test]
 fn client_connections_are_accepted_through_the_ring() {
     let b = Backend::fixed("accepted by the ring");
-    let mut cp = Corepin::start(&[
-        "--route",
-        &b.route(),
-        "--data-path",
-        "uring",
-        "--workers",
-        "1",
-    ]);
+    let mut cp = on_one_ring_core(&b);
     let n = 200;
     for _ in 0..n {
         let r = Conn::open(cp.addr()).get("/");
