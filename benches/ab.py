@@ -125,17 +125,18 @@ def publish(load, binary, tmp):
             "us_per_publish": round(r.get("server_cpu_us_per_publish") or 0, 3)}
 
 
-def idle(load, binary, tmp, kind):
-    p, port, _ = start(binary, "* test", tmp)
-    n = 5000
+def held_rss(load, p, port, n, tmp, args, rate):
+    """Holds n subscribers on `port` (`corepin-load subscribe` with
+    `args`) and returns the server's RSS growth per subscriber; stops
+    the server."""
     time.sleep(0.5)
     before = rss_kib(p.pid)
     ready = os.path.join(tmp, "ready")
     if os.path.exists(ready):
         os.remove(ready)
-    holder = subprocess.Popen([load, "subscribe", "--to", f"127.0.0.1:{port}", "--subscribers", str(n),
-                               "--kind", kind, "--rate", "5000", "--hold-s", "3", "--ready-file", ready,
-                               "--timeout-s", "60"],
+    holder = subprocess.Popen([load, "subscribe", "--to", f"127.0.0.1:{port}", *args,
+                               "--subscribers", str(n), "--rate", str(rate), "--hold-s", "3",
+                               "--ready-file", ready, "--timeout-s", "60"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         if os.path.exists(ready):
@@ -146,6 +147,11 @@ def idle(load, binary, tmp, kind):
     holder.wait()
     stop(p)
     return {"subscribers": n, "kib_per_subscriber": round((after - before) / n, 3)}
+
+
+def idle(load, binary, tmp, kind):
+    p, port, _ = start(binary, "* test", tmp)
+    return held_rss(load, p, port, 5000, tmp, ["--kind", kind], 5000)
 
 
 def main():

@@ -251,16 +251,7 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
 /// `keep` items while one thread publishes; returns (publisher, time the
 /// resumes took, replay count that were served).
 fn storm(resumes: usize, missed: u64, keep: u64) -> (Pubs, Duration, usize) {
-    let mut w = world(Design::Node, 2, 2, keep as usize);
-    let payload = Bytes::from(vec![b'x'; 100]);
-    let mut out = Vec::new();
-    for i in 0..keep {
-        w.bus.publish(vec![item(i, &payload)], None);
-        if i % 256 == 255 {
-            drain(&mut w, &mut out);
-        }
-    }
-    drain(&mut w, &mut out);
+    let mut w = filled(Design::Node, keep);
     let bus = w.bus.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let go = Arc::new(AtomicBool::new(false));
@@ -292,25 +283,9 @@ fn storm(resumes: usize, missed: u64, keep: u64) -> (Pubs, Duration, usize) {
     (p, took, served)
 }
 
-/// The same publisher with no resumes, for `d`.
-fn quiet(d: Duration, keep: u64) -> Pubs {
-    let mut w = world(Design::Node, 2, 2, keep as usize);
-    let payload = Bytes::from(vec![b'x'; 100]);
-    let mut out = Vec::new();
-    for i in 0..keep {
-        w.bus.publish(vec![item(i, &payload)], None);
-        if i % 256 == 255 {
-            drain(&mut w, &mut out);
-        }
-    }
-    drain(&mut w, &mut out);
-    publish_loop(&mut w, &AtomicBool::new(false), Some(d), keep)
-}
-
-/// CPU nanoseconds of one resume `missed` items behind in a history of
-/// `keep`: node (`Bus::replay`, lock included) or per core (the core's
-/// own `History::since`, no lock).
-fn resume_cpu(design: Design, missed: u64, keep: u64, n: u64) -> f64 {
+/// A world of `design` with `keep` items of 100 bytes published and
+/// delivered.
+fn filled(design: Design, keep: u64) -> World {
     let mut w = world(design, 2, 2, keep as usize);
     let payload = Bytes::from(vec![b'x'; 100]);
     let mut out = Vec::new();
@@ -321,6 +296,20 @@ fn resume_cpu(design: Design, missed: u64, keep: u64, n: u64) -> f64 {
         }
     }
     drain(&mut w, &mut out);
+    w
+}
+
+/// The same publisher with no resumes, for `d`.
+fn quiet(d: Duration, keep: u64) -> Pubs {
+    let mut w = filled(Design::Node, keep);
+    publish_loop(&mut w, &AtomicBool::new(false), Some(d), keep)
+}
+
+/// CPU nanoseconds of one resume `missed` items behind in a history of
+/// `keep`: node (`Bus::replay`, lock included) or per core (the core's
+/// own `History::since`, no lock).
+fn resume_cpu(design: Design, missed: u64, keep: u64, n: u64) -> f64 {
+    let mut w = filled(design, keep);
     let mark = w.bus.joined();
     let last = (keep - 1 - missed).to_string();
     let now = Instant::now();

@@ -30,7 +30,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ab import cpu_s, rss_kib, run_json, stop  # noqa: E402
+from ab import cpu_s, held_rss, run_json, stop  # noqa: E402
 
 
 def make_cert(tmp):
@@ -91,27 +91,9 @@ def traffic(load, binary, tmp, cert, mode):
 
 def idle(load, binary, tmp, cert, tls):
     p, ports = start(binary, ["* test"], tmp, *cert)
-    n = 2000
-    time.sleep(0.5)
-    before = rss_kib(p.pid)
-    ready = os.path.join(tmp, "ready")
-    if os.path.exists(ready):
-        os.remove(ready)
     port = ports["TLS clients"] if tls else ports["clients"]
     extra = ["--tls", cert[0]] if tls else []
-    holder = subprocess.Popen([load, "subscribe", "--to", f"127.0.0.1:{port}", *extra,
-                               "--subscribers", str(n), "--rate", "2000", "--hold-s", "3",
-                               "--ready-file", ready, "--timeout-s", "60"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        if os.path.exists(ready):
-            break
-        time.sleep(0.1)
-    time.sleep(1)
-    after = rss_kib(p.pid)
-    holder.wait()
-    stop(p)
-    return {"subscribers": n, "kib_per_subscriber": round((after - before) / n, 3)}
+    return held_rss(load, p, port, 2000, tmp, extra, 2000)
 
 
 def main():
