@@ -66,6 +66,67 @@ impl ConnState {
     }
 }
 
+/// A Connection-Id, `TIME-CORE-N` (nanoseconds since the epoch in hex,
+/// the core, a counter in hex), kept as its parts and written out on the
+/// stack by [`ConnId::text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId {
+    nanos: u64,
+    core: usize,
+    n: u64,
+}
+
+/// The longest Connection-Id: 16 hex digits, 20 decimal, 16 hex, two dashes.
+const CONN_ID_MAX: usize = 54;
+
+/// A Connection-Id's text, on the stack.
+pub struct ConnIdText {
+    buf: [u8; CONN_ID_MAX],
+    len: usize,
+}
+
+impl ConnIdText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and dashes are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    /// `v` in `BASE` (10 or 16); a constant base, so no division
+    /// instruction per digit.
+    fn push_digits<const BASE: u64>(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[(v % BASE) as usize];
+            v /= BASE;
+            if v == 0 {
+                break;
+            }
+        }
+        let d = &digits[i..];
+        self.buf[self.len..self.len + d.len()].copy_from_slice(d);
+        self.len += d.len();
+    }
+}
+
+impl ConnId {
+    pub fn text(&self) -> ConnIdText {
+        let mut t = ConnIdText {
+            buf: [0; CONN_ID_MAX],
+            len: 0,
+        };
+        t.push_digits::<16>(self.nanos);
+        t.buf[t.len] = b'-';
+        t.len += 1;
+        t.push_digits::<10>(self.core as u64);
+        t.buf[t.len] = b'-';
+        t.len += 1;
+        t.push_digits::<16>(self.n);
+        t
+    }
+}
+
 /// One open connection: its socket and its state.
 struct ConnEntry {
     fd: RawFd,
@@ -335,11 +396,20 @@ impl Shard {
 
     /// A Connection-Id unique across cores and restarts.
     pub fn next_connection_id(&self) -> String {
-        let n = self.conns.next.get();
-        let t = std::time::SystemTime::now()
+        self.next_conn_id().text().as_str().to_string()
+    }
+
+    /// The next Connection-Id as its parts (no allocation: a proxied GRIP
+    /// request names its connection on every request).
+    pub fn next_conn_id(&self) -> ConnId {
+        let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        format!("{:x}-{}-{:x}", t, self.index, n)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        ConnId {
+            nanos,
+            core: self.index,
+            n: self.conns.next.get(),
+        }
     }
 
     /// Makes this core's delivery task look at its inbox: for a publish
@@ -470,13 +540,19 @@ impl Shard {
     /// Counts a finished request and writes its access line when the
     /// level allows: the route's `log_level` (Pushpin's numbers; the
     /// line is an info line, 2) when it has one, else the process's.
+    /// Whether a request on a route with this `log_level` is written to
+    /// the access log (a request's target is named only for the log).
+    pub fn access_wanted(&self, route_log_level: Option<u32>) -> bool {
+        self.access_log.is_some()
+            && match route_log_level {
+                Some(n) => n >= 2,
+                None => self.access_default,
+            }
+    }
+
     pub fn access(&self, entry: &AccessEntry<'_>, route_log_level: Option<u32>) {
         self.stats.request(entry.status);
-        let wanted = match route_log_level {
-            Some(n) => n >= 2,
-            None => self.access_default,
-        };
-        if !wanted {
+        if !self.access_wanted(route_log_level) {
             return;
         }
         if let Some(log) = &self.access_log {
@@ -1236,6 +1312,19 @@ async fn flush_access_log(shard: Rc<Shard>, stop: Rc<Cell<bool>>) {
 mod tests {
     use super::*;
     use glommio::LocalExecutorBuilder;
+
+    #[test]
+    fn a_connection_id_reads_as_its_format() {
+        for (nanos, core, n) in [
+            (0, 0, 0),
+            (1, 1, 1),
+            (0x187a_bcde_f012_3456, 3, 0xff),
+            (u64::MAX, usize::MAX, u64::MAX),
+        ] {
+            let id = ConnId { nanos, core, n };
+            assert_eq!(id.text().as_str(), format!("{nanos:x}-{core}-{n:x}"));
+        }
+    }
 
     #[test]
     fn containing_a_task_does_not_double_its_size() {

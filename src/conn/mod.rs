@@ -49,5 +49,6 @@ pub mod body;
 pub mod dropin;
 pub mod grip;
 pub mod http;
+pub mod recycle;
 pub mod sockjs;
 pub mod ws;
