@@ -487,8 +487,19 @@ pub struct SubSpec {
 /// return, a dropped future, a connection task's caught panic) leaves no
 /// subscriber behind to be fanned out to.
 pub struct Held<'a> {
-    registry: &'a Registry,
+    /// `None` once `into_sub` handed the subscription on.
+    registry: Option<&'a Registry>,
     sub: Rc<Sub>,
+}
+
+impl Held<'_> {
+    /// The subscriber, still subscribed: whoever takes it unsubscribes it
+    /// (`Registry::unsubscribe`) when done, as a held stream handed off
+    /// from its request's futures does (`conn::grip::HeldStream`).
+    pub fn into_sub(mut self) -> Rc<Sub> {
+        self.registry = None;
+        self.sub.clone()
+    }
 }
 
 impl std::ops::Deref for Held<'_> {
@@ -500,7 +511,9 @@ impl std::ops::Deref for Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.registry.unsubscribe(&self.sub);
+        if let Some(registry) = self.registry {
+            registry.unsubscribe(&self.sub);
+        }
     }
 }
 
@@ -686,7 +699,7 @@ impl Registry {
         let h = &self.held[kind_index(sub.kind)];
         h.set(h.get() + 1);
         Held {
-            registry: self,
+            registry: Some(self),
             sub,
         }
     }
@@ -879,8 +892,9 @@ impl Registry {
         self.retime(sub);
     }
 
-    /// Removes a subscriber (once, when its `Held` guard drops).
-    fn unsubscribe(&self, sub: &Rc<Sub>) {
+    /// Removes a subscriber (once, when its `Held` guard drops, or the
+    /// `HeldStream` it was handed to).
+    pub fn unsubscribe(&self, sub: &Rc<Sub>) {
         self.set_channels(sub, Vec::new());
         self.timed.borrow_mut().remove(&sub.id);
         let h = &self.held[kind_index(sub.kind)];

@@ -95,6 +95,9 @@ fn content_type(head: &RequestHead, mode: HoldMode) -> &'static [u8] {
     }
 }
 
+/// The test target's name, as the access log gives it.
+pub const NAME: &str = "test";
+
 /// Answers a request routed to `test`.
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -148,7 +151,7 @@ pub async fn handle(
         head,
         backend: None,
         prefix: route.prefix.as_deref().unwrap_or(""),
-        target: "test",
+        target: NAME,
         sig: None,
         debug: route.debug,
         connection_id: None,

@@ -222,8 +222,28 @@ impl<'a> StatsConn<'a> {
     }
 }
 
+impl StatsConn<'_> {
+    /// The connection's id, its close not sent: a held stream handed off
+    /// from its request's futures sends it when it ends (`stats_closed`).
+    pub fn into_id(mut self) -> String {
+        std::mem::take(&mut self.id)
+    }
+}
+
+/// The stats socket's close of a connection opened by `StatsConn::open`
+/// whose id was taken with `StatsConn::into_id`.
+pub fn stats_closed(shard: &Shard, id: String) {
+    if let Some(watch) = shard.bus.watch().filter(|w| w.conns) {
+        watch.conn(crate::bus::ConnEvent { id, open: None });
+    }
+}
+
 impl Drop for StatsConn<'_> {
     fn drop(&mut self) {
+        // Taken by `into_id`: closed by whoever took it.
+        if self.id.is_empty() {
+            return;
+        }
         self.watch.conn(crate::bus::ConnEvent {
             id: std::mem::take(&mut self.id),
             open: None,

@@ -130,6 +130,113 @@ pub enum HoldEnd {
     /// `Grip-Last` entries (channel as the backend named it, last id): each
     /// channel that had a prev-id, advanced by the items it saw since.
     Retry(Vec<(String, String)>),
+    /// A stream hold set up and its head made: the connection is handed
+    /// to `conn::held`, which runs the stream as one small state machine
+    /// once the futures that set it up (`serve`, the route's, `hold`)
+    /// have ended (PERFORMANCE.md, "Per-connection byte budget").
+    Held(Box<HeldStream>),
+}
+
+/// What a held stream keeps once its hold is set up: everything the
+/// stream needs while it is held, owned, none of it borrowed from the
+/// request's futures (which end at the hand-off).
+///
+/// Owns the subscription and the Connection-Id's registration: dropping
+/// it (the stream's end, or its task dropped) unregisters both, and
+/// closes the connection on the stats socket.
+pub struct HeldStream {
+    pub(crate) shard: Rc<Shard>,
+    /// Subscribed (`subs::Held::into_sub`): unsubscribed on drop.
+    pub(crate) sub: Rc<Sub>,
+    /// The connection's id on the stats socket (`dropin::StatsConn`), set
+    /// by the hand-off: its close goes out on drop.
+    pub(crate) stats: Option<String>,
+    /// The head and initial body to write first, and how the stream goes
+    /// on after them; taken (and freed) by the stream's first step.
+    pub(crate) open: Option<Box<StreamOpen>>,
+    /// The instruct, kept only when it has a next link (`Msg::Refetch`).
+    pub(crate) links: Option<Box<Instruct>>,
+    /// The route's part a link needs (next or gone); `None` without one.
+    pub(crate) route: Option<Box<LinkRoute>>,
+    /// The target, as the access log names it.
+    pub(crate) target: std::borrow::Cow<'static, str>,
+    /// The Connection-Id a publisher may target the stream by.
+    pub(crate) connection_id: Option<String>,
+    pub(crate) code: u16,
+    /// Body bytes sent (the access log's).
+    pub(crate) bytes: u64,
+    pub(crate) http10: bool,
+    pub(crate) debug: bool,
+}
+
+impl Drop for HeldStream {
+    fn drop(&mut self) {
+        // In the order a hold's end had them: the Connection-Id, the
+        // subscription, then the stats socket's close.
+        if let Some(id) = &self.connection_id {
+            self.shard.held.borrow_mut().remove(id);
+        }
+        self.shard.subs.unsubscribe(&self.sub);
+        if let Some(id) = self.stats.take() {
+            crate::conn::dropin::stats_closed(&self.shard, id);
+        }
+    }
+}
+
+/// A held stream's link context (`HoldCtx`'s, owned): for next-link
+/// fetches and the gone link.
+pub struct LinkRoute {
+    pub(crate) backend: Option<Dest>,
+    pub(crate) prefix: String,
+    pub(crate) sig: Option<crate::jwt::SigKey>,
+    /// `Grip-Link: <URL>; rel=gone`, POSTed once the stream ends.
+    pub(crate) gone: Option<String>,
+}
+
+/// `HeldStream::ctx` from its parts (for a step that also borrows some of
+/// the stream's other fields mutably).
+pub(crate) fn link_ctx<'a>(
+    head: &'a RequestHead,
+    route: Option<&'a LinkRoute>,
+    target: &'a str,
+    debug: bool,
+    connection_id: Option<&'a str>,
+) -> HoldCtx<'a> {
+    HoldCtx {
+        head,
+        backend: route.and_then(|r| r.backend.as_ref()),
+        prefix: route.map_or("", |r| r.prefix.as_str()),
+        target,
+        sig: route.and_then(|r| r.sig.as_ref()),
+        debug,
+        connection_id,
+    }
+}
+
+/// A held stream's first step: its head and initial body.
+pub struct StreamOpen {
+    pub(crate) out: Vec<u8>,
+    pub(crate) head_only: bool,
+    pub(crate) failed: Option<String>,
+}
+
+impl HeldStream {
+    /// The `HoldCtx` the stream's steps take, borrowed from what the
+    /// stream owns and the request's head.
+    pub(crate) fn ctx<'a>(&'a self, head: &'a RequestHead) -> HoldCtx<'a> {
+        link_ctx(
+            head,
+            self.route.as_deref(),
+            &self.target,
+            self.debug,
+            self.connection_id.as_deref(),
+        )
+    }
+
+    /// The gone link, if the stream has one.
+    pub(crate) fn gone(&self) -> Option<&str> {
+        self.route.as_deref().and_then(|r| r.gone.as_deref())
+    }
 }
 
 /// The `Grip-Last` entries of a retry straight from the instruct: each
@@ -267,21 +374,20 @@ pub async fn hold(
     }
     drop(behind);
     sub.set_debug(ctx.debug);
-    let _target = ctx
-        .connection_id
-        .map(|id| crate::targets::Registered::new(&shard.held, id.to_string(), &sub));
     c.conn.set_read_timeout(None);
     // Only the first instruct's gone link counts (Pushpin: a next link's
     // response cannot set or change it).
     let gone = instruct.gone.clone();
+    if instruct.hold == HoldMode::Stream {
+        // Handed off: `conn::held` writes the head and holds the stream.
+        let held = held_stream(shard, c, ctx, sub.into_sub(), instruct, base, gone);
+        return HoldEnd::Held(Box::new(held));
+    }
+    let _target = ctx
+        .connection_id
+        .map(|id| crate::targets::Registered::new(&shard.held, id.to_string(), &sub));
     // Boxed: a held connection carries only its own kind's state.
-    let end = match instruct.hold {
-        HoldMode::Stream => {
-            let start = stream_start(c, ctx, &sub, instruct, base);
-            Box::pin(hold_stream(shard, c, ctx, &sub, start)).await
-        }
-        HoldMode::Response => Box::pin(hold_response(shard, c, ctx, &sub, &instruct, *base)).await,
-    };
+    let end = Box::pin(hold_response(shard, c, ctx, &sub, &instruct, *base)).await;
     if let Some(url) = gone {
         send_gone(shard, ctx, &url);
     }
@@ -293,7 +399,7 @@ pub async fn hold(
 /// to URL with no body and none of the client's fields, signed like any
 /// request to the backend. Best effort, in its own task so the client's
 /// connection does not wait: failures and a non-empty answer are logged.
-fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
+pub(crate) fn send_gone(shard: &Rc<Shard>, ctx: &HoldCtx<'_>, url: &str) {
     let Some((to, path)) = link_addr(shard, ctx, url) else {
         return;
     };
@@ -382,27 +488,27 @@ pub enum HoldEvent {
 
 /// Waits for the next message for `sub`, or the client going away.
 pub async fn next_event(c: &mut Client, sub: &Sub) -> HoldEvent {
-    futures_lite::future::poll_fn(|cx| {
-        if sub.dropped() {
-            return Poll::Ready(HoldEvent::Dropped);
+    futures_lite::future::poll_fn(|cx| poll_event(c, sub, cx)).await
+}
+
+/// `next_event` as a poll (for `conn::held`'s hand-written future).
+pub fn poll_event(c: &mut Client, sub: &Sub, cx: &mut std::task::Context<'_>) -> Poll<HoldEvent> {
+    if sub.dropped() {
+        return Poll::Ready(HoldEvent::Dropped);
+    }
+    if let Some(m) = sub.poll_msg(cx.waker()) {
+        return Poll::Ready(HoldEvent::Msg(m));
+    }
+    // Watch the client side for a close; bytes it sends (a pipelined
+    // request) are kept for after the hold, up to one buffer.
+    while c.conn.input_len() < BUF_SIZE {
+        match c.conn.poll_fill(cx, BUF_SIZE) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(HoldEvent::ClientGone),
+            Poll::Ready(Ok(_)) => continue,
+            Poll::Pending => break,
         }
-        if let Some(m) = sub.poll_msg(cx.waker()) {
-            return Poll::Ready(HoldEvent::Msg(m));
-        }
-        // Watch the client side for a close; bytes it sends (a pipelined
-        // request) are kept for after the hold, up to one buffer.
-        while c.conn.input_len() < BUF_SIZE {
-            match c.conn.poll_fill(cx, BUF_SIZE) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    return Poll::Ready(HoldEvent::ClientGone)
-                }
-                Poll::Ready(Ok(_)) => continue,
-                Poll::Pending => break,
-            }
-        }
-        Poll::Pending
-    })
-    .await
+    }
+    Poll::Pending
 }
 
 /// How a write to a held connection's client ended.
@@ -436,23 +542,68 @@ pub async fn deliver(
     first: Bytes,
     measure: fn(&[u8]) -> usize,
 ) -> (Written, u64) {
-    // Without a backlog (the common case) nothing is allocated.
-    let mut backlog = Vec::new();
-    sub.take_data_parts(&mut backlog, BATCH_MAX.saturating_sub(first.len()));
-    let parts = if backlog.is_empty() {
-        std::slice::from_ref(&first)
-    } else {
-        backlog.insert(0, first.clone());
-        &backlog[..]
-    };
-    let n = parts.iter().map(|p| measure(p) as u64).sum();
-    let mut progress = PartsProgress::default();
-    let mut deadline: Option<glommio::timer::Timer> = None;
-    let r = futures_lite::future::poll_fn(|cx| {
+    let (mut w, n) = Writing::new(sub, first, measure);
+    let r = futures_lite::future::poll_fn(|cx| w.poll(shard, c, sub, cx)).await;
+    w.end(sub, r);
+    (r, n)
+}
+
+/// `deliver`'s state, polled by `deliver` or held inline by `conn::held`'s
+/// state machine (so a delivery allocates nothing there either).
+pub struct Writing {
+    first: Bytes,
+    /// The data queued behind `first`, `first` at its head; empty (and
+    /// not allocated) without a backlog, the common case.
+    backlog: Vec<Bytes>,
+    progress: PartsProgress,
+    /// The timer exists only for writes that wait: the common write,
+    /// taken whole by the kernel, costs no timer.
+    deadline: Option<glommio::timer::Timer>,
+}
+
+impl Writing {
+    /// Takes `first` and what is queued behind it; also returns the bytes
+    /// they carry as `measure` counts them.
+    pub fn new(sub: &Sub, first: Bytes, measure: fn(&[u8]) -> usize) -> (Writing, u64) {
+        let mut backlog = Vec::new();
+        sub.take_data_parts(&mut backlog, BATCH_MAX.saturating_sub(first.len()));
+        if !backlog.is_empty() {
+            backlog.insert(0, first.clone());
+        }
+        let w = Writing {
+            first,
+            backlog,
+            progress: PartsProgress::default(),
+            deadline: None,
+        };
+        let n = w.parts().iter().map(|p| measure(p) as u64).sum();
+        (w, n)
+    }
+
+    fn parts(&self) -> &[Bytes] {
+        if self.backlog.is_empty() {
+            std::slice::from_ref(&self.first)
+        } else {
+            &self.backlog[..]
+        }
+    }
+
+    pub fn poll(
+        &mut self,
+        shard: &Shard,
+        c: &mut Client,
+        sub: &Sub,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Written> {
         if sub.dropped() {
             return Poll::Ready(Written::Dropped);
         }
-        match c.conn.poll_write_parts(cx, parts, &mut progress) {
+        let parts = if self.backlog.is_empty() {
+            std::slice::from_ref(&self.first)
+        } else {
+            &self.backlog[..]
+        };
+        match c.conn.poll_write_parts(cx, parts, &mut self.progress) {
             Poll::Ready(Ok(())) => Poll::Ready(Written::Done),
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 shard.subs.stalled(sub);
@@ -460,16 +611,15 @@ pub async fn deliver(
             }
             Poll::Ready(Err(_)) => Poll::Ready(Written::Gone),
             Poll::Pending => {
-                // The timer exists only for writes that wait: the common
-                // write, taken whole by the kernel, costs no timer.
-                if deadline.is_none() {
+                if self.deadline.is_none() {
                     if shard.subs.blocked(sub) {
                         return Poll::Ready(Written::Dropped);
                     }
-                    deadline = Some(glommio::timer::Timer::new(shard.cfg.timeouts.client_write));
+                    self.deadline =
+                        Some(glommio::timer::Timer::new(shard.cfg.timeouts.client_write));
                 }
                 sub.watch(cx.waker());
-                if let Some(t) = deadline.as_mut() {
+                if let Some(t) = self.deadline.as_mut() {
                     if Pin::new(t).poll(cx).is_ready() {
                         shard.subs.stalled(sub);
                         return Poll::Ready(Written::Dropped);
@@ -478,13 +628,15 @@ pub async fn deliver(
                 Poll::Pending
             }
         }
-    })
-    .await;
-    sub.set_blocked(false);
-    if r == Written::Done {
-        sub.wrote(Instant::now());
     }
-    (r, n)
+
+    /// After the write ended as `r`.
+    pub fn end(self, sub: &Sub, r: Written) {
+        sub.set_blocked(false);
+        if r == Written::Done {
+            sub.wrote(Instant::now());
+        }
+    }
 }
 
 /// Sends what the socket takes now, without waiting: the last words to a
@@ -493,40 +645,30 @@ pub fn send_now(c: &mut Client, bytes: &[u8]) {
     c.conn.send_now(bytes);
 }
 
-fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> HoldEnd {
-    HoldEnd::Done(Outcome {
+pub(crate) fn done(status: u16, bytes: u64, ctx: &HoldCtx<'_>, keep: bool) -> Outcome {
+    Outcome {
         status,
         bytes,
         target: ctx.target.to_string(),
         keep_alive: keep,
-    })
+    }
 }
 
-/// What a held stream keeps of its instruct and its response once the
-/// head is made: the head and initial body to write (then dropped), and
-/// the instruct itself only when it has a next link (a `Refetch` needs
-/// it). Made before the stream's task waits, so that neither the backend's
-/// response nor the instruct stays in an idle stream's future.
-struct StreamStart {
-    out: Vec<u8>,
-    code: u16,
-    bytes: u64,
-    http10: bool,
-    head_only: bool,
-    failed: Option<String>,
-    links: Option<Box<Instruct>>,
-}
-
-/// Takes the boxes themselves: the instruct's is kept (when it has a next
-/// link) and the response's freed here, not when the hold ends.
+/// The hand-off of a stream hold (`HoldEnd::Held`): its head made (and
+/// the instruct kept only when it has a next link, a `Refetch` needs it),
+/// so that neither the backend's response nor the instruct stays alive
+/// while the stream is held. Takes the boxes themselves: the response's
+/// is freed here.
 #[allow(clippy::boxed_local)]
-fn stream_start(
+fn held_stream(
+    shard: &Rc<Shard>,
     c: &mut Client,
     ctx: &HoldCtx<'_>,
-    sub: &Sub,
+    sub: Rc<Sub>,
     instruct: Box<Instruct>,
     base: Box<Base>,
-) -> StreamStart {
+    gone: Option<String>,
+) -> HeldStream {
     let http10 = !sub.chunked();
     let status = instruct
         .status
@@ -540,8 +682,6 @@ fn stream_start(
         Err(why) => (Bytes::new(), Some(why)),
     };
     let mut bytes = body.len() as u64;
-    // The head and initial body go out now; neither they nor the backend's
-    // response stay alive for the rest of the hold.
     let mut out = Vec::with_capacity(256 + body.len());
     base.write_status_and_headers(&mut out, Some(&status));
     if http10 {
@@ -560,98 +700,79 @@ fn stream_start(
         bytes = 0;
     }
     let failed = failed.or_else(|| prev_id_without_link(&instruct));
-    StreamStart {
-        out,
+    let links = instruct.next.is_some().then_some(instruct);
+    // A stream without links (the common idle one) carries none of the
+    // route's strings.
+    let route = (links.is_some() || gone.is_some()).then(|| {
+        Box::new(LinkRoute {
+            backend: ctx.backend.cloned(),
+            prefix: ctx.prefix.to_string(),
+            sig: ctx.sig.cloned(),
+            gone,
+        })
+    });
+    // While held, the connection is a target by its Connection-Id
+    // (`crate::targets`; `targets::Registered`'s, kept by the stream).
+    if let Some(id) = ctx.connection_id {
+        shard.held.borrow_mut().insert(id.to_string(), sub.clone());
+    }
+    HeldStream {
+        shard: shard.clone(),
+        sub,
+        stats: None,
+        open: Some(Box::new(StreamOpen {
+            out,
+            head_only,
+            failed,
+        })),
+        links,
+        route,
+        // The test target's name is static: no allocation for it.
+        target: if ctx.target == crate::testtarget::NAME {
+            std::borrow::Cow::Borrowed(crate::testtarget::NAME)
+        } else {
+            std::borrow::Cow::Owned(ctx.target.to_string())
+        },
+        connection_id: ctx.connection_id.map(str::to_string),
         code,
         bytes,
         http10,
-        head_only,
-        failed,
-        links: instruct.next.is_some().then_some(instruct),
+        debug: ctx.debug,
     }
 }
 
-/// A held stream: its head, then each message as it comes. The rare
-/// steps (a next link's fetch, the stream's end) are boxed, so that the
-/// future every idle stream keeps is sized for waiting and delivering.
-async fn hold_stream(
+/// A held stream's first step: its head and initial body go out; `None`
+/// when the stream goes on.
+pub(crate) async fn open_stream(
     shard: &Shard,
     c: &mut Client,
     ctx: &HoldCtx<'_>,
-    sub: &Rc<Sub>,
-    start: StreamStart,
-) -> HoldEnd {
-    let StreamStart {
+    sub: &Sub,
+    open: Box<StreamOpen>,
+    code: u16,
+    bytes: u64,
+) -> Option<Outcome> {
+    let StreamOpen {
         out,
-        code,
-        mut bytes,
-        http10,
         head_only,
         failed,
-        mut links,
-    } = start;
+    } = *open;
     let sent = c.conn.write_all(&out).await.is_ok();
     drop(out);
     if !sent || head_only {
-        return done(code, bytes, ctx, false);
+        return Some(done(code, bytes, ctx, false));
     }
     sub.wrote(Instant::now());
-    if let Some(why) = failed {
-        return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await;
-    }
-    loop {
-        match next_event(c, sub).await {
-            HoldEvent::Msg(Msg::Data(b)) => {
-                // The access log counts body bytes, not chunk framing.
-                let payload = if http10 {
-                    <[u8]>::len
-                } else {
-                    crate::codec::chunked::payload_len
-                };
-                let (r, n) = deliver(shard, c, sub, b, payload).await;
-                bytes += n;
-                match r {
-                    Written::Done => {}
-                    Written::Gone => return done(code, bytes, ctx, false),
-                    Written::Dropped => {
-                        dropped_warning(shard, c, "stream");
-                        return done(code, bytes, ctx, false);
-                    }
-                }
-            }
-            HoldEvent::Msg(Msg::Close) => {
-                return Box::pin(end_stream(shard, c, ctx, code, bytes)).await
-            }
-            HoldEvent::Msg(Msg::Error(why)) => {
-                return Box::pin(stream_failed(shard, c, ctx, code, bytes, &why)).await
-            }
-            HoldEvent::Msg(Msg::Refetch) => {
-                // Boxed: an idle stream's future does not carry a fetch.
-                let step = refetch(shard, c, ctx, sub, &mut links, http10, code, &mut bytes);
-                if let Some(end) = Box::pin(step).await {
-                    return end;
-                }
-            }
-            HoldEvent::Msg(
-                Msg::Response(_)
-                | Msg::ResponseBody(..)
-                | Msg::Timeout
-                | Msg::WsClose(..)
-                | Msg::Refresh,
-            ) => {}
-            HoldEvent::ClientGone => return done(code, bytes, ctx, false),
-            HoldEvent::Dropped => {
-                dropped_warning(shard, c, "stream");
-                return done(code, bytes, ctx, false);
-            }
-        }
+    match failed {
+        Some(why) => Some(stream_failed(shard, c, ctx, code, bytes, &why).await),
+        None => None,
     }
 }
 
 /// A stream's next-link fetch (`Msg::Refetch`): `None` when the stream
 /// goes on, else how it ended.
 #[allow(clippy::too_many_arguments)]
-async fn refetch(
+pub(crate) async fn refetch(
     shard: &Shard,
     c: &mut Client,
     ctx: &HoldCtx<'_>,
@@ -660,7 +781,7 @@ async fn refetch(
     http10: bool,
     code: u16,
     bytes: &mut u64,
-) -> Option<HoldEnd> {
+) -> Option<Outcome> {
     let link = links.as_ref().and_then(|i| i.next.clone())?;
     // What is published while the link is fetched waits for
     // its answer (Pushpin), which may repeat it.
@@ -731,13 +852,13 @@ async fn refetch(
 /// Ends a held stream cleanly: the last chunk, and the connection kept
 /// when the client may send another request; an HTTP/1.0 stream ends with
 /// the connection.
-async fn end_stream(
+pub(crate) async fn end_stream(
     shard: &Shard,
     c: &mut Client,
     ctx: &HoldCtx<'_>,
     code: u16,
     bytes: u64,
-) -> HoldEnd {
+) -> Outcome {
     if ctx.head.version == Version::Http10 {
         return done(code, bytes, ctx, false);
     }
@@ -782,14 +903,14 @@ fn prev_id_without_link(i: &Instruct) -> Option<String> {
 /// broke the rules, a prev-id without a next link), as Pushpin does: the
 /// reason is logged and, on a `debug` route, appended to the body
 /// (`\n\nREASON\n`); then the stream ends cleanly.
-async fn stream_failed(
+pub(crate) async fn stream_failed(
     shard: &Shard,
     c: &mut Client,
     ctx: &HoldCtx<'_>,
     code: u16,
     mut bytes: u64,
     why: &str,
-) -> HoldEnd {
+) -> Outcome {
     warn!(
         "core {}: stream from {} ended: {why}",
         shard.index, ctx.target
@@ -851,7 +972,7 @@ async fn hold_response(
                     .http_response
                     .as_ref()
                     .map_or(200, |r| r.head.status().code());
-                return done(code, body.len() as u64, ctx, ok && keep);
+                return HoldEnd::Done(done(code, body.len() as u64, ctx, ok && keep));
             }
             HoldEvent::Msg(Msg::Timeout) => {
                 let mut out = Vec::new();
@@ -859,7 +980,7 @@ async fn hold_response(
                 crate::conn::dropin::whole(c, &mut out, 0, true);
                 let ok = held_response_written(shard, c, ctx, sub, out).await;
                 let code = instruct.status.as_ref().map_or(base.status(), Status::code);
-                return done(code, base.body.len() as u64, ctx, ok && keep);
+                return HoldEnd::Done(done(code, base.body.len() as u64, ctx, ok && keep));
             }
             HoldEvent::Msg(Msg::Error(why)) => {
                 // Only a `debug` route's subscribers are told (Pushpin:
@@ -867,7 +988,7 @@ async fn hold_response(
                 let mut out = Vec::new();
                 http1::write_simple_response(&mut out, 502, &why, !keep);
                 let ok = held_response_written(shard, c, ctx, sub, out).await;
-                return done(502, why.len() as u64 + 1, ctx, ok && keep);
+                return HoldEnd::Done(done(502, why.len() as u64 + 1, ctx, ok && keep));
             }
             HoldEvent::Msg(Msg::Refetch) if ctx.head.body == BodyKind::Empty => {
                 let last = sub
@@ -878,7 +999,9 @@ async fn hold_response(
                 return HoldEnd::Retry(last);
             }
             HoldEvent::Msg(_) => {}
-            HoldEvent::ClientGone | HoldEvent::Dropped => return done(499, 0, ctx, false),
+            HoldEvent::ClientGone | HoldEvent::Dropped => {
+                return HoldEnd::Done(done(499, 0, ctx, false))
+            }
         }
     }
 }

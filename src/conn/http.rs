@@ -95,13 +95,20 @@ pub fn serve(shard: Rc<Shard>, conn: Connection, peer: SocketAddr) -> impl Futur
         dropin: None,
         log_level: None,
     };
-    serve_client(shard, c)
+    crate::conn::held::ConnTask::new(serve_client(shard, c))
 }
 
-// Not `async fn` on purpose: its argument would stay in the future beside
-// the local it is moved into (see `serve`).
+/// Serves requests on `c` until it closes, or a stream hold is set up: the
+/// stream is then handed off (`conn::held`), this future ended, so an idle
+/// held stream keeps none of the request path's state.
+///
+/// Not `async fn` on purpose: its argument would stay in the future beside
+/// the local it is moved into (see `serve`).
 #[allow(clippy::manual_async_fn)]
-fn serve_client(shard: Rc<Shard>, mut c: Client) -> impl Future<Output = ()> {
+pub(crate) fn serve_client(
+    shard: Rc<Shard>,
+    mut c: Client,
+) -> impl Future<Output = Option<Box<crate::conn::held::HeldConn>>> {
     async move {
         loop {
             let head = match read_head(&shard, &mut c).await {
@@ -131,28 +138,48 @@ fn serve_client(shard: Rc<Shard>, mut c: Client) -> impl Future<Output = ()> {
             let stats_conn =
                 crate::conn::dropin::StatsConn::open(&shard, &head, c.peer, c.conn.is_tls());
             let outcome = handle(&shard, &mut c, &head).await;
-            drop(stats_conn);
             c.dropin = None;
-            shard.access(
-                &AccessEntry {
-                    core: shard.index,
-                    client: c.peer,
-                    method: head.method(),
-                    path: head.target(),
-                    status: outcome.status,
-                    bytes: outcome.bytes,
-                    target: &outcome.target,
-                    duration: started.map(|s| s.elapsed()).unwrap_or_default(),
-                    user_agent: head.fields.get("user-agent"),
-                },
-                c.log_level.take(),
-            );
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(stream) => {
+                    let stats = stats_conn.map(|s| s.into_id());
+                    let held = crate::conn::held::HeldConn::new(c, head, started, stats, stream);
+                    return Some(held);
+                }
+            };
+            drop(stats_conn);
+            log_exchange(&shard, &mut c, &head, &outcome, started);
             if !outcome.keep_alive || shard.draining() {
                 break;
             }
         }
         c.conn.linger_close().await;
+        None
     }
+}
+
+/// The access log's line for one exchange.
+pub(crate) fn log_exchange(
+    shard: &Shard,
+    c: &mut Client,
+    head: &RequestHead,
+    outcome: &Outcome,
+    started: Option<Instant>,
+) {
+    shard.access(
+        &AccessEntry {
+            core: shard.index,
+            client: c.peer,
+            method: head.method(),
+            path: head.target(),
+            status: outcome.status,
+            bytes: outcome.bytes,
+            target: &outcome.target,
+            duration: started.map(|s| s.elapsed()).unwrap_or_default(),
+            user_agent: head.fields.get("user-agent"),
+        },
+        c.log_level.take(),
+    );
 }
 
 /// Waits (idle timeout) for a request to start, then reads its head within
@@ -201,22 +228,26 @@ async fn answer(shard: &Shard, c: &mut Client, status: u16, reason: &str, close:
 
 /// Handles one request: route (`route::decide`), then answer locally or
 /// proxy.
-async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcome {
+async fn handle(
+    shard: &Rc<Shard>,
+    c: &mut Client,
+    head: &RequestHead,
+) -> Result<Outcome, Box<grip_conn::HeldStream>> {
     let routes = shard.routes();
     let ws = crate::route::is_websocket(head);
     let route = routes.select_tls(head.host(), head.path(), ws, c.conn.is_tls());
     c.log_level = route.and_then(|r| r.log_level);
     c.dropin = crate::conn::dropin::start(shard.cfg.auto_cross_origin, route, head, ws);
     let Some(route) = route else {
-        return no_route(shard, c, head).await;
+        return Ok(no_route(shard, c, head).await);
     };
     // SockJS URLs skip cross-origin and JSON-P rewriting (as in Pushpin).
     if let Some(path) = crate::conn::sockjs::sockjs_path(route, head) {
         c.dropin = None;
-        return Box::pin(crate::conn::sockjs::handle(shard, c, head, route, path)).await;
+        return Ok(Box::pin(crate::conn::sockjs::handle(shard, c, head, route, path)).await);
     }
     if let Some(why) = crate::conn::dropin::refusal(c) {
-        return Box::pin(refuse(shard, c, head, 400, why, "-")).await;
+        return Ok(Box::pin(refuse(shard, c, head, 400, why, "-")).await);
     }
     // A JSON-P request goes upstream rewritten.
     let jsonp = crate::conn::dropin::upstream(c);
@@ -224,7 +255,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
     let max_body = shard.cfg.limits.max_request_body;
     let route = match decide_routed(Some(route), head, ws, max_body) {
         Dispatch::Refuse { status, reason } => {
-            return Box::pin(refuse(shard, c, head, status, reason, "-")).await
+            return Ok(Box::pin(refuse(shard, c, head, status, reason, "-")).await)
         }
         Dispatch::BadHandshake { status, reason } => {
             let mut out = Vec::new();
@@ -236,14 +267,15 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             };
             http1::write_simple_response_with(&mut out, status, reason, true, extra);
             let _ = Box::pin(c.conn.write_all(&out)).await;
-            return Outcome::closed(status, 0, "-".into());
+            return Ok(Outcome::closed(status, 0, "-".into()));
         }
         // Each path's future is boxed: a connection's task then carries
         // only the state of the path it takes, not the largest of them.
         Dispatch::WebSocket(route, mode) => {
             return match Box::pin(crate::conn::ws::handle(shard, c, head, route, mode)).await {
-                HoldEnd::Done(o) => o,
-                HoldEnd::Retry(_) => Outcome::closed(502, 0, "-".into()),
+                HoldEnd::Done(o) => Ok(o),
+                HoldEnd::Retry(_) => Ok(Outcome::closed(502, 0, "-".into())),
+                HoldEnd::Held(stream) => Err(stream),
             };
         }
         Dispatch::Test(route) | Dispatch::Proxy(route) => route,
@@ -265,17 +297,18 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
             Some(Target::Backend(_)) => {
                 Recycled::new(proxy(shard, c, head, route, &last, cid)).await
             }
-            None => return no_route(shard, c, head).await,
+            None => return Ok(no_route(shard, c, head).await),
         };
         match r {
-            HoldEnd::Done(o) => return o,
+            HoldEnd::Done(o) => return Ok(o),
+            HoldEnd::Held(stream) => return Err(stream),
             HoldEnd::Retry(l) => {
                 debug!("core {}: re-requesting {}", shard.index, head.target());
                 last = l;
             }
         }
     }
-    Box::pin(refuse(
+    Ok(Box::pin(refuse(
         shard,
         c,
         head,
@@ -283,7 +316,7 @@ async fn handle(shard: &Rc<Shard>, c: &mut Client, head: &RequestHead) -> Outcom
         "backend kept asking for a retry",
         "-",
     ))
-    .await
+    .await)
 }
 
 /// Answers an error without reading the request body. The connection is

@@ -48,6 +48,7 @@
 pub mod body;
 pub mod dropin;
 pub mod grip;
+pub mod held;
 pub mod http;
 pub mod recycle;
 pub mod sockjs;

@@ -1318,7 +1318,9 @@ async fn websocket(
     if !framed {
         return match Box::pin(crate::conn::ws::handle(shard, c, &inner, route, mode)).await {
             crate::conn::grip::HoldEnd::Done(o) => o,
-            crate::conn::grip::HoldEnd::Retry(_) => closed(502),
+            crate::conn::grip::HoldEnd::Retry(_) | crate::conn::grip::HoldEnd::Held(_) => {
+                closed(502)
+            }
         };
     }
     let Some(mut ours) = bridge(shard, inner, route.clone(), mode, c.peer) else {
