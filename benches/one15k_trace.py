@@ -40,6 +40,17 @@ sends = collections.defaultdict(list)  # server tid -> [ms]
 reads = collections.defaultdict(list)  # reader tid -> [ms]
 waits = collections.defaultdict(float)  # reader tid -> ms in epoll_wait in window
 wait_start = {}
+# Per thread of ours, the window split by the scheduler's view: running,
+# runnable but not running (switched out in state R: it wanted the CPU),
+# sleeping (switched out otherwise: nothing to do).
+state = collections.defaultdict(lambda: collections.defaultdict(float))
+out_at = {}  # tid -> (ms, state) when switched out
+in_at = {}  # tid -> ms when switched in
+seen = set()
+
+
+def clip(a, b):
+    return max(0.0, min(b, END) - max(a, 0.0))
 
 
 def role(tid):
@@ -72,7 +83,19 @@ for line in open(script):
         s = SW.search(rest)
         if not s:
             continue
-        prev, nxt = int(s.group(2)), int(s.group(5))
+        prev, pstate, nxt = int(s.group(2)), s.group(3), int(s.group(5))
+        if prev in role_of:
+            seen.add(prev)
+            if prev in in_at:
+                state[prev]["running"] += clip(in_at.pop(prev), t)
+            out_at[prev] = (t, pstate)
+        if nxt in role_of:
+            # Not seen switched out: asleep since before the window the
+            # first time; later, a switch perf lost (counted as nothing).
+            a, st = out_at.pop(nxt, (-1e9 if nxt not in seen else t, "S"))
+            seen.add(nxt)
+            state[nxt]["runnable" if st.startswith("R") else "sleeping"] += clip(a, t)
+            in_at[nxt] = t
         if cpu in running:
             rt, since = running[cpu]
             account(cpu, rt, since, t)
@@ -101,6 +124,10 @@ for line in open(script):
                 sends[(r, tid)].append(t)
 for cpu, (rt, since) in running.items():
     account(cpu, rt, since, END)
+for tid, a in in_at.items():
+    state[tid]["running"] += clip(a, END)
+for tid, (a, st) in out_at.items():
+    state[tid]["runnable" if st.startswith("R") else "sleeping"] += clip(a, END)
 
 
 def span(xs, lo=0.0):
@@ -120,12 +147,17 @@ for (r, tid), xs in sorted(sends.items()):
     print(f"   {r} tid {tid}: {span(xs)}")
 print(f"-- readers (recvfrom returning data; the load tool's own view below):")
 for (r, tid), xs in sorted(reads.items()):
-    print(f"   {r} tid {tid}: {span(xs)}; in epoll_wait {waits[(r, tid)]:.1f} ms of the window")
+    print(f"   {r} tid {tid}: {span(xs)}")
 for i, w in enumerate(d.get("per_worker", [])):
     print(f"   worker {i}: delivered {w.get('delivered')} first {w.get('first_ms')} last {w.get('last_ms')} "
           f"window {json.dumps(w.get('window'))}")
 print(f"-- CPU in the window (publish .. last delivery + 50 ms = {END:.0f} ms; 2 CPUs = {2*END:.0f} CPU-ms), ms:")
 print("   " + "  ".join(f"{k}={v:.1f}" for k, v in sorted(on_cpu.items(), key=lambda kv: -kv[1])))
+print("-- each thread of ours in the window, ms: running / runnable, not running (wanted a CPU) / sleeping:")
+for tid, v in sorted(state.items(), key=lambda kv: role_of[kv[0]]):
+    if v.get("running", 0) + v.get("runnable", 0) > 1:
+        print(f"   {role_of[tid]} tid {tid}: running {v.get('running', 0):.1f} / runnable {v.get('runnable', 0):.1f}"
+              f" / sleeping {v.get('sleeping', 0):.1f}")
 roles = sorted(on_cpu, key=lambda k: -on_cpu[k])
 print(f"-- per {BUCKET:.0f} ms: CPU-ms by role | server sends per thread | reader reads per thread")
 skeys = sorted(sends)
