@@ -38,8 +38,6 @@ running = {}  # cpu -> (tid, since_ms)
 idle_ms = 0.0
 sends = collections.defaultdict(list)  # server tid -> [ms]
 reads = collections.defaultdict(list)  # reader tid -> [ms]
-waits = collections.defaultdict(float)  # reader tid -> ms in epoll_wait in window
-wait_start = {}
 # Per thread of ours, the window split by the scheduler's view: running,
 # runnable but not running (switched out in state R: it wanted the CPU),
 # sleeping (switched out otherwise: nothing to do).
@@ -109,12 +107,6 @@ for line in open(script):
     if ev == "syscalls:sys_exit_recvfrom" and r.startswith("reader"):
         if int(rest.split("0x")[-1], 16) < (1 << 31) and int(rest.split("0x")[-1], 16) > 0:
             reads[(r, tid)].append(t)
-    elif ev == "syscalls:sys_enter_epoll_wait" and r.startswith("reader"):
-        wait_start[tid] = t
-    elif ev == "syscalls:sys_exit_epoll_wait" and r.startswith("reader"):
-        a = wait_start.pop(tid, None)
-        if a is not None:
-            waits[(r, tid)] += max(0.0, min(t, END) - max(a, 0.0))
     elif r.startswith("server"):
         if ev == "io_uring:io_uring_submit_req" and re.search(r"opcode (SEND|SENDMSG)\b", rest):
             sends[(r, tid)].append(t)

@@ -5,7 +5,7 @@
 # uring_corepin.sh's one15k section, with the kernel's view recorded around
 # the publish (perf record -a -k CLOCK_MONOTONIC: every scheduler switch,
 # the server's sends as syscalls (nchan, glommio) or ring submissions
-# (uring), the readers' recvfrom/epoll_wait) and, for corepin,
+# (uring), the readers' recvfrom) and, for corepin,
 # COREPIN_FANOUT_TRACE=1 (src/uring/trace.rs: per core, when the delivery
 # pass ran, how many queues it filled, when tasks handed their bytes to the
 # ring, submissions, completions). benches/one15k_trace.py turns it into
@@ -85,8 +85,8 @@ for n in "$@"; do
   for p in ${WORKERS//,/ }; do for t in /proc/$p/task/*; do echo "reader-$p ${t##*/}" >> $D/$n.tids; done; done
   for t in /proc/$L/task/*; do echo "loadparent ${t##*/}" >> $D/$n.tids; done
   perf record -q -a -k CLOCK_MONOTONIC -o $D/$n.perf \
-    -e sched:sched_switch -e syscalls:sys_exit_recvfrom -e syscalls:sys_enter_epoll_wait \
-    -e syscalls:sys_exit_epoll_wait -e io_uring:io_uring_submit_req -e io_uring:io_uring_complete \
+    -e sched:sched_switch -e syscalls:sys_exit_recvfrom \
+    -e io_uring:io_uring_submit_req -e io_uring:io_uring_complete \
     -e syscalls:sys_exit_writev -e syscalls:sys_exit_write -e syscalls:sys_exit_sendto \
     -- sleep 5 2>$D/$n.perf.err
   wait $L
