@@ -732,7 +732,13 @@ pub async fn run(start: ShardStart) {
             loop {
                 shard.kick.wait().await;
                 inbox.rearm();
-                while shard.subs.deliver(&inbox) {
+                loop {
+                    crate::uring::trace::mark(crate::uring::trace::Ev::DeliverStart, 1);
+                    let more = shard.subs.deliver(&inbox);
+                    crate::uring::trace::mark(crate::uring::trace::Ev::DeliverEnd, 1);
+                    if !more {
+                        break;
+                    }
                     glommio::yield_if_needed().await;
                 }
             }
@@ -1292,6 +1298,7 @@ async fn start_tls(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr) -> Op
 async fn sweep(shard: Rc<Shard>, stop: Rc<Cell<bool>>) {
     while !stop.get() {
         glommio::timer::sleep(Duration::from_millis(250)).await;
+        crate::uring::trace::flush_if_quiet(shard.index, 300_000_000);
         shard.subs.sweep(Instant::now());
         // A control connection served with the reserve has ended by now,
         // or will: take the descriptor back when one is free.

@@ -283,6 +283,7 @@ impl Sub {
             return;
         }
         q.push_back(msg);
+        crate::uring::trace::mark(crate::uring::trace::Ev::Pushed, 1);
         self.queued_bytes.set(bytes);
         drop(q);
         // The connection task waits for a message only on an empty queue

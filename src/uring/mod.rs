@@ -39,6 +39,7 @@ mod ring;
 mod stream;
 #[cfg(test)]
 mod tests;
+pub mod trace;
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -354,6 +354,7 @@ impl Core {
         let n = self.ring.submission().len();
         self.stats.enters += 1;
         self.stats.early_submits += 1;
+        super::trace::mark(super::trace::Ev::Submitted, n as u64);
         match self.ring.submit() {
             Ok(_) => self.stats.submitted += n as u64,
             // EBUSY (completions to reap first) or EINTR: the turn submits.
@@ -395,6 +396,9 @@ impl Core {
         if pending > 0 || taskrun || overflow || want > 0 {
             self.stats.enters += 1;
             self.stats.submitted += pending as u64;
+            if pending > 0 {
+                super::trace::mark(super::trace::Ev::Submitted, pending as u64);
+            }
             if let Err(e) = self.ring.submit_and_wait(want) {
                 match e.raw_os_error() {
                     Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME) => {}
@@ -752,6 +756,7 @@ impl Core {
         i: u32,
         bufs: &mut dyn Iterator<Item = Bytes>,
     ) -> io::Result<()> {
+        super::trace::mark(super::trace::Ev::SendQueued, 1);
         let s = &mut self.socks[i as usize];
         if s.tx_err != 0 {
             return Err(errno_err(s.tx_err));
@@ -856,6 +861,7 @@ impl Core {
         };
         s.st |= TX_BUSY;
         self.stats.sends += 1;
+        super::trace::mark(super::trace::Ev::SendPushed, 1);
         self.push(e.user_data(ud(K_SEND, i)));
     }
 
@@ -877,6 +883,7 @@ impl Core {
     }
 
     fn on_send(&mut self, i: u32, res: i32) {
+        super::trace::mark(super::trace::Ev::SendDone, 1);
         let s = &mut self.socks[i as usize];
         s.st &= !TX_BUSY;
         if s.st & DROPPED != 0 {

@@ -199,6 +199,28 @@ pub fn run(args: &[String]) {
             "publish": pub_result,
             "missing_workers": m.missing_workers,
     });
+    // Each reader process on its own: when it read its first and last
+    // delivery (ms after the first publish) and how it spent the time
+    // between (`subscribe::Window`).
+    result["per_worker"] = m
+        .per_worker
+        .iter()
+        .map(|w| {
+            let at = |k: &str| {
+                w.get(k)
+                    .and_then(Value::as_u64)
+                    .filter(|n| *n > 0)
+                    .map(|n| n.saturating_sub(first_send) as f64 / 1e6)
+            };
+            json!({
+                "delivered": w.get("delivered"),
+                "first_ms": at("first_delivery_ns"),
+                "last_ms": at("last_delivery_ns"),
+                "window": w.get("window"),
+                "lat_10ms": w.get("lat_10ms"),
+            })
+        })
+        .collect();
     if !cpu.is_empty() {
         // From the first publish to the last delivery (or the end of the
         // grace period): what the server spent on publishing and fan-out.

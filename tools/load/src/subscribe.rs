@@ -228,6 +228,61 @@ struct Stats {
     first_ns: u64,
     last_ns: u64,
     latency: Latency,
+    /// Deliveries per 10 ms of latency (the last bin takes the rest): when
+    /// this worker read them, as a timeline from each message's send.
+    bins: Vec<u64>,
+    window: Window,
+}
+
+/// Latency bins kept per worker (10 ms each).
+const BINS: usize = 300;
+
+/// How a worker spent the time from its first delivering turn to its last:
+/// on the CPU, waiting in `epoll_wait`, or neither (runnable but not
+/// running: the machine's cores were busy elsewhere). Tells whether the
+/// readers, rather than the server, set the time to the last delivery.
+#[derive(Default)]
+struct Window {
+    /// Loop turns that read at least one delivery.
+    rounds: u64,
+    wall_start: u64,
+    wall_end: u64,
+    cpu_start: u64,
+    cpu_end: u64,
+    /// Time in `epoll_wait` since the first delivering turn, up to the last.
+    wait_ns: u64,
+    /// Waits since the last delivering turn (counted if another comes).
+    pending_wait_ns: u64,
+}
+
+impl Window {
+    /// One loop turn: its wait (`before`..`after`), then handling, which
+    /// read `read` deliveries.
+    fn turn(&mut self, before: u64, after: u64, cpu_after_wait: u64, read: u64) {
+        if self.rounds > 0 {
+            self.pending_wait_ns += after.saturating_sub(before);
+        }
+        if read == 0 {
+            return;
+        }
+        if self.rounds == 0 {
+            self.wall_start = after;
+            self.cpu_start = cpu_after_wait;
+        }
+        self.rounds += 1;
+        self.wait_ns += std::mem::take(&mut self.pending_wait_ns);
+        self.wall_end = now_ns();
+        self.cpu_end = crate::net::thread_cpu_ns();
+    }
+
+    fn to_json(&self) -> Value {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let wall = self.wall_end.saturating_sub(self.wall_start);
+        let cpu = self.cpu_end.saturating_sub(self.cpu_start);
+        json!({"rounds": self.rounds, "wall_ms": ms(wall), "cpu_ms": ms(cpu),
+               "wait_ms": ms(self.wait_ns),
+               "not_running_ms": ms(wall.saturating_sub(cpu + self.wait_ns))})
+    }
 }
 
 impl Stats {
@@ -239,7 +294,12 @@ impl Stats {
     fn deliver(&mut self, track: &mut Track, seq: u64, sent_ns: u64, now: u64) {
         if track.record(seq) {
             self.delivered += 1;
-            self.latency.record(now.saturating_sub(sent_ns));
+            let lat = now.saturating_sub(sent_ns);
+            self.latency.record(lat);
+            if self.bins.is_empty() {
+                self.bins = vec![0; BINS];
+            }
+            self.bins[((lat / 10_000_000) as usize).min(BINS - 1)] += 1;
             if self.first_ns == 0 {
                 self.first_ns = now;
             }
@@ -402,11 +462,17 @@ pub fn worker(args: &[String]) {
             subs.push(open(&o, i, slot, &poller, &mut stats));
         }
         let wait = if subs.len() < mine.len() { 1 } else { 50 };
+        let before = now_ns();
         poller.wait(wait, &mut ready);
+        let after = now_ns();
+        let cpu = crate::net::thread_cpu_ns();
+        let delivered = stats.delivered;
         for &token in &ready {
             let sub = &mut subs[token];
             read_ready(sub, &o, token, &poller, &mut stats, &mut buf, &mut recs);
         }
+        let read = stats.delivered - delivered;
+        stats.window.turn(before, after, cpu, read);
         if last_report.elapsed() >= Duration::from_millis(250) {
             last_report = Instant::now();
             let _ = writeln!(out, "{}", progress_json(&stats));
@@ -497,6 +563,15 @@ fn read_ready(
                 if st.finished {
                     break;
                 }
+                // A short read on a plain socket took all it had: the
+                // poller is level-triggered, so anything arriving later is
+                // reported again. Reading on to EWOULDBLOCK would cost
+                // every delivery a second, empty, syscall on the cores the
+                // server under test shares (TLS may hold decrypted bytes
+                // the poller cannot see: read it to the end).
+                if n < buf.len() && stream.tls.is_none() {
+                    break;
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -556,6 +631,12 @@ fn read_ready(
     }
 }
 
+/// The bins up to the last non-empty one.
+fn trim_bins(bins: &[u64]) -> Vec<u64> {
+    let end = bins.iter().rposition(|n| *n > 0).map_or(0, |i| i + 1);
+    bins[..end].to_vec()
+}
+
 fn progress_json(s: &Stats) -> Value {
     json!({"t": "progress", "opened": s.opened, "subscribed": s.subscribed,
            "failed": s.failed, "closed": s.closed, "delivered": s.delivered,
@@ -599,6 +680,8 @@ fn result_json(o: &SubOpts, subs: &[Sub], s: &Stats) -> Value {
         "complete_subscribers": complete,
         "first_delivery_ns": s.first_ns,
         "last_delivery_ns": s.last_ns,
+        "window": s.window.to_json(),
+        "lat_10ms": trim_bins(&s.bins),
         "by_kind": by_kind,
         "latency": s.latency.to_json(),
     })
@@ -620,6 +703,9 @@ pub struct Merged {
     pub first_ns: u64,
     pub last_ns: u64,
     pub missing_workers: usize,
+    /// Each worker's own timing: first and last delivery, its window
+    /// (`Window`) and its latency bins.
+    pub per_worker: Vec<Value>,
 }
 
 impl Workers {
@@ -723,7 +809,7 @@ fn merge(results: &[Option<Value>]) -> Merged {
         let Some(obj) = r.as_object() else { continue };
         for (k, v) in obj {
             match k.as_str() {
-                "t" => {}
+                "t" | "window" | "lat_10ms" => {}
                 "latency" => latency.add_json(v),
                 "first_delivery_ns" => {
                     if let Some(n) = v.as_u64().filter(|n| *n > 0) {
@@ -741,6 +827,19 @@ fn merge(results: &[Option<Value>]) -> Merged {
         first_ns: if first_ns == u64::MAX { 0 } else { first_ns },
         last_ns,
         missing_workers: results.iter().filter(|r| r.is_none()).count(),
+        per_worker: results
+            .iter()
+            .flatten()
+            .map(|r| {
+                json!({
+                    "delivered": r.get("delivered"),
+                    "first_delivery_ns": r.get("first_delivery_ns"),
+                    "last_delivery_ns": r.get("last_delivery_ns"),
+                    "window": r.get("window"),
+                    "lat_10ms": r.get("lat_10ms"),
+                })
+            })
+            .collect(),
     }
 }
 

@@ -1,0 +1,137 @@
+//! A per-core timeline of fan-outs, for measuring (PERFORMANCE.md, "Fan-out
+//! on the ring"): with `COREPIN_FANOUT_TRACE=1` in the environment each core
+//! notes when a delivery pass starts and ends, how many messages it handed
+//! to subscribers' queues, when subscriber tasks hand their bytes to the
+//! ring, when the ring submits and when the sends complete (first, last and
+//! count of each, CLOCK_MONOTONIC nanoseconds, the clock `corepin-load`
+//! stamps its messages with). Once the core has been quiet for a moment the
+//! episode is printed as one `fanout-trace` line on stderr and forgotten.
+//! Off (the default), each mark is one read of a thread-local flag.
+
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
+
+/// What is marked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ev {
+    /// The delivery task took a slice of the inbox.
+    DeliverStart,
+    /// It finished handing that slice out.
+    DeliverEnd,
+    /// A message went into a subscriber's queue.
+    Pushed,
+    /// A connection task handed bytes to the ring (`queue_send`).
+    SendQueued,
+    /// A send operation went into the submission queue.
+    SendPushed,
+    /// Entries went to the kernel (`io_uring_enter`); the count is entries.
+    Submitted,
+    /// A send's completion was handled.
+    SendDone,
+    /// A connection task handed bytes to a glommio socket (not the ring).
+    Wrote,
+}
+
+const EVS: [Ev; 8] = [
+    Ev::DeliverStart,
+    Ev::DeliverEnd,
+    Ev::Pushed,
+    Ev::SendQueued,
+    Ev::SendPushed,
+    Ev::Submitted,
+    Ev::SendDone,
+    Ev::Wrote,
+];
+
+fn name(e: Ev) -> &'static str {
+    match e {
+        Ev::DeliverStart => "deliver_start",
+        Ev::DeliverEnd => "deliver_end",
+        Ev::Pushed => "pushed",
+        Ev::SendQueued => "send_queued",
+        Ev::SendPushed => "send_pushed",
+        Ev::Submitted => "submitted",
+        Ev::SendDone => "send_done",
+        Ev::Wrote => "wrote",
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Span {
+    n: u64,
+    first: u64,
+    last: u64,
+}
+
+/// Whether tracing is on (read once per process).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("COREPIN_FANOUT_TRACE").is_some_and(|v| v == "1"))
+}
+
+thread_local! {
+    static ON: Cell<bool> = Cell::new(enabled());
+    static SPANS: RefCell<[Span; 8]> = const { RefCell::new([Span { n: 0, first: 0, last: 0 }; 8]) };
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Notes `count` occurrences of `e` now (when tracing is on).
+#[inline]
+pub fn mark(e: Ev, count: u64) {
+    if !ON.with(Cell::get) {
+        return;
+    }
+    let t = now_ns();
+    SPANS.with(|s| {
+        let s = &mut s.borrow_mut()[e as usize];
+        if s.n == 0 {
+            s.first = t;
+        }
+        s.n += count;
+        s.last = t;
+    });
+}
+
+/// Prints this core's episode once nothing was marked for `quiet_ns`, and
+/// forgets it; called by the core's sweep.
+pub fn flush_if_quiet(core: usize, quiet_ns: u64) {
+    if !ON.with(Cell::get) {
+        return;
+    }
+    let now = now_ns();
+    let line = SPANS.with(|s| {
+        let mut s = s.borrow_mut();
+        let last = s.iter().map(|x| x.last).max().unwrap_or(0);
+        if s.iter().all(|x| x.n == 0) || now.saturating_sub(last) < quiet_ns {
+            return None;
+        }
+        let mut line = format!("fanout-trace core={core}");
+        for e in EVS {
+            let x = s[e as usize];
+            if x.n > 0 {
+                line += &format!(
+                    " {0}_n={1} {0}_first={2} {0}_last={3}",
+                    name(e),
+                    x.n,
+                    x.first,
+                    x.last
+                );
+            }
+        }
+        *s = [Span::default(); 8];
+        Some(line)
+    });
+    if let Some(l) = line {
+        eprintln!("{l}");
+    }
+}
