@@ -124,6 +124,9 @@ enum Rare {
 impl HeldConn {
     /// The hand-off of `http::serve_client`: `stats` is the connection's
     /// id on the stats socket, if it has one (closed when the stream ends).
+    /// Takes the hand-off's box itself (`HoldEnd::Held` is boxed so the
+    /// futures it passes through stay small), freed here.
+    #[allow(clippy::boxed_local)]
     pub fn new(
         c: Client,
         head: RequestHead,

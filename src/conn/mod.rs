@@ -33,15 +33,16 @@
 //! 5. `subs::Sub::push` queues a message on one subscriber (bounded; a
 //!    subscriber that cannot keep up is dropped alone) and wakes its
 //!    connection task.
-//! 6. `grip::next_event` is where the connection task of an HTTP stream
-//!    or long-poll (`grip::hold_stream`, `grip::hold_response`) wakes and
-//!    takes the message (`Sub::poll_msg`); the WebSocket modes wait the
-//!    same way in their loops (`ws::subscriber::client_loop`,
-//!    `ws::passthrough`'s relay, `ws::over_http`'s session loop).
-//! 7. `grip::deliver` — the subscriber's last hop, the one path for every
-//!    kind of hold — takes that message and the data queued behind it
-//!    (`Sub::take_data_parts`), and bounds the write by the client write
-//!    timeout.
+//! 6. `grip::poll_event` (`grip::next_event` as a future) is where the
+//!    connection task of an HTTP stream or long-poll (`held::HeldConn`,
+//!    `grip::hold_response`) wakes and takes the message
+//!    (`Sub::poll_msg`); the WebSocket modes wait the same way in their
+//!    loops (`ws::subscriber::client_loop`, `ws::passthrough`'s relay,
+//!    `ws::over_http`'s session loop).
+//! 7. `grip::Writing` (`grip::deliver` as a future) — the subscriber's
+//!    last hop, the one path for every kind of hold — takes that message
+//!    and the data queued behind it (`Sub::take_data_parts`), and bounds
+//!    the write by the client write timeout.
 //! 8. `Connection::poll_write_parts` sends them in one gathered `sendmsg`,
 //!    never copying the shared bytes.
 
