@@ -6,7 +6,9 @@
 //! count of each, CLOCK_MONOTONIC nanoseconds, the clock `corepin-load`
 //! stamps its messages with). Once the core has been quiet for a moment the
 //! episode is printed as one `fanout-trace` line on stderr and forgotten.
-//! Off (the default), each mark is one read of a thread-local flag.
+//! Off (the default), each mark is one read of a thread-local flag. The
+//! ring's marks only: on the `glommio` data path a core prints its
+//! delivery pass alone.
 
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
@@ -28,11 +30,9 @@ pub enum Ev {
     Submitted,
     /// A send's completion was handled.
     SendDone,
-    /// A connection task handed bytes to a glommio socket (not the ring).
-    Wrote,
 }
 
-const EVS: [Ev; 8] = [
+const EVS: [Ev; 7] = [
     Ev::DeliverStart,
     Ev::DeliverEnd,
     Ev::Pushed,
@@ -40,7 +40,6 @@ const EVS: [Ev; 8] = [
     Ev::SendPushed,
     Ev::Submitted,
     Ev::SendDone,
-    Ev::Wrote,
 ];
 
 fn name(e: Ev) -> &'static str {
@@ -52,7 +51,6 @@ fn name(e: Ev) -> &'static str {
         Ev::SendPushed => "send_pushed",
         Ev::Submitted => "submitted",
         Ev::SendDone => "send_done",
-        Ev::Wrote => "wrote",
     }
 }
 
@@ -71,7 +69,7 @@ pub fn enabled() -> bool {
 
 thread_local! {
     static ON: Cell<bool> = Cell::new(enabled());
-    static SPANS: RefCell<[Span; 8]> = const { RefCell::new([Span { n: 0, first: 0, last: 0 }; 8]) };
+    static SPANS: RefCell<[Span; 7]> = const { RefCell::new([Span { n: 0, first: 0, last: 0 }; 7]) };
 }
 
 /// CLOCK_MONOTONIC in nanoseconds.
@@ -105,11 +103,20 @@ pub fn mark(e: Ev, count: u64) {
 /// Prints this core's episode once nothing was marked for `quiet_ns`, and
 /// forgets it; called by the core's sweep.
 pub fn flush_if_quiet(core: usize, quiet_ns: u64) {
+    if let Some(l) = take_line(core, quiet_ns) {
+        eprintln!("{l}");
+    }
+}
+
+/// This core's episode as a `fanout-trace` line once it has been quiet
+/// for `quiet_ns` (and forgets it); `None` while tracing is off, nothing
+/// was marked, or marks are still coming.
+fn take_line(core: usize, quiet_ns: u64) -> Option<String> {
     if !ON.with(Cell::get) {
-        return;
+        return None;
     }
     let now = now_ns();
-    let line = SPANS.with(|s| {
+    SPANS.with(|s| {
         let mut s = s.borrow_mut();
         let last = s.iter().map(|x| x.last).max().unwrap_or(0);
         if s.iter().all(|x| x.n == 0) || now.saturating_sub(last) < quiet_ns {
@@ -128,10 +135,43 @@ pub fn flush_if_quiet(core: usize, quiet_ns: u64) {
                 );
             }
         }
-        *s = [Span::default(); 8];
+        *s = [Span::default(); 7];
         Some(line)
-    });
-    if let Some(l) = line {
-        eprintln!("{l}");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_episode_is_counted_printed_once_quiet_and_forgotten() {
+        // Off (no COREPIN_FANOUT_TRACE in the test's environment): nothing.
+        mark(Ev::Pushed, 1);
+        assert_eq!(take_line(0, 0), None);
+        ON.with(|on| on.set(true));
+        mark(Ev::DeliverStart, 1);
+        mark(Ev::Pushed, 1);
+        mark(Ev::Pushed, 1);
+        mark(Ev::Submitted, 64);
+        // Still within the quiet period: not yet.
+        assert_eq!(take_line(3, u64::MAX), None);
+        let line = take_line(3, 0).expect("a line once quiet");
+        let fields: std::collections::HashMap<&str, &str> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        assert!(line.starts_with("fanout-trace "));
+        assert_eq!(fields["core"], "3");
+        assert_eq!(fields["deliver_start_n"], "1");
+        assert_eq!(fields["pushed_n"], "2");
+        assert_eq!(fields["submitted_n"], "64");
+        let ns = |k: &str| fields[k].parse::<u64>().expect("nanoseconds");
+        assert!(ns("pushed_first") > 0 && ns("pushed_first") <= ns("pushed_last"));
+        assert!(!fields.contains_key("send_done_n"));
+        // Forgotten: the next episode starts empty.
+        assert_eq!(take_line(3, 0), None);
+        ON.with(|on| on.set(false));
     }
 }
