@@ -17,6 +17,7 @@
 # Run it under the benchmark lock: flock /work/wt/bench.lock bash ...
 set -u
 cd "$(dirname "$0")/.."
+. benches/nchan_fanout.sh
 BIG=${BIG:-15000}; OPEN_RATE=${OPEN_RATE:-4000}
 BIN=${BIN:-target/release/corepin}; LOAD=${LOAD:-target/release/corepin-load}
 D=$(mktemp -d); chmod 755 "$D"
@@ -30,18 +31,7 @@ start() { # name -> PORT, PUBARGS, SPID (the server's pids, comma list)
   local n=$1 port cport
   port=$(freeport)
   if [ $n = nchan ]; then
-    mkdir -p $D/nchan/logs
-    cat > $D/nchan/nginx.conf <<EOF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-daemon off; pid $D/nchan/nginx.pid; error_log $D/nchan/logs/error.log;
-worker_processes 2; worker_rlimit_nofile 19000;
-events { worker_connections 18000; }
-http { access_log off; nchan_shared_memory_size 256M;
-  server { listen 127.0.0.1:$port backlog=4096;
-    location = /sub { nchan_subscriber http-raw-stream; nchan_channel_id \$arg_channel; }
-    location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;
-                      nchan_message_buffer_length 2000; nchan_message_timeout 5m; } } }
-EOF
+    nchan_fanout_conf $D/nchan $port
     nginx -p $D/nchan -c $D/nchan/nginx.conf & local m=$!; STARTED="$STARTED $m"
     for _ in $(seq 50); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/pub?channel=x" && break; sleep 0.1; done
     PUBARGS=(--publish-to 127.0.0.1:$port --via nchan --path "/sub?channel={channel}")

@@ -48,6 +48,7 @@
 set -u
 ROUNDS=${1:-3}
 cd "$(dirname "$0")/.."
+. benches/nchan_fanout.sh
 D=$(mktemp -d); chmod 755 "$D"
 OUT=${OUT:-$D}
 WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}; IDLE=${IDLE:-10000}
@@ -194,18 +195,8 @@ PY
 }
 
 start_nchan() { # sets PORT[nchan], PIDS[nchan]
-  local port d=$D/nchan; port=$(freeport); mkdir -p $d/logs
-  cat > $d/nginx.conf <<EOF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-daemon off; pid $d/nginx.pid; error_log $d/logs/error.log;
-worker_processes 2; worker_rlimit_nofile 19000;
-events { worker_connections 18000; }
-http { access_log off; nchan_shared_memory_size 256M;
-  server { listen 127.0.0.1:$port backlog=4096;
-    location = /sub { nchan_subscriber http-raw-stream; nchan_channel_id \$arg_channel; }
-    location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;
-                      nchan_message_buffer_length 2000; nchan_message_timeout 5m; } } }
-EOF
+  local port d=$D/nchan; port=$(freeport)
+  nchan_fanout_conf $d $port
   nginx -p $d -c $d/nginx.conf & local m=$!; STARTED="$STARTED $m"
   for _ in $(seq 50); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/pub?channel=x" && break; sleep 0.1; done
   PORT[nchan]=$port; PIDS[nchan]=$(pgrep -P $m | tr '\n' ' ')
