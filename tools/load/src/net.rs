@@ -13,26 +13,13 @@ use polling::{Event, PollMode};
 use socket2::{Domain, Socket, Type};
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one
-/// host, so a publisher's send time can be checked by a worker process.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// host (a publisher's send time is checked by a worker process), and the
+/// clock of corepin's own fan-out trace (`COREPIN_FANOUT_TRACE`).
+pub use corepin::uring::trace::now_ns;
 
 /// This thread's CPU time (user and system) in nanoseconds.
 pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    corepin::uring::trace::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// The loopback source address for connection `i`: 127.0.0.2..=127.0.0.254,
