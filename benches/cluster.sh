@@ -36,6 +36,7 @@
 # script started are stopped.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/nchan.sh"
 N=${N:-15000}
 BURST=${BURST:-20}
 ONE_ROUNDS=${ONE_ROUNDS:-3}
@@ -228,22 +229,9 @@ CFG
 # NCHAN_PORT, appends its workers to NCHAN_PIDS.
 start_nchan() {
   local d=$D/$1
-  mkdir -p "$d/logs"
   NCHAN_PORT=$(free_port)
-  cat > "$d/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-daemon off; pid $d/nginx.pid; error_log $d/logs/error.log;
-worker_processes 2; worker_rlimit_nofile 19000;
-events { worker_connections 18000; }
-http { access_log off; nchan_shared_memory_size 256M;
-  upstream nchan_redis { nchan_redis_server redis://127.0.0.1:$REDIS_PORT; }
-  server { listen 127.0.0.1:$NCHAN_PORT backlog=4096;
-    location = /sub { nchan_subscriber http-raw-stream; nchan_channel_id \$arg_channel;
-                      nchan_redis_pass nchan_redis; }
-    location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;
-                      nchan_message_buffer_length 2000; nchan_message_timeout 5m;
-                      nchan_redis_pass nchan_redis; } } }
-CONF
+  nchan_conf "$d" "$NCHAN_PORT" "upstream nchan_redis { nchan_redis_server redis://127.0.0.1:$REDIS_PORT; }" "" \
+    "nchan_redis_pass nchan_redis;"
   nginx -p "$d" -c "$d/nginx.conf" & PIDS+=($!)
   wait_port "$NCHAN_PORT"
   sleep 0.5

@@ -14,6 +14,7 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PIDS=()
+. "$ROOT/benches/nchan.sh"
 
 # free_ports N: N distinct loopback ports nothing listens on, all bound at
 # once (so they differ) and released for the peers to take.
@@ -229,23 +230,12 @@ start_corepin() {
 # /pub?channel=X; with WITH_TLS=1 (TLS_DIR as for Pushpin), /sub over TLS on NCHAN_TLS_PORT too.
 start_nchan() {
   local d=$BENCH_DIR/nchan tls=""
-  mkdir -p "$d/logs"
   if [ "${WITH_TLS:-}" = 1 ]; then
     tls="listen 127.0.0.1:$NCHAN_TLS_PORT ssl backlog=4096;
     ssl_certificate $TLS_DIR/localhost.crt; ssl_certificate_key $TLS_DIR/localhost.key;"
   fi
-  cat > "$d/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-daemon off; pid $d/nginx.pid; error_log $d/logs/error.log;
-worker_processes 2; worker_rlimit_nofile 19000;
-events { worker_connections 18000; }
-http { access_log off; nchan_shared_memory_size 256M;
-  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
-  server { listen 127.0.0.1:$NCHAN_PORT backlog=4096; $tls
-    location = /sub { nchan_subscriber http-raw-stream; nchan_channel_id \$arg_channel; }
-    location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;
-                      nchan_message_buffer_length 2000; nchan_message_timeout 5m; } } }
-CONF
+  nchan_conf "$d" "$NCHAN_PORT" \
+    "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;" "$tls"
   nginx -p "$d" -c "$d/nginx.conf" & PIDS+=($!)
   wait_port "$NCHAN_PORT"
 }

@@ -17,7 +17,7 @@
 # Run it under the benchmark lock: flock /work/wt/bench.lock bash ...
 set -u
 cd "$(dirname "$0")/.."
-. benches/nchan_fanout.sh
+. benches/nchan.sh
 BIG=${BIG:-15000}; OPEN_RATE=${OPEN_RATE:-4000}
 BIN=${BIN:-target/release/corepin}; LOAD=${LOAD:-target/release/corepin-load}
 D=$(mktemp -d); chmod 755 "$D"
@@ -31,7 +31,7 @@ start() { # name -> PORT, PUBARGS, SPID (the server's pids, comma list)
   local n=$1 port cport
   port=$(freeport)
   if [ $n = nchan ]; then
-    nchan_fanout_conf $D/nchan $port
+    nchan_conf $D/nchan $port
     nginx -p $D/nchan -c $D/nchan/nginx.conf & local m=$!; STARTED="$STARTED $m"
     for _ in $(seq 50); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/pub?channel=x" && break; sleep 0.1; done
     PUBARGS=(--publish-to 127.0.0.1:$port --via nchan --path "/sub?channel={channel}")

@@ -48,7 +48,7 @@
 set -u
 ROUNDS=${1:-3}
 cd "$(dirname "$0")/.."
-. benches/nchan_fanout.sh
+. benches/nchan.sh
 D=$(mktemp -d); chmod 755 "$D"
 OUT=${OUT:-$D}
 WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}; IDLE=${IDLE:-10000}
@@ -196,7 +196,7 @@ PY
 
 start_nchan() { # sets PORT[nchan], PIDS[nchan]
   local port d=$D/nchan; port=$(freeport)
-  nchan_fanout_conf $d $port
+  nchan_conf $d $port
   nginx -p $d -c $d/nginx.conf & local m=$!; STARTED="$STARTED $m"
   for _ in $(seq 50); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/pub?channel=x" && break; sleep 0.1; done
   PORT[nchan]=$port; PIDS[nchan]=$(pgrep -P $m | tr '\n' ' ')
