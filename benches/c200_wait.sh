@@ -9,7 +9,7 @@
 #  - corepin's client connections per core and idle backend connections per
 #    core (/metrics), established proxy->backend connections (ss);
 #  - wrk --latency's percentiles and socket errors.
-# usage: bash benches/c200_wait.sh [ROUNDS]; env BIN UPROXY WARM=2 DUR=6 NAMES
+# usage: bash benches/c200_wait.sh [ROUNDS]; env BIN UPROXY WARM=2 DUR=6 NAMES FREE STALL
 set -u
 ROUNDS=${1:-2}
 cd "$(dirname "$0")/.."
@@ -169,6 +169,21 @@ fi
 sleep 1
 PIDS[nginx]=$(pgrep -P $NP | tr '\n' ' '); PORT[nginx]=$NPP
 BEW=$(pgrep -P $BE | tr '\n' ' ')
+if [ -n "${STALL:-}" ]; then
+  # STALL=1: c=200 only, each measured run under benches/c200_stall.py (a
+  # 10 ms schedstat timeline of the proxy's and the backend's threads: the
+  # longest stretch each thread got no CPU, runnable or asleep).
+  for r in $(seq $ROUNDS); do
+    set -- $names; k=$(( (r - 1) % $# )); order="${@:k+1} ${@:1:k}"
+    for n in $order; do
+      timeout 10 wrk -t1 -c200 -d$WARM http://127.0.0.1:${PORT[$n]}/index.html >/dev/null 2>&1
+      echo "round=$r name=$n c=200 load=$(cut -d' ' -f1 /proc/loadavg)"
+      python3 benches/c200_stall.py "$(echo ${PIDS[$n]} $BEW | tr ' ' ',')" -- \
+        timeout 30 wrk -t1 -c200 -d$DUR http://127.0.0.1:${PORT[$n]}/index.html
+    done
+  done
+  echo "# end: $(uptime)"; exit 0
+fi
 for r in $(seq $ROUNDS); do
   echo "# round $r: $(uptime)"
   set -- $names; k=$(( (r - 1) % $# )); order="${@:k+1} ${@:1:k}"
