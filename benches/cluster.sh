@@ -36,7 +36,7 @@
 # script started are stopped.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-. "$ROOT/benches/nchan.sh"
+. "$ROOT/benches/nginx_confs.sh"
 N=${N:-15000}
 BURST=${BURST:-20}
 ONE_ROUNDS=${ONE_ROUNDS:-3}

@@ -14,7 +14,7 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PIDS=()
-. "$ROOT/benches/nchan.sh"
+. "$ROOT/benches/nginx_confs.sh"
 
 # free_ports N: N distinct loopback ports nothing listens on, all bound at
 # once (so they differ) and released for the peers to take.

@@ -17,7 +17,7 @@
 # Run it under the benchmark lock: flock /work/wt/bench.lock bash ...
 set -u
 cd "$(dirname "$0")/.."
-. benches/nchan.sh
+. benches/nginx_confs.sh
 BIG=${BIG:-15000}; OPEN_RATE=${OPEN_RATE:-4000}
 BIN=${BIN:-target/release/corepin}; LOAD=${LOAD:-target/release/corepin-load}
 D=$(mktemp -d); chmod 755 "$D"

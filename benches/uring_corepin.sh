@@ -48,7 +48,7 @@
 set -u
 ROUNDS=${1:-3}
 cd "$(dirname "$0")/.."
-. benches/nchan.sh
+. benches/nginx_confs.sh
 D=$(mktemp -d); chmod 755 "$D"
 OUT=${OUT:-$D}
 WARM=${WARM:-2}; DUR=${DUR:-6}; SUBS=${SUBS:-4000}; MSGS=${MSGS:-20}; IDLE=${IDLE:-10000}
@@ -66,26 +66,9 @@ fi
 
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BEP=$(freeport); NPP=$(freeport); UPP=$(freeport); EP=$(freeport)
-mkdir -p $D/www $D/logs $D/np/logs
-printf 'hello from the backend\n' > $D/www/index.html   # 23 bytes
-cat > $D/be.conf <<EOF
-daemon off; pid $D/be.pid; error_log $D/logs/error.log;
-worker_processes 1; worker_rlimit_nofile 19000;
-events { worker_connections 18000; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BEP backlog=4096; root $D/www; } }
-EOF
-cat > $D/np.conf <<EOF
-daemon off; pid $D/np.pid; error_log $D/np/logs/error.log;
-worker_processes 2; worker_rlimit_nofile 19000;
-events { worker_connections 18000; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
-  upstream backend { server 127.0.0.1:$BEP; keepalive 1024; }
-  server { listen 127.0.0.1:$NPP backlog=4096;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    location /echo { proxy_pass http://127.0.0.1:$EP; proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection "upgrade"; } } }
-EOF
+nginx_backend_conf $D $BEP
+nginx_proxy_conf $D $NPP $BEP "location /echo { proxy_pass http://127.0.0.1:$EP; proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection \"upgrade\"; }"
 
 STARTED=""
 cleanup() { for p in $STARTED; do kill $p 2>/dev/null; done; wait 2>/dev/null; }
