@@ -19,20 +19,13 @@
 set -u
 PATH_KIND=${1:-uring}; MODE=${2:-cpu}; C=${3:-50}
 cd "$(dirname "$0")/.."
+. benches/nginx_confs.sh
 D=$(mktemp -d); chmod 755 "$D"
 DUR=${DUR:-6}; WARM=${WARM:-2}; WORKERS=${WORKERS:-2}
 BIN=${BIN:-target/release/corepin}
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BEP=$(freeport); PORT=$(freeport); CPORT=$(freeport)
-mkdir -p $D/www $D/logs
-printf 'hello from the backend\n' > $D/www/index.html
-cat > $D/be.conf <<EOF
-daemon off; pid $D/be.pid; error_log $D/logs/error.log;
-worker_processes 1; worker_rlimit_nofile 19000;
-events { worker_connections 18000; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BEP backlog=4096; root $D/www; } }
-EOF
+nginx_backend_conf $D $BEP
 cat > $D/c.toml <<EOF
 listen = ["127.0.0.1:$PORT"]
 control_http = "127.0.0.1:$CPORT"
