@@ -186,6 +186,10 @@ fn main() -> ExitCode {
                 eprintln!("corepin: {e}");
                 return ExitCode::from(2);
             }
+            if let Err(e) = corepin::uring::trace::check_env() {
+                eprintln!("corepin: {e}");
+                return ExitCode::from(2);
+            }
             // Once corepin can run: an environment it cannot run in is
             // reported alone.
             if cfg.grip.public_default_key {

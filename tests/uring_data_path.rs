@@ -16,8 +16,14 @@ use common::*;
 
 /// Runs the binary to completion (bounded); returns (exit code, stderr).
 fn run_bin(args: &[&str]) -> (Option<i32>, String) {
+    run_bin_env(args, &[])
+}
+
+/// `run_bin` with extra environment variables.
+fn run_bin_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_corepin"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -65,6 +71,17 @@ fn an_unknown_data_path_is_refused_by_name() {
     let file = write_config("data_path = \"uring\"\n");
     let (code, err) = run_bin(&["check", "--config", &file]);
     assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_fanout_trace_setting_other_than_0_or_1_is_refused_by_name() {
+    let file = write_config("data_path = \"uring\"\n");
+    let (code, err) = run_bin_env(&["--config", &file], &[("COREPIN_FANOUT_TRACE", "yes\r\n")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "corepin: COREPIN_FANOUT_TRACE must be 1 (trace each fan-out) or 0, not \"yes\\r\\n\""
+    );
 }
 
 /// corepin on one core over the ring, routing everything to `b`.

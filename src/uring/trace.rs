@@ -62,6 +62,20 @@ struct Span {
 }
 
 /// Whether tracing is on (read once per process).
+/// Refuses a `COREPIN_FANOUT_TRACE` corepin would not act on: the trace
+/// is on for "1" and off when unset, empty or "0"; anything else is a
+/// mistake said at start-up rather than a trace silently left off.
+pub fn check_env() -> Result<(), String> {
+    match std::env::var_os("COREPIN_FANOUT_TRACE") {
+        None => Ok(()),
+        Some(v) if v.is_empty() || v == "0" || v == "1" => Ok(()),
+        Some(v) => Err(format!(
+            "COREPIN_FANOUT_TRACE must be 1 (trace each fan-out) or 0, not {:?}",
+            v.to_string_lossy().chars().take(64).collect::<String>()
+        )),
+    }
+}
+
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("COREPIN_FANOUT_TRACE").is_some_and(|v| v == "1"))
