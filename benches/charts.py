@@ -47,6 +47,8 @@ COLORS = {
     "nginx / nchan": "#2da44e",
     "nchan": "#2da44e",
     "raw io_uring probe": "#6e7781",
+    "epoll probe": "#a0a7b0",
+    "glommio probe": "#d0b07a",
     "no proxy (baseline)": "#c9ced4",
 }
 
@@ -164,22 +166,28 @@ def compare(raw, outdir):
     rps = lambda r: r["requests_per_sec"] if r["requests"] else None
     trips = lambda r: r["round_trips_per_sec"] if r["round_trips"] else None
 
-    # Proxy: req/s and the latency distribution.
+    cpu = lambda r: r.get("server_cpu_us_per_unit")
+
+    # Proxy: req/s, the proxy's CPU per request (the probes beside the
+    # proxies) and the latency distribution.
     if "proxy" in cases:
-        peers = [("corepin", "corepin"), ("Pushpin", "pushpin"), ("nginx", "nginx"),
-                 ("no proxy (baseline)", "direct")]
-        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+        peers = [("corepin glommio", "corepin"), ("corepin uring", "corepin-uring"), ("nginx", "nginx"),
+                 ("Pushpin", "pushpin"), ("raw io_uring probe", "probe-uring"), ("epoll probe", "probe-epoll"),
+                 ("glommio probe", "probe-glommio"), ("no proxy (baseline)", "direct")]
+        fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
         bars(a, ["keep-alive GETs"], [(n, [med(p, "proxy", rps)]) for n, p in peers],
              "proxy: requests/s (median, min–max)", "req/s")
-        percentiles(b, [(n, lat(p, "proxy")) for n, p in peers if p != "direct"],
+        bars(b, ["keep-alive GETs"], [(n, [med(p, "proxy", cpu)]) for n, p in peers if p != "direct"],
+             "proxy: its CPU per request", "µs (log)", log=True, fmt="{:,.1f}")
+        percentiles(c, [(n, lat(p, "proxy")) for n, p in peers if p != "direct"],
                     "proxy: latency distribution")
         save(fig, outdir, "compare-proxy.svg")
 
     # Fan-out: last delivery by size, and the latency distribution at the largest.
     sizes = sorted({int(c[4:]) for c in cases if c.startswith("one-")})
     if sizes:
-        peers = [("corepin", "corepin"), ("Pushpin", "pushpin"), ("Pushpin as shipped", "pushpin-shipped"),
-                 ("nchan", "nchan")]
+        peers = [("corepin glommio", "corepin"), ("corepin uring", "corepin-uring"), ("Pushpin", "pushpin"),
+                 ("Pushpin as shipped", "pushpin-shipped"), ("nchan", "nchan")]
         last = lambda r: r["first_publish_to_last_delivery_ms"] if r["delivered"] else None
         fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
         bars(a, [f"{n:,} streams" for n in sizes],
@@ -196,11 +204,12 @@ def compare(raw, outdir):
         rate = lambda r: r["deliveries_per_sec"] if r["delivered"] else None
         bars(a, ["10k streams × 200 publishes"],
              [(n, [med(p, "sustained-10k", rate)]) for n, p in
-              [("corepin", "corepin"), ("Pushpin", "pushpin"), ("Pushpin as shipped", "pushpin-shipped"),
-               ("nchan", "nchan")]],
+              [("corepin glommio", "corepin"), ("corepin uring", "corepin-uring"), ("Pushpin", "pushpin"),
+               ("Pushpin as shipped", "pushpin-shipped"), ("nchan", "nchan")]],
              "sustained fan-out: deliveries/s", "deliveries/s (log)", log=True)
         bars(b, ["passthrough", "WebSocket-over-HTTP"],
-             [("corepin", [med("corepin", "ws-echo", trips), med("corepin-over-http", "ws-echo", trips)]),
+             [("corepin glommio", [med("corepin", "ws-echo", trips), med("corepin-over-http", "ws-echo", trips)]),
+              ("corepin uring", [med("corepin-uring", "ws-echo", trips), None]),
               ("Pushpin", [med("pushpin", "ws-echo", trips), med("pushpin-over-http", "ws-echo", trips)]),
               ("nginx", [med("nginx", "ws-echo", trips), None]),
               ("no proxy (baseline)", [med("direct", "ws-echo", trips), None])],
@@ -214,7 +223,8 @@ def compare(raw, outdir):
         fig, a = plt.subplots(1, 1, figsize=(6, 3.2))
         bars(a, [f"{n:,}" for n in msizes],
              [(name, [med(p, f"idle-{n}", kib) for n in msizes]) for name, p in
-              [("corepin", "corepin"), ("Pushpin", "pushpin"), ("nchan", "nchan")]],
+              [("corepin glommio", "corepin"), ("corepin uring", "corepin-uring"), ("Pushpin", "pushpin"),
+               ("nchan", "nchan")]],
              "RSS per idle stream subscriber", "KiB", fmt="{:.1f}")
         a.set_xlabel("idle subscribers")
         save(fig, outdir, "compare-memory.svg")

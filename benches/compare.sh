@@ -11,13 +11,24 @@
 #                                        benches/charts.py, redrawn from
 #                                        the .jsonl by every run)
 #
+# corepin runs twice where its data path matters (proxy, fanout,
+# sustained, ws, memory): `corepin` on the default data path (glommio's
+# sockets) and `corepin-uring` on its own io_uring data path
+# (`--data-path uring`).
+#
 # Matrix (each row for every peer that does it):
 #   proxy      keep-alive GETs through each proxy to one nginx static
-#              backend: req/s and p99
+#              backend: req/s, p99 and the proxy's CPU time per request
+#              (utime + stime of its processes, from /proc). The proxy
+#              probes of ../shared/probes (PROBES=dir) are extra columns
+#              when they are on the machine: the least a keep-alive proxy
+#              must do, on raw io_uring, on epoll and on glommio's
+#              TcpStream (yardsticks, built into target/probes)
 #   fanout     one publish to 1k, 5k and 15k HTTP stream subscribers: time
 #              from the publish to the last delivery, and p99 latency
 #   sustained  10k stream subscribers x 200 publishes: deliveries/s
-#   ws         WebSocket echo round trips/s (50 connections)
+#   ws         WebSocket echo round trips/s (50 connections) and the
+#              proxy's CPU time per round trip
 #   tls        HTTPS through corepin's, Pushpin's (https_ports, condure's
 #              TLS) and nginx's TLS listeners to the same nginx static
 #              backend (one self-signed ECDSA P-256 certificate, TLS 1.3):
@@ -66,6 +77,7 @@ OUT=$RES/compare.md
 mkdir -p "$RES"
 : > "$RAW"
 bench_init
+case " $SECTIONS " in *" proxy "*) build_probes ;; esac
 STARTED=$(date +%s)
 
 # record PEER CASE JSON: one line of the raw results.
@@ -125,6 +137,8 @@ start_pubsub() {
   case $1 in
     corepin) start_corepin --route "* test"
       SUB=127.0.0.1:$COREPIN_PORT; PUBARGS=(--publish-to 127.0.0.1:$COREPIN_CONTROL_PORT) ;;
+    corepin-uring) start_corepin --route "* test" --data-path uring
+      SUB=127.0.0.1:$COREPIN_PORT; PUBARGS=(--publish-to 127.0.0.1:$COREPIN_CONTROL_PORT) ;;
     pushpin) PUSHPIN_LIMITS=raised start_pushpin "* test"
       SUB=127.0.0.1:$PUSHPIN_PORT; PUBARGS=(--publish-to 127.0.0.1:$PUSHPIN_PUBLISH_PORT) ;;
     pushpin-shipped) PUSHPIN_LIMITS=default start_pushpin "* test"
@@ -139,7 +153,7 @@ start_pubsub() {
 # pubsub_pids PEER: the processes whose memory counts for PEER.
 pubsub_pids() {
   case $1 in
-    corepin) echo "$COREPIN_PID" ;;
+    corepin*) echo "$COREPIN_PID" ;;
     pushpin*) descendants "$PUSHPIN_PID" | tr '\n' ' ' ;;
     nchan) nginx_workers "$BENCH_DIR/nchan" ;;
   esac
@@ -149,7 +163,7 @@ pubsub_pids() {
 # and the URL and kind benches/publish.lua uses (sets WRKURL, WRKKIND).
 publish_to() {
   case $1 in
-    corepin) PUBTO=(--to 127.0.0.1:$COREPIN_CONTROL_PORT); WRKURL=http://127.0.0.1:$COREPIN_CONTROL_PORT/publish/; WRKKIND=grip ;;
+    corepin*) PUBTO=(--to 127.0.0.1:$COREPIN_CONTROL_PORT); WRKURL=http://127.0.0.1:$COREPIN_CONTROL_PORT/publish/; WRKKIND=grip ;;
     pushpin*) PUBTO=(--to 127.0.0.1:$PUSHPIN_PUBLISH_PORT); WRKURL=http://127.0.0.1:$PUSHPIN_PUBLISH_PORT/publish/; WRKKIND=grip ;;
     nchan) PUBTO=(--to 127.0.0.1:$NCHAN_PORT --via nchan); WRKURL=http://127.0.0.1:$NCHAN_PORT/pub; WRKKIND=nchan ;;
   esac
@@ -252,6 +266,26 @@ tls_memory() {
   restart
 }
 
+# peer_pids PEER: the processes whose CPU time counts for PEER in the proxy
+# and ws sections (where the peers run side by side).
+peer_pids() {
+  case $1 in
+    corepin | corepin-over-http) echo "$COREPIN_PID" ;;
+    corepin-uring) echo "$URING_PID" ;;
+    nginx) nginx_workers "$BENCH_DIR/nginx-proxy" ;;
+    # Pushpin's runner, condure, proxy, handler, and its zurl (which makes
+    # its backend requests).
+    pushpin | pushpin-over-http) echo "$(descendants "$PUSHPIN_PID" | tr '\n' ' ') $ZURL_PID" ;;
+    probe-uring) echo "$PROBE_PID" ;;
+    probe-epoll) echo "$PROBE_EPOLL_PID" ;;
+    probe-glommio) echo "$PROBE_GLOMMIO_PID" ;;
+    # No proxy: the backend's own CPU (the nginx backend in the proxy
+    # section, the echo server in the ws section), the floor under every
+    # proxy's row.
+    direct) echo "$DIRECT_PIDS" ;;
+  esac
+}
+
 RUN=0
 # A run ends when every message arrived, at the timeout, or when nothing
 # arrived for 15 s after the last publish: Pushpin pauses for seconds in
@@ -296,32 +330,58 @@ for round in $(seq 1 "$ROUNDS"); do
         start_nginx_proxy
         start_pushpin "* 127.0.0.1:$BACKEND_PORT"
         start_corepin --route "* 127.0.0.1:$BACKEND_PORT"
-        for p in corepin:$COREPIN_PORT nginx:$NGINX_PORT pushpin:$PUSHPIN_PORT direct:$BACKEND_PORT; do
-          curl -sf "http://127.0.0.1:${p#*:}/index.html" > /dev/null || { echo "${p%%:*} does not answer" >&2; exit 1; }
-          record "${p%%:*}" proxy "$("$LOAD" proxy --to "127.0.0.1:${p#*:}" --path /index.html \
-              --conns 100 --threads 2 --seconds 5 --warmup-s 1 2>>"$BENCH_DIR/load.err" || true)"
+        start_corepin_on "$URING_PORT" "$URING_CONTROL_PORT" corepin-uring \
+          --route "* 127.0.0.1:$BACKEND_PORT" --data-path uring
+        URING_PID=$STARTED_PID
+        start_probes
+        DIRECT_PIDS=$(nginx_workers "$BENCH_DIR/backend")
+        peers="corepin:$COREPIN_PORT corepin-uring:$URING_PORT nginx:$NGINX_PORT pushpin:$PUSHPIN_PORT"
+        [ -z "${UPROXY_BIN:-}" ] ||
+          peers+=" probe-uring:$PROBE_PORT probe-epoll:$PROBE_EPOLL_PORT probe-glommio:$PROBE_GLOMMIO_PORT"
+        for p in $peers direct:$BACKEND_PORT; do
+          peer=${p%%:*} port=${p#*:}
+          curl -sf "http://127.0.0.1:$port/index.html" > /dev/null || { echo "$peer does not answer" >&2; exit 1; }
+          # `direct`'s CPU is the backend's own: what every proxy's
+          # request costs the backend.
+          pids=$(peer_pids "$peer")
+          before=$(cpu_seconds $pids)
+          out=$("$LOAD" proxy --to "127.0.0.1:$port" --path /index.html \
+              --conns 100 --threads 2 --seconds 5 --warmup-s 1 2>>"$BENCH_DIR/load.err" || true)
+          after=$(cpu_seconds $pids)
+          record "$peer" proxy "$(with_cpu "$out" "$before" "$after" requests)"
         done
         restart ;;
       fanout)
-        for peer in corepin pushpin pushpin-shipped nchan; do
+        for peer in corepin corepin-uring pushpin pushpin-shipped nchan; do
           for n in $SIZES; do fanout "$peer" "one-$n" "$n" 1 60; done
         done ;;
       sustained)
-        for peer in corepin pushpin pushpin-shipped nchan; do
+        for peer in corepin corepin-uring pushpin pushpin-shipped nchan; do
           fanout "$peer" sustained-10k 10000 200 90
         done ;;
       ws)
         "$LOAD" echo-server 127.0.0.1:$ECHO_PORT > /dev/null & PIDS+=($!)
+        DIRECT_PIDS=$!
         wait_port $ECHO_PORT
         start_corepin --route "*,path_beg=/oh 127.0.0.1:$ECHO_PORT,over_http" --route "* 127.0.0.1:$ECHO_PORT"
+        start_corepin_on "$URING_PORT" "$URING_CONTROL_PORT" corepin-uring \
+          --route "* 127.0.0.1:$ECHO_PORT" --data-path uring
+        URING_PID=$STARTED_PID
         PUSHPIN_LIMITS=raised start_pushpin "*,path_beg=/oh 127.0.0.1:$ECHO_PORT,over_http\n* 127.0.0.1:$ECHO_PORT"
         start_backend
         start_nginx_proxy
-        for c in direct:$ECHO_PORT:/echo corepin:$COREPIN_PORT:/echo corepin-over-http:$COREPIN_PORT:/oh/echo \
+        for c in direct:$ECHO_PORT:/echo corepin:$COREPIN_PORT:/echo corepin-uring:$URING_PORT:/echo \
+                 corepin-over-http:$COREPIN_PORT:/oh/echo \
                  pushpin:$PUSHPIN_PORT:/echo pushpin-over-http:$PUSHPIN_PORT:/oh/echo nginx:$NGINX_PORT:/echo; do
           IFS=: read -r peer port path <<< "$c"
-          record "$peer" ws-echo "$("$LOAD" ws-echo --to "127.0.0.1:$port" --path "$path" \
-              --conns 50 --seconds 5 2>>"$BENCH_DIR/load.err" || true)"
+          # WebSocket-over-HTTP's round trip also costs the echo server
+          # its HTTP requests; the proxies' own processes are counted.
+          pids=$(peer_pids "$peer")
+          before=$(cpu_seconds $pids)
+          out=$("$LOAD" ws-echo --to "127.0.0.1:$port" --path "$path" \
+              --conns 50 --seconds 5 2>>"$BENCH_DIR/load.err" || true)
+          after=$(cpu_seconds $pids)
+          record "$peer" ws-echo "$(with_cpu "$out" "$before" "$after" round_trips)"
         done
         restart ;;
       tls)
@@ -360,7 +420,7 @@ for round in $(seq 1 "$ROUNDS"); do
           memory corepin "$n"
         done ;;
       memory)
-        for peer in corepin pushpin nchan; do
+        for peer in corepin corepin-uring pushpin nchan; do
           for n in $SIZES; do memory "$peer" "$n"; done
         done ;;
       publish)

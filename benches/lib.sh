@@ -10,7 +10,10 @@
 # NGINX_PORT (nginx proxy), NGINX_TLS_PORT, PUSHPIN_PORT, PUSHPIN_TLS_PORT,
 # PUSHPIN_PUBLISH_PORT (5561 + PUSHPIN_OFFSET, Pushpin's port_offset),
 # COREPIN_PORT, COREPIN_CONTROL_PORT, COREPIN_TLS_PORT, NCHAN_PORT,
-# NCHAN_TLS_PORT, ECHO_PORT (corepin-load's WebSocket echo server).
+# NCHAN_TLS_PORT, ECHO_PORT (corepin-load's WebSocket echo server),
+# URING_PORT and URING_CONTROL_PORT (a second corepin, on the `uring` data
+# path, beside the first where a section runs both at once), PROBE_PORT,
+# PROBE_EPOLL_PORT and PROBE_GLOMMIO_PORT (the proxy probes).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PIDS=()
@@ -45,7 +48,8 @@ except OSError:
 pick_ports() {
   read -r BACKEND_PORT NGINX_PORT NGINX_TLS_PORT PUSHPIN_PORT PUSHPIN_TLS_PORT \
     COREPIN_PORT COREPIN_CONTROL_PORT COREPIN_TLS_PORT NCHAN_PORT NCHAN_TLS_PORT \
-    ECHO_PORT <<< "$(free_ports 11)"
+    ECHO_PORT URING_PORT URING_CONTROL_PORT PROBE_PORT PROBE_EPOLL_PORT PROBE_GLOMMIO_PORT \
+    <<< "$(free_ports 16)"
   # Pushpin's port_offset moves its fixed ZeroMQ and publish ports
   # (5560-5563): find an offset where all four are free, below the
   # ephemeral range that port-0 binds draw from.
@@ -216,14 +220,60 @@ CONF
 }
 
 # corepin (release build) on COREPIN_PORT, control HTTP on
-# COREPIN_CONTROL_PORT; extra args follow.
+# COREPIN_CONTROL_PORT; extra args follow (`--data-path uring` for the
+# other data path).
 start_corepin() {
-  "$ROOT/target/release/corepin" --listen "127.0.0.1:$COREPIN_PORT" \
-    --control-http "127.0.0.1:$COREPIN_CONTROL_PORT" \
-    --control-socket "$BENCH_DIR/corepin.sock" --log-level warn "$@" \
-    > "$BENCH_DIR/corepin.out" 2> "$BENCH_DIR/corepin.err" & PIDS+=($!)
-  COREPIN_PID=$!
-  wait_port "$COREPIN_PORT"
+  start_corepin_on "$COREPIN_PORT" "$COREPIN_CONTROL_PORT" corepin "$@"
+  COREPIN_PID=$STARTED_PID
+}
+
+# start_corepin_on PORT CONTROL_PORT NAME ARGS...: a corepin on PORT (its
+# control socket and logs named NAME in BENCH_DIR); sets STARTED_PID.
+start_corepin_on() {
+  local port=$1 cport=$2 name=$3
+  shift 3
+  "$ROOT/target/release/corepin" --listen "127.0.0.1:$port" \
+    --control-http "127.0.0.1:$cport" \
+    --control-socket "$BENCH_DIR/$name.sock" --log-level warn "$@" \
+    > "$BENCH_DIR/$name.out" 2> "$BENCH_DIR/$name.err" & PIDS+=($!)
+  STARTED_PID=$!
+  wait_port "$port"
+}
+
+# The proxy probes of ../shared/probes (PROBES): the least a keep-alive
+# proxy must do, on raw io_uring (uproxy; --epoll: the same loop on epoll)
+# and on glommio's TcpStream (gproxy); yardsticks for corepin's data paths
+# (issue 16), not part of corepin. build_probes builds them once into
+# target/probes and sets UPROXY_BIN and GPROXY_BIN; both stay empty when
+# the probes are not on this machine.
+build_probes() {
+  UPROXY_BIN= GPROXY_BIN=
+  local dir=${PROBES:-$ROOT/../shared/probes}
+  if [ ! -f "$dir/uproxy/Cargo.toml" ] || [ ! -f "$dir/gproxy/Cargo.toml" ]; then
+    echo "no proxy probes in $dir (set PROBES): their columns stay empty" >&2
+    return 0
+  fi
+  local p
+  for p in uproxy gproxy; do
+    (cd "$dir/$p" && CARGO_TARGET_DIR="$ROOT/target/probes" cargo build --release -q) ||
+      { echo "the $p probe did not build: its columns stay empty" >&2; return 0; }
+  done
+  UPROXY_BIN=$ROOT/target/probes/release/uproxy
+  GPROXY_BIN=$ROOT/target/probes/release/gproxy
+}
+
+# start_probes: the three probes (2 threads each) in front of BACKEND_PORT,
+# when built; sets PROBE_PID, PROBE_EPOLL_PID and PROBE_GLOMMIO_PID.
+start_probes() {
+  [ -n "${UPROXY_BIN:-}" ] || return 0
+  local be=127.0.0.1:$BACKEND_PORT
+  "$UPROXY_BIN" "127.0.0.1:$PROBE_PORT" "$be" 2 2> "$BENCH_DIR/uproxy.err" & PIDS+=($!)
+  PROBE_PID=$!
+  "$UPROXY_BIN" "127.0.0.1:$PROBE_EPOLL_PORT" "$be" 2 --epoll 2> "$BENCH_DIR/uproxy-epoll.err" & PIDS+=($!)
+  PROBE_EPOLL_PID=$!
+  "$GPROXY_BIN" "127.0.0.1:$PROBE_GLOMMIO_PORT" "$be" 2 2> "$BENCH_DIR/gproxy.err" & PIDS+=($!)
+  PROBE_GLOMMIO_PID=$!
+  wait_port "$PROBE_PORT" && wait_port "$PROBE_EPOLL_PORT" && wait_port "$PROBE_GLOMMIO_PORT"
 }
 
 # nchan (nginx pub/sub module) on NCHAN_PORT: /sub?channel=X,

@@ -2,7 +2,12 @@
 """Turns benches/compare.sh's raw results into the markdown table that
 PERFORMANCE.md quotes: the median of the rounds for every peer and case,
 and corepin's advantage over each peer as a ratio (above 1: corepin is
-better, whichever direction "better" is for that measure).
+better, whichever direction "better" is for that measure). "corepin" is
+the default data path (glommio's sockets); the `uring` column is corepin
+on its own io_uring data path, where the section ran it. A second table
+puts every proxy's CPU time per request beside its rate, with the proxy
+probes (../shared/probes) as extra columns: the yardsticks for the data
+paths (issue 16).
 
 Usage: table.py RAW.jsonl OUT.md ROUNDS "SIZES"
 """
@@ -38,6 +43,7 @@ def delivered_pct(r):
 
 PEERS = [
     ("corepin", "corepin"),
+    ("corepin-uring", "corepin `uring`"),
     ("pushpin", "Pushpin (limits raised)"),
     ("pushpin-shipped", "Pushpin as shipped"),
     ("nginx", "nginx / nchan"),
@@ -80,9 +86,11 @@ def row(label, cases, f, fmt, higher_better, show_pct=False):
 
 rps = lambda r: r["requests_per_sec"] if r["requests"] else None
 p99 = lambda r: r["latency_ms"]["p99"]
-row("proxy: keep-alive GETs, req/s", {k: (k, "proxy") for k in ("corepin", "pushpin", "nginx")}, rps, "{:,.0f}", True)
-row("proxy: p99 latency, ms", {k: (k, "proxy") for k in ("corepin", "pushpin", "nginx")}, p99, "{:.2f}", False)
+proxies = ("corepin", "corepin-uring", "pushpin", "nginx")
 cpu_unit = lambda r: r.get("server_cpu_us_per_unit")
+row("proxy: keep-alive GETs, req/s", {k: (k, "proxy") for k in proxies}, rps, "{:,.0f}", True)
+row("proxy: p99 latency, ms", {k: (k, "proxy") for k in proxies}, p99, "{:.2f}", False)
+row("proxy: the proxy's CPU per request, µs", {k: (k, "proxy") for k in proxies}, cpu_unit, "{:.1f}", False)
 tls_peers = ("corepin", "pushpin", "nginx")
 for case, what in (("tls-keepalive", "keep-alive GETs"), ("tls-resumed", "a resumed handshake per GET"), ("tls-full", "a full handshake per GET")):
     row(f"TLS, {what}: req/s", {k: (k, case) for k in tls_peers}, rps, "{:,.0f}", True)
@@ -92,7 +100,7 @@ tls_trips = lambda r: r["round_trips_per_sec"] if r["round_trips"] else None
 row("TLS, WebSocket echo over wss: round trips/s", {k: (k, "tls-ws-echo") for k in tls_peers}, tls_trips, "{:,.0f}", True)
 row("TLS, WebSocket echo over wss: server CPU per round trip, µs", {k: (k, "tls-ws-echo") for k in tls_peers}, cpu_unit, "{:,.1f}", False)
 
-pubsub = {"corepin": "corepin", "pushpin": "pushpin", "pushpin-shipped": "pushpin-shipped", "nginx": "nchan"}
+pubsub = {"corepin": "corepin", "corepin-uring": "corepin-uring", "pushpin": "pushpin", "pushpin-shipped": "pushpin-shipped", "nginx": "nchan"}
 last = lambda r: r["first_publish_to_last_delivery_ms"] if r["delivered"] else None
 for n in sizes:
     cases = {k: (v, f"one-{n}") for k, v in pubsub.items()}
@@ -102,12 +110,13 @@ rate = lambda r: r["deliveries_per_sec"] if r["delivered"] else None
 row("10k streams × 200 publishes: deliveries/s", {k: (v, "sustained-10k") for k, v in pubsub.items()}, rate, "{:,.0f}", True, True)
 
 trips = lambda r: r["round_trips_per_sec"] if r["round_trips"] else None
-row("WebSocket echo, passthrough: round trips/s", {k: (k, "ws-echo") for k in ("corepin", "pushpin", "nginx")}, trips, "{:,.0f}", True)
+row("WebSocket echo, passthrough: round trips/s", {k: (k, "ws-echo") for k in proxies}, trips, "{:,.0f}", True)
+row("WebSocket echo, passthrough: the proxy's CPU per round trip, µs", {k: (k, "ws-echo") for k in proxies}, cpu_unit, "{:.1f}", False)
 row("WebSocket echo, WebSocket-over-HTTP: round trips/s",
     {"corepin": ("corepin-over-http", "ws-echo"), "pushpin": ("pushpin-over-http", "ws-echo")}, trips, "{:,.0f}", True)
 
 kib = lambda r: r["kib_per_subscriber"] if r["hold"].get("subscribed") else None
-mem = {"corepin": "corepin", "pushpin": "pushpin", "nginx": "nchan"}
+mem = {"corepin": "corepin", "corepin-uring": "corepin-uring", "pushpin": "pushpin", "nginx": "nchan"}
 for n in sizes:
     row(f"RSS per idle stream subscriber at {int(n):,}, KiB", {k: (v, f"idle-{n}") for k, v in mem.items()}, kib, "{:.2f}", False)
 tls_sizes = sorted({r["case"][len("tls-idle-"):] for r in rows if r["case"].startswith("tls-idle-")}, key=int)
@@ -115,7 +124,7 @@ for n in tls_sizes:
     row(f"RSS per idle TLS stream subscriber at {int(n):,}, KiB", {k: (v, f"tls-idle-{n}") for k, v in mem.items()}, kib, "{:.2f}", False)
     t, p = med("corepin", f"tls-idle-{n}", kib), med("corepin", f"idle-{n}", kib)
     if t and p:
-        lines.append(f"| corepin at {int(n):,}: TLS ÷ plaintext RSS per idle subscriber | {t / p:.2f}× | | | | | | |")
+        lines.append(f"| corepin at {int(n):,}: TLS ÷ plaintext RSS per idle subscriber | {t / p:.2f}× |" + " |" * (len(PEERS) + 2))
 
 pubpeers = {"corepin": ("corepin",), "pushpin": ("pushpin",), "nginx": ("nchan",)}
 
@@ -161,4 +170,52 @@ lines.append(
 )
 if baseline:
     lines.append("Baselines on the same machine: " + "; ".join(baseline) + ".")
+
+
+def per_round_ratio(peer, base, case, f):
+    """The median over rounds of PEER's value ÷ BASE's in the same round
+    (the i-th result of each is the i-th round's)."""
+    a, b = values(peer, case, f), values(base, case, f)
+    rs = [x / y for x, y in zip(a, b) if x is not None and y]
+    return statistics.median(rs) if rs else None
+
+
+# Every proxy's CPU beside its rate, the probes as extra columns.
+YARD = [
+    ("nginx", "nginx"),
+    ("corepin", "corepin `glommio`"),
+    ("corepin-uring", "corepin `uring`"),
+    ("probe-uring", "probe: raw io_uring"),
+    ("probe-epoll", "probe: epoll"),
+    ("probe-glommio", "probe: glommio `TcpStream`"),
+    ("pushpin", "Pushpin"),
+]
+if any(r["case"] == "proxy" for r in rows):
+    lines.append("")
+    lines.append("Keep-alive GETs through each proxy (the same run): the probes of `../shared/probes` "
+                 "are the least a proxy must do, driven three ways; ratios are per-round medians against nginx.")
+    lines.append("")
+    lines.append("| proxy: keep-alive GETs | " + " | ".join(n for _, n in YARD) + " |")
+    lines.append("|---|" + "---:|" * len(YARD))
+
+    def yrow(label, case, f, fmt, ratio=False):
+        cells = []
+        for key, _ in YARD:
+            v = per_round_ratio(key, "nginx", case, f) if ratio else med(key, case, f)
+            cells.append("–" if v is None else fmt.format(v))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    yrow("req/s", "proxy", rps, "{:,.0f}")
+    yrow("req/s ÷ nginx's", "proxy", rps, "{:.2f}×", True)
+    yrow("p99, ms", "proxy", p99, "{:.2f}")
+    yrow("the proxy's CPU per request, µs", "proxy", cpu_unit, "{:.1f}")
+    yrow("CPU per request ÷ nginx's", "proxy", cpu_unit, "{:.2f}×", True)
+    yrow("WebSocket echo: round trips/s", "ws-echo", trips, "{:,.0f}")
+    yrow("WebSocket echo: round trips/s ÷ nginx's", "ws-echo", trips, "{:.2f}×", True)
+    yrow("WebSocket echo: CPU per round trip, µs", "ws-echo", cpu_unit, "{:.1f}")
+    yrow("WebSocket echo: CPU per round trip ÷ nginx's", "ws-echo", cpu_unit, "{:.2f}×", True)
+    d = med("direct", "proxy", cpu_unit)
+    if d:
+        lines.append("")
+        lines.append(f"The backend's own CPU per request, no proxy in front: {d:.1f} µs.")
 open(out, "w").write("\n".join(lines) + "\n")
