@@ -475,6 +475,16 @@ impl Connection {
         self.io.is_tls()
     }
 
+    /// The socket's slot in the core's ring when it is plain TCP on the
+    /// io_uring data path (what a fan-out may send to directly,
+    /// `uring::Uring::send_if_idle`); `None` through glommio or TLS.
+    pub fn ring_slot(&self) -> Option<u32> {
+        match &self.io {
+            Transport::Uring(u) => Some(u.stream.slot()),
+            _ => None,
+        }
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         match &self.io {
             Transport::Uring(u) => u.stream.as_raw_fd(),

@@ -535,9 +535,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 let _ = task.await;
                 let st = ring.stats();
                 info!(
-                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} early submits, {} backend connects, {} accepted ({} accepts armed, {} of them one-shot, {} accept errors)",
+                    "core {index}: io_uring data path: {} enters for {} sends ({} sendmsg, {} short), {} receives armed, {} completions, {} sleeps, {} early submits, {} backend connects, {} accepted ({} accepts armed, {} of them one-shot, {} accept errors), {} sent straight from a fan-out",
                     st.enters, st.sends, st.sendmsgs, st.short_sends, st.recv_arms, st.completions, st.sleeps, st.early_submits, st.connects,
-                    st.accepted, st.accept_arms, st.accept_oneshots, st.accept_errors
+                    st.accepted, st.accept_arms, st.accept_oneshots, st.accept_errors, st.direct_sends
                 );
             }
         })

@@ -221,6 +221,14 @@ pub struct Sub {
     dropped: Cell<bool>,
     /// A write to the client is waiting for socket space.
     blocked: Cell<bool>,
+    /// A held stream's socket slot in the core's ring while its task waits
+    /// idle for a message (`NO_SLOT` otherwise): a fan-out may then send
+    /// to it directly (`Registry::deliver`). Set and cleared by the
+    /// stream's task (`conn::held`), cleared on unsubscribe.
+    direct: Cell<u32>,
+    /// Body bytes (as the access log counts them) sent directly since the
+    /// stream's task last took them (`Sub::take_direct_bytes`).
+    direct_bytes: Cell<u64>,
     channels: RefCell<Vec<String>>,
     /// Per channel (same order as `channels`): the bus's `joined` mark when
     /// the channel was added; only items routed after it are delivered.
@@ -457,7 +465,56 @@ impl Sub {
     pub fn wrote(&self, now: Instant) {
         self.last_write.set(now);
     }
+
+    /// A held stream's task waits idle for a message on the plain socket
+    /// at `slot` in this core's ring (`Some`), so a fan-out may send a
+    /// message to it directly, or no longer (`None`). Only a task that
+    /// owns the socket sets it, and clears it before it writes or ends.
+    pub fn set_direct(&self, slot: Option<u32>) {
+        self.direct.set(slot.unwrap_or(NO_SLOT));
+    }
+
+    /// The body bytes sent directly since the last call (for the stream's
+    /// access log), and forgets them.
+    pub fn take_direct_bytes(&self) -> u64 {
+        self.direct_bytes.replace(0)
+    }
+
+    /// Sends `msg` straight to the socket when this is a held stream
+    /// whose task waits idle with nothing queued, and the ring finds the
+    /// socket idle too (nothing in flight, no error): what the task would
+    /// have done on its wake, without the wake. Gives `msg` back otherwise
+    /// (to be queued). Order holds: a direct send needs an empty queue and
+    /// an idle socket, so it never passes a message before it.
+    fn send_direct(&self, msg: Msg, ring: &crate::uring::Uring, now: Instant) -> Option<Msg> {
+        let slot = self.direct.get();
+        if slot == NO_SLOT || self.dropped.get() || self.blocked.get() {
+            return Some(msg);
+        }
+        let Msg::Data(b) = msg else {
+            return Some(msg);
+        };
+        if !self.queue.borrow().is_empty() {
+            return Some(Msg::Data(b));
+        }
+        let n = if self.chunked {
+            crate::codec::chunked::payload_len(&b)
+        } else {
+            b.len()
+        };
+        match ring.send_if_idle(slot, b) {
+            Ok(()) => {
+                self.direct_bytes.set(self.direct_bytes.get() + n as u64);
+                self.last_write.set(now);
+                None
+            }
+            Err(b) => Some(Msg::Data(b)),
+        }
+    }
 }
+
+/// `Sub::direct` when the stream cannot be sent to directly.
+const NO_SLOT: u32 = u32::MAX;
 
 /// Per-core delivery counters.
 #[derive(Default)]
@@ -679,6 +736,8 @@ impl Registry {
             debug: Cell::new(false),
             dropped: Cell::new(false),
             blocked: Cell::new(false),
+            direct: Cell::new(NO_SLOT),
+            direct_bytes: Cell::new(0),
             channels: RefCell::new(Vec::new()),
             joined: RefCell::new(Vec::new()),
             queue: RefCell::new(VecDeque::new()),
@@ -896,6 +955,7 @@ impl Registry {
     /// Removes a subscriber (once, when its `Held` guard drops, or the
     /// `HeldStream` it was handed to).
     pub fn unsubscribe(&self, sub: &Rc<Sub>) {
+        sub.set_direct(None);
         self.set_channels(sub, Vec::new());
         self.timed.borrow_mut().remove(&sub.id);
         let h = &self.held[kind_index(sub.kind)];
@@ -1104,6 +1164,10 @@ impl Registry {
         // The subscribers are copied out (into a reused list) so that
         // handing them messages may touch the registry.
         let mut subs = self.scratch.take();
+        // On the io_uring data path an idle held stream is sent to from
+        // here (`Sub::send_direct`); `now` is its write time.
+        let ring = crate::uring::current();
+        let now = Instant::now();
         let prefixes_held = !self.prefix_lens.borrow().is_empty();
         for run in channel_runs(&items, prefixes_held) {
             let ch = run[0].item.channel.as_str();
@@ -1116,7 +1180,7 @@ impl Registry {
                     let plan = Plan::new(&run, Needs::of(&subs));
                     for sub in &subs {
                         for msg in plan.messages(sub) {
-                            sub.push(msg, self.limits, &self.stats);
+                            self.hand(sub, msg, ring.as_ref(), now);
                         }
                         self.delivered(sub, key, plan.delivered(sub), plan.last_id.as_deref());
                     }
@@ -1126,6 +1190,19 @@ impl Registry {
         }
         self.scratch.set(subs);
         n == DRAIN_SLICE
+    }
+
+    /// Hands `msg` to `sub`: sent straight to its socket when it can be
+    /// (`Sub::send_direct`, on the ring), else queued (waking its task).
+    fn hand(&self, sub: &Sub, msg: Msg, ring: Option<&crate::uring::Uring>, now: Instant) {
+        let msg = match ring {
+            Some(ring) => match sub.send_direct(msg, ring, now) {
+                Some(m) => m,
+                None => return,
+            },
+            None => msg,
+        };
+        sub.push(msg, self.limits, &self.stats);
     }
 
     /// The keys of the prefix subscriptions held here that `ch` falls

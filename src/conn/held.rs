@@ -153,7 +153,20 @@ impl HeldConn {
     /// Waits for the stream's next message and writes it: what the
     /// stream spends its life in. Returns a rare step to run, or the
     /// stream's end.
+    ///
+    /// On the io_uring data path, while it waits idle (nothing being
+    /// written) the stream's subscriber carries the socket's ring slot, so
+    /// that a fan-out sends a message straight to the socket instead of
+    /// queueing it and waking this task (`subs::Sub::send_direct`); every
+    /// poll takes the slot back first (and the body bytes so sent, for the
+    /// access log), so nothing is sent directly while the task writes,
+    /// runs a rare step or ends.
     fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Result<Rare, Outcome>> {
+        {
+            let s = &mut self.stream;
+            s.sub.set_direct(None);
+            s.bytes += s.sub.take_direct_bytes();
+        }
         loop {
             if let Some(w) = self.writing.as_mut() {
                 let s = &self.stream;
@@ -171,7 +184,14 @@ impl HeldConn {
                 }
             }
             let s = &mut self.stream;
-            match ready!(grip::poll_event(&mut self.c, &s.sub, cx)) {
+            let event = match grip::poll_event(&mut self.c, &s.sub, cx) {
+                Poll::Ready(e) => e,
+                Poll::Pending => {
+                    s.sub.set_direct(self.c.conn.ring_slot());
+                    return Poll::Pending;
+                }
+            };
+            match event {
                 HoldEvent::Msg(Msg::Data(b)) => {
                     // The access log counts body bytes, not chunk framing.
                     let measure = if s.http10 {

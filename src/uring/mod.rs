@@ -50,6 +50,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 
+use bytes::Bytes;
+
 pub use stream::{RecvBuf, UringListener, UringStream};
 
 use self::ring::Core;
@@ -145,6 +147,9 @@ pub struct Stats {
     pub sendmsgs: u64,
     /// Sends that completed short and were resubmitted for the rest.
     pub short_sends: u64,
+    /// Sends made straight from a fan-out to an idle held stream
+    /// ([`Uring::send_if_idle`]), no task woken.
+    pub direct_sends: u64,
     pub sent_bytes: u64,
     /// Connects submitted (backend sockets made on the ring).
     pub connects: u64,
@@ -226,6 +231,16 @@ impl Uring {
     pub fn stream(&self, fd: OwnedFd) -> UringStream {
         let idx = self.core.borrow_mut().add_sock(fd, true);
         UringStream::new(self.core.clone(), idx)
+    }
+
+    /// Sends `b` on the stream at `slot` ([`UringStream::slot`]) now if
+    /// its socket is idle (nothing queued or in flight, no error, the peer
+    /// not gone), without waking its task; else gives `b` back. For the
+    /// fan-out to held streams: the caller must know the slot is still
+    /// that stream's (a slot is reused only after its stream is dropped
+    /// and its close has completed).
+    pub fn send_if_idle(&self, slot: u32, b: Bytes) -> Result<(), Bytes> {
+        self.core.borrow_mut().send_if_idle(slot, b)
     }
 
     /// Connects a new TCP socket (`TCP_NODELAY` set) through the ring.

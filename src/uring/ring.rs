@@ -778,6 +778,37 @@ impl Core {
         Ok(())
     }
 
+    /// Sends `b` on socket `i` now if the socket is idle: live, nothing
+    /// queued or in flight, no send or receive error, the peer not gone.
+    /// Otherwise gives `b` back untouched, for the caller's own path. The
+    /// fan-out's direct send (`subs::Registry::deliver`): the subscriber's
+    /// task is not woken, and its completion wakes nobody (no task waits
+    /// on this socket's sends); a short send's rest is resubmitted here as
+    /// for any send.
+    pub(crate) fn send_if_idle(&mut self, i: u32, b: Bytes) -> Result<(), Bytes> {
+        let Some(s) = self.socks.get_mut(i as usize) else {
+            return Err(b);
+        };
+        let stop = TX_BUSY | CONNECTING | DROPPED | CLOSING | RX_EOF;
+        if b.is_empty()
+            || s.st & LIVE == 0
+            || s.st & stop != 0
+            || s.tx_err != 0
+            || s.rx_err != 0
+            || s.tx.as_ref().is_some_and(|t| !t.is_idle())
+        {
+            return Err(b);
+        }
+        super::trace::mark(super::trace::Ev::Direct, 1);
+        self.stats.direct_sends += 1;
+        let tx =
+            s.tx.get_or_insert_with(|| self.tx_pool.pop().unwrap_or_else(Tx::new));
+        tx.unsent += b.len();
+        tx.queued.push(b);
+        self.start_tx(i);
+        Ok(())
+    }
+
     /// Hands a copy of `parts` (`total` bytes) to the socket, as
     /// `queue_send` does with shared `Bytes`. When nothing else of the
     /// socket's is queued or in flight (a response, a request), the copy goes

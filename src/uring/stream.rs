@@ -36,6 +36,12 @@ impl UringStream {
         UringStream { core, idx }
     }
 
+    /// The stream's slot in its core's ring, for [`super::Uring::send_if_idle`]
+    /// (valid while this stream lives).
+    pub fn slot(&self) -> u32 {
+        self.idx
+    }
+
     /// Ready when data, the end of the stream or an error can be read
     /// without waiting. Consumes nothing.
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<()> {

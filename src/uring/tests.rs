@@ -785,3 +785,91 @@ fn a_fan_out_is_submitted_as_it_is_handed_over() {
     });
     peers.join().expect("peers");
 }
+
+/// The fan-out's direct send: taken only by an idle socket (nothing queued
+/// or in flight, no error), given back otherwise, and what it took goes out
+/// in order with what the socket's own task hands over behind it, a short
+/// send's rest included; a reset or dropped socket takes nothing.
+#[test]
+fn a_direct_send_goes_only_to_an_idle_socket_and_keeps_order() {
+    let (l, addr) = listener();
+    // Well over the socket buffers' maxima (tcp_wmem + tcp_rmem), so the
+    // send cannot fit while nobody reads.
+    const N: usize = 16 << 20;
+    let started = Arc::new(AtomicBool::new(false));
+    let go = started.clone();
+    let peer = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        let mut first = [0u8; 3];
+        c.read_exact(&mut first).expect("read");
+        assert_eq!(&first, b"abc");
+        while !go.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).expect("read");
+        assert_eq!(got.len(), N + 2);
+        assert!(got[..N] == pattern(N, 3)[..], "the large send, whole");
+        assert_eq!(&got[N..], b"de", "then what was handed over behind it");
+    });
+    with_ring(Config::default(), move |ring| async move {
+        let s = accept_std(&ring, &l);
+        let slot = s.slot();
+        ring.send_if_idle(slot, Bytes::from_static(b"a"))
+            .expect("an idle socket takes it");
+        // In flight now: given back, whole, for the task's own path.
+        let back = ring
+            .send_if_idle(slot, Bytes::from_static(b"b"))
+            .expect_err("busy");
+        assert_eq!(&back[..], b"b");
+        s.start_send(back).expect("queue");
+        s.flush().await.expect("flush");
+        ring.send_if_idle(slot, Bytes::from_static(b"c"))
+            .expect("idle again");
+        s.flush().await.expect("flush");
+        // A large one nobody reads yet: it completes short and the ring
+        // sends the rest itself; meanwhile the socket is not idle.
+        ring.send_if_idle(slot, Bytes::from(pattern(N, 3)))
+            .expect("idle");
+        let r = ring.clone();
+        until("a short send", move || r.stats().short_sends > 0).await;
+        assert!(ring.send_if_idle(slot, Bytes::from_static(b"x")).is_err());
+        s.start_send(Bytes::from_static(b"d")).expect("queue");
+        s.start_send(Bytes::from_static(b"e")).expect("queue");
+        started.store(true, Ordering::Release);
+        s.flush().await.expect("flush");
+        assert_eq!(ring.stats().direct_sends, 3);
+        s.shutdown_write().expect("shutdown");
+        drop(s);
+        // The dropped stream's slot takes nothing.
+        assert!(ring.send_if_idle(slot, Bytes::from_static(b"y")).is_err());
+        assert!(ring
+            .send_if_idle(u32::MAX - 1, Bytes::from_static(b"z"))
+            .is_err());
+    });
+    peer.join().expect("peer");
+
+    // A reset socket: the receive sees it and a direct send is refused.
+    let (l, addr) = listener();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let c = TcpStream::connect(addr).expect("connect");
+        rx.recv().expect("go");
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(c);
+    });
+    with_ring(Config::default(), move |ring| async move {
+        let mut s = accept_std(&ring, &l);
+        tx.send(()).expect("go");
+        let e = read_to_end(&mut s).await.expect_err("a reset");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        let back = ring
+            .send_if_idle(s.slot(), Bytes::from_static(b"late"))
+            .expect_err("a reset socket takes nothing");
+        assert_eq!(&back[..], b"late");
+        assert_eq!(ring.stats().direct_sends, 0);
+    });
+    peer.join().expect("peer");
+}

@@ -30,9 +30,12 @@ pub enum Ev {
     Submitted,
     /// A send's completion was handled.
     SendDone,
+    /// A fan-out sent a message straight to an idle held stream's socket
+    /// (no queue, no task woken).
+    Direct,
 }
 
-const EVS: [Ev; 7] = [
+const EVS: [Ev; 8] = [
     Ev::DeliverStart,
     Ev::DeliverEnd,
     Ev::Pushed,
@@ -40,6 +43,7 @@ const EVS: [Ev; 7] = [
     Ev::SendPushed,
     Ev::Submitted,
     Ev::SendDone,
+    Ev::Direct,
 ];
 
 fn name(e: Ev) -> &'static str {
@@ -51,6 +55,7 @@ fn name(e: Ev) -> &'static str {
         Ev::SendPushed => "send_pushed",
         Ev::Submitted => "submitted",
         Ev::SendDone => "send_done",
+        Ev::Direct => "direct",
     }
 }
 
@@ -83,7 +88,7 @@ pub fn enabled() -> bool {
 
 thread_local! {
     static ON: Cell<bool> = Cell::new(enabled());
-    static SPANS: RefCell<[Span; 7]> = const { RefCell::new([Span { n: 0, first: 0, last: 0 }; 7]) };
+    static SPANS: RefCell<[Span; 8]> = const { RefCell::new([Span { n: 0, first: 0, last: 0 }; 8]) };
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one
@@ -155,7 +160,7 @@ fn take_line(core: usize, quiet_ns: u64) -> Option<String> {
                 );
             }
         }
-        *s = [Span::default(); 7];
+        *s = [Span::default(); EVS.len()];
         Some(line)
     })
 }
