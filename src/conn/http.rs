@@ -528,12 +528,13 @@ async fn send_request<'r>(
             ..backend.request(head, Purpose::Proxy, path, peer_ip, fwd, grip)
         }
         .write(&mut req_head);
-        let sent = Instant::now();
+        // The ring turn's clock on the `uring` data path (`crate::clock`):
+        // the histogram's buckets are milliseconds.
+        let sent = crate::clock::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         if r.is_ok() {
-            shard
-                .stats
-                .upstream_latency(sent.elapsed().as_secs_f64() * 1000.0);
+            let took = crate::clock::now().saturating_duration_since(sent);
+            shard.stats.upstream_latency(took.as_secs_f64() * 1000.0);
         }
         shard.bufs.give_out(req_head);
         match r {
