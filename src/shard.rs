@@ -45,17 +45,20 @@ pub struct ConnState {
 impl ConnState {
     /// Resolves once the shutdown grace period is over (never otherwise).
     pub async fn grace_over(&self) {
-        futures_lite::future::poll_fn(|cx| {
-            if self.cut.get() {
-                return Poll::Ready(());
-            }
-            let mut w = self.waker.borrow_mut();
-            if !w.as_ref().is_some_and(|old| old.will_wake(cx.waker())) {
-                *w = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+        futures_lite::future::poll_fn(|cx| self.poll_grace_over(cx)).await
+    }
+
+    /// Ready once the shutdown grace period is over; until then the task
+    /// of `cx` is woken when it ends.
+    pub fn poll_grace_over(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.cut.get() {
+            return Poll::Ready(());
+        }
+        let mut w = self.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|old| old.will_wake(cx.waker())) {
+            *w = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     fn cut_off(&self) {
