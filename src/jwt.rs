@@ -30,8 +30,10 @@ pub struct SigKey {
 pub struct Signer {
     default_key: Option<Rc<[u8]>>,
     default_iss: Rc<str>,
-    /// (key, expiry, token).
-    cache: std::cell::RefCell<Vec<(SigKey, u64, Rc<str>)>>,
+    /// (key, when to sign anew, token). The renewal is on the monotonic
+    /// clock as the core's ring turn read it (`crate::clock`): a reuse
+    /// reads no wall clock.
+    cache: std::cell::RefCell<Vec<(SigKey, std::time::Instant, Rc<str>)>>,
 }
 
 impl Signer {
@@ -62,18 +64,17 @@ impl Signer {
 
     /// A token for `key`, good for at least 59 more minutes.
     pub fn token(&self, key: &SigKey) -> Rc<str> {
-        let now = now();
+        let at = crate::clock::now();
         let mut cache = self.cache.borrow_mut();
-        if let Some((_, _, t)) = cache
-            .iter()
-            .find(|(k, exp, _)| k == key && *exp > now + 3540)
-        {
+        if let Some((_, _, t)) = cache.iter().find(|(k, renew, _)| k == key && at < *renew) {
             return t.clone();
         }
-        let exp = now + 3600;
+        // Valid for an hour, signed anew after a minute.
+        let exp = now() + 3600;
         let t: Rc<str> = Rc::from(sign(&key.key, &key.iss, exp));
         cache.retain(|(k, _, _)| k != key);
-        cache.push((key.clone(), exp, t.clone()));
+        let renew = at + std::time::Duration::from_secs(60);
+        cache.push((key.clone(), renew, t.clone()));
         t
     }
 }

@@ -34,6 +34,7 @@ pub mod buf;
 pub mod bus;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod codec;
 pub mod config;

@@ -45,17 +45,20 @@ pub struct ConnState {
 impl ConnState {
     /// Resolves once the shutdown grace period is over (never otherwise).
     pub async fn grace_over(&self) {
-        futures_lite::future::poll_fn(|cx| {
-            if self.cut.get() {
-                return Poll::Ready(());
-            }
-            let mut w = self.waker.borrow_mut();
-            if !w.as_ref().is_some_and(|old| old.will_wake(cx.waker())) {
-                *w = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+        futures_lite::future::poll_fn(|cx| self.poll_grace_over(cx)).await
+    }
+
+    /// Ready once the shutdown grace period is over; until then the task
+    /// of `cx` is woken when it ends.
+    pub fn poll_grace_over(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.cut.get() {
+            return Poll::Ready(());
+        }
+        let mut w = self.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|old| old.will_wake(cx.waker())) {
+            *w = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     fn cut_off(&self) {
@@ -66,9 +69,9 @@ impl ConnState {
     }
 }
 
-/// A Connection-Id, `TIME-CORE-N` (nanoseconds since the epoch in hex,
-/// the core, a counter in hex), kept as its parts and written out on the
-/// stack by [`ConnId::text`].
+/// A Connection-Id, `TIME-CORE-N` (nanoseconds since the epoch in hex when
+/// the core made its first id, the core, the core's count of ids in hex),
+/// kept as its parts and written out on the stack by [`ConnId::text`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnId {
     nanos: u64,
@@ -137,6 +140,10 @@ struct ConnEntry {
 #[derive(Default)]
 pub struct Conns {
     next: Cell<u64>,
+    /// Connection-Ids made, and the wall clock (ns) at the first (0: none
+    /// yet): the ids are unique by their count, across restarts by the time.
+    ids: Cell<u64>,
+    ids_since: Cell<u64>,
     map: RefCell<HashMap<u64, ConnEntry>>,
 }
 
@@ -401,14 +408,23 @@ impl Shard {
 
     /// The next Connection-Id as its parts (no allocation: a proxied GRIP
     /// request names its connection on every request).
+    ///
+    /// A count, not a clock read per id: two requests served in one turn
+    /// of the core's loop must not be told the same id.
     pub fn next_conn_id(&self) -> ConnId {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let c = &self.conns;
+        if c.ids_since.get() == 0 {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            c.ids_since.set(nanos.max(1));
+        }
+        let n = c.ids.get();
+        c.ids.set(n + 1);
         ConnId {
-            nanos,
+            nanos: c.ids_since.get(),
             core: self.index,
-            n: self.conns.next.get(),
+            n,
         }
     }
 

@@ -280,6 +280,11 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     method: (u32, u32),
+    /// 1 + the method's index in `STATIC_METHODS` when it is one of them
+    /// (as spelled there), else 0: `method()` is asked several times per
+    /// request and then needs no UTF-8 check of the head's bytes. A byte,
+    /// in the head's padding (a held stream keeps its head).
+    known_method: u8,
     target: (u32, u32),
     pub version: Version,
     pub fields: Fields,
@@ -290,9 +295,15 @@ pub struct RequestHead {
     pub expect_continue: bool,
 }
 
+/// Methods a parsed head names by a static string (`RequestHead::method`).
+const STATIC_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
+
 impl RequestHead {
     pub fn method(&self) -> &str {
-        std::str::from_utf8(self.fields.slice(self.method)).unwrap_or("")
+        match STATIC_METHODS.get(usize::from(self.known_method).wrapping_sub(1)) {
+            Some(m) => m,
+            None => std::str::from_utf8(self.fields.slice(self.method)).unwrap_or(""),
+        }
     }
 
     /// The request target in origin form, its path in normal form
@@ -501,6 +512,10 @@ pub fn parse_request(
         ));
     }
     let norm = uri::normalize_target(target.as_bytes()).map_err(HeadError::Malformed)?;
+    let known_method = STATIC_METHODS
+        .iter()
+        .position(|m| *m == method)
+        .map_or(0, |i| i as u8 + 1);
     let method = span(buf, method.as_bytes());
     let rewritten = matches!(norm.path_and_query, Cow::Owned(_));
     let spare = norm.authority.map_or(0, |a| a.len() + 4)
@@ -545,6 +560,7 @@ pub fn parse_request(
         n,
         RequestHead {
             method,
+            known_method,
             target,
             version,
             fields,

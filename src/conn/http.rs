@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Instant;
 
 use crate::buf::{FillError, BUF_SIZE};
@@ -166,6 +167,13 @@ pub(crate) fn log_exchange(
     outcome: &Outcome,
     started: Option<Instant>,
 ) {
+    let level = c.log_level.take();
+    if !shard.access_wanted(level) {
+        // Counted only: the line's fields (a `User-Agent` look-up, the
+        // method and target as text) are not gathered for nothing.
+        shard.stats.request(outcome.status);
+        return;
+    }
     shard.access(
         &AccessEntry {
             core: shard.index,
@@ -178,7 +186,7 @@ pub(crate) fn log_exchange(
             duration: started.map(|s| s.elapsed()).unwrap_or_default(),
             user_agent: head.fields.get("user-agent"),
         },
-        c.log_level.take(),
+        level,
     );
 }
 
@@ -528,12 +536,13 @@ async fn send_request<'r>(
             ..backend.request(head, Purpose::Proxy, path, peer_ip, fwd, grip)
         }
         .write(&mut req_head);
-        let sent = Instant::now();
+        // The ring turn's clock on the `uring` data path (`crate::clock`):
+        // the histogram's buckets are milliseconds.
+        let sent = crate::clock::now();
         let r = exchange(shard, c, &mut up, head, &req_head).await;
         if r.is_ok() {
-            shard
-                .stats
-                .upstream_latency(sent.elapsed().as_secs_f64() * 1000.0);
+            let took = crate::clock::now().saturating_duration_since(sent);
+            shard.stats.upstream_latency(took.as_secs_f64() * 1000.0);
         }
         shard.bufs.give_out(req_head);
         match r {
@@ -615,16 +624,23 @@ async fn proxy(
     let token = sig.as_ref().map(|k| shard.signer.token(k));
     let grip = route.grip().then_some(token.as_deref());
     // Until the response starts, a shutdown's grace period may end: the
-    // client then gets a 503 rather than a bare close.
+    // client then gets a 503 rather than a bare close. Polled by hand
+    // beside the exchange (one layer, not an `Or` of two futures).
     let state = c.state.clone();
-    let sent = futures_lite::future::or(
-        send_request(shard, c, head, route, &path, grip, grip_last, cid),
-        async {
-            state.grace_over().await;
-            Err((Failure::Shutdown, "-".to_string()))
-        },
-    )
-    .await;
+    let sent = {
+        let mut send = std::pin::pin!(send_request(
+            shard, c, head, route, &path, grip, grip_last, cid
+        ));
+        futures_lite::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = send.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            state
+                .poll_grace_over(cx)
+                .map(|()| Err((Failure::Shutdown, "-".to_string())))
+        })
+        .await
+    };
     let (mut up, backend, resp, body_sent) = match sent {
         Ok(x) => x,
         Err((f, target)) => return HoldEnd::Done(fail(shard, c, head, f, &target).await),

@@ -288,15 +288,23 @@ impl Uring {
         let mut timer: Option<(u64, glommio::timer::Timer)> = None;
         let busy_turns = self.core.borrow().cfg.busy_turns;
         let mut busy = 0u32;
+        // Each turn reads the clock once: the deadlines, and the tasks the
+        // turn wakes (`crate::clock`), take that reading. Stopped turning
+        // (parked, glommio's reactor pass, ended, failed), fresh readings.
+        let turning = Turning(self.core.clone());
         loop {
             if self.core.borrow().parking.stop {
                 return Ok(());
             }
             let n = {
                 let mut c = self.core.borrow_mut();
+                let now = std::time::Instant::now();
+                crate::clock::set_turn(Some(now));
+                c.parking.turning = true;
+                c.start_deadlines(now);
                 let mut n = 0;
                 if let Some(at) = c.next_deadline() {
-                    let now = c.now_ms();
+                    let now = c.ms_at(now);
                     if at <= now {
                         n += c.expire(now);
                     }
@@ -312,11 +320,13 @@ impl Uring {
                     // Let glommio poll its own rings and timers first: a
                     // zero timer fires only in glommio's reactor pass.
                     busy = 0;
+                    turning.stop();
                     glommio::timer::sleep(std::time::Duration::ZERO).await;
                 }
                 continue;
             }
             busy = 0;
+            turning.stop();
             let raced = {
                 let mut c = self.core.borrow_mut();
                 c.set_eventfd(true);
@@ -388,5 +398,24 @@ impl Uring {
             c.parking.timer_at = u64::MAX;
             c.set_eventfd(false);
         }
+    }
+}
+
+/// The driver's busy turns (`Parking::turning`, `crate::clock`): ended
+/// when it stops turning, and when the driver ends, however it ends.
+struct Turning(Rc<RefCell<Core>>);
+
+impl Turning {
+    fn stop(&self) {
+        crate::clock::set_turn(None);
+        if let Ok(mut c) = self.0.try_borrow_mut() {
+            c.parking.turning = false;
+        }
+    }
+}
+
+impl Drop for Turning {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -42,6 +42,7 @@ const DROPPED: u16 = 1 << 6; // the owning stream is gone; close once nothing is
 const CLOSING: u16 = 1 << 7; // the close is in flight
 const LIVE: u16 = 1 << 8; // slot in use
 const RX_TIMEDOUT: u16 = 1 << 9; // the read deadline passed while the reader waited
+const RX_DL_LATER: u16 = 1 << 10; // `rx_deadline` is a timeout (ns) the driver's next turn starts
 
 /// The most iovecs one sendmsg carries (the kernel's UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
@@ -64,7 +65,8 @@ pub(crate) struct Sock {
     /// errno of a receive or connect failure (0: none).
     rx_err: i32,
     tx_err: i32,
-    /// When a waiting read times out (ms since `Core::epoch`; 0: never).
+    /// When a waiting read times out (ms since `Core::epoch`; 0: never);
+    /// with `RX_DL_LATER`, the timeout in ns, not yet started.
     rx_deadline: u64,
     /// The deadline this socket's live entry in `Core::deadlines` is for
     /// (0: none); any other entry for the socket is stale.
@@ -165,6 +167,9 @@ pub(crate) struct Parking {
     pub(crate) timer_at: u64,
     pub(crate) kicked: bool,
     pub(crate) stop: bool,
+    /// The driver is between busy turns: it turns again once the tasks
+    /// running now are done, and reads the clock then (`set_rx_deadline`).
+    pub(crate) turning: bool,
     pub(crate) waker: Option<Waker>,
 }
 
@@ -189,12 +194,22 @@ pub(crate) struct Core {
     /// the queued entry (re-queued when it comes due), so a wait costs a
     /// clock read, not a timer.
     deadlines: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Sockets whose deadline the driver's next turn starts (`RX_DL_LATER`;
+    /// an entry whose socket lost the flag meanwhile is skipped).
+    later: Vec<u32>,
     epoch: Instant,
     pub(crate) parking: Parking,
     pub(crate) stats: Stats,
     pub(crate) mode: RingMode,
     pub(crate) cfg: Config,
     pub(crate) efd: OwnedFd,
+}
+
+/// The deadline `timeout` after `since` (both from the core's start), in
+/// ms rounded up, never 0 (which means none).
+fn deadline_ms(since: Duration, timeout: Duration) -> u64 {
+    let ns = since.saturating_add(timeout).as_nanos();
+    (u64::try_from(ns.div_ceil(1_000_000)).unwrap_or(u64::MAX)).max(1)
 }
 
 pub(crate) fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
@@ -290,6 +305,7 @@ impl Core {
             inflight: 0,
             tx_pool: Vec::new(),
             deadlines: BinaryHeap::new(),
+            later: Vec::new(),
             epoch: Instant::now(),
             parking: Parking {
                 timer_at: u64::MAX,
@@ -625,23 +641,67 @@ impl Core {
 
     /// Milliseconds since the core started (the deadlines' clock).
     pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` in the deadlines' clock (ms since the core started).
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// A read of socket `i` that waits from now on ends as timed out after
     /// `timeout` (rounded up to the millisecond); `None` clears the deadline
     /// (and a timeout not yet reported).
+    ///
+    /// While the driver is between busy turns the deadline starts from its
+    /// next turn's clock reading (`start_deadlines`): later than now by at
+    /// most the run of the tasks that turn woke, never earlier, and no
+    /// clock read per wait. Otherwise it starts from a reading made here.
     pub(crate) fn set_rx_deadline(&mut self, i: u32, timeout: Option<Duration>) {
-        let at = timeout.map(|t| {
-            let ns = (self.epoch.elapsed() + t).as_nanos();
-            (ns.div_ceil(1_000_000) as u64).max(1)
-        });
+        let turning = self.parking.turning;
         let s = &mut self.socks[i as usize];
-        s.st &= !RX_TIMEDOUT;
-        let Some(at) = at else {
+        let listed = s.st & RX_DL_LATER != 0;
+        s.st &= !(RX_TIMEDOUT | RX_DL_LATER);
+        let Some(t) = timeout else {
             s.rx_deadline = 0;
             return;
         };
+        if turning {
+            s.st |= RX_DL_LATER;
+            s.rx_deadline = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+            if !listed {
+                self.later.push(i);
+            }
+            return;
+        }
+        let at = deadline_ms(self.epoch.elapsed(), t);
+        self.queue_deadline(i, at);
+    }
+
+    /// Starts the deadlines set since the last turn from `now`, the turn's
+    /// clock reading (made after they were set).
+    pub(crate) fn start_deadlines(&mut self, now: Instant) {
+        if self.later.is_empty() {
+            return;
+        }
+        let base = now.saturating_duration_since(self.epoch);
+        let mut later = std::mem::take(&mut self.later);
+        for &i in &later {
+            let s = &mut self.socks[i as usize];
+            if s.st & RX_DL_LATER == 0 {
+                continue;
+            }
+            s.st &= !RX_DL_LATER;
+            let at = deadline_ms(base, Duration::from_nanos(s.rx_deadline));
+            self.queue_deadline(i, at);
+        }
+        later.clear();
+        self.later = later;
+    }
+
+    /// Sets socket `i`'s deadline to `at` (ms since the core started).
+    fn queue_deadline(&mut self, i: u32, at: u64) {
+        let s = &mut self.socks[i as usize];
         s.rx_deadline = at;
         if s.rx_queued == 0 || s.rx_queued > at {
             s.rx_queued = at;
@@ -1049,6 +1109,7 @@ impl Core {
     pub(crate) fn drop_sock(&mut self, i: u32) {
         let s = &mut self.socks[i as usize];
         s.st |= DROPPED;
+        s.st &= !RX_DL_LATER;
         s.rx_deadline = 0;
         s.rx_waker = None;
         s.tx_waker = None;

@@ -746,6 +746,61 @@ fn read_deadlines_time_out_only_reads_that_wait_past_them() {
     });
 }
 
+/// Between the driver's busy turns a deadline is not started from a clock
+/// read of its own but from the next turn's reading (`start_deadlines`):
+/// never earlier than when it was set, so it cannot fire early; re-set or
+/// cleared before that turn, only the last setting counts; and a dropped
+/// socket's deadline is forgotten. Checked on the raw core.
+#[test]
+fn a_deadline_set_between_turns_starts_at_the_next_turn() {
+    let (l, addr) = listener();
+    let mut core = ring::Core::new(Config::default()).expect("core");
+    let mut socks = Vec::new();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(TcpStream::connect(addr).expect("connect"));
+        let (s, _) = l.accept().expect("accept");
+        socks.push(core.add_sock(OwnedFd::from(s), true));
+    }
+    let (a, b, c) = (socks[0], socks[1], socks[2]);
+    core.parking.turning = true;
+    let set_at = Instant::now();
+    core.set_rx_deadline(a, Some(Duration::from_millis(30)));
+    core.set_rx_deadline(b, Some(Duration::from_millis(5)));
+    core.set_rx_deadline(b, Some(Duration::from_secs(60)));
+    core.set_rx_deadline(c, Some(Duration::from_millis(5)));
+    core.drop_sock(c);
+    assert_eq!(core.next_deadline(), None, "deferred: nothing queued yet");
+    std::thread::sleep(Duration::from_millis(20));
+    // The next turn reads the clock 20 ms after the deadlines were set.
+    let turn = Instant::now();
+    core.start_deadlines(turn);
+    let first = core.next_deadline().expect("a's deadline queued");
+    assert!(
+        first >= core.ms_at(set_at + Duration::from_millis(50)),
+        "a's 30 ms start at the turn, not when set"
+    );
+    assert!(
+        first <= core.ms_at(turn + Duration::from_millis(31)),
+        "a's deadline is 30 ms after the turn's reading, rounded up"
+    );
+    // Only `a` is due 30 ms after the turn; `b` (moved to 60 s) and the
+    // dropped `c` are not.
+    assert_eq!(core.expire(first), 1);
+    assert!(core.take_rx_timeout(a));
+    assert!(!core.take_rx_timeout(b));
+    assert!(!core.take_rx_timeout(c));
+    assert!(core.next_deadline().is_some_and(|at| at >= first + 59_000));
+    // Outside busy turns a deadline is started at once.
+    core.parking.turning = false;
+    core.set_rx_deadline(a, Some(Duration::from_millis(10)));
+    assert!(core.next_deadline().is_some_and(|at| at < first + 59_000));
+    for i in [a, b] {
+        core.drop_sock(i);
+    }
+    core.turn(false).expect("turn");
+}
+
 /// A fan-out's sends leave in batches of `submit_batch` as they are handed
 /// over, not all after the last one at the driver's next turn.
 #[test]

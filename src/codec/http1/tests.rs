@@ -65,6 +65,23 @@ fn simple_get() {
     assert!(h.is_idempotent());
 }
 
+/// Methods read as sent, whether named by a static string or taken from
+/// the head's bytes (an extension method, a case the static list lacks).
+#[test]
+fn methods_read_as_sent() {
+    for m in [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "PROPFIND", "get", "Head",
+    ] {
+        let (_, h) = ok(format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        assert_eq!(h.method(), m);
+        assert_eq!(h.is_head(), m == "HEAD");
+        assert_eq!(
+            h.is_idempotent(),
+            matches!(m, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS")
+        );
+    }
+}
+
 #[test]
 fn keep_alive_rules() {
     assert!(
