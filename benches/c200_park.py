@@ -82,6 +82,20 @@ def sock_inodes():
     return out
 
 
+def fdmap():
+    """socket inode -> fd, now (the episode's connections may be closed by
+    the time it is printed)."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            l = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if l.startswith("socket:["):
+            out[l[8:-1]] = int(fd)
+    return out
+
+
 def ring_fds():
     out = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -120,6 +134,37 @@ def socks(inodes):
     return cl, be, csq, bsq
 
 
+def wrk_tid():
+    """wrk's thread (the child of `timeout`), once it runs."""
+    try:
+        for c in rd(f"/proc/{proc.pid}/task/{proc.pid}/children").split():
+            return f"/proc/{c}/task/{c}"
+    except NameError:
+        return None
+
+
+def peers():
+    """CPU run and run-queue ns of every executor and of wrk, now."""
+    out = {}
+    for t in execs:
+        out[comms[t]] = run_ns(t)
+    for b in os.environ.get("BACKEND_PIDS", "").split():
+        a = rd(f"/proc/{b}/schedstat").split()
+        if a:
+            out[f"backend-{b}"] = (int(a[0]), int(a[1]))
+    w = wrk_tid()
+    if w:
+        # every thread of wrk (its worker thread does the I/O)
+        base = w.rsplit("/task/", 1)[0]
+        run = wait = 0
+        for t in os.listdir(f"{base}/task") if os.path.isdir(f"{base}/task") else []:
+            a = rd(f"{base}/task/{t}/schedstat").split()
+            if a:
+                run += int(a[0]); wait += int(a[1])
+        out["wrk"] = (run, wait)
+    return out
+
+
 comms = threads()
 # The executors: of the threads named corepin-N (glommio names its
 # blocking-pool threads after the executor too), the one per name that
@@ -135,7 +180,21 @@ episodes = {}  # tid -> record
 done = []
 inodes = sock_inodes(); inodes_at = time.monotonic()
 rings = ring_fds()
-proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+# The sampler may run at a raised priority (c200_wait.sh: nice -10) so that
+# it samples through the stalls; the command runs at the default nice.
+proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
+                        preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, 0))
+# PARK_AUTOGROUP_NICE=N: after starting the command, the sampler moves to a
+# session of its own (its own autogroup) at that nice, so that it keeps
+# sampling while the benchmark's group is starved; the command stays where
+# it was started.
+if os.environ.get("PARK_AUTOGROUP_NICE"):
+    try:
+        os.setsid()
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(os.environ["PARK_AUTOGROUP_NICE"])
+    except OSError as e:
+        print(f"# sampler stays in the benchmark's autogroup: {e}")
 t_start = time.monotonic_ns()
 nsamples = 0
 while proc.poll() is None:
@@ -155,7 +214,8 @@ while proc.poll() is None:
                 ep = episodes[t] = {"t0": h[0][0], "r0": h[0][1], "q0": h[0][2], "states": collections.Counter(),
                                     "wchan": collections.Counter(), "sys": collections.Counter(),
                                     "stacks": collections.Counter(), "others": collections.Counter(),
-                                    "samples": [], "rings0": {fd: ring_state(fd) for fd in rings}}
+                                    "samples": [], "rings0": {fd: ring_state(fd) for fd in rings},
+                                    "peers0": peers(), "fdmap": fdmap()}
             ep["states"][st] += 1
             ep["wchan"][rd(f"/proc/{pid}/task/{t}/wchan") or "-"] += 1
             ep["sys"][sysc(t)] += 1
@@ -179,11 +239,13 @@ while proc.poll() is None:
             del episodes[t]
             ep["end"] = (now, r, q); ep["tid"] = t
             ep["rings1"] = {fd: ring_state(fd) for fd in rings}
+            ep["peers1"] = peers()
             if (now - ep["t0"]) / 1e6 >= min_ms:
                 done.append(ep)
     time.sleep(0.002)
 for t, ep in episodes.items():
     ep["end"] = ep.get("last", (time.monotonic_ns(), ep["r0"], ep["q0"])); ep["tid"] = t
+    ep["peers1"] = peers()
     ep["rings1"] = {fd: ring_state(fd) for fd in rings}
     if (ep["end"][0] - ep["t0"]) / 1e6 >= min_ms:
         done.append(ep)
@@ -210,18 +272,15 @@ for ep in done:
             alls &= set(s[0])
         series = " ".join(f"{len(s[0])}/{len(s[1])}" for _, s in sm[:: max(1, len(sm) // 12)])
         print(f"   sockets: {len(sm)} samples; client rq>0 / backend rq>0 over time: {series}")
-        fds = {}
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                l = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if l[8:-1] in alls:
-                fds[l[8:-1]] = int(fd)
+        fds = {i: ep["fdmap"][i] for i in alls if i in ep["fdmap"]}
         t_rel = ((n0 - t_start) / 1e9, (n1 - t_start) / 1e9)
-        print(f"   unread client fds (+{t_rel[0]:.2f}..+{t_rel[1]:.2f}s, monotonic {n0}..{n1}): {sorted(fds.values())[:40]}")
+        print(f"   unread client fds (+{t_rel[0]:.2f}..+{t_rel[1]:.2f}s, monotonic {n0}..{n1}): {','.join(map(str, sorted(fds.values())))}")
         print(f"   client sockets unread in every sample: {len(alls)} (bytes at first {sum(sm[0][1][0].get(i, 0) for i in alls)}); "
               f"backend rq>0 in every sample: {len(set.intersection(*[set(s[1]) for _, s in sm]))}")
+    if "peers1" in ep:
+        print("   meanwhile: " + " ".join(
+            f"{k} ran {(ep['peers1'][k][0] - v[0]) / 1e6:.0f} ms, runnable {(ep['peers1'][k][1] - v[1]) / 1e6:.0f} ms;"
+            for k, v in ep["peers0"].items() if k in ep["peers1"]))
     if "fdinfo" in ep:
         fd, info = ep["fdinfo"]
         lines = info.splitlines()

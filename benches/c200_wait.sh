@@ -183,7 +183,7 @@ if [ -n "${PARK:-}" ]; then
       # is on, when it completes) in DIR/r$r.$n.data, for perf script.
       [ -n "${PERF:-}" ] && { perf record -q -k CLOCK_MONOTONIC -e io_uring:io_uring_file_get -e io_uring:io_uring_complete \
         -e io_uring:io_uring_task_add -e io_uring:io_uring_poll_arm -p ${PIDS[$n]} -o $PERF/r$r.$n.data 2>/dev/null & PP=$!; sleep 0.3; }
-      python3 benches/c200_park.py ${PIDS[$n]} ${PORT[$n]} $BEP ${PARK_MIN:-100} -- \
+      BACKEND_PIDS="$BEW" nice -n -10 python3 benches/c200_park.py ${PIDS[$n]} ${PORT[$n]} $BEP ${PARK_MIN:-100} -- \
         timeout 30 wrk -t1 -c200 -d$DUR --latency http://127.0.0.1:${PORT[$n]}/index.html
       [ -n "${PERF:-}" ] && { kill -INT $PP; wait $PP; }
     done
