@@ -19,6 +19,15 @@ was not read for the whole episode. The other executor drains its own
 sockets within a few ms while it runs, so such sockets are the stalled
 core's unread requests.
 
+At each episode's end it also prints how long the other executor, the
+backend's worker(s) (env BACKEND_PIDS) and the command (wrk) ran and
+waited for a CPU over it (schedstat: a wait still going on at the end is
+not booked yet, so the per-sample states are the truer split). Env
+PARK_AUTOGROUP_NICE=N moves the sampler, once the command runs, into a
+session of its own at that autogroup nice, so that it keeps sampling when
+the benchmark's processes are starved. benches/c200_wait.sh PARK=1 runs
+it (and PERF=DIR for benches/c200_uring_trace.py).
+
 usage: c200_park.py PID PROXYPORT BACKENDPORT [MIN_MS] -- command...
 """
 import collections, os, subprocess, sys, time
