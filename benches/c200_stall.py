@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """A 10 ms timeline of each thread of the given PIDs while a command runs:
 the longest gap in which a thread's CPU run time did not advance, split into
-run-queue wait (runnable, starved) and sleep (parked, waiting for an event).
+runnable (state R in /proc/TID/stat: starved) and not (S/D: asleep). The
+split is by the sampled state: schedstat's run-queue wait is booked only
+when a wait ends, so it reads a thread still waiting for a CPU as asleep
+(the first version of this script did that: PERFORMANCE.md, issue 16,
+stop 28).
 usage: c200_stall.py PIDS(comma) -- command...   (prints one line per thread)"""
 import os, subprocess, sys, time
 
@@ -21,7 +25,9 @@ def read(p, t):
             a = f.read().split()
         with open(f"/proc/{p}/task/{t}/comm") as f:
             c = f.read().strip()
-        return c, int(a[0]), int(a[1])
+        with open(f"/proc/{p}/task/{t}/stat") as f:
+            st = f.read()
+        return c, int(a[0]), int(a[1]), st[st.rfind(")") + 2]
     except OSError:
         return None
 ts = tids()
@@ -42,7 +48,7 @@ while proc.poll() is None:
     for t in ts:
         r = read(*t)
         if r:
-            hist[t].append((now, r[1], r[2], r[0]))
+            hist[t].append((now, r[1], r[2], r[0], r[3]))
     time.sleep(0.01)
 out = proc.stdout.read()
 for line in out.splitlines():
@@ -59,12 +65,18 @@ for t, h in hist.items():
             j += 1
         gap = h[j][0] - h[i][0]
         if gap > best[0]:
-            best = (gap, h[j][2] - h[i][2], h[i][0] - h[0][0], j - i)
+            # Runnable time by the thread's state (R) in the samples: the
+            # schedstat run-queue counter (h[.][2]) books a wait only when
+            # the wait ends (the thread is picked), so a thread still
+            # waiting for a CPU at the end of the stretch reads as asleep.
+            rq_state = sum(h[k + 1][0] - h[k][0] for k in range(i, j) if h[k][4] == "R")
+            best = (gap, h[j][2] - h[i][2], h[i][0] - h[0][0], rq_state)
         i = j + 1 if j > i else i + 1
-    g, rq, off, _ = best
+    g, rq, off, rq_state = best
     t0 = h[0][0] + off; t1 = t0 + g
     a = min(cpus, key=lambda c: abs(c[0] - t0))[1]; b = min(cpus, key=lambda c: abs(c[0] - t1))[1]
     tick = 1000 / os.sysconf("SC_CLK_TCK")
     during = " ".join(f"{k}[busy={(b[k][0]-a[k][0])*tick:.0f} idle={(b[k][1]-a[k][1])*tick:.0f} steal={(b[k][2]-a[k][2])*tick:.0f} ms]" for k in sorted(a))
     print(f"{t[1]} {h[0][3]}: longest stretch with <1 ms CPU: {g/1e6:.0f} ms at +{off/1e9:.2f} s, "
-          f"of which runnable {rq/1e6:.0f} ms, asleep {max(0, g - rq)/1e6:.0f} ms; meanwhile {during}")
+          f"of which in state R {rq_state/1e6:.0f} ms, not R {max(0, g - rq_state)/1e6:.0f} ms "
+          f"(schedstat run-queue wait booked in it {rq/1e6:.0f} ms); meanwhile {during}")

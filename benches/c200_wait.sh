@@ -9,7 +9,7 @@
 #  - corepin's client connections per core and idle backend connections per
 #    core (/metrics), established proxy->backend connections (ss);
 #  - wrk --latency's percentiles and socket errors.
-# usage: bash benches/c200_wait.sh [ROUNDS]; env BIN UPROXY WARM=2 DUR=6 NAMES FREE STALL
+# usage: bash benches/c200_wait.sh [ROUNDS]; env BIN UPROXY WARM=2 DUR=6 NAMES FREE STALL PARK PARK_MIN
 set -u
 ROUNDS=${1:-2}
 cd "$(dirname "$0")/.."
@@ -154,6 +154,42 @@ fi
 sleep 1
 PIDS[nginx]=$(pgrep -P $NP | tr '\n' ' '); PORT[nginx]=$NPP
 BEW=$(pgrep -P $BE | tr '\n' ' ')
+if [ -n "${PARK:-}" ]; then
+  # PARK=1: c=200 only, corepin's data paths only (NAMES without nginx),
+  # each measured run under benches/c200_park.py: every episode of at
+  # least PARK_MIN ms (default 100) in which an executor got no CPU, with
+  # the thread's kernel state, wait channel, system call and stack, the
+  # other threads' states, and the Recv-Q/Send-Q of the process's client
+  # and backend sockets sampled through it. LOAD=N adds N busy loops, each
+  # in its own session (setsid: its own autogroup, as another engineer's
+  # process would be), unpinned, killed by PID at the end: a stress
+  # reproduction, not a clean measurement.
+  for _ in $(seq ${LOAD:-0}); do setsid sh -c 'while :; do :; done' & STARTED="$STARTED $!"; done
+  # NETLOAD=N: N more wrk -c50 (own sessions) against a second nginx
+  # backend (one worker, own port): loopback traffic beside corepin's, as
+  # other engineers' benchmarks make it.
+  if [ "${NETLOAD:-0}" -gt 0 ]; then
+    LBP=$(freeport); mkdir -p $D/load; nginx_backend_conf $D/load $LBP
+    nginx -p $D/load -c $D/load/be.conf & STARTED="$STARTED $!"; sleep 0.5
+    for _ in $(seq $NETLOAD); do
+      setsid wrk -t1 -c50 -d3600 http://127.0.0.1:$LBP/index.html >/dev/null 2>&1 & STARTED="$STARTED $!"
+    done
+  fi
+  for r in $(seq $ROUNDS); do
+    for n in $names; do
+      timeout 10 wrk -t1 -c200 -d$WARM http://127.0.0.1:${PORT[$n]}/index.html >/dev/null 2>&1
+      echo "round=$r name=$n c=200 load=$(cut -d' ' -f1 /proc/loadavg) $(date +%T)"
+      # PERF=DIR: the round's io_uring tracepoints (which fd each request
+      # is on, when it completes) in DIR/r$r.$n.data, for perf script.
+      [ -n "${PERF:-}" ] && { perf record -q -k CLOCK_MONOTONIC -e io_uring:io_uring_file_get -e io_uring:io_uring_complete \
+        -e io_uring:io_uring_task_add -e io_uring:io_uring_poll_arm -p ${PIDS[$n]} -o $PERF/r$r.$n.data 2>/dev/null & PP=$!; sleep 0.3; }
+      BACKEND_PIDS="$BEW" nice -n -10 python3 benches/c200_park.py ${PIDS[$n]} ${PORT[$n]} $BEP ${PARK_MIN:-100} -- \
+        timeout 30 wrk -t1 -c200 -d$DUR --latency http://127.0.0.1:${PORT[$n]}/index.html
+      [ -n "${PERF:-}" ] && { kill -INT $PP; wait $PP; }
+    done
+  done
+  echo "# end: $(uptime)"; exit 0
+fi
 if [ -n "${STALL:-}" ]; then
   # STALL=1: c=200 only, each measured run under benches/c200_stall.py (a
   # 10 ms schedstat timeline of the proxy's and the backend's threads: the
