@@ -245,7 +245,10 @@ pub enum Reuse {
 
 /// A connection to a backend.
 pub struct Upstream {
-    pub conn: Connection,
+    /// Boxed once, when connected: a request moves its `Upstream` out of
+    /// the idle pool, through the exchange and back, and each move copied
+    /// the whole `Connection` (a glommio stream inline, ~200 bytes).
+    pub conn: Box<Connection>,
     /// Came from the idle pool (so it may have been closed meanwhile).
     pub reused: bool,
     key: Rc<str>,
@@ -292,7 +295,9 @@ impl Upstream {
 /// by a borrowed `&str` reaches the `Rc` to hand to the `Upstream`.
 struct Idle {
     key: Rc<str>,
-    conns: Vec<Connection>,
+    /// Boxes, not values: the box goes out with the connection and back.
+    #[allow(clippy::vec_box)]
+    conns: Vec<Box<Connection>>,
 }
 
 /// The core's idle connections and resolved addresses.
@@ -420,7 +425,7 @@ impl Pool {
                 // from its connect on (no descriptor handed over).
                 let conn = connect_ring(&ring, sa, timeout).await?;
                 return Ok(Upstream {
-                    conn: Connection::ring(conn, self.bufs.clone()),
+                    conn: Box::new(Connection::ring(conn, self.bufs.clone())),
                     reused: false,
                     key: plain_key,
                 });
@@ -438,7 +443,7 @@ impl Pool {
             }
         };
         let Some((name, config, tls_key)) = tls else {
-            let conn = Connection::tcp(stream, self.bufs.clone());
+            let conn = Box::new(Connection::tcp(stream, self.bufs.clone()));
             conn.set_nodelay();
             return Ok(Upstream {
                 conn,
@@ -447,8 +452,10 @@ impl Pool {
             });
         };
         let _ = stream.set_nodelay(true);
-        let mut conn = Connection::tls_client(stream, self.bufs.clone(), config, name)
-            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        let mut conn = Box::new(
+            Connection::tls_client(stream, self.bufs.clone(), config, name)
+                .map_err(|e| ConnectError::Tls(e.to_string()))?,
+        );
         let left = timeout.saturating_sub(started.elapsed());
         match conn.handshake(left).await {
             Ok(()) => Ok(Upstream {

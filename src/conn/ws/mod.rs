@@ -103,7 +103,7 @@ async fn wait(
     sub: Option<&Sub>,
     deadline: Option<Instant>,
 ) -> Io {
-    let up = up.map(|u| &mut u.conn);
+    let up = up.map(|u| &mut *u.conn);
     wait_for(c, up, sub, deadline, MAX_MESSAGE + BUF_SIZE).await
 }
 
