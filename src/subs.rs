@@ -516,6 +516,18 @@ impl Sub {
 /// `Sub::direct` when the stream cannot be sent to directly.
 const NO_SLOT: u32 = u32::MAX;
 
+/// A delivery pass sends to idle streams directly only if the core's
+/// previous pass ended at least this long before. Publishes that come
+/// closer together are queued instead: each stream's task, run after
+/// several passes on a busy core, then takes what piled up in one
+/// gathered send, where direct sends cost the kernel a TCP send per
+/// message (4,000 streams × 20 publishes in lockstep, always direct:
+/// 3–4× the CPU per delivery). Below ~20 publishes a second per core the
+/// queue gathers little anyway: a pass to thousands of streams and their
+/// tasks' sends take tens of ms (PERFORMANCE.md, "Fan-out sent from the
+/// delivery loop").
+const DIRECT_QUIET: Duration = Duration::from_millis(50);
+
 /// Per-core delivery counters.
 #[derive(Default)]
 pub struct SubStats {
@@ -598,6 +610,9 @@ pub struct Registry {
     held: [Cell<u64>; 3],
     /// A reused list of one channel's subscribers during delivery.
     scratch: Cell<Vec<Rc<Sub>>>,
+    /// When the last delivery pass ended: a pass that starts within
+    /// `DIRECT_QUIET` of it queues rather than sends directly.
+    last_pass: Cell<Option<Instant>>,
     /// The bus's `recover` count this core has acted on.
     recovered: Cell<u64>,
     /// The newest `joined` mark given to a channel here: a drain whose
@@ -660,6 +675,7 @@ impl Registry {
             stats: SubStats::default(),
             held: Default::default(),
             scratch: Cell::new(Vec::new()),
+            last_pass: Cell::new(None),
             recovered: Cell::new(0),
             newest_join: Cell::new(0),
             counts_changed: Cell::new(false),
@@ -1165,9 +1181,16 @@ impl Registry {
         // handing them messages may touch the registry.
         let mut subs = self.scratch.take();
         // On the io_uring data path an idle held stream is sent to from
-        // here (`Sub::send_direct`); `now` is its write time.
-        let ring = crate::uring::current();
+        // here (`Sub::send_direct`; `now` is its write time), unless
+        // publishes come back to back: then the queue lets each stream's
+        // task gather what piles up into one send (PERFORMANCE.md, "Fan-out
+        // sent from the delivery loop").
         let now = Instant::now();
+        let quiet = self
+            .last_pass
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= DIRECT_QUIET);
+        let ring = crate::uring::current().filter(|_| quiet);
         let prefixes_held = !self.prefix_lens.borrow().is_empty();
         for run in channel_runs(&items, prefixes_held) {
             let ch = run[0].item.channel.as_str();
@@ -1189,6 +1212,7 @@ impl Registry {
             }
         }
         self.scratch.set(subs);
+        self.last_pass.set(Some(Instant::now()));
         n == DRAIN_SLICE
     }
 
