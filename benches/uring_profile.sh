@@ -10,7 +10,10 @@
 #           (as a share of the samples and as CPU µs per request)
 #   callers `perf record --call-graph dwarf` (3 s): who calls malloc/free
 #   strace  `strace -c -f` of corepin: syscalls per request
-# usage: bash benches/uring_profile.sh [uring|glommio|nginx|uproxy] [cpu|perf|strace] [CONNS]
+#   children `perf record -g` (kernel call chains), the top symbols with
+#           their callees' samples included: where the kernel time goes
+#           (sends, receives, the park: io_cqring_wait, membarrier, ...)
+# usage: bash benches/uring_profile.sh [uring|glommio|nginx|uproxy] [cpu|perf|callers|strace|children] [CONNS]
 #   nginx: nginx as the proxy (2 workers, upstream keepalive), the reference;
 #   uproxy: the raw io_uring probe (UPROXY=its build), the floor.
 # env: DUR=6 WARM=2 WORKERS=2 BIN=target/release/corepin UPROXY=(a build of
@@ -73,6 +76,7 @@ case $MODE in
   perf) perf record -F 2000 -p $(echo $PIDS | tr " " ",") -o $D/perf.data -- sleep $DUR >/dev/null 2>&1 & X=$! ;;
   callers) perf record -F 500 --call-graph dwarf,8192 -p $P -o $D/perf.data -- sleep 3 >/dev/null 2>&1 & X=$! ;;
   strace) strace -c -f -p $P -o $D/strace.txt & X=$! ;;
+  children) perf record -F 2000 -g -p $(echo $PIDS | tr " " ",") -o $D/perf.data -- sleep $DUR >/dev/null 2>&1 & X=$! ;;
   *) X="" ;;
 esac
 out=$(timeout 30 wrk -t1 -c$C -d$DUR http://127.0.0.1:$PORT/index.html 2>&1)
@@ -89,6 +93,8 @@ case $MODE in
           | python3 benches/perf_groups.py "$cpu" ;;
   callers) perf report -i $D/perf.data --no-children --stdio -G -S malloc,_int_malloc,cfree,_int_free,realloc 2>/dev/null \
         | grep -v '^$' | grep -v '^#' | head -${TOP:-150} ;;
+  children) perf report -i $D/perf.data --children --sort symbol --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep '%' | sed 's/ *$//' | head -${TOP:-90} ;;
   strace) echo "# syscalls per request (during the measured run):"
           awk -v q="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 {printf "%-20s %8.3f\n", $NF, $4/q}' $D/strace.txt | sort -k2 -rn | head -15 ;;
 esac

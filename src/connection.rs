@@ -35,9 +35,10 @@
 //!   loop turn go in one submission), and wait only while more than
 //!   `URING_UNSENT_MAX` bytes are unsent, as a full socket buffer makes a
 //!   TCP write wait. The ring has no per-operation timeouts: a read that
-//!   waits sets a deadline in the core's deadline queue (a clock read, not
-//!   a timer; the driver wakes the reader when it passes), and a write
-//!   that waits races a glommio timer.
+//!   waits sets a deadline in the core's deadline queue (not a timer, and
+//!   between the driver's busy turns not even a clock read: it starts from
+//!   the next turn's reading; the driver wakes the reader when it passes),
+//!   and a write that waits races a glommio timer.
 
 use std::cell::Cell;
 use std::future::Future;

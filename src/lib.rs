@@ -22,7 +22,8 @@
 //!   loops, connections and drains; it is handed the connection handlers
 //!   by `server`, and knows nothing of HTTP), `server` (executors and
 //!   signals), `uring` (corepin's own per-core io_uring data path, the
-//!   `data_path = "uring"` option).
+//!   `data_path = "uring"` option), `clock` (the time as the core's ring
+//!   driver read it at the start of its turn).
 //! - Plain threads: `control_socket` (the Unix control socket), `watch`
 //!   (routes-file reloads), `memtrim` (giving memory back after a peak),
 //!   `client` (the `corepin publish`/`stats` commands), `zmq_sockets`
