@@ -1454,4 +1454,82 @@ mod tests {
             }
         }
     }
+
+    /// A task woken from another thread (glommio's foreign wake: the waker
+    /// goes over a channel, then the core's eventfd is written if it
+    /// sleeps) always runs, however the wake falls against the core's
+    /// parking: the waking thread's fence and the parking core's pair up
+    /// (vendor/README.md, the `membarrier` patch), so neither can miss the
+    /// other. Each of the round trips below waits for the core to answer
+    /// the one before, then wakes it after a varying pause, so wakes land
+    /// before, during and after its park; a lost one would leave the core
+    /// asleep for good.
+    #[test]
+    fn a_wake_from_another_thread_always_reaches_a_parked_core() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::{Arc, Mutex};
+        use std::task::Waker;
+
+        const ROUNDS: u32 = 20_000;
+        #[derive(Default)]
+        struct Shared {
+            sent: AtomicU32,
+            seen: AtomicU32,
+            waker: Mutex<Option<Waker>>,
+        }
+        let shared = Arc::new(Shared::default());
+        let core = shared.clone();
+        // Not joined if it fails: a core that missed a wake never returns.
+        std::thread::spawn(move || {
+            let ex = LocalExecutorBuilder::default()
+                .io_memory(crate::server::IO_MEMORY)
+                .make()
+                .expect("executor");
+            ex.run(async move {
+                let mut seen = 0;
+                while seen < ROUNDS {
+                    seen = futures_lite::future::poll_fn(|cx| {
+                        *core.waker.lock().expect("waker") = Some(cx.waker().clone());
+                        let sent = core.sent.load(Ordering::Acquire);
+                        if sent > seen {
+                            std::task::Poll::Ready(sent)
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    })
+                    .await;
+                    core.seen.store(seen, Ordering::Release);
+                }
+            });
+        });
+        // The limit only ends a failing run.
+        let limit = std::time::Instant::now() + Duration::from_secs(20);
+        for i in 1..=ROUNDS {
+            while shared.seen.load(Ordering::Acquire) < i - 1 {
+                assert!(
+                    std::time::Instant::now() < limit,
+                    "round trip {}: the core never ran its woken task",
+                    i - 1
+                );
+                std::hint::spin_loop();
+            }
+            // 0 to ~60 µs: sometimes before the core parks, sometimes in
+            // its way down, mostly once it sleeps.
+            let until = std::time::Instant::now() + Duration::from_nanos(u64::from(i % 61) * 1000);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            shared.sent.store(i, Ordering::Release);
+            if let Some(w) = shared.waker.lock().expect("waker").take() {
+                w.wake();
+            }
+        }
+        while shared.seen.load(Ordering::Acquire) < ROUNDS {
+            assert!(
+                std::time::Instant::now() < limit,
+                "the last round trip never came back"
+            );
+            std::hint::spin_loop();
+        }
+    }
 }

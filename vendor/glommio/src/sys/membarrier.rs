@@ -26,14 +26,20 @@ enum Strategy {
 
 lazy_static! {
     /// The right strategy to use on the current machine.
+    ///
+    /// corepin patch (vendor/README.md): always `SeqCst` fences. The heavy
+    /// side runs each time an executor parks, and `membarrier`'s private
+    /// expedited barrier is a system call plus an interrupt to every other
+    /// CPU running one of the process's threads, on every park (about
+    /// 0.8 µs per proxied request on a busy core, measured). The light side
+    /// (`light`, issued by a thread that wakes a parked executor) becomes a
+    /// full fence, which pairs with the parking executor's fence.
     static ref STRATEGY: Strategy = {
-        if syscall::is_supported() {
-            Strategy::Membarrier
-        } else if mprotect::is_supported() {
-            Strategy::Mprotect
-        } else {
-            Strategy::Fallback
-        }
+        // The published choice, no longer taken: `Membarrier` when
+        // `syscall::is_supported()`, else `Mprotect` when
+        // `mprotect::is_supported()`.
+        let _published = (syscall::is_supported, mprotect::is_supported);
+        Strategy::Fallback
     };
 }
 

@@ -306,6 +306,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // corepin patch (vendor/README.md): the light side of the parking
+        // executor's barrier (`membarrier::heavy` before it re-checks its
+        // channels), between the waker's send above and the read of
+        // `should_notify` here; never issued in the published crate.
+        membarrier::light();
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
