@@ -106,9 +106,10 @@ impl Corepin {
             cmd.args(["--control-socket", ""]);
         }
         // The whole suite runs again over the io_uring data path with
-        // COREPIN_TEST_DATA_PATH=uring (tests/run.sh --uring).
+        // `COREPIN_TEST_DATA_PATH=uring bash tests/run.sh`; set but empty
+        // is the default data path, as unset is.
         if let Ok(path) = std::env::var("COREPIN_TEST_DATA_PATH") {
-            if !args.contains(&"--data-path") {
+            if !path.is_empty() && !args.contains(&"--data-path") {
                 cmd.args(["--data-path", &path]);
             }
         }
