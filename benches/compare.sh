@@ -53,7 +53,8 @@
 #              rate: publishes/s, p50/p99/p99.9 publish->delivery, lost,
 #              out of order
 #
-# Env: NO_BUILD=1 (use target/release as it is), TLS_SIZES (2000), TLS_SECONDS (5),
+# Env: NO_BUILD=1 (use target/release as it is), PROBES (../shared/probes: the
+#      proxy probes' sources), TLS_SIZES (2000), TLS_SECONDS (5),
 #      ROUNDS (3), SECTIONS ("proxy fanout sustained ws memory publish tls"),
 #      PUB_SECONDS (10, each publish-rate run), PUB_PEERS (the publish
 #      section's peers, "corepin pushpin nchan"),
