@@ -1397,6 +1397,23 @@ mod tests {
         assert_eq!((caught, others), (1, 3));
     }
 
+    /// Runs `f`'s future on a glommio executor of its own, on a thread of
+    /// its own (not joined: the tests that use it wait on the executor's
+    /// answers, each with its own limit).
+    fn on_a_core_thread<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        std::thread::spawn(move || {
+            LocalExecutorBuilder::default()
+                .io_memory(crate::server::IO_MEMORY)
+                .make()
+                .expect("executor")
+                .run(f());
+        });
+    }
+
     /// The executor must not park while a task queue is runnable (the
     /// patched glommio, vendor/README.md). With a 1 ns `Latency::Matters`
     /// queue the preemption timer has always fired by the time the
@@ -1411,34 +1428,28 @@ mod tests {
         let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
         let fd = theirs.into_raw_fd();
         // Not joined if it fails: a parked executor would never return.
-        std::thread::spawn(move || {
-            let ex = LocalExecutorBuilder::default()
-                .io_memory(crate::server::IO_MEMORY)
-                .make()
-                .expect("executor");
-            ex.run(async move {
-                let q = glommio::executor().create_task_queue(
-                    Shares::Static(1000),
-                    Latency::Matters(Duration::from_nanos(1)),
-                    "echo",
-                );
-                // SAFETY: a connected Unix stream socket, given up above.
-                let mut s = unsafe { UnixStream::from_raw_fd(fd) };
-                let echo = glommio::spawn_local_into(
-                    async move {
-                        let mut b = [0u8; 16];
-                        while let Ok(n @ 1..) = s.read(&mut b).await {
-                            if s.write_all(&b[..n]).await.is_err() {
-                                return;
-                            }
+        on_a_core_thread(move || async move {
+            let q = glommio::executor().create_task_queue(
+                Shares::Static(1000),
+                Latency::Matters(Duration::from_nanos(1)),
+                "echo",
+            );
+            // SAFETY: a connected Unix stream socket, given up above.
+            let mut s = unsafe { UnixStream::from_raw_fd(fd) };
+            let echo = glommio::spawn_local_into(
+                async move {
+                    let mut b = [0u8; 16];
+                    while let Ok(n @ 1..) = s.read(&mut b).await {
+                        if s.write_all(&b[..n]).await.is_err() {
+                            return;
                         }
-                    },
-                    q,
-                );
-                if let Ok(echo) = echo {
-                    echo.await;
-                }
-            });
+                    }
+                },
+                q,
+            );
+            if let Ok(echo) = echo {
+                echo.await;
+            }
         });
         // The limit only ends a failing run: no round trip waits on a
         // timer, each needs the core to run its woken task once.
@@ -1480,27 +1491,21 @@ mod tests {
         let shared = Arc::new(Shared::default());
         let core = shared.clone();
         // Not joined if it fails: a core that missed a wake never returns.
-        std::thread::spawn(move || {
-            let ex = LocalExecutorBuilder::default()
-                .io_memory(crate::server::IO_MEMORY)
-                .make()
-                .expect("executor");
-            ex.run(async move {
-                let mut seen = 0;
-                while seen < ROUNDS {
-                    seen = futures_lite::future::poll_fn(|cx| {
-                        *core.waker.lock().expect("waker") = Some(cx.waker().clone());
-                        let sent = core.sent.load(Ordering::Acquire);
-                        if sent > seen {
-                            std::task::Poll::Ready(sent)
-                        } else {
-                            std::task::Poll::Pending
-                        }
-                    })
-                    .await;
-                    core.seen.store(seen, Ordering::Release);
-                }
-            });
+        on_a_core_thread(move || async move {
+            let mut seen = 0;
+            while seen < ROUNDS {
+                seen = futures_lite::future::poll_fn(|cx| {
+                    *core.waker.lock().expect("waker") = Some(cx.waker().clone());
+                    let sent = core.sent.load(Ordering::Acquire);
+                    if sent > seen {
+                        std::task::Poll::Ready(sent)
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
+                core.seen.store(seen, Ordering::Release);
+            }
         });
         // The limit only ends a failing run.
         let limit = std::time::Instant::now() + Duration::from_secs(20);

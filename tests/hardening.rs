@@ -15,18 +15,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A client socket whose receive buffer is small, so the server's writes
-/// fill it (and then the server's own socket buffer) quickly.
-fn small_window_client(addr: SocketAddr) -> TcpStream {
-    let s =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    s.connect(&addr.into()).expect("connect");
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    s
-}
-
 /// Reads a few bytes every `every` until the server ends the connection
 /// (or `TIMEOUT` passes); returns the bytes read.
 fn trickle(mut s: TcpStream, chunk: usize, every: Duration) -> thread::JoinHandle<u64> {

@@ -375,12 +375,7 @@ fn at_the_file_limit_the_ring_accept_refuses_cleanly_and_recovers() {
 /// time (`SO_RCVBUF` 4 KiB): a large send to it completes short, and it
 /// takes whatever else is sent meanwhile only as it reads.
 fn small_window_stream(addr: std::net::SocketAddr, path: &str) -> Stream {
-    let s =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    s.connect(&addr.into()).expect("connect");
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let s = small_window_client(addr);
     let mut conn = Conn {
         w: s.try_clone().expect("clone"),
         r: std::io::BufReader::new(s),

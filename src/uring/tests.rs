@@ -54,6 +54,22 @@ fn listener() -> (TcpListener, SocketAddr) {
 }
 
 /// A stream on the ring for an accepted std socket.
+/// A peer that connects to `addr`, waits for the word on the returned
+/// sender, then resets the connection (SO_LINGER 0: its close sends RST
+/// instead of FIN).
+fn resetting_peer(addr: SocketAddr) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let c = TcpStream::connect(addr).expect("connect");
+        rx.recv().expect("go");
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(c);
+    });
+    (peer, tx)
+}
+
 fn accept_std(ring: &Uring, l: &TcpListener) -> UringStream {
     let (s, _) = l.accept().expect("accept");
     ring.stream(OwnedFd::from(s))
@@ -332,16 +348,7 @@ fn short_sends_are_continued_by_the_driver() {
 #[test]
 fn a_reset_is_reported_to_the_reader_and_the_sender() {
     let (l, addr) = listener();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let peer = std::thread::spawn(move || {
-        let c = TcpStream::connect(addr).expect("connect");
-        rx.recv().expect("go");
-        // SO_LINGER 0: close sends RST instead of FIN.
-        socket2::SockRef::from(&c)
-            .set_linger(Some(Duration::ZERO))
-            .expect("linger");
-        drop(c);
-    });
+    let (peer, tx) = resetting_peer(addr);
     with_ring(Config::default(), move |ring| async move {
         let mut s = accept_std(&ring, &l);
         tx.send(()).expect("go");
@@ -906,15 +913,7 @@ fn a_direct_send_goes_only_to_an_idle_socket_and_keeps_order() {
 
     // A reset socket: the receive sees it and a direct send is refused.
     let (l, addr) = listener();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let peer = std::thread::spawn(move || {
-        let c = TcpStream::connect(addr).expect("connect");
-        rx.recv().expect("go");
-        socket2::SockRef::from(&c)
-            .set_linger(Some(Duration::ZERO))
-            .expect("linger");
-        drop(c);
-    });
+    let (peer, tx) = resetting_peer(addr);
     with_ring(Config::default(), move |ring| async move {
         let mut s = accept_std(&ring, &l);
         tx.send(()).expect("go");

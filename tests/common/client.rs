@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 
 use super::{read_head_only, read_response, Corepin, Response, TIMEOUT};
 
+/// A client socket whose receive buffer is small (`SO_RCVBUF` 4 KiB), so
+/// the server's writes fill it (and then the server's own socket buffer)
+/// quickly.
+pub fn small_window_client(addr: SocketAddr) -> TcpStream {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    s.connect(&addr.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s
+}
+
 /// A keep-alive client connection.
 pub struct Conn {
     pub w: TcpStream,
