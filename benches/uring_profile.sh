@@ -45,7 +45,7 @@ level = "info"
 max_idle_per_target = ${POOL:-1024}
 EOF
 STARTED=""
-cleanup() { for p in $STARTED; do kill $p 2>/dev/null; done; wait 2>/dev/null; }
+cleanup() { for p in $STARTED; do kill $p 2>/dev/null; done; wait 2>/dev/null; rm -rf "$D"; }
 trap cleanup EXIT
 nginx -p $D -c $D/be.conf & STARTED="$STARTED $!"
 if [ "$PATH_KIND" = uproxy ]; then
